@@ -1,0 +1,1 @@
+"""Prompt datasets, procedural tasks (demo arithmetic, Knights and Knaves, math) and the task registry."""
