@@ -1,0 +1,80 @@
+"""GRPO group-relative advantages (ALGORITHM.md, "Advantage (GRPO)") and the equal-reward group filter.
+
+Rewards come flat, ``[N]`` with ``N = num_prompts * group_size``, the ``group_size`` responses of one prompt
+contiguous (response ``i`` belongs to prompt ``i // group_size``), which is how the rollout returns them.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from rlad_megatron.loss.metrics import Stat
+
+ADVANTAGE_EPS = 1e-6
+"""The epsilon added to the group's standard deviation (ALGORITHM.md)."""
+
+
+def _grouped(rewards: Tensor, group_size: int) -> Tensor:
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
+        raise ValueError(f"group_size must be a positive int, got {group_size!r}")
+    if rewards.dim() != 1:
+        raise ValueError(f"rewards must be flat [num_prompts * group_size], got shape {tuple(rewards.shape)}")
+    if rewards.numel() % group_size != 0:
+        raise ValueError(
+            f"rewards has {rewards.numel()} entries, not a multiple of group_size={group_size}; "
+            "pass every response of every prompt, grouped contiguously"
+        )
+    if not rewards.is_floating_point():
+        rewards = rewards.float()
+    return rewards.view(-1, group_size)
+
+
+def group_advantages(
+    rewards: Tensor, group_size: int, normalize_std: bool = True, eps: float = ADVANTAGE_EPS
+) -> Tensor:
+    """GRPO advantages ``A_i = (r_i - mean_g r) / (std_g r + eps)`` per group of ``group_size`` responses.
+
+    ``std`` is the population standard deviation (``1/G``). With ``normalize_std=False`` (Dr. GRPO) the
+    advantage is ``r_i - mean_g r``. A group whose rewards are all equal gets zero advantages.
+
+    Args:
+        rewards: ``[N]`` scalar rewards, ``N = num_prompts * group_size``, groups contiguous.
+        group_size: ``G``, responses per prompt.
+
+    Returns:
+        ``[N]`` advantages in the rewards' floating dtype (float32 for integer rewards); no gradient flows.
+    """
+    groups = _grouped(rewards.detach(), group_size)
+    centred = groups - groups.mean(dim=-1, keepdim=True)
+    if normalize_std:
+        centred = centred / (groups.std(dim=-1, unbiased=False, keepdim=True) + eps)
+    return centred.reshape(-1)
+
+
+def equal_reward_groups(rewards: Tensor, group_size: int) -> Tensor:
+    """``[N]`` bool: True for every response of a group whose rewards are all equal (they carry no signal).
+
+    DAPO's dynamic sampling drops these groups; use ``~equal_reward_groups(...)`` as the keep mask and report
+    ``group_filter_metrics`` so the dropped fraction is visible.
+    """
+    groups = _grouped(rewards.detach(), group_size)
+    same = (groups == groups[:, :1]).all(dim=-1, keepdim=True)
+    return same.expand_as(groups).reshape(-1)
+
+
+def group_filter_metrics(rewards: Tensor, group_size: int) -> dict[str, Stat]:
+    """Sums and counts of the group filter, reducible across ranks by summing both (see ``loss.metrics``).
+
+    Keys (each a fraction of groups): ``groups/all_equal`` (all rewards of the group equal),
+    ``groups/all_correct`` (all equal and > 0) and ``groups/all_wrong`` (all equal and <= 0).
+    """
+    groups = _grouped(rewards.detach(), group_size)
+    same = (groups == groups[:, :1]).all(dim=-1)
+    n = torch.tensor(float(groups.shape[0]), dtype=torch.float64)
+    first = groups[:, 0]
+    return {
+        "groups/all_equal": Stat(same.double().sum(), n),
+        "groups/all_correct": Stat((same & (first > 0)).double().sum(), n),
+        "groups/all_wrong": Stat((same & (first <= 0)).double().sum(), n),
+    }

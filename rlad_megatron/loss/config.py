@@ -1,0 +1,160 @@
+"""Configuration of the policy losses: the only place where their defaults live.
+
+See ``shared/design/ALGORITHM.md`` for the maths. Every field is checked by :meth:`LossConfig.validate`, which
+raises ``ValueError`` naming the bad field and the accepted values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Literal, Mapping
+
+Algorithm = Literal["rlad", "grpo", "kdrl", "sft"]
+Aggregation = Literal["seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"]
+KLEstimator = Literal["k1", "k2", "k3"]
+BetaSchedule = Literal["constant", "linear", "cosine"]
+
+ALGORITHMS: tuple[str, ...] = ("rlad", "grpo", "kdrl", "sft")
+AGGREGATIONS: tuple[str, ...] = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm")
+KL_ESTIMATORS: tuple[str, ...] = ("k1", "k2", "k3")
+BETA_SCHEDULES: tuple[str, ...] = ("constant", "linear", "cosine")
+
+
+@dataclass
+class LossConfig:
+    """Which policy loss to optimise and its hyper-parameters.
+
+    The defaults are the paper's (arXiv 2602.22495, Sec. 4 and Appendix B) where it gives them.
+    """
+
+    algorithm: Algorithm = "rlad"
+    """``rlad`` (TRRD, Eq. 3-5), ``grpo`` (GRPO/DAPO surrogate), ``kdrl`` (GRPO + beta * reverse KL to the
+    teacher on sampled tokens) or ``sft`` (token cross-entropy, offline distillation)."""
+
+    alpha: float = 0.5
+    """TRRD: weight on the OLD student in the geometric anchor; 1.0 is exactly GRPO, towards 0 anchors on the
+    teacher. Range [0, 1]."""
+
+    eps_low: float = 0.20
+    """Lower clip range: the ratio is clipped below at ``1 - eps_low``. Range [0, 1)."""
+
+    eps_high: float = 0.28
+    """Upper clip range (DAPO clip-higher): the ratio is clipped above at ``1 + eps_high``. >= 0."""
+
+    teacher_log_ratio_clip: float = 1.0
+    """TRRD: ``c``, the clamp applied to ``log pi_S - log pi_T`` before the ``(1 - alpha)`` weight (App. B). > 0."""
+
+    dual_clip_c: float | None = None
+    """Dual-clip bound for negative advantages (per-token loss capped at ``-c * A`` when ``A < 0``); ``None`` off.
+    Must be > 1 when set. Applies to ``rlad``, ``grpo`` and ``kdrl``."""
+
+    kl_beta: float = 0.0
+    """Weight of the reference-policy KL(pi_S || pi_ref) term; 0 disables it (then no reference log-probs are
+    needed). >= 0."""
+
+    kl_estimator: KLEstimator = "k3"
+    """Per-token estimator of the reference KL: ``k1``, ``k2`` or ``k3``."""
+
+    entropy_coef: float = 0.0
+    """Entropy bonus coefficient (the loss gets ``- entropy_coef * H``); 0 disables it. >= 0."""
+
+    kd_beta: float = 5e-3
+    """KDRL: weight of the reverse KL(pi_S || pi_T) on sampled tokens at the start of training. >= 0."""
+
+    kd_beta_final: float | None = 1e-3
+    """KDRL: weight at the end of training, reached by ``kd_beta_schedule``; ``None`` keeps ``kd_beta``."""
+
+    kd_beta_schedule: BetaSchedule = "linear"
+    """KDRL: how the weight moves from ``kd_beta`` to ``kd_beta_final`` with training progress."""
+
+    kd_estimator: KLEstimator = "k3"
+    """KDRL: per-token estimator of the reverse KL to the teacher."""
+
+    kd_skip_correct: bool = False
+    """KDRL: drop the KL term on responses the verifier marked correct (needs ``correct`` per response)."""
+
+    aggregation: Aggregation = "seq-mean-token-mean"
+    """How per-token losses become one scalar; the paper's Eq. 1 is ``seq-mean-token-mean``."""
+
+    max_response_len: int | None = None
+    """Fixed normaliser of ``seq-mean-token-sum-norm`` (Dr. GRPO); required for that aggregation only."""
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "LossConfig":
+        """Build from a mapping; unknown keys fail with their names. The result is validated."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"LossConfig: unknown key(s) {unknown}; known keys are {sorted(known)}")
+        config = cls(**dict(values))
+        config.validate()
+        return config
+
+    def validate(self) -> "LossConfig":
+        """Check every field; raise ``ValueError`` naming the first bad one. Returns ``self``."""
+        _choice("algorithm", self.algorithm, ALGORITHMS)
+        _choice("aggregation", self.aggregation, AGGREGATIONS)
+        _choice("kl_estimator", self.kl_estimator, KL_ESTIMATORS)
+        _choice("kd_estimator", self.kd_estimator, KL_ESTIMATORS)
+        _choice("kd_beta_schedule", self.kd_beta_schedule, BETA_SCHEDULES)
+        _in_range("alpha", self.alpha, 0.0, 1.0)
+        _in_range("eps_low", self.eps_low, 0.0, 1.0, hi_open=True)
+        _in_range("eps_high", self.eps_high, 0.0, math.inf)
+        _positive("teacher_log_ratio_clip", self.teacher_log_ratio_clip)
+        if self.dual_clip_c is not None and not (_finite(self.dual_clip_c) and self.dual_clip_c > 1.0):
+            raise ValueError(f"LossConfig.dual_clip_c must be None or a number > 1, got {self.dual_clip_c!r}")
+        _in_range("kl_beta", self.kl_beta, 0.0, math.inf)
+        _in_range("entropy_coef", self.entropy_coef, 0.0, math.inf)
+        _in_range("kd_beta", self.kd_beta, 0.0, math.inf)
+        if self.kd_beta_final is not None:
+            _in_range("kd_beta_final", self.kd_beta_final, 0.0, math.inf)
+        if not isinstance(self.kd_skip_correct, bool):
+            raise ValueError(f"LossConfig.kd_skip_correct must be a bool, got {self.kd_skip_correct!r}")
+        if self.aggregation == "seq-mean-token-sum-norm":
+            if not isinstance(self.max_response_len, int) or self.max_response_len <= 0:
+                raise ValueError(
+                    "LossConfig.max_response_len must be a positive int when aggregation is "
+                    f"'seq-mean-token-sum-norm', got {self.max_response_len!r}"
+                )
+        elif self.max_response_len is not None and (
+            not isinstance(self.max_response_len, int) or self.max_response_len <= 0
+        ):
+            raise ValueError(f"LossConfig.max_response_len must be None or a positive int, got {self.max_response_len!r}")
+        return self
+
+    def kd_beta_at(self, progress: float) -> float:
+        """KDRL weight at ``progress`` in [0, 1] (fraction of training done), following ``kd_beta_schedule``."""
+        if not (_finite(progress) and 0.0 <= progress <= 1.0):
+            raise ValueError(f"progress must be a fraction of training in [0, 1], got {progress!r}")
+        end = self.kd_beta if self.kd_beta_final is None else self.kd_beta_final
+        if self.kd_beta_schedule == "constant" or end == self.kd_beta:
+            return float(self.kd_beta)
+        if self.kd_beta_schedule == "linear":
+            weight = progress
+        else:  # cosine: slow start, slow end
+            weight = 0.5 * (1.0 - math.cos(math.pi * progress))
+        return float(self.kd_beta + (end - self.kd_beta) * weight)
+
+
+def _finite(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"LossConfig.{name} must be one of {list(allowed)}, got {value!r}")
+
+
+def _in_range(name: str, value: object, lo: float, hi: float, hi_open: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+    ok = ok and lo <= value and (value < hi if hi_open else value <= hi) and math.isfinite(value)
+    if not ok:
+        bracket = ")" if hi_open else "]"
+        raise ValueError(f"LossConfig.{name} must be a number in [{lo}, {hi}{bracket}, got {value!r}")
+
+
+def _positive(name: str, value: object) -> None:
+    if not (_finite(value) and value > 0):  # type: ignore[operator]
+        raise ValueError(f"LossConfig.{name} must be a finite number > 0, got {value!r}")

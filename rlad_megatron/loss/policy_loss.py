@@ -1,0 +1,195 @@
+"""One entry for the trainer: a micro-batch's policy loss and its metrics, for every algorithm.
+
+``compute_policy_loss(config, logprobs=..., mask=..., denominators=..., ...)`` returns ``(loss, metrics)``:
+``loss`` is this micro-batch's share of the global-batch objective (shares add up exactly over micro-batches
+and DP ranks, see :mod:`rlad_megatron.loss.aggregation`) and ``metrics`` a ``dict[str, Stat]`` to accumulate
+with :class:`rlad_megatron.loss.metrics.MetricAccumulator`. Which inputs an algorithm needs is given by
+:func:`required_inputs`.
+
+Per-token objective (to minimise), then aggregated with ``config.aggregation``:
+
+- ``rlad``: TRRD surrogate (Eq. 3-5, App. B)
+- ``grpo``: GRPO/DAPO surrogate (optional dual clip)
+- ``kdrl``: GRPO/DAPO surrogate ``+ kd_beta(progress) * KL_est(pi_S || pi_T)`` (skipped on correct responses
+  when ``kd_skip_correct``)
+- ``sft``: ``-log pi_S(y_t)``
+- all: ``+ kl_beta * KL_est(pi_S || pi_ref)`` when ``kl_beta > 0``; ``- entropy_coef * H`` when ``entropy_coef > 0``
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from rlad_megatron.loss.aggregation import Denominators, aggregate, as_bool_mask
+from rlad_megatron.loss.config import LossConfig
+from rlad_megatron.loss.metrics import Stat, extremum_stat, fraction_stat, mean_stat, sum_stat
+from rlad_megatron.loss.surrogates import SurrogateParts, grpo_parts, kl_estimate, trrd_parts
+
+_PER_TOKEN_INPUTS = ("old_logprobs", "teacher_logprobs", "ref_logprobs", "entropy")
+
+
+def _as_config(config: LossConfig | str) -> LossConfig:
+    if isinstance(config, str):
+        config = LossConfig(algorithm=config)  # type: ignore[arg-type]
+    if not isinstance(config, LossConfig):
+        raise TypeError(f"config must be a LossConfig or an algorithm name, got {type(config).__name__}")
+    return config.validate()
+
+
+def required_inputs(config: LossConfig | str) -> frozenset[str]:
+    """Names of the ``compute_policy_loss`` keyword inputs this config needs besides logprobs/mask/denominators."""
+    cfg = _as_config(config)
+    need: set[str] = set()
+    if cfg.algorithm in ("rlad", "grpo", "kdrl"):
+        need |= {"old_logprobs", "advantages"}
+    if cfg.algorithm in ("rlad", "kdrl"):
+        need.add("teacher_logprobs")
+    if cfg.algorithm == "kdrl" and cfg.kd_skip_correct:
+        need.add("correct")
+    if cfg.kl_beta > 0:
+        need.add("ref_logprobs")
+    if cfg.entropy_coef > 0:
+        need.add("entropy")
+    return frozenset(need)
+
+
+def compute_policy_loss(
+    config: LossConfig | str,
+    *,
+    logprobs: Tensor,
+    mask: Tensor,
+    denominators: Denominators,
+    old_logprobs: Tensor | None = None,
+    teacher_logprobs: Tensor | None = None,
+    ref_logprobs: Tensor | None = None,
+    advantages: Tensor | None = None,
+    entropy: Tensor | None = None,
+    correct: Tensor | None = None,
+    progress: float = 0.0,
+) -> tuple[Tensor, dict[str, Stat]]:
+    """This micro-batch's share of the step's loss, and its metrics.
+
+    Args:
+        config: a :class:`LossConfig` (validated here) or an algorithm name for its defaults.
+        logprobs: ``[B, T]`` current student's log-probs of the sampled tokens, with gradient.
+        mask: ``[B, T]`` bool (or 0/1), True on response tokens that count.
+        denominators: global counts of the whole step's batch (see ``loss.aggregation``).
+        old_logprobs: ``[B, T]`` rollout policy's log-probs (rlad/grpo/kdrl). With one update per rollout batch,
+            pass ``logprobs.detach()``.
+        teacher_logprobs: ``[B, T]`` frozen teacher's log-probs of the same tokens (rlad/kdrl).
+        ref_logprobs: ``[B, T]`` reference policy's log-probs (when ``kl_beta > 0``).
+        advantages: ``[B]``, ``[B, 1]`` or ``[B, T]`` (rlad/grpo/kdrl), e.g. from ``group_advantages``.
+        entropy: ``[B, T]`` student's entropy per position, with gradient (when ``entropy_coef > 0``; used for
+            the metric whenever given).
+        correct: ``[B]`` bool, the verifier's verdict per response (kdrl with ``kd_skip_correct``).
+        progress: fraction of training done, in [0, 1], for the KDRL beta schedule.
+
+    Returns:
+        ``(loss, metrics)``: a 0-d tensor to backpropagate and a ``dict[str, Stat]``.
+    """
+    cfg = _as_config(config)
+    given = {
+        "old_logprobs": old_logprobs, "teacher_logprobs": teacher_logprobs, "ref_logprobs": ref_logprobs,
+        "advantages": advantages, "entropy": entropy, "correct": correct,
+    }
+    missing = sorted(name for name in required_inputs(cfg) if given[name] is None)
+    if missing:
+        raise ValueError(f"algorithm {cfg.algorithm!r} with this LossConfig needs {missing}; got None")
+    if logprobs.dim() != 2:
+        raise ValueError(f"logprobs must be [B, T], got shape {tuple(logprobs.shape)}")
+    for name in _PER_TOKEN_INPUTS:
+        t = given[name]
+        if t is not None and t.shape != logprobs.shape:
+            raise ValueError(f"{name} has shape {tuple(t.shape)} but logprobs has {tuple(logprobs.shape)}")
+    m = as_bool_mask(mask, logprobs)
+    metrics: dict[str, Stat] = {"tokens": sum_stat(m.sum(), m.shape[0])}
+
+    per_token, parts = _main_term(cfg, logprobs, old_logprobs, teacher_logprobs, advantages)
+    if parts is not None:
+        _surrogate_metrics(metrics, parts, m)
+        metrics["kl/old_k3"] = mean_stat(kl_estimate(old_logprobs.detach(), logprobs.detach(), "k3"), m)  # type: ignore[union-attr]
+        metrics["pg_loss"] = mean_stat(parts.loss, m)
+    else:
+        metrics["sft/nll"] = mean_stat(per_token, m)
+    if teacher_logprobs is not None:
+        metrics["kl/teacher_k3"] = mean_stat(kl_estimate(logprobs.detach(), teacher_logprobs.detach(), "k3"), m)
+
+    if cfg.algorithm == "kdrl":
+        per_token = per_token + _kd_term(cfg, metrics, logprobs, teacher_logprobs, correct, m, progress)  # type: ignore[arg-type]
+    if cfg.kl_beta > 0:
+        ref_kl = kl_estimate(logprobs, ref_logprobs, cfg.kl_estimator)  # type: ignore[arg-type]
+        metrics["kl/ref"] = mean_stat(ref_kl, m)
+        per_token = per_token + cfg.kl_beta * ref_kl
+    if entropy is not None:
+        metrics["entropy"] = mean_stat(entropy, m)
+        if cfg.entropy_coef > 0:
+            per_token = per_token - cfg.entropy_coef * entropy
+
+    loss = aggregate(
+        per_token, m, mode=cfg.aggregation, denominators=denominators, max_response_len=cfg.max_response_len
+    )
+    metrics["loss"] = sum_stat(loss.detach())
+    return loss, metrics
+
+
+def _main_term(
+    cfg: LossConfig,
+    logprobs: Tensor,
+    old_logprobs: Tensor | None,
+    teacher_logprobs: Tensor | None,
+    advantages: Tensor | None,
+) -> tuple[Tensor, SurrogateParts | None]:
+    if cfg.algorithm == "sft":
+        return -logprobs, None
+    if cfg.algorithm == "rlad":
+        parts = trrd_parts(
+            logprobs, old_logprobs, teacher_logprobs, advantages,  # type: ignore[arg-type]
+            alpha=cfg.alpha, eps_low=cfg.eps_low, eps_high=cfg.eps_high,
+            teacher_log_ratio_clip=cfg.teacher_log_ratio_clip, dual_clip_c=cfg.dual_clip_c,
+        )
+    else:
+        parts = grpo_parts(
+            logprobs, old_logprobs, advantages,  # type: ignore[arg-type]
+            eps_low=cfg.eps_low, eps_high=cfg.eps_high, dual_clip_c=cfg.dual_clip_c,
+        )
+    return parts.loss, parts
+
+
+def _surrogate_metrics(metrics: dict[str, Stat], parts: SurrogateParts, m: Tensor) -> None:
+    ratio = torch.exp(parts.log_ratio.detach())
+    metrics["clip/low_frac"] = fraction_stat(parts.clipped_low, m)
+    metrics["clip/high_frac"] = fraction_stat(parts.clipped_high, m)
+    metrics["clip/dual_frac"] = fraction_stat(parts.dual_clipped, m)
+    metrics["ratio/mean"] = mean_stat(ratio, m)
+    metrics["ratio/min"] = extremum_stat(ratio, m, "min")
+    metrics["ratio/max"] = extremum_stat(ratio, m, "max")
+    if parts.teacher_clamped is not None:
+        metrics["teacher/clamp_frac"] = fraction_stat(parts.teacher_clamped, m)
+
+
+def _kd_term(
+    cfg: LossConfig,
+    metrics: dict[str, Stat],
+    logprobs: Tensor,
+    teacher_logprobs: Tensor,
+    correct: Tensor | None,
+    m: Tensor,
+    progress: float,
+) -> Tensor:
+    """KDRL's ``beta * KL_est(pi_S || pi_T)`` per token, zero on skipped (correct) responses."""
+    beta = cfg.kd_beta_at(progress)
+    kd = kl_estimate(logprobs, teacher_logprobs, cfg.kd_estimator)
+    kd_mask = m
+    if cfg.kd_skip_correct:
+        assert correct is not None
+        if correct.shape != (logprobs.shape[0],):
+            raise ValueError(f"correct must be [B] = [{logprobs.shape[0]}] bool, got shape {tuple(correct.shape)}")
+        skip = correct.to(torch.bool).unsqueeze(-1)
+        kd_mask = m & ~skip
+        has_tokens = m.any(dim=-1)
+        metrics["kd/skipped_seq_frac"] = fraction_stat(skip.squeeze(-1), has_tokens)
+    metrics["kd/kl"] = mean_stat(kd, kd_mask)
+    metrics["kd/beta"] = extremum_stat(torch.tensor(beta, dtype=torch.float64), torch.tensor(True), "max")
+    zero = torch.zeros((), dtype=kd.dtype, device=kd.device)
+    return beta * torch.where(kd_mask, kd, zero)
