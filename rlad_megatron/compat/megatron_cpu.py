@@ -1,0 +1,401 @@
+"""Run stock megatron-core 0.16.1 on a CPU-only torch with gloo.
+
+megatron-core assumes CUDA in a handful of places (measured in ``shared/notes/megatron_on_cpu.md``):
+``torch.cuda.current_device()`` and ``device="cuda"`` literals in attention, RoPE, schedules, optimizer, DDP buffers
+and checkpointing; the CUDA RNG tracker and the activation-recompute RNG; ``.cuda()`` calls; ``param.type() ==
+'torch.cuda.FloatTensor'`` checks in the optimizers; the torch norm refusing sequence parallel; gloo's ``scatter``
+silently sending wrong data for non-contiguous inputs; and three distributed-optimizer checkpoint bugs around
+torch AdamW's ``step`` state.
+
+Every patch lives here and nowhere else. It is applied only when CUDA is absent (``apply()`` is a no-op on a GPU
+machine) and it refuses any megatron-core version but the one it was written for. Each patch has a test in
+``tests/unit/test_compat_megatron_cpu.py`` that shows, with the patch undone, why it is needed.
+
+How: the ``torch`` name inside every ``megatron.core`` module (already imported or imported later) is swapped for a
+thin proxy whose factories map a CUDA device to the CPU and whose ``torch.cuda`` answers for the CPU. Only
+megatron's own modules see the proxy; the rest of the process (vLLM, transformers, our code) sees plain torch. Two
+patches cannot be scoped so: ``Tensor.cuda`` becomes the identity (on a CPU-only build it could only raise), and
+``Tensor.type()`` answers with CUDA names only while megatron's optimizer type checks run.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+import importlib.abc
+import importlib.util
+import sys
+import types
+from typing import Any, Callable
+
+import torch
+
+SUPPORTED_MEGATRON_CORE = "0.16.1"
+
+_applied = False
+_patched_modules: set[str] = set()
+
+
+def cuda_is_available() -> bool:
+    return torch.cuda.is_available()
+
+
+def is_applied() -> bool:
+    return _applied
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The torch proxy seen by megatron.core modules
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _is_cuda_device(device: Any) -> bool:
+    if device is None:
+        return False
+    if isinstance(device, torch.device):
+        return device.type == "cuda"
+    if isinstance(device, int):  # an int device is a CUDA ordinal
+        return True
+    if isinstance(device, str):
+        return device.startswith("cuda")
+    return False
+
+
+def _cpu_factory(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> torch.Tensor:
+        if _is_cuda_device(kwargs.get("device")):
+            kwargs["device"] = "cpu"
+        kwargs.pop("pin_memory", None)
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+_FACTORIES = (
+    "zeros", "ones", "empty", "full", "tensor", "arange", "as_tensor", "rand", "randn", "randint",
+    "zeros_like", "ones_like", "empty_like", "full_like", "empty_strided", "linspace", "eye",
+)
+
+
+class _CpuCudaNamespace(types.SimpleNamespace):
+    """``torch.cuda`` as megatron sees it on a CPU machine: the "current device" is the CPU and the "device RNG"
+    is the CPU generator (dropout on CPU draws from it)."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(torch.cuda, name)
+
+
+def _make_cuda_namespace() -> _CpuCudaNamespace:
+    return _CpuCudaNamespace(
+        current_device=lambda: torch.device("cpu"),
+        synchronize=lambda *a, **k: None,
+        empty_cache=lambda *a, **k: None,
+        device_count=lambda: 1,
+        set_device=lambda *a, **k: None,
+        get_rng_state=lambda *a, **k: torch.get_rng_state(),
+        set_rng_state=lambda state, *a, **k: torch.set_rng_state(state),
+        manual_seed=lambda seed: torch.manual_seed(seed),
+        manual_seed_all=lambda seed: torch.manual_seed(seed),
+        current_stream=lambda *a, **k: None,
+        default_stream=lambda *a, **k: None,
+        stream=lambda *a, **k: contextlib.nullcontext(),
+    )
+
+
+def _contiguous_scatter(tensor, scatter_list=None, src=None, group=None, async_op=False, **kwargs):
+    # gloo on torch 2.13 sends wrong data for non-contiguous entries of scatter_list (notes: "gloo bug").
+    if scatter_list is not None:
+        scatter_list = [t.contiguous() for t in scatter_list]
+    return torch.distributed.scatter(tensor, scatter_list, src=src, group=group, async_op=async_op, **kwargs)
+
+
+class _DistributedNamespace(types.SimpleNamespace):
+    def __getattr__(self, name: str) -> Any:
+        return getattr(torch.distributed, name)
+
+
+class _CpuTorchProxy(types.ModuleType):
+    """Stands in for the ``torch`` module inside megatron.core modules."""
+
+    def __init__(self) -> None:
+        super().__init__("torch")
+        for name in _FACTORIES:
+            setattr(self, name, _cpu_factory(getattr(torch, name)))
+        self.cuda = _make_cuda_namespace()
+        self.distributed = _DistributedNamespace(scatter=_contiguous_scatter)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(torch, name)
+
+
+_PROXY: _CpuTorchProxy | None = None
+
+
+def _patch_module_torch(module: types.ModuleType) -> None:
+    if getattr(module, "torch", None) is torch:
+        module.torch = _PROXY
+    _patched_modules.add(module.__name__)
+
+
+class _PatchOnImport(importlib.abc.MetaPathFinder):
+    """Gives megatron.core modules imported after ``apply()`` the proxy too."""
+
+    def find_spec(self, fullname, path, target=None):
+        if not fullname.startswith("megatron.core"):
+            return None
+        for finder in sys.meta_path:
+            if finder is self:
+                continue
+            spec = finder.find_spec(fullname, path, target) if hasattr(finder, "find_spec") else None
+            if spec is not None and spec.loader is not None and hasattr(spec.loader, "exec_module"):
+                original_exec = spec.loader.exec_module
+
+                def exec_module(module, _exec=original_exec):
+                    _exec(module)
+                    _patch_module_torch(module)
+
+                spec.loader = copy.copy(spec.loader)
+                spec.loader.exec_module = exec_module
+                return spec
+        return None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Individual patches
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _cpu_get_rng_state(device: Any = "cuda", clone: bool = False, graph_safe: bool = False) -> torch.Tensor:
+    state = torch.get_rng_state()
+    return state.clone() if clone else state
+
+
+def _cpu_set_rng_state(new_state: torch.Tensor, device: Any = -1, graph_safe: bool = False) -> None:
+    torch.set_rng_state(new_state)
+
+
+def _patch_rng() -> None:
+    """The model-parallel RNG tracker (dropout forks, activation recompute) on the CPU generator."""
+    from megatron.core.tensor_parallel import random as tp_random
+
+    tp_random._get_cuda_rng_state = _cpu_get_rng_state
+    tp_random._set_cuda_rng_state = _cpu_set_rng_state
+
+
+def _identity_cuda(self: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    return self
+
+
+_CUDA_TYPE_NAMES = {
+    "torch.FloatTensor": "torch.cuda.FloatTensor",
+    "torch.HalfTensor": "torch.cuda.HalfTensor",
+    "torch.BFloat16Tensor": "torch.cuda.BFloat16Tensor",
+}
+_original_tensor_type = torch.Tensor.type
+
+
+def _cuda_named_type(self: torch.Tensor, *args: Any, **kwargs: Any):
+    result = _original_tensor_type(self, *args, **kwargs)
+    if not args and not kwargs:
+        return _CUDA_TYPE_NAMES.get(result, result)
+    return result
+
+
+@contextlib.contextmanager
+def _cuda_type_names():
+    torch.Tensor.type = _cuda_named_type
+    try:
+        yield
+    finally:
+        torch.Tensor.type = _original_tensor_type
+
+
+def _with_cuda_type_names(fn: Callable) -> Callable:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any):
+        with _cuda_type_names():
+            return fn(*args, **kwargs)
+
+    wrapper.__rlad_cpu_patched__ = True
+    return wrapper
+
+
+def _patch_type_checks() -> None:
+    """megatron's optimizers accept only ``torch.cuda.*Tensor`` parameters (``param.type()`` string checks)."""
+    from megatron.core.optimizer import clip_grads, distrib_optimizer, optimizer
+
+    dist_opt = distrib_optimizer.DistributedOptimizer
+    raw = dist_opt.__dict__["_build_model_and_main_param_groups"]
+    if isinstance(raw, staticmethod):
+        dist_opt._build_model_and_main_param_groups = staticmethod(_with_cuda_type_names(raw.__func__))
+    else:
+        dist_opt._build_model_and_main_param_groups = _with_cuda_type_names(raw)
+    dist_opt.__init__ = _with_cuda_type_names(dist_opt.__init__)
+    f16 = optimizer.Float16OptimizerWithFloat16Params
+    f16.__init__ = _with_cuda_type_names(f16.__init__)
+    clip_grads.clip_grad_by_total_norm_fp32 = _with_cuda_type_names(clip_grads.clip_grad_by_total_norm_fp32)
+
+
+def _patch_torch_norm_sequence_parallel() -> None:
+    """The torch norm (used without Apex/TE) asserts ``not sequence_parallel``. Its maths do not depend on it; what
+    sequence parallel needs is that the norm's gradients, partial per rank, are all-reduced over TP: the fused norms
+    flag their parameters ``sequence_parallel = True`` for ``finalize_model_grads``, and so do we."""
+    from megatron.core.transformer import torch_norm
+
+    original_new = torch_norm.WrappedTorchNorm.__new__
+    if getattr(original_new, "__rlad_cpu_patched__", False):
+        return
+
+    def __new__(cls, config, hidden_size, eps=1e-5, persist_layer_norm=False, zero_centered_gamma=False,
+                normalization="LayerNorm"):
+        sequence_parallel = config.sequence_parallel
+        if sequence_parallel:
+            config = copy.copy(config)
+            config.sequence_parallel = False
+        norm = original_new(cls, config, hidden_size, eps, persist_layer_norm, zero_centered_gamma, normalization)
+        for param in norm.parameters():
+            param.sequence_parallel = sequence_parallel
+        return norm
+
+    __new__.__rlad_cpu_patched__ = True
+    torch_norm.WrappedTorchNorm.__new__ = __new__
+
+
+def _patch_distributed_optimizer_checkpoint() -> None:
+    """Two of the three torch-AdamW ``step`` bugs of DistributedOptimizer checkpoint loading (the third, states
+    not initialised before loading, is ``prepare_optimizer_for_load`` below).
+
+    1. ``_set_main_param_and_optimizer_states`` copies every key of the live state, ``step`` included, from a source
+       that never has ``step`` (KeyError), and copies into leaf fp32 main params outside ``no_grad``.
+    2. ``load_state_dict`` hands one shared ``step`` tensor to every param state; AdamW increments it in place once
+       per param, so bias correction goes wrong after the first resumed step.
+    """
+    from megatron.core.optimizer import distrib_optimizer
+
+    dist_opt = distrib_optimizer.DistributedOptimizer
+    original_set = dist_opt._set_main_param_and_optimizer_states
+    original_load = dist_opt.load_state_dict
+    if getattr(original_load, "__rlad_cpu_patched__", False):
+        return
+
+    def _set_main_param_and_optimizer_states(self, model_param, tensors):
+        if self.config.use_precision_aware_optimizer_no_fp8_or_ds_fp8:
+            return original_set(self, model_param, tensors)
+        group_index, group_order = self.model_param_group_index_map[model_param]
+        main_param = self.optimizer.param_groups[group_index]["params"][group_order]
+        destinations = {"param": main_param, **self.optimizer.state[main_param]}
+        with torch.no_grad():
+            for key, destination in destinations.items():
+                if key in tensors:
+                    destination.copy_(tensors[key])
+
+    def load_state_dict(self, state_dict):
+        original_load(self, state_dict)
+        for state in self.optimizer.state.values():
+            if isinstance(state.get("step"), torch.Tensor):
+                state["step"] = state["step"].detach().clone()
+
+    load_state_dict.__rlad_cpu_patched__ = True
+    dist_opt._set_main_param_and_optimizer_states = _set_main_param_and_optimizer_states
+    dist_opt.load_state_dict = load_state_dict
+
+
+def prepare_optimizer_for_load(optimizer: Any) -> None:
+    """Give every torch-AdamW state its entries before a distributed-optimizer checkpoint is loaded into it.
+
+    Without this ``DistributedOptimizer.state_dict()`` asserts on the empty ``step`` set. Needed on any machine
+    without Apex/TE, so it is a public helper rather than a hidden patch.
+    """
+    chained = getattr(optimizer, "chained_optimizers", [optimizer])
+    for inner in chained:
+        init = getattr(inner, "_init_optimizer_states_with_dummy_values", None)
+        if init is not None and len(getattr(inner.optimizer, "state", {})) == 0:
+            init()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Entry point
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def check_megatron_version() -> str:
+    from megatron.core import package_info
+
+    version = package_info.__version__
+    if version != SUPPORTED_MEGATRON_CORE:
+        raise RuntimeError(
+            f"rlad_megatron.compat.megatron_cpu was written for megatron-core {SUPPORTED_MEGATRON_CORE}, but "
+            f"{version} is installed. Its CPU patches may be wrong or unnecessary there: install "
+            f"megatron-core=={SUPPORTED_MEGATRON_CORE} (see pyproject.toml), or re-measure every patch with "
+            f"tests/unit/test_compat_megatron_cpu.py and update SUPPORTED_MEGATRON_CORE."
+        )
+    return version
+
+
+# Imported up front so that their module-level ``torch`` is swapped now (later imports go through the finder).
+_MEGATRON_MODULES = (
+    "megatron.core.parallel_state",
+    "megatron.core.utils",
+    "megatron.core.tensor_parallel",
+    "megatron.core.tensor_parallel.random",
+    "megatron.core.tensor_parallel.layers",
+    "megatron.core.tensor_parallel.mappings",
+    "megatron.core.tensor_parallel.data",
+    "megatron.core.tensor_parallel.utils",
+    "megatron.core.transformer.utils",
+    "megatron.core.transformer.module",
+    "megatron.core.transformer.attention",
+    "megatron.core.transformer.dot_product_attention",
+    "megatron.core.transformer.transformer_layer",
+    "megatron.core.transformer.torch_norm",
+    "megatron.core.models.gpt.gpt_model",
+    "megatron.core.models.common.embeddings.rotary_pos_embedding",
+    "megatron.core.models.common.language_module.language_module",
+    "megatron.core.pipeline_parallel.schedules",
+    "megatron.core.pipeline_parallel.p2p_communication",
+    "megatron.core.optimizer",
+    "megatron.core.optimizer.optimizer",
+    "megatron.core.optimizer.distrib_optimizer",
+    "megatron.core.optimizer.clip_grads",
+    "megatron.core.optimizer.grad_scaler",
+    "megatron.core.distributed",
+    "megatron.core.distributed.param_and_grad_buffer",
+    "megatron.core.distributed.distributed_data_parallel",
+    "megatron.core.distributed.finalize_model_grads",
+    "megatron.core.dist_checkpointing",
+    "megatron.core.dist_checkpointing.exchange_utils",
+    "megatron.core.dist_checkpointing.strategies.state_dict_saver",
+)
+
+
+def apply(force: bool = False) -> bool:
+    """Make megatron-core usable on this CPU-only process. Returns True if the patches are (now) active.
+
+    A no-op when CUDA is available (unless ``force``). Idempotent. Call it before building models.
+    """
+    global _applied, _PROXY
+    if _applied:
+        return True
+    if cuda_is_available() and not force:
+        return False
+    check_megatron_version()
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "Apex/TE not installed, falling back" is expected on CPU
+        for name in _MEGATRON_MODULES:
+            importlib.import_module(name)
+    _PROXY = _CpuTorchProxy()
+    for name, module in list(sys.modules.items()):
+        if name.startswith("megatron.core") and module is not None:
+            _patch_module_torch(module)
+    if not any(isinstance(f, _PatchOnImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _PatchOnImport())
+    torch.Tensor.cuda = _identity_cuda
+    _patch_rng()
+    _patch_type_checks()
+    _patch_torch_norm_sequence_parallel()
+    _patch_distributed_optimizer_checkpoint()
+    _applied = True
+    return True

@@ -1,0 +1,82 @@
+"""Process-group and Megatron parallel-state setup for one SPMD program (torchrun or the test harness).
+
+On a machine without CUDA this is where the CPU compatibility patches get applied, so every entry point that builds
+Megatron models goes through ``initialize_model_parallel``.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def default_backend() -> str:
+    return "nccl" if torch.cuda.is_available() else "gloo"
+
+
+def init_distributed(backend: str | None = None, timeout_s: float = 600.0) -> None:
+    """Join the process group described by torchrun's environment (RANK, WORLD_SIZE, MASTER_ADDR/PORT).
+
+    Without those variables, starts a one-process group on a free local port, so that single-process tools and
+    tests run the same code as multi-process jobs.
+    """
+    if dist.is_initialized():
+        return
+    if "RANK" not in os.environ:
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(free_port()))
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+    backend = backend or default_backend()
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def initialize_model_parallel(
+    tensor_parallel: int = 1,
+    pipeline_parallel: int = 1,
+    *,
+    virtual_pipeline_parallel: int | None = None,
+    seed: int = 1234,
+) -> None:
+    """Set up Megatron's TP/PP/DP groups over the current world and seed the model-parallel RNG tracker.
+
+    Data parallelism is what is left: ``world_size / (tensor_parallel * pipeline_parallel)``.
+    """
+    init_distributed()
+    world = dist.get_world_size()
+    if world % (tensor_parallel * pipeline_parallel) != 0:
+        raise ValueError(
+            f"world size {world} is not divisible by tensor_parallel ({tensor_parallel}) x pipeline_parallel "
+            f"({pipeline_parallel}) = {tensor_parallel * pipeline_parallel}: launch a multiple of that many ranks"
+        )
+    from rlad_megatron.compat import megatron_cpu
+
+    megatron_cpu.apply()
+    from megatron.core import parallel_state, tensor_parallel as mcore_tp
+
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    parallel_state.initialize_model_parallel(
+        tensor_model_parallel_size=tensor_parallel,
+        pipeline_model_parallel_size=pipeline_parallel,
+        virtual_pipeline_model_parallel_size=virtual_pipeline_parallel,
+    )
+    mcore_tp.model_parallel_cuda_manual_seed(seed)
+
+
+def destroy_model_parallel() -> None:
+    from megatron.core import parallel_state
+
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
