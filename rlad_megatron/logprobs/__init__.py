@@ -1,0 +1,18 @@
+"""Token log-probs from (vocabulary-sharded) logits: the only home of vocabulary collectives.
+
+- :func:`vocab_parallel_token_logprobs`: log-probs (and entropy) of target tokens with autograd, from this
+  tensor-parallel rank's vocabulary shard; works with ``tp_group=None`` on one device.
+- :func:`vocab_parallel_topk`: top-k tokens of the sharded distribution (no gradient).
+- :func:`token_logprobs_reference`, :func:`entropy_reference`: plain single-device references.
+"""
+
+from rlad_megatron.logprobs.reference import entropy_reference, token_logprobs_reference
+from rlad_megatron.logprobs.topk import vocab_parallel_topk
+from rlad_megatron.logprobs.vocab_parallel import vocab_parallel_token_logprobs
+
+__all__ = [
+    "entropy_reference",
+    "token_logprobs_reference",
+    "vocab_parallel_token_logprobs",
+    "vocab_parallel_topk",
+]
