@@ -1,0 +1,73 @@
+"""The reward guard: exceptions and timeouts give reward 0, are counted, and never stop the caller."""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Mapping
+
+import pytest
+
+from rlad_megatron.rewards.base import RewardResult
+from rlad_megatron.rewards.guard import RewardGuard
+
+
+def picky_reward(completion: str, record: Mapping[str, Any]) -> RewardResult:
+    """Module-level (picklable) reward: 'boom' raises, 'hang' loops forever, else correct iff equal to answer."""
+    if completion == "boom":
+        raise ZeroDivisionError("adversarial")
+    if completion == "hang":
+        while True:  # a pure-Python hang (signal-free timeouts must still stop it)
+            pass
+    if completion == "notaresult":
+        return 1.0  # type: ignore[return-value]
+    ok = completion == record["answer"]
+    return RewardResult(float(ok), ok, True)
+
+
+picky_reward.may_hang = True  # type: ignore[attr-defined]
+REC = {"id": "r", "answer": "7"}
+
+
+def test_inline_catches_exceptions_and_bad_return_types() -> None:
+    g = RewardGuard(picky_reward, backend="inline")
+    assert g.score("7", REC).correct
+    r = g.score("boom", REC)
+    assert (r.score, r.correct, r.format_ok) == (0.0, False, False) and "ZeroDivisionError" in r.error
+    assert "expected RewardResult" in g.score("notaresult", REC).error
+    assert (g.stats.calls, g.stats.errors, g.stats.timeouts) == (3, 2, 0)
+    assert g.stats.as_metrics()["reward/errors"] == 2.0
+
+
+def test_auto_backend_follows_may_hang() -> None:
+    from rlad_megatron.data.arithmetic import ArithmeticTask
+
+    assert RewardGuard(picky_reward).backend == "process"
+    assert RewardGuard(ArithmeticTask().reward).backend == "inline"
+    with pytest.raises(ValueError, match="backend"):
+        RewardGuard(picky_reward, backend="signal")
+
+
+def test_process_backend_times_out_raises_and_recovers_from_a_worker_thread() -> None:
+    results: dict[str, Any] = {}
+
+    def run() -> None:  # not the main thread: signal.alarm would not work here
+        with RewardGuard(picky_reward, timeout_s=0.5, backend="process") as g:
+            results["ok"] = g.score("7", REC)
+            t0 = time.perf_counter()
+            results["hang"] = g.score("hang", REC)
+            results["hang_s"] = time.perf_counter() - t0
+            results["boom"] = g.score("boom", REC)
+            results["after"] = g.score_many([("7", REC), ("8", REC)])
+            results["stats"] = g.stats
+
+    th = threading.Thread(target=run)
+    th.start()
+    th.join(timeout=120)
+    assert not th.is_alive()
+    assert results["ok"].correct
+    assert results["hang"].error.startswith("timeout") and results["hang"].score == 0.0
+    assert results["hang_s"] < 5.0
+    assert "ZeroDivisionError" in results["boom"].error
+    assert [r.correct for r in results["after"]] == [True, False]
+    s = results["stats"]
+    assert (s.calls, s.errors, s.timeouts) == (5, 1, 1)
