@@ -91,7 +91,7 @@ class ArithmeticTask(Task):
         self.no_answer_score = no_answer_score
 
     def to_record(self, row: Mapping[str, Any]) -> dict[str, Any]:
-        record = dict(row)
+        record = {k: v for k, v in row.items() if v is not None}  # absent columns arrive as None
         prompt, answer = record.get("prompt"), record.get("answer")
         if isinstance(prompt, str) and prompt and not _PROMPT_RE.match(prompt):
             raise RecordError("prompt", f"expected 'a+b=' with decimal a, b, got {prompt[:40]!r}")
