@@ -38,4 +38,5 @@ def token_logprobs_reference(logits: Tensor, targets: Tensor, vocab_size: int | 
 def entropy_reference(logits: Tensor, vocab_size: int | None = None) -> Tensor:
     """Entropy ``-sum_v p_v log p_v`` of ``softmax(logits)`` per position, ``[..., V] -> [...]``, float32."""
     logp = torch.log_softmax(_valid(logits, vocab_size).float(), dim=-1)
-    return -(logp.exp() * logp).sum(dim=-1)
+    p = logp.exp()
+    return -(p * logp.masked_fill(p == 0, 0.0)).sum(dim=-1)  # 0 log 0 = 0 (e.g. -inf logits), NaN-free grad
