@@ -1,0 +1,220 @@
+"""THE table between Megatron GPTModel parameters and Hugging Face tensors (Llama / Qwen2 / Qwen3), with the layout
+conversions. The loader, the exporter and the weight sync to vLLM all use it; nothing else knows HF names.
+
+A :class:`HFGroup` is one Megatron parameter and the HF tensors it is made of:
+
+    kind       Megatron tensor (TP=1)                         HF tensors               TP split (rank r of t)
+    ---------  ---------------------------------------------  -----------------------  ------------------------------
+    qkv        [ng*(hpg+2)*hd, h]: per query group g, rows     q_proj [nh*hd, h],        groups [r*ng/t, (r+1)*ng/t):
+               [q heads of g; k_g; v_g]  (bias: same rows)    k_proj, v_proj [ng*hd,h]  one contiguous row block
+    gate_up    [2f, h] = [gate; up]                           gate_proj, up_proj [f,h]  [gate rows r; up rows r]
+    column     [out, in]                                      one                       rows r
+    row        [out, in]                                      one                       columns r
+    vocab      [V_padded, h], rows >= vocab_size are zero     one [vocab_size, h]       rows r of the padded tensor
+    replicated norms                                          one                       not split
+
+(ng = num_kv_heads, hpg = heads per group, hd = head_dim, f = intermediate_size.) Megatron names are relative to a
+model chunk (``decoder.layers.<local i>...``); a layer's global index comes from the layer module's
+``layer_number`` (1-based, includes the pipeline offset), so any PP / virtual-PP layout works. With tied embeddings
+the last stage's ``output_layer.weight`` (PP > 1) is a copy of ``embed_tokens``: loaded, never exported.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from rlad_megatron.models.hf_config import ModelArch
+
+TP_DIM: dict[str, int | None] = {
+    "qkv": 0, "gate_up": 0, "column": 0, "vocab": 0, "row": 1, "replicated": None,
+}
+
+# (megatron suffix inside decoder.layers.<i>, alternative name under the TE spec or None, kind, HF suffixes)
+_LAYER_TABLE: tuple[tuple[str, str | None, str, tuple[str, ...]], ...] = (
+    ("input_layernorm.weight", "self_attention.linear_qkv.layer_norm_weight", "replicated",
+     ("input_layernorm.weight",)),
+    ("self_attention.linear_qkv.weight", None, "qkv",
+     ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight")),
+    ("self_attention.linear_qkv.bias", None, "qkv",
+     ("self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias")),
+    ("self_attention.q_layernorm.weight", None, "replicated", ("self_attn.q_norm.weight",)),
+    ("self_attention.k_layernorm.weight", None, "replicated", ("self_attn.k_norm.weight",)),
+    ("self_attention.linear_proj.weight", None, "row", ("self_attn.o_proj.weight",)),
+    ("pre_mlp_layernorm.weight", "mlp.linear_fc1.layer_norm_weight", "replicated",
+     ("post_attention_layernorm.weight",)),
+    ("mlp.linear_fc1.weight", None, "gate_up", ("mlp.gate_proj.weight", "mlp.up_proj.weight")),
+    ("mlp.linear_fc2.weight", None, "row", ("mlp.down_proj.weight",)),
+)
+
+
+@dataclass(frozen=True)
+class HFGroup:
+    """One Megatron parameter <-> its HF tensors. ``key`` is stable and rank-independent (e.g. ``layers.3.qkv_w``)."""
+
+    key: str
+    kind: str
+    hf_names: tuple[str, ...]
+    layer: int | None  # global 0-based layer, None for embeddings / final norm / head
+
+    @property
+    def tp_dim(self) -> int | None:
+        return TP_DIM[self.kind]
+
+
+@dataclass(frozen=True)
+class LocalParam:
+    """A parameter of one model chunk on this rank and the group it holds a shard of."""
+
+    megatron_name: str
+    group: HFGroup
+    exported: bool = True  # False for the tied output-layer copy on the last stage
+
+
+def _layer_entries(arch: ModelArch):
+    for meg, te_name, kind, hf in _LAYER_TABLE:
+        if meg.endswith("linear_qkv.bias") and not arch.qkv_bias:
+            continue
+        if "_layernorm" in meg and meg.startswith("self_attention.") and not arch.qk_norm:
+            continue
+        yield meg, te_name, kind, hf
+
+
+def hf_groups(arch: ModelArch) -> list[HFGroup]:
+    """Every HF tensor group of ``arch`` in the canonical export order (embeddings, layers, final norm, head)."""
+    groups = [HFGroup("embedding", "vocab", ("model.embed_tokens.weight",), None)]
+    for layer in range(arch.num_layers):
+        for meg, _, kind, hf in _layer_entries(arch):
+            groups.append(HFGroup(f"layers.{layer}.{meg}", kind, tuple(f"model.layers.{layer}.{n}" for n in hf),
+                                  layer))
+    groups.append(HFGroup("final_norm", "replicated", ("model.norm.weight",), None))
+    if not arch.tie_word_embeddings:
+        groups.append(HFGroup("output_layer", "vocab", ("lm_head.weight",), None))
+    return groups
+
+
+def hf_shapes(arch: ModelArch) -> dict[str, tuple[int, ...]]:
+    """The expected shape of every HF tensor of ``arch`` (what the checkpoint must contain)."""
+    h, hd, f, v = arch.hidden_size, arch.head_dim, arch.intermediate_size, arch.vocab_size
+    q, kv = arch.num_heads * hd, arch.num_kv_heads * hd
+    per_layer = {
+        "input_layernorm.weight": (h,), "post_attention_layernorm.weight": (h,),
+        "self_attn.q_proj.weight": (q, h), "self_attn.k_proj.weight": (kv, h), "self_attn.v_proj.weight": (kv, h),
+        "self_attn.q_proj.bias": (q,), "self_attn.k_proj.bias": (kv,), "self_attn.v_proj.bias": (kv,),
+        "self_attn.q_norm.weight": (hd,), "self_attn.k_norm.weight": (hd,), "self_attn.o_proj.weight": (h, q),
+        "mlp.gate_proj.weight": (f, h), "mlp.up_proj.weight": (f, h), "mlp.down_proj.weight": (h, f),
+    }
+    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (v, h), "model.norm.weight": (h,),
+                                          "lm_head.weight": (v, h)}
+    for g in hf_groups(arch):
+        for name in g.hf_names:
+            if g.layer is not None:
+                shapes[name] = per_layer[name.split(".", 3)[3]]
+    return {n: shapes[n] for g in hf_groups(arch) for n in g.hf_names}
+
+
+def local_params(model_chunk: torch.nn.Module, arch: ModelArch) -> list[LocalParam]:
+    """The parameters of one GPTModel chunk, each tied to its :class:`HFGroup` (raises on any unmapped one)."""
+    by_key = {g.key: g for g in hf_groups(arch)}
+    names = dict(model_chunk.named_parameters())
+    out: list[LocalParam] = []
+    if "embedding.word_embeddings.weight" in names:
+        out.append(LocalParam("embedding.word_embeddings.weight", by_key["embedding"]))
+    decoder = getattr(model_chunk, "decoder", None)
+    for i, layer in enumerate(decoder.layers if decoder is not None else []):
+        glob = layer.layer_number - 1
+        for meg, te_name, _, _ in _layer_entries(arch):
+            for cand in (meg, te_name):
+                full = f"decoder.layers.{i}.{cand}"
+                if cand is not None and full in names:
+                    out.append(LocalParam(full, by_key[f"layers.{glob}.{meg}"]))
+                    break
+            else:
+                raise ValueError(f"model chunk has no parameter decoder.layers.{i}.{meg} that {arch.family} needs")
+    if "decoder.final_layernorm.weight" in names:
+        out.append(LocalParam("decoder.final_layernorm.weight", by_key["final_norm"]))
+    if "output_layer.weight" in names:
+        if arch.tie_word_embeddings:
+            out.append(LocalParam("output_layer.weight", by_key["embedding"], exported=False))
+        else:
+            out.append(LocalParam("output_layer.weight", by_key["output_layer"]))
+    seen = {p.megatron_name for p in out}
+    unmapped = sorted(set(names) - seen)
+    if unmapped:
+        raise ValueError(f"Megatron parameters without an HF mapping: {unmapped}")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Layout conversions. ``rows`` below are 1-D index ranges; everything works on the leading dim (weights and biases).
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def hf_row_ranges(group: HFGroup, arch: ModelArch, tp_rank: int, tp_size: int,
+                  padded_vocab: int) -> list[tuple[int, int]] | None:
+    """For each HF tensor of ``group``, the [start, stop) slice along its TP dim that rank ``tp_rank`` needs
+    (None: the whole tensor, replicated). For ``row`` kinds the range is over columns (dim 1)."""
+    kind = group.kind
+    if kind == "replicated":
+        return None
+    if kind == "qkv":
+        ng = arch.num_kv_heads // tp_size
+        q_rows = ng * arch.heads_per_group * arch.head_dim
+        kv_rows = ng * arch.head_dim
+        return [(tp_rank * q_rows, (tp_rank + 1) * q_rows)] + [(tp_rank * kv_rows, (tp_rank + 1) * kv_rows)] * 2
+    if kind == "vocab":
+        per = padded_vocab // tp_size
+        start = tp_rank * per
+        return [(min(start, arch.vocab_size), min(start + per, arch.vocab_size))]
+    dim = TP_DIM[kind]
+    full = hf_shapes(arch)[group.hf_names[0]][dim]
+    per = full // tp_size
+    rng = (tp_rank * per, (tp_rank + 1) * per)
+    return [rng] * len(group.hf_names)
+
+
+def hf_to_megatron_shard(group: HFGroup, pieces: list[torch.Tensor], arch: ModelArch, tp_size: int,
+                         padded_vocab: int) -> torch.Tensor:
+    """Assemble this rank's Megatron shard from its slices of the HF tensors (as cut by :func:`hf_row_ranges`)."""
+    kind = group.kind
+    if kind == "qkv":
+        ng = arch.num_kv_heads // tp_size
+        q, k, v = pieces
+        rest = q.shape[1:]
+        q = q.reshape(ng, arch.heads_per_group * arch.head_dim, *rest)
+        k = k.reshape(ng, arch.head_dim, *rest)
+        v = v.reshape(ng, arch.head_dim, *rest)
+        return torch.cat([q, k, v], dim=1).reshape(-1, *rest)
+    if kind == "gate_up":
+        return torch.cat(pieces, dim=0)
+    if kind == "vocab":
+        (rows,) = pieces
+        per = padded_vocab // tp_size
+        if rows.shape[0] == per:
+            return rows
+        out = rows.new_zeros((per, *rows.shape[1:]))
+        out[: rows.shape[0]] = rows
+        return out
+    (piece,) = pieces
+    return piece
+
+
+def megatron_full_to_hf(group: HFGroup, shards: list[torch.Tensor], arch: ModelArch) -> list[torch.Tensor]:
+    """The HF tensors (unpadded, contiguous) of ``group`` from its TP shards ``shards`` (index = TP rank)."""
+    kind = group.kind
+    if kind == "replicated":
+        return [shards[0]]
+    if kind == "row":
+        return [torch.cat(shards, dim=1)]
+    if kind == "vocab":
+        return [torch.cat(shards, dim=0)[: arch.vocab_size].contiguous()]
+    if kind == "gate_up":
+        halves = [s.chunk(2, dim=0) for s in shards]
+        return [torch.cat([h[0] for h in halves], 0), torch.cat([h[1] for h in halves], 0)]
+    if kind == "qkv":
+        full = torch.cat(shards, dim=0)
+        rest = full.shape[1:]
+        grouped = full.reshape(arch.num_kv_heads, (arch.heads_per_group + 2) * arch.head_dim, *rest)
+        q, k, v = grouped.split([arch.heads_per_group * arch.head_dim, arch.head_dim, arch.head_dim], dim=1)
+        return [t.reshape(-1, *rest).contiguous() for t in (q, k, v)]
+    return [torch.cat(shards, dim=TP_DIM[kind])]
