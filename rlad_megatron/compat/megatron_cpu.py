@@ -225,12 +225,9 @@ def _patch_type_checks() -> None:
     """megatron's optimizers accept only ``torch.cuda.*Tensor`` parameters (``param.type()`` string checks)."""
     from megatron.core.optimizer import clip_grads, distrib_optimizer, optimizer
 
+    # The checks run while the optimizers are built (DistributedOptimizer.__init__ calls
+    # _build_model_and_main_param_groups) and in clip_grads' zero counting.
     dist_opt = distrib_optimizer.DistributedOptimizer
-    raw = dist_opt.__dict__["_build_model_and_main_param_groups"]
-    if isinstance(raw, staticmethod):
-        dist_opt._build_model_and_main_param_groups = staticmethod(_with_cuda_type_names(raw.__func__))
-    else:
-        dist_opt._build_model_and_main_param_groups = _with_cuda_type_names(raw)
     dist_opt.__init__ = _with_cuda_type_names(dist_opt.__init__)
     f16 = optimizer.Float16OptimizerWithFloat16Params
     f16.__init__ = _with_cuda_type_names(f16.__init__)
