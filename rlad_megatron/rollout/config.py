@@ -1,0 +1,57 @@
+"""Configuration of the vLLM rollout engine (plain dataclass: importing it never imports vLLM)."""
+from __future__ import annotations
+
+import dataclasses
+
+WEIGHT_LOAD_MODES: tuple[str, ...] = ("inplace", "vllm_reload")
+DTYPES: tuple[str, ...] = ("float32", "bfloat16")
+PLACEMENTS: tuple[str, ...] = ("colocated", "disaggregated")
+
+
+@dataclasses.dataclass
+class VLLMEngineConfig:
+    """One vLLM engine (student rollouts or a teacher scorer).
+
+    On CPU the defaults are the measured ones of ``../shared/notes/vllm_nemorun_te_on_cpu.md``.
+    """
+
+    model: str
+    """Hugging Face directory (config, safetensors, tokenizer) the engine starts from."""
+    dtype: str = "float32"
+    """Engine dtype: "float32" (log-probs match the learner to ~1e-5) or "bfloat16" (~1e-2)."""
+    max_model_len: int = 1024
+    """Longest prompt + response, in tokens."""
+    kv_cache_bytes: int = 256 << 20
+    """KV-cache size in bytes. Must be given on CPU: vLLM's default memory fraction fails at start-up there."""
+    seed: int = 0
+    """Engine seed (a request's own ``SamplingSettings.seed`` takes precedence)."""
+    max_num_seqs: int = 256
+    """Most sequences decoded together."""
+    enforce_eager: bool = True
+    """No CUDA graphs / torch.compile (start-up is seconds instead of minutes; required on CPU)."""
+    weight_load: str = "inplace"
+    """How new weights enter the engine.
+    "inplace": at start the CPU linear layers keep their plain torch weight (no oneDNN pre-pack), and each sync
+    copies the new tensors straight into the engine's parameters through the model's own ``load_weights``
+    (qkv / gate_up stacking by vLLM's weight loaders). "vllm_reload": vLLM's layerwise ``reload_weights``, which
+    re-packs every linear layer on every sync (5-11x a memcpy on CPU; kept as the reference path)."""
+    reserved_cpus: int = 0
+    """``VLLM_CPU_NUM_OF_RESERVED_CPU``: vLLM's default reserves a core for itself, leaving OMP one thread on 2."""
+    placement: str = "colocated"
+    """"colocated": in the learner's process (one engine per data-parallel replica, on the first rank of each
+    model-parallel group). "disaggregated": in its own process, weights over a gloo/NCCL pair group."""
+
+    def validate(self) -> None:
+        if not self.model:
+            raise ValueError("VLLMEngineConfig.model must be a Hugging Face model directory, got an empty string")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"VLLMEngineConfig.dtype={self.dtype!r}: choose one of {DTYPES}")
+        if self.weight_load not in WEIGHT_LOAD_MODES:
+            raise ValueError(f"VLLMEngineConfig.weight_load={self.weight_load!r}: choose one of {WEIGHT_LOAD_MODES}")
+        if self.placement not in PLACEMENTS:
+            raise ValueError(f"VLLMEngineConfig.placement={self.placement!r}: choose one of {PLACEMENTS}")
+        for field in ("max_model_len", "kv_cache_bytes", "max_num_seqs"):
+            if getattr(self, field) <= 0:
+                raise ValueError(f"VLLMEngineConfig.{field} must be positive, got {getattr(self, field)}")
+        if self.reserved_cpus < 0:
+            raise ValueError(f"VLLMEngineConfig.reserved_cpus must be >= 0, got {self.reserved_cpus}")

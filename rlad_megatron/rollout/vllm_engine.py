@@ -1,0 +1,282 @@
+"""The vLLM rollout engine (in-process, ``VLLM_ENABLE_V1_MULTIPROCESSING=0``) and the vLLM teacher scorer.
+
+This and ``vllm_worker_ext.py`` are the only modules that import vLLM.
+
+    engine = VLLMEngine(VLLMEngineConfig(model=hf_dir))
+    results = engine.generate([[1, 5, 7]], SamplingSettings(n=4, temperature=0.6, top_p=0.95, max_tokens=32))
+    engine.begin_sync(1); engine.load_bucket(named_tensors); engine.finish_sync(1)   # see weight_sync/
+
+Sampled-token log-probs are vLLM's ``processed_logprobs``: the log-prob under the distribution the token was
+actually drawn from (after temperature and top-p; a token outside the nucleus has probability 0). With
+temperature 1 and top-p 1 that equals the model's raw log-prob. Prompt log-probs (``score``) are always raw
+(temperature 1, no truncation), which is what the learner computes.
+
+Process-group isolation: vLLM's worker sets up its own ``torch.distributed`` world (size 1) and, if the learner's
+default group already exists, would build its groups over the learner's whole world (a collective that ranks
+without an engine never join). So the engine is built, and shut down, with the learner's default group hidden
+(``_private_default_group``); vLLM's own groups all have one member and never communicate.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from typing import Iterable, Iterator, Sequence
+
+import torch
+
+from rlad_megatron.rollout.base import Completion, PromptResult, SamplingSettings
+from rlad_megatron.rollout.config import VLLMEngineConfig
+
+_EXT = "rlad_megatron.rollout.vllm_worker_ext.RladWorkerExtension"
+_TESTED_TORCH = ("2.13",)
+
+
+@contextlib.contextmanager
+def _private_default_group(state: dict) -> Iterator[None]:
+    """Hide the learner's default process group while vLLM sets up (or tears down) its own one-rank world.
+
+    ``state["vllm_pg"]`` receives vLLM's default group (kept out of the learner's way afterwards) and is made the
+    default again for the teardown. Relies on ``torch.distributed.distributed_c10d._update_default_pg`` (torch 2.x).
+    """
+    import torch.distributed as dist
+    from torch.distributed import distributed_c10d as c10d
+
+    if not torch.__version__.startswith(_TESTED_TORCH):  # loud, not silent, if upstream internals move
+        if not hasattr(c10d, "_update_default_pg"):
+            raise RuntimeError(
+                f"torch {torch.__version__} lacks distributed_c10d._update_default_pg: the colocated vLLM engine "
+                "cannot isolate its process group; use placement='disaggregated'"
+            )
+    learner_pg = c10d._world.default_pg
+    c10d._update_default_pg(state.get("vllm_pg"))
+    try:
+        yield
+    finally:
+        if dist.is_initialized() and c10d._world.default_pg is not learner_pg:
+            state["vllm_pg"] = c10d._world.default_pg
+        c10d._update_default_pg(learner_pg)
+
+
+@contextlib.contextmanager
+def _plain_cpu_gemm(enabled: bool) -> Iterator[None]:
+    """While vLLM loads the model, make its CPU linear layers keep their torch weight instead of a oneDNN pack.
+
+    ``dispatch_cpu_unquantized_gemm`` falls back to ``torch.nn.functional.linear`` (weight kept) when
+    ``vllm._custom_ops._supports_onednn`` is false; every GEMM then reads ``layer.weight`` at call time, so a
+    weight sync is an in-place copy. The engine checks the outcome with ``rlad_linear_weight_report``.
+    """
+    from vllm import _custom_ops
+    from vllm.platforms import current_platform
+
+    if not enabled or not current_platform.is_cpu():
+        yield
+        return
+    if current_platform.is_zen_cpu():
+        raise RuntimeError(
+            "weight_load='inplace' is not available on vLLM's zentorch platform (it always replaces the linear "
+            "weights); set VLLMEngineConfig.weight_load='vllm_reload'"
+        )
+    if not hasattr(_custom_ops, "_supports_onednn"):
+        raise RuntimeError(
+            "this vLLM has no vllm._custom_ops._supports_onednn switch: weight_load='inplace' cannot keep plain "
+            "CPU linear weights; set VLLMEngineConfig.weight_load='vllm_reload'"
+        )
+    saved = _custom_ops._supports_onednn
+    _custom_ops._supports_onednn = False
+    try:
+        yield
+    finally:
+        _custom_ops._supports_onednn = saved
+
+
+class VLLMEngine:
+    """An in-process vLLM engine implementing :class:`rlad_megatron.rollout.base.RolloutEngine`."""
+
+    def __init__(self, config: VLLMEngineConfig) -> None:
+        config.validate()
+        self.config = config
+        # In-process engine: the worker's model is reachable and RPC arguments travel by reference.
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        os.environ["VLLM_CPU_NUM_OF_RESERVED_CPU"] = str(config.reserved_cpus)
+        from vllm import LLM
+
+        self._dist_state: dict = {}
+        start = time.perf_counter()
+        with _private_default_group(self._dist_state), _plain_cpu_gemm(config.weight_load == "inplace"):
+            self._llm = LLM(
+                model=config.model,
+                dtype=config.dtype,
+                seed=config.seed,
+                max_model_len=config.max_model_len,
+                max_num_seqs=config.max_num_seqs,
+                enforce_eager=config.enforce_eager,
+                kv_cache_memory_bytes=config.kv_cache_bytes,
+                logprobs_mode="processed_logprobs",
+                worker_extension_cls=_EXT,
+            )
+        self.startup_s = time.perf_counter() - start
+        self._closed = False
+        self._sync_in_progress: int | None = None
+        if config.weight_load == "inplace":
+            report = self._rpc("rlad_linear_weight_report")
+            if report["packed"]:
+                raise RuntimeError(
+                    f"weight_load='inplace' needs plain torch weights in every linear layer, but {report['packed']} "
+                    f"of {report['plain'] + report['packed']} were pre-packed by vLLM (this vLLM release changed its "
+                    "CPU GEMM dispatch); set VLLMEngineConfig.weight_load='vllm_reload'"
+                )
+
+    # ------------------------------------------------------------------ RolloutEngine
+    def generate(self, prompts: Sequence[Sequence[int]], sampling: SamplingSettings) -> list[PromptResult]:
+        """Sample ``sampling.n`` responses per prompt (token-id lists). With a seed, prompt j's i-th response uses
+        seed ``seed + j * n + i`` (distinct streams, reproducible)."""
+        from vllm import SamplingParams
+
+        self._check_open()
+        self._check_lengths(prompts, sampling.max_tokens)
+        params = []
+        for j in range(len(prompts)):
+            params.append(
+                SamplingParams(
+                    n=sampling.n,
+                    temperature=sampling.temperature,
+                    top_p=sampling.top_p,
+                    max_tokens=sampling.max_tokens,
+                    stop_token_ids=list(sampling.stop_token_ids),
+                    seed=None if sampling.seed is None else sampling.seed + j * sampling.n,
+                    logprobs=0,
+                )
+            )
+        outputs = self._llm.generate(
+            [{"prompt_token_ids": list(map(int, p))} for p in prompts], params, use_tqdm=False
+        )
+        results = []
+        for prompt, out in zip(prompts, outputs):
+            completions = []
+            for c in sorted(out.outputs, key=lambda c: c.index):
+                ids = list(c.token_ids)
+                lps = [float(step[tok].logprob) for tok, step in zip(ids, c.logprobs)]
+                completions.append(Completion(ids, lps, _finish_reason(c.finish_reason), c.text or ""))
+            results.append(PromptResult(list(map(int, prompt)), completions))
+        return results
+
+    def score(self, sequences: Sequence[Sequence[int]], prompt_lens: Sequence[int]) -> list[list[float]]:
+        """Raw log-prob of each token after its prompt: ``out[i][t] = log p(seq_i[p_i + t] | seq_i[:p_i + t])``,
+        length ``len(seq_i) - p_i``, under the engine's current weights (vLLM prompt log-probs)."""
+        from vllm import SamplingParams
+
+        self._check_open()
+        if len(sequences) != len(prompt_lens):
+            raise ValueError(f"score: {len(sequences)} sequences but {len(prompt_lens)} prompt_lens")
+        for i, (seq, p) in enumerate(zip(sequences, prompt_lens)):
+            if not 1 <= p <= len(seq):
+                raise ValueError(f"score: prompt_lens[{i}]={p} must be in [1, len(sequence)={len(seq)}]")
+        self._check_lengths(sequences, 1)
+        params = SamplingParams(max_tokens=1, temperature=1.0, prompt_logprobs=0, logprobs=None)
+        outputs = self._llm.generate(
+            [{"prompt_token_ids": list(map(int, s))} for s in sequences], params, use_tqdm=False
+        )
+        scores = []
+        for seq, p, out in zip(sequences, prompt_lens, outputs):
+            plps = out.prompt_logprobs  # entry t: dict token -> Logprob for position t (entry 0 is None)
+            scores.append([float(plps[t][int(seq[t])].logprob) for t in range(p, len(seq))])
+        return scores
+
+    @property
+    def weight_version(self) -> int:
+        """The version of the weights the engine serves (0: as loaded from ``config.model``)."""
+        self._check_open()
+        return int(self._rpc("rlad_version"))
+
+    def shutdown(self) -> None:
+        """Stop the engine; safe to call twice. Leaves the learner's process groups untouched."""
+        if self._closed:
+            return
+        self._closed = True
+        with _private_default_group(self._dist_state):
+            self._llm.llm_engine.engine_core.shutdown()
+        self._dist_state.clear()
+        del self._llm
+
+    # ------------------------------------------------------------------ weight sync (engine side)
+    def begin_sync(self, version: int) -> None:
+        """Start receiving version ``version``. Generation must not run until :meth:`finish_sync`."""
+        self._check_open()
+        if version <= self.weight_version:
+            raise ValueError(f"sync version {version} must be above the served version {self.weight_version}")
+        self._sync_in_progress = version
+        if self.config.weight_load == "inplace":
+            self._rpc("rlad_begin_sync", version)
+
+    def load_bucket(self, named: list[tuple[str, torch.Tensor]]) -> None:
+        """Copy one bucket of HF-named full tensors into the engine's parameters (``weight_load='inplace'``)."""
+        if self._sync_in_progress is None:
+            raise RuntimeError("load_bucket outside a sync: call begin_sync(version) first")
+        if self.config.weight_load != "inplace":
+            raise RuntimeError("load_bucket needs weight_load='inplace'; with 'vllm_reload' use reload_all")
+        self._rpc("rlad_load", named)
+
+    def reload_all(self, named: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """vLLM's layerwise ``reload_weights`` over a stream of every HF tensor (``weight_load='vllm_reload'``)."""
+        if self._sync_in_progress is None:
+            raise RuntimeError("reload_all outside a sync: call begin_sync(version) first")
+        self._rpc("rlad_reload", named, self._sync_in_progress)
+
+    def finish_sync(self, version: int) -> None:
+        """Check the sync covered every parameter, record ``version`` and drop KV blocks of the old weights."""
+        if self._sync_in_progress != version:
+            raise RuntimeError(f"finish_sync({version}) does not match the sync in progress ({self._sync_in_progress})")
+        self._sync_in_progress = None
+        if self.config.weight_load == "inplace":
+            self._rpc("rlad_finish_sync", version)
+        self._llm.reset_prefix_cache()
+
+    # ------------------------------------------------------------------ helpers
+    def _rpc(self, method: str, *args):
+        return self._llm.collective_rpc(method, args=args)[0]
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("this VLLMEngine was shut down")
+        if self._sync_in_progress is not None:
+            raise RuntimeError(
+                f"weight sync {self._sync_in_progress} is in progress (begin_sync without finish_sync): the engine "
+                "holds a mix of old and new weights and must not generate or score"
+            )
+
+    def _check_lengths(self, seqs: Sequence[Sequence[int]], new_tokens: int) -> None:
+        for i, s in enumerate(seqs):
+            if len(s) == 0:
+                raise ValueError(f"sequence {i} is empty")
+            if len(s) + new_tokens > self.config.max_model_len:
+                raise ValueError(
+                    f"sequence {i} has {len(s)} tokens + {new_tokens} new > max_model_len="
+                    f"{self.config.max_model_len}: raise VLLMEngineConfig.max_model_len or shorten it"
+                )
+
+
+def _finish_reason(reason: str | None) -> str:
+    if reason in ("stop", "length"):
+        return reason
+    raise RuntimeError(f"vLLM returned finish_reason={reason!r} for a finished request (expected stop or length)")
+
+
+class VLLMTeacherScorer:
+    """The teacher's log-prob of each sampled student token, from a vLLM engine serving the teacher.
+
+    ``score(sequences, prompt_lens)`` -> ``list[list[float]]``, one raw log-prob per response token (the TRRD
+    ``t_lp``). The engine never receives weight syncs, so vLLM's pre-packed GEMMs are kept (``weight_load`` is
+    forced to "vllm_reload", which only matters if someone syncs it).
+    """
+
+    def __init__(self, config: VLLMEngineConfig) -> None:
+        import dataclasses
+
+        self.engine = VLLMEngine(dataclasses.replace(config, weight_load="vllm_reload"))
+
+    def score(self, sequences: Sequence[Sequence[int]], prompt_lens: Sequence[int]) -> list[list[float]]:
+        return self.engine.score(sequences, prompt_lens)
+
+    def shutdown(self) -> None:
+        self.engine.shutdown()
