@@ -118,12 +118,13 @@ class _DistributedNamespace(types.SimpleNamespace):
 class _CpuTorchProxy(types.ModuleType):
     """Stands in for the ``torch`` module inside megatron.core modules."""
 
-    def __init__(self) -> None:
+    def __init__(self, contiguous_scatter: bool = True) -> None:
         super().__init__("torch")
         for name in _FACTORIES:
             setattr(self, name, _cpu_factory(getattr(torch, name)))
         self.cuda = _make_cuda_namespace()
-        self.distributed = _DistributedNamespace(scatter=_contiguous_scatter)
+        if contiguous_scatter:
+            self.distributed = _DistributedNamespace(scatter=_contiguous_scatter)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(torch, name)
@@ -231,7 +232,9 @@ def _patch_type_checks() -> None:
     dist_opt.__init__ = _with_cuda_type_names(dist_opt.__init__)
     f16 = optimizer.Float16OptimizerWithFloat16Params
     f16.__init__ = _with_cuda_type_names(f16.__init__)
-    clip_grads.clip_grad_by_total_norm_fp32 = _with_cuda_type_names(clip_grads.clip_grad_by_total_norm_fp32)
+    patched_clip = _with_cuda_type_names(clip_grads.clip_grad_by_total_norm_fp32)
+    clip_grads.clip_grad_by_total_norm_fp32 = patched_clip
+    optimizer.clip_grad_by_total_norm_fp32 = patched_clip  # imported by name there
 
 
 def _patch_torch_norm_sequence_parallel() -> None:
@@ -366,11 +369,21 @@ _MEGATRON_MODULES = (
 )
 
 
-def apply(force: bool = False) -> bool:
+PATCHES = (
+    "torch_proxy", "contiguous_scatter", "tensor_cuda", "rng", "type_checks", "norm_sequence_parallel",
+    "distopt_checkpoint",
+)
+
+
+def apply(force: bool = False, skip: frozenset[str] | set[str] = frozenset()) -> bool:
     """Make megatron-core usable on this CPU-only process. Returns True if the patches are (now) active.
 
-    A no-op when CUDA is available (unless ``force``). Idempotent. Call it before building models.
+    A no-op when CUDA is available (unless ``force``). Idempotent. Call it before building models. ``skip`` leaves
+    out named patches (see ``PATCHES``); it exists for the tests that show why each patch is needed.
     """
+    unknown = set(skip) - set(PATCHES)
+    if unknown:
+        raise ValueError(f"unknown patch names {sorted(unknown)}; known: {PATCHES}")
     global _applied, _PROXY
     if _applied:
         return True
@@ -383,16 +396,22 @@ def apply(force: bool = False) -> bool:
         warnings.simplefilter("ignore")  # "Apex/TE not installed, falling back" is expected on CPU
         for name in _MEGATRON_MODULES:
             importlib.import_module(name)
-    _PROXY = _CpuTorchProxy()
-    for name, module in list(sys.modules.items()):
-        if name.startswith("megatron.core") and module is not None:
-            _patch_module_torch(module)
-    if not any(isinstance(f, _PatchOnImport) for f in sys.meta_path):
-        sys.meta_path.insert(0, _PatchOnImport())
-    torch.Tensor.cuda = _identity_cuda
-    _patch_rng()
-    _patch_type_checks()
-    _patch_torch_norm_sequence_parallel()
-    _patch_distributed_optimizer_checkpoint()
+    if "torch_proxy" not in skip:
+        _PROXY = _CpuTorchProxy(contiguous_scatter="contiguous_scatter" not in skip)
+        for name, module in list(sys.modules.items()):
+            if name.startswith("megatron.core") and module is not None:
+                _patch_module_torch(module)
+        if not any(isinstance(f, _PatchOnImport) for f in sys.meta_path):
+            sys.meta_path.insert(0, _PatchOnImport())
+    if "tensor_cuda" not in skip:
+        torch.Tensor.cuda = _identity_cuda
+    if "rng" not in skip:
+        _patch_rng()
+    if "type_checks" not in skip:
+        _patch_type_checks()
+    if "norm_sequence_parallel" not in skip:
+        _patch_torch_norm_sequence_parallel()
+    if "distopt_checkpoint" not in skip:
+        _patch_distributed_optimizer_checkpoint()
     _applied = True
     return True

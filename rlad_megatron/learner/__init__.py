@@ -1,0 +1,1 @@
+"""The Megatron learner: DDP/optimizer setup, forward-backward, checkpoints."""
