@@ -1,0 +1,156 @@
+"""A disaggregated vLLM engine: the engine runs in its own process; this client drives it.
+
+    engine = RemoteVLLMEngine(VLLMEngineConfig(model=hf_dir, placement="disaggregated"))
+    engine.generate(prompts, sampling)                 # commands and results over a multiprocessing Pipe
+    TorchDistTransport(engine).send(version, buckets)  # tensors over a two-rank gloo group (weight_sync/)
+
+The engine process is started with the ``spawn`` method, so it shares nothing with the learner's process (its
+own ``torch.distributed`` state included). Importing this module does not import vLLM; the child does.
+A child that dies or stops answering raises a clear error here instead of hanging the learner.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import time
+import traceback
+from typing import Any, Sequence
+
+
+from rlad_megatron.rollout.base import PromptResult, SamplingSettings
+from rlad_megatron.rollout.config import VLLMEngineConfig
+from rlad_megatron.weight_sync.buckets import Named
+from rlad_megatron.weight_sync.dist_transport import (
+    BucketReceiver, bucket_meta, connect_store, join_pair_group, pair_store, send_tensors,
+)
+
+_COMMANDS = ("generate", "score", "weight_version", "begin_sync", "finish_sync", "bucket", "shutdown")
+
+
+class EngineProcessError(RuntimeError):
+    """The engine process failed (its traceback is in the message) or died."""
+
+
+class RemoteVLLMEngine:
+    """Client of a ``VLLMEngine`` in its own process; implements ``RolloutEngine`` plus the sync calls."""
+
+    def __init__(self, config: VLLMEngineConfig, *, host: str = "127.0.0.1", start_timeout_s: float = 600.0,
+                 call_timeout_s: float = 1800.0) -> None:
+        config.validate()
+        self.config = config
+        self.call_timeout_s = call_timeout_s
+        ctx = mp.get_context("spawn")
+        self._store = pair_store(host, timeout_s=start_timeout_s)
+        self._conn, child_conn = ctx.Pipe()
+        self._proc = ctx.Process(target=_serve, args=(child_conn, config, host, self._store.port, start_timeout_s),
+                                 name="rlad-vllm-engine", daemon=True)
+        self._proc.start()
+        child_conn.close()
+        self._closed = False
+        self._group = join_pair_group(self._store, 0, timeout_s=start_timeout_s)
+        self.startup_s = self._reply(start_timeout_s)["startup_s"]
+
+    # RolloutEngine
+    def generate(self, prompts: Sequence[Sequence[int]], sampling: SamplingSettings) -> list[PromptResult]:
+        return self._call("generate", [list(map(int, p)) for p in prompts], sampling)
+
+    def score(self, sequences: Sequence[Sequence[int]], prompt_lens: Sequence[int]) -> list[list[float]]:
+        return self._call("score", [list(map(int, s)) for s in sequences], list(map(int, prompt_lens)))
+
+    @property
+    def weight_version(self) -> int:
+        return self._call("weight_version")
+
+    def shutdown(self) -> None:
+        """Stop the engine process (gracefully, then by force after 60 s); safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self._proc.is_alive():
+                self._conn.send(("shutdown",))
+                self._reply(60.0)
+        except (EngineProcessError, OSError, EOFError):
+            pass
+        self._proc.join(timeout=60)
+        if self._proc.is_alive():
+            self._proc.kill()
+            self._proc.join(timeout=10)
+        self._conn.close()
+        self._group = None
+
+    # weight sync
+    def begin_sync(self, version: int) -> None:
+        self._call("begin_sync", version)
+
+    def send_bucket(self, bucket: list[Named]) -> None:
+        """Tell the engine which tensors follow, send them over the pair group, wait for the engine's load."""
+        self._check_open()
+        self._conn.send(("bucket", bucket_meta(bucket)))
+        send_tensors(self._group, bucket, peer=1)
+        self._reply(self.call_timeout_s)
+
+    def finish_sync(self, version: int) -> None:
+        self._call("finish_sync", version)
+
+    # helpers
+    def _check_open(self) -> None:
+        if self._closed:
+            raise EngineProcessError("this RemoteVLLMEngine was shut down")
+
+    def _call(self, command: str, *args: Any) -> Any:
+        self._check_open()
+        self._conn.send((command, *args))
+        return self._reply(self.call_timeout_s)
+
+    def _reply(self, timeout_s: float) -> Any:
+        deadline = time.monotonic() + timeout_s
+        while not self._conn.poll(1.0):
+            if not self._proc.is_alive():
+                raise EngineProcessError(f"the vLLM engine process died (exit code {self._proc.exitcode})")
+            if time.monotonic() > deadline:
+                raise EngineProcessError(f"the vLLM engine process did not answer within {timeout_s:.0f} s")
+        try:
+            status, value = self._conn.recv()
+        except EOFError as exc:
+            raise EngineProcessError("the vLLM engine process closed its pipe") from exc
+        if status != "ok":
+            raise EngineProcessError(f"the vLLM engine process failed:\n{value}")
+        return value
+
+
+def _serve(conn, config: VLLMEngineConfig, host: str, port: int, timeout_s: float) -> None:
+    """The engine process: join the pair group, start the engine, then answer commands until shutdown."""
+    store = connect_store(host, port, timeout_s=timeout_s)
+    group = join_pair_group(store, 1, timeout_s=timeout_s)
+    try:
+        from rlad_megatron.rollout.vllm_engine import VLLMEngine
+
+        engine = VLLMEngine(config)
+    except Exception:
+        conn.send(("error", traceback.format_exc()))
+        return
+    conn.send(("ok", {"startup_s": engine.startup_s}))
+    receiver = BucketReceiver()
+    while True:
+        try:
+            command, *args = conn.recv()
+        except (EOFError, OSError):  # the learner went away
+            break
+        try:
+            if command not in _COMMANDS:
+                raise ValueError(f"unknown engine command {command!r}")
+            if command == "bucket":
+                engine.load_bucket(receiver.receive(group, args[0], peer=0))
+                result = None
+            elif command == "weight_version":
+                result = engine.weight_version
+            elif command == "shutdown":
+                engine.shutdown()
+                conn.send(("ok", None))
+                return
+            else:
+                result = getattr(engine, command)(*args)
+            conn.send(("ok", result))
+        except Exception:
+            conn.send(("error", traceback.format_exc()))
+    engine.shutdown()

@@ -1,0 +1,52 @@
+"""The learner's side of the probe check: token log-probs from a Megatron GPTModel (TP-sharded, one pipeline stage).
+
+The trainer may pass its own callable built on its forward schedule (needed with pipeline parallelism); this one
+is a plain no-grad forward for PP=1, used by tests, tools and the default trainer wiring.
+"""
+from __future__ import annotations
+
+import torch
+
+from rlad_megatron.weight_sync.verify import LearnerLogprobs
+
+
+def megatron_token_logprobs(model_chunks: list[torch.nn.Module], vocab_size: int) -> LearnerLogprobs:
+    """A :data:`LearnerLogprobs` over ``model_chunks`` (PP=1; TP any). Collective over the TP group.
+
+    Each sequence is run on its own (``[1, T]`` tokens, causal mask), the vocabulary-parallel log-prob kernel picks
+    the log-prob of each next token from the ``[1, T, V/TP]`` logit shard, and the result is identical on all TP
+    ranks. Columns at or beyond ``vocab_size`` (Megatron's TP padding) are excluded.
+    """
+    from megatron.core import parallel_state as ps
+
+    from rlad_megatron.logprobs import vocab_parallel_token_logprobs
+
+    if ps.get_pipeline_model_parallel_world_size() != 1 or len(model_chunks) != 1:
+        raise ValueError(
+            "megatron_token_logprobs handles one pipeline stage only; with pipeline parallelism pass the trainer's "
+            "own learner_logprobs (built on its forward schedule) to SyncVerifier"
+        )
+    (model,) = model_chunks
+    tp_group = ps.get_tensor_model_parallel_group() if ps.get_tensor_model_parallel_world_size() > 1 else None
+
+    def learner_logprobs(sequences: list[list[int]], prompt_lens: list[int]) -> list[list[float]]:
+        was_training = model.training
+        model.eval()
+        out = []
+        try:
+            with torch.no_grad():
+                for seq, p in zip(sequences, prompt_lens):
+                    tokens = torch.tensor([seq], dtype=torch.long)
+                    t = tokens.shape[1]
+                    positions = torch.arange(t).unsqueeze(0)
+                    mask = torch.tril(torch.ones(1, 1, t, t)) < 0.5  # True = masked (future positions)
+                    logits = model(tokens, positions, mask)  # [1, T, V/TP]
+                    lps = vocab_parallel_token_logprobs(
+                        logits[:, :-1].contiguous(), tokens[:, 1:], tp_group=tp_group, vocab_size=vocab_size
+                    )  # [1, T-1]: lps[0, i] = log p(seq[i+1] | seq[:i+1])
+                    out.append(lps[0, p - 1:].tolist())
+        finally:
+            model.train(was_training)
+        return out
+
+    return learner_logprobs

@@ -1,0 +1,152 @@
+"""One weight sync: Megatron shards -> full HF tensors (``iter_hf_tensors``) -> buckets -> transport -> verify.
+
+COLLECTIVE over the model-parallel group (TP x PP of one data-parallel replica): every rank calls
+:meth:`WeightSynchronizer.sync`; the group's first rank (TP rank 0 of the first pipeline stage) holds the transport
+to its engine, the others only take part in the gathers. No rank holds more than one bucket of gathered tensors
+(plus the one tensor being gathered): never a second copy of the model.
+
+A failure anywhere (transport error, stale or mismatched engine) is shared with the whole group and raised as
+:class:`WeightSyncError` on every rank, so that no rank waits forever in the next collective.
+"""
+from __future__ import annotations
+
+import time
+import traceback
+from typing import Iterable, Iterator, Protocol
+
+import torch
+import torch.distributed as dist
+
+from rlad_megatron.weight_sync.buckets import Named, iter_buckets, tensor_bytes
+from rlad_megatron.weight_sync.verify import SyncVerifier, WeightSyncError
+
+
+class WeightTransport(Protocol):
+    """Moves one version of the weights, as a stream of buckets, into one engine (all or nothing)."""
+
+    def send(self, version: int, buckets: Iterator[list[Named]]) -> None:
+        ...
+
+
+class _Timed:
+    """Wrap a tensor stream: count tensors and bytes, and time spent producing them (the learner-side gather)."""
+
+    def __init__(self, named: Iterable[Named]):
+        self._it = iter(named)
+        self.tensors = self.bytes = 0
+        self.produce_s = 0.0
+
+    def __iter__(self) -> Iterator[Named]:
+        while True:
+            start = time.perf_counter()
+            try:
+                name, tensor = next(self._it)
+            except StopIteration:
+                self.produce_s += time.perf_counter() - start
+                return
+            self.produce_s += time.perf_counter() - start
+            self.tensors += 1
+            self.bytes += tensor_bytes(tensor)
+            yield name, tensor
+
+    def drain(self) -> None:
+        for _ in self._it:
+            pass
+
+
+class WeightSynchronizer:
+    """Stream the learner's weights into the rollout engine, version them, and verify the result.
+
+    Args:
+        transport: this rank's transport (``InProcessTransport`` / ``TorchDistTransport``), or None on the ranks
+            of the model-parallel group that do not hold the engine.
+        bucket_bytes: most bytes of gathered tensors held (and sent) at a time.
+        verifier: checks the engine after each sync (None: no verification; not recommended).
+        model_parallel_group: the group the outcome is shared over (default: Megatron's model-parallel group when
+            it is initialised and has more than one rank).
+    """
+
+    def __init__(
+        self,
+        transport: WeightTransport | None,
+        *,
+        bucket_bytes: int = 128 << 20,
+        verifier: SyncVerifier | None = None,
+        model_parallel_group=None,
+    ) -> None:
+        if bucket_bytes <= 0:
+            raise ValueError(f"WeightSynchronizer: bucket_bytes must be positive, got {bucket_bytes}")
+        self.transport = transport
+        self.bucket_bytes = bucket_bytes
+        self.verifier = verifier
+        self._group = model_parallel_group
+        self.last_version = 0
+
+    def sync(self, model_chunks: list[torch.nn.Module], arch, version: int) -> dict[str, float]:
+        """Sync ``model_chunks`` (this rank's shards, described by ``arch``) as weight version ``version``.
+
+        Returns metrics on the engine rank (``sync/seconds``, ``sync/gather_seconds``, ``sync/gbytes``,
+        ``sync/gbytes_per_s``, ``sync/buckets``, and the verifier's ``sync/logprob_*``); an empty dict elsewhere.
+        """
+        from rlad_megatron.models.hf_export import iter_hf_tensors
+
+        if version <= self.last_version:
+            raise ValueError(f"sync version {version} must increase (last synced: {self.last_version})")
+        return self.sync_stream(iter_hf_tensors(model_chunks, arch, dst_only=True), version)
+
+    def sync_stream(self, named: Iterable[Named], version: int) -> dict[str, float]:
+        """:meth:`sync` from any stream of HF tensors (collective in the same way as the stream itself)."""
+        start = time.perf_counter()
+        stream = _Timed(named)
+        error: str | None = None
+        buckets = 0
+        if self.transport is None:
+            stream.drain()
+        else:
+            def counted() -> Iterator[list[Named]]:
+                nonlocal buckets
+                for bucket in iter_buckets(stream, self.bucket_bytes):
+                    buckets += 1
+                    yield bucket
+
+            try:
+                self.transport.send(version, counted())
+            except Exception:  # shared with the group below, then raised on every rank
+                error = f"weight sync {version} failed in the transport:\n{traceback.format_exc()}"
+            stream.drain()  # keep taking part in the gathers even after a failure
+        seconds = time.perf_counter() - start
+        self._raise_if_any(error)
+        metrics: dict[str, float] = {}
+        if self.transport is not None:
+            metrics = {
+                "sync/seconds": seconds,
+                "sync/gather_seconds": stream.produce_s,
+                "sync/gbytes": stream.bytes / 1e9,
+                "sync/gbytes_per_s": stream.bytes / 1e9 / max(seconds, 1e-9),
+                "sync/buckets": float(buckets),
+                "sync/tensors": float(stream.tensors),
+            }
+        if self.verifier is not None:
+            try:
+                checked = self.verifier.check(version)
+            except WeightSyncError as exc:
+                error = str(exc)
+            else:
+                metrics.update(checked or {})
+        self._raise_if_any(error)
+        self.last_version = version
+        return metrics
+
+    def _raise_if_any(self, error: str | None) -> None:
+        group = self._group
+        if group is None and dist.is_initialized():
+            from megatron.core import parallel_state as ps
+
+            if ps.model_parallel_is_initialized():
+                group = ps.get_model_parallel_group()
+        if group is not None and dist.get_world_size(group) > 1:
+            errors: list[str | None] = [None] * dist.get_world_size(group)
+            dist.all_gather_object(errors, error, group=group)
+            error = next((e for e in errors if e is not None), None)
+        if error is not None:
+            raise WeightSyncError(error)
