@@ -1,0 +1,359 @@
+"""The run configuration: one small dataclass per component, a YAML file, and dotted command-line overrides.
+
+    config = load_run_config("configs/quickstart.yaml", ["loss.alpha=0.3", "trainer.steps=20"])
+
+Defaults live only in these dataclasses (the loss's in ``rlad_megatron.loss.config.LossConfig``, the engine's in
+``rlad_megatron.rollout.config.VLLMEngineConfig``). An unknown key, a value of the wrong type or an invalid value is a
+``ConfigError`` that names the dotted key and says what is accepted.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from rlad_megatron.loss.config import LossConfig
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class ModelConfig:
+    student: str = ""
+    """Hugging Face directory of the student (config.json, safetensors, tokenizer): the initial weights."""
+    teacher: str | None = None
+    """Hugging Face directory of the teacher; required by ``rlad`` and ``kdrl`` (and by ``sft`` to generate)."""
+    params_dtype: str = "float32"
+    """Learner parameter dtype: "float32" or "bfloat16"."""
+    trust_remote_code: bool = False
+    """Allow model code shipped inside a checkpoint folder (off: only the built-in Llama/Qwen families load)."""
+
+    def validate(self) -> None:
+        if not self.student:
+            raise ConfigError("model.student: give the student's Hugging Face directory")
+        if self.params_dtype not in ("float32", "bfloat16"):
+            raise ConfigError(f"model.params_dtype={self.params_dtype!r}: choose 'float32' or 'bfloat16'")
+
+
+@dataclass
+class ParallelConfig:
+    tensor_parallel: int = 1
+    """Tensor-parallel size of the learner (and of the Megatron teacher)."""
+    pipeline_parallel: int = 1
+    """Pipeline-parallel size; data parallelism is world_size / (tensor_parallel * pipeline_parallel)."""
+    sequence_parallel: bool = False
+    """Megatron sequence parallelism (needs tensor_parallel > 1)."""
+
+    def validate(self) -> None:
+        if self.tensor_parallel < 1 or self.pipeline_parallel < 1:
+            raise ConfigError("parallel.tensor_parallel and parallel.pipeline_parallel must be >= 1")
+        if self.sequence_parallel and self.tensor_parallel == 1:
+            raise ConfigError("parallel.sequence_parallel=true needs parallel.tensor_parallel > 1")
+
+
+@dataclass
+class RolloutConfig:
+    group_size: int = 8
+    """G: responses sampled per prompt (the GRPO group)."""
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 64
+    """Longest response; longer ones are cut and flagged as truncated."""
+    placement: str = "colocated"
+    """"colocated" (engine in the learner's process) or "disaggregated" (engine in its own process)."""
+    dtype: str = "float32"
+    """Engine dtype ("float32" or "bfloat16")."""
+    kv_cache_mb: int = 256
+    """vLLM KV-cache size in MiB (must be given on CPU)."""
+    weight_load: str = "inplace"
+    """"inplace" (copy into the engine's parameters) or "vllm_reload" (vLLM's layerwise reload)."""
+    verify_every: int = 1
+    """Check after every N-th weight sync that the engine serves the learner's weights (0: never)."""
+    max_logprob_mismatch: float = 1e-3
+    """Largest engine-vs-learner log-prob difference on the probe batch tolerated after a sync (fp32)."""
+    tis_cap: float | None = None
+    """Truncated importance sampling: weight tokens by min(pi_learner_old / pi_engine, cap); None disables."""
+
+    def validate(self) -> None:
+        if self.group_size < 1:
+            raise ConfigError(f"rollout.group_size must be >= 1, got {self.group_size}")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"rollout.top_p must be in (0, 1], got {self.top_p}")
+        if self.temperature <= 0:
+            raise ConfigError(f"rollout.temperature must be > 0, got {self.temperature}")
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"rollout.max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.placement not in ("colocated", "disaggregated"):
+            raise ConfigError(f"rollout.placement={self.placement!r}: choose 'colocated' or 'disaggregated'")
+        if self.tis_cap is not None and self.tis_cap <= 0:
+            raise ConfigError(f"rollout.tis_cap must be > 0 or null, got {self.tis_cap}")
+
+
+@dataclass
+class DataConfig:
+    task: str = "arithmetic"
+    """Task name (``rlad_megatron.data.tasks.task_names()``): 'arithmetic', 'knights_knaves', 'math', ..."""
+    train_files: list[str] = field(default_factory=list)
+    """Local jsonl/parquet/arrow files, or one hub dataset name."""
+    eval_files: list[str] = field(default_factory=list)
+    prompts_per_step: int = 8
+    """Prompts per rollout batch (global, over all data-parallel replicas)."""
+    max_prompt_tokens: int = 128
+    """Prompts longer than this are filtered out (and counted)."""
+    bad_rows: str = "error"
+    """"error": stop on a malformed row, naming file, row and field; "skip": drop it and count it."""
+
+    def validate(self) -> None:
+        if not self.train_files:
+            raise ConfigError("data.train_files: give at least one training file (jsonl/parquet/arrow)")
+        if self.prompts_per_step < 1:
+            raise ConfigError(f"data.prompts_per_step must be >= 1, got {self.prompts_per_step}")
+        if self.bad_rows not in ("error", "skip"):
+            raise ConfigError(f"data.bad_rows={self.bad_rows!r}: choose 'error' or 'skip'")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-6
+    """Peak learning rate (paper: 1e-6 for 1.7B-8B students)."""
+    min_lr: float = 0.0
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    clip_grad: float = 1.0
+    """Global gradient-norm clip (0 disables)."""
+    use_distributed_optimizer: bool = True
+    """Shard optimizer state over data-parallel ranks (Megatron's DistributedOptimizer)."""
+
+    def validate(self) -> None:
+        if self.lr <= 0:
+            raise ConfigError(f"optim.lr must be > 0, got {self.lr}")
+        if self.min_lr < 0 or self.min_lr > self.lr:
+            raise ConfigError(f"optim.min_lr must be in [0, optim.lr={self.lr}], got {self.min_lr}")
+
+
+@dataclass
+class TrainerConfig:
+    steps: int = 100
+    """Rollout batches (= weight syncs) to train on."""
+    updates_per_batch: int = 1
+    """Optimizer steps per rollout batch (mini-batches); > 1 makes the old-policy log-probs differ from current."""
+    micro_batch_size: int = 8
+    """Sequences per forward/backward micro-batch on one data-parallel rank."""
+    skip_uniform_groups: bool = True
+    """DAPO dynamic sampling: drop groups whose rewards are all equal (no learning signal)."""
+    eval_every: int = 0
+    """Evaluate on data.eval_files every N steps (0: only at the end, if eval files are given)."""
+    eval_samples: int = 1
+    """k for Mean@k / Pass@k during periodic evaluation."""
+    eval_temperature: float = 0.6
+    eval_top_p: float = 0.95
+    save_every: int = 0
+    """Checkpoint every N steps (0: only at the end)."""
+    keep_checkpoints: int = 2
+    output_dir: str = "runs/rlad"
+    seed: int = 1234
+    max_consecutive_bad_steps: int = 3
+    """A step with a NaN/inf loss or gradient is skipped; this many in a row stop the run."""
+    export_hf: bool = True
+    """Write the final student as a Hugging Face checkpoint in output_dir/hf."""
+
+    def validate(self) -> None:
+        for name in ("steps", "updates_per_batch", "micro_batch_size", "eval_samples", "keep_checkpoints",
+                     "max_consecutive_bad_steps"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"trainer.{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass
+class TeacherConfig:
+    source: str = "megatron"
+    """Where teacher log-probs come from: "megatron" (frozen GPTModel, same TP/PP) or "vllm" (a vLLM engine)."""
+    offload: bool = False
+    """Keep the Megatron teacher's weights on the host between uses (GPU only)."""
+
+    def validate(self) -> None:
+        if self.source not in ("megatron", "vllm"):
+            raise ConfigError(f"teacher.source={self.source!r}: choose 'megatron' or 'vllm'")
+
+
+@dataclass
+class FP8Settings:
+    enabled: bool = False
+    """FP8 training through Transformer Engine (GPU only; a clear error elsewhere)."""
+    format: str = "hybrid"
+    """"e4m3" or "hybrid" (e4m3 forward, e5m2 backward)."""
+    recipe: str = "delayed"
+    """Scaling recipe: "delayed", "tensorwise", "mxfp8" or "blockwise"."""
+    fp8_params: bool = False
+    """Keep parameters in FP8 (saves memory; needs the distributed optimizer)."""
+    rollout_fp8: bool = False
+    """Serve rollouts from vLLM with FP8 weights."""
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    fp8: FP8Settings = field(default_factory=FP8Settings)
+
+    def validate(self) -> "RunConfig":
+        for f in dataclasses.fields(self):
+            section = getattr(self, f.name)
+            validate = getattr(section, "validate", None)
+            if validate is None:
+                continue
+            try:
+                validate()
+            except ConfigError:
+                raise
+            except ValueError as err:  # sections defined elsewhere raise plain ValueError
+                raise ConfigError(f"{f.name}: {err}") from err
+        if self.loss.algorithm in ("rlad", "kdrl") and not self.model.teacher:
+            raise ConfigError(f"loss.algorithm={self.loss.algorithm!r} needs model.teacher (a HF directory)")
+        if self.fp8.enabled:
+            from rlad_megatron.fp8 import check_fp8_available
+
+            check_fp8_available()
+        return self
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Building a RunConfig from nested mappings, YAML files and dotted overrides
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if errors else f"{key}: cannot be {value!r}")
+    if origin is typing.Literal:
+        if value not in args:
+            raise ConfigError(f"{key}={value!r}: choose one of {list(args)}")
+        return value
+    if origin is list:
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(v, args[0], f"{key}[]") if args else v for v in value]
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        try:
+            return int(value)
+        except ValueError:
+            raise ConfigError(f"{key}: expected an integer, got {value!r}") from None
+    if annotation is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+    if annotation is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping of keys, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(
+            f"unknown config key {where}{unknown[0]}; valid keys under {prefix or 'the top level'}: {sorted(fields)}"
+        )
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else name
+        annotation = hints[name]
+        if dataclasses.is_dataclass(annotation):
+            kwargs[name] = _build(annotation, value or {}, key)
+        else:
+            kwargs[name] = _coerce(value, annotation, key)
+    return cls(**kwargs)
+
+
+def _parse_scalar(text: str) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` overrides (values parsed as YAML scalars) to a nested mapping."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected the form section.key=value")
+        dotted, raw = item.split("=", 1)
+        parts = dotted.strip().split(".")
+        node = data
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part} is not a section")
+        node[parts[-1]] = _parse_scalar(raw)
+    return data
+
+
+def run_config_from_dict(data: Mapping[str, Any]) -> RunConfig:
+    return _build(RunConfig, data, "").validate()
+
+
+def load_run_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML config (or start from defaults when ``path`` is None) and apply dotted overrides."""
+    import yaml
+
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise ConfigError(f"config file {path} does not exist")
+        loaded = yaml.safe_load(path.read_text())
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path}: expected a mapping at the top level")
+        data = loaded or {}
+    return run_config_from_dict(apply_overrides(data, list(overrides or [])))
+
+
+def run_config_to_dict(config: RunConfig) -> dict[str, Any]:
+    return dataclasses.asdict(config)
