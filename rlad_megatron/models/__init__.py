@@ -17,7 +17,8 @@ from rlad_megatron.models.hf_config import (
 
 __all__ = [
     "ModelArch", "arch_from_hf_config", "load_arch", "padded_vocab_size", "transformer_config_for",
-    "build_model_chunks", "load_hf_model",
+    "build_model_chunks", "load_hf_model", "load_teacher", "check_tokenizer_compatible", "TokenizerMismatchError",
+    "iter_hf_tensors", "export_hf_checkpoint", "load_hf_weights", "HFCheckpointError",
 ]
 
 
@@ -67,3 +68,19 @@ def load_hf_model(
         for p in chunk.parameters():
             p.requires_grad_(trainable)
     return chunks, arch
+
+
+def __getattr__(name: str):  # lazy re-exports: keep `import rlad_megatron.models` light
+    if name in ("load_teacher", "check_tokenizer_compatible", "TokenizerMismatchError"):
+        from rlad_megatron.models import teacher
+
+        return getattr(teacher, name)
+    if name in ("iter_hf_tensors", "export_hf_checkpoint"):
+        from rlad_megatron.models import hf_export
+
+        return getattr(hf_export, name)
+    if name in ("load_hf_weights", "HFCheckpointError"):
+        from rlad_megatron.models import hf_loader
+
+        return getattr(hf_loader, name)
+    raise AttributeError(f"module 'rlad_megatron.models' has no attribute {name!r}")
