@@ -13,8 +13,9 @@ temperature 1 and top-p 1 that equals the model's raw log-prob. Prompt log-probs
 
 Process-group isolation: vLLM's worker sets up its own ``torch.distributed`` world (size 1) and, if the learner's
 default group already exists, would build its groups over the learner's whole world (a collective that ranks
-without an engine never join). So the engine is built, and shut down, with the learner's default group hidden
-(``_private_default_group``); vLLM's own groups all have one member and never communicate.
+without an engine never join), and its teardown would destroy every group of the process. So the engine is built
+and shut down with the learner's default group hidden (``_private_default_group``,
+``_shutdown_without_default_group``); vLLM's own groups all have one member and never communicate.
 """
 from __future__ import annotations
 
@@ -34,10 +35,10 @@ _TESTED_TORCH = ("2.13",)
 
 @contextlib.contextmanager
 def _private_default_group(state: dict) -> Iterator[None]:
-    """Hide the learner's default process group while vLLM sets up (or tears down) its own one-rank world.
+    """Hide the learner's default process group while vLLM sets up its own one-rank world.
 
-    ``state["vllm_pg"]`` receives vLLM's default group (kept out of the learner's way afterwards) and is made the
-    default again for the teardown. Relies on ``torch.distributed.distributed_c10d._update_default_pg`` (torch 2.x).
+    ``state["vllm_pg"]`` receives vLLM's default group (kept out of the learner's way afterwards). Relies on
+    ``torch.distributed.distributed_c10d._update_default_pg`` (torch 2.x).
     """
     import torch.distributed as dist
     from torch.distributed import distributed_c10d as c10d
@@ -49,12 +50,29 @@ def _private_default_group(state: dict) -> Iterator[None]:
                 "cannot isolate its process group; use placement='disaggregated'"
             )
     learner_pg = c10d._world.default_pg
-    c10d._update_default_pg(state.get("vllm_pg"))
+    c10d._update_default_pg(None)
     try:
         yield
     finally:
         if dist.is_initialized() and c10d._world.default_pg is not learner_pg:
             state["vllm_pg"] = c10d._world.default_pg
+        c10d._update_default_pg(learner_pg)
+
+
+def _shutdown_without_default_group(llm, vllm_pg) -> None:
+    """Shut the engine down with no default group visible, so that vLLM's teardown destroys only its own groups
+    (with a default group it calls ``destroy_process_group()``, which unregisters every group of the process,
+    the learner's included); then destroy vLLM's one-rank default group by hand."""
+    import torch.distributed as dist
+    from torch.distributed import distributed_c10d as c10d
+
+    learner_pg = c10d._world.default_pg
+    c10d._update_default_pg(None)
+    try:
+        llm.llm_engine.engine_core.shutdown()
+        if vllm_pg is not None and vllm_pg in c10d._world.pg_map:
+            dist.destroy_process_group(vllm_pg)
+    finally:
         c10d._update_default_pg(learner_pg)
 
 
@@ -194,9 +212,7 @@ class VLLMEngine:
         if self._closed:
             return
         self._closed = True
-        with _private_default_group(self._dist_state):
-            self._llm.llm_engine.engine_core.shutdown()
-        self._dist_state.clear()
+        _shutdown_without_default_group(self._llm, self._dist_state.pop("vllm_pg", None))
         del self._llm
 
     # ------------------------------------------------------------------ weight sync (engine side)

@@ -99,8 +99,11 @@ def _body(hf_dir: str, placement: str) -> dict:
     if engine is not None:
         report["version"] = engine.weight_version
         engine.shutdown()
+    from megatron.core import parallel_state as ps
+
     total = torch.tensor([float(rank + 1)])
-    dist.all_reduce(total)
+    dist.all_reduce(total)  # the learner's default group and its TP subgroup survive the engine's teardown
+    dist.all_reduce(total, group=ps.get_tensor_model_parallel_group())
     report["allreduce_after_shutdown"] = total.item()
     return report
 
@@ -119,7 +122,7 @@ def _check(reports: list[dict]) -> dict:
         assert r1[key] == {}
     for r in reports:
         assert "stale rollout weights" in r["skipped"], r["skipped"]
-        assert r["allreduce_after_shutdown"] == 3.0
+        assert r["allreduce_after_shutdown"] == 6.0
     assert r0["version"] == 2
     return r0
 
