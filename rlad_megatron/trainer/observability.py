@@ -1,0 +1,213 @@
+"""What a run shows and leaves behind: per-step metrics as JSONL and TensorBoard scalars, a progress bar, curves.
+
+    logger = MetricsLogger(Path(cfg.output_dir), total_steps=cfg.steps, start_step=resumed_step,
+                           enabled=torch.distributed.get_rank() == 0)
+    for step in range(resumed_step + 1, cfg.steps + 1):
+        ...
+        logger.log(step, {"reward/mean": 0.4, "reward/accuracy": 0.4, "loss/policy": 0.01, "time/step": 3.2})
+    logger.note("saved checkpoint step 20")
+    logger.close()                                        # flushes, writes output_dir/curves.png
+
+Files under ``output_dir``: ``metrics.jsonl`` (one ``{"step": s, key: value, ...}`` object per line; non-finite
+values are written as ``null``), ``tb/`` (TensorBoard event files) and ``curves.png``.
+
+Resume: steps are numbered from 1, and ``start_step`` is the last step the run completed (its checkpoint). A crashed
+run may have logged steps after its last checkpoint; those JSONL lines (step > ``start_step``) are dropped and the
+TensorBoard writer purges them (``purge_step``), so both read as if the run had never stopped. A fresh run
+(``start_step == 0``) starts a new JSONL file.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+from rlad_megatron.trainer.plots import DEFAULT_KEYS, plot_curves
+
+METRICS_FILE = "metrics.jsonl"
+TB_DIR = "tb"
+CURVES_FILE = "curves.png"
+
+#: Progress-bar postfix: (metric key, short label); the first present ``loss/`` key of LOSS_KEYS is shown as loss.
+_POSTFIX_KEYS: tuple[tuple[str, str], ...] = (("reward/mean", "reward"), ("reward/accuracy", "acc"))
+LOSS_KEYS: tuple[str, ...] = ("loss/total", "loss/loss", "loss/policy", "loss/pg_loss")
+
+
+def read_metrics(metrics_jsonl: Path) -> list[dict[str, Any]]:
+    """All well-formed rows of a metrics file, in order (a torn last line after a crash is skipped)."""
+    rows = []
+    path = Path(metrics_jsonl)
+    if not path.exists():
+        return rows
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict) and isinstance(row.get("step"), int):
+                rows.append(row)
+    return rows
+
+
+def truncate_metrics(metrics_jsonl: Path, last_step: int) -> int:
+    """Keep only the rows with ``step <= last_step`` (and drop torn lines); returns the number of rows dropped.
+
+    Written to a temporary file and renamed over the original, so a crash here leaves either file whole.
+    """
+    path = Path(metrics_jsonl)
+    if not path.exists():
+        return 0
+    with open(path, encoding="utf-8") as f:
+        lines = f.readlines()
+    kept = []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= last_step:
+            kept.append(line if line.endswith("\n") else line + "\n")
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(kept)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return len(lines) - len(kept)
+
+
+def _json_value(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def _loss_key(metrics: Mapping[str, float]) -> str | None:
+    for key in LOSS_KEYS:
+        if key in metrics:
+            return key
+    return next((k for k in metrics if k.startswith("loss/")), None)
+
+
+def format_postfix(metrics: Mapping[str, float]) -> str:
+    """The short progress-bar postfix: ``reward=0.41 acc=0.38 loss=0.0123 t=3.2s`` (only the keys present)."""
+    parts = [f"{label}={metrics[key]:.3g}" for key, label in _POSTFIX_KEYS if key in metrics]
+    loss_key = _loss_key(metrics)
+    if loss_key is not None:
+        parts.append(f"loss={metrics[loss_key]:.4g}")
+    if "eval/accuracy" in metrics:
+        parts.append(f"eval={metrics['eval/accuracy']:.3g}")
+    if "time/step" in metrics:
+        parts.append(f"t={metrics['time/step']:.1f}s")
+    return " ".join(parts)
+
+
+class MetricsLogger:
+    """Per-step metrics to ``metrics.jsonl`` and TensorBoard, a tqdm bar on stderr, and the curves PNG at close.
+
+    Only global rank 0 should pass ``enabled=True``; a disabled logger touches no file and prints nothing.
+    """
+
+    def __init__(self, output_dir: Path, total_steps: int, start_step: int = 0, enabled: bool = True,
+                 curve_keys: tuple[str, ...] = DEFAULT_KEYS) -> None:
+        if total_steps < 0 or start_step < 0:
+            raise ValueError(f"total_steps and start_step must be >= 0, got {total_steps}, {start_step}")
+        self.enabled = enabled
+        self.output_dir = Path(output_dir)
+        self.metrics_path = self.output_dir / METRICS_FILE
+        self.tb_dir = self.output_dir / TB_DIR
+        self.curves_path = self.output_dir / CURVES_FILE
+        self.curve_keys = curve_keys
+        self._closed = not enabled
+        self._writer: Any = None
+        self._bar: Any = None
+        self._file: Any = None
+        self._last_step = start_step
+        if not enabled:
+            return
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        dropped = 0
+        if start_step > 0:
+            dropped = truncate_metrics(self.metrics_path, start_step)
+        elif self.metrics_path.exists():
+            self.metrics_path.unlink()  # a fresh run: the file reads as this run only
+        self._file = open(self.metrics_path, "a", encoding="utf-8")
+
+        from torch.utils.tensorboard import SummaryWriter
+        from tqdm import tqdm
+
+        # purge_step hides events at steps >= purge_step that an earlier (crashed) run wrote to the same directory.
+        self._writer = SummaryWriter(log_dir=str(self.tb_dir), purge_step=start_step + 1)
+        self._bar = tqdm(total=total_steps, initial=start_step, file=sys.stderr, unit="step", dynamic_ncols=True,
+                         desc="train", smoothing=0.3)
+        if dropped:
+            self.note(f"resume: dropped {dropped} metrics lines logged after step {start_step}")
+
+    def log(self, step: int, metrics: Mapping[str, float]) -> None:
+        """Record ``metrics`` for ``step`` (JSONL line, TensorBoard scalars) and advance the progress bar to it."""
+        if not self.enabled:
+            return
+        if self._closed:
+            raise RuntimeError("MetricsLogger.log called after close()")
+        values: dict[str, float] = {}
+        for key, value in metrics.items():
+            if key == "step":
+                raise ValueError("metric key 'step' is reserved (pass the step as the first argument)")
+            try:
+                values[key] = float(value)
+            except (TypeError, ValueError):
+                raise TypeError(f"metric {key!r} must be a number, got {value!r}") from None
+        row = {"step": int(step), **{k: _json_value(v) for k, v in values.items()}}
+        self._file.write(json.dumps(row) + "\n")
+        self._file.flush()
+        for key, value in values.items():
+            self._writer.add_scalar(key, value, global_step=int(step))
+        advance = int(step) - self._last_step
+        if advance > 0:
+            self._bar.update(advance)
+            self._last_step = int(step)
+        postfix = format_postfix(values)
+        if postfix:
+            self._bar.set_postfix_str(postfix, refresh=True)
+
+    def note(self, text: str) -> None:
+        """Print a line to stderr without breaking the progress bar."""
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        tqdm.write(text, file=sys.stderr)
+
+    def flush(self) -> None:
+        """Flush the JSONL file and the TensorBoard writer (e.g. before a checkpoint)."""
+        if self.enabled and not self._closed:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._writer.flush()
+
+    def close(self) -> Path | None:
+        """Flush and close everything and write ``curves.png``; returns its path (None when disabled)."""
+        if not self.enabled:
+            return None
+        if self._closed:
+            return self.curves_path
+        self._closed = True
+        self._file.flush()
+        self._file.close()
+        self._writer.flush()
+        self._writer.close()
+        self._bar.close()
+        started = time.perf_counter()
+        plot_curves(self.metrics_path, self.curves_path, self.curve_keys)
+        self.note(f"curves: {self.curves_path} ({time.perf_counter() - started:.1f}s); "
+                  f"metrics: {self.metrics_path}; tensorboard --logdir {self.tb_dir}")
+        return self.curves_path
+
+    def __enter__(self) -> "MetricsLogger":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
