@@ -1,0 +1,177 @@
+"""``rlad-megatron convert``: HF <-> Megatron distributed checkpoints, and Megatron -> Megatron at another TP/PP.
+
+    rlad-megatron convert hf-to-mcore    --hf DIR   --out DIR [--tp N --pp N --dtype bf16]
+    rlad-megatron convert mcore-to-hf    --ckpt DIR --out DIR [--tp N --pp N --dtype bf16 --max-shard-gb G]
+    rlad-megatron convert mcore-to-mcore --ckpt DIR --out DIR  --tp N --pp N
+
+Multi-rank conversions run under torchrun with ``tp * pp`` ranks (more ranks become data-parallel replicas),
+e.g. ``torchrun --nproc-per-node 4 -m rlad_megatron.cli convert hf-to-mcore --hf qwen3 --out ck --tp 2 --pp 2``;
+one rank works in-process. A Megatron checkpoint is a ``megatron.core.dist_checkpointing`` directory plus
+``rlad_arch.json`` (the :class:`ModelArch`, with the HF config), ``rlad_checkpoint.json`` (padded vocabulary, the
+layout it was written at) and the tokenizer files, so any layout can read it back (dist_checkpointing reshards).
+The torch_dist saver starts a spawn multiprocessing Manager: scripts calling this must sit under
+``if __name__ == "__main__":``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from rlad_megatron.models.hf_config import ModelArch, load_arch, padded_vocab_size
+
+ARCH_FILE = "rlad_arch.json"
+META_FILE = "rlad_checkpoint.json"
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _setup(tp: int, pp: int) -> None:
+    from rlad_megatron.parallel import initialize_model_parallel
+
+    initialize_model_parallel(tp, pp)
+
+
+def _is_rank0() -> bool:
+    import torch.distributed as dist
+
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def save_megatron_checkpoint(model_chunks: list, arch: ModelArch, out_dir: str | Path, *,
+                             tokenizer_dir: str | Path | None = None) -> Path:
+    """Collective: write ``model_chunks`` (one per rank, no virtual PP) as a dist checkpoint with our metadata."""
+    import torch.distributed as dist
+    from megatron.core import dist_checkpointing
+    from megatron.core import parallel_state as ps
+
+    (chunk,) = model_chunks
+    out = Path(out_dir)
+    if _is_rank0():
+        out.mkdir(parents=True, exist_ok=True)
+        if any(out.iterdir()):
+            raise FileExistsError(f"checkpoint directory {out} is not empty: choose a new --out")
+    dist.barrier()
+    dist_checkpointing.save(chunk.sharded_state_dict(), str(out))
+    if _is_rank0():
+        padded = chunk.embedding.word_embeddings.weight.shape[0] * ps.get_tensor_model_parallel_world_size() \
+            if chunk.pre_process else None
+        meta = {"padded_vocab": padded, "tp": ps.get_tensor_model_parallel_world_size(),
+                "pp": ps.get_pipeline_model_parallel_world_size(),
+                "dtype": str(next(chunk.parameters()).dtype).removeprefix("torch.")}
+        (out / ARCH_FILE).write_text(arch.to_json())
+        (out / META_FILE).write_text(json.dumps(meta, indent=2))
+        if tokenizer_dir is not None:
+            from rlad_megatron.models.hf_export import TOKENIZER_FILES
+
+            for name in TOKENIZER_FILES:
+                if (Path(tokenizer_dir) / name).is_file():
+                    shutil.copyfile(Path(tokenizer_dir) / name, out / name)
+    dist.barrier()
+    return out
+
+
+def load_megatron_checkpoint(ckpt_dir: str | Path, *, params_dtype: torch.dtype | None = None,
+                             trainable: bool = True) -> tuple[list, ModelArch]:
+    """Build this rank's chunk for the current parallel state and load a checkpoint written at any TP/PP."""
+    from megatron.core import dist_checkpointing
+    from megatron.core import parallel_state as ps
+
+    from rlad_megatron.models import build_model_chunks
+
+    ckpt = Path(ckpt_dir)
+    if not (ckpt / ARCH_FILE).is_file():
+        raise FileNotFoundError(f"{ckpt} has no {ARCH_FILE}: not a checkpoint written by rlad-megatron convert/train")
+    arch = ModelArch.from_json((ckpt / ARCH_FILE).read_text())
+    meta = json.loads((ckpt / META_FILE).read_text())
+    tp = ps.get_tensor_model_parallel_world_size()
+    padded = meta["padded_vocab"] or padded_vocab_size(arch.vocab_size, meta["tp"])
+    if padded % tp:
+        raise ValueError(f"{ckpt}: padded vocabulary {padded} (written at tp={meta['tp']}) is not divisible by "
+                         f"tp={tp}: pick a tensor-parallel size dividing {padded}")
+    dtype = params_dtype or getattr(torch, meta["dtype"])
+    (chunk,) = build_model_chunks(arch, params_dtype=dtype, padded_vocab=padded)
+    state = dist_checkpointing.load(chunk.sharded_state_dict(), str(ckpt))
+    missing, unexpected = chunk.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith("_extra_state")]
+    if missing or unexpected:
+        raise ValueError(f"{ckpt}: checkpoint does not fit the model: missing {missing}, unexpected {unexpected}")
+    chunk.train(trainable)
+    for p in chunk.parameters():
+        p.requires_grad_(trainable)
+    return [chunk], arch
+
+
+def hf_to_mcore(hf_dir: str, out_dir: str, *, tp: int = 1, pp: int = 1, dtype: str = "fp32") -> None:
+    from rlad_megatron.models import load_hf_model
+
+    _setup(tp, pp)
+    chunks, arch = load_hf_model(hf_dir, params_dtype=DTYPES[dtype])
+    save_megatron_checkpoint(chunks, arch, out_dir, tokenizer_dir=hf_dir)
+
+
+def mcore_to_hf(ckpt_dir: str, out_dir: str, *, tp: int = 1, pp: int = 1, dtype: str | None = None,
+                max_shard_bytes: int = 2 << 30) -> None:
+    from rlad_megatron.models.hf_export import export_hf_checkpoint
+
+    _setup(tp, pp)
+    chunks, arch = load_megatron_checkpoint(ckpt_dir, trainable=False)
+    export_hf_checkpoint(chunks, arch, out_dir, tokenizer_dir=ckpt_dir, max_shard_bytes=max_shard_bytes,
+                         dtype=DTYPES[dtype] if dtype else None)
+
+
+def mcore_to_mcore(ckpt_dir: str, out_dir: str, *, tp: int, pp: int) -> None:
+    _setup(tp, pp)
+    chunks, arch = load_megatron_checkpoint(ckpt_dir, trainable=False)
+    save_megatron_checkpoint(chunks, arch, out_dir, tokenizer_dir=ckpt_dir)
+
+
+def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the ``convert`` subcommand (with ``hf-to-mcore``, ``mcore-to-hf``, ``mcore-to-mcore``)."""
+    parser = subparsers.add_parser("convert", help="convert checkpoints: HF <-> Megatron, Megatron re-layout",
+                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    kinds = parser.add_subparsers(dest="direction", required=True)
+    a = kinds.add_parser("hf-to-mcore", help="HF safetensors -> Megatron dist checkpoint")
+    a.add_argument("--hf", required=True, help="HF model directory (config.json, safetensors, tokenizer)")
+    b = kinds.add_parser("mcore-to-hf", help="Megatron dist checkpoint -> HF safetensors")
+    b.add_argument("--ckpt", required=True)
+    b.add_argument("--max-shard-gb", type=float, default=2.0, help="largest safetensors file written")
+    c = kinds.add_parser("mcore-to-mcore", help="Megatron dist checkpoint -> same at another TP/PP")
+    c.add_argument("--ckpt", required=True)
+    for sub in (a, b, c):
+        sub.add_argument("--out", required=True, help="output directory (must be new or empty)")
+        sub.add_argument("--tp", type=int, default=1, help="tensor-parallel size (world = tp*pp*dp)")
+        sub.add_argument("--pp", type=int, default=1, help="pipeline-parallel size")
+    for sub in (a, b):
+        sub.add_argument("--dtype", choices=sorted(DTYPES), default="fp32" if sub is a else None,
+                         help="parameter dtype to write (default: fp32 for hf-to-mcore, as saved otherwise)")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Execute a parsed ``convert`` command on this rank."""
+    if args.direction == "hf-to-mcore":
+        hf_to_mcore(args.hf, args.out, tp=args.tp, pp=args.pp, dtype=args.dtype)
+    elif args.direction == "mcore-to-hf":
+        mcore_to_hf(args.ckpt, args.out, tp=args.tp, pp=args.pp, dtype=args.dtype,
+                    max_shard_bytes=int(args.max_shard_gb * (1 << 30)))
+    else:
+        mcore_to_mcore(args.ckpt, args.out, tp=args.tp, pp=args.pp)
+    if _is_rank0():
+        print(f"convert {args.direction}: wrote {args.out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Stand-alone entry (``python -m rlad_megatron.convert hf-to-mcore ...``), same as ``rlad-megatron convert``."""
+    parser = argparse.ArgumentParser(prog="rlad-megatron")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["convert", *(argv if argv is not None else __import__("sys").argv[1:])])
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
