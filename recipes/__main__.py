@@ -1,0 +1,6 @@
+"""``python -m recipes``: see :mod:`recipes.cli`."""
+import sys
+
+from recipes.cli import main
+
+sys.exit(main())

@@ -1,0 +1,172 @@
+"""The shared base of every recipe: a ``Recipe`` is a full ``RunConfig`` plus the node/GPU layout it runs on.
+
+A recipe function (``recipes.logic.logic_qwen3_0p6b``, ...) returns a :class:`Recipe`; ``recipes.executors`` turns
+it into a NeMo-Run executor and a ``run.Script`` that starts, on every node::
+
+    torchrun --nnodes N --nproc-per-node G ... -m rlad_megatron.cli train section.key=value ...
+
+The trainer's configuration travels entirely on that command line, as the dotted overrides that differ from the
+``RunConfig`` defaults (:func:`config_overrides`), so that the sbatch script alone says what runs and no config file
+has to be shipped to the cluster.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from rlad_megatron.config import (
+    ConfigError,
+    RunConfig,
+    apply_overrides,
+    run_config_from_dict,
+    run_config_to_dict,
+)
+from rlad_megatron.placement import ModelShape, Placement, plan_placement
+
+#: Environment of every GPU job (the recipes add their own).
+GPU_ENV: dict[str, str] = {
+    "CUDA_DEVICE_MAX_CONNECTIONS": "1",  # Megatron: TP/SP communication must be issued in kernel order
+    "TORCH_NCCL_AVOID_RECORD_STREAMS": "1",  # frees NCCL buffers promptly (less fragmentation with vLLM)
+    "HF_HUB_OFFLINE": "1",  # checkpoints come from mounted directories; compute nodes must not reach the hub
+    "TOKENIZERS_PARALLELISM": "false",
+    "PYTHONUNBUFFERED": "1",
+}
+#: Environment of CPU jobs (the quickstart): one OpenMP thread per rank so that ranks do not fight for cores.
+CPU_ENV: dict[str, str] = {
+    "OMP_NUM_THREADS": "1",
+    "HF_HUB_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "PYTHONUNBUFFERED": "1",
+}
+
+TRAIN_MODULE = "rlad_megatron.cli"
+
+#: Keys always written on the command line, even at their defaults, so that the sbatch script states the paper's
+#: settings and a later change of a default cannot silently change a recipe.
+PINNED_KEYS: tuple[str, ...] = (
+    "loss.algorithm", "loss.alpha", "loss.eps_low", "loss.eps_high", "optim.lr", "rollout.group_size",
+    "data.prompts_per_step", "parallel.tensor_parallel", "parallel.pipeline_parallel", "trainer.steps",
+)
+
+
+@dataclass
+class Recipe:
+    """A run: its configuration, where it runs, and what to check before launching it."""
+
+    name: str
+    description: str
+    config: RunConfig
+    nodes: int = 1
+    gpus_per_node: int = 8
+    """Ranks per node (torchrun ``--nproc-per-node``): GPUs on GPU jobs, processes on CPU jobs."""
+    rollout_gpus: int = 0
+    """GPUs reserved for disaggregated rollout engines (0 when colocated)."""
+    teacher_gpus: int = 0
+    """GPUs of a vLLM teacher of its own (0: shares the learner's)."""
+    student_shape: ModelShape | None = None
+    teacher_shape: ModelShape | None = None
+    env: dict[str, str] = field(default_factory=lambda: dict(GPU_ENV))
+    gpu: bool = True
+    """Whether the job needs GPUs (the Slurm executor then asks for ``gpus_per_node`` GPUs per node)."""
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.gpus_per_node
+
+    def with_overrides(self, overrides: list[str]) -> "Recipe":
+        """A copy with dotted ``section.key=value`` overrides applied to the config (validated)."""
+        if not overrides:
+            return self
+        data = apply_overrides(run_config_to_dict(self.config), list(overrides))
+        return dataclasses.replace(self, config=build_config(data))
+
+    def with_layout(self, *, nodes: int | None = None, gpus_per_node: int | None = None) -> "Recipe":
+        """A copy on another allocation (checked by :meth:`validate`)."""
+        return dataclasses.replace(self, nodes=self.nodes if nodes is None else nodes,
+                                   gpus_per_node=self.gpus_per_node if gpus_per_node is None else gpus_per_node)
+
+    def placement(self) -> Placement:
+        """The checked layout on ``nodes x gpus_per_node`` (raises ``PlacementError`` explaining the arithmetic)."""
+        return plan_placement(self.config, nodes=self.nodes, gpus_per_node=self.gpus_per_node,
+                              rollout_gpus=self.rollout_gpus, teacher_gpus=self.teacher_gpus,
+                              student=self.student_shape, teacher=self.teacher_shape)
+
+    def validate(self) -> Placement:
+        """Check everything that can be checked on the launching machine; returns the placement.
+
+        FP8's hardware check (CUDA, Transformer Engine) is left to the job itself: the launcher (a login node, a
+        laptop) has neither. Its settings and cross-section rules are checked here.
+        """
+        from rlad_megatron.fp8 import validate_fp8_run
+
+        validate_config(self.config)
+        validate_fp8_run(self.config)
+        return self.placement()
+
+    def train_args(self) -> list[str]:
+        """The arguments after ``-m rlad_megatron.cli``: ``train`` and the config's non-default overrides."""
+        return ["train", *config_overrides(self.config)]
+
+
+def build_config(data: dict[str, Any]) -> RunConfig:
+    """``run_config_from_dict`` without FP8's hardware check (see :meth:`Recipe.validate`)."""
+    data = json.loads(json.dumps(data))  # deep copy of plain values
+    fp8 = data.get("fp8") or {}
+    enabled = fp8.get("enabled", False)
+    if fp8:
+        fp8["enabled"] = False
+    config = run_config_from_dict(data)
+    if enabled not in (True, False):
+        raise ConfigError(f"fp8.enabled: expected true or false, got {enabled!r}")
+    config.fp8.enabled = enabled
+    return config
+
+
+def validate_config(config: RunConfig) -> None:
+    """``RunConfig.validate`` with FP8's hardware check left to the job (see :meth:`Recipe.validate`)."""
+    probe = dataclasses.replace(config, fp8=dataclasses.replace(config.fp8, enabled=False))
+    probe.validate()
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
+
+
+def format_value(value: Any) -> str:
+    """A value as the trainer's override parser (YAML scalars) reads it back: bare when unambiguous, else JSON."""
+    import yaml
+
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ConfigError(f"cannot pass the non-finite number {value!r} as an override")
+        return repr(value)  # '1e-06' reads back as a string that the config coerces to float
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        plain = value and not any(c in value for c in " \t\n'\"\\$`#:,[]{}&*!|>%@")
+        if plain and yaml.safe_load(value) == value:
+            return value
+        return json.dumps(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(format_value(v) for v in value) + "]"
+    raise ConfigError(f"cannot pass {value!r} ({type(value).__name__}) as an override")
+
+
+def config_overrides(config: RunConfig, pinned: tuple[str, ...] = PINNED_KEYS) -> list[str]:
+    """``section.key=value`` for the ``pinned`` keys and every other field that differs from the defaults."""
+    ours = _flatten(run_config_to_dict(config))
+    defaults = _flatten(run_config_to_dict(RunConfig()))
+    return [f"{key}={format_value(value)}" for key, value in ours.items()
+            if key in pinned or defaults.get(key) != value]

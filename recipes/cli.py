@@ -1,0 +1,112 @@
+"""``python -m recipes``: build a recipe, check its placement, and launch it through NeMo-Run (or dry-run it).
+
+    python -m recipes --list
+    python -m recipes quickstart                                    # local, 2 CPU processes, tiny models
+    python -m recipes logic_qwen3_0p6b --executor slurm --dryrun --account acct --partition batch \\
+        --container-image rlad-megatron:0.1.0 --mounts /lustre/models:/models,/lustre/data:/data trainer.steps=10
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, Sequence
+
+from rlad_megatron.config import ConfigError
+
+from recipes import RECIPES, get_recipe, prepare_quickstart_assets, recipe_names
+from recipes.base import Recipe
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m recipes", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("name", nargs="?", help="recipe name (see --list)")
+    p.add_argument("overrides", nargs="*", help="trainer config overrides, section.key=value")
+    p.add_argument("--list", action="store_true", help="list the recipes and exit")
+    p.add_argument("--show", action="store_true", help="print the placement and the trainer command, launch nothing")
+    p.add_argument("--executor", choices=("local", "slurm"), default="local")
+    p.add_argument("--dryrun", action="store_true", help="render the job (the sbatch script on Slurm), submit nothing")
+    p.add_argument("--detach", action="store_true", help="return once the job is submitted")
+    p.add_argument("--nodes", type=int, help="override the recipe's node count")
+    p.add_argument("--gpus-per-node", type=int, help="override the recipe's GPUs (ranks) per node")
+    p.add_argument("--account", help="Slurm account")
+    p.add_argument("--partition", help="Slurm partition")
+    p.add_argument("--time", default="04:00:00", help="Slurm time limit (default %(default)s)")
+    p.add_argument("--qos", help="Slurm QoS")
+    p.add_argument("--container-image", help="container image for pyxis (see docker/README.md)")
+    p.add_argument("--mounts", action="append", default=[],
+                   help="container mounts host:container, comma-separated or repeated")
+    p.add_argument("--job-dir", help="where NeMo-Run writes job files (on the cluster when --ssh-host is given)")
+    p.add_argument("--ssh-host", help="submit through SSH to this login node")
+    p.add_argument("--ssh-user", help="user for --ssh-host")
+    p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="extra environment variable")
+    p.add_argument("--arg", action="append", default=[], metavar="NAME=VALUE",
+                   help="keyword argument of the recipe function (e.g. max_response=2048, model_root=/models)")
+    p.add_argument("--workdir", default="runs/quickstart_assets",
+                   help="quickstart: where the tiny models and data are created (default %(default)s)")
+    return p
+
+
+def _pairs(items: Sequence[str], what: str) -> dict[str, Any]:
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"{what} {item!r}: expected NAME=VALUE")
+        key, value = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value) if what == "--arg" else value
+    return out
+
+
+def build_recipe(args: argparse.Namespace) -> Recipe:
+    """The recipe named on the command line, with its arguments, layout and overrides applied (not validated)."""
+    kwargs = _pairs(args.arg, "--arg")
+    if args.name == "quickstart" and "student" not in kwargs:
+        kwargs = {**prepare_quickstart_assets(args.workdir), **kwargs}
+    try:
+        recipe = get_recipe(args.name, **kwargs)
+    except TypeError as err:
+        raise ConfigError(f"recipe {args.name}: bad --arg ({err})") from None
+    return recipe.with_layout(nodes=args.nodes, gpus_per_node=args.gpus_per_node).with_overrides(args.overrides)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_intermixed_args(argv)
+    if args.list or not args.name:
+        for name in recipe_names():
+            doc = (RECIPES[name].func if hasattr(RECIPES[name], "func") else RECIPES[name]).__doc__ or ""
+            print(f"{name:28s} {doc.strip().splitlines()[0] if doc.strip() else ''}")
+        return 0
+    try:
+        recipe = build_recipe(args)
+        placement = recipe.validate()
+    except (ConfigError, KeyError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"recipe {recipe.name}: {recipe.description}\n{placement.describe()}")
+    if args.show:
+        print("command: torchrun ... -m rlad_megatron.cli " + " ".join(recipe.train_args()))
+        return 0
+    from recipes.executors import launch, local_executor, slurm_executor
+
+    env = _pairs(args.env, "--env")
+    mounts = [m for item in args.mounts for m in item.split(",") if m]
+    try:
+        if args.executor == "local":
+            executor = local_executor(recipe, env=env)
+        else:
+            executor = slurm_executor(recipe, account=args.account or "", partition=args.partition, time=args.time,
+                                      container_image=args.container_image, container_mounts=mounts,
+                                      job_dir=args.job_dir, ssh_host=args.ssh_host, ssh_user=args.ssh_user,
+                                      env=env, qos=args.qos)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    result = launch(recipe, executor, dryrun=args.dryrun, detach=args.detach)
+    print(f"experiment directory: {result['experiment_dir']}")
+    states = {task: info.get("status") for task, info in (result["status"] or {}).items()}
+    if states:
+        print(f"status: {states}")
+    failed = [t for t, s in states.items() if str(s).upper().split(".")[-1] not in ("SUCCEEDED", "RUNNING", "SUBMITTED")]
+    return 1 if failed else 0

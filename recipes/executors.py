@@ -1,0 +1,105 @@
+"""NeMo-Run executors and the training task for a :class:`recipes.base.Recipe`, and launching it.
+
+    recipe = get_recipe("logic_qwen3_0p6b")
+    executor = slurm_executor(recipe, account="acct", partition="batch", container_image="rlad-megatron:0.1.0",
+                              container_mounts=["/lustre/models:/models", "/lustre/data:/data"])
+    launch(recipe, executor, dryrun=True)        # renders <exp_dir>/<name>_sbatch.sh, submits nothing
+
+Both executors use NeMo-Run's ``torchrun`` launcher, so each node runs one
+``torchrun --nnodes N --nproc-per-node G ... -m rlad_megatron.cli train <overrides>`` (under ``srun`` on Slurm).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import nemo_run as run
+
+from recipes.base import TRAIN_MODULE, Recipe
+
+
+def train_task(recipe: Recipe) -> run.Script:
+    """The ``run.Script`` running ``python -m rlad_megatron.cli train <overrides>`` (torchrun wraps it)."""
+    return run.Script(path=TRAIN_MODULE, m=True, args=recipe.train_args(), entrypoint="python")
+
+
+def _env(recipe: Recipe, env: dict[str, str] | None) -> dict[str, str]:
+    merged = dict(recipe.env)
+    merged.update(env or {})
+    return merged
+
+
+def local_executor(recipe: Recipe, *, env: dict[str, str] | None = None) -> run.LocalExecutor:
+    """torchrun with ``recipe.gpus_per_node`` processes on this machine (one node only)."""
+    if recipe.nodes != 1:
+        raise ValueError(f"recipe {recipe.name} needs {recipe.nodes} nodes x {recipe.gpus_per_node} GPUs; the local "
+                         "executor runs on this machine only: use --executor slurm, or --nodes 1 with a layout that "
+                         "fits one machine")
+    return run.LocalExecutor(ntasks_per_node=recipe.gpus_per_node, nodes=1, launcher="torchrun",
+                             env_vars=_env(recipe, env))
+
+
+def slurm_executor(recipe: Recipe, *, account: str, partition: str | None = None, time: str = "04:00:00",
+                   container_image: str | None = None, container_mounts: Sequence[str] = (),
+                   job_dir: str | None = None, ssh_host: str | None = None, ssh_user: str | None = None,
+                   env: dict[str, str] | None = None, qos: str | None = None,
+                   exclusive: bool = True) -> run.SlurmExecutor:
+    """A Slurm job of ``recipe.nodes`` nodes with ``recipe.gpus_per_node`` GPUs (and torchrun ranks) each.
+
+    ``container_image``/``container_mounts`` go to pyxis (``srun --container-image``; mounts ``src:dst``).
+    Without ``ssh_host`` the job is submitted from this machine (a login node, or a dry run anywhere); with it,
+    through an SSH tunnel, and ``job_dir`` is a directory on the cluster.
+    """
+    if not account:
+        raise ValueError("the Slurm executor needs an account: pass --account")
+    for mount in container_mounts:
+        if ":" not in mount:
+            raise ValueError(f"container mount {mount!r}: expected host_path:container_path")
+    job_dir = job_dir or os.path.join(os.environ.get("NEMORUN_HOME", os.path.expanduser("~/.nemo_run")),
+                                      "slurm_jobs")
+    if ssh_host:
+        if not ssh_user:
+            raise ValueError("an SSH tunnel needs --ssh-user as well as --ssh-host")
+        tunnel: Any = run.SSHTunnel(host=ssh_host, user=ssh_user, job_dir=job_dir)
+    else:
+        tunnel = run.LocalTunnel(job_dir=job_dir)
+    kwargs: dict[str, Any] = dict(
+        account=account, partition=partition, time=time, nodes=recipe.nodes,
+        ntasks_per_node=recipe.gpus_per_node, container_image=container_image,
+        container_mounts=list(container_mounts), env_vars=_env(recipe, env), tunnel=tunnel,
+        packager=run.Packager(), qos=qos, exclusive=exclusive or None, job_name_prefix=f"{account}-rlad.",
+    )
+    if recipe.gpu:
+        kwargs["gpus_per_node"] = recipe.gpus_per_node
+    executor = run.SlurmExecutor(**kwargs)
+    executor.launcher = "torchrun"
+    return executor
+
+
+def launch(recipe: Recipe, executor: run.LocalExecutor | run.SlurmExecutor, *, dryrun: bool = False,
+           detach: bool = False, tail_logs: bool = False, experiment_name: str | None = None) -> dict[str, Any]:
+    """Check the recipe, then run it in a NeMo-Run ``Experiment`` (or only render it with ``dryrun``).
+
+    Returns ``{"experiment_dir": ..., "status": {...}}``; ``status`` is NeMo-Run's per-task status (empty for a
+    dry run, whose rendered files are under ``experiment_dir``).
+    """
+    recipe.validate()
+    # NeMo-Run 0.11.1 has no public accessor for an experiment's directory; ``_exp_dir`` is where it writes.
+    with run.Experiment(experiment_name or f"rlad-{recipe.name}") as exp:
+        exp.add(train_task(recipe), executor=executor, name=recipe.name)
+        if dryrun:
+            exp.dryrun(delete_exp_dir=False)
+            return {"experiment_dir": exp._exp_dir, "status": {}}
+        exp.run(sequential=True, detach=detach, tail_logs=tail_logs)
+        status = exp.status(return_dict=True) if not detach else {}
+        return {"experiment_dir": exp._exp_dir, "status": status or {}}
+
+
+def rendered_sbatch(experiment_dir: str | Path, recipe: Recipe) -> str:
+    """The sbatch script a Slurm dry run wrote for ``recipe`` under ``experiment_dir``."""
+    path = Path(experiment_dir) / f"{recipe.name}_sbatch.sh"
+    if not path.exists():
+        found = sorted(p.name for p in Path(experiment_dir).glob("*_sbatch.sh"))
+        raise FileNotFoundError(f"no {path.name} under {experiment_dir} (found {found})")
+    return path.read_text()

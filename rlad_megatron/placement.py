@@ -1,0 +1,206 @@
+"""Where everything runs: learner TP/PP/DP, the teacher and the rollout engines on the allocated GPUs.
+
+    plan = plan_placement(config, nodes=8, gpus_per_node=8, student=ModelShape.from_arch(arch))
+    print(plan.describe())      # "64 GPUs (8 nodes x 8): learner TP=2 x PP=1 x DP=32 ..."
+
+The job is one SPMD program (``torchrun`` on every node), so the world is ``nodes * gpus_per_node`` ranks:
+- the learner holds ``world - rollout_gpus - teacher_gpus`` ranks, as DP replicas of ``TP x PP`` GPUs each;
+- a Megatron teacher (``teacher.source=megatron``) lives on the learner's GPUs with the learner's TP/PP layout;
+  a vLLM teacher either shares the learner's GPUs (``teacher_gpus=0``) or has ``teacher_gpus`` of its own;
+- rollout engines are colocated (one per DP replica, engine TP = learner TP, no GPUs of their own) or
+  disaggregated (``rollout_gpus`` GPUs, ``rollout_gpus / rollout_tp`` engines).
+Every check raises ``PlacementError`` that spells out the arithmetic and what to change. The recipes call this
+before launching; the trainer can call it again at start-up with the real model shapes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from rlad_megatron.config import ConfigError, RunConfig
+
+
+class PlacementError(ConfigError):
+    """The requested layout does not fit the allocation or the model; the message shows the arithmetic."""
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The few numbers of a model that constrain its parallel layout."""
+
+    name: str
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    hidden_size: int
+    intermediate_size: int
+
+    @classmethod
+    def from_arch(cls, arch: Any, name: str = "model") -> "ModelShape":
+        """From a :class:`rlad_megatron.models.hf_config.ModelArch` (or anything with its field names)."""
+        return cls(name, arch.num_layers, arch.num_heads, arch.num_kv_heads, arch.hidden_size,
+                   arch.intermediate_size)
+
+    @classmethod
+    def from_hf_dir(cls, path: str, name: str | None = None) -> "ModelShape":
+        """Read ``config.json`` of a Hugging Face directory (through ``load_arch``)."""
+        from rlad_megatron.models.hf_config import load_arch
+
+        return cls.from_arch(load_arch(path), name or path)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """A checked layout. ``learner_gpus = tp * pp * dp``; ``world = learner_gpus + rollout_gpus + teacher_gpus``."""
+
+    nodes: int
+    gpus_per_node: int
+    tp: int
+    pp: int
+    dp: int
+    rollout: str
+    """"colocated" or "disaggregated"."""
+    rollout_gpus: int
+    rollout_tp: int
+    num_engines: int
+    teacher: str
+    """"none", "megatron" (on the learner's GPUs, learner layout) or "vllm"."""
+    teacher_gpus: int
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.gpus_per_node
+
+    @property
+    def learner_gpus(self) -> int:
+        return self.tp * self.pp * self.dp
+
+    def describe(self) -> str:
+        """One line per component, for logs and the recipe CLI."""
+        lines = [f"{self.world_size} GPUs ({self.nodes} node(s) x {self.gpus_per_node}): learner TP={self.tp} x "
+                 f"PP={self.pp} x DP={self.dp} on {self.learner_gpus} GPUs"]
+        if self.rollout == "colocated":
+            lines.append(f"rollout: {self.num_engines} colocated vLLM engine(s) (one per DP replica, TP={self.rollout_tp})")
+        else:
+            lines.append(f"rollout: {self.num_engines} vLLM engine(s) of TP={self.rollout_tp} on {self.rollout_gpus} "
+                         "GPUs of their own")
+        if self.teacher == "megatron":
+            lines.append(f"teacher: frozen Megatron model on the learner's GPUs (TP={self.tp} x PP={self.pp})")
+        elif self.teacher == "vllm":
+            where = f"on {self.teacher_gpus} GPUs of its own" if self.teacher_gpus else "on the learner's GPUs"
+            lines.append(f"teacher: vLLM scorer {where}")
+        else:
+            lines.append("teacher: none")
+        return "\n".join(lines)
+
+
+def _positive(name: str, value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise PlacementError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+def check_model_shape(shape: ModelShape, *, tp: int, pp: int, role: str, fp8: bool = False) -> None:
+    """Head, layer and width divisibility of ``shape`` under TP=``tp`` x PP=``pp`` (``role``: 'student', ...)."""
+    where = f"{role} {shape.name}"
+    if shape.num_heads % tp:
+        raise PlacementError(f"{where}: {shape.num_heads} attention heads cannot be split over TP={tp} "
+                             f"({shape.num_heads} / {tp} is not whole): choose TP among {_divisors(shape.num_heads)}")
+    if shape.num_kv_heads % tp:
+        raise PlacementError(f"{where}: {shape.num_kv_heads} key/value heads cannot be split over TP={tp} "
+                             f"(KV-head replication is not supported): choose TP among {_divisors(shape.num_kv_heads)}")
+    if shape.num_layers % pp:
+        raise PlacementError(f"{where}: {shape.num_layers} layers cannot be split into PP={pp} equal stages: "
+                             f"choose PP among {_divisors(shape.num_layers)}")
+    if fp8:
+        for field in ("hidden_size", "intermediate_size"):
+            width = getattr(shape, field)
+            if (width // tp) % 16 or width % tp:
+                raise PlacementError(f"{where}: FP8 GEMMs need every TP shard of {field}={width} to be a multiple "
+                                     f"of 16 ({width} / TP={tp} = {width / tp:g}): change TP or disable fp8")
+
+
+def plan_placement(config: RunConfig, *, nodes: int, gpus_per_node: int, rollout_gpus: int = 0,
+                   rollout_tp: int | None = None, teacher_gpus: int = 0, student: ModelShape | None = None,
+                   teacher: ModelShape | None = None) -> Placement:
+    """Decide and check the layout of ``config`` on ``nodes x gpus_per_node`` GPUs (one rank per GPU).
+
+    ``rollout_gpus``: GPUs reserved for disaggregated engines (must be 0 when colocated, > 0 when not).
+    ``rollout_tp``: engine tensor parallel size (default: the learner's TP). ``teacher_gpus``: GPUs of a vLLM
+    teacher of its own (0: it shares the learner's). ``student``/``teacher``: model shapes, when known, for the
+    head/layer checks. Raises :class:`PlacementError`.
+    """
+    _positive("nodes", nodes)
+    _positive("gpus_per_node", gpus_per_node)
+    tp, pp = config.parallel.tensor_parallel, config.parallel.pipeline_parallel
+    _positive("parallel.tensor_parallel", tp)
+    _positive("parallel.pipeline_parallel", pp)
+    world = nodes * gpus_per_node
+    alloc = f"{world} GPUs ({nodes} node(s) x {gpus_per_node})"
+    per_replica = tp * pp
+
+    colocated = config.rollout.placement == "colocated"
+    rollout_tp = tp if rollout_tp is None else rollout_tp
+    _positive("rollout_tp", rollout_tp)
+    if colocated and rollout_gpus:
+        raise PlacementError(f"rollout.placement=colocated runs the engines on the learner's GPUs, but "
+                             f"rollout_gpus={rollout_gpus} were reserved: set rollout.placement=disaggregated or 0")
+    if colocated and rollout_tp != tp:
+        raise PlacementError(f"colocated engines share the learner's tensor-parallel group: rollout TP={rollout_tp} "
+                             f"must equal parallel.tensor_parallel={tp}")
+    if not colocated:
+        if rollout_gpus < 1:
+            raise PlacementError("rollout.placement=disaggregated needs GPUs of its own: give rollout_gpus >= 1 "
+                                 "(e.g. --rollout-gpus 8)")
+        if rollout_gpus % rollout_tp:
+            raise PlacementError(f"{rollout_gpus} rollout GPUs cannot hold whole engines of TP={rollout_tp} "
+                                 f"({rollout_gpus} / {rollout_tp} is not whole)")
+    if rollout_tp > gpus_per_node:
+        raise PlacementError(f"rollout TP={rollout_tp} would span nodes ({gpus_per_node} GPUs per node): "
+                             f"keep engine TP <= {gpus_per_node}")
+
+    teacher_kind = "none" if config.loss.algorithm in ("grpo", "sft") or not config.model.teacher \
+        else config.teacher.source
+    if teacher_gpus and teacher_kind != "vllm":
+        raise PlacementError(f"teacher_gpus={teacher_gpus} is only for a vLLM teacher (teacher.source=vllm); "
+                             f"this run's teacher is {teacher_kind!r}")
+
+    learner = world - rollout_gpus - teacher_gpus
+    if learner < 1:
+        raise PlacementError(f"{alloc} leave no GPUs for the learner after {rollout_gpus} rollout + "
+                             f"{teacher_gpus} teacher GPUs: ask for more nodes or reserve fewer GPUs")
+    if per_replica > learner:
+        raise PlacementError(f"{learner} learner GPUs cannot hold TP={tp} x PP={pp} = {per_replica} GPUs per "
+                             f"replica: lower TP/PP or ask for more GPUs")
+    if learner % per_replica:
+        raise PlacementError(f"{learner} learner GPUs are not a whole number of TP={tp} x PP={pp} = {per_replica}-GPU "
+                             f"replicas (DP would be {learner / per_replica:g}): use a multiple of {per_replica} "
+                             "learner GPUs or change TP/PP")
+    if tp > gpus_per_node or gpus_per_node % tp:
+        raise PlacementError(f"TP={tp} must fit inside one node and divide its {gpus_per_node} GPUs (tensor "
+                             "parallelism needs the intra-node links): lower parallel.tensor_parallel")
+    dp = learner // per_replica
+
+    prompts, group = config.data.prompts_per_step, config.rollout.group_size
+    if prompts % dp:
+        raise PlacementError(f"data.prompts_per_step={prompts} prompts cannot be shared evenly by DP={dp} replicas "
+                             f"({prompts} / {dp} = {prompts / dp:g}): use a multiple of {dp}")
+    num_engines = dp if colocated else rollout_gpus // rollout_tp
+    if not colocated and prompts % num_engines:
+        raise PlacementError(f"data.prompts_per_step={prompts} prompts cannot be shared evenly by {num_engines} "
+                             f"rollout engines: use a multiple of {num_engines}")
+    del group  # sequences per replica = prompts / dp * group: always whole once prompts divide evenly
+
+    fp8 = config.fp8.enabled
+    if student is not None:
+        check_model_shape(student, tp=tp, pp=pp, role="student", fp8=fp8)
+        if rollout_tp != tp:
+            check_model_shape(student, tp=rollout_tp, pp=1, role="student (rollout engine)")
+    if teacher is not None and teacher_kind == "megatron":
+        check_model_shape(teacher, tp=tp, pp=pp, role="teacher", fp8=False)
+    return Placement(nodes=nodes, gpus_per_node=gpus_per_node, tp=tp, pp=pp, dp=dp,
+                     rollout=config.rollout.placement, rollout_gpus=rollout_gpus, rollout_tp=rollout_tp,
+                     num_engines=num_engines, teacher=teacher_kind, teacher_gpus=teacher_gpus)
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
