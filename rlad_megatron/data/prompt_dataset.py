@@ -198,12 +198,12 @@ def load_prompt_dataset(source: str | Sequence[str], task: Task, tokenizer: Any,
         if i in bad_utf8:
             reject("invalid_utf8", i, bad_utf8[i], "is not valid UTF-8")
             continue
-        if row.get("id") is None:
-            row = {**row, "id": f"{stem}-{i}"}
-        elif isinstance(row["id"], int) and not isinstance(row["id"], bool):
-            row = {**row, "id": str(row["id"])}
         try:
             record = task.to_record(row)
+            if record.get("id") is None:  # the layout had no id: derive a stable one from the file and row
+                record["id"] = f"{stem}-{i}"
+            elif isinstance(record["id"], int) and not isinstance(record["id"], bool):
+                record["id"] = str(record["id"])
             validate_record(record, task.schema)
         except RecordError as exc:
             reason = "invalid_utf8" if "UTF-8" in exc.reason else "invalid"

@@ -40,7 +40,13 @@ class RewardStats:
 
 
 def _worker_main(conn: Connection, fn: RewardFn) -> None:
-    """Worker loop: say "ready", then receive (completion, record), reply ("ok", RewardResult) or ("err", message)."""
+    """Worker loop: warm up, say "ready", then receive (completion, record), reply ("ok", result) or ("err", msg)."""
+    warmup = getattr(getattr(fn, "__self__", None), "warmup", None)
+    if callable(warmup):
+        try:  # heavy imports (sympy) happen here, not inside the first sample's timeout
+            warmup()
+        except Exception:  # noqa: BLE001 - a failing warm-up shows up again, guarded, on the first sample
+            pass
     conn.send(("ready", None))
     while True:
         try:

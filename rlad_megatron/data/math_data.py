@@ -1,0 +1,122 @@
+"""The math task: record layouts of the paper's math data and of GSM8K / MATH style files, and the prompt.
+
+Accepted row layouts (converted by :meth:`MathTask.to_record`):
+- canonical: ``prompt`` (str), ``answer`` (str or number), optional ``id``, ``difficulty``;
+- GSM8K: ``question`` + ``answer`` whose last line is ``#### 72`` (the number after ``####`` becomes the answer);
+- MATH / MATH-500: ``problem`` + ``answer``, or ``problem`` + ``solution`` (the last ``\\boxed{}`` of the solution);
+  ``level`` becomes the difficulty;
+- Skywork-OR1 / verl: ``prompt`` as a list of chat messages (the last user turn is the problem),
+  ``reward_model.ground_truth`` a list of acceptable answers or a JSON string of one, ``data_source`` the difficulty
+  label, ``extra_info.index`` the id when there is no ``id``.
+Alternative acceptable answers are kept in ``answers`` (list[str]); the reward accepts any of them.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Mapping
+
+from rlad_megatron.data.tasks import BASE_SCHEMA, RecordError, Task, register_task
+from rlad_megatron.rewards.base import RewardResult
+from rlad_megatron.rewards.math_answer import MathRewardConfig, extract_boxed, math_reward
+
+INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
+
+
+def _as_answer(value: Any, field: str) -> str:
+    if isinstance(value, bool):
+        raise RecordError(field, "has type bool, expected str or number")
+    if isinstance(value, (int, float)):
+        return str(value)
+    if not isinstance(value, str):
+        raise RecordError(field, f"has type {type(value).__name__}, expected str or number")
+    return value.strip()
+
+
+def _ground_truths(value: Any) -> list[str]:
+    if isinstance(value, str):
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            return [value.strip()]
+        value = parsed if isinstance(parsed, list) else [value]
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise RecordError("reward_model.ground_truth", "expected a non-empty list of answers or a JSON string of one")
+    return [_as_answer(v, "reward_model.ground_truth") for v in value]
+
+
+class MathTask(Task):
+    """Competition / grade-school math with a ``\\boxed{}`` answer, scored through math-verify."""
+
+    name = "math"
+    schema = {**BASE_SCHEMA, "answers": list}
+
+    def __init__(self, **reward_options: Any) -> None:
+        self.reward_config = MathRewardConfig(**reward_options)
+
+    @property
+    def reward_may_hang(self) -> bool:
+        return True  # sympy inside math-verify has no time bound of its own
+
+    def warmup(self) -> None:
+        """Import math-verify/sympy and run one comparison (called once in the reward worker)."""
+        math_reward("\\boxed{\\frac{1}{2}}", ["0.5"], self.reward_config)
+
+    def to_record(self, row: Mapping[str, Any]) -> dict[str, Any]:
+        rec = {k: v for k, v in row.items() if v is not None}  # absent columns arrive as None
+        answers: list[str] | None = None
+        if isinstance(rec.get("prompt"), list):  # Skywork-OR1 / verl chat layout
+            users = [m.get("content") for m in rec["prompt"] if isinstance(m, dict) and m.get("role") == "user"]
+            if not users:
+                raise RecordError("prompt", "chat prompt has no user message")
+            rec["prompt"] = users[-1]
+            rm = rec.get("reward_model")
+            if not isinstance(rm, dict) or rm.get("ground_truth") is None:
+                raise RecordError("reward_model.ground_truth", "missing")
+            answers = _ground_truths(rm["ground_truth"])
+            rec.setdefault("difficulty", rec.get("data_source"))
+            extra = rec.get("extra_info")
+            if "id" not in rec and isinstance(extra, dict) and extra.get("index") is not None:
+                rec["id"] = str(extra["index"])
+        elif "question" in rec and "prompt" not in rec:  # GSM8K
+            rec["prompt"] = rec["question"]
+            full = _as_answer(rec.get("answer"), "answer") if "answer" in rec else ""
+            if "####" not in full:
+                raise RecordError("answer", "GSM8K layout needs '#### <number>' at the end of the answer")
+            answers = [full.rsplit("####", 1)[1].strip().replace(",", "")]
+            rec.setdefault("difficulty", "gsm8k")
+        elif "problem" in rec and "prompt" not in rec:  # MATH / MATH-500 / AIME style
+            rec["prompt"] = rec["problem"]
+            if "answer" in rec:
+                answers = [_as_answer(rec["answer"], "answer")]
+            elif isinstance(rec.get("solution"), str):
+                boxed = extract_boxed(rec["solution"])
+                if boxed is None:
+                    raise RecordError("solution", "no \\boxed{} answer in the solution")
+                answers = [boxed]
+            else:
+                raise RecordError("answer", "missing (and no 'solution' to take a \\boxed{} answer from)")
+            if rec.get("level") is not None:
+                rec.setdefault("difficulty", str(rec["level"]))
+        elif "answer" in rec:
+            answers = [_as_answer(rec["answer"], "answer")]
+        if answers is not None:
+            if not all(answers):
+                raise RecordError("answer", "is empty")
+            rec["answer"], rec["answers"] = answers[0], answers
+        return rec
+
+    def user_message(self, record: Mapping[str, Any]) -> str:
+        prompt = str(record["prompt"])
+        return prompt if "\\boxed" in prompt else f"{prompt}\n{INSTRUCTION}"
+
+    def plain_prompt(self, record: Mapping[str, Any]) -> str:
+        return f"Problem: {self.user_message(record)}\nSolution:"
+
+    def reward(self, completion: str, record: Mapping[str, Any]) -> RewardResult:
+        golds = list(record.get("answers") or [record["answer"]])
+        return math_reward(completion, [str(g) for g in golds], self.reward_config)
+
+
+register_task("math", MathTask)
