@@ -23,6 +23,7 @@ def _rank_convert(argv: list[str]) -> int:
 
 
 @pytest.mark.distributed
+@pytest.mark.slow
 def test_hf_tp2_pp2_hf_round_trip(tmp_path):
     hf = make_tiny_hf_model(tmp_path / "hf", "qwen3", num_layers=4, tie_word_embeddings=True, seed=4)
     run_distributed(_rank_convert, 2, tp=2,
