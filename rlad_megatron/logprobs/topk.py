@@ -47,8 +47,8 @@ def vocab_parallel_topk(
     lead = tuple(logits.shape[:-1])
     x = logits.reshape(-1, local_vocab)
     n = x.shape[0]
-    chunk = rows_per_chunk(chunk_size, local_vocab, max(1, n))
-    lse, _, _ = row_statistics(x, tp_group, valid, chunk, with_entropy=False)
+    chunk = rows_per_chunk(chunk_size, local_vocab, max(1, n), logits.device)
+    lse = row_statistics(x, tp_group, valid, chunk, with_entropy=False).lse
 
     local_k = min(k, valid)
     values = torch.full((n, k), float("-inf"), dtype=torch.float32, device=x.device)

@@ -1,31 +1,31 @@
 """Token log-probs (and entropy) from logits sharded over the vocabulary, without gathering the vocabulary.
 
 Each tensor-parallel rank holds ``logits[..., V/TP]``, the columns ``[rank * V/TP, (rank + 1) * V/TP)`` of the
-(padded) vocabulary. Per chunk of rows, in float32 and in one pass over the shard, the forward computes the
-shard's row max, sum of ``exp(x - max)`` (and ``sum exp(x - max) (x - max)`` for the entropy); then two
-collectives over the TP group combine them: MAX of the row maxima, then one SUM of the rescaled sums together
-with the target logits (each owned by exactly one shard, zero elsewhere). With ``lse = max + log sum exp``:
+(padded) vocabulary. Forward, per chunk of rows upcast to float32: this shard's log-sum-exp ``lse_l`` (and its
+own entropy ``H_l`` when asked); then two collectives over the TP group: MAX of ``lse_l``, then one SUM that
+combines the rescaled shard sums with the target logits (each owned by exactly one shard, zero elsewhere):
 
-    log p(y) = x_y - lse,        H = lse - E_p[x]
+    log p(y) = x_y - lse,        lse = log sum_l exp(lse_l),        H = lse - E_p[x]
 
 The backward needs no collective: every TP rank holds the same upstream gradient (Megatron's convention), and
-the gradient of its shard only needs the global ``lse`` and ``H`` saved by the forward. It recomputes the
-softmax chunk by chunk in float32 and writes ``g_y * (onehot - p) - g_H * p (log p + H)`` straight into a
-buffer of the logits' dtype: apart from that gradient buffer (size L of the logits), only chunk-sized
+the gradient of its shard needs only ``lse`` and ``H`` (saved, ``[N]`` each). It recomputes the softmax chunk by
+chunk in float32 and writes ``g_y onehot - G p`` (``- g_H p (log p + H)`` with entropy) straight into a buffer
+of the logits' dtype, rounding once: apart from that gradient (size L of the logits), only chunk-sized
 temporaries are allocated. Columns at or beyond ``vocab_size`` (Megatron's TP padding) are excluded: they get
 no probability mass and a zero gradient.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
-DEFAULT_CHUNK_ELEMENTS = 1 << 20
-"""Default float32 elements per chunk (rows * local vocab), 4 MiB: cache-friendly and small next to the logits."""
+DEFAULT_CHUNK_ELEMENTS = {"cpu": 1 << 20, "other": 1 << 24}
+"""Default float32 elements per chunk (rows * local vocab): 4 MiB on CPU (stays in cache), 64 MiB on accelerators
+(few kernel launches; each chunk temporary is still small next to the logits)."""
 
 
 def shard_layout(local_vocab: int, tp_group: Any, vocab_size: int | None) -> tuple[int, int, int, int]:
@@ -45,10 +45,11 @@ def shard_layout(local_vocab: int, tp_group: Any, vocab_size: int | None) -> tup
     return rank, size, start, max(0, min(local_vocab, vocab_size - start))
 
 
-def rows_per_chunk(chunk_size: int | None, local_vocab: int, rows: int) -> int:
-    """Rows per chunk: ``chunk_size`` if given, else as many as fit ``DEFAULT_CHUNK_ELEMENTS``."""
+def rows_per_chunk(chunk_size: int | None, local_vocab: int, rows: int, device: torch.device | None = None) -> int:
+    """Rows per chunk: ``chunk_size`` if given, else as many as fit ``DEFAULT_CHUNK_ELEMENTS`` for the device."""
     if chunk_size is None:
-        chunk_size = max(1, DEFAULT_CHUNK_ELEMENTS // max(1, local_vocab))
+        budget = DEFAULT_CHUNK_ELEMENTS["cpu" if device is None or device.type == "cpu" else "other"]
+        chunk_size = max(1, budget // max(1, local_vocab))
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size (rows per chunk) must be a positive int or None, got {chunk_size!r}")
     return max(1, min(chunk_size, rows))
@@ -59,48 +60,64 @@ def _all_reduce(t: Tensor, op: Any, group: Any) -> None:
         dist.all_reduce(t, op=op, group=group)
 
 
+class RowStats(NamedTuple):
+    """Per-row statistics of the full (sharded) distribution, float32 ``[N]`` (``extra``: ``[N, K]``)."""
+
+    lse: Tensor
+    """Global log-sum-exp over the whole vocabulary."""
+    local_lse: Tensor
+    """Log-sum-exp over this shard's valid columns only (``-inf`` for a shard without valid columns)."""
+    entropy: Tensor | None
+    extra: Tensor | None
+
+
 @torch.no_grad()
 def row_statistics(
     logits: Tensor, group: Any, valid: int, chunk: int, with_entropy: bool, extra: Tensor | None = None
-) -> tuple[Tensor, Tensor | None, Tensor | None]:
-    """Global ``lse [N]`` (and entropy ``[N]``) of 2-D shards ``[N, V_local]``, float32; two collectives.
+) -> RowStats:
+    """Log-sum-exp (and entropy) of the sharded distribution of 2-D shards ``[N, V_local]``; two collectives.
 
-    ``extra`` (``[N, K]`` float32, optional) is summed over the group in the same SUM collective and returned.
+    Per shard ``l``: ``lse_l`` and ``H_l`` of its own (renormalised) part. Combined with ``m = max_l lse_l``
+    (MAX collective) and ``a_l = exp(lse_l - m)`` (SUM collective of ``a_l`` and ``a_l (H_l - (lse_l - m))``):
+    ``lse = m + log S`` and ``H = sum_l a_l (H_l - (lse_l - m)) / S + log S`` with ``S = sum_l a_l``.
+    ``extra`` (``[N, K]`` float32) rides along in the SUM collective.
     """
     n = logits.shape[0]
     k = 0 if extra is None else extra.shape[1]
-    local_max = torch.full((n,), float("-inf"), dtype=torch.float32, device=logits.device)
-    sums = torch.zeros(n, 2 + k, dtype=torch.float32, device=logits.device)  # [sum e, sum e (x - m), extra...]
+    local_lse = torch.full((n,), float("-inf"), dtype=torch.float32, device=logits.device)
+    local_h = torch.zeros(n, dtype=torch.float32, device=logits.device)
     if valid > 0:
         buf = torch.empty(chunk, valid, dtype=torch.float32, device=logits.device)
-        ebuf = torch.empty_like(buf) if with_entropy else None
         for r0 in range(0, n, chunk):
             r1 = min(n, r0 + chunk)
             x = buf[: r1 - r0]
             x.copy_(logits[r0:r1, :valid])
-            m = torch.amax(x, dim=-1)
-            local_max[r0:r1] = m
-            x.sub_(m.unsqueeze(-1))
-            if ebuf is None:
-                sums[r0:r1, 0] = x.exp_().sum(dim=-1)
-            else:
-                e = torch.exp(x, out=ebuf[: r1 - r0])
-                sums[r0:r1, 0] = e.sum(dim=-1)
-                sums[r0:r1, 1] = torch.nan_to_num_(x.mul_(e), nan=0.0).sum(dim=-1)  # 0 * -inf for -inf logits
-    global_max = local_max.clone()
-    _all_reduce(global_max, dist.ReduceOp.MAX, group)
-    # Rescale this shard's sums from its own max to the global one before adding them up.
-    has_mass = sums[:, 0] > 0
-    shift = torch.where(has_mass, local_max - global_max, torch.zeros_like(local_max))
-    scale = torch.where(has_mass, torch.exp(shift), torch.zeros_like(local_max))
-    sums[:, 1] = scale * (sums[:, 1] + shift * sums[:, 0])
-    sums[:, 0] = scale * sums[:, 0]
+            # torch's fused log_softmax is several times faster on CPU than logsumexp's composite; at the
+            # argmax, lse = max(x) - log p(argmax), where log p(argmax) = -log sum exp(x - max) is small.
+            top, where = torch.max(x, dim=-1)
+            logp = torch.log_softmax(x, dim=-1)
+            local_lse[r0:r1] = top - logp.gather(1, where.unsqueeze(-1)).squeeze(-1)
+            if with_entropy:
+                p = torch.exp(x.sub_(local_lse[r0:r1].unsqueeze(-1)))  # x is free now: reuse it for p
+                local_h[r0:r1] = -torch.nan_to_num_(p.mul_(logp), nan=0.0).sum(dim=-1)  # 0 log 0 = 0
+    if group is None or dist.get_world_size(group) == 1:
+        entropy = local_h if with_entropy else None
+        return RowStats(local_lse, local_lse, entropy, extra)
+    top = local_lse.clone()
+    _all_reduce(top, dist.ReduceOp.MAX, group)
+    sums = torch.zeros(n, 2 + k, dtype=torch.float32, device=logits.device)
+    has_mass = torch.isfinite(local_lse)
+    shift = torch.where(has_mass, local_lse - top, torch.zeros_like(top))
+    a = torch.where(has_mass, torch.exp(shift), torch.zeros_like(top))
+    sums[:, 0] = a
+    if with_entropy:
+        sums[:, 1] = torch.where(has_mass, a * (local_h - shift), torch.zeros_like(top))
     if extra is not None:
         sums[:, 2:] = extra
     _all_reduce(sums, dist.ReduceOp.SUM, group)
-    lse = global_max + torch.log(sums[:, 0])
-    entropy = torch.log(sums[:, 0]) - sums[:, 1] / sums[:, 0] if with_entropy else None
-    return lse, entropy, (sums[:, 2:] if extra is not None else None)
+    log_s = torch.log(sums[:, 0])
+    entropy = sums[:, 1] / sums[:, 0] + log_s if with_entropy else None
+    return RowStats(top + log_s, local_lse, entropy, sums[:, 2:] if extra is not None else None)
 
 
 def _local_targets(targets: Tensor, start: int, valid: int) -> tuple[Tensor, Tensor]:
@@ -117,20 +134,20 @@ class _VocabParallelTokenLogprobs(torch.autograd.Function):
     ) -> tuple[Tensor, Tensor]:
         local_idx, owned = _local_targets(targets, start, valid)
         target_logits = torch.where(owned, logits.gather(1, local_idx).float(), torch.zeros((), device=logits.device))
-        lse, entropy, target_logits = row_statistics(logits, group, valid, chunk, with_entropy, target_logits)
-        logprobs = target_logits - lse.unsqueeze(-1)  # type: ignore[operator]
+        stats = row_statistics(logits, group, valid, chunk, with_entropy, target_logits)
+        logprobs = stats.extra - stats.lse.unsqueeze(-1)  # type: ignore[operator]
+        entropy = stats.entropy
         if entropy is None:
             entropy = torch.zeros(0, dtype=torch.float32, device=logits.device)
-        ctx.save_for_backward(logits, local_idx, owned, lse, entropy)
+            ctx.mark_non_differentiable(entropy)
+        ctx.save_for_backward(logits, local_idx, owned, stats.lse, stats.local_lse, entropy)
         ctx.valid, ctx.chunk = valid, chunk
         ctx.set_materialize_grads(False)
-        if not with_entropy:
-            ctx.mark_non_differentiable(entropy)
         return logprobs, entropy
 
     @staticmethod
     def backward(ctx: Any, grad_logprobs: Tensor | None, grad_entropy: Tensor | None):  # type: ignore[override]
-        logits, local_idx, owned, lse, entropy = ctx.saved_tensors
+        logits, local_idx, owned, lse, local_lse, entropy = ctx.saved_tensors
         valid, chunk = ctx.valid, ctx.chunk
         n = logits.shape[0]
         grad = torch.empty_like(logits, memory_format=torch.contiguous_format)
@@ -139,28 +156,63 @@ class _VocabParallelTokenLogprobs(torch.autograd.Function):
         if grad_logprobs is None:
             grad_logprobs = torch.zeros(local_idx.shape, dtype=torch.float32, device=logits.device)
         g_lp = grad_logprobs.float()
-        g_total = g_lp.sum(dim=-1)  # sum over the K targets of a row
+        g_total = g_lp.sum(dim=-1)  # G: sum over the K targets of a row
         g_owned = torch.where(owned, g_lp, torch.zeros_like(g_lp))
-        use_entropy = grad_entropy is not None and entropy.numel() > 0
-        if valid > 0:
-            buf = torch.empty(chunk, valid, dtype=torch.float32, device=logits.device)
-            pbuf = torch.empty_like(buf) if use_entropy else None
-            for r0 in range(0, n, chunk):
-                r1 = min(n, r0 + chunk)
-                x = buf[: r1 - r0]
-                x.copy_(logits[r0:r1, :valid])
-                x.sub_(lse[r0:r1].unsqueeze(-1))  # log p
-                if pbuf is None:
-                    x.exp_().mul_(-g_total[r0:r1].unsqueeze(-1))  # -G p
-                else:
-                    p = torch.exp(x, out=pbuf[: r1 - r0])
-                    g_h = grad_entropy[r0:r1].float().unsqueeze(-1)  # type: ignore[index]
-                    # -p (G + g_H (log p + H)), with 0 where p = 0 (log p = -inf)
-                    x.add_(entropy[r0:r1].unsqueeze(-1)).mul_(g_h).add_(g_total[r0:r1].unsqueeze(-1)).mul_(p).neg_()
-                    torch.nan_to_num_(x, nan=0.0)
-                x.scatter_add_(1, local_idx[r0:r1], g_owned[r0:r1])  # + g_y at the target (owned rows only)
-                grad[r0:r1, :valid].copy_(x)
+        if valid == 0:
+            return grad, None, None, None, None, None, None
+        if grad_entropy is None or entropy.numel() == 0:
+            _grad_logprobs_only(logits, grad, local_idx, g_owned, g_total, lse, local_lse, valid, chunk)
+        else:
+            _grad_with_entropy(logits, grad, local_idx, g_owned, g_total, grad_entropy.float(), lse, entropy,
+                               valid, chunk)
         return grad, None, None, None, None, None, None
+
+
+def _grad_logprobs_only(
+    logits: Tensor, grad: Tensor, local_idx: Tensor, g_owned: Tensor, g_total: Tensor, lse: Tensor,
+    local_lse: Tensor, valid: int, chunk: int,
+) -> None:
+    """``grad = onehot * g - G p`` per chunk, with ``p = softmax_l(x) exp(lse_l - lse)`` (torch's fused softmax)."""
+    finite = torch.isfinite(local_lse)
+    coef = torch.where(finite, -g_total * torch.exp(local_lse - lse), torch.zeros_like(lse)).unsqueeze(-1)
+    any_empty = not bool(finite.all())
+    k = local_idx.shape[1]
+    buf = torch.empty(chunk, valid, dtype=torch.float32, device=logits.device) if logits.dtype != torch.float32 else None
+    for r0 in range(0, logits.shape[0], chunk):
+        r1 = min(logits.shape[0], r0 + chunk)
+        x = logits[r0:r1, :valid]
+        if buf is not None:  # upcast first: softmax(bf16, dtype=float32) is much slower on CPU
+            x = buf[: r1 - r0].copy_(x)
+        p = torch.softmax(x, dim=-1)
+        out = grad[r0:r1, :valid]
+        torch.mul(p, coef[r0:r1], out=out)  # -G p, rounded once into the gradient's dtype
+        # target columns: -G p + (sum of g over the row's targets at that column), in float32, rounded once
+        idx, g = local_idx[r0:r1], g_owned[r0:r1]
+        if k > 1:
+            g = ((idx.unsqueeze(2) == idx.unsqueeze(1)).to(g.dtype) @ g.unsqueeze(-1)).squeeze(-1)
+        out.scatter_(1, idx, (p.gather(1, idx) * coef[r0:r1] + g).to(out.dtype))
+        if any_empty:  # rows whose shard logits are all -inf: softmax is NaN there, their gradient is 0
+            out[~finite[r0:r1]] = 0.0
+
+
+def _grad_with_entropy(
+    logits: Tensor, grad: Tensor, local_idx: Tensor, g_owned: Tensor, g_total: Tensor, g_entropy: Tensor,
+    lse: Tensor, entropy: Tensor, valid: int, chunk: int,
+) -> None:
+    """``grad = onehot * g - p (G + g_H (log p + H))`` per chunk (``dH/dx = -p (log p + H)``)."""
+    buf = torch.empty(chunk, valid, dtype=torch.float32, device=logits.device)
+    pbuf = torch.empty_like(buf)
+    for r0 in range(0, logits.shape[0], chunk):
+        r1 = min(logits.shape[0], r0 + chunk)
+        x = buf[: r1 - r0]
+        x.copy_(logits[r0:r1, :valid])
+        x.sub_(lse[r0:r1].unsqueeze(-1))  # log p
+        p = torch.exp(x, out=pbuf[: r1 - r0])
+        x.add_(entropy[r0:r1].unsqueeze(-1)).mul_(g_entropy[r0:r1].unsqueeze(-1))
+        x.add_(g_total[r0:r1].unsqueeze(-1)).mul_(p).neg_()
+        torch.nan_to_num_(x, nan=0.0)  # p = 0 where log p = -inf
+        x.scatter_add_(1, local_idx[r0:r1], g_owned[r0:r1])
+        grad[r0:r1, :valid].copy_(x)
 
 
 def vocab_parallel_token_logprobs(
@@ -183,7 +235,7 @@ def vocab_parallel_token_logprobs(
         tp_group: the tensor-parallel process group (e.g.
             ``megatron.core.parallel_state.get_tensor_model_parallel_group()``); ``None`` for one device
             (no collective, even when torch.distributed is initialised).
-        chunk_size: rows (token positions) per float32 chunk; ``None`` picks about ``2**20`` elements per chunk.
+        chunk_size: rows (token positions) per float32 chunk; ``None`` picks ``DEFAULT_CHUNK_ELEMENTS`` per chunk.
         vocab_size: the true vocabulary size; columns at or beyond it are TP padding, excluded from the softmax.
             ``None``: no padding (``V/TP * TP``).
         return_entropy: also return the entropy of each position's full distribution (same pass).
@@ -213,7 +265,7 @@ def vocab_parallel_token_logprobs(
         )
     logits2d = logits.reshape(-1, local_vocab)
     targets2d = targets.reshape(logits2d.shape[0], -1).long()
-    chunk = rows_per_chunk(chunk_size, local_vocab, max(1, logits2d.shape[0]))
+    chunk = rows_per_chunk(chunk_size, local_vocab, max(1, logits2d.shape[0]), logits.device)
     logprobs, entropy = _VocabParallelTokenLogprobs.apply(
         logits2d, targets2d, tp_group, start, valid, chunk, return_entropy
     )

@@ -72,6 +72,7 @@ def test_padded_vocab_columns_get_no_mass_and_no_gradient():
 def test_several_targets_per_position():
     logits, _ = _inputs((2, 3), 20, torch.float32, seed=5)
     targets = torch.randint(0, 20, (2, 3, 4), generator=torch.Generator().manual_seed(0))
+    targets[0, 0] = torch.tensor([5, 5, 0, 5])  # repeated ids: their gradients add up
     lp, h, g, lr, hr, gr = _both(logits, targets, chunk_size=4)
     assert lp.shape == (2, 3, 4) and h.shape == (2, 3)
     torch.testing.assert_close(lp, lr, rtol=1e-6, atol=1e-6)
