@@ -1,0 +1,78 @@
+"""The evaluation report: overall and per-difficulty rows, JSON and markdown output."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from typing import Any
+
+
+@dataclasses.dataclass
+class EvalRow:
+    """Aggregates over a set of prompts (all of them, or one difficulty level).
+
+    mean_at_k: mean over prompts of the fraction of correct samples (the paper's Mean@k).
+    pass_at: {j: mean over prompts of the unbiased Pass@j}.
+    """
+
+    prompts: int
+    samples: int
+    mean_at_k: float
+    pass_at: dict[int, float]
+    mean_reward: float
+    format_rate: float
+    truncated_rate: float
+    mean_response_tokens: float
+
+
+def natural_key(label: str) -> list[Any]:
+    """Sort "ppl2" < "ppl10" and "d3" < "d12"."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", label)]
+
+
+@dataclasses.dataclass
+class EvalReport:
+    """What :func:`rlad_megatron.eval.evaluate.evaluate` returns."""
+
+    task: str
+    k: int
+    samples_per_prompt: int
+    sampling: dict[str, Any]
+    overall: EvalRow
+    by_difficulty: dict[str, EvalRow]
+    reward_stats: dict[str, float]
+    per_prompt: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    data: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_markdown(self) -> str:
+        """A table with one row per difficulty and an "all" row (the paper's per-size / per-benchmark columns)."""
+        ks = sorted(self.overall.pass_at)
+        head = ["difficulty", "prompts", f"Mean@{self.samples_per_prompt}"] + [f"Pass@{j}" for j in ks] + \
+               ["reward", "format", "truncated", "resp. tokens"]
+        lines = [f"### {self.task}: k={self.k}, {self.samples_per_prompt} samples/prompt, "
+                 f"temperature {self.sampling.get('temperature')}, top-p {self.sampling.get('top_p')}", "",
+                 "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        rows = sorted(self.by_difficulty.items(), key=lambda kv: natural_key(kv[0])) + [("all", self.overall)]
+        for label, r in rows:
+            cells = [label, str(r.prompts), f"{r.mean_at_k:.4f}"] + [f"{r.pass_at[j]:.4f}" for j in ks] + \
+                    [f"{r.mean_reward:.3f}", f"{r.format_rate:.3f}", f"{r.truncated_rate:.3f}",
+                     f"{r.mean_response_tokens:.1f}"]
+            lines.append("| " + " | ".join(cells) + " |")
+        errs = self.reward_stats
+        lines += ["", f"reward errors: {int(errs.get('reward/errors', 0))}, "
+                      f"timeouts: {int(errs.get('reward/timeouts', 0))}"]
+        return "\n".join(lines) + "\n"
+
+    def write(self, out_dir: str, stem: str = "eval") -> tuple[str, str]:
+        """Write ``<stem>.json`` and ``<stem>.md`` into ``out_dir``; returns their paths."""
+        os.makedirs(out_dir, exist_ok=True)
+        jpath, mpath = os.path.join(out_dir, f"{stem}.json"), os.path.join(out_dir, f"{stem}.md")
+        with open(jpath, "w", encoding="utf-8") as fh:
+            json.dump(self.to_dict(), fh, indent=2, sort_keys=True)
+        with open(mpath, "w", encoding="utf-8") as fh:
+            fh.write(self.to_markdown())
+        return jpath, mpath
