@@ -64,6 +64,9 @@ class WeightSynchronizer:
         verifier: checks the engine after each sync (None: no verification; not recommended).
         model_parallel_group: the group the outcome is shared over (default: Megatron's model-parallel group when
             it is initialised and has more than one rank).
+        gather: how the TP shards reach the engine rank. "collective": ``iter_hf_tensors`` (gather over the process
+            group; any TP/PP). "shm": through shared memory (``ShmTensorGather``; PP=1, TP ranks on one host;
+            ~10x faster than gloo on CPU). "auto": "shm" when possible on CPU, else "collective".
     """
 
     def __init__(
@@ -73,7 +76,10 @@ class WeightSynchronizer:
         bucket_bytes: int = 128 << 20,
         verifier: SyncVerifier | None = None,
         model_parallel_group=None,
+        gather: str = "auto",
     ) -> None:
+        if gather not in ("auto", "collective", "shm"):
+            raise ValueError(f"WeightSynchronizer: gather={gather!r}: choose 'auto', 'collective' or 'shm'")
         if bucket_bytes <= 0:
             raise ValueError(f"WeightSynchronizer: bucket_bytes must be positive, got {bucket_bytes}")
         self.transport = transport
@@ -81,6 +87,8 @@ class WeightSynchronizer:
         self.verifier = verifier
         self._group = model_parallel_group
         self.last_version = 0
+        self.gather = gather
+        self._shm = None
 
     def sync(self, model_chunks: list[torch.nn.Module], arch, version: int) -> dict[str, float]:
         """Sync ``model_chunks`` (this rank's shards, described by ``arch``) as weight version ``version``.
@@ -92,7 +100,29 @@ class WeightSynchronizer:
 
         if version <= self.last_version:
             raise ValueError(f"sync version {version} must increase (last synced: {self.last_version})")
+        if self._use_shm():
+            from rlad_megatron.weight_sync.shm_gather import ShmTensorGather
+
+            if self._shm is None:
+                self._shm = ShmTensorGather(self.bucket_bytes)
+            return self.sync_stream(self._shm.iter_hf_tensors(model_chunks, arch), version)
         return self.sync_stream(iter_hf_tensors(model_chunks, arch, dst_only=True), version)
+
+    def _use_shm(self) -> bool:
+        if self.gather != "auto":
+            return self.gather == "shm"
+        from megatron.core import parallel_state as ps
+
+        if torch.cuda.is_available() or ps.get_pipeline_model_parallel_world_size() != 1:
+            return False
+        if ps.get_tensor_model_parallel_world_size() == 1:
+            return True
+        import socket
+
+        hosts: list[str | None] = [None] * ps.get_tensor_model_parallel_world_size()
+        dist.all_gather_object(hosts, socket.gethostname(), group=ps.get_tensor_model_parallel_group())
+        self.gather = "shm" if len(set(hosts)) == 1 else "collective"
+        return self.gather == "shm"
 
     def sync_stream(self, named: Iterable[Named], version: int) -> dict[str, float]:
         """:meth:`sync` from any stream of HF tensors (collective in the same way as the stream itself)."""
