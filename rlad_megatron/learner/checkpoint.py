@@ -9,6 +9,7 @@ Loading goes through megatron's ``torch.load``, which in torch >= 2.6 is ``weigh
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -29,6 +30,12 @@ def _unwrap(chunk: torch.nn.Module) -> torch.nn.Module:
     while hasattr(chunk, "module"):
         chunk = chunk.module
     return chunk
+
+
+def _has_optimizer_state(optimizer: Any) -> bool:
+    """False before the first optimizer step: torch AdamW has no state yet and megatron cannot save it."""
+    inner = getattr(optimizer, "chained_optimizers", [optimizer])
+    return any(len(getattr(getattr(o, "optimizer", o), "state", {})) > 0 for o in inner)
 
 
 def _sharded_state(model_chunks: Sequence[torch.nn.Module], optimizer: Any, *, loading: bool) -> dict:
@@ -65,9 +72,12 @@ def save_checkpoint(path: str | Path, model_chunks: Sequence[torch.nn.Module], o
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
     dist.barrier()
+    if optimizer is not None and not _has_optimizer_state(optimizer):
+        optimizer = None  # nothing to save yet; a resume starts the optimizer afresh, as the run would have
     dist_checkpointing.save(_sharded_state(model_chunks, optimizer, loading=False), str(partial))
     dist.barrier()
     if dist.get_rank() == 0:
+        (partial / "rlad_checkpoint.json").write_text(json.dumps({"optimizer": optimizer is not None}))
         os.replace(partial, final)
     dist.barrier()
     return final
@@ -85,6 +95,9 @@ def load_checkpoint(
             f"{path} is not a Megatron distributed checkpoint (no metadata.json); a folder ending in '.partial' is "
             f"an interrupted save and cannot be loaded"
         )
+    marker = path / "rlad_checkpoint.json"
+    if optimizer is not None and marker.exists() and not json.loads(marker.read_text())["optimizer"]:
+        optimizer = None  # saved before the first optimizer step
     loaded = dist_checkpointing.load(_sharded_state(model_chunks, optimizer, loading=True), str(path))
     for i, chunk in enumerate(model_chunks):
         _unwrap(chunk).load_state_dict(loaded[_model_key(i, len(model_chunks))], strict=True)

@@ -1,0 +1,236 @@
+"""The RLAD training loop. Every rank runs it (one SPMD program under torchrun); it reads as the step does:
+
+    prompts -> rollouts (engine rank) -> rewards -> advantages -> teacher / old log-probs -> policy updates
+            -> weight sync + verification -> metrics, checkpoint
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from rlad_megatron.config import RunConfig, run_config_to_dict
+from rlad_megatron.learner.policy import MegatronPolicy
+from rlad_megatron.learner.sequences import SequenceBatch
+from rlad_megatron.loss import Denominators, MetricAccumulator, compute_policy_loss, local_denominators
+from rlad_megatron.rollout.base import SamplingSettings
+from rlad_megatron.trainer.rollouts import generate_and_score, share_from_one, to_sequence_batch
+from rlad_megatron.trainer.setup import TrainingSetup, build_training_setup
+from rlad_megatron.trainer.state import latest_checkpoint, load_trainer_checkpoint, save_trainer_checkpoint
+
+
+class TrainingStopped(RuntimeError):
+    pass
+
+
+def lr_at(step: int, config: RunConfig) -> float:
+    """Linear warm-up to ``optim.lr``, then cosine decay to ``optim.min_lr`` over ``trainer.steps``."""
+    o, total = config.optim, config.trainer.steps
+    if o.warmup_steps and step < o.warmup_steps:
+        return o.lr * (step + 1) / o.warmup_steps
+    progress = (step - o.warmup_steps) / max(1, total - o.warmup_steps)
+    return o.min_lr + 0.5 * (o.lr - o.min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _global_denominators(batch: SequenceBatch, dp_group) -> Denominators:
+    local = local_denominators(batch.loss_mask).as_tensor()
+    dist.all_reduce(local, group=dp_group)
+    return Denominators.from_tensor(local)
+
+
+def _reduce_metrics(acc: MetricAccumulator, has_values: bool, group) -> dict[str, float]:
+    """Loss metrics live on the last pipeline stage; reduce them over the data-parallel group there, then share."""
+    from megatron.core import parallel_state as ps
+
+    result = None
+    if has_values:
+        sums, maxima = acc.tensors()
+        dist.all_reduce(sums, group=ps.get_data_parallel_group())
+        dist.all_reduce(maxima, op=dist.ReduceOp.MAX, group=ps.get_data_parallel_group())
+        result = acc.finalize(sums, maxima)
+    return share_from_one(result, group, required=False) or {}
+
+
+class Trainer:
+    def __init__(self, config: RunConfig, *, resume: bool = False) -> None:
+        self.config = config
+        self.setup: TrainingSetup = build_training_setup(config)
+        self.step = 0
+        self.weight_version = 0
+        self.bad_steps = 0
+        s = self.setup
+        rank0 = dist.get_rank() == 0
+        if resume:
+            folder = latest_checkpoint(s.checkpoint_dir)
+            if folder is None:
+                if rank0:
+                    print(f"[rlad] --resume: no checkpoint under {s.checkpoint_dir}; starting at step 0", flush=True)
+            else:
+                state = load_trainer_checkpoint(folder, s.student.chunks, s.student.optimizer)
+                self.step = state["step"]
+                s.prompts.load_state_dict(state["data"])
+                if rank0:
+                    print(f"[rlad] resumed from {folder} at step {self.step}", flush=True)
+        from rlad_megatron.trainer.observability import MetricsLogger
+
+        s.logger = MetricsLogger(s.output_dir, config.trainer.steps, start_step=self.step, enabled=rank0)
+        self._sync_weights()  # the engine starts from the HF files: make it serve the learner's weights
+
+    # ---------------------------------------------------------------------------------------------------------
+    def fit(self) -> dict[str, float]:
+        cfg, s = self.config, self.setup
+        last: dict[str, float] = {}
+        try:
+            while self.step < cfg.trainer.steps:
+                last = self.train_step()
+                self.step += 1
+                s.logger.log(self.step, last)
+                if cfg.trainer.save_every and self.step % cfg.trainer.save_every == 0:
+                    self.save()
+            if not cfg.trainer.save_every or self.step % cfg.trainer.save_every:
+                self.save()
+            if cfg.trainer.export_hf:
+                s.export_student(s.output_dir / "hf")
+        finally:
+            s.close()
+        return last
+
+    def save(self) -> None:
+        s = self.setup
+        save_trainer_checkpoint(
+            s.checkpoint_dir, self.step, s.student.chunks, s.student.optimizer,
+            {"data": s.prompts.state_dict(), "weight_version": self.weight_version,
+             "config": run_config_to_dict(self.config)},
+            keep=self.config.trainer.keep_checkpoints,
+        )
+
+    # ---------------------------------------------------------------------------------------------------------
+    def train_step(self) -> dict[str, float]:
+        cfg, s = self.config, self.setup
+        times: dict[str, float] = {}
+        step_start = time.perf_counter()
+
+        t = time.perf_counter()
+        examples = s.prompts.next_batch()
+        rollouts = None
+        if s.engine is not None:
+            sampling = SamplingSettings(
+                n=cfg.rollout.group_size, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
+                max_tokens=cfg.rollout.max_new_tokens, stop_token_ids=(s.eos_id,),
+                seed=cfg.trainer.seed * 1_000_003 + self.step * 7919 + s.dp_rank,
+            )
+            rollouts = generate_and_score(s.engine, s.reward_guard, s.task, examples, sampling)
+        rollouts = share_from_one(rollouts, s.model_parallel_group)
+        times["time/generation"] = time.perf_counter() - t
+
+        batch, metrics = to_sequence_batch(
+            rollouts, pad_id=s.pad_id, skip_uniform_groups=cfg.trainer.skip_uniform_groups,
+            only_correct=cfg.loss.algorithm == "sft",
+        )
+        metrics = self._average_over_dp(metrics)
+
+        t = time.perf_counter()
+        if s.teacher is not None and cfg.loss.algorithm in ("rlad", "kdrl"):
+            batch.teacher_logprobs = s.teacher_logprobs(batch)
+        times["time/teacher"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        if cfg.trainer.updates_per_batch > 1 and cfg.loss.algorithm != "sft":
+            batch.old_logprobs = s.student.token_logprobs(batch, cfg.trainer.micro_batch_size)
+        times["time/old_logprobs"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        metrics.update(self._update_policy(batch))
+        times["time/train"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        metrics.update(self._sync_weights())
+        times["time/sync"] = time.perf_counter() - t
+
+        times["time/step"] = time.perf_counter() - step_start
+        times["time/other"] = times["time/step"] - sum(v for k, v in times.items() if k != "time/step")
+        metrics.update(times)
+        metrics["optim/lr"] = lr_at(self.step, cfg)
+        return metrics
+
+    def _average_over_dp(self, metrics: dict[str, float]) -> dict[str, float]:
+        from megatron.core import parallel_state as ps
+
+        keys = sorted(metrics)
+        values = torch.tensor([metrics[k] for k in keys], dtype=torch.float64)
+        dist.all_reduce(values, group=ps.get_data_parallel_group())
+        values /= ps.get_data_parallel_world_size()
+        return dict(zip(keys, values.tolist()))
+
+    def _update_policy(self, batch: SequenceBatch) -> dict[str, float]:
+        from megatron.core import parallel_state as ps
+
+        cfg, s = self.config, self.setup
+        s.student.set_lr(lr_at(self.step, cfg))
+        progress = self.step / max(1, cfg.trainer.steps - 1)
+        updates = cfg.trainer.updates_per_batch
+        per_update = len(batch) // updates
+        acc = MetricAccumulator()
+        applied, grad_norms, empty = 0, [], 0
+        for u in range(updates):
+            mini = batch.select(slice(u * per_update, (u + 1) * per_update))
+            denominators = _global_denominators(mini, ps.get_data_parallel_group())
+            if denominators.num_seqs == 0:  # every group uniform (or nothing correct for sft): no signal
+                empty += 1
+                continue
+
+            def loss_fn(logprobs, entropy, mb: SequenceBatch):
+                old = mb.old_logprobs if mb.old_logprobs is not None else logprobs.detach()
+                loss, stats = compute_policy_loss(
+                    cfg.loss, logprobs=logprobs, mask=mb.loss_mask, denominators=denominators,
+                    old_logprobs=old, teacher_logprobs=mb.teacher_logprobs, advantages=mb.advantages,
+                    entropy=entropy, correct=mb.correct, progress=progress,
+                )
+                return loss, stats
+
+            result = s.student.train_step(mini, loss_fn, cfg.trainer.micro_batch_size)
+            for stats in result.metrics:
+                acc.add(stats)
+            if result.applied:
+                applied += 1
+                grad_norms.append(result.grad_norm)
+        out = _reduce_metrics(acc, ps.is_pipeline_last_stage(ignore_virtual=True), s.model_parallel_group)
+        out = {f"loss/{k}": v for k, v in out.items()}
+        out["optim/applied_updates"] = float(applied)
+        out["optim/empty_updates"] = float(empty)
+        if grad_norms:
+            out["optim/grad_norm"] = float(sum(grad_norms) / len(grad_norms))
+        if applied + empty < updates:
+            self.bad_steps += 1
+            s.logger.note(f"step {self.step}: {updates - applied - empty} update(s) skipped (non-finite loss or "
+                          "gradient)")
+            if self.bad_steps >= cfg.trainer.max_consecutive_bad_steps:
+                raise TrainingStopped(
+                    f"{self.bad_steps} consecutive steps had non-finite losses or gradients; stopping instead of "
+                    f"corrupting the weights. Lower optim.lr, check the data, or raise "
+                    f"trainer.max_consecutive_bad_steps. The last good checkpoint is under "
+                    f"{s.checkpoint_dir}."
+                )
+        else:
+            self.bad_steps = 0
+        return out
+
+    def _sync_weights(self) -> dict[str, float]:
+        s = self.setup
+        if s.synchronizer is None:  # sft: the engine serves the teacher
+            return {}
+        self.weight_version += 1
+        verify = self.config.rollout.verify_every and self.weight_version % self.config.rollout.verify_every == 0
+        s.synchronizer.verifier = s.verifier if verify else None
+        metrics = s.synchronizer.sync(s.student_modules, s.arch, self.weight_version)
+        return share_from_one(metrics or None, s.model_parallel_group, required=False) or {}
+
+
+def train(config: RunConfig, *, resume: bool = False) -> dict[str, float]:
+    return Trainer(config, resume=resume).fit()
+
+
+__all__ = ["Trainer", "TrainingStopped", "train", "lr_at", "MegatronPolicy"]
