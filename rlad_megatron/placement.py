@@ -137,6 +137,9 @@ def plan_placement(config: RunConfig, *, nodes: int, gpus_per_node: int, rollout
     world = nodes * gpus_per_node
     alloc = f"{world} GPUs ({nodes} node(s) x {gpus_per_node})"
     per_replica = tp * pp
+    if tp > gpus_per_node or gpus_per_node % tp:
+        raise PlacementError(f"TP={tp} must fit inside one node and divide its {gpus_per_node} GPUs (tensor "
+                             "parallelism needs the intra-node links): lower parallel.tensor_parallel")
 
     colocated = config.rollout.placement == "colocated"
     rollout_tp = tp if rollout_tp is None else rollout_tp
@@ -175,12 +178,9 @@ def plan_placement(config: RunConfig, *, nodes: int, gpus_per_node: int, rollout
         raise PlacementError(f"{learner} learner GPUs are not a whole number of TP={tp} x PP={pp} = {per_replica}-GPU "
                              f"replicas (DP would be {learner / per_replica:g}): use a multiple of {per_replica} "
                              "learner GPUs or change TP/PP")
-    if tp > gpus_per_node or gpus_per_node % tp:
-        raise PlacementError(f"TP={tp} must fit inside one node and divide its {gpus_per_node} GPUs (tensor "
-                             "parallelism needs the intra-node links): lower parallel.tensor_parallel")
     dp = learner // per_replica
 
-    prompts, group = config.data.prompts_per_step, config.rollout.group_size
+    prompts = config.data.prompts_per_step
     if prompts % dp:
         raise PlacementError(f"data.prompts_per_step={prompts} prompts cannot be shared evenly by DP={dp} replicas "
                              f"({prompts} / {dp} = {prompts / dp:g}): use a multiple of {dp}")
@@ -188,7 +188,6 @@ def plan_placement(config: RunConfig, *, nodes: int, gpus_per_node: int, rollout
     if not colocated and prompts % num_engines:
         raise PlacementError(f"data.prompts_per_step={prompts} prompts cannot be shared evenly by {num_engines} "
                              f"rollout engines: use a multiple of {num_engines}")
-    del group  # sequences per replica = prompts / dp * group: always whole once prompts divide evenly
 
     fp8 = config.fp8.enabled
     if student is not None:

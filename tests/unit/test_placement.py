@@ -1,0 +1,127 @@
+"""Placement: learner TP/PP/DP, rollout engines and teacher on the allocation; errors that show the arithmetic."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from rlad_megatron.config import ConfigError, RunConfig
+from rlad_megatron.placement import ModelShape, PlacementError, check_model_shape, plan_placement
+
+
+def _config(tp: int = 1, pp: int = 1, *, prompts: int = 256, rollout: str = "colocated", algorithm: str = "rlad",
+            teacher_source: str = "megatron", fp8: bool = False) -> RunConfig:
+    cfg = RunConfig()
+    cfg.parallel.tensor_parallel, cfg.parallel.pipeline_parallel = tp, pp
+    cfg.data.prompts_per_step = prompts
+    cfg.rollout.placement = rollout
+    cfg.loss.algorithm = algorithm
+    cfg.model.teacher = "/models/teacher"
+    cfg.teacher.source = teacher_source
+    cfg.fp8.enabled = fp8
+    return cfg
+
+
+QWEN3_8B = ModelShape("Qwen3-8B", num_layers=36, num_heads=32, num_kv_heads=8, hidden_size=4096,
+                      intermediate_size=12288)
+
+
+def test_colocated_layout_counts():
+    plan = plan_placement(_config(tp=2, pp=2), nodes=2, gpus_per_node=8, student=QWEN3_8B, teacher=QWEN3_8B)
+    assert (plan.world_size, plan.learner_gpus, plan.dp, plan.num_engines) == (16, 16, 4, 4)
+    assert (plan.rollout_tp, plan.teacher, plan.rollout_gpus) == (2, "megatron", 0)
+    text = plan.describe()
+    assert "TP=2 x PP=2 x DP=4" in text and "4 colocated vLLM engine(s)" in text and "Megatron" in text
+
+
+def test_replica_larger_than_allocation_explains_arithmetic():
+    with pytest.raises(PlacementError, match=r"8 learner GPUs cannot hold TP=4 x PP=4 = 16 GPUs per replica"):
+        plan_placement(_config(tp=4, pp=4), nodes=1, gpus_per_node=8)
+
+
+def test_fractional_data_parallel_is_an_error():
+    with pytest.raises(PlacementError, match=r"12 learner GPUs .* TP=4 x PP=2 = 8-GPU replicas \(DP would be 1.5\)"):
+        plan_placement(_config(tp=4, pp=2), nodes=3, gpus_per_node=4)
+
+
+def test_tensor_parallel_must_stay_inside_a_node():
+    with pytest.raises(PlacementError, match=r"TP=8 must fit inside one node .* 4 GPUs"):
+        plan_placement(_config(tp=8), nodes=2, gpus_per_node=4)
+
+
+def test_prompts_must_split_evenly_over_replicas():
+    with pytest.raises(PlacementError, match=r"prompts_per_step=100 .* DP=8 .* 12.5"):
+        plan_placement(_config(prompts=100), nodes=1, gpus_per_node=8)
+
+
+@pytest.mark.parametrize("nodes,gpus", [(0, 8), (1, 0), (1, -2)])
+def test_allocation_must_be_positive(nodes, gpus):
+    with pytest.raises(PlacementError, match="must be an integer >= 1"):
+        plan_placement(_config(), nodes=nodes, gpus_per_node=gpus)
+
+
+def test_disaggregated_rollout_takes_its_own_gpus():
+    plan = plan_placement(_config(tp=2, rollout="disaggregated", prompts=64), nodes=2, gpus_per_node=8,
+                          rollout_gpus=8, rollout_tp=4)
+    assert (plan.learner_gpus, plan.dp, plan.rollout_gpus, plan.num_engines, plan.rollout_tp) == (8, 4, 8, 2, 4)
+    assert "2 vLLM engine(s) of TP=4 on 8 GPUs of their own" in plan.describe()
+
+
+def test_disaggregated_rollout_errors():
+    with pytest.raises(PlacementError, match="disaggregated needs GPUs of its own"):
+        plan_placement(_config(rollout="disaggregated"), nodes=1, gpus_per_node=8)
+    with pytest.raises(PlacementError, match=r"6 rollout GPUs cannot hold whole engines of TP=4"):
+        plan_placement(_config(rollout="disaggregated"), nodes=2, gpus_per_node=8, rollout_gpus=6, rollout_tp=4)
+    with pytest.raises(PlacementError, match="leave no GPUs for the learner"):
+        plan_placement(_config(rollout="disaggregated"), nodes=1, gpus_per_node=8, rollout_gpus=8)
+
+
+def test_colocated_rollout_rejects_reserved_gpus_and_other_tp():
+    with pytest.raises(PlacementError, match="colocated runs the engines on the learner's GPUs"):
+        plan_placement(_config(), nodes=1, gpus_per_node=8, rollout_gpus=2)
+    with pytest.raises(PlacementError, match=r"rollout TP=2 must equal parallel.tensor_parallel=1"):
+        plan_placement(_config(), nodes=1, gpus_per_node=8, rollout_tp=2)
+
+
+def test_teacher_kinds():
+    assert plan_placement(_config(algorithm="grpo"), nodes=1, gpus_per_node=8).teacher == "none"
+    plan = plan_placement(_config(teacher_source="vllm", prompts=48), nodes=1, gpus_per_node=8, teacher_gpus=2)
+    assert (plan.teacher, plan.teacher_gpus, plan.dp) == ("vllm", 2, 6)
+    assert "vLLM scorer on 2 GPUs of its own" in plan.describe()
+    with pytest.raises(PlacementError, match=r"teacher_gpus=2 is only for a vLLM teacher .* 'megatron'"):
+        plan_placement(_config(), nodes=1, gpus_per_node=8, teacher_gpus=2)
+
+
+def test_model_shape_checks_name_the_counts():
+    shape = ModelShape("m", num_layers=28, num_heads=16, num_kv_heads=8, hidden_size=2048, intermediate_size=6144)
+    check_model_shape(shape, tp=8, pp=4, role="student")  # fits
+    with pytest.raises(PlacementError, match=r"student m: 16 attention heads cannot be split over TP=3"):
+        check_model_shape(shape, tp=3, pp=1, role="student")
+    with pytest.raises(PlacementError, match=r"8 key/value heads cannot be split over TP=16 .* \[1, 2, 4, 8\]"):
+        check_model_shape(dataclasses.replace(shape, num_heads=32), tp=16, pp=1, role="student")
+    with pytest.raises(PlacementError, match=r"28 layers cannot be split into PP=3 .* \[1, 2, 4, 7, 14, 28\]"):
+        check_model_shape(shape, tp=1, pp=3, role="teacher")
+    odd = dataclasses.replace(shape, hidden_size=1000)
+    check_model_shape(odd, tp=2, pp=1, role="student")  # fine without FP8
+    with pytest.raises(PlacementError, match=r"FP8 GEMMs .* hidden_size=1000 .* 500"):
+        check_model_shape(odd, tp=2, pp=1, role="student", fp8=True)
+
+
+def test_plan_checks_teacher_shape_under_learner_layout():
+    teacher = dataclasses.replace(QWEN3_8B, num_layers=30)
+    with pytest.raises(PlacementError, match=r"teacher Qwen3-8B: 30 layers cannot be split into PP=4"):
+        plan_placement(_config(tp=2, pp=4), nodes=1, gpus_per_node=8, student=QWEN3_8B, teacher=teacher)
+
+
+def test_placement_error_is_a_config_error():
+    assert issubclass(PlacementError, ConfigError)
+
+
+def test_model_shape_from_hf_dir(tmp_path):
+    from rlad_megatron.testing.tiny_hf import make_tiny_hf_model
+
+    path = make_tiny_hf_model(tmp_path / "m", family="qwen3", num_layers=3, hidden_size=64, num_heads=4,
+                              num_kv_heads=2, intermediate_size=96)
+    shape = ModelShape.from_hf_dir(str(path), "tiny")
+    assert shape == ModelShape("tiny", num_layers=3, num_heads=4, num_kv_heads=2, hidden_size=64,
+                               intermediate_size=96)
