@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import nemo_run as run
+from nemo_run.config import get_nemorun_home
 
 from recipes.base import TRAIN_MODULE, Recipe
 
@@ -56,8 +57,7 @@ def slurm_executor(recipe: Recipe, *, account: str, partition: str | None = None
     for mount in container_mounts:
         if ":" not in mount:
             raise ValueError(f"container mount {mount!r}: expected host_path:container_path")
-    job_dir = job_dir or os.path.join(os.environ.get("NEMORUN_HOME", os.path.expanduser("~/.nemo_run")),
-                                      "slurm_jobs")
+    job_dir = job_dir or os.path.join(get_nemorun_home(), "slurm_jobs")
     if ssh_host:
         if not ssh_user:
             raise ValueError("an SSH tunnel needs --ssh-user as well as --ssh-host")

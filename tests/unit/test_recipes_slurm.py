@@ -1,0 +1,128 @@
+"""Recipes through real NeMo-Run executors: Slurm dry runs render the sbatch script (nodes, GPUs, srun + torchrun
+line, environment, container); the CLI; executor argument errors. Nothing is submitted."""
+from __future__ import annotations
+
+import io
+import re
+
+import pytest
+
+pytest.importorskip("nemo_run")
+
+from recipes import get_recipe  # noqa: E402
+from recipes.cli import main  # noqa: E402
+from recipes.executors import launch, local_executor, rendered_sbatch, slurm_executor, train_task  # noqa: E402
+
+MOUNTS = ["/lustre/models:/models", "/lustre/data:/data", "/lustre/results:/results"]
+
+
+@pytest.fixture(autouse=True)
+def nemorun_home(tmp_path, monkeypatch):
+    import nemo_run.config
+
+    home = tmp_path / "nemo_home"
+    monkeypatch.setattr(nemo_run.config, "_NEMORUN_HOME", str(home))
+    # NeMo-Run's packaging shells out through `invoke`, which reads stdin; pytest's captured stdin refuses reads.
+    monkeypatch.setattr("sys.stdin", io.StringIO())
+    return home
+
+
+def _dry_run(recipe, **kwargs):
+    executor = slurm_executor(recipe, account="acct", partition="batch", time="02:00:00",
+                              container_image="nvcr.io/acme/rlad-megatron:0.1.0", container_mounts=MOUNTS, **kwargs)
+    result = launch(recipe, executor, dryrun=True)
+    return rendered_sbatch(result["experiment_dir"], recipe)
+
+
+def _torchrun_line(script: str) -> str:
+    lines = [line for line in script.splitlines() if "torchrun" in line]
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+@pytest.mark.parametrize("name,nodes", [("math_qwen3_8b_base", 8), ("logic_qwen3_0p6b_grpo", 1)])
+def test_slurm_dry_run_renders_the_job(name, nodes):
+    recipe = get_recipe(name)
+    script = _dry_run(recipe)
+    for line in (f"#SBATCH --nodes={nodes}", "#SBATCH --gpus-per-node=8", "#SBATCH --ntasks-per-node=1",
+                 "#SBATCH --account=acct", "#SBATCH --partition=batch", "#SBATCH --time=02:00:00",
+                 "#SBATCH --exclusive"):
+        assert line in script.splitlines(), line
+    for key, value in recipe.env.items():
+        assert f"export {key}={value}" in script
+    run = _torchrun_line(script)
+    assert run.startswith("srun ") and "--container-image nvcr.io/acme/rlad-megatron:0.1.0" in run
+    assert "--container-mounts " + ",".join(MOUNTS) in run
+    assert f"torchrun --rdzv-backend c10d" in run
+    assert re.search(rf"--nnodes {nodes} --nproc-per-node 8 ", run)
+    assert " -m rlad_megatron.cli train " in run
+    assert " ".join(recipe.train_args()[1:4]) in run
+    assert f"loss.algorithm={recipe.config.loss.algorithm}" in run
+    if name.endswith("_grpo"):
+        assert "model.teacher" not in run
+
+
+def test_cli_slurm_dry_run_with_layout_and_overrides(nemorun_home, capsys):
+    code = main(["logic_qwen3_1p7b_kdrl", "--executor", "slurm", "--dryrun", "--account", "acct", "--nodes", "2",
+                 "--mounts", ",".join(MOUNTS[:2]), "--container-image", "img:1", "--env", "NCCL_DEBUG=INFO",
+                 "trainer.steps=11", "--arg", "max_response=2048"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "learner TP=1 x PP=1 x DP=16 on 16 GPUs" in out
+    (path,) = list(nemorun_home.glob("experiments/*/*/logic_qwen3_1p7b_kdrl_2k_sbatch.sh"))
+    script = path.read_text()
+    assert "#SBATCH --nodes=2" in script and "export NCCL_DEBUG=INFO" in script
+    run = _torchrun_line(script)
+    assert "--nnodes 2 --nproc-per-node 8" in run and "trainer.steps=11" in run and "loss.algorithm=kdrl" in run
+    assert "rollout.max_new_tokens=2048" in run and "--container-mounts " + ",".join(MOUNTS[:2]) in run
+
+
+def test_cli_reports_placement_errors(capsys):
+    code = main(["math_qwen3_8b_base", "--executor", "slurm", "--dryrun", "--account", "a",
+                 "parallel.tensor_parallel=8", "parallel.pipeline_parallel=2", "--nodes", "1"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "8 learner GPUs cannot hold TP=8 x PP=2 = 16 GPUs per replica" in err
+
+
+def test_cli_show_and_list(capsys):
+    assert main(["--list"]) == 0
+    listing = capsys.readouterr().out
+    assert "math_qwen3_8b_base_grpo" in listing and "quickstart" in listing
+    assert main(["logic_qwen3_0p6b", "--show", "loss.alpha=0.7"]) == 0
+    out = capsys.readouterr().out
+    assert "-m rlad_megatron.cli train " in out and "loss.alpha=0.7" in out
+    assert main(["logic_qwen3_0p6b", "--show", "loss.nope=1"]) == 2
+    assert "unknown config key loss.nope" in capsys.readouterr().err
+
+
+def test_executor_argument_errors():
+    recipe = get_recipe("math_qwen3_8b_base")
+    with pytest.raises(ValueError, match=r"needs 8 nodes x 8 GPUs; the local executor runs on this machine only"):
+        local_executor(recipe)
+    with pytest.raises(ValueError, match="needs an account"):
+        slurm_executor(recipe, account="")
+    with pytest.raises(ValueError, match="expected host_path:container_path"):
+        slurm_executor(recipe, account="a", container_mounts=["/lustre"])
+    with pytest.raises(ValueError, match="--ssh-user"):
+        slurm_executor(recipe, account="a", ssh_host="login")
+
+
+def test_local_executor_and_task(tmp_path):
+    from recipes import quickstart
+
+    recipe = quickstart("/s", "/t", "/train.jsonl", nproc=2)
+    executor = local_executor(recipe, env={"EXTRA": "1"})
+    assert (executor.nnodes(), executor.nproc_per_node()) == (1, 2)
+    assert executor.env_vars["OMP_NUM_THREADS"] == "1" and executor.env_vars["EXTRA"] == "1"
+    task = train_task(recipe)
+    assert (task.path, task.m, task.entrypoint) == ("rlad_megatron.cli", True, "python")
+    assert task.args == recipe.train_args()
+
+
+def test_cpu_recipe_asks_slurm_for_no_gpus():
+    from recipes import quickstart
+
+    script = _dry_run(quickstart("/s", "/t", "/train.jsonl"))
+    assert "--gpus-per-node" not in script and "#SBATCH --nodes=1" in script
+    assert "--nproc-per-node 2" in _torchrun_line(script)
