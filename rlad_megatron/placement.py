@@ -184,6 +184,13 @@ def plan_placement(config: RunConfig, *, nodes: int, gpus_per_node: int, rollout
     if prompts % dp:
         raise PlacementError(f"data.prompts_per_step={prompts} prompts cannot be shared evenly by DP={dp} replicas "
                              f"({prompts} / {dp} = {prompts / dp:g}): use a multiple of {dp}")
+    per_rank = prompts // dp * config.rollout.group_size
+    micro, updates = config.trainer.micro_batch_size, config.trainer.updates_per_batch
+    if per_rank % (micro * updates):
+        raise PlacementError(f"each of the DP={dp} replicas trains on {prompts} / {dp} prompts x "
+                             f"G={config.rollout.group_size} = {per_rank} sequences per step, which do not split into "
+                             f"trainer.updates_per_batch={updates} x trainer.micro_batch_size={micro}: choose a "
+                             f"micro-batch size dividing {per_rank // updates if per_rank % updates == 0 else per_rank}")
     num_engines = dp if colocated else rollout_gpus // rollout_tp
     if not colocated and prompts % num_engines:
         raise PlacementError(f"data.prompts_per_step={prompts} prompts cannot be shared evenly by {num_engines} "

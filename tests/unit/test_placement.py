@@ -125,3 +125,12 @@ def test_model_shape_from_hf_dir(tmp_path):
     shape = ModelShape.from_hf_dir(str(path), "tiny")
     assert shape == ModelShape("tiny", num_layers=3, num_heads=4, num_kv_heads=2, hidden_size=64,
                                intermediate_size=96)
+
+
+def test_sequences_per_replica_must_split_into_micro_batches():
+    cfg = _config(prompts=64)  # DP=8: 8 prompts x G=8 = 64 sequences per replica
+    cfg.trainer.micro_batch_size = 24
+    with pytest.raises(PlacementError, match=r"64 / 8 prompts x G=8 = 64 sequences .*micro_batch_size=24"):
+        plan_placement(cfg, nodes=1, gpus_per_node=8)
+    cfg.trainer.micro_batch_size, cfg.trainer.updates_per_batch = 16, 4
+    assert plan_placement(cfg, nodes=1, gpus_per_node=8).dp == 8
