@@ -75,7 +75,9 @@ def _body(hf_dir: str, placement: str) -> dict:
     engine, transport = build_rollout_engine(config)
     report["has_engine"] = engine is not None
     verifier = SyncVerifier(engine, learner, probe, max_abs_tol=TOL)
-    sync = WeightSynchronizer(transport, bucket_bytes=64 << 10, verifier=verifier)
+    # colocated: the default gather (shared memory on CPU); disaggregated: the process-group gather
+    gather = "auto" if placement == "colocated" else "collective"
+    sync = WeightSynchronizer(transport, bucket_bytes=64 << 10, verifier=verifier, gather=gather)
     if engine is not None:
         results = engine.generate([[1, 10, 11, 12], [1, 20]], SamplingSettings(n=3, max_tokens=8, seed=7))
         report["generated"] = [[len(c.token_ids) for c in r.completions] for r in results]
