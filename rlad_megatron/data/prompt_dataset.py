@@ -86,12 +86,17 @@ def _describe(source: str | Sequence[str]) -> str:
 
 
 def load_raw_dataset(source: str | Sequence[str], split: str = "train", cache_dir: str | None = None) -> Any:
-    """``datasets.Dataset`` for local files (builder chosen by extension) or a hub dataset name."""
+    """``datasets.Dataset`` for local files (builder chosen by extension), a local dataset folder or a hub name.
+
+    Folders and hub names both go through ``load_dataset(name_or_folder, split=split)``.
+    """
     import datasets
 
     files = [source] if isinstance(source, str) else list(source)
     local = [f for f in files if os.path.exists(f)]
     try:
+        if len(files) == 1 and os.path.isdir(files[0]):  # a local dataset folder: same call as a hub name
+            return datasets.load_dataset(files[0], split=split, cache_dir=cache_dir)
         if local:
             missing = [f for f in files if f not in local]
             if missing:

@@ -45,8 +45,10 @@ def run_eval(model_dir: str, task_name: str, data_file: str, k: int, out_dir: st
     eos = tokenizer.eos_token_id
     sampling = SamplingSettings(n=k, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
                                 stop_token_ids=() if eos is None else (int(eos),), seed=seed)
-    config = VLLMEngineConfig(model=model_dir, max_model_len=max_prompt_tokens + max_tokens, seed=seed,
-                              **dict(engine_options or {}))
+    # Size the engine for the longest prompt actually kept, not the budget (models with short contexts still run).
+    longest = max(len(e.prompt_token_ids) for e in dataset.examples)
+    options = {"max_model_len": longest + max_tokens, **dict(engine_options or {})}
+    config = VLLMEngineConfig(model=model_dir, seed=seed, **options)
     from rlad_megatron.rollout.vllm_engine import VLLMEngine  # the only place this module touches vLLM
 
     engine = VLLMEngine(config)

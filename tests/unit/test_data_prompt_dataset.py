@@ -139,3 +139,20 @@ def test_chat_template_is_used_when_present(tok, tmp_path) -> None:
     d = load_prompt_dataset(path, ArithmeticTask(), chat, max_prompt_tokens=64, cache_dir=str(tmp_path / "hf"))
     assert d[0].prompt_text == "[user]1+2=\n[assistant]"
     assert d[0].prompt_token_ids[0] != chat.bos_token_id  # template text carries its own specials
+
+
+def test_folder_and_hub_name_take_the_load_dataset_name_path(tok, tmp_path, monkeypatch) -> None:
+    folder = tmp_path / "my_dataset"
+    folder.mkdir()
+    write_jsonl(folder / "train.jsonl", generate_records(5, seed=9))
+    d = load(str(folder), tok, tmp_path)
+    assert len(d) == 5 and d.report.source == str(folder)
+    # Our machines cannot reach the hub: offline mode (read at import, hence the attributes) makes the very same
+    # load_dataset(name) call fail at once instead of after network timeouts.
+    import datasets.config
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(DatasetError, match=r"some-org/some-dataset: could not load with `datasets`"):
+        load("some-org/some-dataset", tok, tmp_path)
