@@ -130,3 +130,17 @@ def test_kk_records_and_benchmark_rows_load_through_dataset_api(tmp_path) -> Non
     path.write_text(json.dumps(wrong) + "\n")
     with pytest.raises(DatasetError, match=r"row 0.*'solution'.*not the unique solution"):
         load_prompt_dataset(str(path), KnightsKnavesTask(), tok, max_prompt_tokens=4096, cache_dir=str(tmp_path))
+
+
+def test_kk_data_files_are_deterministic_disjoint_and_split_by_size(tmp_path) -> None:
+    from rlad_megatron.data.kk_data import write_kk_data
+
+    a = write_kk_data(str(tmp_path / "a"), train_per_size=6, test_per_size=3, seed=4)
+    b = write_kk_data(str(tmp_path / "b"), train_per_size=6, test_per_size=3, seed=4)
+    assert open(a["train"]).read() == open(b["train"]).read() and open(a["test"]).read() == open(b["test"]).read()
+    train = [json.loads(x) for x in open(a["train"])]
+    test = [json.loads(x) for x in open(a["test"])]
+    assert sorted({r["difficulty"] for r in test}) == [f"ppl{n}" for n in range(2, 9)] and len(test) == 21
+    assert {r["n_people"] for r in train} == {3, 4, 5, 6, 7} and len(train) == 30
+    key = lambda r: (tuple(r["names"]), tuple(r["statements"]))  # noqa: E731
+    assert not {key(r) for r in train} & {key(r) for r in test}
