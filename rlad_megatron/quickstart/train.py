@@ -1,0 +1,114 @@
+"""The quickstart's RLAD run: write the trainer's YAML config, launch ``torchrun ... rlad_megatron.cli train``.
+
+    config = write_train_config(settings, teacher_dir, student_dir, files, run_dir)
+    run_training(config, nproc=2)        # streams the trainer's output; raises TrainingFailed on a non-zero exit
+
+The run is a subprocess (two gloo ranks, TP=2: the Megatron learner on both, the colocated vLLM CPU engine on the
+first), exactly what a user would type; it writes ``run_dir/metrics.jsonl``, ``tb/``, ``curves.png``,
+``checkpoints/`` and the final student in ``hf/``.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Sequence, TextIO
+
+from rlad_megatron.quickstart.prepare import DataFiles
+from rlad_megatron.quickstart.settings import QuickstartSettings
+
+#: Environment of the training ranks on CPU: one OpenMP thread per rank (two ranks share two cores), no hub.
+TRAIN_ENV: dict[str, str] = {
+    "OMP_NUM_THREADS": "1",
+    "HF_HUB_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "PYTHONUNBUFFERED": "1",
+    "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
+}
+
+
+class TrainingFailed(RuntimeError):
+    pass
+
+
+def train_config(settings: QuickstartSettings, teacher_dir: Path, student_dir: Path, files: DataFiles,
+                 run_dir: Path) -> dict[str, Any]:
+    """The trainer's run config (sections of :class:`rlad_megatron.config.RunConfig`) for the quickstart."""
+    rl = settings.rl
+    return {
+        "model": {"student": str(student_dir), "teacher": str(teacher_dir), "params_dtype": "float32"},
+        "parallel": {"tensor_parallel": rl.tensor_parallel},
+        "rollout": {"group_size": rl.group_size, "temperature": rl.temperature,
+                    "max_new_tokens": settings.max_new_tokens, "dtype": "float32", "kv_cache_mb": 64,
+                    "placement": "colocated"},
+        "data": {"task": "arithmetic", "train_files": [str(files.train)], "prompts_per_step": rl.prompts_per_step,
+                 "max_prompt_tokens": 32},
+        "optim": {"lr": rl.lr, "min_lr": rl.lr / 10, "clip_grad": 1.0, "use_distributed_optimizer": True},
+        "loss": {"algorithm": rl.algorithm, "alpha": rl.alpha},
+        "trainer": {"steps": rl.steps, "micro_batch_size": rl.micro_batch_size, "save_every": rl.save_every,
+                    "output_dir": str(run_dir), "export_hf": True, "seed": settings.data.seed + 1234},
+    }
+
+
+def write_train_config(settings: QuickstartSettings, teacher_dir: Path, student_dir: Path, files: DataFiles,
+                       run_dir: Path) -> Path:
+    """Validate the quickstart's run config with the trainer's own parser and write it as ``run_dir/config.yaml``."""
+    import yaml
+
+    from rlad_megatron.config import run_config_from_dict
+
+    data = train_config(settings, teacher_dir, student_dir, files, run_dir)
+    run_config_from_dict(data)  # a bad value fails here, naming the key, before any process starts
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "config.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def training_command(config_path: Path, nproc: int, overrides: Sequence[str] = (), resume: bool = False) -> list[str]:
+    """``python -m torch.distributed.run --nproc-per-node N -m rlad_megatron.cli train --config FILE ...``."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", "rlad_megatron.cli", "train", "--config", str(config_path)]
+    if resume:
+        cmd.append("--resume")
+    return cmd + list(overrides)
+
+
+def run_training(config_path: Path, nproc: int, *, overrides: Sequence[str] = (), resume: bool = False,
+                 log_file: Path | None = None, stream: TextIO | None = None, timeout_s: float | None = None) -> None:
+    """Run the training subprocess, copying its output (stdout and stderr merged) to ``stream`` as it comes and to
+    ``log_file``; raise :class:`TrainingFailed` with the log's tail when it exits non-zero or times out."""
+    stream = stream if stream is not None else sys.stderr
+    cmd = training_command(config_path, nproc, overrides, resume)
+    env = {**os.environ, **TRAIN_ENV}
+    tail: list[str] = []
+    log = open(log_file, "w", encoding="utf-8") if log_file is not None else None
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, bufsize=0)
+    try:
+        assert proc.stdout is not None
+        buffer = b""
+        while True:
+            chunk = proc.stdout.read1(4096) if hasattr(proc.stdout, "read1") else proc.stdout.read(4096)
+            if not chunk:
+                break
+            text = chunk.decode("utf-8", errors="replace")
+            stream.write(text)  # progress-bar carriage returns pass through unchanged
+            stream.flush()
+            if log is not None:
+                log.write(text)
+            buffer = (buffer + chunk)[-8192:]
+        code = proc.wait(timeout=timeout_s)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    finally:
+        if log is not None:
+            log.close()
+    if code != 0:
+        tail = buffer.decode("utf-8", errors="replace").replace("\r", "\n").splitlines()[-30:]
+        where = f" (full log: {log_file})" if log_file is not None else ""
+        raise TrainingFailed(f"training exited with code {code}{where}; command: {' '.join(cmd)}\n"
+                             + "\n".join(tail))
