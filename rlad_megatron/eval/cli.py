@@ -1,0 +1,67 @@
+"""``rlad-megatron eval``: Mean@k / Pass@k of a Hugging Face checkpoint on a task's data file (vLLM engine).
+
+    rlad-megatron eval --model ckpt/hf --task knights_knaves --data kk/test.jsonl --k 8 --out runs/eval_kk
+
+Registered into the top-level CLI by :func:`register`; the work is :func:`rlad_megatron.eval.runner.run_eval`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+
+def _parse_options(items: list[str], flag: str) -> dict[str, Any]:
+    """``key=value`` pairs; values parsed as JSON when they parse (numbers, booleans), else kept as strings."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"{flag} expects key=value, got {item!r}")
+        key, raw = item.split("=", 1)
+        try:
+            out[key] = json.loads(raw)
+        except ValueError:
+            out[key] = raw
+    return out
+
+
+def _run(args: argparse.Namespace) -> int:
+    from rlad_megatron.data.prompt_dataset import DatasetError
+    from rlad_megatron.eval.runner import run_eval
+
+    try:
+        task_options = _parse_options(args.task_option, "--task-option")
+        engine_options = _parse_options(args.engine_option, "--engine-option")
+        report = run_eval(args.model, args.task, args.data, args.k, args.out, max_prompt_tokens=args.max_prompt_tokens,
+                          max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed,
+                          limit=args.limit, bad_rows=args.bad_rows, task_options=task_options,
+                          engine_options=engine_options)
+    except (DatasetError, FileNotFoundError, KeyError, ValueError) as err:
+        print(f"rlad-megatron eval: {err}", file=sys.stderr)
+        return 2
+    print(report.to_markdown())
+    print(f"wrote {args.out}/eval.json and {args.out}/eval.md")
+    return 0
+
+
+def register(sub: Any) -> None:
+    """Add the ``eval`` subcommand to the top-level CLI's subparsers."""
+    p = sub.add_parser("eval", help="Mean@k / Pass@k of a checkpoint on a task's data (vLLM engine)")
+    p.add_argument("--model", required=True, help="Hugging Face checkpoint directory (with its tokenizer)")
+    p.add_argument("--task", required=True, help="task name: arithmetic, knights_knaves, math, ...")
+    p.add_argument("--data", required=True, help="data file (.jsonl/.json/.parquet/.arrow), folder or hub name")
+    p.add_argument("--k", type=int, default=8, help="samples per prompt (Mean@k, Pass@k)")
+    p.add_argument("--out", required=True, help="output folder for eval.json, eval.md, data_report.json")
+    p.add_argument("--max-prompt-tokens", type=int, default=1024)
+    p.add_argument("--max-tokens", type=int, default=512, help="response budget in tokens")
+    p.add_argument("--temperature", type=float, default=0.6)
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N valid prompts")
+    p.add_argument("--bad-rows", choices=("error", "skip"), default="skip")
+    p.add_argument("--task-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="task constructor option, e.g. correct=1.0 (repeatable)")
+    p.add_argument("--engine-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="VLLMEngineConfig field, e.g. kv_cache_bytes=67108864 (repeatable)")
+    p.set_defaults(func=_run)
