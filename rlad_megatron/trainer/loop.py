@@ -120,7 +120,10 @@ class Trainer:
             sampling = SamplingSettings(
                 n=cfg.rollout.group_size, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
                 max_tokens=cfg.rollout.max_new_tokens, stop_token_ids=(s.eos_id,),
-                seed=cfg.trainer.seed * 1_000_003 + self.step * 7919 + s.dp_rank,
+                # The engine seeds prompt j's i-th response with seed + j * n + i: offsetting by this rank's first
+                # global prompt makes the samples independent of the data-parallel layout.
+                seed=cfg.trainer.seed * 1_000_003 + self.step * 100_003
+                + s.dp_rank * len(examples) * cfg.rollout.group_size,
             )
             rollouts = generate_and_score(s.engine, s.reward_guard, s.task, examples, sampling)
         rollouts = share_from_one(rollouts, s.model_parallel_group)
