@@ -5,6 +5,7 @@ Extraction order (the first that finds something wins):
 2. "the (final) answer is X" (the last such phrase);
 3. "#### X" (GSM8K style);
 4. the last number in the text.
+Fallbacks look only at the last 4000 characters (where a final answer is).
 Fallbacks 2-4 can be turned off (``MathRewardConfig.fallbacks``). Everything is a single linear pass, so 100k-char or
 brace-bomb outputs cost milliseconds; answers longer than ``max_answer_chars`` are scored wrong without calling
 math-verify (sympy on a 10^5-digit number or a deep tower can take minutes). The reward is meant to run under
@@ -24,6 +25,7 @@ _BOX_SPACE = re.compile(r"\\boxed[ ]+([^\s$]{1,200})")
 _ANSWER_IS = re.compile(r"(?:final answer|answer) is[:\s]*\$?([^\n$]{1,200}?)\$?\s*(?:\.\s|\.$|$|\n)",
                         re.IGNORECASE)
 _HASHES = re.compile(r"####\s*([^\n]{1,200})")
+_FALLBACK_TAIL_CHARS = 4000
 _NUMBER = re.compile(r"-?\d[\d,]{0,200}(?:\.\d{1,200})?")
 
 
@@ -66,11 +68,12 @@ def extract_final_answer(text: str, fallbacks: bool = True) -> tuple[str | None,
         return boxed, "boxed"
     if not fallbacks:
         return None, "none"
+    tail = text[-_FALLBACK_TAIL_CHARS:]  # a final answer sits at the end; bounds regex work on huge outputs
     for how, rx in (("answer_is", _ANSWER_IS), ("hashes", _HASHES)):
-        found = rx.findall(text)
+        found = rx.findall(tail)
         if found:
             return found[-1].strip().rstrip("."), how
-    numbers = _NUMBER.findall(text)
+    numbers = _NUMBER.findall(tail)
     if numbers:
         return numbers[-1].rstrip(","), "last_number"
     return None, "none"

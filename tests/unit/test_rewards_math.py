@@ -73,7 +73,9 @@ ADVERSARIAL = [
 
 
 def test_adversarial_extraction_is_linear_time() -> None:
-    for text in ADVERSARIAL:
+    more = ["answer is " * 10_000, "#### " * 20_000, "1," * 50_000, "\\boxed " * 20_000,
+            "\\boxed{" * 20_000 + "}" * 20_000]
+    for text in ADVERSARIAL + more:
         t0 = time.perf_counter()
         extract_final_answer(text)
         assert time.perf_counter() - t0 < 1.0, text[:40]
