@@ -184,8 +184,11 @@ def load_prompt_dataset(source: str | Sequence[str], task: Task, tokenizer: Any,
             raise ValueError(f"{opt} must be 'error' or 'skip', got {value!r}")
     if max_prompt_tokens <= 0:
         raise ValueError(f"max_prompt_tokens must be > 0, got {max_prompt_tokens}")
+    if not isinstance(source, str) and len(source) == 1:
+        source = source[0]
     name = _describe(source)
-    stem = os.path.splitext(os.path.basename(name))[0] if isinstance(source, str) else "row"
+    # Ids derived for rows without one: "<file stem>-<row>" (row counts across all files when there are several).
+    stem = os.path.splitext(os.path.basename(name.rstrip("/")))[0] if isinstance(source, str) else "row"
     rows, bad_utf8 = _rows(load_raw_dataset(source, split=split, cache_dir=cache_dir))
     report = LoadReport(source=name, rows=len(rows))
     seen: dict[str, int] = {}

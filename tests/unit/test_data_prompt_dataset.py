@@ -92,7 +92,7 @@ def test_duplicate_ids(tok, tmp_path) -> None:
 
 def test_missing_ids_are_derived_from_file_and_row(tok, tmp_path) -> None:
     rows = [{"prompt": "1+2=", "answer": "3"}, {"prompt": "10+2=", "answer": 12}]
-    d = load(write_jsonl(tmp_path / "noid.jsonl", rows), tok, tmp_path)
+    d = load([write_jsonl(tmp_path / "noid.jsonl", rows)], tok, tmp_path)  # a one-file list, as configs give
     assert [e.id for e in d] == ["noid-0", "noid-1"]
     assert [e.record["answer"] for e in d] == ["3", "12"]
     assert [e.record["difficulty"] for e in d] == ["d1", "d2"]
