@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -142,10 +143,15 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def format_value(value: Any) -> str:
-    """A value as the trainer's override parser (YAML scalars) reads it back: bare when unambiguous, else JSON."""
-    import yaml
+_SAFE = re.compile(r"^[A-Za-z0-9_@%+=:,./-]+$")
 
+
+def format_value(value: Any) -> str:
+    """A value as the trainer's override parser (YAML scalars, comma lists) reads it back.
+
+    Only characters that need no shell quoting are used: NeMo-Run's torchrun launcher shell-quotes each argument,
+    and its local executor then passes the quotes through literally, so a quoted argument would not parse.
+    """
     if isinstance(value, bool) or value is None:
         return json.dumps(value)
     if isinstance(value, float):
@@ -155,12 +161,17 @@ def format_value(value: Any) -> str:
     if isinstance(value, int):
         return str(value)
     if isinstance(value, str):
-        plain = value and not any(c in value for c in " \t\n'\"\\$`#:,[]{}&*!|>%@")
-        if plain and yaml.safe_load(value) == value:
-            return value
-        return json.dumps(value)
+        if not _SAFE.match(value):
+            raise ConfigError(f"cannot pass {value!r} on the launch command line: use only letters, digits and "
+                              "_@%+=:,./- (no spaces or quotes; e.g. rename the path)")
+        return value
     if isinstance(value, (list, tuple)):
-        return "[" + ",".join(format_value(v) for v in value) + "]"
+        if not value:
+            raise ConfigError("cannot pass an empty list as an override (leave the key at its default)")
+        items = [format_value(v) for v in value]
+        if any("," in item for item in items):
+            raise ConfigError(f"list items cannot contain ',' on the command line: {list(value)!r}")
+        return ",".join(items)
     raise ConfigError(f"cannot pass {value!r} ({type(value).__name__}) as an override")
 
 
@@ -168,5 +179,12 @@ def config_overrides(config: RunConfig, pinned: tuple[str, ...] = PINNED_KEYS) -
     """``section.key=value`` for the ``pinned`` keys and every other field that differs from the defaults."""
     ours = _flatten(run_config_to_dict(config))
     defaults = _flatten(run_config_to_dict(RunConfig()))
-    return [f"{key}={format_value(value)}" for key, value in ours.items()
-            if key in pinned or defaults.get(key) != value]
+    overrides = [f"{key}={format_value(value)}" for key, value in ours.items()
+                 if key in pinned or defaults.get(key) != value]
+    back = _flatten(run_config_to_dict(build_config(apply_overrides({}, list(overrides)))))
+    wrong = [key for key in ours if back.get(key) != ours[key]]
+    if wrong:  # e.g. the string "true" would come back as a boolean
+        key = wrong[0]
+        raise ConfigError(f"{key}={ours[key]!r} would not read back as given from the command line "
+                          f"(it reads as {back.get(key)!r}): choose another value")
+    return overrides

@@ -86,14 +86,16 @@ def launch(recipe: Recipe, executor: run.LocalExecutor | run.SlurmExecutor, *, d
     """
     recipe.validate()
     # NeMo-Run 0.11.1 has no public accessor for an experiment's directory; ``_exp_dir`` is where it writes.
-    with run.Experiment(experiment_name or f"rlad-{recipe.name}") as exp:
+    experiment = run.Experiment(experiment_name or f"rlad-{recipe.name}")
+    with experiment as exp:
         exp.add(train_task(recipe), executor=executor, name=recipe.name)
         if dryrun:
             exp.dryrun(delete_exp_dir=False)
             return {"experiment_dir": exp._exp_dir, "status": {}}
         exp.run(sequential=True, detach=detach, tail_logs=tail_logs)
-        status = exp.status(return_dict=True) if not detach else {}
-        return {"experiment_dir": exp._exp_dir, "status": status or {}}
+    # A one-task experiment waits for its job when the `with` block exits: read the final states after it.
+    status = {} if detach else (experiment.status(return_dict=True) or {})
+    return {"experiment_dir": experiment._exp_dir, "status": status}
 
 
 def rendered_sbatch(experiment_dir: str | Path, recipe: Recipe) -> str:

@@ -27,9 +27,9 @@ from rlad_megatron.placement import ModelShape
 
 from recipes.base import CPU_ENV, Recipe
 
-#: Tiny shapes (hidden sizes multiples of 16 and heads/KV heads divisible by TP=2).
-STUDENT_SHAPE = dict(num_layers=2, hidden_size=64, intermediate_size=128, num_heads=4, num_kv_heads=2)
-TEACHER_SHAPE = dict(num_layers=2, hidden_size=96, intermediate_size=192, num_heads=4, num_kv_heads=2)
+#: Tiny shapes: head_dim 32 (vLLM's CPU attention has no kernel for 16), heads and KV heads divisible by TP=2.
+STUDENT_SHAPE = dict(num_layers=2, hidden_size=128, intermediate_size=256, num_heads=4, num_kv_heads=2)
+TEACHER_SHAPE = dict(num_layers=2, hidden_size=256, intermediate_size=512, num_heads=8, num_kv_heads=2)
 
 
 def prepare_quickstart_assets(workdir: str | Path, *, num_records: int = 64, seed: int = 0) -> dict[str, str]:
@@ -74,8 +74,10 @@ def quickstart(student: str, teacher: str, train_file: str, eval_file: str | Non
                         prompts_per_step=4, max_prompt_tokens=32),
         optim=OptimConfig(lr=1e-4, use_distributed_optimizer=True),
         loss=LossConfig(algorithm=algorithm),
-        trainer=TrainerConfig(steps=steps, micro_batch_size=8, eval_every=0, eval_samples=1, save_every=0,
-                              output_dir=output_dir, export_hf=False),
+        # Random tiny models rarely earn a reward, so every group would be uniform and dropped: keep them, so that
+        # each step runs the policy update (forward/backward/optimizer) even when all advantages are zero.
+        trainer=TrainerConfig(steps=steps, micro_batch_size=8, skip_uniform_groups=False, eval_every=0,
+                              eval_samples=1, save_every=0, output_dir=output_dir, export_hf=False),
     )
     return Recipe(name="quickstart", description=f"CPU smoke run: tiny {algorithm} on arithmetic, {nproc} torchrun "
                   f"processes (TP={tensor_parallel})", config=config, nodes=1, gpus_per_node=nproc,

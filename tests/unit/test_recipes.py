@@ -86,7 +86,7 @@ def test_command_line_round_trips_through_the_trainer_parser(name, tmp_path):
 
 def test_overrides_and_layout_changes():
     recipe = get_recipe("logic_qwen3_0p6b").with_overrides(["loss.alpha=0.3", "trainer.steps=5",
-                                                           "data.train_files=[/a.jsonl,/b.jsonl]"])
+                                                           "data.train_files=/a.jsonl,/b.jsonl"])
     assert (recipe.config.loss.alpha, recipe.config.trainer.steps) == (0.3, 5)
     assert recipe.config.data.train_files == ["/a.jsonl", "/b.jsonl"]
     assert "loss.alpha=0.3" in recipe.train_args()
@@ -116,25 +116,29 @@ def test_fp8_switch_is_checked_at_launch_without_a_gpu():
 
 
 @pytest.mark.parametrize("value,text", [
-    ("/models/Qwen3-8B", "/models/Qwen3-8B"), ("123", '"123"'), ("null", '"null"'), ("a b", '"a b"'),
-    ("true", '"true"'), (None, "null"), (True, "true"), (3, "3"), (1e-6, "1e-06"), (0.5, "0.5"),
-    (["/a", "x y"], '[/a,"x y"]'), ([], "[]"),
+    ("/models/Qwen3-8B", "/models/Qwen3-8B"), (None, "null"), (True, "true"), (3, "3"), (1e-6, "1e-06"),
+    (0.5, "0.5"), (["/a.jsonl", "/b.jsonl"], "/a.jsonl,/b.jsonl"),
 ])
 def test_format_value(value, text):
     assert format_value(value) == text
 
 
-def test_format_value_rejects_what_cannot_travel():
-    with pytest.raises(ConfigError, match="non-finite"):
-        format_value(float("nan"))
-    with pytest.raises(ConfigError, match="cannot pass"):
-        format_value({"a": 1})
+@pytest.mark.parametrize("value,message", [
+    (float("nan"), "non-finite"), ({"a": 1}, "cannot pass"), ("a b", "no spaces or quotes"),
+    ("it's", "no spaces or quotes"), ([], "empty list"), (["a,b"], "cannot contain ','"),
+])
+def test_format_value_rejects_what_cannot_travel(value, message):
+    with pytest.raises(ConfigError, match=message):
+        format_value(value)
 
 
-def test_strings_that_look_like_other_types_survive(tmp_path):
+def test_values_that_would_read_back_differently_are_refused(tmp_path):
     recipe = _quickstart_recipe(tmp_path)
-    cfg = dataclasses.replace(recipe.config, trainer=dataclasses.replace(recipe.config.trainer, output_dir="1e3"))
-    assert load_run_config(None, config_overrides(cfg)).trainer.output_dir == "1e3"
+    odd = dataclasses.replace(recipe.config, trainer=dataclasses.replace(recipe.config.trainer, output_dir="1e3"))
+    assert load_run_config(None, config_overrides(odd)).trainer.output_dir == "1e3"
+    bad = dataclasses.replace(recipe.config, trainer=dataclasses.replace(recipe.config.trainer, output_dir="true"))
+    with pytest.raises(ConfigError, match=r"trainer.output_dir='true' would not read back|expected a string"):
+        config_overrides(bad)
 
 
 def test_quickstart_assets_and_recipe(tmp_path):
