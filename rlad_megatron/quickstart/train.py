@@ -10,6 +10,7 @@ first), exactly what a user would type; it writes ``run_dir/metrics.jsonl``, ``t
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -76,6 +77,18 @@ def training_command(config_path: Path, nproc: int, overrides: Sequence[str] = (
     return cmd + list(overrides)
 
 
+def child_output_tail(text: str, lines: int = 30) -> list[str]:
+    """The last ``lines`` lines the ranks printed, without torchrun's own failure report (its traceback, summary
+    and ``E1128 ...`` log lines), which otherwise fills the tail and hides the ranks' error."""
+    rows = text.replace("\r", "\n").splitlines()
+    for i in range(len(rows) - 1, -1, -1):
+        if rows[i].startswith("Traceback") and any("torch/distributed/run.py" in r for r in rows[i: i + 6]):
+            rows = rows[:i]
+            break
+    rows = [r for r in rows if not re.match(r"^[EWI]\d{4} ", r) and r.strip()]
+    return rows[-lines:]
+
+
 def run_training(config_path: Path, nproc: int, *, overrides: Sequence[str] = (), resume: bool = False,
                  log_file: Path | None = None, stream: TextIO | None = None, timeout_s: float | None = None) -> None:
     """Run the training subprocess, copying its output (stdout and stderr merged) to ``stream`` as it comes and to
@@ -83,7 +96,6 @@ def run_training(config_path: Path, nproc: int, *, overrides: Sequence[str] = ()
     stream = stream if stream is not None else sys.stderr
     cmd = training_command(config_path, nproc, overrides, resume)
     env = {**os.environ, **TRAIN_ENV}
-    tail: list[str] = []
     log = open(log_file, "w", encoding="utf-8") if log_file is not None else None
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, bufsize=0)
     try:
@@ -98,7 +110,7 @@ def run_training(config_path: Path, nproc: int, *, overrides: Sequence[str] = ()
             stream.flush()
             if log is not None:
                 log.write(text)
-            buffer = (buffer + chunk)[-8192:]
+            buffer = (buffer + chunk)[-65536:]
         code = proc.wait(timeout=timeout_s)
     except BaseException:
         proc.kill()
@@ -108,7 +120,7 @@ def run_training(config_path: Path, nproc: int, *, overrides: Sequence[str] = ()
         if log is not None:
             log.close()
     if code != 0:
-        tail = buffer.decode("utf-8", errors="replace").replace("\r", "\n").splitlines()[-30:]
+        tail = child_output_tail(buffer.decode("utf-8", errors="replace"))
         where = f" (full log: {log_file})" if log_file is not None else ""
         raise TrainingFailed(f"training exited with code {code}{where}; command: {' '.join(cmd)}\n"
                              + "\n".join(tail))
