@@ -75,8 +75,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_intermixed_args(argv)
     if args.list or not args.name:
         for name in recipe_names():
-            doc = (RECIPES[name].func if hasattr(RECIPES[name], "func") else RECIPES[name]).__doc__ or ""
-            print(f"{name:28s} {doc.strip().splitlines()[0] if doc.strip() else ''}")
+            fn = RECIPES[name]
+            algorithm = getattr(fn, "keywords", {}).get("algorithm", "rlad" if name != "quickstart" else "")
+            doc = (getattr(fn, "func", fn).__doc__ or "").strip()
+            summary = doc.split(";")[0].split("\n")[0] if doc else ""
+            print(f"{name:28s} {'[' + algorithm + '] ' if algorithm else ''}{summary}")
         return 0
     try:
         recipe = build_recipe(args)
