@@ -81,3 +81,26 @@ def launch(config: dict, nproc: int, *, workdir: Path, resume: bool = False, tim
 def read_metrics(output_dir: Path) -> list[dict]:
     path = Path(output_dir) / "metrics.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def warm_start(hf_dir: str, out_dir: str, train_file: str, *, steps: int, lr: float = 3e-3, batch_size: int = 32,
+               seed: int = 0) -> str:
+    """A copy of ``hf_dir`` after ``steps`` of supervised training on the reference chains of thought of
+    ``train_file``'s records (so that RL starts from a policy that sometimes earns reward)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rlad_megatron.data.tasks import get_task
+    from rlad_megatron.quickstart.sft import train_sft
+
+    if (Path(out_dir) / "config.json").exists():
+        return out_dir
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(hf_dir)
+    records = [json.loads(line) for line in Path(train_file).read_text().splitlines() if line.strip()]
+    train_sft(model, tokenizer, get_task("arithmetic"), records, steps=steps, batch_size=batch_size, lr=lr,
+              seed=seed, warmup=5)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
