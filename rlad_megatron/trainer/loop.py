@@ -22,6 +22,15 @@ from rlad_megatron.trainer.setup import TrainingSetup, build_training_setup
 from rlad_megatron.trainer.state import latest_checkpoint, load_trainer_checkpoint, save_trainer_checkpoint
 
 
+def _peak_rss_mb() -> float:
+    """Largest resident set of any rank of this job so far (each rank's own maximum, max over the world)."""
+    import resource
+
+    peak = torch.tensor(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, dtype=torch.float64)
+    dist.all_reduce(peak, op=dist.ReduceOp.MAX)
+    return float(peak)
+
+
 class TrainingStopped(RuntimeError):
     pass
 
@@ -157,16 +166,20 @@ class Trainer:
         times["time/other"] = times["time/step"] - sum(v for k, v in times.items() if k != "time/step")
         metrics.update(times)
         metrics["optim/lr"] = lr_at(self.step, cfg)
+        metrics["memory/peak_rss_mb"] = _peak_rss_mb()
         return metrics
 
+    _SUMMED_OVER_DP = ("rollout/generated_tokens", "groups/kept_sequences", "reward/errors")
+
     def _average_over_dp(self, metrics: dict[str, float]) -> dict[str, float]:
+        """Rollout statistics of the whole step: counts summed over data-parallel ranks, the rest averaged."""
         from megatron.core import parallel_state as ps
 
         keys = sorted(metrics)
         values = torch.tensor([metrics[k] for k in keys], dtype=torch.float64)
         dist.all_reduce(values, group=ps.get_data_parallel_group())
-        values /= ps.get_data_parallel_world_size()
-        return dict(zip(keys, values.tolist()))
+        dp = ps.get_data_parallel_world_size()
+        return {k: v if k in self._SUMMED_OVER_DP else v / dp for k, v in zip(keys, values.tolist())}
 
     def _update_policy(self, batch: SequenceBatch) -> dict[str, float]:
         from megatron.core import parallel_state as ps

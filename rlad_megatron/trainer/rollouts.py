@@ -95,6 +95,7 @@ def to_sequence_batch(rollouts: Rollouts, *, pad_id: int, skip_uniform_groups: b
         "reward/format_ok": float(torch.tensor(rollouts.format_ok, dtype=torch.float32).mean()),
         "reward/errors": float(rollouts.reward_errors),
         "response/length_mean": float(lengths.mean()),
+        "rollout/generated_tokens": float(lengths.sum()),  # up to and including the first eos
         "response/length_max": float(lengths.max()),
         "response/truncated_fraction": float(torch.tensor(rollouts.truncated, dtype=torch.float32).mean()),
         "groups/uniform_fraction": float(uniform.float().mean()),
