@@ -1,0 +1,195 @@
+"""Step throughput of the trainer on workload W1, with the time of each phase, for grpo / rlad / kdrl at TP=1 and 2.
+
+Workload W1 (fixed; issue 10):
+- 64 prompts ``a+b=`` with two 3-digit operands (seed 0); reward 1.0 when the completion's leading digits equal the
+  sum, else 0.0 (task ``sum_prefix``).
+- Student: Llama, 4 layers, hidden 256, 4 heads (head dim 64), FFN 688, char tokenizer, random init (seed 1):
+  ~3.2M parameters. Teacher (rlad, kdrl): 8 layers, hidden 384, 6 heads, FFN 1024 (seed 2): ~14M. Both written
+  as Hugging Face checkpoints and loaded through the trainer's normal path.
+- Per step: 8 prompts x G=8, at most 32 new tokens, temperature 1.0, one optimizer step per rollout batch, no
+  reference model, lr 1e-5, fp32, AdamW; groups with all-equal rewards are trained on (equal work).
+
+Each (mode, TP) runs the real trainer exactly as a user launches it (``torchrun --standalone --nproc-per-node TP
+-m rlad_megatron.cli train --config ...``: vLLM engine, Megatron learner, weight sync), ``--warmup`` + ``--steps``
+steps; the warm-up steps are dropped and the rest read from ``metrics.jsonl``. Reported per mode: the median step
+time, generated tokens per second (completion tokens up to and including the first eos, summed over the measured
+steps, over their summed step time), peak RSS (max over ranks), and the median time of each phase.
+
+``--baseline-src DIR`` runs the same workload from another checkout of the package too (e.g. a ``git worktree`` of
+an earlier commit), interleaved run by run with this one (order alternating), so that a change is judged against
+its baseline under the same machine load; the final lines are this checkout's.
+
+Final lines: ``step: mode=<m> tp=<n> step_s=<x> tokens_per_s=<y> peak_rss_mb=<z>`` per mode and TP, then
+``step: teacher_overhead_ratio=<rlad step_s / grpo step_s>`` (at the first TP given).
+
+Run: ``.venv/bin/python bench/step.py [--modes grpo,rlad,kdrl --tp 1,2 --steps 6 --warmup 1]``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+STUDENT = dict(family="llama", num_layers=4, hidden_size=256, intermediate_size=688, num_heads=4, num_kv_heads=4)
+TEACHER = dict(family="llama", num_layers=8, hidden_size=384, intermediate_size=1024, num_heads=6, num_kv_heads=6)
+PHASES = (("generation", "time/generation"), ("teacher", "time/teacher"), ("old_logprobs", "time/old_logprobs"),
+          ("train", "time/train"), ("sync", "time/sync"), ("other", "time/other"))
+
+
+def prepare(root: Path) -> dict[str, str]:
+    """Write the W1 student, teacher and prompt file under ``root`` (reused when present)."""
+    from rlad_megatron.data.sum_prefix import generate_sum_records
+    from rlad_megatron.testing.tiny_hf import make_tiny_hf_model
+
+    paths = {"student": root / "student", "teacher": root / "teacher", "train": root / "train.jsonl"}
+    if not (paths["student"] / "config.json").exists():
+        make_tiny_hf_model(paths["student"], seed=1, **STUDENT)
+    if not (paths["teacher"] / "config.json").exists():
+        make_tiny_hf_model(paths["teacher"], seed=2, **TEACHER)
+    if not paths["train"].exists():
+        paths["train"].write_text("".join(json.dumps(r) + "\n" for r in generate_sum_records(64, seed=0)))
+    return {k: str(v) for k, v in paths.items()}
+
+
+def w1_config(paths: dict[str, str], mode: str, tp: int, steps: int, output_dir: Path) -> dict:
+    """The trainer config of W1 for one algorithm and tensor-parallel size."""
+    return {
+        "model": {"student": paths["student"], "teacher": paths["teacher"], "params_dtype": "float32"},
+        "parallel": {"tensor_parallel": tp},
+        "data": {"task": "sum_prefix", "train_files": [paths["train"]], "prompts_per_step": 8,
+                 "max_prompt_tokens": 32},
+        "rollout": {"group_size": 8, "max_new_tokens": 32, "temperature": 1.0, "top_p": 1.0, "kv_cache_mb": 64},
+        "optim": {"lr": 1e-5, "min_lr": 1e-5, "warmup_steps": 0, "weight_decay": 0.0},
+        "loss": {"algorithm": mode},
+        "trainer": {"steps": steps, "updates_per_batch": 1, "skip_uniform_groups": False, "output_dir": str(output_dir),
+                    "seed": 7, "export_hf": False},
+    }
+
+
+def run_once(config: dict, tp: int, workdir: Path, src: Path | None, timeout: float) -> list[dict]:
+    """Launch the trainer as a user would; return its metrics rows. ``src``: import the package from there."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    config_path = workdir / "config.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.pop("OMP_NUM_THREADS", None)  # whatever torchrun chooses for a user (1 per rank when nproc > 1)
+    if src is not None:  # PYTHONPATH comes before the editable install of this checkout
+        env["PYTHONPATH"] = os.pathsep.join([str(src), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={tp}",
+           "-m", "rlad_megatron.cli", "train", "--config", str(config_path)]
+    log_path = workdir / "train.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, env=env, cwd=str(workdir), stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+    if proc.returncode != 0:
+        tail = log_path.read_text(errors="replace")[-4000:]
+        raise RuntimeError(f"trainer failed (exit {proc.returncode}); log {log_path}:\n{tail}")
+    rows = [json.loads(line) for line in (Path(config["trainer"]["output_dir"]) / "metrics.jsonl").read_text()
+            .splitlines() if line.strip()]
+    return rows
+
+
+def summarise(rows: list[dict], warmup: int) -> dict[str, float]:
+    """Medians over the measured steps (after ``warmup``), tokens per second over their summed time."""
+    measured = [r for r in rows if r["step"] > warmup]
+    if not measured:
+        raise RuntimeError(f"no measured steps (got {len(rows)} rows, warm-up {warmup})")
+    med = statistics.median
+    out = {"step_s": med(r["time/step"] for r in measured),
+           "tokens_per_s": sum(r["rollout/generated_tokens"] for r in measured) / sum(r["time/step"] for r in measured),
+           "peak_rss_mb": max(r["memory/peak_rss_mb"] for r in measured),
+           "tokens_per_step": med(r["rollout/generated_tokens"] for r in measured),
+           "reward": statistics.mean(r["reward/mean"] for r in measured)}
+    for name, key in PHASES:
+        out[name] = med(r[key] for r in measured)
+    return out
+
+
+def _fmt_breakdown(label: str, s: dict[str, float]) -> str:
+    parts = " ".join(f"{name}={s[name]:.3f}" for name, _ in PHASES)
+    return (f"{label} step_s={s['step_s']:.3f} [{parts}] tokens/step={s['tokens_per_step']:.0f} "
+            f"reward={s['reward']:.3f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--modes", default="grpo,rlad,kdrl")
+    parser.add_argument("--tp", default="1,2", help="tensor-parallel sizes (one gloo process per TP rank)")
+    parser.add_argument("--steps", type=int, default=6, help="measured steps per run")
+    parser.add_argument("--warmup", type=int, default=1, help="steps dropped before measuring")
+    parser.add_argument("--rounds", type=int, default=1, help="runs per (mode, TP[, checkout]); medians pool them")
+    parser.add_argument("--baseline-src", default=None, help="another checkout to compare against, interleaved")
+    parser.add_argument("--workdir", default=None, help="keep models, configs and logs here (default: temporary)")
+    parser.add_argument("--timeout", type=float, default=900)
+    args = parser.parse_args()
+    modes, tps = args.modes.split(","), [int(t) for t in args.tp.split(",")]
+    if "grpo" not in modes or "rlad" not in modes:
+        print("note: teacher_overhead_ratio needs both grpo and rlad", file=sys.stderr)
+    sources: list[tuple[str, Path | None]] = [("this", None)]
+    if args.baseline_src:
+        sources.append(("base", Path(args.baseline_src).resolve()))
+
+    tmp = None if args.workdir else tempfile.TemporaryDirectory(prefix="bench_step_")
+    root = Path(args.workdir or tmp.name)
+    root.mkdir(parents=True, exist_ok=True)
+    paths = prepare(root / "w1")
+    rows: dict[tuple[str, str, int], list[dict]] = {}
+    start = time.perf_counter()
+    run = 0
+    for r in range(args.rounds):
+        for tp in tps:
+            for mode in modes:
+                order = sources if run % 2 == 0 else sources[::-1]
+                run += 1
+                for label, src in order:
+                    out = root / f"{label}-{mode}-tp{tp}-r{r}"
+                    config = w1_config(paths, mode, tp, args.warmup + args.steps, out / "run")
+                    got = run_once(config, tp, out, src, args.timeout)
+                    rows.setdefault((label, mode, tp), []).extend(
+                        got)
+                    summary = summarise(got, args.warmup)
+                    print(f"[{time.perf_counter() - start:6.0f}s] load={os.getloadavg()[0]:.2f} "
+                          + _fmt_breakdown(f"{label} mode={mode} tp={tp} round={r}", summary), flush=True)
+
+    results = {key: summarise(value, args.warmup) for key, value in rows.items()}
+    print(f"W1: 8 prompts x G=8, <=32 new tokens, {args.steps} measured steps after {args.warmup} warm-up, "
+          f"{args.rounds} round(s); load average now {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
+          f"total {time.perf_counter() - start:.0f} s")
+    print("breakdown: median seconds per step of each phase")
+    for tp in tps:
+        for mode in modes:
+            for label, _ in sources:
+                print(_fmt_breakdown(f"  {label:<4} mode={mode:<4} tp={tp}", results[(label, mode, tp)]))
+            if len(sources) > 1:
+                a, b = results[("this", mode, tp)], results[("base", mode, tp)]
+                print(f"  speed-up mode={mode} tp={tp}: step_s base/this = {b['step_s'] / a['step_s']:.2f}x")
+    for tp in tps:
+        for mode in modes:
+            s = results[("this", mode, tp)]
+            print(f"step: mode={mode} tp={tp} step_s={s['step_s']:.3f} tokens_per_s={s['tokens_per_s']:.1f} "
+                  f"peak_rss_mb={s['peak_rss_mb']:.0f}")
+    if "grpo" in modes and "rlad" in modes:
+        tp = tps[0]
+        ratio = results[("this", "rlad", tp)]["step_s"] / results[("this", "grpo", tp)]["step_s"]
+        print(f"step: teacher_overhead_ratio={ratio:.3f}")
+    if tmp is not None:
+        tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()
