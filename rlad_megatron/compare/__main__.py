@@ -1,0 +1,56 @@
+"""``python -m rlad_megatron.compare --task arithmetic|knights_knaves --seeds 3 --out outputs/compare``
+
+Runs sft, grpo, kdrl and rlad (alpha 0.5) from the same student and teacher with the same rollout budget over
+``--seeds`` seeds, plus the rlad alpha sweep over ``--sweep-seeds`` seeds, then writes the table and plots.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+from rlad_megatron.compare.settings import ALGORITHMS, SWEEP_ALPHAS, TASKS, short_settings, task_settings
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m rlad_megatron.compare", description=__doc__.splitlines()[0])
+    p.add_argument("--task", choices=TASKS, action="append", help="task(s) to compare (default: both)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds of the main comparison (0..N-1)")
+    p.add_argument("--sweep-seeds", type=int, default=1, help="seeds of each alpha-sweep point (0..N-1)")
+    p.add_argument("--alphas", type=float, nargs="*", default=list(SWEEP_ALPHAS), help="alpha sweep points")
+    p.add_argument("--algorithms", nargs="+", choices=ALGORITHMS, default=list(ALGORITHMS))
+    p.add_argument("--steps", type=int, default=None, help="override the task's RL steps")
+    p.add_argument("--loss", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="extra loss.* settings for every run, e.g. teacher_log_ratio_clip=2.0")
+    p.add_argument("--short", action="store_true", help="the test suite's tiny version (2 steps)")
+    p.add_argument("--out", default="outputs/compare", help="output root (one folder per task)")
+    p.add_argument("--timeout", type=float, default=None, help="stop a task's worker after this many seconds")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    import yaml
+
+    from rlad_megatron.compare.run import run_comparison
+
+    args = build_parser().parse_args(argv)
+    code = 0
+    for task in args.task or list(TASKS):
+        s = short_settings(task) if args.short else task_settings(task)
+        if args.steps is not None:
+            s.rl = dataclasses.replace(s.rl, steps=args.steps)
+        if args.loss:
+            extra = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.loss)}
+            s.rl = dataclasses.replace(s.rl, loss={**s.rl.loss, **extra})
+        summary = run_comparison(s, Path(args.out), seeds=range(args.seeds), sweep_alphas=args.alphas,
+                                 sweep_seeds=range(args.sweep_seeds), algorithms=args.algorithms,
+                                 timeout_s=args.timeout)
+        print((Path(args.out).resolve() / task / "report.md").read_text(), flush=True)
+        print(f"{task}: {summary['seconds']}", flush=True)
+        code = code or int(summary["worker_exit_code"] != 0)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

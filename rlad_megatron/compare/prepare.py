@@ -1,0 +1,125 @@
+"""The comparison's shared starting point per task: data files, a supervised teacher and a warm-started student.
+
+Arithmetic reuses the quickstart's preparation (:mod:`rlad_megatron.quickstart.prepare`, same cache layout).
+Knights and Knaves needs its own (the quickstart's is arithmetic-only and its models have 512 positions, while a
+K&K prompt is ~800 characters): the same steps with the quickstart's ``train_sft`` / ``generate_accuracy``.
+
+Every run of a task starts from these two directories, so all algorithms share the student initialisation and
+the teacher.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from rlad_megatron.compare.settings import TaskSettings
+from rlad_megatron.quickstart.prepare import DataFiles, read_records
+from rlad_megatron.quickstart.settings import EvalSettings as QuickEval
+from rlad_megatron.quickstart.settings import ModelSettings, QuickstartSettings, settings_hash
+
+MARKER = "compare_model.json"
+
+
+@dataclass
+class Prepared:
+    """What every run of one task starts from."""
+
+    files: DataFiles
+    teacher: Path
+    student: Path
+    info: dict[str, Any]
+    """``{"teacher": ..., "student": ...}``: each model's preparation record (settings, SFT loss, quick accuracy)."""
+
+
+def quickstart_view(s: TaskSettings) -> QuickstartSettings:
+    """The task's settings as the quickstart's, so that its preparation functions (and cache keys) apply."""
+    return QuickstartSettings(data=s.data, teacher=s.teacher, student=s.student,
+                              eval=QuickEval(k=s.eval.k, temperature=s.eval.temperature, top_p=s.eval.top_p),
+                              torch_threads=2, prep_eval_prompts=min(200, s.eval.limit))
+
+
+def prepare_task(s: TaskSettings, root: Path, log: Callable[[str], None] = print) -> Prepared:
+    """Data, teacher and student for ``s.task`` under ``root`` (cached across calls by the settings' hash)."""
+    root = Path(root)
+    if s.task == "arithmetic":
+        from rlad_megatron.quickstart.prepare import prepare_data, prepare_model
+
+        qs = quickstart_view(s)
+        files = prepare_data(s.data, root / "data")
+        teacher = prepare_model("teacher", s.teacher, qs, files, root / "cache", log)
+        student = prepare_model("student", s.student, qs, files, root / "cache", log)
+        return Prepared(files, teacher.path, student.path, {"teacher": teacher.info, "student": student.info})
+    if s.task == "knights_knaves":
+        files = prepare_kk_data(s, root / "data")
+        teacher = prepare_kk_model("teacher", s.teacher, s, files, root / "cache", log)
+        student = prepare_kk_model("student", s.student, s, files, root / "cache", log)
+        return Prepared(files, teacher, student, {k: json.loads((p / MARKER).read_text())
+                                                  for k, p in (("teacher", teacher), ("student", student))})
+    raise ValueError(f"no preparation for task {s.task!r}")
+
+
+def prepare_kk_data(s: TaskSettings, out_dir: Path) -> DataFiles:
+    """K&K ``train.jsonl`` / ``test.jsonl`` with ``s.kk_sizes`` inhabitants (disjoint; per size n / len(sizes))."""
+    from rlad_megatron.data.kk_data import write_kk_data
+
+    out_dir = Path(out_dir)
+    sizes = tuple(s.kk_sizes)
+    wanted = json.dumps(settings_hash(s.data, list(sizes)))
+    stamp = out_dir / "settings.json"
+    files = DataFiles(train=out_dir / "train.jsonl", test=out_dir / "test.jsonl")
+    if stamp.exists() and stamp.read_text() == wanted and files.train.exists() and files.test.exists():
+        return files
+    write_kk_data(str(out_dir), train_per_size=s.data.n_train // len(sizes), test_per_size=s.data.n_test // len(sizes),
+                  seed=s.data.seed, train_sizes=sizes, test_sizes=sizes)
+    stamp.write_text(wanted)
+    return files
+
+
+def prepare_kk_model(kind: str, model: ModelSettings, s: TaskSettings, files: DataFiles, cache_root: Path,
+                     log: Callable[[str], None] = print) -> Path:
+    """A tiny model trained on K&K reference answers, cached in ``cache_root/kk-<kind>-<hash>``."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rlad_megatron.data.tasks import get_task
+    from rlad_megatron.quickstart.sft import generate_accuracy, train_sft
+    from rlad_megatron.testing.tiny_hf import make_tiny_hf_model
+
+    key = settings_hash(kind, model, s.data, list(s.kk_sizes), s.max_position_embeddings, s.rl.max_new_tokens)
+    final = Path(cache_root) / f"kk-{kind}-{key}"
+    if (final / MARKER).exists():
+        log(f"[compare] {kind}: cached {final}")
+        return final
+    tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        make_tiny_hf_model(tmp, family=model.family, seed=model.init_seed,
+                           max_position_embeddings=s.max_position_embeddings, **model.shape())
+        tokenizer = AutoTokenizer.from_pretrained(tmp)
+        net = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32)
+        task = get_task("knights_knaves")
+        log(f"[compare] {kind}: K&K supervised warm start, {model.sft_steps} steps")
+        stats = train_sft(net, tokenizer, task, read_records(files.train), steps=model.sft_steps,
+                          batch_size=model.sft_batch_size, lr=model.sft_lr, seed=model.sft_seed, log=log,
+                          log_every=max(1, model.sft_steps // 4))
+        report = generate_accuracy(net, tokenizer, task, read_records(files.test, 60),
+                                   max_new_tokens=s.rl.max_new_tokens)
+        net.save_pretrained(tmp, safe_serialization=True)
+        info = {"kind": kind, "settings": model.__dict__, "sft": stats.__dict__, "accuracy": report.as_dict(),
+                "created": time.strftime("%Y-%m-%d %H:%M:%S")}
+        (tmp / MARKER).write_text(json.dumps(info, indent=2))
+        if not final.exists():
+            os.replace(tmp, final)
+    finally:
+        torch.set_num_threads(threads)
+        shutil.rmtree(tmp, ignore_errors=True)
+    log(f"[compare] {kind}: greedy accuracy {report.accuracy:.3f} {report.by_difficulty} "
+        f"(loss {stats.first_loss:.3f} -> {stats.last_loss:.3f}, {stats.seconds:.0f}s) -> {final}")
+    return final

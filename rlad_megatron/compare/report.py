@@ -1,0 +1,203 @@
+"""Summaries of a finished comparison: the table (final accuracy mean and spread over seeds, steps to a threshold),
+the alpha=1.0 == grpo check, and learning-curve plots. Reads only files the runs wrote (``result.json`` and the
+trainer's ``metrics.jsonl``), so a report can be rebuilt at any time.
+"""
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+#: Metrics that legitimately differ between two runs of the same maths (wall clock, memory).
+_NOT_COMPARED = ("time/", "memory/")
+_NOT_COMPARED_SUFFIXES = ("_s", "per_s", "seconds", "_ms")
+
+
+@dataclass
+class RunResult:
+    """One finished run: its spec fields, final evaluation and per-step training metrics."""
+
+    name: str
+    label: str
+    algorithm: str
+    alpha: float
+    seed: int
+    final_accuracy: float
+    eval: dict[str, Any]
+    metrics: list[dict[str, float]] = field(default_factory=list)
+
+    def curve(self, key: str = "reward/accuracy") -> list[float]:
+        return [float(m[key]) for m in self.metrics if key in m]
+
+
+def read_metrics(path: Path) -> list[dict[str, float]]:
+    """The rows of a ``metrics.jsonl`` (malformed lines skipped)."""
+    rows = []
+    if Path(path).exists():
+        for line in Path(path).read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return [r for r in rows if isinstance(r, dict) and isinstance(r.get("step"), int)]
+
+
+def load_results(task_dir: Path) -> list[RunResult]:
+    """Every finished run under ``task_dir/runs/*`` (those with a ``result.json``)."""
+    out = []
+    for done in sorted(Path(task_dir).glob("runs/*/result.json")):
+        r = json.loads(done.read_text())
+        out.append(RunResult(name=r["name"], label=r["label"], algorithm=r["algorithm"], alpha=float(r["alpha"]),
+                             seed=int(r["seed"]), final_accuracy=float(r["eval"]["accuracy"]), eval=r["eval"],
+                             metrics=read_metrics(done.parent / "train" / "metrics.jsonl")))
+    return out
+
+
+def steps_to_threshold(values: Sequence[float], threshold: float, window: int = 3) -> int | None:
+    """First step (1-based) whose trailing ``window``-step mean of ``values`` is >= ``threshold``; None if never.
+    Only full windows count (one lucky early batch does not)."""
+    for i in range(window - 1, len(values)):
+        chunk = values[max(0, i - window + 1): i + 1]
+        if sum(chunk) / len(chunk) >= threshold:
+            return i + 1
+    return None
+
+
+def common_start(results: Sequence[RunResult]) -> float:
+    """Mean step-1 rollout accuracy over the runs that sample from the student (all share its initialisation)."""
+    firsts = [r.curve()[0] for r in results if r.algorithm != "sft" and r.curve()]
+    return statistics.fmean(firsts) if firsts else math.nan
+
+
+def _mean_std(xs: Sequence[float]) -> tuple[float, float]:
+    return (statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0) if xs else (math.nan, math.nan)
+
+
+def summarize(results: Sequence[RunResult], threshold: float) -> list[dict[str, Any]]:
+    """One row per label: seeds, final accuracy (mean, std, min, max over seeds), last-3-step training accuracy,
+    steps to ``threshold`` (median over the seeds that reached it; ``reached`` counts them).
+
+    For ``sft`` the rollouts come from the teacher, so its training curve is not the student's: no steps-to-threshold.
+    """
+    groups: dict[str, list[RunResult]] = defaultdict(list)
+    for r in results:
+        groups[r.label].append(r)
+    rows = []
+    for label, runs in groups.items():
+        finals = [r.final_accuracy for r in runs]
+        mean, std = _mean_std(finals)
+        own_rollouts = runs[0].algorithm != "sft"
+        last = [statistics.fmean(r.curve()[-3:]) for r in runs if r.curve()]
+        hits = [steps_to_threshold(r.curve(), threshold) for r in runs] if own_rollouts else []
+        reached = [h for h in hits if h is not None]
+        rows.append({
+            "label": label, "algorithm": runs[0].algorithm, "alpha": runs[0].alpha, "seeds": sorted(r.seed for r in runs),
+            "final_mean": mean, "final_std": std, "final_min": min(finals), "final_max": max(finals),
+            "train_last3": statistics.fmean(last) if last and own_rollouts else None,
+            "steps_to_threshold": statistics.median(reached) if reached else None,
+            "reached": f"{len(reached)}/{len(runs)}" if own_rollouts else "n/a",
+        })
+    order = {"sft": 0, "grpo": 1, "kdrl": 2, "rlad": 3}
+    return sorted(rows, key=lambda row: (order.get(row["algorithm"], 9), -row["alpha"]))
+
+
+def format_table(rows: Sequence[dict[str, Any]], threshold: float, reference: dict[str, float] | None = None) -> str:
+    """A markdown table of :func:`summarize`'s rows (plus teacher / initial student rows from ``reference``)."""
+    head = ("| run | seeds | final accuracy mean ± std | min..max | train acc. (last 3 steps) | "
+            f"steps to train acc. ≥ {threshold:g} (median) | reached |")
+    lines = [head, "|---|---|---|---|---|---|---|"]
+    for name, acc in (reference or {}).items():
+        lines.append(f"| {name} | - | {acc:.3f} | - | - | - | - |")
+    for r in rows:
+        last = "-" if r["train_last3"] is None else f"{r['train_last3']:.3f}"
+        steps = "-" if r["steps_to_threshold"] is None else f"{r['steps_to_threshold']:g}"
+        lines.append(f"| {r['label']} | {len(r['seeds'])} | {r['final_mean']:.3f} ± {r['final_std']:.3f} | "
+                     f"{r['final_min']:.3f}..{r['final_max']:.3f} | {last} | {steps} | {r['reached']} |")
+    return "\n".join(lines)
+
+
+def compare_metrics(a: Sequence[dict[str, float]], b: Sequence[dict[str, float]]) -> dict[str, Any]:
+    """Per-step comparison of two runs' metrics over the keys both logged (wall-clock and memory keys excluded).
+
+    Returns ``{"steps", "keys", "max_abs_diff", "worst_key", "identical"}``; ``identical`` means every compared
+    value is bit-for-bit equal on every step both runs have.
+    """
+    steps = min(len(a), len(b))
+    worst, worst_key, keys = 0.0, None, set()
+    for ra, rb in zip(a[:steps], b[:steps]):
+        for k in sorted(set(ra) & set(rb)):
+            if k == "step" or k.startswith(_NOT_COMPARED) or k.endswith(_NOT_COMPARED_SUFFIXES):
+                continue
+            keys.add(k)
+            diff = abs(float(ra[k]) - float(rb[k]))
+            if diff > worst or (math.isnan(diff) and worst_key is None):
+                worst, worst_key = diff, k
+    return {"steps": steps, "keys": len(keys), "max_abs_diff": worst, "worst_key": worst_key,
+            "identical": steps > 0 and worst == 0.0}
+
+
+def alpha_one_check(results: Sequence[RunResult]) -> list[dict[str, Any]]:
+    """For each seed with both a ``grpo`` and an ``rlad`` alpha=1.0 run: :func:`compare_metrics` of the two."""
+    by = {(r.algorithm, r.alpha, r.seed): r for r in results}
+    out = []
+    for (algorithm, alpha, seed), r in sorted(by.items()):
+        if algorithm == "rlad" and alpha == 1.0 and ("grpo", 1.0, seed) in by:
+            g = by[("grpo", 1.0, seed)]
+            out.append({"seed": seed, **compare_metrics(g.metrics, r.metrics),
+                        "final_accuracy": (g.final_accuracy, r.final_accuracy)})
+    return out
+
+
+def plot_learning_curves(results: Sequence[RunResult], png: Path, title: str, *, sweep: bool = False,
+                         key: str = "reward/accuracy") -> Path:
+    """Mean over seeds (line) and min..max band of ``key`` per step, one colour per label. ``sweep=True`` draws
+    only rlad runs (one line per alpha) and grpo for reference; otherwise sft/grpo/kdrl and rlad at its main alpha
+    (the labels of the main comparison: every label with the most seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    groups: dict[str, list[RunResult]] = defaultdict(list)
+    for r in results:
+        groups[r.label].append(r)
+    if sweep:
+        labels = [lab for lab in groups if groups[lab][0].algorithm in ("rlad", "grpo")]
+        labels.sort(key=lambda lab: groups[lab][0].alpha if groups[lab][0].algorithm == "rlad" else -1)
+    else:
+        most = max((len(v) for v in groups.values()), default=0)
+        labels = [lab for lab in groups if len(groups[lab]) == most]
+    fig, (ax_curve, ax_bar) = plt.subplots(1, 2, figsize=(12, 4.2))
+    cmap = plt.get_cmap("viridis" if sweep else "tab10")
+    for i, label in enumerate(labels):
+        curves = [r.curve(key) for r in groups[label] if r.curve(key)]
+        color = cmap(i / max(1, len(labels) - 1)) if sweep else cmap(i)
+        if curves and groups[label][0].algorithm != "sft":
+            n = min(len(c) for c in curves)
+            steps = list(range(1, n + 1))
+            cols = list(zip(*[c[:n] for c in curves]))
+            ax_curve.plot(steps, [statistics.fmean(c) for c in cols], color=color, label=label, linewidth=1.8)
+            ax_curve.fill_between(steps, [min(c) for c in cols], [max(c) for c in cols], color=color, alpha=0.15)
+        finals = [r.final_accuracy for r in groups[label]]
+        ax_bar.bar(i, statistics.fmean(finals), color=color, alpha=0.8)
+        ax_bar.scatter([i] * len(finals), finals, color="black", s=10, zorder=3)
+    ax_curve.set_xlabel("step")
+    ax_curve.set_ylabel(f"{key} (student rollouts, T=1)")
+    ax_curve.set_title("training curves: mean over seeds, band = min..max")
+    ax_curve.grid(True, alpha=0.3)
+    ax_curve.legend(fontsize=8)
+    ax_bar.set_xticks(range(len(labels)), labels, rotation=30, fontsize=8)
+    ax_bar.set_ylabel("final accuracy (vLLM eval, test split)")
+    ax_bar.set_title("final accuracy: mean (bar), seeds (dots)")
+    ax_bar.grid(True, axis="y", alpha=0.3)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    png = Path(png)
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+    return png

@@ -1,0 +1,136 @@
+"""The comparison, start to end, for one task:
+
+1. prepare (cached): data, a supervised teacher, a warm-started student (:mod:`rlad_megatron.compare.prepare`)
+2. plan: sft / grpo / kdrl / rlad(alpha) x seeds, plus the rlad alpha sweep (:mod:`rlad_megatron.compare.plan`)
+3. run every job in one ``torchrun --nproc-per-node 1`` worker: train with the product's Trainer, export the
+   student, evaluate it with vLLM on the test split (:mod:`rlad_megatron.compare.worker`)
+4. report: ``summary.json``, ``report.md`` (table + alpha=1.0 vs grpo check) and the curve PNGs
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from rlad_megatron.compare.plan import RunSpec, plan_runs, train_config
+from rlad_megatron.compare.prepare import Prepared, prepare_task
+from rlad_megatron.compare.report import (alpha_one_check, common_start, format_table, load_results,
+                                          plot_learning_curves, summarize)
+from rlad_megatron.compare.settings import ALGORITHMS, TaskSettings
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def eval_spec(s: TaskSettings, prepared: Prepared, model_dir: str | None = None) -> dict[str, Any]:
+    """What the worker passes to ``run_eval`` (the same for every model of a task)."""
+    return {"task": s.task, "data_file": str(prepared.files.test), "k": s.eval.k, "limit": s.eval.limit,
+            "temperature": s.eval.temperature, "top_p": s.eval.top_p, "max_tokens": s.rl.max_new_tokens,
+            "max_prompt_tokens": s.rl.max_prompt_tokens, "model_dir": model_dir}
+
+
+def build_jobs(s: TaskSettings, prepared: Prepared, runs: Sequence[RunSpec], task_dir: Path) -> list[dict[str, Any]]:
+    """Reference evaluations (teacher, initial student) then one train+eval job per run."""
+    jobs: list[dict[str, Any]] = [
+        {"name": f"{s.task}/{name}", "out_dir": str(task_dir / "reference" / name), "config": None,
+         "eval": eval_spec(s, prepared, str(path)), "meta": {"label": name}}
+        for name, path in (("teacher", prepared.teacher), ("student (initial)", prepared.student))
+    ]
+    for run in runs:
+        out_dir = task_dir / "runs" / run.name
+        jobs.append({"name": f"{s.task}/{run.name}", "out_dir": str(out_dir),
+                     "config": train_config(run, s, prepared, out_dir / "train"), "eval": eval_spec(s, prepared),
+                     "meta": {"label": run.label, "algorithm": run.algorithm, "alpha": run.alpha,
+                              "seed": run.seed}})
+    return jobs
+
+
+def launch_worker(plan_path: Path, log_path: Path, *, timeout_s: float | None = None,
+                  threads: int = 2) -> int:
+    """``torchrun --standalone --nproc-per-node 1 -m rlad_megatron.compare.worker PLAN``; output to ``log_path``
+    with the worker's ``[compare]`` progress lines echoed to stderr. Returns the exit code."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=1",
+           "-m", "rlad_megatron.compare.worker", str(plan_path)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "PYTHONUNBUFFERED": "1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+    with open(log_path, "w", encoding="utf-8") as log:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
+                                errors="replace", start_new_session=True)
+        assert proc.stdout is not None
+        started = time.perf_counter()
+        for line in proc.stdout:
+            log.write(line)
+            if line.startswith("[compare]"):
+                _say(line.rstrip())
+            if timeout_s is not None and time.perf_counter() - started > timeout_s:
+                os.killpg(proc.pid, 9)
+                break
+        return proc.wait()
+
+
+def write_report(s: TaskSettings, task_dir: Path, title: str) -> dict[str, Any]:
+    """Table, alpha=1.0 check and plots from the runs under ``task_dir``; writes ``summary.json``/``report.md``."""
+    results = load_results(task_dir)
+    reference = {}
+    for name in ("teacher", "student (initial)"):
+        done = task_dir / "reference" / name / "result.json"
+        if done.exists():
+            reference[name] = json.loads(done.read_text())["eval"]["accuracy"]
+    start = common_start(results)
+    threshold = round(start + s.threshold_gain, 4)
+    rows = summarize(results, threshold)
+    checks = alpha_one_check(results)
+    main = [r for r in results if r.algorithm != "rlad" or r.alpha == 0.5]
+    sweep = [r for r in results if r.algorithm in ("rlad", "grpo")]
+    pngs = {"curves": plot_learning_curves(main, task_dir / "curves_algorithms.png", f"{title}: algorithms"),
+            "sweep": plot_learning_curves(sweep, task_dir / "curves_alpha_sweep.png", f"{title}: alpha sweep",
+                                          sweep=True)}
+    table = format_table(rows, threshold, reference)
+    lines = [f"## {title}", "", table, "",
+             f"Threshold = common start {start:.3f} (mean step-1 rollout accuracy) + {s.threshold_gain:g}.", ""]
+    for c in checks:
+        lines.append(f"alpha=1.0 vs grpo, seed {c['seed']}: {c['steps']} steps x {c['keys']} metrics, "
+                     f"{'identical' if c['identical'] else 'max |diff| %.3g (%s)' % (c['max_abs_diff'], c['worst_key'])}"
+                     f"; final accuracy {c['final_accuracy'][0]:.3f} vs {c['final_accuracy'][1]:.3f}")
+    report = "\n".join(lines) + "\n"
+    (task_dir / "report.md").write_text(report)
+    summary = {"task": s.task, "settings": s.to_dict(), "threshold": threshold, "start_accuracy": start, "reference": reference,
+               "rows": rows, "alpha_one_vs_grpo": checks, "plots": {k: str(v) for k, v in pngs.items()},
+               "runs": [{"name": r.name, "final_accuracy": r.final_accuracy, "eval": r.eval,
+                         "train_accuracy": r.curve(), "train_reward": r.curve("reward/mean")} for r in results]}
+    (task_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def run_comparison(s: TaskSettings, out_root: Path, *, seeds: Sequence[int], sweep_alphas: Sequence[float],
+                   sweep_seeds: Sequence[int], algorithms: Sequence[str] = ALGORITHMS, alpha: float = 0.5,
+                   timeout_s: float | None = None, log: Callable[[str], None] = _say) -> dict[str, Any]:
+    """Prepare, run and report one task under ``out_root/<task>``; returns the summary (also ``summary.json``)."""
+    started = time.perf_counter()
+    task_dir = Path(out_root).resolve() / s.task
+    task_dir.mkdir(parents=True, exist_ok=True)
+    prepared = prepare_task(s, task_dir, log)
+    prep_seconds = time.perf_counter() - started
+    runs = plan_runs(s.task, seeds=seeds, algorithms=algorithms, alpha=alpha, sweep_alphas=sweep_alphas,
+                     sweep_seeds=sweep_seeds)
+    jobs = build_jobs(s, prepared, runs, task_dir)
+    plan_path = task_dir / "plan.json"
+    plan_path.write_text(json.dumps(jobs, indent=2))
+    log(f"[compare] {s.task}: {len(runs)} runs ({s.rl.steps} steps x {s.rl.prompts_per_step} prompts x "
+        f"G={s.rl.group_size}) in one worker; log {task_dir / 'worker.log'}")
+    t = time.perf_counter()
+    code = launch_worker(plan_path, task_dir / "worker.log", timeout_s=timeout_s)
+    run_seconds = time.perf_counter() - t
+    if code != 0:
+        log(f"[compare] {s.task}: the worker exited with {code}; see {task_dir / 'worker.log'} and runs/*/error.txt")
+    summary = write_report(s, task_dir, f"{s.task} ({s.rl.steps} steps)")
+    summary.update({"worker_exit_code": code, "seconds": {"prepare": round(prep_seconds, 1),
+                                                          "runs": round(run_seconds, 1),
+                                                          "total": round(time.perf_counter() - started, 1)}})
+    (task_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary

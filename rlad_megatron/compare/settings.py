@@ -1,0 +1,120 @@
+"""Settings of the small-scale comparison (issue 9): per task, the data, the two tiny models and their supervised
+preparation, the shared RL budget, and the evaluation. One place for every number the comparison uses.
+
+The defaults are sized for a 2-core CPU machine shared with other work (see ``docs/results.md``): the whole
+comparison of both tasks fits in about 40 minutes there. ``CompareSettings.short()`` is the test suite's version.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from rlad_megatron.quickstart.settings import DataSettings, ModelSettings
+
+#: The four algorithms of the paper's comparison, in the order the table lists them.
+ALGORITHMS: tuple[str, ...] = ("sft", "grpo", "kdrl", "rlad")
+#: The alpha sweep (alpha = weight on the old student; 1.0 must reproduce grpo).
+SWEEP_ALPHAS: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9, 1.0)
+TASKS: tuple[str, ...] = ("arithmetic", "knights_knaves")
+
+
+@dataclass
+class RLBudget:
+    """What every algorithm gets: the same rollouts per step, steps, optimiser and loss settings (except the
+    algorithm and alpha)."""
+
+    steps: int = 12
+    """Rollout batches (= weight syncs) per run."""
+    prompts_per_step: int = 8
+    group_size: int = 8
+    """G responses per prompt; rollouts per run = steps * prompts_per_step * group_size."""
+    updates_per_batch: int = 2
+    """Optimizer steps per rollout batch (> 1 makes pi_old differ from the current policy, so the clip acts)."""
+    micro_batch_size: int = 32
+    lr: float = 3e-4
+    """Below the quickstart's 1e-3, which measurably collapsed a warm-started student within 30 RL steps."""
+    temperature: float = 1.0
+    max_new_tokens: int = 48
+    max_prompt_tokens: int = 32
+    kv_cache_mb: int = 64
+    loss: dict[str, Any] = field(default_factory=dict)
+    """Extra ``loss.*`` keys applied to every run (e.g. ``{"teacher_log_ratio_clip": 2.0}``)."""
+
+
+@dataclass
+class EvalSettings:
+    limit: int = 200
+    """Test prompts evaluated per final student."""
+    k: int = 1
+    temperature: float = 0.6
+    top_p: float = 0.95
+
+
+@dataclass
+class TaskSettings:
+    """One task of the comparison: data, teacher, student warm start, RL budget, evaluation, threshold."""
+
+    task: str
+    data: DataSettings
+    teacher: ModelSettings
+    student: ModelSettings
+    rl: RLBudget
+    eval: EvalSettings = field(default_factory=EvalSettings)
+    threshold_gain: float = 0.10
+    """Steps-to-threshold: first step whose 3-step moving average of the rollouts' accuracy reaches the common
+    start (mean step-1 accuracy of all runs of the task; they share the student) plus this gain."""
+    kk_sizes: tuple[int, ...] = (2, 3, 4)
+    """Knights and Knaves only: inhabitants per puzzle (train and test)."""
+    max_position_embeddings: int = 512
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def arithmetic_settings() -> TaskSettings:
+    """The demo task (additions with a chain of thought, 1..3 digits), the quickstart's model shapes."""
+    data = DataSettings(n_train=4000, n_test=200, min_digits=1, max_digits=3, seed=0)
+    teacher = ModelSettings(num_layers=2, hidden_size=128, intermediate_size=256, num_heads=4, num_kv_heads=2,
+                            init_seed=0, sft_steps=800, sft_batch_size=32, sft_lr=3e-3, sft_seed=0)
+    student = ModelSettings(num_layers=2, hidden_size=64, intermediate_size=128, num_heads=2, num_kv_heads=2,
+                            init_seed=1, sft_steps=400, sft_batch_size=32, sft_lr=3e-3, sft_seed=1)
+    return TaskSettings("arithmetic", data, teacher, student, RLBudget(max_new_tokens=47, max_prompt_tokens=32))
+
+
+def knights_knaves_settings() -> TaskSettings:
+    """Knights and Knaves with 2..4 inhabitants; the tiny models answer directly (the reference completion has
+    an empty ``<think>``), so accuracy is mostly about getting the format and guessing better than chance."""
+    data = DataSettings(n_train=1500, n_test=90, seed=0)  # per size: n_train / 3, n_test / 3
+    teacher = ModelSettings(num_layers=2, hidden_size=128, intermediate_size=256, num_heads=4, num_kv_heads=2,
+                            init_seed=0, sft_steps=150, sft_batch_size=16, sft_lr=2e-3, sft_seed=0)
+    student = ModelSettings(num_layers=2, hidden_size=64, intermediate_size=128, num_heads=2, num_kv_heads=2,
+                            init_seed=1, sft_steps=40, sft_batch_size=16, sft_lr=2e-3, sft_seed=1)
+    rl = RLBudget(steps=6, prompts_per_step=4, group_size=8, micro_batch_size=16, max_new_tokens=128,
+                  max_prompt_tokens=900, lr=3e-4)
+    return TaskSettings("knights_knaves", data, teacher, student, rl, eval=EvalSettings(limit=90),
+                        max_position_embeddings=1024)
+
+
+def task_settings(task: str) -> TaskSettings:
+    if task == "arithmetic":
+        return arithmetic_settings()
+    if task == "knights_knaves":
+        return knights_knaves_settings()
+    raise ValueError(f"unknown comparison task {task!r}; choose one of {list(TASKS)}")
+
+
+def short_settings(task: str = "arithmetic") -> TaskSettings:
+    """The test suite's version (arithmetic): 1-digit additions, a teacher and student of the student's shape
+    with brief supervised starts (the student earns some reward, so groups are not all uniform and the losses
+    act), 2 RL steps of 4 prompts x G=4, 16 eval prompts."""
+    if task != "arithmetic":
+        raise ValueError("the short comparison exists for the arithmetic task only")
+    s = arithmetic_settings()
+    s.data = dataclasses.replace(s.data, n_train=200, n_test=16, max_digits=1)
+    s.teacher = dataclasses.replace(s.student, init_seed=5, sft_steps=120, sft_seed=0)
+    s.student = dataclasses.replace(s.student, sft_steps=40)
+    s.rl = dataclasses.replace(s.rl, steps=2, prompts_per_step=4, group_size=4, micro_batch_size=8,
+                               max_new_tokens=26)
+    s.eval = EvalSettings(limit=16)
+    return s

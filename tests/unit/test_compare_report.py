@@ -1,0 +1,88 @@
+"""The comparison's bookkeeping: run planning, trainer configs, steps to threshold, per-step metric comparison,
+the summary table."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from rlad_megatron.compare.plan import RunSpec, plan_runs, train_config
+from rlad_megatron.compare.prepare import Prepared
+from rlad_megatron.compare.report import (RunResult, alpha_one_check, common_start, compare_metrics,
+                                          format_table, steps_to_threshold, summarize)
+from rlad_megatron.compare.settings import arithmetic_settings
+from rlad_megatron.config import run_config_from_dict
+from rlad_megatron.quickstart.prepare import DataFiles
+
+
+def test_plan_runs_main_then_sweep_without_duplicates() -> None:
+    runs = plan_runs("arithmetic", seeds=[0, 1], sweep_alphas=[0.1, 0.5, 1.0], sweep_seeds=[0])
+    names = [r.name for r in runs]
+    assert names[:8] == ["sft-s0", "sft-s1", "grpo-s0", "grpo-s1", "kdrl-s0", "kdrl-s1", "rlad-a0.5-s0",
+                         "rlad-a0.5-s1"]
+    assert names[8:] == ["rlad-a0.1-s0", "rlad-a1-s0"]  # rlad a=0.5 seed 0 is already in the main comparison
+    assert len(set(names)) == len(names)
+    with pytest.raises(ValueError, match="unknown algorithm"):
+        plan_runs("arithmetic", seeds=[0], algorithms=["ppo"])
+    with pytest.raises(ValueError, match="outside"):
+        plan_runs("arithmetic", seeds=[0], sweep_alphas=[1.5], sweep_seeds=[0])
+
+
+def test_train_config_differs_only_in_algorithm_alpha_and_seed(tmp_path: Path) -> None:
+    s = arithmetic_settings()
+    prepared = Prepared(DataFiles(tmp_path / "train.jsonl", tmp_path / "test.jsonl"), tmp_path / "t", tmp_path / "s",
+                        {})
+    a = train_config(RunSpec("arithmetic", "grpo", 1.0, 0), s, prepared, tmp_path / "a")
+    b = train_config(RunSpec("arithmetic", "rlad", 0.3, 2), s, prepared, tmp_path / "a")
+    assert a["loss"] == {"algorithm": "grpo"} and b["loss"] == {"algorithm": "rlad", "alpha": 0.3}
+    assert a["trainer"]["seed"] == 0 and b["trainer"]["seed"] == 2
+    for section in ("model", "rollout", "data", "optim", "parallel"):
+        assert a[section] == b[section]
+    config = run_config_from_dict(b)  # the trainer's own parser accepts it
+    assert config.parallel.tensor_parallel == 1 and config.loss.alpha == 0.3
+    assert config.trainer.updates_per_batch == s.rl.updates_per_batch
+
+
+def test_steps_to_threshold_uses_a_trailing_mean() -> None:
+    assert steps_to_threshold([0.1, 0.9, 0.1, 0.5, 0.6, 0.7], 0.5) == 4  # mean(0.9, 0.1, 0.5) = 0.5
+    assert steps_to_threshold([0.1, 0.9, 0.1, 0.5, 0.6, 0.7], 0.55) == 6
+    assert steps_to_threshold([0.6, 0.6, 0.6], 0.5) == 3
+    assert steps_to_threshold([0.9, 0.9], 0.5) is None  # no full window yet
+    assert steps_to_threshold([0.1, 0.2], 0.5) is None
+
+
+def _result(label: str, algorithm: str, alpha: float, seed: int, final: float, accs: list[float]) -> RunResult:
+    metrics = [{"step": i + 1, "reward/accuracy": a, "loss/pg_loss": a / 10, "time/step": 1.0 + seed}
+               for i, a in enumerate(accs)]
+    return RunResult(f"{label}-{seed}", label, algorithm, alpha, seed, final, {"accuracy": final}, metrics)
+
+
+def test_compare_metrics_ignores_wall_clock_but_sees_any_other_difference() -> None:
+    a = _result("grpo", "grpo", 1.0, 0, 0.5, [0.1, 0.2]).metrics
+    b = _result("grpo", "grpo", 1.0, 1, 0.5, [0.1, 0.2]).metrics  # only time/step differs
+    assert compare_metrics(a, b)["identical"]
+    c = _result("grpo", "grpo", 1.0, 0, 0.5, [0.1, 0.2 + 1e-12]).metrics
+    out = compare_metrics(a, c)
+    assert not out["identical"] and out["worst_key"] in ("reward/accuracy", "loss/pg_loss")
+    assert not compare_metrics([], [])["identical"]
+
+
+def test_summarize_table_and_alpha_one_check() -> None:
+    results = [
+        _result("grpo", "grpo", 1.0, 0, 0.4, [0.2, 0.3, 0.4]),
+        _result("grpo", "grpo", 1.0, 1, 0.6, [0.2, 0.2, 0.2]),
+        _result("sft", "sft", 1.0, 0, 0.3, [0.9, 0.9, 0.9]),  # teacher's rollouts: not the student's curve
+        _result("rlad a=1", "rlad", 1.0, 0, 0.4, [0.2, 0.3, 0.4]),
+    ]
+    assert common_start(results) == pytest.approx(0.2)
+    rows = {r["label"]: r for r in summarize(results, 0.3)}
+    assert rows["grpo"]["final_mean"] == pytest.approx(0.5) and rows["grpo"]["final_std"] == pytest.approx(0.1414, abs=1e-3)
+    assert rows["grpo"]["reached"] == "1/2" and rows["grpo"]["steps_to_threshold"] == 3
+    assert rows["sft"]["reached"] == "n/a" and rows["sft"]["train_last3"] is None
+    assert [r["label"] for r in summarize(results, 0.3)] == ["sft", "grpo", "rlad a=1"]
+    table = format_table(summarize(results, 0.3), 0.3, {"teacher": 0.9})
+    assert "| teacher | - | 0.900 |" in table and "| grpo | 2 | 0.500 ± 0.141 |" in table
+    (check,) = alpha_one_check(results)
+    assert check["seed"] == 0 and check["identical"]
+    assert math.isnan(common_start([results[2]]))
