@@ -104,3 +104,20 @@ def warm_start(hf_dir: str, out_dir: str, train_file: str, *, steps: int, lr: fl
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return out_dir
+
+
+def prepare_warm_models(root: Path) -> dict:
+    """Models for runs that must learn: a teacher SFT-trained to ~100% on 1-digit additions (same shape as the
+    student, 150 steps, ~1 CPU-minute) and a student warm-started for 60 steps (~25% at temperature 1).
+    The teacher is not larger here only to keep the test suite's CPU budget."""
+    from rlad_megatron.testing.tiny_hf import make_tiny_hf_model
+
+    root = Path(root)
+    paths = prepare_models_and_data(root)
+    trained_teacher = root / "teacher_sft"
+    if not (trained_teacher / "config.json").exists():
+        make_tiny_hf_model(root / "teacher_small", seed=5, **STUDENT)
+        warm_start(str(root / "teacher_small"), str(trained_teacher), paths["train"], steps=150, lr=3e-3, seed=1)
+    paths["teacher"] = str(trained_teacher)
+    paths["student"] = warm_start(paths["student"], str(root / "student_warm"), paths["train"], steps=60)
+    return paths

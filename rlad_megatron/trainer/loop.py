@@ -175,11 +175,17 @@ class Trainer:
         """Rollout statistics of the whole step: counts summed over data-parallel ranks, the rest averaged."""
         from megatron.core import parallel_state as ps
 
-        keys = sorted(metrics)
+        group = ps.get_data_parallel_group()
+        maxima = sorted(k for k in metrics if k.endswith("_max"))
+        keys = sorted(k for k in metrics if k not in maxima)
         values = torch.tensor([metrics[k] for k in keys], dtype=torch.float64)
-        dist.all_reduce(values, group=ps.get_data_parallel_group())
+        dist.all_reduce(values, group=group)
+        top = torch.tensor([metrics[k] for k in maxima], dtype=torch.float64)
+        dist.all_reduce(top, op=dist.ReduceOp.MAX, group=group)
         dp = ps.get_data_parallel_world_size()
-        return {k: v if k in self._SUMMED_OVER_DP else v / dp for k, v in zip(keys, values.tolist())}
+        out = {k: v if k in self._SUMMED_OVER_DP else v / dp for k, v in zip(keys, values.tolist())}
+        out.update(zip(maxima, top.tolist()))
+        return out
 
     def _update_policy(self, batch: SequenceBatch) -> dict[str, float]:
         from megatron.core import parallel_state as ps
@@ -188,11 +194,15 @@ class Trainer:
         s.student.set_lr(lr_at(self.step, cfg))
         progress = self.step / max(1, cfg.trainer.steps - 1)
         updates = cfg.trainer.updates_per_batch
-        per_update = len(batch) // updates
+        group = cfg.rollout.group_size
+        group_of_row = torch.arange(len(batch)) // group
         acc = MetricAccumulator()
         applied, grad_norms, empty = 0, [], 0
         for u in range(updates):
-            mini = batch.select(slice(u * per_update, (u + 1) * per_update))
+            # Mini-batch u takes every updates-th prompt group. Data-parallel ranks hold contiguous blocks of
+            # groups (with a group count divisible by updates), so the union over ranks is the same global
+            # mini-batch whatever the layout.
+            mini = batch.select((group_of_row % updates == u).nonzero().flatten())
             denominators = _global_denominators(mini, ps.get_data_parallel_group())
             if denominators.num_seqs == 0:  # every group uniform (or nothing correct for sft): no signal
                 empty += 1

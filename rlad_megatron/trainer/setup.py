@@ -130,6 +130,11 @@ def build_training_setup(config: RunConfig) -> TrainingSetup:
                                   bad_rows=c.data.bad_rows)
     prompts = PromptStream(dataset, batch_size=c.data.prompts_per_step // dp_size, seed=c.trainer.seed,
                            dp_rank=dp_rank, dp_size=dp_size)
+    if (c.data.prompts_per_step // dp_size) % c.trainer.updates_per_batch:
+        raise ValueError(
+            f"each data-parallel rank gets {c.data.prompts_per_step // dp_size} prompts per step, which must be a "
+            f"multiple of trainer.updates_per_batch={c.trainer.updates_per_batch} (each update takes whole groups)"
+        )
     per_rank = c.data.prompts_per_step // dp_size * c.rollout.group_size
     if per_rank % (c.trainer.micro_batch_size * c.trainer.updates_per_batch):
         raise ValueError(
