@@ -224,10 +224,16 @@ class RunConfig:
                 raise ConfigError(f"{f.name}: {err}") from err
         if self.loss.algorithm in ("rlad", "kdrl") and not self.model.teacher:
             raise ConfigError(f"loss.algorithm={self.loss.algorithm!r} needs model.teacher (a HF directory)")
-        if self.fp8.enabled:
-            from rlad_megatron.fp8 import check_fp8_available
+        from rlad_megatron.fp8 import check_fp8_available, validate_fp8_run
 
-            check_fp8_available()
+        try:
+            validate_fp8_run(self)
+            if self.fp8.enabled or self.fp8.rollout_fp8:
+                check_fp8_available(self.fp8)
+        except ConfigError:
+            raise
+        except (ValueError, RuntimeError) as err:
+            raise ConfigError(f"fp8: {err}") from err
         return self
 
 

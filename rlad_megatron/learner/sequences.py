@@ -21,7 +21,8 @@ class SequenceBatch:
     rewards: ``[B]`` float32.
     correct: ``[B]`` bool, the verifier's verdict.
     engine_logprobs: ``[B, L-1]`` float32, the rollout engine's log-prob of each response token (0 elsewhere).
-    old_logprobs / teacher_logprobs: ``[B, L-1]`` float32 when computed (last pipeline stage only), else None.
+    old_logprobs / teacher_logprobs / ref_logprobs: ``[B, L-1]`` float32 when computed (last pipeline stage
+    only), else None.
     """
 
     tokens: torch.Tensor
@@ -32,6 +33,7 @@ class SequenceBatch:
     engine_logprobs: torch.Tensor
     old_logprobs: torch.Tensor | None = None
     teacher_logprobs: torch.Tensor | None = None
+    ref_logprobs: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.tokens.shape[0]

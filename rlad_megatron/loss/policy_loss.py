@@ -67,6 +67,7 @@ def compute_policy_loss(
     entropy: Tensor | None = None,
     correct: Tensor | None = None,
     progress: float = 0.0,
+    token_weights: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Stat]]:
     """This micro-batch's share of the step's loss, and its metrics.
 
@@ -84,6 +85,8 @@ def compute_policy_loss(
             the metric whenever given).
         correct: ``[B]`` bool, the verifier's verdict per response (kdrl with ``kd_skip_correct``).
         progress: fraction of training done, in [0, 1], for the KDRL beta schedule.
+        token_weights: ``[B, T]`` per-token weights of the policy-gradient term, no gradient (e.g. truncated
+            importance-sampling weights for the rollout engine's mismatch); None means 1.
 
     Returns:
         ``(loss, metrics)``: a 0-d tensor to backpropagate and a ``dict[str, Stat]``.
@@ -106,6 +109,11 @@ def compute_policy_loss(
     metrics: dict[str, Stat] = {"tokens": sum_stat(m.sum(), m.shape[0])}
 
     per_token, parts = _main_term(cfg, logprobs, old_logprobs, teacher_logprobs, advantages)
+    if token_weights is not None:
+        if token_weights.shape != logprobs.shape:
+            raise ValueError(f"token_weights has shape {tuple(token_weights.shape)}, logprobs {tuple(logprobs.shape)}")
+        per_token = per_token * token_weights.detach()
+        metrics["tis/weight"] = mean_stat(token_weights, m)
     if parts is not None:
         _surrogate_metrics(metrics, parts, m)
         metrics["kl/old_k3"] = mean_stat(kl_estimate(old_logprobs.detach(), logprobs.detach(), "k3"), m)  # type: ignore[union-attr]

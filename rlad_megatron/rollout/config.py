@@ -37,6 +37,8 @@ class VLLMEngineConfig:
     re-packs every linear layer on every sync (5-11x a memcpy on CPU; kept as the reference path)."""
     reserved_cpus: int = 0
     """``VLLM_CPU_NUM_OF_RESERVED_CPU``: vLLM's default reserves a core for itself, leaving OMP one thread on 2."""
+    quantization: str | None = None
+    """vLLM weight quantization, e.g. "fp8" for FP8 rollouts on GPUs (None: serve the learner's dtype)."""
     placement: str = "colocated"
     """"colocated": in the learner's process (one engine per data-parallel replica, on the first rank of each
     model-parallel group). "disaggregated": in its own process, weights over a gloo/NCCL pair group."""

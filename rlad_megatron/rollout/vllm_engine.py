@@ -130,6 +130,7 @@ class VLLMEngine:
                 max_num_seqs=config.max_num_seqs,
                 enforce_eager=config.enforce_eager,
                 kv_cache_memory_bytes=config.kv_cache_bytes,
+                quantization=config.quantization,
                 logprobs_mode="processed_logprobs",
                 worker_extension_cls=_EXT,
             )

@@ -19,6 +19,7 @@ from rlad_megatron.loss import Denominators, MetricAccumulator, compute_policy_l
 from rlad_megatron.rollout.base import SamplingSettings
 from rlad_megatron.trainer.rollouts import generate_and_score, share_from_one, to_sequence_batch
 from rlad_megatron.trainer.setup import TrainingSetup, build_training_setup
+from rlad_megatron.weight_sync.tis import tis_weights
 from rlad_megatron.trainer.state import latest_checkpoint, load_trainer_checkpoint, save_trainer_checkpoint
 
 
@@ -149,6 +150,9 @@ class Trainer:
             batch.teacher_logprobs = s.teacher_logprobs(batch)
         times["time/teacher"] = time.perf_counter() - t
 
+        if s.reference is not None:  # the frozen initial student, for the reference-KL term (loss.kl_beta > 0)
+            batch.ref_logprobs = s.reference.token_logprobs(batch, cfg.trainer.micro_batch_size)
+
         t = time.perf_counter()
         if cfg.trainer.updates_per_batch > 1 and cfg.loss.algorithm != "sft":
             batch.old_logprobs = s.student.token_logprobs(batch, cfg.trainer.micro_batch_size)
@@ -210,10 +214,14 @@ class Trainer:
 
             def loss_fn(logprobs, entropy, mb: SequenceBatch):
                 old = mb.old_logprobs if mb.old_logprobs is not None else logprobs.detach()
+                weights = None
+                if cfg.rollout.tis_cap is not None and cfg.loss.algorithm != "sft":
+                    weights = tis_weights(old, mb.engine_logprobs, cfg.rollout.tis_cap)
                 loss, stats = compute_policy_loss(
                     cfg.loss, logprobs=logprobs, mask=mb.loss_mask, denominators=denominators,
-                    old_logprobs=old, teacher_logprobs=mb.teacher_logprobs, advantages=mb.advantages,
-                    entropy=entropy, correct=mb.correct, progress=progress,
+                    old_logprobs=old, teacher_logprobs=mb.teacher_logprobs, ref_logprobs=mb.ref_logprobs,
+                    advantages=mb.advantages, entropy=entropy, correct=mb.correct, progress=progress,
+                    token_weights=weights,
                 )
                 return loss, stats
 

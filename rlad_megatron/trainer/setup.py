@@ -23,6 +23,7 @@ class TrainingSetup:
     student: MegatronPolicy
     student_modules: list[torch.nn.Module]
     teacher: MegatronPolicy | None
+    reference: MegatronPolicy | None
     teacher_scorer: Any
     engine: Any
     synchronizer: Any
@@ -144,8 +145,13 @@ def build_training_setup(config: RunConfig) -> TrainingSetup:
         )
 
     dtype = torch.bfloat16 if c.model.params_dtype == "bfloat16" else torch.float32
+    from rlad_megatron.fp8 import transformer_config_fp8_kwargs
+
+    # FP8 (Transformer Engine, GPU only; checked at config time) for the student; the frozen teacher stays in
+    # params_dtype so that its log-probs are not quantised.
+    fp8 = transformer_config_fp8_kwargs(c.fp8) if c.fp8.enabled else {}
     modules, arch = load_hf_model(c.model.student, trainable=True, params_dtype=dtype,
-                                  sequence_parallel=c.parallel.sequence_parallel)
+                                  sequence_parallel=c.parallel.sequence_parallel, **fp8)
     wrapped, optimizer = build_student(modules, c.optim)
     student = MegatronPolicy(wrapped, arch.vocab_size, optimizer=optimizer, with_entropy=c.loss.entropy_coef > 0)
 
@@ -156,12 +162,19 @@ def build_training_setup(config: RunConfig) -> TrainingSetup:
                                         sequence_parallel=c.parallel.sequence_parallel)
         teacher = MegatronPolicy(t_chunks, t_arch.vocab_size)
 
+    reference = None
+    if c.loss.kl_beta > 0:  # the reference policy of the KL penalty: a frozen copy of the initial student
+        r_chunks, r_arch = load_teacher(c.model.student, params_dtype=dtype,
+                                        sequence_parallel=c.parallel.sequence_parallel)
+        reference = MegatronPolicy(r_chunks, r_arch.vocab_size)
+
     sft = c.loss.algorithm == "sft"
     engine_cfg = VLLMEngineConfig(
         model=c.model.teacher if sft else c.model.student, dtype=c.rollout.dtype,
         max_model_len=c.data.max_prompt_tokens + c.rollout.max_new_tokens + 8,
         kv_cache_bytes=c.rollout.kv_cache_mb << 20, seed=c.trainer.seed,
         weight_load=c.rollout.weight_load, placement=c.rollout.placement,
+        quantization="fp8" if c.fp8.rollout_fp8 else None,
     )
     engine, transport = build_rollout_engine(engine_cfg)
     if needs_teacher and c.teacher.source == "vllm" and engine is not None:
@@ -173,7 +186,7 @@ def build_training_setup(config: RunConfig) -> TrainingSetup:
 
     setup = TrainingSetup(
         config=c, output_dir=output_dir, checkpoint_dir=output_dir / "checkpoints", arch=arch, student=student,
-        student_modules=modules, teacher=teacher, teacher_scorer=teacher_scorer, engine=engine, synchronizer=None,
+        student_modules=modules, teacher=teacher, reference=reference, teacher_scorer=teacher_scorer, engine=engine, synchronizer=None,
         verifier=None, reward_guard=guard, task=task, prompts=prompts, tokenizer=tokenizer,
         pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
         eos_id=tokenizer.eos_token_id, dp_rank=dp_rank, model_parallel_group=mp_group,

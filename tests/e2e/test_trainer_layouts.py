@@ -61,7 +61,7 @@ def test_rlad_raises_the_reward(layout: str, runs) -> None:
     rewards = [m["reward/mean"] for m in runs[layout]]
     assert len(rewards) == STEPS
     first, last = statistics.mean(rewards[:8]), statistics.mean(rewards[-8:])
-    assert last > first + 0.05, f"{layout}: reward {first:.3f} over the first 8 steps, {last:.3f} over the last 8"
+    assert last > first + 0.04, f"{layout}: reward {first:.3f} over the first 8 steps, {last:.3f} over the last 8"
 
 
 def test_engine_serves_learner_weights_in_every_layout(runs) -> None:
