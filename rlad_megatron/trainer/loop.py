@@ -17,6 +17,7 @@ from rlad_megatron.learner.policy import MegatronPolicy
 from rlad_megatron.learner.sequences import SequenceBatch
 from rlad_megatron.loss import Denominators, MetricAccumulator, compute_policy_loss, local_denominators
 from rlad_megatron.rollout.base import SamplingSettings
+from rlad_megatron.trainer.guards import NonFiniteStepGuard, TrainingStopped
 from rlad_megatron.trainer.rollouts import generate_and_score, share_from_one, to_sequence_batch
 from rlad_megatron.trainer.setup import TrainingSetup, build_training_setup
 from rlad_megatron.weight_sync.tis import tis_weights
@@ -30,10 +31,6 @@ def _peak_rss_mb() -> float:
     peak = torch.tensor(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, dtype=torch.float64)
     dist.all_reduce(peak, op=dist.ReduceOp.MAX)
     return float(peak)
-
-
-class TrainingStopped(RuntimeError):
-    pass
 
 
 def lr_at(step: int, config: RunConfig) -> float:
@@ -70,7 +67,10 @@ class Trainer:
         self.setup: TrainingSetup = build_training_setup(config)
         self.step = 0
         self.weight_version = 0
-        self.bad_steps = 0
+        self.non_finite = NonFiniteStepGuard(
+            config.trainer.max_consecutive_bad_steps,
+            f" The last good checkpoint is under {config.trainer.output_dir}/checkpoints.",
+        )
         s = self.setup
         rank0 = dist.get_rank() == 0
         if resume:
@@ -237,19 +237,11 @@ class Trainer:
         out["optim/empty_updates"] = float(empty)
         if grad_norms:
             out["optim/grad_norm"] = float(sum(grad_norms) / len(grad_norms))
-        if applied + empty < updates:
-            self.bad_steps += 1
-            s.logger.note(f"step {self.step}: {updates - applied - empty} update(s) skipped (non-finite loss or "
-                          "gradient)")
-            if self.bad_steps >= cfg.trainer.max_consecutive_bad_steps:
-                raise TrainingStopped(
-                    f"{self.bad_steps} consecutive steps had non-finite losses or gradients; stopping instead of "
-                    f"corrupting the weights. Lower optim.lr, check the data, or raise "
-                    f"trainer.max_consecutive_bad_steps. The last good checkpoint is under "
-                    f"{s.checkpoint_dir}."
-                )
-        else:
-            self.bad_steps = 0
+        skipped = updates - applied - empty
+        out["optim/skipped_updates"] = float(skipped)
+        if skipped:
+            s.logger.note(f"step {self.step}: {skipped} update(s) skipped (non-finite loss or gradient)")
+        self.non_finite.record(self.step, skipped)
         return out
 
     def _sync_weights(self) -> dict[str, float]:
