@@ -79,3 +79,13 @@ def test_pack_sequences_masks_response_targets_only() -> None:
     assert mask.tolist() == [[False, False, True, True, False, False, False],
                              [False, True, True, True, False, False, False]]
     assert engine[0, 2:4].tolist() == pytest.approx([-0.1, -0.2]) and engine[1, 1:4].tolist() == [-1, -2, -3]
+
+
+def test_pack_sequences_pads_only_as_the_device_needs() -> None:
+    from rlad_megatron.learner.sequences import default_pad_multiple
+
+    tokens, mask, _ = pack_sequences([[1, 5, 6]], [[8, 2]], [[-0.1, -0.2]], pad_id=0)
+    expected = -(-5 // default_pad_multiple()) * default_pad_multiple()
+    assert tokens.shape == (1, expected) and mask.shape == (1, expected - 1)
+    if not torch.cuda.is_available():
+        assert tokens.tolist() == [[1, 5, 6, 8, 2]]  # CPU: no padded column to compute
