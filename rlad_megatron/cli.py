@@ -23,19 +23,18 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rlad-megatron", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="rlad-megatron", description="RL-aware distillation (RLAD) on Megatron + vLLM")
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="run RLAD (or a baseline) training; launch under torchrun for >1 rank")
     train.add_argument("--config", default=None, help="YAML run config (sections of rlad_megatron/config.py)")
     train.add_argument("--resume", action="store_true", help="continue from output_dir/checkpoints/latest")
     train.add_argument("overrides", nargs="*", help="dotted overrides, e.g. loss.alpha=0.3 trainer.steps=20")
     train.set_defaults(func=_train)
-    for module in ("rlad_megatron.convert", "rlad_megatron.eval.cli"):
-        try:
-            register = __import__(module, fromlist=["register"]).register
-        except (ImportError, AttributeError):
-            continue
-        register(sub)
+    from rlad_megatron import convert
+    from rlad_megatron.eval import cli as eval_cli
+
+    convert.register(sub)
+    eval_cli.register(sub)
     return parser
 
 
