@@ -76,13 +76,17 @@ def w1_config(paths: dict[str, str], mode: str, tp: int, steps: int, output_dir:
     }
 
 
-def run_once(config: dict, tp: int, workdir: Path, src: Path | None, timeout: float) -> list[dict]:
-    """Launch the trainer as a user would; return its metrics rows. ``src``: import the package from there."""
+def run_once(config: dict, tp: int, workdir: Path, src: Path | None, timeout: float,
+             threads: int | None = None) -> list[dict]:
+    """Launch the trainer as a user would; return its metrics rows. ``src``: import the package from there;
+    ``threads``: OMP_NUM_THREADS of every rank (None: what torchrun chooses)."""
     workdir.mkdir(parents=True, exist_ok=True)
     config_path = workdir / "config.yaml"
     config_path.write_text(yaml.safe_dump(config))
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env.pop("OMP_NUM_THREADS", None)  # whatever torchrun chooses for a user (1 per rank when nproc > 1)
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
     if src is not None:  # PYTHONPATH comes before the editable install of this checkout
         env["PYTHONPATH"] = os.pathsep.join([str(src), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={tp}",
@@ -136,6 +140,8 @@ def main() -> None:
     parser.add_argument("--baseline-src", default=None, help="another checkout to compare against, interleaved")
     parser.add_argument("--workdir", default=None, help="keep models, configs and logs here (default: temporary)")
     parser.add_argument("--timeout", type=float, default=900)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="OMP_NUM_THREADS per rank (default: torchrun's choice: unset at TP=1, 1 per rank above)")
     args = parser.parse_args()
     modes, tps = args.modes.split(","), [int(t) for t in args.tp.split(",")]
     if "grpo" not in modes or "rlad" not in modes:
@@ -159,7 +165,7 @@ def main() -> None:
                 for label, src in order:
                     out = root / f"{label}-{mode}-tp{tp}-r{r}"
                     config = w1_config(paths, mode, tp, args.warmup + args.steps, out / "run")
-                    got = run_once(config, tp, out, src, args.timeout)
+                    got = run_once(config, tp, out, src, args.timeout, args.threads)
                     rows.setdefault((label, mode, tp), []).extend(
                         got)
                     summary = summarise(got, args.warmup)
