@@ -21,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alphas", type=float, nargs="*", default=list(SWEEP_ALPHAS), help="alpha sweep points")
     p.add_argument("--algorithms", nargs="+", choices=ALGORITHMS, default=list(ALGORITHMS))
     p.add_argument("--steps", type=int, default=None, help="override the task's RL steps")
+    p.add_argument("--lr", type=float, default=None, help="override the task's RL learning rate")
     p.add_argument("--loss", nargs="*", default=[], metavar="KEY=VALUE",
                    help="extra loss.* settings for every run, e.g. teacher_log_ratio_clip=2.0")
     p.add_argument("--short", action="store_true", help="the test suite's tiny version (2 steps)")
@@ -40,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
         s = short_settings(task) if args.short else task_settings(task)
         if args.steps is not None:
             s.rl = dataclasses.replace(s.rl, steps=args.steps)
+        if args.lr is not None:
+            s.rl = dataclasses.replace(s.rl, lr=args.lr)
         if args.loss:
             extra = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.loss)}
             s.rl = dataclasses.replace(s.rl, loss={**s.rl.loss, **extra})

@@ -40,7 +40,7 @@ def quickstart_view(s: TaskSettings) -> QuickstartSettings:
     """The task's settings as the quickstart's, so that its preparation functions (and cache keys) apply."""
     return QuickstartSettings(data=s.data, teacher=s.teacher, student=s.student,
                               eval=QuickEval(k=s.eval.k, temperature=s.eval.temperature, top_p=s.eval.top_p),
-                              torch_threads=2, prep_eval_prompts=min(200, s.eval.limit))
+                              torch_threads=1, prep_eval_prompts=min(200, s.eval.limit))
 
 
 def prepare_task(s: TaskSettings, root: Path, log: Callable[[str], None] = print) -> Prepared:
@@ -98,7 +98,7 @@ def prepare_kk_model(kind: str, model: ModelSettings, s: TaskSettings, files: Da
     tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     threads = torch.get_num_threads()
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)  # see run.launch_worker: more threads are far slower on a shared 2-core machine
     try:
         make_tiny_hf_model(tmp, family=model.family, seed=model.init_seed,
                            max_position_embeddings=s.max_position_embeddings, **model.shape())

@@ -51,13 +51,13 @@ def load_results(task_dir: Path) -> list[RunResult]:
     out = []
     for done in sorted(Path(task_dir).glob("runs/*/result.json")):
         r = json.loads(done.read_text())
-        out.append(RunResult(name=r["name"], label=r["label"], algorithm=r["algorithm"], alpha=float(r["alpha"]),
+        out.append(RunResult(name=done.parent.name, label=r["label"], algorithm=r["algorithm"], alpha=float(r["alpha"]),
                              seed=int(r["seed"]), final_accuracy=float(r["eval"]["accuracy"]), eval=r["eval"],
                              metrics=read_metrics(done.parent / "train" / "metrics.jsonl")))
     return out
 
 
-def steps_to_threshold(values: Sequence[float], threshold: float, window: int = 3) -> int | None:
+def steps_to_threshold(values: Sequence[float], threshold: float, window: int = 5) -> int | None:
     """First step (1-based) whose trailing ``window``-step mean of ``values`` is >= ``threshold``; None if never.
     Only full windows count (one lucky early batch does not)."""
     for i in range(window - 1, len(values)):
@@ -78,7 +78,7 @@ def _mean_std(xs: Sequence[float]) -> tuple[float, float]:
 
 
 def summarize(results: Sequence[RunResult], threshold: float) -> list[dict[str, Any]]:
-    """One row per label: seeds, final accuracy (mean, std, min, max over seeds), last-3-step training accuracy,
+    """One row per label: seeds, final accuracy (mean, std, min, max over seeds), last-5-step training accuracy,
     steps to ``threshold`` (median over the seeds that reached it; ``reached`` counts them).
 
     For ``sft`` the rollouts come from the teacher, so its training curve is not the student's: no steps-to-threshold.
@@ -91,13 +91,13 @@ def summarize(results: Sequence[RunResult], threshold: float) -> list[dict[str, 
         finals = [r.final_accuracy for r in runs]
         mean, std = _mean_std(finals)
         own_rollouts = runs[0].algorithm != "sft"
-        last = [statistics.fmean(r.curve()[-3:]) for r in runs if r.curve()]
+        last = [statistics.fmean(r.curve()[-5:]) for r in runs if r.curve()]
         hits = [steps_to_threshold(r.curve(), threshold) for r in runs] if own_rollouts else []
         reached = [h for h in hits if h is not None]
         rows.append({
             "label": label, "algorithm": runs[0].algorithm, "alpha": runs[0].alpha, "seeds": sorted(r.seed for r in runs),
             "final_mean": mean, "final_std": std, "final_min": min(finals), "final_max": max(finals),
-            "train_last3": statistics.fmean(last) if last and own_rollouts else None,
+            "train_last5": statistics.fmean(last) if last and own_rollouts else None,
             "steps_to_threshold": statistics.median(reached) if reached else None,
             "reached": f"{len(reached)}/{len(runs)}" if own_rollouts else "n/a",
         })
@@ -107,13 +107,13 @@ def summarize(results: Sequence[RunResult], threshold: float) -> list[dict[str, 
 
 def format_table(rows: Sequence[dict[str, Any]], threshold: float, reference: dict[str, float] | None = None) -> str:
     """A markdown table of :func:`summarize`'s rows (plus teacher / initial student rows from ``reference``)."""
-    head = ("| run | seeds | final accuracy mean ± std | min..max | train acc. (last 3 steps) | "
+    head = ("| run | seeds | final accuracy mean ± std | min..max | train acc. (last 5 steps) | "
             f"steps to train acc. ≥ {threshold:g} (median) | reached |")
     lines = [head, "|---|---|---|---|---|---|---|"]
     for name, acc in (reference or {}).items():
         lines.append(f"| {name} | - | {acc:.3f} | - | - | - | - |")
     for r in rows:
-        last = "-" if r["train_last3"] is None else f"{r['train_last3']:.3f}"
+        last = "-" if r["train_last5"] is None else f"{r['train_last5']:.3f}"
         steps = "-" if r["steps_to_threshold"] is None else f"{r['steps_to_threshold']:g}"
         lines.append(f"| {r['label']} | {len(r['seeds'])} | {r['final_mean']:.3f} ± {r['final_std']:.3f} | "
                      f"{r['final_min']:.3f}..{r['final_max']:.3f} | {last} | {steps} | {r['reached']} |")
@@ -153,10 +153,11 @@ def alpha_one_check(results: Sequence[RunResult]) -> list[dict[str, Any]]:
 
 
 def plot_learning_curves(results: Sequence[RunResult], png: Path, title: str, *, sweep: bool = False,
-                         key: str = "reward/accuracy") -> Path:
+                         key: str = "reward/accuracy", reference: dict[str, float] | None = None) -> Path:
     """Mean over seeds (line) and min..max band of ``key`` per step, one colour per label. ``sweep=True`` draws
     only rlad runs (one line per alpha) and grpo for reference; otherwise sft/grpo/kdrl and rlad at its main alpha
-    (the labels of the main comparison: every label with the most seeds)."""
+    (the labels of the main comparison: every label with the most seeds). ``reference``: {name: accuracy} drawn
+    as dashed lines on the final-accuracy panel (teacher, initial student)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -185,6 +186,10 @@ def plot_learning_curves(results: Sequence[RunResult], png: Path, title: str, *,
         finals = [r.final_accuracy for r in groups[label]]
         ax_bar.bar(i, statistics.fmean(finals), color=color, alpha=0.8)
         ax_bar.scatter([i] * len(finals), finals, color="black", s=10, zorder=3)
+    for j, (name, acc) in enumerate((reference or {}).items()):
+        ax_bar.axhline(acc, color="gray", linestyle="--" if j else ":", linewidth=1.2, label=f"{name} {acc:.3f}")
+    if reference:
+        ax_bar.legend(fontsize=8, loc="lower right")
     ax_curve.set_xlabel("step")
     ax_curve.set_ylabel(f"{key} (student rollouts, T=1)")
     ax_curve.set_title("training curves: mean over seeds, band = min..max")

@@ -22,7 +22,11 @@ def test_compare_short(tmp_path: Path) -> None:
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     task_dir = out / "arithmetic"
     assert proc.returncode == 0, proc.stderr[-3000:] + (task_dir / "worker.log").read_text()[-3000:]
+    check_outputs(task_dir)
 
+
+def check_outputs(task_dir: Path) -> None:
+    """What the short comparison must leave behind (also usable on a kept output folder)."""
     summary = json.loads((task_dir / "summary.json").read_text())
     labels = {row["label"]: row for row in summary["rows"]}
     assert set(labels) == {"grpo", "rlad a=0.5", "rlad a=1"}

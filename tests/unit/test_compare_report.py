@@ -45,10 +45,11 @@ def test_train_config_differs_only_in_algorithm_alpha_and_seed(tmp_path: Path) -
 
 
 def test_steps_to_threshold_uses_a_trailing_mean() -> None:
-    assert steps_to_threshold([0.1, 0.9, 0.1, 0.5, 0.6, 0.7], 0.5) == 4  # mean(0.9, 0.1, 0.5) = 0.5
-    assert steps_to_threshold([0.1, 0.9, 0.1, 0.5, 0.6, 0.7], 0.55) == 6
-    assert steps_to_threshold([0.6, 0.6, 0.6], 0.5) == 3
-    assert steps_to_threshold([0.9, 0.9], 0.5) is None  # no full window yet
+    assert steps_to_threshold([0.1, 0.9, 0.1, 0.5, 0.6, 0.7], 0.5, window=3) == 4  # mean(0.9, 0.1, 0.5) = 0.5
+    assert steps_to_threshold([0.1, 0.9, 0.1, 0.5, 0.6, 0.7], 0.55, window=3) == 6
+    assert steps_to_threshold([0.6, 0.6, 0.6], 0.5, window=3) == 3
+    assert steps_to_threshold([0.9, 0.9], 0.5, window=3) is None  # no full window yet
+    assert steps_to_threshold([0.9] * 4 + [0.5], 0.8) == 5 and steps_to_threshold([0.9] * 4, 0.5) is None
     assert steps_to_threshold([0.1, 0.2], 0.5) is None
 
 
@@ -70,16 +71,17 @@ def test_compare_metrics_ignores_wall_clock_but_sees_any_other_difference() -> N
 
 def test_summarize_table_and_alpha_one_check() -> None:
     results = [
-        _result("grpo", "grpo", 1.0, 0, 0.4, [0.2, 0.3, 0.4]),
-        _result("grpo", "grpo", 1.0, 1, 0.6, [0.2, 0.2, 0.2]),
-        _result("sft", "sft", 1.0, 0, 0.3, [0.9, 0.9, 0.9]),  # teacher's rollouts: not the student's curve
-        _result("rlad a=1", "rlad", 1.0, 0, 0.4, [0.2, 0.3, 0.4]),
+        _result("grpo", "grpo", 1.0, 0, 0.4, [0.2, 0.3, 0.3, 0.3, 0.4]),
+        _result("grpo", "grpo", 1.0, 1, 0.6, [0.2] * 5),
+        _result("sft", "sft", 1.0, 0, 0.3, [0.9] * 5),  # teacher's rollouts: not the student's curve
+        _result("rlad a=1", "rlad", 1.0, 0, 0.4, [0.2, 0.3, 0.3, 0.3, 0.4]),
     ]
     assert common_start(results) == pytest.approx(0.2)
     rows = {r["label"]: r for r in summarize(results, 0.3)}
+    # the 5-step trailing mean of seed 0 reaches 0.3 at step 5; seed 1 never does
     assert rows["grpo"]["final_mean"] == pytest.approx(0.5) and rows["grpo"]["final_std"] == pytest.approx(0.1414, abs=1e-3)
-    assert rows["grpo"]["reached"] == "1/2" and rows["grpo"]["steps_to_threshold"] == 3
-    assert rows["sft"]["reached"] == "n/a" and rows["sft"]["train_last3"] is None
+    assert rows["grpo"]["reached"] == "1/2" and rows["grpo"]["steps_to_threshold"] == 5
+    assert rows["sft"]["reached"] == "n/a" and rows["sft"]["train_last5"] is None
     assert [r["label"] for r in summarize(results, 0.3)] == ["sft", "grpo", "rlad a=1"]
     table = format_table(summarize(results, 0.3), 0.3, {"teacher": 0.9})
     assert "| teacher | - | 0.900 |" in table and "| grpo | 2 | 0.500 ± 0.141 |" in table
