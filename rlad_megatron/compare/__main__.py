@@ -24,6 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=None, help="override the task's RL learning rate")
     p.add_argument("--loss", nargs="*", default=[], metavar="KEY=VALUE",
                    help="extra loss.* settings for every run, e.g. teacher_log_ratio_clip=2.0")
+    p.add_argument("--reeval-k", type=int, default=None,
+                   help="after the runs, evaluate every final student again with K samples per prompt (Mean@K)")
     p.add_argument("--short", action="store_true", help="the test suite's tiny version (2 steps)")
     p.add_argument("--out", default="outputs/compare", help="output root (one folder per task)")
     p.add_argument("--timeout", type=float, default=None, help="stop a task's worker after this many seconds")
@@ -48,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
             s.rl = dataclasses.replace(s.rl, loss={**s.rl.loss, **extra})
         summary = run_comparison(s, Path(args.out), seeds=range(args.seeds), sweep_alphas=args.alphas,
                                  sweep_seeds=range(args.sweep_seeds), algorithms=args.algorithms,
-                                 timeout_s=args.timeout)
+                                 timeout_s=args.timeout, reeval_k=args.reeval_k)
         print((Path(args.out).resolve() / task / "report.md").read_text(), flush=True)
         print(f"{task}: {summary['seconds']}", flush=True)
         code = code or int(summary["worker_exit_code"] != 0)

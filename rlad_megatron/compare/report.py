@@ -46,11 +46,14 @@ def read_metrics(path: Path) -> list[dict[str, float]]:
     return [r for r in rows if isinstance(r, dict) and isinstance(r.get("step"), int)]
 
 
-def load_results(task_dir: Path) -> list[RunResult]:
-    """Every finished run under ``task_dir/runs/*`` (those with a ``result.json``)."""
+def load_results(task_dir: Path, reeval: str | None = None) -> list[RunResult]:
+    """Every finished run under ``task_dir/runs/*`` (those with a ``result.json``). ``reeval``: take the final
+    evaluation from ``runs/*/<reeval>/result.json`` instead (a later evaluation with more samples)."""
     out = []
     for done in sorted(Path(task_dir).glob("runs/*/result.json")):
         r = json.loads(done.read_text())
+        if reeval is not None:
+            r["eval"] = json.loads((done.parent / reeval / "result.json").read_text())["eval"]
         out.append(RunResult(name=done.parent.name, label=r["label"], algorithm=r["algorithm"], alpha=float(r["alpha"]),
                              seed=int(r["seed"]), final_accuracy=float(r["eval"]["accuracy"]), eval=r["eval"],
                              metrics=read_metrics(done.parent / "train" / "metrics.jsonl")))
@@ -152,8 +155,13 @@ def alpha_one_check(results: Sequence[RunResult]) -> list[dict[str, Any]]:
     return out
 
 
+def _trailing_mean(values: Sequence[float], window: int) -> list[float]:
+    return [statistics.fmean(values[max(0, i - window + 1): i + 1]) for i in range(len(values))]
+
+
 def plot_learning_curves(results: Sequence[RunResult], png: Path, title: str, *, sweep: bool = False,
-                         key: str = "reward/accuracy", reference: dict[str, float] | None = None) -> Path:
+                         key: str = "reward/accuracy", reference: dict[str, float] | None = None,
+                         smooth: int = 5) -> Path:
     """Mean over seeds (line) and min..max band of ``key`` per step, one colour per label. ``sweep=True`` draws
     only rlad runs (one line per alpha) and grpo for reference; otherwise sft/grpo/kdrl and rlad at its main alpha
     (the labels of the main comparison: every label with the most seeds). ``reference``: {name: accuracy} drawn
@@ -171,11 +179,13 @@ def plot_learning_curves(results: Sequence[RunResult], png: Path, title: str, *,
         labels.sort(key=lambda lab: groups[lab][0].alpha if groups[lab][0].algorithm == "rlad" else -1)
     else:
         most = max((len(v) for v in groups.values()), default=0)
-        labels = [lab for lab in groups if len(groups[lab]) == most]
+        order = {"sft": 0, "grpo": 1, "kdrl": 2, "rlad": 3}
+        labels = sorted((lab for lab in groups if len(groups[lab]) == most),
+                        key=lambda lab: order.get(groups[lab][0].algorithm, 9))
     fig, (ax_curve, ax_bar) = plt.subplots(1, 2, figsize=(12, 4.2))
     cmap = plt.get_cmap("viridis" if sweep else "tab10")
     for i, label in enumerate(labels):
-        curves = [r.curve(key) for r in groups[label] if r.curve(key)]
+        curves = [_trailing_mean(r.curve(key), smooth) for r in groups[label] if r.curve(key)]
         color = cmap(i / max(1, len(labels) - 1)) if sweep else cmap(i)
         if curves and groups[label][0].algorithm != "sft":
             n = min(len(c) for c in curves)
@@ -192,7 +202,7 @@ def plot_learning_curves(results: Sequence[RunResult], png: Path, title: str, *,
         ax_bar.legend(fontsize=8, loc="lower right")
     ax_curve.set_xlabel("step")
     ax_curve.set_ylabel(f"{key} (student rollouts, T=1)")
-    ax_curve.set_title("training curves: mean over seeds, band = min..max")
+    ax_curve.set_title(f"training curves ({smooth}-step trailing mean): mean over seeds, band = min..max")
     ax_curve.grid(True, alpha=0.3)
     ax_curve.legend(fontsize=8)
     ax_bar.set_xticks(range(len(labels)), labels, rotation=30, fontsize=8)

@@ -75,12 +75,28 @@ def launch_worker(plan_path: Path, log_path: Path, *, timeout_s: float | None = 
         return proc.wait()
 
 
-def write_report(s: TaskSettings, task_dir: Path, title: str) -> dict[str, Any]:
-    """Table, alpha=1.0 check and plots from the runs under ``task_dir``; writes ``summary.json``/``report.md``."""
-    results = load_results(task_dir)
+def reeval_name(k: int) -> str:
+    return f"reeval_k{k}"
+
+
+def build_reeval_jobs(s: TaskSettings, prepared: Prepared, task_dir: Path, k: int) -> list[dict[str, Any]]:
+    """Evaluation-only jobs with ``k`` samples per prompt for the reference models and every finished run (their
+    exported students), written to ``<run>/reeval_k<k>/result.json``."""
+    folders = [(f"{s.task}/{name}", task_dir / "reference" / name, path)
+               for name, path in (("teacher", prepared.teacher), ("student (initial)", prepared.student))]
+    folders += [(f"{s.task}/{d.name}", d, d / "train" / "hf") for d in sorted((task_dir / "runs").glob("*"))
+                if (d / "result.json").exists()]
+    return [{"name": f"{name} (k={k})", "out_dir": str(folder / reeval_name(k)), "config": None,
+             "eval": {**eval_spec(s, prepared, str(model)), "k": k}} for name, folder, model in folders]
+
+
+def write_report(s: TaskSettings, task_dir: Path, title: str, reeval: str | None = None) -> dict[str, Any]:
+    """Table, alpha=1.0 check and plots from the runs under ``task_dir``; writes ``summary.json``/``report.md``.
+    ``reeval``: report the final accuracies of that later evaluation (see :func:`build_reeval_jobs`)."""
+    results = load_results(task_dir, reeval)
     reference = {}
     for name in ("teacher", "student (initial)"):
-        done = task_dir / "reference" / name / "result.json"
+        done = task_dir / "reference" / name / (f"{reeval}/result.json" if reeval else "result.json")
         if done.exists():
             reference[name] = json.loads(done.read_text())["eval"]["accuracy"]
     start = common_start(results)
@@ -112,8 +128,12 @@ def write_report(s: TaskSettings, task_dir: Path, title: str) -> dict[str, Any]:
 
 def run_comparison(s: TaskSettings, out_root: Path, *, seeds: Sequence[int], sweep_alphas: Sequence[float],
                    sweep_seeds: Sequence[int], algorithms: Sequence[str] = ALGORITHMS, alpha: float = 0.5,
-                   timeout_s: float | None = None, log: Callable[[str], None] = _say) -> dict[str, Any]:
-    """Prepare, run and report one task under ``out_root/<task>``; returns the summary (also ``summary.json``)."""
+                   timeout_s: float | None = None, reeval_k: int | None = None,
+                   log: Callable[[str], None] = _say) -> dict[str, Any]:
+    """Prepare, run and report one task under ``out_root/<task>``; returns the summary (also ``summary.json``).
+
+    ``reeval_k``: afterwards evaluate every finished run again with ``k`` samples per prompt (Mean@k has less
+    sampling noise than the runs' own Mean@1) and report those accuracies."""
     started = time.perf_counter()
     task_dir = Path(out_root).resolve() / s.task
     task_dir.mkdir(parents=True, exist_ok=True)
@@ -131,7 +151,16 @@ def run_comparison(s: TaskSettings, out_root: Path, *, seeds: Sequence[int], swe
     run_seconds = time.perf_counter() - t
     if code != 0:
         log(f"[compare] {s.task}: the worker exited with {code}; see {task_dir / 'worker.log'} and runs/*/error.txt")
-    summary = write_report(s, task_dir, f"{s.task} ({s.rl.steps} steps)")
+    reeval = None
+    if reeval_k is not None:
+        t = time.perf_counter()
+        reeval_path = task_dir / f"plan_{reeval_name(reeval_k)}.json"
+        reeval_path.write_text(json.dumps(build_reeval_jobs(s, prepared, task_dir, reeval_k), indent=2))
+        code = launch_worker(reeval_path, task_dir / f"worker_{reeval_name(reeval_k)}.log", timeout_s=timeout_s) or code
+        run_seconds += time.perf_counter() - t
+        reeval = reeval_name(reeval_k)
+    title = f"{s.task} ({s.rl.steps} steps; final accuracy = Mean@{reeval_k or s.eval.k})"
+    summary = write_report(s, task_dir, title, reeval)
     summary.update({"worker_exit_code": code, "seconds": {"prepare": round(prep_seconds, 1),
                                                           "runs": round(run_seconds, 1),
                                                           "total": round(time.perf_counter() - started, 1)}})
