@@ -31,7 +31,7 @@ def eval_spec(s: TaskSettings, prepared: Prepared, model_dir: str | None = None)
     """What the worker passes to ``run_eval`` (the same for every model of a task)."""
     return {"task": s.task, "data_file": str(prepared.files.test), "k": s.eval.k, "limit": s.eval.limit,
             "temperature": s.eval.temperature, "top_p": s.eval.top_p, "max_tokens": s.rl.max_new_tokens,
-            "max_prompt_tokens": s.rl.max_prompt_tokens, "model_dir": model_dir}
+            "max_prompt_tokens": s.rl.max_prompt_tokens, "model_dir": model_dir, "max_num_seqs": s.eval.max_num_seqs}
 
 
 def build_jobs(s: TaskSettings, prepared: Prepared, runs: Sequence[RunSpec], task_dir: Path) -> list[dict[str, Any]]:

@@ -25,11 +25,14 @@ def evaluate_dir(model_dir: str, spec: dict[str, Any], out_dir: Path) -> dict[st
     """Mean@k of the HF checkpoint ``model_dir`` on ``spec["data_file"]`` with the vLLM engine (run_eval)."""
     from rlad_megatron.eval.runner import run_eval
 
+    engine_options: dict[str, Any] = {"kv_cache_bytes": 64 << 20}
+    if spec.get("max_num_seqs"):
+        engine_options["max_num_seqs"] = spec["max_num_seqs"]
     started = time.perf_counter()
     report = run_eval(model_dir, spec["task"], spec["data_file"], spec["k"], str(out_dir),
                       max_prompt_tokens=spec["max_prompt_tokens"], max_tokens=spec["max_tokens"],
                       temperature=spec["temperature"], top_p=spec["top_p"], seed=spec.get("seed", 0),
-                      limit=spec["limit"], bad_rows="error", engine_options={"kv_cache_bytes": 64 << 20})
+                      limit=spec["limit"], bad_rows="error", engine_options=engine_options)
     return {
         "accuracy": report.overall.mean_at_k,
         "by_difficulty": {label: row.mean_at_k for label, row in sorted(report.by_difficulty.items())},
