@@ -101,6 +101,8 @@ def summarize(results: Sequence[RunResult], threshold: float) -> list[dict[str, 
             "label": label, "algorithm": runs[0].algorithm, "alpha": runs[0].alpha, "seeds": sorted(r.seed for r in runs),
             "final_mean": mean, "final_std": std, "final_min": min(finals), "final_max": max(finals),
             "train_last5": statistics.fmean(last) if last and own_rollouts else None,
+            "final_reward": statistics.fmean(float(r.eval.get("mean_reward", math.nan)) for r in runs),
+            "final_format": statistics.fmean(float(r.eval.get("format_rate", math.nan)) for r in runs),
             "steps_to_threshold": statistics.median(reached) if reached else None,
             "reached": f"{len(reached)}/{len(runs)}" if own_rollouts else "n/a",
         })
@@ -108,18 +110,24 @@ def summarize(results: Sequence[RunResult], threshold: float) -> list[dict[str, 
     return sorted(rows, key=lambda row: (order.get(row["algorithm"], 9), -row["alpha"]))
 
 
-def format_table(rows: Sequence[dict[str, Any]], threshold: float, reference: dict[str, float] | None = None) -> str:
-    """A markdown table of :func:`summarize`'s rows (plus teacher / initial student rows from ``reference``)."""
-    head = ("| run | seeds | final accuracy mean ± std | min..max | train acc. (last 5 steps) | "
-            f"steps to train acc. ≥ {threshold:g} (median) | reached |")
-    lines = [head, "|---|---|---|---|---|---|---|"]
-    for name, acc in (reference or {}).items():
-        lines.append(f"| {name} | - | {acc:.3f} | - | - | - | - |")
+def format_table(rows: Sequence[dict[str, Any]], threshold: float,
+                 reference: dict[str, float | dict[str, float]] | None = None) -> str:
+    """A markdown table of :func:`summarize`'s rows (plus teacher / initial student rows from ``reference``: an
+    accuracy, or an evaluation dict with ``accuracy``, ``mean_reward``, ``format_rate``). Final reward and format
+    are the evaluation's (the task's reward scale: K&K's Logic-RL score runs from -3 to 3)."""
+    head = ("| run | seeds | final accuracy mean ± std | min..max | final reward | final format | "
+            f"train acc. (last 5 steps) | steps to train acc. ≥ {threshold:g} (median) | reached |")
+    lines = [head, "|---|---|---|---|---|---|---|---|---|"]
+    for name, ref in (reference or {}).items():
+        acc, rew, fmt = (ref, math.nan, math.nan) if isinstance(ref, float) else (
+            ref["accuracy"], ref.get("mean_reward", math.nan), ref.get("format_rate", math.nan))
+        lines.append(f"| {name} | - | {acc:.3f} | - | {rew:.3f} | {fmt:.3f} | - | - | - |")
     for r in rows:
         last = "-" if r["train_last5"] is None else f"{r['train_last5']:.3f}"
         steps = "-" if r["steps_to_threshold"] is None else f"{r['steps_to_threshold']:g}"
         lines.append(f"| {r['label']} | {len(r['seeds'])} | {r['final_mean']:.3f} ± {r['final_std']:.3f} | "
-                     f"{r['final_min']:.3f}..{r['final_max']:.3f} | {last} | {steps} | {r['reached']} |")
+                     f"{r['final_min']:.3f}..{r['final_max']:.3f} | {r['final_reward']:.3f} | {r['final_format']:.3f} | "
+                     f"{last} | {steps} | {r['reached']} |")
     return "\n".join(lines)
 
 

@@ -94,11 +94,12 @@ def write_report(s: TaskSettings, task_dir: Path, title: str, reeval: str | None
     """Table, alpha=1.0 check and plots from the runs under ``task_dir``; writes ``summary.json``/``report.md``.
     ``reeval``: report the final accuracies of that later evaluation (see :func:`build_reeval_jobs`)."""
     results = load_results(task_dir, reeval)
-    reference = {}
+    reference_evals: dict[str, dict[str, Any]] = {}
     for name in ("teacher", "student (initial)"):
         done = task_dir / "reference" / name / (f"{reeval}/result.json" if reeval else "result.json")
         if done.exists():
-            reference[name] = json.loads(done.read_text())["eval"]["accuracy"]
+            reference_evals[name] = json.loads(done.read_text())["eval"]
+    reference = {name: ev["accuracy"] for name, ev in reference_evals.items()}
     start = common_start(results)
     threshold = round(start + s.threshold_gain, 4)
     rows = summarize(results, threshold)
@@ -108,8 +109,10 @@ def write_report(s: TaskSettings, task_dir: Path, title: str, reeval: str | None
     pngs = {"curves": plot_learning_curves(main, task_dir / "curves_algorithms.png", f"{title}: algorithms",
                                            reference=reference),
             "sweep": plot_learning_curves(sweep, task_dir / "curves_alpha_sweep.png", f"{title}: alpha sweep",
-                                          sweep=True, reference=reference)}
-    table = format_table(rows, threshold, reference)
+                                          sweep=True, reference=reference),
+            "reward": plot_learning_curves(main, task_dir / "curves_reward.png", f"{title}: reward (task scale)",
+                                           key="reward/mean")}
+    table = format_table(rows, threshold, reference_evals)
     lines = [f"## {title}", "", table, "",
              f"Threshold = common start {start:.3f} (mean step-1 rollout accuracy) + {s.threshold_gain:g}.", ""]
     for c in checks:

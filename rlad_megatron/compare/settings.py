@@ -99,8 +99,9 @@ def knights_knaves_settings() -> TaskSettings:
                             init_seed=0, sft_steps=150, sft_batch_size=16, sft_lr=2e-3, sft_seed=0)
     student = ModelSettings(num_layers=2, hidden_size=64, intermediate_size=128, num_heads=2, num_kv_heads=2,
                             init_seed=1, sft_steps=40, sft_batch_size=16, sft_lr=2e-3, sft_seed=1)
-    rl = RLBudget(steps=12, prompts_per_step=1, group_size=4, micro_batch_size=2, max_new_tokens=128,
-                  max_prompt_tokens=880)  # 880 + 128 + 8 <= 1024 positions
+    # One prompt per step allows one update per batch only (each update takes whole groups).
+    rl = RLBudget(steps=12, prompts_per_step=1, group_size=4, updates_per_batch=1, micro_batch_size=4,
+                  max_new_tokens=128, max_prompt_tokens=880)  # 880 + 128 + 8 <= 1024 positions
     return TaskSettings("knights_knaves", data, teacher, student, rl, eval=EvalSettings(limit=90, max_num_seqs=4),
                         max_position_embeddings=1024)
 

@@ -84,7 +84,10 @@ def test_summarize_table_and_alpha_one_check() -> None:
     assert rows["sft"]["reached"] == "n/a" and rows["sft"]["train_last5"] is None
     assert [r["label"] for r in summarize(results, 0.3)] == ["sft", "grpo", "rlad a=1"]
     table = format_table(summarize(results, 0.3), 0.3, {"teacher": 0.9})
-    assert "| teacher | - | 0.900 |" in table and "| grpo | 2 | 0.500 ± 0.141 |" in table
+    assert "| teacher | - | 0.900 | - | nan | nan |" in table and "| grpo | 2 | 0.500 ± 0.141 |" in table
+    table = format_table(summarize(results, 0.3), 0.3, {"teacher": {"accuracy": 0.9, "mean_reward": 2.5,
+                                                                    "format_rate": 1.0}})
+    assert "| teacher | - | 0.900 | - | 2.500 | 1.000 |" in table
     (check,) = alpha_one_check(results)
     assert check["seed"] == 0 and check["identical"]
     assert math.isnan(common_start([results[2]]))
