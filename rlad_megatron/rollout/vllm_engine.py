@@ -128,6 +128,7 @@ class VLLMEngine:
                 seed=config.seed,
                 max_model_len=config.max_model_len,
                 max_num_seqs=config.max_num_seqs,
+                max_num_batched_tokens=_batched_token_budget(config),
                 enforce_eager=config.enforce_eager,
                 kv_cache_memory_bytes=config.kv_cache_bytes,
                 quantization=config.quantization,
@@ -271,6 +272,16 @@ class VLLMEngine:
                     f"sequence {i} has {len(s)} tokens + {new_tokens} new > max_model_len="
                     f"{self.config.max_model_len}: raise VLLMEngineConfig.max_model_len or shorten it"
                 )
+
+
+def _batched_token_budget(config: VLLMEngineConfig) -> int | None:
+    if config.max_num_batched_tokens is not None:
+        return config.max_num_batched_tokens
+    import torch
+
+    if torch.cuda.is_available():
+        return None
+    return config.max_model_len * config.max_num_seqs
 
 
 def _finish_reason(reason: str | None) -> str:
