@@ -150,7 +150,8 @@ class TrainerConfig:
     skip_uniform_groups: bool = True
     """DAPO dynamic sampling: drop groups whose rewards are all equal (no learning signal)."""
     eval_every: int = 0
-    """Evaluate on data.eval_files every N steps (0: only at the end, if eval files are given)."""
+    """Evaluate on data.eval_files every N steps and after the last one (0: only after the last step); nothing
+    without eval files. Runs on the engine of global rank 0; logged as eval/accuracy (Mean@k), eval/pass@j."""
     eval_samples: int = 1
     """k for Mean@k / Pass@k during periodic evaluation."""
     eval_temperature: float = 0.6

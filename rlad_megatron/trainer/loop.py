@@ -17,6 +17,7 @@ from rlad_megatron.learner.policy import MegatronPolicy
 from rlad_megatron.learner.sequences import SequenceBatch
 from rlad_megatron.loss import Denominators, MetricAccumulator, compute_policy_loss, local_denominators
 from rlad_megatron.rollout.base import SamplingSettings
+from rlad_megatron.trainer.periodic_eval import evaluate_now, load_eval_examples
 from rlad_megatron.trainer.guards import NonFiniteStepGuard, TrainingStopped
 from rlad_megatron.trainer.rollouts import generate_and_score, share_from_one, to_sequence_batch
 from rlad_megatron.trainer.setup import TrainingSetup, build_training_setup
@@ -86,6 +87,8 @@ class Trainer:
                     print(f"[rlad] resumed from {folder} at step {self.step}", flush=True)
         from rlad_megatron.trainer.observability import MetricsLogger
 
+        self.eval_examples = load_eval_examples(config, s.task, s.tokenizer)
+
         s.logger = MetricsLogger(s.output_dir, config.trainer.steps, start_step=self.step, enabled=rank0)
         self._sync_weights()  # the engine starts from the HF files: make it serve the learner's weights
 
@@ -97,6 +100,8 @@ class Trainer:
             while self.step < cfg.trainer.steps:
                 last = self.train_step()
                 self.step += 1
+                if self._eval_due():
+                    last.update(evaluate_now(cfg, s.engine, s.task, s.tokenizer, self.eval_examples, self.step))
                 s.logger.log(self.step, last)
                 if cfg.trainer.save_every and self.step % cfg.trainer.save_every == 0:
                     self.save()
@@ -107,6 +112,12 @@ class Trainer:
         finally:
             s.close()
         return last
+
+    def _eval_due(self) -> bool:
+        every = self.config.trainer.eval_every
+        if not self.eval_examples:
+            return False
+        return self.step == self.config.trainer.steps or bool(every and self.step % every == 0)
 
     def save(self) -> None:
         s = self.setup

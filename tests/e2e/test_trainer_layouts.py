@@ -36,8 +36,10 @@ def runs(paths, tmp_path_factory) -> dict[str, list[dict]]:
         # Four updates per rollout batch: old-policy log-probs are computed (not the detached current ones).
         config = run_config(
             paths, workdir / "out", parallel=parallel, rollout={"group_size": 8, "max_new_tokens": 20},
-            data={"prompts_per_step": 16}, optim={"lr": 3e-4, "min_lr": 3e-4},  # constant: dp2 runs fewer steps
-            trainer={"steps": steps, "micro_batch_size": 16, "updates_per_batch": 4, "export_hf": False},
+            data={"prompts_per_step": 16, "eval_files": [paths["train"]]},
+            optim={"lr": 3e-4, "min_lr": 3e-4},  # constant: dp2 runs fewer steps
+            trainer={"steps": steps, "micro_batch_size": 16, "updates_per_batch": 4, "export_hf": False,
+                     "eval_every": 12, "eval_samples": 2},
             loss={"algorithm": "rlad", "alpha": 0.5},
         )
         done = launch(config, nproc, workdir=workdir, timeout=900)
@@ -68,3 +70,9 @@ def test_engine_serves_learner_weights_in_every_layout(runs) -> None:
     for name, metrics in runs.items():
         for m in metrics:
             assert m["sync/logprob_max_abs"] < 1e-4, f"{name} step {m['step']}: engine/learner mismatch"
+
+
+def test_periodic_evaluation_is_logged(runs) -> None:
+    evaluated = [m for m in runs["tp1"] if "eval/accuracy" in m]
+    assert [m["step"] for m in evaluated] == [12, STEPS]
+    assert all(0 < m["eval/accuracy"] <= 1 and m["eval/pass@2"] >= m["eval/pass@1"] for m in evaluated)
