@@ -71,7 +71,10 @@ class RolloutConfig:
     kv_cache_mb: int = 256
     """vLLM KV-cache size in MiB (must be given on CPU)."""
     weight_load: str = "inplace"
-    """"inplace" (copy into the engine's parameters) or "vllm_reload" (vLLM's layerwise reload)."""
+    """"inplace" (copy into the engine's parameters: a 100M-parameter sync costs ~3x a memcpy) or "vllm_reload"
+    (vLLM's layerwise reload, ~8x). On CPU, "inplace" keeps plain torch GEMMs in vLLM, which generate ~1.6x slower
+    than its oneDNN pre-packed ones at 100M parameters (bench/weight_sync.py): prefer "vllm_reload" for CPU runs of
+    larger models, where generation dominates the step."""
     verify_every: int = 1
     """Check after every N-th weight sync that the engine serves the learner's weights (0: never)."""
     max_logprob_mismatch: float = 1e-3
