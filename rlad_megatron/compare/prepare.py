@@ -54,7 +54,7 @@ def prepare_task(s: TaskSettings, root: Path, log: Callable[[str], None] = print
         teacher = prepare_model("teacher", s.teacher, qs, files, root / "cache", log)
         student = prepare_model("student", s.student, qs, files, root / "cache", log)
         return Prepared(files, teacher.path, student.path, {"teacher": teacher.info, "student": student.info})
-    if s.task == "knights_knaves":
+    if s.task in ("knights_knaves", "knights_knaves_compact"):
         files = prepare_kk_data(s, root / "data")
         teacher = prepare_kk_model("teacher", s.teacher, s, files, root / "cache", log)
         student = prepare_kk_model("student", s.student, s, files, root / "cache", log)
@@ -64,18 +64,22 @@ def prepare_task(s: TaskSettings, root: Path, log: Callable[[str], None] = print
 
 
 def prepare_kk_data(s: TaskSettings, out_dir: Path) -> DataFiles:
-    """K&K ``train.jsonl`` / ``test.jsonl`` with ``s.kk_sizes`` inhabitants (disjoint; per size n / len(sizes))."""
+    """K&K ``train.jsonl`` / ``test.jsonl`` with ``s.kk_sizes`` inhabitants (disjoint; per size n / len(sizes)),
+    English or compact (``s.task``)."""
+    from rlad_megatron.data.kk_compact import make_compact_record
     from rlad_megatron.data.kk_data import write_kk_data
+    from rlad_megatron.data.knights_knaves import make_record
 
     out_dir = Path(out_dir)
     sizes = tuple(s.kk_sizes)
-    wanted = json.dumps(settings_hash(s.data, list(sizes)))
+    wanted = json.dumps(settings_hash(s.task, s.data, list(sizes)))
     stamp = out_dir / "settings.json"
     files = DataFiles(train=out_dir / "train.jsonl", test=out_dir / "test.jsonl")
     if stamp.exists() and stamp.read_text() == wanted and files.train.exists() and files.test.exists():
         return files
     write_kk_data(str(out_dir), train_per_size=s.data.n_train // len(sizes), test_per_size=s.data.n_test // len(sizes),
-                  seed=s.data.seed, train_sizes=sizes, test_sizes=sizes)
+                  seed=s.data.seed, train_sizes=sizes, test_sizes=sizes,
+                  make=make_compact_record if s.task == "knights_knaves_compact" else make_record)
     stamp.write_text(wanted)
     return files
 
@@ -90,7 +94,8 @@ def prepare_kk_model(kind: str, model: ModelSettings, s: TaskSettings, files: Da
     from rlad_megatron.quickstart.sft import generate_accuracy, train_sft
     from rlad_megatron.testing.tiny_hf import make_tiny_hf_model
 
-    key = settings_hash(kind, model, s.data, list(s.kk_sizes), s.max_position_embeddings, s.rl.max_new_tokens)
+    key = settings_hash(kind, model, s.data, list(s.kk_sizes), s.max_position_embeddings, s.rl.max_new_tokens,
+                        *([s.task] if s.task != "knights_knaves" else []))  # English K&K keeps its old cache key
     final = Path(cache_root) / f"kk-{kind}-{key}"
     if (final / MARKER).exists():
         log(f"[compare] {kind}: cached {final}")
@@ -104,12 +109,12 @@ def prepare_kk_model(kind: str, model: ModelSettings, s: TaskSettings, files: Da
                            max_position_embeddings=s.max_position_embeddings, **model.shape())
         tokenizer = AutoTokenizer.from_pretrained(tmp)
         net = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32)
-        task = get_task("knights_knaves")
+        task = get_task(s.task)
         log(f"[compare] {kind}: K&K supervised warm start, {model.sft_steps} steps")
         stats = train_sft(net, tokenizer, task, read_records(files.train), steps=model.sft_steps,
                           batch_size=model.sft_batch_size, lr=model.sft_lr, seed=model.sft_seed, log=log,
                           log_every=max(1, model.sft_steps // 4))
-        report = generate_accuracy(net, tokenizer, task, read_records(files.test, 60),
+        report = generate_accuracy(net, tokenizer, task, read_records(files.test, s.eval.limit),
                                    max_new_tokens=s.rl.max_new_tokens)
         net.save_pretrained(tmp, safe_serialization=True)
         info = {"kind": kind, "settings": model.__dict__, "sft": stats.__dict__, "accuracy": report.as_dict(),

@@ -16,7 +16,7 @@ from rlad_megatron.quickstart.settings import DataSettings, ModelSettings
 ALGORITHMS: tuple[str, ...] = ("sft", "grpo", "kdrl", "rlad")
 #: The alpha sweep (alpha = weight on the old student; 1.0 must reproduce grpo).
 SWEEP_ALPHAS: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9, 1.0)
-TASKS: tuple[str, ...] = ("arithmetic", "knights_knaves")
+TASKS: tuple[str, ...] = ("arithmetic", "knights_knaves_compact", "knights_knaves")
 
 
 @dataclass
@@ -106,9 +106,27 @@ def knights_knaves_settings() -> TaskSettings:
                         max_position_embeddings=1024)
 
 
+def knights_knaves_compact_settings() -> TaskSettings:
+    """Knights and Knaves with 2..4 inhabitants in the compact form of :mod:`rlad_megatron.data.kk_compact`
+    (prompts of 12..60 characters, a truth-table-search trace in ``<think>``), which tiny models can learn on a CPU.
+    The teacher is deeper than the student, so it executes the search more reliably, and both lose accuracy as
+    the number of inhabitants grows (longer searches)."""
+    data = DataSettings(n_train=6000, n_test=150, seed=0)  # per size: n_train / 3, n_test / 3
+    teacher = ModelSettings(num_layers=4, hidden_size=128, intermediate_size=256, num_heads=4, num_kv_heads=2,
+                            init_seed=0, sft_steps=1500, sft_batch_size=32, sft_lr=2e-3, sft_seed=0)
+    student = ModelSettings(num_layers=2, hidden_size=64, intermediate_size=128, num_heads=2, num_kv_heads=2,
+                            init_seed=1, sft_steps=300, sft_batch_size=32, sft_lr=2e-3, sft_seed=1)
+    rl = RLBudget(steps=40, prompts_per_step=16, group_size=8, updates_per_batch=1, micro_batch_size=64,
+                  lr=2e-4, max_new_tokens=256, max_prompt_tokens=72)
+    return TaskSettings("knights_knaves_compact", data, teacher, student, rl, eval=EvalSettings(limit=150),
+                        max_position_embeddings=336)
+
+
 def task_settings(task: str) -> TaskSettings:
     if task == "arithmetic":
         return arithmetic_settings()
+    if task == "knights_knaves_compact":
+        return knights_knaves_compact_settings()
     if task == "knights_knaves":
         return knights_knaves_settings()
     raise ValueError(f"unknown comparison task {task!r}; choose one of {list(TASKS)}")

@@ -12,9 +12,13 @@ import argparse
 import json
 import os
 import random
-from typing import Any
+from typing import Any, Callable
 
 from rlad_megatron.data.knights_knaves import make_record
+
+#: ``make(rng, n_people, record_id) -> record``: the English puzzles, or
+#: :func:`rlad_megatron.data.kk_compact.make_compact_record` for the compact form.
+RecordMaker = Callable[[random.Random, int, str], dict[str, Any]]
 
 TRAIN_SIZES: tuple[int, ...] = (3, 4, 5, 6, 7)
 TEST_SIZES: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8)
@@ -24,7 +28,8 @@ def _key(r: dict[str, Any]) -> tuple:
     return tuple(r["names"]), tuple(r["statements"])
 
 
-def _draw(rng: random.Random, sizes: tuple[int, ...], per_size: int, prefix: str, taken: set) -> list[dict[str, Any]]:
+def _draw(rng: random.Random, sizes: tuple[int, ...], per_size: int, prefix: str, taken: set,
+          make: RecordMaker = make_record) -> list[dict[str, Any]]:
     out = []
     for n in sizes:
         count, tries = 0, 0
@@ -32,7 +37,7 @@ def _draw(rng: random.Random, sizes: tuple[int, ...], per_size: int, prefix: str
             tries += 1
             if tries > 100 * per_size + 1000:
                 raise ValueError(f"cannot draw {per_size} distinct {n}-inhabitant puzzles for {prefix}")
-            r = make_record(rng, n, f"kk-{prefix}-{n}-{count}")
+            r = make(rng, n, f"kk-{prefix}-{n}-{count}")
             if _key(r) in taken:
                 continue
             taken.add(_key(r))
@@ -42,14 +47,14 @@ def _draw(rng: random.Random, sizes: tuple[int, ...], per_size: int, prefix: str
 
 
 def write_kk_data(out_dir: str, train_per_size: int = 1000, test_per_size: int = 100, seed: int = 0,
-                  train_sizes: tuple[int, ...] = TRAIN_SIZES, test_sizes: tuple[int, ...] = TEST_SIZES
-                  ) -> dict[str, str]:
+                  train_sizes: tuple[int, ...] = TRAIN_SIZES, test_sizes: tuple[int, ...] = TEST_SIZES,
+                  make: RecordMaker = make_record) -> dict[str, str]:
     """Write ``train.jsonl`` and ``test.jsonl`` into ``out_dir``; returns {name: path}."""
     os.makedirs(out_dir, exist_ok=True)
     rng = random.Random(seed)
     taken: set = set()
-    test = _draw(rng, test_sizes, test_per_size, "test", taken)
-    train = _draw(rng, train_sizes, train_per_size, "train", taken)
+    test = _draw(rng, test_sizes, test_per_size, "test", taken, make)
+    train = _draw(rng, train_sizes, train_per_size, "train", taken, make)
     paths = {}
     for name, rows in (("train", train), ("test", test)):
         paths[name] = os.path.join(out_dir, f"{name}.jsonl")

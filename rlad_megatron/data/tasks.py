@@ -133,4 +133,4 @@ def get_task(name: str, **options: Any) -> Task:
 
 def _load_builtin_tasks() -> None:
     # Importing the task modules registers them; done lazily to keep imports one-way and cheap.
-    from rlad_megatron.data import arithmetic, knights_knaves, math_data, sum_prefix  # noqa: F401
+    from rlad_megatron.data import arithmetic, kk_compact, knights_knaves, math_data, sum_prefix  # noqa: F401

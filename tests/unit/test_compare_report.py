@@ -91,3 +91,24 @@ def test_summarize_table_and_alpha_one_check() -> None:
     (check,) = alpha_one_check(results)
     assert check["seed"] == 0 and check["identical"]
     assert math.isnan(common_start([results[2]]))
+
+
+def test_compact_kk_budget_fits_every_prompt_and_reference_completion(tmp_path: Path) -> None:
+    """The comparison's token budgets must hold the longest prompt and the longest reference completion (+ eos) of
+    its own data, and the models' positions must hold both; otherwise the teacher could never be right."""
+    from rlad_megatron.compare.prepare import prepare_kk_data
+    from rlad_megatron.compare.settings import task_settings
+    from rlad_megatron.data.tasks import get_task
+    from rlad_megatron.quickstart.prepare import read_records
+
+    s = task_settings("knights_knaves_compact")
+    files = prepare_kk_data(s, tmp_path)
+    task = get_task(s.task)
+    rows = read_records(files.train) + read_records(files.test)
+    assert len(rows) == s.data.n_train + s.data.n_test
+    longest_prompt = max(len(task.plain_prompt(r)) for r in rows) + 1  # + <bos> (one token per character)
+    longest_completion = max(len(task.reference_completion(r)) for r in rows) + 1  # + <eos>
+    assert longest_prompt <= s.rl.max_prompt_tokens
+    assert longest_completion <= s.rl.max_new_tokens
+    assert s.rl.max_prompt_tokens + s.rl.max_new_tokens <= s.max_position_embeddings
+    assert {r["difficulty"] for r in rows} == {"ppl2", "ppl3", "ppl4"}
