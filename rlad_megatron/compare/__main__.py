@@ -1,4 +1,4 @@
-"""``python -m rlad_megatron.compare --task arithmetic|knights_knaves --seeds 3 --out outputs/compare``
+"""``python -m rlad_megatron.compare --task arithmetic|knights_knaves_compact|knights_knaves --seeds 3 --out outputs/compare``
 
 Runs sft, grpo, kdrl and rlad (alpha 0.5) from the same student and teacher with the same rollout budget over
 ``--seeds`` seeds, plus the rlad alpha sweep over ``--sweep-seeds`` seeds, then writes the table and plots.
@@ -22,6 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--algorithms", nargs="+", choices=ALGORITHMS, default=list(ALGORITHMS))
     p.add_argument("--steps", type=int, default=None, help="override the task's RL steps")
     p.add_argument("--lr", type=float, default=None, help="override the task's RL learning rate")
+    p.add_argument("--rl", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="override fields of the task's RL budget (compare.settings.RLBudget), e.g. prompts_per_step=32")
     p.add_argument("--loss", nargs="*", default=[], metavar="KEY=VALUE",
                    help="extra loss.* settings for every run, e.g. teacher_log_ratio_clip=2.0")
     p.add_argument("--reeval-k", type=int, default=None,
@@ -45,6 +47,13 @@ def main(argv: list[str] | None = None) -> int:
             s.rl = dataclasses.replace(s.rl, steps=args.steps)
         if args.lr is not None:
             s.rl = dataclasses.replace(s.rl, lr=args.lr)
+        if args.rl:
+            fields = {f.name for f in dataclasses.fields(s.rl)} - {"loss"}
+            extra = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.rl)}
+            unknown = sorted(set(extra) - fields)
+            if unknown:
+                raise SystemExit(f"--rl: unknown field(s) {unknown}; choose from {sorted(fields)}")
+            s.rl = dataclasses.replace(s.rl, **extra)
         if args.loss:
             extra = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.loss)}
             s.rl = dataclasses.replace(s.rl, loss={**s.rl.loss, **extra})

@@ -64,7 +64,7 @@ def train_config(run: RunSpec, s: TaskSettings, prepared: Prepared, output_dir: 
                     "dtype": "float32", "kv_cache_mb": rl.kv_cache_mb, "placement": "colocated"},
         "data": {"task": s.task, "train_files": [str(prepared.files.train)], "prompts_per_step": rl.prompts_per_step,
                  "max_prompt_tokens": rl.max_prompt_tokens},
-        "optim": {"lr": rl.lr, "min_lr": rl.lr / 10, "clip_grad": 1.0},
+        "optim": {"lr": rl.lr, "min_lr": rl.lr / 10, "warmup_steps": rl.warmup_steps, "clip_grad": 1.0},
         "loss": {**rl.loss, "algorithm": run.algorithm, **({"alpha": run.alpha} if run.algorithm == "rlad" else {})},
         "trainer": {"steps": rl.steps, "micro_batch_size": rl.micro_batch_size,
                     "updates_per_batch": rl.updates_per_batch, "output_dir": str(output_dir), "export_hf": True,

@@ -131,6 +131,54 @@ def format_table(rows: Sequence[dict[str, Any]], threshold: float,
     return "\n".join(lines)
 
 
+def paired_differences(results: Sequence[RunResult], baseline: str = "grpo") -> list[dict[str, Any]]:
+    """Final accuracy of each label minus the ``baseline`` run of the same seed (same prompts, same sampling seeds:
+    the paired difference removes most of the seed-to-seed spread). One row per label with a baseline partner:
+    ``{"label", "diffs" (by seed), "mean", "std", "wins"}`` (wins = seeds where the label is strictly ahead)."""
+    base = {r.seed: r.final_accuracy for r in results if r.label == baseline}
+    groups: dict[str, list[RunResult]] = defaultdict(list)
+    for r in results:
+        if r.label != baseline and r.seed in base:
+            groups[r.label].append(r)
+    rows = []
+    for label, runs in groups.items():
+        diffs = {r.seed: r.final_accuracy - base[r.seed] for r in sorted(runs, key=lambda r: r.seed)}
+        mean, std = _mean_std(list(diffs.values()))
+        rows.append({"label": label, "algorithm": runs[0].algorithm, "alpha": runs[0].alpha, "diffs": diffs,
+                     "mean": mean, "std": std, "wins": sum(d > 0 for d in diffs.values())})
+    order = {"sft": 0, "grpo": 1, "kdrl": 2, "rlad": 3}
+    return sorted(rows, key=lambda row: (order.get(row["algorithm"], 9), -row["alpha"]))
+
+
+def format_paired(rows: Sequence[dict[str, Any]], baseline: str = "grpo") -> str:
+    lines = [f"| run | final accuracy − {baseline} (same seed), mean ± std | by seed | seeds ahead |", "|---|---|---|---|"]
+    for r in rows:
+        by_seed = ", ".join(f"s{seed}: {d:+.3f}" for seed, d in r["diffs"].items())
+        lines.append(f"| {r['label']} | {r['mean']:+.3f} ± {r['std']:.3f} | {by_seed} | {r['wins']}/{len(r['diffs'])} |")
+    return "\n".join(lines)
+
+
+def difficulty_table(results: Sequence[RunResult], reference: dict[str, dict[str, Any]] | None = None) -> str:
+    """Final accuracy by difficulty (the evaluation's ``by_difficulty``), mean over seeds per label."""
+    groups: dict[str, list[RunResult]] = defaultdict(list)
+    for r in results:
+        groups[r.label].append(r)
+    levels = sorted({k for r in results for k in r.eval.get("by_difficulty", {})}
+                    | {k for ev in (reference or {}).values() for k in ev.get("by_difficulty", {})})
+    lines = ["| run | " + " | ".join(levels) + " |", "|---|" + "---|" * len(levels)]
+    for name, ev in (reference or {}).items():
+        lines.append(f"| {name} | " + " | ".join(f"{ev.get('by_difficulty', {}).get(k, math.nan):.3f}"
+                                                  for k in levels) + " |")
+    order = {"sft": 0, "grpo": 1, "kdrl": 2, "rlad": 3}
+    for label in sorted(groups, key=lambda lab: (order.get(groups[lab][0].algorithm, 9), -groups[lab][0].alpha)):
+        cells = []
+        for k in levels:
+            xs = [float(r.eval["by_difficulty"][k]) for r in groups[label] if k in r.eval.get("by_difficulty", {})]
+            cells.append(f"{statistics.fmean(xs):.3f}" if xs else "-")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def compare_metrics(a: Sequence[dict[str, float]], b: Sequence[dict[str, float]]) -> dict[str, Any]:
     """Per-step comparison of two runs' metrics over the keys both logged (wall-clock and memory keys excluded).
 

@@ -18,8 +18,9 @@ from typing import Any, Callable, Sequence
 
 from rlad_megatron.compare.plan import RunSpec, plan_runs, train_config
 from rlad_megatron.compare.prepare import Prepared, prepare_task
-from rlad_megatron.compare.report import (alpha_one_check, common_start, format_table, load_results,
-                                          plot_learning_curves, summarize)
+from rlad_megatron.compare.report import (alpha_one_check, common_start, difficulty_table, format_paired,
+                                          format_table, load_results, paired_differences, plot_learning_curves,
+                                          summarize)
 from rlad_megatron.compare.settings import ALGORITHMS, TaskSettings
 
 
@@ -113,8 +114,12 @@ def write_report(s: TaskSettings, task_dir: Path, title: str, reeval: str | None
             "reward": plot_learning_curves(main, task_dir / "curves_reward.png", f"{title}: reward (task scale)",
                                            key="reward/mean")}
     table = format_table(rows, threshold, reference_evals)
+    paired = paired_differences(results)
     lines = [f"## {title}", "", table, "",
-             f"Threshold = common start {start:.3f} (mean step-1 rollout accuracy) + {s.threshold_gain:g}.", ""]
+             f"Threshold = common start {start:.3f} (mean step-1 rollout accuracy) + {s.threshold_gain:g}.", "",
+             "Final accuracy by difficulty (mean over seeds):", "", difficulty_table(results, reference_evals), ""]
+    if paired:
+        lines += ["Paired by seed against grpo:", "", format_paired(paired), ""]
     for c in checks:
         lines.append(f"alpha=1.0 vs grpo, seed {c['seed']}: {c['steps']} steps x {c['keys']} metrics, "
                      f"{'identical' if c['identical'] else 'max |diff| %.3g (%s)' % (c['max_abs_diff'], c['worst_key'])}"
@@ -122,7 +127,7 @@ def write_report(s: TaskSettings, task_dir: Path, title: str, reeval: str | None
     report = "\n".join(lines) + "\n"
     (task_dir / "report.md").write_text(report)
     summary = {"task": s.task, "settings": s.to_dict(), "threshold": threshold, "start_accuracy": start, "reference": reference,
-               "rows": rows, "alpha_one_vs_grpo": checks, "plots": {k: str(v) for k, v in pngs.items()},
+               "rows": rows, "paired_vs_grpo": paired, "alpha_one_vs_grpo": checks, "plots": {k: str(v) for k, v in pngs.items()},
                "runs": [{"name": r.name, "final_accuracy": r.final_accuracy, "eval": r.eval,
                          "train_accuracy": r.curve(), "train_reward": r.curve("reward/mean")} for r in results]}
     (task_dir / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -33,6 +33,8 @@ class RLBudget:
     """Optimizer steps per rollout batch (> 1 makes pi_old differ from the current policy, so the clip acts)."""
     micro_batch_size: int = 32
     lr: float = 1e-4
+    warmup_steps: int = 0
+    """Linear learning-rate warm-up steps (then cosine to lr / 10)."""
     """Measured (docs/results.md): 3e-4 lowered the arithmetic student's accuracy within 30 steps for grpo and
     rlad alike; the quickstart's 1e-3 collapsed it."""
     temperature: float = 1.0

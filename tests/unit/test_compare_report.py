@@ -3,6 +3,7 @@ the summary table."""
 from __future__ import annotations
 
 import math
+import statistics
 from pathlib import Path
 
 import pytest
@@ -112,3 +113,24 @@ def test_compact_kk_budget_fits_every_prompt_and_reference_completion(tmp_path: 
     assert longest_completion <= s.rl.max_new_tokens
     assert s.rl.max_prompt_tokens + s.rl.max_new_tokens <= s.max_position_embeddings
     assert {r["difficulty"] for r in rows} == {"ppl2", "ppl3", "ppl4"}
+
+
+def test_paired_differences_and_difficulty_table() -> None:
+    from rlad_megatron.compare.report import difficulty_table, format_paired, paired_differences
+
+    results = [_result("grpo", "grpo", 1.0, s, acc, [0.1]) for s, acc in ((0, 0.40), (1, 0.50), (2, 0.30))]
+    results += [_result("rlad a=0.5", "rlad", 0.5, s, acc, [0.1]) for s, acc in ((0, 0.45), (1, 0.48), (2, 0.40))]
+    results.append(_result("kdrl", "kdrl", 1.0, 7, 0.9, [0.1]))  # no grpo partner for seed 7: left out
+    rows = paired_differences(results)
+    assert [r["label"] for r in rows] == ["rlad a=0.5"]
+    (row,) = rows
+    assert row["diffs"] == pytest.approx({0: 0.05, 1: -0.02, 2: 0.10})
+    assert row["mean"] == pytest.approx(0.13 / 3) and row["wins"] == 2
+    assert row["std"] == pytest.approx(statistics.stdev([0.05, -0.02, 0.10]))
+    assert "+0.043 ± " in format_paired(rows) and "2/3" in format_paired(rows)
+
+    for r, levels in zip(results[:2], ({"ppl2": 0.5, "ppl3": 0.25}, {"ppl2": 0.7, "ppl3": 0.35})):
+        r.eval["by_difficulty"] = levels
+    table = difficulty_table(results[:2], {"teacher": {"accuracy": 1.0, "by_difficulty": {"ppl2": 1.0, "ppl3": 0.9}}})
+    assert table.splitlines()[0] == "| run | ppl2 | ppl3 |"
+    assert "| teacher | 1.000 | 0.900 |" in table and "| grpo | 0.600 | 0.300 |" in table
