@@ -179,6 +179,43 @@ def difficulty_table(results: Sequence[RunResult], reference: dict[str, dict[str
     return "\n".join(lines)
 
 
+#: (column, metric key, format) of :func:`activity_table`: how much each loss's clip / teacher terms act.
+ACTIVITY_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("ratio min..max", "", ""),
+    ("clip low", "loss/clip/low_frac", "{:.2%}"),
+    ("clip high", "loss/clip/high_frac", "{:.2%}"),
+    ("teacher clamp active", "loss/teacher/clamp_frac", "{:.1%}"),
+    ("KL(student‖teacher)/token (k3)", "loss/kl/teacher_k3", "{:.3f}"),
+    ("grad norm", "optim/grad_norm", "{:.2f}"),
+    ("uniform groups", "groups/uniform_fraction", "{:.0%}"),
+)
+
+
+def activity_table(results: Sequence[RunResult]) -> str:
+    """Per label, the mean over all steps and seeds of the loss's own diagnostics: the ratio's range, the fraction of
+    tokens clipped low/high, where TRRD's teacher clamp is active, the per-token KL to the teacher (rlad, kdrl), the
+    gradient norm and the fraction of uniform (skipped) groups. ``-`` where a run does not log the metric."""
+    groups: dict[str, list[RunResult]] = defaultdict(list)
+    for r in results:
+        if r.algorithm != "sft":
+            groups[r.label].append(r)
+    lines = ["| run | " + " | ".join(c for c, _, _ in ACTIVITY_COLUMNS) + " |", "|---|" + "---|" * len(ACTIVITY_COLUMNS)]
+    order = {"grpo": 1, "kdrl": 2, "rlad": 3}
+    for label in sorted(groups, key=lambda lab: (order.get(groups[lab][0].algorithm, 9), -groups[lab][0].alpha)):
+        rows = [m for r in groups[label] for m in r.metrics]
+        cells = []
+        for _, key, fmt in ACTIVITY_COLUMNS:
+            if not key:
+                lo = [m["loss/ratio/min"] for m in rows if "loss/ratio/min" in m]
+                hi = [m["loss/ratio/max"] for m in rows if "loss/ratio/max" in m]
+                cells.append(f"{statistics.fmean(lo):.2f}..{statistics.fmean(hi):.2f}" if lo and hi else "-")
+                continue
+            xs = [float(m[key]) for m in rows if key in m and not math.isnan(float(m[key]))]
+            cells.append(fmt.format(statistics.fmean(xs)) if xs else "-")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def compare_metrics(a: Sequence[dict[str, float]], b: Sequence[dict[str, float]]) -> dict[str, Any]:
     """Per-step comparison of two runs' metrics over the keys both logged (wall-clock and memory keys excluded).
 

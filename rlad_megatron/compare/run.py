@@ -18,9 +18,9 @@ from typing import Any, Callable, Sequence
 
 from rlad_megatron.compare.plan import RunSpec, plan_runs, train_config
 from rlad_megatron.compare.prepare import Prepared, prepare_task
-from rlad_megatron.compare.report import (alpha_one_check, common_start, difficulty_table, format_paired,
-                                          format_table, load_results, paired_differences, plot_learning_curves,
-                                          summarize)
+from rlad_megatron.compare.report import (activity_table, alpha_one_check, common_start, difficulty_table,
+                                          format_paired, format_table, load_results, paired_differences,
+                                          plot_learning_curves, summarize)
 from rlad_megatron.compare.settings import ALGORITHMS, TaskSettings
 
 
@@ -120,6 +120,7 @@ def write_report(s: TaskSettings, task_dir: Path, title: str, reeval: str | None
              "Final accuracy by difficulty (mean over seeds):", "", difficulty_table(results, reference_evals), ""]
     if paired:
         lines += ["Paired by seed against grpo:", "", format_paired(paired), ""]
+    lines += ["How much the clip and teacher terms act (means over steps and seeds):", "", activity_table(results), ""]
     for c in checks:
         lines.append(f"alpha=1.0 vs grpo, seed {c['seed']}: {c['steps']} steps x {c['keys']} metrics, "
                      f"{'identical' if c['identical'] else 'max |diff| %.3g (%s)' % (c['max_abs_diff'], c['worst_key'])}"

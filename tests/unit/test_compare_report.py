@@ -134,3 +134,20 @@ def test_paired_differences_and_difficulty_table() -> None:
     table = difficulty_table(results[:2], {"teacher": {"accuracy": 1.0, "by_difficulty": {"ppl2": 1.0, "ppl3": 0.9}}})
     assert table.splitlines()[0] == "| run | ppl2 | ppl3 |"
     assert "| teacher | 1.000 | 0.900 |" in table and "| grpo | 0.600 | 0.300 |" in table
+
+
+def test_activity_table_averages_over_steps_and_seeds() -> None:
+    from rlad_megatron.compare.report import activity_table
+
+    a = _result("rlad a=0.5", "rlad", 0.5, 0, 0.4, [0.1, 0.2])
+    b = _result("rlad a=0.5", "rlad", 0.5, 1, 0.4, [0.1, 0.2])
+    for run, clamp in ((a, (0.1, 0.2)), (b, (0.3, 0.4))):
+        for m, c in zip(run.metrics, clamp):
+            m.update({"loss/teacher/clamp_frac": c, "loss/ratio/min": 0.5, "loss/ratio/max": 1.5,
+                      "loss/clip/low_frac": 0.01})
+    g = _result("grpo", "grpo", 1.0, 0, 0.4, [0.1])
+    table = activity_table([g, a, b, _result("sft", "sft", 1.0, 0, 0.4, [0.9])])
+    lines = table.splitlines()
+    assert len(lines) == 4  # header, rule, grpo, rlad (sft trains on the teacher's samples: no loss diagnostics)
+    assert lines[2].startswith("| grpo | - | - |")
+    assert lines[3].startswith("| rlad a=0.5 | 0.50..1.50 | 1.00% | - | 25.0% |")
