@@ -13,6 +13,20 @@ from pathlib import Path
 from rlad_megatron.compare.settings import ALGORITHMS, SWEEP_ALPHAS, TASKS, short_settings, task_settings
 
 
+def parse_value(text: str) -> object:
+    """A ``KEY=VALUE`` value: YAML (numbers, booleans, strings), plus ``2e-4``-style floats, which YAML 1.1 reads as
+    strings."""
+    import yaml
+
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m rlad_megatron.compare", description=__doc__.splitlines()[0])
     p.add_argument("--task", choices=TASKS, action="append", help="task(s) to compare (default: both)")
@@ -35,8 +49,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import yaml
-
     from rlad_megatron.compare.run import run_comparison
 
     args = build_parser().parse_args(argv)
@@ -49,13 +61,13 @@ def main(argv: list[str] | None = None) -> int:
             s.rl = dataclasses.replace(s.rl, lr=args.lr)
         if args.rl:
             fields = {f.name for f in dataclasses.fields(s.rl)} - {"loss"}
-            extra = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.rl)}
+            extra = {k: parse_value(v) for k, v in (item.split("=", 1) for item in args.rl)}
             unknown = sorted(set(extra) - fields)
             if unknown:
                 raise SystemExit(f"--rl: unknown field(s) {unknown}; choose from {sorted(fields)}")
             s.rl = dataclasses.replace(s.rl, **extra)
         if args.loss:
-            extra = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.loss)}
+            extra = {k: parse_value(v) for k, v in (item.split("=", 1) for item in args.loss)}
             s.rl = dataclasses.replace(s.rl, loss={**s.rl.loss, **extra})
         summary = run_comparison(s, Path(args.out), seeds=range(args.seeds), sweep_alphas=args.alphas,
                                  sweep_seeds=range(args.sweep_seeds), algorithms=args.algorithms,

@@ -151,3 +151,11 @@ def test_activity_table_averages_over_steps_and_seeds() -> None:
     assert len(lines) == 4  # header, rule, grpo, rlad (sft trains on the teacher's samples: no loss diagnostics)
     assert lines[2].startswith("| grpo | - | - |")
     assert lines[3].startswith("| rlad a=0.5 | 0.50..1.50 | 1.00% | - | 25.0% |")
+
+
+def test_command_line_values_keep_their_types() -> None:
+    from rlad_megatron.compare.__main__ import parse_value
+
+    assert parse_value("2e-4") == pytest.approx(2e-4)  # YAML 1.1 would leave this a string
+    assert parse_value("0.1") == 0.1 and parse_value("32") == 32 and parse_value("true") is True
+    assert parse_value("token-mean") == "token-mean"
