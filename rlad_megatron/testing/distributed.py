@@ -44,12 +44,14 @@ def _tail(path: Path, limit: int = 4000) -> str:
 
 
 def _kill(procs: list[subprocess.Popen]) -> None:
+    # Kill each rank's whole session even when the rank itself has exited: a rank leaves by os._exit, which skips
+    # the atexit shutdown of helper processes it spawned (megatron's dist-checkpoint writer starts a
+    # multiprocessing Manager), and those would otherwise live on as orphans holding ~300 MB each.
     for proc in procs:
-        if proc.poll() is None:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
     for proc in procs:
         try:
             proc.wait(timeout=10)
