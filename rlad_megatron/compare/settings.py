@@ -1,8 +1,9 @@
 """Settings of the small-scale comparison (issue 9): per task, the data, the two tiny models and their supervised
 preparation, the shared RL budget, and the evaluation. One place for every number the comparison uses.
 
-The defaults are sized for a 2-core CPU machine shared with other work (see ``docs/results.md``): the whole
-comparison of both tasks fits in about 40 minutes there. ``CompareSettings.short()`` is the test suite's version.
+The defaults are sized for a 2-core CPU machine (see ``docs/results.md`` for the measured wall times: about half an
+hour for arithmetic, about an hour for compact Knights and Knaves plus its teacher's preparation).
+``short_settings()`` is the test suite's version.
 """
 from __future__ import annotations
 
