@@ -17,6 +17,11 @@ _NOT_COMPARED = ("time/", "memory/")
 _NOT_COMPARED_SUFFIXES = ("_s", "per_s", "seconds", "_ms")
 
 
+def table_order(algorithm: str, alpha: float) -> tuple[int, float]:
+    """Sort key of every table and plot: sft, grpo, kdrl, then rlad by decreasing alpha."""
+    return ({"sft": 0, "grpo": 1, "kdrl": 2, "rlad": 3}.get(algorithm, 9), -alpha)
+
+
 @dataclass
 class RunResult:
     """One finished run: its spec fields, final evaluation and per-step training metrics."""
@@ -106,8 +111,7 @@ def summarize(results: Sequence[RunResult], threshold: float) -> list[dict[str, 
             "steps_to_threshold": statistics.median(reached) if reached else None,
             "reached": f"{len(reached)}/{len(runs)}" if own_rollouts else "n/a",
         })
-    order = {"sft": 0, "grpo": 1, "kdrl": 2, "rlad": 3}
-    return sorted(rows, key=lambda row: (order.get(row["algorithm"], 9), -row["alpha"]))
+    return sorted(rows, key=lambda row: table_order(row["algorithm"], row["alpha"]))
 
 
 def format_table(rows: Sequence[dict[str, Any]], threshold: float,
@@ -146,8 +150,7 @@ def paired_differences(results: Sequence[RunResult], baseline: str = "grpo") -> 
         mean, std = _mean_std(list(diffs.values()))
         rows.append({"label": label, "algorithm": runs[0].algorithm, "alpha": runs[0].alpha, "diffs": diffs,
                      "mean": mean, "std": std, "wins": sum(d > 0 for d in diffs.values())})
-    order = {"sft": 0, "grpo": 1, "kdrl": 2, "rlad": 3}
-    return sorted(rows, key=lambda row: (order.get(row["algorithm"], 9), -row["alpha"]))
+    return sorted(rows, key=lambda row: table_order(row["algorithm"], row["alpha"]))
 
 
 def format_paired(rows: Sequence[dict[str, Any]], baseline: str = "grpo") -> str:
@@ -169,8 +172,7 @@ def difficulty_table(results: Sequence[RunResult], reference: dict[str, dict[str
     for name, ev in (reference or {}).items():
         lines.append(f"| {name} | " + " | ".join(f"{ev.get('by_difficulty', {}).get(k, math.nan):.3f}"
                                                   for k in levels) + " |")
-    order = {"sft": 0, "grpo": 1, "kdrl": 2, "rlad": 3}
-    for label in sorted(groups, key=lambda lab: (order.get(groups[lab][0].algorithm, 9), -groups[lab][0].alpha)):
+    for label in sorted(groups, key=lambda lab: table_order(groups[lab][0].algorithm, groups[lab][0].alpha)):
         cells = []
         for k in levels:
             xs = [float(r.eval["by_difficulty"][k]) for r in groups[label] if k in r.eval.get("by_difficulty", {})]
@@ -200,8 +202,7 @@ def activity_table(results: Sequence[RunResult]) -> str:
         if r.algorithm != "sft":
             groups[r.label].append(r)
     lines = ["| run | " + " | ".join(c for c, _, _ in ACTIVITY_COLUMNS) + " |", "|---|" + "---|" * len(ACTIVITY_COLUMNS)]
-    order = {"grpo": 1, "kdrl": 2, "rlad": 3}
-    for label in sorted(groups, key=lambda lab: (order.get(groups[lab][0].algorithm, 9), -groups[lab][0].alpha)):
+    for label in sorted(groups, key=lambda lab: table_order(groups[lab][0].algorithm, groups[lab][0].alpha)):
         rows = [m for r in groups[label] for m in r.metrics]
         cells = []
         for _, key, fmt in ACTIVITY_COLUMNS:
@@ -272,9 +273,8 @@ def plot_learning_curves(results: Sequence[RunResult], png: Path, title: str, *,
         labels.sort(key=lambda lab: groups[lab][0].alpha if groups[lab][0].algorithm == "rlad" else -1)
     else:
         most = max((len(v) for v in groups.values()), default=0)
-        order = {"sft": 0, "grpo": 1, "kdrl": 2, "rlad": 3}
         labels = sorted((lab for lab in groups if len(groups[lab]) == most),
-                        key=lambda lab: order.get(groups[lab][0].algorithm, 9))
+                        key=lambda lab: table_order(groups[lab][0].algorithm, 0.0))
     fig, (ax_curve, ax_bar) = plt.subplots(1, 2, figsize=(12, 4.2))
     cmap = plt.get_cmap("viridis" if sweep else "tab10")
     for i, label in enumerate(labels):
