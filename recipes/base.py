@@ -1,6 +1,6 @@
 """The shared base of every recipe: a ``Recipe`` is a full ``RunConfig`` plus the node/GPU layout it runs on.
 
-A recipe function (``recipes.logic.logic_qwen3_0p6b``, ...) returns a :class:`Recipe`; ``recipes.executors`` turns
+A recipe function (``recipes.paper.logic_qwen3_0p6b``, ...) returns a :class:`Recipe`; ``recipes.executors`` turns
 it into a NeMo-Run executor and a ``run.Script`` that starts, on every node::
 
     torchrun --nnodes N --nproc-per-node G ... -m rlad_megatron.cli train section.key=value ...
@@ -82,7 +82,7 @@ class Recipe:
         if not overrides:
             return self
         data = apply_overrides(run_config_to_dict(self.config), list(overrides))
-        return dataclasses.replace(self, config=build_config(data))
+        return dataclasses.replace(self, config=run_config_from_dict(data))
 
     def with_layout(self, *, nodes: int | None = None, gpus_per_node: int | None = None) -> "Recipe":
         """A copy on another allocation (checked by :meth:`validate`)."""
@@ -98,38 +98,15 @@ class Recipe:
     def validate(self) -> Placement:
         """Check everything that can be checked on the launching machine; returns the placement.
 
-        FP8's hardware check (CUDA, Transformer Engine) is left to the job itself: the launcher (a login node, a
-        laptop) has neither. Its settings and cross-section rules are checked here.
+        ``RunConfig.validate`` probes no hardware, so this runs on a login node or a laptop; FP8's hardware check
+        (CUDA, Transformer Engine) happens when the job starts (``rlad_megatron.fp8.check_run_hardware``).
         """
-        from rlad_megatron.fp8 import validate_fp8_run
-
-        validate_config(self.config)
-        validate_fp8_run(self.config)
+        self.config.validate()
         return self.placement()
 
     def train_args(self) -> list[str]:
         """The arguments after ``-m rlad_megatron.cli``: ``train`` and the config's non-default overrides."""
         return ["train", *config_overrides(self.config)]
-
-
-def build_config(data: dict[str, Any]) -> RunConfig:
-    """``run_config_from_dict`` without FP8's hardware check (see :meth:`Recipe.validate`)."""
-    data = json.loads(json.dumps(data))  # deep copy of plain values
-    fp8 = data.get("fp8") or {}
-    enabled = fp8.get("enabled", False)
-    if fp8:
-        fp8["enabled"] = False
-    config = run_config_from_dict(data)
-    if enabled not in (True, False):
-        raise ConfigError(f"fp8.enabled: expected true or false, got {enabled!r}")
-    config.fp8.enabled = enabled
-    return config
-
-
-def validate_config(config: RunConfig) -> None:
-    """``RunConfig.validate`` with FP8's hardware check left to the job (see :meth:`Recipe.validate`)."""
-    probe = dataclasses.replace(config, fp8=dataclasses.replace(config.fp8, enabled=False))
-    probe.validate()
 
 
 def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -181,7 +158,7 @@ def config_overrides(config: RunConfig, pinned: tuple[str, ...] = PINNED_KEYS) -
     defaults = _flatten(run_config_to_dict(RunConfig()))
     overrides = [f"{key}={format_value(value)}" for key, value in ours.items()
                  if key in pinned or defaults.get(key) != value]
-    back = _flatten(run_config_to_dict(build_config(apply_overrides({}, list(overrides)))))
+    back = _flatten(run_config_to_dict(run_config_from_dict(apply_overrides({}, list(overrides)))))
     wrong = [key for key in ours if back.get(key) != ours[key]]
     if wrong:  # e.g. the string "true" would come back as a boolean
         key = wrong[0]

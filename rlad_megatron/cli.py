@@ -10,9 +10,11 @@ import sys
 
 def _train(args: argparse.Namespace) -> int:
     from rlad_megatron.config import ConfigError, load_run_config
+    from rlad_megatron.fp8 import check_run_hardware
 
     try:
         config = load_run_config(args.config, args.overrides)
+        check_run_hardware(config)  # job start: validation is pure, what the config asks of this machine is here
     except ConfigError as err:
         print(f"rlad-megatron train: bad configuration: {err}", file=sys.stderr)
         return 2

@@ -188,6 +188,13 @@ class TeacherConfig:
             raise ConfigError(f"teacher.source={self.source!r}: choose 'megatron' or 'vllm'")
 
 
+FP8_FORMATS: tuple[str, ...] = ("e4m3", "hybrid")
+"""megatron-core's ``TransformerConfig.fp8`` values: all-e4m3, or e4m3 forward with e5m2 gradients."""
+
+FP8_RECIPES: tuple[str, ...] = ("delayed", "tensorwise", "mxfp8", "blockwise")
+"""megatron-core's ``Fp8Recipe`` names we expose ('custom' needs a quantizer factory: not exposed)."""
+
+
 @dataclass
 class FP8Settings:
     enabled: bool = False
@@ -200,6 +207,19 @@ class FP8Settings:
     """Keep parameters in FP8 (saves memory; needs the distributed optimizer)."""
     rollout_fp8: bool = False
     """Serve rollouts from vLLM with FP8 weights."""
+
+    def validate(self) -> None:
+        """Names and combinations only: whether FP8 can run on this machine is checked at job start
+        (:func:`rlad_megatron.fp8.check_fp8_available`), so a config validates on a login node or a laptop."""
+        if not isinstance(self.enabled, bool):
+            raise ConfigError(f"fp8.enabled must be true or false, got {self.enabled!r}")
+        if self.format not in FP8_FORMATS:
+            raise ConfigError(f"fp8.format={self.format!r}: choose one of {list(FP8_FORMATS)} "
+                              "('hybrid' = e4m3 forward, e5m2 gradients)")
+        if self.recipe not in FP8_RECIPES:
+            raise ConfigError(f"fp8.recipe={self.recipe!r}: choose one of {list(FP8_RECIPES)}")
+        if self.fp8_params and not self.enabled:
+            raise ConfigError("fp8.fp8_params=true keeps weights in FP8 and needs fp8.enabled=true")
 
 
 @dataclass
@@ -228,17 +248,35 @@ class RunConfig:
                 raise ConfigError(f"{f.name}: {err}") from err
         if self.loss.algorithm in ("rlad", "kdrl") and not self.model.teacher:
             raise ConfigError(f"loss.algorithm={self.loss.algorithm!r} needs model.teacher (a HF directory)")
-        from rlad_megatron.fp8 import check_fp8_available, validate_fp8_run
-
-        try:
-            validate_fp8_run(self)
-            if self.fp8.enabled or self.fp8.rollout_fp8:
-                check_fp8_available(self.fp8)
-        except ConfigError:
-            raise
-        except (ValueError, RuntimeError) as err:
-            raise ConfigError(f"fp8: {err}") from err
+        validate_fp8_run(self)
         return self
+
+
+def validate_fp8_run(config: RunConfig) -> None:
+    """Cross-section checks for FP8 in a whole run (no hardware needed); raises ``ConfigError``.
+
+    - FP8 parameters need bfloat16 model parameters and the distributed optimizer (megatron-core keeps the
+      high-precision main copy in the optimizer's shards and re-quantizes after each step).
+    - FP8 rollouts need a bfloat16 engine and ``rollout.weight_load=vllm_reload``: vLLM quantizes weights once when
+      they are loaded, so copying bf16 tensors into its FP8 parameters in place would be wrong; the layerwise reload
+      runs vLLM's quantization again on every sync.
+    """
+    fp8 = config.fp8
+    fp8.validate()
+    if fp8.fp8_params:
+        if config.model.params_dtype != "bfloat16":
+            raise ConfigError(f"fp8.fp8_params=true needs model.params_dtype=bfloat16, "
+                              f"got {config.model.params_dtype!r}")
+        if not config.optim.use_distributed_optimizer:
+            raise ConfigError("fp8.fp8_params=true needs optim.use_distributed_optimizer=true "
+                              "(the FP8 weights' bf16 main copy lives in the distributed optimizer)")
+    if fp8.rollout_fp8:
+        if config.rollout.dtype != "bfloat16":
+            raise ConfigError(f"fp8.rollout_fp8=true needs rollout.dtype=bfloat16 (vLLM quantizes a bf16 model "
+                              f"to FP8), got {config.rollout.dtype!r}")
+        if config.rollout.weight_load != "vllm_reload":
+            raise ConfigError("fp8.rollout_fp8=true needs rollout.weight_load=vllm_reload: an FP8 engine must "
+                              "re-quantize synced weights, which the in-place copy does not do")
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -9,7 +9,9 @@
 Learner FP8 is Transformer Engine's: megatron-core wraps each TE layer in ``fp8_autocast`` with the recipe built
 from these fields (``megatron.core.fp8_utils.get_fp8_recipe``). Nothing here imports Transformer Engine or vLLM at
 module level; :func:`check_fp8_available` imports TE only when FP8 is asked for, and raises a ``ConfigError`` naming
-what is missing (no CUDA device, no importable TE, too old a GPU) at config time, before any model is built.
+what is missing (no CUDA device, no importable TE, too old a GPU). It runs at job start (:func:`check_run_hardware`,
+before any model is built), not when a config is validated: validation is pure, so a config validates on a
+login node. The FP8 names and cross-section rules live with the settings in :mod:`rlad_megatron.config`.
 """
 from __future__ import annotations
 
@@ -19,13 +21,12 @@ from typing import Any
 
 import torch
 
-from rlad_megatron.config import ConfigError, FP8Settings, RunConfig
+from rlad_megatron.config import FP8_FORMATS, FP8_RECIPES, ConfigError, FP8Settings, RunConfig, validate_fp8_run
 
-FP8_FORMATS: tuple[str, ...] = ("e4m3", "hybrid")
-"""megatron-core's ``TransformerConfig.fp8`` values: all-e4m3, or e4m3 forward with e5m2 gradients."""
-
-FP8_RECIPES: tuple[str, ...] = ("delayed", "tensorwise", "mxfp8", "blockwise")
-"""megatron-core's ``Fp8Recipe`` names we expose ('custom' needs a quantizer factory: not exposed)."""
+__all__ = [
+    "FP8_FORMATS", "FP8_RECIPES", "check_fp8_available", "check_run_hardware", "transformer_config_fp8_kwargs",
+    "validate_fp8_run", "validate_fp8_settings", "vllm_fp8_kwargs",
+]
 
 #: Smallest CUDA compute capability with FP8 tensor cores per recipe (Ada/Hopper; MXFP8 is Blackwell's).
 MIN_CAPABILITY: dict[str, tuple[int, int]] = {
@@ -40,46 +41,19 @@ DELAYED_AMAX_COMPUTE_ALGO = "max"
 
 
 def validate_fp8_settings(settings: FP8Settings) -> FP8Settings:
-    """Check the names and combinations in ``settings`` (no hardware needed). Returns ``settings``.
+    """Check the names and combinations in ``settings`` (no hardware needed; :meth:`FP8Settings.validate`).
 
-    Raises ``ConfigError`` naming the ``fp8.<field>`` key and the accepted values.
+    Raises ``ConfigError`` naming the ``fp8.<field>`` key and the accepted values. Returns ``settings``.
     """
-    if not isinstance(settings.enabled, bool):
-        raise ConfigError(f"fp8.enabled must be true or false, got {settings.enabled!r}")
-    if settings.format not in FP8_FORMATS:
-        raise ConfigError(f"fp8.format={settings.format!r}: choose one of {list(FP8_FORMATS)} "
-                          "('hybrid' = e4m3 forward, e5m2 gradients)")
-    if settings.recipe not in FP8_RECIPES:
-        raise ConfigError(f"fp8.recipe={settings.recipe!r}: choose one of {list(FP8_RECIPES)}")
-    if settings.fp8_params and not settings.enabled:
-        raise ConfigError("fp8.fp8_params=true keeps weights in FP8 and needs fp8.enabled=true")
+    settings.validate()
     return settings
 
 
-def validate_fp8_run(config: RunConfig) -> None:
-    """Cross-section checks for FP8 in a whole run (no hardware needed); raises ``ConfigError``.
-
-    - FP8 parameters need bfloat16 model parameters and the distributed optimizer (megatron-core keeps the
-      high-precision main copy in the optimizer's shards and re-quantizes after each step).
-    - FP8 rollouts need a bfloat16 engine and ``rollout.weight_load=vllm_reload``: vLLM quantizes weights once when
-      they are loaded, so copying bf16 tensors into its FP8 parameters in place would be wrong; the layerwise reload
-      runs vLLM's quantization again on every sync.
-    """
-    fp8 = validate_fp8_settings(config.fp8)
-    if fp8.fp8_params:
-        if config.model.params_dtype != "bfloat16":
-            raise ConfigError(f"fp8.fp8_params=true needs model.params_dtype=bfloat16, "
-                              f"got {config.model.params_dtype!r}")
-        if not config.optim.use_distributed_optimizer:
-            raise ConfigError("fp8.fp8_params=true needs optim.use_distributed_optimizer=true "
-                              "(the FP8 weights' bf16 main copy lives in the distributed optimizer)")
-    if fp8.rollout_fp8:
-        if config.rollout.dtype != "bfloat16":
-            raise ConfigError(f"fp8.rollout_fp8=true needs rollout.dtype=bfloat16 (vLLM quantizes a bf16 model "
-                              f"to FP8), got {config.rollout.dtype!r}")
-        if config.rollout.weight_load != "vllm_reload":
-            raise ConfigError("fp8.rollout_fp8=true needs rollout.weight_load=vllm_reload: an FP8 engine must "
-                              "re-quantize synced weights, which the in-place copy does not do")
+def check_run_hardware(config: RunConfig) -> None:
+    """The job-start check of what a validated config asks of this machine: FP8 needs CUDA (and Transformer
+    Engine for the learner). Raises ``ConfigError``; nothing to check when FP8 is off."""
+    if config.fp8.enabled or config.fp8.rollout_fp8:
+        check_fp8_available(config.fp8)
 
 
 def transformer_config_fp8_kwargs(settings: FP8Settings, *, amax_history_len: int | None = None,

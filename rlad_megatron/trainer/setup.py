@@ -104,6 +104,7 @@ def build_training_setup(config: RunConfig) -> TrainingSetup:
     from transformers import AutoTokenizer
 
     from rlad_megatron import parallel
+    from rlad_megatron.fp8 import check_run_hardware
     from rlad_megatron.data.prompt_dataset import load_prompt_dataset
     from rlad_megatron.data.prompt_stream import PromptStream
     from rlad_megatron.tasks.registry import get_task
@@ -115,6 +116,7 @@ def build_training_setup(config: RunConfig) -> TrainingSetup:
     from rlad_megatron.weight_sync.verify import SyncVerifier, make_probe_batch
 
     c = config
+    check_run_hardware(c)  # validation is pure; what the config asks of this machine is checked here, first
     parallel.initialize_model_parallel(c.parallel.tensor_parallel, c.parallel.pipeline_parallel, seed=c.trainer.seed)
     torch.manual_seed(c.trainer.seed)
     dp_rank, dp_size = ps.get_data_parallel_rank(), ps.get_data_parallel_world_size()
@@ -147,7 +149,7 @@ def build_training_setup(config: RunConfig) -> TrainingSetup:
     dtype = torch.bfloat16 if c.model.params_dtype == "bfloat16" else torch.float32
     from rlad_megatron.fp8 import transformer_config_fp8_kwargs
 
-    # FP8 (Transformer Engine, GPU only; checked at config time) for the student; the frozen teacher stays in
+    # FP8 (Transformer Engine, GPU only; checked at job start above) for the student; the frozen teacher stays in
     # params_dtype so that its log-probs are not quantised.
     fp8 = transformer_config_fp8_kwargs(c.fp8) if c.fp8.enabled else {}
     modules, arch = load_hf_model(c.model.student, trainable=True, params_dtype=dtype,

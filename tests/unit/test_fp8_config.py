@@ -11,6 +11,7 @@ from rlad_megatron.config import ConfigError, FP8Settings, RunConfig, run_config
 from rlad_megatron.fp8 import (
     FP8_RECIPES,
     check_fp8_available,
+    check_run_hardware,
     transformer_config_fp8_kwargs,
     validate_fp8_run,
     validate_fp8_settings,
@@ -136,10 +137,14 @@ def test_unavailable_on_cpu_names_cuda_and_transformer_engine(monkeypatch):
 
 
 @needs_no_cuda
-def test_run_config_validate_rejects_fp8_without_gpu():
+def test_validation_is_pure_and_the_job_start_check_rejects_fp8_without_gpu():
+    """A config asking for FP8 validates anywhere (a login node); the job-start check names the missing GPU."""
+    config = run_config_from_dict({"model": {"student": "/s"}, "data": {"train_files": ["/t.jsonl"]},
+                                   "loss": {"algorithm": "grpo"}, "fp8": {"enabled": True}})
+    assert config.fp8.enabled
     with pytest.raises(ConfigError, match="fp8 is enabled but cannot run here: no CUDA GPU"):
-        run_config_from_dict({"model": {"student": "/s"}, "data": {"train_files": ["/t.jsonl"]},
-                              "loss": {"algorithm": "grpo"}, "fp8": {"enabled": True}})
+        check_run_hardware(config)
+    check_run_hardware(RunConfig())  # FP8 off: nothing to check
 
 
 @needs_no_cuda

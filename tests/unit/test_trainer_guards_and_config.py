@@ -44,11 +44,16 @@ def test_teacher_required_for_distillation() -> None:
     assert load_run_config(None, ["model.student=/s", "data.train_files=a", "loss.algorithm=grpo"])
 
 
-def test_fp8_without_gpu_is_a_config_error() -> None:
+def test_fp8_without_gpu_is_refused_at_job_start(capsys) -> None:
+    """Validation probes no hardware (the config loads on any machine); `train` refuses it before building."""
     if torch.cuda.is_available():
         pytest.skip("has a GPU")
-    with pytest.raises(ConfigError, match="fp8"):
-        load_run_config(None, BASE + ["fp8.enabled=true", "model.params_dtype=bfloat16"])
+    from rlad_megatron.cli import main
+
+    overrides = BASE + ["fp8.enabled=true", "model.params_dtype=bfloat16"]
+    assert load_run_config(None, overrides).fp8.enabled
+    assert main(["train", *overrides]) == 2
+    assert "fp8 is enabled but cannot run here: no CUDA GPU" in capsys.readouterr().err
 
 
 def test_non_finite_guard_stops_after_consecutive_failures() -> None:

@@ -1,0 +1,124 @@
+"""The package's layering: the library imports neither its examples nor its test helpers, and validating a config
+imports and probes no hardware module (so it runs on a login node)."""
+from __future__ import annotations
+
+import ast
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import rlad_megatron
+
+PACKAGE_DIR = Path(rlad_megatron.__file__).resolve().parent
+REPO = PACKAGE_DIR.parent
+#: Code the library must never depend on: the examples, the recipes that launch it, its test helpers.
+FORBIDDEN = ("examples", "recipes", "rlad_megatron.testing", "tests")
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(REPO).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _core_modules() -> list[Path]:
+    """Every module of the package except the test helpers (``rlad_megatron/testing``)."""
+    return sorted(p for p in PACKAGE_DIR.rglob("*.py") if "testing" not in p.relative_to(PACKAGE_DIR).parts[:1])
+
+
+def _imports(path: Path) -> set[str]:
+    """Absolute names of every module ``path`` imports, at any depth (function-level imports too), and every
+    string constant that names a module for ``python -m`` or ``importlib`` (e.g. ``"examples.compare.worker"``)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    package = _module_name(path)
+    if path.name != "__init__.py":
+        package = package.rpartition(".")[0]
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                module = ".".join(base + ([node.module] if node.module else []))
+            else:
+                module = node.module or ""
+            names.add(module)
+            names.update(f"{module}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            text = node.value.split(":")[0]
+            if text.replace(".", "").replace("_", "").isalnum() and "." in text and " " not in text:
+                names.add(text)
+    return names
+
+
+def _forbidden(name: str) -> bool:
+    return any(name == f or name.startswith(f + ".") for f in FORBIDDEN)
+
+
+def test_walker_sees_imports_of_every_kind():
+    """The check below is only as good as this walker: it must see top-level, function-level, relative imports
+    and module names in strings."""
+    loop = _imports(PACKAGE_DIR / "trainer" / "loop.py")
+    assert {"rlad_megatron.config", "rlad_megatron.trainer.observability"} <= loop  # top level, in a function
+    registry = _imports(PACKAGE_DIR / "tasks" / "registry.py")
+    assert "rlad_megatron.tasks.math.task" in registry  # "module:class" strings of import_module
+    assert _forbidden("examples.quickstart") and _forbidden("rlad_megatron.testing.tiny_run")
+    assert not _forbidden("rlad_megatron.tiny.hf_model") and not _forbidden("examples_of_use")
+
+
+def test_core_imports_no_examples_recipes_or_test_helpers():
+    modules = _core_modules()
+    assert len(modules) > 50 and PACKAGE_DIR / "cli.py" in modules
+    assert not any("testing" in p.parts for p in modules)
+    offenders = {
+        str(path.relative_to(REPO)): sorted(n for n in _imports(path) if _forbidden(n)) for path in modules
+    }
+    offenders = {k: v for k, v in offenders.items() if v}
+    assert offenders == {}, f"library modules importing examples / recipes / test helpers: {offenders}"
+
+
+_VALIDATE_SCRIPT = r"""
+import importlib.util, json, sys
+import torch
+
+probed = []
+def _refuse(name):
+    def probe(*args, **kwargs):
+        probed.append(name)
+        raise AssertionError(f"validation probed {name}")
+    return probe
+for name in ("is_available", "device_count", "get_device_capability", "get_device_name"):
+    setattr(torch.cuda, name, _refuse(f"torch.cuda.{name}"))
+real_find_spec = importlib.util.find_spec
+def find_spec(name, *args, **kwargs):
+    if name.split(".")[0] in ("transformer_engine", "vllm", "megatron"):
+        probed.append(f"find_spec({name})")
+    return real_find_spec(name, *args, **kwargs)
+importlib.util.find_spec = find_spec
+
+from rlad_megatron.config import run_config_from_dict
+config = run_config_from_dict({
+    "model": {"student": "/s", "teacher": "/t", "params_dtype": "bfloat16"},
+    "data": {"train_files": ["/t.jsonl"]},
+    "rollout": {"dtype": "bfloat16", "weight_load": "vllm_reload"},
+    "fp8": {"enabled": True, "fp8_params": True, "rollout_fp8": True, "recipe": "blockwise"},
+})
+from recipes import get_recipe
+get_recipe("math_qwen3_8b_base").with_overrides(["fp8.enabled=true"]).validate()
+loaded = sorted(m for m in sys.modules
+                if m.split(".")[0] in ("transformer_engine", "vllm", "megatron") or m == "rlad_megatron.fp8")
+print(json.dumps({"probed": probed, "loaded": loaded, "fp8": config.fp8.enabled}))
+"""
+
+
+def test_validating_a_config_imports_and_probes_no_hardware_module():
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
+    proc = subprocess.run([sys.executable, "-c", _VALIDATE_SCRIPT], capture_output=True, text=True, cwd=REPO,
+                          env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result == {"probed": [], "loaded": [], "fp8": True}
