@@ -246,10 +246,29 @@ class RunConfig:
                 raise
             except ValueError as err:  # sections defined elsewhere raise plain ValueError
                 raise ConfigError(f"{f.name}: {err}") from err
-        if self.loss.algorithm in ("rlad", "kdrl") and not self.model.teacher:
+        if teacher_use(self) != "none" and not self.model.teacher:
             raise ConfigError(f"loss.algorithm={self.loss.algorithm!r} needs model.teacher (a HF directory)")
         validate_fp8_run(self)
         return self
+
+
+TeacherUse = typing.Literal["logprobs", "samples", "none"]
+
+
+def teacher_use(config: RunConfig) -> TeacherUse:
+    """What a run needs its teacher for (the one place of this rule):
+
+    - "logprobs": the loss takes the teacher's per-token log-probs of the student's samples (``teacher_logprobs`` in
+      :func:`rlad_megatron.loss.required_inputs`: rlad, kdrl);
+    - "samples": offline distillation (sft) trains on the teacher's own samples: the rollout engine serves the
+      teacher and receives no weight syncs;
+    - "none": grpo.
+    """
+    from rlad_megatron.loss.policy_loss import required_inputs
+
+    if "teacher_logprobs" in required_inputs(config.loss):
+        return "logprobs"
+    return "samples" if config.loss.algorithm == "sft" else "none"
 
 
 def validate_fp8_run(config: RunConfig) -> None:

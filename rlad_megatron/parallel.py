@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime
 import os
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -32,6 +33,20 @@ def init_distributed(backend: str | None = None, timeout_s: float = 600.0) -> No
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
+
+
+def share_from_one(value: Any, group, *, required: bool = True) -> Any:
+    """The one non-None ``value`` among the ranks of ``group``, on every rank of it (small Python objects)."""
+    if group is None or dist.get_world_size(group) == 1:
+        return value
+    values: list[Any] = [None] * dist.get_world_size(group)
+    dist.all_gather_object(values, value, group=group)
+    found = [v for v in values if v is not None]
+    if not found:
+        if not required:
+            return None
+        raise RuntimeError("share_from_one: no rank of the group provided a value")
+    return found[0]
 
 
 def free_port() -> int:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from rlad_megatron.config import ConfigError, RunConfig
+from rlad_megatron.config import ConfigError, RunConfig, teacher_use
 
 
 class PlacementError(ConfigError):
@@ -94,6 +94,46 @@ class Placement:
         return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class BatchLayout:
+    """How one step's global batch splits over the data-parallel replicas and the updates of a step."""
+
+    dp: int
+    prompts_per_rank: int
+    """``data.prompts_per_step / dp``: whole prompt groups on each replica."""
+    sequences_per_rank: int
+    """``prompts_per_rank x rollout.group_size``."""
+    sequences_per_update: int
+    """``sequences_per_rank / trainer.updates_per_batch``: a whole number of micro-batches."""
+
+
+def batch_layout(config: RunConfig, dp: int) -> BatchLayout:
+    """The one batch arithmetic (prompts / DP x G, split into updates of micro-batches), checked.
+
+    Used by :func:`plan_placement` before launch and by the trainer at start-up with the real DP size. Raises
+    :class:`PlacementError` showing the arithmetic and what to change.
+    """
+    _positive("data-parallel size", dp)
+    prompts, group = config.data.prompts_per_step, config.rollout.group_size
+    micro, updates = config.trainer.micro_batch_size, config.trainer.updates_per_batch
+    if prompts % dp:
+        raise PlacementError(f"data.prompts_per_step={prompts} prompts cannot be shared evenly by DP={dp} replicas "
+                             f"({prompts} / {dp} = {prompts / dp:g}): use a multiple of {dp}")
+    per_rank = prompts // dp
+    if per_rank % updates:
+        raise PlacementError(f"each of the DP={dp} replicas gets {prompts} / {dp} = {per_rank} prompts per step, "
+                             f"which must be a multiple of trainer.updates_per_batch={updates} (each update takes "
+                             "whole groups)")
+    sequences = per_rank * group
+    if sequences % (micro * updates):
+        raise PlacementError(f"each of the DP={dp} replicas trains on {prompts} / {dp} prompts x G={group} = "
+                             f"{sequences} sequences per step, which do not split into "
+                             f"trainer.updates_per_batch={updates} x trainer.micro_batch_size={micro}: choose a "
+                             f"micro-batch size dividing {sequences // updates}")
+    return BatchLayout(dp=dp, prompts_per_rank=per_rank, sequences_per_rank=sequences,
+                       sequences_per_update=sequences // updates)
+
+
 def _positive(name: str, value: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise PlacementError(f"{name} must be an integer >= 1, got {value!r}")
@@ -161,8 +201,8 @@ def plan_placement(config: RunConfig, *, nodes: int, gpus_per_node: int, rollout
         raise PlacementError(f"rollout TP={rollout_tp} would span nodes ({gpus_per_node} GPUs per node): "
                              f"keep engine TP <= {gpus_per_node}")
 
-    teacher_kind = "none" if config.loss.algorithm in ("grpo", "sft") or not config.model.teacher \
-        else config.teacher.source
+    # A teacher of its own only when the loss scores with it (sft's teacher is the rollout engine's model).
+    teacher_kind = config.teacher.source if teacher_use(config) == "logprobs" and config.model.teacher else "none"
     if teacher_gpus and teacher_kind != "vllm":
         raise PlacementError(f"teacher_gpus={teacher_gpus} is only for a vLLM teacher (teacher.source=vllm); "
                              f"this run's teacher is {teacher_kind!r}")
@@ -180,17 +220,8 @@ def plan_placement(config: RunConfig, *, nodes: int, gpus_per_node: int, rollout
                              "learner GPUs or change TP/PP")
     dp = learner // per_replica
 
+    batch_layout(config, dp)
     prompts = config.data.prompts_per_step
-    if prompts % dp:
-        raise PlacementError(f"data.prompts_per_step={prompts} prompts cannot be shared evenly by DP={dp} replicas "
-                             f"({prompts} / {dp} = {prompts / dp:g}): use a multiple of {dp}")
-    per_rank = prompts // dp * config.rollout.group_size
-    micro, updates = config.trainer.micro_batch_size, config.trainer.updates_per_batch
-    if per_rank % (micro * updates):
-        raise PlacementError(f"each of the DP={dp} replicas trains on {prompts} / {dp} prompts x "
-                             f"G={config.rollout.group_size} = {per_rank} sequences per step, which do not split into "
-                             f"trainer.updates_per_batch={updates} x trainer.micro_batch_size={micro}: choose a "
-                             f"micro-batch size dividing {per_rank // updates if per_rank % updates == 0 else per_rank}")
     num_engines = dp if colocated else rollout_gpus // rollout_tp
     if not colocated and prompts % num_engines:
         raise PlacementError(f"data.prompts_per_step={prompts} prompts cannot be shared evenly by {num_engines} "

@@ -12,16 +12,18 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from rlad_megatron.config import RunConfig, run_config_to_dict
+from rlad_megatron.config import RunConfig, run_config_to_dict, teacher_use
 from rlad_megatron.learner.policy import MegatronPolicy
 from rlad_megatron.learner.sequences import SequenceBatch
-from rlad_megatron.loss import Denominators, MetricAccumulator, compute_policy_loss, local_denominators
+from rlad_megatron.loss import Denominators, MetricAccumulator, compute_policy_loss, local_denominators, required_inputs
+from rlad_megatron.loss.tis import tis_weights
 from rlad_megatron.rollout.base import SamplingSettings
 from rlad_megatron.trainer.periodic_eval import evaluate_now, load_eval_examples
 from rlad_megatron.trainer.guards import NonFiniteStepGuard, TrainingStopped
-from rlad_megatron.trainer.rollouts import generate_and_score, share_from_one, to_sequence_batch
-from rlad_megatron.trainer.setup import TrainingSetup, build_training_setup
-from rlad_megatron.loss.tis import tis_weights
+from rlad_megatron.parallel import share_from_one
+from rlad_megatron.trainer.rollouts import generate_and_score, to_sequence_batch
+from rlad_megatron.trainer.observability import MetricsLogger
+from rlad_megatron.trainer.setup import Components, build_components
 from rlad_megatron.trainer.state import latest_checkpoint, load_trainer_checkpoint, save_trainer_checkpoint
 
 
@@ -65,14 +67,16 @@ def _reduce_metrics(acc: MetricAccumulator, has_values: bool, group) -> dict[str
 class Trainer:
     def __init__(self, config: RunConfig, *, resume: bool = False) -> None:
         self.config = config
-        self.setup: TrainingSetup = build_training_setup(config)
+        self.parts: Components = build_components(config)
+        self.needs = required_inputs(config.loss)
+        """The loss's inputs besides the student's log-probs: the step computes exactly these."""
         self.step = 0
         self.weight_version = 0
         self.non_finite = NonFiniteStepGuard(
             config.trainer.max_consecutive_bad_steps,
             f" The last good checkpoint is under {config.trainer.output_dir}/checkpoints.",
         )
-        s = self.setup
+        s = self.parts
         rank0 = dist.get_rank() == 0
         if resume:
             folder = latest_checkpoint(s.checkpoint_dir)
@@ -80,21 +84,18 @@ class Trainer:
                 if rank0:
                     print(f"[rlad] --resume: no checkpoint under {s.checkpoint_dir}; starting at step 0", flush=True)
             else:
-                state = load_trainer_checkpoint(folder, s.student.chunks, s.student.optimizer)
+                state = load_trainer_checkpoint(folder, s.student.policy.chunks, s.student.policy.optimizer)
                 self.step = state["step"]
                 s.prompts.load_state_dict(state["data"])
                 if rank0:
                     print(f"[rlad] resumed from {folder} at step {self.step}", flush=True)
-        from rlad_megatron.trainer.observability import MetricsLogger
-
         self.eval_examples = load_eval_examples(config, s.task, s.tokenizer)
-
-        s.logger = MetricsLogger(s.output_dir, config.trainer.steps, start_step=self.step, enabled=rank0)
+        self.logger = MetricsLogger(s.output_dir, config.trainer.steps, start_step=self.step, enabled=rank0)
         self._sync_weights()  # the engine starts from the HF files: make it serve the learner's weights
 
     # ---------------------------------------------------------------------------------------------------------
     def fit(self) -> dict[str, float]:
-        cfg, s = self.config, self.setup
+        cfg, s = self.config, self.parts
         last: dict[str, float] = {}
         try:
             while self.step < cfg.trainer.steps:
@@ -102,14 +103,15 @@ class Trainer:
                 self.step += 1
                 if self._eval_due():
                     last.update(evaluate_now(cfg, s.engine, s.task, s.tokenizer, self.eval_examples, self.step))
-                s.logger.log(self.step, last)
+                self.logger.log(self.step, last)
                 if cfg.trainer.save_every and self.step % cfg.trainer.save_every == 0:
                     self.save()
             if not cfg.trainer.save_every or self.step % cfg.trainer.save_every:
                 self.save()
             if cfg.trainer.export_hf:
-                s.export_student(s.output_dir / "hf")
+                s.student.export(s.output_dir / "hf")
         finally:
+            self.logger.close()
             s.close()
         return last
 
@@ -120,9 +122,9 @@ class Trainer:
         return self.step == self.config.trainer.steps or bool(every and self.step % every == 0)
 
     def save(self) -> None:
-        s = self.setup
+        s = self.parts
         save_trainer_checkpoint(
-            s.checkpoint_dir, self.step, s.student.chunks, s.student.optimizer,
+            s.checkpoint_dir, self.step, s.student.policy.chunks, s.student.policy.optimizer,
             {"data": s.prompts.state_dict(), "weight_version": self.weight_version,
              "config": run_config_to_dict(self.config)},
             keep=self.config.trainer.keep_checkpoints,
@@ -130,7 +132,7 @@ class Trainer:
 
     # ---------------------------------------------------------------------------------------------------------
     def train_step(self) -> dict[str, float]:
-        cfg, s = self.config, self.setup
+        cfg, s = self.config, self.parts
         times: dict[str, float] = {}
         step_start = time.perf_counter()
 
@@ -152,21 +154,23 @@ class Trainer:
 
         batch, metrics = to_sequence_batch(
             rollouts, pad_id=s.pad_id, skip_uniform_groups=cfg.trainer.skip_uniform_groups,
-            only_correct=cfg.loss.algorithm == "sft",
+            only_correct=teacher_use(cfg) == "samples",  # offline distillation: the teacher's correct samples
         )
         metrics = self._average_over_dp(metrics)
 
+        # Exactly the inputs the loss asks for (loss.required_inputs), nothing more.
         t = time.perf_counter()
-        if s.teacher is not None and cfg.loss.algorithm in ("rlad", "kdrl"):
-            batch.teacher_logprobs = s.teacher_logprobs(batch)
+        if "teacher_logprobs" in self.needs:
+            batch.teacher_logprobs = s.teacher.token_logprobs(batch)
         times["time/teacher"] = time.perf_counter() - t
 
-        if s.reference is not None:  # the frozen initial student, for the reference-KL term (loss.kl_beta > 0)
-            batch.ref_logprobs = s.reference.token_logprobs(batch, cfg.trainer.micro_batch_size)
+        if "ref_logprobs" in self.needs:  # the frozen initial student, for the reference-KL term
+            batch.ref_logprobs = s.reference.token_logprobs(batch)
 
         t = time.perf_counter()
-        if cfg.trainer.updates_per_batch > 1 and cfg.loss.algorithm != "sft":
-            batch.old_logprobs = s.student.token_logprobs(batch, cfg.trainer.micro_batch_size)
+        if "old_logprobs" in self.needs and cfg.trainer.updates_per_batch > 1:
+            # With one update per batch the old policy is the current one: the loss takes logprobs.detach().
+            batch.old_logprobs = s.student.policy.token_logprobs(batch, cfg.trainer.micro_batch_size)
         times["time/old_logprobs"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -205,8 +209,8 @@ class Trainer:
     def _update_policy(self, batch: SequenceBatch) -> dict[str, float]:
         from megatron.core import parallel_state as ps
 
-        cfg, s = self.config, self.setup
-        s.student.set_lr(lr_at(self.step, cfg))
+        cfg, s, needs = self.config, self.parts, self.needs
+        s.student.policy.set_lr(lr_at(self.step, cfg))
         progress = self.step / max(1, cfg.trainer.steps - 1)
         updates = cfg.trainer.updates_per_batch
         group = cfg.rollout.group_size
@@ -224,9 +228,11 @@ class Trainer:
                 continue
 
             def loss_fn(logprobs, entropy, mb: SequenceBatch):
-                old = mb.old_logprobs if mb.old_logprobs is not None else logprobs.detach()
+                old = None
+                if "old_logprobs" in needs:
+                    old = mb.old_logprobs if mb.old_logprobs is not None else logprobs.detach()
                 weights = None
-                if cfg.rollout.tis_cap is not None and cfg.loss.algorithm != "sft":
+                if cfg.rollout.tis_cap is not None and old is not None:  # TIS corrects the old policy's samples
                     weights = tis_weights(old, mb.engine_logprobs, cfg.rollout.tis_cap)
                 loss, stats = compute_policy_loss(
                     cfg.loss, logprobs=logprobs, mask=mb.loss_mask, denominators=denominators,
@@ -236,7 +242,7 @@ class Trainer:
                 )
                 return loss, stats
 
-            result = s.student.train_step(mini, loss_fn, cfg.trainer.micro_batch_size)
+            result = s.student.policy.train_step(mini, loss_fn, cfg.trainer.micro_batch_size)
             for stats in result.metrics:
                 acc.add(stats)
             if result.applied:
@@ -251,18 +257,16 @@ class Trainer:
         skipped = updates - applied - empty
         out["optim/skipped_updates"] = float(skipped)
         if skipped:
-            s.logger.note(f"step {self.step}: {skipped} update(s) skipped (non-finite loss or gradient)")
+            self.logger.note(f"step {self.step}: {skipped} update(s) skipped (non-finite loss or gradient)")
         self.non_finite.record(self.step, skipped)
         return out
 
     def _sync_weights(self) -> dict[str, float]:
-        s = self.setup
+        s = self.parts
         if s.synchronizer is None:  # sft: the engine serves the teacher
             return {}
         self.weight_version += 1
-        verify = self.config.rollout.verify_every and self.weight_version % self.config.rollout.verify_every == 0
-        s.synchronizer.verifier = s.verifier if verify else None
-        metrics = s.synchronizer.sync(s.student_modules, s.arch, self.weight_version)
+        metrics = s.synchronizer.sync(s.student.modules, s.student.arch, self.weight_version)
         return share_from_one(metrics or None, s.model_parallel_group, required=False) or {}
 
 

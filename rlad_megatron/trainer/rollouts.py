@@ -6,25 +6,10 @@ import dataclasses
 from typing import Any, Sequence
 
 import torch
-import torch.distributed as dist
 
 from rlad_megatron.learner.sequences import SequenceBatch, pack_sequences
 from rlad_megatron.loss import group_advantages
 from rlad_megatron.rollout.base import SamplingSettings
-
-
-def share_from_one(value: Any, group, *, required: bool = True) -> Any:
-    """The one non-None ``value`` among the ranks of ``group``, on every rank of it (small Python objects)."""
-    if group is None or dist.get_world_size(group) == 1:
-        return value
-    values: list[Any] = [None] * dist.get_world_size(group)
-    dist.all_gather_object(values, value, group=group)
-    found = [v for v in values if v is not None]
-    if not found:
-        if not required:
-            return None
-        raise RuntimeError("share_from_one: no rank of the group provided a value")
-    return found[0]
 
 
 @dataclasses.dataclass

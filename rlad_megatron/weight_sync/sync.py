@@ -61,7 +61,8 @@ class WeightSynchronizer:
         transport: this rank's transport (``InProcessTransport`` / ``TorchDistTransport``), or None on the ranks
             of the model-parallel group that do not hold the engine.
         bucket_bytes: most bytes of gathered tensors held (and sent) at a time.
-        verifier: checks the engine after each sync (None: no verification; not recommended).
+        verifier: checks the engine after a sync (None: no verification; not recommended).
+        verify_every: verify after every N-th sync version (1: every sync; 0: never, even with a verifier).
         model_parallel_group: the group the outcome is shared over (default: Megatron's model-parallel group when
             it is initialised and has more than one rank).
         gather: how the TP shards reach the engine rank. "collective": ``iter_hf_tensors`` (gather over the process
@@ -75,6 +76,7 @@ class WeightSynchronizer:
         *,
         bucket_bytes: int = 128 << 20,
         verifier: SyncVerifier | None = None,
+        verify_every: int = 1,
         model_parallel_group=None,
         gather: str = "auto",
     ) -> None:
@@ -82,9 +84,12 @@ class WeightSynchronizer:
             raise ValueError(f"WeightSynchronizer: gather={gather!r}: choose 'auto', 'collective' or 'shm'")
         if bucket_bytes <= 0:
             raise ValueError(f"WeightSynchronizer: bucket_bytes must be positive, got {bucket_bytes}")
+        if verify_every < 0:
+            raise ValueError(f"WeightSynchronizer: verify_every must be >= 0, got {verify_every}")
         self.transport = transport
         self.bucket_bytes = bucket_bytes
         self.verifier = verifier
+        self.verify_every = verify_every
         self._group = model_parallel_group
         self.last_version = 0
         self.gather = gather
@@ -156,7 +161,7 @@ class WeightSynchronizer:
                 "sync/buckets": float(buckets),
                 "sync/tensors": float(stream.tensors),
             }
-        if self.verifier is not None:
+        if self.verifier is not None and self.verify_every and version % self.verify_every == 0:
             try:
                 checked = self.verifier.check(version)
             except WeightSyncError as exc:

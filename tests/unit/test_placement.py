@@ -134,3 +134,22 @@ def test_sequences_per_replica_must_split_into_micro_batches():
         plan_placement(cfg, nodes=1, gpus_per_node=8)
     cfg.trainer.micro_batch_size, cfg.trainer.updates_per_batch = 16, 4
     assert plan_placement(cfg, nodes=1, gpus_per_node=8).dp == 8
+
+
+def test_batch_layout_is_the_one_batch_arithmetic():
+    from rlad_megatron.config import RunConfig
+    from rlad_megatron.placement import batch_layout
+
+    config = RunConfig()
+    config.data.prompts_per_step, config.rollout.group_size = 32, 8
+    config.trainer.micro_batch_size, config.trainer.updates_per_batch = 16, 2
+    layout = batch_layout(config, 4)
+    assert (layout.prompts_per_rank, layout.sequences_per_rank, layout.sequences_per_update) == (8, 64, 32)
+    with pytest.raises(PlacementError, match=r"prompts_per_step=32 prompts cannot be shared evenly by DP=3"):
+        batch_layout(config, 3)
+    with pytest.raises(PlacementError, match=r"gets 32 / 16 = 2 prompts .* multiple of trainer.updates_per_batch=4"):
+        config.trainer.updates_per_batch = 4
+        batch_layout(config, 16)
+    config.trainer.updates_per_batch, config.trainer.micro_batch_size = 2, 48
+    with pytest.raises(PlacementError, match=r"64 sequences per step, which do not split .* dividing 32"):
+        batch_layout(config, 4)

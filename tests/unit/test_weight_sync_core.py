@@ -125,3 +125,18 @@ def test_synchronizer_argument_checks():
         WeightSynchronizer(None, gather="nccl")
     with pytest.raises(ValueError, match="max_abs_tol"):
         SyncVerifier(None, _learner({"w": 0}), make_probe_batch(5, length=6), max_abs_tol=0)
+
+
+def test_synchronizer_verifies_every_nth_version_only():
+    from rlad_megatron.weight_sync.inprocess import InProcessTransport
+
+    engine, state = _FakeEngine(), {"w": 0.5}
+    verifier = SyncVerifier(engine, _learner(state), make_probe_batch(20, num_sequences=2, length=6))
+    sync = WeightSynchronizer(InProcessTransport(engine), verifier=verifier, verify_every=2)
+    checked = [("sync/logprob_max_abs" in sync.sync_stream(iter([("w", torch.tensor(0.5))]), v)) for v in (1, 2, 3, 4)]
+    assert checked == [False, True, False, True]
+    never = WeightSynchronizer(InProcessTransport(engine), verifier=verifier, verify_every=0)
+    state["w"] = 0.9  # the engine would disagree, but nothing is checked
+    assert "sync/logprob_max_abs" not in never.sync_stream(iter([("w", torch.tensor(0.5))]), 5)
+    with pytest.raises(ValueError, match="verify_every must be >= 0"):
+        WeightSynchronizer(None, verify_every=-1)
