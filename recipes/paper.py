@@ -40,12 +40,12 @@ QWEN3_SHAPES: dict[str, ModelShape] = {
     }.items()
 }
 
-ALGORITHMS: tuple[str, ...] = ("rlad", "grpo", "kdrl")
+PAPER_ALGORITHMS: tuple[str, ...] = ("rlad", "grpo", "kdrl")
 
 
 def _loss(algorithm: str) -> LossConfig:
-    if algorithm not in ALGORITHMS:
-        raise ValueError(f"algorithm={algorithm!r}: the paper recipes come as {list(ALGORITHMS)}")
+    if algorithm not in PAPER_ALGORITHMS:
+        raise ValueError(f"algorithm={algorithm!r}: the paper recipes come as {list(PAPER_ALGORITHMS)}")
     # rlad: TRRD with alpha 0.5 and the App. B clamp c=1; kdrl: GRPO + reverse KL annealed 5e-3 -> 1e-3 (KDRL).
     return LossConfig(algorithm=algorithm, alpha=0.5, eps_low=0.20, eps_high=0.28, teacher_log_ratio_clip=1.0,
                       aggregation="seq-mean-token-mean", kd_beta=5e-3, kd_beta_final=1e-3,

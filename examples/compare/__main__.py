@@ -10,7 +10,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from examples.compare.settings import ALGORITHMS, SWEEP_ALPHAS, TASKS, short_settings, task_settings
+from examples.compare.settings import COMPARED_ALGORITHMS, SWEEP_ALPHAS, TASKS, short_settings, task_settings
 
 DEFAULT_TASKS: tuple[str, ...] = ("arithmetic", "knights_knaves_compact")
 
@@ -37,11 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=3, help="seeds of the main comparison (0..N-1)")
     p.add_argument("--sweep-seeds", type=int, default=1, help="seeds of each alpha-sweep point (0..N-1)")
     p.add_argument("--alphas", type=float, nargs="*", default=list(SWEEP_ALPHAS), help="alpha sweep points")
-    p.add_argument("--algorithms", nargs="+", choices=ALGORITHMS, default=list(ALGORITHMS))
+    p.add_argument("--algorithms", nargs="+", choices=COMPARED_ALGORITHMS, default=list(COMPARED_ALGORITHMS))
     p.add_argument("--steps", type=int, default=None, help="override the task's RL steps")
     p.add_argument("--lr", type=float, default=None, help="override the task's RL learning rate")
     p.add_argument("--rl", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="override fields of the task's RL budget (compare.settings.RLBudget), e.g. prompts_per_step=32")
+                   help="override fields of the task's RL budget (recipes.small.SmallRun), e.g. prompts_per_step=32")
     p.add_argument("--loss", nargs="*", default=[], metavar="KEY=VALUE",
                    help="extra loss.* settings for every run, e.g. teacher_log_ratio_clip=2.0")
     p.add_argument("--reeval-k", type=int, default=None,

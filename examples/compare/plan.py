@@ -1,4 +1,4 @@
-"""The list of runs of a comparison and each run's trainer config.
+"""The list of runs of a comparison and each run's trainer config (through :func:`recipes.small.small_run_config`).
 
 A run is (task, algorithm, alpha, seed). Every run of a task has the same student initialisation, teacher, data,
 rollout budget (steps x prompts_per_step x group_size), optimiser and loss settings; only ``loss.algorithm``,
@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from examples.compare.prepare import Prepared
-from examples.compare.settings import ALGORITHMS, TaskSettings
+from examples.compare.settings import COMPARED_ALGORITHMS, TaskSettings
+from recipes.small import small_run_config
+from rlad_megatron.config import RunConfig
 
 
 @dataclass(frozen=True)
@@ -35,14 +37,14 @@ class RunSpec:
         return f"rlad a={self.alpha:g}" if self.algorithm == "rlad" else self.algorithm
 
 
-def plan_runs(task: str, *, seeds: Sequence[int], algorithms: Sequence[str] = ALGORITHMS, alpha: float = 0.5,
+def plan_runs(task: str, *, seeds: Sequence[int], algorithms: Sequence[str] = COMPARED_ALGORITHMS, alpha: float = 0.5,
               sweep_alphas: Sequence[float] = (), sweep_seeds: Sequence[int] = ()) -> list[RunSpec]:
     """The main comparison (``algorithms`` x ``seeds``, rlad at ``alpha``) then the sweep (rlad at each of
     ``sweep_alphas`` x ``sweep_seeds``), without duplicates, in a stable order."""
     runs: list[RunSpec] = []
     for algorithm in algorithms:
-        if algorithm not in ALGORITHMS:
-            raise ValueError(f"unknown algorithm {algorithm!r}; choose from {list(ALGORITHMS)}")
+        if algorithm not in COMPARED_ALGORITHMS:
+            raise ValueError(f"unknown algorithm {algorithm!r}; choose from {list(COMPARED_ALGORITHMS)}")
         for seed in seeds:
             runs.append(RunSpec(task, algorithm, alpha if algorithm == "rlad" else 1.0, seed))
     for a in sweep_alphas:
@@ -54,19 +56,8 @@ def plan_runs(task: str, *, seeds: Sequence[int], algorithms: Sequence[str] = AL
     return [r for r in runs if not (r in seen or seen.add(r))]
 
 
-def train_config(run: RunSpec, s: TaskSettings, prepared: Prepared, output_dir: Path) -> dict[str, Any]:
-    """The trainer's config (sections of :class:`rlad_megatron.config.RunConfig`) for one run, TP=1."""
-    rl = s.rl
-    return {
-        "model": {"student": str(prepared.student), "teacher": str(prepared.teacher), "params_dtype": "float32"},
-        "parallel": {"tensor_parallel": 1},
-        "rollout": {"group_size": rl.group_size, "temperature": rl.temperature, "max_new_tokens": rl.max_new_tokens,
-                    "dtype": "float32", "kv_cache_mb": rl.kv_cache_mb, "placement": "colocated"},
-        "data": {"task": s.task, "train_files": [str(prepared.files.train)], "prompts_per_step": rl.prompts_per_step,
-                 "max_prompt_tokens": rl.max_prompt_tokens},
-        "optim": {"lr": rl.lr, "min_lr": rl.lr / 10, "warmup_steps": rl.warmup_steps, "clip_grad": 1.0},
-        "loss": {**rl.loss, "algorithm": run.algorithm, **({"alpha": run.alpha} if run.algorithm == "rlad" else {})},
-        "trainer": {"steps": rl.steps, "micro_batch_size": rl.micro_batch_size,
-                    "updates_per_batch": rl.updates_per_batch, "output_dir": str(output_dir), "export_hf": True,
-                    "seed": run.seed},
-    }
+def comparison_run_config(run: RunSpec, s: TaskSettings, prepared: Prepared, output_dir: Path) -> RunConfig:
+    """The trainer's (validated) config for one run: the task's RL budget with the run's algorithm, alpha, seed."""
+    return small_run_config(s.rl, task=s.task, student=str(prepared.student), teacher=str(prepared.teacher),
+                            train_files=[str(prepared.files.train)], output_dir=str(output_dir), seed=run.seed,
+                            algorithm=run.algorithm, alpha=run.alpha)

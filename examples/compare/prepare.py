@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from examples.compare.settings import TaskSettings
 from examples.quickstart.prepare import DataFiles, read_records
-from examples.quickstart.settings import EvalSettings as QuickEval
+from examples.quickstart.settings import QuickstartEval
 from examples.quickstart.settings import ModelSettings, QuickstartSettings, settings_hash
 
 MARKER = "compare_model.json"
@@ -39,7 +39,7 @@ class Prepared:
 def quickstart_view(s: TaskSettings) -> QuickstartSettings:
     """The task's settings as the quickstart's, so that its preparation functions (and cache keys) apply."""
     return QuickstartSettings(data=s.data, teacher=s.teacher, student=s.student,
-                              eval=QuickEval(k=s.eval.k, temperature=s.eval.temperature, top_p=s.eval.top_p),
+                              eval=QuickstartEval(k=s.eval.k, temperature=s.eval.temperature, top_p=s.eval.top_p),
                               torch_threads=1, prep_eval_prompts=min(200, s.eval.limit))
 
 

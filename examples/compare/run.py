@@ -16,12 +16,13 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from examples.compare.plan import RunSpec, plan_runs, train_config
+from examples.compare.plan import RunSpec, comparison_run_config, plan_runs
 from examples.compare.prepare import Prepared, prepare_task
 from examples.compare.report import (activity_table, alpha_one_check, common_start, difficulty_table,
                                      format_paired, format_table, load_results, paired_differences,
                                      plot_learning_curves, summarize)
-from examples.compare.settings import ALGORITHMS, TaskSettings
+from examples.compare.settings import COMPARED_ALGORITHMS, TaskSettings
+from rlad_megatron.config import run_config_to_dict
 
 #: The folder holding the ``examples`` package.
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -47,8 +48,9 @@ def build_jobs(s: TaskSettings, prepared: Prepared, runs: Sequence[RunSpec], tas
     ]
     for run in runs:
         out_dir = task_dir / "runs" / run.name
+        config = run_config_to_dict(comparison_run_config(run, s, prepared, out_dir / "train"))
         jobs.append({"name": f"{s.task}/{run.name}", "out_dir": str(out_dir),
-                     "config": train_config(run, s, prepared, out_dir / "train"), "eval": eval_spec(s, prepared),
+                     "config": config, "eval": eval_spec(s, prepared),
                      "meta": {"label": run.label, "algorithm": run.algorithm, "alpha": run.alpha,
                               "seed": run.seed}})
     return jobs
@@ -142,7 +144,7 @@ def write_report(s: TaskSettings, task_dir: Path, title: str, reeval: str | None
 
 
 def run_comparison(s: TaskSettings, out_root: Path, *, seeds: Sequence[int], sweep_alphas: Sequence[float],
-                   sweep_seeds: Sequence[int], algorithms: Sequence[str] = ALGORITHMS, alpha: float = 0.5,
+                   sweep_seeds: Sequence[int], algorithms: Sequence[str] = COMPARED_ALGORITHMS, alpha: float = 0.5,
                    timeout_s: float | None = None, reeval_k: int | None = None,
                    log: Callable[[str], None] = _say) -> dict[str, Any]:
     """Prepare, run and report one task under ``out_root/<task>``; returns the summary (also ``summary.json``).

@@ -12,42 +12,29 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from examples.quickstart.settings import DataSettings, ModelSettings
+from recipes.small import SmallRun
 
 #: The four algorithms of the paper's comparison, in the order the table lists them.
-ALGORITHMS: tuple[str, ...] = ("sft", "grpo", "kdrl", "rlad")
+COMPARED_ALGORITHMS: tuple[str, ...] = ("sft", "grpo", "kdrl", "rlad")
 #: The alpha sweep (alpha = weight on the old student; 1.0 must reproduce grpo).
 SWEEP_ALPHAS: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9, 1.0)
 TASKS: tuple[str, ...] = ("arithmetic", "knights_knaves_compact", "knights_knaves")
 
 
-@dataclass
-class RLBudget:
-    """What every algorithm gets: the same rollouts per step, steps, optimiser and loss settings (except the
-    algorithm and alpha)."""
-
-    steps: int = 30
-    """Rollout batches (= weight syncs) per run."""
-    prompts_per_step: int = 8
-    group_size: int = 8
-    """G responses per prompt; rollouts per run = steps * prompts_per_step * group_size."""
-    updates_per_batch: int = 2
-    """Optimizer steps per rollout batch (> 1 makes pi_old differ from the current policy, so the clip acts)."""
-    micro_batch_size: int = 32
-    lr: float = 1e-4
-    warmup_steps: int = 0
-    """Linear learning-rate warm-up steps (then cosine to lr / 10)."""
-    """Measured (docs/results.md): 3e-4 lowered the arithmetic student's accuracy within 30 steps for grpo and
-    rlad alike; the quickstart's 1e-3 collapsed it."""
-    temperature: float = 1.0
-    max_new_tokens: int = 48
-    max_prompt_tokens: int = 32
-    kv_cache_mb: int = 64
-    loss: dict[str, Any] = field(default_factory=dict)
-    """Extra ``loss.*`` keys applied to every run (e.g. ``{"teacher_log_ratio_clip": 2.0}``)."""
+def rl_budget(**fields: Any) -> SmallRun:
+    """What every algorithm of a task gets: the same rollouts per step, steps, optimiser and loss settings (all
+    but the algorithm and alpha), as a :class:`recipes.small.SmallRun` with the comparison's defaults: 30 steps of
+    8 prompts x G=8, two updates per batch (so that pi_old differs from the current policy and the clip acts),
+    micro-batches of 32, lr 1e-4 without warm-up. Measured (docs/results.md): 3e-4 lowered the arithmetic
+    student's accuracy within 30 steps for grpo and rlad alike; the quickstart's 1e-3 collapsed it."""
+    defaults: dict[str, Any] = dict(steps=30, prompts_per_step=8, group_size=8, updates_per_batch=2,
+                                    micro_batch_size=32, lr=1e-4, warmup_steps=0, max_new_tokens=48,
+                                    max_prompt_tokens=32, kv_cache_mb=64, tensor_parallel=1, nproc=1)
+    return SmallRun(**{**defaults, **fields})
 
 
 @dataclass
-class EvalSettings:
+class ComparisonEval:
     limit: int = 200
     """Test prompts evaluated per final student."""
     k: int = 1
@@ -66,8 +53,8 @@ class TaskSettings:
     data: DataSettings
     teacher: ModelSettings
     student: ModelSettings
-    rl: RLBudget
-    eval: EvalSettings = field(default_factory=EvalSettings)
+    rl: SmallRun
+    eval: ComparisonEval = field(default_factory=ComparisonEval)
     threshold_gain: float = 0.10
     """Steps-to-threshold: first step whose 5-step moving average of the rollouts' accuracy reaches the common
     start (mean step-1 accuracy of all runs of the task; they share the student) plus this gain."""
@@ -88,7 +75,7 @@ def arithmetic_settings() -> TaskSettings:
                             init_seed=1, sft_steps=400, sft_batch_size=32, sft_lr=3e-3, sft_seed=1)
     # 100 steps: at 30 the algorithms end within the seed-to-seed noise of each other (docs/results.md).
     return TaskSettings("arithmetic", data, teacher, student,
-                        RLBudget(steps=100, max_new_tokens=47, max_prompt_tokens=32))
+                        rl_budget(steps=100, max_new_tokens=47, max_prompt_tokens=32))
 
 
 def knights_knaves_settings() -> TaskSettings:
@@ -105,9 +92,9 @@ def knights_knaves_settings() -> TaskSettings:
     student = ModelSettings(num_layers=2, hidden_size=64, intermediate_size=128, num_heads=2, num_kv_heads=2,
                             init_seed=1, sft_steps=40, sft_batch_size=16, sft_lr=2e-3, sft_seed=1)
     # One prompt per step allows one update per batch only (each update takes whole groups).
-    rl = RLBudget(steps=12, prompts_per_step=1, group_size=4, updates_per_batch=1, micro_batch_size=4,
-                  max_new_tokens=128, max_prompt_tokens=880)  # 880 + 128 + 8 <= 1024 positions
-    return TaskSettings("knights_knaves", data, teacher, student, rl, eval=EvalSettings(limit=90, max_num_seqs=4),
+    rl = rl_budget(steps=12, prompts_per_step=1, group_size=4, updates_per_batch=1, micro_batch_size=4,
+                   max_new_tokens=128, max_prompt_tokens=880)  # 880 + 128 + 8 <= 1024 positions
+    return TaskSettings("knights_knaves", data, teacher, student, rl, eval=ComparisonEval(limit=90, max_num_seqs=4),
                         max_position_embeddings=1024)
 
 
@@ -121,9 +108,9 @@ def knights_knaves_compact_settings() -> TaskSettings:
                             init_seed=0, sft_steps=1500, sft_batch_size=32, sft_lr=2e-3, sft_seed=0)
     student = ModelSettings(num_layers=2, hidden_size=64, intermediate_size=128, num_heads=2, num_kv_heads=2,
                             init_seed=1, sft_steps=300, sft_batch_size=32, sft_lr=2e-3, sft_seed=1)
-    rl = RLBudget(steps=40, prompts_per_step=16, group_size=8, updates_per_batch=1, micro_batch_size=64,
-                  lr=2e-4, max_new_tokens=256, max_prompt_tokens=72)
-    return TaskSettings("knights_knaves_compact", data, teacher, student, rl, eval=EvalSettings(limit=150),
+    rl = rl_budget(steps=40, prompts_per_step=16, group_size=8, updates_per_batch=1, micro_batch_size=64,
+                   lr=2e-4, max_new_tokens=256, max_prompt_tokens=72)
+    return TaskSettings("knights_knaves_compact", data, teacher, student, rl, eval=ComparisonEval(limit=150),
                         max_position_embeddings=336)
 
 
@@ -149,5 +136,5 @@ def short_settings(task: str = "arithmetic") -> TaskSettings:
     s.student = dataclasses.replace(s.student, sft_steps=120)
     s.rl = dataclasses.replace(s.rl, steps=2, prompts_per_step=4, group_size=4, micro_batch_size=8,
                                max_new_tokens=26)
-    s.eval = EvalSettings(limit=16)
+    s.eval = ComparisonEval(limit=16)
     return s

@@ -17,7 +17,7 @@ from typing import Any, Callable
 from examples.quickstart.evaluation import evaluate_model, format_table, write_results
 from examples.quickstart.prepare import prepare_data, prepare_model
 from examples.quickstart.settings import QuickstartSettings
-from examples.quickstart.train import run_training, write_train_config
+from examples.quickstart.train import run_training, write_run_config
 
 
 def _say(text: str) -> None:
@@ -50,7 +50,7 @@ def run_quickstart(settings: QuickstartSettings, root: Path, *, train: bool = Tr
     eval_after = None
     if train:
         t = time.perf_counter()
-        config = write_train_config(settings, teacher.path, student.path, files, run_dir)
+        config = write_run_config(settings, teacher.path, student.path, files, run_dir)
         log(f"[quickstart] training: {settings.rl.algorithm} for {settings.rl.steps} steps on "
             f"{settings.rl.nproc} processes (TP={settings.rl.tensor_parallel}); config {config}")
         run_training(config, settings.rl.nproc, log_file=run_dir / "train.log")

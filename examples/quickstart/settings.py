@@ -12,6 +12,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from recipes.small import SmallRun
+
 #: Bump when the preparation code changes in a way that changes the cached models.
 PREPARATION_VERSION = 1
 
@@ -57,29 +59,17 @@ def _default_student() -> ModelSettings:
                          init_seed=1, sft_steps=400, sft_lr=3e-3, sft_seed=1)
 
 
-@dataclass
-class RLSettings:
-    """The RLAD run (written into the trainer's YAML config)."""
-
-    steps: int = 100
-    algorithm: str = "rlad"
-    alpha: float = 0.5
-    prompts_per_step: int = 64
-    """Many prompts per step: ~60% of the groups have uniform rewards (no signal) and are skipped."""
-    group_size: int = 8
-    temperature: float = 1.0
-    lr: float = 2e-4
-    """Measured: 1e-3 collapsed the warm-started student in one step (reward 0.20 -> 0.02); 3e-4 with 32 prompts
-    per step stayed flat over 40 steps; 2e-4 with 5 warm-up steps and 64 prompts rises."""
-    warmup_steps: int = 5
-    micro_batch_size: int = 64
-    nproc: int = 2
-    tensor_parallel: int = 2
-    save_every: int = 10
+def _default_rl() -> SmallRun:
+    # lr measured: 1e-3 collapsed the warm-started student in one step (reward 0.20 -> 0.02); 3e-4 with 32 prompts
+    # per step stayed flat over 40 steps; 2e-4 with 5 warm-up steps and 64 prompts rises. Many prompts per step:
+    # ~60% of the groups have uniform rewards (no signal) and are skipped. TP=2 over two processes.
+    return SmallRun(steps=100, algorithm="rlad", alpha=0.5, prompts_per_step=64, group_size=8, temperature=1.0,
+                    lr=2e-4, warmup_steps=5, micro_batch_size=64, max_prompt_tokens=32, kv_cache_mb=64,
+                    tensor_parallel=2, nproc=2, save_every=10)
 
 
 @dataclass
-class EvalSettings:
+class QuickstartEval:
     k: int = 1
     """Samples per test prompt (Mean@k)."""
     temperature: float = 0.6
@@ -93,8 +83,9 @@ class QuickstartSettings:
     data: DataSettings = field(default_factory=DataSettings)
     teacher: ModelSettings = field(default_factory=ModelSettings)
     student: ModelSettings = field(default_factory=_default_student)
-    rl: RLSettings = field(default_factory=RLSettings)
-    eval: EvalSettings = field(default_factory=EvalSettings)
+    rl: SmallRun = field(default_factory=_default_rl)
+    """The RLAD run (``rl.max_new_tokens`` is replaced by :attr:`max_new_tokens`, which follows the data)."""
+    eval: QuickstartEval = field(default_factory=QuickstartEval)
     torch_threads: int = 1
     """Threads for the supervised preparation. One: these matrices are tiny, and with two threads on a busy
     2-core machine OpenMP's spinning threads burned over 10x the CPU time per step (measured)."""

@@ -1,6 +1,6 @@
 """The quickstart's RLAD run: write the trainer's YAML config, launch ``torchrun ... rlad_megatron.cli train``.
 
-    config = write_train_config(settings, teacher_dir, student_dir, files, run_dir)
+    config = write_run_config(settings, teacher_dir, student_dir, files, run_dir)
     run_training(config, nproc=2)        # streams the trainer's output; raises TrainingFailed on a non-zero exit
 
 The run is a subprocess (two gloo ranks, TP=2: the Megatron learner on both, the colocated vLLM CPU engine on the
@@ -9,15 +9,18 @@ first), exactly what a user would type; it writes ``run_dir/metrics.jsonl``, ``t
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Sequence, TextIO
+from typing import Sequence, TextIO
 
 from examples.quickstart.prepare import DataFiles
 from examples.quickstart.settings import QuickstartSettings
+from recipes.small import small_run_config
+from rlad_megatron.config import RunConfig, run_config_to_dict
 
 #: Environment of the training ranks on CPU: one OpenMP thread per rank (two ranks share two cores), no hub.
 TRAIN_ENV: dict[str, str] = {
@@ -33,35 +36,24 @@ class TrainingFailed(RuntimeError):
     pass
 
 
-def train_config(settings: QuickstartSettings, teacher_dir: Path, student_dir: Path, files: DataFiles,
-                 run_dir: Path) -> dict[str, Any]:
-    """The trainer's run config (sections of :class:`rlad_megatron.config.RunConfig`) for the quickstart."""
-    rl = settings.rl
-    return {
-        "model": {"student": str(student_dir), "teacher": str(teacher_dir), "params_dtype": "float32"},
-        "parallel": {"tensor_parallel": rl.tensor_parallel},
-        "rollout": {"group_size": rl.group_size, "temperature": rl.temperature,
-                    "max_new_tokens": settings.max_new_tokens, "dtype": "float32", "kv_cache_mb": 64,
-                    "placement": "colocated"},
-        "data": {"task": "arithmetic", "train_files": [str(files.train)], "prompts_per_step": rl.prompts_per_step,
-                 "max_prompt_tokens": 32},
-        "optim": {"lr": rl.lr, "min_lr": rl.lr / 10, "warmup_steps": rl.warmup_steps, "clip_grad": 1.0,
-                  "use_distributed_optimizer": True},
-        "loss": {"algorithm": rl.algorithm, "alpha": rl.alpha},
-        "trainer": {"steps": rl.steps, "micro_batch_size": rl.micro_batch_size, "save_every": rl.save_every,
-                    "output_dir": str(run_dir), "export_hf": True, "seed": settings.data.seed + 1234},
-    }
+def quickstart_run_config(settings: QuickstartSettings, teacher_dir: Path, student_dir: Path, files: DataFiles,
+                          run_dir: Path) -> RunConfig:
+    """The trainer's (validated) run config for the quickstart, through the small-run recipe."""
+    rl = dataclasses.replace(settings.rl, max_new_tokens=settings.max_new_tokens)
+    return small_run_config(rl, task="arithmetic", student=str(student_dir), teacher=str(teacher_dir),
+                            train_files=[str(files.train)], output_dir=str(run_dir), seed=settings.data.seed + 1234)
 
 
-def write_train_config(settings: QuickstartSettings, teacher_dir: Path, student_dir: Path, files: DataFiles,
-                       run_dir: Path) -> Path:
-    """Validate the quickstart's run config with the trainer's own parser and write it as ``run_dir/config.yaml``."""
+def write_run_config(settings: QuickstartSettings, teacher_dir: Path, student_dir: Path, files: DataFiles,
+                     run_dir: Path) -> Path:
+    """The quickstart's run config (a bad value fails here, naming the key, before any process starts), written
+    as ``run_dir/config.yaml`` for ``rlad-megatron train --config``."""
+    import json
+
     import yaml
 
-    from rlad_megatron.config import run_config_from_dict
-
-    data = train_config(settings, teacher_dir, student_dir, files, run_dir)
-    run_config_from_dict(data)  # a bad value fails here, naming the key, before any process starts
+    config = quickstart_run_config(settings, teacher_dir, student_dir, files, run_dir)
+    data = json.loads(json.dumps(run_config_to_dict(config)))  # plain YAML types (tuples become lists)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / "config.yaml"

@@ -9,7 +9,7 @@ torch AdamW's ``step`` state.
 
 Every patch lives here and nowhere else. It is applied only when CUDA is absent (``apply()`` is a no-op on a GPU
 machine) and it refuses any megatron-core version but the one it was written for. Each patch has a test in
-``tests/unit/test_compat_megatron_cpu.py`` that shows, with the patch undone, why it is needed.
+``tests/distributed/test_compat_megatron_cpu.py`` that shows, with the patch undone, why it is needed.
 
 How: the ``torch`` name inside every ``megatron.core`` module (already imported or imported later) is swapped for a
 thin proxy whose factories map a CUDA device to the CPU and whose ``torch.cuda`` answers for the CPU. Only
@@ -328,7 +328,7 @@ def check_megatron_version() -> str:
             f"rlad_megatron.compat.megatron_cpu was written for megatron-core {SUPPORTED_MEGATRON_CORE}, but "
             f"{version} is installed. Its CPU patches may be wrong or unnecessary there: install "
             f"megatron-core=={SUPPORTED_MEGATRON_CORE} (see pyproject.toml), or re-measure every patch with "
-            f"tests/unit/test_compat_megatron_cpu.py and update SUPPORTED_MEGATRON_CORE."
+            f"tests/distributed/test_compat_megatron_cpu.py and update SUPPORTED_MEGATRON_CORE."
         )
     return version
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from examples.quickstart.prepare import MARKER, model_cache_dir, prepare_data, prepare_model
-from examples.quickstart.settings import DataSettings, EvalSettings, ModelSettings, QuickstartSettings
+from examples.quickstart.settings import DataSettings, QuickstartEval, ModelSettings, QuickstartSettings
 
 pytestmark = pytest.mark.e2e
 
@@ -24,7 +24,7 @@ def _tiny_settings() -> QuickstartSettings:
                               sft_batch_size=8),
         student=ModelSettings(num_layers=1, hidden_size=32, intermediate_size=32, num_heads=1, num_kv_heads=1,
                               init_seed=1, sft_steps=2, sft_batch_size=8),
-        eval=EvalSettings(k=2, limit=4),
+        eval=QuickstartEval(k=2, limit=4),
         torch_threads=1,
         prep_eval_prompts=4,
     )

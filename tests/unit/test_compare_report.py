@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from examples.compare.plan import RunSpec, plan_runs, train_config
+from examples.compare.plan import RunSpec, comparison_run_config, plan_runs
 from examples.compare.prepare import Prepared
 from examples.compare.report import (RunResult, alpha_one_check, common_start, compare_metrics,
                                           format_table, steps_to_threshold, summarize)
 from examples.compare.settings import arithmetic_settings
-from rlad_megatron.config import run_config_from_dict
+from rlad_megatron.config import run_config_from_dict, run_config_to_dict
 from examples.quickstart.prepare import DataFiles
 
 
@@ -30,19 +30,21 @@ def test_plan_runs_main_then_sweep_without_duplicates() -> None:
         plan_runs("arithmetic", seeds=[0], sweep_alphas=[1.5], sweep_seeds=[0])
 
 
-def test_train_config_differs_only_in_algorithm_alpha_and_seed(tmp_path: Path) -> None:
+def test_run_config_differs_only_in_algorithm_alpha_and_seed(tmp_path: Path) -> None:
     s = arithmetic_settings()
     prepared = Prepared(DataFiles(tmp_path / "train.jsonl", tmp_path / "test.jsonl"), tmp_path / "t", tmp_path / "s",
                         {})
-    a = train_config(RunSpec("arithmetic", "grpo", 1.0, 0), s, prepared, tmp_path / "a")
-    b = train_config(RunSpec("arithmetic", "rlad", 0.3, 2), s, prepared, tmp_path / "a")
-    assert a["loss"] == {"algorithm": "grpo"} and b["loss"] == {"algorithm": "rlad", "alpha": 0.3}
+    a = run_config_to_dict(comparison_run_config(RunSpec("arithmetic", "grpo", 1.0, 0), s, prepared, tmp_path / "a"))
+    b = run_config_to_dict(comparison_run_config(RunSpec("arithmetic", "rlad", 0.3, 2), s, prepared, tmp_path / "a"))
+    assert a["loss"]["algorithm"] == "grpo" and b["loss"]["algorithm"] == "rlad" and b["loss"]["alpha"] == 0.3
+    assert {k for k in a["loss"] if a["loss"][k] != b["loss"][k]} == {"algorithm", "alpha"}
     assert a["trainer"]["seed"] == 0 and b["trainer"]["seed"] == 2
     for section in ("model", "rollout", "data", "optim", "parallel"):
         assert a[section] == b[section]
-    config = run_config_from_dict(b)  # the trainer's own parser accepts it
+    config = run_config_from_dict(b)  # the trainer's own parser reads the plan's JSON back
     assert config.parallel.tensor_parallel == 1 and config.loss.alpha == 0.3
     assert config.trainer.updates_per_batch == s.rl.updates_per_batch
+    assert config.rollout.max_new_tokens == s.rl.max_new_tokens and config.optim.min_lr == s.rl.lr / 10
 
 
 def test_steps_to_threshold_uses_a_trailing_mean() -> None:

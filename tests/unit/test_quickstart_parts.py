@@ -11,7 +11,7 @@ from examples.quickstart.evaluation import format_table, write_results
 from examples.quickstart.prepare import DataFiles, prepare_data, read_records
 from examples.quickstart.settings import DataSettings, ModelSettings, QuickstartSettings, settings_hash
 from rlad_megatron.tiny.sft import collate_sft
-from examples.quickstart.train import training_command, write_train_config
+from examples.quickstart.train import training_command, write_run_config
 
 
 def test_collate_sft_masks_prompt_and_padding() -> None:
@@ -47,11 +47,11 @@ def test_prepare_data_writes_disjoint_splits_once(tmp_path: Path) -> None:
 
 
 def test_train_config_is_a_valid_run_config(tmp_path: Path) -> None:
-    from rlad_megatron.config import load_run_config
+    from rlad_megatron.config import ConfigError, load_run_config
 
     settings = QuickstartSettings()
     files = DataFiles(train=tmp_path / "train.jsonl", test=tmp_path / "test.jsonl")
-    path = write_train_config(settings, tmp_path / "teacher", tmp_path / "student", files, tmp_path / "run")
+    path = write_run_config(settings, tmp_path / "teacher", tmp_path / "student", files, tmp_path / "run")
     config = load_run_config(path)
     assert config.parallel.tensor_parallel == 2 and config.loss.algorithm == "rlad"
     assert config.model.teacher == str(tmp_path / "teacher")
@@ -62,8 +62,8 @@ def test_train_config_is_a_valid_run_config(tmp_path: Path) -> None:
     assert (settings.rl.prompts_per_step * settings.rl.group_size // dp) % settings.rl.micro_batch_size == 0
 
     settings.rl.alpha = 1.5
-    with pytest.raises(ValueError, match="alpha"):
-        write_train_config(settings, tmp_path / "t", tmp_path / "s", files, tmp_path / "bad")
+    with pytest.raises(ConfigError, match="alpha"):
+        write_run_config(settings, tmp_path / "t", tmp_path / "s", files, tmp_path / "bad")
     cmd = training_command(path, 2, ["trainer.steps=3"], resume=True)
     assert cmd[-4:] == ["--config", str(path), "--resume", "trainer.steps=3"]
     assert "--nproc-per-node=2" in cmd
