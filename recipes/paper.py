@@ -21,6 +21,7 @@ from rlad_megatron.config import (
     RunConfig,
     TeacherConfig,
     TrainerConfig,
+    teacher_use,
 )
 from rlad_megatron.loss.config import LossConfig
 from rlad_megatron.placement import ModelShape
@@ -56,7 +57,8 @@ def _paper_recipe(*, name: str, description: str, student: str, teacher: str, al
                   tp: int, task: str, train_files: list[str], eval_files: list[str], max_response: int,
                   max_prompt_tokens: int, micro_batch: int, steps: int, eval_every: int, eval_samples: int,
                   model_root: str, output_root: str, teacher_offload: bool) -> Recipe:
-    uses_teacher = algorithm != "grpo"
+    loss = _loss(algorithm)
+    uses_teacher = teacher_use(loss) != "none"
     config = RunConfig(
         model=ModelConfig(student=f"{model_root}/{student}",
                           teacher=f"{model_root}/{teacher}" if uses_teacher else None,
@@ -72,7 +74,7 @@ def _paper_recipe(*, name: str, description: str, student: str, teacher: str, al
         data=DataConfig(task=task, train_files=train_files, eval_files=eval_files, prompts_per_step=256,
                         max_prompt_tokens=max_prompt_tokens),
         optim=OptimConfig(lr=1e-6, clip_grad=1.0, use_distributed_optimizer=True),
-        loss=_loss(algorithm),
+        loss=loss,
         trainer=TrainerConfig(steps=steps, updates_per_batch=1, micro_batch_size=micro_batch,
                               skip_uniform_groups=True, eval_every=eval_every, eval_samples=eval_samples,
                               eval_temperature=0.6, eval_top_p=0.95, save_every=50,

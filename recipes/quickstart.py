@@ -21,6 +21,7 @@ from rlad_megatron.config import (
     RolloutConfig,
     RunConfig,
     TrainerConfig,
+    teacher_use,
 )
 from rlad_megatron.loss.config import LossConfig
 from rlad_megatron.placement import ModelShape
@@ -65,7 +66,7 @@ def quickstart(student: str, teacher: str, train_file: str, eval_file: str | Non
     are jsonl records of the arithmetic task (see :func:`prepare_quickstart_assets`).
     """
     config = RunConfig(
-        model=ModelConfig(student=student, teacher=teacher if algorithm != "grpo" else None,
+        model=ModelConfig(student=student, teacher=teacher if teacher_use(LossConfig(algorithm)) != "none" else None,
                           params_dtype="float32"),
         parallel=ParallelConfig(tensor_parallel=tensor_parallel),
         rollout=RolloutConfig(group_size=4, max_new_tokens=24, dtype="float32", kv_cache_mb=64,

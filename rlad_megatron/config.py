@@ -246,7 +246,7 @@ class RunConfig:
                 raise
             except ValueError as err:  # sections defined elsewhere raise plain ValueError
                 raise ConfigError(f"{f.name}: {err}") from err
-        if teacher_use(self) != "none" and not self.model.teacher:
+        if teacher_use(self.loss) != "none" and not self.model.teacher:
             raise ConfigError(f"loss.algorithm={self.loss.algorithm!r} needs model.teacher (a HF directory)")
         validate_fp8_run(self)
         return self
@@ -255,7 +255,7 @@ class RunConfig:
 TeacherUse = typing.Literal["logprobs", "samples", "none"]
 
 
-def teacher_use(config: RunConfig) -> TeacherUse:
+def teacher_use(loss: LossConfig) -> TeacherUse:
     """What a run needs its teacher for (the one place of this rule):
 
     - "logprobs": the loss takes the teacher's per-token log-probs of the student's samples (``teacher_logprobs`` in
@@ -266,9 +266,9 @@ def teacher_use(config: RunConfig) -> TeacherUse:
     """
     from rlad_megatron.loss.policy_loss import required_inputs
 
-    if "teacher_logprobs" in required_inputs(config.loss):
+    if "teacher_logprobs" in required_inputs(loss):
         return "logprobs"
-    return "samples" if config.loss.algorithm == "sft" else "none"
+    return "samples" if loss.algorithm == "sft" else "none"
 
 
 def validate_fp8_run(config: RunConfig) -> None:

@@ -202,7 +202,7 @@ def plan_placement(config: RunConfig, *, nodes: int, gpus_per_node: int, rollout
                              f"keep engine TP <= {gpus_per_node}")
 
     # A teacher of its own only when the loss scores with it (sft's teacher is the rollout engine's model).
-    teacher_kind = config.teacher.source if teacher_use(config) == "logprobs" and config.model.teacher else "none"
+    teacher_kind = config.teacher.source if teacher_use(config.loss) == "logprobs" and config.model.teacher else "none"
     if teacher_gpus and teacher_kind != "vllm":
         raise PlacementError(f"teacher_gpus={teacher_gpus} is only for a vLLM teacher (teacher.source=vllm); "
                              f"this run's teacher is {teacher_kind!r}")

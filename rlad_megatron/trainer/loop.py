@@ -154,7 +154,7 @@ class Trainer:
 
         batch, metrics = to_sequence_batch(
             rollouts, pad_id=s.pad_id, skip_uniform_groups=cfg.trainer.skip_uniform_groups,
-            only_correct=teacher_use(cfg) == "samples",  # offline distillation: the teacher's correct samples
+            only_correct=teacher_use(cfg.loss) == "samples",  # offline distillation: the teacher's correct samples
         )
         metrics = self._average_over_dp(metrics)
 

@@ -159,7 +159,7 @@ def build_components(config: RunConfig) -> Components:
         reference = MegatronTeacher.load(c.model.student, micro_batch_size=micro, params_dtype=dtype,
                                          sequence_parallel=c.parallel.sequence_parallel)
 
-    use = teacher_use(c)
+    use = teacher_use(c.loss)
     engine_cfg = VLLMEngineConfig(
         model=c.model.teacher if use == "samples" else c.model.student, dtype=c.rollout.dtype,
         max_model_len=c.data.max_prompt_tokens + c.rollout.max_new_tokens + 8,

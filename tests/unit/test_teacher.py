@@ -15,7 +15,7 @@ from rlad_megatron.teacher.vllm import response_spans
                                             ("grpo", "none")])
 def test_teacher_use_follows_the_loss_inputs(algorithm: str, use: str) -> None:
     config = RunConfig(loss=LossConfig(algorithm=algorithm))
-    assert teacher_use(config) == use
+    assert teacher_use(config.loss) == use
     assert ("teacher_logprobs" in required_inputs(config.loss)) == (use == "logprobs")
     base = ["model.student=/s", "data.train_files=a.jsonl", f"loss.algorithm={algorithm}"]
     if use == "none":
