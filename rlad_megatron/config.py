@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from rlad_megatron.loss.config import LossConfig
+from rlad_megatron.loss.policy_loss import required_inputs
 
 
 class ConfigError(ValueError):
@@ -264,8 +265,6 @@ def teacher_use(loss: LossConfig) -> TeacherUse:
       teacher and receives no weight syncs;
     - "none": grpo.
     """
-    from rlad_megatron.loss.policy_loss import required_inputs
-
     if "teacher_logprobs" in required_inputs(loss):
         return "logprobs"
     return "samples" if loss.algorithm == "sft" else "none"
