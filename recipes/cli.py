@@ -119,5 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     states = {task: info.get("status") for task, info in (result["status"] or {}).items()}
     if states:
         print(f"status: {states}")
+    for log in result.get("logs", []):
+        print(f"log: {log}")
     failed = [t for t, s in states.items() if str(s).upper().split(".")[-1] not in ("SUCCEEDED", "RUNNING", "SUBMITTED")]
     return 1 if failed else 0

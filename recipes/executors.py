@@ -166,7 +166,18 @@ def launch(recipe: Recipe, executor: run.LocalExecutor | run.SlurmExecutor, *, d
         exp.run(sequential=True, detach=detach, tail_logs=tail_logs)
     # A one-task experiment waits for its job when the `with` block exits: read the final states after it.
     status = {} if detach else (experiment.status(return_dict=True) or {})
-    return {"experiment_dir": experiment._exp_dir, "status": status}
+    result = {"experiment_dir": experiment._exp_dir, "status": status, "logs": job_logs(experiment._exp_dir)}
+    sbatch = Path(experiment._exp_dir) / f"{recipe.name}_sbatch.sh"
+    if sbatch.exists():
+        result["sbatch"] = str(sbatch)
+    return result
+
+
+def job_logs(experiment_dir: str | Path) -> list[str]:
+    """The job's own output files under ``experiment_dir`` (Slurm: ``log-<job>_<id>_<n>.out``; the ranks' errors)."""
+    root = Path(experiment_dir)
+    return sorted(str(p) for p in root.rglob("*") if p.is_file() and p.suffix in (".out", ".err", ".log")
+                  and "code" not in p.relative_to(root).parts)
 
 
 def rendered_sbatch(experiment_dir: str | Path, recipe: Recipe) -> str:
