@@ -251,7 +251,11 @@ cancel_jobs() {
     wait_for 30 "jobs to end" test -z "$(squeue -h -o %A 2>/dev/null)" || true
 }
 
-steps_gone() { ! compgen -G "$STATE/spool/*/*_*.*" > /dev/null; }  # a live job step keeps a socket there
+steps_gone() {  # a live job step keeps a socket (<node>_<job>.<step>) in its node's spool folder
+    local f
+    for f in "$STATE"/spool/*/*; do [ -S "$f" ] && return 1; done
+    return 0
+}
 
 stop_daemon() {  # stop_daemon NAME: TERM the recorded PID, wait, KILL if it will not go
     local name=$1 pid
