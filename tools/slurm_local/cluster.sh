@@ -194,7 +194,8 @@ start_slurmdbd() {
         Cluster="$CLUSTER" Description="rlad-megatron tests" Organization=rlad >/dev/null
     local user
     for user in root "${SUDO_USER:-root}"; do
-        sacctmgr -n list user "$user" format=user -P | grep -qx "$user" || \
+        # root exists from the start (account root): it still needs an association with our account.
+        sacctmgr -n -P list assoc user="$user" account="$ACCOUNT" format=user | grep -qx "$user" || \
             sacctmgr -i add user "$user" Account="$ACCOUNT" Cluster="$CLUSTER" >/dev/null
     done
 }
