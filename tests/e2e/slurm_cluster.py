@@ -79,6 +79,7 @@ def start_or_explain() -> tuple[SlurmCluster | None, str]:
     proc = subprocess.run([str(SCRIPT), "up", str(state)], capture_output=True, text=True, timeout=300)
     if proc.returncode:
         subprocess.run([str(SCRIPT), "down", str(state)], capture_output=True, timeout=120)
+        shutil.rmtree(state, ignore_errors=True)
         return None, f"tools/slurm_local/cluster.sh up failed: {proc.stderr.strip().splitlines()[-1:]}"
     return SlurmCluster(state, _read_env(state), owned=True), ""
 
