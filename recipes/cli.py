@@ -88,9 +88,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         recipe = build_recipe(args)
         if args.requeue:
-            from recipes.executors import with_requeue
+            from recipes.executors import with_auto_resume
 
-            recipe = with_requeue(recipe)
+            recipe = with_auto_resume(recipe, "--requeue")
         placement = recipe.validate()
     except (ConfigError, KeyError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -114,7 +114,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    result = launch(recipe, executor, dryrun=args.dryrun, detach=args.detach)
+    try:
+        result = launch(recipe, executor, dryrun=args.dryrun, detach=args.detach)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(f"experiment directory: {result['experiment_dir']}")
     states = {task: info.get("status") for task, info in (result["status"] or {}).items()}
     if states:

@@ -73,7 +73,7 @@ def slurm_executor(recipe: Recipe, *, account: str, partition: str | None = None
     NeMo-Run's experiment folder (``job_dir`` must then be left unset; move it with ``NEMORUN_HOME``); with it,
     through an SSH tunnel, and ``job_dir`` is a directory on the cluster.
     ``requeue`` writes ``#SBATCH --requeue`` (the job may be requeued after a preemption or a node failure) and
-    appends to the job's log across restarts; pair it with ``trainer.resume=auto`` (see :func:`with_requeue`).
+    appends to the job's log across restarts; pair it with ``trainer.resume=auto`` (see :func:`with_auto_resume`).
     """
     if not account:
         raise ValueError("the Slurm executor needs an account: pass --account")
@@ -134,25 +134,25 @@ def with_absolute_paths(recipe: Recipe, *, container: bool, base: str | Path | N
     return dataclasses.replace(recipe, config=config)
 
 
-def with_requeue(recipe: Recipe) -> Recipe:
-    """The recipe set to continue by itself after a requeue: ``trainer.resume=auto``, checkpointing on.
+def with_auto_resume(recipe: Recipe, flag: str = "--requeue") -> Recipe:
+    """The recipe set to continue by itself when restarted: ``trainer.resume=auto``, with checkpoints required.
 
     A requeued Slurm job runs the same script again; with ``resume=auto`` the trainer resumes from the newest
     complete checkpoint in ``trainer.output_dir`` (which must be on a filesystem every node sees).
     """
-    overrides = ["trainer.resume=auto"]
     if not recipe.config.trainer.save_every:
-        raise ValueError("--requeue needs checkpoints to resume from: set trainer.save_every=N (steps between "
+        raise ValueError(f"{flag} needs checkpoints to resume from: set trainer.save_every=N (steps between "
                          "checkpoints)")
-    return recipe.with_overrides(overrides)
+    return recipe.with_overrides(["trainer.resume=auto"])
 
 
 def launch(recipe: Recipe, executor: run.LocalExecutor | run.SlurmExecutor, *, dryrun: bool = False,
            detach: bool = False, tail_logs: bool = False, experiment_name: str | None = None) -> dict[str, Any]:
     """Check the recipe, then run it in a NeMo-Run ``Experiment`` (or only render it with ``dryrun``).
 
-    Returns ``{"experiment_dir": ..., "status": {...}}``; ``status`` is NeMo-Run's per-task status (empty for a
-    dry run, whose rendered files are under ``experiment_dir``).
+    Returns ``{"experiment_dir": ..., "status": {...}, "logs": [...]}``: ``status`` is NeMo-Run's per-task status
+    (empty for a dry run, whose rendered files are under ``experiment_dir``), ``logs`` the job's output files, and
+    on Slurm ``sbatch`` the rendered script.
     """
     recipe.validate()
     recipe = with_absolute_paths(recipe, container=bool(getattr(executor, "container_image", None)))

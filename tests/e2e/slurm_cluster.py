@@ -74,7 +74,8 @@ def start_or_explain() -> tuple[SlurmCluster | None, str]:
                       "Debian's packages and starts one), or tools/slurm_local/cluster.sh up DIR and export "
                       "RLAD_SLURM_CLUSTER=DIR")
     if os.geteuid() != 0:
-        return None, "no local Slurm cluster: starting one needs root (or export RLAD_SLURM_CLUSTER=DIR of a running one)"
+        return None, ("no local Slurm cluster: starting one needs root (or export RLAD_SLURM_CLUSTER=DIR of a running "
+                      "one)")
     state = Path(tempfile.mkdtemp(prefix="rlad-slurm-test."))
     proc = subprocess.run([str(SCRIPT), "up", str(state)], capture_output=True, text=True, timeout=300)
     if proc.returncode:

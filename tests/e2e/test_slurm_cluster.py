@@ -154,11 +154,11 @@ def test_bad_config_fails_with_the_error_in_the_log(slurm_env, assets, tmp_path)
 
 
 def test_requeued_job_resumes_and_matches_the_uninterrupted_run(slurm_env, assets, tmp_path, one_node_run):
-    from recipes.executors import with_requeue
+    from recipes.executors import with_auto_resume
 
     reference = _metrics(one_node_run[1])
     out = tmp_path / "run"
-    recipe = with_requeue(_recipe(assets, out))
+    recipe = with_auto_resume(_recipe(assets, out))
     done: dict = {}
     waiter = threading.Thread(target=lambda: done.update(_submit(slurm_env, recipe, "slurm-requeue", requeue=True)))
     waiter.start()

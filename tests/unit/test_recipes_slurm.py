@@ -167,12 +167,12 @@ def _dry_run_local(recipe, **kwargs):
 
 def test_requeue_renders_requeue_and_resume_auto(nemorun_home, capsys):
     from recipes import quickstart
-    from recipes.executors import with_requeue
+    from recipes.executors import with_auto_resume
 
     recipe = quickstart("/s", "/t", "/train.jsonl", output_dir="/abs/out")
     with pytest.raises(ValueError, match="--requeue needs checkpoints .* trainer.save_every"):
-        with_requeue(recipe)
-    recipe = with_requeue(recipe.with_overrides(["trainer.save_every=1"]))
+        with_auto_resume(recipe)
+    recipe = with_auto_resume(recipe.with_overrides(["trainer.save_every=1"]))
     script = _dry_run_local(recipe, requeue=True)
     assert "#SBATCH --requeue" in script.splitlines() and "#SBATCH --open-mode=append" in script.splitlines()
     assert "trainer.resume=auto" in _torchrun_line(script)
