@@ -39,6 +39,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--requeue", action="store_true",
                    help="Slurm: let the job be requeued (preemption, node failure) and resume by itself from its "
                         "newest checkpoint (sets trainer.resume=auto; needs trainer.save_every)")
+    p.add_argument("--max-restarts", type=int, default=0,
+                   help="local: torchrun restarts the ranks up to N times after one fails, and the trainer resumes "
+                        "from its newest checkpoint (sets trainer.resume=auto; needs trainer.save_every)")
     p.add_argument("--job-dir", help="with --ssh-host: where NeMo-Run puts job files on the cluster (without it, "
                         "job files stay under $NEMORUN_HOME/experiments: set NEMORUN_HOME to move them)")
     p.add_argument("--ssh-host", help="submit through SSH to this login node")
@@ -87,10 +90,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         recipe = build_recipe(args)
-        if args.requeue:
+        if args.requeue or args.max_restarts:
             from recipes.executors import with_auto_resume
 
-            recipe = with_auto_resume(recipe, "--requeue")
+            recipe = with_auto_resume(recipe, "--requeue" if args.requeue else "--max-restarts")
         placement = recipe.validate()
     except (ConfigError, KeyError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -115,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     try:
-        result = launch(recipe, executor, dryrun=args.dryrun, detach=args.detach)
+        result = launch(recipe, executor, dryrun=args.dryrun, detach=args.detach, max_restarts=args.max_restarts)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

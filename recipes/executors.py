@@ -21,8 +21,16 @@ from nemo_run.config import get_nemorun_home
 from recipes.base import TRAIN_MODULE, Recipe
 
 
-def train_task(recipe: Recipe) -> run.Script:
-    """The ``run.Script`` running ``python -m rlad_megatron.cli train <overrides>`` (torchrun wraps it)."""
+def train_task(recipe: Recipe, *, max_restarts: int = 0) -> run.Script:
+    """The ``run.Script`` running ``python -m rlad_megatron.cli train <overrides>`` (NeMo-Run's torchrun wraps it).
+
+    With ``max_restarts`` the task is torchrun itself (``--standalone --max-restarts N``; NeMo-Run's torchrun
+    launcher has no such option): when a rank dies, torchrun restarts every rank, up to N times.
+    """
+    if max_restarts:
+        args = ["--standalone", f"--nproc-per-node={recipe.gpus_per_node}", f"--max-restarts={max_restarts}",
+                "-m", TRAIN_MODULE, *recipe.train_args()]
+        return run.Script(path="torch.distributed.run", m=True, args=args, entrypoint="python")
     return run.Script(path=TRAIN_MODULE, m=True, args=recipe.train_args(), entrypoint="python")
 
 
@@ -137,7 +145,8 @@ def with_absolute_paths(recipe: Recipe, *, container: bool, base: str | Path | N
 def with_auto_resume(recipe: Recipe, flag: str = "--requeue") -> Recipe:
     """The recipe set to continue by itself when restarted: ``trainer.resume=auto``, with checkpoints required.
 
-    A requeued Slurm job runs the same script again; with ``resume=auto`` the trainer resumes from the newest
+    A requeued Slurm job runs the same script again, and torchrun's ``--max-restarts`` starts the same ranks again;
+    with ``resume=auto`` the trainer resumes from the newest
     complete checkpoint in ``trainer.output_dir`` (which must be on a filesystem every node sees).
     """
     if not recipe.config.trainer.save_every:
@@ -147,19 +156,26 @@ def with_auto_resume(recipe: Recipe, flag: str = "--requeue") -> Recipe:
 
 
 def launch(recipe: Recipe, executor: run.LocalExecutor | run.SlurmExecutor, *, dryrun: bool = False,
-           detach: bool = False, tail_logs: bool = False, experiment_name: str | None = None) -> dict[str, Any]:
+           detach: bool = False, tail_logs: bool = False, experiment_name: str | None = None,
+           max_restarts: int = 0) -> dict[str, Any]:
     """Check the recipe, then run it in a NeMo-Run ``Experiment`` (or only render it with ``dryrun``).
 
+    ``max_restarts`` (local executor only): torchrun restarts the ranks up to that many times after a rank fails
+    (pair it with ``trainer.resume=auto``, :func:`with_auto_resume`).
     Returns ``{"experiment_dir": ..., "status": {...}, "logs": [...]}``: ``status`` is NeMo-Run's per-task status
     (empty for a dry run, whose rendered files are under ``experiment_dir``), ``logs`` the job's output files, and
     on Slurm ``sbatch`` the rendered script.
     """
     recipe.validate()
     recipe = with_absolute_paths(recipe, container=bool(getattr(executor, "container_image", None)))
+    if max_restarts:
+        if not isinstance(executor, run.LocalExecutor):
+            raise ValueError("--max-restarts is for the local executor; on Slurm use --requeue")
+        executor = dataclasses.replace(executor, launcher=None, ntasks_per_node=1)  # torchrun is the task
     # NeMo-Run 0.11.1 has no public accessor for an experiment's directory; ``_exp_dir`` is where it writes.
     experiment = run.Experiment(experiment_name or f"rlad-{recipe.name}")
     with experiment as exp:
-        exp.add(train_task(recipe), executor=executor, name=recipe.name)
+        exp.add(train_task(recipe, max_restarts=max_restarts), executor=executor, name=recipe.name)
         if dryrun:
             exp.dryrun(delete_exp_dir=False)
             return {"experiment_dir": exp._exp_dir, "status": {}}
