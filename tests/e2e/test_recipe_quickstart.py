@@ -105,6 +105,31 @@ def _procs_with(text: str) -> list[tuple[int, str, int]]:
     return found
 
 
+def _start_time(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _descendants(root: int) -> list[tuple[int, int | None]]:
+    """(pid, start time) of every process below ``root`` (its helpers: megatron's checkpoint Manager, ...)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], list(children.get(root, []))
+    while todo:
+        pid = todo.pop()
+        found.append((pid, _start_time(pid)))
+        todo.extend(children.get(pid, []))
+    return found
+
+
 def _rank_pid(out: Path, rank: int) -> int | None:
     """The training process of ``rank`` (a child of torchrun; forked helpers share its command line, not its parent)."""
     procs = _procs_with(f"trainer.output_dir={out}")
@@ -130,6 +155,7 @@ def test_max_restarts_resumes_after_a_rank_is_killed(nemo_env, assets, tmp_path,
     waiter = threading.Thread(target=lambda: done.update(
         launch(recipe, local_executor(recipe), experiment_name="quickstart-restart", max_restarts=1)))
     waiter.start()
+    orphans: list[tuple[int, int | None]] = []
     try:
         deadline = time.monotonic() + 600
         while not (out / "checkpoints" / "latest").exists():
@@ -138,16 +164,20 @@ def test_max_restarts_resumes_after_a_rank_is_killed(nemo_env, assets, tmp_path,
         victim = _rank_pid(out, 1)
         assert victim, _procs_with(str(out))
         assert len(_metrics(out)) < STEPS, "the run finished before a rank could be killed"
+        orphans = _descendants(victim)  # a SIGKILLed rank cannot stop its helper processes: the test does
         os.kill(victim, signal.SIGKILL)
         waiter.join(timeout=900)
         assert not waiter.is_alive(), "the restarted run did not finish"
     finally:
         waiter.join(timeout=1)
-        for pid, _, _ in _procs_with(f"trainer.output_dir={out}"):  # nothing of this run may outlive the test
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        # Nothing of this run may outlive the test (checked by start time, so a reused PID is left alone).
+        leftovers = [(pid, _start_time(pid)) for pid, _, _ in _procs_with(f"trainer.output_dir={out}")]
+        for pid, started in orphans + leftovers:
+            if started is not None and _start_time(pid) == started:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
     got = _check(done, out)
     text = _logs(done)
     assert "resumed from" in text and "at step 1" in text, text[-6000:]

@@ -185,3 +185,17 @@ def test_requeue_renders_requeue_and_resume_auto(nemorun_home, capsys):
     assert code == 0
     (path,) = list(nemorun_home.glob("experiments/rlad-logic_qwen3_0p6b*/*/*_sbatch.sh"))
     assert "#SBATCH --requeue" in path.read_text() and "trainer.resume=auto" in path.read_text()
+
+
+def test_max_restarts_is_local_and_needs_checkpoints(nemorun_home, capsys):
+    from recipes import quickstart
+
+    recipe = quickstart("/s", "/t", "/train.jsonl", output_dir="/abs/out")
+    with pytest.raises(ValueError, match="--max-restarts is for the local executor; on Slurm use --requeue"):
+        launch(recipe, slurm_executor(recipe, account="acct"), dryrun=True, max_restarts=1)
+    task = train_task(recipe, max_restarts=2)
+    assert (task.path, task.m) == ("torch.distributed.run", True)
+    assert task.args[:3] == ["--standalone", "--nproc-per-node=2", "--max-restarts=2"]
+    assert task.args[3:5] == ["-m", "rlad_megatron.cli"] and task.args[5:] == recipe.train_args()
+    code = main(["logic_qwen3_0p6b", "--show", "--max-restarts", "1", "trainer.save_every=0"])
+    assert code == 2 and "--max-restarts needs checkpoints" in capsys.readouterr().err
