@@ -89,6 +89,10 @@ class Trainer:
                 s.prompts.load_state_dict(state["data"])
                 if rank0:
                     print(f"[rlad] resumed from {folder} at step {self.step}", flush=True)
+        from rlad_megatron.trainer.run_dir import record_run_config
+
+        if rank0:
+            record_run_config(s.output_dir, config)
         self.eval_examples = load_eval_examples(config, s.task, s.tokenizer)
         self.logger = MetricsLogger(s.output_dir, config.trainer.steps, start_step=self.step, enabled=rank0)
         self._sync_weights()  # the engine starts from the HF files: make it serve the learner's weights
