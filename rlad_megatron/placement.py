@@ -34,12 +34,18 @@ class ModelShape:
     num_kv_heads: int
     hidden_size: int
     intermediate_size: int
+    head_dim: int | None = None
+    """None: hidden_size / num_heads (the HF default)."""
+
+    @property
+    def head_dim_or_default(self) -> int:
+        return self.head_dim or self.hidden_size // self.num_heads
 
     @classmethod
     def from_arch(cls, arch: Any, name: str = "model") -> "ModelShape":
         """From a :class:`rlad_megatron.models.hf_config.ModelArch` (or anything with its field names)."""
         return cls(name, arch.num_layers, arch.num_heads, arch.num_kv_heads, arch.hidden_size,
-                   arch.intermediate_size)
+                   arch.intermediate_size, _explicit_head_dim(arch))
 
     @classmethod
     def from_hf_dir(cls, path: str, name: str | None = None) -> "ModelShape":
@@ -94,6 +100,11 @@ class Placement:
         return "\n".join(lines)
 
 
+def _explicit_head_dim(arch: Any) -> int | None:
+    head_dim = getattr(arch, "head_dim", None)
+    return None if head_dim in (None, arch.hidden_size // arch.num_heads) else head_dim
+
+
 def _positive(name: str, value: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise PlacementError(f"{name} must be an integer >= 1, got {value!r}")
@@ -102,12 +113,12 @@ def _positive(name: str, value: int) -> None:
 def check_model_shape(shape: ModelShape, *, tp: int, pp: int, role: str, fp8: bool = False) -> None:
     """Head, layer and width divisibility of ``shape`` under TP=``tp`` x PP=``pp`` (``role``: 'student', ...)."""
     where = f"{role} {shape.name}"
-    if shape.num_heads % tp:
-        raise PlacementError(f"{where}: {shape.num_heads} attention heads cannot be split over TP={tp} "
-                             f"({shape.num_heads} / {tp} is not whole): choose TP among {_divisors(shape.num_heads)}")
-    if shape.num_kv_heads % tp:
-        raise PlacementError(f"{where}: {shape.num_kv_heads} key/value heads cannot be split over TP={tp} "
-                             f"(KV-head replication is not supported): choose TP among {_divisors(shape.num_kv_heads)}")
+    from rlad_megatron.models.layout import tensor_parallel_problem, valid_tensor_parallel_sizes
+
+    problem = tensor_parallel_problem(shape.num_heads, shape.num_kv_heads, shape.head_dim_or_default, tp)
+    if problem:
+        choices = valid_tensor_parallel_sizes(shape.num_heads, shape.num_kv_heads, shape.head_dim_or_default)
+        raise PlacementError(f"{where}: {problem}: choose TP among {choices}")
     if shape.num_layers % pp:
         raise PlacementError(f"{where}: {shape.num_layers} layers cannot be split into PP={pp} equal stages: "
                              f"choose PP among {_divisors(shape.num_layers)}")

@@ -173,18 +173,20 @@ def transformer_config_for(
 ):
     """The Megatron ``TransformerConfig`` reproducing ``arch`` at tensor parallel ``tp`` and pipeline ``pp``.
 
+    ``tp`` may exceed the KV heads (megatron replicates them in activations, see
+    :mod:`rlad_megatron.models.layout`); uneven pipeline stages come as the overrides
+    ``num_layers_in_first_pipeline_stage`` / ``num_layers_in_last_pipeline_stage``.
+
     ``overrides`` are further ``TransformerConfig`` fields (e.g. ``recompute_granularity``); they win.
     Weights are not randomly initialised by default (``perform_initialization=False``): the loader fills them.
     """
     from megatron.core.transformer import TransformerConfig
 
-    if arch.num_kv_heads % tp:
-        raise ValueError(
-            f"tensor parallel size {tp} must divide num_key_value_heads={arch.num_kv_heads} (replicating KV heads "
-            f"across TP ranks is not supported): choose tp from the divisors of {arch.num_kv_heads}"
-        )
-    if arch.num_layers % pp:
-        raise ValueError(f"pipeline parallel size {pp} must divide num_hidden_layers={arch.num_layers}")
+    from rlad_megatron.models.layout import check_pipeline_layout, check_tensor_parallel
+
+    check_tensor_parallel(arch, tp)
+    check_pipeline_layout(arch.num_layers, pp, overrides.get("num_layers_in_first_pipeline_stage"),
+                          overrides.get("num_layers_in_last_pipeline_stage"))
     if params_dtype not in (torch.float32, torch.bfloat16, torch.float16):
         raise ValueError(f"params_dtype {params_dtype} not supported: use float32, bfloat16 or float16")
     fields: dict[str, Any] = dict(

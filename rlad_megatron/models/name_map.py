@@ -13,7 +13,9 @@ A :class:`HFGroup` is one Megatron parameter and the HF tensors it is made of:
     vocab      [V_padded, h], rows >= vocab_size are zero     one [vocab_size, h]       rows r of the padded tensor
     replicated norms                                          one                       not split
 
-(ng = num_kv_heads, hpg = heads per group, hd = head_dim, f = intermediate_size.) Megatron names are relative to a
+(ng = num_kv_heads, hpg = heads per group, hd = head_dim, f = intermediate_size.) With TP > ng (megatron's KV
+replication, see :mod:`rlad_megatron.models.layout`) the qkv rows are still split evenly: rank r holds part
+``r % (t/ng)`` of query group ``r // (t/ng)``; the gathered tensor is the same at every TP. Megatron names are relative to a
 model chunk (``decoder.layers.<local i>...``); a layer's global index comes from the layer module's
 ``layer_number`` (1-based, includes the pipeline offset), so any PP / virtual-PP layout works. With tied embeddings
 the last stage's ``output_layer.weight`` (PP > 1) is a copy of ``embed_tokens``: loaded, never exported.
@@ -25,6 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from rlad_megatron.models.hf_config import ModelArch
+from rlad_megatron.models.layout import kv_replicas
 
 TP_DIM: dict[str, int | None] = {
     "qkv": 0, "gate_up": 0, "column": 0, "vocab": 0, "row": 1, "replicated": None,
@@ -158,10 +161,12 @@ def hf_row_ranges(group: HFGroup, arch: ModelArch, tp_rank: int, tp_size: int,
     if kind == "replicated":
         return None
     if kind == "qkv":
-        ng = arch.num_kv_heads // tp_size
+        # TP above the KV heads: the rank's rows lie inside one query group; read that whole group (a few heads)
+        ng = max(arch.num_kv_heads // tp_size, 1)
+        block = tp_rank // kv_replicas(arch.num_kv_heads, tp_size) if tp_size > arch.num_kv_heads else tp_rank
         q_rows = ng * arch.heads_per_group * arch.head_dim
         kv_rows = ng * arch.head_dim
-        return [(tp_rank * q_rows, (tp_rank + 1) * q_rows)] + [(tp_rank * kv_rows, (tp_rank + 1) * kv_rows)] * 2
+        return [(block * q_rows, (block + 1) * q_rows)] + [(block * kv_rows, (block + 1) * kv_rows)] * 2
     if kind == "vocab":
         per = padded_vocab // tp_size
         start = tp_rank * per
@@ -174,17 +179,23 @@ def hf_row_ranges(group: HFGroup, arch: ModelArch, tp_rank: int, tp_size: int,
 
 
 def hf_to_megatron_shard(group: HFGroup, pieces: list[torch.Tensor], arch: ModelArch, tp_size: int,
-                         padded_vocab: int) -> torch.Tensor:
+                         padded_vocab: int, tp_rank: int = 0) -> torch.Tensor:
     """Assemble this rank's Megatron shard from its slices of the HF tensors (as cut by :func:`hf_row_ranges`)."""
     kind = group.kind
     if kind == "qkv":
-        ng = arch.num_kv_heads // tp_size
+        ng = max(arch.num_kv_heads // tp_size, 1)
         q, k, v = pieces
         rest = q.shape[1:]
         q = q.reshape(ng, arch.heads_per_group * arch.head_dim, *rest)
         k = k.reshape(ng, arch.head_dim, *rest)
         v = v.reshape(ng, arch.head_dim, *rest)
-        return torch.cat([q, k, v], dim=1).reshape(-1, *rest)
+        fused = torch.cat([q, k, v], dim=1).reshape(-1, *rest)
+        reps = kv_replicas(arch.num_kv_heads, tp_size)
+        if reps == 1:
+            return fused
+        per = fused.shape[0] // reps  # this rank's even share of its group's [q; k; v] rows
+        part = tp_rank % reps
+        return fused[part * per:(part + 1) * per].clone()
     if kind == "gate_up":
         return torch.cat(pieces, dim=0)
     if kind == "vocab":
