@@ -110,18 +110,27 @@ def _positive(name: str, value: int) -> None:
         raise PlacementError(f"{name} must be an integer >= 1, got {value!r}")
 
 
-def check_model_shape(shape: ModelShape, *, tp: int, pp: int, role: str, fp8: bool = False) -> None:
-    """Head, layer and width divisibility of ``shape`` under TP=``tp`` x PP=``pp`` (``role``: 'student', ...)."""
+def check_model_shape(shape: ModelShape, *, tp: int, pp: int, role: str, fp8: bool = False,
+                      first_stage_layers: int | None = None, last_stage_layers: int | None = None) -> None:
+    """Head, layer and width divisibility of ``shape`` under TP=``tp`` x PP=``pp`` (``role``: 'student', ...),
+    with optional uneven first/last pipeline stages."""
     where = f"{role} {shape.name}"
-    from rlad_megatron.models.layout import tensor_parallel_problem, valid_tensor_parallel_sizes
+    from rlad_megatron.models.layout import (
+        pipeline_stage_layers, tensor_parallel_problem, valid_tensor_parallel_sizes,
+    )
 
     problem = tensor_parallel_problem(shape.num_heads, shape.num_kv_heads, shape.head_dim_or_default, tp)
     if problem:
         choices = valid_tensor_parallel_sizes(shape.num_heads, shape.num_kv_heads, shape.head_dim_or_default)
         raise PlacementError(f"{where}: {problem}: choose TP among {choices}")
-    if shape.num_layers % pp:
+    if shape.num_layers % pp and first_stage_layers is None and last_stage_layers is None:
         raise PlacementError(f"{where}: {shape.num_layers} layers cannot be split into PP={pp} equal stages: "
-                             f"choose PP among {_divisors(shape.num_layers)}")
+                             f"choose PP among {_divisors(shape.num_layers)}, or set uneven first/last stages "
+                             f"(parallel.first_stage_layers / last_stage_layers)")
+    try:
+        pipeline_stage_layers(shape.num_layers, pp, first_stage_layers, last_stage_layers)
+    except ValueError as err:
+        raise PlacementError(f"{where}: {err}") from None
     if fp8:
         for field in ("hidden_size", "intermediate_size"):
             width = getattr(shape, field)
@@ -209,11 +218,15 @@ def plan_placement(config: RunConfig, *, nodes: int, gpus_per_node: int, rollout
 
     fp8 = config.fp8.enabled
     if student is not None:
-        check_model_shape(student, tp=tp, pp=pp, role="student", fp8=fp8)
+        check_model_shape(student, tp=tp, pp=pp, role="student", fp8=fp8,
+                          first_stage_layers=config.parallel.first_stage_layers,
+                          last_stage_layers=config.parallel.last_stage_layers)
         if rollout_tp != tp:
             check_model_shape(student, tp=rollout_tp, pp=1, role="student (rollout engine)")
     if teacher is not None and teacher_kind == "megatron":
-        check_model_shape(teacher, tp=tp, pp=pp, role="teacher", fp8=False)
+        check_model_shape(teacher, tp=tp, pp=pp, role="teacher", fp8=False,
+                          first_stage_layers=config.parallel.teacher_first_stage_layers,
+                          last_stage_layers=config.parallel.teacher_last_stage_layers)
     return Placement(nodes=nodes, gpus_per_node=gpus_per_node, tp=tp, pp=pp, dp=dp,
                      rollout=config.rollout.placement, rollout_gpus=rollout_gpus, rollout_tp=rollout_tp,
                      num_engines=num_engines, teacher=teacher_kind, teacher_gpus=teacher_gpus)

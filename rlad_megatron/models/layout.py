@@ -103,3 +103,13 @@ def _uneven_message(num_layers: int, pp: int, first: int | None, last: int | Non
 def check_pipeline_layout(num_layers: int, pp: int, first: int | None = None, last: int | None = None) -> list[int]:
     """Validate a PP layout (even when first/last are None) and return the layers per stage."""
     return pipeline_stage_layers(num_layers, pp, first, last)
+
+
+def stage_overrides(first: int | None, last: int | None) -> dict[str, int]:
+    """The ``TransformerConfig`` fields for first/last pipeline stage layer counts (empty when both are None)."""
+    out = {}
+    if first is not None:
+        out["num_layers_in_first_pipeline_stage"] = first
+    if last is not None:
+        out["num_layers_in_last_pipeline_stage"] = last
+    return out

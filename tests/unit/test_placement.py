@@ -136,3 +136,15 @@ def test_sequences_per_replica_must_split_into_micro_batches():
         plan_placement(cfg, nodes=1, gpus_per_node=8)
     cfg.trainer.micro_batch_size, cfg.trainer.updates_per_batch = 16, 4
     assert plan_placement(cfg, nodes=1, gpus_per_node=8).dp == 8
+
+
+def test_uneven_pipeline_stages_in_placement():
+    # Qwen3-8B's 36 layers on PP=8: refused evenly, accepted with 6 + 6x4 + 6 layers
+    cfg = _config(tp=1, pp=8)
+    with pytest.raises(PlacementError, match=r"36 layers cannot be split into PP=8 equal stages.*first_stage_layers"):
+        plan_placement(cfg, nodes=1, gpus_per_node=8, student=QWEN3_8B)
+    cfg.parallel.first_stage_layers = cfg.parallel.last_stage_layers = 6
+    plan_placement(cfg, nodes=1, gpus_per_node=8, student=QWEN3_8B)
+    cfg.parallel.last_stage_layers = 5
+    with pytest.raises(PlacementError, match=r"student Qwen3-8B: .*valid choices are first=3 last=3"):
+        plan_placement(cfg, nodes=1, gpus_per_node=8, student=QWEN3_8B)
