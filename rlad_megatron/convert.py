@@ -3,7 +3,8 @@
     rlad-megatron convert hf-to-mcore    --hf DIR   --out DIR [--tp N --pp N --dtype bf16]
     rlad-megatron convert mcore-to-hf    --ckpt DIR --out DIR [--tp N --pp N --dtype bf16 --max-shard-gb G]
     rlad-megatron convert mcore-to-mcore --ckpt DIR --out DIR  --tp N --pp N
-    (every direction: [--first-stage-layers N --last-stage-layers N] for uneven pipeline stages)
+    (every direction: [--first-stage-layers N --last-stage-layers N] for uneven pipeline stages, [--ep N] for
+    expert parallelism of a Qwen2-MoE / Qwen3-MoE model; any layout reads a checkpoint written at any other)
 
 Multi-rank conversions run under torchrun with ``tp * pp`` ranks (more ranks become data-parallel replicas),
 e.g. ``torchrun --nproc-per-node 4 -m rlad_megatron.cli convert hf-to-mcore --hf qwen3 --out ck --tp 2 --pp 2``;
@@ -29,10 +30,10 @@ META_FILE = "rlad_checkpoint.json"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def _setup(tp: int, pp: int) -> None:
+def _setup(tp: int, pp: int, ep: int = 1) -> None:
     from rlad_megatron.parallel import initialize_model_parallel
 
-    initialize_model_parallel(tp, pp)
+    initialize_model_parallel(tp, pp, expert_parallel=ep)
 
 
 def _is_rank0() -> bool:
@@ -61,6 +62,7 @@ def save_megatron_checkpoint(model_chunks: list, arch: ModelArch, out_dir: str |
             if chunk.pre_process else None
         meta = {"padded_vocab": padded, "tp": ps.get_tensor_model_parallel_world_size(),
                 "pp": ps.get_pipeline_model_parallel_world_size(),
+                "ep": ps.get_expert_model_parallel_world_size() if arch.is_moe else 1,
                 "first_stage_layers": chunk.config.num_layers_in_first_pipeline_stage,
                 "last_stage_layers": chunk.config.num_layers_in_last_pipeline_stage,
                 "dtype": str(next(chunk.parameters()).dtype).removeprefix("torch.")}
@@ -113,11 +115,11 @@ def load_megatron_checkpoint(ckpt_dir: str | Path, *, params_dtype: torch.dtype 
 
 
 def hf_to_mcore(hf_dir: str, out_dir: str, *, tp: int = 1, pp: int = 1, dtype: str = "fp32",
-                first_stage_layers: int | None = None, last_stage_layers: int | None = None) -> None:
+                first_stage_layers: int | None = None, last_stage_layers: int | None = None, ep: int = 1) -> None:
     from rlad_megatron.models import load_hf_model
     from rlad_megatron.models.layout import stage_overrides
 
-    _setup(tp, pp)
+    _setup(tp, pp, ep)
     chunks, arch = load_hf_model(hf_dir, params_dtype=DTYPES[dtype],
                                  **stage_overrides(first_stage_layers, last_stage_layers))
     save_megatron_checkpoint(chunks, arch, out_dir, tokenizer_dir=hf_dir)
@@ -125,10 +127,10 @@ def hf_to_mcore(hf_dir: str, out_dir: str, *, tp: int = 1, pp: int = 1, dtype: s
 
 def mcore_to_hf(ckpt_dir: str, out_dir: str, *, tp: int = 1, pp: int = 1, dtype: str | None = None,
                 max_shard_bytes: int = 2 << 30, first_stage_layers: int | None = None,
-                last_stage_layers: int | None = None) -> None:
+                last_stage_layers: int | None = None, ep: int = 1) -> None:
     from rlad_megatron.models.hf_export import export_hf_checkpoint
 
-    _setup(tp, pp)
+    _setup(tp, pp, ep)
     chunks, arch = load_megatron_checkpoint(ckpt_dir, trainable=False, first_stage_layers=first_stage_layers,
                                             last_stage_layers=last_stage_layers)
     export_hf_checkpoint(chunks, arch, out_dir, tokenizer_dir=ckpt_dir, max_shard_bytes=max_shard_bytes,
@@ -136,8 +138,8 @@ def mcore_to_hf(ckpt_dir: str, out_dir: str, *, tp: int = 1, pp: int = 1, dtype:
 
 
 def mcore_to_mcore(ckpt_dir: str, out_dir: str, *, tp: int, pp: int, first_stage_layers: int | None = None,
-                   last_stage_layers: int | None = None) -> None:
-    _setup(tp, pp)
+                   last_stage_layers: int | None = None, ep: int = 1) -> None:
+    _setup(tp, pp, ep)
     chunks, arch = load_megatron_checkpoint(ckpt_dir, trainable=False, first_stage_layers=first_stage_layers,
                                             last_stage_layers=last_stage_layers)
     save_megatron_checkpoint(chunks, arch, out_dir, tokenizer_dir=ckpt_dir)
@@ -163,6 +165,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                          help="layers on the first pipeline stage (uneven PP; default: even stages)")
         sub.add_argument("--last-stage-layers", type=int, default=None,
                          help="layers on the last pipeline stage (uneven PP; default: even stages)")
+        sub.add_argument("--ep", type=int, default=1,
+                         help="expert-parallel size of a MoE model (experts sharded over data-parallel ranks)")
     for sub in (a, b):
         sub.add_argument("--dtype", choices=sorted(DTYPES), default="fp32" if sub is a else None,
                          help="parameter dtype to write (default: fp32 for hf-to-mcore, as saved otherwise)")
@@ -172,7 +176,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Execute a parsed ``convert`` command on this rank."""
-    stages = {"first_stage_layers": args.first_stage_layers, "last_stage_layers": args.last_stage_layers}
+    stages = {"first_stage_layers": args.first_stage_layers, "last_stage_layers": args.last_stage_layers,
+              "ep": args.ep}
     if args.direction == "hf-to-mcore":
         hf_to_mcore(args.hf, args.out, tp=args.tp, pp=args.pp, dtype=args.dtype, **stages)
     elif args.direction == "mcore-to-hf":
