@@ -37,6 +37,8 @@ def build_model_chunks(arch: ModelArch, *, params_dtype: torch.dtype = torch.flo
     overrides = dict(config_overrides)
     if vpp is not None and vpp > 1:
         overrides.setdefault("virtual_pipeline_model_parallel_size", vpp)
+    if arch.is_moe:  # experts' params are marked expert-parallel (own grad buffers, no DP all-reduce) from this
+        overrides.setdefault("expert_model_parallel_size", ps.get_expert_model_parallel_world_size())
     config = transformer_config_for(arch, tp=tp, pp=pp, params_dtype=params_dtype,
                                     sequence_parallel=sequence_parallel, **overrides)
     stages = range(vpp) if vpp and vpp > 1 else [None]
