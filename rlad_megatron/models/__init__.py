@@ -1,4 +1,4 @@
-"""Student and teacher Megatron GPTModels from Hugging Face checkpoints (Llama, Qwen2, Qwen3), and back.
+"""Student and teacher Megatron GPTModels from Hugging Face checkpoints (Llama, Qwen2, Qwen3, Qwen2-MoE, Qwen3-MoE), and back.
 
     model_chunks, arch = load_hf_model(hf_dir, trainable=True)     # this rank's TP/PP shards, for the current
                                                                    # parallel state (initialize_model_parallel)

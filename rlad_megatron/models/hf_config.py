@@ -1,4 +1,4 @@
-"""Hugging Face ``config.json`` (Llama, Qwen2, Qwen3 families) -> :class:`ModelArch` -> Megatron ``TransformerConfig``.
+"""Hugging Face ``config.json`` (Llama, Qwen2, Qwen3 and their MoE families) -> :class:`ModelArch` -> Megatron ``TransformerConfig``.
 
 ``ModelArch`` is the one description of a dense decoder that the builder, the name table, the loader, the exporter
 and the checkpoint converter share. It keeps the original ``config.json`` dict, so that an export writes back what
