@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -19,13 +20,13 @@ class MegatronTeacher(Teacher):
 
     @classmethod
     def load(cls, hf_dir: str | Path, *, micro_batch_size: int, params_dtype: torch.dtype,
-             student_dir: str | Path | None = None, sequence_parallel: bool = False) -> "MegatronTeacher":
+             student_dir: str | Path | None = None, **model_overrides: Any) -> "MegatronTeacher":
         """This rank's shard of the Hugging Face model in ``hf_dir``, frozen. With ``student_dir``, the tokenizers
-        are checked to be compatible first."""
+        are checked to be compatible first. ``model_overrides`` go to the model's ``TransformerConfig``
+        (``sequence_parallel``, uneven pipeline stages, ...)."""
         from rlad_megatron.models import load_teacher
 
-        chunks, arch = load_teacher(hf_dir, student_dir=student_dir, params_dtype=params_dtype,
-                                    sequence_parallel=sequence_parallel)
+        chunks, arch = load_teacher(hf_dir, student_dir=student_dir, params_dtype=params_dtype, **model_overrides)
         return cls(MegatronPolicy(chunks, arch.vocab_size), micro_batch_size)
 
     def token_logprobs(self, batch: SequenceBatch) -> torch.Tensor | None:

@@ -147,8 +147,11 @@ def build_components(config: RunConfig) -> Components:
     # FP8 (Transformer Engine, GPU only; checked above) for the student; the frozen teacher stays in params_dtype so
     # that its log-probs are not quantised.
     fp8 = transformer_config_fp8_kwargs(c.fp8) if c.fp8.enabled else {}
+    from rlad_megatron.models.layout import stage_overrides
+
+    student_stages = stage_overrides(c.parallel.first_stage_layers, c.parallel.last_stage_layers)
     modules, arch = load_hf_model(c.model.student, trainable=True, params_dtype=dtype,
-                                  sequence_parallel=c.parallel.sequence_parallel, **fp8)
+                                  sequence_parallel=c.parallel.sequence_parallel, **fp8, **student_stages)
     wrapped, optimizer = build_student(modules, c.optim)
     policy = MegatronPolicy(wrapped, arch.vocab_size, optimizer=optimizer, with_entropy="entropy" in needs)
     student = Student(policy=policy, modules=modules, arch=arch, hf_dir=c.model.student)
@@ -157,7 +160,7 @@ def build_components(config: RunConfig) -> Components:
     reference = None
     if "ref_logprobs" in needs:  # the reference policy of the KL penalty: a frozen copy of the initial student
         reference = MegatronTeacher.load(c.model.student, micro_batch_size=micro, params_dtype=dtype,
-                                         sequence_parallel=c.parallel.sequence_parallel)
+                                         sequence_parallel=c.parallel.sequence_parallel, **student_stages)
 
     use = teacher_use(c.loss)
     engine_cfg = VLLMEngineConfig(
@@ -172,7 +175,9 @@ def build_components(config: RunConfig) -> Components:
     teacher: Teacher | None = None
     if "teacher_logprobs" in needs and c.teacher.source == "megatron":
         teacher = MegatronTeacher.load(c.model.teacher, micro_batch_size=micro, params_dtype=dtype,
-                                       student_dir=c.model.student, sequence_parallel=c.parallel.sequence_parallel)
+                                       student_dir=c.model.student, sequence_parallel=c.parallel.sequence_parallel,
+                                       **stage_overrides(c.parallel.teacher_first_stage_layers,
+                                                         c.parallel.teacher_last_stage_layers))
     elif "teacher_logprobs" in needs:  # teacher.source == "vllm": a scoring engine next to the rollout engine
         scorer = None
         if engine is not None:
