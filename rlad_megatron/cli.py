@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -16,6 +17,10 @@ def _train(args: argparse.Namespace) -> int:
     except ConfigError as err:
         print(f"rlad-megatron train: bad configuration: {err}", file=sys.stderr)
         return 2
+    from rlad_megatron.console import rank_tag, send_output_to_log
+
+    # From here on third-party output (vLLM, Megatron, torch, warnings) goes to the run's train.log, not the console.
+    send_output_to_log(Path(config.trainer.output_dir) / "train.log", tag=rank_tag())
     from rlad_megatron.trainer.loop import train
 
     train(config, resume=args.resume)

@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 
 from rlad_megatron.config import RunConfig, run_config_to_dict
+from rlad_megatron.console import say
 from rlad_megatron.learner.policy import MegatronPolicy
 from rlad_megatron.learner.sequences import SequenceBatch
 from rlad_megatron.loss import Denominators, MetricAccumulator, compute_policy_loss, local_denominators
@@ -78,13 +79,13 @@ class Trainer:
             folder = latest_checkpoint(s.checkpoint_dir)
             if folder is None:
                 if rank0:
-                    print(f"[rlad] --resume: no checkpoint under {s.checkpoint_dir}; starting at step 0", flush=True)
+                    say(f"[rlad] --resume: no checkpoint under {s.checkpoint_dir}; starting at step 0")
             else:
                 state = load_trainer_checkpoint(folder, s.student.chunks, s.student.optimizer)
                 self.step = state["step"]
                 s.prompts.load_state_dict(state["data"])
                 if rank0:
-                    print(f"[rlad] resumed from {folder} at step {self.step}", flush=True)
+                    say(f"[rlad] resumed from {folder} at step {self.step}")
         from rlad_megatron.trainer.observability import MetricsLogger
 
         self.eval_examples = load_eval_examples(config, s.task, s.tokenizer)

@@ -21,11 +21,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any, Mapping
 
+from rlad_megatron.console import console_stream
 from rlad_megatron.trainer.plots import DEFAULT_KEYS, plot_curves
 
 METRICS_FILE = "metrics.jsonl"
@@ -105,6 +105,15 @@ def format_postfix(metrics: Mapping[str, float]) -> str:
     return " ".join(parts)
 
 
+def format_eval_line(step: int, metrics: Mapping[str, float]) -> str | None:
+    """The console line of a periodic evaluation, ``step 20: eval accuracy=0.41 pass@4=0.62 ...`` (None: no eval)."""
+    keys = sorted(k for k in metrics if k.startswith("eval/"))
+    if not keys:
+        return None
+    keys.sort(key=lambda k: k != "eval/accuracy")  # accuracy first, the rest alphabetical
+    return f"step {step}: eval " + " ".join(f"{k[len('eval/'):]}={metrics[k]:.4g}" for k in keys)
+
+
 class MetricsLogger:
     """Per-step metrics to ``metrics.jsonl`` and TensorBoard, a tqdm bar on stderr, and the curves PNG at close.
 
@@ -141,7 +150,7 @@ class MetricsLogger:
 
         # purge_step hides events at steps >= purge_step that an earlier (crashed) run wrote to the same directory.
         self._writer = SummaryWriter(log_dir=str(self.tb_dir), purge_step=start_step + 1)
-        self._bar = tqdm(total=total_steps, initial=start_step, file=sys.stderr, unit="step", dynamic_ncols=True,
+        self._bar = tqdm(total=total_steps, initial=start_step, file=console_stream(), unit="step", dynamic_ncols=True,
                          desc="train", smoothing=0.3)
         if dropped:
             self.note(f"resume: dropped {dropped} metrics lines logged after step {start_step}")
@@ -172,14 +181,18 @@ class MetricsLogger:
         postfix = format_postfix(values)
         if postfix:
             self._bar.set_postfix_str(postfix, refresh=True)
+        eval_line = format_eval_line(int(step), values)
+        if eval_line is not None:
+            self.note(eval_line)
 
     def note(self, text: str) -> None:
-        """Print a line to stderr without breaking the progress bar."""
+        """Print a line on the console (the terminal, also when third-party output goes to train.log) without
+        breaking the progress bar."""
         if not self.enabled:
             return
         from tqdm import tqdm
 
-        tqdm.write(text, file=sys.stderr)
+        tqdm.write(text, file=console_stream())
 
     def flush(self) -> None:
         """Flush the JSONL file and the TensorBoard writer (e.g. before a checkpoint)."""

@@ -1,0 +1,43 @@
+"""A real tiny training run (torchrun, 2 ranks at TP=2, Megatron learner, colocated vLLM engine, teacher, periodic
+evaluation): the console shows only our lines (the setup summary, the progress bar, the evaluation line, the curves
+note); vLLM's INFO lines, Megatron's/torch's warnings and C++ log lines are in ``<output_dir>/train.log``."""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from rlad_megatron.testing.tiny_run import launch, prepare_models_and_data, run_config
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+#: Every line our trainer prints on the console (progress-bar frames are split at carriage returns).
+OURS = (
+    re.compile(r"^\[rlad\] "),                  # setup summary, resume notes
+    re.compile(r"^train: "),                    # the tqdm bar (desc "train")
+    re.compile(r"^step \d+: eval accuracy="),   # one line per evaluation
+    re.compile(r"^curves: "),                   # where the plot, metrics and TensorBoard logs are
+)
+#: What third-party output looks like (to show what a failure let through, and to check the log has it).
+THIRD_PARTY = re.compile(r"\bINFO\b|\bWARNING\b|Warning|^\[?[WIE]\d{4} |^\(EngineCore")
+
+
+def test_console_shows_only_ours_and_train_log_has_the_rest(tmp_path) -> None:
+    paths = prepare_models_and_data(tmp_path / "models")
+    out = tmp_path / "out"
+    config = run_config(paths, out, parallel={"tensor_parallel": 2},
+                        data={"eval_files": [paths["train"]]},
+                        trainer={"steps": 2, "eval_every": 2, "export_hf": False})
+    done = launch(config, 2, workdir=tmp_path / "launch", timeout=600)
+    assert done.returncode == 0, done.stdout[-6000:]
+
+    console = [line.strip() for line in re.split(r"[\r\n]", done.stdout) if line.strip()]
+    foreign = [line for line in console if not any(p.match(line) for p in OURS)]
+    assert not foreign, "third-party lines on the console:\n" + "\n".join(foreign[:40])
+    assert any(line.startswith("step 2: eval accuracy=") for line in console), console
+    assert any(line.startswith("train: 100%") for line in console), console
+
+    log = (out / "train.log").read_text(errors="replace")
+    assert re.search(r"^INFO .*\[.*vllm.*\]|vllm.*INFO|INFO.*vllm", log, re.M), log[:3000]
+    assert re.search(r"rank1 (WARNING|INFO) ", log) or "rank1" in log  # the second rank writes there too
+    assert len([line for line in log.splitlines() if THIRD_PARTY.search(line)]) >= 10, log[:3000]
