@@ -90,7 +90,8 @@ class Trainer:
 
         self.eval_examples = load_eval_examples(config, s.task, s.tokenizer)
 
-        s.logger = MetricsLogger(s.output_dir, config.trainer.steps, start_step=self.step, enabled=rank0)
+        s.logger = MetricsLogger(s.output_dir, config.trainer.steps, start_step=self.step, enabled=rank0,
+                                 wandb=config.trainer.wandb, run_config=run_config_to_dict(config))
         self._sync_weights()  # the engine starts from the HF files: make it serve the learner's weights
 
     # ---------------------------------------------------------------------------------------------------------

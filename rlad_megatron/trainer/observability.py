@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
+from rlad_megatron.config import WandbConfig
 from rlad_megatron.console import console_stream
 from rlad_megatron.trainer.plots import DEFAULT_KEYS, plot_curves
 
@@ -121,7 +122,8 @@ class MetricsLogger:
     """
 
     def __init__(self, output_dir: Path, total_steps: int, start_step: int = 0, enabled: bool = True,
-                 curve_keys: tuple[str, ...] = DEFAULT_KEYS) -> None:
+                 curve_keys: tuple[str, ...] = DEFAULT_KEYS, wandb: WandbConfig | None = None,
+                 run_config: Mapping[str, Any] | None = None) -> None:
         if total_steps < 0 or start_step < 0:
             raise ValueError(f"total_steps and start_step must be >= 0, got {total_steps}, {start_step}")
         self.enabled = enabled
@@ -134,6 +136,7 @@ class MetricsLogger:
         self._writer: Any = None
         self._bar: Any = None
         self._file: Any = None
+        self._wandb: Any = None
         self._last_step = start_step
         if not enabled:
             return
@@ -152,6 +155,10 @@ class MetricsLogger:
         self._writer = SummaryWriter(log_dir=str(self.tb_dir), purge_step=start_step + 1)
         self._bar = tqdm(total=total_steps, initial=start_step, file=console_stream(), unit="step", dynamic_ncols=True,
                          desc="train", smoothing=0.3)
+        if wandb is not None and wandb.enabled:
+            from rlad_megatron.trainer.wandb_log import WandbRun
+
+            self._wandb = WandbRun.start(wandb, run_config or {}, self.output_dir, start_step=start_step)
         if dropped:
             self.note(f"resume: dropped {dropped} metrics lines logged after step {start_step}")
 
@@ -174,6 +181,8 @@ class MetricsLogger:
         self._file.flush()
         for key, value in values.items():
             self._writer.add_scalar(key, value, global_step=int(step))
+        if self._wandb is not None:
+            self._wandb.log(int(step), values)
         advance = int(step) - self._last_step
         if advance > 0:
             self._bar.update(advance)
@@ -217,6 +226,9 @@ class MetricsLogger:
         plot_curves(self.metrics_path, self.curves_path, self.curve_keys)
         self.note(f"curves: {self.curves_path} ({time.perf_counter() - started:.1f}s); "
                   f"metrics: {self.metrics_path}; tensorboard --logdir {self.tb_dir}")
+        if self._wandb is not None:
+            self._wandb.finish(self.curves_path)
+            self.note(f"wandb: {self._wandb.directory}")
         return self.curves_path
 
     def __enter__(self) -> "MetricsLogger":
