@@ -27,7 +27,7 @@ from typing import Any, Mapping
 
 from rlad_megatron.config import WandbConfig
 from rlad_megatron.console import console_stream
-from rlad_megatron.trainer.plots import DEFAULT_KEYS, plot_curves
+from rlad_megatron.trainer.plots import PANELS, Panel, plot_curves
 
 METRICS_FILE = "metrics.jsonl"
 TB_DIR = "tb"
@@ -122,7 +122,7 @@ class MetricsLogger:
     """
 
     def __init__(self, output_dir: Path, total_steps: int, start_step: int = 0, enabled: bool = True,
-                 curve_keys: tuple[str, ...] = DEFAULT_KEYS, wandb: WandbConfig | None = None,
+                 curve_panels: tuple[Panel, ...] = PANELS, wandb: WandbConfig | None = None,
                  run_config: Mapping[str, Any] | None = None) -> None:
         if total_steps < 0 or start_step < 0:
             raise ValueError(f"total_steps and start_step must be >= 0, got {total_steps}, {start_step}")
@@ -131,7 +131,7 @@ class MetricsLogger:
         self.metrics_path = self.output_dir / METRICS_FILE
         self.tb_dir = self.output_dir / TB_DIR
         self.curves_path = self.output_dir / CURVES_FILE
-        self.curve_keys = curve_keys
+        self.curve_panels = curve_panels
         self._closed = not enabled
         self._writer: Any = None
         self._bar: Any = None
@@ -223,7 +223,7 @@ class MetricsLogger:
         self._writer.close()
         self._bar.close()
         started = time.perf_counter()
-        plot_curves(self.metrics_path, self.curves_path, self.curve_keys)
+        plot_curves(self.metrics_path, self.curves_path, self.curve_panels)
         self.note(f"curves: {self.curves_path} ({time.perf_counter() - started:.1f}s); "
                   f"metrics: {self.metrics_path}; tensorboard --logdir {self.tb_dir}")
         if self._wandb is not None:

@@ -144,7 +144,7 @@ def test_plot_curves_with_eval_points_and_missing_keys(tmp_path: Path) -> None:
     series = read_series(jsonl, ("reward/mean", "eval/accuracy", "absent"))
     assert series["eval/accuracy"][0] == [10, 20, 30, 40] and "absent" not in series
     png = plot_curves(jsonl, tmp_path / "out" / "curves.png")
-    assert _png_size(png)[0] > 600  # two panels: reward, accuracy
+    assert _png_size(png)[0] >= 500  # one panel (reward and accuracy): the only keys logged
 
     empty = plot_curves(tmp_path / "none.jsonl", tmp_path / "empty.png")
     assert empty.exists()  # a run always leaves an image, saying what is missing
