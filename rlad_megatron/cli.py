@@ -1,4 +1,4 @@
-"""``rlad-megatron train | eval | convert``.
+"""``rlad-megatron train | eval | convert | config``.
 
     torchrun --nproc-per-node 2 -m rlad_megatron.cli train --config configs/quickstart.yaml trainer.steps=20
 """
@@ -35,11 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue from output_dir/checkpoints/latest")
     train.add_argument("overrides", nargs="*", help="dotted overrides, e.g. loss.alpha=0.3 trainer.steps=20")
     train.set_defaults(func=_train)
-    from rlad_megatron import convert
+    from rlad_megatron import config_cli, convert
     from rlad_megatron.eval import cli as eval_cli
 
     convert.register(sub)
     eval_cli.register(sub)
+    config_cli.register(sub)
     return parser
 
 

@@ -130,7 +130,7 @@ class OptimConfig:
     min_lr: float = 0.0
     """Learning rate at the end of the cosine decay (0 <= min_lr <= lr)."""
     warmup_steps: int = 0
-    """Steps of linear warm-up from 0 to lr before the cosine decay."""
+    """Steps of linear warm-up to lr before the cosine decay."""
     weight_decay: float = 0.0
     """AdamW decoupled weight decay."""
     adam_beta1: float = 0.9
@@ -218,7 +218,7 @@ class TrainerConfig:
     export_hf: bool = True
     """Write the final student as a Hugging Face checkpoint in output_dir/hf."""
     wandb: WandbConfig = field(default_factory=WandbConfig)
-    """Optional Weights & Biases logging (see WandbConfig)."""
+    """Optional Weights & Biases logging, off by default; the API key comes from `wandb login` or WANDB_API_KEY."""
 
     def validate(self) -> None:
         for name in ("steps", "updates_per_batch", "micro_batch_size", "eval_samples", "keep_checkpoints",
