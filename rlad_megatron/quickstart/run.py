@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -24,6 +25,14 @@ def _say(text: str) -> None:
     say(text)
 
 
+def _point_link(link: Path, target: Path) -> None:
+    """Make ``link`` a relative symlink to ``target`` (replacing an older link, never a real folder)."""
+    if link.is_symlink():
+        link.unlink()
+    if not link.exists():
+        link.symlink_to(os.path.relpath(target, link.parent), target_is_directory=True)
+
+
 def run_quickstart(settings: QuickstartSettings, root: Path, *, train: bool = True,
                    log: Callable[[str], None] = _say) -> dict[str, Any]:
     """Run the whole quickstart under ``root``; returns the results written to ``root/results.json``."""
@@ -37,6 +46,8 @@ def run_quickstart(settings: QuickstartSettings, root: Path, *, train: bool = Tr
         f"{settings.data.min_digits}..{settings.data.max_digits} digits")
     teacher = prepare_model("teacher", settings.teacher, settings, files, root / "cache", log)
     student = prepare_model("student", settings.student, settings, files, root / "cache", log)
+    for kind, prepared in (("teacher", teacher), ("student", student)):
+        _point_link(root / kind, prepared.path)  # stable paths for configs/quickstart.yaml
     timings["prepare"] = time.perf_counter() - t
 
     t = time.perf_counter()
