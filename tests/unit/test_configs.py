@@ -18,9 +18,9 @@ def test_config_loads_and_validates(name: str) -> None:
 
 
 def test_quickstart_config_is_the_demo_run() -> None:
-    from rlad_megatron.quickstart.prepare import DataFiles
-    from rlad_megatron.quickstart.settings import QuickstartSettings
-    from rlad_megatron.quickstart.train import train_config
+    from examples.quickstart.prepare import DataFiles
+    from examples.quickstart.settings import QuickstartSettings
+    from examples.quickstart.train import train_config
 
     root = Path("outputs/quickstart")
     files = DataFiles(train=root / "data" / "train.jsonl", test=root / "data" / "test.jsonl")
