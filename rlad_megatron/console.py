@@ -79,6 +79,9 @@ def send_output_to_log(path: str | Path, *, tag: str = "", fresh: bool = False) 
         return path
     for name, value in QUIET_ENV.items():
         os.environ.setdefault(name, value)
+    if tag:  # vLLM formats its own lines (pid, no rank): say which process of the run wrote them (set, not
+        # defaulted: a child process, e.g. a rank launched by the quickstart, inherits its parent's value)
+        os.environ["VLLM_LOGGING_PREFIX"] = f"{tag} "
     path.parent.mkdir(parents=True, exist_ok=True)
     sys.stdout.flush()
     sys.stderr.flush()
