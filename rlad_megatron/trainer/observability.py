@@ -9,7 +9,8 @@
     logger.close()                                        # flushes, writes output_dir/curves.png
 
 Files under ``output_dir``: ``metrics.jsonl`` (one ``{"step": s, key: value, ...}`` object per line; non-finite
-values are written as ``null``), ``tb/`` (TensorBoard event files) and ``curves.png``.
+values are written as ``null``), ``tb/`` (TensorBoard event files), ``curves.png``, and with W&B enabled
+``wandb/`` and ``wandb_run_id`` (``rlad_megatron.trainer.wandb_log``).
 
 Resume: steps are numbered from 1, and ``start_step`` is the last step the run completed (its checkpoint). A crashed
 run may have logged steps after its last checkpoint; those JSONL lines (step > ``start_step``) are dropped and the
@@ -116,7 +117,8 @@ def format_eval_line(step: int, metrics: Mapping[str, float]) -> str | None:
 
 
 class MetricsLogger:
-    """Per-step metrics to ``metrics.jsonl`` and TensorBoard, a tqdm bar on stderr, and the curves PNG at close.
+    """Per-step metrics to ``metrics.jsonl``, TensorBoard and (``wandb.enabled``) Weights & Biases, a tqdm bar and
+    one line per evaluation on the console, and the curves PNG at close.
 
     Only global rank 0 should pass ``enabled=True``; a disabled logger touches no file and prints nothing.
     """
