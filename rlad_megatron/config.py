@@ -48,10 +48,25 @@ class ParallelConfig:
     """Pipeline-parallel size; data parallelism is world_size / (tensor_parallel * pipeline_parallel)."""
     sequence_parallel: bool = False
     """Megatron sequence parallelism (needs tensor_parallel > 1)."""
+    first_stage_layers: int | None = None
+    """Student layers on the first pipeline stage (uneven PP; None: an even stage). The stages without an explicit
+    count split the other layers evenly."""
+    last_stage_layers: int | None = None
+    """Student layers on the last pipeline stage (uneven PP; None: an even stage)."""
+    teacher_first_stage_layers: int | None = None
+    """The Megatron teacher's layers on the first pipeline stage (it may be deeper than the student)."""
+    teacher_last_stage_layers: int | None = None
+    """The Megatron teacher's layers on the last pipeline stage."""
 
     def validate(self) -> None:
         if self.tensor_parallel < 1 or self.pipeline_parallel < 1:
             raise ConfigError("parallel.tensor_parallel and parallel.pipeline_parallel must be >= 1")
+        for name in ("first_stage_layers", "last_stage_layers", "teacher_first_stage_layers",
+                     "teacher_last_stage_layers"):
+            value = getattr(self, name)
+            if value is not None and (value < 1 or self.pipeline_parallel == 1):
+                raise ConfigError(f"parallel.{name}={value}: must be >= 1 and needs parallel.pipeline_parallel > 1 "
+                                  "(the model's layer count is checked when it is loaded)")
         if self.sequence_parallel and self.tensor_parallel == 1:
             raise ConfigError("parallel.sequence_parallel=true needs parallel.tensor_parallel > 1")
 
@@ -217,6 +232,9 @@ class TrainerConfig:
     """A step with a NaN/inf loss or gradient is skipped; this many in a row stop the run."""
     export_hf: bool = True
     """Write the final student as a Hugging Face checkpoint in output_dir/hf."""
+    resume: str = "never"
+    """"never": a fresh run (refused when output_dir holds a run, unless --overwrite); "auto": resume from the newest
+    complete checkpoint when there is one, else start (for jobs a scheduler restarts). --resume forces resuming."""
     wandb: WandbConfig = field(default_factory=WandbConfig)
     """Optional Weights & Biases logging, off by default; the API key comes from `wandb login` or WANDB_API_KEY."""
 
@@ -225,6 +243,8 @@ class TrainerConfig:
                      "max_consecutive_bad_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"trainer.{name} must be >= 1, got {getattr(self, name)}")
+        if self.resume not in ("never", "auto"):
+            raise ConfigError(f"trainer.resume={self.resume!r}: choose 'never' or 'auto'")
         self.wandb.validate()
 
 

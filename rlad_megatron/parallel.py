@@ -31,7 +31,19 @@ def init_distributed(backend: str | None = None, timeout_s: float = 600.0) -> No
     backend = backend or default_backend()
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
+    timeout = datetime.timedelta(seconds=timeout_s)
+    restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+    if restart:
+        # After `torchrun --max-restarts` restarts the ranks, they reuse the agent's store, which still holds the
+        # dead ranks' addresses under the same group keys: new gloo groups would wait forever to connect to them
+        # (measured with torch 2.13). Keys under a per-attempt prefix start clean.
+        store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
+                              int(os.environ["WORLD_SIZE"]), is_master=False, timeout=timeout)
+        dist.init_process_group(backend=backend, timeout=timeout, rank=int(os.environ["RANK"]),
+                                world_size=int(os.environ["WORLD_SIZE"]),
+                                store=dist.PrefixStore(f"rlad_attempt_{restart}", store))
+        return
+    dist.init_process_group(backend=backend, timeout=timeout)
 
 
 def free_port() -> int:
@@ -48,10 +60,12 @@ def initialize_model_parallel(
     *,
     virtual_pipeline_parallel: int | None = None,
     seed: int = 1234,
+    expert_parallel: int = 1,
 ) -> None:
     """Set up Megatron's TP/PP/DP groups over the current world and seed the model-parallel RNG tracker.
 
-    Data parallelism is what is left: ``world_size / (tensor_parallel * pipeline_parallel)``.
+    Data parallelism is what is left: ``world_size / (tensor_parallel * pipeline_parallel)``. Expert parallelism
+    (MoE) shards the experts over ``expert_parallel`` data-parallel ranks (expert tensor parallel size 1).
     """
     init_distributed()
     world = dist.get_world_size()
@@ -59,6 +73,13 @@ def initialize_model_parallel(
         raise ValueError(
             f"world size {world} is not divisible by tensor_parallel ({tensor_parallel}) x pipeline_parallel "
             f"({pipeline_parallel}) = {tensor_parallel * pipeline_parallel}: launch a multiple of that many ranks"
+        )
+    dp = world // (tensor_parallel * pipeline_parallel)
+    if expert_parallel < 1 or (world // pipeline_parallel) % expert_parallel:
+        raise ValueError(
+            f"expert parallel size {expert_parallel} must divide world size {world} / pipeline_parallel "
+            f"{pipeline_parallel} (experts are sharded over the ranks of one pipeline stage; data parallel size is "
+            f"{dp}): choose it among the divisors of {world // pipeline_parallel}"
         )
     from rlad_megatron.compat import megatron_cpu
 
@@ -71,6 +92,8 @@ def initialize_model_parallel(
         tensor_model_parallel_size=tensor_parallel,
         pipeline_model_parallel_size=pipeline_parallel,
         virtual_pipeline_model_parallel_size=virtual_pipeline_parallel,
+        expert_model_parallel_size=expert_parallel,
+        expert_tensor_parallel_size=1,
     )
     mcore_tp.model_parallel_cuda_manual_seed(seed)
 

@@ -87,7 +87,10 @@ class Trainer:
                 if rank0:
                     say(f"[rlad] resumed from {folder} at step {self.step}")
         from rlad_megatron.trainer.observability import MetricsLogger
+        from rlad_megatron.trainer.run_dir import record_run_config
 
+        if rank0:
+            record_run_config(s.output_dir, config)
         self.eval_examples = load_eval_examples(config, s.task, s.tokenizer)
 
         s.logger = MetricsLogger(s.output_dir, config.trainer.steps, start_step=self.step, enabled=rank0,
@@ -214,6 +217,7 @@ class Trainer:
         group = cfg.rollout.group_size
         group_of_row = torch.arange(len(batch)) // group
         acc = MetricAccumulator()
+        moe_sums: dict[str, float] = {}
         applied, grad_norms, empty = 0, [], 0
         for u in range(updates):
             # Mini-batch u takes every updates-th prompt group. Data-parallel ranks hold contiguous blocks of
@@ -241,11 +245,14 @@ class Trainer:
             result = s.student.train_step(mini, loss_fn, cfg.trainer.micro_batch_size)
             for stats in result.metrics:
                 acc.add(stats)
+            for key, value in result.moe.items():  # MoE students: router load-balancing loss
+                moe_sums[key] = moe_sums.get(key, 0.0) + value / updates
             if result.applied:
                 applied += 1
                 grad_norms.append(result.grad_norm)
         out = _reduce_metrics(acc, ps.is_pipeline_last_stage(ignore_virtual=True), s.model_parallel_group)
         out = {f"loss/{k}": v for k, v in out.items()}
+        out.update(moe_sums)
         out["optim/applied_updates"] = float(applied)
         out["optim/empty_updates"] = float(empty)
         if grad_norms:
