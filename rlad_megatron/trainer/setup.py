@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 
 from rlad_megatron.config import RunConfig, teacher_use
+from rlad_megatron.console import say
 from rlad_megatron.data.prompt_stream import PromptStream
 from rlad_megatron.learner.policy import MegatronPolicy, build_student
 from rlad_megatron.learner.sequences import SequenceBatch, pack_sequences
@@ -197,10 +198,10 @@ def build_components(config: RunConfig) -> Components:
 
     if dist.get_rank() == 0:
         output_dir.mkdir(parents=True, exist_ok=True)
-        print(f"[rlad] {dataset.report.summary()}", flush=True)
-        print(f"[rlad] world={dist.get_world_size()} tp={c.parallel.tensor_parallel} "
+        say(f"[rlad] {dataset.report.summary()}")
+        say(f"[rlad] world={dist.get_world_size()} tp={c.parallel.tensor_parallel} "
               f"pp={c.parallel.pipeline_parallel} dp={dp_size} algorithm={c.loss.algorithm} "
-              f"output={output_dir}", flush=True)
+              f"output={output_dir}")
     return Components(
         config=c, layout=layout, output_dir=output_dir, dp_rank=dp_rank, model_parallel_group=mp_group,
         student=student, teacher=teacher, reference=reference, engine=engine, synchronizer=synchronizer,
