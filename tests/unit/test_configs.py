@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from rlad_megatron.config import load_run_config, run_config_from_dict, run_config_to_dict
+from rlad_megatron.config import load_run_config, run_config_to_dict
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -20,13 +20,13 @@ def test_config_loads_and_validates(name: str) -> None:
 def test_quickstart_config_is_the_demo_run() -> None:
     from examples.quickstart.prepare import DataFiles
     from examples.quickstart.settings import QuickstartSettings
-    from examples.quickstart.train import train_config
+    from examples.quickstart.train import quickstart_run_config
 
     root = Path("outputs/quickstart")
     files = DataFiles(train=root / "data" / "train.jsonl", test=root / "data" / "test.jsonl")
-    demo = train_config(QuickstartSettings(), root / "teacher", root / "student", files, Path("runs/quickstart_rlad"))
-    assert run_config_to_dict(load_run_config(CONFIGS / "quickstart.yaml")) == \
-        run_config_to_dict(run_config_from_dict(demo))
+    demo = quickstart_run_config(QuickstartSettings(), root / "teacher", root / "student", files,
+                                 Path("runs/quickstart_rlad"))
+    assert run_config_to_dict(load_run_config(CONFIGS / "quickstart.yaml")) == run_config_to_dict(demo)
 
 
 def test_logic_config_is_the_paper_recipe() -> None:
