@@ -168,12 +168,18 @@ class TrainerConfig:
     """A step with a NaN/inf loss or gradient is skipped; this many in a row stop the run."""
     export_hf: bool = True
     """Write the final student as a Hugging Face checkpoint in output_dir/hf."""
+    export_dtype: str | None = None
+    """dtype of the exported tensors (and of config.json's "dtype" label): "float32" or "bfloat16"; None: the
+    learner's dtype (model.params_dtype). bf16 rounds away updates smaller than ~1/256 of a weight (lr ~1e-6)."""
 
     def validate(self) -> None:
         for name in ("steps", "updates_per_batch", "micro_batch_size", "eval_samples", "keep_checkpoints",
                      "max_consecutive_bad_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"trainer.{name} must be >= 1, got {getattr(self, name)}")
+        if self.export_dtype not in (None, "float32", "bfloat16"):
+            raise ConfigError(f"trainer.export_dtype={self.export_dtype!r}: choose 'float32', 'bfloat16' or null "
+                              "(the learner's dtype)")
 
 
 @dataclass

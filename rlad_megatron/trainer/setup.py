@@ -87,7 +87,9 @@ class TrainingSetup:
     def export_student(self, out_dir: Path) -> None:
         from rlad_megatron.models import export_hf_checkpoint
 
-        export_hf_checkpoint(self.student_modules, self.arch, out_dir, tokenizer_dir=self.config.model.student)
+        name = self.config.trainer.export_dtype or self.config.model.params_dtype
+        export_hf_checkpoint(self.student_modules, self.arch, out_dir, tokenizer_dir=self.config.model.student,
+                             dtype=getattr(torch, name))
 
     def close(self) -> None:
         if self.logger is not None:
