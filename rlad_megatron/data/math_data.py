@@ -51,6 +51,9 @@ class MathTask(Task):
 
     name = "math"
     schema = {**BASE_SCHEMA, "answers": list}
+    #: A cut-off thinking trace ("... counting: 1, 2, 3, 4, 5") must not score through the "answer is" or
+    #: last-number fallbacks: training asks for the \\boxed{} answer the prompt requests.
+    training_options = {"fallbacks": False}
 
     def __init__(self, **reward_options: Any) -> None:
         self.reward_config = MathRewardConfig(**reward_options)

@@ -64,6 +64,9 @@ class Task(abc.ABC):
     schema: Mapping[str, type | tuple[type, ...]] = BASE_SCHEMA
     #: Optional system message used when the tokenizer has a chat template.
     system_prompt: str | None = None
+    #: Constructor options a training run starts from (``data.task_options`` override them): rewards that may
+    #: credit what the model did not quite say (e.g. math's answer fallbacks) are off in training.
+    training_options: Mapping[str, Any] = {}
 
     def to_record(self, row: Mapping[str, Any]) -> dict[str, Any]:
         """Turn a raw dataset row into a record (default: the row itself). Raise RecordError on bad rows."""
@@ -129,6 +132,20 @@ def get_task(name: str, **options: Any) -> Task:
     if name not in _REGISTRY:
         raise KeyError(f"unknown task {name!r}; known tasks: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name](**options)
+
+
+def get_training_task(name: str, options: Mapping[str, Any] | None = None) -> Task:
+    """The task of a training run: the task's ``training_options`` overridden by ``options``
+    (``data.task_options``). A wrong option is a ``ValueError`` naming it and the task."""
+    _load_builtin_tasks()
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown task {name!r}; known tasks: {', '.join(sorted(_REGISTRY))}")
+    factory = _REGISTRY[name]
+    merged = {**dict(getattr(factory, "training_options", {})), **dict(options or {})}
+    try:
+        return factory(**merged)
+    except TypeError as err:
+        raise ValueError(f"data.task_options={dict(options or {})!r} do not fit task {name!r}: {err}") from err
 
 
 def _load_builtin_tasks() -> None:

@@ -21,6 +21,7 @@ from rlad_megatron.trainer.periodic_eval import evaluate_now, load_eval_examples
 from rlad_megatron.trainer.guards import NonFiniteStepGuard, TrainingStopped
 from rlad_megatron.trainer.rollouts import generate_and_score, share_from_one, to_sequence_batch
 from rlad_megatron.trainer.setup import TrainingSetup, build_training_setup
+from rlad_megatron.trainer.truncation import TruncationPolicy
 from rlad_megatron.weight_sync.tis import tis_weights
 from rlad_megatron.trainer.state import latest_checkpoint, load_trainer_checkpoint, save_trainer_checkpoint
 
@@ -153,6 +154,8 @@ class Trainer:
         batch, metrics = to_sequence_batch(
             rollouts, pad_id=s.pad_id, skip_uniform_groups=cfg.trainer.skip_uniform_groups,
             only_correct=cfg.loss.algorithm == "sft",
+            truncation=TruncationPolicy(cfg.rollout.truncated, cfg.rollout.max_new_tokens,
+                                        cfg.rollout.overlong_cache, cfg.rollout.overlong_penalty),
         )
         metrics = self._average_over_dp(metrics)
 

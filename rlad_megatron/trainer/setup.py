@@ -108,7 +108,7 @@ def build_training_setup(config: RunConfig) -> TrainingSetup:
     from rlad_megatron import parallel
     from rlad_megatron.data.prompt_dataset import load_prompt_dataset
     from rlad_megatron.data.prompt_stream import PromptStream
-    from rlad_megatron.data.tasks import get_task
+    from rlad_megatron.data.tasks import get_training_task
     from rlad_megatron.models import load_hf_model, load_teacher
     from rlad_megatron.rewards.guard import RewardGuard
     from rlad_megatron.rollout.config import VLLMEngineConfig
@@ -128,7 +128,7 @@ def build_training_setup(config: RunConfig) -> TrainingSetup:
     mp_group = ps.get_model_parallel_group()
 
     tokenizer = AutoTokenizer.from_pretrained(c.model.student, trust_remote_code=c.model.trust_remote_code)
-    task = get_task(c.data.task)
+    task = get_training_task(c.data.task, c.data.task_options)
     dataset = load_prompt_dataset(c.data.train_files, task, tokenizer, c.data.max_prompt_tokens,
                                   bad_rows=c.data.bad_rows)
     prompts = PromptStream(dataset, batch_size=c.data.prompts_per_step // dp_size, seed=c.trainer.seed,
