@@ -33,10 +33,12 @@ def _run(args: argparse.Namespace) -> int:
     try:
         task_options = _parse_options(args.task_option, "--task-option")
         engine_options = _parse_options(args.engine_option, "--engine-option")
+        template_kwargs = _parse_options(args.chat_template_kwarg, "--chat-template-kwarg")
         report = run_eval(args.model, args.task, args.data, args.k, args.out, max_prompt_tokens=args.max_prompt_tokens,
                           max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed,
                           limit=args.limit, bad_rows=args.bad_rows, task_options=task_options,
-                          engine_options=engine_options)
+                          engine_options=engine_options, chat_template_kwargs=template_kwargs,
+                          truncated=args.truncated)
     except (DatasetError, FileNotFoundError, KeyError, ValueError) as err:
         print(f"rlad-megatron eval: {err}", file=sys.stderr)
         return 2
@@ -64,4 +66,10 @@ def register(sub: Any) -> None:
                    help="task constructor option, e.g. correct=1.0 (repeatable)")
     p.add_argument("--engine-option", action="append", default=[], metavar="KEY=VALUE",
                    help="VLLMEngineConfig field, e.g. kv_cache_bytes=67108864 (repeatable)")
+    p.add_argument("--chat-template-kwarg", action="append", default=[], metavar="KEY=VALUE",
+                   help="chat template argument, e.g. enable_thinking=false for Qwen3's non-thinking mode "
+                        "(repeatable; as data.chat_template_kwargs in a run config)")
+    p.add_argument("--truncated", choices=("zero", "reward"), default="zero",
+                   help="a response cut off at --max-tokens: zero (counts as wrong, the default) or reward "
+                        "(scored as it is)")
     p.set_defaults(func=_run)

@@ -102,7 +102,8 @@ class Trainer:
                 last = self.train_step()
                 self.step += 1
                 if self._eval_due():
-                    last.update(evaluate_now(cfg, s.engine, s.task, s.tokenizer, self.eval_examples, self.step))
+                    last.update(evaluate_now(cfg, s.engine, s.task, s.tokenizer, self.eval_examples, self.step,
+                                             stop_token_ids=s.stop_ids))
                 s.logger.log(self.step, last)
                 if cfg.trainer.save_every and self.step % cfg.trainer.save_every == 0:
                     self.save()
@@ -141,7 +142,7 @@ class Trainer:
         if s.engine is not None:
             sampling = SamplingSettings(
                 n=cfg.rollout.group_size, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
-                max_tokens=cfg.rollout.max_new_tokens, stop_token_ids=(s.eos_id,),
+                max_tokens=cfg.rollout.max_new_tokens, stop_token_ids=s.stop_ids,
                 # The engine seeds prompt j's i-th response with seed + j * n + i: offsetting by this rank's first
                 # global prompt makes the samples independent of the data-parallel layout.
                 seed=cfg.trainer.seed * 1_000_003 + self.step * 100_003

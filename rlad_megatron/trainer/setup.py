@@ -37,6 +37,8 @@ class TrainingSetup:
     dp_rank: int
     model_parallel_group: Any
     logger: Any = None
+    stop_ids: tuple[int, ...] = ()
+    """Every token that ends a response (eos, generation-config eos list, chat-template end of turn)."""
 
     def teacher_logprobs(self, batch: SequenceBatch) -> torch.Tensor | None:
         """``[B, L-1]`` teacher log-probs of the batch's tokens, on the last pipeline stage (None elsewhere)."""
@@ -101,6 +103,22 @@ class TrainingSetup:
                 engine.shutdown()
 
 
+def _stop_ids(c: RunConfig, tokenizer: Any) -> tuple[int, ...]:
+    """The run's stop tokens; with a teacher (it scores the student's turns, or generates them for sft), first
+    check that both chat templates end a turn with the same token."""
+    from transformers import AutoTokenizer
+
+    from rlad_megatron.models.stop_tokens import check_turn_ends_agree, stop_token_ids
+
+    folders = [c.model.student]
+    if c.model.teacher and c.loss.algorithm in ("rlad", "kdrl", "sft"):
+        teacher_tok = AutoTokenizer.from_pretrained(c.model.teacher, trust_remote_code=c.model.trust_remote_code)
+        check_turn_ends_agree(tokenizer, teacher_tok, c.data.chat_template_kwargs,
+                              student=c.model.student, teacher=c.model.teacher)
+        folders.append(c.model.teacher)
+    return stop_token_ids(tokenizer, folders, c.data.chat_template_kwargs)
+
+
 def build_training_setup(config: RunConfig) -> TrainingSetup:
     from megatron.core import parallel_state as ps
     from transformers import AutoTokenizer
@@ -128,9 +146,10 @@ def build_training_setup(config: RunConfig) -> TrainingSetup:
     mp_group = ps.get_model_parallel_group()
 
     tokenizer = AutoTokenizer.from_pretrained(c.model.student, trust_remote_code=c.model.trust_remote_code)
+    stop_ids = _stop_ids(c, tokenizer)
     task = get_training_task(c.data.task, c.data.task_options)
     dataset = load_prompt_dataset(c.data.train_files, task, tokenizer, c.data.max_prompt_tokens,
-                                  bad_rows=c.data.bad_rows)
+                                  bad_rows=c.data.bad_rows, chat_template_kwargs=c.data.chat_template_kwargs)
     prompts = PromptStream(dataset, batch_size=c.data.prompts_per_step // dp_size, seed=c.trainer.seed,
                            dp_rank=dp_rank, dp_size=dp_size)
     if (c.data.prompts_per_step // dp_size) % c.trainer.updates_per_batch:
@@ -191,7 +210,7 @@ def build_training_setup(config: RunConfig) -> TrainingSetup:
         student_modules=modules, teacher=teacher, reference=reference, teacher_scorer=teacher_scorer, engine=engine, synchronizer=None,
         verifier=None, reward_guard=guard, task=task, prompts=prompts, tokenizer=tokenizer,
         pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
-        eos_id=tokenizer.eos_token_id, dp_rank=dp_rank, model_parallel_group=mp_group,
+        eos_id=tokenizer.eos_token_id, dp_rank=dp_rank, model_parallel_group=mp_group, stop_ids=stop_ids,
     )
     if not sft:
         setup.verifier = SyncVerifier(engine, setup.learner_probe_logprobs, make_probe_batch(arch.vocab_size),
