@@ -116,7 +116,7 @@ class RolloutConfig:
 @dataclass
 class DataConfig:
     task: str = "arithmetic"
-    """Task name (``rlad_megatron.data.tasks.task_names()``): 'arithmetic', 'knights_knaves', 'math', ..."""
+    """Task name (``rlad_megatron.tasks.registry.task_names()``): 'arithmetic', 'knights_knaves', 'math', ..."""
     train_files: list[str] = field(default_factory=list)
     """Local jsonl/parquet/arrow files, or one hub dataset name."""
     eval_files: list[str] = field(default_factory=list)

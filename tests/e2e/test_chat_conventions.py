@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from rlad_megatron.testing.chat_models import IM_END, make_bigram_chat_model
+from rlad_megatron.tiny.chat_models import IM_END, make_bigram_chat_model
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

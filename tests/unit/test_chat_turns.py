@@ -8,14 +8,14 @@ from typing import Any, Mapping
 
 import pytest
 
-from rlad_megatron.data.math_data import MathTask
+from rlad_megatron.tasks.math.task import MathTask
 from rlad_megatron.data.prompt_dataset import load_prompt_dataset
-from rlad_megatron.data.tasks import Task
+from rlad_megatron.tasks.base import Task
 from rlad_megatron.models.stop_tokens import (
     check_turn_ends_agree, end_of_turn_token_id, generation_config_eos_ids, stop_token_ids,
 )
 from rlad_megatron.rewards.base import RewardResult
-from rlad_megatron.testing.chat_models import (
+from rlad_megatron.tiny.chat_models import (
     END_OF_TEXT, IM_END, LLAMA3_STYLE_TEMPLATE, build_qwen3_style_tokenizer, make_bigram_chat_model,
 )
 
@@ -117,7 +117,7 @@ def test_transformers_generation_stops_at_the_templates_end_of_turn(tmp_path):
     on with "xxx" if only its eos stopped it."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from rlad_megatron.quickstart.sft import generate_accuracy
+    from rlad_megatron.tiny.sft import generate_accuracy
 
     path = make_bigram_chat_model(tmp_path / "base", {"\n": "5", "5": IM_END, IM_END: "x", "x": "x"}, base=True)
     model, tok = AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rlad_megatron.config import ConfigError, load_run_config
-from rlad_megatron.data.tasks import get_task, get_training_task
+from rlad_megatron.tasks.registry import get_task, get_training_task
 from rlad_megatron.loss import group_advantages
 from rlad_megatron.rewards.guard import RewardGuard
 from rlad_megatron.rollout.base import Completion, PromptResult, SamplingSettings

@@ -61,7 +61,7 @@ def make_bigram_chat_model(out_dir: str | Path, next_token: Mapping[str, str], *
     (``base``) or ``[<|im_end|>, <|endoftext|>]`` as Qwen3 instruct checkpoints do."""
     from safetensors.torch import load_file, save_file
 
-    from rlad_megatron.testing.tiny_hf import make_tiny_hf_model
+    from rlad_megatron.tiny.hf_model import make_tiny_hf_model
 
     tok = build_qwen3_style_tokenizer(base=base, template=template)
     vocab = len(tok)
