@@ -22,3 +22,23 @@ def test_missing_model_dir_is_a_clear_error(tmp_path, capsys) -> None:
                "--out", str(tmp_path / "o")])
     assert rc == 2
     assert "is not a directory (expected a Hugging Face checkpoint)" in capsys.readouterr().err
+
+
+def test_chat_template_kwargs_and_truncated_reach_run_eval(tmp_path, monkeypatch) -> None:
+    import rlad_megatron.eval.runner as runner
+
+    seen = {}
+
+    def fake_run_eval(*args, **kwargs):
+        seen.update(kwargs)
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(runner, "run_eval", fake_run_eval)
+    rc = main(["eval", "--model", str(tmp_path), "--task", "math", "--data", "d.jsonl", "--out", str(tmp_path / "o"),
+               "--chat-template-kwarg", "enable_thinking=false", "--task-option", "fallbacks=false"])
+    assert rc == 2
+    assert seen["chat_template_kwargs"] == {"enable_thinking": False} and seen["task_options"] == {"fallbacks": False}
+    assert seen["truncated"] == "zero"  # a cut-off answer is not credited unless asked
+    main(["eval", "--model", str(tmp_path), "--task", "math", "--data", "d.jsonl", "--out", str(tmp_path / "o"),
+          "--truncated", "reward"])
+    assert seen["truncated"] == "reward"
