@@ -108,3 +108,20 @@ def test_training_run_scores_finished_turns_and_exports_fp32(base_model, data, t
     from safetensors.torch import load_file
 
     assert {t.dtype for t in load_file(tmp_path / "out" / "hf" / "model.safetensors").values()} == {torch.float32}
+
+
+def test_training_refuses_a_teacher_that_ends_turns_differently(base_model, data, tmp_path):
+    from rlad_megatron.testing.tiny_run import launch
+    from rlad_megatron.tiny.chat_models import LLAMA3_STYLE_TEMPLATE
+
+    teacher = make_bigram_chat_model(tmp_path / "llama_teacher", _script(), template=LLAMA3_STYLE_TEMPLATE)
+    config = {
+        "model": {"student": str(base_model), "teacher": str(teacher)},
+        "data": {"task": "math", "train_files": [data], "prompts_per_step": 2, "max_prompt_tokens": 128},
+        "rollout": {"group_size": 2, "max_new_tokens": 24, "kv_cache_mb": 32},
+        "trainer": {"steps": 1, "micro_batch_size": 4, "output_dir": str(tmp_path / "out")},
+        "loss": {"algorithm": "rlad"},
+    }
+    done = launch(config, 1, workdir=tmp_path, timeout=300)
+    assert done.returncode != 0
+    assert "ends an assistant turn with '<|im_end|>'" in done.stdout and "'<|eot_id|>'" in done.stdout
