@@ -303,6 +303,10 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
         return [_coerce(v, args[0], f"{key}[]") if args else v for v in value]
+    if origin is dict:  # data.task_options, data.chat_template_kwargs: each value converted by its own type
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: expected a mapping of names to values, got {value!r}")
+        return {k: _coerce(v, args[1], f"{key}.{k}") if args else v for k, v in value.items()}
     if annotation is bool:
         if isinstance(value, bool):
             return value

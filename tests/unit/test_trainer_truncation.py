@@ -165,6 +165,8 @@ def test_config_fields(tmp_path):
     assert c.data.task_options == {"fallbacks": True}
     assert c.data.chat_template_kwargs == {"enable_thinking": False}
     assert c.trainer.export_dtype == "bfloat16"
+    off = load_run_config(None, base + ["data.task_options.fallbacks=false", "data.task_options.correct=2"])
+    assert off.data.task_options == {"fallbacks": False, "correct": 2}  # parsed values, never the text "false"
     for bad, key in (("rollout.truncated=drop", "rollout.truncated"), ("rollout.overlong_cache=65", "overlong_cache"),
                      ("rollout.overlong_penalty=-1", "overlong_penalty"), ("trainer.export_dtype=fp16", "export_dtype"),
                      ("data.task_options=3", "data.task_options")):
