@@ -123,3 +123,14 @@ def test_transformers_generation_stops_at_the_templates_end_of_turn(tmp_path):
     model, tok = AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
     report = generate_accuracy(model, tok, _ExactTask(), [ROW], max_new_tokens=8)
     assert report.accuracy == 1.0 and report.mean_response_tokens == 1.0
+
+
+def test_sft_targets_end_with_the_turn_end():
+    from rlad_megatron.data.char_tokenizer import build_char_tokenizer
+    from rlad_megatron.tasks.arithmetic.task import ArithmeticTask, sft_example
+
+    record = {"id": "a", "prompt": "1+2=", "answer": "3"}
+    base = build_qwen3_style_tokenizer(base=True)
+    assert sft_example(ArithmeticTask(), record, base)[1][-1] == base.convert_tokens_to_ids(IM_END)
+    plain = build_char_tokenizer()
+    assert sft_example(ArithmeticTask(), record, plain)[1][-1] == plain.eos_token_id
