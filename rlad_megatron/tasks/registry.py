@@ -46,17 +46,26 @@ def get_task(name: str, **options: Any) -> Task:
     return getattr(importlib.import_module(module_name), class_name)(**options)
 
 
-def get_training_task(name: str, options: Mapping[str, Any] | None = None) -> Task:
-    """The task of a training run: the task class's ``training_options`` overridden by ``options``
-    (``data.task_options``). A wrong option is a ``ValueError`` naming it and the task."""
+def _factory(name: str) -> Callable[..., Task]:
     if name in _REGISTERED:
-        factory = _REGISTERED[name]
-    elif name in BUILTIN_TASKS:
-        module_name, class_name = BUILTIN_TASKS[name].split(":")
-        factory = getattr(importlib.import_module(module_name), class_name)
-    else:
+        return _REGISTERED[name]
+    if name not in BUILTIN_TASKS:
         raise KeyError(f"unknown task {name!r}; known tasks: {', '.join(task_names())}")
-    merged = {**dict(getattr(factory, "training_options", {})), **dict(options or {})}
+    module_name, class_name = BUILTIN_TASKS[name].split(":")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def training_task_options(name: str, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The constructor options of ``name`` in a training run: its ``training_options`` (math: answer fallbacks
+    off) overridden by ``options`` (``data.task_options``)."""
+    return {**dict(getattr(_factory(name), "training_options", {})), **dict(options or {})}
+
+
+def get_training_task(name: str, options: Mapping[str, Any] | None = None) -> Task:
+    """The task of a training run (:func:`training_task_options`). A wrong option is a ``ValueError`` naming it
+    and the task."""
+    factory = _factory(name)
+    merged = training_task_options(name, options)
     try:
         return factory(**merged)
     except TypeError as err:
