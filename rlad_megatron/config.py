@@ -197,6 +197,9 @@ class TrainerConfig:
     export_dtype: str | None = None
     """dtype of the exported tensors (and of config.json's "dtype" label): "float32" or "bfloat16"; None: the
     learner's dtype (model.params_dtype). bf16 rounds away updates smaller than ~1/256 of a weight (lr ~1e-6)."""
+    resume: str = "never"
+    """"never": a fresh run (refused when output_dir holds a run, unless --overwrite); "auto": resume from the newest
+    complete checkpoint when there is one, else start (for jobs a scheduler restarts). --resume forces resuming."""
 
     def validate(self) -> None:
         for name in ("steps", "updates_per_batch", "micro_batch_size", "eval_samples", "keep_checkpoints",
@@ -206,6 +209,8 @@ class TrainerConfig:
         if self.export_dtype not in (None, "float32", "bfloat16"):
             raise ConfigError(f"trainer.export_dtype={self.export_dtype!r}: choose 'float32', 'bfloat16' or null "
                               "(the learner's dtype)")
+        if self.resume not in ("never", "auto"):
+            raise ConfigError(f"trainer.resume={self.resume!r}: choose 'never' or 'auto'")
 
 
 @dataclass
