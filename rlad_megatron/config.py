@@ -48,10 +48,25 @@ class ParallelConfig:
     """Pipeline-parallel size; data parallelism is world_size / (tensor_parallel * pipeline_parallel)."""
     sequence_parallel: bool = False
     """Megatron sequence parallelism (needs tensor_parallel > 1)."""
+    first_stage_layers: int | None = None
+    """Student layers on the first pipeline stage (uneven PP; None: an even stage). The stages without an explicit
+    count split the other layers evenly."""
+    last_stage_layers: int | None = None
+    """Student layers on the last pipeline stage (uneven PP; None: an even stage)."""
+    teacher_first_stage_layers: int | None = None
+    """The Megatron teacher's layers on the first pipeline stage (it may be deeper than the student)."""
+    teacher_last_stage_layers: int | None = None
+    """The Megatron teacher's layers on the last pipeline stage."""
 
     def validate(self) -> None:
         if self.tensor_parallel < 1 or self.pipeline_parallel < 1:
             raise ConfigError("parallel.tensor_parallel and parallel.pipeline_parallel must be >= 1")
+        for name in ("first_stage_layers", "last_stage_layers", "teacher_first_stage_layers",
+                     "teacher_last_stage_layers"):
+            value = getattr(self, name)
+            if value is not None and (value < 1 or self.pipeline_parallel == 1):
+                raise ConfigError(f"parallel.{name}={value}: must be >= 1 and needs parallel.pipeline_parallel > 1 "
+                                  "(the model's layer count is checked when it is loaded)")
         if self.sequence_parallel and self.tensor_parallel == 1:
             raise ConfigError("parallel.sequence_parallel=true needs parallel.tensor_parallel > 1")
 

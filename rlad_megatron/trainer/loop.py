@@ -219,6 +219,7 @@ class Trainer:
         group = cfg.rollout.group_size
         group_of_row = torch.arange(len(batch)) // group
         acc = MetricAccumulator()
+        moe_sums: dict[str, float] = {}
         applied, grad_norms, empty = 0, [], 0
         for u in range(updates):
             # Mini-batch u takes every updates-th prompt group. Data-parallel ranks hold contiguous blocks of
@@ -246,11 +247,14 @@ class Trainer:
             result = s.student.train_step(mini, loss_fn, cfg.trainer.micro_batch_size)
             for stats in result.metrics:
                 acc.add(stats)
+            for key, value in result.moe.items():  # MoE students: router load-balancing loss
+                moe_sums[key] = moe_sums.get(key, 0.0) + value / updates
             if result.applied:
                 applied += 1
                 grad_norms.append(result.grad_norm)
         out = _reduce_metrics(acc, ps.is_pipeline_last_stage(ignore_virtual=True), s.model_parallel_group)
         out = {f"loss/{k}": v for k, v in out.items()}
+        out.update(moe_sums)
         out["optim/applied_updates"] = float(applied)
         out["optim/empty_updates"] = float(empty)
         if grad_norms:
