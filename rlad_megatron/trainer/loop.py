@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 
 from rlad_megatron.config import RunConfig, run_config_to_dict
+from rlad_megatron.console import say
 from rlad_megatron.learner.policy import MegatronPolicy
 from rlad_megatron.learner.sequences import SequenceBatch
 from rlad_megatron.loss import Denominators, MetricAccumulator, compute_policy_loss, local_denominators
@@ -79,13 +80,13 @@ class Trainer:
             folder = latest_checkpoint(s.checkpoint_dir)
             if folder is None:
                 if rank0:
-                    print(f"[rlad] --resume: no checkpoint under {s.checkpoint_dir}; starting at step 0", flush=True)
+                    say(f"[rlad] --resume: no checkpoint under {s.checkpoint_dir}; starting at step 0")
             else:
                 state = load_trainer_checkpoint(folder, s.student.chunks, s.student.optimizer)
                 self.step = state["step"]
                 s.prompts.load_state_dict(state["data"])
                 if rank0:
-                    print(f"[rlad] resumed from {folder} at step {self.step}", flush=True)
+                    say(f"[rlad] resumed from {folder} at step {self.step}")
         from rlad_megatron.trainer.observability import MetricsLogger
         from rlad_megatron.trainer.run_dir import record_run_config
 
@@ -93,7 +94,8 @@ class Trainer:
             record_run_config(s.output_dir, config)
         self.eval_examples = load_eval_examples(config, s.task, s.tokenizer)
 
-        s.logger = MetricsLogger(s.output_dir, config.trainer.steps, start_step=self.step, enabled=rank0)
+        s.logger = MetricsLogger(s.output_dir, config.trainer.steps, start_step=self.step, enabled=rank0,
+                                 wandb=config.trainer.wandb, run_config=run_config_to_dict(config))
         self._sync_weights()  # the engine starts from the HF files: make it serve the learner's weights
 
     # ---------------------------------------------------------------------------------------------------------

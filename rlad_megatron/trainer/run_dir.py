@@ -35,7 +35,7 @@ LAYOUT_KEYS = frozenset({
     "rollout.placement", "rollout.verify_every", "rollout.max_logprob_mismatch", "rollout.kv_cache_mb",
     "rollout.weight_load", "teacher.offload", "optim.use_distributed_optimizer", "data.eval_files", "data.bad_rows",
 })
-LAYOUT_SECTIONS = ("parallel.", "logging.", "wandb.")
+LAYOUT_SECTIONS = ("parallel.", "logging.", "wandb.", "trainer.wandb.")
 
 
 class RunDirError(RuntimeError):

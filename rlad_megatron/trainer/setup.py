@@ -10,6 +10,7 @@ import torch
 import torch.distributed as dist
 
 from rlad_megatron.config import RunConfig
+from rlad_megatron.console import say
 from rlad_megatron.learner.policy import MegatronPolicy, build_student
 from rlad_megatron.learner.sequences import SequenceBatch, pack_sequences
 
@@ -223,8 +224,8 @@ def build_training_setup(config: RunConfig) -> TrainingSetup:
         setup.synchronizer = WeightSynchronizer(transport, verifier=setup.verifier, model_parallel_group=mp_group)
     if dist.get_rank() == 0:
         output_dir.mkdir(parents=True, exist_ok=True)
-        print(f"[rlad] {dataset.report.summary()}", flush=True)
-        print(f"[rlad] world={dist.get_world_size()} tp={c.parallel.tensor_parallel} "
+        say(f"[rlad] {dataset.report.summary()}")
+        say(f"[rlad] world={dist.get_world_size()} tp={c.parallel.tensor_parallel} "
               f"pp={c.parallel.pipeline_parallel} dp={dp_size} algorithm={c.loss.algorithm} "
-              f"output={output_dir}", flush=True)
+              f"output={output_dir}")
     return setup
