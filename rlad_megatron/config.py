@@ -99,6 +99,15 @@ class RolloutConfig:
     """Largest engine-vs-learner log-prob difference on the probe batch tolerated after a sync (fp32)."""
     tis_cap: float | None = None
     """Truncated importance sampling: weight tokens by min(pi_learner_old / pi_engine, cap); None disables."""
+    truncated: str = "zero"
+    """What a response cut off at max_new_tokens earns (rlad_megatron/trainer/truncation.py): "zero" (no credit:
+    reward min(reward, 0), counted wrong), "mask" (DAPO overlong filtering: out of the loss and of its group's
+    statistics) or "reward" (the verifier's reward, which may credit an answer the model never finished)."""
+    overlong_cache: int = 0
+    """DAPO's soft overlong penalty: over the last overlong_cache tokens before max_new_tokens the reward loses up
+    to overlong_penalty, linearly (0 disables)."""
+    overlong_penalty: float = 1.0
+    """The penalty at max_new_tokens tokens (DAPO: 1.0), added to the reward on top of rollout.truncated."""
 
     def validate(self) -> None:
         if self.group_size < 1:
@@ -113,6 +122,13 @@ class RolloutConfig:
             raise ConfigError(f"rollout.placement={self.placement!r}: choose 'colocated' or 'disaggregated'")
         if self.tis_cap is not None and self.tis_cap <= 0:
             raise ConfigError(f"rollout.tis_cap must be > 0 or null, got {self.tis_cap}")
+        if self.truncated not in ("reward", "zero", "mask"):
+            raise ConfigError(f"rollout.truncated={self.truncated!r}: choose 'zero', 'mask' or 'reward'")
+        if not 0 <= self.overlong_cache <= self.max_new_tokens:
+            raise ConfigError(f"rollout.overlong_cache must be in [0, rollout.max_new_tokens={self.max_new_tokens}], "
+                              f"got {self.overlong_cache}")
+        if not 0 <= self.overlong_penalty < float("inf"):
+            raise ConfigError(f"rollout.overlong_penalty must be a finite number >= 0, got {self.overlong_penalty}")
 
 
 @dataclass
@@ -129,6 +145,12 @@ class DataConfig:
     """Prompts longer than this are filtered out (and counted)."""
     bad_rows: str = "error"
     """"error": stop on a malformed row, naming file, row and field; "skip": drop it and count it."""
+    task_options: dict[str, Any] = field(default_factory=dict)
+    """Options of the task's constructor, for training, periodic evaluation (and `eval --task-option`), e.g.
+    {fallbacks: true} for math. Training starts from the task's training defaults (math: answer fallbacks off)."""
+    chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Extra arguments of the tokenizer's chat template for every prompt the student and the teacher see, e.g.
+    {enable_thinking: false} for Qwen3's non-thinking mode (the eval CLI: --chat-template-kwarg)."""
 
     def validate(self) -> None:
         if not self.train_files:
@@ -137,6 +159,10 @@ class DataConfig:
             raise ConfigError(f"data.prompts_per_step must be >= 1, got {self.prompts_per_step}")
         if self.bad_rows not in ("error", "skip"):
             raise ConfigError(f"data.bad_rows={self.bad_rows!r}: choose 'error' or 'skip'")
+        for name in ("task_options", "chat_template_kwargs"):
+            value = getattr(self, name)
+            if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+                raise ConfigError(f"data.{name}: expected a mapping of names to values, got {value!r}")
 
 
 @dataclass
@@ -233,6 +259,9 @@ class TrainerConfig:
     """A step with a NaN/inf loss or gradient is skipped; this many in a row stop the run."""
     export_hf: bool = True
     """Write the final student as a Hugging Face checkpoint in output_dir/hf."""
+    export_dtype: str | None = None
+    """dtype of the exported tensors (and of config.json's "dtype" label): "float32" or "bfloat16"; None: the
+    learner's dtype (model.params_dtype). bf16 rounds away updates smaller than ~1/256 of a weight (lr ~1e-6)."""
     resume: str = "never"
     """"never": a fresh run (refused when output_dir holds a run, unless --overwrite); "auto": resume from the newest
     complete checkpoint when there is one, else start (for jobs a scheduler restarts). --resume forces resuming."""
@@ -244,6 +273,9 @@ class TrainerConfig:
                      "max_consecutive_bad_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"trainer.{name} must be >= 1, got {getattr(self, name)}")
+        if self.export_dtype not in (None, "float32", "bfloat16"):
+            raise ConfigError(f"trainer.export_dtype={self.export_dtype!r}: choose 'float32', 'bfloat16' or null "
+                              "(the learner's dtype)")
         if self.resume not in ("never", "auto"):
             raise ConfigError(f"trainer.resume={self.resume!r}: choose 'never' or 'auto'")
         self.wandb.validate()
@@ -399,6 +431,10 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
         return [_coerce(v, args[0], f"{key}[]") if args else v for v in value]
+    if origin is dict:  # data.task_options, data.chat_template_kwargs: each value converted by its own type
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: expected a mapping of names to values, got {value!r}")
+        return {k: _coerce(v, args[1], f"{key}.{k}") if args else v for k, v in value.items()}
     if annotation is bool:
         if isinstance(value, bool):
             return value

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections import Counter
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from rlad_megatron.tasks.base import RecordError, Task, validate_record
 
@@ -173,8 +173,11 @@ def _rows(ds: Any) -> tuple[list[dict[str, Any]], dict[int, str]]:
 
 def load_prompt_dataset(source: str | Sequence[str], task: Task, tokenizer: Any, max_prompt_tokens: int,
                         bad_rows: str = "error", over_budget: str = "skip", split: str = "train",
-                        cache_dir: str | None = None, limit: int | None = None) -> PromptDataset:
+                        cache_dir: str | None = None, limit: int | None = None,
+                        chat_template_kwargs: Mapping[str, Any] | None = None) -> PromptDataset:
     """Load, validate, template, tokenize and length-filter a prompt dataset for ``task``.
+
+    ``chat_template_kwargs`` go to the tokenizer's chat template (e.g. ``{"enable_thinking": False}``).
 
     Rows without an ``id`` get ``"<file stem>-<row>"``. ``limit`` keeps the first ``limit`` valid prompts.
     The returned dataset's ``report`` holds the counts (also worth logging with ``report.summary()``).
@@ -221,7 +224,7 @@ def load_prompt_dataset(source: str | Sequence[str], task: Task, tokenizer: Any,
             reject("duplicate_id", i, "id", f"duplicate id {record['id']!r} (first seen at row {seen[record['id']]})")
             continue
         seen[record["id"]] = i
-        text = task.build_prompt(record, tokenizer)
+        text = task.build_prompt(record, tokenizer, chat_template_kwargs)
         ids = task.encode_prompt(text, tokenizer)
         report.max_prompt_tokens_seen = max(report.max_prompt_tokens_seen, len(ids))
         if len(ids) > max_prompt_tokens:

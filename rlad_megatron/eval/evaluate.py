@@ -22,11 +22,14 @@ DEFAULT_TEMPERATURE = 0.6
 DEFAULT_TOP_P = 0.95
 
 
-def default_sampling(k: int, tokenizer: Any, max_tokens: int = 512, seed: int | None = 0) -> SamplingSettings:
-    """k samples per prompt at temperature 0.6 / top-p 0.95, stopping at the tokenizer's eos."""
-    eos = getattr(tokenizer, "eos_token_id", None)
+def default_sampling(k: int, tokenizer: Any, max_tokens: int = 512, seed: int | None = 0,
+                     chat_template_kwargs: Mapping[str, Any] | None = None) -> SamplingSettings:
+    """k samples per prompt at temperature 0.6 / top-p 0.95, stopping at the tokenizer's eos and the chat
+    template's end of turn (:func:`rlad_megatron.models.stop_tokens.stop_token_ids`)."""
+    from rlad_megatron.models.stop_tokens import stop_token_ids
+
     return SamplingSettings(n=k, temperature=DEFAULT_TEMPERATURE, top_p=DEFAULT_TOP_P, max_tokens=max_tokens,
-                            stop_token_ids=() if eos is None else (int(eos),), seed=seed)
+                            stop_token_ids=stop_token_ids(tokenizer, (), chat_template_kwargs), seed=seed)
 
 
 def _aggregate(items: list[dict[str, Any]], ks: list[int]) -> EvalRow:
@@ -45,19 +48,23 @@ def _aggregate(items: list[dict[str, Any]], ks: list[int]) -> EvalRow:
 
 def evaluate(engine: RolloutEngine, task: Task, records: Sequence[Mapping[str, Any] | PromptExample], tokenizer: Any,
              k: int, sampling: SamplingSettings | None = None, pass_ks: Sequence[int] | None = None,
-             batch_size: int = 64, reward_timeout_s: float = 10.0, guard: RewardGuard | None = None) -> EvalReport:
+             batch_size: int = 64, reward_timeout_s: float = 10.0, guard: RewardGuard | None = None,
+             credit_truncated: bool = True,
+             chat_template_kwargs: Mapping[str, Any] | None = None) -> EvalReport:
     """Sample ``sampling.n`` (default ``k``) responses per prompt and report Mean@n and Pass@j for j in ``pass_ks``
     (default ``{1, k}``), overall and per ``task.difficulty(record)``.
 
     records: task records (prompts are built with ``task.build_prompt``) or :class:`PromptExample` s (their token
     ids are used as they are). sampling: defaults to :func:`default_sampling` (temperature 0.6, top-p 0.95); its
-    ``n`` is raised to ``k`` when smaller.
+    ``n`` is raised to ``k`` when smaller. ``credit_truncated=False``: a response cut off at ``max_tokens`` counts
+    as wrong and earns ``min(reward, 0)`` (``rollout.truncated=zero``). ``chat_template_kwargs``: for prompts
+    built here from records (e.g. ``{"enable_thinking": False}``).
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     if not records:
         raise ValueError("evaluate() needs at least one record")
-    sampling = sampling or default_sampling(k, tokenizer)
+    sampling = sampling or default_sampling(k, tokenizer, chat_template_kwargs=chat_template_kwargs)
     if sampling.n < k:
         sampling = dataclasses.replace(sampling, n=k)
     ks = sorted(set(pass_ks or (1, k)))
@@ -76,18 +83,20 @@ def evaluate(engine: RolloutEngine, task: Task, records: Sequence[Mapping[str, A
                     prompts.append(r.prompt_token_ids)
                 else:
                     recs.append(dict(r))
-                    prompts.append(task.encode_prompt(task.build_prompt(r, tokenizer), tokenizer))
+                    prompts.append(task.encode_prompt(task.build_prompt(r, tokenizer, chat_template_kwargs),
+                                                      tokenizer))
             results = engine.generate(prompts, sampling)
             if len(results) != len(prompts):
                 raise RuntimeError(f"engine returned {len(results)} results for {len(prompts)} prompts")
             for rec, res in zip(recs, results):
                 texts = [tokenizer.decode(c.token_ids, skip_special_tokens=True) for c in res.completions]
                 scored = guard.score_many([(t, rec) for t in texts])
-                correct = [s.correct for s in scored]
+                credited = [credit_truncated or not c.truncated for c in res.completions]
+                correct = [s.correct and ok for s, ok in zip(scored, credited)]
                 items.append({
                     "id": rec["id"], "difficulty": task.difficulty(rec), "n": len(correct),
                     "correct": sum(correct), "mean": mean_at_k(correct),
-                    "reward_sum": sum(s.score for s in scored), "format": sum(s.format_ok for s in scored),
+                    "reward_sum": sum(s.score if ok else min(s.score, 0.0) for s, ok in zip(scored, credited)), "format": sum(s.format_ok for s in scored),
                     "truncated": sum(c.truncated for c in res.completions),
                     "tokens": sum(len(c.token_ids) for c in res.completions),
                 })

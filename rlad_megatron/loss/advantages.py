@@ -31,7 +31,8 @@ def _grouped(rewards: Tensor, group_size: int) -> Tensor:
 
 
 def group_advantages(
-    rewards: Tensor, group_size: int, normalize_std: bool = True, eps: float = ADVANTAGE_EPS
+    rewards: Tensor, group_size: int, normalize_std: bool = True, eps: float = ADVANTAGE_EPS,
+    valid: Tensor | None = None,
 ) -> Tensor:
     """GRPO advantages ``A_i = (r_i - mean_g r) / (std_g r + eps)`` per group of ``group_size`` responses.
 
@@ -41,14 +42,23 @@ def group_advantages(
     Args:
         rewards: ``[N]`` scalar rewards, ``N = num_prompts * group_size``, groups contiguous.
         group_size: ``G``, responses per prompt.
+        valid: optional ``[N]`` bool; the group's mean and std are taken over its valid responses only (DAPO's
+            overlong filtering leaves truncated responses out), and invalid responses get advantage 0.
 
     Returns:
         ``[N]`` advantages in the rewards' floating dtype (float32 for integer rewards); no gradient flows.
     """
     groups = _grouped(rewards.detach(), group_size)
-    centred = groups - groups.mean(dim=-1, keepdim=True)
+    if valid is None:
+        centred = groups - groups.mean(dim=-1, keepdim=True)
+        if normalize_std:
+            centred = centred / (groups.std(dim=-1, unbiased=False, keepdim=True) + eps)
+        return centred.reshape(-1)
+    weight = _grouped(valid.detach().to(groups.dtype), group_size)
+    count = weight.sum(dim=-1, keepdim=True).clamp_min(1.0)
+    centred = (groups - (groups * weight).sum(dim=-1, keepdim=True) / count) * weight
     if normalize_std:
-        centred = centred / (groups.std(dim=-1, unbiased=False, keepdim=True) + eps)
+        centred = centred / ((centred.square().sum(dim=-1, keepdim=True) / count).sqrt() + eps)
     return centred.reshape(-1)
 
 

@@ -179,7 +179,8 @@ def export_hf_checkpoint(
     """Write a HF checkpoint (safetensors shards + index, ``config.json``, tokenizer files) from Megatron shards.
 
     Collective over every rank; the first model-parallel group of data-parallel rank 0 gathers, and its first rank
-    writes. ``dtype`` casts the tensors (default: as trained). Returns ``Path(out_dir)`` on the writing rank,
+    writes. ``dtype`` casts the tensors (default: as trained); ``config.json``'s ``dtype`` always names the dtype of the
+    written tensors. Returns ``Path(out_dir)`` on the writing rank,
     None elsewhere. Memory on the writer: one shard file's worth of tensors (``max_shard_bytes``) at most.
     """
     from megatron.core import parallel_state as ps
@@ -194,6 +195,7 @@ def export_hf_checkpoint(
             old.unlink()
     files: list[list[str]] = []
     total = 0
+    written: set[torch.dtype] = set()
 
     def flush(buf: dict[str, torch.Tensor]) -> None:
         save_file(buf, str(out / f"part-{len(files):05d}.tmp"), metadata={"format": "pt"})
@@ -208,6 +210,7 @@ def export_hf_checkpoint(
                 continue
             if dtype is not None:
                 tensor = tensor.to(dtype)
+            written.add(tensor.dtype)
             size = tensor.numel() * tensor.element_size()
             if buf and buf_bytes + size > max_shard_bytes:
                 flush(buf)
@@ -219,13 +222,17 @@ def export_hf_checkpoint(
             flush(buf)
         del buf
     if writer:
-        _finish(out, files, total, arch, tokenizer_dir, dtype)
+        if len(written) != 1:
+            raise RuntimeError(f"export to {out}: the tensors have dtypes {sorted(map(str, written))}; expected one "
+                               "(pass dtype= to cast them)")
+        _finish(out, files, total, arch, tokenizer_dir, written.pop())
     if dist.is_initialized():
         dist.barrier()
     return out if writer else None
 
 
-def _finish(out: Path, files: list[list[str]], total: int, arch: ModelArch, tokenizer_dir, dtype) -> None:
+def _finish(out: Path, files: list[list[str]], total: int, arch: ModelArch, tokenizer_dir,
+            dtype: torch.dtype) -> None:
     if len(files) == 1:
         os.replace(out / "part-00000.tmp", out / "model.safetensors")
     else:
@@ -237,9 +244,10 @@ def _finish(out: Path, files: list[list[str]], total: int, arch: ModelArch, toke
         index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
         (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
     config = dict(arch.hf_config) or _minimal_config(arch)
-    if dtype is not None:
-        config["dtype"] = str(dtype).removeprefix("torch.")
-        config.pop("torch_dtype", None)
+    # The label must say what the tensors are: a source config's "bfloat16" over fp32 tensors makes transformers
+    # and vLLM's automatic dtype reload them as bf16, rounding away small updates.
+    config["dtype"] = str(dtype).removeprefix("torch.")
+    config.pop("torch_dtype", None)
     (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     if tokenizer_dir is not None:
         src = Path(tokenizer_dir)

@@ -41,8 +41,14 @@ def check_tokenizer_compatible(student_dir: str | Path, teacher_dir: str | Path)
             f"{len(t_vocab)} tokens) differ: only in student {only_s}, only in teacher {only_t}, different ids "
             f"{moved}. The teacher scores the student's token ids, so both must use the same tokenizer."
         )
+    from rlad_megatron.models.stop_tokens import end_of_turn_token_id
+
+    turn_end = end_of_turn_token_id(student)
     for attr in _SPECIAL_ATTRS:
         s_tok, t_tok = getattr(student, attr), getattr(teacher, attr)
+        if s_tok != t_tok and attr in ("eos_token", "pad_token") and turn_end is not None \
+                and turn_end == end_of_turn_token_id(teacher):
+            continue  # Qwen3 base (eos <|endoftext|>) and instruct (eos <|im_end|>): the same turns, both stop
         if s_tok != t_tok:
             raise TokenizerMismatchError(
                 f"special token {attr} differs: student ({student_dir}) {s_tok!r} vs teacher ({teacher_dir}) "

@@ -65,6 +65,9 @@ class Task(abc.ABC):
     schema: Mapping[str, type | tuple[type, ...]] = BASE_SCHEMA
     #: Optional system message used when the tokenizer has a chat template.
     system_prompt: str | None = None
+    #: Constructor options a training run starts from (``data.task_options`` override them): rewards that may
+    #: credit what the model did not quite say (e.g. math's answer fallbacks) are off in training.
+    training_options: Mapping[str, Any] = {}
 
     def to_record(self, row: Mapping[str, Any]) -> dict[str, Any]:
         """Turn a raw dataset row into a record (default: the row itself). Raise RecordError on bad rows."""
@@ -78,14 +81,24 @@ class Task(abc.ABC):
         """The whole prompt text for tokenizers without a chat template (default: the user message)."""
         return self.user_message(record)
 
-    def build_prompt(self, record: Mapping[str, Any], tokenizer: Any) -> str:
-        """The prompt text: the tokenizer's chat template when it has one, else :meth:`plain_prompt`."""
+    def build_prompt(self, record: Mapping[str, Any], tokenizer: Any,
+                     chat_template_kwargs: Mapping[str, Any] | None = None) -> str:
+        """The prompt text: the tokenizer's chat template when it has one, else :meth:`plain_prompt`.
+
+        The system message is the record's own ``system`` (chat-format datasets carry one), else the task's
+        ``system_prompt``. ``chat_template_kwargs`` go to ``apply_chat_template`` (``data.chat_template_kwargs``,
+        e.g. ``{"enable_thinking": False}`` for Qwen3's non-thinking mode).
+        """
+        system = record.get("system") or self.system_prompt
         if getattr(tokenizer, "chat_template", None):
             messages = []
-            if self.system_prompt:
-                messages.append({"role": "system", "content": self.system_prompt})
+            if system:
+                messages.append({"role": "system", "content": system})
             messages.append({"role": "user", "content": self.user_message(record)})
-            return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
+                                                 **dict(chat_template_kwargs or {}))
+        if record.get("system"):  # no roles without a template: the dataset's system text goes first
+            return f"{record['system']}\n\n{self.plain_prompt(record)}"
         return self.plain_prompt(record)
 
     def encode_prompt(self, prompt_text: str, tokenizer: Any) -> list[int]:

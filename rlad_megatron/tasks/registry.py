@@ -8,7 +8,7 @@ a task module until it is asked for one and no task module imports the registry.
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from rlad_megatron.tasks.base import Task
 
@@ -44,3 +44,29 @@ def get_task(name: str, **options: Any) -> Task:
         raise KeyError(f"unknown task {name!r}; known tasks: {', '.join(task_names())}")
     module_name, class_name = BUILTIN_TASKS[name].split(":")
     return getattr(importlib.import_module(module_name), class_name)(**options)
+
+
+def _factory(name: str) -> Callable[..., Task]:
+    if name in _REGISTERED:
+        return _REGISTERED[name]
+    if name not in BUILTIN_TASKS:
+        raise KeyError(f"unknown task {name!r}; known tasks: {', '.join(task_names())}")
+    module_name, class_name = BUILTIN_TASKS[name].split(":")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def training_task_options(name: str, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The constructor options of ``name`` in a training run: its ``training_options`` (math: answer fallbacks
+    off) overridden by ``options`` (``data.task_options``)."""
+    return {**dict(getattr(_factory(name), "training_options", {})), **dict(options or {})}
+
+
+def get_training_task(name: str, options: Mapping[str, Any] | None = None) -> Task:
+    """The task of a training run (:func:`training_task_options`). A wrong option is a ``ValueError`` naming it
+    and the task."""
+    factory = _factory(name)
+    merged = training_task_options(name, options)
+    try:
+        return factory(**merged)
+    except TypeError as err:
+        raise ValueError(f"data.task_options={dict(options or {})!r} do not fit task {name!r}: {err}") from err

@@ -116,13 +116,23 @@ def train_sft(model: torch.nn.Module, tokenizer: Any, task: Task, records: Seque
                     last_loss=sum(tail) / len(tail))
 
 
+def _stop_ids(model: torch.nn.Module, tokenizer: Any,
+              chat_template_kwargs: Mapping[str, Any] | None) -> tuple[int, ...]:
+    from rlad_megatron.models.stop_tokens import stop_token_ids
+
+    config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    config_eos = [] if config_eos is None else config_eos if isinstance(config_eos, list) else [config_eos]
+    return tuple(sorted(set(stop_token_ids(tokenizer, (), chat_template_kwargs)) | {int(i) for i in config_eos}))
+
+
 @torch.no_grad()
 def generate_accuracy(model: torch.nn.Module, tokenizer: Any, task: Task, records: Sequence[Mapping[str, Any]], *,
                       max_new_tokens: int, batch_size: int = 64, temperature: float = 0.0,
-                      seed: int = 0) -> AccuracyReport:
+                      seed: int = 0, chat_template_kwargs: Mapping[str, Any] | None = None) -> AccuracyReport:
     """Accuracy of ``model.generate`` on ``records`` (greedy when ``temperature == 0``), scored by ``task.reward``.
 
-    Prompts are left-padded in batches; generation stops at eos or ``max_new_tokens``.
+    Prompts are left-padded in batches; generation stops at ``max_new_tokens`` or at any stop token: the
+    tokenizer's eos, the model's generation-config eos list and the chat template's end of turn.
     """
     if not records:
         raise ValueError("generate_accuracy needs at least one record")
@@ -131,9 +141,11 @@ def generate_accuracy(model: torch.nn.Module, tokenizer: Any, task: Task, record
     started = time.perf_counter()
     correct: dict[str, list[bool]] = defaultdict(list)
     n_tokens = 0
+    stops = set(_stop_ids(model, tokenizer, chat_template_kwargs))
     for start in range(0, len(records), batch_size):
         chunk = records[start: start + batch_size]
-        prompts = [task.encode_prompt(task.build_prompt(r, tokenizer), tokenizer) for r in chunk]
+        prompts = [task.encode_prompt(task.build_prompt(r, tokenizer, chat_template_kwargs), tokenizer)
+                   for r in chunk]
         width = max(len(p) for p in prompts)
         ids = torch.full((len(prompts), width), tokenizer.pad_token_id, dtype=torch.long)
         mask = torch.zeros_like(ids)
@@ -143,10 +155,11 @@ def generate_accuracy(model: torch.nn.Module, tokenizer: Any, task: Task, record
         sampling = dict(do_sample=True, temperature=temperature, top_p=1.0) if temperature > 0 else \
             dict(do_sample=False)
         out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, **sampling)
+                             pad_token_id=tokenizer.pad_token_id, eos_token_id=sorted(stops), **sampling)
         for record, row in zip(chunk, out[:, width:].tolist()):
-            if tokenizer.eos_token_id in row:
-                row = row[: row.index(tokenizer.eos_token_id)]
+            ends = [i for i, token in enumerate(row) if token in stops]
+            if ends:
+                row = row[: ends[0]]
             n_tokens += len(row)
             text = tokenizer.decode(row, skip_special_tokens=True)
             correct[task.difficulty(record)].append(task.reward(text, record).correct)

@@ -25,6 +25,7 @@ from rlad_megatron.parallel import share_from_one
 from rlad_megatron.trainer.rollouts import generate_and_score, to_sequence_batch
 from rlad_megatron.trainer.observability import MetricsLogger
 from rlad_megatron.trainer.setup import Components, build_components
+from rlad_megatron.trainer.truncation import TruncationPolicy
 from rlad_megatron.trainer.state import latest_checkpoint, load_trainer_checkpoint, save_trainer_checkpoint
 
 
@@ -108,7 +109,8 @@ class Trainer:
                 last = self.train_step()
                 self.step += 1
                 if self._eval_due():
-                    last.update(evaluate_now(cfg, s.engine, s.task, s.tokenizer, self.eval_examples, self.step))
+                    last.update(evaluate_now(cfg, s.engine, s.task, s.tokenizer, self.eval_examples, self.step,
+                                             stop_token_ids=s.stop_ids))
                 self.logger.log(self.step, last)
                 if cfg.trainer.save_every and self.step % cfg.trainer.save_every == 0:
                     self.save()
@@ -148,7 +150,7 @@ class Trainer:
         if s.engine is not None:
             sampling = SamplingSettings(
                 n=cfg.rollout.group_size, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
-                max_tokens=cfg.rollout.max_new_tokens, stop_token_ids=(s.eos_id,),
+                max_tokens=cfg.rollout.max_new_tokens, stop_token_ids=s.stop_ids,
                 # The engine seeds prompt j's i-th response with seed + j * n + i: offsetting by this rank's first
                 # global prompt makes the samples independent of the data-parallel layout.
                 seed=cfg.trainer.seed * 1_000_003 + self.step * 100_003
@@ -161,6 +163,8 @@ class Trainer:
         batch, metrics = to_sequence_batch(
             rollouts, pad_id=s.pad_id, skip_uniform_groups=cfg.trainer.skip_uniform_groups,
             only_correct=teacher_use(cfg.loss) == "samples",  # offline distillation: the teacher's correct samples
+            truncation=TruncationPolicy(cfg.rollout.truncated, cfg.rollout.max_new_tokens,
+                                        cfg.rollout.overlong_cache, cfg.rollout.overlong_penalty),
         )
         metrics = self._average_over_dp(metrics)
 

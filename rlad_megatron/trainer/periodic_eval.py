@@ -17,13 +17,17 @@ def load_eval_examples(config: RunConfig, task: Any, tokenizer: Any) -> list | N
     from rlad_megatron.data.prompt_dataset import load_prompt_dataset
 
     dataset = load_prompt_dataset(config.data.eval_files, task, tokenizer, config.data.max_prompt_tokens,
-                                  bad_rows=config.data.bad_rows)
+                                  bad_rows=config.data.bad_rows,
+                                  chat_template_kwargs=config.data.chat_template_kwargs)
     return dataset.examples
 
 
 def evaluate_now(config: RunConfig, engine: Any, task: Any, tokenizer: Any, examples: list | None,
-                 step: int) -> dict[str, float]:
-    """Collective over the world: global rank 0 evaluates (it holds an engine), the others wait for its metrics."""
+                 step: int, *, stop_token_ids: tuple[int, ...] = ()) -> dict[str, float]:
+    """Collective over the world: global rank 0 evaluates (it holds an engine), the others wait for its metrics.
+
+    Scored like training: the training task (``data.task_options``), the run's stop tokens, and a cut-off
+    response counts as wrong unless ``rollout.truncated=reward``."""
     metrics: dict[str, float] | None = None
     if dist.get_rank() == 0 and examples:
         from rlad_megatron.eval.evaluate import evaluate
@@ -31,8 +35,10 @@ def evaluate_now(config: RunConfig, engine: Any, task: Any, tokenizer: Any, exam
         t = config.trainer
         sampling = SamplingSettings(n=t.eval_samples, temperature=t.eval_temperature, top_p=t.eval_top_p,
                                     max_tokens=config.rollout.max_new_tokens,
-                                    stop_token_ids=(tokenizer.eos_token_id,), seed=config.trainer.seed + step)
-        report = evaluate(engine, task, examples, tokenizer, t.eval_samples, sampling=sampling)
+                                    stop_token_ids=tuple(stop_token_ids) or (tokenizer.eos_token_id,),
+                                    seed=config.trainer.seed + step)
+        report = evaluate(engine, task, examples, tokenizer, t.eval_samples, sampling=sampling,
+                          credit_truncated=config.rollout.truncated == "reward")
         metrics = {"eval/accuracy": report.overall.mean_at_k, "eval/mean_reward": report.overall.mean_reward}
         for j, value in report.overall.pass_at.items():
             metrics[f"eval/pass@{j}"] = value

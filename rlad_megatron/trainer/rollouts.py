@@ -10,6 +10,7 @@ import torch
 from rlad_megatron.learner.sequences import SequenceBatch, pack_sequences
 from rlad_megatron.loss import group_advantages
 from rlad_megatron.rollout.base import SamplingSettings
+from rlad_megatron.trainer.truncation import TruncationPolicy, shape_rewards
 
 
 @dataclasses.dataclass
@@ -51,29 +52,39 @@ def generate_and_score(engine, guard, task, examples: Sequence[Any], sampling: S
 
 
 def to_sequence_batch(rollouts: Rollouts, *, pad_id: int, skip_uniform_groups: bool,
-                      only_correct: bool = False) -> tuple[SequenceBatch, dict[str, float]]:
-    """Pack the rollouts, compute GRPO advantages and drop what carries no signal.
+                      only_correct: bool = False,
+                      truncation: TruncationPolicy | None = None) -> tuple[SequenceBatch, dict[str, float]]:
+    """Pack the rollouts, apply the truncation policy, compute GRPO advantages and drop what carries no signal.
 
-    Groups whose rewards are all equal get a zero loss mask when ``skip_uniform_groups`` (DAPO dynamic sampling;
-    the batch keeps its shape so that micro-batches stay equal in size). ``only_correct`` (offline distillation)
-    keeps just the responses the verifier accepted.
+    ``truncation`` (``rollout.truncated`` and the overlong penalty; None: verifier rewards as they are) decides
+    what cut-off responses earn and whether they stay in the loss. Groups whose rewards are all equal get a zero
+    loss mask when ``skip_uniform_groups`` (DAPO dynamic sampling; the batch keeps its shape so that micro-batches
+    stay equal in size). ``only_correct`` (offline distillation) keeps just the responses the verifier accepted.
     """
     g = rollouts.group_size
-    rewards = torch.tensor(rollouts.rewards, dtype=torch.float32)
-    advantages = group_advantages(rewards, g).reshape(-1)
+    lengths = torch.tensor([len(r) for r in rollouts.response_ids], dtype=torch.float32)
+    truncated = torch.tensor(rollouts.truncated, dtype=torch.bool)
+    verdict = torch.tensor(rollouts.correct, dtype=torch.bool)
+    shaped = shape_rewards(torch.tensor(rollouts.rewards, dtype=torch.float32), verdict, truncated, lengths,
+                           truncation or TruncationPolicy(mode="reward", max_new_tokens=max(1, int(lengths.max()))))
+    rewards, correct, valid = shaped.rewards, shaped.correct, shaped.valid
+    advantages = group_advantages(rewards, g, valid=None if bool(valid.all()) else valid).reshape(-1)
     tokens, mask, engine_lps = pack_sequences(
         rollouts.prompt_ids, rollouts.response_ids, rollouts.response_logprobs, pad_id=pad_id
     )
+    # A group is uniform when its valid responses (all of them, unless masked) share one reward.
     grouped = rewards.reshape(-1, g)
-    uniform = (grouped.max(dim=1).values == grouped.min(dim=1).values)
-    keep = torch.ones(len(rewards), dtype=torch.bool)
+    valid_g = valid.reshape(-1, g)
+    top = grouped.masked_fill(~valid_g, float("-inf")).max(dim=1).values
+    bottom = grouped.masked_fill(~valid_g, float("inf")).min(dim=1).values
+    uniform = ~(top > bottom)
+    keep = valid.clone()
     if skip_uniform_groups:
         keep &= ~uniform.repeat_interleave(g)
-    correct = torch.tensor(rollouts.correct, dtype=torch.bool)
     if only_correct:
         keep = correct.clone()
     mask &= keep.unsqueeze(1)
-    lengths = torch.tensor([len(r) for r in rollouts.response_ids], dtype=torch.float32)
+    n_trunc = int(truncated.sum())
     stats = {
         "reward/mean": float(rewards.mean()),
         "reward/accuracy": float(correct.float().mean()),
@@ -82,7 +93,10 @@ def to_sequence_batch(rollouts: Rollouts, *, pad_id: int, skip_uniform_groups: b
         "response/length_mean": float(lengths.mean()),
         "rollout/generated_tokens": float(lengths.sum()),  # up to and including the first eos
         "response/length_max": float(lengths.max()),
-        "response/truncated_fraction": float(torch.tensor(rollouts.truncated, dtype=torch.float32).mean()),
+        "response/truncated_fraction": float(truncated.float().mean()),
+        # Cut-off responses the verifier itself accepted: what rollout.truncated=reward would have credited.
+        "response/truncated_verifier_correct": float((verdict & truncated).sum()) / max(1, n_trunc),
+        "reward/overlong_penalty_mean": float(shaped.penalties.mean()),
         "groups/uniform_fraction": float(uniform.float().mean()),
         "groups/kept_sequences": float(keep.sum()),
     }

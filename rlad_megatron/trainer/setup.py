@@ -42,12 +42,14 @@ class Student:
     arch: ModelArch
     hf_dir: str
     """Where it was loaded from (its tokenizer files go with every export)."""
+    export_dtype: torch.dtype = torch.float32
+    """The dtype of exported tensors (``trainer.export_dtype``, default the learner's ``model.params_dtype``)."""
 
     def export(self, out_dir: Path) -> None:
         """Write the current weights as a Hugging Face checkpoint (collective over the model-parallel group)."""
         from rlad_megatron.models import export_hf_checkpoint
 
-        export_hf_checkpoint(self.modules, self.arch, out_dir, tokenizer_dir=self.hf_dir)
+        export_hf_checkpoint(self.modules, self.arch, out_dir, tokenizer_dir=self.hf_dir, dtype=self.export_dtype)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +78,8 @@ class Components:
     prompts: PromptStream
     pad_id: int
     eos_id: int
+    stop_ids: tuple[int, ...] = ()
+    """Every token that ends a response (eos, generation-config eos list, chat-template end of turn)."""
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -89,6 +93,22 @@ class Components:
                 part.close()
         if self.engine is not None:
             self.engine.shutdown()
+
+
+def _stop_ids(c: RunConfig, tokenizer: Any) -> tuple[int, ...]:
+    """The run's stop tokens; with a teacher (it scores the student's turns, or generates them for sft), first
+    check that both chat templates end a turn with the same token."""
+    from transformers import AutoTokenizer
+
+    from rlad_megatron.models.stop_tokens import check_turn_ends_agree, stop_token_ids
+
+    folders = [c.model.student]
+    if c.model.teacher and teacher_use(c.loss) != "none":
+        teacher_tok = AutoTokenizer.from_pretrained(c.model.teacher, trust_remote_code=c.model.trust_remote_code)
+        check_turn_ends_agree(tokenizer, teacher_tok, c.data.chat_template_kwargs,
+                              student=c.model.student, teacher=c.model.teacher)
+        folders.append(c.model.teacher)
+    return stop_token_ids(tokenizer, folders, c.data.chat_template_kwargs)
 
 
 def learner_probe(student: MegatronPolicy, pad_id: int,
@@ -123,7 +143,7 @@ def build_components(config: RunConfig) -> Components:
     from rlad_megatron.models import load_hf_model
     from rlad_megatron.rollout.config import VLLMEngineConfig
     from rlad_megatron.rollout.factory import build_rollout_engine
-    from rlad_megatron.tasks.registry import get_task
+    from rlad_megatron.tasks.registry import get_training_task
     from rlad_megatron.weight_sync.verify import SyncVerifier, make_probe_batch
 
     c = config
@@ -137,9 +157,10 @@ def build_components(config: RunConfig) -> Components:
     needs = required_inputs(c.loss)
 
     tokenizer = AutoTokenizer.from_pretrained(c.model.student, trust_remote_code=c.model.trust_remote_code)
-    task = get_task(c.data.task)
+    stop_ids = _stop_ids(c, tokenizer)
+    task = get_training_task(c.data.task, c.data.task_options)
     dataset = load_prompt_dataset(c.data.train_files, task, tokenizer, c.data.max_prompt_tokens,
-                                  bad_rows=c.data.bad_rows)
+                                  bad_rows=c.data.bad_rows, chat_template_kwargs=c.data.chat_template_kwargs)
     prompts = PromptStream(dataset, batch_size=layout.prompts_per_rank, seed=c.trainer.seed,
                            dp_rank=dp_rank, dp_size=dp_size)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -155,7 +176,8 @@ def build_components(config: RunConfig) -> Components:
                                   sequence_parallel=c.parallel.sequence_parallel, **fp8, **student_stages)
     wrapped, optimizer = build_student(modules, c.optim)
     policy = MegatronPolicy(wrapped, arch.vocab_size, optimizer=optimizer, with_entropy="entropy" in needs)
-    student = Student(policy=policy, modules=modules, arch=arch, hf_dir=c.model.student)
+    student = Student(policy=policy, modules=modules, arch=arch, hf_dir=c.model.student,
+                      export_dtype=getattr(torch, c.trainer.export_dtype or c.model.params_dtype))
 
     micro = c.trainer.micro_batch_size
     reference = None
@@ -206,5 +228,5 @@ def build_components(config: RunConfig) -> Components:
         config=c, layout=layout, output_dir=output_dir, dp_rank=dp_rank, model_parallel_group=mp_group,
         student=student, teacher=teacher, reference=reference, engine=engine, synchronizer=synchronizer,
         reward_guard=RewardGuard(task.reward) if engine is not None else None, task=task, tokenizer=tokenizer,
-        prompts=prompts, pad_id=pad_id, eos_id=tokenizer.eos_token_id,
+        prompts=prompts, pad_id=pad_id, eos_id=tokenizer.eos_token_id, stop_ids=stop_ids,
     )

@@ -154,3 +154,14 @@ def test_demo_data_files_are_deterministic_and_disjoint(tmp_path, tok) -> None:
     assert all(arithmetic.ArithmeticTask().reward(r["completion"], r).correct for r in sft)
     ds = load_prompt_dataset(a["test"], get_task("arithmetic"), tok, max_prompt_tokens=32, cache_dir=str(tmp_path))
     assert len(ds) == 60 and ds.report.skipped == {}
+
+
+def test_cut_off_answers_are_not_credited_when_asked(tok) -> None:
+    task = FlakyTask()  # credits every completion that does not say "boom"
+    recs = [{"id": "r0", "prompt": "1+1=", "answer": "x", "difficulty": "d"}]
+    table = {tuple(task.encode_prompt(task.build_prompt(r, tok), tok)): ("fine", "long answer", 1) for r in recs}
+    sampling = SamplingSettings(n=2, temperature=0.6, top_p=0.95, max_tokens=6)
+    credited = evaluate(FakeEngine(tok, table), task, recs, tok, k=2, sampling=sampling)
+    assert credited.overall.mean_at_k == 1.0 and credited.overall.truncated_rate == 0.5
+    strict = evaluate(FakeEngine(tok, table), task, recs, tok, k=2, sampling=sampling, credit_truncated=False)
+    assert strict.overall.mean_at_k == 0.5 and strict.overall.mean_reward == 0.5  # "long a" was cut off

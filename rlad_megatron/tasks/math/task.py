@@ -5,7 +5,8 @@ Accepted row layouts (converted by :meth:`MathTask.to_record`):
 - GSM8K: ``question`` + ``answer`` whose last line is ``#### 72`` (the number after ``####`` becomes the answer);
 - MATH / MATH-500: ``problem`` + ``answer``, or ``problem`` + ``solution`` (the last ``\\boxed{}`` of the solution);
   ``level`` becomes the difficulty;
-- Skywork-OR1 / verl: ``prompt`` as a list of chat messages (the last user turn is the problem),
+- Skywork-OR1 / verl: ``prompt`` as a list of chat messages (the last user turn is the problem, the system
+  messages become the record's ``system``),
   ``reward_model.ground_truth`` a list of acceptable answers or a JSON string of one, ``data_source`` the difficulty
   label, ``extra_info.index`` the id when there is no ``id``.
 Alternative acceptable answers are kept in ``answers`` (list[str]); the reward accepts any of them.
@@ -51,6 +52,9 @@ class MathTask(Task):
 
     name = "math"
     schema = {**BASE_SCHEMA, "answers": list}
+    #: A cut-off thinking trace ("... counting: 1, 2, 3, 4, 5") must not score through the "answer is" or
+    #: last-number fallbacks: training asks for the \\boxed{} answer the prompt requests.
+    training_options = {"fallbacks": False}
 
     def __init__(self, **reward_options: Any) -> None:
         self.reward_config = MathRewardConfig(**reward_options)
@@ -67,10 +71,15 @@ class MathTask(Task):
         rec = {k: v for k, v in row.items() if v is not None}  # absent columns arrive as None
         answers: list[str] | None = None
         if isinstance(rec.get("prompt"), list):  # Skywork-OR1 / verl chat layout
-            users = [m.get("content") for m in rec["prompt"] if isinstance(m, dict) and m.get("role") == "user"]
+            messages = rec["prompt"]
+            users = [m.get("content") for m in messages if isinstance(m, dict) and m.get("role") == "user"]
             if not users:
                 raise RecordError("prompt", "chat prompt has no user message")
             rec["prompt"] = users[-1]
+            systems = [m.get("content") for m in messages if isinstance(m, dict)
+                       and m.get("role") == "system" and isinstance(m.get("content"), str) and m.get("content")]
+            if systems:  # kept: the prompt is built with the dataset's own system message
+                rec["system"] = "\n\n".join(systems)
             rm = rec.get("reward_model")
             if not isinstance(rm, dict) or rm.get("ground_truth") is None:
                 raise RecordError("reward_model.ground_truth", "missing")
