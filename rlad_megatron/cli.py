@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -16,9 +17,22 @@ def _train(args: argparse.Namespace) -> int:
     except ConfigError as err:
         print(f"rlad-megatron train: bad configuration: {err}", file=sys.stderr)
         return 2
+    from rlad_megatron.trainer.run_dir import RunDirError, prepare_output_dir
+
+    rank0 = os.environ.get("RANK", "0") == "0"  # torchrun's global rank; the process group does not exist yet
+    try:
+        start = prepare_output_dir(config, resume=args.resume, overwrite=args.overwrite,
+                                   allow_config_change=args.allow_config_change, rank0=rank0)
+    except RunDirError as err:
+        if rank0:
+            print(f"rlad-megatron train: {err}", file=sys.stderr)
+        return 2
+    if rank0:
+        for note in start.notes:
+            print(f"[rlad] {note}", flush=True)
     from rlad_megatron.trainer.loop import train
 
-    train(config, resume=args.resume)
+    train(config, resume=start.resume)
     return 0
 
 
@@ -27,7 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="run RLAD (or a baseline) training; launch under torchrun for >1 rank")
     train.add_argument("--config", default=None, help="YAML run config (sections of rlad_megatron/config.py)")
-    train.add_argument("--resume", action="store_true", help="continue from output_dir/checkpoints/latest")
+    train.add_argument("--resume", action="store_true",
+                       help="continue the run in trainer.output_dir from its newest complete checkpoint")
+    train.add_argument("--overwrite", action="store_true",
+                       help="start a new run in an output_dir that holds one: the old run's files are moved to "
+                            "<output_dir>.old-<time>, not deleted")
+    train.add_argument("--allow-config-change", action="store_true",
+                       help="resume even though the config changes the run (models, loss, data, seeds, ...)")
     train.add_argument("overrides", nargs="*", help="dotted overrides, e.g. loss.alpha=0.3 trainer.steps=20")
     train.set_defaults(func=_train)
     from rlad_megatron import convert
@@ -39,7 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # `train --resume a=1 b=2` and `train a=1 --resume b=2`: overrides may stand on either side of a flag.
+    if extra and getattr(args, "overrides", None) is not None and all("=" in e and not e.startswith("-")
+                                                                     for e in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     return int(args.func(args) or 0)
 
 

@@ -168,12 +168,17 @@ class TrainerConfig:
     """A step with a NaN/inf loss or gradient is skipped; this many in a row stop the run."""
     export_hf: bool = True
     """Write the final student as a Hugging Face checkpoint in output_dir/hf."""
+    resume: str = "never"
+    """"never": a fresh run (refused when output_dir holds a run, unless --overwrite); "auto": resume from the newest
+    complete checkpoint when there is one, else start (for jobs a scheduler restarts). --resume forces resuming."""
 
     def validate(self) -> None:
         for name in ("steps", "updates_per_batch", "micro_batch_size", "eval_samples", "keep_checkpoints",
                      "max_consecutive_bad_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"trainer.{name} must be >= 1, got {getattr(self, name)}")
+        if self.resume not in ("never", "auto"):
+            raise ConfigError(f"trainer.resume={self.resume!r}: choose 'never' or 'auto'")
 
 
 @dataclass

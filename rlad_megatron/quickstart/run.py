@@ -53,7 +53,8 @@ def run_quickstart(settings: QuickstartSettings, root: Path, *, train: bool = Tr
         config = write_train_config(settings, teacher.path, student.path, files, run_dir)
         log(f"[quickstart] training: {settings.rl.algorithm} for {settings.rl.steps} steps on "
             f"{settings.rl.nproc} processes (TP={settings.rl.tensor_parallel}); config {config}")
-        run_training(config, settings.rl.nproc, log_file=run_dir / "train.log")
+        # A repeated demo starts a new run; the previous one is moved to run.old-<time>, not deleted.
+        run_training(config, settings.rl.nproc, overwrite=True, log_file=run_dir / "train.log")
         timings["train"] = time.perf_counter() - t
         t = time.perf_counter()
         eval_after = evaluate_model(run_dir / "hf", files.test, settings, run_dir / "eval")

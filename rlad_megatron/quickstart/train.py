@@ -69,12 +69,15 @@ def write_train_config(settings: QuickstartSettings, teacher_dir: Path, student_
     return path
 
 
-def training_command(config_path: Path, nproc: int, overrides: Sequence[str] = (), resume: bool = False) -> list[str]:
+def training_command(config_path: Path, nproc: int, overrides: Sequence[str] = (), resume: bool = False,
+                     overwrite: bool = False) -> list[str]:
     """``python -m torch.distributed.run --nproc-per-node N -m rlad_megatron.cli train --config FILE ...``."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
            "-m", "rlad_megatron.cli", "train", "--config", str(config_path)]
     if resume:
         cmd.append("--resume")
+    if overwrite:
+        cmd.append("--overwrite")
     return cmd + list(overrides)
 
 
@@ -91,11 +94,12 @@ def child_output_tail(text: str, lines: int = 30) -> list[str]:
 
 
 def run_training(config_path: Path, nproc: int, *, overrides: Sequence[str] = (), resume: bool = False,
-                 log_file: Path | None = None, stream: TextIO | None = None, timeout_s: float | None = None) -> None:
+                 overwrite: bool = False, log_file: Path | None = None, stream: TextIO | None = None,
+                 timeout_s: float | None = None) -> None:
     """Run the training subprocess, copying its output (stdout and stderr merged) to ``stream`` as it comes and to
     ``log_file``; raise :class:`TrainingFailed` with the log's tail when it exits non-zero or times out."""
     stream = stream if stream is not None else sys.stderr
-    cmd = training_command(config_path, nproc, overrides, resume)
+    cmd = training_command(config_path, nproc, overrides, resume, overwrite)
     env = {**os.environ, **TRAIN_ENV}
     log = open(log_file, "w", encoding="utf-8") if log_file is not None else None
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, bufsize=0)

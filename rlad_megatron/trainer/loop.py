@@ -86,7 +86,10 @@ class Trainer:
                 if rank0:
                     print(f"[rlad] resumed from {folder} at step {self.step}", flush=True)
         from rlad_megatron.trainer.observability import MetricsLogger
+        from rlad_megatron.trainer.run_dir import record_run_config
 
+        if rank0:
+            record_run_config(s.output_dir, config)
         self.eval_examples = load_eval_examples(config, s.task, s.tokenizer)
 
         s.logger = MetricsLogger(s.output_dir, config.trainer.steps, start_step=self.step, enabled=rank0)
