@@ -73,6 +73,40 @@ def save_megatron_checkpoint(model_chunks: list, arch: ModelArch, out_dir: str |
     return out
 
 
+def resolve_checkpoint(path: str | Path) -> Path:
+    """The Megatron folder to read for ``--ckpt``: a convert checkpoint as given, or a trainer checkpoint given as
+    its run's output_dir, its ``checkpoints`` folder or one ``step_N`` folder (the newest complete one whose files
+    match its manifest; a damaged one is reported and skipped)."""
+    import sys
+
+    from rlad_megatron.trainer import checkpoint_files as ckf
+
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"--ckpt {path}: no such folder")
+    if (path / ARCH_FILE).is_file():
+        return path
+    if (path / "checkpoints").is_dir():
+        path = path / "checkpoints"
+    steps = [path] if ckf.folder_step(path) is not None else ckf.candidates(path)
+    if not steps:
+        raise FileNotFoundError(f"--ckpt {path}: neither a convert checkpoint ({ARCH_FILE}) nor a trainer run, its "
+                                f"checkpoints folder or a step_N checkpoint")
+    problems = []
+    for folder in steps:
+        try:
+            ckf.verify_checkpoint(folder)
+        except ckf.CheckpointCorrupt as err:
+            problems.append(str(err))
+            print(f"convert: skipping damaged checkpoint {folder}: {err}", file=sys.stderr, flush=True)
+            continue
+        if not (folder / "megatron" / ARCH_FILE).is_file():
+            raise FileNotFoundError(f"--ckpt {folder}: this trainer checkpoint predates {ARCH_FILE} (written since "
+                                    f"checkpoints carry a manifest); resume the run once to write a new one")
+        return folder / "megatron"
+    raise FileNotFoundError(f"--ckpt {path}: no intact checkpoint: " + "; ".join(problems))
+
+
 def load_megatron_checkpoint(ckpt_dir: str | Path, *, params_dtype: torch.dtype | None = None,
                              trainable: bool = True) -> tuple[list, ModelArch]:
     """Build this rank's chunk for the current parallel state and load a checkpoint written at any TP/PP."""
@@ -94,6 +128,7 @@ def load_megatron_checkpoint(ckpt_dir: str | Path, *, params_dtype: torch.dtype 
     dtype = params_dtype or getattr(torch, meta["dtype"])
     (chunk,) = build_model_chunks(arch, params_dtype=dtype, padded_vocab=padded)
     state = dist_checkpointing.load(chunk.sharded_state_dict(), str(ckpt))
+    state.pop("optimizer", None)  # a trainer checkpoint's non-sharded optimizer state comes back too: not needed
     missing, unexpected = chunk.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith("_extra_state")]
     if missing or unexpected:
@@ -116,16 +151,18 @@ def mcore_to_hf(ckpt_dir: str, out_dir: str, *, tp: int = 1, pp: int = 1, dtype:
                 max_shard_bytes: int = 2 << 30) -> None:
     from rlad_megatron.models.hf_export import export_hf_checkpoint
 
+    ckpt = resolve_checkpoint(ckpt_dir)
     _setup(tp, pp)
-    chunks, arch = load_megatron_checkpoint(ckpt_dir, trainable=False)
-    export_hf_checkpoint(chunks, arch, out_dir, tokenizer_dir=ckpt_dir, max_shard_bytes=max_shard_bytes,
+    chunks, arch = load_megatron_checkpoint(ckpt, trainable=False)
+    export_hf_checkpoint(chunks, arch, out_dir, tokenizer_dir=ckpt, max_shard_bytes=max_shard_bytes,
                          dtype=DTYPES[dtype] if dtype else None)
 
 
 def mcore_to_mcore(ckpt_dir: str, out_dir: str, *, tp: int, pp: int) -> None:
+    ckpt = resolve_checkpoint(ckpt_dir)
     _setup(tp, pp)
-    chunks, arch = load_megatron_checkpoint(ckpt_dir, trainable=False)
-    save_megatron_checkpoint(chunks, arch, out_dir, tokenizer_dir=ckpt_dir)
+    chunks, arch = load_megatron_checkpoint(ckpt, trainable=False)
+    save_megatron_checkpoint(chunks, arch, out_dir, tokenizer_dir=ckpt)
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -136,7 +173,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     a = kinds.add_parser("hf-to-mcore", help="HF safetensors -> Megatron dist checkpoint")
     a.add_argument("--hf", required=True, help="HF model directory (config.json, safetensors, tokenizer)")
     b = kinds.add_parser("mcore-to-hf", help="Megatron dist checkpoint -> HF safetensors")
-    b.add_argument("--ckpt", required=True)
+    b.add_argument("--ckpt", required=True, help="a convert checkpoint, or a training run's output_dir, its "
+                                                  "checkpoints/ folder or one checkpoints/step_N folder")
     b.add_argument("--max-shard-gb", type=float, default=2.0, help="largest safetensors file written")
     c = kinds.add_parser("mcore-to-mcore", help="Megatron dist checkpoint -> same at another TP/PP")
     c.add_argument("--ckpt", required=True)

@@ -22,7 +22,7 @@ from rlad_megatron.trainer.guards import NonFiniteStepGuard, TrainingStopped
 from rlad_megatron.trainer.rollouts import generate_and_score, share_from_one, to_sequence_batch
 from rlad_megatron.trainer.setup import TrainingSetup, build_training_setup
 from rlad_megatron.weight_sync.tis import tis_weights
-from rlad_megatron.trainer.state import latest_checkpoint, load_trainer_checkpoint, save_trainer_checkpoint
+from rlad_megatron.trainer.state import find_loadable_checkpoint, load_trainer_checkpoint, save_trainer_checkpoint
 
 
 def _peak_rss_mb() -> float:
@@ -74,14 +74,15 @@ class Trainer:
         )
         s = self.setup
         rank0 = dist.get_rank() == 0
+        self._saved_step = -1  # the step of the newest checkpoint on disk that this run wrote or loaded
         if resume:
-            folder = latest_checkpoint(s.checkpoint_dir)
+            folder = find_loadable_checkpoint(s.checkpoint_dir)
             if folder is None:
                 if rank0:
                     print(f"[rlad] --resume: no checkpoint under {s.checkpoint_dir}; starting at step 0", flush=True)
             else:
                 state = load_trainer_checkpoint(folder, s.student.chunks, s.student.optimizer)
-                self.step = state["step"]
+                self.step = self._saved_step = state["step"]
                 s.prompts.load_state_dict(state["data"])
                 if rank0:
                     print(f"[rlad] resumed from {folder} at step {self.step}", flush=True)
@@ -108,7 +109,7 @@ class Trainer:
                 s.logger.log(self.step, last)
                 if cfg.trainer.save_every and self.step % cfg.trainer.save_every == 0:
                     self.save()
-            if not cfg.trainer.save_every or self.step % cfg.trainer.save_every:
+            if self.step != self._saved_step:  # a resume of a finished run has nothing new to save
                 self.save()
             if cfg.trainer.export_hf:
                 s.export_student(s.output_dir / "hf")
@@ -128,8 +129,9 @@ class Trainer:
             s.checkpoint_dir, self.step, s.student.chunks, s.student.optimizer,
             {"data": s.prompts.state_dict(), "weight_version": self.weight_version,
              "config": run_config_to_dict(self.config)},
-            keep=self.config.trainer.keep_checkpoints,
+            keep=self.config.trainer.keep_checkpoints, arch=s.arch, tokenizer_dir=self.config.model.student,
         )
+        self._saved_step = self.step
 
     # ---------------------------------------------------------------------------------------------------------
     def train_step(self) -> dict[str, float]:
