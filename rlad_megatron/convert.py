@@ -189,8 +189,41 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return parser
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """Everything wrong with a ``convert`` command, before any model is loaded or file written (ValueError)."""
+    import os
+
+    from rlad_megatron.models.folder_check import check_model_folder
+
+    for flag in ("tp", "pp"):
+        if getattr(args, flag) < 1:
+            raise ValueError(f"--{flag} {getattr(args, flag)}: must be >= 1")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world % (args.tp * args.pp):
+        raise ValueError(f"--tp {args.tp} x --pp {args.pp} = {args.tp * args.pp} does not divide the {world} ranks "
+                         f"this command runs on (torchrun --nproc-per-node)")
+    if getattr(args, "max_shard_gb", 1.0) <= 0:
+        raise ValueError(f"--max-shard-gb {args.max_shard_gb}: must be > 0")
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(f"--out {out} already exists and is not an empty folder: choose a new folder "
+                         f"(nothing is ever written over an existing model or checkpoint)")
+    if args.direction == "hf-to-mcore":
+        check_model_folder(args.hf, "--hf")
+    else:
+        resolve_checkpoint(args.ckpt)
+
+
 def run(args: argparse.Namespace) -> int:
     """Execute a parsed ``convert`` command on this rank."""
+    import sys
+
+    try:
+        check_arguments(args)
+    except (ValueError, FileNotFoundError) as err:
+        if _is_rank0():
+            print(f"rlad-megatron convert {args.direction}: {err}", file=sys.stderr)
+        return 2
     if args.direction == "hf-to-mcore":
         hf_to_mcore(args.hf, args.out, tp=args.tp, pp=args.pp, dtype=args.dtype)
     elif args.direction == "mcore-to-hf":

@@ -158,6 +158,7 @@ def test_atomic_save_enospc_corruption_fallback_and_convert(tmp_path: Path) -> N
     assert sorted(direct) == sorted(converted)
     assert all(torch.equal(direct[k], converted[k]) for k in direct)
     assert (tmp_path / "converted" / "tokenizer.json").exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no partial exports left
 
     got = run_distributed(_load_body, 1, args=(str(hf), str(root)), timeout=400)[0]
     intact = got["intact"]
