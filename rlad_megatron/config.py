@@ -100,6 +100,10 @@ class RolloutConfig:
     """Largest engine-vs-learner log-prob difference on the probe batch tolerated after a sync (fp32)."""
     tis_cap: float | None = None
     """Truncated importance sampling: weight tokens by min(pi_learner_old / pi_engine, cap); None disables."""
+    reward_timeout_s: float = 10.0
+    """Longest a reward may take on one sample (then reward 0, counted in reward/timeouts). Rewards that may hang
+    (the math verifier) run in worker processes, several at once, so a step with a few hostile samples takes about
+    one timeout."""
 
     def validate(self) -> None:
         if self.group_size < 1:
@@ -119,6 +123,7 @@ class RolloutConfig:
         _at_least("rollout.kv_cache_mb", self.kv_cache_mb, 1)
         _at_least("rollout.verify_every", self.verify_every, 0)
         _at_least("rollout.max_logprob_mismatch", self.max_logprob_mismatch, 0)
+        _in_range("rollout.reward_timeout_s", self.reward_timeout_s, 0, 3600, low_open=True)
 
 
 @dataclass
