@@ -3,10 +3,10 @@
 Every call is guarded: an exception, or a reward that is NaN or infinite, gives ``RewardResult.failed`` (reward 0)
 and increments ``errors``; a call that runs past ``timeout_s`` gives reward 0 and increments ``timeouts``.
 
-``score_many`` (a step's samples) runs the ``"process"`` backend on a pool of up to ``max_workers`` workers: a
-worker stuck on a hostile sample does not hold up the rest, which move on to the other workers (more are started
-while a sample has been running for more than half a second; they stay for the next steps). A step with up to
-``max_workers - 1`` hostile samples thus takes about one timeout, not one timeout per hostile sample.
+``score_many`` (a step's samples) runs the ``"process"`` backend on a pool of up to ``max_workers`` workers, kept
+from one call to the next: a worker stuck on a hostile sample does not hold up the rest, which move on to the other
+workers. A step with fewer than ``max_workers`` hostile samples thus takes about one timeout, not one timeout per
+hostile sample (plus, once, the workers' start-up, and the restart of those killed on a timeout).
 
 Backends:
 - ``"process"``: the reward runs in a persistent worker process (``spawn`` start method, so it is safe from any thread
@@ -217,13 +217,11 @@ class RewardGuard:
         worker.conn.close()
 
     def _score_pool(self, items: list[tuple[str, Mapping[str, Any]]]) -> list[RewardResult]:
-        """Deal samples to idle workers; a sample past ``timeout_s`` is failed and its worker replaced; while a
-        sample has been running for a quarter of the timeout, more workers are started for the queue."""
+        """Deal samples to idle workers (up to ``max_workers`` of them, started on first need and kept for the next
+        calls); a sample past ``timeout_s`` is failed and its worker replaced."""
         results: list[RewardResult | None] = [None] * len(items)
         queue = collections.deque(range(len(items)))
-        stall_s = min(0.5, self.timeout_s / 4)
-        if not self._pool:
-            self._pool.append(self._spawn())
+        target = min(self.max_workers, len(items))
         while queue or any(w.job is not None for w in self._pool):
             now = time.monotonic()
             for worker in [w for w in self._pool if w.ready and w.job is None]:
@@ -235,16 +233,11 @@ class RewardGuard:
                 except (OSError, BrokenPipeError) as exc:
                     self._fail(results, worker, f"reward worker died: {type(exc).__name__}: {exc}")
             busy = [w for w in self._pool if w.job is not None]
-            starting = [w for w in self._pool if not w.ready]
-            stalled = any(now - w.since > stall_s for w in busy)
-            if queue and not starting and len(self._pool) < self.max_workers and (not busy or stalled):
-                # Start enough workers at once for the whole queue: starting one is a second or two of imports.
-                for _ in range(min(len(queue), self.max_workers - len(self._pool))):
+            if queue and len(self._pool) < target:  # first use, or workers killed on a timeout: start them all
+                for _ in range(target - len(self._pool)):  # at once (each is a second or two of imports)
                     self._pool.append(self._spawn())
             deadlines = [w.since + self.timeout_s for w in busy] + [w.started + self.startup_timeout_s
                                                                     for w in self._pool if not w.ready]
-            if stall_s and busy and not stalled:
-                deadlines.append(min(w.since for w in busy) + stall_s)
             wait([w.conn for w in self._pool] + [w.proc.sentinel for w in self._pool],
                  timeout=max(0.0, min(deadlines) - time.monotonic()) if deadlines else None)
             self._collect(results)

@@ -18,6 +18,7 @@ from rlad_megatron.learner.sequences import SequenceBatch
 from rlad_megatron.loss import Denominators, MetricAccumulator, compute_policy_loss, local_denominators
 from rlad_megatron.rollout.base import SamplingSettings
 from rlad_megatron.trainer.periodic_eval import evaluate_now, load_eval_examples
+from rlad_megatron.trainer.faults import pause_point
 from rlad_megatron.trainer.guards import NonFiniteStepGuard, TrainingStopped
 from rlad_megatron.trainer.rollouts import generate_and_score, share_from_one, to_sequence_batch
 from rlad_megatron.trainer.setup import TrainingSetup, build_training_setup
@@ -140,6 +141,7 @@ class Trainer:
         step_start = time.perf_counter()
 
         t = time.perf_counter()
+        pause_point("generation", self.step + 1)
         examples = s.prompts.next_batch()
         rollouts = None
         if s.engine is not None:
@@ -162,6 +164,7 @@ class Trainer:
         metrics = self._average_over_dp(metrics)
 
         t = time.perf_counter()
+        pause_point("teacher", self.step + 1)
         if s.teacher is not None and cfg.loss.algorithm in ("rlad", "kdrl"):
             batch.teacher_logprobs = s.teacher_logprobs(batch)
         times["time/teacher"] = time.perf_counter() - t
@@ -175,10 +178,12 @@ class Trainer:
         times["time/old_logprobs"] = time.perf_counter() - t
 
         t = time.perf_counter()
+        pause_point("train", self.step + 1)
         metrics.update(self._update_policy(batch))
         times["time/train"] = time.perf_counter() - t
 
         t = time.perf_counter()
+        pause_point("sync", self.step + 1)
         metrics.update(self._sync_weights())
         times["time/sync"] = time.perf_counter() - t
 

@@ -28,6 +28,7 @@ import torch.distributed as dist
 
 from rlad_megatron.learner.checkpoint import load_checkpoint, save_checkpoint
 from rlad_megatron.trainer import checkpoint_files as ckf
+from rlad_megatron.trainer.faults import pause_point
 
 
 def _rng_state() -> dict[str, Any]:
@@ -124,6 +125,7 @@ def save_trainer_checkpoint(root: Path, step: int, model_chunks, optimizer, trai
             shutil.rmtree(tmp, ignore_errors=True)
         raise
     dist.barrier()
+    pause_point("checkpoint", step)  # fault-injection tests: every rank, files written, no manifest yet
     entries = _digest_share(tmp)
     if rank == 0:
         ckf.write_manifest(tmp, entries, step)
