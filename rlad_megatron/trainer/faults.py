@@ -2,7 +2,8 @@
 
     RLAD_FAULT_PAUSE=sync:3 RLAD_FAULT_DIR=/tmp/x torchrun ... train ...
 
-A rank reaching point ``sync`` of step 3 writes ``/tmp/x/paused_rank<r>.pid`` and sleeps until it is killed. Off
+A rank reaching point ``sync`` of step 3 writes ``/tmp/x/paused_rank<r>.pid`` and waits there until it is killed
+(or, to inject a fault elsewhere first, until the test creates ``/tmp/x/release``). Off
 (one environment lookup per point) unless the variable is set. Points: ``generation``, ``teacher``, ``train``,
 ``sync`` (inside a step; a rank blocked in a collective behind the engine rank never reaches them) and
 ``checkpoint`` (every rank, after a save's files are written and before its manifest and rename).
@@ -27,5 +28,5 @@ def pause_point(name: str, step: int) -> None:
     tmp = folder / f".paused_rank{rank}.pid"
     tmp.write_text(str(os.getpid()))
     os.replace(tmp, folder / f"paused_rank{rank}.pid")
-    while True:  # held here until the test kills this process
-        time.sleep(1.0)
+    while not (folder / "release").exists():  # held here until the test kills this process (or releases it)
+        time.sleep(0.2)
