@@ -31,7 +31,7 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -q tests -m "not slow and not e2e"
 
 demo: $(STAMP)
-	$(PY) -m rlad_megatron.quickstart
+	$(PY) -m examples.quickstart
 
 clean-venv:
 	rm -rf $(VENV)

@@ -48,8 +48,8 @@ PHASES = (("generation", "time/generation"), ("teacher", "time/teacher"), ("old_
 
 def prepare(root: Path) -> dict[str, str]:
     """Write the W1 student, teacher and prompt file under ``root`` (reused when present)."""
-    from rlad_megatron.data.sum_prefix import generate_sum_records
-    from rlad_megatron.testing.tiny_hf import make_tiny_hf_model
+    from rlad_megatron.tasks.sum_prefix.task import generate_sum_records
+    from rlad_megatron.tiny.hf_model import make_tiny_hf_model
 
     paths = {"student": root / "student", "teacher": root / "teacher", "train": root / "train.jsonl"}
     if not (paths["student"] / "config.json").exists():

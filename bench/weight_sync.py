@@ -114,7 +114,7 @@ def main() -> None:
         sys.exit("--modes must start with 'inplace' (the final line reports it)")
 
     from rlad_megatron.testing.distributed import run_distributed
-    from rlad_megatron.testing.tiny_hf import make_tiny_hf_model
+    from rlad_megatron.tiny.hf_model import make_tiny_hf_model
 
     with tempfile.TemporaryDirectory(prefix="bench_ws_") as tmp:
         hf_dir = make_tiny_hf_model(Path(tmp) / "m100", family="llama", num_layers=args.layers, hidden_size=768,

@@ -4,7 +4,7 @@
     recipe = quickstart(**assets, output_dir="runs/quickstart")
     python -m recipes quickstart                                     # the same from the command line
 
-The tiny models are random (``rlad_megatron.testing.tiny_hf``): this recipe proves that the launch path works end to
+The tiny models are random (``rlad_megatron.tiny.hf_model``): this recipe proves that the launch path works end to
 end (torchrun, Megatron learner at TP=2 over gloo, colocated vLLM CPU engine, weight sync), not that a student
 learns; ``make demo`` (the trainer's quickstart) trains a real tiny teacher first.
 """
@@ -37,8 +37,8 @@ def prepare_quickstart_assets(workdir: str | Path, *, num_records: int = 64, see
 
     Returns ``{"student": dir, "teacher": dir, "train_file": path, "eval_file": path}``; existing files are kept.
     """
-    from rlad_megatron.data.arithmetic import generate_records
-    from rlad_megatron.testing.tiny_hf import make_tiny_hf_model
+    from rlad_megatron.tasks.arithmetic.task import generate_records
+    from rlad_megatron.tiny.hf_model import make_tiny_hf_model
 
     root = Path(workdir).resolve()
     paths = {"student": root / "student", "teacher": root / "teacher",

@@ -129,7 +129,7 @@ class RolloutConfig:
 @dataclass
 class DataConfig:
     task: str = "arithmetic"
-    """Task name (``rlad_megatron.data.tasks.task_names()``): 'arithmetic', 'knights_knaves', 'math', ..."""
+    """Task name (``rlad_megatron.tasks.registry.task_names()``): 'arithmetic', 'knights_knaves', 'math', ..."""
     train_files: list[str] = field(default_factory=list)
     """Local jsonl/parquet/arrow files, or one hub dataset name."""
     eval_files: list[str] = field(default_factory=list)
@@ -148,7 +148,7 @@ class DataConfig:
         if self.bad_rows not in ("error", "skip"):
             raise ConfigError(f"data.bad_rows={self.bad_rows!r}: choose 'error' or 'skip'")
         _at_least("data.max_prompt_tokens", self.max_prompt_tokens, 1)
-        from rlad_megatron.data.tasks import task_names
+        from rlad_megatron.tasks.registry import task_names
 
         if self.task not in task_names():
             raise ConfigError(f"data.task={self.task!r} is not a registered task; choose one of "

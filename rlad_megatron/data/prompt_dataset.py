@@ -15,7 +15,7 @@ import os
 from collections import Counter
 from typing import Any, Sequence
 
-from rlad_megatron.data.tasks import RecordError, Task, validate_record
+from rlad_megatron.tasks.base import RecordError, Task, validate_record
 
 _BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".arrow": "arrow"}
 

@@ -11,7 +11,7 @@ from collections import defaultdict
 from typing import Any, Mapping, Sequence
 
 from rlad_megatron.data.prompt_dataset import PromptExample
-from rlad_megatron.data.tasks import Task
+from rlad_megatron.tasks.base import Task
 from rlad_megatron.eval.metrics import mean_at_k, pass_at_k
 from rlad_megatron.eval.report import EvalReport, EvalRow
 from rlad_megatron.rewards.guard import RewardGuard

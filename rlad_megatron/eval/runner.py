@@ -10,7 +10,7 @@ import os
 from typing import Any, Mapping
 
 from rlad_megatron.data.prompt_dataset import load_prompt_dataset
-from rlad_megatron.data.tasks import get_task
+from rlad_megatron.tasks.registry import get_task
 from rlad_megatron.eval.evaluate import DEFAULT_TEMPERATURE, DEFAULT_TOP_P, evaluate
 from rlad_megatron.eval.report import EvalReport
 from rlad_megatron.rollout.base import SamplingSettings

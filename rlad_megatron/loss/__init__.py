@@ -3,6 +3,7 @@
 Per-token losses (``[B, T]`` in and out): :func:`trrd_token_loss`, :func:`grpo_token_loss`, :func:`kl_estimate`.
 Advantages: :func:`group_advantages`, :func:`equal_reward_groups`, :func:`group_filter_metrics`.
 Reduction with global denominators: :func:`aggregate`, :class:`Denominators`, :func:`local_denominators`.
+Truncated importance sampling of the engine/learner mismatch: :func:`tis_weights`.
 The trainer's entry: :func:`compute_policy_loss` with a :class:`LossConfig`; metrics via :class:`MetricAccumulator`.
 """
 
@@ -18,6 +19,7 @@ from rlad_megatron.loss.surrogates import (
     trrd_log_ratio,
     trrd_token_loss,
 )
+from rlad_megatron.loss.tis import tis_weights
 
 __all__ = [
     "Denominators",
@@ -34,6 +36,7 @@ __all__ = [
     "kl_estimate",
     "local_denominators",
     "required_inputs",
+    "tis_weights",
     "trrd_log_ratio",
     "trrd_token_loss",
 ]

@@ -18,8 +18,8 @@ TEACHER = dict(family="llama", num_layers=4, hidden_size=256, intermediate_size=
 
 def prepare_models_and_data(root: Path, *, num_prompts: int = 64, max_digits: int = 1, seed: int = 0) -> dict:
     """Write ``root/{student,teacher}`` (random HF checkpoints) and ``root/train.jsonl``; return their paths."""
-    from rlad_megatron.data.arithmetic import generate_records
-    from rlad_megatron.testing.tiny_hf import make_tiny_hf_model
+    from rlad_megatron.tasks.arithmetic.task import generate_records
+    from rlad_megatron.tiny.hf_model import make_tiny_hf_model
 
     root = Path(root)
     paths = {"student": root / "student", "teacher": root / "teacher", "train": root / "train.jsonl"}
@@ -90,8 +90,8 @@ def warm_start(hf_dir: str, out_dir: str, train_file: str, *, steps: int, lr: fl
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from rlad_megatron.data.tasks import get_task
-    from rlad_megatron.quickstart.sft import train_sft
+    from rlad_megatron.tasks.registry import get_task
+    from rlad_megatron.tiny.sft import train_sft
 
     if (Path(out_dir) / "config.json").exists():
         return out_dir
@@ -110,7 +110,7 @@ def prepare_warm_models(root: Path) -> dict:
     """Models for runs that must learn: a teacher SFT-trained to ~100% on 1-digit additions (same shape as the
     student, 150 steps, ~1 CPU-minute) and a student warm-started for 60 steps (~25% at temperature 1).
     The teacher is not larger here only to keep the test suite's CPU budget."""
-    from rlad_megatron.testing.tiny_hf import make_tiny_hf_model
+    from rlad_megatron.tiny.hf_model import make_tiny_hf_model
 
     root = Path(root)
     paths = prepare_models_and_data(root)

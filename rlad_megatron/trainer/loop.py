@@ -22,7 +22,7 @@ from rlad_megatron.trainer.faults import pause_point
 from rlad_megatron.trainer.guards import NonFiniteStepGuard, TrainingStopped
 from rlad_megatron.trainer.rollouts import generate_and_score, share_from_one, to_sequence_batch
 from rlad_megatron.trainer.setup import TrainingSetup, build_training_setup
-from rlad_megatron.weight_sync.tis import tis_weights
+from rlad_megatron.loss.tis import tis_weights
 from rlad_megatron.trainer.state import find_loadable_checkpoint, load_trainer_checkpoint, save_trainer_checkpoint
 
 

@@ -106,7 +106,7 @@ def build_training_setup(config: RunConfig) -> TrainingSetup:
     from rlad_megatron import parallel
     from rlad_megatron.data.prompt_dataset import load_prompt_dataset
     from rlad_megatron.data.prompt_stream import PromptStream
-    from rlad_megatron.data.tasks import get_task
+    from rlad_megatron.tasks.registry import get_task
     from rlad_megatron.models import load_hf_model, load_teacher
     from rlad_megatron.rewards.guard import RewardGuard
     from rlad_megatron.rollout.config import VLLMEngineConfig

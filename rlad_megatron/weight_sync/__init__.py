@@ -7,16 +7,14 @@
 - ``inprocess``: transport into a colocated (in-process) engine.
 - ``dist_transport``: transport into a disaggregated engine over a two-rank torch.distributed group.
 - ``verify``: probe-batch log-prob mismatch after every sync; stale or failed syncs raise ``WeightSyncError``.
-- ``tis``: truncated importance-sampling weights for the remaining rollout/learner mismatch.
 
 Nothing here imports vLLM.
 """
 from rlad_megatron.weight_sync.buckets import iter_buckets
 from rlad_megatron.weight_sync.sync import WeightSynchronizer, WeightTransport
-from rlad_megatron.weight_sync.tis import tis_weights
 from rlad_megatron.weight_sync.verify import ProbeBatch, SyncVerifier, WeightSyncError, make_probe_batch
 
 __all__ = [
     "ProbeBatch", "SyncVerifier", "WeightSyncError", "WeightSynchronizer", "WeightTransport", "iter_buckets",
-    "make_probe_batch", "tis_weights",
+    "make_probe_batch",
 ]

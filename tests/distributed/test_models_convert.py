@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from rlad_megatron.testing.distributed import run_distributed
-from rlad_megatron.testing.tiny_hf import make_tiny_hf_model
+from rlad_megatron.tiny.hf_model import make_tiny_hf_model
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from rlad_megatron.testing.distributed import run_distributed
-from rlad_megatron.testing.tiny_hf import make_tiny_hf_model
+from rlad_megatron.tiny.hf_model import make_tiny_hf_model
 
 SEQ = 24
 LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from rlad_megatron.testing.distributed import run_distributed
-from rlad_megatron.testing.tiny_hf import make_tiny_hf_model
+from rlad_megatron.tiny.hf_model import make_tiny_hf_model
 from rlad_megatron.trainer import checkpoint_files as ckf
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]

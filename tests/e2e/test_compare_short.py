@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from rlad_megatron.compare.report import compare_metrics, load_results
+from examples.compare.report import compare_metrics, load_results
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 def test_compare_short(tmp_path: Path) -> None:
     out = tmp_path / "compare"
-    cmd = [sys.executable, "-m", "rlad_megatron.compare", "--short", "--task", "arithmetic", "--seeds", "1",
+    cmd = [sys.executable, "-m", "examples.compare", "--short", "--task", "arithmetic", "--seeds", "1",
            "--algorithms", "grpo", "rlad", "--alphas", "1.0", "--out", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     task_dir = out / "arithmetic"

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from rlad_megatron.data.demo_data import write_demo_data
-from rlad_megatron.data.knights_knaves import generate_records as kk_records
+from rlad_megatron.tasks.arithmetic.data import write_demo_data
+from rlad_megatron.tasks.knights_knaves.task import generate_records as kk_records
 from rlad_megatron.eval.runner import run_eval
-from rlad_megatron.testing.tiny_hf import make_tiny_hf_model
+from rlad_megatron.tiny.hf_model import make_tiny_hf_model
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # two engine starts: ~40 s idle, ~90 s on a busy 2-core box
 

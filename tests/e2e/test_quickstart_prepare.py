@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlad_megatron.quickstart.prepare import MARKER, model_cache_dir, prepare_data, prepare_model
-from rlad_megatron.quickstart.settings import DataSettings, EvalSettings, ModelSettings, QuickstartSettings
+from examples.quickstart.prepare import MARKER, model_cache_dir, prepare_data, prepare_model
+from examples.quickstart.settings import DataSettings, EvalSettings, ModelSettings, QuickstartSettings
 
 pytestmark = pytest.mark.e2e
 
@@ -34,7 +34,7 @@ def test_prepare_teacher_and_student_with_cache(tmp_path: Path) -> None:
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
-    from rlad_megatron.testing.tiny_hf import make_tiny_hf_model
+    from rlad_megatron.tiny.hf_model import make_tiny_hf_model
 
     settings = _tiny_settings()
     files = prepare_data(settings.data, tmp_path / "data")
@@ -73,7 +73,7 @@ def test_prepare_teacher_and_student_with_cache(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_evaluate_prepared_model_with_vllm(tmp_path: Path) -> None:
     pytest.importorskip("vllm")
-    from rlad_megatron.quickstart.evaluation import evaluate_model
+    from examples.quickstart.evaluation import evaluate_model
 
     settings = _tiny_settings()
     files = prepare_data(settings.data, tmp_path / "data")
@@ -88,7 +88,7 @@ def test_evaluate_prepared_model_with_vllm(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_training_failure_reports_exit_code_and_tail(tmp_path: Path) -> None:
-    from rlad_megatron.quickstart.train import TrainingFailed, run_training
+    from examples.quickstart.train import TrainingFailed, run_training
 
     missing = tmp_path / "no_such_config.yaml"
     stream = io.StringIO()

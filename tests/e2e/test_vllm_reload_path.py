@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rlad_megatron.testing.tiny_hf import make_tiny_hf_model
+from rlad_megatron.tiny.hf_model import make_tiny_hf_model
 
 pytestmark = pytest.mark.e2e
 

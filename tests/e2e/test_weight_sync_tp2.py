@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from rlad_megatron.testing.distributed import run_distributed
-from rlad_megatron.testing.tiny_hf import make_tiny_hf_model
+from rlad_megatron.tiny.hf_model import make_tiny_hf_model
 
 pytestmark = [pytest.mark.e2e, pytest.mark.distributed]
 

@@ -18,7 +18,7 @@ REL_TOL = 0.05  # per-step |loss_fp8 - loss_bf16| / loss_bf16
 
 @pytest.fixture(scope="module")
 def tiny_hf(tmp_path_factory):
-    from rlad_megatron.testing.tiny_hf import make_tiny_hf_model
+    from rlad_megatron.tiny.hf_model import make_tiny_hf_model
 
     # Every GEMM dimension a multiple of 16, as FP8 tensor cores need.
     return make_tiny_hf_model(tmp_path_factory.mktemp("fp8") / "llama", family="llama", num_layers=2,

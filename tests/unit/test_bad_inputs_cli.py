@@ -12,7 +12,7 @@ import pytest
 from rlad_megatron.cli import main
 from rlad_megatron.eval.runner import response_budget
 from rlad_megatron.models.folder_check import ModelFolderError, check_model_folder
-from rlad_megatron.testing.tiny_hf import make_tiny_hf_model
+from rlad_megatron.tiny.hf_model import make_tiny_hf_model
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +76,7 @@ def test_convert_never_writes_into_a_non_empty_out(tmp_path: Path, model: Path, 
 
 
 def _demo_file(path: Path) -> Path:
-    from rlad_megatron.data.arithmetic import generate_records
+    from rlad_megatron.tasks.arithmetic.task import generate_records
 
     path.write_text("".join(json.dumps(r) + "\n" for r in generate_records(4, seed=0, min_digits=1, max_digits=1)))
     return path

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from rlad_megatron.compare.plan import RunSpec, plan_runs, train_config
-from rlad_megatron.compare.prepare import Prepared
-from rlad_megatron.compare.report import (RunResult, alpha_one_check, common_start, compare_metrics,
+from examples.compare.plan import RunSpec, plan_runs, train_config
+from examples.compare.prepare import Prepared
+from examples.compare.report import (RunResult, alpha_one_check, common_start, compare_metrics,
                                           format_table, steps_to_threshold, summarize)
-from rlad_megatron.compare.settings import arithmetic_settings
+from examples.compare.settings import arithmetic_settings
 from rlad_megatron.config import run_config_from_dict
-from rlad_megatron.quickstart.prepare import DataFiles
+from examples.quickstart.prepare import DataFiles
 
 
 def test_plan_runs_main_then_sweep_without_duplicates() -> None:
@@ -97,10 +97,10 @@ def test_summarize_table_and_alpha_one_check() -> None:
 def test_compact_kk_budget_fits_every_prompt_and_reference_completion(tmp_path: Path) -> None:
     """The comparison's token budgets must hold the longest prompt and the longest reference completion (+ eos) of
     its own data, and the models' positions must hold both; otherwise the teacher could never be right."""
-    from rlad_megatron.compare.prepare import prepare_kk_data
-    from rlad_megatron.compare.settings import task_settings
-    from rlad_megatron.data.tasks import get_task
-    from rlad_megatron.quickstart.prepare import read_records
+    from examples.compare.prepare import prepare_kk_data
+    from examples.compare.settings import task_settings
+    from rlad_megatron.tasks.registry import get_task
+    from examples.quickstart.prepare import read_records
 
     s = task_settings("knights_knaves_compact")
     files = prepare_kk_data(s, tmp_path)
@@ -116,7 +116,7 @@ def test_compact_kk_budget_fits_every_prompt_and_reference_completion(tmp_path: 
 
 
 def test_paired_differences_and_difficulty_table() -> None:
-    from rlad_megatron.compare.report import difficulty_table, format_paired, paired_differences
+    from examples.compare.report import difficulty_table, format_paired, paired_differences
 
     results = [_result("grpo", "grpo", 1.0, s, acc, [0.1]) for s, acc in ((0, 0.40), (1, 0.50), (2, 0.30))]
     results += [_result("rlad a=0.5", "rlad", 0.5, s, acc, [0.1]) for s, acc in ((0, 0.45), (1, 0.48), (2, 0.40))]
@@ -137,7 +137,7 @@ def test_paired_differences_and_difficulty_table() -> None:
 
 
 def test_activity_table_averages_over_steps_and_seeds() -> None:
-    from rlad_megatron.compare.report import activity_table
+    from examples.compare.report import activity_table
 
     a = _result("rlad a=0.5", "rlad", 0.5, 0, 0.4, [0.1, 0.2])
     b = _result("rlad a=0.5", "rlad", 0.5, 1, 0.4, [0.1, 0.2])
@@ -154,7 +154,7 @@ def test_activity_table_averages_over_steps_and_seeds() -> None:
 
 
 def test_command_line_values_keep_their_types() -> None:
-    from rlad_megatron.compare.__main__ import parse_value
+    from examples.compare.__main__ import parse_value
 
     assert parse_value("2e-4") == pytest.approx(2e-4)  # YAML 1.1 would leave this a string
     assert parse_value("0.1") == 0.1 and parse_value("32") == 32 and parse_value("true") is True

@@ -6,9 +6,9 @@ import json
 import pytest
 
 from rlad_megatron.data.char_tokenizer import build_char_tokenizer
-from rlad_megatron.data.math_data import MathTask
+from rlad_megatron.tasks.math.task import MathTask
 from rlad_megatron.data.prompt_dataset import DatasetError, load_prompt_dataset
-from rlad_megatron.data.tasks import get_task, task_names
+from rlad_megatron.tasks.registry import get_task, task_names
 
 ROWS = [
     {"id": "c1", "prompt": "What is 2+3?", "answer": 5},

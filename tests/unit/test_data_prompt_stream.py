@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from rlad_megatron.data.arithmetic import ArithmeticTask, generate_records
+from rlad_megatron.tasks.arithmetic.task import ArithmeticTask, generate_records
 from rlad_megatron.data.char_tokenizer import build_char_tokenizer
 from rlad_megatron.data.prompt_dataset import load_prompt_dataset
 from rlad_megatron.data.prompt_stream import PromptStream

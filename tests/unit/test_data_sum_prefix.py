@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from rlad_megatron.data.sum_prefix import SumPrefixTask, generate_sum_records, leading_number
-from rlad_megatron.data.tasks import RecordError, get_task, task_names
+from rlad_megatron.tasks.sum_prefix.task import SumPrefixTask, generate_sum_records, leading_number
+from rlad_megatron.tasks.base import RecordError
+from rlad_megatron.tasks.registry import get_task, task_names
 
 
 def test_records_are_deterministic_three_digit_sums() -> None:

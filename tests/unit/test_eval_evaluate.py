@@ -7,11 +7,13 @@ from typing import Any, Mapping, Sequence
 
 import pytest
 
-from rlad_megatron.data import arithmetic, knights_knaves
+from rlad_megatron.tasks.arithmetic import task as arithmetic
+from rlad_megatron.tasks.knights_knaves import task as knights_knaves
 from rlad_megatron.data.char_tokenizer import build_char_tokenizer
-from rlad_megatron.data.demo_data import write_demo_data
+from rlad_megatron.tasks.arithmetic.data import write_demo_data
 from rlad_megatron.data.prompt_dataset import load_prompt_dataset
-from rlad_megatron.data.tasks import Task, get_task
+from rlad_megatron.tasks.base import Task
+from rlad_megatron.tasks.registry import get_task
 from rlad_megatron.eval.evaluate import evaluate
 from rlad_megatron.eval.metrics import pass_at_k
 from rlad_megatron.rewards.base import RewardResult

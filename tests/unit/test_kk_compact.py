@@ -4,11 +4,11 @@ from itertools import product
 
 import pytest
 
-from rlad_megatron.data.kk_compact import (compact_statement, evaluate, generate_compact_records,
+from rlad_megatron.tasks.knights_knaves.compact import (compact_statement, evaluate, generate_compact_records,
                                            make_compact_record, search_trace)
-from rlad_megatron.data.kk_data import write_kk_data
-from rlad_megatron.data.kk_logic import consistent_assignments, parse_formal
-from rlad_megatron.data.tasks import get_task
+from rlad_megatron.tasks.knights_knaves.data import write_kk_data
+from rlad_megatron.tasks.knights_knaves.logic import consistent_assignments, parse_formal
+from rlad_megatron.tasks.registry import get_task
 
 
 def test_compact_statement_renders_letters_and_operators():

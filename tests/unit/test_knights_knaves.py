@@ -8,8 +8,8 @@ import re
 
 import pytest
 
-from rlad_megatron.data.kk_logic import FormulaError, parse_formal, solve, to_formal
-from rlad_megatron.data.knights_knaves import KnightsKnavesTask, generate_records
+from rlad_megatron.tasks.knights_knaves.logic import FormulaError, parse_formal, solve, to_formal
+from rlad_megatron.tasks.knights_knaves.task import KnightsKnavesTask, generate_records
 
 
 class B:
@@ -133,7 +133,7 @@ def test_kk_records_and_benchmark_rows_load_through_dataset_api(tmp_path) -> Non
 
 
 def test_kk_data_files_are_deterministic_disjoint_and_split_by_size(tmp_path) -> None:
-    from rlad_megatron.data.kk_data import write_kk_data
+    from rlad_megatron.tasks.knights_knaves.data import write_kk_data
 
     a = write_kk_data(str(tmp_path / "a"), train_per_size=6, test_per_size=3, seed=4)
     b = write_kk_data(str(tmp_path / "b"), train_per_size=6, test_per_size=3, seed=4)

@@ -10,7 +10,7 @@ from rlad_megatron.models.builder import rope_inv_freq
 from rlad_megatron.models.hf_config import (
     ModelArch, arch_from_hf_config, load_arch, padded_vocab_size, transformer_config_for,
 )
-from rlad_megatron.testing.tiny_hf import make_tiny_hf_model
+from rlad_megatron.tiny.hf_model import make_tiny_hf_model
 
 BASE = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": 1000, "hidden_size": 64,
         "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,

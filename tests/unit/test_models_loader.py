@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from rlad_megatron.testing.distributed import run_distributed
-from rlad_megatron.testing.tiny_hf import make_tiny_hf_model
+from rlad_megatron.tiny.hf_model import make_tiny_hf_model
 
 Q0 = "model.layers.0.self_attn.q_proj.weight"
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rlad_megatron.testing.tiny_hf import make_tiny_hf_model
+from rlad_megatron.tiny.hf_model import make_tiny_hf_model
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3"])

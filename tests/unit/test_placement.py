@@ -118,7 +118,7 @@ def test_placement_error_is_a_config_error():
 
 
 def test_model_shape_from_hf_dir(tmp_path):
-    from rlad_megatron.testing.tiny_hf import make_tiny_hf_model
+    from rlad_megatron.tiny.hf_model import make_tiny_hf_model
 
     path = make_tiny_hf_model(tmp_path / "m", family="qwen3", num_layers=3, hidden_size=64, num_heads=4,
                               num_kv_heads=2, intermediate_size=96)

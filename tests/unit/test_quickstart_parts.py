@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlad_megatron.quickstart.evaluation import format_table, write_results
-from rlad_megatron.quickstart.prepare import DataFiles, prepare_data, read_records
-from rlad_megatron.quickstart.settings import DataSettings, ModelSettings, QuickstartSettings, settings_hash
-from rlad_megatron.quickstart.sft import collate_sft
-from rlad_megatron.quickstart.train import training_command, write_train_config
+from examples.quickstart.evaluation import format_table, write_results
+from examples.quickstart.prepare import DataFiles, prepare_data, read_records
+from examples.quickstart.settings import DataSettings, ModelSettings, QuickstartSettings, settings_hash
+from rlad_megatron.tiny.sft import collate_sft
+from examples.quickstart.train import training_command, write_train_config
 
 
 def test_collate_sft_masks_prompt_and_padding() -> None:
@@ -70,7 +70,7 @@ def test_train_config_is_a_valid_run_config(tmp_path: Path) -> None:
 
 
 def test_max_new_tokens_covers_the_reference_completion() -> None:
-    from rlad_megatron.data.arithmetic import reference_cot
+    from rlad_megatron.tasks.arithmetic.task import reference_cot
 
     for digits in (1, 3, 5):
         settings = QuickstartSettings(data=DataSettings(max_digits=digits))

@@ -39,7 +39,7 @@ def test_inline_catches_exceptions_and_bad_return_types() -> None:
 
 
 def test_auto_backend_follows_may_hang() -> None:
-    from rlad_megatron.data.arithmetic import ArithmeticTask
+    from rlad_megatron.tasks.arithmetic.task import ArithmeticTask
 
     assert RewardGuard(picky_reward).backend == "process"
     assert RewardGuard(ArithmeticTask().reward).backend == "inline"

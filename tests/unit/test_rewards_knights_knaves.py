@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 
-from rlad_megatron.rewards.knights_knaves import KKRewardConfig, check_format, extract_answer_block, kk_reward
+from rlad_megatron.tasks.knights_knaves.reward import KKRewardConfig, check_format, extract_answer_block, kk_reward
 
 NAMES, SOL = ["Zoey", "Oliver"], [True, False]
 GOOD = "<think>Zoey tells the truth.</think>\n<answer>(1) Zoey is a knight\n(2) Oliver is a knave</answer>"

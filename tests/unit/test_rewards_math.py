@@ -6,7 +6,7 @@ import time
 import pytest
 
 from rlad_megatron.rewards.guard import RewardGuard
-from rlad_megatron.rewards.math_answer import MathRewardConfig, extract_boxed, extract_final_answer, math_reward
+from rlad_megatron.tasks.math.reward import MathRewardConfig, extract_boxed, extract_final_answer, math_reward
 
 
 @pytest.mark.parametrize(
@@ -82,7 +82,7 @@ def test_adversarial_extraction_is_linear_time() -> None:
 
 
 def test_adversarial_rewards_under_guard_finish_in_bounded_time() -> None:
-    from rlad_megatron.data.math_data import MathTask
+    from rlad_megatron.tasks.math.task import MathTask
 
     task = MathTask()
     rec = {"id": "m", "prompt": "p", "answer": "3", "answers": ["3"]}

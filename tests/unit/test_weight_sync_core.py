@@ -1,8 +1,6 @@
-"""Weight-sync pieces without an engine: bucketing, TIS weights, probe mismatch, verifier and synchronizer logic
+"""Weight-sync pieces without an engine: bucketing, probe mismatch, verifier and synchronizer logic
 (with small fake engines/transports: the real ones are exercised in tests/e2e)."""
 from __future__ import annotations
-
-import math
 
 import pytest
 import torch
@@ -10,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rlad_megatron.weight_sync import (
-    SyncVerifier, WeightSynchronizer, WeightSyncError, iter_buckets, make_probe_batch, tis_weights,
+    SyncVerifier, WeightSynchronizer, WeightSyncError, iter_buckets, make_probe_batch,
 )
 from rlad_megatron.weight_sync.verify import logprob_mismatch
 
@@ -41,20 +39,6 @@ def test_buckets_are_lazy_and_reject_bad_size():
     assert consumed == [0, 1, 2]  # one tensor of look-ahead, never the whole model
     with pytest.raises(ValueError, match="bucket_bytes"):
         list(iter_buckets([], 0))
-
-
-def test_tis_weights_reference():
-    old = torch.tensor([[-1.0, -2.0, -0.5], [-3.0, -0.1, -4.0]], requires_grad=True)
-    eng = torch.tensor([[-1.5, -1.0, -0.5], [-0.5, -2.0, -4.0]])
-    w = tis_weights(old, eng, cap=2.0)
-    expected = [[min(math.exp(o - e), 2.0) for o, e in zip(ro, re)] for ro, re in zip(old.tolist(), eng.tolist())]
-    assert torch.allclose(w, torch.tensor(expected), atol=1e-6)
-    assert not w.requires_grad and w.dtype == torch.float32
-    assert w.max() == 2.0  # truncated
-    with pytest.raises(ValueError, match="same shape"):
-        tis_weights(old, eng[:, :2], cap=2.0)
-    with pytest.raises(ValueError, match="cap"):
-        tis_weights(old, eng, cap=0.0)
 
 
 def test_probe_batch_deterministic_and_mismatch():

@@ -1,6 +1,6 @@
 """Write Knights and Knaves train/test jsonl files, deterministically from a seed.
 
-    python -m rlad_megatron.data.kk_data OUT_DIR [--train-per-size N] [--test-per-size M] [--seed S]
+    python -m rlad_megatron.tasks.knights_knaves.data OUT_DIR [--train-per-size N] [--test-per-size M] [--seed S]
 
 Defaults follow the Logic-RL / paper setup: training puzzles with 3..7 inhabitants, a test split of 100 puzzles for
 each size 2..8 (the paper's PPL2..PPL8 columns; evaluation groups by the records' ``difficulty`` = ``ppl<n>``).
@@ -14,10 +14,10 @@ import os
 import random
 from typing import Any, Callable
 
-from rlad_megatron.data.knights_knaves import make_record
+from rlad_megatron.tasks.knights_knaves.task import make_record
 
 #: ``make(rng, n_people, record_id) -> record``: the English puzzles, or
-#: :func:`rlad_megatron.data.kk_compact.make_compact_record` for the compact form.
+#: :func:`rlad_megatron.tasks.knights_knaves.compact.make_compact_record` for the compact form.
 RecordMaker = Callable[[random.Random, int, str], dict[str, Any]]
 
 TRAIN_SIZES: tuple[int, ...] = (3, 4, 5, 6, 7)

@@ -15,9 +15,9 @@ from __future__ import annotations
 import json
 from typing import Any, Mapping
 
-from rlad_megatron.data.tasks import BASE_SCHEMA, RecordError, Task, register_task
+from rlad_megatron.tasks.base import BASE_SCHEMA, RecordError, Task
 from rlad_megatron.rewards.base import RewardResult
-from rlad_megatron.rewards.math_answer import MathRewardConfig, extract_boxed, math_reward
+from rlad_megatron.tasks.math.reward import MathRewardConfig, extract_boxed, math_reward
 
 INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 
@@ -117,6 +117,3 @@ class MathTask(Task):
     def reward(self, completion: str, record: Mapping[str, Any]) -> RewardResult:
         golds = list(record.get("answers") or [record["answer"]])
         return math_reward(completion, [str(g) for g in golds], self.reward_config)
-
-
-register_task("math", MathTask)

@@ -18,8 +18,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from rlad_megatron.data.arithmetic import sft_example
-from rlad_megatron.data.tasks import Task
+from rlad_megatron.tasks.arithmetic.task import sft_example
+from rlad_megatron.tasks.base import Task
 
 
 @dataclass

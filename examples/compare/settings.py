@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from rlad_megatron.quickstart.settings import DataSettings, ModelSettings
+from examples.quickstart.settings import DataSettings, ModelSettings
 
 #: The four algorithms of the paper's comparison, in the order the table lists them.
 ALGORITHMS: tuple[str, ...] = ("sft", "grpo", "kdrl", "rlad")
@@ -112,7 +112,7 @@ def knights_knaves_settings() -> TaskSettings:
 
 
 def knights_knaves_compact_settings() -> TaskSettings:
-    """Knights and Knaves with 2..4 inhabitants in the compact form of :mod:`rlad_megatron.data.kk_compact`
+    """Knights and Knaves with 2..4 inhabitants in the compact form of :mod:`rlad_megatron.tasks.knights_knaves.compact`
     (prompts of 12..60 characters, a truth-table-search trace in ``<think>``), which tiny models can learn on a CPU.
     The teacher is deeper than the student, so it executes the search more reliably, and both lose accuracy as
     the number of inhabitants grows (longer searches)."""

@@ -11,7 +11,7 @@ import random
 import re
 from typing import Any, Mapping
 
-from rlad_megatron.data.tasks import BASE_SCHEMA, RecordError, Task, register_task
+from rlad_megatron.tasks.base import BASE_SCHEMA, RecordError, Task
 from rlad_megatron.rewards.base import RewardResult
 
 _PROMPT_RE = re.compile(r"^(\d{1,30})\+(\d{1,30})=$")
@@ -64,6 +64,3 @@ class SumPrefixTask(Task):
         want = str(record["answer"]).lstrip("0") or "0"
         ok = got == want
         return RewardResult(1.0 if ok else 0.0, correct=ok, format_ok=got is not None)
-
-
-register_task("sum_prefix", SumPrefixTask)

@@ -6,7 +6,7 @@ Logic-RL reward and answer lines) but writes them in a few dozen characters, and
 short solver trace that a small transformer can learn to execute.
 
 Prompt: inhabitants are the letters A, B, C, ... in order; one line per speaker with the statement in the formal
-syntax of :mod:`rlad_megatron.data.kk_logic`, literals written ``kB`` (B is a knight) and ``nB`` (B is a knave)::
+syntax of :mod:`rlad_megatron.tasks.knights_knaves.logic`, literals written ``kB`` (B is a knight) and ``nB`` (B is a knave)::
 
     A: (kB & nA)
     B: ~kA
@@ -29,9 +29,8 @@ import random
 from itertools import product
 from typing import Any, Mapping
 
-from rlad_megatron.data.kk_logic import Expr, parse_formal, solve, to_formal
-from rlad_megatron.data.knights_knaves import KnightsKnavesTask, answer_text, make_puzzle
-from rlad_megatron.data.tasks import register_task
+from rlad_megatron.tasks.knights_knaves.logic import Expr, parse_formal, solve, to_formal
+from rlad_megatron.tasks.knights_knaves.task import KnightsKnavesTask, answer_text, make_puzzle
 
 LETTERS = "ABCDEFGH"
 
@@ -77,7 +76,7 @@ def search_trace(statements: list[Expr]) -> tuple[str, tuple[bool, ...]]:
 
 
 def make_compact_record(rng: random.Random, n: int, record_id: str) -> dict[str, Any]:
-    """One compact K&K record; same fields as :func:`rlad_megatron.data.knights_knaves.make_record` plus ``trace``."""
+    """One compact K&K record; same fields as :func:`rlad_megatron.tasks.knights_knaves.task.make_record` plus ``trace``."""
     if not 2 <= n <= len(LETTERS):
         raise ValueError(f"compact K&K puzzles have 2..{len(LETTERS)} inhabitants, got {n}")
     _, statements, solution = make_puzzle(rng, n)
@@ -116,6 +115,3 @@ class KnightsKnavesCompactTask(KnightsKnavesTask):
             n = len(record["names"])
             trace, _ = search_trace([parse_formal(s, n) for s in record["statements"]])
         return f"<think>{trace}</think>\n<answer>{record['answer']}</answer>"
-
-
-register_task("knights_knaves_compact", KnightsKnavesCompactTask)

@@ -1,15 +1,15 @@
-"""``python -m rlad_megatron.quickstart [--output-dir DIR] [--steps N] [--algorithm rlad|grpo|kdrl] ...``"""
+"""``python -m examples.quickstart [--output-dir DIR] [--steps N] [--algorithm rlad|grpo|kdrl] ...``"""
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
 
-from rlad_megatron.quickstart.settings import QuickstartSettings
+from examples.quickstart.settings import QuickstartSettings
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m rlad_megatron.quickstart",
+    p = argparse.ArgumentParser(prog="python -m examples.quickstart",
                                 description="RLAD on CPU, end to end: tiny teacher -> student, before/after table.")
     p.add_argument("--output-dir", default="outputs/quickstart", help="where data, cache, run and results go")
     p.add_argument("--steps", type=int, default=None, help="RLAD training steps (default: the settings')")
@@ -28,8 +28,8 @@ def main(argv: list[str] | None = None) -> int:
         settings.rl.algorithm = args.algorithm
     if args.alpha is not None:
         settings.rl.alpha = args.alpha
-    from rlad_megatron.quickstart.run import run_quickstart
-    from rlad_megatron.quickstart.train import TrainingFailed
+    from examples.quickstart.run import run_quickstart
+    from examples.quickstart.train import TrainingFailed
 
     try:
         run_quickstart(settings, Path(args.output_dir), train=not args.no_train)

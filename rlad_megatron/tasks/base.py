@@ -1,7 +1,8 @@
 """The task abstraction: one object per task says what a record looks like, how to prompt, how to score.
 
 The demo arithmetic task, Knights and Knaves and math all go through the same dataset loader
-(:mod:`rlad_megatron.data.prompt_dataset`), the same reward guard and the same evaluation.
+(:mod:`rlad_megatron.data.prompt_dataset`), the same reward guard and the same evaluation. Names map to tasks in
+:mod:`rlad_megatron.tasks.registry`.
 
 A *record* is a plain dict with at least ``id`` (str), ``prompt`` (the problem text, before any template) and
 ``answer`` (str); tasks declare more fields in ``schema``. ``Task.to_record`` turns a raw dataset row (e.g. a GSM8K
@@ -10,7 +11,7 @@ or Skywork-OR1 row) into a record, raising :class:`RecordError` naming the offen
 from __future__ import annotations
 
 import abc
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 from rlad_megatron.rewards.base import RewardResult
 
@@ -105,32 +106,3 @@ class Task(abc.ABC):
     def reward_may_hang(self) -> bool:
         """Whether the reward needs a timeout sandbox (see :class:`rlad_megatron.rewards.guard.RewardGuard`)."""
         return False
-
-
-_REGISTRY: dict[str, Callable[[], Task]] = {}
-
-
-def register_task(name: str, factory: Callable[[], Task]) -> None:
-    """Register a task factory under ``name`` (an error if the name is taken)."""
-    if name in _REGISTRY:
-        raise ValueError(f"task {name!r} is already registered")
-    _REGISTRY[name] = factory
-
-
-def task_names() -> list[str]:
-    """Names of the registered tasks."""
-    _load_builtin_tasks()
-    return sorted(_REGISTRY)
-
-
-def get_task(name: str, **options: Any) -> Task:
-    """A new instance of the task registered as ``name``; ``options`` go to its constructor."""
-    _load_builtin_tasks()
-    if name not in _REGISTRY:
-        raise KeyError(f"unknown task {name!r}; known tasks: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name](**options)
-
-
-def _load_builtin_tasks() -> None:
-    # Importing the task modules registers them; done lazily to keep imports one-way and cheap.
-    from rlad_megatron.data import arithmetic, kk_compact, knights_knaves, math_data, sum_prefix  # noqa: F401

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rlad_megatron.quickstart.settings import QuickstartSettings, settings_hash
+from examples.quickstart.settings import QuickstartSettings, settings_hash
 
 
 def evaluate_model(model_dir: Path, test_file: Path, settings: QuickstartSettings, out_dir: Path,

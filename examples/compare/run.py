@@ -1,9 +1,9 @@
 """The comparison, start to end, for one task:
 
-1. prepare (cached): data, a supervised teacher, a warm-started student (:mod:`rlad_megatron.compare.prepare`)
-2. plan: sft / grpo / kdrl / rlad(alpha) x seeds, plus the rlad alpha sweep (:mod:`rlad_megatron.compare.plan`)
+1. prepare (cached): data, a supervised teacher, a warm-started student (:mod:`examples.compare.prepare`)
+2. plan: sft / grpo / kdrl / rlad(alpha) x seeds, plus the rlad alpha sweep (:mod:`examples.compare.plan`)
 3. run every job in one ``torchrun --nproc-per-node 1`` worker: train with the product's Trainer, export the
-   student, evaluate it with vLLM on the test split (:mod:`rlad_megatron.compare.worker`)
+   student, evaluate it with vLLM on the test split (:mod:`examples.compare.worker`)
 4. report: ``summary.json``, ``report.md`` (table + alpha=1.0 vs grpo check) and the curve PNGs
 """
 from __future__ import annotations
@@ -16,12 +16,15 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from rlad_megatron.compare.plan import RunSpec, plan_runs, train_config
-from rlad_megatron.compare.prepare import Prepared, prepare_task
-from rlad_megatron.compare.report import (activity_table, alpha_one_check, common_start, difficulty_table,
-                                          format_paired, format_table, load_results, paired_differences,
-                                          plot_learning_curves, summarize)
-from rlad_megatron.compare.settings import ALGORITHMS, TaskSettings
+from examples.compare.plan import RunSpec, plan_runs, train_config
+from examples.compare.prepare import Prepared, prepare_task
+from examples.compare.report import (activity_table, alpha_one_check, common_start, difficulty_table,
+                                     format_paired, format_table, load_results, paired_differences,
+                                     plot_learning_curves, summarize)
+from examples.compare.settings import ALGORITHMS, TaskSettings
+
+#: The folder holding the ``examples`` package.
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _say(text: str) -> None:
@@ -55,11 +58,14 @@ def launch_worker(plan_path: Path, log_path: Path, *, timeout_s: float | None = 
                   threads: int = 1) -> int:
     """One thread by default: measured on the shared 2-core machine (load ~10), a supervised step of the tiny
     teacher took 0.20 s with 1 thread and 2.9 s with 2 (OpenMP spin-waiting on oversubscribed cores).
-``torchrun --standalone --nproc-per-node 1 -m rlad_megatron.compare.worker PLAN``; output to ``log_path``
+``torchrun --standalone --nproc-per-node 1 -m examples.compare.worker PLAN``; output to ``log_path``
     with the worker's ``[compare]`` progress lines echoed to stderr. Returns the exit code."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=1",
-           "-m", "rlad_megatron.compare.worker", str(plan_path)]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "-m", "examples.compare.worker", str(plan_path)]
+    # The worker imports this package: put the repository root (the folder holding examples/) on its path.
+    python_path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "PYTHONPATH": python_path, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1",
+           "TOKENIZERS_PARALLELISM": "false",
            "PYTHONUNBUFFERED": "1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
     with open(log_path, "w", encoding="utf-8") as log:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,

@@ -1,6 +1,6 @@
 """Write the CPU demo's train/test jsonl files (multi-digit addition), deterministically from a seed.
 
-    python -m rlad_megatron.data.demo_data OUT_DIR [--train N] [--test N] [--seed S] [--max-digits D]
+    python -m rlad_megatron.tasks.arithmetic.data OUT_DIR [--train N] [--test N] [--seed S] [--max-digits D]
 
 Train and test prompts never overlap (test is drawn first, without repeats; train avoids test prompts). Test ids are
 ``test-<i>``, train ids ``train-<i>``. Also writes ``sft.jsonl``: train records with the reference completion in
@@ -12,7 +12,7 @@ import argparse
 import json
 import os
 
-from rlad_megatron.data.arithmetic import ArithmeticTask, generate_records
+from rlad_megatron.tasks.arithmetic.task import ArithmeticTask, generate_records
 
 
 def _write_jsonl(path: str, rows: list[dict]) -> None:

@@ -1,4 +1,4 @@
-"""``python -m rlad_megatron.compare --task arithmetic|knights_knaves_compact|knights_knaves --seeds 3 --out outputs/compare``
+"""``python -m examples.compare --task arithmetic|knights_knaves_compact|knights_knaves --seeds 3 --out outputs/compare``
 
 Runs sft, grpo, kdrl and rlad (alpha 0.5) from the same student and teacher with the same rollout budget over
 ``--seeds`` seeds, plus the rlad alpha sweep over ``--sweep-seeds`` seeds, then writes the table and plots.
@@ -10,7 +10,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from rlad_megatron.compare.settings import ALGORITHMS, SWEEP_ALPHAS, TASKS, short_settings, task_settings
+from examples.compare.settings import ALGORITHMS, SWEEP_ALPHAS, TASKS, short_settings, task_settings
 
 DEFAULT_TASKS: tuple[str, ...] = ("arithmetic", "knights_knaves_compact")
 
@@ -30,7 +30,7 @@ def parse_value(text: str) -> object:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m rlad_megatron.compare", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m examples.compare", description=__doc__.splitlines()[0])
     p.add_argument("--task", choices=TASKS, action="append",
                    help=f"task(s) to compare (default: {' and '.join(DEFAULT_TASKS)}; the English knights_knaves "
                         "is too long for tiny CPU models, see docs/results.md)")
@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from rlad_megatron.compare.run import run_comparison
+    from examples.compare.run import run_comparison
 
     args = build_parser().parse_args(argv)
     code = 0

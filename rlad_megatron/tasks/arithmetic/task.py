@@ -19,7 +19,7 @@ import random
 import re
 from typing import Any, Mapping
 
-from rlad_megatron.data.tasks import BASE_SCHEMA, RecordError, Task, register_task
+from rlad_megatron.tasks.base import BASE_SCHEMA, RecordError, Task
 from rlad_megatron.rewards.base import RewardResult
 
 _PROMPT_RE = re.compile(r"^(\d{1,30})\+(\d{1,30})=$")
@@ -130,6 +130,3 @@ def sft_example(task: Task, record: Mapping[str, Any], tokenizer: Any) -> tuple[
     target_text = task.reference_completion(record)  # type: ignore[attr-defined]
     target_ids = list(tokenizer(target_text, add_special_tokens=False)["input_ids"]) + [tokenizer.eos_token_id]
     return prompt_ids, target_ids
-
-
-register_task("arithmetic", ArithmeticTask)

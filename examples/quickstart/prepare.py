@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import torch
 
-from rlad_megatron.quickstart.settings import DataSettings, ModelSettings, QuickstartSettings, settings_hash
+from examples.quickstart.settings import DataSettings, ModelSettings, QuickstartSettings, settings_hash
 
 MARKER = "quickstart.json"
 
@@ -59,7 +59,7 @@ def read_records(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
 
 def prepare_data(data: DataSettings, out_dir: Path) -> DataFiles:
     """Write ``train.jsonl`` and ``test.jsonl`` (arithmetic task) into ``out_dir`` unless the same settings did."""
-    from rlad_megatron.data.demo_data import write_demo_data
+    from rlad_megatron.tasks.arithmetic.data import write_demo_data
 
     out_dir = Path(out_dir)
     stamp = out_dir / "settings.json"
@@ -87,9 +87,9 @@ def prepare_model(kind: str, model: ModelSettings, settings: QuickstartSettings,
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from rlad_megatron.data.arithmetic import ArithmeticTask
-    from rlad_megatron.quickstart.sft import generate_accuracy, train_sft
-    from rlad_megatron.testing.tiny_hf import make_tiny_hf_model
+    from rlad_megatron.tasks.arithmetic.task import ArithmeticTask
+    from rlad_megatron.tiny.sft import generate_accuracy, train_sft
+    from rlad_megatron.tiny.hf_model import make_tiny_hf_model
 
     final = model_cache_dir(kind, model, settings, cache_root)
     if (final / MARKER).exists():

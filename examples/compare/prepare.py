@@ -1,6 +1,6 @@
 """The comparison's shared starting point per task: data files, a supervised teacher and a warm-started student.
 
-Arithmetic reuses the quickstart's preparation (:mod:`rlad_megatron.quickstart.prepare`, same cache layout).
+Arithmetic reuses the quickstart's preparation (:mod:`examples.quickstart.prepare`, same cache layout).
 Knights and Knaves needs its own (the quickstart's is arithmetic-only and its models have 512 positions, while a
 K&K prompt is ~800 characters): the same steps with the quickstart's ``train_sft`` / ``generate_accuracy``.
 
@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from rlad_megatron.compare.settings import TaskSettings
-from rlad_megatron.quickstart.prepare import DataFiles, read_records
-from rlad_megatron.quickstart.settings import EvalSettings as QuickEval
-from rlad_megatron.quickstart.settings import ModelSettings, QuickstartSettings, settings_hash
+from examples.compare.settings import TaskSettings
+from examples.quickstart.prepare import DataFiles, read_records
+from examples.quickstart.settings import EvalSettings as QuickEval
+from examples.quickstart.settings import ModelSettings, QuickstartSettings, settings_hash
 
 MARKER = "compare_model.json"
 
@@ -47,7 +47,7 @@ def prepare_task(s: TaskSettings, root: Path, log: Callable[[str], None] = print
     """Data, teacher and student for ``s.task`` under ``root`` (cached across calls by the settings' hash)."""
     root = Path(root)
     if s.task == "arithmetic":
-        from rlad_megatron.quickstart.prepare import prepare_data, prepare_model
+        from examples.quickstart.prepare import prepare_data, prepare_model
 
         qs = quickstart_view(s)
         files = prepare_data(s.data, root / "data")
@@ -66,9 +66,9 @@ def prepare_task(s: TaskSettings, root: Path, log: Callable[[str], None] = print
 def prepare_kk_data(s: TaskSettings, out_dir: Path) -> DataFiles:
     """K&K ``train.jsonl`` / ``test.jsonl`` with ``s.kk_sizes`` inhabitants (disjoint; per size n / len(sizes)),
     English or compact (``s.task``)."""
-    from rlad_megatron.data.kk_compact import make_compact_record
-    from rlad_megatron.data.kk_data import write_kk_data
-    from rlad_megatron.data.knights_knaves import make_record
+    from rlad_megatron.tasks.knights_knaves.compact import make_compact_record
+    from rlad_megatron.tasks.knights_knaves.data import write_kk_data
+    from rlad_megatron.tasks.knights_knaves.task import make_record
 
     out_dir = Path(out_dir)
     sizes = tuple(s.kk_sizes)
@@ -90,9 +90,9 @@ def prepare_kk_model(kind: str, model: ModelSettings, s: TaskSettings, files: Da
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from rlad_megatron.data.tasks import get_task
-    from rlad_megatron.quickstart.sft import generate_accuracy, train_sft
-    from rlad_megatron.testing.tiny_hf import make_tiny_hf_model
+    from rlad_megatron.tasks.registry import get_task
+    from rlad_megatron.tiny.sft import generate_accuracy, train_sft
+    from rlad_megatron.tiny.hf_model import make_tiny_hf_model
 
     key = settings_hash(kind, model, s.data, list(s.kk_sizes), s.max_position_embeddings, s.rl.max_new_tokens,
                         *([s.task] if s.task != "knights_knaves" else []))  # English K&K keeps its old cache key

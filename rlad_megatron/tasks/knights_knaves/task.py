@@ -2,7 +2,7 @@
 
 Record fields: ``id``, ``prompt`` (the puzzle in natural language), ``answer`` (the reference answer text,
 ``"(1) Zoey is a knight\\n(2) Oliver is a knave"``), ``names`` (list[str]), ``solution`` (list[bool], True = knight),
-``statements`` (list[str] in the formal syntax of :mod:`rlad_megatron.data.kk_logic`), ``n_people`` (int) and
+``statements`` (list[str] in the formal syntax of :mod:`rlad_megatron.tasks.knights_knaves.logic`), ``n_people`` (int) and
 ``difficulty`` (``"ppl<n>"``, the paper's PPL2..PPL8 columns).
 
 Statements follow the K&K benchmark's shapes: a literal ("X is a knight", "X is a knave", "X is not a knight") or two
@@ -15,10 +15,10 @@ import random
 import re
 from typing import Any, Mapping
 
-from rlad_megatron.data.kk_logic import Expr, consistent_assignments, parse_formal, solve, to_formal
-from rlad_megatron.data.tasks import BASE_SCHEMA, RecordError, Task, register_task
+from rlad_megatron.tasks.knights_knaves.logic import Expr, consistent_assignments, parse_formal, solve, to_formal
+from rlad_megatron.tasks.base import BASE_SCHEMA, RecordError, Task
 from rlad_megatron.rewards.base import RewardResult
-from rlad_megatron.rewards.knights_knaves import KKRewardConfig, kk_reward
+from rlad_megatron.tasks.knights_knaves.reward import KKRewardConfig, kk_reward
 
 NAMES = (
     "Zoey Oliver Ethan Mia Liam Ava Noah Emma James Sofia Lucas Chloe Henry Grace Jack Lily Owen Ella Leo Aria "
@@ -183,6 +183,3 @@ class KnightsKnavesTask(Task):
     def reference_completion(self, record: Mapping[str, Any]) -> str:
         """A minimal well-formatted answer (for SFT smoke tests; carries no reasoning)."""
         return f"<think> </think>\n<answer>{record['answer']}</answer>"
-
-
-register_task("knights_knaves", KnightsKnavesTask)

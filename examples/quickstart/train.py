@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence, TextIO
 
-from rlad_megatron.quickstart.prepare import DataFiles
-from rlad_megatron.quickstart.settings import QuickstartSettings
+from examples.quickstart.prepare import DataFiles
+from examples.quickstart.settings import QuickstartSettings
 
 #: Environment of the training ranks on CPU: one OpenMP thread per rank (two ranks share two cores), no hub.
 TRAIN_ENV: dict[str, str] = {

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from rlad_megatron.compare.prepare import Prepared
-from rlad_megatron.compare.settings import ALGORITHMS, TaskSettings
+from examples.compare.prepare import Prepared
+from examples.compare.settings import ALGORITHMS, TaskSettings
 
 
 @dataclass(frozen=True)

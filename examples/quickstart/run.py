@@ -1,4 +1,4 @@
-"""The quickstart, start to end (``make demo`` = ``python -m rlad_megatron.quickstart``):
+"""The quickstart, start to end (``make demo`` = ``python -m examples.quickstart``):
 
 1. demo data (arithmetic, difficulty = digits) -> ``<root>/data/{train,test}.jsonl``
 2. a tiny teacher trained on the reference chains of thought (cached in ``<root>/cache/teacher-<hash>``) and a
@@ -14,10 +14,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from rlad_megatron.quickstart.evaluation import evaluate_model, format_table, write_results
-from rlad_megatron.quickstart.prepare import prepare_data, prepare_model
-from rlad_megatron.quickstart.settings import QuickstartSettings
-from rlad_megatron.quickstart.train import run_training, write_train_config
+from examples.quickstart.evaluation import evaluate_model, format_table, write_results
+from examples.quickstart.prepare import prepare_data, prepare_model
+from examples.quickstart.settings import QuickstartSettings
+from examples.quickstart.train import run_training, write_train_config
 
 
 def _say(text: str) -> None:

@@ -1,0 +1,1 @@
+"""The CPU demo task: multi-digit addition with a digit-wise chain of thought (task, demo data writer)."""
