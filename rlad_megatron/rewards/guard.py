@@ -144,6 +144,24 @@ class RewardGuard:
                 self.stats.last_error = errors[-1]
             return results
 
+    def start_workers(self, count: int | None = None) -> int:
+        """Start ``score_many``'s pool (``count`` workers, default ``max_workers``) and wait until every one is ready,
+        so that the first step does not pay for their start-up. Returns the number of ready workers."""
+        if self.backend != "process":
+            return 0
+        with self._lock:
+            target = min(self.max_workers, count or self.max_workers)
+            while len(self._pool) < target:
+                self._pool.append(self._spawn())
+            results: list[RewardResult | None] = []
+            while any(not w.ready for w in self._pool):
+                pending = [w for w in self._pool if not w.ready]
+                deadline = min(w.started for w in pending) + self.startup_timeout_s
+                wait([w.conn for w in pending] + [w.proc.sentinel for w in pending],
+                     timeout=max(0.0, deadline - time.monotonic()))
+                self._collect(results)
+            return len(self._pool)
+
     def close(self) -> None:
         """Stop the worker processes, if any."""
         with self._lock:

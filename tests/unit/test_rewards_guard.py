@@ -95,7 +95,7 @@ def test_hostile_samples_are_scored_concurrently() -> None:
     timeout = 5.0
     items = [("7", REC), ("hang", REC), ("8", REC), ("hang", REC), ("boom", REC), ("hang", REC), ("7", REC)]
     with RewardGuard(picky_reward, timeout_s=timeout, backend="process", max_workers=6) as g:
-        g.score_many([("7", REC), ("8", REC)])  # the first worker's start-up is not part of the measurement
+        assert g.start_workers() == 6  # the workers' first start-up is not part of the measurement
         started = time.perf_counter()
         got = g.score_many(items)
         seconds = time.perf_counter() - started
