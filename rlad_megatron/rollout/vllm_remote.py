@@ -106,22 +106,24 @@ class RemoteVLLMEngine:
         try:
             self._conn.send(message)
         except OSError as exc:  # BrokenPipeError: the engine process is gone
-            self._proc.join(timeout=5)
-            raise EngineProcessError(f"the vLLM engine process died (exit code {self._proc.exitcode}); the last "
-                                     f"checkpoint is intact: resume with --resume") from exc
+            raise self._died() from exc
+
+    def _died(self) -> EngineProcessError:
+        self._proc.join(timeout=5)
+        return EngineProcessError(f"the vLLM engine process died (exit code {self._proc.exitcode}); the last "
+                                  f"checkpoint is intact: resume with --resume")
 
     def _reply(self, timeout_s: float) -> Any:
         deadline = time.monotonic() + timeout_s
         while not self._conn.poll(1.0):
             if not self._proc.is_alive():
-                raise EngineProcessError(f"the vLLM engine process died (exit code {self._proc.exitcode}); the "
-                                         f"last checkpoint is intact: resume with --resume")
+                raise self._died()
             if time.monotonic() > deadline:
                 raise EngineProcessError(f"the vLLM engine process did not answer within {timeout_s:.0f} s")
         try:
             status, value = self._conn.recv()
-        except EOFError as exc:
-            raise EngineProcessError("the vLLM engine process closed its pipe") from exc
+        except (EOFError, OSError) as exc:  # the engine closed its end: it died (a kill, the OOM killer, ...)
+            raise self._died() from exc
         if status != "ok":
             raise EngineProcessError(f"the vLLM engine process failed:\n{value}")
         return value
