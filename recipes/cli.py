@@ -36,7 +36,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--container-image", help="container image for pyxis (see docker/README.md)")
     p.add_argument("--mounts", action="append", default=[],
                    help="container mounts host:container, comma-separated or repeated")
-    p.add_argument("--job-dir", help="where NeMo-Run writes job files (on the cluster when --ssh-host is given)")
+    p.add_argument("--requeue", action="store_true",
+                   help="Slurm: let the job be requeued (preemption, node failure) and resume by itself from its "
+                        "newest checkpoint (sets trainer.resume=auto; needs trainer.save_every)")
+    p.add_argument("--max-restarts", type=int, default=0,
+                   help="local: torchrun restarts the ranks up to N times after one fails, and the trainer resumes "
+                        "from its newest checkpoint (sets trainer.resume=auto; needs trainer.save_every)")
+    p.add_argument("--job-dir", help="with --ssh-host: where NeMo-Run puts job files on the cluster (without it, "
+                        "job files stay under $NEMORUN_HOME/experiments: set NEMORUN_HOME to move them)")
     p.add_argument("--ssh-host", help="submit through SSH to this login node")
     p.add_argument("--ssh-user", help="user for --ssh-host")
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="extra environment variable")
@@ -83,6 +90,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         recipe = build_recipe(args)
+        if args.requeue or args.max_restarts:
+            from recipes.executors import with_auto_resume
+
+            recipe = with_auto_resume(recipe, "--requeue" if args.requeue else "--max-restarts")
         placement = recipe.validate()
     except (ConfigError, KeyError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -102,14 +113,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             executor = slurm_executor(recipe, account=args.account or "", partition=args.partition, time=args.time,
                                       container_image=args.container_image, container_mounts=mounts,
                                       job_dir=args.job_dir, ssh_host=args.ssh_host, ssh_user=args.ssh_user,
-                                      env=env, qos=args.qos)
+                                      env=env, qos=args.qos, requeue=args.requeue)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    result = launch(recipe, executor, dryrun=args.dryrun, detach=args.detach)
+    try:
+        result = launch(recipe, executor, dryrun=args.dryrun, detach=args.detach, max_restarts=args.max_restarts)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(f"experiment directory: {result['experiment_dir']}")
     states = {task: info.get("status") for task, info in (result["status"] or {}).items()}
     if states:
         print(f"status: {states}")
+    for log in result.get("logs", []):
+        print(f"log: {log}")
     failed = [t for t, s in states.items() if str(s).upper().split(".")[-1] not in ("SUCCEEDED", "RUNNING", "SUBMITTED")]
     return 1 if failed else 0

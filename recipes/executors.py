@@ -10,6 +10,7 @@ Both executors use NeMo-Run's ``torchrun`` launcher, so each node runs one
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shlex
@@ -22,13 +23,20 @@ from nemo_run.config import get_nemorun_home
 from recipes.base import TRAIN_MODULE, Recipe
 
 
-def train_task(recipe: Recipe, *, shell_quoted: bool = False) -> run.Script:
-    """The ``run.Script`` running ``python -m rlad_megatron.cli train <overrides>`` (torchrun wraps it).
-    ``shell_quoted``: for executors that paste the arguments into a shell script (Slurm's sbatch)."""
-    args = recipe.train_args()
+def train_task(recipe: Recipe, *, max_restarts: int = 0, shell_quoted: bool = False) -> run.Script:
+    """The ``run.Script`` running ``python -m rlad_megatron.cli train <overrides>`` (NeMo-Run's torchrun wraps it).
+
+    With ``max_restarts`` the task is torchrun itself (``--standalone --max-restarts N``; NeMo-Run's torchrun
+    launcher has no such option): when a rank dies, torchrun restarts every rank, up to N times.
+    ``shell_quoted``: for executors that paste the arguments into a shell script (Slurm's sbatch).
+    """
+    path, args = TRAIN_MODULE, recipe.train_args()
+    if max_restarts:
+        path, args = "torch.distributed.run", ["--standalone", f"--nproc-per-node={recipe.gpus_per_node}",
+                                               f"--max-restarts={max_restarts}", "-m", TRAIN_MODULE, *args]
     if shell_quoted:
         args = [_shell_word("a train argument", a) for a in args]
-    return run.Script(path=TRAIN_MODULE, m=True, args=args, entrypoint="python")
+    return run.Script(path=path, m=True, args=args, entrypoint="python")
 
 
 # NeMo-Run 0.11.1 pastes executor values into the sbatch script as they are (`export KEY=value`, the srun line,
@@ -79,16 +87,38 @@ def local_executor(recipe: Recipe, *, env: dict[str, str] | None = None) -> run.
                              env_vars=_env(recipe, env))
 
 
+def local_job_dir() -> str:
+    """Where NeMo-Run writes (and, without SSH, submits) Slurm jobs: ``$NEMORUN_HOME/experiments``."""
+    return os.path.join(get_nemorun_home(), "experiments")
+
+
+def _check_local_job_dir(job_dir: str | None) -> None:
+    """Without SSH, NeMo-Run never copies the job files anywhere: sbatch must read them where they were written.
+
+    A ``LocalTunnel`` with a ``job_dir`` elsewhere fails at submission with ``sbatch: error: Unable to open file
+    .../<name>_sbatch.sh``; refuse it here with what to do instead.
+    """
+    if job_dir is None or os.path.realpath(job_dir) == os.path.realpath(local_job_dir()):
+        return
+    raise ValueError(f"--job-dir {job_dir}: without --ssh-host the job is submitted from this machine, from "
+                     f"NeMo-Run's own folder ({local_job_dir()}), and NeMo-Run copies job files only over SSH. "
+                     "To keep the job files (and logs) elsewhere, e.g. on the cluster's shared filesystem, set "
+                     f"NEMORUN_HOME=<that folder> instead; or add --ssh-host/--ssh-user to submit through SSH")
+
+
 def slurm_executor(recipe: Recipe, *, account: str, partition: str | None = None, time: str = "04:00:00",
                    container_image: str | None = None, container_mounts: Sequence[str] = (),
                    job_dir: str | None = None, ssh_host: str | None = None, ssh_user: str | None = None,
                    env: dict[str, str] | None = None, qos: str | None = None,
-                   exclusive: bool = True) -> run.SlurmExecutor:
+                   exclusive: bool = True, requeue: bool = False) -> run.SlurmExecutor:
     """A Slurm job of ``recipe.nodes`` nodes with ``recipe.gpus_per_node`` GPUs (and torchrun ranks) each.
 
     ``container_image``/``container_mounts`` go to pyxis (``srun --container-image``; mounts ``src:dst``).
-    Without ``ssh_host`` the job is submitted from this machine (a login node, or a dry run anywhere); with it,
+    Without ``ssh_host`` the job is submitted from this machine (a login node, or a dry run anywhere) out of
+    NeMo-Run's experiment folder (``job_dir`` must then be left unset; move it with ``NEMORUN_HOME``); with it,
     through an SSH tunnel, and ``job_dir`` is a directory on the cluster.
+    ``requeue`` writes ``#SBATCH --requeue`` (the job may be requeued after a preemption or a node failure) and
+    appends to the job's log across restarts; pair it with ``trainer.resume=auto`` (see :func:`with_auto_resume`).
     """
     if not account:
         raise ValueError("the Slurm executor needs an account: pass --account")
@@ -100,15 +130,17 @@ def slurm_executor(recipe: Recipe, *, account: str, partition: str | None = None
     account = _sbatch_value("--account", account)
     partition, time, qos = (_sbatch_value(f"--{name}", value)
                             for name, value in (("partition", partition), ("time", time), ("qos", qos)))
-    job_dir = _sbatch_value("--job-dir", job_dir or os.path.join(get_nemorun_home(), "slurm_jobs"))
+    _sbatch_value("--job-dir", job_dir)
     container_image = _shell_word("--container-image", container_image) if container_image else None
     container_mounts = [_shell_word("--container-mount", m) for m in container_mounts]
     if ssh_host:
         if not ssh_user:
             raise ValueError("an SSH tunnel needs --ssh-user as well as --ssh-host")
-        tunnel: Any = run.SSHTunnel(host=ssh_host, user=ssh_user, job_dir=job_dir)
+        tunnel: Any = run.SSHTunnel(host=ssh_host, user=ssh_user,
+                                    job_dir=job_dir or os.path.join(get_nemorun_home(), "slurm_jobs"))
     else:
-        tunnel = run.LocalTunnel(job_dir=job_dir)
+        _check_local_job_dir(job_dir)
+        tunnel = run.LocalTunnel(job_dir="")  # "": the experiment's own folder, where the sbatch script is written
     kwargs: dict[str, Any] = dict(
         account=account, partition=partition, time=time, nodes=recipe.nodes,
         ntasks_per_node=recipe.gpus_per_node, container_image=container_image,
@@ -117,31 +149,97 @@ def slurm_executor(recipe: Recipe, *, account: str, partition: str | None = None
     )
     if recipe.gpu:
         kwargs["gpus_per_node"] = recipe.gpus_per_node
+    if requeue:
+        kwargs["additional_parameters"] = {"requeue": True, "open_mode": "append"}
     executor = run.SlurmExecutor(**kwargs)
     executor.launcher = "torchrun"
     return executor
 
 
+def with_absolute_paths(recipe: Recipe, *, container: bool, base: str | Path | None = None) -> Recipe:
+    """The recipe with its output folder (and existing local model/data paths) made absolute against ``base``.
+
+    A job does not run where it was launched: on Slurm, NeMo-Run starts it in the experiment's ``code`` folder, so a
+    relative ``trainer.output_dir`` would land there. In a container the launcher's paths mean nothing: a relative
+    output folder is refused instead.
+    """
+    config = recipe.config
+    out = config.trainer.output_dir
+    if os.path.isabs(out):
+        pass
+    elif container:
+        raise ValueError(f"trainer.output_dir={out!r} is relative: inside the container it would land in NeMo-Run's "
+                         "code folder. Give an absolute path on a mounted shared filesystem (e.g. /results/<run>)")
+    else:
+        out = str(Path(base or os.getcwd(), out).resolve())
+    model, data = config.model, config.data
+    if not container:
+        def local(path: str | None) -> str | None:  # only paths that exist here: a hub name stays a hub name
+            if path and not os.path.isabs(path) and Path(base or os.getcwd(), path).exists():
+                return str(Path(base or os.getcwd(), path).resolve())
+            return path
+
+        model = dataclasses.replace(model, student=local(model.student) or "", teacher=local(model.teacher))
+        data = dataclasses.replace(data, train_files=[local(f) or f for f in data.train_files],
+                                   eval_files=[local(f) or f for f in data.eval_files])
+    config = dataclasses.replace(config, model=model, data=data,
+                                 trainer=dataclasses.replace(config.trainer, output_dir=out))
+    return dataclasses.replace(recipe, config=config)
+
+
+def with_auto_resume(recipe: Recipe, flag: str = "--requeue") -> Recipe:
+    """The recipe set to continue by itself when restarted: ``trainer.resume=auto``, with checkpoints required.
+
+    A requeued Slurm job runs the same script again, and torchrun's ``--max-restarts`` starts the same ranks again;
+    with ``resume=auto`` the trainer resumes from the newest
+    complete checkpoint in ``trainer.output_dir`` (which must be on a filesystem every node sees).
+    """
+    if not recipe.config.trainer.save_every:
+        raise ValueError(f"{flag} needs checkpoints to resume from: set trainer.save_every=N (steps between "
+                         "checkpoints)")
+    return recipe.with_overrides(["trainer.resume=auto"])
+
+
 def launch(recipe: Recipe, executor: run.LocalExecutor | run.SlurmExecutor, *, dryrun: bool = False,
-           detach: bool = False, tail_logs: bool = False, experiment_name: str | None = None) -> dict[str, Any]:
+           detach: bool = False, tail_logs: bool = False, experiment_name: str | None = None,
+           max_restarts: int = 0) -> dict[str, Any]:
     """Check the recipe, then run it in a NeMo-Run ``Experiment`` (or only render it with ``dryrun``).
 
-    Returns ``{"experiment_dir": ..., "status": {...}}``; ``status`` is NeMo-Run's per-task status (empty for a
-    dry run, whose rendered files are under ``experiment_dir``).
+    ``max_restarts`` (local executor only): torchrun restarts the ranks up to that many times after a rank fails
+    (pair it with ``trainer.resume=auto``, :func:`with_auto_resume`).
+    Returns ``{"experiment_dir": ..., "status": {...}, "logs": [...]}``: ``status`` is NeMo-Run's per-task status
+    (empty for a dry run, whose rendered files are under ``experiment_dir``), ``logs`` the job's output files, and
+    on Slurm ``sbatch`` the rendered script.
     """
     recipe.validate()
+    recipe = with_absolute_paths(recipe, container=bool(getattr(executor, "container_image", None)))
+    if max_restarts:
+        if not isinstance(executor, run.LocalExecutor):
+            raise ValueError("--max-restarts is for the local executor; on Slurm use --requeue")
+        executor = dataclasses.replace(executor, launcher=None, ntasks_per_node=1)  # torchrun is the task
     # NeMo-Run 0.11.1 has no public accessor for an experiment's directory; ``_exp_dir`` is where it writes.
     experiment = run.Experiment(experiment_name or f"rlad-{recipe.name}")
     with experiment as exp:
-        exp.add(train_task(recipe, shell_quoted=isinstance(executor, run.SlurmExecutor)), executor=executor,
-                name=recipe.name)
+        exp.add(train_task(recipe, max_restarts=max_restarts, shell_quoted=isinstance(executor, run.SlurmExecutor)),
+                executor=executor, name=recipe.name)
         if dryrun:
             exp.dryrun(delete_exp_dir=False)
             return {"experiment_dir": exp._exp_dir, "status": {}}
         exp.run(sequential=True, detach=detach, tail_logs=tail_logs)
     # A one-task experiment waits for its job when the `with` block exits: read the final states after it.
     status = {} if detach else (experiment.status(return_dict=True) or {})
-    return {"experiment_dir": experiment._exp_dir, "status": status}
+    result = {"experiment_dir": experiment._exp_dir, "status": status, "logs": job_logs(experiment._exp_dir)}
+    sbatch = Path(experiment._exp_dir) / f"{recipe.name}_sbatch.sh"
+    if sbatch.exists():
+        result["sbatch"] = str(sbatch)
+    return result
+
+
+def job_logs(experiment_dir: str | Path) -> list[str]:
+    """The job's own output files under ``experiment_dir`` (Slurm: ``log-<job>_<id>_<n>.out``; the ranks' errors)."""
+    root = Path(experiment_dir)
+    return sorted(str(p) for p in root.rglob("*") if p.is_file() and p.suffix in (".out", ".err", ".log")
+                  and "code" not in p.relative_to(root).parts)
 
 
 def rendered_sbatch(experiment_dir: str | Path, recipe: Recipe) -> str:

@@ -31,7 +31,19 @@ def init_distributed(backend: str | None = None, timeout_s: float = 600.0) -> No
     backend = backend or default_backend()
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
+    timeout = datetime.timedelta(seconds=timeout_s)
+    restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+    if restart:
+        # After `torchrun --max-restarts` restarts the ranks, they reuse the agent's store, which still holds the
+        # dead ranks' addresses under the same group keys: new gloo groups would wait forever to connect to them
+        # (measured with torch 2.13). Keys under a per-attempt prefix start clean.
+        store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
+                              int(os.environ["WORLD_SIZE"]), is_master=False, timeout=timeout)
+        dist.init_process_group(backend=backend, timeout=timeout, rank=int(os.environ["RANK"]),
+                                world_size=int(os.environ["WORLD_SIZE"]),
+                                store=dist.PrefixStore(f"rlad_attempt_{restart}", store))
+        return
+    dist.init_process_group(backend=backend, timeout=timeout)
 
 
 def free_port() -> int:

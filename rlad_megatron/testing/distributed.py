@@ -36,6 +36,10 @@ class DistributedRunError(RuntimeError):
     pass
 
 
+_INSIDE_RANK = "RLAD_INSIDE_DISTRIBUTED_RANK"
+_SCRIPT_MODULE = "_rlad_distributed_script_body"
+
+
 def _tail(path: Path, limit: int = 4000) -> str:
     if not path.exists():
         return ""
@@ -77,9 +81,14 @@ def run_distributed(
     """Run ``fn(*args, **kwargs)`` on ``world_size`` ranks; return the per-rank results (list indexed by rank)."""
     if fn.__qualname__ != fn.__name__ or "<locals>" in fn.__qualname__:
         raise ValueError(f"run_distributed needs a module-level function, got {fn.__qualname__}")
+    if os.environ.get(_INSIDE_RANK):
+        # A body module re-executed in a rank called us again: refuse rather than spawn ranks recursively.
+        raise RuntimeError("run_distributed was called inside a rank of run_distributed (nested runs are not supported)")
     workdir = Path(tempfile.mkdtemp(prefix="rlad_dist_"))
     spec = {
-        "module_name": fn.__module__,
+        # A body defined in a script is loaded under another name in the ranks, so the script's
+        # `if __name__ == "__main__":` block (which called us) does not run again there.
+        "module_name": _SCRIPT_MODULE if fn.__module__ == "__main__" else fn.__module__,
         "module_file": inspect.getfile(fn),
         "function": fn.__name__,
         "args": args,
@@ -100,7 +109,7 @@ def run_distributed(
         rank_env.update(
             RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_WORLD_SIZE=str(world_size),
             MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS=str(threads),
-            PYTHONUNBUFFERED="1",
+            PYTHONUNBUFFERED="1", **{_INSIDE_RANK: "1"},
         )
         rank_env.update(env or {})
         log = open(workdir / f"rank{rank}.log", "w")

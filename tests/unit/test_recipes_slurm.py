@@ -123,6 +123,79 @@ def test_local_executor_and_task(tmp_path):
 def test_cpu_recipe_asks_slurm_for_no_gpus():
     from recipes import quickstart
 
-    script = _dry_run(quickstart("/s", "/t", "/train.jsonl"))
+    script = _dry_run(quickstart("/s", "/t", "/train.jsonl", output_dir="/results/qs"))
     assert "--gpus-per-node" not in script and "#SBATCH --nodes=1" in script
     assert "--nproc-per-node 2" in _torchrun_line(script)
+
+
+def test_local_submission_uses_the_experiment_folder_and_refuses_another_job_dir(nemorun_home):
+    from recipes import quickstart
+
+    recipe = quickstart("/s", "/t", "/train.jsonl", output_dir="/abs/out")
+    executor = slurm_executor(recipe, account="acct")
+    assert executor.tunnel.job_dir == ""  # NeMo-Run then submits from the experiment's own folder
+    with pytest.raises(ValueError, match=r"--job-dir /shared/jobs: without --ssh-host .* NEMORUN_HOME"):
+        slurm_executor(recipe, account="acct", job_dir="/shared/jobs")
+    slurm_executor(recipe, account="acct", job_dir=str(nemorun_home / "experiments"))  # the same folder: fine
+    tunnel = slurm_executor(recipe, account="acct", job_dir="/lustre/me/jobs", ssh_host="login", ssh_user="me").tunnel
+    assert tunnel.job_dir == "/lustre/me/jobs"
+    # The rendered job reads its script and writes its logs where the dry run put them.
+    result = launch(recipe, executor, dryrun=True)
+    script = rendered_sbatch(result["experiment_dir"], recipe)
+    assert f"#SBATCH --output={result['experiment_dir']}/" in script
+
+
+def test_rendered_job_has_absolute_paths(nemorun_home, tmp_path, monkeypatch):
+    from recipes import quickstart
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.jsonl").write_text("")
+    recipe = quickstart("Qwen/Qwen3-0.6B", "/t", "data/train.jsonl", output_dir="runs/qs")
+    run = _torchrun_line(_dry_run_local(recipe))
+    assert f"trainer.output_dir={tmp_path}/runs/qs " in run + " "
+    assert f"data.train_files={tmp_path}/data/train.jsonl" in run
+    assert "model.student=Qwen/Qwen3-0.6B" in run  # not a local path: left as given
+    with pytest.raises(ValueError, match=r"trainer.output_dir='runs/qs' is relative: inside the container"):
+        _dry_run(recipe)
+
+
+def _dry_run_local(recipe, **kwargs):
+    result = launch(recipe, slurm_executor(recipe, account="acct", **kwargs), dryrun=True)
+    return rendered_sbatch(result["experiment_dir"], recipe)
+
+
+def test_requeue_renders_requeue_and_resume_auto(nemorun_home, capsys):
+    from recipes import quickstart
+    from recipes.executors import with_auto_resume
+
+    recipe = quickstart("/s", "/t", "/train.jsonl", output_dir="/abs/out")
+    with pytest.raises(ValueError, match="--requeue needs checkpoints .* trainer.save_every"):
+        with_auto_resume(recipe)
+    recipe = with_auto_resume(recipe.with_overrides(["trainer.save_every=1"]))
+    script = _dry_run_local(recipe, requeue=True)
+    assert "#SBATCH --requeue" in script.splitlines() and "#SBATCH --open-mode=append" in script.splitlines()
+    assert "trainer.resume=auto" in _torchrun_line(script)
+    assert "#SBATCH --requeue" not in _dry_run_local(recipe)
+    code = main(["logic_qwen3_0p6b", "--executor", "slurm", "--dryrun", "--account", "a", "--requeue",
+                 "trainer.save_every=0"])
+    assert code == 2 and "--requeue needs checkpoints" in capsys.readouterr().err
+    code = main(["logic_qwen3_0p6b", "--executor", "slurm", "--dryrun", "--account", "a", "--requeue",
+                 "trainer.save_every=10"])
+    assert code == 0
+    (path,) = list(nemorun_home.glob("experiments/rlad-logic_qwen3_0p6b*/*/*_sbatch.sh"))
+    assert "#SBATCH --requeue" in path.read_text() and "trainer.resume=auto" in path.read_text()
+
+
+def test_max_restarts_is_local_and_needs_checkpoints(nemorun_home, capsys):
+    from recipes import quickstart
+
+    recipe = quickstart("/s", "/t", "/train.jsonl", output_dir="/abs/out")
+    with pytest.raises(ValueError, match="--max-restarts is for the local executor; on Slurm use --requeue"):
+        launch(recipe, slurm_executor(recipe, account="acct"), dryrun=True, max_restarts=1)
+    task = train_task(recipe, max_restarts=2)
+    assert (task.path, task.m) == ("torch.distributed.run", True)
+    assert task.args[:3] == ["--standalone", "--nproc-per-node=2", "--max-restarts=2"]
+    assert task.args[3:5] == ["-m", "rlad_megatron.cli"] and task.args[5:] == recipe.train_args()
+    code = main(["logic_qwen3_0p6b", "--show", "--max-restarts", "1", "trainer.save_every=0"])
+    assert code == 2 and "--max-restarts needs checkpoints" in capsys.readouterr().err

@@ -1,0 +1,190 @@
+"""Recipes submitted through NeMo-Run's real SlurmExecutor to a real local Slurm cluster (two slurmd "nodes" on this
+machine, accounting through slurmdbd; see tools/slurm_local/cluster.sh), waiting for the job like a user does:
+
+- the quickstart recipe on one node (TP=2) and on two nodes (DP=2 across nodes): SUCCEEDED, finite metrics for
+  every step, the student exported as a Hugging Face checkpoint;
+- a job whose config is bad (a student folder that does not exist) is reported FAILED, and the log the launcher
+  points to holds the rank's error;
+- a job submitted with ``--requeue`` (trainer.resume=auto) and requeued by ``scontrol requeue`` after its first
+  checkpoint finishes with the same per-step metrics as the uninterrupted one-node run.
+
+Without a cluster (not root, Slurm not installed, RLAD_SLURM_UNAVAILABLE set by .ci/run) they skip and say why."""
+from __future__ import annotations
+
+import importlib
+import io
+import json
+import math
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("nemo_run")
+pytest.importorskip("vllm")
+
+from slurm_cluster import REPO, SlurmCluster, start_or_explain, stop  # noqa: E402
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+STEPS = 3
+KEYS = ("reward/mean", "response/length_mean", "loss/loss", "optim/grad_norm")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    found, why = start_or_explain()
+    if found is None:
+        pytest.skip(f"Slurm end-to-end tests skipped: {why}")
+    yield found
+    stop(found)
+
+
+@pytest.fixture(scope="module")
+def slurm_env(cluster: SlurmCluster, tmp_path_factory):
+    """NeMo-Run pointed at a private home, and an environment the job inherits (sbatch exports it)."""
+    import nemo_run.config
+
+    home = tmp_path_factory.mktemp("nemo_home")
+    # NeMo-Run's Slurm scheduler module computes its job-dirs file from NEMORUN_HOME at import time.
+    scheduler = importlib.import_module("nemo_run.run.torchx_backend.schedulers.slurm")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(nemo_run.config, "_NEMORUN_HOME", str(home))
+        mp.setattr(scheduler, "SLURM_JOB_DIRS", str(home / ".slurm_jobs"))
+        mp.setattr("sys.stdin", io.StringIO())  # NeMo-Run's `invoke` reads stdin; pytest refuses reads
+        for key, value in cluster.env.items():
+            mp.setenv(key, value)
+        # The job runs `torchrun` from PATH and imports this checkout (not whatever is installed).
+        mp.setenv("PATH", os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+        mp.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p))
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    from recipes import prepare_quickstart_assets
+
+    return prepare_quickstart_assets(tmp_path_factory.mktemp("assets"), num_records=32)
+
+
+def _recipe(assets: dict, out: Path, *, nodes: int = 1, tensor_parallel: int = 2, overrides: list[str] = ()):
+    from recipes import quickstart
+
+    recipe = quickstart(**assets, output_dir=str(out), steps=STEPS, nproc=2, tensor_parallel=tensor_parallel)
+    recipe = recipe.with_overrides(["trainer.export_hf=true", "trainer.save_every=1", *overrides])
+    return recipe.with_layout(nodes=nodes, gpus_per_node=2 // nodes)
+
+
+def _submit(cluster: SlurmCluster, recipe, name: str, *, requeue: bool = False) -> dict:
+    from recipes.executors import launch, slurm_executor
+
+    executor = slurm_executor(recipe, account=cluster.account, partition=cluster.partition, time="00:15:00",
+                              requeue=requeue)
+    t0 = time.monotonic()
+    result = launch(recipe, executor, experiment_name=name)
+    result["wall_s"] = time.monotonic() - t0
+    print(f"{name}: {result['wall_s']:.0f} s, logs {result.get('logs')}")
+    return result
+
+
+def _states(result: dict) -> list[str]:
+    return [str(info.get("status")).upper().split(".")[-1] for info in result["status"].values()]
+
+
+def _logs_text(result: dict) -> str:
+    return "\n".join(Path(p).read_text(errors="replace") for p in result["logs"])
+
+
+def _metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def _check_run(result: dict, out: Path) -> list[dict]:
+    assert _states(result) == ["SUCCEEDED"], f"{result['status']}\n{_logs_text(result)[-6000:]}"
+    rows = _metrics(out)
+    assert [row["step"] for row in rows] == list(range(1, STEPS + 1)), rows
+    for row in rows:  # every step ran the policy update through Megatron and synced the engine
+        assert row["optim/applied_updates"] == 1.0, row
+        assert row["sync/logprob_max_abs"] < 1e-3, row
+        numbers = [v for v in row.values() if isinstance(v, (int, float))]
+        assert numbers and all(math.isfinite(v) for v in numbers), row
+    config = json.loads((out / "hf" / "config.json").read_text())
+    assert config["num_hidden_layers"] == 2
+    assert list((out / "hf").glob("*.safetensors"))
+    return rows
+
+
+@pytest.fixture(scope="module")
+def one_node_run(slurm_env, assets, tmp_path_factory):
+    out = tmp_path_factory.mktemp("one_node") / "run"
+    result = _submit(slurm_env, _recipe(assets, out), "slurm-one-node")
+    return result, out
+
+
+def test_one_node_tp2(one_node_run):
+    result, out = one_node_run
+    _check_run(result, out)
+    assert "--nnodes 1 --nproc-per-node 2" in Path(result["sbatch"]).read_text()
+
+
+def test_two_nodes_dp2(slurm_env, assets, tmp_path):
+    out = tmp_path / "run"
+    recipe = _recipe(assets, out, nodes=2, tensor_parallel=1)
+    result = _submit(slurm_env, recipe, "slurm-two-nodes")
+    _check_run(result, out)
+    script = Path(result["sbatch"]).read_text()
+    assert "#SBATCH --nodes=2" in script and "--nnodes 2 --nproc-per-node 1" in script
+    # Slurm's accounting: the job held both nodes.
+    nodes = ",".join(sorted(slurm_env.env["RLAD_SLURM_NODES"].split(",")))
+    jobs = slurm_env.run("sacct", "-n", "-X", "-P", "--name", "rlad-rlad.quickstart", "-o", "JobID,NNodes,NodeList")
+    assert any(line.split("|")[1] == "2" for line in jobs.splitlines()), (jobs, nodes)
+
+
+def test_bad_config_fails_with_the_error_in_the_log(slurm_env, assets, tmp_path):
+    missing = tmp_path / "no_such_student"
+    recipe = _recipe({**assets, "student": str(missing)}, tmp_path / "run")
+    result = _submit(slurm_env, recipe, "slurm-bad-config")
+    assert _states(result) == ["FAILED"], result["status"]
+    assert result["logs"], result
+    rank_lines = [line for line in _logs_text(result).splitlines() if str(missing) in line and "[rank" in line]
+    assert rank_lines, _logs_text(result)[-4000:]
+
+
+def test_requeued_job_resumes_and_matches_the_uninterrupted_run(slurm_env, assets, tmp_path, one_node_run):
+    from recipes.executors import with_auto_resume
+
+    reference = _metrics(one_node_run[1])
+    out = tmp_path / "run"
+    recipe = with_auto_resume(_recipe(assets, out))
+    done: dict = {}
+    waiter = threading.Thread(target=lambda: done.update(_submit(slurm_env, recipe, "slurm-requeue", requeue=True)))
+    waiter.start()
+    # Requeue once the first checkpoint is complete (``latest`` is written last), while later steps still run.
+    deadline = time.monotonic() + 600
+    while not (out / "checkpoints" / "latest").exists():
+        assert time.monotonic() < deadline and waiter.is_alive(), f"no checkpoint before the job ended: {done}"
+        time.sleep(0.5)
+    job_ids = slurm_env.run("squeue", "-h", "-t", "RUNNING", "-n", "rlad-rlad.quickstart", "-o", "%A").split()
+    assert len(job_ids) == 1, job_ids
+    logged_before = len(_metrics(out)) if (out / "metrics.jsonl").exists() else 0
+    slurm_env.run("scontrol", "requeue", job_ids[0])
+    assert logged_before < STEPS, "the job finished before it could be requeued"
+    # Slurm holds a requeued job for ~2 minutes (BeginTime); release it now, as an operator would.
+    for _ in range(60):
+        if "BeginTime" in slurm_env.run("squeue", "-h", "-j", job_ids[0], "-o", "%r", check=False):
+            slurm_env.run("scontrol", "update", f"jobid={job_ids[0]}", "StartTime=now")
+            break
+        time.sleep(0.5)
+    waiter.join(timeout=900)
+    assert not waiter.is_alive() and done, "the requeued job did not finish"
+    got = _check_run(done, out)
+    restarts = slurm_env.run("scontrol", "show", "job", job_ids[0], check=False)
+    assert "Restarts=1" in restarts or "resumed from" in _logs_text(done), restarts
+    text = _logs_text(done)
+    assert "DUE TO JOB REQUEUE" in text and "resumed from" in text, text[-4000:]
+    for ref, val in zip(reference, got):
+        for key in KEYS:
+            assert val[key] == pytest.approx(ref[key], rel=1e-5, abs=1e-6), f"step {ref['step']} {key}"
