@@ -1,4 +1,4 @@
-"""``rlad-megatron train | eval | convert``.
+"""``rlad-megatron train | eval | convert | config``.
 
     torchrun --nproc-per-node 2 -m rlad_megatron.cli train --config configs/quickstart.yaml trainer.steps=20
 """
@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -40,6 +41,10 @@ def _train(args: argparse.Namespace) -> int:
     if rank0:
         for note in start.notes:
             print(f"[rlad] {note}", flush=True)
+    from rlad_megatron.console import rank_tag, send_output_to_log
+
+    # From here on third-party output (vLLM, Megatron, torch, warnings) goes to the run's train.log, not the console.
+    send_output_to_log(Path(config.trainer.output_dir) / "train.log", tag=rank_tag())
     from rlad_megatron.trainer.loop import train
 
     train(config, resume=start.resume)
@@ -60,11 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="resume even though the config changes the run (models, loss, data, seeds, ...)")
     train.add_argument("overrides", nargs="*", help="dotted overrides, e.g. loss.alpha=0.3 trainer.steps=20")
     train.set_defaults(func=_train)
-    from rlad_megatron import convert
+    from rlad_megatron import config_cli, convert
     from rlad_megatron.eval import cli as eval_cli
 
     convert.register(sub)
     eval_cli.register(sub)
+    config_cli.register(sub)
     return parser
 
 

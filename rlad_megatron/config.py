@@ -67,10 +67,25 @@ class ParallelConfig:
     """Pipeline-parallel size; data parallelism is world_size / (tensor_parallel * pipeline_parallel)."""
     sequence_parallel: bool = False
     """Megatron sequence parallelism (needs tensor_parallel > 1)."""
+    first_stage_layers: int | None = None
+    """Student layers on the first pipeline stage (uneven PP; None: an even stage). The stages without an explicit
+    count split the other layers evenly."""
+    last_stage_layers: int | None = None
+    """Student layers on the last pipeline stage (uneven PP; None: an even stage)."""
+    teacher_first_stage_layers: int | None = None
+    """The Megatron teacher's layers on the first pipeline stage (it may be deeper than the student)."""
+    teacher_last_stage_layers: int | None = None
+    """The Megatron teacher's layers on the last pipeline stage."""
 
     def validate(self) -> None:
         if self.tensor_parallel < 1 or self.pipeline_parallel < 1:
             raise ConfigError("parallel.tensor_parallel and parallel.pipeline_parallel must be >= 1")
+        for name in ("first_stage_layers", "last_stage_layers", "teacher_first_stage_layers",
+                     "teacher_last_stage_layers"):
+            value = getattr(self, name)
+            if value is not None and (value < 1 or self.pipeline_parallel == 1):
+                raise ConfigError(f"parallel.{name}={value}: must be >= 1 and needs parallel.pipeline_parallel > 1 "
+                                  "(the model's layer count is checked when it is loaded)")
         if self.sequence_parallel and self.tensor_parallel == 1:
             raise ConfigError("parallel.sequence_parallel=true needs parallel.tensor_parallel > 1")
 
@@ -80,7 +95,9 @@ class RolloutConfig:
     group_size: int = 8
     """G: responses sampled per prompt (the GRPO group)."""
     temperature: float = 1.0
+    """Sampling temperature of the rollouts (the paper: 1.0)."""
     top_p: float = 1.0
+    """Nucleus-sampling threshold of the rollouts (1.0: the whole distribution)."""
     max_new_tokens: int = 64
     """Longest response; longer ones are cut and flagged as truncated."""
     placement: str = "colocated"
@@ -133,6 +150,7 @@ class DataConfig:
     train_files: list[str] = field(default_factory=list)
     """Local jsonl/parquet/arrow files, or one hub dataset name."""
     eval_files: list[str] = field(default_factory=list)
+    """Held-out files of the periodic evaluation (see trainer.eval_every); empty: no evaluation."""
     prompts_per_step: int = 8
     """Prompts per rollout batch (global, over all data-parallel replicas)."""
     max_prompt_tokens: int = 128
@@ -160,11 +178,17 @@ class OptimConfig:
     lr: float = 1e-6
     """Peak learning rate (paper: 1e-6 for 1.7B-8B students)."""
     min_lr: float = 0.0
+    """Learning rate at the end of the cosine decay (0 <= min_lr <= lr)."""
     warmup_steps: int = 0
+    """Steps of linear warm-up to lr before the cosine decay."""
     weight_decay: float = 0.0
+    """AdamW decoupled weight decay."""
     adam_beta1: float = 0.9
+    """Adam first-moment decay."""
     adam_beta2: float = 0.999
+    """Adam second-moment decay."""
     adam_eps: float = 1e-8
+    """Adam denominator epsilon."""
     clip_grad: float = 1.0
     """Global gradient-norm clip (0 disables)."""
     use_distributed_optimizer: bool = True
@@ -183,6 +207,41 @@ class OptimConfig:
         _at_least("optim.clip_grad", self.clip_grad, 0)
 
 
+WANDB_MODES: tuple[str, ...] = ("online", "offline")
+
+
+@dataclass
+class WandbConfig:
+    """Optional Weights & Biases logging of the per-step metrics (global rank 0 only), next to JSONL and TensorBoard.
+
+    Off by default: nothing is imported or sent unless ``enabled=true``. The API key never belongs in a config:
+    ``wandb login`` or the ``WANDB_API_KEY`` environment variable provide it (``mode=offline`` needs none).
+    """
+
+    enabled: bool = False
+    """Log to W&B as well (needs the ``wandb`` package: ``pip install 'rlad-megatron[wandb]'``)."""
+    project: str = "rlad-megatron"
+    """W&B project."""
+    entity: str | None = None
+    """W&B team or user; None: the logged-in user's default."""
+    name: str | None = None
+    """Run name; None: the name of trainer.output_dir."""
+    group: str | None = None
+    """Group runs together (e.g. the seeds of one setting)."""
+    tags: list[str] = field(default_factory=list)
+    """Tags of the run."""
+    mode: str = "online"
+    """"online" (stream to the W&B server) or "offline" (write under dir only; ``wandb sync`` uploads later)."""
+    dir: str | None = None
+    """Where W&B writes its files (a ``wandb/`` folder inside); None: trainer.output_dir."""
+
+    def validate(self) -> None:
+        if self.mode not in WANDB_MODES:
+            raise ConfigError(f"trainer.wandb.mode={self.mode!r}: choose one of {list(WANDB_MODES)}")
+        if self.enabled and not self.project:
+            raise ConfigError("trainer.wandb.project: give a W&B project name (or set trainer.wandb.enabled=false)")
+
+
 @dataclass
 class TrainerConfig:
     steps: int = 100
@@ -199,12 +258,17 @@ class TrainerConfig:
     eval_samples: int = 1
     """k for Mean@k / Pass@k during periodic evaluation."""
     eval_temperature: float = 0.6
+    """Sampling temperature of the periodic evaluation (the paper: 0.6)."""
     eval_top_p: float = 0.95
+    """Top-p of the periodic evaluation (the paper: 0.95)."""
     save_every: int = 0
     """Checkpoint every N steps (0: only at the end)."""
     keep_checkpoints: int = 2
+    """Newest complete checkpoints kept on disk; older ones are deleted once a new one is complete."""
     output_dir: str = "runs/rlad"
+    """Where the run writes metrics.jsonl, tb/, curves.png, train.log, checkpoints/ and hf/."""
     seed: int = 1234
+    """Seed of the prompt order, the rollout and evaluation sampling, and the torch/Megatron RNGs."""
     max_consecutive_bad_steps: int = 3
     """A step with a NaN/inf loss or gradient is skipped; this many in a row stop the run."""
     export_hf: bool = True
@@ -212,6 +276,8 @@ class TrainerConfig:
     resume: str = "never"
     """"never": a fresh run (refused when output_dir holds a run, unless --overwrite); "auto": resume from the newest
     complete checkpoint when there is one, else start (for jobs a scheduler restarts). --resume forces resuming."""
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    """Optional Weights & Biases logging, off by default; the API key comes from `wandb login` or WANDB_API_KEY."""
 
     def validate(self) -> None:
         for name in ("steps", "updates_per_batch", "micro_batch_size", "eval_samples", "keep_checkpoints",
@@ -228,6 +294,7 @@ class TrainerConfig:
         _in_range("trainer.seed", self.seed, 0, 2**32 - 1)
         if not self.output_dir:
             raise ConfigError("trainer.output_dir: give the folder for this run's checkpoints, metrics and model")
+        self.wandb.validate()
 
 
 @dataclass

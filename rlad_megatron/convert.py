@@ -3,6 +3,8 @@
     rlad-megatron convert hf-to-mcore    --hf DIR   --out DIR [--tp N --pp N --dtype bf16]
     rlad-megatron convert mcore-to-hf    --ckpt DIR --out DIR [--tp N --pp N --dtype bf16 --max-shard-gb G]
     rlad-megatron convert mcore-to-mcore --ckpt DIR --out DIR  --tp N --pp N
+    (every direction: [--first-stage-layers N --last-stage-layers N] for uneven pipeline stages, [--ep N] for
+    expert parallelism of a Qwen2-MoE / Qwen3-MoE model; any layout reads a checkpoint written at any other)
 
 Multi-rank conversions run under torchrun with ``tp * pp`` ranks (more ranks become data-parallel replicas),
 e.g. ``torchrun --nproc-per-node 4 -m rlad_megatron.cli convert hf-to-mcore --hf qwen3 --out ck --tp 2 --pp 2``;
@@ -28,10 +30,10 @@ META_FILE = "rlad_checkpoint.json"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def _setup(tp: int, pp: int) -> None:
+def _setup(tp: int, pp: int, ep: int = 1) -> None:
     from rlad_megatron.parallel import initialize_model_parallel
 
-    initialize_model_parallel(tp, pp)
+    initialize_model_parallel(tp, pp, expert_parallel=ep)
 
 
 def _is_rank0() -> bool:
@@ -60,6 +62,9 @@ def save_megatron_checkpoint(model_chunks: list, arch: ModelArch, out_dir: str |
             if chunk.pre_process else None
         meta = {"padded_vocab": padded, "tp": ps.get_tensor_model_parallel_world_size(),
                 "pp": ps.get_pipeline_model_parallel_world_size(),
+                "ep": ps.get_expert_model_parallel_world_size() if arch.is_moe else 1,
+                "first_stage_layers": chunk.config.num_layers_in_first_pipeline_stage,
+                "last_stage_layers": chunk.config.num_layers_in_last_pipeline_stage,
                 "dtype": str(next(chunk.parameters()).dtype).removeprefix("torch.")}
         (out / ARCH_FILE).write_text(arch.to_json())
         (out / META_FILE).write_text(json.dumps(meta, indent=2))
@@ -108,8 +113,12 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 
 def load_megatron_checkpoint(ckpt_dir: str | Path, *, params_dtype: torch.dtype | None = None,
-                             trainable: bool = True) -> tuple[list, ModelArch]:
-    """Build this rank's chunk for the current parallel state and load a checkpoint written at any TP/PP."""
+                             trainable: bool = True, first_stage_layers: int | None = None,
+                             last_stage_layers: int | None = None) -> tuple[list, ModelArch]:
+    """Build this rank's chunk for the current parallel state (and first/last pipeline stage layer counts) and
+    load a checkpoint written at any TP/PP layout."""
+    from rlad_megatron.models.layout import stage_overrides
+
     from megatron.core import dist_checkpointing
     from megatron.core import parallel_state as ps
 
@@ -126,7 +135,8 @@ def load_megatron_checkpoint(ckpt_dir: str | Path, *, params_dtype: torch.dtype 
         raise ValueError(f"{ckpt}: padded vocabulary {padded} (written at tp={meta['tp']}) is not divisible by "
                          f"tp={tp}: pick a tensor-parallel size dividing {padded}")
     dtype = params_dtype or getattr(torch, meta["dtype"])
-    (chunk,) = build_model_chunks(arch, params_dtype=dtype, padded_vocab=padded)
+    (chunk,) = build_model_chunks(arch, params_dtype=dtype, padded_vocab=padded,
+                                  **stage_overrides(first_stage_layers, last_stage_layers))
     state = dist_checkpointing.load(chunk.sharded_state_dict(), str(ckpt))
     state.pop("optimizer", None)  # a trainer checkpoint's non-sharded optimizer state comes back too: not needed
     missing, unexpected = chunk.load_state_dict(state, strict=False)
@@ -139,29 +149,36 @@ def load_megatron_checkpoint(ckpt_dir: str | Path, *, params_dtype: torch.dtype 
     return [chunk], arch
 
 
-def hf_to_mcore(hf_dir: str, out_dir: str, *, tp: int = 1, pp: int = 1, dtype: str = "fp32") -> None:
+def hf_to_mcore(hf_dir: str, out_dir: str, *, tp: int = 1, pp: int = 1, dtype: str = "fp32",
+                first_stage_layers: int | None = None, last_stage_layers: int | None = None, ep: int = 1) -> None:
     from rlad_megatron.models import load_hf_model
+    from rlad_megatron.models.layout import stage_overrides
 
-    _setup(tp, pp)
-    chunks, arch = load_hf_model(hf_dir, params_dtype=DTYPES[dtype])
+    _setup(tp, pp, ep)
+    chunks, arch = load_hf_model(hf_dir, params_dtype=DTYPES[dtype],
+                                 **stage_overrides(first_stage_layers, last_stage_layers))
     save_megatron_checkpoint(chunks, arch, out_dir, tokenizer_dir=hf_dir)
 
 
 def mcore_to_hf(ckpt_dir: str, out_dir: str, *, tp: int = 1, pp: int = 1, dtype: str | None = None,
-                max_shard_bytes: int = 2 << 30) -> None:
+                max_shard_bytes: int = 2 << 30, first_stage_layers: int | None = None,
+                last_stage_layers: int | None = None, ep: int = 1) -> None:
     from rlad_megatron.models.hf_export import export_hf_checkpoint
 
     ckpt = resolve_checkpoint(ckpt_dir)
-    _setup(tp, pp)
-    chunks, arch = load_megatron_checkpoint(ckpt, trainable=False)
+    _setup(tp, pp, ep)
+    chunks, arch = load_megatron_checkpoint(ckpt, trainable=False, first_stage_layers=first_stage_layers,
+                                            last_stage_layers=last_stage_layers)
     export_hf_checkpoint(chunks, arch, out_dir, tokenizer_dir=ckpt, max_shard_bytes=max_shard_bytes,
                          dtype=DTYPES[dtype] if dtype else None)
 
 
-def mcore_to_mcore(ckpt_dir: str, out_dir: str, *, tp: int, pp: int) -> None:
+def mcore_to_mcore(ckpt_dir: str, out_dir: str, *, tp: int, pp: int, first_stage_layers: int | None = None,
+                   last_stage_layers: int | None = None, ep: int = 1) -> None:
     ckpt = resolve_checkpoint(ckpt_dir)
-    _setup(tp, pp)
-    chunks, arch = load_megatron_checkpoint(ckpt, trainable=False)
+    _setup(tp, pp, ep)
+    chunks, arch = load_megatron_checkpoint(ckpt, trainable=False, first_stage_layers=first_stage_layers,
+                                            last_stage_layers=last_stage_layers)
     save_megatron_checkpoint(chunks, arch, out_dir, tokenizer_dir=ckpt)
 
 
@@ -182,6 +199,12 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         sub.add_argument("--out", required=True, help="output directory (must be new or empty)")
         sub.add_argument("--tp", type=int, default=1, help="tensor-parallel size (world = tp*pp*dp)")
         sub.add_argument("--pp", type=int, default=1, help="pipeline-parallel size")
+        sub.add_argument("--first-stage-layers", type=int, default=None,
+                         help="layers on the first pipeline stage (uneven PP; default: even stages)")
+        sub.add_argument("--last-stage-layers", type=int, default=None,
+                         help="layers on the last pipeline stage (uneven PP; default: even stages)")
+        sub.add_argument("--ep", type=int, default=1,
+                         help="expert-parallel size of a MoE model (experts sharded over data-parallel ranks)")
     for sub in (a, b):
         sub.add_argument("--dtype", choices=sorted(DTYPES), default="fp32" if sub is a else None,
                          help="parameter dtype to write (default: fp32 for hf-to-mcore, as saved otherwise)")
@@ -195,8 +218,8 @@ def check_arguments(args: argparse.Namespace) -> None:
 
     from rlad_megatron.models.folder_check import check_model_folder
 
-    for flag in ("tp", "pp"):
-        if getattr(args, flag) < 1:
+    for flag in ("tp", "pp", "ep"):
+        if getattr(args, flag, 1) < 1:
             raise ValueError(f"--{flag} {getattr(args, flag)}: must be >= 1")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world % (args.tp * args.pp):
@@ -224,13 +247,15 @@ def run(args: argparse.Namespace) -> int:
         if _is_rank0():
             print(f"rlad-megatron convert {args.direction}: {err}", file=sys.stderr)
         return 2
+    stages = {"first_stage_layers": args.first_stage_layers, "last_stage_layers": args.last_stage_layers,
+              "ep": args.ep}
     if args.direction == "hf-to-mcore":
-        hf_to_mcore(args.hf, args.out, tp=args.tp, pp=args.pp, dtype=args.dtype)
+        hf_to_mcore(args.hf, args.out, tp=args.tp, pp=args.pp, dtype=args.dtype, **stages)
     elif args.direction == "mcore-to-hf":
         mcore_to_hf(args.ckpt, args.out, tp=args.tp, pp=args.pp, dtype=args.dtype,
-                    max_shard_bytes=int(args.max_shard_gb * (1 << 30)))
+                    max_shard_bytes=int(args.max_shard_gb * (1 << 30)), **stages)
     else:
-        mcore_to_mcore(args.ckpt, args.out, tp=args.tp, pp=args.pp)
+        mcore_to_mcore(args.ckpt, args.out, tp=args.tp, pp=args.pp, **stages)
     if _is_rank0():
         print(f"convert {args.direction}: wrote {args.out}")
     return 0

@@ -60,10 +60,12 @@ def initialize_model_parallel(
     *,
     virtual_pipeline_parallel: int | None = None,
     seed: int = 1234,
+    expert_parallel: int = 1,
 ) -> None:
     """Set up Megatron's TP/PP/DP groups over the current world and seed the model-parallel RNG tracker.
 
-    Data parallelism is what is left: ``world_size / (tensor_parallel * pipeline_parallel)``.
+    Data parallelism is what is left: ``world_size / (tensor_parallel * pipeline_parallel)``. Expert parallelism
+    (MoE) shards the experts over ``expert_parallel`` data-parallel ranks (expert tensor parallel size 1).
     """
     init_distributed()
     world = dist.get_world_size()
@@ -71,6 +73,13 @@ def initialize_model_parallel(
         raise ValueError(
             f"world size {world} is not divisible by tensor_parallel ({tensor_parallel}) x pipeline_parallel "
             f"({pipeline_parallel}) = {tensor_parallel * pipeline_parallel}: launch a multiple of that many ranks"
+        )
+    dp = world // (tensor_parallel * pipeline_parallel)
+    if expert_parallel < 1 or (world // pipeline_parallel) % expert_parallel:
+        raise ValueError(
+            f"expert parallel size {expert_parallel} must divide world size {world} / pipeline_parallel "
+            f"{pipeline_parallel} (experts are sharded over the ranks of one pipeline stage; data parallel size is "
+            f"{dp}): choose it among the divisors of {world // pipeline_parallel}"
         )
     from rlad_megatron.compat import megatron_cpu
 
@@ -83,6 +92,8 @@ def initialize_model_parallel(
         tensor_model_parallel_size=tensor_parallel,
         pipeline_model_parallel_size=pipeline_parallel,
         virtual_pipeline_model_parallel_size=virtual_pipeline_parallel,
+        expert_model_parallel_size=expert_parallel,
+        expert_tensor_parallel_size=1,
     )
     mcore_tp.model_parallel_cuda_manual_seed(seed)
 

@@ -34,12 +34,18 @@ class ModelShape:
     num_kv_heads: int
     hidden_size: int
     intermediate_size: int
+    head_dim: int | None = None
+    """None: hidden_size / num_heads (the HF default)."""
+
+    @property
+    def head_dim_or_default(self) -> int:
+        return self.head_dim or self.hidden_size // self.num_heads
 
     @classmethod
     def from_arch(cls, arch: Any, name: str = "model") -> "ModelShape":
         """From a :class:`rlad_megatron.models.hf_config.ModelArch` (or anything with its field names)."""
         return cls(name, arch.num_layers, arch.num_heads, arch.num_kv_heads, arch.hidden_size,
-                   arch.intermediate_size)
+                   arch.intermediate_size, _explicit_head_dim(arch))
 
     @classmethod
     def from_hf_dir(cls, path: str, name: str | None = None) -> "ModelShape":
@@ -94,23 +100,37 @@ class Placement:
         return "\n".join(lines)
 
 
+def _explicit_head_dim(arch: Any) -> int | None:
+    head_dim = getattr(arch, "head_dim", None)
+    return None if head_dim in (None, arch.hidden_size // arch.num_heads) else head_dim
+
+
 def _positive(name: str, value: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise PlacementError(f"{name} must be an integer >= 1, got {value!r}")
 
 
-def check_model_shape(shape: ModelShape, *, tp: int, pp: int, role: str, fp8: bool = False) -> None:
-    """Head, layer and width divisibility of ``shape`` under TP=``tp`` x PP=``pp`` (``role``: 'student', ...)."""
+def check_model_shape(shape: ModelShape, *, tp: int, pp: int, role: str, fp8: bool = False,
+                      first_stage_layers: int | None = None, last_stage_layers: int | None = None) -> None:
+    """Head, layer and width divisibility of ``shape`` under TP=``tp`` x PP=``pp`` (``role``: 'student', ...),
+    with optional uneven first/last pipeline stages."""
     where = f"{role} {shape.name}"
-    if shape.num_heads % tp:
-        raise PlacementError(f"{where}: {shape.num_heads} attention heads cannot be split over TP={tp} "
-                             f"({shape.num_heads} / {tp} is not whole): choose TP among {_divisors(shape.num_heads)}")
-    if shape.num_kv_heads % tp:
-        raise PlacementError(f"{where}: {shape.num_kv_heads} key/value heads cannot be split over TP={tp} "
-                             f"(KV-head replication is not supported): choose TP among {_divisors(shape.num_kv_heads)}")
-    if shape.num_layers % pp:
+    from rlad_megatron.models.layout import (
+        pipeline_stage_layers, tensor_parallel_problem, valid_tensor_parallel_sizes,
+    )
+
+    problem = tensor_parallel_problem(shape.num_heads, shape.num_kv_heads, shape.head_dim_or_default, tp)
+    if problem:
+        choices = valid_tensor_parallel_sizes(shape.num_heads, shape.num_kv_heads, shape.head_dim_or_default)
+        raise PlacementError(f"{where}: {problem}: choose TP among {choices}")
+    if shape.num_layers % pp and first_stage_layers is None and last_stage_layers is None:
         raise PlacementError(f"{where}: {shape.num_layers} layers cannot be split into PP={pp} equal stages: "
-                             f"choose PP among {_divisors(shape.num_layers)}")
+                             f"choose PP among {_divisors(shape.num_layers)}, or set uneven first/last stages "
+                             f"(parallel.first_stage_layers / last_stage_layers)")
+    try:
+        pipeline_stage_layers(shape.num_layers, pp, first_stage_layers, last_stage_layers)
+    except ValueError as err:
+        raise PlacementError(f"{where}: {err}") from None
     if fp8:
         for field in ("hidden_size", "intermediate_size"):
             width = getattr(shape, field)
@@ -198,11 +218,15 @@ def plan_placement(config: RunConfig, *, nodes: int, gpus_per_node: int, rollout
 
     fp8 = config.fp8.enabled
     if student is not None:
-        check_model_shape(student, tp=tp, pp=pp, role="student", fp8=fp8)
+        check_model_shape(student, tp=tp, pp=pp, role="student", fp8=fp8,
+                          first_stage_layers=config.parallel.first_stage_layers,
+                          last_stage_layers=config.parallel.last_stage_layers)
         if rollout_tp != tp:
             check_model_shape(student, tp=rollout_tp, pp=1, role="student (rollout engine)")
     if teacher is not None and teacher_kind == "megatron":
-        check_model_shape(teacher, tp=tp, pp=pp, role="teacher", fp8=False)
+        check_model_shape(teacher, tp=tp, pp=pp, role="teacher", fp8=False,
+                          first_stage_layers=config.parallel.teacher_first_stage_layers,
+                          last_stage_layers=config.parallel.teacher_last_stage_layers)
     return Placement(nodes=nodes, gpus_per_node=gpus_per_node, tp=tp, pp=pp, dp=dp,
                      rollout=config.rollout.placement, rollout_gpus=rollout_gpus, rollout_tp=rollout_tp,
                      num_engines=num_engines, teacher=teacher_kind, teacher_gpus=teacher_gpus)

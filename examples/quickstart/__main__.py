@@ -28,13 +28,18 @@ def main(argv: list[str] | None = None) -> int:
         settings.rl.algorithm = args.algorithm
     if args.alpha is not None:
         settings.rl.alpha = args.alpha
+    from rlad_megatron.console import say, send_output_to_log
+
+    # Third-party output of this process (the evaluations' vLLM engine, transformers) goes to quickstart.log; the
+    # training ranks write theirs to run/train.log.
+    send_output_to_log(Path(args.output_dir) / "quickstart.log", tag="quickstart", fresh=True)
     from examples.quickstart.run import run_quickstart
     from examples.quickstart.train import TrainingFailed
 
     try:
         run_quickstart(settings, Path(args.output_dir), train=not args.no_train)
     except TrainingFailed as err:
-        print(f"quickstart: {err}", file=sys.stderr)
+        say(f"quickstart: {err}")
         return 1
     return 0
 

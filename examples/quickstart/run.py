@@ -9,11 +9,12 @@
 """
 from __future__ import annotations
 
-import sys
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable
 
+from rlad_megatron.console import log_path, say
 from examples.quickstart.evaluation import evaluate_model, format_table, write_results
 from examples.quickstart.prepare import prepare_data, prepare_model
 from examples.quickstart.settings import QuickstartSettings
@@ -21,7 +22,15 @@ from examples.quickstart.train import run_training, write_train_config
 
 
 def _say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
+    say(text)
+
+
+def _point_link(link: Path, target: Path) -> None:
+    """Make ``link`` a relative symlink to ``target`` (replacing an older link, never a real folder)."""
+    if link.is_symlink():
+        link.unlink()
+    if not link.exists():
+        link.symlink_to(os.path.relpath(target, link.parent), target_is_directory=True)
 
 
 def run_quickstart(settings: QuickstartSettings, root: Path, *, train: bool = True,
@@ -37,6 +46,8 @@ def run_quickstart(settings: QuickstartSettings, root: Path, *, train: bool = Tr
         f"{settings.data.min_digits}..{settings.data.max_digits} digits")
     teacher = prepare_model("teacher", settings.teacher, settings, files, root / "cache", log)
     student = prepare_model("student", settings.student, settings, files, root / "cache", log)
+    for kind, prepared in (("teacher", teacher), ("student", student)):
+        _point_link(root / kind, prepared.path)  # stable paths for configs/quickstart.yaml
     timings["prepare"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -54,7 +65,7 @@ def run_quickstart(settings: QuickstartSettings, root: Path, *, train: bool = Tr
         log(f"[quickstart] training: {settings.rl.algorithm} for {settings.rl.steps} steps on "
             f"{settings.rl.nproc} processes (TP={settings.rl.tensor_parallel}); config {config}")
         # A repeated demo starts a new run; the previous one is moved to run.old-<time>, not deleted.
-        run_training(config, settings.rl.nproc, overwrite=True, log_file=run_dir / "train.log")
+        run_training(config, settings.rl.nproc, overwrite=True, log_file=run_dir / "console.log")
         timings["train"] = time.perf_counter() - t
         t = time.perf_counter()
         eval_after = evaluate_model(run_dir / "hf", files.test, settings, run_dir / "eval")
@@ -73,13 +84,15 @@ def run_quickstart(settings: QuickstartSettings, root: Path, *, train: bool = Tr
                "teacher_preparation": teacher.info, "student_preparation": student.info,
                "run_dir": str(run_dir), "settings": settings.to_dict()},
     )
-    print("\n" + format_table(rows, settings.eval.k), flush=True)
-    print(f"\nresults:     {results_path}", flush=True)
+    say("\n" + format_table(rows, settings.eval.k), stdout=True)
+    say(f"\nresults:     {results_path}", stdout=True)
     if train:
-        print(f"curves:      {run_dir / 'curves.png'}", flush=True)
-        print(f"metrics:     {run_dir / 'metrics.jsonl'}", flush=True)
-        print(f"tensorboard: tensorboard --logdir {run_dir / 'tb'}", flush=True)
-    print(f"total:       {seconds:.0f} s", flush=True)
+        say(f"curves:      {run_dir / 'curves.png'}", stdout=True)
+        say(f"metrics:     {run_dir / 'metrics.jsonl'}", stdout=True)
+        say(f"tensorboard: tensorboard --logdir {run_dir / 'tb'}", stdout=True)
+    if log_path() is not None:
+        say(f"logs:        {run_dir / 'train.log'} (training), {log_path()}", stdout=True)
+    say(f"total:       {seconds:.0f} s", stdout=True)
     import json
 
     return json.loads(results_path.read_text())

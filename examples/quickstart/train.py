@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence, TextIO
 
+from rlad_megatron.console import console_stream
 from examples.quickstart.prepare import DataFiles
 from examples.quickstart.settings import QuickstartSettings
 
@@ -98,7 +99,7 @@ def run_training(config_path: Path, nproc: int, *, overrides: Sequence[str] = ()
                  timeout_s: float | None = None) -> None:
     """Run the training subprocess, copying its output (stdout and stderr merged) to ``stream`` as it comes and to
     ``log_file``; raise :class:`TrainingFailed` with the log's tail when it exits non-zero or times out."""
-    stream = stream if stream is not None else sys.stderr
+    stream = stream if stream is not None else console_stream()
     cmd = training_command(config_path, nproc, overrides, resume, overwrite)
     env = {**os.environ, **TRAIN_ENV}
     log = open(log_file, "w", encoding="utf-8") if log_file is not None else None

@@ -371,8 +371,18 @@ _MEGATRON_MODULES = (
 
 PATCHES = (
     "torch_proxy", "contiguous_scatter", "tensor_cuda", "rng", "type_checks", "norm_sequence_parallel",
-    "distopt_checkpoint",
+    "distopt_checkpoint", "moe_router_gemm",
 )
+
+
+def _patch_moe_router_gemm() -> None:
+    """megatron-core 0.16.1's MoE router GEMM (``moe_utils.RouterGatingLinearFunction``) tests
+    ``te_general_gemm is not None``, a name bound only when Transformer Engine imports: without TE every MoE
+    forward raises NameError. Binding it to None selects the plain torch GEMM path that is already there."""
+    from megatron.core.transformer.moe import moe_utils
+
+    if not hasattr(moe_utils, "te_general_gemm"):
+        moe_utils.te_general_gemm = None
 
 
 def apply(force: bool = False, skip: frozenset[str] | set[str] = frozenset()) -> bool:
@@ -413,5 +423,7 @@ def apply(force: bool = False, skip: frozenset[str] | set[str] = frozenset()) ->
         _patch_torch_norm_sequence_parallel()
     if "distopt_checkpoint" not in skip:
         _patch_distributed_optimizer_checkpoint()
+    if "moe_router_gemm" not in skip:
+        _patch_moe_router_gemm()
     _applied = True
     return True

@@ -37,6 +37,9 @@ class StepResult:
     grad_norm: float
     metrics: list[dict]
     """Per micro-batch metric dicts returned by ``loss_fn`` (last pipeline stage; empty elsewhere)."""
+    moe: dict = dataclasses.field(default_factory=dict)
+    """MoE router metrics on every rank (``moe/load_balancing_loss``: the un-weighted auxiliary loss, averaged
+    over micro-batches and MoE layers); empty for dense models."""
 
 
 class MegatronPolicy:
@@ -136,7 +139,9 @@ class MegatronPolicy:
             chunk.train()
             chunk.zero_grad_buffer()
         self.optimizer.zero_grad()
+        moe_tracking = _moe_tracker_reset(self.chunks)
         outputs = self._run(batch, micro_batch_size, False, loss_fn, scale)
+        moe = _moe_metrics(num_micro) if moe_tracking else {}
         finite = torch.tensor(1.0)
         for out in outputs:
             if not torch.isfinite(out["loss"]).all():
@@ -150,16 +155,45 @@ class MegatronPolicy:
             for chunk in self.chunks:
                 chunk.zero_grad_buffer()
             self.optimizer.zero_grad()
-            return StepResult(False, math.nan, [o["metrics"] for o in outputs])
+            return StepResult(False, math.nan, [o["metrics"] for o in outputs], moe)
         ok, grad_norm, _ = self.optimizer.step()
         grad_norm = float(grad_norm) if grad_norm is not None else math.nan
         if not ok or not math.isfinite(grad_norm):
-            return StepResult(False, grad_norm, [o["metrics"] for o in outputs])
-        return StepResult(True, grad_norm, [o["metrics"] for o in outputs])
+            return StepResult(False, grad_norm, [o["metrics"] for o in outputs], moe)
+        return StepResult(True, grad_norm, [o["metrics"] for o in outputs], moe)
 
     def set_lr(self, lr: float) -> None:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+
+
+def _moe_tracker_reset(chunks: list[torch.nn.Module]) -> bool:
+    """Zero megatron's per-layer auxiliary-loss tracker before a MoE training step; False for dense models.
+    (The load-balancing loss itself reaches the gradients inside the router, through megatron's
+    ``MoEAuxLossAutoScaler``, weighted by ``moe_aux_loss_coeff`` = the checkpoint's ``router_aux_loss_coef``.)"""
+    config = getattr(chunks[0], "config", None)
+    if not getattr(config, "num_moe_experts", None):
+        return False
+    from megatron.core.transformer.moe import moe_utils
+
+    moe_utils.clear_aux_losses_tracker()
+    return True
+
+
+def _moe_metrics(num_micro: int) -> dict:
+    """Collective: the tracked auxiliary losses reduced over pipeline stages and data-parallel ranks, per
+    micro-batch and averaged over the MoE layers (as megatron's own ``track_moe_metrics`` logs them)."""
+    from megatron.core.transformer.moe import moe_utils
+
+    tracker = moe_utils.get_moe_layer_wise_logging_tracker()
+    names = sorted(tracker)
+    moe_utils.reduce_aux_losses_tracker_across_ranks(names)
+    out = {}
+    for name in names:
+        values = tracker[name]["values"].float() / num_micro
+        out[f"moe/{name}"] = float(values.mean())
+    moe_utils.clear_aux_losses_tracker()
+    return out
 
 
 def build_student(model_chunks: list[torch.nn.Module], optim: Any) -> tuple[list[torch.nn.Module], Any]:

@@ -1,4 +1,4 @@
-"""Student and teacher Megatron GPTModels from Hugging Face checkpoints (Llama, Qwen2, Qwen3), and back.
+"""Student and teacher Megatron GPTModels from Hugging Face checkpoints (Llama, Qwen2, Qwen3, Qwen2-MoE, Qwen3-MoE), and back.
 
     model_chunks, arch = load_hf_model(hf_dir, trainable=True)     # this rank's TP/PP shards, for the current
                                                                    # parallel state (initialize_model_parallel)
@@ -37,6 +37,8 @@ def build_model_chunks(arch: ModelArch, *, params_dtype: torch.dtype = torch.flo
     overrides = dict(config_overrides)
     if vpp is not None and vpp > 1:
         overrides.setdefault("virtual_pipeline_model_parallel_size", vpp)
+    if arch.is_moe:  # experts' params are marked expert-parallel (own grad buffers, no DP all-reduce) from this
+        overrides.setdefault("expert_model_parallel_size", ps.get_expert_model_parallel_world_size())
     config = transformer_config_for(arch, tp=tp, pp=pp, params_dtype=params_dtype,
                                     sequence_parallel=sequence_parallel, **overrides)
     stages = range(vpp) if vpp and vpp > 1 else [None]

@@ -25,9 +25,12 @@ def layer_spec(arch: ModelArch, *, te: bool | None = None):
     from megatron.core.models.gpt import gpt_layer_specs
 
     te = use_transformer_engine() if te is None else te
+    experts = arch.num_experts or None
     if te:
-        return gpt_layer_specs.get_gpt_layer_with_transformer_engine_spec(qk_layernorm=arch.qk_norm)
-    return gpt_layer_specs.get_gpt_layer_local_spec(qk_layernorm=arch.qk_norm, normalization="RMSNorm")
+        return gpt_layer_specs.get_gpt_layer_with_transformer_engine_spec(
+            num_experts=experts, moe_grouped_gemm=False, qk_layernorm=arch.qk_norm)
+    return gpt_layer_specs.get_gpt_layer_local_spec(num_experts=experts, moe_grouped_gemm=False,
+                                                    qk_layernorm=arch.qk_norm, normalization="RMSNorm")
 
 
 def rope_inv_freq(arch: ModelArch, dtype: torch.dtype = torch.float32) -> torch.Tensor:

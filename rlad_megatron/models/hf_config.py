@@ -1,4 +1,4 @@
-"""Hugging Face ``config.json`` (Llama, Qwen2, Qwen3 families) -> :class:`ModelArch` -> Megatron ``TransformerConfig``.
+"""Hugging Face ``config.json`` (Llama, Qwen2, Qwen3 and their MoE families) -> :class:`ModelArch` -> Megatron ``TransformerConfig``.
 
 ``ModelArch`` is the one description of a dense decoder that the builder, the name table, the loader, the exporter
 and the checkpoint converter share. It keeps the original ``config.json`` dict, so that an export writes back what
@@ -21,7 +21,10 @@ SUPPORTED_FAMILIES: dict[str, str] = {
     "llama": "LlamaForCausalLM",
     "qwen2": "Qwen2ForCausalLM",
     "qwen3": "Qwen3ForCausalLM",
+    "qwen2_moe": "Qwen2MoeForCausalLM",
+    "qwen3_moe": "Qwen3MoeForCausalLM",
 }
+MOE_FAMILIES: tuple[str, ...] = ("qwen2_moe", "qwen3_moe")
 SUPPORTED_ROPE_TYPES: tuple[str, ...] = ("default", "llama3")
 DEFAULT_VOCAB_DIVISOR = 128
 
@@ -48,7 +51,18 @@ class ModelArch:
     qkv_bias: bool  # bias on q/k/v projections only (Qwen2)
     qk_norm: bool  # per-head RMSNorm on q and k before RoPE (Qwen3)
     rope_scaling: dict[str, Any] | None = None  # llama3 parameters, or None
+    # Mixture of Experts (every layer sparse; 0 experts: a dense model)
+    num_experts: int = 0
+    moe_top_k: int = 0
+    moe_intermediate_size: int = 0
+    norm_topk_prob: bool = False  # renormalise the top-k routing probabilities (Qwen3-MoE: True)
+    shared_expert_intermediate_size: int = 0  # Qwen2-MoE's shared expert (with a sigmoid gate), 0: none
+    router_aux_loss_coef: float = 0.0
     hf_config: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def is_moe(self) -> bool:
+        return self.num_experts > 0
 
     @property
     def heads_per_group(self) -> int:
@@ -106,7 +120,7 @@ def arch_from_hf_config(cfg: dict[str, Any]) -> ModelArch:
     act = cfg.get("hidden_act", "silu")
     if act != "silu":
         raise ValueError(f"unsupported hidden_act {act!r}: only 'silu' (SwiGLU) is supported")
-    if family in ("llama", "qwen3") and cfg.get("attention_bias", False):
+    if family in ("llama", "qwen3", "qwen3_moe") and cfg.get("attention_bias", False):
         raise ValueError(f"unsupported attention_bias=True for {family}: it adds a bias to o_proj too")
     if cfg.get("mlp_bias", False):
         raise ValueError("unsupported mlp_bias=True")
@@ -124,6 +138,7 @@ def arch_from_hf_config(cfg: dict[str, Any]) -> ModelArch:
     hidden = int(cfg["hidden_size"])
     head_dim = cfg.get("head_dim") or hidden // heads
     theta, scaling = _rope(cfg)
+    moe = _moe_fields(cfg) if family in MOE_FAMILIES else {}
     return ModelArch(
         family=family,
         vocab_size=int(cfg["vocab_size"]),
@@ -137,10 +152,33 @@ def arch_from_hf_config(cfg: dict[str, Any]) -> ModelArch:
         rope_theta=theta,
         max_position_embeddings=int(cfg.get("max_position_embeddings", 4096)),
         tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-        qkv_bias=family == "qwen2",
-        qk_norm=family == "qwen3",
+        qkv_bias=family in ("qwen2", "qwen2_moe"),
+        qk_norm=family in ("qwen3", "qwen3_moe"),
         rope_scaling=scaling,
         hf_config=dict(cfg),
+        **moe,
+    )
+
+
+def _moe_fields(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The MoE fields of a Qwen2-MoE / Qwen3-MoE config; refuses layouts with dense layers in between."""
+    experts = int(cfg.get("num_experts") or cfg.get("num_local_experts") or 0)
+    if experts < 1:
+        raise ValueError(f"{cfg.get('model_type')} config.json has no num_experts")
+    if int(cfg.get("decoder_sparse_step", 1)) != 1 or cfg.get("mlp_only_layers"):
+        raise ValueError(f"unsupported decoder_sparse_step={cfg.get('decoder_sparse_step')} / mlp_only_layers="
+                         f"{cfg.get('mlp_only_layers')}: only models whose every layer is MoE are supported")
+    if cfg.get("model_type") == "qwen2_moe" and not cfg.get("qkv_bias", True):
+        raise ValueError("unsupported qkv_bias=False for qwen2_moe")
+    top_k = int(cfg["num_experts_per_tok"])
+    if not 1 <= top_k <= experts:
+        raise ValueError(f"num_experts_per_tok={top_k} must be in [1, num_experts={experts}]")
+    return dict(
+        num_experts=experts, moe_top_k=top_k, moe_intermediate_size=int(cfg["moe_intermediate_size"]),
+        norm_topk_prob=bool(cfg.get("norm_topk_prob", False)),
+        shared_expert_intermediate_size=int(cfg.get("shared_expert_intermediate_size") or 0)
+        if cfg.get("model_type") == "qwen2_moe" else 0,
+        router_aux_loss_coef=float(cfg.get("router_aux_loss_coef", 0.0)),
     )
 
 
@@ -173,18 +211,20 @@ def transformer_config_for(
 ):
     """The Megatron ``TransformerConfig`` reproducing ``arch`` at tensor parallel ``tp`` and pipeline ``pp``.
 
+    ``tp`` may exceed the KV heads (megatron replicates them in activations, see
+    :mod:`rlad_megatron.models.layout`); uneven pipeline stages come as the overrides
+    ``num_layers_in_first_pipeline_stage`` / ``num_layers_in_last_pipeline_stage``.
+
     ``overrides`` are further ``TransformerConfig`` fields (e.g. ``recompute_granularity``); they win.
     Weights are not randomly initialised by default (``perform_initialization=False``): the loader fills them.
     """
     from megatron.core.transformer import TransformerConfig
 
-    if arch.num_kv_heads % tp:
-        raise ValueError(
-            f"tensor parallel size {tp} must divide num_key_value_heads={arch.num_kv_heads} (replicating KV heads "
-            f"across TP ranks is not supported): choose tp from the divisors of {arch.num_kv_heads}"
-        )
-    if arch.num_layers % pp:
-        raise ValueError(f"pipeline parallel size {pp} must divide num_hidden_layers={arch.num_layers}")
+    from rlad_megatron.models.layout import check_pipeline_layout, check_tensor_parallel
+
+    check_tensor_parallel(arch, tp)
+    check_pipeline_layout(arch.num_layers, pp, overrides.get("num_layers_in_first_pipeline_stage"),
+                          overrides.get("num_layers_in_last_pipeline_stage"))
     if params_dtype not in (torch.float32, torch.bfloat16, torch.float16):
         raise ValueError(f"params_dtype {params_dtype} not supported: use float32, bfloat16 or float16")
     fields: dict[str, Any] = dict(
@@ -213,5 +253,31 @@ def transformer_config_for(
         use_cpu_initialization=not torch.cuda.is_available(),
         perform_initialization=False,
     )
+    if arch.is_moe:
+        fields.update(moe_config_fields(arch))
     fields.update(overrides)
     return TransformerConfig(**fields)
+
+
+def moe_config_fields(arch: ModelArch) -> dict[str, Any]:
+    """``TransformerConfig`` fields of a Qwen MoE: softmax router over all experts, top-k; HF's renormalised
+    top-k probabilities (``norm_topk_prob``) are megatron's softmax over the top-k logits (``pre_softmax=False``),
+    plain top-k probabilities are ``pre_softmax=True``. Experts are not tensor-parallel (expert TP = 1): expert
+    parallelism shards them; tokens move with the allgather dispatcher (gloo has no all-to-all)."""
+    fields: dict[str, Any] = dict(
+        num_moe_experts=arch.num_experts,
+        moe_router_topk=arch.moe_top_k,
+        moe_ffn_hidden_size=arch.moe_intermediate_size,
+        moe_router_pre_softmax=not arch.norm_topk_prob,
+        moe_router_score_function="softmax",
+        moe_router_load_balancing_type="aux_loss",
+        moe_aux_loss_coeff=arch.router_aux_loss_coef,
+        moe_router_dtype="fp32",
+        moe_token_dispatcher_type="allgather",
+        moe_grouped_gemm=False,
+        expert_tensor_parallel_size=1,
+    )
+    if arch.shared_expert_intermediate_size:
+        fields.update(moe_shared_expert_intermediate_size=arch.shared_expert_intermediate_size,
+                      moe_shared_expert_gate=True)
+    return fields

@@ -65,7 +65,8 @@ def iter_hf_tensors(
 
     COLLECTIVE over the model-parallel group: all its ranks call this and iterate fully. With ``dst_only=True``
     only the group's first rank (TP rank 0 of the first pipeline stage) yields; the others yield nothing but
-    take part. Order: :func:`rlad_megatron.models.name_map.hf_groups` (embeddings, layers in order, norm, head).
+    take part. With expert parallelism (MoE, EP > 1) the collective spans the expert-parallel group too: every
+    data-parallel replica holding experts of this one calls it (each replica's first rank yields). Order: :func:`rlad_megatron.models.name_map.hf_groups` (embeddings, layers in order, norm, head).
     The yielded tensors are fresh (not views of parameters); drop each before asking for the next.
     """
     from megatron.core import parallel_state as ps
@@ -74,7 +75,14 @@ def iter_hf_tensors(
     owned = _owned_params(chunks, arch)
     pp_size, pp_rank = ps.get_pipeline_model_parallel_world_size(), ps.get_pipeline_model_parallel_rank()
     tp_rank = ps.get_tensor_model_parallel_rank()
+    ep_size = _expert_parallel_size(arch)
     meta = {key: str(t.dtype).removeprefix("torch.") for key, t in owned.items()}
+    if ep_size > 1:  # a stage holds every expert of its layers, spread over its EP ranks
+        for group in hf_groups(arch):
+            if group.expert is not None and group.key not in meta:
+                sibling = next((k for k in meta if k.startswith(f"layers.{group.layer}.mlp.experts.")), None)
+                if sibling is not None:
+                    meta[group.key] = meta[sibling]
     if pp_size > 1:
         pp_group = ps.get_pipeline_model_parallel_group()
         stage_meta: list[dict[str, str]] = [{} for _ in range(pp_size)]
@@ -89,7 +97,9 @@ def iter_hf_tensors(
             raise RuntimeError(f"no pipeline stage holds {group.key} ({list(group.hf_names)}): model/arch mismatch")
         dtype = getattr(torch, stage_meta[src][group.key])
         tensors: list[torch.Tensor] | None = None
-        if pp_rank == src:
+        if pp_rank == src and group.expert is not None and ep_size > 1:
+            tensors = _broadcast_expert(group, owned.get(group.key), arch, shapes, dtype, ep_size)
+        elif pp_rank == src:
             shards = _gather_tp(owned[group.key], group, dst_only=dst_only)
             if shards is not None:
                 tensors = [t.contiguous() for t in megatron_full_to_hf(group, shards, arch)]
@@ -102,6 +112,29 @@ def iter_hf_tensors(
             for name, tensor in zip(group.hf_names, tensors):
                 yield name, tensor
         del tensors
+
+
+def _expert_parallel_size(arch: ModelArch) -> int:
+    from megatron.core import parallel_state as ps
+
+    return ps.get_expert_model_parallel_world_size() if arch.is_moe else 1
+
+
+def _broadcast_expert(group: HFGroup, shard: torch.Tensor | None, arch: ModelArch, shapes, dtype,
+                      ep_size: int) -> list[torch.Tensor]:
+    """A routed expert's HF tensors on every rank of the expert-parallel group, from the EP rank that holds it
+    (experts are not tensor-parallel, so the shard is the whole Megatron tensor)."""
+    from megatron.core import parallel_state as ps
+
+    ep_group = ps.get_expert_model_parallel_group()
+    owner = group.expert // (arch.num_experts // ep_size)
+    if ps.get_expert_model_parallel_rank() == owner:
+        tensors = [t.clone().contiguous() for t in megatron_full_to_hf(group, [shard], arch)]
+    else:
+        tensors = [torch.empty(shapes[n], dtype=dtype) for n in group.hf_names]
+    for t in tensors:
+        dist.broadcast(t, src=dist.get_global_rank(ep_group, owner), group=ep_group)
+    return tensors
 
 
 def _move_over_pipeline(group, tensors, shapes, dtype, src, pp_group, *, dst_only):
@@ -169,10 +202,13 @@ def export_hf_checkpoint(
         save_file(buf, str(out / f"part-{len(files):05d}.tmp"), metadata={"format": "pt"})
         files.append(list(buf))
 
-    if ps.get_data_parallel_rank() == 0:
+    # with expert parallelism the experts live on several data-parallel ranks: they all take part
+    if ps.get_data_parallel_rank() == 0 or _expert_parallel_size(arch) > 1:
         buf: dict[str, torch.Tensor] = {}
         buf_bytes = 0
         for name, tensor in iter_hf_tensors(model_chunks, arch, dst_only=True):
+            if not writer:
+                continue
             if dtype is not None:
                 tensor = tensor.to(dtype)
             size = tensor.numel() * tensor.element_size()

@@ -115,7 +115,7 @@ def load_group_shard(source: SafetensorsSource, group: HFGroup, arch: ModelArch,
         source.read(name, shapes[name], group.tp_dim, None if ranges is None else ranges[i])
         for i, name in enumerate(group.hf_names)
     ]
-    return hf_to_megatron_shard(group, pieces, arch, tp_size, padded_vocab)
+    return hf_to_megatron_shard(group, pieces, arch, tp_size, padded_vocab, tp_rank)
 
 
 @torch.no_grad()

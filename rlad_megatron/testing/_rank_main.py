@@ -33,7 +33,8 @@ def main(workdir: Path) -> int:
         parallel.init_distributed(timeout_s=120)
         if spec["init_megatron"]:
             parallel.initialize_model_parallel(
-                spec["tp"], spec["pp"], virtual_pipeline_parallel=spec["vpp"], seed=spec["seed"]
+                spec["tp"], spec["pp"], virtual_pipeline_parallel=spec["vpp"], seed=spec["seed"],
+                expert_parallel=spec.get("ep", 1),
             )
         fn = _load_function(spec)
         result = fn(*spec["args"], **spec["kwargs"])

@@ -13,10 +13,12 @@ from typing import Any
 
 import torch
 
-FAMILIES: tuple[str, ...] = ("llama", "qwen2", "qwen3")
+FAMILIES: tuple[str, ...] = ("llama", "qwen2", "qwen3", "qwen2_moe", "qwen3_moe")
+#: MoE settings of the tiny MoE families (override with ``moe=``): every layer sparse.
+TINY_MOE: dict[str, Any] = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, norm_topk_prob=True)
 
 
-def _config(family: str, common: dict[str, Any]):
+def _config(family: str, common: dict[str, Any], moe: dict[str, Any] | None = None):
     if family == "llama":
         from transformers import LlamaConfig
 
@@ -29,6 +31,17 @@ def _config(family: str, common: dict[str, Any]):
         from transformers import Qwen3Config
 
         return Qwen3Config(**common, attention_bias=False, use_sliding_window=False)
+    if family == "qwen3_moe":
+        from transformers import Qwen3MoeConfig
+
+        return Qwen3MoeConfig(**common, **{**TINY_MOE, **(moe or {})}, attention_bias=False,
+                              use_sliding_window=False, decoder_sparse_step=1, mlp_only_layers=[])
+    if family == "qwen2_moe":
+        from transformers import Qwen2MoeConfig
+
+        settings = {**TINY_MOE, "norm_topk_prob": False, "shared_expert_intermediate_size": 48, **(moe or {})}
+        return Qwen2MoeConfig(**common, **settings, use_sliding_window=False, decoder_sparse_step=1,
+                              mlp_only_layers=[])
     raise ValueError(f"unknown family {family!r}: choose one of {FAMILIES}")
 
 
@@ -39,6 +52,8 @@ def _model_class(family: str):
         "llama": transformers.LlamaForCausalLM,
         "qwen2": transformers.Qwen2ForCausalLM,
         "qwen3": transformers.Qwen3ForCausalLM,
+        "qwen2_moe": transformers.Qwen2MoeForCausalLM,
+        "qwen3_moe": transformers.Qwen3MoeForCausalLM,
     }[family]
 
 
@@ -60,13 +75,15 @@ def make_tiny_hf_model(
     max_position_embeddings: int = 512,
     rms_norm_eps: float = 1e-6,
     rope_scaling: dict[str, Any] | None = None,
+    moe: dict[str, Any] | None = None,
 ) -> Path:
     """Build a random fp32 ``<Family>ForCausalLM`` and ``save_pretrained`` it (safetensors) with a tokenizer.
 
     ``tokenizer`` defaults to the project's char tokenizer (``build_char_tokenizer()``); ``vocab_size`` defaults to
     the tokenizer's size (it may be given larger, as hub models pad their embeddings). Weights are drawn from
     ``torch.manual_seed(seed)`` with a normal std of 0.02, plus non-trivial norm weights and biases (drawn too, so
-    that a loader that forgets a norm or a bias is caught). ``rope_scaling`` is a transformers ``rope_parameters``
+    that a loader that forgets a norm or a bias is caught). The MoE families (``qwen2_moe`` with its shared
+    expert, ``qwen3_moe``) take ``moe`` settings over :data:`TINY_MOE`; their router weights have std 1. ``rope_scaling`` is a transformers ``rope_parameters``
     dict without ``rope_theta`` (e.g. ``{"rope_type": "llama3", "factor": 8.0, ...}``). Returns ``Path(out_dir)``.
     """
     if family not in FAMILIES:
@@ -98,7 +115,7 @@ def make_tiny_hf_model(
         head_dim=head_dim if head_dim is not None else hidden_size // num_heads,
         dtype="float32",
     )
-    config = _config(family, common)
+    config = _config(family, common, moe)
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -110,6 +127,8 @@ def make_tiny_hf_model(
             for name, param in model.named_parameters():
                 if name.endswith("norm.weight"):
                     param.copy_(1.0 + 0.1 * torch.randn_like(param))
+                elif name.endswith("mlp.gate.weight"):  # MoE router: decisive top-k (no near-ties)
+                    param.copy_(torch.randn_like(param))
                 elif name.endswith(".bias"):
                     param.copy_(0.02 * torch.randn_like(param))
                 else:

@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 
 from rlad_megatron.config import RunConfig, run_config_to_dict
+from rlad_megatron.console import say
 from rlad_megatron.learner.policy import MegatronPolicy
 from rlad_megatron.learner.sequences import SequenceBatch
 from rlad_megatron.loss import Denominators, MetricAccumulator, compute_policy_loss, local_denominators
@@ -80,13 +81,13 @@ class Trainer:
             folder = find_loadable_checkpoint(s.checkpoint_dir)
             if folder is None:
                 if rank0:
-                    print(f"[rlad] --resume: no checkpoint under {s.checkpoint_dir}; starting at step 0", flush=True)
+                    say(f"[rlad] --resume: no checkpoint under {s.checkpoint_dir}; starting at step 0")
             else:
                 state = load_trainer_checkpoint(folder, s.student.chunks, s.student.optimizer)
                 self.step = self._saved_step = state["step"]
                 s.prompts.load_state_dict(state["data"])
                 if rank0:
-                    print(f"[rlad] resumed from {folder} at step {self.step}", flush=True)
+                    say(f"[rlad] resumed from {folder} at step {self.step}")
         from rlad_megatron.trainer.observability import MetricsLogger
         from rlad_megatron.trainer.run_dir import record_run_config
 
@@ -94,7 +95,8 @@ class Trainer:
             record_run_config(s.output_dir, config)
         self.eval_examples = load_eval_examples(config, s.task, s.tokenizer)
 
-        s.logger = MetricsLogger(s.output_dir, config.trainer.steps, start_step=self.step, enabled=rank0)
+        s.logger = MetricsLogger(s.output_dir, config.trainer.steps, start_step=self.step, enabled=rank0,
+                                 wandb=config.trainer.wandb, run_config=run_config_to_dict(config))
         self._sync_weights()  # the engine starts from the HF files: make it serve the learner's weights
 
     # ---------------------------------------------------------------------------------------------------------
@@ -222,6 +224,7 @@ class Trainer:
         group = cfg.rollout.group_size
         group_of_row = torch.arange(len(batch)) // group
         acc = MetricAccumulator()
+        moe_sums: dict[str, float] = {}
         applied, grad_norms, empty = 0, [], 0
         for u in range(updates):
             # Mini-batch u takes every updates-th prompt group. Data-parallel ranks hold contiguous blocks of
@@ -249,11 +252,14 @@ class Trainer:
             result = s.student.train_step(mini, loss_fn, cfg.trainer.micro_batch_size)
             for stats in result.metrics:
                 acc.add(stats)
+            for key, value in result.moe.items():  # MoE students: router load-balancing loss
+                moe_sums[key] = moe_sums.get(key, 0.0) + value / updates
             if result.applied:
                 applied += 1
                 grad_norms.append(result.grad_norm)
         out = _reduce_metrics(acc, ps.is_pipeline_last_stage(ignore_virtual=True), s.model_parallel_group)
         out = {f"loss/{k}": v for k, v in out.items()}
+        out.update(moe_sums)
         out["optim/applied_updates"] = float(applied)
         out["optim/empty_updates"] = float(empty)
         if grad_norms:

@@ -9,7 +9,8 @@
     logger.close()                                        # flushes, writes output_dir/curves.png
 
 Files under ``output_dir``: ``metrics.jsonl`` (one ``{"step": s, key: value, ...}`` object per line; non-finite
-values are written as ``null``), ``tb/`` (TensorBoard event files) and ``curves.png``.
+values are written as ``null``), ``tb/`` (TensorBoard event files), ``curves.png``, and with W&B enabled
+``wandb/`` and ``wandb_run_id`` (``rlad_megatron.trainer.wandb_log``).
 
 Resume: steps are numbered from 1, and ``start_step`` is the last step the run completed (its checkpoint). A crashed
 run may have logged steps after its last checkpoint; those JSONL lines (step > ``start_step``) are dropped and the
@@ -21,12 +22,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from rlad_megatron.trainer.plots import DEFAULT_KEYS, plot_curves
+from rlad_megatron.config import WandbConfig
+from rlad_megatron.console import console_stream
+from rlad_megatron.trainer.plots import PANELS, Panel, plot_curves
 
 METRICS_FILE = "metrics.jsonl"
 TB_DIR = "tb"
@@ -105,14 +107,25 @@ def format_postfix(metrics: Mapping[str, float]) -> str:
     return " ".join(parts)
 
 
+def format_eval_line(step: int, metrics: Mapping[str, float]) -> str | None:
+    """The console line of a periodic evaluation, ``step 20: eval accuracy=0.41 pass@4=0.62 ...`` (None: no eval)."""
+    keys = sorted(k for k in metrics if k.startswith("eval/"))
+    if not keys:
+        return None
+    keys.sort(key=lambda k: k != "eval/accuracy")  # accuracy first, the rest alphabetical
+    return f"step {step}: eval " + " ".join(f"{k[len('eval/'):]}={metrics[k]:.4g}" for k in keys)
+
+
 class MetricsLogger:
-    """Per-step metrics to ``metrics.jsonl`` and TensorBoard, a tqdm bar on stderr, and the curves PNG at close.
+    """Per-step metrics to ``metrics.jsonl``, TensorBoard and (``wandb.enabled``) Weights & Biases, a tqdm bar and
+    one line per evaluation on the console, and the curves PNG at close.
 
     Only global rank 0 should pass ``enabled=True``; a disabled logger touches no file and prints nothing.
     """
 
     def __init__(self, output_dir: Path, total_steps: int, start_step: int = 0, enabled: bool = True,
-                 curve_keys: tuple[str, ...] = DEFAULT_KEYS) -> None:
+                 curve_panels: tuple[Panel, ...] = PANELS, wandb: WandbConfig | None = None,
+                 run_config: Mapping[str, Any] | None = None) -> None:
         if total_steps < 0 or start_step < 0:
             raise ValueError(f"total_steps and start_step must be >= 0, got {total_steps}, {start_step}")
         self.enabled = enabled
@@ -120,11 +133,12 @@ class MetricsLogger:
         self.metrics_path = self.output_dir / METRICS_FILE
         self.tb_dir = self.output_dir / TB_DIR
         self.curves_path = self.output_dir / CURVES_FILE
-        self.curve_keys = curve_keys
+        self.curve_panels = curve_panels
         self._closed = not enabled
         self._writer: Any = None
         self._bar: Any = None
         self._file: Any = None
+        self._wandb: Any = None
         self._last_step = start_step
         if not enabled:
             return
@@ -141,8 +155,12 @@ class MetricsLogger:
 
         # purge_step hides events at steps >= purge_step that an earlier (crashed) run wrote to the same directory.
         self._writer = SummaryWriter(log_dir=str(self.tb_dir), purge_step=start_step + 1)
-        self._bar = tqdm(total=total_steps, initial=start_step, file=sys.stderr, unit="step", dynamic_ncols=True,
+        self._bar = tqdm(total=total_steps, initial=start_step, file=console_stream(), unit="step", dynamic_ncols=True,
                          desc="train", smoothing=0.3)
+        if wandb is not None and wandb.enabled:
+            from rlad_megatron.trainer.wandb_log import WandbRun
+
+            self._wandb = WandbRun.start(wandb, run_config or {}, self.output_dir, start_step=start_step)
         if dropped:
             self.note(f"resume: dropped {dropped} metrics lines logged after step {start_step}")
 
@@ -165,6 +183,8 @@ class MetricsLogger:
         self._file.flush()
         for key, value in values.items():
             self._writer.add_scalar(key, value, global_step=int(step))
+        if self._wandb is not None:
+            self._wandb.log(int(step), values)
         advance = int(step) - self._last_step
         if advance > 0:
             self._bar.update(advance)
@@ -172,14 +192,18 @@ class MetricsLogger:
         postfix = format_postfix(values)
         if postfix:
             self._bar.set_postfix_str(postfix, refresh=True)
+        eval_line = format_eval_line(int(step), values)
+        if eval_line is not None:
+            self.note(eval_line)
 
     def note(self, text: str) -> None:
-        """Print a line to stderr without breaking the progress bar."""
+        """Print a line on the console (the terminal, also when third-party output goes to train.log) without
+        breaking the progress bar."""
         if not self.enabled:
             return
         from tqdm import tqdm
 
-        tqdm.write(text, file=sys.stderr)
+        tqdm.write(text, file=console_stream())
 
     def flush(self) -> None:
         """Flush the JSONL file and the TensorBoard writer (e.g. before a checkpoint)."""
@@ -201,9 +225,12 @@ class MetricsLogger:
         self._writer.close()
         self._bar.close()
         started = time.perf_counter()
-        plot_curves(self.metrics_path, self.curves_path, self.curve_keys)
+        plot_curves(self.metrics_path, self.curves_path, self.curve_panels)
         self.note(f"curves: {self.curves_path} ({time.perf_counter() - started:.1f}s); "
                   f"metrics: {self.metrics_path}; tensorboard --logdir {self.tb_dir}")
+        if self._wandb is not None:
+            self._wandb.finish(self.curves_path)
+            self.note(f"wandb: {self._wandb.directory}")
         return self.curves_path
 
     def __enter__(self) -> "MetricsLogger":

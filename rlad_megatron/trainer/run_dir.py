@@ -36,7 +36,7 @@ LAYOUT_KEYS = frozenset({
     "rollout.weight_load", "rollout.reward_timeout_s", "teacher.offload", "optim.use_distributed_optimizer",
     "data.eval_files", "data.bad_rows",
 })
-LAYOUT_SECTIONS = ("parallel.", "logging.", "wandb.")
+LAYOUT_SECTIONS = ("parallel.", "logging.", "wandb.", "trainer.wandb.")
 
 
 class RunDirError(RuntimeError):

@@ -10,6 +10,7 @@ import torch
 import torch.distributed as dist
 
 from rlad_megatron.config import RunConfig
+from rlad_megatron.console import say
 from rlad_megatron.learner.policy import MegatronPolicy, build_student
 from rlad_megatron.learner.sequences import SequenceBatch, pack_sequences
 
@@ -155,8 +156,11 @@ def build_training_setup(config: RunConfig) -> TrainingSetup:
     # FP8 (Transformer Engine, GPU only; checked at config time) for the student; the frozen teacher stays in
     # params_dtype so that its log-probs are not quantised.
     fp8 = transformer_config_fp8_kwargs(c.fp8) if c.fp8.enabled else {}
+    from rlad_megatron.models.layout import stage_overrides
+
+    student_stages = stage_overrides(c.parallel.first_stage_layers, c.parallel.last_stage_layers)
     modules, arch = load_hf_model(c.model.student, trainable=True, params_dtype=dtype,
-                                  sequence_parallel=c.parallel.sequence_parallel, **fp8)
+                                  sequence_parallel=c.parallel.sequence_parallel, **fp8, **student_stages)
     wrapped, optimizer = build_student(modules, c.optim)
     student = MegatronPolicy(wrapped, arch.vocab_size, optimizer=optimizer, with_entropy=c.loss.entropy_coef > 0)
 
@@ -164,13 +168,15 @@ def build_training_setup(config: RunConfig) -> TrainingSetup:
     teacher = teacher_scorer = None
     if needs_teacher and c.teacher.source == "megatron":
         t_chunks, t_arch = load_teacher(c.model.teacher, student_dir=c.model.student, params_dtype=dtype,
-                                        sequence_parallel=c.parallel.sequence_parallel)
+                                        sequence_parallel=c.parallel.sequence_parallel,
+                                        **stage_overrides(c.parallel.teacher_first_stage_layers,
+                                                          c.parallel.teacher_last_stage_layers))
         teacher = MegatronPolicy(t_chunks, t_arch.vocab_size)
 
     reference = None
     if c.loss.kl_beta > 0:  # the reference policy of the KL penalty: a frozen copy of the initial student
         r_chunks, r_arch = load_teacher(c.model.student, params_dtype=dtype,
-                                        sequence_parallel=c.parallel.sequence_parallel)
+                                        sequence_parallel=c.parallel.sequence_parallel, **student_stages)
         reference = MegatronPolicy(r_chunks, r_arch.vocab_size)
 
     sft = c.loss.algorithm == "sft"
@@ -202,8 +208,8 @@ def build_training_setup(config: RunConfig) -> TrainingSetup:
         setup.synchronizer = WeightSynchronizer(transport, verifier=setup.verifier, model_parallel_group=mp_group)
     if dist.get_rank() == 0:
         output_dir.mkdir(parents=True, exist_ok=True)
-        print(f"[rlad] {dataset.report.summary()}", flush=True)
-        print(f"[rlad] world={dist.get_world_size()} tp={c.parallel.tensor_parallel} "
+        say(f"[rlad] {dataset.report.summary()}")
+        say(f"[rlad] world={dist.get_world_size()} tp={c.parallel.tensor_parallel} "
               f"pp={c.parallel.pipeline_parallel} dp={dp_size} algorithm={c.loss.algorithm} "
-              f"output={output_dir}", flush=True)
+              f"output={output_dir}")
     return setup

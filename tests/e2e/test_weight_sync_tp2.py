@@ -138,3 +138,21 @@ def test_disaggregated_tp2_sync_and_vllm_teacher_scorer(hf_dir):
     r0 = _check(run_distributed(_body, world_size=2, tp=2, args=(str(hf_dir), "disaggregated"), timeout=400))
     assert r0["teacher_max_abs"] <= TOL, r0["teacher_max_abs"]
     print("disaggregated sync metrics:", r0["sync2"], "teacher max abs:", r0["teacher_max_abs"])
+
+
+@pytest.fixture(scope="module")
+def hf_dir_kv1(tmp_path_factory) -> Path:
+    # one KV head at TP=2: megatron replicates it over both ranks (rlad_megatron.models.layout)
+    return make_tiny_hf_model(tmp_path_factory.mktemp("hf") / "qwen3_kv1", family="qwen3", hidden_size=128,
+                              intermediate_size=256, num_heads=4, num_kv_heads=1, head_dim=32, seed=6)
+
+
+def test_colocated_tp2_above_the_kv_heads(hf_dir_kv1):
+    """The engine gets each KV head exactly once: the synced tensors are the checkpoint's names and bytes."""
+    from safetensors.torch import load_file
+
+    r0 = _check(run_distributed(_body, world_size=2, tp=2, args=(str(hf_dir_kv1), "colocated"), timeout=300))
+    original = load_file(hf_dir_kv1 / "model.safetensors")
+    assert r0["sync2"]["sync/tensors"] == len(original)
+    assert r0["sync2"]["sync/gbytes"] == pytest.approx(sum(t.numel() * t.element_size()
+                                                          for t in original.values()) / 1e9, rel=1e-9)

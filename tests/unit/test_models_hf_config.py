@@ -62,8 +62,9 @@ def test_transformer_config_and_vocab_padding():
     assert cfg.layernorm_epsilon == 1e-5 and cfg.gated_linear_unit and cfg.normalization == "RMSNorm"
     assert padded_vocab_size(1000, 1) == 1024 and padded_vocab_size(1000, 2) == 1024
     assert padded_vocab_size(1025, 2) == 1280 and padded_vocab_size(100, 4) == 512
-    with pytest.raises(ValueError, match="num_key_value_heads=2"):
-        transformer_config_for(arch, tp=4, pp=1)
+    assert transformer_config_for(arch, tp=4, pp=1).num_query_groups == 2  # TP=4 replicates the 2 KV heads
+    with pytest.raises(ValueError, match=r"num_attention_heads=4: choose tp among \[1, 2, 4\]"):
+        transformer_config_for(arch, tp=3, pp=1)
     with pytest.raises(ValueError, match="num_hidden_layers=2"):
         transformer_config_for(arch, tp=1, pp=3)
 

@@ -9,6 +9,7 @@ import pytest
 
 from rlad_megatron.trainer.observability import (
     MetricsLogger,
+    format_eval_line,
     format_postfix,
     read_metrics,
     truncate_metrics,
@@ -144,7 +145,14 @@ def test_plot_curves_with_eval_points_and_missing_keys(tmp_path: Path) -> None:
     series = read_series(jsonl, ("reward/mean", "eval/accuracy", "absent"))
     assert series["eval/accuracy"][0] == [10, 20, 30, 40] and "absent" not in series
     png = plot_curves(jsonl, tmp_path / "out" / "curves.png")
-    assert _png_size(png)[0] > 600  # two panels: reward, accuracy
+    assert _png_size(png)[0] >= 500  # one panel (reward and accuracy): the only keys logged
 
     empty = plot_curves(tmp_path / "none.jsonl", tmp_path / "empty.png")
     assert empty.exists()  # a run always leaves an image, saying what is missing
+
+
+def test_eval_line_accuracy_first() -> None:
+    line = format_eval_line(20, {"reward/mean": 0.3, "eval/pass@4": 0.625, "eval/accuracy": 0.4125,
+                                 "eval/accuracy/d1": 0.9})
+    assert line == "step 20: eval accuracy=0.4125 accuracy/d1=0.9 pass@4=0.625"
+    assert format_eval_line(3, {"reward/mean": 0.3}) is None

@@ -95,10 +95,12 @@ def test_teacher_kinds():
 def test_model_shape_checks_name_the_counts():
     shape = ModelShape("m", num_layers=28, num_heads=16, num_kv_heads=8, hidden_size=2048, intermediate_size=6144)
     check_model_shape(shape, tp=8, pp=4, role="student")  # fits
-    with pytest.raises(PlacementError, match=r"student m: 16 attention heads cannot be split over TP=3"):
+    with pytest.raises(PlacementError, match=r"student m: tensor parallel size 3 must divide num_attention_heads=16"):
         check_model_shape(shape, tp=3, pp=1, role="student")
-    with pytest.raises(PlacementError, match=r"8 key/value heads cannot be split over TP=16 .* \[1, 2, 4, 8\]"):
-        check_model_shape(dataclasses.replace(shape, num_heads=32), tp=16, pp=1, role="student")
+    check_model_shape(dataclasses.replace(shape, num_heads=32), tp=16, pp=1, role="student")  # KV heads replicated
+    with pytest.raises(PlacementError, match=r"size 12 and num_key_value_heads=8 must divide one another.*"
+                                             r"\[1, 2, 4, 8, 16, 24, 48\]"):
+        check_model_shape(dataclasses.replace(shape, num_heads=48), tp=12, pp=1, role="student")
     with pytest.raises(PlacementError, match=r"28 layers cannot be split into PP=3 .* \[1, 2, 4, 7, 14, 28\]"):
         check_model_shape(shape, tp=1, pp=3, role="teacher")
     odd = dataclasses.replace(shape, hidden_size=1000)
@@ -134,3 +136,15 @@ def test_sequences_per_replica_must_split_into_micro_batches():
         plan_placement(cfg, nodes=1, gpus_per_node=8)
     cfg.trainer.micro_batch_size, cfg.trainer.updates_per_batch = 16, 4
     assert plan_placement(cfg, nodes=1, gpus_per_node=8).dp == 8
+
+
+def test_uneven_pipeline_stages_in_placement():
+    # Qwen3-8B's 36 layers on PP=8: refused evenly, accepted with 6 + 6x4 + 6 layers
+    cfg = _config(tp=1, pp=8)
+    with pytest.raises(PlacementError, match=r"36 layers cannot be split into PP=8 equal stages.*first_stage_layers"):
+        plan_placement(cfg, nodes=1, gpus_per_node=8, student=QWEN3_8B)
+    cfg.parallel.first_stage_layers = cfg.parallel.last_stage_layers = 6
+    plan_placement(cfg, nodes=1, gpus_per_node=8, student=QWEN3_8B)
+    cfg.parallel.last_stage_layers = 5
+    with pytest.raises(PlacementError, match=r"student Qwen3-8B: .*valid choices are first=3 last=3"):
+        plan_placement(cfg, nodes=1, gpus_per_node=8, student=QWEN3_8B)

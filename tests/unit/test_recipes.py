@@ -98,7 +98,7 @@ def test_overrides_and_layout_changes():
     assert (small.placement().dp, small.world_size) == (2, 8)
     with pytest.raises(PlacementError, match=r"TP=4 must fit inside one node and divide its 6 GPUs"):
         get_recipe("math_qwen3_8b_base").with_layout(gpus_per_node=6).validate()
-    with pytest.raises(PlacementError, match=r"32 attention heads cannot be split over TP=3"):
+    with pytest.raises(PlacementError, match=r"tensor parallel size 3 must divide num_attention_heads=32"):
         get_recipe("math_qwen3_8b_base").with_layout(gpus_per_node=6).with_overrides(
             ["parallel.tensor_parallel=3"]).validate()
 

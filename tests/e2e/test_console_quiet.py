@@ -1,0 +1,54 @@
+"""A real tiny training run (torchrun, 2 ranks at TP=2, Megatron learner, colocated vLLM engine, teacher, periodic
+evaluation): the console shows only our lines (the setup summary, the progress bar, the evaluation line, the curves
+note); vLLM's INFO lines, Megatron's/torch's warnings and C++ log lines are in ``<output_dir>/train.log``. W&B
+logging in offline mode is on, to check that only rank 0 logs and that W&B adds nothing to the console."""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from rlad_megatron.testing.tiny_run import launch, prepare_models_and_data, run_config
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+#: Every line our trainer prints on the console (progress-bar frames are split at carriage returns).
+OURS = (
+    re.compile(r"^\[rlad\] "),                  # setup summary, resume notes
+    re.compile(r"^train: "),                    # the tqdm bar (desc "train")
+    re.compile(r"^step \d+: eval accuracy="),   # one line per evaluation
+    re.compile(r"^curves: "),                   # where the plot, metrics and TensorBoard logs are
+    re.compile(r"^wandb: \S+/wandb/(offline-)?run-"),   # our note: where the W&B run's files are (not W&B's own)
+)
+#: What third-party output looks like (to show what a failure let through, and to check the log has it).
+THIRD_PARTY = re.compile(r"\bINFO\b|\bWARNING\b|Warning|^\[?[WIE]\d{4} |^\(EngineCore")
+
+
+def test_console_shows_only_ours_and_train_log_has_the_rest(tmp_path) -> None:
+    paths = prepare_models_and_data(tmp_path / "models")
+    out = tmp_path / "out"
+    config = run_config(paths, out, parallel={"tensor_parallel": 2},
+                        data={"eval_files": [paths["train"]]},
+                        trainer={"steps": 2, "eval_every": 2, "export_hf": False,
+                                 "wandb": {"enabled": True, "mode": "offline"}})
+    env = {"WANDB_BASE_URL": "http://127.0.0.1:9", "WANDB_CONFIG_DIR": str(tmp_path / "no-wandb-login")}
+    done = launch(config, 2, workdir=tmp_path / "launch", timeout=600, extra_env=env)
+    assert done.returncode == 0, done.stdout[-6000:]
+
+    console = [line.strip() for line in re.split(r"[\r\n]", done.stdout) if line.strip()]
+    foreign = [line for line in console if not any(p.match(line) for p in OURS)]
+    assert not foreign, "third-party lines on the console:\n" + "\n".join(foreign[:40])
+    assert any(line.startswith("step 2: eval accuracy=") for line in console), console
+    assert any(line.startswith("train: 100%") for line in console), console
+
+    log = (out / "train.log").read_text(errors="replace")
+    vllm_lines = [line for line in log.splitlines() if re.search(r"INFO \d\d-\d\d [\d:]+ \[[\w.]+\.py:\d+\]", line)]
+    assert len(vllm_lines) >= 10 and all("rank0" in line for line in vllm_lines), log[:3000]  # tagged by rank
+    assert re.search(r"rank1 (WARNING|INFO) ", log) or "rank1" in log  # the second rank writes there too
+    assert len([line for line in log.splitlines() if THIRD_PARTY.search(line)]) >= 10, log[:3000]
+
+    # W&B (offline, no account): one run, from global rank 0 only, with its files under the output dir.
+    run_id = (out / "wandb_run_id").read_text().strip()
+    runs = list((out / "wandb").glob("offline-run-*"))
+    assert [r.name.endswith(run_id) for r in runs] == [True], runs
+    assert (runs[0] / f"run-{run_id}.wandb").stat().st_size > 1000
