@@ -11,6 +11,7 @@ has to be shipped to the cluster.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -114,9 +115,11 @@ class Recipe:
 
 def build_config(data: dict[str, Any]) -> RunConfig:
     """``run_config_from_dict`` without FP8's hardware check (see :meth:`Recipe.validate`)."""
-    data = json.loads(json.dumps(data))  # deep copy of plain values
+    data = copy.deepcopy(data)  # keeps override text typed as such (converted by each field's type)
     fp8 = data.get("fp8") or {}
     enabled = fp8.get("enabled", False)
+    if isinstance(enabled, str) and enabled.strip().lower() in ("true", "false"):
+        enabled = enabled.strip().lower() == "true"
     if fp8:
         fp8["enabled"] = False
     config = run_config_from_dict(data)

@@ -135,7 +135,12 @@ def build_training_setup(config: RunConfig) -> TrainingSetup:
     from rlad_megatron.weight_sync.sync import WeightSynchronizer
     from rlad_megatron.weight_sync.verify import SyncVerifier, make_probe_batch
 
+    from rlad_megatron.models.folder_check import check_model_folder
+
     c = config
+    check_model_folder(c.model.student, "model.student")
+    if c.model.teacher and c.loss.algorithm in ("rlad", "kdrl", "sft"):
+        check_model_folder(c.model.teacher, "model.teacher")
     parallel.initialize_model_parallel(c.parallel.tensor_parallel, c.parallel.pipeline_parallel, seed=c.trainer.seed)
     torch.manual_seed(c.trainer.seed)
     dp_rank, dp_size = ps.get_data_parallel_rank(), ps.get_data_parallel_world_size()
@@ -209,7 +214,7 @@ def build_training_setup(config: RunConfig) -> TrainingSetup:
 
         teacher_scorer = VLLMTeacherScorer(dataclasses.replace(engine_cfg, model=c.model.teacher,
                                                                placement="colocated"))
-    guard = RewardGuard(task.reward) if engine is not None else None
+    guard = RewardGuard(task.reward, timeout_s=c.rollout.reward_timeout_s) if engine is not None else None
 
     setup = TrainingSetup(
         config=c, output_dir=output_dir, checkpoint_dir=output_dir / "checkpoints", arch=arch, student=student,
