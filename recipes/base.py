@@ -11,6 +11,7 @@ has to be shipped to the cluster.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
+import shlex
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -21,17 +23,52 @@ from nemo_run.config import get_nemorun_home
 from recipes.base import TRAIN_MODULE, Recipe
 
 
-def train_task(recipe: Recipe, *, max_restarts: int = 0) -> run.Script:
+def train_task(recipe: Recipe, *, max_restarts: int = 0, shell_quoted: bool = False) -> run.Script:
     """The ``run.Script`` running ``python -m rlad_megatron.cli train <overrides>`` (NeMo-Run's torchrun wraps it).
 
     With ``max_restarts`` the task is torchrun itself (``--standalone --max-restarts N``; NeMo-Run's torchrun
     launcher has no such option): when a rank dies, torchrun restarts every rank, up to N times.
+    ``shell_quoted``: for executors that paste the arguments into a shell script (Slurm's sbatch).
     """
+    path, args = TRAIN_MODULE, recipe.train_args()
     if max_restarts:
-        args = ["--standalone", f"--nproc-per-node={recipe.gpus_per_node}", f"--max-restarts={max_restarts}",
-                "-m", TRAIN_MODULE, *recipe.train_args()]
-        return run.Script(path="torch.distributed.run", m=True, args=args, entrypoint="python")
-    return run.Script(path=TRAIN_MODULE, m=True, args=recipe.train_args(), entrypoint="python")
+        path, args = "torch.distributed.run", ["--standalone", f"--nproc-per-node={recipe.gpus_per_node}",
+                                               f"--max-restarts={max_restarts}", "-m", TRAIN_MODULE, *args]
+    if shell_quoted:
+        args = [_shell_word("a train argument", a) for a in args]
+    return run.Script(path=path, m=True, args=args, entrypoint="python")
+
+
+# NeMo-Run 0.11.1 pastes executor values into the sbatch script as they are (`export KEY=value`, the srun line,
+# `#SBATCH --account=...`): every user value is quoted here, and newlines, which would add script lines, refused.
+_SBATCH_SAFE = re.compile(r"^[\w.:,@+/=%-]*$")
+_ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _one_line(what: str, value: str) -> str:
+    if any(c in value for c in "\n\r\0"):
+        raise ValueError(f"{what}={value!r}: newlines are not allowed (they would add lines to the sbatch script)")
+    return value
+
+
+def _sbatch_value(what: str, value: str | None) -> str | None:
+    """A value for an ``#SBATCH`` line, which sbatch reads without a shell: plain characters only."""
+    if value is None:
+        return None
+    if not _SBATCH_SAFE.match(_one_line(what, value)):
+        raise ValueError(f"{what}={value!r}: only letters, digits and _ . : , @ + / = % - are allowed here")
+    return value
+
+
+def _shell_word(what: str, value: str) -> str:
+    return shlex.quote(_one_line(what, str(value)))
+
+
+def _shell_env(env: dict[str, str]) -> dict[str, str]:
+    for key in env:
+        if not _ENV_KEY.match(key):
+            raise ValueError(f"environment variable name {key!r}: letters, digits and _ only")
+    return {key: _shell_word(f"--env {key}", value) for key, value in env.items()}
 
 
 def _env(recipe: Recipe, env: dict[str, str] | None) -> dict[str, str]:
@@ -88,6 +125,14 @@ def slurm_executor(recipe: Recipe, *, account: str, partition: str | None = None
     for mount in container_mounts:
         if ":" not in mount:
             raise ValueError(f"container mount {mount!r}: expected host_path:container_path")
+        if "," in mount:
+            raise ValueError(f"container mount {mount!r}: pyxis separates mounts with ',', so a path cannot hold one")
+    account = _sbatch_value("--account", account)
+    partition, time, qos = (_sbatch_value(f"--{name}", value)
+                            for name, value in (("partition", partition), ("time", time), ("qos", qos)))
+    _sbatch_value("--job-dir", job_dir)
+    container_image = _shell_word("--container-image", container_image) if container_image else None
+    container_mounts = [_shell_word("--container-mount", m) for m in container_mounts]
     if ssh_host:
         if not ssh_user:
             raise ValueError("an SSH tunnel needs --ssh-user as well as --ssh-host")
@@ -99,7 +144,7 @@ def slurm_executor(recipe: Recipe, *, account: str, partition: str | None = None
     kwargs: dict[str, Any] = dict(
         account=account, partition=partition, time=time, nodes=recipe.nodes,
         ntasks_per_node=recipe.gpus_per_node, container_image=container_image,
-        container_mounts=list(container_mounts), env_vars=_env(recipe, env), tunnel=tunnel,
+        container_mounts=list(container_mounts), env_vars=_shell_env(_env(recipe, env)), tunnel=tunnel,
         packager=run.Packager(), qos=qos, exclusive=exclusive or None, job_name_prefix=f"{account}-rlad.",
     )
     if recipe.gpu:
@@ -175,7 +220,8 @@ def launch(recipe: Recipe, executor: run.LocalExecutor | run.SlurmExecutor, *, d
     # NeMo-Run 0.11.1 has no public accessor for an experiment's directory; ``_exp_dir`` is where it writes.
     experiment = run.Experiment(experiment_name or f"rlad-{recipe.name}")
     with experiment as exp:
-        exp.add(train_task(recipe, max_restarts=max_restarts), executor=executor, name=recipe.name)
+        exp.add(train_task(recipe, max_restarts=max_restarts, shell_quoted=isinstance(executor, run.SlurmExecutor)),
+                executor=executor, name=recipe.name)
         if dryrun:
             exp.dryrun(delete_exp_dir=False)
             return {"experiment_dir": exp._exp_dir, "status": {}}

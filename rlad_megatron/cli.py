@@ -20,7 +20,17 @@ def _train(args: argparse.Namespace) -> int:
     except ConfigError as err:
         print(f"rlad-megatron train: bad configuration: {err}", file=sys.stderr)
         return 2
+    from rlad_megatron.models.folder_check import ModelFolderError, check_model_folder
     from rlad_megatron.trainer.run_dir import RunDirError, prepare_output_dir
+
+    try:  # before any process group: a wrong path is one line, not a hub lookup and a traceback per rank
+        check_model_folder(config.model.student, "model.student")
+        if config.model.teacher and config.loss.algorithm in ("rlad", "kdrl", "sft"):
+            check_model_folder(config.model.teacher, "model.teacher")
+    except ModelFolderError as err:
+        if os.environ.get("RANK", "0") == "0":
+            print(f"rlad-megatron train: {err}", file=sys.stderr)
+        return 2
 
     rank0 = os.environ.get("RANK", "0") == "0"  # torchrun's global rank; the process group does not exist yet
     try:

@@ -9,6 +9,7 @@ Defaults live only in these dataclasses (the loss's in ``rlad_megatron.loss.conf
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -21,6 +22,24 @@ from rlad_megatron.loss.policy_loss import required_inputs
 
 class ConfigError(ValueError):
     pass
+
+
+def _at_least(key: str, value: float, low: float) -> None:
+    if not value >= low:  # also false for NaN
+        raise ConfigError(f"{key} must be >= {low}, got {value}")
+
+
+def _in_range(key: str, value: float, low: float, high: float, *, low_open: bool = False,
+              high_open: bool = False) -> None:
+    ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+    if not ok:
+        raise ConfigError(f"{key} must be in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}, "
+                          f"got {value}")
+
+
+def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key}={value!r}: choose one of {', '.join(repr(c) for c in choices)}")
 
 
 @dataclass
@@ -108,6 +127,10 @@ class RolloutConfig:
     to overlong_penalty, linearly (0 disables)."""
     overlong_penalty: float = 1.0
     """The penalty at max_new_tokens tokens (DAPO: 1.0), added to the reward on top of rollout.truncated."""
+    reward_timeout_s: float = 10.0
+    """Longest a reward may take on one sample (then reward 0, counted in reward/timeouts). Rewards that may hang
+    (the math verifier) run in worker processes, several at once, so a step with a few hostile samples takes about
+    one timeout."""
 
     def validate(self) -> None:
         if self.group_size < 1:
@@ -129,6 +152,12 @@ class RolloutConfig:
                               f"got {self.overlong_cache}")
         if not 0 <= self.overlong_penalty < float("inf"):
             raise ConfigError(f"rollout.overlong_penalty must be a finite number >= 0, got {self.overlong_penalty}")
+        _choice("rollout.dtype", self.dtype, ("float32", "bfloat16"))
+        _choice("rollout.weight_load", self.weight_load, ("inplace", "vllm_reload"))
+        _at_least("rollout.kv_cache_mb", self.kv_cache_mb, 1)
+        _at_least("rollout.verify_every", self.verify_every, 0)
+        _at_least("rollout.max_logprob_mismatch", self.max_logprob_mismatch, 0)
+        _in_range("rollout.reward_timeout_s", self.reward_timeout_s, 0, 3600, low_open=True)
 
 
 @dataclass
@@ -163,6 +192,12 @@ class DataConfig:
             value = getattr(self, name)
             if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
                 raise ConfigError(f"data.{name}: expected a mapping of names to values, got {value!r}")
+        _at_least("data.max_prompt_tokens", self.max_prompt_tokens, 1)
+        from rlad_megatron.tasks.registry import task_names
+
+        if self.task not in task_names():
+            raise ConfigError(f"data.task={self.task!r} is not a registered task; choose one of "
+                              f"{', '.join(task_names())}")
 
 
 @dataclass
@@ -191,6 +226,12 @@ class OptimConfig:
             raise ConfigError(f"optim.lr must be > 0, got {self.lr}")
         if self.min_lr < 0 or self.min_lr > self.lr:
             raise ConfigError(f"optim.min_lr must be in [0, optim.lr={self.lr}], got {self.min_lr}")
+        _at_least("optim.warmup_steps", self.warmup_steps, 0)
+        _at_least("optim.weight_decay", self.weight_decay, 0)
+        _in_range("optim.adam_beta1", self.adam_beta1, 0, 1, high_open=True)
+        _in_range("optim.adam_beta2", self.adam_beta2, 0, 1, high_open=True)
+        _in_range("optim.adam_eps", self.adam_eps, 0, 1, low_open=True)
+        _at_least("optim.clip_grad", self.clip_grad, 0)
 
 
 WANDB_MODES: tuple[str, ...] = ("online", "offline")
@@ -278,6 +319,14 @@ class TrainerConfig:
                               "(the learner's dtype)")
         if self.resume not in ("never", "auto"):
             raise ConfigError(f"trainer.resume={self.resume!r}: choose 'never' or 'auto'")
+        _at_least("trainer.eval_every", self.eval_every, 0)
+        _at_least("trainer.save_every", self.save_every, 0)
+        _at_least("trainer.eval_temperature", self.eval_temperature, 0)
+        _in_range("trainer.eval_top_p", self.eval_top_p, 0, 1, low_open=True)
+        # The engine derives per-request seeds from it; numpy and vLLM need a non-negative 32-bit value.
+        _in_range("trainer.seed", self.seed, 0, 2**32 - 1)
+        if not self.output_dir:
+            raise ConfigError("trainer.output_dir: give the folder for this run's checkpoints, metrics and model")
         self.wandb.validate()
 
 
@@ -406,10 +455,19 @@ def validate_fp8_run(config: RunConfig) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 
 
+class _OverrideText(str):
+    """The text of a command-line override, converted by the declared type of its field (see ``_coerce``)."""
+
+
+_NULL_TEXT = ("null", "none", "~", "")
+
+
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
     if origin in (typing.Union, types.UnionType):
+        if isinstance(value, _OverrideText) and value.strip().lower() in _NULL_TEXT and type(None) in args:
+            return None
         if value is None and type(None) in args:
             return None
         errors = []
@@ -426,8 +484,10 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             raise ConfigError(f"{key}={value!r}: choose one of {list(args)}")
         return value
     if origin is list:
+        if isinstance(value, _OverrideText) and value.strip().startswith("["):
+            value = _yaml_text(value, key)
         if isinstance(value, str):
-            value = [v for v in value.split(",") if v]
+            value = [_OverrideText(v) if isinstance(value, _OverrideText) else v for v in value.split(",") if v]
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
         return [_coerce(v, args[0], f"{key}[]") if args else v for v in value]
@@ -438,28 +498,44 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     if annotation is bool:
         if isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-            return value.lower() in ("true", "1", "yes")
+        if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+            return value.strip().lower() in ("true", "1", "yes", "on")
         raise ConfigError(f"{key}: expected true or false, got {value!r}")
     if annotation is int:
         if isinstance(value, bool) or not isinstance(value, (int, str)):
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
         try:
-            return int(value)
+            return int(value.strip()) if isinstance(value, str) else int(value)
         except ValueError:
             raise ConfigError(f"{key}: expected an integer, got {value!r}") from None
     if annotation is float:
         if isinstance(value, bool):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         try:
-            return float(value)
+            number = float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+        if not math.isfinite(number):
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+        return number
     if annotation is str:
+        if isinstance(value, _OverrideText):
+            return str.__str__(value)  # the literal text: 0755 stays "0755", 0x10 stays "0x10"
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise ConfigError(f"{key}: expected a string, got {value!r}")
         return str(value)
+    if isinstance(value, _OverrideText):  # a field of another type (a mapping, ...): the text is YAML
+        return _yaml_text(value, key)
     return value
+
+
+def _yaml_text(text: str, key: str) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(str(text))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{key}: cannot parse {str(text)!r}: {err}") from None
 
 
 def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
@@ -478,23 +554,18 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
         key = f"{prefix}.{name}" if prefix else name
         annotation = hints[name]
         if dataclasses.is_dataclass(annotation):
+            if isinstance(value, _OverrideText):
+                value = _yaml_text(value, key)
             kwargs[name] = _build(annotation, value or {}, key)
         else:
             kwargs[name] = _coerce(value, annotation, key)
     return cls(**kwargs)
 
 
-def _parse_scalar(text: str) -> Any:
-    import yaml
-
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-
-
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``section.key=value`` overrides (values parsed as YAML scalars) to a nested mapping."""
+    """Apply ``section.key=value`` overrides to a nested mapping. The value stays text until the config is built,
+    which converts it by the field's declared type: a ``str`` field keeps the literal text, an ``int`` field parses
+    an integer, ``null`` clears an optional field, a list takes ``a,b`` or ``[a, b]``."""
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected the form section.key=value")
@@ -505,7 +576,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {part} is not a section")
-        node[parts[-1]] = _parse_scalar(raw)
+        if not all(parts):
+            raise ConfigError(f"override {item!r}: expected the form section.key=value")
+        node[parts[-1]] = _OverrideText(raw)
     return data
 
 
@@ -522,7 +595,22 @@ def load_run_config(path: str | Path | None, overrides: list[str] | None = None)
         path = Path(path)
         if not path.exists():
             raise ConfigError(f"config file {path} does not exist")
-        loaded = yaml.safe_load(path.read_text())
+        if path.is_dir():
+            raise ConfigError(f"config file {path} is a folder; give the YAML file itself")
+        try:
+            text = path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"config file {path} is not UTF-8 text (byte {err.start}); give a YAML file") from None
+        except OSError as err:
+            raise ConfigError(f"config file {path} cannot be read: {err.strerror}") from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+            problem = getattr(err, "problem", None) or str(err)
+            context = getattr(err, "context", None)
+            raise ConfigError(f"{where}: invalid YAML: {problem}" + (f" ({context})" if context else "")) from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"config file {path}: expected a mapping at the top level")
         data = loaded or {}

@@ -78,6 +78,40 @@ def save_megatron_checkpoint(model_chunks: list, arch: ModelArch, out_dir: str |
     return out
 
 
+def resolve_checkpoint(path: str | Path) -> Path:
+    """The Megatron folder to read for ``--ckpt``: a convert checkpoint as given, or a trainer checkpoint given as
+    its run's output_dir, its ``checkpoints`` folder or one ``step_N`` folder (the newest complete one whose files
+    match its manifest; a damaged one is reported and skipped)."""
+    import sys
+
+    from rlad_megatron.trainer import checkpoint_files as ckf
+
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"--ckpt {path}: no such folder")
+    if (path / ARCH_FILE).is_file():
+        return path
+    if (path / "checkpoints").is_dir():
+        path = path / "checkpoints"
+    steps = [path] if ckf.folder_step(path) is not None else ckf.candidates(path)
+    if not steps:
+        raise FileNotFoundError(f"--ckpt {path}: neither a convert checkpoint ({ARCH_FILE}) nor a trainer run, its "
+                                f"checkpoints folder or a step_N checkpoint")
+    problems = []
+    for folder in steps:
+        try:
+            ckf.verify_checkpoint(folder)
+        except ckf.CheckpointCorrupt as err:
+            problems.append(str(err))
+            print(f"convert: skipping damaged checkpoint {folder}: {err}", file=sys.stderr, flush=True)
+            continue
+        if not (folder / "megatron" / ARCH_FILE).is_file():
+            raise FileNotFoundError(f"--ckpt {folder}: this trainer checkpoint predates {ARCH_FILE} (written since "
+                                    f"checkpoints carry a manifest); resume the run once to write a new one")
+        return folder / "megatron"
+    raise FileNotFoundError(f"--ckpt {path}: no intact checkpoint: " + "; ".join(problems))
+
+
 def load_megatron_checkpoint(ckpt_dir: str | Path, *, params_dtype: torch.dtype | None = None,
                              trainable: bool = True, first_stage_layers: int | None = None,
                              last_stage_layers: int | None = None) -> tuple[list, ModelArch]:
@@ -104,6 +138,7 @@ def load_megatron_checkpoint(ckpt_dir: str | Path, *, params_dtype: torch.dtype 
     (chunk,) = build_model_chunks(arch, params_dtype=dtype, padded_vocab=padded,
                                   **stage_overrides(first_stage_layers, last_stage_layers))
     state = dist_checkpointing.load(chunk.sharded_state_dict(), str(ckpt))
+    state.pop("optimizer", None)  # a trainer checkpoint's non-sharded optimizer state comes back too: not needed
     missing, unexpected = chunk.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith("_extra_state")]
     if missing or unexpected:
@@ -130,19 +165,21 @@ def mcore_to_hf(ckpt_dir: str, out_dir: str, *, tp: int = 1, pp: int = 1, dtype:
                 last_stage_layers: int | None = None, ep: int = 1) -> None:
     from rlad_megatron.models.hf_export import export_hf_checkpoint
 
+    ckpt = resolve_checkpoint(ckpt_dir)
     _setup(tp, pp, ep)
-    chunks, arch = load_megatron_checkpoint(ckpt_dir, trainable=False, first_stage_layers=first_stage_layers,
+    chunks, arch = load_megatron_checkpoint(ckpt, trainable=False, first_stage_layers=first_stage_layers,
                                             last_stage_layers=last_stage_layers)
-    export_hf_checkpoint(chunks, arch, out_dir, tokenizer_dir=ckpt_dir, max_shard_bytes=max_shard_bytes,
+    export_hf_checkpoint(chunks, arch, out_dir, tokenizer_dir=ckpt, max_shard_bytes=max_shard_bytes,
                          dtype=DTYPES[dtype] if dtype else None)
 
 
 def mcore_to_mcore(ckpt_dir: str, out_dir: str, *, tp: int, pp: int, first_stage_layers: int | None = None,
                    last_stage_layers: int | None = None, ep: int = 1) -> None:
+    ckpt = resolve_checkpoint(ckpt_dir)
     _setup(tp, pp, ep)
-    chunks, arch = load_megatron_checkpoint(ckpt_dir, trainable=False, first_stage_layers=first_stage_layers,
+    chunks, arch = load_megatron_checkpoint(ckpt, trainable=False, first_stage_layers=first_stage_layers,
                                             last_stage_layers=last_stage_layers)
-    save_megatron_checkpoint(chunks, arch, out_dir, tokenizer_dir=ckpt_dir)
+    save_megatron_checkpoint(chunks, arch, out_dir, tokenizer_dir=ckpt)
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -153,7 +190,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     a = kinds.add_parser("hf-to-mcore", help="HF safetensors -> Megatron dist checkpoint")
     a.add_argument("--hf", required=True, help="HF model directory (config.json, safetensors, tokenizer)")
     b = kinds.add_parser("mcore-to-hf", help="Megatron dist checkpoint -> HF safetensors")
-    b.add_argument("--ckpt", required=True)
+    b.add_argument("--ckpt", required=True, help="a convert checkpoint, or a training run's output_dir, its "
+                                                  "checkpoints/ folder or one checkpoints/step_N folder")
     b.add_argument("--max-shard-gb", type=float, default=2.0, help="largest safetensors file written")
     c = kinds.add_parser("mcore-to-mcore", help="Megatron dist checkpoint -> same at another TP/PP")
     c.add_argument("--ckpt", required=True)
@@ -174,8 +212,41 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return parser
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """Everything wrong with a ``convert`` command, before any model is loaded or file written (ValueError)."""
+    import os
+
+    from rlad_megatron.models.folder_check import check_model_folder
+
+    for flag in ("tp", "pp", "ep"):
+        if getattr(args, flag, 1) < 1:
+            raise ValueError(f"--{flag} {getattr(args, flag)}: must be >= 1")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world % (args.tp * args.pp):
+        raise ValueError(f"--tp {args.tp} x --pp {args.pp} = {args.tp * args.pp} does not divide the {world} ranks "
+                         f"this command runs on (torchrun --nproc-per-node)")
+    if getattr(args, "max_shard_gb", 1.0) <= 0:
+        raise ValueError(f"--max-shard-gb {args.max_shard_gb}: must be > 0")
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(f"--out {out} already exists and is not an empty folder: choose a new folder "
+                         f"(nothing is ever written over an existing model or checkpoint)")
+    if args.direction == "hf-to-mcore":
+        check_model_folder(args.hf, "--hf")
+    else:
+        resolve_checkpoint(args.ckpt)
+
+
 def run(args: argparse.Namespace) -> int:
     """Execute a parsed ``convert`` command on this rank."""
+    import sys
+
+    try:
+        check_arguments(args)
+    except (ValueError, FileNotFoundError) as err:
+        if _is_rank0():
+            print(f"rlad-megatron convert {args.direction}: {err}", file=sys.stderr)
+        return 2
     stages = {"first_stage_layers": args.first_stage_layers, "last_stage_layers": args.last_stage_layers,
               "ep": args.ep}
     if args.direction == "hf-to-mcore":

@@ -101,6 +101,9 @@ def load_raw_dataset(source: str | Sequence[str], split: str = "train", cache_di
             missing = [f for f in files if f not in local]
             if missing:
                 raise DatasetError(f"data files not found: {missing}")
+            empty = [f for f in files if os.path.isfile(f) and _is_empty(f)]
+            if empty:
+                raise DatasetError(f"data file {empty[0]} is empty: no rows to load")
             exts = {os.path.splitext(f)[1].lower() for f in files}
             builders = {_BUILDERS.get(e) for e in exts}
             if None in builders or len(builders) != 1:
@@ -116,6 +119,18 @@ def load_raw_dataset(source: str | Sequence[str], split: str = "train", cache_di
         where = "".join(_diagnose_json_lines(f) for f in files if f.lower().endswith(".jsonl"))
         raise DatasetError(f"{_describe(source)}: could not load with `datasets` "
                            f"({type(exc).__name__}: {str(exc)[:300]}){where}") from exc
+
+
+def _is_empty(path: str) -> bool:
+    """A file with no bytes, or (JSON / JSON lines) only whitespace: `datasets` fails on it with a bare
+    StopIteration."""
+    size = os.path.getsize(path)
+    if size == 0:
+        return True
+    if not path.lower().endswith((".jsonl", ".json")) or size > 1 << 20:
+        return False
+    with open(path, "rb") as fh:
+        return not fh.read().strip()
 
 
 def _diagnose_json_lines(path: str) -> str:

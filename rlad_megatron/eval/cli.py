@@ -58,7 +58,8 @@ def _run(args: argparse.Namespace) -> int:
                           max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed,
                           limit=args.limit, bad_rows=args.bad_rows, task_options=task_options,
                           engine_options=engine_options, chat_template_kwargs=template_kwargs,
-                          truncated=truncated)
+                          truncated=truncated, allow_download=args.allow_download,
+                          reward_timeout_s=args.reward_timeout)
     except (DatasetError, FileNotFoundError, KeyError, ValueError) as err:
         print(f"rlad-megatron eval: {err}", file=sys.stderr)
         return 2
@@ -76,12 +77,17 @@ def register(sub: Any) -> None:
     p.add_argument("--k", type=int, default=8, help="samples per prompt (Mean@k, Pass@k)")
     p.add_argument("--out", required=True, help="output folder for eval.json, eval.md, data_report.json")
     p.add_argument("--max-prompt-tokens", type=int, default=1024)
-    p.add_argument("--max-tokens", type=int, default=512, help="response budget in tokens")
+    p.add_argument("--max-tokens", type=int, default=None,
+                   help="response budget in tokens (default: 512, or what the model's context length leaves)")
     p.add_argument("--temperature", type=float, default=0.6)
     p.add_argument("--top-p", type=float, default=0.95)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N valid prompts")
     p.add_argument("--bad-rows", choices=("error", "skip"), default="skip")
+    p.add_argument("--reward-timeout", type=float, default=10.0,
+                   help="seconds a reward may take on one sample (then reward 0, counted)")
+    p.add_argument("--allow-download", action="store_true",
+                   help="let a hub id (org/name) given as --model be downloaded (default: local folders only)")
     p.add_argument("--task-option", action="append", default=[], metavar="KEY=VALUE",
                    help="task constructor option, e.g. correct=1.0 (repeatable)")
     p.add_argument("--engine-option", action="append", default=[], metavar="KEY=VALUE",

@@ -186,13 +186,16 @@ def export_hf_checkpoint(
     from megatron.core import parallel_state as ps
     from safetensors.torch import save_file
 
-    out = Path(out_dir)
+    final = Path(out_dir)
+    # Written into a hidden sibling and renamed into place complete: a crash never leaves half a model at
+    # ``out_dir``, and a model already there stays whole until the new one is.
+    out = final.with_name(f".{final.name}.partial")
     writer = ps.get_data_parallel_rank() == 0 and ps.get_tensor_model_parallel_rank() == 0 \
         and ps.get_pipeline_model_parallel_rank() == 0
     if writer:
-        out.mkdir(parents=True, exist_ok=True)
-        for old in list(out.glob("model*.safetensors")) + list(out.glob("model.safetensors.index.json")):
-            old.unlink()
+        final.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(out, ignore_errors=True)  # an interrupted earlier export
+        out.mkdir()
     files: list[list[str]] = []
     total = 0
     written: set[torch.dtype] = set()
@@ -226,9 +229,30 @@ def export_hf_checkpoint(
             raise RuntimeError(f"export to {out}: the tensors have dtypes {sorted(map(str, written))}; expected one "
                                "(pass dtype= to cast them)")
         _finish(out, files, total, arch, tokenizer_dir, written.pop())
+        _move_into_place(out, final)
     if dist.is_initialized():
         dist.barrier()
-    return out if writer else None
+    return final if writer else None
+
+
+def _move_into_place(partial: Path, final: Path) -> None:
+    """fsync the export's files, then rename it to ``final``; an earlier export there is replaced only then."""
+    for path in partial.iterdir():
+        with open(path, "rb") as f:
+            os.fsync(f.fileno())
+    previous = None
+    if final.exists():
+        previous = final.with_name(f".{final.name}.replaced")
+        shutil.rmtree(previous, ignore_errors=True)
+        os.replace(final, previous)
+    os.replace(partial, final)
+    fd = os.open(final.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if previous is not None:
+        shutil.rmtree(previous, ignore_errors=True)
 
 
 def _finish(out: Path, files: list[list[str]], total: int, arch: ModelArch, tokenizer_dir,

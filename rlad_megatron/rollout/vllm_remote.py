@@ -85,7 +85,7 @@ class RemoteVLLMEngine:
     def send_bucket(self, bucket: list[Named]) -> None:
         """Tell the engine which tensors follow, send them over the pair group, wait for the engine's load."""
         self._check_open()
-        self._conn.send(("bucket", bucket_meta(bucket)))
+        self._send(("bucket", bucket_meta(bucket)))
         send_tensors(self._group, bucket, peer=1)
         self._reply(self.call_timeout_s)
 
@@ -99,20 +99,31 @@ class RemoteVLLMEngine:
 
     def _call(self, command: str, *args: Any) -> Any:
         self._check_open()
-        self._conn.send((command, *args))
+        self._send((command, *args))
         return self._reply(self.call_timeout_s)
+
+    def _send(self, message: tuple) -> None:
+        try:
+            self._conn.send(message)
+        except OSError as exc:  # BrokenPipeError: the engine process is gone
+            raise self._died() from exc
+
+    def _died(self) -> EngineProcessError:
+        self._proc.join(timeout=5)
+        return EngineProcessError(f"the vLLM engine process died (exit code {self._proc.exitcode}); the last "
+                                  f"checkpoint is intact: resume with --resume")
 
     def _reply(self, timeout_s: float) -> Any:
         deadline = time.monotonic() + timeout_s
         while not self._conn.poll(1.0):
             if not self._proc.is_alive():
-                raise EngineProcessError(f"the vLLM engine process died (exit code {self._proc.exitcode})")
+                raise self._died()
             if time.monotonic() > deadline:
                 raise EngineProcessError(f"the vLLM engine process did not answer within {timeout_s:.0f} s")
         try:
             status, value = self._conn.recv()
-        except EOFError as exc:
-            raise EngineProcessError("the vLLM engine process closed its pipe") from exc
+        except (EOFError, OSError) as exc:  # the engine closed its end: it died (a kill, the OOM killer, ...)
+            raise self._died() from exc
         if status != "ok":
             raise EngineProcessError(f"the vLLM engine process failed:\n{value}")
         return value

@@ -20,13 +20,14 @@ from rlad_megatron.loss import Denominators, MetricAccumulator, compute_policy_l
 from rlad_megatron.loss.tis import tis_weights
 from rlad_megatron.rollout.base import SamplingSettings
 from rlad_megatron.trainer.periodic_eval import evaluate_now, load_eval_examples
+from rlad_megatron.trainer.faults import pause_point
 from rlad_megatron.trainer.guards import NonFiniteStepGuard, TrainingStopped
 from rlad_megatron.parallel import share_from_one
 from rlad_megatron.trainer.rollouts import generate_and_score, to_sequence_batch
 from rlad_megatron.trainer.observability import MetricsLogger
 from rlad_megatron.trainer.setup import Components, build_components
 from rlad_megatron.trainer.truncation import TruncationPolicy
-from rlad_megatron.trainer.state import latest_checkpoint, load_trainer_checkpoint, save_trainer_checkpoint
+from rlad_megatron.trainer.state import find_loadable_checkpoint, load_trainer_checkpoint, save_trainer_checkpoint
 
 
 def _peak_rss_mb() -> float:
@@ -80,14 +81,15 @@ class Trainer:
         )
         s = self.parts
         rank0 = dist.get_rank() == 0
+        self._saved_step = -1  # the step of the newest checkpoint on disk that this run wrote or loaded
         if resume:
-            folder = latest_checkpoint(s.checkpoint_dir)
+            folder = find_loadable_checkpoint(s.checkpoint_dir)
             if folder is None:
                 if rank0:
                     say(f"[rlad] --resume: no checkpoint under {s.checkpoint_dir}; starting at step 0")
             else:
                 state = load_trainer_checkpoint(folder, s.student.policy.chunks, s.student.policy.optimizer)
-                self.step = state["step"]
+                self.step = self._saved_step = state["step"]
                 s.prompts.load_state_dict(state["data"])
                 if rank0:
                     say(f"[rlad] resumed from {folder} at step {self.step}")
@@ -114,7 +116,7 @@ class Trainer:
                 self.logger.log(self.step, last)
                 if cfg.trainer.save_every and self.step % cfg.trainer.save_every == 0:
                     self.save()
-            if not cfg.trainer.save_every or self.step % cfg.trainer.save_every:
+            if self.step != self._saved_step:  # a resume of a finished run has nothing new to save
                 self.save()
             if cfg.trainer.export_hf:
                 s.student.export(s.output_dir / "hf")
@@ -135,8 +137,9 @@ class Trainer:
             s.checkpoint_dir, self.step, s.student.policy.chunks, s.student.policy.optimizer,
             {"data": s.prompts.state_dict(), "weight_version": self.weight_version,
              "config": run_config_to_dict(self.config)},
-            keep=self.config.trainer.keep_checkpoints,
+            keep=self.config.trainer.keep_checkpoints, arch=s.arch, tokenizer_dir=self.config.model.student,
         )
+        self._saved_step = self.step
 
     # ---------------------------------------------------------------------------------------------------------
     def train_step(self) -> dict[str, float]:
@@ -145,6 +148,7 @@ class Trainer:
         step_start = time.perf_counter()
 
         t = time.perf_counter()
+        pause_point("generation", self.step + 1)
         examples = s.prompts.next_batch()
         rollouts = None
         if s.engine is not None:
@@ -170,6 +174,7 @@ class Trainer:
 
         # Exactly the inputs the loss asks for (loss.required_inputs), nothing more.
         t = time.perf_counter()
+        pause_point("teacher", self.step + 1)
         if "teacher_logprobs" in self.needs:
             batch.teacher_logprobs = s.teacher.token_logprobs(batch)
         times["time/teacher"] = time.perf_counter() - t
@@ -184,10 +189,12 @@ class Trainer:
         times["time/old_logprobs"] = time.perf_counter() - t
 
         t = time.perf_counter()
+        pause_point("train", self.step + 1)
         metrics.update(self._update_policy(batch))
         times["time/train"] = time.perf_counter() - t
 
         t = time.perf_counter()
+        pause_point("sync", self.step + 1)
         metrics.update(self._sync_weights())
         times["time/sync"] = time.perf_counter() - t
 

@@ -33,7 +33,8 @@ LAYOUT_KEYS = frozenset({
     "trainer.eval_temperature", "trainer.eval_top_p", "trainer.save_every", "trainer.keep_checkpoints",
     "trainer.export_hf", "trainer.export_dtype", "trainer.max_consecutive_bad_steps", "trainer.resume",
     "rollout.placement", "rollout.verify_every", "rollout.max_logprob_mismatch", "rollout.kv_cache_mb",
-    "rollout.weight_load", "teacher.offload", "optim.use_distributed_optimizer", "data.eval_files", "data.bad_rows",
+    "rollout.weight_load", "rollout.reward_timeout_s", "teacher.offload", "optim.use_distributed_optimizer",
+    "data.eval_files", "data.bad_rows",
 })
 LAYOUT_SECTIONS = ("parallel.", "logging.", "wandb.", "trainer.wandb.")
 

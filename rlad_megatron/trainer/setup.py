@@ -146,8 +146,13 @@ def build_components(config: RunConfig) -> Components:
     from rlad_megatron.tasks.registry import get_training_task
     from rlad_megatron.weight_sync.verify import SyncVerifier, make_probe_batch
 
+    from rlad_megatron.models.folder_check import check_model_folder
+
     c = config
     check_run_hardware(c)  # validation is pure; what the config asks of this machine is checked here, first
+    check_model_folder(c.model.student, "model.student")
+    if c.model.teacher and teacher_use(c.loss) != "none":
+        check_model_folder(c.model.teacher, "model.teacher")
     parallel.initialize_model_parallel(c.parallel.tensor_parallel, c.parallel.pipeline_parallel, seed=c.trainer.seed)
     torch.manual_seed(c.trainer.seed)
     dp_rank, dp_size = ps.get_data_parallel_rank(), ps.get_data_parallel_world_size()
@@ -227,6 +232,7 @@ def build_components(config: RunConfig) -> Components:
     return Components(
         config=c, layout=layout, output_dir=output_dir, dp_rank=dp_rank, model_parallel_group=mp_group,
         student=student, teacher=teacher, reference=reference, engine=engine, synchronizer=synchronizer,
-        reward_guard=RewardGuard(task.reward) if engine is not None else None, task=task, tokenizer=tokenizer,
+        reward_guard=RewardGuard(task.reward, timeout_s=c.rollout.reward_timeout_s) if engine is not None else None,
+        task=task, tokenizer=tokenizer,
         prompts=prompts, pad_id=pad_id, eos_id=tokenizer.eos_token_id, stop_ids=stop_ids,
     )

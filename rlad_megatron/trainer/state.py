@@ -1,11 +1,16 @@
-"""Trainer checkpoints: one folder per step, a ``latest`` pointer written last, everything needed to resume.
+"""Trainer checkpoints: one folder per step, written aside and renamed into place, verified on resume.
 
-    checkpoints/step_000012/megatron/        model + optimizer (Megatron distributed checkpoint, any layout)
-    checkpoints/step_000012/trainer_rank<r>.json   step, data position, weight version, RNG states of rank r
-    checkpoints/latest                        "step_000012", replaced atomically after the folder is complete
+    checkpoints/step_000012/megatron/             model + optimizer (Megatron distributed checkpoint, any layout),
+                                                  with rlad_arch.json and the tokenizer (``convert mcore-to-hf``)
+    checkpoints/step_000012/trainer_rank<r>.json  step, data position, weight version, RNG states of rank r, config
+    checkpoints/step_000012/manifest.json         every file with its size and SHA-256
+    checkpoints/latest                            "step_000012", switched last
 
-A crash at any point leaves ``latest`` naming the previous complete checkpoint; incomplete folders are ignored and
-removed by the next save.
+A save writes ``.tmp_step_000012``, fsyncs every file (ranks share the work), writes the manifest, renames the folder
+to ``step_000012`` and only then switches ``latest`` and prunes older checkpoints: a crash or a full disk at any point
+leaves every complete checkpoint in place. Re-saving an existing step sets the old copy aside until the new one is
+in place. On resume the newest complete checkpoint whose files match its manifest is loaded; a damaged one is
+skipped with a message naming the bad file (see ``checkpoint_files``).
 """
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ import json
 import os
 import random
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +27,8 @@ import torch
 import torch.distributed as dist
 
 from rlad_megatron.learner.checkpoint import load_checkpoint, save_checkpoint
+from rlad_megatron.trainer import checkpoint_files as ckf
+from rlad_megatron.trainer.faults import pause_point
 
 
 def _rng_state() -> dict[str, Any]:
@@ -40,46 +48,150 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 def latest_checkpoint(root: Path) -> Path | None:
-    pointer = root / "latest"
-    if not pointer.exists():
-        return None
-    folder = root / pointer.read_text().strip()
-    if not (folder / "megatron" / "metadata.json").exists():
-        raise FileNotFoundError(f"{pointer} names {folder}, which holds no complete checkpoint")
-    return folder
+    """The newest complete checkpoint folder (``latest``'s when complete), without checking its files."""
+    found = ckf.candidates(root)
+    return found[0] if found else None
+
+
+def _write_durably(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _write_convert_metadata(megatron_dir: Path, model_chunks, arch: Any, tokenizer_dir: str | None) -> None:
+    """What ``rlad-megatron convert mcore-to-hf`` needs next to the weights: the architecture, the padded vocabulary
+    and layout it was written at, the tokenizer files (global rank 0 = first pipeline stage)."""
+    from megatron.core import parallel_state as ps
+
+    from rlad_megatron.convert import ARCH_FILE, META_FILE
+    from rlad_megatron.learner.checkpoint import _unwrap
+
+    chunk = _unwrap(model_chunks[0])
+    meta_path = megatron_dir / META_FILE
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    meta.update({
+        "padded_vocab": chunk.embedding.word_embeddings.weight.shape[0] * ps.get_tensor_model_parallel_world_size(),
+        "tp": ps.get_tensor_model_parallel_world_size(), "pp": ps.get_pipeline_model_parallel_world_size(),
+        "dtype": str(next(chunk.parameters()).dtype).removeprefix("torch."),
+    })
+    meta_path.write_text(json.dumps(meta, indent=2))
+    (megatron_dir / ARCH_FILE).write_text(arch.to_json())
+    if tokenizer_dir is not None:
+        from rlad_megatron.models.hf_export import TOKENIZER_FILES
+
+        for name in TOKENIZER_FILES:
+            if (Path(tokenizer_dir) / name).is_file():
+                shutil.copyfile(Path(tokenizer_dir) / name, megatron_dir / name)
+
+
+def _digest_share(folder: Path) -> dict[str, dict[str, Any]]:
+    """Collective: fsync and checksum every file of ``folder``, each rank a share; every rank gets all entries."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    names = ckf.checkpoint_files(folder)
+    mine = {name: ckf.file_digest(folder / name, fsync=True) for name in names[rank::world]}
+    gathered: list[Any] = [None] * world
+    dist.all_gather_object(gathered, mine)
+    entries: dict[str, dict[str, Any]] = {}
+    for part in gathered:
+        entries.update(part)
+    return entries
 
 
 def save_trainer_checkpoint(root: Path, step: int, model_chunks, optimizer, trainer_state: dict[str, Any],
-                            keep: int) -> Path:
-    """Collective. Writes step ``step``'s checkpoint and then moves ``latest`` to it."""
+                            keep: int, *, arch: Any = None, tokenizer_dir: str | None = None) -> Path:
+    """Collective. Writes step ``step``'s checkpoint aside, makes it durable, renames it into place, then moves
+    ``latest`` to it and prunes all but the ``keep`` newest complete checkpoints."""
     rank = dist.get_rank()
-    folder = root / f"step_{step:06d}"
+    root = Path(root)
+    final = root / ckf.step_folder_name(step)
+    tmp = root / f"{ckf.TMP_PREFIX}{step:06d}"
     if rank == 0:
         root.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(folder, ignore_errors=True)  # an incomplete earlier attempt at this step
-        folder.mkdir()
+        shutil.rmtree(tmp, ignore_errors=True)  # an interrupted earlier save of this step: never complete
+        tmp.mkdir()
     dist.barrier()
-    save_checkpoint(folder / "megatron", model_chunks, optimizer)
-    state = dict(trainer_state, step=step, rng=_rng_state())
-    tmp = folder / f"trainer_rank{rank}.json.tmp"
-    tmp.write_text(json.dumps(state))
-    os.replace(tmp, folder / f"trainer_rank{rank}.json")
+    try:
+        save_checkpoint(tmp / "megatron", model_chunks, optimizer)
+        if rank == 0 and arch is not None:
+            _write_convert_metadata(tmp / "megatron", model_chunks, arch, tokenizer_dir)
+        state = dict(trainer_state, step=step, rng=_rng_state())
+        _write_durably(tmp / f"trainer_rank{rank}.json", json.dumps(state))
+    except BaseException:
+        if rank == 0:  # e.g. a full disk: free what this attempt wrote; complete checkpoints are untouched
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
     dist.barrier()
+    pause_point("checkpoint", step)  # fault-injection tests: every rank, files written, no manifest yet
+    entries = _digest_share(tmp)
     if rank == 0:
-        pointer_tmp = root / "latest.tmp"
-        pointer_tmp.write_text(folder.name)
-        os.replace(pointer_tmp, root / "latest")
-        _prune(root, keep, current=folder.name)
+        ckf.write_manifest(tmp, entries, step)
+        for dirpath, _, _ in os.walk(tmp):
+            ckf.fsync_dir(Path(dirpath))
+        if final.exists():  # a re-save of this step: keep the complete copy until the new one is in place
+            os.replace(final, final.with_name(f"{final.name}.old-{os.getpid()}"))
+        os.replace(tmp, final)
+        ckf.fsync_dir(root)
+        _write_durably(root / ckf.LATEST, final.name)
+        ckf.fsync_dir(root)
+        _prune(root, keep, current=final)
     dist.barrier()
-    return folder
+    return final
 
 
-def _prune(root: Path, keep: int, current: str) -> None:
-    folders = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_"))
-    complete = [p for p in folders if (p / "megatron" / "metadata.json").exists()]
-    for p in folders:
-        if p.name != current and (p not in complete or p in complete[:-keep]):
+def _prune(root: Path, keep: int, current: Path) -> None:
+    """Remove interrupted saves, set-aside copies and all but the ``keep`` newest complete checkpoints."""
+    complete = [p for p in ckf.complete_checkpoints(root) if p.name == ckf.step_folder_name(ckf.folder_step(p))]
+    kept = {current, *complete[:keep]}
+    for p in root.iterdir():
+        if not p.is_dir() or p in kept:
+            continue
+        if p.name.startswith(ckf.TMP_PREFIX) or ckf.folder_step(p) is not None:
             shutil.rmtree(p, ignore_errors=True)
+
+
+def _verify_collective(folder: Path) -> str | None:
+    """Every rank checks a share of ``folder``'s manifest; all ranks get the same verdict (the first problem)."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    try:
+        manifest = ckf.read_manifest(folder)
+    except ckf.CheckpointCorrupt as err:
+        return str(err)
+    if manifest is None:
+        if not (folder / "megatron" / "metadata.json").is_file():
+            return f"{folder} is incomplete (no {ckf.MANIFEST})"
+        return None  # written before manifests: nothing to check against
+    problem = ckf.verify_files(folder, sorted(manifest)[rank::world], manifest)
+    problems: list[Any] = [None] * world
+    dist.all_gather_object(problems, problem)
+    return next((p for p in problems if p), None)
+
+
+def find_loadable_checkpoint(root: Path) -> Path | None:
+    """Collective. The newest checkpoint under ``root`` whose files match its manifest; damaged ones are reported
+    on stderr and skipped. None when there is no checkpoint at all; an error when every one is damaged."""
+    root = Path(root)
+    rank0 = dist.get_rank() == 0
+    named = ckf.latest_named(root)
+    found = ckf.candidates(root)
+    if named is not None and named not in found and rank0:
+        print(f"[rlad] checkpoint: {root / ckf.LATEST} names {named.name}, which is missing or incomplete; "
+              f"using the newest complete checkpoint instead", file=sys.stderr, flush=True)
+    damaged = []
+    for folder in found:
+        problem = _verify_collective(folder)
+        if problem is None:
+            return folder
+        damaged.append(problem)
+        if rank0:
+            print(f"[rlad] checkpoint {folder.name} is damaged: {problem}; falling back to the previous complete "
+                  f"checkpoint", file=sys.stderr, flush=True)
+    if damaged:
+        raise ckf.CheckpointCorrupt(f"no loadable checkpoint under {root}: " + "; ".join(damaged))
+    return None
 
 
 def load_trainer_checkpoint(folder: Path, model_chunks, optimizer) -> dict[str, Any]:

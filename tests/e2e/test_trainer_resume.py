@@ -1,6 +1,10 @@
-"""A run killed with SIGKILL mid-training resumes with --resume and continues as if it had never stopped: its
-per-step metrics equal those of an uninterrupted run (weights, Adam state, data position and sampling seeds all
-restored)."""
+"""Fault injection on a real 2-rank run (TP=2, Megatron learner, vLLM engine, tiny models): every rank is SIGKILLed
+at each point of a step (generation, teacher scoring, training, weight sync) and in the middle of a checkpoint
+write, each time followed by --resume; the test checks that every killed process (ranks, megatron's checkpoint
+Manager, torchrun) is gone, and that the final per-step metrics equal those of an uninterrupted run.
+
+torch 2.13 starts each rank in its own session, so killing torchrun's process group would leave the ranks running:
+the processes are collected from torchrun's process tree before the kill."""
 from __future__ import annotations
 
 import os
@@ -8,57 +12,88 @@ import signal
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from rlad_megatron.testing.tiny_run import launch, prepare_models_and_data, read_metrics, run_config
+from rlad_megatron.trainer.faults import ENV_DIR, ENV_POINT
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 STEPS = 4
 KEYS = ("reward/mean", "response/length_mean", "loss/loss", "loss/kl/teacher_k3", "optim/grad_norm")
+# (point, step): each run of the chain is killed there and the next one resumes from the step-2 checkpoint.
+KILLS = [("generation", 3), ("teacher", 3), ("train", 3), ("sync", 3), ("checkpoint", 4)]
 
 
 def _config(paths: dict, out: Path) -> dict:
-    return run_config(paths, out, loss={"algorithm": "kdrl", "kd_beta": 0.5, "kd_beta_final": None},
-                      trainer={"steps": STEPS, "save_every": 2, "skip_uniform_groups": False, "export_hf": False})
+    config = run_config(paths, out, loss={"algorithm": "kdrl", "kd_beta": 0.5, "kd_beta_final": None},
+                        trainer={"steps": STEPS, "save_every": 2, "skip_uniform_groups": False, "export_hf": False})
+    config["parallel"] = {"tensor_parallel": 2}
+    return config
 
 
-def _wait_for(predicate, timeout: float, proc) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
+def _kill_at(config: dict, workdir: Path, point: str, step: int, resume: bool) -> list[str]:
+    """Launch, wait until both ranks are held at ``point`` of ``step``, SIGKILL every process of the run (checked
+    dead); return their command lines."""
+    faults = workdir / f"fault_{point}"
+    faults.mkdir(parents=True)
+    proc = launch(config, 2, workdir=workdir, resume=resume, wait=False,
+                  extra_env={ENV_POINT: f"{point}:{step}", ENV_DIR: str(faults)})
+    deadline = time.monotonic() + 400
+    while len(list(faults.glob("paused_rank*.pid"))) < 2:
         if proc.poll() is not None:
-            pytest.fail(f"training exited ({proc.returncode}) before the kill point")
+            pytest.fail(f"the run exited ({proc.returncode}) before reaching {point}:{step}; see {workdir}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"{point}:{step} not reached in time")
         time.sleep(0.2)
-    pytest.fail("kill point not reached in time")
+    ranks = {int(p.read_text()) for p in faults.glob("paused_rank*.pid")}
+    tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    assert ranks <= {p.pid for p in tree}
+    cmdlines = []
+    for p in tree:
+        try:
+            cmdlines.append(" ".join(p.cmdline()))
+        except psutil.NoSuchProcess:
+            pass
+    for p in tree:
+        try:
+            p.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+    proc.wait(timeout=30)
+    _, alive = psutil.wait_procs(tree, timeout=30)
+    alive = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not alive, f"processes survived the kill at {point}: {[p.pid for p in alive]}"
+    return cmdlines
 
 
-def test_sigkill_then_resume_matches_uninterrupted(tmp_path: Path) -> None:
+def test_sigkill_every_rank_at_each_point_then_resume_matches_uninterrupted(tmp_path: Path) -> None:
     paths = prepare_models_and_data(tmp_path / "models")
-    # The uninterrupted reference, at TP=2 like the interrupted run.
-    config_a = _config(paths, tmp_path / "a" / "out")
-    config_a["parallel"] = {"tensor_parallel": 2}
-    straight = launch(config_a, 2, workdir=tmp_path / "a", timeout=400)
+    straight = launch(_config(paths, tmp_path / "a" / "out"), 2, workdir=tmp_path / "a", timeout=400)
     assert straight.returncode == 0, straight.stdout[-5000:]
     reference = read_metrics(tmp_path / "a" / "out")
 
-    config_b = _config(paths, tmp_path / "b" / "out")
-    config_b["parallel"] = {"tensor_parallel": 2}
-    proc = launch(config_b, 2, workdir=tmp_path / "b", wait=False)
     out = tmp_path / "b" / "out"
-    # Kill after the step-2 checkpoint, while step 3 is under way (its metrics may or may not be logged yet).
-    _wait_for(lambda: (out / "checkpoints" / "latest").exists(), 400, proc)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert len(read_metrics(out)) < STEPS, "the run finished before it could be killed"
+    config = _config(paths, out)
+    checkpoints = out / "checkpoints"
+    for i, (point, step) in enumerate(KILLS):
+        killed = _kill_at(config, tmp_path / "b", point, step, resume=i > 0)
+        if point in ("generation", "checkpoint"):  # after a save in this run: megatron's Manager was there too
+            assert any("multiprocessing" in c for c in killed), killed
+        assert (checkpoints / "latest").read_text() == "step_000002", point
+        if point == "checkpoint":  # killed mid-save: the step-4 files lie in the temporary folder, never loaded
+            assert (checkpoints / ".tmp_step_000004" / "megatron").is_dir()
+            assert not (checkpoints / "step_000004").exists()
 
-    resumed = launch(config_b, 2, workdir=tmp_path / "b", resume=True, timeout=400)
+    resumed = launch(config, 2, workdir=tmp_path / "b", resume=True, timeout=400)
     assert resumed.returncode == 0, resumed.stdout[-5000:]
-    assert "resumed from" in resumed.stdout
+    assert "resumed from" in resumed.stdout and "step_000002 at step 2" in resumed.stdout
     got = read_metrics(out)
     assert [m["step"] for m in got] == list(range(1, STEPS + 1))
     for ref, val in zip(reference, got):
         for key in KEYS:
             assert val[key] == pytest.approx(ref[key], rel=1e-5, abs=1e-6), f"step {ref['step']} {key}"
     assert reference[-1]["optim/grad_norm"] != pytest.approx(reference[0]["optim/grad_norm"], rel=1e-3)
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["latest", "step_000002", "step_000004"]
+

@@ -21,7 +21,7 @@ def test_missing_model_dir_is_a_clear_error(tmp_path, capsys) -> None:
     rc = main(["eval", "--model", str(tmp_path / "nope"), "--task", "arithmetic", "--data", "d.jsonl",
                "--out", str(tmp_path / "o")])
     assert rc == 2
-    assert "is not a directory (expected a Hugging Face checkpoint)" in capsys.readouterr().err
+    assert "nope: no such folder" in capsys.readouterr().err
 
 
 def test_chat_template_kwargs_and_truncated_reach_run_eval(tmp_path, monkeypatch) -> None:

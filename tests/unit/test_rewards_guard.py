@@ -71,3 +71,45 @@ def test_process_backend_times_out_raises_and_recovers_from_a_worker_thread() ->
     assert [r.correct for r in results["after"]] == [True, False]
     s = results["stats"]
     assert (s.calls, s.errors, s.timeouts) == (5, 1, 1)
+
+
+def nan_reward(completion: str, record: Mapping[str, Any]) -> RewardResult:
+    return RewardResult(float(completion), True, True)
+
+
+nan_reward.may_hang = True  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("backend", ["inline", "process"])
+def test_non_finite_rewards_are_errors_with_reward_zero(backend: str) -> None:
+    with RewardGuard(nan_reward, backend=backend, timeout_s=30) as g:
+        got = g.score_many([("nan", REC), ("inf", REC), ("-inf", REC), ("0.5", REC)])
+    assert [r.score for r in got] == [0.0, 0.0, 0.0, 0.5]
+    assert [r.correct for r in got] == [False, False, False, True]
+    assert all("non-finite reward" in r.error for r in got[:3])
+    assert g.stats.errors == 3
+
+
+def test_hostile_samples_are_scored_concurrently() -> None:
+    """Three hanging samples among healthy ones cost about one timeout, not three."""
+    timeout = 5.0
+    items = [("7", REC), ("hang", REC), ("8", REC), ("hang", REC), ("boom", REC), ("hang", REC), ("7", REC)]
+    with RewardGuard(picky_reward, timeout_s=timeout, backend="process", max_workers=6) as g:
+        assert g.start_workers() == 6  # the workers' first start-up is not part of the measurement
+        started = time.perf_counter()
+        got = g.score_many(items)
+        seconds = time.perf_counter() - started
+    assert [r.correct for r in got] == [True, False, False, False, False, False, True]
+    assert [r.error.startswith("timeout") for r in got] == [False, True, False, True, False, True, False]
+    assert "ZeroDivisionError" in got[4].error
+    assert (g.stats.timeouts, g.stats.errors) == (3, 1)
+    assert seconds < 2 * timeout, f"{seconds:.1f} s for 3 hanging samples with a {timeout} s timeout"
+
+
+def test_reward_timeout_is_a_config_value() -> None:
+    from rlad_megatron.config import ConfigError, load_run_config
+
+    base = ["model.student=/s", "data.train_files=a", "loss.algorithm=grpo"]
+    assert load_run_config(None, base + ["rollout.reward_timeout_s=2.5"]).rollout.reward_timeout_s == 2.5
+    with pytest.raises(ConfigError, match="rollout.reward_timeout_s"):
+        load_run_config(None, base + ["rollout.reward_timeout_s=0"])

@@ -127,10 +127,17 @@ def test_saved_config_of_an_older_version_compares_against_defaults(tmp_path: Pa
 
 
 def test_cli_refuses_before_training(tmp_path: Path, capsys) -> None:
+    models = {}
+    for role in ("student", "teacher"):  # folders that pass the model-folder check (their contents are not read)
+        folder = models[role] = tmp_path / role
+        folder.mkdir()
+        for name in ("config.json", "model.safetensors", "tokenizer.json"):
+            (folder / name).write_text("{}")
     out = tmp_path / "run"
-    _old_run(out, _config(out))
-    args = ["train", "model.student=/m/student", "model.teacher=/m/teacher", "data.train_files=/d/train.jsonl",
-            f"trainer.output_dir={out}"]
+    saved = _config(out, f"model.student={models['student']}", f"model.teacher={models['teacher']}")
+    _old_run(out, saved)
+    args = ["train", f"model.student={models['student']}", f"model.teacher={models['teacher']}",
+            "data.train_files=/d/train.jsonl", f"trainer.output_dir={out}"]
     assert cli.main(args) == 2
     assert "already holds a run" in capsys.readouterr().err
     assert cli.main(args + ["--resume", "loss.alpha=0.9"]) == 2
