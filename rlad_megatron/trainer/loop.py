@@ -137,7 +137,7 @@ class Trainer:
             s.checkpoint_dir, self.step, s.student.policy.chunks, s.student.policy.optimizer,
             {"data": s.prompts.state_dict(), "weight_version": self.weight_version,
              "config": run_config_to_dict(self.config)},
-            keep=self.config.trainer.keep_checkpoints, arch=s.arch, tokenizer_dir=self.config.model.student,
+            keep=self.config.trainer.keep_checkpoints, arch=s.student.arch, tokenizer_dir=self.config.model.student,
         )
         self._saved_step = self.step
 
