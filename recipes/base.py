@@ -26,6 +26,7 @@ from rlad_megatron.config import (
     run_config_from_dict,
     run_config_to_dict,
 )
+from rlad_megatron.config_parsing import flatten_dotted
 from rlad_megatron.placement import ModelShape, Placement, plan_placement
 
 #: Environment of every GPU job (the recipes add their own).
@@ -110,17 +111,6 @@ class Recipe:
         return ["train", *config_overrides(self.config)]
 
 
-def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(_flatten(value, dotted + "."))
-        else:
-            out[dotted] = value
-    return out
-
-
 _SAFE = re.compile(r"^[A-Za-z0-9_@%+=:,./-]+$")
 
 
@@ -155,11 +145,11 @@ def format_value(value: Any) -> str:
 
 def config_overrides(config: RunConfig, pinned: tuple[str, ...] = PINNED_KEYS) -> list[str]:
     """``section.key=value`` for the ``pinned`` keys and every other field that differs from the defaults."""
-    ours = _flatten(run_config_to_dict(config))
-    defaults = _flatten(run_config_to_dict(RunConfig()))
+    ours = flatten_dotted(run_config_to_dict(config))
+    defaults = flatten_dotted(run_config_to_dict(RunConfig()))
     overrides = [f"{key}={format_value(value)}" for key, value in ours.items()
                  if key in pinned or defaults.get(key) != value]
-    back = _flatten(run_config_to_dict(run_config_from_dict(apply_overrides({}, list(overrides)))))
+    back = flatten_dotted(run_config_to_dict(run_config_from_dict(apply_overrides({}, list(overrides)))))
     wrong = [key for key in ours if back.get(key) != ours[key]]
     if wrong:  # e.g. the string "true" would come back as a boolean
         key = wrong[0]

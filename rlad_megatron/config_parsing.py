@@ -142,3 +142,15 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             raise ConfigError(f"override {item!r}: expected the form section.key=value")
         node[parts[-1]] = _OverrideText(raw)
     return data
+
+
+def flatten_dotted(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``: the dotted keys that overrides and config comparisons use."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten_dotted(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from rlad_megatron.config import RunConfig, run_config_to_dict
+from rlad_megatron.config_parsing import flatten_dotted
 from rlad_megatron.trainer import checkpoint_files as ckf
 
 RUN_CONFIG_FILE = "run_config.json"
@@ -58,17 +59,6 @@ def run_files(output_dir: Path) -> list[str]:
     return [name for name in RUN_FILES if (out / name).exists()]
 
 
-def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, dotted + "."))
-        else:
-            flat[dotted] = value
-    return flat
-
-
 def _normalise(key: str, value: Any) -> Any:
     if key in ("model.student", "model.teacher") and isinstance(value, str) and value:
         return os.path.normpath(value)
@@ -84,9 +74,9 @@ def is_layout_key(key: str) -> bool:
 def run_changes(saved: Mapping[str, Any], new: RunConfig) -> list[str]:
     """The differences between a saved config (a dict, possibly from an older version) and ``new`` that alter what
     the run computes, as ``key: old -> new`` lines. Keys the saved config lacks are compared with their defaults."""
-    current = _flatten(run_config_to_dict(new))
-    previous = _flatten(run_config_to_dict(RunConfig()))
-    previous.update(_flatten(saved))
+    current = flatten_dotted(run_config_to_dict(new))
+    previous = flatten_dotted(run_config_to_dict(RunConfig()))
+    previous.update(flatten_dotted(saved))
     changes = []
     for key in sorted(current):
         if is_layout_key(key):
