@@ -73,6 +73,13 @@ class ParallelConfig:
     """The Megatron teacher's layers on the first pipeline stage (it may be deeper than the student)."""
     teacher_last_stage_layers: int | None = None
     """The Megatron teacher's layers on the last pipeline stage."""
+    context_parallel: int = 1
+    """Context-parallel size (each sequence split across this many ranks; needs Transformer Engine)."""
+    recompute: str = "none"
+    """Activation recomputation in the learner: "none", "selective" (attention core only) or "full" (whole
+    layers, recompute_num_layers per chunk)."""
+    recompute_num_layers: int = 1
+    """With recompute="full": layers per recomputed chunk (Megatron's uniform method)."""
 
     def validate(self) -> None:
         if self.tensor_parallel < 1 or self.pipeline_parallel < 1:
@@ -85,6 +92,10 @@ class ParallelConfig:
                                   "(the model's layer count is checked when it is loaded)")
         if self.sequence_parallel and self.tensor_parallel == 1:
             raise ConfigError("parallel.sequence_parallel=true needs parallel.tensor_parallel > 1")
+        _at_least("parallel.context_parallel", self.context_parallel, 1)
+        if self.recompute not in ("none", "selective", "full"):
+            raise ConfigError(f"parallel.recompute={self.recompute!r}: choose 'none', 'selective' or 'full'")
+        _at_least("parallel.recompute_num_layers", self.recompute_num_layers, 1)
 
 
 @dataclass
@@ -272,7 +283,17 @@ class TrainerConfig:
     updates_per_batch: int = 1
     """Optimizer steps per rollout batch (mini-batches); > 1 makes the old-policy log-probs differ from current."""
     micro_batch_size: int = 8
-    """Sequences per forward/backward micro-batch on one data-parallel rank."""
+    """Sequences per forward/backward micro-batch on one data-parallel rank (when no token budget is set)."""
+    max_tokens_per_micro_batch: int | None = None
+    """Token budget of a training micro-batch on one data-parallel rank (rows x padded length, or packed tokens):
+    sequences are grouped by length and each micro-batch is padded only to its own longest; None: fixed
+    micro-batches of micro_batch_size sequences padded to the step's longest."""
+    max_tokens_per_forward_micro_batch: int | None = None
+    """Token budget of the forward-only passes (teacher, old-policy and reference log-probs, probes), which keep no
+    activations for a backward; None: twice max_tokens_per_micro_batch."""
+    sequence_packing: bool = False
+    """Pack several sequences into one row with per-sequence boundaries (THD with Transformer Engine, a
+    block-diagonal causal mask without it); needs max_tokens_per_micro_batch."""
     skip_uniform_groups: bool = True
     """DAPO dynamic sampling: drop groups whose rewards are all equal (no learning signal)."""
     eval_every: int = 0
@@ -315,6 +336,12 @@ class TrainerConfig:
                               "(the learner's dtype)")
         if self.resume not in ("never", "auto"):
             raise ConfigError(f"trainer.resume={self.resume!r}: choose 'never' or 'auto'")
+        for name in ("max_tokens_per_micro_batch", "max_tokens_per_forward_micro_batch"):
+            if getattr(self, name) is not None:
+                _at_least(f"trainer.{name}", getattr(self, name), 1)
+        if self.sequence_packing and self.max_tokens_per_micro_batch is None:
+            raise ConfigError("trainer.sequence_packing=true needs trainer.max_tokens_per_micro_batch (the length "
+                              "of a packed row)")
         _at_least("trainer.eval_every", self.eval_every, 0)
         _at_least("trainer.save_every", self.save_every, 0)
         _at_least("trainer.eval_temperature", self.eval_temperature, 0)
