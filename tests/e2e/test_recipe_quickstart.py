@@ -8,12 +8,10 @@ checkpoint; torchrun restarts the ranks, the trainer resumes from that checkpoin
 per-step metrics as the uninterrupted one."""
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
 import signal
-import sys
 import threading
 import time
 from pathlib import Path
@@ -23,35 +21,18 @@ import pytest
 pytest.importorskip("nemo_run")
 pytest.importorskip("vllm")
 
+from quickstart_runs import QUICKSTART_STEPS, nemo_run_local_env  # noqa: E402
+
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-STEPS = 3
+STEPS = QUICKSTART_STEPS
 KEYS = ("reward/mean", "response/length_mean", "loss/loss", "optim/grad_norm")
 
 
 @pytest.fixture(scope="module")
 def nemo_env(tmp_path_factory):
-    import nemo_run.config
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(nemo_run.config, "_NEMORUN_HOME", str(tmp_path_factory.mktemp("nemo_home")))
-        mp.setattr("sys.stdin", io.StringIO())  # NeMo-Run's `invoke` reads stdin; pytest refuses reads
-        # torchx finds `torchrun` (and `python`) on PATH: use the ones of this interpreter's environment.
-        mp.setenv("PATH", os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    with nemo_run_local_env(tmp_path_factory.mktemp("nemo_home")):
         yield
-
-
-@pytest.fixture(scope="module")
-def assets(tmp_path_factory):
-    from recipes import prepare_quickstart_assets
-
-    return prepare_quickstart_assets(tmp_path_factory.mktemp("assets"), num_records=32)
-
-
-def _recipe(assets: dict, out: Path):
-    from recipes import quickstart
-
-    return quickstart(**assets, output_dir=str(out), steps=STEPS).with_overrides(["trainer.save_every=1"])
 
 
 def _metrics(out: Path) -> list[dict]:
@@ -76,17 +57,8 @@ def _check(result: dict, out: Path) -> list[dict]:
     return rows
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(nemo_env, assets, tmp_path_factory):
-    from recipes.executors import launch, local_executor
-
-    out = tmp_path_factory.mktemp("straight") / "run"
-    recipe = _recipe(assets, out)
-    return launch(recipe, local_executor(recipe), experiment_name="quickstart-e2e"), out
-
-
-def test_quickstart_runs_through_local_executor(uninterrupted):
-    _check(*uninterrupted)
+def test_quickstart_runs_through_local_executor(quickstart_uninterrupted):
+    _check(*quickstart_uninterrupted)
 
 
 def _procs_with(text: str) -> list[tuple[int, str, int]]:
@@ -145,12 +117,13 @@ def _rank_pid(out: Path, rank: int) -> int | None:
     return None
 
 
-def test_max_restarts_resumes_after_a_rank_is_killed(nemo_env, assets, tmp_path, uninterrupted):
+def test_max_restarts_resumes_after_a_rank_is_killed(nemo_env, quickstart_assets, quickstart_recipe, tmp_path,
+                                                     quickstart_uninterrupted):
     from recipes.executors import launch, local_executor, with_auto_resume
 
-    reference = _metrics(uninterrupted[1])
+    reference = _metrics(quickstart_uninterrupted[1])
     out = tmp_path / "run"
-    recipe = with_auto_resume(_recipe(assets, out), "--max-restarts")
+    recipe = with_auto_resume(quickstart_recipe(quickstart_assets, out), "--max-restarts")
     done: dict = {}
     waiter = threading.Thread(target=lambda: done.update(
         launch(recipe, local_executor(recipe), experiment_name="quickstart-restart", max_restarts=1)))

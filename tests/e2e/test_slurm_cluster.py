@@ -1,12 +1,14 @@
 """Recipes submitted through NeMo-Run's real SlurmExecutor to a real local Slurm cluster (two slurmd "nodes" on this
 machine, accounting through slurmdbd; see tools/slurm_local/cluster.sh), waiting for the job like a user does:
 
-- the quickstart recipe on one node (TP=2) and on two nodes (DP=2 across nodes): SUCCEEDED, finite metrics for
-  every step, the student exported as a Hugging Face checkpoint;
+- the quickstart recipe on two nodes (DP=2 across nodes): SUCCEEDED, finite metrics for every step, the student
+  exported as a Hugging Face checkpoint;
 - a job whose config is bad (a student folder that does not exist) is reported FAILED, and the log the launcher
   points to holds the rank's error;
-- a job submitted with ``--requeue`` (trainer.resume=auto) and requeued by ``scontrol requeue`` after its first
-  checkpoint finishes with the same per-step metrics as the uninterrupted one-node run.
+- the quickstart recipe on one node (TP=2), submitted with ``--requeue`` (trainer.resume=auto) and requeued by
+  ``scontrol requeue`` after its first checkpoint: SUCCEEDED, finite metrics, the HF export, and the same per-step
+  metrics as the uninterrupted run of the same recipe (the session's LocalExecutor run, tests/e2e/conftest.py).
+  One job checks both (the one-node run and the requeue), to keep the suite's time budget.
 
 Without a cluster (not root, Slurm not installed, RLAD_SLURM_UNAVAILABLE set by .ci/run) they skip and say why."""
 from __future__ import annotations
@@ -26,11 +28,12 @@ import pytest
 pytest.importorskip("nemo_run")
 pytest.importorskip("vllm")
 
+from quickstart_runs import QUICKSTART_STEPS  # noqa: E402
 from slurm_cluster import REPO, SlurmCluster, start_or_explain, stop  # noqa: E402
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-STEPS = 3
+STEPS = QUICKSTART_STEPS  # the requeued job is compared with the session's uninterrupted quickstart run
 KEYS = ("reward/mean", "response/length_mean", "loss/loss", "optim/grad_norm")
 
 
@@ -64,10 +67,8 @@ def slurm_env(cluster: SlurmCluster, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def assets(tmp_path_factory):
-    from recipes import prepare_quickstart_assets
-
-    return prepare_quickstart_assets(tmp_path_factory.mktemp("assets"), num_records=32)
+def assets(quickstart_assets):
+    return quickstart_assets  # the session's (tests/e2e/conftest.py): the same files as the reference run's
 
 
 def _recipe(assets: dict, out: Path, *, nodes: int = 1, tensor_parallel: int = 2, overrides: list[str] = ()):
@@ -117,19 +118,6 @@ def _check_run(result: dict, out: Path) -> list[dict]:
     return rows
 
 
-@pytest.fixture(scope="module")
-def one_node_run(slurm_env, assets, tmp_path_factory):
-    out = tmp_path_factory.mktemp("one_node") / "run"
-    result = _submit(slurm_env, _recipe(assets, out), "slurm-one-node")
-    return result, out
-
-
-def test_one_node_tp2(one_node_run):
-    result, out = one_node_run
-    _check_run(result, out)
-    assert "--nnodes 1 --nproc-per-node 2" in Path(result["sbatch"]).read_text()
-
-
 def test_two_nodes_dp2(slurm_env, assets, tmp_path):
     out = tmp_path / "run"
     recipe = _recipe(assets, out, nodes=2, tensor_parallel=1)
@@ -155,10 +143,12 @@ def test_bad_config_fails_with_the_error_in_the_log(slurm_env, assets, tmp_path)
     assert rank_lines, _logs_text(result)[-4000:]
 
 
-def test_requeued_job_resumes_and_matches_the_uninterrupted_run(slurm_env, assets, tmp_path, one_node_run):
+def test_one_node_tp2_requeued_job_resumes_and_matches_the_uninterrupted_run(slurm_env, assets, tmp_path, request):
     from recipes.executors import with_auto_resume
 
-    reference = _metrics(one_node_run[1])
+    # Asked for here, not as an argument: a session fixture would be made before the cluster fixture could skip.
+    reference = _metrics(request.getfixturevalue("quickstart_uninterrupted")[1])
+    assert [row["step"] for row in reference] == list(range(1, STEPS + 1)), reference
     out = tmp_path / "run"
     recipe = with_auto_resume(_recipe(assets, out))
     done: dict = {}
@@ -183,6 +173,7 @@ def test_requeued_job_resumes_and_matches_the_uninterrupted_run(slurm_env, asset
     waiter.join(timeout=900)
     assert not waiter.is_alive() and done, "the requeued job did not finish"
     got = _check_run(done, out)
+    assert "--nnodes 1 --nproc-per-node 2" in Path(done["sbatch"]).read_text()
     restarts = slurm_env.run("scontrol", "show", "job", job_ids[0], check=False)
     assert "Restarts=1" in restarts or "resumed from" in _logs_text(done), restarts
     text = _logs_text(done)
