@@ -16,21 +16,22 @@ from rlad_megatron.tiny.hf_model import make_tiny_hf_model
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _rank_convert(argv: list[str]) -> int:
+def _convert_chain(argvs: list[list[str]]) -> list[int]:
+    """Several conversions one after the other in the same ranks (each sets up its own parallel layout; a rank's
+    start-up is seconds, so one run does them all)."""
     from rlad_megatron.convert import main
 
-    return main(argv)
+    return [main(argv) for argv in argvs]
 
 
 @pytest.mark.distributed
 @pytest.mark.slow
 def test_hf_tp2_pp2_hf_round_trip(tmp_path):
     hf = make_tiny_hf_model(tmp_path / "hf", "qwen3", num_layers=4, tie_word_embeddings=True, seed=4)
-    run_distributed(_rank_convert, 2, tp=2,
-                    args=(["hf-to-mcore", "--hf", str(hf), "--out", str(tmp_path / "tp2"), "--tp", "2"],))
+    argvs = [["hf-to-mcore", "--hf", str(hf), "--out", str(tmp_path / "tp2"), "--tp", "2"],
+             ["mcore-to-mcore", "--ckpt", str(tmp_path / "tp2"), "--out", str(tmp_path / "pp2"), "--pp", "2"]]
+    assert run_distributed(_convert_chain, 2, tp=2, args=(argvs,)) == [[0, 0]] * 2
     assert (tmp_path / "tp2" / "rlad_arch.json").exists() and (tmp_path / "tp2" / "tokenizer.json").exists()
-    run_distributed(_rank_convert, 2, pp=2, args=(
-        ["mcore-to-mcore", "--ckpt", str(tmp_path / "tp2"), "--out", str(tmp_path / "pp2"), "--pp", "2"],))
     proc = subprocess.run(
         [sys.executable, str(REPO / "tools" / "convert_checkpoint.py"), "mcore-to-hf", "--ckpt",
          str(tmp_path / "pp2"), "--out", str(tmp_path / "back")],

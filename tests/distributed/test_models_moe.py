@@ -91,23 +91,28 @@ def test_moe_teacher_logprobs_and_tensors(hf_models, ep, tp, pp):
         assert sum(r[name]["dst"] > 0 for r in reports) == ep  # each replica's first rank yields
 
 
-def _convert(argv: list[str]) -> int:
+def _convert_chain(argvs: list[list[str]]) -> list[int]:
+    """Several conversions one after the other in the same ranks (each sets up its own parallel layout; a rank's
+    start-up is seconds, so one run does them all)."""
     from rlad_megatron.convert import main
 
-    return main(argv)
+    return [main(argv) for argv in argvs]
 
 
 @pytest.mark.slow
 def test_moe_round_trip_ep2_to_tp2_to_hf(hf_models, tmp_path):
     from safetensors.torch import load_file
 
+    argvs = []
     for name in MODELS:
         hf, ep2, tp2, back = hf_models / name, tmp_path / f"{name}_ep2", tmp_path / f"{name}_tp2", tmp_path / name
-        run_distributed(_convert, 2, ep=2, args=(["hf-to-mcore", "--hf", str(hf), "--out", str(ep2), "--ep", "2"],))
-        run_distributed(_convert, 2, tp=2, args=(["mcore-to-mcore", "--ckpt", str(ep2), "--out", str(tp2),
-                                                  "--tp", "2"],))
-        run_distributed(_convert, 2, ep=2, args=(["mcore-to-hf", "--ckpt", str(tp2), "--out", str(back),
-                                                  "--ep", "2"],))
+        argvs += [["hf-to-mcore", "--hf", str(hf), "--out", str(ep2), "--ep", "2"],
+                  ["mcore-to-mcore", "--ckpt", str(ep2), "--out", str(tp2), "--tp", "2"],
+                  ["mcore-to-hf", "--ckpt", str(tp2), "--out", str(back), "--ep", "2"]]
+    codes = run_distributed(_convert_chain, 2, ep=2, args=(argvs,), timeout=400)
+    assert codes == [[0] * len(argvs)] * 2, codes
+    for name in MODELS:
+        hf, back = hf_models / name, tmp_path / name
         original, exported = load_file(hf / "model.safetensors"), load_file(back / "model.safetensors")
         assert sorted(exported) == sorted(original), name
         for key, tensor in original.items():

@@ -47,10 +47,12 @@ def _pp_logits(hf_dir: str, first: int | None, last: int | None) -> dict:
     return {"layers": layers, "logits": out[..., :arch.vocab_size]}
 
 
-def _convert(argv: list[str]) -> int:
+def _convert_chain(argvs: list[list[str]]) -> list[int]:
+    """Several conversions one after the other in the same ranks (each sets up its own parallel layout; a rank's
+    start-up is seconds, so one run does them all)."""
     from rlad_megatron.convert import main
 
-    return main(argv)
+    return [main(argv) for argv in argvs]
 
 
 @pytest.mark.distributed
@@ -73,11 +75,10 @@ def test_round_trip_tp_above_kv_and_uneven_pp(hf_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 
     tp2, pp2, back = tmp_path / "tp2", tmp_path / "pp2_first1", tmp_path / "back"
-    run_distributed(_convert, 2, tp=2, args=(["hf-to-mcore", "--hf", str(hf_dir), "--out", str(tp2), "--tp", "2"],))
-    run_distributed(_convert, 2, pp=2, args=(["mcore-to-mcore", "--ckpt", str(tp2), "--out", str(pp2), "--pp", "2",
-                                              "--first-stage-layers", "1"],))
-    run_distributed(_convert, 2, pp=2, args=(["mcore-to-hf", "--ckpt", str(pp2), "--out", str(back), "--pp", "2",
-                                              "--last-stage-layers", "1"],))
+    argvs = [["hf-to-mcore", "--hf", str(hf_dir), "--out", str(tp2), "--tp", "2"],
+             ["mcore-to-mcore", "--ckpt", str(tp2), "--out", str(pp2), "--pp", "2", "--first-stage-layers", "1"],
+             ["mcore-to-hf", "--ckpt", str(pp2), "--out", str(back), "--pp", "2", "--last-stage-layers", "1"]]
+    assert run_distributed(_convert_chain, 2, tp=2, args=(argvs,)) == [[0, 0, 0]] * 2
     original, exported = load_file(hf_dir / "model.safetensors"), load_file(back / "model.safetensors")
     assert sorted(exported) == sorted(original)
     for key, tensor in original.items():
