@@ -102,13 +102,19 @@ def _merge(results: list[dict]) -> dict:
 
 
 @pytest.fixture(scope="module")
-def initial() -> dict:
-    return run_distributed(_initial_params, 1)[0]
+def initial_and_reference() -> tuple[dict, dict]:
+    # One single-rank process makes both (a rank's start-up is seconds): the initial weights, and the step from them.
+    return run_distributed(_initial_and_reference, 1)[0]
 
 
 @pytest.fixture(scope="module")
-def reference(initial: dict) -> dict:
-    ref = _merge(run_distributed(_train_one_step, 1, args=(initial, False, False, 1)))
+def initial(initial_and_reference) -> dict:
+    return initial_and_reference[0]
+
+
+@pytest.fixture(scope="module")
+def reference(initial_and_reference) -> dict:
+    initial, ref = initial_and_reference
     # The step really changed the weights (the comparisons are not between two untouched models).
     assert max(float((ref["params"][n] - initial[n]).abs().max()) for n in initial) > 1e-3
     return ref
@@ -145,3 +151,9 @@ def _initial_params() -> dict:
     from rlad_megatron.testing.tiny_gpt import tiny_config, tiny_gpt
 
     return gather_full(tiny_gpt(tiny_config(num_layers=2)))
+
+
+def _initial_and_reference() -> tuple[dict, dict]:
+    """The single-rank model's weights, and the single-rank step from them (merged like the layouts' results)."""
+    initial = _initial_params()
+    return initial, _merge([_train_one_step(initial, False, False, 1)])
