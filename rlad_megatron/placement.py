@@ -131,7 +131,8 @@ def batch_layout(config: RunConfig, dp: int) -> BatchLayout:
                              f"which must be a multiple of trainer.updates_per_batch={updates} (each update takes "
                              "whole groups)")
     sequences = per_rank * group
-    if sequences % (micro * updates):
+    # With a token budget micro-batches are cut by tokens, not counted in sequences: no divisibility to check.
+    if config.trainer.max_tokens_per_micro_batch is None and sequences % (micro * updates):
         raise PlacementError(f"each of the DP={dp} replicas trains on {prompts} / {dp} prompts x G={group} = "
                              f"{sequences} sequences per step, which do not split into "
                              f"trainer.updates_per_batch={updates} x trainer.micro_batch_size={micro}: choose a "

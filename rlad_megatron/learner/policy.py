@@ -163,6 +163,9 @@ class MegatronPolicy:
         positions past a sequence's end are 0)."""
         ps, _ = self._groups()
         micro = self.micro_batches(batch, micro_batch_size)
+        if not micro:  # no sequence on this rank (balanced data parallelism can deal none to it)
+            last = ps.is_pipeline_last_stage(ignore_virtual=True)
+            return torch.zeros(0, batch.tokens.shape[1] - 1) if last else None
         for chunk in self.chunks:
             chunk.eval()
         try:
@@ -193,7 +196,7 @@ class MegatronPolicy:
             if ps.get_data_parallel_world_size() > 1:
                 dist.all_reduce(count, op=dist.ReduceOp.MAX, group=ps.get_data_parallel_group())
             micro += [filler_micro_batch(batch, self._length_multiple())
-                      for _ in range(int(count) - len(micro))]
+                      for _ in range(max(int(count), 1) - len(micro))]
         num_micro = len(micro)
         scale = float(num_micro * ps.get_data_parallel_world_size())
         for chunk in self.chunks:

@@ -17,6 +17,7 @@ import torch.distributed as dist
 from rlad_megatron.config import RunConfig, teacher_use
 from rlad_megatron.console import say
 from rlad_megatron.data.prompt_stream import PromptStream
+from rlad_megatron.learner.batching import MicroBatching
 from rlad_megatron.learner.policy import MegatronPolicy, build_student
 from rlad_megatron.learner.sequences import SequenceBatch, pack_sequences
 from rlad_megatron.loss import required_inputs
@@ -184,7 +185,7 @@ def build_components(config: RunConfig) -> Components:
     student = Student(policy=policy, modules=modules, arch=arch, hf_dir=c.model.student,
                       export_dtype=getattr(torch, c.trainer.export_dtype or c.model.params_dtype))
 
-    micro = c.trainer.micro_batch_size
+    micro = MicroBatching.for_forward(c.trainer)  # teacher / reference scoring: the forward-only budget
     reference = None
     if "ref_logprobs" in needs:  # the reference policy of the KL penalty: a frozen copy of the initial student
         reference = MegatronTeacher.load(c.model.student, micro_batch_size=micro, params_dtype=dtype,

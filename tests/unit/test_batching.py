@@ -128,3 +128,17 @@ def test_filler_micro_batch_is_empty():
     batch = random_batch([5, 6], 0)
     filler = filler_micro_batch(batch, 4)
     assert len(filler) == 0 and filler.width == 4 and filler.sequences.loss_mask.shape == (0, 3)
+
+
+@settings(max_examples=60, deadline=None)
+@given(work=st.lists(st.integers(min_value=1, max_value=2000), min_size=0, max_size=40),
+       ranks=st.integers(min_value=1, max_value=4))
+def test_deal_by_work_is_a_partition_and_near_balanced(work, ranks):
+    from rlad_megatron.learner.balance import deal_by_work
+
+    dealt = deal_by_work(work, ranks)
+    assert sorted(i for d in dealt for i in d) == list(range(len(work)))
+    loads = [sum(work[i] for i in d) for d in dealt]
+    # longest-processing-time: no rank exceeds the average by more than the largest single item
+    if work:
+        assert max(loads) <= sum(work) / ranks + max(work)
