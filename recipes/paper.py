@@ -28,18 +28,26 @@ from rlad_megatron.placement import ModelShape
 
 from recipes.base import GPU_ENV, Recipe
 
-#: Shapes of the paper's models (their config.json), for the head/layer checks before launch.
+#: Shapes of the paper's models (their config.json), for the head/layer checks and the memory plan before launch.
+QWEN3_VOCAB = 151936
 QWEN3_SHAPES: dict[str, ModelShape] = {
-    name: ModelShape(name, *dims) for name, dims in {
-        # name: (layers, heads, kv heads, hidden, intermediate)
-        "Qwen3-0.6B": (28, 16, 8, 1024, 3072),
-        "Qwen3-1.7B": (28, 16, 8, 2048, 6144),
-        "Qwen3-1.7B-Base": (28, 16, 8, 2048, 6144),
-        "Qwen3-8B": (36, 32, 8, 4096, 12288),
-        "Qwen3-8B-Base": (36, 32, 8, 4096, 12288),
-        "Qwen3-32B": (64, 64, 8, 5120, 25600),
+    name: ModelShape(name, *dims[:5], head_dim=128, vocab_size=QWEN3_VOCAB, tie_word_embeddings=dims[5],
+                     qk_norm=True)
+    for name, dims in {
+        # name: (layers, heads, kv heads, hidden, intermediate, tied embeddings); head_dim 128 for all
+        "Qwen3-0.6B": (28, 16, 8, 1024, 3072, True),
+        "Qwen3-1.7B": (28, 16, 8, 2048, 6144, True),
+        "Qwen3-1.7B-Base": (28, 16, 8, 2048, 6144, True),
+        "Qwen3-4B": (36, 32, 8, 2560, 9728, True),
+        "Qwen3-8B": (36, 32, 8, 4096, 12288, False),
+        "Qwen3-8B-Base": (36, 32, 8, 4096, 12288, False),
+        "Qwen3-32B": (64, 64, 8, 5120, 25600, False),
     }.items()
 }
+#: Qwen3-30B-A3B (config.json of Qwen/Qwen3-30B-A3B): 48 MoE layers, 128 experts of width 768, 8 per token.
+QWEN3_SHAPES["Qwen3-30B-A3B"] = ModelShape(
+    "Qwen3-30B-A3B", 48, 32, 4, 2048, 6144, head_dim=128, vocab_size=QWEN3_VOCAB, tie_word_embeddings=False,
+    num_experts=128, moe_top_k=8, moe_intermediate_size=768, qk_norm=True)
 
 PAPER_ALGORITHMS: tuple[str, ...] = ("rlad", "grpo", "kdrl")
 

@@ -153,7 +153,8 @@ def build_components(config: RunConfig) -> Components:
     check_model_folder(c.model.student, "model.student")
     if c.model.teacher and teacher_use(c.loss) != "none":
         check_model_folder(c.model.teacher, "model.teacher")
-    parallel.initialize_model_parallel(c.parallel.tensor_parallel, c.parallel.pipeline_parallel, seed=c.trainer.seed)
+    parallel.initialize_model_parallel(c.parallel.tensor_parallel, c.parallel.pipeline_parallel, seed=c.trainer.seed,
+                                       context_parallel=c.parallel.context_parallel)
     torch.manual_seed(c.trainer.seed)
     dp_rank, dp_size = ps.get_data_parallel_rank(), ps.get_data_parallel_world_size()
     layout = batch_layout(c, dp_size)
@@ -176,9 +177,14 @@ def build_components(config: RunConfig) -> Components:
     fp8 = transformer_config_fp8_kwargs(c.fp8) if c.fp8.enabled else {}
     from rlad_megatron.models.layout import stage_overrides
 
+    from rlad_megatron.models.builder import recompute_fields
+
     student_stages = stage_overrides(c.parallel.first_stage_layers, c.parallel.last_stage_layers)
+    # activation recomputation only where there is a backward (the student's training passes)
+    recompute = recompute_fields(c.parallel.recompute, c.parallel.recompute_num_layers)
     modules, arch = load_hf_model(c.model.student, trainable=True, params_dtype=dtype,
-                                  sequence_parallel=c.parallel.sequence_parallel, **fp8, **student_stages)
+                                  sequence_parallel=c.parallel.sequence_parallel, **fp8, **student_stages,
+                                  **recompute)
     wrapped, optimizer = build_student(modules, c.optim)
     policy = MegatronPolicy(wrapped, arch.vocab_size, optimizer=optimizer, with_entropy="entropy" in needs)
     student = Student(policy=policy, modules=modules, arch=arch, hf_dir=c.model.student,

@@ -1,0 +1,482 @@
+"""The memory plan: each GPU's peak memory, by component, before a run is launched.
+
+    plan = plan_memory(config, student=shape, teacher=teacher_shape, dp=8, gpu="h200")
+    print(plan.describe())            # one line per component, the peak phase, and whether it fits
+    plan.check()                      # MemoryPlanError naming the largest terms and settings that would fit
+
+Everything is arithmetic on shapes (no torch, no hardware): the parameter counts of the student and the teacher
+(dense or MoE), their shards under TP / PP / CP / EP and sequence parallelism, the optimizer's state (Adam: fp32
+moments, an fp32 main copy of bf16 weights, sharded over data parallelism by the distributed optimizer; an fp32
+gradient buffer: ``grad_reduce_in_fp32``), the activations of one micro-batch (its token budget, recomputation,
+the attention kind), the vocabulary-parallel logits and their gradient, and the colocated engine (weights + KV
+cache). The per-layer activation terms count the tensors autograd keeps for Megatron's layer (norm inputs, the
+QKV/MLP inputs and outputs, attention scores when the attention is not fused), after Korthikanti et al. 2022
+("Reducing Activation Recomputation in Large Transformer Models"), adapted to GQA, SwiGLU and QK-norm.
+
+Peak = what stays resident all run + the largest of the phases that come and go (a training micro-batch, a
+forward-only scoring micro-batch of the teacher / old / reference policy). Measured against CPU peaks in
+``docs/memory_plan.md`` (``bench/memory_plan.py``).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from rlad_megatron.config import ConfigError, RunConfig, teacher_use
+from rlad_megatron.placement import ModelShape
+
+GIB = 1 << 30
+
+#: Memory of one GPU in GiB as torch reports it (``torch.cuda.get_device_properties(0).total_memory``): an H100
+#: 80 GB has 79.6 GiB, an H200 141 GB about 139.8 GiB (measured on the lent H200: "about 139 GiB").
+GPU_MEMORY_GIB: dict[str, float] = {"h100": 79.6, "h200": 139.8}
+
+#: CUDA context, NCCL buffers and the caching allocator's fragmentation, held back on every GPU (ours).
+RUNTIME_RESERVE_GIB = 4.0
+#: The colocated engine's own working memory besides weights and KV cache (CUDA graphs, sampler, activations of
+#: one engine step; ours, from vLLM's profile runs of 1-8B models at their default token budget).
+ENGINE_RUNTIME_GIB = 2.0
+#: float32 elements of one log-prob chunk on a GPU (``rlad_megatron.logprobs.vocab_parallel.DEFAULT_CHUNK_ELEMENTS``).
+LOGPROB_CHUNK_ELEMENTS = 1 << 24
+
+#: What the trainer does today with the settings that would move memory off the GPU between phases. The plan
+#: counts what happens, not what a setting asks for: flip these where issue 21's offload / sleep mode lands.
+TRAINER_OFFLOADS_TEACHER = False
+"""``teacher.offload`` is declared but the trainer keeps the Megatron teacher on the GPU all run."""
+TRAINER_SLEEPS_ENGINE = False
+"""The colocated engine keeps its weights and KV cache while the learner trains."""
+
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+class MemoryPlanError(ConfigError):
+    """The run does not fit the GPU memory; the message names the largest terms and settings that would fit."""
+
+
+# ---------------------------------------------------------------------------------------------------- parameters
+@dataclass(frozen=True)
+class ParamCounts:
+    """A model's parameters, split the way parallelism splits them."""
+
+    embedding: int
+    """Input embedding (vocab x hidden)."""
+    output: int
+    """Output layer (0 when tied to the embedding)."""
+    layer_dense: int
+    """One layer's tensor-parallel weights: attention, dense MLP (or shared expert), router; norms included."""
+    layer_experts: int
+    """One layer's routed experts (expert-parallel, not tensor-parallel)."""
+    num_layers: int
+    final_norm: int
+
+    @property
+    def total(self) -> int:
+        return (self.embedding + self.output + self.final_norm
+                + self.num_layers * (self.layer_dense + self.layer_experts))
+
+
+def param_counts(shape: ModelShape, vocab: int | None = None) -> ParamCounts:
+    """Parameter counts of ``shape`` (``vocab``: rows of the embedding, default the checkpoint's vocab size)."""
+    if not shape.vocab_size and vocab is None:
+        raise ConfigError(f"memory plan: the shape of {shape.name} has no vocab_size; give it (config.json's "
+                          "vocab_size) to size the embedding and the logits")
+    v = vocab or shape.vocab_size
+    h, hd = shape.hidden_size, shape.head_dim_or_default
+    q, kv = shape.num_heads * hd, shape.num_kv_heads * hd
+    attention = h * (q + 2 * kv) + q * h + (2 * hd if shape.qk_norm else 0)
+    norms = 2 * h
+    if shape.is_moe:
+        experts = shape.num_experts * 3 * h * shape.moe_intermediate_size
+        mlp = shape.num_experts * h  # router
+        if shape.shared_expert_intermediate_size:
+            mlp += 3 * h * shape.shared_expert_intermediate_size + h  # shared expert and its gate
+    else:
+        experts, mlp = 0, 3 * h * shape.intermediate_size
+    return ParamCounts(embedding=v * h, output=0 if shape.tie_word_embeddings else v * h,
+                       layer_dense=attention + mlp + norms, layer_experts=experts,
+                       num_layers=shape.num_layers, final_norm=h)
+
+
+def padded_vocab(vocab: int, tp: int, divisor: int = 128) -> int:
+    """Megatron's embedding rows: ``vocab`` rounded up to a multiple of ``divisor * tp``."""
+    multiple = divisor * tp
+    return -(-vocab // multiple) * multiple
+
+
+def stage_layers(shape: ModelShape, pp: int, first: int | None = None, last: int | None = None) -> list[int]:
+    from rlad_megatron.models.layout import pipeline_stage_layers
+
+    return pipeline_stage_layers(shape.num_layers, pp, first, last)
+
+
+@dataclass(frozen=True)
+class DeviceParams:
+    """Parameters one GPU holds: the pipeline stage with the most, split by TP (dense) and EP (experts)."""
+
+    dense: int
+    experts: int
+
+    @property
+    def total(self) -> int:
+        return self.dense + self.experts
+
+
+def device_params(shape: ModelShape, *, tp: int, pp: int = 1, ep: int = 1, first: int | None = None,
+                  last: int | None = None) -> DeviceParams:
+    """Per-GPU parameters of the heaviest pipeline stage (first stage: + embedding, last: + output layer)."""
+    counts = param_counts(shape, padded_vocab(shape.vocab_size, tp) if shape.vocab_size else None)
+    stages = stage_layers(shape, pp, first, last)
+    best = DeviceParams(0, 0)
+    for i, layers in enumerate(stages):
+        dense = layers * counts.layer_dense // tp
+        if i == 0:
+            dense += counts.embedding // tp
+        if i == len(stages) - 1:
+            dense += (counts.output or (counts.embedding if pp > 1 else 0)) // tp + counts.final_norm
+        here = DeviceParams(dense, layers * counts.layer_experts // ep)
+        best = max(best, here, key=lambda d: d.total)
+    return best
+
+
+# ---------------------------------------------------------------------------------------------------- activations
+def layer_activation_bytes(shape: ModelShape, tokens: int, *, tp: int, sp: bool, dtype_bytes: int,
+                           sequence_length: int, fused_attention: bool, ep: int = 1) -> dict[str, int]:
+    """Bytes autograd keeps for one layer's backward, for ``tokens`` tokens on this GPU (``sequence_length``: the
+    padded row length, for the ``[b, heads, s, s]`` scores of an unfused attention).
+
+    Returns ``{"layer": ..., "scores": ..., "input": ...}``: the whole layer, its attention-scores part (what
+    selective recomputation drops) and the layer's input (what full recomputation keeps per checkpointed chunk).
+    """
+    h, hd = shape.hidden_size, shape.head_dim_or_default
+    q = shape.num_heads * hd // tp
+    kv = max(shape.num_kv_heads * hd // tp, hd)  # TP above the KV heads: each rank still holds one KV head
+    hidden = h // tp if sp else h  # norm and linear inputs: sequence-sharded with SP, replicated without
+    # input norm in, QKV in, pre-MLP norm in, MLP in; Q, K (roped) and V; attention output (o_proj in); QK-norm ins
+    elements = 4 * hidden + q + 2 * kv + q + ((q + kv) if shape.qk_norm else 0)
+    if shape.is_moe:
+        k, fe = shape.moe_top_k, shape.moe_intermediate_size
+        # router logits (fp32, counted as 2 elements of bf16), then per routed copy of a token: its hidden state
+        # (permuted), gate+up (2 fe) and the activation (fe); the combine keeps the expert outputs (h)
+        elements += 2 * shape.num_experts + k * (2 * h + 3 * fe)
+        if shape.shared_expert_intermediate_size:
+            elements += 3 * shape.shared_expert_intermediate_size // tp
+    else:
+        elements += 3 * shape.intermediate_size // tp  # gate+up output (2f), SwiGLU output (f)
+    layer = tokens * elements * dtype_bytes
+    scores = 0
+    if not fused_attention:  # softmax output, and the dropout's output that the context matmul keeps
+        rows = max(1, tokens // max(1, sequence_length))
+        scores = 2 * rows * (shape.num_heads // tp) * sequence_length * sequence_length * dtype_bytes
+    return {"layer": layer + scores, "scores": scores, "input": tokens * hidden * dtype_bytes}
+
+
+def training_activation_bytes(shape: ModelShape, tokens: int, *, tp: int, pp: int, sp: bool, dtype_bytes: int,
+                              sequence_length: int, fused_attention: bool, recompute: str,
+                              recompute_num_layers: int, layers: int, ep: int = 1) -> int:
+    """Activations kept by one pipeline stage of ``layers`` layers during a training micro-batch. With PP, the first
+    stage holds ``pp`` micro-batches in flight (1F1B)."""
+    one = layer_activation_bytes(shape, tokens, tp=tp, sp=sp, dtype_bytes=dtype_bytes,
+                                 sequence_length=sequence_length, fused_attention=fused_attention, ep=ep)
+    if recompute == "full":
+        n = max(1, recompute_num_layers)
+        # chunk inputs + one chunk rebuilt during its backward (whose temporaries replace what it frees)
+        kept = -(-layers // n) * one["input"] + n * one["layer"]
+    elif recompute == "selective":  # + the backward's temporaries of one layer (gradients of its activations)
+        kept = layers * (one["layer"] - one["scores"]) + one["scores"] + one["layer"]
+    else:
+        kept = (layers + 1) * one["layer"]
+    return kept * (pp if pp > 1 else 1)
+
+
+def logits_bytes(vocab: int, tokens: int, *, tp: int, dtype_bytes: int, backward: bool, chunk_elements: int) -> int:
+    """The output layer's logits ``[tokens, V/TP]`` (and their gradient in a training pass) + one fp32 chunk of the
+    log-prob kernel."""
+    local = padded_vocab(vocab, tp) // tp
+    return tokens * local * dtype_bytes * (2 if backward else 1) + min(chunk_elements, tokens * local) * 4
+
+
+# ---------------------------------------------------------------------------------------------------- the plan
+@dataclass(frozen=True)
+class Term:
+    name: str
+    bytes: int
+    phase: str
+    """"resident" (all run), "train" (a training micro-batch) or "score" (a forward-only micro-batch)."""
+    detail: str = ""
+
+
+@dataclass
+class MemoryPlan:
+    """Per-GPU memory by component; ``peak_bytes`` is resident + the largest phase."""
+
+    terms: list[Term]
+    gpu_gib: float | None
+    gpu_name: str
+    notes: list[str] = field(default_factory=list)
+    suggestions: list[str] = field(default_factory=list)
+
+    def phase_bytes(self, phase: str) -> int:
+        return sum(t.bytes for t in self.terms if t.phase == phase)
+
+    @property
+    def resident_bytes(self) -> int:
+        return self.phase_bytes("resident")
+
+    @property
+    def peak_phase(self) -> str:
+        return "train" if self.phase_bytes("train") >= self.phase_bytes("score") else "score"
+
+    @property
+    def peak_bytes(self) -> int:
+        return self.resident_bytes + max(self.phase_bytes("train"), self.phase_bytes("score"))
+
+    @property
+    def peak_gib(self) -> float:
+        return self.peak_bytes / GIB
+
+    @property
+    def fits(self) -> bool:
+        return self.gpu_gib is None or self.peak_gib <= self.gpu_gib
+
+    def term(self, name: str) -> Term:
+        return next(t for t in self.terms if t.name == name)
+
+    def largest(self, n: int = 3) -> list[Term]:
+        """The largest terms of the peak (resident + the peak phase)."""
+        live = [t for t in self.terms if t.phase in ("resident", self.peak_phase)]
+        return sorted(live, key=lambda t: -t.bytes)[:n]
+
+    def describe(self) -> str:
+        lines = [f"memory plan per GPU ({self.gpu_name}" + (f", {self.gpu_gib:.1f} GiB)" if self.gpu_gib else ")")]
+        for phase, title in (("resident", "resident all run"), ("train", "training micro-batch"),
+                             ("score", "forward-only micro-batch")):
+            terms = [t for t in self.terms if t.phase == phase]
+            if not terms:
+                continue
+            lines.append(f"  {title}: {self.phase_bytes(phase) / GIB:.1f} GiB")
+            for t in terms:
+                lines.append(f"    {t.name:34s} {t.bytes / GIB:8.2f} GiB" + (f"  ({t.detail})" if t.detail else ""))
+        verdict = "" if self.gpu_gib is None else (" fits" if self.fits else f" DOES NOT FIT in {self.gpu_gib:.1f}")
+        lines.append(f"  peak ({self.peak_phase} phase): {self.peak_gib:.1f} GiB{verdict}")
+        lines.extend(f"  note: {n}" for n in self.notes)
+        if not self.fits and self.suggestions:
+            lines.append("  settings that would fit: " + "; ".join(self.suggestions))
+        return "\n".join(lines)
+
+    def check(self) -> "MemoryPlan":
+        """Raise :class:`MemoryPlanError` unless the plan fits."""
+        if self.fits:
+            return self
+        largest = ", ".join(f"{t.name} {t.bytes / GIB:.1f} GiB" for t in self.largest())
+        fix = ("; ".join(self.suggestions) if self.suggestions
+               else "none of the single changes tried (recomputation, token budget, KV cache, TP) is enough: "
+                    "use more GPUs per replica (TP/PP) or a smaller model")
+        raise MemoryPlanError(f"the run needs about {self.peak_gib:.1f} GiB per GPU at its peak ({self.peak_phase} "
+                              f"phase) but a {self.gpu_name} has {self.gpu_gib:.1f} GiB; largest terms: {largest}. "
+                              f"Settings that would fit: {fix} (print the plan: python -m recipes NAME --plan)")
+
+
+def gpu_memory_gib(gpu: str | float | None) -> tuple[float | None, str]:
+    """(GiB, name) of ``gpu``: "h100", "h200", a number of GiB, or None (no limit: print only)."""
+    if gpu is None:
+        return None, "no GPU limit"
+    if isinstance(gpu, (int, float)) and not isinstance(gpu, bool):
+        if gpu <= 0:
+            raise ConfigError(f"GPU memory must be > 0 GiB, got {gpu}")
+        return float(gpu), f"{gpu:g} GiB GPU"
+    name = str(gpu).lower()
+    if name in GPU_MEMORY_GIB:
+        return GPU_MEMORY_GIB[name], name.upper()
+    try:
+        return gpu_memory_gib(float(name))
+    except ValueError:
+        raise ConfigError(f"GPU {gpu!r}: give one of {sorted(GPU_MEMORY_GIB)} or a size in GiB") from None
+
+
+def train_tokens(config: RunConfig) -> int:
+    """Tokens of the largest training micro-batch on one data-parallel rank: the token budget (at least one whole
+    longest sequence), else micro_batch_size sequences padded to the longest possible one."""
+    longest = config.data.max_prompt_tokens + config.rollout.max_new_tokens
+    budget = config.trainer.max_tokens_per_micro_batch
+    return max(budget, longest) if budget else config.trainer.micro_batch_size * longest
+
+
+def forward_tokens(config: RunConfig) -> int:
+    """Tokens of the largest forward-only micro-batch (teacher / old / reference scoring)."""
+    longest = config.data.max_prompt_tokens + config.rollout.max_new_tokens
+    t = config.trainer
+    budget = t.max_tokens_per_forward_micro_batch or (2 * t.max_tokens_per_micro_batch
+                                                      if t.max_tokens_per_micro_batch else None)
+    return max(budget, longest) if budget else t.micro_batch_size * longest
+
+
+def plan_memory(config: RunConfig, *, student: ModelShape, teacher: ModelShape | None = None, dp: int = 1,
+                ep: int = 1, teacher_ep: int = 1, gpu: str | float | None = None, fused_attention: bool = True,
+                runtime_reserve_gib: float = RUNTIME_RESERVE_GIB, engine_runtime_gib: float = ENGINE_RUNTIME_GIB,
+                chunk_elements: int = LOGPROB_CHUNK_ELEMENTS, suggest: bool = True) -> MemoryPlan:
+    """The per-GPU memory plan of ``config`` with these model shapes and ``dp`` data-parallel replicas.
+
+    ``ep`` / ``teacher_ep``: expert-parallel sizes of a MoE student / teacher (the trainer runs EP=1 today).
+    ``fused_attention``: TE's flash attention (no ``[s, s]`` scores; GPU image) or Megatron's local attention.
+    ``gpu``: "h100", "h200", a size in GiB, or None (no verdict). CPU runs: ``runtime_reserve_gib=0``,
+    ``engine_runtime_gib=0``.
+    """
+    c = config
+    par = c.parallel
+    tp, pp, cp = par.tensor_parallel, par.pipeline_parallel, par.context_parallel
+    sp = par.sequence_parallel and tp > 1
+    wbytes = DTYPE_BYTES[c.model.params_dtype]
+    act = wbytes  # activations in the parameter dtype (bf16 autocast-free Megatron)
+    gpu_gib, gpu_name = gpu_memory_gib(gpu)
+    terms: list[Term] = []
+    notes: list[str] = []
+
+    # --- the student: weights, fp32 gradient buffer, Adam state (sharded over DP x CP by the distributed optimizer)
+    sp_params = device_params(student, tp=tp, pp=pp, ep=ep, first=par.first_stage_layers, last=par.last_stage_layers)
+    terms.append(Term("student weights", sp_params.total * wbytes, "resident",
+                      f"{sp_params.total / 1e9:.2f}B params x {wbytes} B"))
+    terms.append(Term("student gradients (fp32 buffer)", sp_params.total * 4, "resident"))
+    adam = 8 + (4 if wbytes < 4 else 0)  # m, v (+ fp32 main weights of bf16 params)
+    shard_dense = dp * cp if c.optim.use_distributed_optimizer else 1
+    shard_experts = max(1, dp * cp * tp // ep) if c.optim.use_distributed_optimizer else 1
+    opt = sp_params.dense * adam // shard_dense + sp_params.experts * adam // shard_experts
+    terms.append(Term("student optimizer (Adam)", opt, "resident",
+                      f"{adam} B/param" + (f" / {shard_dense} DP shards" if shard_dense > 1 else "")))
+
+    # --- the teacher (Megatron, same TP/PP layout)
+    uses = teacher_use(c.loss)
+    megatron_teacher = uses == "logprobs" and c.teacher.source == "megatron" and teacher is not None
+    if uses == "logprobs" and teacher is None:
+        notes.append("teacher shape unknown: the teacher is not counted")
+    if megatron_teacher:
+        tparams = device_params(teacher, tp=tp, pp=pp, ep=teacher_ep, first=par.teacher_first_stage_layers,
+                                last=par.teacher_last_stage_layers)
+        detail = f"{tparams.total / 1e9:.2f}B params x {wbytes} B"
+        if teacher.is_moe and teacher_ep == 1:
+            detail += "; experts are not TP-split: every GPU holds all of them (EP=1)"
+        offloaded = c.teacher.offload and TRAINER_OFFLOADS_TEACHER
+        terms.append(Term("teacher weights", tparams.total * wbytes, "score" if offloaded else "resident", detail))
+        if c.teacher.offload and not TRAINER_OFFLOADS_TEACHER:
+            notes.append("teacher.offload=true is not implemented by the trainer yet: the teacher is counted resident")
+    elif uses == "logprobs" and c.teacher.source == "vllm":
+        notes.append("teacher.source=vllm: its scoring engine's weights and KV cache are not counted")
+
+    # --- the colocated rollout engine: the whole student at engine TP (no PP), its KV cache, its runtime
+    if c.rollout.placement == "colocated":
+        engine_model = teacher if uses == "samples" and teacher is not None else student
+        ew = device_params(engine_model, tp=tp, pp=1, ep=1).total * DTYPE_BYTES[c.rollout.dtype]
+        phase = "resident"  # sleeping would free it during training: see TRAINER_SLEEPS_ENGINE
+        terms.append(Term("engine weights", ew, phase, f"{engine_model.name} at TP={tp}, {c.rollout.dtype}"))
+        terms.append(Term("engine KV cache", c.rollout.kv_cache_mb << 20, phase, "rollout.kv_cache_mb"))
+        if engine_runtime_gib:
+            terms.append(Term("engine runtime", int(engine_runtime_gib * GIB), phase, "CUDA graphs, sampler"))
+    if runtime_reserve_gib:
+        terms.append(Term("CUDA context, NCCL, fragmentation", int(runtime_reserve_gib * GIB), "resident"))
+
+    # --- a training micro-batch of the student
+    longest = c.data.max_prompt_tokens + c.rollout.max_new_tokens
+    tt = train_tokens(c)
+    tokens = -(-tt // cp)
+    layers = max(stage_layers(student, pp, par.first_stage_layers, par.last_stage_layers))
+    acts = training_activation_bytes(student, tokens, tp=tp, pp=pp, sp=sp, dtype_bytes=act,
+                                     sequence_length=-(-longest // cp), fused_attention=fused_attention,
+                                     recompute=par.recompute, recompute_num_layers=par.recompute_num_layers,
+                                     layers=layers, ep=ep)
+    budget = (f"trainer.max_tokens_per_micro_batch={c.trainer.max_tokens_per_micro_batch}"
+              if c.trainer.max_tokens_per_micro_batch else f"{c.trainer.micro_batch_size} x {longest} tokens")
+    terms.append(Term("student activations", acts, "train",
+                      f"{tt} tokens ({budget}){f' / CP={cp}' if cp > 1 else ''}, {layers} layers, "
+                      f"recompute={par.recompute}"))
+    terms.append(Term("student logits + gradient", logits_bytes(student.vocab_size, tokens, tp=tp, dtype_bytes=act,
+                                                                backward=True, chunk_elements=chunk_elements),
+                      "train", f"[{tokens}, V/{tp}]"))
+
+    # --- a forward-only micro-batch: the largest model that scores (teacher, else the student itself)
+    ft = -(-forward_tokens(c) // cp)
+    scorer = teacher if megatron_teacher else student
+    one = layer_activation_bytes(scorer, ft, tp=tp, sp=sp, dtype_bytes=act, sequence_length=-(-longest // cp),
+                                 fused_attention=fused_attention, ep=teacher_ep if megatron_teacher else ep)
+    terms.append(Term("scoring working set (one layer)", one["layer"], "score",
+                      f"{scorer.name}, {ft} tokens per forward micro-batch"))
+    terms.append(Term("scoring logits", logits_bytes(scorer.vocab_size, ft, tp=tp, dtype_bytes=act, backward=False,
+                                                     chunk_elements=chunk_elements), "score"))
+    plan = MemoryPlan(terms=terms, gpu_gib=gpu_gib, gpu_name=gpu_name, notes=notes)
+    if ep > 1 or teacher_ep > 1:
+        plan.notes.append("expert parallelism inside the trainer is not wired yet (the trainer runs EP=1; "
+                          "megatron's allgather dispatcher needs equal token counts over the EP group)")
+    if suggest and not plan.fits:
+        plan.suggestions = _suggestions(c, dict(student=student, teacher=teacher, dp=dp, ep=ep,
+                                                teacher_ep=teacher_ep, gpu=gpu, fused_attention=fused_attention,
+                                                runtime_reserve_gib=runtime_reserve_gib,
+                                                engine_runtime_gib=engine_runtime_gib,
+                                                chunk_elements=chunk_elements))
+    return plan
+
+
+def _with(config: RunConfig, **sections: dict[str, Any]) -> RunConfig:
+    out = config
+    for name, changes in sections.items():
+        out = dataclasses.replace(out, **{name: dataclasses.replace(getattr(out, name), **changes)})
+    return out
+
+
+def _fits(config: RunConfig, kwargs: dict[str, Any]) -> bool:
+    try:
+        return plan_memory(config, suggest=False, **kwargs).fits
+    except (ConfigError, ValueError):
+        return False
+
+
+def _largest_budget(config: RunConfig, kwargs: dict[str, Any], recompute: str) -> int | None:
+    """The largest training token budget (a multiple of 1024, at least one longest sequence) that fits with
+    ``recompute``, or None."""
+    longest = config.data.max_prompt_tokens + config.rollout.max_new_tokens
+    low = -(-longest // 1024) * 1024
+
+    def ok(budget: int) -> bool:
+        return _fits(_with(config, parallel={"recompute": recompute},
+                           trainer={"max_tokens_per_micro_batch": budget,
+                                    "max_tokens_per_forward_micro_batch": None}), kwargs)
+
+    if not ok(low):
+        return None
+    high = low
+    while high < (1 << 22) and ok(high * 2):
+        high *= 2
+    lo, hi = high, high * 2
+    while hi - lo > 1024:
+        mid = (lo + hi) // 2 // 1024 * 1024
+        lo, hi = (mid, hi) if ok(mid) else (lo, mid)
+    return lo
+
+
+def _suggestions(config: RunConfig, kwargs: dict[str, Any]) -> list[str]:
+    """Single changes that make the plan fit, the least invasive first."""
+    out: list[str] = []
+    par, t = config.parallel, config.trainer
+    for recompute in ("none", "selective", "full"):
+        if recompute != par.recompute and ("none", "selective", "full").index(recompute) < \
+                ("none", "selective", "full").index(par.recompute):
+            continue
+        budget = _largest_budget(config, kwargs, recompute)
+        if budget is None:
+            continue
+        change = f"trainer.max_tokens_per_micro_batch={budget}"
+        if recompute != par.recompute:
+            change = f"parallel.recompute={recompute} with {change}"
+        if t.max_tokens_per_micro_batch is None or budget < t.max_tokens_per_micro_batch or recompute != par.recompute:
+            out.append(change)
+    kv = config.rollout.kv_cache_mb
+    for fraction in (0.75, 0.5, 0.25):
+        smaller = int(kv * fraction)
+        if config.rollout.placement == "colocated" and _fits(_with(config, rollout={"kv_cache_mb": smaller}), kwargs):
+            out.append(f"rollout.kv_cache_mb={smaller}")
+            break
+    tp = par.tensor_parallel
+    for bigger in (tp * 2, tp * 4):
+        if bigger <= 8 and _fits(_with(config, parallel={"tensor_parallel": bigger,
+                                                         "sequence_parallel": True}), kwargs):
+            out.append(f"parallel.tensor_parallel={bigger} parallel.sequence_parallel=true (fewer DP replicas)")
+            break
+    return out
