@@ -273,7 +273,7 @@ class MemoryPlan:
                else "none of the single changes tried (recomputation, token budget, KV cache, TP) is enough: "
                     "use more GPUs per replica (TP/PP) or a smaller model")
         raise MemoryPlanError(f"the run needs about {self.peak_gib:.1f} GiB per GPU at its peak ({self.peak_phase} "
-                              f"phase) but a {self.gpu_name} has {self.gpu_gib:.1f} GiB; largest terms: {largest}. "
+                              f"phase) but the GPU ({self.gpu_name}) has {self.gpu_gib:.1f} GiB; largest terms: {largest}. "
                               f"Settings that would fit: {fix} (print the plan: python -m recipes NAME --plan)")
 
 
@@ -455,13 +455,13 @@ def _suggestions(config: RunConfig, kwargs: dict[str, Any]) -> list[str]:
     """Single changes that make the plan fit, the least invasive first."""
     out: list[str] = []
     par, t = config.parallel, config.trainer
-    for recompute in ("none", "selective", "full"):
-        if recompute != par.recompute and ("none", "selective", "full").index(recompute) < \
-                ("none", "selective", "full").index(par.recompute):
-            continue
+    order = ("none", "selective", "full")
+    best = 0
+    for recompute in order[order.index(par.recompute):]:  # never suggest less recomputation than configured
         budget = _largest_budget(config, kwargs, recompute)
-        if budget is None:
+        if budget is None or budget <= best:  # e.g. selective with fused attention: nothing gained
             continue
+        best = budget
         change = f"trainer.max_tokens_per_micro_batch={budget}"
         if recompute != par.recompute:
             change = f"parallel.recompute={recompute} with {change}"
