@@ -120,6 +120,14 @@ class Recipe:
                            teacher_ep=self.expert_parallel, gpu=self.gpu_memory if self.gpu else None,
                            fused_attention=self.gpu, **extra)
 
+    def launch_blocker(self) -> str | None:
+        """Why this recipe can be planned but not launched, or None."""
+        if self.expert_parallel > 1:
+            return (f"{self.name}: expert parallelism {self.expert_parallel} is a plan only: the trainer runs the MoE "
+                    "teacher at EP=1 (expert parallelism inside the trainer is not wired yet); print it with --plan, "
+                    "launch with expert_parallel 1")
+        return None
+
     def validate(self, *, check_memory: bool = True) -> Placement:
         """Check everything that can be checked on the launching machine; returns the placement.
 
@@ -130,6 +138,8 @@ class Recipe:
         """
         self.config.validate()
         placement = self.placement()
+        if check_memory and self.launch_blocker():
+            raise ConfigError(self.launch_blocker())
         if check_memory and self.gpu:
             plan = self.memory_plan(placement)
             if plan is not None:

@@ -121,6 +121,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.plan:
         print(plan.describe() if plan is not None else "memory plan: the recipe gives no model shapes")
         return 0 if plan is None or plan.fits else 1
+    if recipe.launch_blocker():
+        print(f"error: {recipe.launch_blocker()}", file=sys.stderr)
+        return 2
     if plan is not None and recipe.gpu and not plan.fits:
         if not args.ignore_memory_plan:
             print(f"error: {_refusal(plan)}", file=sys.stderr)
