@@ -480,3 +480,30 @@ def _suggestions(config: RunConfig, kwargs: dict[str, Any]) -> list[str]:
             out.append(f"parallel.tensor_parallel={bigger} parallel.sequence_parallel=true (fewer DP replicas)")
             break
     return out
+
+
+# ---------------------------------------------------------------------------------------------------- for the engine
+ENGINE_TERMS: tuple[str, ...] = ("engine weights", "engine KV cache", "engine runtime")
+
+
+def engine_bytes(plan: MemoryPlan) -> int:
+    """The colocated engine's share of the plan: its weights, KV cache and runtime (0 when disaggregated)."""
+    return sum(t.bytes for t in plan.terms if t.name in ENGINE_TERMS)
+
+
+def engine_memory_utilization(plan: MemoryPlan, total_gib: float | None = None) -> float:
+    """vLLM's ``gpu_memory_utilization`` for the colocated engine: the fraction of the GPU's memory (``total_gib``,
+    default the plan's GPU) that its weights, KV cache and runtime take in the plan, so that the engine reserves no
+    more than the plan gave it and the learner's share stays free.
+
+        plan = plan_memory(config, student=ModelShape.from_arch(arch), teacher=..., dp=dp, gpu=total_gib)
+        utilization = engine_memory_utilization(plan)
+    """
+    total = total_gib if total_gib is not None else plan.gpu_gib
+    if not total:
+        raise ConfigError("engine_memory_utilization needs the GPU's memory: plan with gpu=... or give total_gib")
+    share = engine_bytes(plan) / (total * GIB)
+    if not 0 < share < 1:
+        raise ConfigError(f"the colocated engine's planned memory ({engine_bytes(plan) / GIB:.1f} GiB) is not a "
+                          f"fraction of the GPU's {total:.1f} GiB: lower rollout.kv_cache_mb")
+    return share

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 import torch.distributed as dist
 
-from rlad_megatron.config import RunConfig, teacher_use
+from rlad_megatron.config import ConfigError, RunConfig, teacher_use
 from rlad_megatron.console import say
 from rlad_megatron.data.prompt_stream import PromptStream
 from rlad_megatron.learner.policy import MegatronPolicy, build_student
@@ -132,6 +132,20 @@ def learner_probe(student: MegatronPolicy, pad_id: int,
     return logprobs
 
 
+def _check_context_parallel_supported(context_parallel: int) -> None:
+    """CP reaches Megatron (parallel state, TransformerConfig; TE's attention), but the learner's forward step does
+    not split its micro-batches over the CP ranks yet, so a run would score unsplit rows: refused at start."""
+    if context_parallel == 1:
+        return
+    from rlad_megatron.models.builder import check_context_parallel
+
+    check_context_parallel(context_parallel)  # no TE: say that first
+    raise ConfigError(f"parallel.context_parallel={context_parallel}: the model and the parallel state support it, but "
+                      "the trainer's forward step does not split sequences over the context-parallel ranks yet (the "
+                      "layout is in rlad_megatron/learner/context_parallel.py): set parallel.context_parallel=1 and "
+                      "bound memory with trainer.max_tokens_per_micro_batch and parallel.recompute")
+
+
 def build_components(config: RunConfig) -> Components:
     """Initialise model parallelism and build every part of the run ``config`` describes (collective)."""
     from megatron.core import parallel_state as ps
@@ -153,6 +167,7 @@ def build_components(config: RunConfig) -> Components:
     check_model_folder(c.model.student, "model.student")
     if c.model.teacher and teacher_use(c.loss) != "none":
         check_model_folder(c.model.teacher, "model.teacher")
+    _check_context_parallel_supported(c.parallel.context_parallel)
     parallel.initialize_model_parallel(c.parallel.tensor_parallel, c.parallel.pipeline_parallel, seed=c.trainer.seed,
                                        context_parallel=c.parallel.context_parallel)
     torch.manual_seed(c.trainer.seed)

@@ -136,3 +136,15 @@ def test_gpu_names_and_sizes():
 def test_unknown_vocab_is_refused():
     with pytest.raises(ValueError, match="no vocab_size"):
         param_counts(dataclasses.replace(QWEN3_8B, vocab_size=0))
+
+
+def test_engine_memory_utilization_is_the_engine_share_of_the_gpu():
+    from rlad_megatron.memory_plan import engine_bytes, engine_memory_utilization
+
+    plan = plan_memory(_math_8b(), student=QWEN3_8B, teacher=QWEN3_32B, dp=16, gpu="h200")
+    weights = device_params(QWEN3_8B, tp=4).total * 2  # the whole student at the engine's TP=4, bf16
+    assert engine_bytes(plan) == weights + (32768 << 20) + 2 * GIB
+    assert engine_memory_utilization(plan) == pytest.approx(engine_bytes(plan) / (139.8 * GIB))
+    assert engine_memory_utilization(plan, total_gib=79.6) == pytest.approx(engine_bytes(plan) / (79.6 * GIB))
+    with pytest.raises(ValueError, match="lower rollout.kv_cache_mb"):
+        engine_memory_utilization(plan, total_gib=20)

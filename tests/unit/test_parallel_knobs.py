@@ -64,3 +64,15 @@ def test_placement_counts_context_parallel_ranks():
     with pytest.raises(PlacementError, match=r"8 learner GPUs are not a whole number of TP=2 x PP=1 x CP=3"):
         plan_placement(_cp_config(3), nodes=1, gpus_per_node=8)
     assert "CP" not in plan_placement(_cp_config(1), nodes=1, gpus_per_node=8).describe()
+
+
+def test_trainer_refuses_context_parallel_until_its_forward_step_splits_sequences():
+    from rlad_megatron.config import ConfigError
+    from rlad_megatron.models.builder import use_transformer_engine
+    from rlad_megatron.trainer.setup import _check_context_parallel_supported
+
+    _check_context_parallel_supported(1)
+    expected = (ConfigError, r"does not split sequences over the context-parallel ranks yet") if \
+        use_transformer_engine() else (RuntimeError, r"needs Transformer Engine")
+    with pytest.raises(expected[0], match=expected[1]):
+        _check_context_parallel_supported(2)
