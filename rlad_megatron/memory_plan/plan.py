@@ -13,29 +13,31 @@ cache). The per-layer activation terms count the tensors autograd keeps for Mega
 QKV/MLP inputs and outputs, attention scores when the attention is not fused), after Korthikanti et al. 2022
 ("Reducing Activation Recomputation in Large Transformer Models"), adapted to GQA, SwiGLU and QK-norm.
 
+``arithmetic.py`` holds the counts, this module the terms of a run; ``advice.py`` the settings that would fit.
 Peak = what stays resident all run + the largest of the phases that come and go (a training micro-batch, a
 forward-only scoring micro-batch of the teacher / old / reference policy). Measured against CPU peaks in
 ``docs/memory_plan.md`` (``bench/memory_plan.py``).
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
 
 from rlad_megatron.config import ConfigError, RunConfig, teacher_use
+from rlad_megatron.memory_plan.arithmetic import (
+    device_params, layer_activation_bytes, logits_bytes, stage_layers, training_activation_bytes,
+)
 from rlad_megatron.placement import ModelShape
 
 GIB = 1 << 30
 
 #: Memory of one GPU in GiB as torch reports it (``torch.cuda.get_device_properties(0).total_memory``): an H100
-#: 80 GB has 79.6 GiB, an H200 141 GB about 139.8 GiB (measured on the lent H200: "about 139 GiB").
+#: 80 GB has 79.6 GiB, an H200 141 GB about 139.8 GiB (the lent H200 shows "about 139 GiB").
 GPU_MEMORY_GIB: dict[str, float] = {"h100": 79.6, "h200": 139.8}
 
 #: CUDA context, NCCL buffers and the caching allocator's fragmentation, held back on every GPU (ours).
 RUNTIME_RESERVE_GIB = 4.0
 #: The colocated engine's own working memory besides weights and KV cache (CUDA graphs, sampler, activations of
-#: one engine step; ours, from vLLM's profile runs of 1-8B models at their default token budget).
+#: one engine step): an assumption of ours, not measured here (no vLLM on the lent GPU machine).
 ENGINE_RUNTIME_GIB = 2.0
 #: float32 elements of one log-prob chunk on a GPU (``rlad_megatron.logprobs.vocab_parallel.DEFAULT_CHUNK_ELEMENTS``).
 LOGPROB_CHUNK_ELEMENTS = 1 << 24
@@ -54,149 +56,6 @@ class MemoryPlanError(ConfigError):
     """The run does not fit the GPU memory; the message names the largest terms and settings that would fit."""
 
 
-# ---------------------------------------------------------------------------------------------------- parameters
-@dataclass(frozen=True)
-class ParamCounts:
-    """A model's parameters, split the way parallelism splits them."""
-
-    embedding: int
-    """Input embedding (vocab x hidden)."""
-    output: int
-    """Output layer (0 when tied to the embedding)."""
-    layer_dense: int
-    """One layer's tensor-parallel weights: attention, dense MLP (or shared expert), router; norms included."""
-    layer_experts: int
-    """One layer's routed experts (expert-parallel, not tensor-parallel)."""
-    num_layers: int
-    final_norm: int
-
-    @property
-    def total(self) -> int:
-        return (self.embedding + self.output + self.final_norm
-                + self.num_layers * (self.layer_dense + self.layer_experts))
-
-
-def param_counts(shape: ModelShape, vocab: int | None = None) -> ParamCounts:
-    """Parameter counts of ``shape`` (``vocab``: rows of the embedding, default the checkpoint's vocab size)."""
-    if not shape.vocab_size and vocab is None:
-        raise ConfigError(f"memory plan: the shape of {shape.name} has no vocab_size; give it (config.json's "
-                          "vocab_size) to size the embedding and the logits")
-    v = vocab or shape.vocab_size
-    h, hd = shape.hidden_size, shape.head_dim_or_default
-    q, kv = shape.num_heads * hd, shape.num_kv_heads * hd
-    attention = h * (q + 2 * kv) + q * h + (2 * hd if shape.qk_norm else 0)
-    norms = 2 * h
-    if shape.is_moe:
-        experts = shape.num_experts * 3 * h * shape.moe_intermediate_size
-        mlp = shape.num_experts * h  # router
-        if shape.shared_expert_intermediate_size:
-            mlp += 3 * h * shape.shared_expert_intermediate_size + h  # shared expert and its gate
-    else:
-        experts, mlp = 0, 3 * h * shape.intermediate_size
-    return ParamCounts(embedding=v * h, output=0 if shape.tie_word_embeddings else v * h,
-                       layer_dense=attention + mlp + norms, layer_experts=experts,
-                       num_layers=shape.num_layers, final_norm=h)
-
-
-def padded_vocab(vocab: int, tp: int, divisor: int = 128) -> int:
-    """Megatron's embedding rows: ``vocab`` rounded up to a multiple of ``divisor * tp``."""
-    multiple = divisor * tp
-    return -(-vocab // multiple) * multiple
-
-
-def stage_layers(shape: ModelShape, pp: int, first: int | None = None, last: int | None = None) -> list[int]:
-    from rlad_megatron.models.layout import pipeline_stage_layers
-
-    return pipeline_stage_layers(shape.num_layers, pp, first, last)
-
-
-@dataclass(frozen=True)
-class DeviceParams:
-    """Parameters one GPU holds: the pipeline stage with the most, split by TP (dense) and EP (experts)."""
-
-    dense: int
-    experts: int
-
-    @property
-    def total(self) -> int:
-        return self.dense + self.experts
-
-
-def device_params(shape: ModelShape, *, tp: int, pp: int = 1, ep: int = 1, first: int | None = None,
-                  last: int | None = None) -> DeviceParams:
-    """Per-GPU parameters of the heaviest pipeline stage (first stage: + embedding, last: + output layer)."""
-    counts = param_counts(shape, padded_vocab(shape.vocab_size, tp) if shape.vocab_size else None)
-    stages = stage_layers(shape, pp, first, last)
-    best = DeviceParams(0, 0)
-    for i, layers in enumerate(stages):
-        dense = layers * counts.layer_dense // tp
-        if i == 0:
-            dense += counts.embedding // tp
-        if i == len(stages) - 1:
-            dense += (counts.output or (counts.embedding if pp > 1 else 0)) // tp + counts.final_norm
-        here = DeviceParams(dense, layers * counts.layer_experts // ep)
-        best = max(best, here, key=lambda d: d.total)
-    return best
-
-
-# ---------------------------------------------------------------------------------------------------- activations
-def layer_activation_bytes(shape: ModelShape, tokens: int, *, tp: int, sp: bool, dtype_bytes: int,
-                           sequence_length: int, fused_attention: bool, ep: int = 1) -> dict[str, int]:
-    """Bytes autograd keeps for one layer's backward, for ``tokens`` tokens on this GPU (``sequence_length``: the
-    padded row length, for the ``[b, heads, s, s]`` scores of an unfused attention).
-
-    Returns ``{"layer": ..., "scores": ..., "input": ...}``: the whole layer, its attention-scores part (what
-    selective recomputation drops) and the layer's input (what full recomputation keeps per checkpointed chunk).
-    """
-    h, hd = shape.hidden_size, shape.head_dim_or_default
-    q = shape.num_heads * hd // tp
-    kv = max(shape.num_kv_heads * hd // tp, hd)  # TP above the KV heads: each rank still holds one KV head
-    hidden = h // tp if sp else h  # norm and linear inputs: sequence-sharded with SP, replicated without
-    # input norm in, QKV in, pre-MLP norm in, MLP in; Q, K (roped) and V; attention output (o_proj in); QK-norm ins
-    elements = 4 * hidden + q + 2 * kv + q + ((q + kv) if shape.qk_norm else 0)
-    if shape.is_moe:
-        k, fe = shape.moe_top_k, shape.moe_intermediate_size
-        # router logits (fp32, counted as 2 elements of bf16), then per routed copy of a token: its hidden state
-        # (permuted), gate+up (2 fe) and the activation (fe); the combine keeps the expert outputs (h)
-        elements += 2 * shape.num_experts + k * (2 * h + 3 * fe)
-        if shape.shared_expert_intermediate_size:
-            elements += 3 * shape.shared_expert_intermediate_size // tp
-    else:
-        elements += 3 * shape.intermediate_size // tp  # gate+up output (2f), SwiGLU output (f)
-    layer = tokens * elements * dtype_bytes
-    scores = 0
-    if not fused_attention:  # softmax output, and the dropout's output that the context matmul keeps
-        rows = max(1, tokens // max(1, sequence_length))
-        scores = 2 * rows * (shape.num_heads // tp) * sequence_length * sequence_length * dtype_bytes
-    return {"layer": layer + scores, "scores": scores, "input": tokens * hidden * dtype_bytes}
-
-
-def training_activation_bytes(shape: ModelShape, tokens: int, *, tp: int, pp: int, sp: bool, dtype_bytes: int,
-                              sequence_length: int, fused_attention: bool, recompute: str,
-                              recompute_num_layers: int, layers: int, ep: int = 1) -> int:
-    """Activations kept by one pipeline stage of ``layers`` layers during a training micro-batch. With PP, the first
-    stage holds ``pp`` micro-batches in flight (1F1B)."""
-    one = layer_activation_bytes(shape, tokens, tp=tp, sp=sp, dtype_bytes=dtype_bytes,
-                                 sequence_length=sequence_length, fused_attention=fused_attention, ep=ep)
-    if recompute == "full":
-        n = max(1, recompute_num_layers)
-        # chunk inputs + one chunk rebuilt during its backward (whose temporaries replace what it frees)
-        kept = -(-layers // n) * one["input"] + n * one["layer"]
-    elif recompute == "selective":  # + the backward's temporaries of one layer (gradients of its activations)
-        kept = layers * (one["layer"] - one["scores"]) + one["scores"] + one["layer"]
-    else:
-        kept = (layers + 1) * one["layer"]
-    return kept * (pp if pp > 1 else 1)
-
-
-def logits_bytes(vocab: int, tokens: int, *, tp: int, dtype_bytes: int, backward: bool, chunk_elements: int) -> int:
-    """The output layer's logits ``[tokens, V/TP]`` (and their gradient in a training pass) + one fp32 chunk of the
-    log-prob kernel."""
-    local = padded_vocab(vocab, tp) // tp
-    return tokens * local * dtype_bytes * (2 if backward else 1) + min(chunk_elements, tokens * local) * 4
-
-
-# ---------------------------------------------------------------------------------------------------- the plan
 @dataclass(frozen=True)
 class Term:
     name: str
@@ -382,7 +241,7 @@ def plan_memory(config: RunConfig, *, student: ModelShape, teacher: ModelShape |
     acts = training_activation_bytes(student, tokens, tp=tp, pp=pp, sp=sp, dtype_bytes=act,
                                      sequence_length=-(-longest // cp), fused_attention=fused_attention,
                                      recompute=par.recompute, recompute_num_layers=par.recompute_num_layers,
-                                     layers=layers, ep=ep)
+                                     layers=layers)
     budget = (f"trainer.max_tokens_per_micro_batch={c.trainer.max_tokens_per_micro_batch}"
               if c.trainer.max_tokens_per_micro_batch else f"{c.trainer.micro_batch_size} x {longest} tokens")
     terms.append(Term("student activations", acts, "train",
@@ -392,21 +251,29 @@ def plan_memory(config: RunConfig, *, student: ModelShape, teacher: ModelShape |
                                                                 backward=True, chunk_elements=chunk_elements),
                       "train", f"[{tokens}, V/{tp}]"))
 
-    # --- a forward-only micro-batch: the largest model that scores (teacher, else the student itself)
+    # --- a forward-only micro-batch (teacher, old-policy or reference scoring): the larger of the models that score
     ft = -(-forward_tokens(c) // cp)
-    scorer = teacher if megatron_teacher else student
-    one = layer_activation_bytes(scorer, ft, tp=tp, sp=sp, dtype_bytes=act, sequence_length=-(-longest // cp),
-                                 fused_attention=fused_attention, ep=teacher_ep if megatron_teacher else ep)
-    terms.append(Term("scoring working set (one layer)", one["layer"], "score",
+    scorers = [student] + ([teacher] if megatron_teacher else [])
+
+    def scoring(model: ModelShape) -> tuple[int, int]:
+        one = layer_activation_bytes(model, ft, tp=tp, sp=sp, dtype_bytes=act, sequence_length=-(-longest // cp),
+                                     fused_attention=fused_attention)
+        return one["layer"], logits_bytes(model.vocab_size, ft, tp=tp, dtype_bytes=act, backward=False,
+                                          chunk_elements=chunk_elements)
+
+    scorer = max(scorers, key=lambda m: sum(scoring(m)))
+    layer_bytes, scoring_logits = scoring(scorer)
+    terms.append(Term("scoring working set (one layer)", layer_bytes, "score",
                       f"{scorer.name}, {ft} tokens per forward micro-batch"))
-    terms.append(Term("scoring logits", logits_bytes(scorer.vocab_size, ft, tp=tp, dtype_bytes=act, backward=False,
-                                                     chunk_elements=chunk_elements), "score"))
+    terms.append(Term("scoring logits", scoring_logits, "score"))
     plan = MemoryPlan(terms=terms, gpu_gib=gpu_gib, gpu_name=gpu_name, notes=notes)
     if ep > 1 or teacher_ep > 1:
         plan.notes.append("expert parallelism inside the trainer is not wired yet (the trainer runs EP=1; "
                           "megatron's allgather dispatcher needs equal token counts over the EP group)")
     if suggest and not plan.fits:
-        plan.suggestions = _suggestions(c, dict(student=student, teacher=teacher, dp=dp, ep=ep,
+        from rlad_megatron.memory_plan.advice import suggestions
+
+        plan.suggestions = suggestions(c, dict(student=student, teacher=teacher, dp=dp, ep=ep,
                                                 teacher_ep=teacher_ep, gpu=gpu, fused_attention=fused_attention,
                                                 runtime_reserve_gib=runtime_reserve_gib,
                                                 engine_runtime_gib=engine_runtime_gib,
@@ -414,75 +281,6 @@ def plan_memory(config: RunConfig, *, student: ModelShape, teacher: ModelShape |
     return plan
 
 
-def _with(config: RunConfig, **sections: dict[str, Any]) -> RunConfig:
-    out = config
-    for name, changes in sections.items():
-        out = dataclasses.replace(out, **{name: dataclasses.replace(getattr(out, name), **changes)})
-    return out
-
-
-def _fits(config: RunConfig, kwargs: dict[str, Any]) -> bool:
-    try:
-        return plan_memory(config, suggest=False, **kwargs).fits
-    except (ConfigError, ValueError):
-        return False
-
-
-def _largest_budget(config: RunConfig, kwargs: dict[str, Any], recompute: str) -> int | None:
-    """The largest training token budget (a multiple of 1024, at least one longest sequence) that fits with
-    ``recompute``, or None."""
-    longest = config.data.max_prompt_tokens + config.rollout.max_new_tokens
-    low = -(-longest // 1024) * 1024
-
-    def ok(budget: int) -> bool:
-        return _fits(_with(config, parallel={"recompute": recompute},
-                           trainer={"max_tokens_per_micro_batch": budget,
-                                    "max_tokens_per_forward_micro_batch": None}), kwargs)
-
-    if not ok(low):
-        return None
-    high = low
-    while high < (1 << 22) and ok(high * 2):
-        high *= 2
-    lo, hi = high, high * 2
-    while hi - lo > 1024:
-        mid = (lo + hi) // 2 // 1024 * 1024
-        lo, hi = (mid, hi) if ok(mid) else (lo, mid)
-    return lo
-
-
-def _suggestions(config: RunConfig, kwargs: dict[str, Any]) -> list[str]:
-    """Single changes that make the plan fit, the least invasive first."""
-    out: list[str] = []
-    par, t = config.parallel, config.trainer
-    order = ("none", "selective", "full")
-    best = 0
-    for recompute in order[order.index(par.recompute):]:  # never suggest less recomputation than configured
-        budget = _largest_budget(config, kwargs, recompute)
-        if budget is None or budget <= best:  # e.g. selective with fused attention: nothing gained
-            continue
-        best = budget
-        change = f"trainer.max_tokens_per_micro_batch={budget}"
-        if recompute != par.recompute:
-            change = f"parallel.recompute={recompute} with {change}"
-        if t.max_tokens_per_micro_batch is None or budget < t.max_tokens_per_micro_batch or recompute != par.recompute:
-            out.append(change)
-    kv = config.rollout.kv_cache_mb
-    for fraction in (0.75, 0.5, 0.25):
-        smaller = int(kv * fraction)
-        if config.rollout.placement == "colocated" and _fits(_with(config, rollout={"kv_cache_mb": smaller}), kwargs):
-            out.append(f"rollout.kv_cache_mb={smaller}")
-            break
-    tp = par.tensor_parallel
-    for bigger in (tp * 2, tp * 4):
-        if bigger <= 8 and _fits(_with(config, parallel={"tensor_parallel": bigger,
-                                                         "sequence_parallel": True}), kwargs):
-            out.append(f"parallel.tensor_parallel={bigger} parallel.sequence_parallel=true (fewer DP replicas)")
-            break
-    return out
-
-
-# ---------------------------------------------------------------------------------------------------- for the engine
 ENGINE_TERMS: tuple[str, ...] = ("engine weights", "engine KV cache", "engine runtime")
 
 
