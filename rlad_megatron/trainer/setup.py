@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 import torch.distributed as dist
 
-from rlad_megatron.config import RunConfig, teacher_use
+from rlad_megatron.config import ConfigError, RunConfig, teacher_use
 from rlad_megatron.console import say
 from rlad_megatron.data.prompt_stream import PromptStream
+from rlad_megatron.learner.batching import MicroBatching
 from rlad_megatron.learner.policy import MegatronPolicy, build_student
 from rlad_megatron.learner.sequences import SequenceBatch, pack_sequences
 from rlad_megatron.loss import required_inputs
@@ -132,6 +133,20 @@ def learner_probe(student: MegatronPolicy, pad_id: int,
     return logprobs
 
 
+def _check_context_parallel_supported(context_parallel: int) -> None:
+    """CP reaches Megatron (parallel state, TransformerConfig; TE's attention), but the learner's forward step does
+    not split its micro-batches over the CP ranks yet, so a run would score unsplit rows: refused at start."""
+    if context_parallel == 1:
+        return
+    from rlad_megatron.models.builder import check_context_parallel
+
+    check_context_parallel(context_parallel)  # no TE: say that first
+    raise ConfigError(f"parallel.context_parallel={context_parallel}: the model and the parallel state support it, but "
+                      "the trainer's forward step does not split sequences over the context-parallel ranks yet (the "
+                      "layout is in rlad_megatron/learner/context_parallel.py): set parallel.context_parallel=1 and "
+                      "bound memory with trainer.max_tokens_per_micro_batch and parallel.recompute")
+
+
 def build_components(config: RunConfig) -> Components:
     """Initialise model parallelism and build every part of the run ``config`` describes (collective)."""
     from megatron.core import parallel_state as ps
@@ -153,7 +168,9 @@ def build_components(config: RunConfig) -> Components:
     check_model_folder(c.model.student, "model.student")
     if c.model.teacher and teacher_use(c.loss) != "none":
         check_model_folder(c.model.teacher, "model.teacher")
-    parallel.initialize_model_parallel(c.parallel.tensor_parallel, c.parallel.pipeline_parallel, seed=c.trainer.seed)
+    _check_context_parallel_supported(c.parallel.context_parallel)
+    parallel.initialize_model_parallel(c.parallel.tensor_parallel, c.parallel.pipeline_parallel, seed=c.trainer.seed,
+                                       context_parallel=c.parallel.context_parallel)
     torch.manual_seed(c.trainer.seed)
     dp_rank, dp_size = ps.get_data_parallel_rank(), ps.get_data_parallel_world_size()
     layout = batch_layout(c, dp_size)
@@ -176,15 +193,20 @@ def build_components(config: RunConfig) -> Components:
     fp8 = transformer_config_fp8_kwargs(c.fp8) if c.fp8.enabled else {}
     from rlad_megatron.models.layout import stage_overrides
 
+    from rlad_megatron.models.builder import recompute_fields
+
     student_stages = stage_overrides(c.parallel.first_stage_layers, c.parallel.last_stage_layers)
+    # activation recomputation only where there is a backward (the student's training passes)
+    recompute = recompute_fields(c.parallel.recompute, c.parallel.recompute_num_layers)
     modules, arch = load_hf_model(c.model.student, trainable=True, params_dtype=dtype,
-                                  sequence_parallel=c.parallel.sequence_parallel, **fp8, **student_stages)
+                                  sequence_parallel=c.parallel.sequence_parallel, **fp8, **student_stages,
+                                  **recompute)
     wrapped, optimizer = build_student(modules, c.optim)
     policy = MegatronPolicy(wrapped, arch.vocab_size, optimizer=optimizer, with_entropy="entropy" in needs)
     student = Student(policy=policy, modules=modules, arch=arch, hf_dir=c.model.student,
                       export_dtype=getattr(torch, c.trainer.export_dtype or c.model.params_dtype))
 
-    micro = c.trainer.micro_batch_size
+    micro = MicroBatching.for_forward(c.trainer)  # teacher / reference scoring: the forward-only budget
     reference = None
     if "ref_logprobs" in needs:  # the reference policy of the KL penalty: a frozen copy of the initial student
         reference = MegatronTeacher.load(c.model.student, micro_batch_size=micro, params_dtype=dtype,
