@@ -3,7 +3,9 @@ time budget:
 
 - the quickstart recipe's assets and its uninterrupted 3-step run through NeMo-Run's LocalExecutor, which
   test_recipe_quickstart checks and which is the reference of the torchrun-restarted and the Slurm-requeued runs
-  (the same recipe and seeds give the same per-step metrics)."""
+  (the same recipe and seeds give the same per-step metrics);
+- the trainer at TP=1/TP=2/PP=2/DP=2 (layout_runs.py): test_trainer_layouts checks them all, test_console_quiet
+  the TP=2 run's console and log."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,6 +13,7 @@ from typing import Callable
 
 import pytest
 
+from layout_runs import LayoutRuns
 from quickstart_runs import QUICKSTART_STEPS, nemo_run_local_env
 
 
@@ -49,3 +52,8 @@ def quickstart_uninterrupted(quickstart_assets, quickstart_recipe, tmp_path_fact
         result = launch(recipe, local_executor(recipe), experiment_name="quickstart-e2e")
     return result, out
 
+
+@pytest.fixture(scope="session")
+def layout_runs(tmp_path_factory) -> LayoutRuns:
+    """The trainer's layouts on warm-started models, each launched on first access (see layout_runs.py)."""
+    return LayoutRuns(tmp_path_factory.mktemp("layouts"))

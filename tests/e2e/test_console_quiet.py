@@ -1,14 +1,17 @@
 """A real tiny training run (torchrun, 2 ranks at TP=2, Megatron learner, colocated vLLM engine, teacher, periodic
 evaluation): the console shows only our lines (the setup summary, the progress bar, the evaluation line, the curves
 note); vLLM's INFO lines, Megatron's/torch's warnings and C++ log lines are in ``<output_dir>/train.log``. W&B
-logging in offline mode is on, to check that only rank 0 logs and that W&B adds nothing to the console."""
+logging in offline mode is on, to check that only rank 0 logs and that W&B adds nothing to the console.
+
+The run is test_trainer_layouts' TP=2 run (the session's, launched once: tests/e2e/layout_runs.py), which has W&B
+on for this check."""
 from __future__ import annotations
 
 import re
 
 import pytest
 
-from rlad_megatron.testing.tiny_run import launch, prepare_models_and_data, run_config
+from layout_runs import CONSOLE_LAYOUT, EVAL_EVERY
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -24,21 +27,14 @@ OURS = (
 THIRD_PARTY = re.compile(r"\bINFO\b|\bWARNING\b|Warning|^\[?[WIE]\d{4} |^\(EngineCore")
 
 
-def test_console_shows_only_ours_and_train_log_has_the_rest(tmp_path) -> None:
-    paths = prepare_models_and_data(tmp_path / "models")
-    out = tmp_path / "out"
-    config = run_config(paths, out, parallel={"tensor_parallel": 2},
-                        data={"eval_files": [paths["train"]]},
-                        trainer={"steps": 2, "eval_every": 2, "export_hf": False,
-                                 "wandb": {"enabled": True, "mode": "offline"}})
-    env = {"WANDB_BASE_URL": "http://127.0.0.1:9", "WANDB_CONFIG_DIR": str(tmp_path / "no-wandb-login")}
-    done = launch(config, 2, workdir=tmp_path / "launch", timeout=600, extra_env=env)
-    assert done.returncode == 0, done.stdout[-6000:]
+def test_console_shows_only_ours_and_train_log_has_the_rest(layout_runs) -> None:
+    run = layout_runs[CONSOLE_LAYOUT]
+    out = run.output_dir
 
-    console = [line.strip() for line in re.split(r"[\r\n]", done.stdout) if line.strip()]
+    console = [line.strip() for line in re.split(r"[\r\n]", run.console) if line.strip()]
     foreign = [line for line in console if not any(p.match(line) for p in OURS)]
     assert not foreign, "third-party lines on the console:\n" + "\n".join(foreign[:40])
-    assert any(line.startswith("step 2: eval accuracy=") for line in console), console
+    assert any(line.startswith(f"step {EVAL_EVERY}: eval accuracy=") for line in console), console
     assert any(line.startswith("train: 100%") for line in console), console
 
     log = (out / "train.log").read_text(errors="replace")

@@ -7,45 +7,19 @@ import statistics
 
 import pytest
 
-from rlad_megatron.testing.tiny_run import launch, prepare_warm_models, read_metrics, run_config
+from layout_runs import LAYOUTS, STEPS
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-STEPS = 24
-LAYOUTS = {  # name: (processes, parallel section, steps)
-    "tp1": (1, {}, STEPS),
-    "tp2": (2, {"tensor_parallel": 2}, STEPS),
-    "pp2": (2, {"pipeline_parallel": 2}, STEPS),
-    "dp2": (2, {}, 2),
-}
 # Compared at step 1 (same weights, same samples) and step 2 (after updates computed in each layout).
 KEYS = ("reward/mean", "response/length_mean", "loss/loss", "loss/kl/teacher_k3", "loss/clip/high_frac",
         "optim/grad_norm")
 
 
 @pytest.fixture(scope="module")
-def paths(tmp_path_factory):
-    return prepare_warm_models(tmp_path_factory.mktemp("models"))
-
-
-@pytest.fixture(scope="module")
-def runs(paths, tmp_path_factory) -> dict[str, list[dict]]:
-    results = {}
-    for name, (nproc, parallel, steps) in LAYOUTS.items():
-        workdir = tmp_path_factory.mktemp(name)
-        # Four updates per rollout batch: old-policy log-probs are computed (not the detached current ones).
-        config = run_config(
-            paths, workdir / "out", parallel=parallel, rollout={"group_size": 8, "max_new_tokens": 20},
-            data={"prompts_per_step": 16, "eval_files": [paths["train"]]},
-            optim={"lr": 3e-4, "min_lr": 3e-4},  # constant: dp2 runs fewer steps
-            trainer={"steps": steps, "micro_batch_size": 16, "updates_per_batch": 4, "export_hf": False,
-                     "eval_every": 12, "eval_samples": 2},
-            loss={"algorithm": "rlad", "alpha": 0.5},
-        )
-        done = launch(config, nproc, workdir=workdir, timeout=900)
-        assert done.returncode == 0, f"{name} failed:\n{done.stdout[-6000:]}"
-        results[name] = read_metrics(workdir / "out")
-    return results
+def runs(layout_runs) -> dict[str, list[dict]]:
+    """Per layout, its per-step metrics (the runs are the session's: tests/e2e/conftest.py, layout_runs.py)."""
+    return {name: layout_runs[name].metrics for name in LAYOUTS}
 
 
 @pytest.mark.parametrize("layout", ["tp2", "pp2", "dp2"])
