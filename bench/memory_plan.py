@@ -5,11 +5,12 @@
 For each case, the student is built the way the trainer builds it (Megatron GPTModel from a ModelArch, DDP with an
 fp32 gradient buffer, the distributed Adam) and one training step runs (one micro-batch through Megatron's schedule
 with the vocabulary-parallel log-prob kernel, then the optimizer step). Measured with torch's profiler (every CPU
-allocation and free replayed: ``rlad_megatron.testing.memory.peak_bytes``), rank 0:
+allocation and free replayed: ``rlad_megatron.testing.memory.peak_bytes``):
 - state: what building leaves allocated (weights + gradient buffer) vs the plan's weights + gradients;
 - adam: what the first optimizer step leaves allocated (Adam's moments) vs the plan's optimizer term;
 - step: the peak of the training step above the built state vs the plan's training phase (activations, logits
   and their gradient, the log-prob chunk).
+Measured on the rank with the largest step peak (with PP: the heaviest stage, as the plan counts).
 Last line: ``memory_plan: cases=<n> max_ratio=<r> min_ratio=<r>`` over every estimate / measured ratio.
 """
 from __future__ import annotations
@@ -23,16 +24,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from rlad_megatron.testing.distributed import run_distributed  # noqa: E402
 from rlad_megatron.testing.memory import tiny_arch_config  # noqa: E402
 
-#: (name, tp, sequence parallel, recompute, rows, seq, shape overrides)
-CASES: list[tuple[str, int, bool, str, int, int, dict]] = [
-    ("tp1 none", 1, False, "none", 4, 256, {}),
-    ("tp1 selective", 1, False, "selective", 4, 256, {}),
-    ("tp1 full", 1, False, "full", 4, 256, {}),
-    ("tp1 none, 8 x 128", 1, False, "none", 8, 128, {}),
-    ("tp1 none, moe 8x2", 1, False, "none", 4, 256,
+#: (name, tp, pp, sequence parallel, recompute, rows, seq, shape overrides); with PP, PP micro-batches
+CASES: list[tuple[str, int, int, bool, str, int, int, dict]] = [
+    ("tp1 none", 1, 1, False, "none", 4, 256, {}),
+    ("tp1 selective", 1, 1, False, "selective", 4, 256, {}),
+    ("tp1 full", 1, 1, False, "full", 4, 256, {}),
+    ("tp1 none, 8 x 128", 1, 1, False, "none", 8, 128, {}),
+    ("tp1 none, moe 8x2", 1, 1, False, "none", 4, 256,
      {"moe": {"num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 192}}),
-    ("tp2 sp none", 2, True, "none", 4, 256, {}),
-    ("tp2 sp full", 2, True, "full", 4, 256, {}),
+    ("tp2 sp none", 2, 1, True, "none", 4, 256, {}),
+    ("tp2 sp full", 2, 1, True, "full", 4, 256, {}),
+    ("pp2 none, 2 micro", 1, 2, False, "none", 4, 256, {}),
 ]
 
 
@@ -40,15 +42,15 @@ def _measure(cases: list[tuple]) -> list[dict]:
     from rlad_megatron.testing.memory import measure_learner
 
     out = []
-    for _name, _tp, sp, recompute, rows, seq, shape in cases:
+    for _name, _tp, pp, sp, recompute, rows, seq, shape in cases:
         result = measure_learner(tiny_arch_config(**shape), rows=rows, seq=seq, recompute=recompute,
-                                 sequence_parallel=sp)
+                                 sequence_parallel=sp, micro_batches=pp)
         result.pop("grads")
         out.append(result)
     return out
 
 
-def estimate(tp: int, sp: bool, recompute: str, rows: int, seq: int, shape: dict) -> dict[str, int]:
+def estimate(tp: int, sp: bool, recompute: str, rows: int, seq: int, shape: dict, pp: int = 1) -> dict[str, int]:
     """The plan's numbers for one case: a GRPO run (no teacher, no engine on the GPU) in fp32 on CPU."""
     from rlad_megatron.config import (
         DataConfig, ModelConfig, ParallelConfig, RolloutConfig, RunConfig, TrainerConfig,
@@ -59,7 +61,8 @@ def estimate(tp: int, sp: bool, recompute: str, rows: int, seq: int, shape: dict
     from rlad_megatron.placement import ModelShape
 
     config = RunConfig(model=ModelConfig(student="x"), loss=LossConfig(algorithm="grpo"),
-                       parallel=ParallelConfig(tensor_parallel=tp, sequence_parallel=sp, recompute=recompute),
+                       parallel=ParallelConfig(tensor_parallel=tp, pipeline_parallel=pp, sequence_parallel=sp,
+                                               recompute=recompute),
                        rollout=RolloutConfig(max_new_tokens=seq // 2, placement="disaggregated"),
                        data=DataConfig(train_files=["x"], max_prompt_tokens=seq // 2),
                        trainer=TrainerConfig(micro_batch_size=rows))
@@ -75,15 +78,16 @@ def main() -> int:
     parser.add_argument("--cases", default="all", help="comma-separated case indices (default: all)")
     args = parser.parse_args()
     chosen = CASES if args.cases == "all" else [CASES[int(i)] for i in args.cases.split(",")]
-    measured: list[dict] = []
-    for tp in sorted({c[1] for c in chosen}):
-        group = [c for c in chosen if c[1] == tp]
-        results = run_distributed(_measure, world_size=tp, tp=tp, args=(group,), timeout=900)[0]
-        measured.extend(zip(group, results))
+    measured: list[tuple] = []
+    for tp, pp in sorted({(c[1], c[2]) for c in chosen}):
+        group = [c for c in chosen if (c[1], c[2]) == (tp, pp)]
+        per_rank = run_distributed(_measure, world_size=tp * pp, tp=tp, pp=pp, args=(group,), timeout=900)
+        for i, case in enumerate(group):  # the rank with the largest step peak (with PP: the heaviest stage)
+            measured.append((case, max((rank[i] for rank in per_rank), key=lambda r: r["step_peak"])))
     ratios = []
     print(f"{'case':22s} {'part':6s} {'estimate MB':>12s} {'measured MB':>12s} {'ratio':>6s}")
-    for (name, tp, sp, recompute, rows, seq, shape), result in measured:
-        est = estimate(tp, sp, recompute, rows, seq, shape)
+    for (name, tp, pp, sp, recompute, rows, seq, shape), result in measured:
+        est = estimate(tp, sp, recompute, rows, seq, shape, pp)
         # the first step also allocates the moments; the step peak is measured above the built state
         got = {"state": result["build"], "adam": result["step_retained"], "step": result["step_peak"]}
         for part in ("state", "adam", "step"):

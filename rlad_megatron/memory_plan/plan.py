@@ -233,23 +233,34 @@ def plan_memory(config: RunConfig, *, student: ModelShape, teacher: ModelShape |
     if runtime_reserve_gib:
         terms.append(Term("CUDA context, NCCL, fragmentation", int(runtime_reserve_gib * GIB), "resident"))
 
-    # --- a training micro-batch of the student
+    # --- a training micro-batch of the student: the first pipeline stage holds PP micro-batches in flight, the last
+    # one the logits and their gradient; the heaviest of the two is the peak
     longest = c.data.max_prompt_tokens + c.rollout.max_new_tokens
     tt = train_tokens(c)
     tokens = -(-tt // cp)
-    layers = max(stage_layers(student, pp, par.first_stage_layers, par.last_stage_layers))
-    acts = training_activation_bytes(student, tokens, tp=tp, pp=pp, sp=sp, dtype_bytes=act,
-                                     sequence_length=-(-longest // cp), fused_attention=fused_attention,
-                                     recompute=par.recompute, recompute_num_layers=par.recompute_num_layers,
-                                     layers=layers)
+    stages = stage_layers(student, pp, par.first_stage_layers, par.last_stage_layers)
+    logits = logits_bytes(student.vocab_size, tokens, tp=tp, dtype_bytes=act, backward=True,
+                          chunk_elements=chunk_elements)
+
+    def stage_activations(layers: int, in_flight: int) -> int:
+        return training_activation_bytes(student, tokens, tp=tp, sp=sp, dtype_bytes=act,
+                                         sequence_length=-(-longest // cp), fused_attention=fused_attention,
+                                         recompute=par.recompute, recompute_num_layers=par.recompute_num_layers,
+                                         layers=layers, in_flight=in_flight)
+
+    acts = stage_activations(stages[-1], 1)
+    where = f"{stages[-1]} layers"
+    if pp > 1 and stage_activations(stages[0], pp) > acts + logits:
+        acts = stage_activations(stages[0], pp) - logits  # shown net of the logits term below: the sum is the peak
+        where = f"first stage: {stages[0]} layers x {pp} micro-batches in flight"
+    elif pp > 1:
+        where = f"last stage: {stages[-1]} layers"
     budget = (f"trainer.max_tokens_per_micro_batch={c.trainer.max_tokens_per_micro_batch}"
               if c.trainer.max_tokens_per_micro_batch else f"{c.trainer.micro_batch_size} x {longest} tokens")
     terms.append(Term("student activations", acts, "train",
-                      f"{tt} tokens ({budget}){f' / CP={cp}' if cp > 1 else ''}, {layers} layers, "
+                      f"{tt} tokens ({budget}){f' / CP={cp}' if cp > 1 else ''}, {where}, "
                       f"recompute={par.recompute}"))
-    terms.append(Term("student logits + gradient", logits_bytes(student.vocab_size, tokens, tp=tp, dtype_bytes=act,
-                                                                backward=True, chunk_elements=chunk_elements),
-                      "train", f"[{tokens}, V/{tp}]"))
+    terms.append(Term("student logits + gradient", logits, "train", f"[{tokens}, V/{tp}]"))
 
     # --- a forward-only micro-batch (teacher, old-policy or reference scoring): the larger of the models that score
     ft = -(-forward_tokens(c) // cp)

@@ -71,10 +71,12 @@ def tiny_arch_config(*, layers: int = 4, hidden: int = 256, heads: int = 8, kv_h
 
 def measure_learner(hf_config: dict[str, Any], *, rows: int, seq: int, recompute: str = "none",
                     recompute_num_layers: int = 1, sequence_parallel: bool = False,
-                    use_distributed_optimizer: bool = True) -> dict[str, int]:
+                    use_distributed_optimizer: bool = True, micro_batches: int = 1) -> dict[str, Any]:
     """Build the student and run one training step on ``rows x seq`` tokens; bytes measured on this rank:
     ``build`` (left allocated by building model, DDP and optimizer), ``step_peak`` / ``step_retained`` (the first
-    step, above what building left), ``loss`` (x1e6, rounded: to compare runs)."""
+    step, above what building left), ``loss`` (the first micro-batch's, on the last pipeline stage; else None),
+    ``grads`` (this rank's gradient shards). ``micro_batches`` copies of the batch go through the schedule (with
+    PP, 1F1B keeps up to PP of them in flight on the first stage)."""
     from megatron.core import parallel_state as ps
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
@@ -121,8 +123,9 @@ def measure_learner(hf_config: dict[str, Any], *, rows: int, seq: int, recompute
         optimizer.zero_grad()
         chunk_config = wrapped[0].config
         chunk_config.seq_length = seq
-        get_forward_backward_func()(forward_step_func=forward_step, data_iterator=iter([tokens]), model=wrapped,
-                                    num_microbatches=1, seq_length=seq, micro_batch_size=rows)
+        get_forward_backward_func()(forward_step_func=forward_step, data_iterator=iter([tokens] * micro_batches),
+                                    model=wrapped, num_microbatches=micro_batches, seq_length=seq,
+                                    micro_batch_size=rows)
         optimizer.step()
 
     step_peak, step_retained, _ = peak_bytes(step)
@@ -130,4 +133,5 @@ def measure_learner(hf_config: dict[str, Any], *, rows: int, seq: int, recompute
     grads = [p.main_grad.detach().clone() for p in wrapped[0].parameters()]
     params = sum(p.numel() for p in wrapped[0].parameters())
     return {"build": build_retained, "build_peak": build_peak, "step_peak": step_peak,
-            "step_retained": step_retained, "params": params, "loss": losses[0], "grads": grads}
+            "step_retained": step_retained, "params": params, "loss": losses[0] if losses else None,
+            "grads": grads}
