@@ -12,7 +12,7 @@ allocation and free replayed: ``rlad_megatron.testing.memory.peak_bytes``):
   and their gradient, the log-prob chunk).
 Measured on the rank with the largest step peak (with PP: the heaviest stage, as the plan counts).
 Last line: ``memory_plan: cases=<n> max_ratio=<r> min_ratio=<r>`` over every estimate / measured ratio.
-``--gpu``: a Qwen3-0.6B-shaped student in bf16 at 8K tokens on one CUDA GPU, measured with the CUDA allocator's
+``--gpu``: a Qwen3-0.6B-shaped student in bf16 at 4-8K tokens on one CUDA GPU, measured with the CUDA allocator's
 statistics (needs megatron-core on the GPU machine; written without a GPU at hand, not run yet).
 """
 from __future__ import annotations
@@ -38,11 +38,12 @@ CASES: list[tuple[str, int, int, bool, str, int, int, dict]] = [
     ("tp2 sp full", 2, 1, True, "full", 4, 256, {}),
     ("pp2 none, 2 micro", 1, 2, False, "none", 4, 256, {}),
 ]
-#: ``--gpu``: a Qwen3-0.6B-shaped student in bf16 on one CUDA GPU (not run yet: no GPU in the session that wrote it)
+#: ``--gpu``: a Qwen3-0.6B-shaped student in bf16 on one CUDA GPU (not run yet: no GPU in the session that wrote it).
+#: Without TE the attention keeps [rows, 16, s, s] scores per layer: 8K tokens in one row would plan ~130 GiB.
 QWEN3_0P6B = dict(layers=28, hidden=1024, heads=16, kv_heads=8, head_dim=128, intermediate=3072, vocab=151936,
                   max_positions=40960)
 GPU_CASES: list[tuple[str, int, int, bool, str, int, int, dict]] = [
-    ("0.6b none 1 x 8192", 1, 1, False, "none", 1, 8192, QWEN3_0P6B),
+    ("0.6b none 1 x 4096", 1, 1, False, "none", 1, 4096, QWEN3_0P6B),  # local attention: [s, s] scores
     ("0.6b full 1 x 8192", 1, 1, False, "full", 1, 8192, QWEN3_0P6B),
     ("0.6b none 4 x 2048", 1, 1, False, "none", 4, 2048, QWEN3_0P6B),
 ]
