@@ -16,6 +16,7 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 
+from rlad_megatron.device import collective_device
 from rlad_megatron.learner.sequences import SequenceBatch
 
 # loss_fn(logprobs [b, L-1] with grad, entropy [b, L-1] or None, micro_batch) -> (loss share, metrics)
@@ -142,7 +143,7 @@ class MegatronPolicy:
         moe_tracking = _moe_tracker_reset(self.chunks)
         outputs = self._run(batch, micro_batch_size, False, loss_fn, scale)
         moe = _moe_metrics(num_micro) if moe_tracking else {}
-        finite = torch.tensor(1.0)
+        finite = torch.tensor(1.0, device=collective_device())
         for out in outputs:
             if not torch.isfinite(out["loss"]).all():
                 finite.zero_()

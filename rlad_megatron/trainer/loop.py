@@ -22,6 +22,7 @@ from rlad_megatron.rollout.base import SamplingSettings
 from rlad_megatron.trainer.periodic_eval import evaluate_now, load_eval_examples
 from rlad_megatron.trainer.faults import pause_point
 from rlad_megatron.trainer.guards import NonFiniteStepGuard, TrainingStopped
+from rlad_megatron.device import collective_device, for_collective
 from rlad_megatron.parallel import share_from_one
 from rlad_megatron.trainer.rollouts import generate_and_score, to_sequence_batch
 from rlad_megatron.trainer.observability import MetricsLogger
@@ -34,7 +35,8 @@ def _peak_rss_mb() -> float:
     """Largest resident set of any rank of this job so far (each rank's own maximum, max over the world)."""
     import resource
 
-    peak = torch.tensor(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, dtype=torch.float64)
+    peak = torch.tensor(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, dtype=torch.float64,
+                        device=collective_device())
     dist.all_reduce(peak, op=dist.ReduceOp.MAX)
     return float(peak)
 
@@ -49,9 +51,9 @@ def lr_at(step: int, config: RunConfig) -> float:
 
 
 def _global_denominators(batch: SequenceBatch, dp_group) -> Denominators:
-    local = local_denominators(batch.loss_mask).as_tensor()
+    local = for_collective(local_denominators(batch.loss_mask).as_tensor(), dp_group)
     dist.all_reduce(local, group=dp_group)
-    return Denominators.from_tensor(local)
+    return Denominators.from_tensor(local.cpu())
 
 
 def _reduce_metrics(acc: MetricAccumulator, has_values: bool, group) -> dict[str, float]:
@@ -60,10 +62,11 @@ def _reduce_metrics(acc: MetricAccumulator, has_values: bool, group) -> dict[str
 
     result = None
     if has_values:
-        sums, maxima = acc.tensors()
-        dist.all_reduce(sums, group=ps.get_data_parallel_group())
-        dist.all_reduce(maxima, op=dist.ReduceOp.MAX, group=ps.get_data_parallel_group())
-        result = acc.finalize(sums, maxima)
+        dp_group = ps.get_data_parallel_group()
+        sums, maxima = (for_collective(t, dp_group) for t in acc.tensors())
+        dist.all_reduce(sums, group=dp_group)
+        dist.all_reduce(maxima, op=dist.ReduceOp.MAX, group=dp_group)
+        result = acc.finalize(sums.cpu(), maxima.cpu())
     return share_from_one(result, group, required=False) or {}
 
 
@@ -214,9 +217,10 @@ class Trainer:
         group = ps.get_data_parallel_group()
         maxima = sorted(k for k in metrics if k.endswith("_max"))
         keys = sorted(k for k in metrics if k not in maxima)
-        values = torch.tensor([metrics[k] for k in keys], dtype=torch.float64)
+        device = collective_device(group)
+        values = torch.tensor([metrics[k] for k in keys], dtype=torch.float64, device=device)
         dist.all_reduce(values, group=group)
-        top = torch.tensor([metrics[k] for k in maxima], dtype=torch.float64)
+        top = torch.tensor([metrics[k] for k in maxima], dtype=torch.float64, device=device)
         dist.all_reduce(top, op=dist.ReduceOp.MAX, group=group)
         dp = ps.get_data_parallel_world_size()
         out = {k: v if k in self._SUMMED_OVER_DP else v / dp for k, v in zip(keys, values.tolist())}
