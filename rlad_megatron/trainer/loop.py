@@ -161,9 +161,14 @@ class Trainer:
                 # The engine seeds prompt j's i-th response with seed + j * n + i: offsetting by this rank's first
                 # global prompt makes the samples independent of the data-parallel layout.
                 seed=cfg.trainer.seed * 1_000_003 + self.step * 100_003
-                + s.dp_rank * len(examples) * cfg.rollout.group_size,
+                + s.dp_rank * len(examples) * cfg.rollout.group_size if s.seed_requests else None,
             )
+            if cfg.rollout.sleep_level:  # no-ops when the sync has woken it (sft: nothing else wakes it)
+                s.engine.wake_up("weights")
+                s.engine.wake_up("kv_cache")
             rollouts = generate_and_score(s.engine, s.reward_guard, s.task, examples, sampling)
+            if cfg.rollout.sleep_level:  # free the engine's GPU memory for the learner until the next sync
+                s.engine.sleep(cfg.rollout.sleep_level)
         rollouts = share_from_one(rollouts, s.model_parallel_group)
         times["time/generation"] = time.perf_counter() - t
 
