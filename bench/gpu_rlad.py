@@ -42,7 +42,7 @@ def _sizes(small: bool) -> dict:
                                           num_kv_heads=8, head_dim=128),
                 teacher=dict(num_layers=14, hidden_size=2048, intermediate_size=6144, num_heads=16, num_kv_heads=8,
                              head_dim=128),
-                prompts=16, group=8, prompt_len=128, new_tokens=384, steps=4)
+                prompts=16, group=8, prompt_len=128, new_tokens=256, steps=3)
 
 
 def _to(batch, device):

@@ -95,7 +95,8 @@ def test_step_teacher_and_export_stay_on_the_rank_device(nccl_world, tiny_hf, tm
     from rlad_megatron.learner.policy import MegatronPolicy, build_student
     from rlad_megatron.models import export_hf_checkpoint, load_hf_model
     from rlad_megatron.teacher import MegatronTeacher
-    from rlad_megatron.trainer.loop import _global_denominators, _peak_rss_mb
+    from rlad_megatron.loss import LossConfig, MetricAccumulator, compute_policy_loss
+    from rlad_megatron.trainer.loop import _global_denominators, _peak_rss_mb, _reduce_metrics
 
     assert rank_device().type == "cuda" and torch.cuda.current_device() == rank_device().index
     modules, arch = load_hf_model(tiny_hf, trainable=True, params_dtype=torch.bfloat16)
@@ -114,12 +115,21 @@ def test_step_teacher_and_export_stay_on_the_rank_device(nccl_world, tiny_hf, tm
     teacher_lp = teacher.token_logprobs(batch)
     assert teacher_lp is not None and teacher_lp.shape == batch.loss_mask.shape
 
-    def loss_fn(logprobs, entropy, mb):
-        mask = mb.loss_mask.to(logprobs.device)
-        return -(logprobs * mask).sum() / denominators.num_tokens, {}
+    batch.teacher_logprobs = teacher_lp
+
+    def loss_fn(logprobs, entropy, mb):  # the trainer's RLAD loss, with its metrics
+        return compute_policy_loss(LossConfig(algorithm="rlad"), logprobs=logprobs, mask=mb.loss_mask,
+                                   denominators=denominators, old_logprobs=logprobs.detach(),
+                                   teacher_logprobs=mb.teacher_logprobs, advantages=mb.advantages,
+                                   correct=mb.correct)
 
     result = policy.train_step(batch, loss_fn, micro_batch_size=2)
     assert result.applied and result.grad_norm > 0
+    acc = MetricAccumulator()
+    for stats in result.metrics:
+        acc.add(stats)
+    logged = _reduce_metrics(acc, True, ps.get_model_parallel_group())
+    assert logged and all(isinstance(v, float) for v in logged.values())
     assert _peak_rss_mb() > 0
     export_hf_checkpoint(modules, arch, tmp_path / "hf", tokenizer_dir=tiny_hf, dtype=torch.bfloat16)
     assert (tmp_path / "hf" / "config.json").exists()

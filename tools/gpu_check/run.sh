@@ -28,7 +28,7 @@ echo "pytest rc=${PIPESTATUS[0]} after $(( $(date +%s) - start )) s"
 timeout 220 python3 bench/gpu_rlad.py ${GPU_CHECK_SMALL:+--small} --out "$OUT" 2>&1 | grep -v -i "warn" | tee "$OUT/bench.log" | tail -5
 echo "bench rc=${PIPESTATUS[0]} after $(( $(date +%s) - start )) s"
 mkdir -p "$OUT/offload"
-timeout 120 python3 bench/gpu_rlad.py ${GPU_CHECK_SMALL:+--small} --teacher-offload --steps 3 --out "$OUT/offload" 2>&1 | grep -v -i "warn" \
+timeout 120 python3 bench/gpu_rlad.py ${GPU_CHECK_SMALL:+--small} --teacher-offload --steps 2 --out "$OUT/offload" 2>&1 | grep -v -i "warn" \
   | tee "$OUT/bench_offload.log" | tail -3
 echo "offload bench rc=${PIPESTATUS[0]} after $(( $(date +%s) - start )) s"
 python3 tools/gpu_check/report.py "$OUT" > "$OUT/gpu_results.md" && cat "$OUT/gpu_results.md"
