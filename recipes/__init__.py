@@ -12,6 +12,7 @@ import functools
 from typing import Any, Callable
 
 from recipes.base import Recipe, config_overrides
+from recipes.moe import math_qwen3_1p7b_from_30b_a3b
 from recipes.paper import logic_qwen3_0p6b, logic_qwen3_1p7b, math_qwen3_1p7b_base, math_qwen3_8b_base
 from recipes.quickstart import prepare_quickstart_assets, quickstart
 
@@ -28,6 +29,9 @@ for _name, _fn in _PAPER.items():
     RECIPES[_name] = _fn
     for _algo in ("grpo", "kdrl"):
         RECIPES[f"{_name}_{_algo}"] = functools.partial(_fn, algorithm=_algo)
+#: A MoE teacher (issue 19): Qwen3-30B-A3B into a dense student, RLAD and the KDRL baseline (no GRPO: no teacher).
+RECIPES["math_qwen3_1p7b_from_30b_a3b"] = math_qwen3_1p7b_from_30b_a3b
+RECIPES["math_qwen3_1p7b_from_30b_a3b_kdrl"] = functools.partial(math_qwen3_1p7b_from_30b_a3b, algorithm="kdrl")
 
 
 def recipe_names() -> list[str]:
@@ -43,4 +47,4 @@ def get_recipe(name: str, **kwargs: Any) -> Recipe:
 
 
 __all__ = ["RECIPES", "Recipe", "config_overrides", "get_recipe", "logic_qwen3_0p6b", "logic_qwen3_1p7b",
-           "math_qwen3_1p7b_base", "math_qwen3_8b_base", "prepare_quickstart_assets", "quickstart", "recipe_names"]
+           "math_qwen3_1p7b_base", "math_qwen3_1p7b_from_30b_a3b", "math_qwen3_8b_base", "prepare_quickstart_assets", "quickstart", "recipe_names"]

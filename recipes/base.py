@@ -27,6 +27,7 @@ from rlad_megatron.config import (
     run_config_to_dict,
 )
 from rlad_megatron.config_parsing import flatten_dotted
+from rlad_megatron.memory_plan import MemoryPlan, plan_memory
 from rlad_megatron.placement import ModelShape, Placement, plan_placement
 
 #: Environment of every GPU job (the recipes add their own).
@@ -74,6 +75,10 @@ class Recipe:
     env: dict[str, str] = field(default_factory=lambda: dict(GPU_ENV))
     gpu: bool = True
     """Whether the job needs GPUs (the Slurm executor then asks for ``gpus_per_node`` GPUs per node)."""
+    gpu_memory: str = "h100"
+    """The GPU the memory plan checks against: "h100", "h200" or a size in GiB (``python -m recipes --gpu``)."""
+    expert_parallel: int = 1
+    """Expert-parallel size of a MoE teacher in the memory plan (the trainer runs EP=1 today: see the plan's note)."""
 
     @property
     def world_size(self) -> int:
@@ -97,14 +102,49 @@ class Recipe:
                               rollout_gpus=self.rollout_gpus, teacher_gpus=self.teacher_gpus,
                               student=self.student_shape, teacher=self.teacher_shape)
 
-    def validate(self) -> Placement:
+    def with_gpu(self, gpu_memory: str | None) -> "Recipe":
+        """A copy planned against another GPU ("h100", "h200" or GiB); None keeps this one."""
+        return self if gpu_memory is None else dataclasses.replace(self, gpu_memory=gpu_memory)
+
+    def memory_plan(self, placement: Placement | None = None) -> MemoryPlan | None:
+        """The per-GPU memory plan (``rlad_megatron.memory_plan``), or None without the student's shape.
+
+        GPU recipes are planned against ``gpu_memory`` with Transformer Engine's fused attention (the GPU image);
+        CPU recipes (the quickstart) get the same arithmetic with no limit, the local attention and no CUDA reserve.
+        """
+        if self.student_shape is None or not self.student_shape.vocab_size:
+            return None
+        placement = placement or self.placement()
+        extra = {} if self.gpu else dict(runtime_reserve_gib=0.0, engine_runtime_gib=0.0, chunk_elements=1 << 20)
+        return plan_memory(self.config, student=self.student_shape, teacher=self.teacher_shape, dp=placement.dp,
+                           teacher_ep=self.expert_parallel, gpu=self.gpu_memory if self.gpu else None,
+                           fused_attention=self.gpu, **extra)
+
+    def launch_blocker(self) -> str | None:
+        """Why this recipe can be planned but not launched, or None."""
+        if self.expert_parallel > 1:
+            return (f"{self.name}: expert parallelism {self.expert_parallel} is a plan only: the trainer runs the MoE "
+                    "teacher at EP=1 (expert parallelism inside the trainer is not wired yet); print it with --plan, "
+                    "launch with expert_parallel 1")
+        return None
+
+    def validate(self, *, check_memory: bool = True) -> Placement:
         """Check everything that can be checked on the launching machine; returns the placement.
 
         ``RunConfig.validate`` probes no hardware, so this runs on a login node or a laptop; FP8's hardware check
-        (CUDA, Transformer Engine) happens when the job starts (``rlad_megatron.fp8.check_run_hardware``).
+        (CUDA, Transformer Engine) happens when the job starts (``rlad_megatron.fp8.check_run_hardware``). A GPU
+        recipe whose memory plan does not fit ``gpu_memory`` is refused (``MemoryPlanError``, naming the largest
+        terms and the settings that would fit) unless ``check_memory=False``.
         """
         self.config.validate()
-        return self.placement()
+        placement = self.placement()
+        if check_memory and self.launch_blocker():
+            raise ConfigError(self.launch_blocker())
+        if check_memory and self.gpu:
+            plan = self.memory_plan(placement)
+            if plan is not None:
+                plan.check()
+        return placement
 
     def train_args(self) -> list[str]:
         """The arguments after ``-m rlad_megatron.cli``: ``train`` and the config's non-default overrides."""

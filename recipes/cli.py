@@ -2,6 +2,7 @@
 
     python -m recipes --list
     python -m recipes quickstart                                    # local, 2 CPU processes, tiny models
+    python -m recipes math_qwen3_8b_base --plan                    # per-GPU memory by component; fits?
     python -m recipes logic_qwen3_0p6b --executor slurm --dryrun --account acct --partition batch \\
         --container-image rlad-megatron:0.1.0 --mounts /lustre/models:/models,/lustre/data:/data trainer.steps=10
 """
@@ -24,6 +25,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="trainer config overrides, section.key=value")
     p.add_argument("--list", action="store_true", help="list the recipes and exit")
     p.add_argument("--show", action="store_true", help="print the placement and the trainer command, launch nothing")
+    p.add_argument("--plan", action="store_true",
+                   help="print the per-GPU memory plan by component (and whether it fits), launch nothing")
+    p.add_argument("--gpu", help="GPU the memory plan checks against: h100, h200 or a size in GiB (default: the "
+                                 "recipe's)")
+    p.add_argument("--ignore-memory-plan", action="store_true",
+                   help="launch even when the memory plan says the run does not fit the GPU")
     p.add_argument("--executor", choices=("local", "slurm"), default="local")
     p.add_argument("--dryrun", action="store_true", help="render the job (the sbatch script on Slurm), submit nothing")
     p.add_argument("--detach", action="store_true", help="return once the job is submitted")
@@ -75,7 +82,18 @@ def build_recipe(args: argparse.Namespace) -> Recipe:
         recipe = get_recipe(args.name, **kwargs)
     except TypeError as err:
         raise ConfigError(f"recipe {args.name}: bad --arg ({err})") from None
-    return recipe.with_layout(nodes=args.nodes, gpus_per_node=args.gpus_per_node).with_overrides(args.overrides)
+    recipe = recipe.with_layout(nodes=args.nodes, gpus_per_node=args.gpus_per_node).with_overrides(args.overrides)
+    return recipe.with_gpu(args.gpu)
+
+
+def _refusal(plan) -> str:
+    from rlad_megatron.memory_plan import MemoryPlanError
+
+    try:
+        plan.check()
+    except MemoryPlanError as err:
+        return str(err)
+    return ""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -94,11 +112,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             from recipes.executors import with_auto_resume
 
             recipe = with_auto_resume(recipe, "--requeue" if args.requeue else "--max-restarts")
-        placement = recipe.validate()
+        placement = recipe.validate(check_memory=False)
+        plan = recipe.memory_plan(placement)
     except (ConfigError, KeyError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"recipe {recipe.name}: {recipe.description}\n{placement.describe()}")
+    if args.plan:
+        print(plan.describe() if plan is not None else "memory plan: the recipe gives no model shapes")
+        return 0 if plan is None or plan.fits else 1
+    if recipe.launch_blocker():
+        print(f"error: {recipe.launch_blocker()}", file=sys.stderr)
+        return 2
+    if plan is not None and recipe.gpu and not plan.fits:
+        if not args.ignore_memory_plan:
+            print(f"error: {_refusal(plan)}", file=sys.stderr)
+            return 2
+        print(f"warning: launching although the memory plan does not fit ({plan.peak_gib:.1f} GiB > "
+              f"{plan.gpu_gib:.1f} GiB)", file=sys.stderr)
     if args.show:
         print("command: torchrun ... -m rlad_megatron.cli " + " ".join(recipe.train_args()))
         return 0

@@ -31,6 +31,9 @@ from recipes.base import CPU_ENV, Recipe
 #: Tiny shapes: head_dim 32 (vLLM's CPU attention has no kernel for 16), heads and KV heads divisible by TP=2.
 STUDENT_SHAPE = dict(num_layers=2, hidden_size=128, intermediate_size=256, num_heads=4, num_kv_heads=2)
 TEACHER_SHAPE = dict(num_layers=2, hidden_size=256, intermediate_size=512, num_heads=8, num_kv_heads=2)
+#: The char tokenizer's vocabulary (rlad_megatron.data.char_tokenizer: 4 specials + 96 characters; the quickstart
+#: test compares these shapes with the created models'), for the memory plan.
+CHAR_VOCAB_SIZE = 100
 
 
 def prepare_quickstart_assets(workdir: str | Path, *, num_records: int = 64, seed: int = 0) -> dict[str, str]:
@@ -82,6 +85,6 @@ def quickstart(student: str, teacher: str, train_file: str, eval_file: str | Non
     )
     return Recipe(name="quickstart", description=f"CPU smoke run: tiny {algorithm} on arithmetic, {nproc} torchrun "
                   f"processes (TP={tensor_parallel})", config=config, nodes=1, gpus_per_node=nproc,
-                  student_shape=ModelShape("tiny-student", **STUDENT_SHAPE),
-                  teacher_shape=ModelShape("tiny-teacher", **TEACHER_SHAPE),
+                  student_shape=ModelShape("tiny-student", **STUDENT_SHAPE, vocab_size=CHAR_VOCAB_SIZE, qk_norm=True),
+                  teacher_shape=ModelShape("tiny-teacher", **TEACHER_SHAPE, vocab_size=CHAR_VOCAB_SIZE, qk_norm=True),
                   env=dict(CPU_ENV), gpu=False)

@@ -154,8 +154,9 @@ class RolloutConfig:
     them), eager on CPU (required there)."""
     gpu_memory_utilization: float | None = None
     """GPU only: the fraction of each GPU the colocated engine may take (weights + KV cache). None: vLLM's
-    default (0.92) when the engine has the GPU to itself; with the learner on the same GPU, what was free at
-    engine start minus a margin (trainer/engine_settings.py). On CPU rollout.kv_cache_mb sizes the cache."""
+    default (0.92) when the engine has the GPU to itself; with the learner on the same GPU, the smaller of the
+    engine's share in the memory plan and what is free at engine start minus a margin (trainer/engine_settings.py).
+    On CPU rollout.kv_cache_mb sizes the cache."""
     sleep_level: int = 0
     """GPU only (colocation): 0 keeps the engine's memory during training; 1 moves its weights to host memory and
     frees its KV cache while the learner trains; 2 frees both (the sync rewrites every weight). Weights are woken

@@ -78,20 +78,31 @@ def initialize_model_parallel(
     virtual_pipeline_parallel: int | None = None,
     seed: int = 1234,
     expert_parallel: int = 1,
+    context_parallel: int = 1,
 ) -> None:
-    """Set up Megatron's TP/PP/DP groups over the current world and seed the model-parallel RNG tracker.
+    """Set up Megatron's TP/PP/CP/DP groups over the current world and seed the model-parallel RNG tracker.
 
-    Data parallelism is what is left: ``world_size / (tensor_parallel * pipeline_parallel)``. Expert parallelism
-    (MoE) shards the experts over ``expert_parallel`` data-parallel ranks (expert tensor parallel size 1).
+    Data parallelism is what is left: ``world_size / (tensor_parallel * pipeline_parallel * context_parallel)``.
+    Expert parallelism (MoE) shards the experts over ``expert_parallel`` data-parallel ranks (expert tensor parallel
+    size 1). Context parallelism splits each sequence over ``context_parallel`` ranks and needs Transformer Engine
+    (a ``RuntimeError`` saying so here, at start, otherwise).
     """
+    if context_parallel < 1:
+        raise ValueError(f"context parallel size must be >= 1, got {context_parallel}")
+    if context_parallel > 1:
+        from rlad_megatron.models.builder import check_context_parallel
+
+        check_context_parallel(context_parallel)
     init_distributed()
     world = dist.get_world_size()
-    if world % (tensor_parallel * pipeline_parallel) != 0:
+    model_size = tensor_parallel * pipeline_parallel * context_parallel
+    if world % model_size != 0:
+        cp = f" x context_parallel ({context_parallel})" if context_parallel > 1 else ""
         raise ValueError(
             f"world size {world} is not divisible by tensor_parallel ({tensor_parallel}) x pipeline_parallel "
-            f"({pipeline_parallel}) = {tensor_parallel * pipeline_parallel}: launch a multiple of that many ranks"
+            f"({pipeline_parallel}){cp} = {model_size}: launch a multiple of that many ranks"
         )
-    dp = world // (tensor_parallel * pipeline_parallel)
+    dp = world // model_size
     if expert_parallel < 1 or (world // pipeline_parallel) % expert_parallel:
         raise ValueError(
             f"expert parallel size {expert_parallel} must divide world size {world} / pipeline_parallel "
@@ -109,6 +120,7 @@ def initialize_model_parallel(
         tensor_model_parallel_size=tensor_parallel,
         pipeline_model_parallel_size=pipeline_parallel,
         virtual_pipeline_model_parallel_size=virtual_pipeline_parallel,
+        context_parallel_size=context_parallel,
         expert_model_parallel_size=expert_parallel,
         expert_tensor_parallel_size=1,
     )

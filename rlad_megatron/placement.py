@@ -4,7 +4,8 @@
     print(plan.describe())      # "64 GPUs (8 nodes x 8): learner TP=2 x PP=1 x DP=32 ..."
 
 The job is one SPMD program (``torchrun`` on every node), so the world is ``nodes * gpus_per_node`` ranks:
-- the learner holds ``world - rollout_gpus - teacher_gpus`` ranks, as DP replicas of ``TP x PP`` GPUs each;
+- the learner holds ``world - rollout_gpus - teacher_gpus`` ranks, as DP replicas of ``TP x PP x CP`` GPUs each
+  (context parallelism splits each sequence, not the batch: the batch arithmetic counts DP only);
 - a Megatron teacher (``teacher.source=megatron``) lives on the learner's GPUs with the learner's TP/PP layout;
   a vLLM teacher either shares the learner's GPUs (``teacher_gpus=0``) or has ``teacher_gpus`` of its own;
 - rollout engines are colocated (one per DP replica, engine TP = learner TP, no GPUs of their own) or
@@ -36,16 +37,40 @@ class ModelShape:
     intermediate_size: int
     head_dim: int | None = None
     """None: hidden_size / num_heads (the HF default)."""
+    # The fields below size the memory plan (rlad_megatron.memory_plan); 0 / False: unknown or absent.
+    vocab_size: int = 0
+    """Embedding rows of the checkpoint (0: unknown, the memory plan refuses to guess)."""
+    tie_word_embeddings: bool = False
+    """Input embedding and output layer share one matrix."""
+    num_experts: int = 0
+    """Routed experts per layer (0: a dense model)."""
+    moe_top_k: int = 0
+    """Experts per token."""
+    moe_intermediate_size: int = 0
+    """Width of one routed expert's MLP."""
+    shared_expert_intermediate_size: int = 0
+    """Width of the shared expert (Qwen2-MoE), 0: none."""
+    qk_norm: bool = False
+    """Per-head RMSNorm on queries and keys (Qwen3)."""
 
     @property
     def head_dim_or_default(self) -> int:
         return self.head_dim or self.hidden_size // self.num_heads
 
+    @property
+    def is_moe(self) -> bool:
+        return self.num_experts > 0
+
     @classmethod
     def from_arch(cls, arch: Any, name: str = "model") -> "ModelShape":
         """From a :class:`rlad_megatron.models.hf_config.ModelArch` (or anything with its field names)."""
         return cls(name, arch.num_layers, arch.num_heads, arch.num_kv_heads, arch.hidden_size,
-                   arch.intermediate_size, _explicit_head_dim(arch))
+                   arch.intermediate_size, _explicit_head_dim(arch), vocab_size=getattr(arch, "vocab_size", 0),
+                   tie_word_embeddings=bool(getattr(arch, "tie_word_embeddings", False)),
+                   num_experts=getattr(arch, "num_experts", 0), moe_top_k=getattr(arch, "moe_top_k", 0),
+                   moe_intermediate_size=getattr(arch, "moe_intermediate_size", 0),
+                   shared_expert_intermediate_size=getattr(arch, "shared_expert_intermediate_size", 0),
+                   qk_norm=bool(getattr(arch, "qk_norm", False)))
 
     @classmethod
     def from_hf_dir(cls, path: str, name: str | None = None) -> "ModelShape":
@@ -57,7 +82,7 @@ class ModelShape:
 
 @dataclass(frozen=True)
 class Placement:
-    """A checked layout. ``learner_gpus = tp * pp * dp``; ``world = learner_gpus + rollout_gpus + teacher_gpus``."""
+    """A checked layout. ``learner_gpus = tp * pp * cp * dp``; ``world = learner_gpus + rollout_gpus + teacher_gpus``."""
 
     nodes: int
     gpus_per_node: int
@@ -72,6 +97,8 @@ class Placement:
     teacher: str
     """"none", "megatron" (on the learner's GPUs, learner layout) or "vllm"."""
     teacher_gpus: int
+    cp: int = 1
+    """Context-parallel size: each sequence split over ``cp`` ranks of a replica."""
 
     @property
     def world_size(self) -> int:
@@ -79,12 +106,13 @@ class Placement:
 
     @property
     def learner_gpus(self) -> int:
-        return self.tp * self.pp * self.dp
+        return self.tp * self.pp * self.cp * self.dp
 
     def describe(self) -> str:
         """One line per component, for logs and the recipe CLI."""
+        cp = f" x CP={self.cp}" if self.cp > 1 else ""
         lines = [f"{self.world_size} GPUs ({self.nodes} node(s) x {self.gpus_per_node}): learner TP={self.tp} x "
-                 f"PP={self.pp} x DP={self.dp} on {self.learner_gpus} GPUs"]
+                 f"PP={self.pp}{cp} x DP={self.dp} on {self.learner_gpus} GPUs"]
         if self.rollout == "colocated":
             lines.append(f"rollout: {self.num_engines} colocated vLLM engine(s) (one per DP replica, TP={self.rollout_tp})")
         else:
@@ -131,7 +159,8 @@ def batch_layout(config: RunConfig, dp: int) -> BatchLayout:
                              f"which must be a multiple of trainer.updates_per_batch={updates} (each update takes "
                              "whole groups)")
     sequences = per_rank * group
-    if sequences % (micro * updates):
+    # With a token budget micro-batches are cut by tokens, not counted in sequences: no divisibility to check.
+    if config.trainer.max_tokens_per_micro_batch is None and sequences % (micro * updates):
         raise PlacementError(f"each of the DP={dp} replicas trains on {prompts} / {dp} prompts x G={group} = "
                              f"{sequences} sequences per step, which do not split into "
                              f"trainer.updates_per_batch={updates} x trainer.micro_batch_size={micro}: choose a "
@@ -192,11 +221,14 @@ def plan_placement(config: RunConfig, *, nodes: int, gpus_per_node: int, rollout
     _positive("nodes", nodes)
     _positive("gpus_per_node", gpus_per_node)
     tp, pp = config.parallel.tensor_parallel, config.parallel.pipeline_parallel
+    cp = config.parallel.context_parallel
     _positive("parallel.tensor_parallel", tp)
     _positive("parallel.pipeline_parallel", pp)
+    _positive("parallel.context_parallel", cp)
     world = nodes * gpus_per_node
     alloc = f"{world} GPUs ({nodes} node(s) x {gpus_per_node})"
-    per_replica = tp * pp
+    per_replica = tp * pp * cp
+    replica = f"TP={tp} x PP={pp}" + (f" x CP={cp}" if cp > 1 else "")
     if tp > gpus_per_node or gpus_per_node % tp:
         raise PlacementError(f"TP={tp} must fit inside one node and divide its {gpus_per_node} GPUs (tensor "
                              "parallelism needs the intra-node links): lower parallel.tensor_parallel")
@@ -232,12 +264,12 @@ def plan_placement(config: RunConfig, *, nodes: int, gpus_per_node: int, rollout
         raise PlacementError(f"{alloc} leave no GPUs for the learner after {rollout_gpus} rollout + "
                              f"{teacher_gpus} teacher GPUs: ask for more nodes or reserve fewer GPUs")
     if per_replica > learner:
-        raise PlacementError(f"{learner} learner GPUs cannot hold TP={tp} x PP={pp} = {per_replica} GPUs per "
-                             f"replica: lower TP/PP or ask for more GPUs")
+        raise PlacementError(f"{learner} learner GPUs cannot hold {replica} = {per_replica} GPUs per "
+                             f"replica: lower TP/PP{'/CP' if cp > 1 else ''} or ask for more GPUs")
     if learner % per_replica:
-        raise PlacementError(f"{learner} learner GPUs are not a whole number of TP={tp} x PP={pp} = {per_replica}-GPU "
+        raise PlacementError(f"{learner} learner GPUs are not a whole number of {replica} = {per_replica}-GPU "
                              f"replicas (DP would be {learner / per_replica:g}): use a multiple of {per_replica} "
-                             "learner GPUs or change TP/PP")
+                             f"learner GPUs or change TP/PP{'/CP' if cp > 1 else ''}")
     dp = learner // per_replica
 
     batch_layout(config, dp)
@@ -260,7 +292,7 @@ def plan_placement(config: RunConfig, *, nodes: int, gpus_per_node: int, rollout
                           last_stage_layers=config.parallel.teacher_last_stage_layers)
     return Placement(nodes=nodes, gpus_per_node=gpus_per_node, tp=tp, pp=pp, dp=dp,
                      rollout=config.rollout.placement, rollout_gpus=rollout_gpus, rollout_tp=rollout_tp,
-                     num_engines=num_engines, teacher=teacher_kind, teacher_gpus=teacher_gpus)
+                     num_engines=num_engines, teacher=teacher_kind, teacher_gpus=teacher_gpus, cp=cp)
 
 
 def _divisors(n: int) -> list[int]:

@@ -16,19 +16,19 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 
-from rlad_megatron.device import collective_device
+from rlad_megatron.device import collective_device, rank_device
+from rlad_megatron.learner.batching import (
+    MicroBatch,
+    MicroBatching,
+    as_micro_batching,
+    build_micro_batches,
+    filler_micro_batch,
+    scatter_token_values,
+)
 from rlad_megatron.learner.sequences import SequenceBatch
 
 # loss_fn(logprobs [b, L-1] with grad, entropy [b, L-1] or None, micro_batch) -> (loss share, metrics)
 LossFn = Callable[[torch.Tensor, torch.Tensor | None, SequenceBatch], tuple[torch.Tensor, dict]]
-
-
-def causal_inputs(tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(position_ids [B, L], attention_mask [1, 1, L, L])`` for right-padded sequences (True = masked)."""
-    batch, length = tokens.shape
-    positions = torch.arange(length, device=tokens.device).unsqueeze(0).expand(batch, -1)
-    mask = torch.ones(1, 1, length, length, dtype=torch.bool, device=tokens.device).triu(diagonal=1)
-    return positions, mask
 
 
 @dataclasses.dataclass
@@ -61,26 +61,45 @@ class MegatronPolicy:
         tp_group = ps.get_tensor_model_parallel_group() if ps.get_tensor_model_parallel_world_size() > 1 else None
         return ps, tp_group
 
-    def _run(self, batch: SequenceBatch, micro_batch_size: int, forward_only: bool,
+    def _length_multiple(self) -> int:
+        """Widths of budget/packed micro-batches round up to this: the CUDA pad multiple, and the TP size under
+        sequence parallelism (the sequence dimension is split over the TP ranks)."""
+        from rlad_megatron.learner.sequences import default_pad_multiple
+
+        ps, _ = self._groups()
+        config = getattr(self.chunks[0], "config", None)
+        sp = bool(getattr(config, "sequence_parallel", False))
+        return math.lcm(default_pad_multiple(), ps.get_tensor_model_parallel_world_size() if sp else 1)
+
+    def _uses_thd(self) -> bool:
+        """Packed rows go to Transformer Engine's attention as THD (cu_seqlens) when the model's attention is TE's;
+        otherwise a block-diagonal mask does the same on the local/torch attention."""
+        return any(type(m).__name__ == "TEDotProductAttention" for chunk in self.chunks for m in chunk.modules())
+
+    def micro_batches(self, batch: SequenceBatch, batching: "int | MicroBatching") -> list[MicroBatch]:
+        """``batch`` cut into this policy's micro-batches (widths rounded for sequence parallelism)."""
+        batching = as_micro_batching(batching)
+        if not batching.fixed:
+            batching = batching.with_length_multiple(self._length_multiple())
+        return build_micro_batches(batch, batching, thd=batching.packing and self._uses_thd())
+
+    def _run(self, batch: SequenceBatch, micro: list[MicroBatch], forward_only: bool,
              loss_fn: LossFn | None, scale: float) -> list[dict]:
         from megatron.core.pipeline_parallel import get_forward_backward_func
 
         from rlad_megatron.logprobs import vocab_parallel_token_logprobs
 
         ps, tp_group = self._groups()
-        n = len(batch)
-        micro = [batch.select(slice(i, min(i + micro_batch_size, n))) for i in range(0, n, micro_batch_size)]
-        if any(len(m) != micro_batch_size for m in micro):
-            raise ValueError(
-                f"batch of {n} sequences does not split into micro-batches of {micro_batch_size}: make the "
-                "per-rank batch a multiple of trainer.micro_batch_size"
-            )
         want_entropy = self.with_entropy and loss_fn is not None
+        device = rank_device()  # cuda:LOCAL_RANK in an NCCL job, else the CPU (rlad_megatron/device.py)
 
         def forward_step(data_iterator, model):
-            mb: SequenceBatch = next(data_iterator)
-            positions, mask = causal_inputs(mb.tokens)
-            output = model(mb.tokens, positions, mask)
+            mb: MicroBatch = next(data_iterator).to(device)  # the one host->device move of a micro-batch
+            if mb.packed_seq_params is not None:
+                output = model(mb.tokens, mb.position_ids, mb.attention_mask,
+                               packed_seq_params=mb.packed_seq_params)
+            else:
+                output = model(mb.tokens, mb.position_ids, mb.attention_mask)
 
             def loss_func(logits: torch.Tensor):
                 targets = mb.tokens[:, 1:]
@@ -88,10 +107,16 @@ class MegatronPolicy:
                     logits[:, :-1], targets, tp_group=tp_group, vocab_size=self.vocab_size,
                     return_entropy=want_entropy,
                 )
-                logprobs, entropy = result if want_entropy else (result, None)
+                row_logprobs, row_entropy = result if want_entropy else (result, None)
+                # back to the micro-batch's own sequences, [n, T]: the loss never sees the packed/padded layout
+                logprobs = mb.unpack(row_logprobs)
+                entropy = None if row_entropy is None else mb.unpack(row_entropy)
                 if loss_fn is None:
-                    return logprobs.sum() * 0.0, {"logprobs": logprobs.detach()}
-                loss, metrics = loss_fn(logprobs, entropy, mb)
+                    return row_logprobs.sum() * 0.0, {"logprobs": logprobs.detach()}
+                if len(mb) == 0:  # a filler micro-batch (ranks run equal counts): contributes exactly nothing
+                    zero = row_logprobs.sum() * 0.0
+                    return zero, {"metrics": None, "loss": zero.detach().clone()}
+                loss, metrics = loss_fn(logprobs, entropy, mb.sequences)
                 # Megatron divides by the number of micro-batches and DDP averages over data-parallel ranks; the
                 # loss share already has the global denominator, so undo both to get exactly its gradient.
                 return loss * scale, {"metrics": metrics, "loss": loss.detach().clone()}
@@ -99,50 +124,82 @@ class MegatronPolicy:
             return output, loss_func
 
         config = self.chunks[0].config if hasattr(self.chunks[0], "config") else None
-        seq_length = batch.tokens.shape[1]
+        seq_length = max(m.width for m in micro)
+        micro_batch_size = max(int(m.tokens.shape[0]) for m in micro)
+        # Under pipeline parallelism the stages exchange activations of each micro-batch's own shape: Megatron
+        # sends the shape first when variable_seq_lengths is on (only needed when the shapes differ).
+        varying = len({tuple(m.tokens.shape) for m in micro}) > 1
+        restore = None
         if config is not None:
             config.seq_length = seq_length
-        return get_forward_backward_func()(
-            forward_step_func=forward_step,
-            data_iterator=iter(micro) if len(self.chunks) == 1 else [iter(micro) for _ in self.chunks],
-            model=self.chunks,
-            num_microbatches=len(micro),
-            seq_length=seq_length,
-            micro_batch_size=micro_batch_size,
-            forward_only=forward_only,
-        )
+            if varying and ps.get_pipeline_model_parallel_world_size() > 1:
+                restore = config.variable_seq_lengths
+                config.variable_seq_lengths = True
+        try:
+            return get_forward_backward_func()(
+                forward_step_func=forward_step,
+                data_iterator=iter(micro) if len(self.chunks) == 1 else [iter(micro) for _ in self.chunks],
+                model=self.chunks,
+                num_microbatches=len(micro),
+                seq_length=seq_length,
+                micro_batch_size=micro_batch_size,
+                forward_only=forward_only,
+            )
+        finally:
+            if restore is not None:
+                config.variable_seq_lengths = restore
 
     # ---------------------------------------------------------------------------------------------------------
-    def token_logprobs(self, batch: SequenceBatch, micro_batch_size: int) -> torch.Tensor | None:
-        """``[B, L-1]`` float32 log-probs of ``batch.tokens[:, 1:]`` (no grad). None off the last pipeline stage."""
+    def token_logprobs(self, batch: SequenceBatch, micro_batch_size: "int | MicroBatching") -> torch.Tensor | None:
+        """``[B, L-1]`` float32 log-probs of ``batch.tokens[:, 1:]`` (no grad). None off the last pipeline stage.
+        ``micro_batch_size``: the fixed layout's size, or a :class:`MicroBatching` (token budget, packing; then
+        positions past a sequence's end are 0)."""
         ps, _ = self._groups()
+        micro = self.micro_batches(batch, micro_batch_size)
+        if not micro:  # no sequence on this rank (balanced data parallelism can deal none to it)
+            last = ps.is_pipeline_last_stage(ignore_virtual=True)
+            return torch.zeros(0, batch.tokens.shape[1] - 1) if last else None
         for chunk in self.chunks:
             chunk.eval()
         try:
             with torch.no_grad():
-                outputs = self._run(batch, micro_batch_size, True, None, 1.0)
+                outputs = self._run(batch, micro, True, None, 1.0)
         finally:
             for chunk in self.chunks:
                 chunk.train(self.optimizer is not None)
         if not ps.is_pipeline_last_stage(ignore_virtual=True):
             return None
-        return torch.cat([o["logprobs"] for o in outputs], dim=0)
+        return scatter_token_values([(m, o["logprobs"]) for m, o in zip(micro, outputs)], len(batch),
+                                    batch.tokens.shape[1] - 1)
 
-    def train_step(self, batch: SequenceBatch, loss_fn: LossFn, micro_batch_size: int) -> StepResult:
+    def train_step(self, batch: SequenceBatch, loss_fn: LossFn, micro_batch_size: "int | MicroBatching") -> StepResult:
         """Forward/backward over ``batch`` in micro-batches, then one optimizer step unless something is not
-        finite (then the gradients are dropped and ``applied`` is False). Collective over the whole world."""
+        finite (then the gradients are dropped and ``applied`` is False). Collective over the whole world.
+
+        With a token budget the number of micro-batches varies with the lengths: every data-parallel rank runs
+        the largest count of any of them (filler micro-batches make up the difference), as the schedule and the
+        gradient reduction expect the same number everywhere."""
         if self.optimizer is None:
             raise RuntimeError("train_step on a policy without an optimizer (the teacher is frozen)")
         ps, _ = self._groups()
-        num_micro = len(batch) // micro_batch_size
+        batching = as_micro_batching(micro_batch_size)
+        micro = self.micro_batches(batch, batching)
+        if not batching.fixed:
+            count = torch.tensor(len(micro), dtype=torch.long, device=collective_device(ps.get_data_parallel_group()))
+            if ps.get_data_parallel_world_size() > 1:
+                dist.all_reduce(count, op=dist.ReduceOp.MAX, group=ps.get_data_parallel_group())
+            micro += [filler_micro_batch(batch, self._length_multiple())
+                      for _ in range(max(int(count), 1) - len(micro))]
+        num_micro = len(micro)
         scale = float(num_micro * ps.get_data_parallel_world_size())
         for chunk in self.chunks:
             chunk.train()
             chunk.zero_grad_buffer()
         self.optimizer.zero_grad()
         moe_tracking = _moe_tracker_reset(self.chunks)
-        outputs = self._run(batch, micro_batch_size, False, loss_fn, scale)
+        outputs = self._run(batch, micro, False, loss_fn, scale)
         moe = _moe_metrics(num_micro) if moe_tracking else {}
+        metrics = [o["metrics"] for o in outputs if o.get("metrics") is not None]
         finite = torch.tensor(1.0, device=collective_device())
         for out in outputs:
             if not torch.isfinite(out["loss"]).all():
@@ -156,12 +213,12 @@ class MegatronPolicy:
             for chunk in self.chunks:
                 chunk.zero_grad_buffer()
             self.optimizer.zero_grad()
-            return StepResult(False, math.nan, [o["metrics"] for o in outputs], moe)
+            return StepResult(False, math.nan, metrics, moe)
         ok, grad_norm, _ = self.optimizer.step()
         grad_norm = float(grad_norm) if grad_norm is not None else math.nan
         if not ok or not math.isfinite(grad_norm):
-            return StepResult(False, grad_norm, [o["metrics"] for o in outputs], moe)
-        return StepResult(True, grad_norm, [o["metrics"] for o in outputs], moe)
+            return StepResult(False, grad_norm, metrics, moe)
+        return StepResult(True, grad_norm, metrics, moe)
 
     def set_lr(self, lr: float) -> None:
         for group in self.optimizer.param_groups:

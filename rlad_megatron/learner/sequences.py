@@ -23,6 +23,11 @@ class SequenceBatch:
     engine_logprobs: ``[B, L-1]`` float32, the rollout engine's log-prob of each response token (0 elsewhere).
     old_logprobs / teacher_logprobs / ref_logprobs: ``[B, L-1]`` float32 when computed (last pipeline stage
     only), else None.
+    lengths: ``[B]`` long, each sequence's real token count (prompt + response, no padding); None: every row
+    counts as ``L`` long (token-budget micro-batches then save nothing).
+    mini_batch: ``[B]`` long, the global mini-batch each sequence belongs to, when the step's sequences were
+    rebalanced over data-parallel ranks (``learner.batching.balance_over_data_parallel``); None: mini-batch
+    ``u`` is every ``updates``-th prompt group of this rank, as the trainer assigns it.
     """
 
     tokens: torch.Tensor
@@ -34,6 +39,8 @@ class SequenceBatch:
     old_logprobs: torch.Tensor | None = None
     teacher_logprobs: torch.Tensor | None = None
     ref_logprobs: torch.Tensor | None = None
+    lengths: torch.Tensor | None = None
+    mini_batch: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.tokens.shape[0]
@@ -44,6 +51,20 @@ class SequenceBatch:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             values[f.name] = None if value is None else value[index]
+        return SequenceBatch(**values)
+
+    def sequence_lengths(self) -> torch.Tensor:
+        """``[B]`` long: the real token count of every row (``lengths``, or the full width when unknown)."""
+        if self.lengths is not None:
+            return self.lengths.long()
+        return torch.full((len(self),), self.tokens.shape[1], dtype=torch.long)
+
+    def to(self, device: torch.device | str) -> "SequenceBatch":
+        """Every tensor on ``device`` (a no-op for tensors already there)."""
+        values = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            values[f.name] = None if value is None else value.to(device)
         return SequenceBatch(**values)
 
 

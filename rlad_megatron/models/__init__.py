@@ -37,6 +37,9 @@ def build_model_chunks(arch: ModelArch, *, params_dtype: torch.dtype = torch.flo
     overrides = dict(config_overrides)
     if vpp is not None and vpp > 1:
         overrides.setdefault("virtual_pipeline_model_parallel_size", vpp)
+    cp = ps.get_context_parallel_world_size()
+    if cp > 1:  # attention exchanges keys/values over the context-parallel group (TE only; checked at start)
+        overrides.setdefault("context_parallel_size", cp)
     if arch.is_moe:  # experts' params are marked expert-parallel (own grad buffers, no DP all-reduce) from this
         overrides.setdefault("expert_model_parallel_size", ps.get_expert_model_parallel_world_size())
     config = transformer_config_for(arch, tp=tp, pp=pp, params_dtype=params_dtype,

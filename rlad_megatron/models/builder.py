@@ -20,6 +20,42 @@ def use_transformer_engine() -> bool:
     return torch.cuda.is_available() and importlib.util.find_spec("transformer_engine") is not None
 
 
+RECOMPUTE_CHOICES: tuple[str, ...] = ("none", "selective", "full")
+
+
+def recompute_fields(recompute: str = "none", num_layers: int = 1) -> dict[str, object]:
+    """``TransformerConfig`` fields of activation recomputation (``parallel.recompute``).
+
+    - "selective": Megatron's selective recompute of the attention core (``recompute_modules=["core_attn"]``): the
+      ``[b, heads, s, s]`` scores of the unfused attention (local spec) are recomputed instead of saved. With TE's
+      fused (flash) attention nothing of that size is saved anyway, so it then saves little.
+    - "full": whole layers, ``num_layers`` per checkpointed chunk (``recompute_method="uniform"``): only each
+      chunk's input is kept, and one chunk's activations are rebuilt during its backward.
+    Both run without Transformer Engine (the CPU patches restore the RNG state for the recomputation).
+    """
+    if recompute not in RECOMPUTE_CHOICES:
+        raise ValueError(f"recompute={recompute!r}: choose one of {list(RECOMPUTE_CHOICES)}")
+    if recompute == "none":
+        return {}
+    if recompute == "selective":
+        return dict(recompute_granularity="selective", recompute_modules=["core_attn"])
+    if num_layers < 1:
+        raise ValueError(f"recompute_num_layers must be >= 1, got {num_layers}")
+    return dict(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=num_layers)
+
+
+def check_context_parallel(context_parallel: int) -> None:
+    """Raise ``RuntimeError`` at job start when context parallelism cannot run here: Megatron's local attention
+    (``DotProductAttention``) refuses ``context_parallel_size > 1``; only Transformer Engine's attention
+    implements the ring exchange of keys and values."""
+    if context_parallel > 1 and not use_transformer_engine():
+        raise RuntimeError(
+            f"parallel.context_parallel={context_parallel} needs Transformer Engine on CUDA GPUs (its attention does "
+            "the ring exchange of keys/values; Megatron's local attention refuses context parallelism): run in the "
+            "GPU image (docker/), or set parallel.context_parallel=1 and bound the sequence memory with "
+            "trainer.max_tokens_per_micro_batch and parallel.recompute instead")
+
+
 def layer_spec(arch: ModelArch, *, te: bool | None = None):
     """The transformer layer ``ModuleSpec`` for ``arch`` (``te=None``: TE when :func:`use_transformer_engine`)."""
     from megatron.core.models.gpt import gpt_layer_specs

@@ -223,8 +223,14 @@ def transformer_config_for(
     from rlad_megatron.models.layout import check_pipeline_layout, check_tensor_parallel
 
     check_tensor_parallel(arch, tp)
-    check_pipeline_layout(arch.num_layers, pp, overrides.get("num_layers_in_first_pipeline_stage"),
-                          overrides.get("num_layers_in_last_pipeline_stage"))
+    stages = check_pipeline_layout(arch.num_layers, pp, overrides.get("num_layers_in_first_pipeline_stage"),
+                                   overrides.get("num_layers_in_last_pipeline_stage"))
+    if overrides.get("recompute_method") == "uniform":
+        chunk = overrides.get("recompute_num_layers") or 1
+        if any(n % chunk for n in stages):
+            raise ValueError(f"recompute_num_layers={chunk} must divide the layers of every pipeline stage "
+                             f"{stages} (megatron's uniform method checkpoints whole chunks): choose among "
+                             f"{[d for d in range(1, min(stages) + 1) if all(n % d == 0 for n in stages)]}")
     if params_dtype not in (torch.float32, torch.bfloat16, torch.float16):
         raise ValueError(f"params_dtype {params_dtype} not supported: use float32, bfloat16 or float16")
     fields: dict[str, Any] = dict(

@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from rlad_megatron.learner.batching import MicroBatching
 from rlad_megatron.learner.policy import MegatronPolicy
 from rlad_megatron.learner.sequences import SequenceBatch
 from rlad_megatron.teacher.base import Teacher
@@ -50,12 +51,14 @@ class HostOffload:
 
 
 class MegatronTeacher(Teacher):
-    """Scores with ``policy`` (frozen chunks) in micro-batches of ``micro_batch_size`` through Megatron's schedule.
+    """Scores with ``policy`` (frozen chunks) in micro-batches through Megatron's schedule: ``micro_batch_size``
+    sequences each, or a :class:`MicroBatching` (forward token budget, packing).
 
     ``offload=True`` (GPU only): the chunks live in host memory between scoring passes and come to the rank's GPU
     for each pass (:class:`HostOffload`), leaving the GPU to the student and the engine the rest of the step."""
 
-    def __init__(self, policy: MegatronPolicy, micro_batch_size: int, *, offload: bool = False) -> None:
+    def __init__(self, policy: MegatronPolicy, micro_batch_size: "int | MicroBatching", *,
+                 offload: bool = False) -> None:
         self.policy = policy
         self.micro_batch_size = micro_batch_size
         self.offload: HostOffload | None = None
@@ -66,7 +69,7 @@ class MegatronTeacher(Teacher):
             self.offload.to_host()
 
     @classmethod
-    def load(cls, hf_dir: str | Path, *, micro_batch_size: int, params_dtype: torch.dtype,
+    def load(cls, hf_dir: str | Path, *, micro_batch_size: "int | MicroBatching", params_dtype: torch.dtype,
              student_dir: str | Path | None = None, offload: bool = False,
              **model_overrides: Any) -> "MegatronTeacher":
         """This rank's shard of the Hugging Face model in ``hf_dir``, frozen. With ``student_dir``, the tokenizers

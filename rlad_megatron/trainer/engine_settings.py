@@ -65,12 +65,20 @@ def colocated_memory_fraction(free_bytes: int, total_bytes: int, *, learner_shar
     return round(share, 4)
 
 
-def measured_memory_fraction(device_index: int, *, learner_shares_gpu: bool) -> float:
-    """:func:`colocated_memory_fraction` from the GPU's free and total memory now (``torch.cuda.mem_get_info``)."""
-    import torch
+def planned_memory_fraction(c: RunConfig, student, teacher, dp: int, total_bytes: int) -> float | None:
+    """The colocated engine's share in the run's memory plan (``rlad_megatron.memory_plan``: its weights, KV cache
+    and runtime over this GPU's memory), or None when the plan cannot be made (it names why in the log)."""
+    import logging
 
-    free, total = torch.cuda.mem_get_info(device_index)
-    return colocated_memory_fraction(int(free), int(total), learner_shares_gpu=learner_shares_gpu)
+    from rlad_megatron.config import ConfigError
+    from rlad_megatron.memory_plan import engine_memory_utilization, plan_memory
+
+    try:
+        plan = plan_memory(c, student=student, teacher=teacher, dp=dp, gpu=total_bytes / GIB)
+        return engine_memory_utilization(plan)
+    except (ConfigError, ValueError) as exc:
+        logging.getLogger(__name__).warning("no memory plan for the engine's GPU share (%s); using free memory", exc)
+        return None
 
 
 def engine_config(c: RunConfig, model: str, *, cuda: bool, gpu_memory_utilization: float | None = None):

@@ -14,6 +14,8 @@ import torch.distributed as dist
 
 from rlad_megatron.config import RunConfig, run_config_to_dict, teacher_use
 from rlad_megatron.console import say
+from rlad_megatron.learner.balance import balance_over_data_parallel, mini_batch_of_rows
+from rlad_megatron.learner.batching import MicroBatching
 from rlad_megatron.learner.policy import MegatronPolicy
 from rlad_megatron.learner.sequences import SequenceBatch
 from rlad_megatron.loss import Denominators, MetricAccumulator, compute_policy_loss, local_denominators, required_inputs
@@ -179,6 +181,14 @@ class Trainer:
                                         cfg.rollout.overlong_cache, cfg.rollout.overlong_penalty),
         )
         metrics = self._average_over_dp(metrics)
+        if cfg.trainer.max_tokens_per_micro_batch is not None and s.layout.dp > 1:
+            # Token-budget micro-batches: deal the step's sequences over the DP ranks by token work (the advantages
+            # and the global mini-batches stay as they are; see learner/balance.py).
+            from megatron.core import parallel_state as ps
+
+            batch = balance_over_data_parallel(batch, group_size=cfg.rollout.group_size,
+                                               updates=cfg.trainer.updates_per_batch, pad_id=s.pad_id,
+                                               group=ps.get_data_parallel_group())
 
         # Exactly the inputs the loss asks for (loss.required_inputs), nothing more.
         t = time.perf_counter()
@@ -193,7 +203,7 @@ class Trainer:
         t = time.perf_counter()
         if "old_logprobs" in self.needs and cfg.trainer.updates_per_batch > 1:
             # With one update per batch the old policy is the current one: the loss takes logprobs.detach().
-            batch.old_logprobs = s.student.policy.token_logprobs(batch, cfg.trainer.micro_batch_size)
+            batch.old_logprobs = s.student.policy.token_logprobs(batch, MicroBatching.for_forward(cfg.trainer))
         times["time/old_logprobs"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -239,16 +249,16 @@ class Trainer:
         s.student.policy.set_lr(lr_at(self.step, cfg))
         progress = self.step / max(1, cfg.trainer.steps - 1)
         updates = cfg.trainer.updates_per_batch
-        group = cfg.rollout.group_size
-        group_of_row = torch.arange(len(batch)) // group
+        # Mini-batch u takes every updates-th prompt group. Data-parallel ranks hold contiguous blocks of groups
+        # (with a group count divisible by updates), so the union over ranks is the same global mini-batch
+        # whatever the layout; after a rebalance over DP each row carries its mini-batch.
+        mini_of_row = batch.mini_batch if batch.mini_batch is not None else mini_batch_of_rows(
+            len(batch), cfg.rollout.group_size, updates)
         acc = MetricAccumulator()
         moe_sums: dict[str, float] = {}
         applied, grad_norms, empty = 0, [], 0
         for u in range(updates):
-            # Mini-batch u takes every updates-th prompt group. Data-parallel ranks hold contiguous blocks of
-            # groups (with a group count divisible by updates), so the union over ranks is the same global
-            # mini-batch whatever the layout.
-            mini = batch.select((group_of_row % updates == u).nonzero().flatten())
+            mini = batch.select((mini_of_row == u).nonzero().flatten())
             denominators = _global_denominators(mini, ps.get_data_parallel_group())
             if denominators.num_seqs == 0:  # every group uniform (or nothing correct for sft): no signal
                 empty += 1
@@ -269,7 +279,7 @@ class Trainer:
                 )
                 return loss, stats
 
-            result = s.student.policy.train_step(mini, loss_fn, cfg.trainer.micro_batch_size)
+            result = s.student.policy.train_step(mini, loss_fn, MicroBatching.for_training(cfg.trainer))
             for stats in result.metrics:
                 acc.add(stats)
             for key, value in result.moe.items():  # MoE students: router load-balancing loss

@@ -105,6 +105,8 @@ def to_sequence_batch(rollouts: Rollouts, *, pad_id: int, skip_uniform_groups: b
         "groups/uniform_fraction": float(uniform.float().mean()),
         "groups/kept_sequences": float(keep.sum()),
     }
+    seq_lengths = torch.tensor([len(p) + len(r) for p, r in zip(rollouts.prompt_ids, rollouts.response_ids)],
+                               dtype=torch.long)
     batch = SequenceBatch(tokens=tokens, loss_mask=mask, advantages=advantages, rewards=rewards, correct=correct,
-                          engine_logprobs=engine_lps)
+                          engine_logprobs=engine_lps, lengths=seq_lengths)
     return batch, stats

@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 import torch.distributed as dist
 
-from rlad_megatron.config import RunConfig, teacher_use
+from rlad_megatron.config import ConfigError, RunConfig, teacher_use
 from rlad_megatron.console import say
 from rlad_megatron.data.prompt_stream import PromptStream
+from rlad_megatron.learner.batching import MicroBatching
 from rlad_megatron.learner.policy import MegatronPolicy, build_student
 from rlad_megatron.learner.sequences import SequenceBatch, pack_sequences
 from rlad_megatron.loss import required_inputs
@@ -135,6 +136,20 @@ def learner_probe(student: MegatronPolicy, pad_id: int,
     return logprobs
 
 
+def _check_context_parallel_supported(context_parallel: int) -> None:
+    """CP reaches Megatron (parallel state, TransformerConfig; TE's attention), but the learner's forward step does
+    not split its micro-batches over the CP ranks yet, so a run would score unsplit rows: refused at start."""
+    if context_parallel == 1:
+        return
+    from rlad_megatron.models.builder import check_context_parallel
+
+    check_context_parallel(context_parallel)  # no TE: say that first
+    raise ConfigError(f"parallel.context_parallel={context_parallel}: the model and the parallel state support it, but "
+                      "the trainer's forward step does not split sequences over the context-parallel ranks yet (the "
+                      "layout is in rlad_megatron/learner/context_parallel.py): set parallel.context_parallel=1 and "
+                      "bound memory with trainer.max_tokens_per_micro_batch and parallel.recompute")
+
+
 def build_components(config: RunConfig) -> Components:
     """Initialise model parallelism and build every part of the run ``config`` describes (collective)."""
     from megatron.core import parallel_state as ps
@@ -158,7 +173,9 @@ def build_components(config: RunConfig) -> Components:
     check_model_folder(c.model.student, "model.student")
     if c.model.teacher and teacher_use(c.loss) != "none":
         check_model_folder(c.model.teacher, "model.teacher")
-    parallel.initialize_model_parallel(c.parallel.tensor_parallel, c.parallel.pipeline_parallel, seed=c.trainer.seed)
+    _check_context_parallel_supported(c.parallel.context_parallel)
+    parallel.initialize_model_parallel(c.parallel.tensor_parallel, c.parallel.pipeline_parallel, seed=c.trainer.seed,
+                                       context_parallel=c.parallel.context_parallel)
     torch.manual_seed(c.trainer.seed)
     dp_rank, dp_size = ps.get_data_parallel_rank(), ps.get_data_parallel_world_size()
     layout = batch_layout(c, dp_size)
@@ -181,15 +198,20 @@ def build_components(config: RunConfig) -> Components:
     fp8 = transformer_config_fp8_kwargs(c.fp8) if c.fp8.enabled else {}
     from rlad_megatron.models.layout import stage_overrides
 
+    from rlad_megatron.models.builder import recompute_fields
+
     student_stages = stage_overrides(c.parallel.first_stage_layers, c.parallel.last_stage_layers)
+    # activation recomputation only where there is a backward (the student's training passes)
+    recompute = recompute_fields(c.parallel.recompute, c.parallel.recompute_num_layers)
     modules, arch = load_hf_model(c.model.student, trainable=True, params_dtype=dtype,
-                                  sequence_parallel=c.parallel.sequence_parallel, **fp8, **student_stages)
+                                  sequence_parallel=c.parallel.sequence_parallel, **fp8, **student_stages,
+                                  **recompute)
     wrapped, optimizer = build_student(modules, c.optim)
     policy = MegatronPolicy(wrapped, arch.vocab_size, optimizer=optimizer, with_entropy="entropy" in needs)
     student = Student(policy=policy, modules=modules, arch=arch, hf_dir=c.model.student,
                       export_dtype=getattr(torch, c.trainer.export_dtype or c.model.params_dtype))
 
-    micro = c.trainer.micro_batch_size
+    micro = MicroBatching.for_forward(c.trainer)  # teacher / reference scoring: the forward-only budget
     reference = None
     if "ref_logprobs" in needs:  # the reference policy of the KL penalty: a frozen copy of the initial student
         reference = MegatronTeacher.load(c.model.student, micro_batch_size=micro, params_dtype=dtype,
@@ -198,7 +220,7 @@ def build_components(config: RunConfig) -> Components:
     use = teacher_use(c.loss)
     cuda = uses_cuda()
     engine_cfg = engine_config(c, c.model.teacher if use == "samples" else c.model.student, cuda=cuda,
-                               gpu_memory_utilization=_engine_memory_fraction(c, cuda))
+                               gpu_memory_utilization=_engine_memory_fraction(c, cuda, arch, dp_size))
     engine, transport = build_rollout_engine(engine_cfg)
 
     teacher: Teacher | None = None
@@ -253,17 +275,28 @@ def build_components(config: RunConfig) -> Components:
     )
 
 
-def _engine_memory_fraction(c: RunConfig, cuda: bool) -> float | None:
-    """``rollout.gpu_memory_utilization``, or on a GPU the learner shares (colocated) what is free now minus a
-    margin (:func:`rlad_megatron.trainer.engine_settings.colocated_memory_fraction`); None on CPU."""
+def _engine_memory_fraction(c: RunConfig, cuda: bool, arch: ModelArch | None = None,
+                            dp: int = 1) -> float | None:
+    """``rollout.gpu_memory_utilization``, or on a GPU the learner shares (colocated) the smaller of the engine's
+    share in the memory plan (with ``arch``) and what is free now minus a margin
+    (:mod:`rlad_megatron.trainer.engine_settings`), the same on every rank; None on CPU. Collective."""
     if not cuda or c.rollout.gpu_memory_utilization is not None:
         return c.rollout.gpu_memory_utilization
     if c.rollout.placement != "colocated":
         return None  # the engine process measures its own GPU
     from rlad_megatron.device import collective_device, rank_device
-    from rlad_megatron.trainer.engine_settings import measured_memory_fraction
+    from rlad_megatron.placement import ModelShape
+    from rlad_megatron.trainer.engine_settings import colocated_memory_fraction, planned_memory_fraction
 
-    share = torch.tensor(measured_memory_fraction(rank_device().index, learner_shares_gpu=True),
-                         dtype=torch.float64, device=collective_device())
-    dist.all_reduce(share, op=dist.ReduceOp.MIN)  # one setting for every shard of every engine
-    return float(share)
+    free, total = torch.cuda.mem_get_info(rank_device().index)
+    share = colocated_memory_fraction(int(free), int(total), learner_shares_gpu=True)
+    if arch is not None:
+        teacher = None
+        if c.model.teacher and teacher_use(c.loss) == "logprobs" and c.teacher.source == "megatron":
+            teacher = ModelShape.from_hf_dir(c.model.teacher, "teacher")
+        planned = planned_memory_fraction(c, ModelShape.from_arch(arch, "student"), teacher, dp, int(total))
+        if planned is not None:
+            share = min(share, planned)
+    tensor = torch.tensor(share, dtype=torch.float64, device=collective_device())
+    dist.all_reduce(tensor, op=dist.ReduceOp.MIN)  # one setting for every shard of every engine
+    return float(tensor)

@@ -141,3 +141,19 @@ def test_sleep_level_two_needs_weight_syncs():
         es.check_gpu_settings(c, cuda=True)
     c.rollout.sleep_level = 1
     es.check_gpu_settings(c, cuda=True)
+
+
+def test_planned_share_is_the_engine_terms_of_the_memory_plan():
+    from rlad_megatron.memory_plan import engine_bytes, plan_memory
+    from rlad_megatron.placement import ModelShape
+
+    c = RunConfig()
+    c.model.params_dtype = c.rollout.dtype = "bfloat16"
+    c.rollout.kv_cache_mb = 8192
+    student = ModelShape("student", 28, 16, 8, 1024, 3072, 128, vocab_size=151936)
+    share = es.planned_memory_fraction(c, student, None, 8, 141 * GIB)
+    plan = plan_memory(c, student=student, dp=8, gpu=141.0)
+    assert share == pytest.approx(engine_bytes(plan) / (141 * GIB))
+    assert 8 / 141 < share < 0.5  # at least the 8 GiB KV cache, far from the whole GPU
+    c.rollout.kv_cache_mb = 200 * 1024  # a KV cache larger than the GPU: no plan share (the caller measures)
+    assert es.planned_memory_fraction(c, student, None, 8, 141 * GIB) is None

@@ -126,7 +126,7 @@ def test_model_shape_from_hf_dir(tmp_path):
                               num_kv_heads=2, intermediate_size=96)
     shape = ModelShape.from_hf_dir(str(path), "tiny")
     assert shape == ModelShape("tiny", num_layers=3, num_heads=4, num_kv_heads=2, hidden_size=64,
-                               intermediate_size=96)
+                               intermediate_size=96, vocab_size=100, qk_norm=True)  # the last two: memory plan
 
 
 def test_sequences_per_replica_must_split_into_micro_batches():

@@ -1,0 +1,49 @@
+"""A Mixture-of-Experts teacher: Qwen3-30B-A3B (48 layers, 128 experts of width 768, 8 per token) distilled into a
+dense Qwen3 student on one node of 8 GPUs (issue 19).
+
+Layout: learner TP=1 x DP=8; the frozen Megatron teacher on the learner's GPUs with the learner's layout and expert
+parallelism 1: the experts are not tensor-parallel, so every GPU holds all 128 of every layer (30.5B parameters,
+57 GiB in bf16). That is what the trainer runs today: expert parallelism inside the trainer is not wired (the
+teacher's EP group would span data-parallel ranks whose micro-batches differ in length, and megatron's allgather
+token dispatcher needs equal token counts over the EP group). With EP=8 the experts would take 7 GiB per GPU
+instead: ``python -m recipes math_qwen3_1p7b_from_30b_a3b --plan --arg teacher_ep=8`` shows that plan (not
+launchable until EP is wired). At EP=1 the run fits an H200 (141 GB), not an H100.
+"""
+from __future__ import annotations
+
+from recipes.base import Recipe
+from recipes.paper import MATH_EVAL_SETS, _paper_recipe
+
+#: Students the MoE recipe accepts (dense Qwen3 sharing the teacher's tokenizer) and their memory settings on an
+#: H200 next to the EP=1 teacher (from the memory plan).
+MOE_STUDENTS: dict[str, dict] = {
+    "Qwen3-1.7B": dict(token_budget=16384, recompute="full", kv_cache_mb=32768),
+    "Qwen3-4B": dict(token_budget=10240, recompute="full", kv_cache_mb=24576),
+}
+
+
+def math_qwen3_1p7b_from_30b_a3b(algorithm: str = "rlad", max_response: int = 8192, student: str = "Qwen3-1.7B",
+                                 model_root: str = "/models", data_root: str = "/data", output_root: str = "/results",
+                                 steps: int = 300, teacher_ep: int = 1) -> Recipe:
+    """Math (Skywork-OR1), a dense Qwen3 student (``student``: Qwen3-1.7B or Qwen3-4B) <- Qwen3-30B-A3B (MoE), 1 node
+    x 8 H200 (TP=1, DP=8); ``teacher_ep`` > 1 only plans (the trainer runs EP=1); ``steps`` is ours."""
+    if algorithm not in ("rlad", "kdrl"):
+        raise ValueError(f"algorithm={algorithm!r}: the MoE-teacher recipe distils, choose 'rlad' or 'kdrl'")
+    if student not in MOE_STUDENTS:
+        raise ValueError(f"student={student!r}: choose one of {sorted(MOE_STUDENTS)}")
+    tag = student.lower().replace("-", "_").replace(".", "p")
+    memory = dict(MOE_STUDENTS[student])
+    kv_cache_mb = memory.pop("kv_cache_mb")
+    recipe = _paper_recipe(
+        name=f"math_{tag}_from_30b_a3b_{algorithm}_{max_response // 1024}k",
+        description=f"Math (Skywork-OR1): {student} student <- Qwen3-30B-A3B MoE teacher (EP={teacher_ep}), "
+                    f"{algorithm}, {max_response}-token responses, 1 node x 8 GPUs",
+        student=student, teacher="Qwen3-30B-A3B", algorithm=algorithm, nodes=1, tp=1, task="math",
+        train_files=[f"{data_root}/skywork_or1/train.parquet"],
+        eval_files=[f"{data_root}/math_eval/{name}.jsonl" for name in MATH_EVAL_SETS],
+        max_response=max_response, max_prompt_tokens=2048, micro_batch=16, steps=steps, eval_every=50,
+        eval_samples=4, model_root=model_root, output_root=output_root, teacher_offload=False, gpu_memory="h200",
+        **memory)
+    recipe.config.rollout.kv_cache_mb = kv_cache_mb
+    recipe.expert_parallel = teacher_ep
+    return recipe

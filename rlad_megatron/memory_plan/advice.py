@@ -1,0 +1,81 @@
+"""Settings that would make a plan fit: the largest token budget per recomputation, a smaller KV cache, more TP."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from rlad_megatron.config import ConfigError, RunConfig
+from rlad_megatron.memory_plan.plan import plan_memory
+
+
+def _with(config: RunConfig, **sections: dict[str, Any]) -> RunConfig:
+    out = config
+    for name, changes in sections.items():
+        out = dataclasses.replace(out, **{name: dataclasses.replace(getattr(out, name), **changes)})
+    return out
+
+
+def _fits(config: RunConfig, kwargs: dict[str, Any]) -> bool:
+    try:
+        return plan_memory(config, suggest=False, **kwargs).fits
+    except (ConfigError, ValueError):
+        return False
+
+
+def largest_budget(config: RunConfig, kwargs: dict[str, Any], recompute: str) -> int | None:
+    """The largest training token budget (a multiple of 1024, at least one longest sequence) that fits with
+    ``recompute``, or None."""
+    longest = config.data.max_prompt_tokens + config.rollout.max_new_tokens
+    low = -(-longest // 1024) * 1024
+
+    def ok(budget: int) -> bool:
+        return _fits(_with(config, parallel={"recompute": recompute},
+                           trainer={"max_tokens_per_micro_batch": budget,
+                                    "max_tokens_per_forward_micro_batch": None}), kwargs)
+
+    if not ok(low):
+        return None
+    high = low
+    while high < (1 << 22) and ok(high * 2):
+        high *= 2
+    lo, hi = high, high * 2
+    while hi - lo > 1024:
+        mid = (lo + hi) // 2 // 1024 * 1024
+        lo, hi = (mid, hi) if ok(mid) else (lo, mid)
+    return lo
+
+
+def suggestions(config: RunConfig, kwargs: dict[str, Any]) -> list[str]:
+    """Single changes that make the plan fit, the least invasive first."""
+    out: list[str] = []
+    par, t = config.parallel, config.trainer
+    order = ("none", "selective", "full")
+    best = 0
+    for recompute in order[order.index(par.recompute):]:  # never suggest less recomputation than configured
+        budget = largest_budget(config, kwargs, recompute)
+        if budget is None or budget <= best:  # e.g. selective with fused attention: nothing gained
+            continue
+        best = budget
+        change = f"trainer.max_tokens_per_micro_batch={budget}"
+        if recompute != par.recompute:
+            change = f"parallel.recompute={recompute} with {change}"
+        if t.max_tokens_per_micro_batch is None or budget < t.max_tokens_per_micro_batch or recompute != par.recompute:
+            out.append(change)
+    kv = config.rollout.kv_cache_mb
+    for fraction in (0.75, 0.5, 0.25):
+        smaller = int(kv * fraction)
+        if config.rollout.placement == "colocated" and _fits(_with(config, rollout={"kv_cache_mb": smaller}), kwargs):
+            out.append(f"rollout.kv_cache_mb={smaller}")
+            break
+    tp, dp = par.tensor_parallel, kwargs["dp"]
+    for factor in (2, 4):
+        bigger = tp * factor
+        if bigger > 8 or dp % factor:  # TP stays inside a node; the same GPUs hold dp / factor replicas
+            continue
+        if _fits(_with(config, parallel={"tensor_parallel": bigger, "sequence_parallel": True}),
+                 {**kwargs, "dp": dp // factor}):
+            out.append(f"parallel.tensor_parallel={bigger} parallel.sequence_parallel=true (fewer DP replicas)")
+            break
+    return out
+
+

@@ -1,0 +1,307 @@
+"""The memory plan: each GPU's peak memory, by component, before a run is launched.
+
+    plan = plan_memory(config, student=shape, teacher=teacher_shape, dp=8, gpu="h200")
+    print(plan.describe())            # one line per component, the peak phase, and whether it fits
+    plan.check()                      # MemoryPlanError naming the largest terms and settings that would fit
+
+Everything is arithmetic on shapes (no torch, no hardware): the parameter counts of the student and the teacher
+(dense or MoE), their shards under TP / PP / CP / EP and sequence parallelism, the optimizer's state (Adam: fp32
+moments, an fp32 main copy of bf16 weights, sharded over data parallelism by the distributed optimizer; an fp32
+gradient buffer: ``grad_reduce_in_fp32``), the activations of one micro-batch (its token budget, recomputation,
+the attention kind), the vocabulary-parallel logits and their gradient, and the colocated engine (weights + KV
+cache). The per-layer activation terms count the tensors autograd keeps for Megatron's layer (norm inputs, the
+QKV/MLP inputs and outputs, attention scores when the attention is not fused), after Korthikanti et al. 2022
+("Reducing Activation Recomputation in Large Transformer Models"), adapted to GQA, SwiGLU and QK-norm.
+
+``arithmetic.py`` holds the counts, this module the terms of a run; ``advice.py`` the settings that would fit.
+Peak = what stays resident all run + the largest of the phases that come and go (a training micro-batch, a
+forward-only scoring micro-batch of the teacher / old / reference policy). Measured against CPU peaks in
+``docs/memory_plan.md`` (``bench/memory_plan.py``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from rlad_megatron.config import ConfigError, RunConfig, teacher_use
+from rlad_megatron.memory_plan.arithmetic import (
+    device_params, layer_activation_bytes, logits_bytes, stage_layers, training_activation_bytes,
+)
+from rlad_megatron.placement import ModelShape
+
+GIB = 1 << 30
+
+#: Memory of one GPU in GiB as torch reports it (``torch.cuda.get_device_properties(0).total_memory``): an H100
+#: 80 GB has 79.6 GiB, an H200 141 GB about 139.8 GiB (the lent H200 shows "about 139 GiB").
+GPU_MEMORY_GIB: dict[str, float] = {"h100": 79.6, "h200": 139.8}
+
+#: CUDA context, NCCL buffers and the caching allocator's fragmentation, held back on every GPU (ours).
+RUNTIME_RESERVE_GIB = 4.0
+#: The colocated engine's own working memory besides weights and KV cache (CUDA graphs, sampler, activations of
+#: one engine step): an assumption of ours, not measured here (no vLLM on the lent GPU machine).
+ENGINE_RUNTIME_GIB = 2.0
+#: float32 elements of one log-prob chunk on a GPU (``rlad_megatron.logprobs.vocab_parallel.DEFAULT_CHUNK_ELEMENTS``).
+LOGPROB_CHUNK_ELEMENTS = 1 << 24
+
+#: What the trainer does today with the settings that would move memory off the GPU between phases. The plan
+#: counts what happens, not what a setting asks for: flip these where issue 21's offload / sleep mode lands.
+TRAINER_OFFLOADS_TEACHER = False
+"""``teacher.offload`` is declared but the trainer keeps the Megatron teacher on the GPU all run."""
+TRAINER_SLEEPS_ENGINE = False
+"""The colocated engine keeps its weights and KV cache while the learner trains."""
+
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+class MemoryPlanError(ConfigError):
+    """The run does not fit the GPU memory; the message names the largest terms and settings that would fit."""
+
+
+@dataclass(frozen=True)
+class Term:
+    name: str
+    bytes: int
+    phase: str
+    """"resident" (all run), "train" (a training micro-batch) or "score" (a forward-only micro-batch)."""
+    detail: str = ""
+
+
+@dataclass
+class MemoryPlan:
+    """Per-GPU memory by component; ``peak_bytes`` is resident + the largest phase."""
+
+    terms: list[Term]
+    gpu_gib: float | None
+    gpu_name: str
+    notes: list[str] = field(default_factory=list)
+    suggestions: list[str] = field(default_factory=list)
+
+    def phase_bytes(self, phase: str) -> int:
+        return sum(t.bytes for t in self.terms if t.phase == phase)
+
+    @property
+    def resident_bytes(self) -> int:
+        return self.phase_bytes("resident")
+
+    @property
+    def peak_phase(self) -> str:
+        return "train" if self.phase_bytes("train") >= self.phase_bytes("score") else "score"
+
+    @property
+    def peak_bytes(self) -> int:
+        return self.resident_bytes + max(self.phase_bytes("train"), self.phase_bytes("score"))
+
+    @property
+    def peak_gib(self) -> float:
+        return self.peak_bytes / GIB
+
+    @property
+    def fits(self) -> bool:
+        return self.gpu_gib is None or self.peak_gib <= self.gpu_gib
+
+    def term(self, name: str) -> Term:
+        return next(t for t in self.terms if t.name == name)
+
+    def largest(self, n: int = 3) -> list[Term]:
+        """The largest terms of the peak (resident + the peak phase)."""
+        live = [t for t in self.terms if t.phase in ("resident", self.peak_phase)]
+        return sorted(live, key=lambda t: -t.bytes)[:n]
+
+    def describe(self) -> str:
+        lines = [f"memory plan per GPU ({self.gpu_name}" + (f", {self.gpu_gib:.1f} GiB)" if self.gpu_gib else ")")]
+        for phase, title in (("resident", "resident all run"), ("train", "training micro-batch"),
+                             ("score", "forward-only micro-batch")):
+            terms = [t for t in self.terms if t.phase == phase]
+            if not terms:
+                continue
+            lines.append(f"  {title}: {self.phase_bytes(phase) / GIB:.1f} GiB")
+            for t in terms:
+                lines.append(f"    {t.name:34s} {t.bytes / GIB:8.2f} GiB" + (f"  ({t.detail})" if t.detail else ""))
+        verdict = "" if self.gpu_gib is None else (" fits" if self.fits else f" DOES NOT FIT in {self.gpu_gib:.1f}")
+        lines.append(f"  peak ({self.peak_phase} phase): {self.peak_gib:.1f} GiB{verdict}")
+        lines.extend(f"  note: {n}" for n in self.notes)
+        if not self.fits and self.suggestions:
+            lines.append("  settings that would fit: " + "; ".join(self.suggestions))
+        return "\n".join(lines)
+
+    def check(self) -> "MemoryPlan":
+        """Raise :class:`MemoryPlanError` unless the plan fits."""
+        if self.fits:
+            return self
+        largest = ", ".join(f"{t.name} {t.bytes / GIB:.1f} GiB" for t in self.largest())
+        fix = ("; ".join(self.suggestions) if self.suggestions
+               else "none of the single changes tried (recomputation, token budget, KV cache, TP) is enough: "
+                    "use more GPUs per replica (TP/PP) or a smaller model")
+        raise MemoryPlanError(f"the run needs about {self.peak_gib:.1f} GiB per GPU at its peak ({self.peak_phase} "
+                              f"phase) but the GPU ({self.gpu_name}) has {self.gpu_gib:.1f} GiB; largest terms: {largest}. "
+                              f"Settings that would fit: {fix} (print the plan: python -m recipes NAME --plan)")
+
+
+def gpu_memory_gib(gpu: str | float | None) -> tuple[float | None, str]:
+    """(GiB, name) of ``gpu``: "h100", "h200", a number of GiB, or None (no limit: print only)."""
+    if gpu is None:
+        return None, "no GPU limit"
+    if isinstance(gpu, (int, float)) and not isinstance(gpu, bool):
+        if gpu <= 0:
+            raise ConfigError(f"GPU memory must be > 0 GiB, got {gpu}")
+        return float(gpu), f"{gpu:g} GiB GPU"
+    name = str(gpu).lower()
+    if name in GPU_MEMORY_GIB:
+        return GPU_MEMORY_GIB[name], name.upper()
+    try:
+        return gpu_memory_gib(float(name))
+    except ValueError:
+        raise ConfigError(f"GPU {gpu!r}: give one of {sorted(GPU_MEMORY_GIB)} or a size in GiB") from None
+
+
+def train_tokens(config: RunConfig) -> int:
+    """Tokens of the largest training micro-batch on one data-parallel rank: the token budget (at least one whole
+    longest sequence), else micro_batch_size sequences padded to the longest possible one."""
+    longest = config.data.max_prompt_tokens + config.rollout.max_new_tokens
+    budget = config.trainer.max_tokens_per_micro_batch
+    return max(budget, longest) if budget else config.trainer.micro_batch_size * longest
+
+
+def forward_tokens(config: RunConfig) -> int:
+    """Tokens of the largest forward-only micro-batch (teacher / old / reference scoring)."""
+    longest = config.data.max_prompt_tokens + config.rollout.max_new_tokens
+    t = config.trainer
+    budget = t.max_tokens_per_forward_micro_batch or (2 * t.max_tokens_per_micro_batch
+                                                      if t.max_tokens_per_micro_batch else None)
+    return max(budget, longest) if budget else t.micro_batch_size * longest
+
+
+def plan_memory(config: RunConfig, *, student: ModelShape, teacher: ModelShape | None = None, dp: int = 1,
+                ep: int = 1, teacher_ep: int = 1, gpu: str | float | None = None, fused_attention: bool = True,
+                runtime_reserve_gib: float = RUNTIME_RESERVE_GIB, engine_runtime_gib: float = ENGINE_RUNTIME_GIB,
+                chunk_elements: int = LOGPROB_CHUNK_ELEMENTS, suggest: bool = True) -> MemoryPlan:
+    """The per-GPU memory plan of ``config`` with these model shapes and ``dp`` data-parallel replicas.
+
+    ``ep`` / ``teacher_ep``: expert-parallel sizes of a MoE student / teacher (the trainer runs EP=1 today).
+    ``fused_attention``: TE's flash attention (no ``[s, s]`` scores; GPU image) or Megatron's local attention.
+    ``gpu``: "h100", "h200", a size in GiB, or None (no verdict). CPU runs: ``runtime_reserve_gib=0``,
+    ``engine_runtime_gib=0``.
+    """
+    c = config
+    par = c.parallel
+    tp, pp, cp = par.tensor_parallel, par.pipeline_parallel, par.context_parallel
+    sp = par.sequence_parallel and tp > 1
+    wbytes = DTYPE_BYTES[c.model.params_dtype]
+    act = wbytes  # activations in the parameter dtype (bf16 autocast-free Megatron)
+    gpu_gib, gpu_name = gpu_memory_gib(gpu)
+    terms: list[Term] = []
+    notes: list[str] = []
+
+    # --- the student: weights, fp32 gradient buffer, Adam state (sharded over DP x CP by the distributed optimizer)
+    sp_params = device_params(student, tp=tp, pp=pp, ep=ep, first=par.first_stage_layers, last=par.last_stage_layers)
+    terms.append(Term("student weights", sp_params.total * wbytes, "resident",
+                      f"{sp_params.total / 1e9:.2f}B params x {wbytes} B"))
+    terms.append(Term("student gradients (fp32 buffer)", sp_params.total * 4, "resident"))
+    adam = 8 + (4 if wbytes < 4 else 0)  # m, v (+ fp32 main weights of bf16 params)
+    shard_dense = dp * cp if c.optim.use_distributed_optimizer else 1
+    shard_experts = max(1, dp * cp * tp // ep) if c.optim.use_distributed_optimizer else 1
+    opt = sp_params.dense * adam // shard_dense + sp_params.experts * adam // shard_experts
+    terms.append(Term("student optimizer (Adam)", opt, "resident",
+                      f"{adam} B/param" + (f" / {shard_dense} DP shards" if shard_dense > 1 else "")))
+
+    # --- the teacher (Megatron, same TP/PP layout)
+    uses = teacher_use(c.loss)
+    megatron_teacher = uses == "logprobs" and c.teacher.source == "megatron" and teacher is not None
+    if uses == "logprobs" and teacher is None:
+        notes.append("teacher shape unknown: the teacher is not counted")
+    if megatron_teacher:
+        tparams = device_params(teacher, tp=tp, pp=pp, ep=teacher_ep, first=par.teacher_first_stage_layers,
+                                last=par.teacher_last_stage_layers)
+        detail = f"{tparams.total / 1e9:.2f}B params x {wbytes} B"
+        if teacher.is_moe and teacher_ep == 1:
+            detail += "; experts are not TP-split: every GPU holds all of them (EP=1)"
+        offloaded = c.teacher.offload and TRAINER_OFFLOADS_TEACHER
+        terms.append(Term("teacher weights", tparams.total * wbytes, "score" if offloaded else "resident", detail))
+        if c.teacher.offload and not TRAINER_OFFLOADS_TEACHER:
+            notes.append("teacher.offload=true is not implemented by the trainer yet: the teacher is counted resident")
+    elif uses == "logprobs" and c.teacher.source == "vllm":
+        notes.append("teacher.source=vllm: its scoring engine's weights and KV cache are not counted")
+
+    # --- the colocated rollout engine: the whole student at engine TP (no PP), its KV cache, its runtime
+    if c.rollout.placement == "colocated":
+        engine_model = teacher if uses == "samples" and teacher is not None else student
+        ew = device_params(engine_model, tp=tp, pp=1, ep=1).total * DTYPE_BYTES[c.rollout.dtype]
+        phase = "resident"  # sleeping would free it during training: see TRAINER_SLEEPS_ENGINE
+        terms.append(Term("engine weights", ew, phase, f"{engine_model.name} at TP={tp}, {c.rollout.dtype}"))
+        terms.append(Term("engine KV cache", c.rollout.kv_cache_mb << 20, phase, "rollout.kv_cache_mb"))
+        if engine_runtime_gib:
+            terms.append(Term("engine runtime", int(engine_runtime_gib * GIB), phase, "CUDA graphs, sampler"))
+    if runtime_reserve_gib:
+        terms.append(Term("CUDA context, NCCL, fragmentation", int(runtime_reserve_gib * GIB), "resident"))
+
+    # --- a training micro-batch of the student
+    longest = c.data.max_prompt_tokens + c.rollout.max_new_tokens
+    tt = train_tokens(c)
+    tokens = -(-tt // cp)
+    layers = max(stage_layers(student, pp, par.first_stage_layers, par.last_stage_layers))
+    acts = training_activation_bytes(student, tokens, tp=tp, pp=pp, sp=sp, dtype_bytes=act,
+                                     sequence_length=-(-longest // cp), fused_attention=fused_attention,
+                                     recompute=par.recompute, recompute_num_layers=par.recompute_num_layers,
+                                     layers=layers)
+    budget = (f"trainer.max_tokens_per_micro_batch={c.trainer.max_tokens_per_micro_batch}"
+              if c.trainer.max_tokens_per_micro_batch else f"{c.trainer.micro_batch_size} x {longest} tokens")
+    terms.append(Term("student activations", acts, "train",
+                      f"{tt} tokens ({budget}){f' / CP={cp}' if cp > 1 else ''}, {layers} layers, "
+                      f"recompute={par.recompute}"))
+    terms.append(Term("student logits + gradient", logits_bytes(student.vocab_size, tokens, tp=tp, dtype_bytes=act,
+                                                                backward=True, chunk_elements=chunk_elements),
+                      "train", f"[{tokens}, V/{tp}]"))
+
+    # --- a forward-only micro-batch (teacher, old-policy or reference scoring): the larger of the models that score
+    ft = -(-forward_tokens(c) // cp)
+    scorers = [student] + ([teacher] if megatron_teacher else [])
+
+    def scoring(model: ModelShape) -> tuple[int, int]:
+        one = layer_activation_bytes(model, ft, tp=tp, sp=sp, dtype_bytes=act, sequence_length=-(-longest // cp),
+                                     fused_attention=fused_attention)
+        return one["layer"], logits_bytes(model.vocab_size, ft, tp=tp, dtype_bytes=act, backward=False,
+                                          chunk_elements=chunk_elements)
+
+    scorer = max(scorers, key=lambda m: sum(scoring(m)))
+    layer_bytes, scoring_logits = scoring(scorer)
+    terms.append(Term("scoring working set (one layer)", layer_bytes, "score",
+                      f"{scorer.name}, {ft} tokens per forward micro-batch"))
+    terms.append(Term("scoring logits", scoring_logits, "score"))
+    plan = MemoryPlan(terms=terms, gpu_gib=gpu_gib, gpu_name=gpu_name, notes=notes)
+    if ep > 1 or teacher_ep > 1:
+        plan.notes.append("expert parallelism inside the trainer is not wired yet (the trainer runs EP=1; "
+                          "megatron's allgather dispatcher needs equal token counts over the EP group)")
+    if suggest and not plan.fits:
+        from rlad_megatron.memory_plan.advice import suggestions
+
+        plan.suggestions = suggestions(c, dict(student=student, teacher=teacher, dp=dp, ep=ep,
+                                                teacher_ep=teacher_ep, gpu=gpu, fused_attention=fused_attention,
+                                                runtime_reserve_gib=runtime_reserve_gib,
+                                                engine_runtime_gib=engine_runtime_gib,
+                                                chunk_elements=chunk_elements))
+    return plan
+
+
+ENGINE_TERMS: tuple[str, ...] = ("engine weights", "engine KV cache", "engine runtime")
+
+
+def engine_bytes(plan: MemoryPlan) -> int:
+    """The colocated engine's share of the plan: its weights, KV cache and runtime (0 when disaggregated)."""
+    return sum(t.bytes for t in plan.terms if t.name in ENGINE_TERMS)
+
+
+def engine_memory_utilization(plan: MemoryPlan, total_gib: float | None = None) -> float:
+    """vLLM's ``gpu_memory_utilization`` for the colocated engine: the fraction of the GPU's memory (``total_gib``,
+    default the plan's GPU) that its weights, KV cache and runtime take in the plan, so that the engine reserves no
+    more than the plan gave it and the learner's share stays free.
+
+        plan = plan_memory(config, student=ModelShape.from_arch(arch), teacher=..., dp=dp, gpu=total_gib)
+        utilization = engine_memory_utilization(plan)
+    """
+    total = total_gib if total_gib is not None else plan.gpu_gib
+    if not total:
+        raise ConfigError("engine_memory_utilization needs the GPU's memory: plan with gpu=... or give total_gib")
+    share = engine_bytes(plan) / (total * GIB)
+    if not 0 < share < 1:
+        raise ConfigError(f"the colocated engine's planned memory ({engine_bytes(plan) / GIB:.1f} GiB) is not a "
+                          f"fraction of the GPU's {total:.1f} GiB: lower rollout.kv_cache_mb")
+    return share
