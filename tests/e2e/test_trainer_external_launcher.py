@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from rlad_megatron.testing.tiny_run import launch, prepare_warm_models, read_metrics, run_config
+from rlad_megatron.testing.tiny_run import launch, prepare_models_and_data, read_metrics, run_config
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -22,7 +22,7 @@ KEYS = ("reward/mean", "response/length_mean", "loss/loss", "loss/kl/teacher_k3"
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, list[dict]]:
-    paths = prepare_warm_models(tmp_path_factory.mktemp("models"))
+    paths = prepare_models_and_data(tmp_path_factory.mktemp("models"))
     results = {}
     for name, (nproc, parallel, executor) in RUNS.items():
         workdir = tmp_path_factory.mktemp(name)
@@ -30,7 +30,8 @@ def runs(tmp_path_factory) -> dict[str, list[dict]]:
             paths, workdir / "out", parallel=parallel,
             rollout={"group_size": 4, "max_new_tokens": 16, "executor": executor},
             data={"prompts_per_step": 8, "eval_files": [paths["train"]]},
-            trainer={"steps": STEPS, "micro_batch_size": 8, "export_hf": False, "eval_every": 2, "eval_samples": 1},
+            trainer={"steps": STEPS, "micro_batch_size": 8, "export_hf": False, "eval_every": 2, "eval_samples": 1,
+                     "skip_uniform_groups": False},  # random models: groups of equal rewards still train
             loss={"algorithm": "rlad", "alpha": 0.5},
         )
         done = launch(config, nproc, workdir=workdir, timeout=600)
