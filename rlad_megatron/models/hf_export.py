@@ -219,7 +219,7 @@ def export_hf_checkpoint(
             if buf and buf_bytes + size > max_shard_bytes:
                 flush(buf)
                 buf, buf_bytes = {}, 0
-            buf[name] = tensor
+            buf[name] = tensor.cpu()  # a shard's worth of tensors waits in host memory, not on the GPU
             buf_bytes += size
             total += size
         if writer and buf:
