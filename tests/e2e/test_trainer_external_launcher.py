@@ -57,4 +57,5 @@ def test_every_sync_serves_the_learner_weights(runs) -> None:
 def test_evaluation_through_the_sharded_engine(runs) -> None:
     for name in ("el_tp2", "el_pp2"):
         evaluated = [m for m in runs[name] if "eval/accuracy" in m]
-        assert [m["step"] for m in evaluated] == [2] and 0 <= evaluated[0]["eval/accuracy"] <= 1
+        assert [m["step"] for m in evaluated] == [2, STEPS]  # every eval_every steps and at the end
+        assert all(0 <= m["eval/accuracy"] <= 1 for m in evaluated)
