@@ -12,6 +12,8 @@ W2 (fixed):
 - padded: micro-batches of 8 sequences, all padded to the batch's longest (``trainer.micro_batch_size=8``, today's
   path). budget: ``trainer.max_tokens_per_micro_batch=4096`` for the update and the same 4,096 for the teacher's
   forward (``max_tokens_per_forward_micro_batch``): sorted by length, each micro-batch padded to its own longest.
+  packed (a detail line only, ``--packed``): the same budget with ``trainer.sequence_packing`` (CPU: block-diagonal
+  mask over rows of up to 4,096 tokens).
 
 Each path runs in a fresh process (one gloo rank), so that its peak memory is its own: the peak is the process's
 high-water resident set (VmHWM) during the step, reset just before it (``/proc/self/clear_refs``), so it includes
@@ -41,7 +43,9 @@ TEACHER = dict(family="llama", num_layers=8, hidden_size=384, intermediate_size=
 SEQUENCES, GROUP, PROMPT = 64, 8, 64
 MEDIAN, SIGMA, MIN_LEN, MAX_LEN = 192, 1.0, 16, 2048
 PATHS = {"padded": {"micro_batch_size": 8},
-         "budget": {"max_tokens_per_micro_batch": 4096, "max_tokens_per_forward_micro_batch": 4096}}
+         "budget": {"max_tokens_per_micro_batch": 4096, "max_tokens_per_forward_micro_batch": 4096},
+         "packed": {"max_tokens_per_micro_batch": 4096, "max_tokens_per_forward_micro_batch": 4096,
+                    "sequence_packing": True}}
 
 
 def prepare(root: Path) -> dict[str, str]:
@@ -150,6 +154,7 @@ def main() -> None:
     parser.add_argument("--workdir", default=None, help="keep the models here (default: temporary)")
     parser.add_argument("--path", choices=sorted(PATHS), help=argparse.SUPPRESS)  # a child process's path
     parser.add_argument("--timeout", type=float, default=1800)
+    parser.add_argument("--packed", action="store_true", help="also run the packed path (a detail line)")
     args = parser.parse_args()
     if args.path:  # child: run one path, print its JSON
         paths = json.loads(os.environ["RLAD_LONG_TAIL_PATHS"])
@@ -164,7 +169,7 @@ def main() -> None:
     print(f"W2: {SEQUENCES} sequences, prompt {PROMPT}, response lengths lognormal median {MEDIAN} sigma {SIGMA} "
           f"clipped {MIN_LEN}..{MAX_LEN}: mean {sum(lengths) / len(lengths):.0f}, max {max(lengths)}", flush=True)
     results = {}
-    for name in PATHS:
+    for name in [p for p in PATHS if p != "packed" or args.packed]:
         env = dict(os.environ, RLAD_LONG_TAIL_PATHS=json.dumps(paths), PYTHONUNBUFFERED="1")
         env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
         done = subprocess.run([sys.executable, __file__, "--path", name], env=env, capture_output=True, text=True,
@@ -179,6 +184,10 @@ def main() -> None:
               f"loss={r['loss']:.8f} grad_norm={r['grad_norm']:.6f} applied={r['applied']} "
               f"real_tokens={r['real_tokens']} padded_tokens={r['padded_tokens']} "
               f"load={os.getloadavg()[0]:.2f}", flush=True)
+    if "packed" in results:
+        k, p = results["packed"], results["padded"]
+        print(f"packed vs padded: speedup={p['seconds'] / k['seconds']:.2f} mem_ratio={k['peak_mb'] / p['peak_mb']:.3f} "
+              f"loss_rel_diff={abs(k['loss'] - p['loss']) / max(abs(p['loss']), 1e-12):.2e}")
     p, b = results["padded"], results["budget"]
     rel = abs(b["loss"] - p["loss"]) / max(abs(p["loss"]), 1e-12)
     print(f"long_tail: padded_s={p['seconds']:.2f} budget_s={b['seconds']:.2f} speedup={p['seconds'] / b['seconds']:.2f} "

@@ -149,7 +149,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     try:
-        result = launch(recipe, executor, dryrun=args.dryrun, detach=args.detach, max_restarts=args.max_restarts)
+        result = launch(recipe, executor, dryrun=args.dryrun, detach=args.detach, max_restarts=args.max_restarts,
+                        check_memory=not args.ignore_memory_plan)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

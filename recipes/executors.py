@@ -202,8 +202,8 @@ def with_auto_resume(recipe: Recipe, flag: str = "--requeue") -> Recipe:
 
 def launch(recipe: Recipe, executor: run.LocalExecutor | run.SlurmExecutor, *, dryrun: bool = False,
            detach: bool = False, tail_logs: bool = False, experiment_name: str | None = None,
-           max_restarts: int = 0) -> dict[str, Any]:
-    """Check the recipe, then run it in a NeMo-Run ``Experiment`` (or only render it with ``dryrun``).
+           max_restarts: int = 0, check_memory: bool = True) -> dict[str, Any]:
+    """Check the recipe (its memory plan too, unless ``check_memory=False``), then run it in a NeMo-Run ``Experiment`` (or only render it with ``dryrun``).
 
     ``max_restarts`` (local executor only): torchrun restarts the ranks up to that many times after a rank fails
     (pair it with ``trainer.resume=auto``, :func:`with_auto_resume`).
@@ -211,7 +211,7 @@ def launch(recipe: Recipe, executor: run.LocalExecutor | run.SlurmExecutor, *, d
     (empty for a dry run, whose rendered files are under ``experiment_dir``), ``logs`` the job's output files, and
     on Slurm ``sbatch`` the rendered script.
     """
-    recipe.validate()
+    recipe.validate(check_memory=check_memory)
     recipe = with_absolute_paths(recipe, container=bool(getattr(executor, "container_image", None)))
     if max_restarts:
         if not isinstance(executor, run.LocalExecutor):

@@ -127,22 +127,22 @@ def layer_activation_bytes(shape: ModelShape, tokens: int, *, tp: int, sp: bool,
     return {"layer": layer + scores, "scores": scores, "input": tokens * hidden * dtype_bytes}
 
 
-def training_activation_bytes(shape: ModelShape, tokens: int, *, tp: int, pp: int, sp: bool, dtype_bytes: int,
+def training_activation_bytes(shape: ModelShape, tokens: int, *, tp: int, sp: bool, dtype_bytes: int,
                               sequence_length: int, fused_attention: bool, recompute: str,
-                              recompute_num_layers: int, layers: int) -> int:
-    """Activations kept by one pipeline stage of ``layers`` layers during a training micro-batch. With PP, the first
-    stage holds ``pp`` micro-batches in flight (1F1B)."""
+                              recompute_num_layers: int, layers: int, in_flight: int = 1) -> int:
+    """Activations held by one pipeline stage of ``layers`` layers at its peak: what each of ``in_flight``
+    micro-batches keeps for its backward (1F1B: the first of PP stages holds PP of them) + the temporaries of one
+    layer's backward (with full recomputation: the one chunk rebuilt for its backward)."""
     one = layer_activation_bytes(shape, tokens, tp=tp, sp=sp, dtype_bytes=dtype_bytes,
                                  sequence_length=sequence_length, fused_attention=fused_attention)
     if recompute == "full":
         n = max(1, recompute_num_layers)
-        # chunk inputs + one chunk rebuilt during its backward (whose temporaries replace what it frees)
-        kept = -(-layers // n) * one["input"] + n * one["layer"]
-    elif recompute == "selective":  # + the backward's temporaries of one layer (gradients of its activations)
-        kept = layers * (one["layer"] - one["scores"]) + one["scores"] + one["layer"]
+        kept, working = -(-layers // n) * one["input"], n * one["layer"]  # chunk inputs; one chunk rebuilt
+    elif recompute == "selective":  # the scores of one layer are rebuilt for its backward
+        kept, working = layers * (one["layer"] - one["scores"]), one["scores"] + one["layer"]
     else:
-        kept = (layers + 1) * one["layer"]
-    return kept * (pp if pp > 1 else 1)
+        kept, working = layers * one["layer"], one["layer"]
+    return kept * in_flight + working
 
 
 def logits_bytes(vocab: int, tokens: int, *, tp: int, dtype_bytes: int, backward: bool, chunk_elements: int) -> int:

@@ -113,11 +113,11 @@ class MemoryPlan:
             terms = [t for t in self.terms if t.phase == phase]
             if not terms:
                 continue
-            lines.append(f"  {title}: {self.phase_bytes(phase) / GIB:.1f} GiB")
+            lines.append(f"  {title}: {_size(self.phase_bytes(phase))}")
             for t in terms:
-                lines.append(f"    {t.name:34s} {t.bytes / GIB:8.2f} GiB" + (f"  ({t.detail})" if t.detail else ""))
+                lines.append(f"    {t.name:34s} {_size(t.bytes, 8)}" + (f"  ({t.detail})" if t.detail else ""))
         verdict = "" if self.gpu_gib is None else (" fits" if self.fits else f" DOES NOT FIT in {self.gpu_gib:.1f}")
-        lines.append(f"  peak ({self.peak_phase} phase): {self.peak_gib:.1f} GiB{verdict}")
+        lines.append(f"  peak ({self.peak_phase} phase): {_size(self.peak_bytes)}{verdict}")
         lines.extend(f"  note: {n}" for n in self.notes)
         if not self.fits and self.suggestions:
             lines.append("  settings that would fit: " + "; ".join(self.suggestions))
@@ -134,6 +134,17 @@ class MemoryPlan:
         raise MemoryPlanError(f"the run needs about {self.peak_gib:.1f} GiB per GPU at its peak ({self.peak_phase} "
                               f"phase) but the GPU ({self.gpu_name}) has {self.gpu_gib:.1f} GiB; largest terms: {largest}. "
                               f"Settings that would fit: {fix} (print the plan: python -m recipes NAME --plan)")
+
+
+def _size(nbytes: int, width: int = 0) -> str:
+    """GiB with two decimals (one for totals), MiB below 1 GiB (tiny CPU models)."""
+    if nbytes >= GIB:
+        return f"{nbytes / GIB:{width}.{2 if width else 1}f} GiB"
+    return f"{nbytes / (1 << 20):{width}.1f} MiB"
+
+
+def _count(params: int) -> str:
+    return f"{params / 1e9:.2f}B" if params >= 1e8 else f"{params / 1e6:.2f}M"
 
 
 def gpu_memory_gib(gpu: str | float | None) -> tuple[float | None, str]:
@@ -194,7 +205,7 @@ def plan_memory(config: RunConfig, *, student: ModelShape, teacher: ModelShape |
     # --- the student: weights, fp32 gradient buffer, Adam state (sharded over DP x CP by the distributed optimizer)
     sp_params = device_params(student, tp=tp, pp=pp, ep=ep, first=par.first_stage_layers, last=par.last_stage_layers)
     terms.append(Term("student weights", sp_params.total * wbytes, "resident",
-                      f"{sp_params.total / 1e9:.2f}B params x {wbytes} B"))
+                      f"{_count(sp_params.total)} params x {wbytes} B"))
     terms.append(Term("student gradients (fp32 buffer)", sp_params.total * 4, "resident"))
     adam = 8 + (4 if wbytes < 4 else 0)  # m, v (+ fp32 main weights of bf16 params)
     shard_dense = dp * cp if c.optim.use_distributed_optimizer else 1
@@ -211,7 +222,7 @@ def plan_memory(config: RunConfig, *, student: ModelShape, teacher: ModelShape |
     if megatron_teacher:
         tparams = device_params(teacher, tp=tp, pp=pp, ep=teacher_ep, first=par.teacher_first_stage_layers,
                                 last=par.teacher_last_stage_layers)
-        detail = f"{tparams.total / 1e9:.2f}B params x {wbytes} B"
+        detail = f"{_count(tparams.total)} params x {wbytes} B"
         if teacher.is_moe and teacher_ep == 1:
             detail += "; experts are not TP-split: every GPU holds all of them (EP=1)"
         offloaded = c.teacher.offload and TRAINER_OFFLOADS_TEACHER
@@ -233,23 +244,34 @@ def plan_memory(config: RunConfig, *, student: ModelShape, teacher: ModelShape |
     if runtime_reserve_gib:
         terms.append(Term("CUDA context, NCCL, fragmentation", int(runtime_reserve_gib * GIB), "resident"))
 
-    # --- a training micro-batch of the student
+    # --- a training micro-batch of the student: the first pipeline stage holds PP micro-batches in flight, the last
+    # one the logits and their gradient; the heaviest of the two is the peak
     longest = c.data.max_prompt_tokens + c.rollout.max_new_tokens
     tt = train_tokens(c)
     tokens = -(-tt // cp)
-    layers = max(stage_layers(student, pp, par.first_stage_layers, par.last_stage_layers))
-    acts = training_activation_bytes(student, tokens, tp=tp, pp=pp, sp=sp, dtype_bytes=act,
-                                     sequence_length=-(-longest // cp), fused_attention=fused_attention,
-                                     recompute=par.recompute, recompute_num_layers=par.recompute_num_layers,
-                                     layers=layers)
+    stages = stage_layers(student, pp, par.first_stage_layers, par.last_stage_layers)
+    logits = logits_bytes(student.vocab_size, tokens, tp=tp, dtype_bytes=act, backward=True,
+                          chunk_elements=chunk_elements)
+
+    def stage_activations(layers: int, in_flight: int) -> int:
+        return training_activation_bytes(student, tokens, tp=tp, sp=sp, dtype_bytes=act,
+                                         sequence_length=-(-longest // cp), fused_attention=fused_attention,
+                                         recompute=par.recompute, recompute_num_layers=par.recompute_num_layers,
+                                         layers=layers, in_flight=in_flight)
+
+    acts = stage_activations(stages[-1], 1)
+    where = f"{stages[-1]} layers"
+    if pp > 1 and stage_activations(stages[0], pp) > acts + logits:
+        acts = stage_activations(stages[0], pp) - logits  # shown net of the logits term below: the sum is the peak
+        where = f"first stage: {stages[0]} layers x {pp} micro-batches in flight"
+    elif pp > 1:
+        where = f"last stage: {stages[-1]} layers"
     budget = (f"trainer.max_tokens_per_micro_batch={c.trainer.max_tokens_per_micro_batch}"
               if c.trainer.max_tokens_per_micro_batch else f"{c.trainer.micro_batch_size} x {longest} tokens")
     terms.append(Term("student activations", acts, "train",
-                      f"{tt} tokens ({budget}){f' / CP={cp}' if cp > 1 else ''}, {layers} layers, "
+                      f"{tt} tokens ({budget}){f' / CP={cp}' if cp > 1 else ''}, {where}, "
                       f"recompute={par.recompute}"))
-    terms.append(Term("student logits + gradient", logits_bytes(student.vocab_size, tokens, tp=tp, dtype_bytes=act,
-                                                                backward=True, chunk_elements=chunk_elements),
-                      "train", f"[{tokens}, V/{tp}]"))
+    terms.append(Term("student logits + gradient", logits, "train", f"[{tokens}, V/{tp}]"))
 
     # --- a forward-only micro-batch (teacher, old-policy or reference scoring): the larger of the models that score
     ft = -(-forward_tokens(c) // cp)

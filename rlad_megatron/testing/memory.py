@@ -56,14 +56,25 @@ def peak_bytes(fn: Callable[[], Any]) -> tuple[int, int, Any]:
     return peak, running, result
 
 
+def cuda_peak_bytes(fn: Callable[[], Any]) -> tuple[int, int, Any]:
+    """``(peak, retained, result)`` of ``fn()`` on the current CUDA device (torch's allocator statistics)."""
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    result = fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - base, torch.cuda.memory_allocated() - base, result
+
+
 def tiny_arch_config(*, layers: int = 4, hidden: int = 256, heads: int = 8, kv_heads: int = 4,
-                     intermediate: int = 768, vocab: int = 4096, moe: dict[str, int] | None = None) -> dict[str, Any]:
+                     intermediate: int = 768, vocab: int = 4096, moe: dict[str, int] | None = None,
+                     head_dim: int | None = None, max_positions: int = 4096) -> dict[str, Any]:
     """A Qwen3 (or Qwen3-MoE with ``moe``) ``config.json`` dict of the given shape (no weights needed)."""
     cfg: dict[str, Any] = dict(
         model_type="qwen3", architectures=["Qwen3ForCausalLM"], vocab_size=vocab, hidden_size=hidden,
         intermediate_size=intermediate, num_hidden_layers=layers, num_attention_heads=heads,
-        num_key_value_heads=kv_heads, head_dim=hidden // heads, rms_norm_eps=1e-6, rope_theta=10000.0,
-        max_position_embeddings=4096, tie_word_embeddings=False, hidden_act="silu")
+        num_key_value_heads=kv_heads, head_dim=head_dim or hidden // heads, rms_norm_eps=1e-6, rope_theta=10000.0,
+        max_position_embeddings=max_positions, tie_word_embeddings=False, hidden_act="silu")
     if moe:
         cfg.update(model_type="qwen3_moe", architectures=["Qwen3MoeForCausalLM"], norm_topk_prob=True, **moe)
     return cfg
@@ -71,10 +82,14 @@ def tiny_arch_config(*, layers: int = 4, hidden: int = 256, heads: int = 8, kv_h
 
 def measure_learner(hf_config: dict[str, Any], *, rows: int, seq: int, recompute: str = "none",
                     recompute_num_layers: int = 1, sequence_parallel: bool = False,
-                    use_distributed_optimizer: bool = True) -> dict[str, int]:
+                    use_distributed_optimizer: bool = True, micro_batches: int = 1,
+                    params_dtype: torch.dtype = torch.float32) -> dict[str, Any]:
     """Build the student and run one training step on ``rows x seq`` tokens; bytes measured on this rank:
     ``build`` (left allocated by building model, DDP and optimizer), ``step_peak`` / ``step_retained`` (the first
-    step, above what building left), ``loss`` (x1e6, rounded: to compare runs)."""
+    step, above what building left), ``loss`` (the first micro-batch's, on the last pipeline stage; else None),
+    ``grads`` (this rank's gradient shards). ``micro_batches`` copies of the batch go through the schedule (with
+    PP, 1F1B keeps up to PP of them in flight on the first stage). With CUDA the model lives on the GPU and the bytes
+    are the allocator's (``cuda_peak_bytes``); on CPU the profiler's (``peak_bytes``)."""
     from megatron.core import parallel_state as ps
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
@@ -87,22 +102,25 @@ def measure_learner(hf_config: dict[str, Any], *, rows: int, seq: int, recompute
 
     arch = arch_from_hf_config(hf_config)
     torch.manual_seed(0)
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
+    measure = cuda_peak_bytes if cuda else peak_bytes
 
     def build():
-        chunks = build_model_chunks(arch, sequence_parallel=sequence_parallel, perform_initialization=True,
-                                    **recompute_fields(recompute, recompute_num_layers))
+        chunks = build_model_chunks(arch, params_dtype=params_dtype, sequence_parallel=sequence_parallel,
+                                    perform_initialization=True, **recompute_fields(recompute, recompute_num_layers))
         return build_student(chunks, OptimConfig(lr=1e-3, use_distributed_optimizer=use_distributed_optimizer))
 
-    build_peak, build_retained, (wrapped, optimizer) = peak_bytes(build)
+    build_peak, build_retained, (wrapped, optimizer) = measure(build)
     g = torch.Generator().manual_seed(1)
-    tokens = torch.randint(0, arch.vocab_size, (rows, seq), generator=g)
+    tokens = torch.randint(0, arch.vocab_size, (rows, seq), generator=g).to(device)
+    positions = torch.arange(seq, device=device).unsqueeze(0).expand(rows, -1)
+    mask = torch.triu(torch.ones(1, 1, seq, seq, dtype=torch.bool, device=device), diagonal=1)
     tp_group = ps.get_tensor_model_parallel_group() if ps.get_tensor_model_parallel_world_size() > 1 else None
     losses: list[float] = []
 
     def forward_step(data_iterator, model):
         batch = next(data_iterator)
-        positions = torch.arange(seq).unsqueeze(0).expand(rows, -1)
-        mask = torch.triu(torch.ones(1, 1, seq, seq, dtype=torch.bool), diagonal=1)
         output = model(batch, positions, mask)
 
         def loss_func(logits):
@@ -121,13 +139,15 @@ def measure_learner(hf_config: dict[str, Any], *, rows: int, seq: int, recompute
         optimizer.zero_grad()
         chunk_config = wrapped[0].config
         chunk_config.seq_length = seq
-        get_forward_backward_func()(forward_step_func=forward_step, data_iterator=iter([tokens]), model=wrapped,
-                                    num_microbatches=1, seq_length=seq, micro_batch_size=rows)
+        get_forward_backward_func()(forward_step_func=forward_step, data_iterator=iter([tokens] * micro_batches),
+                                    model=wrapped, num_microbatches=micro_batches, seq_length=seq,
+                                    micro_batch_size=rows)
         optimizer.step()
 
-    step_peak, step_retained, _ = peak_bytes(step)
+    step_peak, step_retained, _ = measure(step)
     # the gradient buffer still holds this step's gradients (it is zeroed at the next step)
-    grads = [p.main_grad.detach().clone() for p in wrapped[0].parameters()]
+    grads = [p.main_grad.detach().cpu().clone() for p in wrapped[0].parameters()]
     params = sum(p.numel() for p in wrapped[0].parameters())
     return {"build": build_retained, "build_peak": build_peak, "step_peak": step_peak,
-            "step_retained": step_retained, "params": params, "loss": losses[0], "grads": grads}
+            "step_retained": step_retained, "params": params, "loss": losses[0] if losses else None,
+            "grads": grads}

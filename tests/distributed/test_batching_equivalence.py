@@ -37,17 +37,13 @@ def _global_batch():
                          engine_logprobs=-5.0 + noise, teacher_logprobs=-4.5 - noise.abs(), lengths=lengths)
 
 
-def _run_modes(algorithm: str, sequence_parallel: bool) -> list[dict]:
+def _run_modes(algorithms: tuple[str, ...], sequence_parallel: bool) -> list[dict]:
+    """Per algorithm: a fresh student from the same weights for each of the fixed / budget / packed paths."""
     import torch.distributed as dist
     from megatron.core import parallel_state as ps
 
-    from rlad_megatron.config import OptimConfig
-    from rlad_megatron.learner.batching import MicroBatching
-    from rlad_megatron.learner.policy import MegatronPolicy, build_student
-    from rlad_megatron.loss import Denominators, compute_policy_loss, local_denominators
+    from rlad_megatron.loss import Denominators, local_denominators
     from rlad_megatron.loss.config import LossConfig
-    from rlad_megatron.testing.gather import gather_full
-    from rlad_megatron.testing.tiny_gpt import VOCAB, tiny_config, tiny_gpt
 
     dp_rank, dp = ps.get_data_parallel_rank(), ps.get_data_parallel_world_size()
     per_rank = GLOBAL_BATCH // dp
@@ -55,8 +51,24 @@ def _run_modes(algorithm: str, sequence_parallel: bool) -> list[dict]:
     local = local_denominators(batch.loss_mask).as_tensor()
     dist.all_reduce(local, group=ps.get_data_parallel_group())
     denominators = Denominators.from_tensor(local)
-    loss_config = LossConfig(algorithm=algorithm, kd_beta=0.3) if algorithm == "kdrl" else LossConfig(algorithm)
     last = ps.is_pipeline_last_stage()
+    results = []
+    for algorithm in algorithms:
+        loss_config = LossConfig(algorithm=algorithm, kd_beta=0.3) if algorithm == "kdrl" else LossConfig(algorithm)
+        results += _modes_of(algorithm, loss_config, batch, denominators, sequence_parallel, last)
+    return results
+
+
+def _modes_of(algorithm, loss_config, batch, denominators, sequence_parallel, last) -> list[dict]:
+    import torch.distributed as dist
+    from megatron.core import parallel_state as ps
+
+    from rlad_megatron.config import OptimConfig
+    from rlad_megatron.learner.batching import MicroBatching
+    from rlad_megatron.learner.policy import MegatronPolicy, build_student
+    from rlad_megatron.loss import compute_policy_loss
+    from rlad_megatron.testing.gather import gather_full
+    from rlad_megatron.testing.tiny_gpt import VOCAB, tiny_config, tiny_gpt
 
     shares: list[float] = []
 
@@ -77,7 +89,7 @@ def _run_modes(algorithm: str, sequence_parallel: bool) -> list[dict]:
         # Adam with eps 1: near-SGD steps, which do not amplify float noise in near-zero gradients
         wrapped, optimizer = build_student([tiny_gpt(config)], OptimConfig(lr=0.5, adam_eps=1.0, clip_grad=0.0))
         policy = MegatronPolicy(wrapped, VOCAB, optimizer=optimizer)
-        out = {"mode": name, "tp_rank": ps.get_tensor_model_parallel_rank(), "last": last}
+        out = {"mode": (algorithm, name), "tp_rank": ps.get_tensor_model_parallel_rank(), "last": last}
         lps = policy.token_logprobs(batch, batching)
         if last:
             out["logprobs"] = lps[batch.loss_mask]
@@ -116,11 +128,11 @@ def _by_mode(per_rank: list[list[dict]]) -> dict[str, dict]:
     return merged
 
 
-def _assert_equivalent(merged: dict[str, dict]) -> None:
-    ref = merged["fixed"]
+def _assert_equivalent(merged: dict, algorithm: str) -> None:
+    ref = merged[(algorithm, "fixed")]
     assert abs(ref["loss"][0]) > 1e-4  # a loss that is there to compare
     for mode in ("budget", "packed"):
-        got = merged[mode]
+        got = merged[(algorithm, mode)]
         torch.testing.assert_close(got["logprobs"], ref["logprobs"], rtol=1e-5, atol=1e-5, msg=f"{mode} logprobs")
         for a, b in zip(got["loss"], ref["loss"]):
             assert abs(a - b) <= 1e-5 * max(1.0, abs(b)), (mode, got["loss"], ref["loss"])
@@ -130,9 +142,10 @@ def _assert_equivalent(merged: dict[str, dict]) -> None:
             torch.testing.assert_close(got["params"][name], param, rtol=1e-5, atol=1e-6, msg=f"{mode} {name}")
 
 
-@pytest.mark.parametrize("algorithm", ["rlad", "grpo", "kdrl"])
-def test_one_rank(algorithm: str) -> None:
-    _assert_equivalent(_by_mode(run_distributed(_run_modes, 1, args=(algorithm, False), timeout=240)))
+def test_one_rank_rlad_grpo_kdrl() -> None:
+    merged = _by_mode(run_distributed(_run_modes, 1, args=(("rlad", "grpo", "kdrl"), False), timeout=300))
+    for algorithm in ("rlad", "grpo", "kdrl"):
+        _assert_equivalent(merged, algorithm)
 
 
 LAYOUTS = {  # name: (world_size, tp, pp, sequence_parallel)
@@ -146,4 +159,5 @@ LAYOUTS = {  # name: (world_size, tp, pp, sequence_parallel)
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_layouts(layout: str) -> None:
     world, tp, pp, sp = LAYOUTS[layout]
-    _assert_equivalent(_by_mode(run_distributed(_run_modes, world, tp=tp, pp=pp, args=("rlad", sp), timeout=300)))
+    _assert_equivalent(_by_mode(run_distributed(_run_modes, world, tp=tp, pp=pp, args=(("rlad",), sp), timeout=300)),
+                       "rlad")

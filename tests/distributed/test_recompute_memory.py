@@ -9,7 +9,7 @@ import torch
 from rlad_megatron.testing.distributed import run_distributed
 
 ROWS, SEQ = 4, 256
-#: The plan's estimate must be within this factor of the measured CPU peak (bench/memory_plan.py: 0.62 .. 1.22).
+#: The plan's estimate must be within this factor of the measured CPU peak (bench/memory_plan.py: 0.90 .. 1.22).
 FACTOR = 1.6
 
 

@@ -61,7 +61,7 @@ def test_layer_activations_by_hand():
 
 
 def test_recomputation_keeps_less():
-    kw = dict(tp=1, pp=1, sp=False, dtype_bytes=2, sequence_length=4096, fused_attention=False, layers=36,
+    kw = dict(tp=1, sp=False, dtype_bytes=2, sequence_length=4096, fused_attention=False, layers=36,
               recompute_num_layers=1)
     none, selective, full = (training_activation_bytes(QWEN3_8B, 8192, recompute=r, **kw)
                              for r in ("none", "selective", "full"))
@@ -72,6 +72,9 @@ def test_recomputation_keeps_less():
     assert selective == 36 * (one["layer"] - one["scores"]) + one["scores"] + one["layer"]
     assert full == 36 * one["input"] + one["layer"]
     assert full < selective < none
+    # 1F1B: the first of 4 stages (9 layers) keeps 4 micro-batches' activations, plus one layer's temporaries
+    assert training_activation_bytes(QWEN3_8B, 8192, recompute="none", in_flight=4, **{**kw, "layers": 9}) == \
+        (4 * 9 + 1) * one["layer"]
 
 
 def test_logits_and_their_gradient():

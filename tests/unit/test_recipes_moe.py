@@ -74,3 +74,17 @@ def test_slurm_dry_run(tmp_path, monkeypatch):
     for arg in ("model.teacher=/models/Qwen3-30B-A3B", "model.student=/models/Qwen3-1.7B",
                 "parallel.recompute=full", "trainer.max_tokens_per_micro_batch=16384", "parallel.tensor_parallel=1"):
         assert f" {arg} " in f"{run} ", arg
+
+
+def test_cli_dry_run_on_an_h100_only_with_ignore_memory_plan(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("nemo_run")
+    import nemo_run.config
+
+    monkeypatch.setattr(nemo_run.config, "_NEMORUN_HOME", str(tmp_path / "nemo_home"))
+    monkeypatch.setattr("sys.stdin", io.StringIO())
+    args = [NAME, "--executor", "slurm", "--dryrun", "--account", "acct", "--gpu", "h100"]
+    assert main(args) == 2
+    assert "teacher weights 56.9 GiB" in capsys.readouterr().err
+    assert main(args + ["--ignore-memory-plan"]) == 0
+    assert "does not fit" in capsys.readouterr().err
+    assert list((tmp_path / "nemo_home").glob("experiments/*/*/*_sbatch.sh"))

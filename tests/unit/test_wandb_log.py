@@ -39,10 +39,21 @@ def _records(path: Path):
             yield record
 
 
-def _history(run_dir: Path) -> tuple[list[dict], dict]:
+def _complete_records(run_dir: Path, timeout_s: float = 60.0) -> list:
+    """The records of the run's .wandb file once its exit record is there: wandb-core's writer can still be
+    flushing for a moment after ``run.finish()`` returns (seen under load: the file held only its header)."""
     (wandb_file,) = run_dir.glob("*.wandb")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        records = list(_records(wandb_file))
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.2)
+
+
+def _history(run_dir: Path) -> tuple[list[dict], dict]:
     rows, config = [], {}
-    for record in _records(wandb_file):
+    for record in _complete_records(run_dir):
         kind = record.WhichOneof("record_type")
         if kind == "history":
             rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
