@@ -121,8 +121,14 @@ class RolloutConfig:
     larger models, where generation dominates the step."""
     verify_every: int = 1
     """Check after every N-th weight sync that the engine serves the learner's weights (0: never)."""
-    max_logprob_mismatch: float = 1e-3
-    """Largest engine-vs-learner log-prob difference on the probe batch tolerated after a sync (fp32)."""
+    max_logprob_mismatch: float | None = None
+    """Largest per-token engine-vs-learner |log-prob difference| on the sync probe (tokens the engine samples after
+    each sync). None: calibrated per dtype (weight_sync/verify.py TOLERANCES: fp32 1e-3, bf16 1.0, fp8 3.0)."""
+    mean_logprob_mismatch: float | None = None
+    """Largest mean |log-prob difference| on the probe. None: per dtype (fp32 1e-4, bf16 0.02, fp8 0.15)."""
+    mismatch_stops_fp8: bool = False
+    """With FP8 (fp8.enabled or fp8.rollout_fp8) a mismatch beyond the tolerance is reported
+    (sync/logprob_over_tolerance) rather than stopping the run; true: stop as with other dtypes."""
     tis_cap: float | None = None
     """Truncated importance sampling: weight tokens by min(pi_learner_old / pi_engine, cap); None disables."""
     truncated: str = "zero"
@@ -138,8 +144,41 @@ class RolloutConfig:
     """Longest a reward may take on one sample (then reward 0, counted in reward/timeouts). Rewards that may hang
     (the math verifier) run in worker processes, several at once, so a step with a few hostile samples takes about
     one timeout."""
+    executor: str = "auto"
+    """How the colocated engine runs (docs/gpu.md): "external_launcher" (vLLM's SPMD executor inside the torchrun
+    world: every rank holds one shard of an engine whose tensor parallelism is the learner's, on its own GPU),
+    "uni" (one whole engine on the first rank of each model-parallel group, in a one-rank vLLM world: the CPU
+    default) or "auto" (external_launcher on GPUs, uni on CPU)."""
+    enforce_eager: bool | None = None
+    """Run vLLM without CUDA graphs. None: CUDA graphs on GPUs (decode of small models is launch-bound without
+    them), eager on CPU (required there)."""
+    gpu_memory_utilization: float | None = None
+    """GPU only: the fraction of each GPU the colocated engine may take (weights + KV cache). None: vLLM's
+    default (0.92) when the engine has the GPU to itself; with the learner on the same GPU, the smaller of the
+    engine's share in the memory plan and what is free at engine start minus a margin (trainer/engine_settings.py).
+    On CPU rollout.kv_cache_mb sizes the cache."""
+    sleep_level: int = 0
+    """GPU only (colocation): 0 keeps the engine's memory during training; 1 moves its weights to host memory and
+    frees its KV cache while the learner trains; 2 frees both (the sync rewrites every weight). Weights are woken
+    before the weight sync, the KV cache before generation."""
+    seed_requests: bool | None = None
+    """Seed every request (reproducible samples, but vLLM's sampler takes its slower per-request path). None: on
+    CPU yes (the test suite compares runs), on GPUs no (the engine's seed still fixes the stream per run)."""
 
     def validate(self) -> None:
+        if self.executor not in ("auto", "uni", "external_launcher"):
+            raise ConfigError(f"rollout.executor={self.executor!r}: choose 'auto', 'uni' or 'external_launcher'")
+        if self.executor == "external_launcher" and self.placement != "colocated":
+            raise ConfigError("rollout.executor='external_launcher' shards the engine over the learner's ranks: it "
+                              "needs rollout.placement='colocated'")
+        if self.gpu_memory_utilization is not None and not 0 < self.gpu_memory_utilization < 1:
+            raise ConfigError(f"rollout.gpu_memory_utilization must be in (0, 1) or null, got "
+                              f"{self.gpu_memory_utilization}")
+        if self.sleep_level not in (0, 1, 2):
+            raise ConfigError(f"rollout.sleep_level must be 0, 1 or 2, got {self.sleep_level}")
+        if self.sleep_level and self.placement != "colocated":
+            raise ConfigError("rollout.sleep_level > 0 frees the engine's GPU memory for a learner on the same GPU: "
+                              "it needs rollout.placement='colocated'")
         if self.group_size < 1:
             raise ConfigError(f"rollout.group_size must be >= 1, got {self.group_size}")
         if not 0 < self.top_p <= 1:
@@ -163,7 +202,9 @@ class RolloutConfig:
         _choice("rollout.weight_load", self.weight_load, ("inplace", "vllm_reload"))
         _at_least("rollout.kv_cache_mb", self.kv_cache_mb, 1)
         _at_least("rollout.verify_every", self.verify_every, 0)
-        _at_least("rollout.max_logprob_mismatch", self.max_logprob_mismatch, 0)
+        for key in ("max_logprob_mismatch", "mean_logprob_mismatch"):
+            if getattr(self, key) is not None:
+                _at_least(f"rollout.{key}", getattr(self, key), 0)
         _in_range("rollout.reward_timeout_s", self.reward_timeout_s, 0, 3600, low_open=True)
 
 
@@ -358,7 +399,8 @@ class TeacherConfig:
     source: str = "megatron"
     """Where teacher log-probs come from: "megatron" (frozen GPTModel, same TP/PP) or "vllm" (a vLLM engine)."""
     offload: bool = False
-    """Keep the Megatron teacher's weights on the host between uses (GPU only)."""
+    """GPU only: keep the Megatron teacher's weights in pinned host memory between scoring passes (copied back to
+    the GPU for each pass: ~params x 2 bytes / PCIe bandwidth per step). A clear error on CPU."""
 
     def validate(self) -> None:
         if self.source not in ("megatron", "vllm"):

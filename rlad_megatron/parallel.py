@@ -31,7 +31,9 @@ def init_distributed(backend: str | None = None, timeout_s: float = 600.0) -> No
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
     backend = backend or default_backend()
     if backend == "nccl":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        from rlad_megatron.device import set_rank_device
+
+        set_rank_device()  # before the group exists: NCCL and torch's object collectives use the current device
     timeout = datetime.timedelta(seconds=timeout_s)
     restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
     if restart:

@@ -16,6 +16,7 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 
+from rlad_megatron.device import collective_device, rank_device
 from rlad_megatron.learner.batching import (
     MicroBatch,
     MicroBatching,
@@ -28,14 +29,6 @@ from rlad_megatron.learner.sequences import SequenceBatch
 
 # loss_fn(logprobs [b, L-1] with grad, entropy [b, L-1] or None, micro_batch) -> (loss share, metrics)
 LossFn = Callable[[torch.Tensor, torch.Tensor | None, SequenceBatch], tuple[torch.Tensor, dict]]
-
-
-def _rank_device() -> torch.device:
-    """Where this rank's micro-batches run: the current CUDA device when CUDA is used, else the CPU.
-    (Issue 21's ``rlad_megatron.device.rank_device`` is the one policy for this; same answer.)"""
-    if torch.cuda.is_available():
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
 
 
 @dataclasses.dataclass
@@ -98,7 +91,7 @@ class MegatronPolicy:
 
         ps, tp_group = self._groups()
         want_entropy = self.with_entropy and loss_fn is not None
-        device = _rank_device()
+        device = rank_device()  # cuda:LOCAL_RANK in an NCCL job, else the CPU (rlad_megatron/device.py)
 
         def forward_step(data_iterator, model):
             mb: MicroBatch = next(data_iterator).to(device)  # the one host->device move of a micro-batch
@@ -192,7 +185,7 @@ class MegatronPolicy:
         batching = as_micro_batching(micro_batch_size)
         micro = self.micro_batches(batch, batching)
         if not batching.fixed:
-            count = torch.tensor(len(micro), dtype=torch.long)
+            count = torch.tensor(len(micro), dtype=torch.long, device=collective_device(ps.get_data_parallel_group()))
             if ps.get_data_parallel_world_size() > 1:
                 dist.all_reduce(count, op=dist.ReduceOp.MAX, group=ps.get_data_parallel_group())
             micro += [filler_micro_batch(batch, self._length_multiple())
@@ -207,7 +200,7 @@ class MegatronPolicy:
         outputs = self._run(batch, micro, False, loss_fn, scale)
         moe = _moe_metrics(num_micro) if moe_tracking else {}
         metrics = [o["metrics"] for o in outputs if o.get("metrics") is not None]
-        finite = torch.tensor(1.0)
+        finite = torch.tensor(1.0, device=collective_device())
         for out in outputs:
             if not torch.isfinite(out["loss"]).all():
                 finite.zero_()

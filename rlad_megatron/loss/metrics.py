@@ -118,8 +118,11 @@ class MetricAccumulator:
             else:
                 sums.append(stat.count)
                 maxima.append(stat.value if stat.reduce == "max" else -stat.value)
-        empty = torch.zeros(0, dtype=torch.float64)
-        return (torch.stack(sums) if sums else empty, torch.stack(maxima) if maxima else empty)
+        # One device for the packed tensors: stats of a GPU loss live on the GPU, a few (constants) on the CPU.
+        device = next((t.device for t in sums + maxima if t.device.type != "cpu"), torch.device("cpu"))
+        empty = torch.zeros(0, dtype=torch.float64, device=device)
+        return (torch.stack([t.to(device) for t in sums]) if sums else empty,
+                torch.stack([t.to(device) for t in maxima]) if maxima else empty)
 
     def finalize(self, sums: Tensor | None = None, maxima: Tensor | None = None) -> dict[str, float]:
         """Final values, from the (reduced) packed tensors, or from the local state when none are given.

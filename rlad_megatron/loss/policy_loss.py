@@ -198,6 +198,7 @@ def _kd_term(
         has_tokens = m.any(dim=-1)
         metrics["kd/skipped_seq_frac"] = fraction_stat(skip.squeeze(-1), has_tokens)
     metrics["kd/kl"] = mean_stat(kd, kd_mask)
-    metrics["kd/beta"] = extremum_stat(torch.tensor(beta, dtype=torch.float64), torch.tensor(True), "max")
+    metrics["kd/beta"] = extremum_stat(torch.tensor(beta, dtype=torch.float64, device=kd.device),
+                                       torch.tensor(True, device=kd.device), "max")
     zero = torch.zeros((), dtype=kd.dtype, device=kd.device)
     return beta * torch.where(kd_mask, kd, zero)

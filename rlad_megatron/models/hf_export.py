@@ -18,6 +18,7 @@ from typing import Iterable, Iterator
 import torch
 import torch.distributed as dist
 
+from rlad_megatron.device import rank_device
 from rlad_megatron.models.hf_config import ModelArch
 from rlad_megatron.models.name_map import HFGroup, hf_groups, hf_shapes, local_params, megatron_full_to_hf
 
@@ -131,7 +132,7 @@ def _broadcast_expert(group: HFGroup, shard: torch.Tensor | None, arch: ModelArc
     if ps.get_expert_model_parallel_rank() == owner:
         tensors = [t.clone().contiguous() for t in megatron_full_to_hf(group, [shard], arch)]
     else:
-        tensors = [torch.empty(shapes[n], dtype=dtype) for n in group.hf_names]
+        tensors = [torch.empty(shapes[n], dtype=dtype, device=rank_device()) for n in group.hf_names]
     for t in tensors:
         dist.broadcast(t, src=dist.get_global_rank(ep_group, owner), group=ep_group)
     return tensors
@@ -145,7 +146,7 @@ def _move_over_pipeline(group, tensors, shapes, dtype, src, pp_group, *, dst_onl
     pp_rank, tp_rank = ps.get_pipeline_model_parallel_rank(), ps.get_tensor_model_parallel_rank()
     if not dst_only:
         if pp_rank != src:
-            tensors = [torch.empty(shapes[n], dtype=dtype) for n in group.hf_names]
+            tensors = [torch.empty(shapes[n], dtype=dtype, device=rank_device()) for n in group.hf_names]
         for t in tensors:
             dist.broadcast(t, src=dist.get_global_rank(pp_group, src), group=pp_group)
         return tensors
@@ -156,7 +157,7 @@ def _move_over_pipeline(group, tensors, shapes, dtype, src, pp_group, *, dst_onl
             dist.send(t, dst=dist.get_global_rank(pp_group, 0), group=pp_group)
         return None
     if pp_rank == 0:
-        out = [torch.empty(shapes[n], dtype=dtype) for n in group.hf_names]
+        out = [torch.empty(shapes[n], dtype=dtype, device=rank_device()) for n in group.hf_names]
         for t in out:
             dist.recv(t, src=dist.get_global_rank(pp_group, src), group=pp_group)
         return out
@@ -218,7 +219,7 @@ def export_hf_checkpoint(
             if buf and buf_bytes + size > max_shard_bytes:
                 flush(buf)
                 buf, buf_bytes = {}, 0
-            buf[name] = tensor
+            buf[name] = tensor.cpu()  # a shard's worth of tensors waits in host memory, not on the GPU
             buf_bytes += size
             total += size
         if writer and buf:

@@ -11,8 +11,18 @@ from typing import Any
 from rlad_megatron.rollout.config import VLLMEngineConfig
 
 
-def is_engine_rank() -> bool:
-    """True on the first rank of this rank's model-parallel group (or without Megatron parallel state)."""
+def is_engine_rank(config: VLLMEngineConfig | None = None) -> bool:
+    """Whether this rank holds an engine: every rank with ``executor="external_launcher"`` (each holds one shard
+    of its TP group's engine), else the first rank of this rank's model-parallel group (or without Megatron
+    parallel state)."""
+    if config is not None and config.executor == "external_launcher":
+        return True
+    return is_leader_rank()
+
+
+def is_leader_rank() -> bool:
+    """The first rank of this rank's model-parallel group: where rollouts are scored and from where they are shared
+    (and, with one engine per group, the engine rank)."""
     from megatron.core import parallel_state as ps
 
     if not ps.model_parallel_is_initialized():
@@ -27,8 +37,14 @@ def build_rollout_engine(config: VLLMEngineConfig) -> tuple[Any, Any]:
     ``"disaggregated"``: a ``RemoteVLLMEngine`` (own process) and a ``TorchDistTransport`` (pair gloo group).
     """
     config.validate()
-    if not is_engine_rank():
+    gpu = disaggregated_engine_gpu() if config.placement == "disaggregated" else None  # collective: before the return
+    if not is_engine_rank(config):
         return None, None
+    if config.executor == "external_launcher":
+        if config.placement != "colocated":
+            raise ValueError("executor='external_launcher' shards the engine over the learner's own ranks: it needs "
+                             "placement='colocated'")
+        check_engine_groups_match_learner(config.tensor_parallel_size)
     if config.placement == "colocated":
         from rlad_megatron.rollout.vllm_engine import VLLMEngine
         from rlad_megatron.weight_sync.inprocess import InProcessTransport
@@ -38,5 +54,68 @@ def build_rollout_engine(config: VLLMEngineConfig) -> tuple[Any, Any]:
     from rlad_megatron.rollout.vllm_remote import RemoteVLLMEngine
     from rlad_megatron.weight_sync.dist_transport import TorchDistTransport
 
-    engine = RemoteVLLMEngine(config)
+    engine = RemoteVLLMEngine(config, gpu=gpu)
     return engine, TorchDistTransport(engine)
+
+
+def check_engine_groups_match_learner(engine_tp: int) -> None:
+    """vLLM's external launcher makes its TP groups from contiguous world ranks ``[k*tp, (k+1)*tp)``; a shard only
+    holds the learner's own tensor-parallel slice of the work if that block is this rank's Megatron TP group."""
+    import torch.distributed as dist
+    from megatron.core import parallel_state as ps
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    if world % engine_tp:
+        raise ValueError(f"engine tensor_parallel_size={engine_tp} does not divide the world size {world}")
+    block = list(range(rank - rank % engine_tp, rank - rank % engine_tp + engine_tp))
+    if ps.model_parallel_is_initialized():
+        learner = dist.get_process_group_ranks(ps.get_tensor_model_parallel_group())
+        if sorted(learner) != block:
+            raise RuntimeError(
+                f"rank {rank}: vLLM's external launcher would group ranks {block} into one engine, but the learner's "
+                f"tensor-parallel group is {sorted(learner)}: the engine TP must equal the learner's "
+                "(parallel.tensor_parallel) with Megatron's default rank order"
+            )
+
+
+def disaggregated_engine_gpu() -> int | None:
+    """The node-local GPU of this rank's disaggregated engine process (None on CPU or off the engine ranks).
+
+    The learner's ranks own GPUs ``0 .. LOCAL_WORLD_SIZE-1`` of their node (torchrun's ``--nproc-per-node`` is the
+    learner's GPUs per node, placement.py's ``learner_gpus``); the engines of the node's model-parallel leaders take
+    the GPUs after those, one each, in local-rank order. Collective over the world (every rank calls it).
+    """
+    import os
+    import socket
+
+    import torch
+    import torch.distributed as dist
+
+    from rlad_megatron.device import local_rank, uses_cuda
+
+    if not uses_cuda():
+        return None
+    mine = (socket.gethostname(), local_rank(), is_leader_rank())
+    everyone: list = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, mine)
+    if not mine[2]:
+        return None
+    learner_gpus = int(os.environ.get("LOCAL_WORLD_SIZE", "0") or 0) or sum(1 for h, *_ in everyone if h == mine[0])
+    return engine_gpu_index(everyone, mine, learner_gpus, torch.cuda.device_count())
+
+
+def engine_gpu_index(everyone: list[tuple[str, int, bool]], mine: tuple[str, int, bool], learner_gpus: int,
+                     device_count: int) -> int:
+    """The GPU of ``mine``'s engine: after the node's ``learner_gpus``, by local-rank order of the node's leaders.
+    ``everyone``: ``(host, local_rank, is_leader)`` of every rank."""
+    host, rank, _ = mine
+    leaders = sorted(lr for h, lr, leader in everyone if h == host and leader)
+    gpu = learner_gpus + leaders.index(rank)
+    if gpu >= device_count:
+        raise RuntimeError(
+            f"rollout.placement=disaggregated: node {host} runs {learner_gpus} learner ranks and {len(leaders)} "
+            f"engine processes but has {device_count} GPUs; the engines need GPUs of their own after the "
+            f"learner's: launch torchrun with --nproc-per-node <= {device_count - len(leaders)} "
+            "(placement.py's learner GPUs per node)"
+        )
+    return gpu

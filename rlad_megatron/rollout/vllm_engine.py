@@ -1,6 +1,7 @@
 """The vLLM rollout engine (in-process, ``VLLM_ENABLE_V1_MULTIPROCESSING=0``) and the vLLM teacher scorer.
 
-This and ``vllm_worker_ext.py`` are the only modules that import vLLM.
+This, ``vllm_env.py`` (process groups, CPU GEMMs and machine-dependent settings) and ``vllm_worker_ext.py`` are
+the only modules that import vLLM.
 
     engine = VLLMEngine(VLLMEngineConfig(model=hf_dir))
     results = engine.generate([[1, 5, 7]], SamplingSettings(n=4, temperature=0.6, top_p=0.95, max_tokens=32))
@@ -22,90 +23,18 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Sequence
 
 import torch
 
 from rlad_megatron.rollout.base import Completion, PromptResult, SamplingSettings
 from rlad_megatron.rollout.config import VLLMEngineConfig
+from rlad_megatron.rollout.vllm_env import (  # noqa: F401  (_check_gpu_only_settings: tested from here)
+    _batched_token_budget, _check_gpu_only_settings, _kv_cache_bytes, _plain_cpu_gemm, _private_default_group,
+    _shutdown_without_default_group, _unlink_external_launcher_cpu_shm,
+)
 
 _EXT = "rlad_megatron.rollout.vllm_worker_ext.RladWorkerExtension"
-_TESTED_TORCH = ("2.13",)
-
-
-@contextlib.contextmanager
-def _private_default_group(state: dict) -> Iterator[None]:
-    """Hide the learner's default process group while vLLM sets up its own one-rank world.
-
-    ``state["vllm_pg"]`` receives vLLM's default group (kept out of the learner's way afterwards). Relies on
-    ``torch.distributed.distributed_c10d._update_default_pg`` (torch 2.x).
-    """
-    import torch.distributed as dist
-    from torch.distributed import distributed_c10d as c10d
-
-    if not torch.__version__.startswith(_TESTED_TORCH):  # loud, not silent, if upstream internals move
-        if not hasattr(c10d, "_update_default_pg"):
-            raise RuntimeError(
-                f"torch {torch.__version__} lacks distributed_c10d._update_default_pg: the colocated vLLM engine "
-                "cannot isolate its process group; use placement='disaggregated'"
-            )
-    learner_pg = c10d._world.default_pg
-    c10d._update_default_pg(None)
-    try:
-        yield
-    finally:
-        if dist.is_initialized() and c10d._world.default_pg is not learner_pg:
-            state["vllm_pg"] = c10d._world.default_pg
-        c10d._update_default_pg(learner_pg)
-
-
-def _shutdown_without_default_group(llm, vllm_pg) -> None:
-    """Shut the engine down with no default group visible, so that vLLM's teardown destroys only its own groups
-    (with a default group it calls ``destroy_process_group()``, which unregisters every group of the process,
-    the learner's included); then destroy vLLM's one-rank default group by hand."""
-    import torch.distributed as dist
-    from torch.distributed import distributed_c10d as c10d
-
-    learner_pg = c10d._world.default_pg
-    c10d._update_default_pg(None)
-    try:
-        llm.llm_engine.engine_core.shutdown()
-        if vllm_pg is not None and vllm_pg in c10d._world.pg_map:
-            dist.destroy_process_group(vllm_pg)
-    finally:
-        c10d._update_default_pg(learner_pg)
-
-
-@contextlib.contextmanager
-def _plain_cpu_gemm(enabled: bool) -> Iterator[None]:
-    """While vLLM loads the model, make its CPU linear layers keep their torch weight instead of a oneDNN pack.
-
-    ``dispatch_cpu_unquantized_gemm`` falls back to ``torch.nn.functional.linear`` (weight kept) when
-    ``vllm._custom_ops._supports_onednn`` is false; every GEMM then reads ``layer.weight`` at call time, so a
-    weight sync is an in-place copy. The engine checks the outcome with ``rlad_linear_weight_report``.
-    """
-    from vllm import _custom_ops
-    from vllm.platforms import current_platform
-
-    if not enabled or not current_platform.is_cpu():
-        yield
-        return
-    if current_platform.is_zen_cpu():
-        raise RuntimeError(
-            "weight_load='inplace' is not available on vLLM's zentorch platform (it always replaces the linear "
-            "weights); set VLLMEngineConfig.weight_load='vllm_reload'"
-        )
-    if not hasattr(_custom_ops, "_supports_onednn"):
-        raise RuntimeError(
-            "this vLLM has no vllm._custom_ops._supports_onednn switch: weight_load='inplace' cannot keep plain "
-            "CPU linear weights; set VLLMEngineConfig.weight_load='vllm_reload'"
-        )
-    saved = _custom_ops._supports_onednn
-    _custom_ops._supports_onednn = False
-    try:
-        yield
-    finally:
-        _custom_ops._supports_onednn = saved
 
 
 class VLLMEngine:
@@ -114,14 +43,32 @@ class VLLMEngine:
     def __init__(self, config: VLLMEngineConfig) -> None:
         config.validate()
         self.config = config
+        _check_gpu_only_settings(config)
         # In-process engine: the worker's model is reachable and RPC arguments travel by reference.
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         os.environ["VLLM_CPU_NUM_OF_RESERVED_CPU"] = str(config.reserved_cpus)
         from vllm import LLM
 
+        from rlad_megatron.device import engine_call_guard
+
         self._dist_state: dict = {}
+        self.sharded = config.executor == "external_launcher"
+        # "uni": vLLM sets up a one-rank world of its own, with the learner's group hidden. "external_launcher":
+        # vLLM builds its groups over the learner's world (every rank builds its engine now).
+        groups = contextlib.nullcontext() if self.sharded else _private_default_group(self._dist_state)
+        kwargs = {}
+        if config.gpu_memory_utilization is not None:
+            kwargs["gpu_memory_utilization"] = config.gpu_memory_utilization
+        if config.enable_sleep_mode:
+            kwargs["enable_sleep_mode"] = True
+        if self.sharded:
+            kwargs.update(distributed_executor_backend="external_launcher",
+                          tensor_parallel_size=config.tensor_parallel_size)
+        if self.sharded:
+            _unlink_external_launcher_cpu_shm()
         start = time.perf_counter()
-        with _private_default_group(self._dist_state), _plain_cpu_gemm(config.weight_load == "inplace"):
+        with engine_call_guard("building the vLLM engine"), groups, \
+                _plain_cpu_gemm(config.weight_load == "inplace"):
             self._llm = LLM(
                 model=config.model,
                 dtype=config.dtype,
@@ -129,14 +76,16 @@ class VLLMEngine:
                 max_model_len=config.max_model_len,
                 max_num_seqs=config.max_num_seqs,
                 max_num_batched_tokens=_batched_token_budget(config),
-                enforce_eager=config.enforce_eager,
-                kv_cache_memory_bytes=config.kv_cache_bytes,
+                enforce_eager=config.resolved_enforce_eager(),
+                kv_cache_memory_bytes=_kv_cache_bytes(config),
                 quantization=config.quantization,
                 logprobs_mode="processed_logprobs",
                 worker_extension_cls=_EXT,
+                **kwargs,
             )
         self.startup_s = time.perf_counter() - start
         self._closed = False
+        self._asleep = False
         self._sync_in_progress: int | None = None
         if config.weight_load == "inplace":
             report = self._rpc("rlad_linear_weight_report")
@@ -154,6 +103,7 @@ class VLLMEngine:
         from vllm import SamplingParams
 
         self._check_open()
+        self._check_awake("generate")
         self._check_lengths(prompts, sampling.max_tokens)
         params = []
         for j in range(len(prompts)):
@@ -168,9 +118,7 @@ class VLLMEngine:
                     logprobs=0,
                 )
             )
-        outputs = self._llm.generate(
-            [{"prompt_token_ids": list(map(int, p))} for p in prompts], params, use_tqdm=False
-        )
+        outputs = self._engine_generate([{"prompt_token_ids": list(map(int, p))} for p in prompts], params)
         results = []
         for prompt, out in zip(prompts, outputs):
             completions = []
@@ -187,6 +135,7 @@ class VLLMEngine:
         from vllm import SamplingParams
 
         self._check_open()
+        self._check_awake("score")
         if len(sequences) != len(prompt_lens):
             raise ValueError(f"score: {len(sequences)} sequences but {len(prompt_lens)} prompt_lens")
         for i, (seq, p) in enumerate(zip(sequences, prompt_lens)):
@@ -194,9 +143,7 @@ class VLLMEngine:
                 raise ValueError(f"score: prompt_lens[{i}]={p} must be in [1, len(sequence)={len(seq)}]")
         self._check_lengths(sequences, 1)
         params = SamplingParams(max_tokens=1, temperature=1.0, prompt_logprobs=0, logprobs=None)
-        outputs = self._llm.generate(
-            [{"prompt_token_ids": list(map(int, s))} for s in sequences], params, use_tqdm=False
-        )
+        outputs = self._engine_generate([{"prompt_token_ids": list(map(int, s))} for s in sequences], params)
         scores = []
         for seq, p, out in zip(sequences, prompt_lens, outputs):
             plps = out.prompt_logprobs  # entry t: dict token -> Logprob for position t (entry 0 is None)
@@ -214,8 +161,50 @@ class VLLMEngine:
         if self._closed:
             return
         self._closed = True
-        _shutdown_without_default_group(self._llm, self._dist_state.pop("vllm_pg", None))
+        from rlad_megatron.device import engine_call_guard
+
+        with engine_call_guard("shutting the vLLM engine down"):
+            _shutdown_without_default_group(self._llm, self._dist_state.pop("vllm_pg", None))
         del self._llm
+        if self.sharded:
+            _unlink_external_launcher_cpu_shm()
+
+    # ------------------------------------------------------------------ colocation memory (GPU)
+    def sleep(self, level: int) -> None:
+        """Release the engine's GPU memory while the learner trains: level 1 moves the weights to host memory and
+        drops the KV cache; level 2 drops both (the next weight sync rewrites every parameter). Needs
+        ``enable_sleep_mode``; collective over the engine's shards."""
+        self._check_open()
+        if not self.config.enable_sleep_mode:
+            raise RuntimeError("VLLMEngine.sleep needs VLLMEngineConfig.enable_sleep_mode=True (rollout.sleep_level)")
+        if level not in (1, 2):
+            raise ValueError(f"VLLMEngine.sleep: level must be 1 or 2, got {level}")
+        if self._asleep:
+            return
+        from rlad_megatron.device import engine_call_guard
+
+        with engine_call_guard("VLLMEngine.sleep"):
+            self._llm.sleep(level=level)
+        self._asleep = True
+
+    def wake_up(self, part: str) -> None:
+        """Re-allocate ``part`` of a sleeping engine: "weights" before a weight sync, "kv_cache" before generation
+        (the KV cache comes back last, after the learner's activations are freed)."""
+        if part not in ("weights", "kv_cache"):
+            raise ValueError(f"VLLMEngine.wake_up: part must be 'weights' or 'kv_cache', got {part!r}")
+        self._check_open()
+        if not self._asleep:
+            return
+        from rlad_megatron.device import engine_call_guard
+
+        with engine_call_guard(f"VLLMEngine.wake_up({part})"):
+            awake = self._llm.wake_up(tags=[part])
+        if part == "kv_cache" or awake:
+            self._asleep = False  # weights are woken before every sync, so the KV cache is the last part back
+
+    @property
+    def asleep(self) -> bool:
+        return self._asleep
 
     # ------------------------------------------------------------------ weight sync (engine side)
     def begin_sync(self, version: int) -> None:
@@ -252,7 +241,21 @@ class VLLMEngine:
 
     # ------------------------------------------------------------------ helpers
     def _rpc(self, method: str, *args):
-        return self._llm.collective_rpc(method, args=args)[0]
+        from rlad_megatron.device import engine_call_guard
+
+        with engine_call_guard(f"the engine call {method}"):
+            return self._llm.collective_rpc(method, args=args)[0]
+
+    def _engine_generate(self, prompts: list[dict], params):
+        from rlad_megatron.device import engine_call_guard
+
+        with engine_call_guard("VLLMEngine.generate"):
+            return self._llm.generate(prompts, params, use_tqdm=False)
+
+    def _check_awake(self, what: str) -> None:
+        if self._asleep:
+            raise RuntimeError(f"VLLMEngine.{what} on a sleeping engine: call wake_up('weights') and "
+                               "wake_up('kv_cache') first")
 
     def _check_open(self) -> None:
         if self._closed:
@@ -272,16 +275,6 @@ class VLLMEngine:
                     f"sequence {i} has {len(s)} tokens + {new_tokens} new > max_model_len="
                     f"{self.config.max_model_len}: raise VLLMEngineConfig.max_model_len or shorten it"
                 )
-
-
-def _batched_token_budget(config: VLLMEngineConfig) -> int | None:
-    if config.max_num_batched_tokens is not None:
-        return config.max_num_batched_tokens
-    import torch
-
-    if torch.cuda.is_available():
-        return None
-    return config.max_model_len * config.max_num_seqs
 
 
 def _finish_reason(reason: str | None) -> str:

@@ -20,7 +20,7 @@ from rlad_megatron.rollout.base import PromptResult, SamplingSettings
 from rlad_megatron.rollout.config import VLLMEngineConfig
 from rlad_megatron.weight_sync.buckets import Named
 from rlad_megatron.weight_sync.dist_transport import (
-    BucketReceiver, bucket_meta, connect_store, join_pair_group, pair_store, send_tensors,
+    BucketReceiver, bucket_meta, connect_store, join_pair_group, pair_backend, pair_store, send_tensors,
 )
 
 _COMMANDS = ("generate", "score", "weight_version", "begin_sync", "finish_sync", "bucket", "shutdown")
@@ -34,19 +34,24 @@ class RemoteVLLMEngine:
     """Client of a ``VLLMEngine`` in its own process; implements ``RolloutEngine`` plus the sync calls."""
 
     def __init__(self, config: VLLMEngineConfig, *, host: str = "127.0.0.1", start_timeout_s: float = 600.0,
-                 call_timeout_s: float = 1800.0) -> None:
+                 call_timeout_s: float = 1800.0, gpu: int | None = None) -> None:
+        """``gpu``: the node-local index of the GPU the engine process owns (its ``CUDA_VISIBLE_DEVICES``); None
+        on CPU. With a GPU the weights travel over NCCL from this rank's GPU to the engine's."""
         config.validate()
         self.config = config
         self.call_timeout_s = call_timeout_s
+        self.gpu = gpu
+        backend = pair_backend(gpu is not None)
         ctx = mp.get_context("spawn")
         self._store = pair_store(host, timeout_s=start_timeout_s)
         self._conn, child_conn = ctx.Pipe()
-        self._proc = ctx.Process(target=_serve, args=(child_conn, config, host, self._store.port, start_timeout_s),
+        self._proc = ctx.Process(target=_serve,
+                                 args=(child_conn, config, host, self._store.port, start_timeout_s, gpu, backend),
                                  name="rlad-vllm-engine", daemon=True)
         self._proc.start()
         child_conn.close()
         self._closed = False
-        self._group = join_pair_group(self._store, 0, timeout_s=start_timeout_s)
+        self._group = join_pair_group(self._store, 0, timeout_s=start_timeout_s, backend=backend)
         self.startup_s = self._reply(start_timeout_s)["startup_s"]
 
     # RolloutEngine
@@ -129,10 +134,25 @@ class RemoteVLLMEngine:
         return value
 
 
-def _serve(conn, config: VLLMEngineConfig, host: str, port: int, timeout_s: float) -> None:
-    """The engine process: join the pair group, start the engine, then answer commands until shutdown."""
+def _serve(conn, config: VLLMEngineConfig, host: str, port: int, timeout_s: float, gpu: int | None = None,
+           backend: str = "gloo") -> None:
+    """The engine process: own its GPU, join the pair group, start the engine, then answer commands until
+    shutdown."""
+    import os
+
+    import torch
+
+    device = torch.device("cpu")
+    if gpu is not None:  # before CUDA is initialised here: the engine's GPU becomes this process's cuda:0
+        inherited = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+        os.environ["CUDA_VISIBLE_DEVICES"] = inherited[gpu] if inherited else str(gpu)
+        os.environ["LOCAL_RANK"] = "0"
+        for key in ("RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK"):  # not a rank of the learner's world
+            os.environ.pop(key, None)
+        torch.cuda.set_device(0)
+        device = torch.device("cuda", 0)
     store = connect_store(host, port, timeout_s=timeout_s)
-    group = join_pair_group(store, 1, timeout_s=timeout_s)
+    group = join_pair_group(store, 1, timeout_s=timeout_s, backend=backend)
     try:
         from rlad_megatron.rollout.vllm_engine import VLLMEngine
 
@@ -141,7 +161,7 @@ def _serve(conn, config: VLLMEngineConfig, host: str, port: int, timeout_s: floa
         conn.send(("error", traceback.format_exc()))
         return
     conn.send(("ok", {"startup_s": engine.startup_s}))
-    receiver = BucketReceiver()
+    receiver = BucketReceiver(device)
     while True:
         try:
             command, *args = conn.recv()

@@ -12,24 +12,79 @@ from rlad_megatron.learner.sequences import SequenceBatch
 from rlad_megatron.teacher.base import Teacher
 
 
+class HostOffload:
+    """Keep frozen modules' tensors in pinned host memory between uses (``teacher.offload``, GPU only).
+
+    The weights never change, so they are copied to the host once; afterwards going to the host only drops the
+    GPU copies (``tensor.data`` points at the pinned host copy) and coming back is one host-to-device copy per
+    tensor. Parameters and buffers (RoPE tables) alike.
+    """
+
+    def __init__(self, modules: list[torch.nn.Module], device: torch.device) -> None:
+        if device.type != "cuda":
+            raise RuntimeError(f"teacher.offload moves the teacher between a GPU and host memory; this rank computes "
+                               f"on {device}: set teacher.offload=false")
+        self.device = device
+        self.tensors = [t for m in modules for t in list(m.parameters()) + list(m.buffers())]
+        self.host: list[torch.Tensor] | None = None
+        self.on_device = True
+
+    def to_host(self) -> None:
+        if not self.on_device:
+            return
+        if self.host is None:
+            self.host = [torch.empty(t.shape, dtype=t.dtype, device="cpu", pin_memory=True) for t in self.tensors]
+            for h, t in zip(self.host, self.tensors):
+                h.copy_(t.data, non_blocking=True)
+            torch.cuda.synchronize(self.device)
+        for h, t in zip(self.host, self.tensors):
+            t.data = h
+        self.on_device = False
+
+    def to_device(self) -> None:
+        if self.on_device:
+            return
+        for h, t in zip(self.host, self.tensors):
+            t.data = h.to(self.device, non_blocking=True)
+        torch.cuda.synchronize(self.device)
+        self.on_device = True
+
+
 class MegatronTeacher(Teacher):
     """Scores with ``policy`` (frozen chunks) in micro-batches through Megatron's schedule: ``micro_batch_size``
-    sequences each, or a :class:`MicroBatching` (forward token budget, packing)."""
+    sequences each, or a :class:`MicroBatching` (forward token budget, packing).
 
-    def __init__(self, policy: MegatronPolicy, micro_batch_size: "int | MicroBatching") -> None:
+    ``offload=True`` (GPU only): the chunks live in host memory between scoring passes and come to the rank's GPU
+    for each pass (:class:`HostOffload`), leaving the GPU to the student and the engine the rest of the step."""
+
+    def __init__(self, policy: MegatronPolicy, micro_batch_size: "int | MicroBatching", *,
+                 offload: bool = False) -> None:
         self.policy = policy
         self.micro_batch_size = micro_batch_size
+        self.offload: HostOffload | None = None
+        if offload:
+            from rlad_megatron.device import rank_device
+
+            self.offload = HostOffload(policy.chunks, rank_device())
+            self.offload.to_host()
 
     @classmethod
     def load(cls, hf_dir: str | Path, *, micro_batch_size: "int | MicroBatching", params_dtype: torch.dtype,
-             student_dir: str | Path | None = None, **model_overrides: Any) -> "MegatronTeacher":
+             student_dir: str | Path | None = None, offload: bool = False,
+             **model_overrides: Any) -> "MegatronTeacher":
         """This rank's shard of the Hugging Face model in ``hf_dir``, frozen. With ``student_dir``, the tokenizers
         are checked to be compatible first. ``model_overrides`` go to the model's ``TransformerConfig``
         (``sequence_parallel``, uneven pipeline stages, ...)."""
         from rlad_megatron.models import load_teacher
 
         chunks, arch = load_teacher(hf_dir, student_dir=student_dir, params_dtype=params_dtype, **model_overrides)
-        return cls(MegatronPolicy(chunks, arch.vocab_size), micro_batch_size)
+        return cls(MegatronPolicy(chunks, arch.vocab_size), micro_batch_size, offload=offload)
 
     def token_logprobs(self, batch: SequenceBatch) -> torch.Tensor | None:
-        return self.policy.token_logprobs(batch, self.micro_batch_size)
+        if self.offload is None:
+            return self.policy.token_logprobs(batch, self.micro_batch_size)
+        self.offload.to_device()
+        try:
+            return self.policy.token_logprobs(batch, self.micro_batch_size)
+        finally:
+            self.offload.to_host()

@@ -51,7 +51,7 @@ class VLLMTeacher(Teacher):
         out = torch.zeros_like(batch.engine_logprobs)
         for i, values in enumerate(scored):
             idx = batch.loss_mask[i].nonzero().flatten()
-            out[i, idx] = torch.tensor(values, dtype=torch.float32)[: len(idx)]
+            out[i, idx] = torch.tensor(values, dtype=torch.float32, device=out.device)[: len(idx)]
         return out
 
     def close(self) -> None:

@@ -24,6 +24,7 @@ from rlad_megatron.rollout.base import SamplingSettings
 from rlad_megatron.trainer.periodic_eval import evaluate_now, load_eval_examples
 from rlad_megatron.trainer.faults import pause_point
 from rlad_megatron.trainer.guards import NonFiniteStepGuard, TrainingStopped
+from rlad_megatron.device import collective_device, for_collective
 from rlad_megatron.parallel import share_from_one
 from rlad_megatron.trainer.rollouts import generate_and_score, to_sequence_batch
 from rlad_megatron.trainer.observability import MetricsLogger
@@ -36,7 +37,8 @@ def _peak_rss_mb() -> float:
     """Largest resident set of any rank of this job so far (each rank's own maximum, max over the world)."""
     import resource
 
-    peak = torch.tensor(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, dtype=torch.float64)
+    peak = torch.tensor(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, dtype=torch.float64,
+                        device=collective_device())
     dist.all_reduce(peak, op=dist.ReduceOp.MAX)
     return float(peak)
 
@@ -51,9 +53,9 @@ def lr_at(step: int, config: RunConfig) -> float:
 
 
 def _global_denominators(batch: SequenceBatch, dp_group) -> Denominators:
-    local = local_denominators(batch.loss_mask).as_tensor()
+    local = for_collective(local_denominators(batch.loss_mask).as_tensor(), dp_group)
     dist.all_reduce(local, group=dp_group)
-    return Denominators.from_tensor(local)
+    return Denominators.from_tensor(local.cpu())
 
 
 def _reduce_metrics(acc: MetricAccumulator, has_values: bool, group) -> dict[str, float]:
@@ -62,10 +64,11 @@ def _reduce_metrics(acc: MetricAccumulator, has_values: bool, group) -> dict[str
 
     result = None
     if has_values:
-        sums, maxima = acc.tensors()
-        dist.all_reduce(sums, group=ps.get_data_parallel_group())
-        dist.all_reduce(maxima, op=dist.ReduceOp.MAX, group=ps.get_data_parallel_group())
-        result = acc.finalize(sums, maxima)
+        dp_group = ps.get_data_parallel_group()
+        sums, maxima = (for_collective(t, dp_group) for t in acc.tensors())
+        dist.all_reduce(sums, group=dp_group)
+        dist.all_reduce(maxima, op=dist.ReduceOp.MAX, group=dp_group)
+        result = acc.finalize(sums.cpu(), maxima.cpu())
     return share_from_one(result, group, required=False) or {}
 
 
@@ -160,9 +163,14 @@ class Trainer:
                 # The engine seeds prompt j's i-th response with seed + j * n + i: offsetting by this rank's first
                 # global prompt makes the samples independent of the data-parallel layout.
                 seed=cfg.trainer.seed * 1_000_003 + self.step * 100_003
-                + s.dp_rank * len(examples) * cfg.rollout.group_size,
+                + s.dp_rank * len(examples) * cfg.rollout.group_size if s.seed_requests else None,
             )
+            if cfg.rollout.sleep_level:  # no-ops when the sync has woken it (sft: nothing else wakes it)
+                s.engine.wake_up("weights")
+                s.engine.wake_up("kv_cache")
             rollouts = generate_and_score(s.engine, s.reward_guard, s.task, examples, sampling)
+            if cfg.rollout.sleep_level:  # free the engine's GPU memory for the learner until the next sync
+                s.engine.sleep(cfg.rollout.sleep_level)
         rollouts = share_from_one(rollouts, s.model_parallel_group)
         times["time/generation"] = time.perf_counter() - t
 
@@ -224,9 +232,10 @@ class Trainer:
         group = ps.get_data_parallel_group()
         maxima = sorted(k for k in metrics if k.endswith("_max"))
         keys = sorted(k for k in metrics if k not in maxima)
-        values = torch.tensor([metrics[k] for k in keys], dtype=torch.float64)
+        device = collective_device(group)
+        values = torch.tensor([metrics[k] for k in keys], dtype=torch.float64, device=device)
         dist.all_reduce(values, group=group)
-        top = torch.tensor([metrics[k] for k in maxima], dtype=torch.float64)
+        top = torch.tensor([metrics[k] for k in maxima], dtype=torch.float64, device=device)
         dist.all_reduce(top, op=dist.ReduceOp.MAX, group=group)
         dp = ps.get_data_parallel_world_size()
         out = {k: v if k in self._SUMMED_OVER_DP else v / dp for k, v in zip(keys, values.tolist())}

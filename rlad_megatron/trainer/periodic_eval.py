@@ -25,11 +25,14 @@ def load_eval_examples(config: RunConfig, task: Any, tokenizer: Any) -> list | N
 def evaluate_now(config: RunConfig, engine: Any, task: Any, tokenizer: Any, examples: list | None,
                  step: int, *, stop_token_ids: tuple[int, ...] = ()) -> dict[str, float]:
     """Collective over the world: global rank 0 evaluates (it holds an engine), the others wait for its metrics.
+    With a tensor-parallel engine (vLLM's external launcher) the other shards of rank 0's engine (ranks
+    ``1..tp-1``) generate with it and their results are dropped.
 
     Scored like training: the training task (``data.task_options``), the run's stop tokens, and a cut-off
     response counts as wrong unless ``rollout.truncated=reward``."""
     metrics: dict[str, float] | None = None
-    if dist.get_rank() == 0 and examples:
+    shards = engine.config.tensor_parallel_size if getattr(engine, "sharded", False) else 1
+    if dist.get_rank() < shards and examples:
         from rlad_megatron.eval.evaluate import evaluate
 
         t = config.trainer
@@ -39,6 +42,7 @@ def evaluate_now(config: RunConfig, engine: Any, task: Any, tokenizer: Any, exam
                                     seed=config.trainer.seed + step)
         report = evaluate(engine, task, examples, tokenizer, t.eval_samples, sampling=sampling,
                           credit_truncated=config.rollout.truncated == "reward")
+    if dist.get_rank() == 0 and examples:
         metrics = {"eval/accuracy": report.overall.mean_at_k, "eval/mean_reward": report.overall.mean_reward}
         for j, value in report.overall.pass_at.items():
             metrics[f"eval/pass@{j}"] = value

@@ -28,9 +28,14 @@ class Rollouts:
     group_size: int
 
 
-def generate_and_score(engine, guard, task, examples: Sequence[Any], sampling: SamplingSettings) -> Rollouts:
-    """On the engine rank: sample ``sampling.n`` responses per prompt and score them with the guarded reward."""
+def generate_and_score(engine, guard, task, examples: Sequence[Any], sampling: SamplingSettings) -> Rollouts | None:
+    """On an engine rank: sample ``sampling.n`` responses per prompt and score them with the guarded reward.
+
+    ``guard`` None: this rank holds one shard of a tensor-parallel engine but does not lead its group; it takes
+    part in the generation (the shards compute together) and returns None (the leader's rollouts are shared)."""
     results = engine.generate([ex.prompt_token_ids for ex in examples], sampling)
+    if guard is None:
+        return None
     prompt_ids, response_ids, logprobs, truncated, texts, records = [], [], [], [], [], []
     for ex, result in zip(examples, results):
         for completion in result.completions:

@@ -35,6 +35,7 @@ LAYOUT_KEYS = frozenset({
     "trainer.export_hf", "trainer.export_dtype", "trainer.max_consecutive_bad_steps", "trainer.resume",
     "rollout.placement", "rollout.verify_every", "rollout.max_logprob_mismatch", "rollout.kv_cache_mb",
     "rollout.weight_load", "rollout.reward_timeout_s", "teacher.offload", "optim.use_distributed_optimizer",
+    "rollout.executor", "rollout.enforce_eager", "rollout.gpu_memory_utilization", "rollout.sleep_level",
     "data.eval_files", "data.bad_rows",
 })
 LAYOUT_SECTIONS = ("parallel.", "logging.", "wandb.", "trainer.wandb.")

@@ -70,7 +70,8 @@ class Components:
     reference: Teacher | None
     """The frozen initial student, exactly when the loss needs ``ref_logprobs`` (``loss.kl_beta > 0``)."""
     engine: RolloutEngine | None
-    """The rollout engine, on the first rank of each model-parallel group (None elsewhere)."""
+    """The rollout engine: on the first rank of each model-parallel group ("uni" executor; None elsewhere), or one
+    shard of it on every rank (vLLM's external launcher, ``rollout.executor``)."""
     synchronizer: WeightSynchronizer | None
     """None when the engine serves the teacher (sft) and never receives the student's weights."""
     reward_guard: RewardGuard | None
@@ -81,6 +82,8 @@ class Components:
     eos_id: int
     stop_ids: tuple[int, ...] = ()
     """Every token that ends a response (eos, generation-config eos list, chat-template end of turn)."""
+    seed_requests: bool = True
+    """Whether each rollout request carries its own seed (``rollout.seed_requests`` resolved for this machine)."""
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -156,15 +159,17 @@ def build_components(config: RunConfig) -> Components:
     from rlad_megatron.data.prompt_dataset import load_prompt_dataset
     from rlad_megatron.fp8 import check_run_hardware, transformer_config_fp8_kwargs
     from rlad_megatron.models import load_hf_model
-    from rlad_megatron.rollout.config import VLLMEngineConfig
-    from rlad_megatron.rollout.factory import build_rollout_engine
+    from rlad_megatron.device import uses_cuda
+    from rlad_megatron.rollout.factory import build_rollout_engine, is_leader_rank
+    from rlad_megatron.trainer.engine_settings import check_gpu_settings, engine_config, seed_requests
     from rlad_megatron.tasks.registry import get_training_task
-    from rlad_megatron.weight_sync.verify import SyncVerifier, make_probe_batch
+    from rlad_megatron.weight_sync.verify import SyncVerifier, calibrated_tolerance, make_sampled_probe
 
     from rlad_megatron.models.folder_check import check_model_folder
 
     c = config
     check_run_hardware(c)  # validation is pure; what the config asks of this machine is checked here, first
+    check_gpu_settings(c, uses_cuda())
     check_model_folder(c.model.student, "model.student")
     if c.model.teacher and teacher_use(c.loss) != "none":
         check_model_folder(c.model.teacher, "model.teacher")
@@ -213,19 +218,16 @@ def build_components(config: RunConfig) -> Components:
                                          sequence_parallel=c.parallel.sequence_parallel, **student_stages)
 
     use = teacher_use(c.loss)
-    engine_cfg = VLLMEngineConfig(
-        model=c.model.teacher if use == "samples" else c.model.student, dtype=c.rollout.dtype,
-        max_model_len=c.data.max_prompt_tokens + c.rollout.max_new_tokens + 8,
-        kv_cache_bytes=c.rollout.kv_cache_mb << 20, seed=c.trainer.seed,
-        weight_load=c.rollout.weight_load, placement=c.rollout.placement,
-        quantization="fp8" if c.fp8.rollout_fp8 else None,
-    )
+    cuda = uses_cuda()
+    engine_cfg = engine_config(c, c.model.teacher if use == "samples" else c.model.student, cuda=cuda,
+                               gpu_memory_utilization=_engine_memory_fraction(c, cuda, arch, dp_size))
     engine, transport = build_rollout_engine(engine_cfg)
 
     teacher: Teacher | None = None
     if "teacher_logprobs" in needs and c.teacher.source == "megatron":
         teacher = MegatronTeacher.load(c.model.teacher, micro_batch_size=micro, params_dtype=dtype,
                                        student_dir=c.model.student, sequence_parallel=c.parallel.sequence_parallel,
+                                       offload=c.teacher.offload,
                                        **stage_overrides(c.parallel.teacher_first_stage_layers,
                                                          c.parallel.teacher_last_stage_layers))
     elif "teacher_logprobs" in needs:  # teacher.source == "vllm": a scoring engine next to the rollout engine
@@ -235,15 +237,26 @@ def build_components(config: RunConfig) -> Components:
             from rlad_megatron.rollout.vllm_engine import VLLMTeacherScorer
 
             check_tokenizer_compatible(c.model.student, c.model.teacher)
-            scorer = VLLMTeacherScorer(dataclasses.replace(engine_cfg, model=c.model.teacher, placement="colocated"))
+            scorer = VLLMTeacherScorer(dataclasses.replace(
+                engine_cfg, model=c.model.teacher, placement="colocated", enable_sleep_mode=False,
+                gpu_memory_utilization=_engine_memory_fraction(c, cuda)))  # measured again, after the first engine
         teacher = VLLMTeacher(scorer, mp_group)
 
     synchronizer = None
     if use != "samples":
-        verifier = SyncVerifier(engine, learner_probe(policy, pad_id, mp_group), make_probe_batch(arch.vocab_size),
-                                max_abs_tol=c.rollout.max_logprob_mismatch)
+        probe = make_sampled_probe([ex.prompt_token_ids for ex in dataset.examples],
+                                   max_tokens=min(32, c.rollout.max_new_tokens), seed=c.trainer.seed)
+        tolerance = calibrated_tolerance(
+            c.rollout.dtype, c.model.params_dtype, fp8=c.fp8.enabled or c.fp8.rollout_fp8,
+            stop_on_fp8=c.rollout.mismatch_stops_fp8, max_abs=c.rollout.max_logprob_mismatch,
+            mean_abs=c.rollout.mean_logprob_mismatch)
+        verifier = SyncVerifier(engine, learner_probe(policy, pad_id, mp_group), probe, tolerance=tolerance,
+                                group=mp_group)
+        sleeping = engine is not None and c.rollout.sleep_level > 0
         synchronizer = WeightSynchronizer(transport, verifier=verifier, verify_every=c.rollout.verify_every,
-                                          model_parallel_group=mp_group)
+                                          model_parallel_group=mp_group,
+                                          every_rank=engine_cfg.executor == "external_launcher",
+                                          wake=engine.wake_up if sleeping else None)
 
     if dist.get_rank() == 0:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -254,7 +267,36 @@ def build_components(config: RunConfig) -> Components:
     return Components(
         config=c, layout=layout, output_dir=output_dir, dp_rank=dp_rank, model_parallel_group=mp_group,
         student=student, teacher=teacher, reference=reference, engine=engine, synchronizer=synchronizer,
-        reward_guard=RewardGuard(task.reward, timeout_s=c.rollout.reward_timeout_s) if engine is not None else None,
+        reward_guard=(RewardGuard(task.reward, timeout_s=c.rollout.reward_timeout_s)
+                      if engine is not None and is_leader_rank() else None),
         task=task, tokenizer=tokenizer,
         prompts=prompts, pad_id=pad_id, eos_id=tokenizer.eos_token_id, stop_ids=stop_ids,
+        seed_requests=seed_requests(c.rollout, cuda),
     )
+
+
+def _engine_memory_fraction(c: RunConfig, cuda: bool, arch: ModelArch | None = None,
+                            dp: int = 1) -> float | None:
+    """``rollout.gpu_memory_utilization``, or on a GPU the learner shares (colocated) the smaller of the engine's
+    share in the memory plan (with ``arch``) and what is free now minus a margin
+    (:mod:`rlad_megatron.trainer.engine_settings`), the same on every rank; None on CPU. Collective."""
+    if not cuda or c.rollout.gpu_memory_utilization is not None:
+        return c.rollout.gpu_memory_utilization
+    if c.rollout.placement != "colocated":
+        return None  # the engine process measures its own GPU
+    from rlad_megatron.device import collective_device, rank_device
+    from rlad_megatron.placement import ModelShape
+    from rlad_megatron.trainer.engine_settings import colocated_memory_fraction, planned_memory_fraction
+
+    free, total = torch.cuda.mem_get_info(rank_device().index)
+    share = colocated_memory_fraction(int(free), int(total), learner_shares_gpu=True)
+    if arch is not None:
+        teacher = None
+        if c.model.teacher and teacher_use(c.loss) == "logprobs" and c.teacher.source == "megatron":
+            teacher = ModelShape.from_hf_dir(c.model.teacher, "teacher")
+        planned = planned_memory_fraction(c, ModelShape.from_arch(arch, "student"), teacher, dp, int(total))
+        if planned is not None:
+            share = min(share, planned)
+    tensor = torch.tensor(share, dtype=torch.float64, device=collective_device())
+    dist.all_reduce(tensor, op=dist.ReduceOp.MIN)  # one setting for every shard of every engine
+    return float(tensor)

@@ -1,9 +1,11 @@
 """Transport into a disaggregated engine (own process): tensors over a two-rank torch.distributed group.
 
 The group joins only the learner's sending rank (pair rank 0) and the engine process (pair rank 1). It is a
-standalone ``ProcessGroupGloo`` on its own ``TCPStore`` (NCCL on GPUs would take the same place), so it neither
-needs nor disturbs the learner's world. Control messages (which tensors follow) go over the engine's command pipe;
-the bytes go over the group, one ``send`` per tensor, received into one reusable flat buffer per bucket.
+standalone process group on its own ``TCPStore``, so it neither needs nor disturbs the learner's world: gloo
+when the learner's tensors are on the CPU, NCCL when they are on a GPU (gloo has no point-to-point for CUDA
+tensors); each side's current CUDA device is its own GPU. Control messages (which tensors follow) go over the
+engine's command pipe; the bytes go over the group, one ``send`` per tensor, received into one reusable flat
+buffer per bucket on the engine's device.
 """
 from __future__ import annotations
 
@@ -30,10 +32,26 @@ def connect_store(host: str, port: int, *, timeout_s: float = 300.0) -> dist.TCP
     return dist.TCPStore(host, port, world_size=2, is_master=False, timeout=datetime.timedelta(seconds=timeout_s))
 
 
-def join_pair_group(store, rank: int, *, timeout_s: float = 300.0):
-    """The two-rank gloo group (both ranks call it; it returns once both have joined)."""
+PAIR_BACKENDS: tuple[str, ...] = ("gloo", "nccl")
+
+
+def pair_backend(cuda: bool) -> str:
+    """The pair group's backend for a learner whose tensors live on a GPU (``cuda``) or on the CPU."""
+    return "nccl" if cuda else "gloo"
+
+
+def join_pair_group(store, rank: int, *, timeout_s: float = 300.0, backend: str = "gloo"):
+    """The two-rank group (both ranks call it with the same ``backend``). NCCL groups connect lazily, at the first
+    send, on the caller's current CUDA device."""
+    if backend not in PAIR_BACKENDS:
+        raise ValueError(f"join_pair_group: backend={backend!r}: choose one of {PAIR_BACKENDS}")
     prefix = dist.PrefixStore("rlad_weight_sync", store)
-    return dist.ProcessGroupGloo(prefix, rank, 2, datetime.timedelta(seconds=timeout_s))
+    timeout = datetime.timedelta(seconds=timeout_s)
+    if backend == "gloo":
+        return dist.ProcessGroupGloo(prefix, rank, 2, timeout)
+    options = dist.ProcessGroupNCCL.Options()
+    options._timeout = timeout
+    return dist.ProcessGroupNCCL(prefix, rank, 2, options)
 
 
 def bucket_meta(bucket: list[Named]) -> list[TensorMeta]:
@@ -50,14 +68,15 @@ def send_tensors(group, bucket: list[Named], peer: int) -> None:
 class BucketReceiver:
     """The engine side: receive a bucket into a flat byte buffer reused across buckets (grown when needed)."""
 
-    def __init__(self) -> None:
-        self._buffer = torch.empty(0, dtype=torch.uint8)
+    def __init__(self, device: torch.device | str = "cpu") -> None:
+        self.device = torch.device(device)
+        self._buffer = torch.empty(0, dtype=torch.uint8, device=self.device)
 
     def receive(self, group, meta: list[TensorMeta], peer: int) -> list[Named]:
         views = []
         sizes = [torch.Size(shape).numel() * getattr(torch, dtype).itemsize for _, dtype, shape in meta]
         if self._buffer.numel() < sum(sizes):
-            self._buffer = torch.empty(sum(sizes), dtype=torch.uint8)
+            self._buffer = torch.empty(sum(sizes), dtype=torch.uint8, device=self.device)
         offset = 0
         for (name, dtype, shape), size in zip(meta, sizes):
             view = self._buffer[offset:offset + size].view(getattr(torch, dtype)).view(shape)

@@ -19,6 +19,7 @@ def megatron_token_logprobs(model_chunks: list[torch.nn.Module], vocab_size: int
     """
     from megatron.core import parallel_state as ps
 
+    from rlad_megatron.device import rank_device
     from rlad_megatron.logprobs import vocab_parallel_token_logprobs
 
     if ps.get_pipeline_model_parallel_world_size() != 1 or len(model_chunks) != 1:
@@ -27,6 +28,7 @@ def megatron_token_logprobs(model_chunks: list[torch.nn.Module], vocab_size: int
             "own learner_logprobs (built on its forward schedule) to SyncVerifier"
         )
     (model,) = model_chunks
+    device = rank_device()
     tp_group = ps.get_tensor_model_parallel_group() if ps.get_tensor_model_parallel_world_size() > 1 else None
 
     def learner_logprobs(sequences: list[list[int]], prompt_lens: list[int]) -> list[list[float]]:
@@ -36,10 +38,10 @@ def megatron_token_logprobs(model_chunks: list[torch.nn.Module], vocab_size: int
         try:
             with torch.no_grad():
                 for seq, p in zip(sequences, prompt_lens):
-                    tokens = torch.tensor([seq], dtype=torch.long)
+                    tokens = torch.tensor([seq], dtype=torch.long, device=device)
                     t = tokens.shape[1]
-                    positions = torch.arange(t).unsqueeze(0)
-                    mask = torch.tril(torch.ones(1, 1, t, t)) < 0.5  # True = masked (future positions)
+                    positions = torch.arange(t, device=device).unsqueeze(0)
+                    mask = torch.tril(torch.ones(1, 1, t, t, device=device)) < 0.5  # True = masked (future positions)
                     logits = model(tokens, positions, mask)  # [1, T, V/TP]
                     lps = vocab_parallel_token_logprobs(
                         logits[:, :-1].contiguous(), tokens[:, 1:], tp_group=tp_group, vocab_size=vocab_size

