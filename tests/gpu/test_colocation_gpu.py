@@ -22,19 +22,6 @@ def tiny_hf(tmp_path_factory):
                               hidden_size=256, intermediate_size=512, num_heads=4, num_kv_heads=2, seed=0)
 
 
-@pytest.fixture(scope="module")
-def nccl_world():
-    import torch.distributed as dist
-
-    from rlad_megatron import parallel
-
-    parallel.init_distributed("nccl")
-    parallel.initialize_model_parallel(1, 1, seed=0)
-    yield
-    parallel.destroy_model_parallel()
-    dist.destroy_process_group()
-
-
 def _batch(vocab: int):
     from rlad_megatron.learner.sequences import SequenceBatch, pack_sequences
 

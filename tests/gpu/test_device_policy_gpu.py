@@ -21,19 +21,6 @@ def tiny_hf(tmp_path_factory):
                               hidden_size=128, intermediate_size=256, num_heads=4, num_kv_heads=2, seed=0)
 
 
-@pytest.fixture(scope="module")
-def nccl_world():
-    import torch.distributed as dist
-
-    from rlad_megatron import parallel
-
-    parallel.init_distributed("nccl")
-    parallel.initialize_model_parallel(1, 1, seed=0)
-    yield
-    parallel.destroy_model_parallel()
-    dist.destroy_process_group()
-
-
 class DeviceAudit:
     """Record every tensor that reaches a collective or a model forward on the wrong device."""
 
