@@ -172,7 +172,7 @@ def math_qwen3_8b_base(algorithm: str = "rlad", max_response: int = 30720, model
     micro-batches.
 
     The 32B teacher (64 GB in bf16, 16 GB per GPU at TP=4) is meant to be offloaded to the host between scoring
-    passes (``teacher.offload``; the trainer does not do it yet, and the memory plan counts it resident: it fits
-    an H200 without). ``steps`` is ours."""
+    passes (``teacher.offload``: its weights count in the memory plan's scoring phase only; it fits an H200
+    without). ``steps`` is ours."""
     return _math("Qwen3-8B-Base", "Qwen3-32B", 4, algorithm, max_response, model_root, data_root, output_root,
                  steps, teacher_offload=True, token_budget=40960, recompute="none")

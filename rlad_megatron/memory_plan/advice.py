@@ -1,4 +1,5 @@
-"""Settings that would make a plan fit: the largest token budget per recomputation, a smaller KV cache, more TP."""
+"""Settings that would make a plan fit: the largest token budget per recomputation, a smaller KV cache, engine sleep
+or teacher offload (memory off the GPU between phases), more TP."""
 from __future__ import annotations
 
 import dataclasses
@@ -67,6 +68,12 @@ def suggestions(config: RunConfig, kwargs: dict[str, Any]) -> list[str]:
         if config.rollout.placement == "colocated" and _fits(_with(config, rollout={"kv_cache_mb": smaller}), kwargs):
             out.append(f"rollout.kv_cache_mb={smaller}")
             break
+    # issue 21's phase moves: the engine asleep outside generation, the frozen teacher in host memory between passes
+    if config.rollout.placement == "colocated" and not config.rollout.sleep_level \
+            and _fits(_with(config, rollout={"sleep_level": 1}), kwargs):
+        out.append("rollout.sleep_level=1")
+    if not config.teacher.offload and _fits(_with(config, teacher={"offload": True}), kwargs):
+        out.append("teacher.offload=true")
     tp, dp = par.tensor_parallel, kwargs["dp"]
     for factor in (2, 4):
         bigger = tp * factor

@@ -42,12 +42,16 @@ ENGINE_RUNTIME_GIB = 2.0
 #: float32 elements of one log-prob chunk on a GPU (``rlad_megatron.logprobs.vocab_parallel.DEFAULT_CHUNK_ELEMENTS``).
 LOGPROB_CHUNK_ELEMENTS = 1 << 24
 
-#: What the trainer does today with the settings that would move memory off the GPU between phases. The plan
-#: counts what happens, not what a setting asks for: flip these where issue 21's offload / sleep mode lands.
-TRAINER_OFFLOADS_TEACHER = False
-"""``teacher.offload`` is declared but the trainer keeps the Megatron teacher on the GPU all run."""
-TRAINER_SLEEPS_ENGINE = False
-"""The colocated engine keeps its weights and KV cache while the learner trains."""
+#: What the trainer does with the settings that move memory off the GPU between phases (issue 21). The plan counts
+#: what happens, not what a setting asks for: set one to False if the trainer stops doing it.
+TRAINER_OFFLOADS_TEACHER = True
+"""``teacher.offload=true``: the frozen Megatron teacher waits in pinned host memory between scoring passes."""
+TRAINER_SLEEPS_ENGINE = True
+"""``rollout.sleep_level`` 1 or 2: the colocated engine's weights and KV cache leave the GPU outside generation."""
+
+#: The phases that come and go (each on top of what is resident): a training micro-batch, a forward-only
+#: micro-batch (teacher / reference / old-policy scoring), and generation by a sleeping engine.
+PHASES = ("train", "score", "generate")
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
@@ -61,7 +65,8 @@ class Term:
     name: str
     bytes: int
     phase: str
-    """"resident" (all run), "train" (a training micro-batch) or "score" (a forward-only micro-batch)."""
+    """"resident" (all run), "train" (a training micro-batch), "score" (a forward-only micro-batch) or
+    "generate" (a sleeping engine, awake only to generate)."""
     detail: str = ""
 
 
@@ -84,11 +89,11 @@ class MemoryPlan:
 
     @property
     def peak_phase(self) -> str:
-        return "train" if self.phase_bytes("train") >= self.phase_bytes("score") else "score"
+        return max(PHASES, key=self.phase_bytes)  # the first of equals: "train"
 
     @property
     def peak_bytes(self) -> int:
-        return self.resident_bytes + max(self.phase_bytes("train"), self.phase_bytes("score"))
+        return self.resident_bytes + self.phase_bytes(self.peak_phase)
 
     @property
     def peak_gib(self) -> float:
@@ -109,7 +114,7 @@ class MemoryPlan:
     def describe(self) -> str:
         lines = [f"memory plan per GPU ({self.gpu_name}" + (f", {self.gpu_gib:.1f} GiB)" if self.gpu_gib else ")")]
         for phase, title in (("resident", "resident all run"), ("train", "training micro-batch"),
-                             ("score", "forward-only micro-batch")):
+                             ("score", "forward-only micro-batch"), ("generate", "generation (engine awake)")):
             terms = [t for t in self.terms if t.phase == phase]
             if not terms:
                 continue
@@ -236,7 +241,8 @@ def plan_memory(config: RunConfig, *, student: ModelShape, teacher: ModelShape |
     if c.rollout.placement == "colocated":
         engine_model = teacher if uses == "samples" and teacher is not None else student
         ew = device_params(engine_model, tp=tp, pp=1, ep=1).total * DTYPE_BYTES[c.rollout.dtype]
-        phase = "resident"  # sleeping would free it during training: see TRAINER_SLEEPS_ENGINE
+        # a sleeping engine holds GPU memory only while it generates (weights woken for the sync, KV cache after)
+        phase = "generate" if c.rollout.sleep_level and TRAINER_SLEEPS_ENGINE else "resident"
         terms.append(Term("engine weights", ew, phase, f"{engine_model.name} at TP={tp}, {c.rollout.dtype}"))
         terms.append(Term("engine KV cache", c.rollout.kv_cache_mb << 20, phase, "rollout.kv_cache_mb"))
         if engine_runtime_gib:

@@ -151,3 +151,37 @@ def test_engine_memory_utilization_is_the_engine_share_of_the_gpu():
     assert engine_memory_utilization(plan, total_gib=79.6) == pytest.approx(engine_bytes(plan) / (79.6 * GIB))
     with pytest.raises(ValueError, match="lower rollout.kv_cache_mb"):
         engine_memory_utilization(plan, total_gib=20)
+
+
+def test_engine_sleep_and_teacher_offload_leave_the_resident_set():
+    # issue 21's phase moves: a sleeping engine holds memory only while it generates; an offloaded teacher only
+    # while it scores. Both leave "resident" for their own phase, which lowers the training-phase peak.
+    base = _math_8b()
+    base = dataclasses.replace(base, rollout=dataclasses.replace(base.rollout, sleep_level=0),
+                               teacher=dataclasses.replace(base.teacher, offload=False))
+    awake = plan_memory(base, student=QWEN3_8B, teacher=QWEN3_32B, dp=16, gpu="h200")
+    assert awake.term("teacher weights").phase == "resident"
+    moved = dataclasses.replace(base, rollout=dataclasses.replace(base.rollout, sleep_level=1),
+                                teacher=dataclasses.replace(base.teacher, offload=True))
+    plan = plan_memory(moved, student=QWEN3_8B, teacher=QWEN3_32B, dp=16, gpu="h200")
+    engine = {"engine weights", "engine KV cache", "engine runtime"}
+    assert {t.phase for t in plan.terms if t.name in engine} == {"generate"}
+    assert {t.phase for t in awake.terms if t.name in engine} == {"resident"}
+    assert plan.term("teacher weights").phase == "score"
+    moved_out = sum(t.bytes for t in plan.terms if t.name in engine | {"teacher weights"})
+    assert awake.resident_bytes - plan.resident_bytes == moved_out
+    assert plan.peak_bytes == plan.resident_bytes + max(plan.phase_bytes(p) for p in ("train", "score", "generate"))
+    assert plan.peak_bytes < awake.peak_bytes
+    assert "generation (engine awake)" in plan.describe()
+
+
+def test_engine_sleep_is_suggested_when_it_is_what_fits():
+    # a GPU between the sleeping and the awake peak: the advice names rollout.sleep_level=1
+    base = _math_8b()
+    base = dataclasses.replace(base, rollout=dataclasses.replace(base.rollout, sleep_level=0))
+    awake = plan_memory(base, student=QWEN3_8B, teacher=QWEN3_32B, dp=16)
+    asleep = plan_memory(dataclasses.replace(base, rollout=dataclasses.replace(base.rollout, sleep_level=1)),
+                         student=QWEN3_8B, teacher=QWEN3_32B, dp=16)
+    between = (awake.peak_gib + asleep.peak_gib) / 2
+    plan = plan_memory(base, student=QWEN3_8B, teacher=QWEN3_32B, dp=16, gpu=between)
+    assert not plan.fits and "rollout.sleep_level=1" in plan.suggestions
