@@ -303,17 +303,13 @@ class RewardGuard:
                 raise RuntimeError(f"reward worker did not start within {self.startup_timeout_s:g} s")
 
     def _start_worker(self) -> None:
-        ctx = mp.get_context("spawn")
-        parent, child = ctx.Pipe(duplex=True)
-        proc = ctx.Process(target=_worker_main, args=(child, self.fn), daemon=True, name="rlad-reward-worker")
-        proc.start()
-        child.close()
-        self._proc, self._conn = proc, parent
+        worker = self._spawn()
+        self._proc, self._conn = worker.proc, worker.conn
         # The worker imports the reward's modules first (seconds); that must not count against a sample's timeout.
-        if not parent.poll(self.startup_timeout_s):
+        if not worker.conn.poll(self.startup_timeout_s):
             self._stop_worker(graceful=False)
             raise RuntimeError(f"reward worker did not start within {self.startup_timeout_s:g} s")
-        parent.recv()
+        worker.conn.recv()
 
     def _stop_worker(self, graceful: bool) -> None:
         proc, conn = self._proc, self._conn

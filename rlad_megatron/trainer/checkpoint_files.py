@@ -108,15 +108,22 @@ def file_digest(path: Path, *, fsync: bool = False) -> dict[str, Any]:
     return {"size": size, "sha256": h.hexdigest()}
 
 
-def write_manifest(folder: Path, entries: dict[str, dict[str, Any]], step: int) -> Path:
-    """Write ``folder/manifest.json`` (fsynced) listing ``entries`` (relative path -> size and sha256)."""
-    path = Path(folder) / MANIFEST
-    tmp = path.with_name(MANIFEST + ".tmp")
+def write_text_durably(path: Path, text: str) -> None:
+    """Replace ``path`` by ``text`` atomically: written to ``<name>.tmp``, fsynced, then renamed over it, so a crash
+    leaves the old file or the new one, never a torn one."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
-        json.dump({"step": step, "files": dict(sorted(entries.items()))}, f, indent=1)
+        f.write(text)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def write_manifest(folder: Path, entries: dict[str, dict[str, Any]], step: int) -> Path:
+    """Write ``folder/manifest.json`` (fsynced) listing ``entries`` (relative path -> size and sha256)."""
+    path = Path(folder) / MANIFEST
+    write_text_durably(path, json.dumps({"step": step, "files": dict(sorted(entries.items()))}, indent=1))
     return path
 
 

@@ -28,6 +28,7 @@ from typing import Any, Mapping
 
 from rlad_megatron.config import WandbConfig
 from rlad_megatron.console import console_stream
+from rlad_megatron.trainer.checkpoint_files import write_text_durably
 from rlad_megatron.trainer.plots import PANELS, Panel, plot_curves
 
 METRICS_FILE = "metrics.jsonl"
@@ -74,12 +75,7 @@ def truncate_metrics(metrics_jsonl: Path, last_step: int) -> int:
             continue
         if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= last_step:
             kept.append(line if line.endswith("\n") else line + "\n")
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(kept)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_text_durably(path, "".join(kept))
     return len(lines) - len(kept)
 
 

@@ -53,15 +53,6 @@ def latest_checkpoint(root: Path) -> Path | None:
     return found[0] if found else None
 
 
-def _write_durably(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _write_convert_metadata(megatron_dir: Path, model_chunks, arch: Any, tokenizer_dir: str | None) -> None:
     """What ``rlad-megatron convert mcore-to-hf`` needs next to the weights: the architecture, the padded vocabulary
     and layout it was written at, the tokenizer files (global rank 0 = first pipeline stage)."""
@@ -119,7 +110,7 @@ def save_trainer_checkpoint(root: Path, step: int, model_chunks, optimizer, trai
         if rank == 0 and arch is not None:
             _write_convert_metadata(tmp / "megatron", model_chunks, arch, tokenizer_dir)
         state = dict(trainer_state, step=step, rng=_rng_state())
-        _write_durably(tmp / f"trainer_rank{rank}.json", json.dumps(state))
+        ckf.write_text_durably(tmp / f"trainer_rank{rank}.json", json.dumps(state))
     except BaseException:
         if rank == 0:  # e.g. a full disk: free what this attempt wrote; complete checkpoints are untouched
             shutil.rmtree(tmp, ignore_errors=True)
@@ -135,7 +126,7 @@ def save_trainer_checkpoint(root: Path, step: int, model_chunks, optimizer, trai
             os.replace(final, final.with_name(f"{final.name}.old-{os.getpid()}"))
         os.replace(tmp, final)
         ckf.fsync_dir(root)
-        _write_durably(root / ckf.LATEST, final.name)
+        ckf.write_text_durably(root / ckf.LATEST, final.name)
         ckf.fsync_dir(root)
         _prune(root, keep, current=final)
     dist.barrier()
