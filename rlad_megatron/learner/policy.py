@@ -10,6 +10,7 @@ Per-token values exist on the last pipeline stage only (that is where the logits
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Callable
 
@@ -71,9 +72,11 @@ class MegatronPolicy:
         sp = bool(getattr(config, "sequence_parallel", False))
         return math.lcm(default_pad_multiple(), ps.get_tensor_model_parallel_world_size() if sp else 1)
 
+    @functools.cached_property
     def _uses_thd(self) -> bool:
         """Packed rows go to Transformer Engine's attention as THD (cu_seqlens) when the model's attention is TE's;
-        otherwise a block-diagonal mask does the same on the local/torch attention."""
+        otherwise a block-diagonal mask does the same on the local/torch attention. (The module walk runs once: the
+        chunks' layer types never change.)"""
         return any(type(m).__name__ == "TEDotProductAttention" for chunk in self.chunks for m in chunk.modules())
 
     def micro_batches(self, batch: SequenceBatch, batching: "int | MicroBatching") -> list[MicroBatch]:
@@ -81,7 +84,7 @@ class MegatronPolicy:
         batching = as_micro_batching(batching)
         if not batching.fixed:
             batching = batching.with_length_multiple(self._length_multiple())
-        return build_micro_batches(batch, batching, thd=batching.packing and self._uses_thd())
+        return build_micro_batches(batch, batching, thd=batching.packing and self._uses_thd)
 
     def _run(self, batch: SequenceBatch, micro: list[MicroBatch], forward_only: bool,
              loss_fn: LossFn | None, scale: float) -> list[dict]:

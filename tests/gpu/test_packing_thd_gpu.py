@@ -31,7 +31,7 @@ def test_thd_packing_matches_padded_logprobs(tmp_path, model_parallel):
     chunks, arch = load_hf_model(hf, trainable=False, params_dtype=torch.bfloat16)
     chunks = [c.cuda() for c in chunks]
     policy = MegatronPolicy(chunks, arch.vocab_size)
-    assert policy._uses_thd()
+    assert policy._uses_thd
     g = torch.Generator().manual_seed(0)
     lengths = torch.randint(8, 120, (12,), generator=g)
     width = int(lengths.max())
