@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import atexit
 import importlib
+import json
 import os
 import pickle
 import select
@@ -62,8 +63,9 @@ _ENABLE_ENV = "RLAD_DIST_FORK_SERVER"  # "0" turns the server off even where a s
 _READY_TIMEOUT_S = 300.0
 
 
-def import_time_env(env: dict[str, str]) -> dict[str, str]:
-    return {k: v for k, v in env.items() if k.startswith(_IMPORT_TIME_PREFIXES) and k not in _NOT_IMPORT_TIME}
+def import_time_env(env: dict[str, str], ignore: frozenset[str] = frozenset()) -> dict[str, str]:
+    return {k: v for k, v in env.items()
+            if k.startswith(_IMPORT_TIME_PREFIXES) and k not in _NOT_IMPORT_TIME and k not in ignore}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -103,7 +105,8 @@ class ForkServer:
         self._dir = Path(tempfile.mkdtemp(prefix="rlad_forkserver_"))
         self.socket_path = str(self._dir / "socket")
         self.log_path = self._dir / "server.log"
-        self.import_env = import_time_env(env)
+        self.env = env
+        self.set_by_imports: frozenset[str] = frozenset()
         server_env = {**env, "OMP_NUM_THREADS": "1"}
         with open(self.log_path, "w") as log:
             self.proc = subprocess.Popen(
@@ -120,6 +123,15 @@ class ForkServer:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the fork server was not ready after {_READY_TIMEOUT_S:.0f}s")
             time.sleep(0.05)
+        # Variables the preloaded modules set themselves (torch sets TORCHINDUCTOR_CACHE_DIR) are no difference:
+        # a fresh rank's imports set them the same way.
+        self.set_by_imports = frozenset(json.loads(Path(self.socket_path + ".ready").read_text()))
+
+    def differences(self, env: dict[str, str]) -> list[str]:
+        """The import-time variables that ``env`` sets differently than the server had them."""
+        mine = import_time_env(self.env, self.set_by_imports)
+        theirs = import_time_env(env, self.set_by_imports)
+        return sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
 
     def fork_rank(self, workdir: Path, env: dict[str, str], log_path: Path, cwd: str) -> RankProcess:
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -195,7 +207,10 @@ def server_for(env: dict[str, str]) -> ForkServer | None:
     if _server.proc.poll() is not None:
         _broken = f"the fork server exited {_server.proc.returncode}"
         return None
-    if import_time_env(env) != _server.import_env:
+    differences = _server.differences(env)
+    if differences:
+        print(f"rlad_megatron.testing.fork_server: this run spawns fresh ranks: {differences} differ from the "
+              "server's environment", file=sys.stderr)
         return None
     return _server
 
@@ -279,11 +294,13 @@ def _child(request: dict[str, Any], close_fds: list[int], ready_w: int) -> None:
 
 
 def serve(socket_path: str) -> None:
+    before = dict(os.environ)
     _preload()
+    set_by_imports = sorted(k for k, v in os.environ.items() if before.get(k) != v)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(socket_path)
     listener.listen(64)
-    Path(socket_path + ".ready").write_text(str(os.getpid()))
+    Path(socket_path + ".ready").write_text(json.dumps(set_by_imports))
     waiting: dict[int, socket.socket] = {}  # rank pid -> the connection its exit status goes to
     stdin = sys.stdin.fileno()
     try:
