@@ -101,7 +101,7 @@ class RankProcess:
 class ForkServer:
     """The client's handle on one server process."""
 
-    def __init__(self, env: dict[str, str], cwd: str):
+    def __init__(self, env: dict[str, str], cwd: str, preload: tuple[str, ...] = PRELOAD):
         self._dir = Path(tempfile.mkdtemp(prefix="rlad_forkserver_"))
         self.socket_path = str(self._dir / "socket")
         self.log_path = self._dir / "server.log"
@@ -110,7 +110,7 @@ class ForkServer:
         server_env = {**env, "OMP_NUM_THREADS": "1"}
         with open(self.log_path, "w") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "rlad_megatron.testing.fork_server", self.socket_path],
+                [sys.executable, "-m", "rlad_megatron.testing.fork_server", self.socket_path, ",".join(preload)],
                 env=server_env, cwd=cwd, stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
@@ -136,7 +136,8 @@ class ForkServer:
     def fork_rank(self, workdir: Path, env: dict[str, str], log_path: Path, cwd: str) -> RankProcess:
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         conn.connect(self.socket_path)
-        payload = pickle.dumps({"workdir": str(workdir), "env": env, "log": str(log_path), "cwd": cwd})
+        payload = pickle.dumps({"workdir": str(workdir), "env": env, "log": str(log_path), "cwd": cwd,
+                                "set_by_imports": sorted(self.set_by_imports)})
         conn.sendall(_HEADER.pack(len(payload)) + payload)
         data = _recv_exact(conn, _STATUS.size)
         if not data:
@@ -234,12 +235,12 @@ def _recv_exact(conn: socket.socket, size: int) -> bytes:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _preload() -> None:
+def _preload(modules: list[str]) -> None:
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for name in PRELOAD:
+        for name in modules:
             try:
                 importlib.import_module(name)
             except Exception as exc:  # noqa: BLE001 - the child imports it itself and reports the error
@@ -266,7 +267,11 @@ def _child(request: dict[str, Any], close_fds: list[int], ready_w: int) -> None:
         os.dup2(log, 2)
         os.close(devnull)
         os.close(log)
+        # The caller's environment, plus what the preloaded modules' imports set in the server (a fresh rank's
+        # imports would set them too) unless the caller sets them itself.
+        set_by_imports = {k: os.environ[k] for k in request["set_by_imports"] if k in os.environ}
         os.environ.clear()
+        os.environ.update(set_by_imports)
         os.environ.update(request["env"])
         os.chdir(request["cwd"])
         sys.argv = [sys.argv[0], request["workdir"]]
@@ -293,9 +298,9 @@ def _child(request: dict[str, Any], close_fds: list[int], ready_w: int) -> None:
             os._exit(code if isinstance(code, int) else 1)
 
 
-def serve(socket_path: str) -> None:
+def serve(socket_path: str, preload: list[str]) -> None:
     before = dict(os.environ)
-    _preload()
+    _preload(preload)
     set_by_imports = sorted(k for k, v in os.environ.items() if before.get(k) != v)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(socket_path)
@@ -354,4 +359,4 @@ def _reap(waiting: dict[int, socket.socket]) -> None:
 
 
 if __name__ == "__main__":
-    serve(sys.argv[1])
+    serve(sys.argv[1], [name for name in sys.argv[2].split(",") if name])
