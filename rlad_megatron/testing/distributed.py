@@ -123,7 +123,7 @@ def run_distributed(
         )
         rank_env.update(env or {})
         rank_envs.append(rank_env)
-    server = fork_server.server_for(rank_envs[0])
+    server = fork_server.server_for(rank_envs[0], fork_server.flavour_for(spec["module_file"]))
     try:
         for rank, rank_env in enumerate(rank_envs):
             if server is not None:

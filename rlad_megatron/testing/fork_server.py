@@ -12,7 +12,8 @@ Why fork is safe here: the server only imports (no collectives, no process group
 does not have); the child sets its own thread count as a fresh rank does. Megatron's CPU patches are applied only in
 the children (``apply()`` patches modules imported before it too), so every child starts unpatched.
 
-Used when a session enables it (tests/conftest.py does: started on the first run, stopped by pid at the session's
+Two servers at most, each started on first use: one for bodies that use vLLM (it has imported vLLM too), one for
+the others. Used when a session enables it (tests/conftest.py does: started on the first run, stopped by pid at the session's
 end, or when its parent dies); ``run_distributed`` spawns fresh processes as before when it is not enabled, when it
 cannot start, or when a run's environment differs from the server's in a variable read at import time.
 """
@@ -166,54 +167,64 @@ class ForkServer:
             pass
 
 
+# Bodies that use vLLM fork from a second server that has imported it too (~5-20 s per rank otherwise); the others
+# never see vLLM's import-time side effects (environment variables, registered ops).
+FLAVOURS = {"megatron": PRELOAD, "vllm": (*PRELOAD, "vllm", "rlad_megatron.rollout.vllm_engine")}
+
 _enabled = False
-_server: ForkServer | None = None
-_broken: str | None = None
+_servers: dict[str, ForkServer] = {}
+_broken: dict[str, str] = {}
 
 
 def enable() -> None:
-    """Let ``run_distributed`` fork its ranks from a server in this process (started on first use)."""
+    """Let ``run_distributed`` fork its ranks from servers in this process (each started on first use)."""
     global _enabled
     _enabled = os.environ.get(_ENABLE_ENV, "1") != "0"
 
 
+def flavour_for(module_file: str) -> str:
+    """Which server a body's module needs: "vllm" when its source mentions vLLM."""
+    try:
+        return "vllm" if "vllm" in Path(module_file).read_text(errors="replace") else "megatron"
+    except OSError:
+        return "megatron"
+
+
 def stop() -> None:
-    """Stop this process's server, if one runs (by its pid; also registered with atexit)."""
-    global _server
-    if _server is not None:
-        _server.stop()
-        _server = None
+    """Stop this process's servers, if any run (by pid; also registered with atexit)."""
+    while _servers:
+        _servers.pop(next(iter(_servers))).stop()
 
 
-def server_for(env: dict[str, str]) -> ForkServer | None:
-    """The running server if it can fork ranks for a run with this environment; None: spawn fresh processes."""
-    global _server, _broken
-    if not _enabled or _broken is not None:
+def server_for(env: dict[str, str], flavour: str = "megatron") -> ForkServer | None:
+    """The running server of ``flavour`` if it can fork ranks for a run with this environment; None: spawn fresh
+    processes."""
+    if not _enabled or flavour in _broken:
         return None
-    if _server is None:
+    server = _servers.get(flavour)
+    if server is None:
         try:
-            server = ForkServer(_base_env(env), os.getcwd())
+            server = ForkServer(_base_env(env), os.getcwd(), FLAVOURS[flavour])
             server.wait_ready()
         except Exception as exc:  # noqa: BLE001 - any failure means: spawn as before, and say why once
-            _broken = str(exc)
+            _broken[flavour] = str(exc)
             print(f"rlad_megatron.testing.fork_server: not used ({exc}); ranks start as fresh processes",
                   file=sys.stderr)
-            try:
+            if server is not None:
                 server.stop()
-            except Exception:  # noqa: BLE001
-                pass
             return None
-        _server = server
-        atexit.register(stop)
-    if _server.proc.poll() is not None:
-        _broken = f"the fork server exited {_server.proc.returncode}"
+        if not _servers:
+            atexit.register(stop)
+        _servers[flavour] = server
+    if server.proc.poll() is not None:
+        _broken[flavour] = f"the fork server exited {server.proc.returncode}"
         return None
-    differences = _server.differences(env)
+    differences = server.differences(env)
     if differences:
         print(f"rlad_megatron.testing.fork_server: this run spawns fresh ranks: {differences} differ from the "
               "server's environment", file=sys.stderr)
         return None
-    return _server
+    return server
 
 
 def _base_env(env: dict[str, str]) -> dict[str, str]:
