@@ -57,7 +57,12 @@ PRELOAD = (
 # Environment variables that the preloaded modules read when imported: a run that sets them differently than the
 # server had them cannot use the server (it spawns fresh processes instead).
 _IMPORT_TIME_PREFIXES = ("PYTHON", "LD_", "TORCH", "PYTORCH", "MEGATRON", "NVTE", "CUDA", "KMP_", "MKL_", "WANDB")
-_NOT_IMPORT_TIME = {"PYTHONUNBUFFERED"}
+# What importing vLLM sets in the importing process (measured with its CPU build): a test that runs vLLM in the pytest
+# process leaves them there, and a fresh rank's own imports would set them the same way. They reach the child with
+# the caller's values; they are no reason to spawn. (LD_LIBRARY_PATH: vLLM's cv2 appends its lib64 folder.)
+_SET_BY_IMPORTS_IN_CALLER = {"PYTHONUNBUFFERED", "TORCHINDUCTOR_CACHE_DIR", "TORCHINDUCTOR_COMPILE_THREADS",
+                             "PYTORCH_NVML_BASED_CUDA_CHECK", "LD_LIBRARY_PATH"}
+_NOT_IMPORT_TIME = {"PYTHONUNBUFFERED", *_SET_BY_IMPORTS_IN_CALLER}
 _HEADER = struct.Struct("!I")
 _STATUS = struct.Struct("!i")
 _ENABLE_ENV = "RLAD_DIST_FORK_SERVER"  # "0" turns the server off even where a session enables it
