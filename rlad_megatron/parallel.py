@@ -84,15 +84,11 @@ def initialize_model_parallel(
 
     Data parallelism is what is left: ``world_size / (tensor_parallel * pipeline_parallel * context_parallel)``.
     Expert parallelism (MoE) shards the experts over ``expert_parallel`` data-parallel ranks (expert tensor parallel
-    size 1). Context parallelism splits each sequence over ``context_parallel`` ranks and needs Transformer Engine
-    (a ``RuntimeError`` saying so here, at start, otherwise).
+    size 1). Context parallelism splits each sequence over ``context_parallel`` ranks (TE's attention on GPUs, our
+    all-gather attention on the local spec otherwise: ``models.builder.layer_spec``).
     """
     if context_parallel < 1:
         raise ValueError(f"context parallel size must be >= 1, got {context_parallel}")
-    if context_parallel > 1:
-        from rlad_megatron.models.builder import check_context_parallel
-
-        check_context_parallel(context_parallel)
     init_distributed()
     world = dist.get_world_size()
     model_size = tensor_parallel * pipeline_parallel * context_parallel
