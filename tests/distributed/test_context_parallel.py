@@ -88,6 +88,36 @@ def test_cp_attention_equals_plain_causal_attention() -> None:
             torch.testing.assert_close(got[key], want.detach(), rtol=1e-5, atol=1e-6, msg=f"case {case} {key}")
 
 
+# --------------------------------------------------------------------------------------------- RoPE per rank
+def _rope_rank(skip: tuple[str, ...]) -> torch.Tensor:
+    from megatron.core.models.common.embeddings.rotary_pos_embedding import RotaryEmbedding
+
+    from rlad_megatron import parallel
+    from rlad_megatron.compat import megatron_cpu
+
+    megatron_cpu.apply(skip=frozenset(skip))
+    parallel.initialize_model_parallel(1, 1, context_parallel=2, seed=0)
+    rope = RotaryEmbedding(kv_channels=HEAD_DIM, rotary_percent=1.0, rotary_base=10000)
+    return rope(SEQ).reshape(SEQ // 2, HEAD_DIM)  # this rank's positions: get_pos_emb_on_this_cp_rank
+
+
+def test_rope_tables_hold_each_ranks_global_positions() -> None:
+    """Megatron cuts the RoPE table per CP rank with ``.cuda()`` on a pinned index tensor (rope_utils): on CPU the
+    compat patches (``tensor_cuda``; the torch proxy drops ``pin_memory``) make it run, and each rank gets the
+    angles of its two chunks' global positions (reference: written here from the RoPE formula)."""
+    from rlad_megatron.learner.context_parallel import cp_split
+    from rlad_megatron.testing.distributed import DistributedRunError
+
+    parts = run_distributed(_rope_rank, 2, init_megatron=False, args=((),), timeout=240)
+    inv_freq = 1.0 / 10000 ** (torch.arange(0, HEAD_DIM, 2, dtype=torch.float32) / HEAD_DIM)
+    angles = torch.outer(torch.arange(SEQ, dtype=torch.float32), inv_freq)
+    table = torch.cat([angles, angles], dim=-1)
+    for rank, part in enumerate(parts):
+        torch.testing.assert_close(part, cp_split(table, 2, rank, dim=0))
+    with pytest.raises(DistributedRunError, match=r"(?s)get_pos_emb_on_this_cp_rank.*CUDA"):
+        run_distributed(_rope_rank, 2, init_megatron=False, args=(("tensor_cuda",),), timeout=240)
+
+
 # --------------------------------------------------------------------------------------------- the learner
 GLOBAL_BATCH = 8
 BUDGET = 24
