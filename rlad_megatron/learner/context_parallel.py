@@ -116,6 +116,15 @@ def cp_loss_scale(num_micro_batches: int, data_parallel: int, cp_size: int) -> f
     return float(num_micro_batches * data_parallel) / cp_size
 
 
+def cp_row_width(width: int, cp_size: int, length_multiple: int = 1) -> int:
+    """The width a row of ``width`` tokens is padded to under CP: ``2 x CP`` equal chunks, each rank's part (two
+    chunks) a multiple of ``length_multiple`` (sequence parallelism splits it over the TP ranks)."""
+    if cp_size == 1:
+        return width
+    multiple = 2 * cp_size * max(1, length_multiple)
+    return -(-width // multiple) * multiple
+
+
 class ContextParallelRows:
     """One micro-batch's rows as a CP rank feeds them to the model, and its per-token outputs back.
 
@@ -129,8 +138,7 @@ class ContextParallelRows:
     def __init__(self, tokens: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor | None,
                  cp_size: int, cp_rank: int, group, length_multiple: int = 1) -> None:
         width = int(tokens.shape[1])
-        multiple = 2 * cp_size * max(1, length_multiple)  # each rank's part a multiple of length_multiple too
-        padded = -(-width // multiple) * multiple
+        padded = cp_row_width(width, cp_size, length_multiple)
         extra = padded - width
         self.width, self.padded, self.cp_size, self.cp_rank, self.group = width, padded, cp_size, cp_rank, group
         targets = torch.nn.functional.pad(tokens[:, 1:], (0, extra + 1))

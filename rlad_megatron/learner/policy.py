@@ -26,7 +26,7 @@ from rlad_megatron.learner.batching import (
     filler_micro_batch,
     scatter_token_values,
 )
-from rlad_megatron.learner.context_parallel import context_parallel_rows, cp_loss_scale
+from rlad_megatron.learner.context_parallel import context_parallel_rows, cp_loss_scale, cp_row_width
 from rlad_megatron.learner.sequences import SequenceBatch
 
 # loss_fn(logprobs [b, L-1] with grad, entropy [b, L-1] or None, micro_batch) -> (loss share, metrics)
@@ -134,7 +134,10 @@ class MegatronPolicy:
             return output, loss_func
 
         config = self.chunks[0].config if hasattr(self.chunks[0], "config") else None
-        seq_length = max(m.width for m in micro)
+        # the whole rows' width (padded for context parallelism: Megatron divides it by the CP size for the shapes
+        # that pipeline stages exchange)
+        seq_length = cp_row_width(max(m.width for m in micro), ps.get_context_parallel_world_size(),
+                                  self._length_multiple())
         micro_batch_size = max(int(m.tokens.shape[0]) for m in micro)
         # Under pipeline parallelism the stages exchange activations of each micro-batch's own shape: Megatron
         # sends the shape first when variable_seq_lengths is on (only needed when the shapes differ).

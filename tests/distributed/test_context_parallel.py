@@ -163,7 +163,7 @@ def _student(cp: int, sequence_parallel: bool):
                     post_process=ps.is_pipeline_last_stage(), share_embeddings_and_output_weights=False)
 
 
-def _learner_rank(tp: int, cp: int, sequence_parallel: bool, modes: tuple[str, ...], plant: bool) -> list[dict]:
+def _learner_rank(tp: int, cp: int, sequence_parallel: bool, modes: tuple[str, ...], pp: int = 1) -> list[dict]:
     import torch.distributed as dist
     from megatron.core import parallel_state as ps
 
@@ -176,12 +176,16 @@ def _learner_rank(tp: int, cp: int, sequence_parallel: bool, modes: tuple[str, .
     from rlad_megatron.testing.gather import gather_full
     from rlad_megatron.testing.tiny_gpt import VOCAB
 
-    parallel.initialize_model_parallel(tp, 1, context_parallel=cp, seed=1234)
+    parallel.initialize_model_parallel(tp, pp, context_parallel=cp, seed=1234)
+    last = ps.is_pipeline_last_stage()
     dp_rank, dp = ps.get_data_parallel_rank(), ps.get_data_parallel_world_size()
     per_rank = GLOBAL_BATCH // dp
     batch = _global_batch().select(slice(dp_rank * per_rank, (dp_rank + 1) * per_rank))
-    if plant and ps.get_context_parallel_rank() == 1:  # the check of the check: one position wrong on one rank
-        batch.tokens[0, 5] = (batch.tokens[0, 5] + 1) % VOCAB
+    # The check of the check ("planted"): one input position wrong on one CP rank (position 5 of the first row
+    # is in CP rank 1's chunks), the fixed layout otherwise.
+    planted = _global_batch().select(slice(dp_rank * per_rank, (dp_rank + 1) * per_rank))
+    if ps.get_context_parallel_rank() == 1:
+        planted.tokens[0, 5] = (planted.tokens[0, 5] + 1) % VOCAB
     local = local_denominators(batch.loss_mask).as_tensor()
     dist.all_reduce(local, group=ps.get_data_parallel_group())
     denominators = Denominators.from_tensor(local)
@@ -198,18 +202,21 @@ def _learner_rank(tp: int, cp: int, sequence_parallel: bool, modes: tuple[str, .
         return loss, stats
 
     batchings = {"fixed": 2, "budget": MicroBatching(max_tokens=BUDGET),
-                 "packed": MicroBatching(max_tokens=BUDGET, packing=True)}
+                 "packed": MicroBatching(max_tokens=BUDGET, packing=True), "planted": 2}
     results = []
     for name in modes:
+        inputs = planted if name == "planted" else batch
         wrapped, optimizer = build_student([_student(cp, sequence_parallel)],
                                            OptimConfig(lr=0.5, adam_eps=1.0, clip_grad=0.0))
         policy = MegatronPolicy(wrapped, VOCAB, optimizer=optimizer)
-        out = {"mode": name, "keep": ps.get_tensor_model_parallel_rank() == 0 and ps.get_context_parallel_rank() == 0}
-        out["logprobs"] = policy.token_logprobs(batch, batchings[name])[batch.loss_mask]
+        out = {"mode": name, "keep": ps.get_tensor_model_parallel_rank() == 0 and ps.get_context_parallel_rank() == 0,
+               "last": last}
+        logprobs = policy.token_logprobs(inputs, batchings[name])  # None off the last pipeline stage
+        out["logprobs"] = logprobs[batch.loss_mask] if last else None
         losses, norms = [], []
         for _ in range(2):
             shares.clear()
-            step = policy.train_step(batch, loss_fn, batchings[name])
+            step = policy.train_step(inputs, loss_fn, batchings[name])
             assert step.applied
             norms.append(step.grad_norm)
             losses.append(sum(shares))
@@ -221,15 +228,19 @@ def _learner_rank(tp: int, cp: int, sequence_parallel: bool, modes: tuple[str, .
 
 
 def _merged(per_rank: list[list[dict]]) -> dict[str, dict]:
-    """Per mode: the log-probs of every DP rank in rank order, loss, norms and weights (TP rank 0, CP rank 0)."""
+    """Per mode: the log-probs of every DP rank in rank order and the loss (last pipeline stage), the gradient
+    norms, and the weights of every stage (TP rank 0, CP rank 0)."""
     merged: dict[str, dict] = {}
     for rank_results in per_rank:
         for r in rank_results:
             if not r["keep"]:
                 continue
-            m = merged.setdefault(r["mode"], {"logprobs": []})
-            m["logprobs"].append(r["logprobs"])
-            m.update(loss=r["loss"], grad_norms=r["grad_norms"], params=r["params"])
+            m = merged.setdefault(r["mode"], {"logprobs": [], "params": {}})
+            m["params"].update(r["params"])
+            m["grad_norms"] = r["grad_norms"]
+            if r["last"]:
+                m["logprobs"].append(r["logprobs"])
+                m["loss"] = r["loss"]
     for m in merged.values():
         m["logprobs"] = torch.cat(m["logprobs"])
     return merged
@@ -244,19 +255,20 @@ def _max_differences(got: dict, ref: dict) -> dict[str, float]:
     }
 
 
-_REFERENCE: dict[str, dict] = {}
+_REFERENCES: dict[int, dict] = {}
 
 
-def _cp1_reference() -> dict:
-    """The CP=1, one-rank learner on the fixed layout (computed once per session)."""
-    if not _REFERENCE:
-        _REFERENCE.update(_merged(run_distributed(_learner_rank, 1, init_megatron=False,
-                                                  args=(1, 1, False, ("fixed",), False), timeout=300))["fixed"])
-    return _REFERENCE
+def _cp1_reference(pp: int = 1) -> dict:
+    """The CP=1 learner on the fixed layout, on one rank (PP ranks at ``pp`` > 1: the tiny model's initial weights
+    depend on the pipeline layout), computed once per session."""
+    if pp not in _REFERENCES:
+        _REFERENCES[pp] = _merged(run_distributed(_learner_rank, pp, init_megatron=False,
+                                                  args=(1, 1, False, ("fixed",), pp), timeout=300))["fixed"]
+    return _REFERENCES[pp]
 
 
-def _assert_matches_cp1(merged: dict[str, dict]) -> None:
-    ref = _cp1_reference()
+def _assert_matches_cp1(merged: dict[str, dict], pp: int = 1) -> None:
+    ref = _cp1_reference(pp)
     assert abs(ref["loss"][0]) > 1e-4 and ref["logprobs"].numel() > 40  # something to compare
     for mode, got in merged.items():
         diffs = _max_differences(got, ref)
@@ -269,21 +281,18 @@ def _assert_matches_cp1(merged: dict[str, dict]) -> None:
 
 
 def test_cp2_learner_equals_cp1() -> None:
-    _assert_matches_cp1(_merged(run_distributed(_learner_rank, 2, init_megatron=False,
-                                                args=(1, 2, False, ("fixed", "budget", "packed"), False),
-                                                timeout=400)))
-
-
-def test_planted_position_error_is_caught() -> None:
-    """The comparison can fail: one token changed on one CP rank's input moves the log-probs past 1e-5."""
-    merged = _merged(run_distributed(_learner_rank, 2, init_megatron=False, args=(1, 2, False, ("fixed",), True),
-                                     timeout=300))
-    with pytest.raises(AssertionError):
-        _assert_matches_cp1(merged)
+    merged = _merged(run_distributed(_learner_rank, 2, init_megatron=False,
+                                     args=(1, 2, False, ("fixed", "budget", "packed", "planted")), timeout=400))
+    planted = {"planted": merged.pop("planted")}
+    _assert_matches_cp1(merged)
+    with pytest.raises(AssertionError):  # the comparison can fail: one wrong position on one rank is caught
+        _assert_matches_cp1(planted)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("tp,sp", [(1, False), (2, True)], ids=["cp2_dp2", "cp2_tp2_sp"])
-def test_cp2_four_ranks_equal_cp1(tp: int, sp: bool) -> None:
+@pytest.mark.parametrize("tp,pp,sp", [(1, 1, False), (2, 1, True), (1, 2, False)],
+                         ids=["cp2_dp2", "cp2_tp2_sp", "cp2_pp2"])
+def test_cp2_four_ranks_equal_cp1(tp: int, pp: int, sp: bool) -> None:
+    """Token-budget micro-batches (widths vary per micro-batch, through the pipeline schedule too)."""
     _assert_matches_cp1(_merged(run_distributed(_learner_rank, 4, init_megatron=False,
-                                                args=(tp, 2, sp, ("budget",), False), timeout=400)))
+                                                args=(tp, 2, sp, ("budget",), pp), timeout=400)), pp)
