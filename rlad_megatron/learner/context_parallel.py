@@ -6,9 +6,11 @@ every rank does the same attention work (an early chunk is cheap, its mirror lat
 per-token tensor (tokens, position ids, labels, masks, log-probs) is split the same way, along its sequence
 dimension, and per-token outputs (log-probs) are put back in order with :func:`cp_merge`.
 
-The forward step calls :func:`cp_split` on the micro-batch when ``parallel.context_parallel > 1`` (the row length
-padded to a multiple of ``2 x CP`` first: :func:`cp_padded_length`). Pure tensor code, tested on CPU against the
-unsplit layout; the attention itself needs TE on a GPU (``tests/gpu/test_context_parallel_gpu.py``).
+The forward step (``learner.policy``) takes each micro-batch through :func:`context_parallel_rows` when
+``parallel.context_parallel > 1``: rows padded (:func:`cp_row_width`), split, and the per-token log-probs
+all-gathered back whole (:func:`cp_all_gather_merge`, autograd-correct), with the loss scale of
+:func:`cp_loss_scale`. The attention is TE's on GPUs, ``models.cp_attention`` otherwise. Tested on CPU against
+CP=1 (``tests/distributed/test_context_parallel.py``) and on GPUs with TE (``tests/gpu``).
 """
 from __future__ import annotations
 
