@@ -3,8 +3,10 @@
 - The CP core attention (``models.cp_attention``) of each rank's two load-balanced chunks equals plain causal
   attention (torch ops written here) on the unsplit sequence: outputs and the gradients of Q, K and V, with GQA,
   with no mask and with a padded row's mask.
-- The learner at CP=2 (and CP=2 x DP=2, CP=2 x TP=2) gives the CP=1 learner's log-probs, loss, gradient norms and
-  weights after two optimizer steps (rlad; fixed, token-budget and packed micro-batches), within 1e-5 in fp32.
+- Megatron's RoPE table, cut per CP rank, holds each rank's global positions (runs on CPU through the compat patches).
+- The learner at CP=2 (and CP=2 x DP=2, CP=2 x TP=2 with SP, CP=2 x PP=2) gives the CP=1 learner's log-probs, loss, gradient norms and
+  weights after two optimizer steps (rlad; fixed, token-budget and packed micro-batches, selective recomputation),
+  within 1e-5 in fp32; the same run with one input position changed on one CP rank does not (the check can fail).
   The batch, the model and the loss are those of ``test_batching_equivalence``: random lengths, random per-token
   teacher / engine values, any misaligned position changes the loss.
 """
@@ -142,7 +144,7 @@ def _global_batch():
                          engine_logprobs=-5.0 + noise, teacher_logprobs=-4.5 - noise.abs(), lengths=lengths)
 
 
-def _student(cp: int, sequence_parallel: bool):
+def _student(cp: int, sequence_parallel: bool, **overrides):
     """The tiny GPT of ``testing.tiny_gpt`` (same weights at any layout) with the CP attention at CP > 1."""
     from megatron.core import parallel_state as ps
     from megatron.core import tensor_parallel
@@ -152,7 +154,7 @@ def _student(cp: int, sequence_parallel: bool):
     from rlad_megatron.models.builder import with_context_parallel_attention
     from rlad_megatron.testing.tiny_gpt import SEQ as MAX_SEQ, VOCAB, tiny_config
 
-    config = tiny_config(num_layers=2, sequence_parallel=sequence_parallel, context_parallel_size=cp)
+    config = tiny_config(num_layers=2, sequence_parallel=sequence_parallel, context_parallel_size=cp, **overrides)
     spec = get_gpt_layer_local_spec(normalization="RMSNorm")
     if cp > 1:
         spec = with_context_parallel_attention(spec)
@@ -173,6 +175,7 @@ def _learner_rank(tp: int, cp: int, sequence_parallel: bool, modes: tuple[str, .
     from rlad_megatron.learner.policy import MegatronPolicy, build_student
     from rlad_megatron.loss import Denominators, compute_policy_loss, local_denominators
     from rlad_megatron.loss.config import LossConfig
+    from rlad_megatron.models.builder import recompute_fields
     from rlad_megatron.testing.gather import gather_full
     from rlad_megatron.testing.tiny_gpt import VOCAB
 
@@ -202,11 +205,14 @@ def _learner_rank(tp: int, cp: int, sequence_parallel: bool, modes: tuple[str, .
         return loss, stats
 
     batchings = {"fixed": 2, "budget": MicroBatching(max_tokens=BUDGET),
-                 "packed": MicroBatching(max_tokens=BUDGET, packing=True), "planted": 2}
+                 "packed": MicroBatching(max_tokens=BUDGET, packing=True), "planted": 2,
+                 "selective_recompute": MicroBatching(max_tokens=BUDGET)}
     results = []
     for name in modes:
         inputs = planted if name == "planted" else batch
-        wrapped, optimizer = build_student([_student(cp, sequence_parallel)],
+        # selective recomputation re-runs the CP attention (and its all-gathers) inside the backward
+        recompute = recompute_fields("selective") if name == "selective_recompute" else {}
+        wrapped, optimizer = build_student([_student(cp, sequence_parallel, **recompute)],
                                            OptimConfig(lr=0.5, adam_eps=1.0, clip_grad=0.0))
         policy = MegatronPolicy(wrapped, VOCAB, optimizer=optimizer)
         out = {"mode": name, "keep": ps.get_tensor_model_parallel_rank() == 0 and ps.get_context_parallel_rank() == 0,
@@ -282,7 +288,8 @@ def _assert_matches_cp1(merged: dict[str, dict], pp: int = 1) -> None:
 
 def test_cp2_learner_equals_cp1() -> None:
     merged = _merged(run_distributed(_learner_rank, 2, init_megatron=False,
-                                     args=(1, 2, False, ("fixed", "budget", "packed", "planted")), timeout=400))
+                                     args=(1, 2, False, ("fixed", "budget", "packed", "selective_recompute",
+                                                         "planted")), timeout=400))
     planted = {"planted": merged.pop("planted")}
     _assert_matches_cp1(merged)
     with pytest.raises(AssertionError):  # the comparison can fail: one wrong position on one rank is caught
