@@ -96,11 +96,12 @@ class MegatronPolicy:
         ps, tp_group = self._groups()
         want_entropy = self.with_entropy and loss_fn is not None
         device = rank_device()  # cuda:LOCAL_RANK in an NCCL job, else the CPU (rlad_megatron/device.py)
+        length_multiple = self._length_multiple()
 
         def forward_step(data_iterator, model):
             mb: MicroBatch = next(data_iterator).to(device)  # the one host->device move of a micro-batch
             # context parallelism: this rank's two chunks of each row in, whole rows of log-probs out (None: CP=1)
-            cp_rows = context_parallel_rows(mb, self._length_multiple(), te_attention=self._uses_thd)
+            cp_rows = context_parallel_rows(mb, length_multiple, te_attention=self._uses_thd)
             if cp_rows is not None:
                 output = model(cp_rows.tokens, cp_rows.position_ids, cp_rows.attention_mask)
             elif mb.packed_seq_params is not None:
@@ -127,8 +128,9 @@ class MegatronPolicy:
                     zero = row_logprobs.sum() * 0.0
                     return zero, {"metrics": None, "loss": zero.detach().clone()}
                 loss, metrics = loss_fn(logprobs, entropy, mb.sequences)
-                # Megatron divides by the number of micro-batches and DDP averages over data-parallel ranks; the
-                # loss share already has the global denominator, so undo both to get exactly its gradient.
+                # Megatron divides by the number of micro-batches and DDP averages over data-parallel ranks (x CP:
+                # cp_loss_scale); the loss share already has the global denominator, so undo both to get exactly
+                # its gradient.
                 return loss * scale, {"metrics": metrics, "loss": loss.detach().clone()}
 
             return output, loss_func
@@ -137,7 +139,7 @@ class MegatronPolicy:
         # the whole rows' width (padded for context parallelism: Megatron divides it by the CP size for the shapes
         # that pipeline stages exchange)
         seq_length = cp_row_width(max(m.width for m in micro), ps.get_context_parallel_world_size(),
-                                  self._length_multiple())
+                                  length_multiple)
         micro_batch_size = max(int(m.tokens.shape[0]) for m in micro)
         # Under pipeline parallelism the stages exchange activations of each micro-batch's own shape: Megatron
         # sends the shape first when variable_seq_lengths is on (only needed when the shapes differ).
