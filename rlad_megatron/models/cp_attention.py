@@ -44,7 +44,6 @@ class ContextParallelDotProductAttention(MegatronModule):
         super().__init__(config=config)
         from megatron.core.transformer.dot_product_attention import DotProductAttention
 
-        self.cp_size = int(config.context_parallel_size)
         # Megatron's attention on the gathered keys/values: itself it sees no context parallelism
         local_config = copy.copy(config)
         local_config.context_parallel_size = 1
