@@ -9,7 +9,7 @@ torch AdamW's ``step`` state.
 
 Context parallelism needs no patch of its own: Megatron cuts the RoPE table per CP rank in
 ``rope_utils.get_pos_emb_on_this_cp_rank`` with ``torch.tensor(..., pin_memory=True).cuda()``, which the torch proxy
-(``pin_memory`` dropped) and ``tensor_cuda`` already cover (shown in ``tests/distributed/test_context_parallel.py``);
+(``pin_memory`` dropped) and ``tensor_cuda`` already cover (``tests/distributed/test_context_parallel.py``);
 the attention that Megatron's local spec lacks under CP is ours (``rlad_megatron.models.cp_attention``).
 
 Every patch lives here and nowhere else. It is applied only when CUDA is absent (``apply()`` is a no-op on a GPU

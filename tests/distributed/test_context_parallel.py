@@ -3,7 +3,7 @@
 - The CP core attention (``models.cp_attention``) of each rank's two load-balanced chunks equals plain causal
   attention (torch ops written here) on the unsplit sequence: outputs and the gradients of Q, K and V, with GQA,
   with no mask and with a padded row's mask.
-- Megatron's RoPE table, cut per CP rank, holds each rank's global positions (runs on CPU through the compat patches).
+  Megatron's RoPE table, cut per CP rank, holds each rank's global positions (on CPU through the compat patches).
 - The learner at CP=2 (and CP=2 x DP=2, CP=2 x TP=2 with SP, CP=2 x PP=2) gives the CP=1 learner's log-probs, loss, gradient norms and
   weights after two optimizer steps (rlad; fixed, token-budget and packed micro-batches, selective recomputation),
   within 1e-5 in fp32; the same run with one input position changed on one CP rank does not (the check can fail).
@@ -73,13 +73,22 @@ def _cp_attention_rank(cp: int) -> list[dict]:
         context = attention(q, k, v, mask)
         context.backward(cp_split(grad_out, cp, rank, dim=0))
         out.append({"out": context.detach(), "dq": q.grad, "dk": k.grad, "dv": v.grad})
-    return out
+    return out, _rope_table()
+
+
+def _rope_table() -> torch.Tensor:
+    """This CP rank's RoPE angles from Megatron's ``RotaryEmbedding`` (cut by ``get_pos_emb_on_this_cp_rank``)."""
+    from megatron.core.models.common.embeddings.rotary_pos_embedding import RotaryEmbedding
+
+    rope = RotaryEmbedding(kv_channels=HEAD_DIM, rotary_percent=1.0, rotary_base=10000)
+    return rope(SEQ).reshape(SEQ // 2, HEAD_DIM)
 
 
 def test_cp_attention_equals_plain_causal_attention() -> None:
-    from rlad_megatron.learner.context_parallel import cp_merge
+    from rlad_megatron.learner.context_parallel import cp_merge, cp_split
 
-    parts = run_distributed(_cp_attention_rank, 2, init_megatron=False, args=(2,), timeout=240)
+    results = run_distributed(_cp_attention_rank, 2, init_megatron=False, args=(2,), timeout=240)
+    parts = [r[0] for r in results]
     for case, mask in enumerate((torch.ones(SEQ, SEQ, dtype=torch.bool).triu(1).view(1, 1, SEQ, SEQ),
                                  _padded_mask())):
         q, k, v, grad_out = (t.requires_grad_() if i < 3 else t for i, t in enumerate(_attention_inputs()))
@@ -88,36 +97,14 @@ def test_cp_attention_equals_plain_causal_attention() -> None:
         got = {key: cp_merge([p[case][key] for p in parts], dim=0) for key in ("out", "dq", "dk", "dv")}
         for key, want in (("out", reference), ("dq", q.grad), ("dk", k.grad), ("dv", v.grad)):
             torch.testing.assert_close(got[key], want.detach(), rtol=1e-5, atol=1e-6, msg=f"case {case} {key}")
-
-
-# --------------------------------------------------------------------------------------------- RoPE per rank
-def _rope_rank(skip: tuple[str, ...]) -> torch.Tensor:
-    from megatron.core.models.common.embeddings.rotary_pos_embedding import RotaryEmbedding
-
-    from rlad_megatron import parallel
-    from rlad_megatron.compat import megatron_cpu
-
-    megatron_cpu.apply(skip=frozenset(skip))
-    parallel.initialize_model_parallel(1, 1, context_parallel=2, seed=0)
-    rope = RotaryEmbedding(kv_channels=HEAD_DIM, rotary_percent=1.0, rotary_base=10000)
-    return rope(SEQ).reshape(SEQ // 2, HEAD_DIM)  # this rank's positions: get_pos_emb_on_this_cp_rank
-
-
-def test_rope_tables_hold_each_ranks_global_positions() -> None:
-    """Megatron cuts the RoPE table per CP rank with ``.cuda()`` on a pinned index tensor (rope_utils): on CPU the
-    compat patches (``tensor_cuda``; the torch proxy drops ``pin_memory``) make it run, and each rank gets the
-    angles of its two chunks' global positions (reference: written here from the RoPE formula)."""
-    from rlad_megatron.learner.context_parallel import cp_split
-    from rlad_megatron.testing.distributed import DistributedRunError
-
-    parts = run_distributed(_rope_rank, 2, init_megatron=False, args=((),), timeout=240)
+    # Megatron cuts the RoPE table per CP rank with `.cuda()` on a pinned index tensor (rope_utils): on CPU the
+    # compat patches (`tensor_cuda`; the torch proxy drops `pin_memory`) make it run; each rank must get the angles
+    # of its two chunks' global positions (reference: the RoPE formula, written here)
     inv_freq = 1.0 / 10000 ** (torch.arange(0, HEAD_DIM, 2, dtype=torch.float32) / HEAD_DIM)
     angles = torch.outer(torch.arange(SEQ, dtype=torch.float32), inv_freq)
     table = torch.cat([angles, angles], dim=-1)
-    for rank, part in enumerate(parts):
-        torch.testing.assert_close(part, cp_split(table, 2, rank, dim=0))
-    with pytest.raises(DistributedRunError, match=r"(?s)get_pos_emb_on_this_cp_rank.*CUDA"):
-        run_distributed(_rope_rank, 2, init_megatron=False, args=(("tensor_cuda",),), timeout=240)
+    for rank, (_, rope) in enumerate(results):
+        torch.testing.assert_close(rope, cp_split(table, 2, rank, dim=0))
 
 
 # --------------------------------------------------------------------------------------------- the learner
