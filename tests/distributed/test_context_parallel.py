@@ -6,7 +6,8 @@
   Megatron's RoPE table, cut per CP rank, holds each rank's global positions (on CPU through the compat patches).
 - The learner at CP=2 (and CP=2 x DP=2, CP=2 x TP=2 with SP, CP=2 x PP=2) gives the CP=1 learner's log-probs,
   loss, gradient norms and weights after two optimizer steps (rlad; fixed, token-budget and packed micro-batches,
-  selective recomputation), within 1e-5 in fp32; the same run with one input position changed on one CP rank does not (the check can fail).
+  selective recomputation), within 1e-5 in fp32; the same run with one input position changed on one CP rank
+  does not (the check can fail).
   The batch, the model and the loss are those of ``test_batching_equivalence``: random lengths, random per-token
   teacher / engine values, any misaligned position changes the loss.
 """

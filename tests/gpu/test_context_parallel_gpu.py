@@ -1,6 +1,7 @@
 """Context parallelism on GPUs: a tiny Qwen3 student's token log-probs at CP=2 (each rank holding its two
 load-balanced chunks of every row, Transformer Engine's ring attention) equal the CP=1 log-probs of the same rows,
-and so do the learner's (MegatronPolicy's forward step) log-probs and gradient norm. Needs two CUDA GPUs and Transformer Engine (skipped otherwise; conftest skips it without CUDA)."""
+and so do the learner's (MegatronPolicy's forward step) log-probs and gradient norm. Needs two CUDA GPUs and
+Transformer Engine (skipped otherwise; conftest skips it without CUDA)."""
 from __future__ import annotations
 
 import importlib.util
