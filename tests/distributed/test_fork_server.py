@@ -71,7 +71,7 @@ def test_a_failing_rank_reports_its_traceback() -> None:
 def test_a_hung_rank_is_killed_at_the_timeout(tmp_path) -> None:
     forked = os.environ.get("RLAD_DIST_FORK_SERVER") != "0"  # fresh ranks need longer to start on a loaded machine
     with pytest.raises(DistributedRunError, match="timed out"):
-        run_distributed(_hang, 2, args=(str(tmp_path),), init_megatron=False, timeout=20 if forked else 90)
+        run_distributed(_hang, 2, args=(str(tmp_path),), init_megatron=False, timeout=10 if forked else 90)
     pids = [int(p.read_text()) for p in tmp_path.glob("*.pid")]
     assert len(pids) == 2
     deadline = time.monotonic() + 10
