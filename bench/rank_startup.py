@@ -1,8 +1,9 @@
 """Time ``run_distributed`` with ranks forked from the pre-imported server against fresh rank processes (the
 baseline), interleaved in the same run so that both see the same machine load.
 
-Each round runs a small body (the tiny test GPT at TP=2: parallel state, model build, one forward and its loss) on 2 ranks, once with fresh processes (``python -m rlad_megatron.testing._rank_main`` per rank) and once
-forked from the server. The server's own start-up (once per pytest session) is timed separately and reported with the
+Each round runs a small body (the tiny test GPT at TP=2: parallel state, model build, one forward and its loss) on
+2 ranks, once with fresh processes (``python -m rlad_megatron.testing._rank_main`` per rank) and once forked from
+the server. The server's own start-up (once per pytest session) is timed separately and reported with the
 number of runs it takes to pay for itself.
 
 Final line: ``rank_startup: ratio_fresh_vs_forked=<x> server_start_s=<y>``.

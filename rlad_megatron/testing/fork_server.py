@@ -13,9 +13,10 @@ does not have); the child sets its own thread count as a fresh rank does. Megatr
 the children (``apply()`` patches modules imported before it too), so every child starts unpatched.
 
 Two servers at most, each started on first use: one for bodies that use vLLM (it has imported vLLM too), one for
-the others. Used when a session enables it (tests/conftest.py does: started on the first run, stopped by pid at the session's
-end, or when its parent dies); ``run_distributed`` spawns fresh processes as before when it is not enabled, when it
-cannot start, or when a run's environment differs from the server's in a variable read at import time.
+the others. Used when a session enables it (tests/conftest.py does: started on the first run, stopped by pid at the
+session's end, or when its parent dies); ``run_distributed`` spawns fresh processes as before when it is not
+enabled, when it cannot start, or when a run's environment differs from the server's in a variable read at import
+time.
 """
 from __future__ import annotations
 
@@ -125,7 +126,8 @@ class ForkServer:
         deadline = time.monotonic() + _READY_TIMEOUT_S
         while not os.path.exists(self.socket_path + ".ready"):
             if self.proc.poll() is not None:
-                raise RuntimeError(f"the fork server exited {self.proc.returncode}: {self.log_path.read_text()[-2000:]}")
+                raise RuntimeError(
+                    f"the fork server exited {self.proc.returncode}: {self.log_path.read_text()[-2000:]}")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the fork server was not ready after {_READY_TIMEOUT_S:.0f}s")
             time.sleep(0.05)
