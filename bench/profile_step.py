@@ -1,0 +1,166 @@
+"""Where the time of a W1 step goes: each phase against its compute floor, and a cProfile of the measured steps.
+
+Runs the real trainer of workload W1 (``bench/step.py``'s models, prompts and config) in this process as a one-rank
+torch.distributed world (what ``torchrun --nproc-per-node 1`` gives it), then:
+
+- the GEMM rate of this machine at the thread count the learner runs with, on the shapes of each phase (the
+  engine's decode rows, the learner's micro-batch rows, the teacher's), measured next to the run;
+- per phase: the median measured seconds, its FLOPs (2 x parameters x tokens per forward, x3 with the backward;
+  attention's score FLOPs added), the compute floor = FLOPs / GEMM rate, and the overhead beyond it;
+- ``--cprofile N``: the top functions by cumulative and own time over the measured steps.
+
+Only ratios against a same-run baseline count as speed claims (``bench/step.py --baseline-src``); this tool says
+where the time goes.
+
+Run: ``PYTHONPATH=$PWD .venv/bin/python bench/profile_step.py --mode rlad --steps 4 [--cprofile 40]``.
+"""
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import os
+import pstats
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from step import STUDENT, TEACHER, prepare, w1_config  # noqa: E402  (bench/ is not a package)
+
+
+def transformer_params(spec: dict, vocab: int) -> int:
+    """Matmul parameters of a Llama layout (q, k, v, o, gate, up, down per layer; the output head)."""
+    h, f, layers = spec["hidden_size"], spec["intermediate_size"], spec["num_layers"]
+    kv = h * spec["num_kv_heads"] // spec["num_heads"]
+    per_layer = h * h * 2 + 2 * h * kv + 3 * h * f
+    return layers * per_layer + h * vocab
+
+
+def forward_flops(spec: dict, vocab: int, rows: int, width: int) -> float:
+    """FLOPs of one forward over ``rows`` sequences padded to ``width`` (GEMMs plus attention scores, causal)."""
+    tokens = rows * width
+    attention = spec["num_layers"] * 2 * 2 * rows * width * width * spec["hidden_size"] / 2
+    return 2.0 * transformer_params(spec, vocab) * tokens + attention
+
+
+def gemm_rate(m: int, k: int, n: int, seconds: float = 0.3) -> float:
+    """FLOP/s of ``[m, k] @ [k, n]`` in float32 at the current torch thread count."""
+    a, b = torch.randn(m, k), torch.randn(k, n)
+    for _ in range(3):
+        a @ b
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        count += 1
+    return 2.0 * m * k * n * count / (time.perf_counter() - start)
+
+
+def layer_rate(spec: dict, m: int) -> float:
+    """The GEMM rate of one transformer layer's matmuls at ``m`` rows (time-weighted over its shapes)."""
+    h, f = spec["hidden_size"], spec["intermediate_size"]
+    shapes = [(m, h, 3 * h), (m, h, h), (m, h, 2 * f), (m, f, h)]
+    flops = sum(2.0 * m * k * n for _, k, n in shapes)
+    seconds = sum(2.0 * m * k * n / gemm_rate(m, k, n, 0.15) for _, k, n in shapes)
+    return flops / seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--mode", default="rlad")
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--cprofile", type=int, default=0, help="print the top N functions of a cProfile")
+    parser.add_argument("--workdir", default=None)
+    parser.add_argument("--set", action="append", default=[], help="extra config overrides, dotted=value")
+    args = parser.parse_args()
+
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 2000))
+    for key, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"), ("LOCAL_WORLD_SIZE", "1")):
+        os.environ.setdefault(key, value)
+    tmp = None if args.workdir else tempfile.TemporaryDirectory(prefix="profile_step_")
+    root = Path(args.workdir or tmp.name)
+    paths = prepare(root / "w1")
+    cfg_dict = w1_config(paths, args.mode, 1, args.warmup + args.steps, root / f"run-{args.mode}-{os.getpid()}")
+    for item in args.set:
+        key, value = item.split("=", 1)
+        section, name = key.split(".", 1)
+        import yaml
+
+        cfg_dict[section][name] = yaml.safe_load(value)
+
+    from rlad_megatron.config import run_config_from_dict
+    from rlad_megatron.trainer.loop import Trainer
+
+    threads_at_start = torch.get_num_threads()
+    config = run_config_from_dict(cfg_dict)
+    trainer = Trainer(config)
+    threads_learner = torch.get_num_threads()
+    rows = []
+    profiler = cProfile.Profile() if args.cprofile else None
+    try:
+        for i in range(args.warmup + args.steps):
+            measured = i >= args.warmup
+            if measured and profiler is not None:
+                profiler.enable()
+            metrics = trainer.train_step()
+            if measured and profiler is not None:
+                profiler.disable()
+            trainer.step += 1
+            if measured:
+                rows.append(metrics)
+    finally:
+        trainer.parts.close()
+
+    med = lambda key: statistics.median(r.get(key, 0.0) for r in rows)  # noqa: E731
+    tokens = med("rollout/generated_tokens")
+    vocab = 100
+    n_seq = config.data.prompts_per_step * config.rollout.group_size
+    prompt_len = 8  # "ddd+ddd=" plus bos
+    width = prompt_len + int(med("rollout/response_length_max") or config.rollout.max_new_tokens)
+    mbs = config.trainer.micro_batch_size
+    print(f"threads: torch at start {threads_at_start}, learner after the engine is built {threads_learner}; "
+          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}; cpus {os.cpu_count()}; load {os.getloadavg()[0]:.2f}")
+    rate_decode = layer_rate(STUDENT, n_seq)
+    rate_student = layer_rate(STUDENT, mbs * width)
+    rate_teacher = layer_rate(TEACHER, mbs * width)
+    rate_full = layer_rate(STUDENT, n_seq * width)
+    print(f"GEMM rate (GFLOP/s, fp32, {torch.get_num_threads()} threads): decode rows {n_seq}: {rate_decode / 1e9:.1f}; "
+          f"student micro-batch rows {mbs * width}: {rate_student / 1e9:.1f}; whole batch rows {n_seq * width}: "
+          f"{rate_full / 1e9:.1f}; teacher rows {mbs * width}: {rate_teacher / 1e9:.1f}")
+    gen_flops = 2.0 * transformer_params(STUDENT, vocab) * (tokens + n_seq * prompt_len)
+    train_flops = 3.0 * forward_flops(STUDENT, vocab, n_seq, width)
+    teacher_flops = forward_flops(TEACHER, vocab, n_seq, width) if args.mode in ("rlad", "kdrl") else 0.0
+    probe = 32  # the sync's probe: tokens the engine samples and the learner scores (weight_sync/verify.py)
+    sync_flops = 2.0 * transformer_params(STUDENT, vocab) * probe * 2
+    floors = {"generation": gen_flops / rate_decode, "teacher": teacher_flops / rate_teacher,
+              "train": train_flops / rate_student, "sync": sync_flops / rate_decode, "other": 0.0}
+    print(f"W1 {args.mode}: {n_seq} sequences, width ~{width}, {tokens:.0f} generated tokens/step, "
+          f"micro-batch {mbs}")
+    print(f"{'phase':<12}{'measured s':>12}{'GFLOP':>10}{'floor s':>10}{'overhead s':>12}")
+    total_floor = 0.0
+    for phase, flops in (("generation", gen_flops), ("teacher", teacher_flops), ("train", train_flops),
+                         ("sync", sync_flops), ("other", 0.0)):
+        measured_s = med(f"time/{phase}")
+        total_floor += floors[phase]
+        print(f"{phase:<12}{measured_s:>12.3f}{flops / 1e9:>10.2f}{floors[phase]:>10.3f}"
+              f"{measured_s - floors[phase]:>12.3f}")
+    print(f"{'step':<12}{med('time/step'):>12.3f}{'':>10}{total_floor:>10.3f}{med('time/step') - total_floor:>12.3f}")
+    extra = {k: med(k) for k in ("sync/seconds", "sync/gather_seconds") if k in rows[0]}
+    print("sync parts: " + " ".join(f"{k}={v:.3f}" for k, v in extra.items()))
+    if profiler is not None:
+        for key in ("cumulative", "tottime"):
+            out = io.StringIO()
+            pstats.Stats(profiler, stream=out).sort_stats(key).print_stats(args.cprofile)
+            print(out.getvalue())
+    if tmp is not None:
+        tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()
