@@ -7,7 +7,11 @@ torch.distributed world (what ``torchrun --nproc-per-node 1`` gives it), then:
   engine's decode rows, the learner's micro-batch rows, the teacher's), measured next to the run;
 - per phase: the median measured seconds, its FLOPs (2 x parameters x tokens per forward, x3 with the backward;
   attention's score FLOPs added), the compute floor = FLOPs / GEMM rate, and the overhead beyond it;
-- ``--cprofile N``: the top functions by cumulative and own time over the measured steps.
+- ``--cprofile N``: the top functions by cumulative and own time over the measured steps;
+- ``--ab N``: the last step's batch trained (and, with a teacher, scored) N times by our learner and by a plain HF
+  model (``transformers`` forward/backward + ``torch.optim.AdamW``; the teacher's no-grad forward), alternating,
+  in this process at the same thread count: the learner's overhead over plain PyTorch on identical work, robust to
+  the machine's load because the two alternate.
 
 Only ratios against a same-run baseline count as speed claims (``bench/step.py --baseline-src``); this tool says
 where the time goes.
@@ -69,12 +73,56 @@ def layer_rate(spec: dict, m: int) -> float:
     return flops / seconds
 
 
+def alternate_with_hf(trainer, batch, student_dir: Path, teacher_dir: Path | None, repeats: int) -> dict:
+    """Our learner's update (and teacher scoring) of ``batch`` vs the same work in plain HF/PyTorch, alternating."""
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(student_dir, dtype=torch.float32)
+    optimizer = torch.optim.AdamW(hf.parameters(), lr=1e-5, weight_decay=0.0)
+    hf_teacher = (AutoModelForCausalLM.from_pretrained(teacher_dir, dtype=torch.float32).eval()
+                  if teacher_dir is not None else None)
+    tokens = batch.tokens
+    attention = torch.ones_like(tokens)
+    mask = batch.loss_mask.float()
+    out: dict[str, list[float]] = {}
+
+    def timed(name, fn):
+        start = time.perf_counter()
+        fn()
+        out.setdefault(name, []).append(time.perf_counter() - start)
+
+    def hf_train():
+        hf.train()
+        logits = hf(input_ids=tokens, attention_mask=attention).logits[:, :-1]
+        logp = torch.log_softmax(logits.float(), -1).gather(-1, tokens[:, 1:, None]).squeeze(-1)
+        adv = batch.advantages[:, None]
+        loss = -(torch.exp(logp - logp.detach()) * adv * mask).sum() / mask.sum().clamp(min=1)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(hf.parameters(), 1.0)
+        optimizer.step()
+
+    def hf_score():
+        with torch.no_grad():
+            logits = hf_teacher(input_ids=tokens, attention_mask=attention).logits[:, :-1]
+            torch.log_softmax(logits.float(), -1).gather(-1, tokens[:, 1:, None])
+
+    for _ in range(repeats):
+        timed("ours_train", lambda: trainer._update_policy(batch))
+        timed("hf_train", hf_train)
+        if hf_teacher is not None:
+            timed("ours_teacher", lambda: trainer.parts.teacher.token_logprobs(batch))
+            timed("hf_teacher", hf_score)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--mode", default="rlad")
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--cprofile", type=int, default=0, help="print the top N functions of a cProfile")
+    parser.add_argument("--ab", type=int, default=0, help="alternating ours-vs-HF repeats of the train/teacher work")
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--set", action="append", default=[], help="extra config overrides, dotted=value")
     args = parser.parse_args()
@@ -102,6 +150,14 @@ def main() -> None:
     trainer = Trainer(config)
     threads_learner = torch.get_num_threads()
     rows = []
+    captured: dict = {}
+    update_policy = trainer._update_policy
+
+    def capturing(batch):  # keep the last step's batch for the A/B below
+        captured["batch"] = batch
+        return update_policy(batch)
+
+    trainer._update_policy = capturing
     profiler = cProfile.Profile() if args.cprofile else None
     try:
         for i in range(args.warmup + args.steps):
@@ -114,6 +170,10 @@ def main() -> None:
             trainer.step += 1
             if measured:
                 rows.append(metrics)
+        if args.ab:
+            ab_rows = alternate_with_hf(trainer, captured["batch"], Path(paths["student"]),
+                                        Path(paths["teacher"]) if trainer.parts.teacher is not None else None,
+                                        args.ab)
     finally:
         trainer.parts.close()
 
@@ -153,6 +213,13 @@ def main() -> None:
     print(f"{'step':<12}{med('time/step'):>12.3f}{'':>10}{total_floor:>10.3f}{med('time/step') - total_floor:>12.3f}")
     extra = {k: med(k) for k in ("sync/seconds", "sync/gather_seconds") if k in rows[0]}
     print("sync parts: " + " ".join(f"{k}={v:.3f}" for k, v in extra.items()))
+    if args.ab:
+        med_ab = {k: statistics.median(v) for k, v in ab_rows.items()}
+        print(f"A/B on the last batch ({args.ab} alternating repeats, median s): " + " ".join(
+            f"{k}={v:.3f}" for k, v in med_ab.items()))
+        print(f"  train ours/hf = {med_ab['ours_train'] / med_ab['hf_train']:.2f}x" + (
+            f"; teacher ours/hf = {med_ab['ours_teacher'] / med_ab['hf_teacher']:.2f}x" if "hf_teacher" in med_ab
+            else ""))
     if profiler is not None:
         for key in ("cumulative", "tottime"):
             out = io.StringIO()
