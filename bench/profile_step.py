@@ -81,6 +81,16 @@ def alternate_with_hf(trainer, batch, student_dir: Path, teacher_dir: Path | Non
     optimizer = torch.optim.AdamW(hf.parameters(), lr=1e-5, weight_decay=0.0)
     hf_teacher = (AutoModelForCausalLM.from_pretrained(teacher_dir, dtype=torch.float32).eval()
                   if teacher_dir is not None else None)
+    from rlad_megatron.rollout.base import SamplingSettings
+
+    parts, cfg = trainer.parts, trainer.config
+    examples = parts.prompts.next_batch()
+    prompt_ids = [ex.prompt_token_ids for ex in examples]
+    stops = list(parts.stop_ids)
+    width = max(len(p) for p in prompt_ids)
+    prompt = torch.tensor([[parts.pad_id] * (width - len(p)) + list(p) for p in prompt_ids])
+    prompt_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_ids])
+    group, new_tokens = cfg.rollout.group_size, cfg.rollout.max_new_tokens
     tokens = batch.tokens
     attention = torch.ones_like(tokens)
     mask = batch.loss_mask.float()
@@ -107,12 +117,31 @@ def alternate_with_hf(trainer, batch, student_dir: Path, teacher_dir: Path | Non
             logits = hf_teacher(input_ids=tokens, attention_mask=attention).logits[:, :-1]
             torch.log_softmax(logits.float(), -1).gather(-1, tokens[:, 1:, None])
 
+    def ours_generate():
+        settings = SamplingSettings(n=group, temperature=1.0, top_p=1.0, max_tokens=new_tokens, stop_token_ids=stops,
+                                    seed=1234)
+        out = parts.engine.generate(prompt_ids, settings)
+        counts.setdefault("ours_tokens", []).append(sum(len(c.token_ids) for r in out for c in r.completions))
+
+    def hf_generate():
+        hf.eval()
+        with torch.no_grad():
+            out = hf.generate(input_ids=prompt, attention_mask=prompt_mask, do_sample=True, temperature=1.0, top_k=0,
+                              top_p=1.0, max_new_tokens=new_tokens, num_return_sequences=group, eos_token_id=stops,
+                              pad_token_id=parts.pad_id)
+        done = torch.isin(out[:, width:], torch.tensor(stops))
+        counts.setdefault("hf_tokens", []).append(int(((done.cumsum(1) - done.long()) == 0).sum()))
+
+    counts: dict[str, list[int]] = {}
     for _ in range(repeats):
+        timed("ours_generation", ours_generate)
+        timed("hf_generation", hf_generate)
         timed("ours_train", lambda: trainer._update_policy(batch))
         timed("hf_train", hf_train)
         if hf_teacher is not None:
             timed("ours_teacher", lambda: trainer.parts.teacher.token_logprobs(batch))
             timed("hf_teacher", hf_score)
+    out.update(counts)
     return out
 
 
@@ -217,6 +246,8 @@ def main() -> None:
         med_ab = {k: statistics.median(v) for k, v in ab_rows.items()}
         print(f"A/B on the last batch ({args.ab} alternating repeats, median s): " + " ".join(
             f"{k}={v:.3f}" for k, v in med_ab.items()))
+        print(f"  generation ours/hf = {med_ab['ours_generation'] / med_ab['hf_generation']:.2f}x (tokens ours "
+              f"{med_ab['ours_tokens']:.0f}, hf {med_ab['hf_tokens']:.0f})")
         print(f"  train ours/hf = {med_ab['ours_train'] / med_ab['hf_train']:.2f}x" + (
             f"; teacher ours/hf = {med_ab['ours_teacher'] / med_ab['hf_teacher']:.2f}x" if "hf_teacher" in med_ab
             else ""))
