@@ -26,6 +26,7 @@ from rlad_megatron.learner.batching import (
     filler_micro_batch,
     scatter_token_values,
 )
+from rlad_megatron.learner.expert_parallel import common_micro_batch_shapes, router_padding_kwargs
 from rlad_megatron.learner.sequences import SequenceBatch
 
 # loss_fn(logprobs [b, L-1] with grad, entropy [b, L-1] or None, micro_batch) -> (loss share, metrics)
@@ -84,7 +85,8 @@ class MegatronPolicy:
         batching = as_micro_batching(batching)
         if not batching.fixed:
             batching = batching.with_length_multiple(self._length_multiple())
-        return build_micro_batches(batch, batching, thd=batching.packing and self._uses_thd)
+        micro = build_micro_batches(batch, batching, thd=batching.packing and self._uses_thd)
+        return common_micro_batch_shapes(micro, batch, self.chunks)  # MoE at EP > 1: one shape per index
 
     def _run(self, batch: SequenceBatch, micro: list[MicroBatch], forward_only: bool,
              loss_fn: LossFn | None, scale: float) -> list[dict]:
@@ -98,11 +100,12 @@ class MegatronPolicy:
 
         def forward_step(data_iterator, model):
             mb: MicroBatch = next(data_iterator).to(device)  # the one host->device move of a micro-batch
+            moe = router_padding_kwargs(mb, model, loss_fn is not None)  # MoE: load balancing over real tokens
             if mb.packed_seq_params is not None:
                 output = model(mb.tokens, mb.position_ids, mb.attention_mask,
-                               packed_seq_params=mb.packed_seq_params)
+                               packed_seq_params=mb.packed_seq_params, **moe)
             else:
-                output = model(mb.tokens, mb.position_ids, mb.attention_mask)
+                output = model(mb.tokens, mb.position_ids, mb.attention_mask, **moe)
 
             def loss_func(logits: torch.Tensor):
                 targets = mb.tokens[:, 1:]

@@ -175,7 +175,8 @@ def build_components(config: RunConfig) -> Components:
         check_model_folder(c.model.teacher, "model.teacher")
     _check_context_parallel_supported(c.parallel.context_parallel)
     parallel.initialize_model_parallel(c.parallel.tensor_parallel, c.parallel.pipeline_parallel, seed=c.trainer.seed,
-                                       context_parallel=c.parallel.context_parallel)
+                                       context_parallel=c.parallel.context_parallel,
+                                       expert_parallel=c.parallel.expert_parallel)
     torch.manual_seed(c.trainer.seed)
     dp_rank, dp_size = ps.get_data_parallel_rank(), ps.get_data_parallel_world_size()
     layout = batch_layout(c, dp_size)
