@@ -57,3 +57,22 @@ def test_real_positions_of_rows_and_fillers():
     assert not real_positions(pad_micro_batch(filler_micro_batch(batch), 3, 8)).any()
     with pytest.raises(ValueError, match="does not fit"):
         pad_micro_batch(mb, 2, 8)
+
+
+def test_expert_parallel_settings_are_checked(tmp_path):
+    from rlad_megatron.config import ConfigError, ParallelConfig
+    from rlad_megatron.learner.expert_parallel import check_expert_parallel
+    from rlad_megatron.tiny.hf_model import make_tiny_hf_model
+
+    with pytest.raises(ConfigError, match="expert_tensor_parallel=2: only 1 is supported"):
+        ParallelConfig(expert_parallel=2, expert_tensor_parallel=2).validate()
+    with pytest.raises(ConfigError, match="expert_parallel must be >= 1"):
+        ParallelConfig(expert_parallel=0).validate()
+    dense = str(make_tiny_hf_model(tmp_path / "dense", family="qwen3"))
+    moe = str(make_tiny_hf_model(tmp_path / "moe", family="qwen3_moe"))  # 4 experts per layer
+    check_expert_parallel(2, {"model.student": dense, "model.teacher": moe})
+    check_expert_parallel(1, {"model.student": dense})
+    with pytest.raises(ConfigError, match="neither model.student nor model.teacher is a Mixture-of-Experts"):
+        check_expert_parallel(2, {"model.student": dense, "model.teacher": dense})
+    with pytest.raises(ConfigError, match="must divide the 4 experts per layer of model.teacher"):
+        check_expert_parallel(3, {"model.student": dense, "model.teacher": moe})
