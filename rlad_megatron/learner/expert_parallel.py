@@ -121,15 +121,21 @@ def real_positions(mb: MicroBatch) -> torch.Tensor:
     return real
 
 
-def router_padding_kwargs(mb: MicroBatch, model: torch.nn.Module, training: bool) -> dict:
+def router_padding_kwargs(mb: MicroBatch, model: torch.nn.Module, training: bool, cp_rows=None) -> dict:
     """Extra keyword arguments of the model call for one micro-batch: ``padding_mask`` (True = padding) for a MoE
     model in a training pass (where the router's load-balancing loss exists), else nothing. ``mb`` is on its
-    device already."""
+    device already; ``cp_rows``: its context-parallel view (``learner.context_parallel``), whose two chunks of each
+    row the mask then covers (the CP padding is padding too)."""
     config = getattr(model, "config", None)
     if not training or not getattr(config, "num_moe_experts", None):
         return {}
     _guard_empty_aux_loss()
     padding = ~real_positions(mb).to(mb.tokens.device)
+    if cp_rows is not None:
+        from rlad_megatron.learner.context_parallel import cp_split
+
+        padding = torch.nn.functional.pad(padding, (0, cp_rows.padded - cp_rows.width), value=True)
+        padding = cp_split(padding, cp_rows.cp_size, cp_rows.cp_rank)
     from megatron.core import parallel_state as ps
 
     tp = ps.get_tensor_model_parallel_world_size()
