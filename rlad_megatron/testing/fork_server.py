@@ -63,7 +63,10 @@ _IMPORT_TIME_PREFIXES = ("PYTHON", "LD_", "TORCH", "PYTORCH", "MEGATRON", "NVTE"
 # the caller's values; they are no reason to spawn. (LD_LIBRARY_PATH: vLLM's cv2 appends its lib64 folder.)
 _SET_BY_IMPORTS_IN_CALLER = {"PYTHONUNBUFFERED", "TORCHINDUCTOR_CACHE_DIR", "TORCHINDUCTOR_COMPILE_THREADS",
                              "PYTORCH_NVML_BASED_CUDA_CHECK", "LD_LIBRARY_PATH"}
-_NOT_IMPORT_TIME = {"PYTHONUNBUFFERED", *_SET_BY_IMPORTS_IN_CALLER}
+# What a W&B run in the pytest process leaves there (the address of its service process, set by wandb.setup() at run
+# time, not read at import): with it every later multi-rank test would spawn.
+_SET_BY_RUNS_IN_CALLER = {"WANDB_SERVICE"}
+_NOT_IMPORT_TIME = {"PYTHONUNBUFFERED", *_SET_BY_IMPORTS_IN_CALLER, *_SET_BY_RUNS_IN_CALLER}
 _HEADER = struct.Struct("!I")
 _STATUS = struct.Struct("!i")
 _ENABLE_ENV = "RLAD_DIST_FORK_SERVER"  # "0" turns the server off even where a session enables it
