@@ -236,6 +236,12 @@ def _check_rollout_mode(r: RolloutConfig) -> None:
         raise ConfigError("rollout.mode='async' generates the next batch while the learner trains, which needs the "
                           "engine in a process of its own: set rollout.placement='disaggregated' (on GPUs the "
                           "engines take GPUs after the learner's), or rollout.mode='sync'")
+    if r.mode == "async" and r.max_staleness >= 1 and (r.temperature != 1.0 or r.top_p != 1.0):
+        raise ConfigError(
+            f"rollout.mode='async' trains on batches sampled by the previous weights and takes the engine's log-probs "
+            f"as the sampling policy's, but with temperature={r.temperature} / top_p={r.top_p} those are of the "
+            "tempered/truncated distribution, not the model's: set rollout.temperature=1 and rollout.top_p=1, or "
+            "rollout.max_staleness=0, or rollout.mode='sync'")
 
 
 @dataclass

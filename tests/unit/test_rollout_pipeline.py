@@ -209,6 +209,8 @@ def test_rollout_mode_config_is_validated_with_what_to_set() -> None:
         RolloutConfig(mode="later").validate()
     with pytest.raises(ConfigError, match="max_staleness"):
         RolloutConfig(mode="async", placement="disaggregated", max_staleness=-1).validate()
+    with pytest.raises(ConfigError, match="rollout.temperature=1"):
+        RolloutConfig(mode="async", placement="disaggregated", temperature=0.7).validate()
     with pytest.raises(ConfigError, match="engine_cpus"):
         RolloutConfig(engine_cpus=1).validate()
 
