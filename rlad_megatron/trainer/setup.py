@@ -244,7 +244,7 @@ def build_components(config: RunConfig) -> Components:
 
             check_tokenizer_compatible(c.model.student, c.model.teacher)
             scorer = VLLMTeacherScorer(dataclasses.replace(
-                engine_cfg, model=c.model.teacher, placement="colocated", enable_sleep_mode=False,
+                engine_cfg, model=c.model.teacher, placement="colocated", enable_sleep_mode=False, cpu_cores=(),
                 gpu_memory_utilization=_engine_memory_fraction(c, cuda)))  # measured again, after the first engine
         teacher = VLLMTeacher(scorer, mp_group)
 
