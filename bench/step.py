@@ -70,7 +70,8 @@ def prepare(root: Path) -> dict[str, str]:
 ASYNC_ROLLOUT = {"mode": "async", "max_staleness": 1, "placement": "disaggregated"}
 
 
-def w1_config(paths: dict[str, str], mode: str, tp: int, steps: int, output_dir: Path, rollout: str = "sync") -> dict:
+def w1_config(paths: dict[str, str], mode: str, tp: int, steps: int, output_dir: Path, rollout: str = "sync",
+              engine_cpus: int = 1) -> dict:
     """The trainer config of W1 for one algorithm, tensor-parallel size and rollout mode (sync: today's default)."""
     config = {
         "model": {"student": paths["student"], "teacher": paths["teacher"], "params_dtype": "float32"},
@@ -85,8 +86,8 @@ def w1_config(paths: dict[str, str], mode: str, tp: int, steps: int, output_dir:
     }
     if rollout == "async":
         config["rollout"].update(ASYNC_ROLLOUT)
-        if not _has_cuda():  # the engine process and the learner: one core each
-            config["rollout"]["engine_cpus"] = 1
+        if not _has_cuda():  # the engine process and the learner: one core each (0: neither pinned)
+            config["rollout"]["engine_cpus"] = engine_cpus
     return config
 
 
@@ -158,6 +159,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1, help="steps dropped before measuring")
     parser.add_argument("--rounds", type=int, default=1, help="runs per (mode, TP[, checkout]); medians pool them")
     parser.add_argument("--rollout", default="sync", help="rollout modes to run, interleaved: sync, async or both")
+    parser.add_argument("--engine-cpus", type=int, default=1,
+                        help="async on CPU: rollout.engine_cpus (cores of the engine process, the learner gets the "
+                             "rest; 0: no pinning)")
     parser.add_argument("--baseline-src", default=None, help="another checkout to compare against, interleaved")
     parser.add_argument("--workdir", default=None, help="keep models, configs and logs here (default: temporary)")
     parser.add_argument("--timeout", type=float, default=900)
@@ -189,7 +193,7 @@ def main() -> None:
                 run += 1
                 for label, src, ro in order:
                     out = root / f"{label}-{mode}-tp{tp}-{ro}-r{r}"
-                    config = w1_config(paths, mode, tp, args.warmup + args.steps, out / "run", ro)
+                    config = w1_config(paths, mode, tp, args.warmup + args.steps, out / "run", ro, args.engine_cpus)
                     got = run_once(config, tp, out, src, args.timeout, args.threads)
                     rows.setdefault((label, mode, tp, ro), []).extend(
                         got)
