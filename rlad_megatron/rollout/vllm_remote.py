@@ -102,7 +102,7 @@ class RemoteVLLMEngine:
         try:
             if self._pending and self._proc.is_alive():  # its answer comes first on the pipe
                 self._pending = False
-                self._reply(self.call_timeout_s)
+                self._reply(60.0)
             if self._proc.is_alive():
                 self._conn.send(("shutdown",))
                 self._reply(60.0)

@@ -154,9 +154,5 @@ class RolloutPipeline:
             self.prompts.load_state_dict(held["stream_before"])
 
     def close(self) -> None:
-        """Collect a request still in flight (the engine process answers it before anything else)."""
-        if self._inflight is not None and self.engine is not None:
-            try:
-                self.engine.collect_generate()
-            finally:
-                self._inflight = None
+        """Forget a request still in flight (a step that failed): the engine's shutdown drains its answer."""
+        self._inflight = None
