@@ -175,7 +175,8 @@ class RolloutConfig:
     time, so a batch lags at most one version)."""
     engine_cpus: int = 0
     """CPU only, disaggregated placement: pin the engine process to this many cores (the last ones this job may
-    use) and the learner ranks to the others, so that they do not take each other's cores (0: no pinning)."""
+    use, one thread each) and give the learner ranks the other cores' worth of threads, so that they do not take
+    each other's cores (0: no pinning, every process takes its default threads)."""
 
     def validate(self) -> None:
         if self.executor not in ("auto", "uni", "external_launcher"):
