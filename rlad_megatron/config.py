@@ -74,7 +74,8 @@ class ParallelConfig:
     teacher_last_stage_layers: int | None = None
     """The Megatron teacher's layers on the last pipeline stage."""
     context_parallel: int = 1
-    """Context-parallel size (each sequence split across this many ranks; needs Transformer Engine)."""
+    """Context-parallel size: each row split across this many ranks (TE's attention on GPUs, an all-gather
+    attention of ours without TE; docs/token_budgets.md)."""
     recompute: str = "none"
     """Activation recomputation in the learner: "none", "selective" (attention core only) or "full" (whole
     layers, recompute_num_layers per chunk)."""

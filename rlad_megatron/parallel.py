@@ -84,15 +84,11 @@ def initialize_model_parallel(
 
     Data parallelism is what is left: ``world_size / (tensor_parallel * pipeline_parallel * context_parallel)``.
     Expert parallelism (MoE) shards the experts over ``expert_parallel`` data-parallel ranks (expert tensor parallel
-    size 1). Context parallelism splits each sequence over ``context_parallel`` ranks and needs Transformer Engine
-    (a ``RuntimeError`` saying so here, at start, otherwise).
+    size 1). Context parallelism splits each sequence over ``context_parallel`` ranks (TE's attention on GPUs, our
+    all-gather attention on the local spec otherwise: ``models.builder.layer_spec``).
     """
     if context_parallel < 1:
         raise ValueError(f"context parallel size must be >= 1, got {context_parallel}")
-    if context_parallel > 1:
-        from rlad_megatron.models.builder import check_context_parallel
-
-        check_context_parallel(context_parallel)
     init_distributed()
     world = dist.get_world_size()
     model_size = tensor_parallel * pipeline_parallel * context_parallel
@@ -115,7 +111,7 @@ def initialize_model_parallel(
     from megatron.core import parallel_state, tensor_parallel as mcore_tp
 
     if parallel_state.model_parallel_is_initialized():
-        parallel_state.destroy_model_parallel()
+        destroy_model_parallel()
     parallel_state.initialize_model_parallel(
         tensor_model_parallel_size=tensor_parallel,
         pipeline_model_parallel_size=pipeline_parallel,
@@ -127,8 +123,34 @@ def initialize_model_parallel(
     mcore_tp.model_parallel_cuda_manual_seed(seed)
 
 
+_REPLICA_GROUP: Any = None
+
+
+def replica_group():
+    """The ranks of this rank's model replica: tensor x context x pipeline parallel (every rank with this rank's
+    data-parallel rank). Megatron's model-parallel group is TP x PP only; under context parallelism the CP ranks
+    of a replica hold the same sequences too, so rollouts are shared and metrics reduced over this group.
+    ``get_model_parallel_group()`` itself at CP=1. Collective over the world on its first call at CP > 1."""
+    global _REPLICA_GROUP
+    from megatron.core import parallel_state as ps
+
+    if ps.get_context_parallel_world_size() == 1:
+        return ps.get_model_parallel_group()
+    if _REPLICA_GROUP is None:
+        dp_ranks: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(dp_ranks, ps.get_data_parallel_rank())
+        mine = ps.get_data_parallel_rank()
+        for d in sorted(set(dp_ranks)):  # every rank creates every group, in the same order
+            group = dist.new_group([r for r, x in enumerate(dp_ranks) if x == d])
+            if d == mine:
+                _REPLICA_GROUP = group
+    return _REPLICA_GROUP
+
+
 def destroy_model_parallel() -> None:
+    global _REPLICA_GROUP
     from megatron.core import parallel_state
 
+    _REPLICA_GROUP = None
     if parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()

@@ -7,6 +7,11 @@ and checkpointing; the CUDA RNG tracker and the activation-recompute RNG; ``.cud
 silently sending wrong data for non-contiguous inputs; and three distributed-optimizer checkpoint bugs around
 torch AdamW's ``step`` state.
 
+Context parallelism needs no patch of its own: Megatron cuts the RoPE table per CP rank in
+``rope_utils.get_pos_emb_on_this_cp_rank`` with ``torch.tensor(..., pin_memory=True).cuda()``, which the torch proxy
+(``pin_memory`` dropped) and ``tensor_cuda`` already cover (``tests/distributed/test_context_parallel.py``);
+the attention that Megatron's local spec lacks under CP is ours (``rlad_megatron.models.cp_attention``).
+
 Every patch lives here and nowhere else. It is applied only when CUDA is absent (``apply()`` is a no-op on a GPU
 machine) and it refuses any megatron-core version but the one it was written for. Each patch has a test in
 ``tests/distributed/test_compat_megatron_cpu.py`` that shows, with the patch undone, why it is needed.

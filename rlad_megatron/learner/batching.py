@@ -10,9 +10,9 @@ Three ways, chosen by :class:`MicroBatching`:
   position ids restarting per sequence; with Transformer Engine, THD ``cu_seqlens`` instead, see
   :mod:`rlad_megatron.learner.packing`).
 
-A single sequence longer than the budget is never split (that would need context parallelism): it gets a
-micro-batch (or packed row) of its own, wider than the budget. Size the budget to at least the longest
-prompt + response to keep the memory bound.
+A single sequence longer than the budget is never split across micro-batches (context parallelism splits rows
+across GPUs, inside the forward step): it gets a micro-batch (or packed row) of its own, wider than the budget.
+Size the budget to at least the longest prompt + response to keep the memory bound.
 
 Whatever the layout, the loss sees each micro-batch as its own sequences in the usual right-padded ``[n, T]``
 per-token layout (:attr:`MicroBatch.sequences`, with :meth:`MicroBatch.unpack` taking the model's per-position

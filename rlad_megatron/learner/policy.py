@@ -26,6 +26,7 @@ from rlad_megatron.learner.batching import (
     filler_micro_batch,
     scatter_token_values,
 )
+from rlad_megatron.learner.context_parallel import context_parallel_rows, cp_loss_scale, cp_row_width
 from rlad_megatron.learner.sequences import SequenceBatch
 
 # loss_fn(logprobs [b, L-1] with grad, entropy [b, L-1] or None, micro_batch) -> (loss share, metrics)
@@ -95,21 +96,28 @@ class MegatronPolicy:
         ps, tp_group = self._groups()
         want_entropy = self.with_entropy and loss_fn is not None
         device = rank_device()  # cuda:LOCAL_RANK in an NCCL job, else the CPU (rlad_megatron/device.py)
+        length_multiple = self._length_multiple()
 
         def forward_step(data_iterator, model):
             mb: MicroBatch = next(data_iterator).to(device)  # the one host->device move of a micro-batch
-            if mb.packed_seq_params is not None:
+            # context parallelism: this rank's two chunks of each row in, whole rows of log-probs out (None: CP=1)
+            cp_rows = context_parallel_rows(mb, length_multiple, te_attention=self._uses_thd)
+            if cp_rows is not None:
+                output = model(cp_rows.tokens, cp_rows.position_ids, cp_rows.attention_mask)
+            elif mb.packed_seq_params is not None:
                 output = model(mb.tokens, mb.position_ids, mb.attention_mask,
                                packed_seq_params=mb.packed_seq_params)
             else:
                 output = model(mb.tokens, mb.position_ids, mb.attention_mask)
 
             def loss_func(logits: torch.Tensor):
-                targets = mb.tokens[:, 1:]
                 result = vocab_parallel_token_logprobs(
-                    logits[:, :-1], targets, tp_group=tp_group, vocab_size=self.vocab_size,
-                    return_entropy=want_entropy,
+                    logits if cp_rows is not None else logits[:, :-1],
+                    cp_rows.targets if cp_rows is not None else mb.tokens[:, 1:],
+                    tp_group=tp_group, vocab_size=self.vocab_size, return_entropy=want_entropy,
                 )
+                if cp_rows is not None:  # [R, W-1] on every CP rank, as without CP
+                    result = tuple(map(cp_rows.merge, result)) if want_entropy else cp_rows.merge(result)
                 row_logprobs, row_entropy = result if want_entropy else (result, None)
                 # back to the micro-batch's own sequences, [n, T]: the loss never sees the packed/padded layout
                 logprobs = mb.unpack(row_logprobs)
@@ -120,14 +128,18 @@ class MegatronPolicy:
                     zero = row_logprobs.sum() * 0.0
                     return zero, {"metrics": None, "loss": zero.detach().clone()}
                 loss, metrics = loss_fn(logprobs, entropy, mb.sequences)
-                # Megatron divides by the number of micro-batches and DDP averages over data-parallel ranks; the
-                # loss share already has the global denominator, so undo both to get exactly its gradient.
+                # Megatron divides by the number of micro-batches and DDP averages over data-parallel ranks (x CP:
+                # cp_loss_scale); the loss share already has the global denominator, so undo both to get exactly
+                # its gradient.
                 return loss * scale, {"metrics": metrics, "loss": loss.detach().clone()}
 
             return output, loss_func
 
         config = self.chunks[0].config if hasattr(self.chunks[0], "config") else None
-        seq_length = max(m.width for m in micro)
+        # the whole rows' width (padded for context parallelism: Megatron divides it by the CP size for the shapes
+        # that pipeline stages exchange)
+        seq_length = cp_row_width(max(m.width for m in micro), ps.get_context_parallel_world_size(),
+                                  length_multiple)
         micro_batch_size = max(int(m.tokens.shape[0]) for m in micro)
         # Under pipeline parallelism the stages exchange activations of each micro-batch's own shape: Megatron
         # sends the shape first when variable_seq_lengths is on (only needed when the shapes differ).
@@ -194,7 +206,7 @@ class MegatronPolicy:
             micro += [filler_micro_batch(batch, self._length_multiple())
                       for _ in range(max(int(count), 1) - len(micro))]
         num_micro = len(micro)
-        scale = float(num_micro * ps.get_data_parallel_world_size())
+        scale = cp_loss_scale(num_micro, ps.get_data_parallel_world_size(), ps.get_context_parallel_world_size())
         for chunk in self.chunks:
             chunk.train()
             chunk.zero_grad_buffer()

@@ -94,9 +94,13 @@ def device_params(shape: ModelShape, *, tp: int, pp: int = 1, ep: int = 1, first
 
 
 def layer_activation_bytes(shape: ModelShape, tokens: int, *, tp: int, sp: bool, dtype_bytes: int,
-                           sequence_length: int, fused_attention: bool) -> dict[str, int]:
+                           sequence_length: int, fused_attention: bool, context_parallel: int = 1) -> dict[str, int]:
     """Bytes autograd keeps for one layer's backward, for ``tokens`` tokens on this GPU (``sequence_length``: the
-    padded row length, for the ``[b, heads, s, s]`` scores of an unfused attention).
+    padded row length on this GPU, for the ``[b, heads, s, s]`` scores of an unfused attention).
+
+    ``context_parallel`` > 1 with the unfused attention (``models.cp_attention``, the local spec): the local
+    queries' scores span the whole row (``[b, heads, s, CP x s]``) and the all-gathered keys and values of the
+    whole row are kept. TE's fused CP attention keeps neither.
 
     MoE: each token is processed by ``top_k`` experts; with expert parallelism the routed copies move between GPUs
     but average the same per GPU, so EP does not change this count.
@@ -123,18 +127,22 @@ def layer_activation_bytes(shape: ModelShape, tokens: int, *, tp: int, sp: bool,
     scores = 0
     if not fused_attention:  # softmax output, and the dropout's output that the context matmul keeps
         rows = max(1, tokens // max(1, sequence_length))
-        scores = 2 * rows * (shape.num_heads // tp) * sequence_length * sequence_length * dtype_bytes
+        cp = max(1, context_parallel)
+        scores = 2 * rows * (shape.num_heads // tp) * sequence_length * sequence_length * cp * dtype_bytes
+        layer += tokens * 2 * kv * (cp - 1) * dtype_bytes  # the other CP ranks' keys and values, gathered
     return {"layer": layer + scores, "scores": scores, "input": tokens * hidden * dtype_bytes}
 
 
 def training_activation_bytes(shape: ModelShape, tokens: int, *, tp: int, sp: bool, dtype_bytes: int,
                               sequence_length: int, fused_attention: bool, recompute: str,
-                              recompute_num_layers: int, layers: int, in_flight: int = 1) -> int:
+                              recompute_num_layers: int, layers: int, in_flight: int = 1,
+                              context_parallel: int = 1) -> int:
     """Activations held by one pipeline stage of ``layers`` layers at its peak: what each of ``in_flight``
     micro-batches keeps for its backward (1F1B: the first of PP stages holds PP of them) + the temporaries of one
     layer's backward (with full recomputation: the one chunk rebuilt for its backward)."""
     one = layer_activation_bytes(shape, tokens, tp=tp, sp=sp, dtype_bytes=dtype_bytes,
-                                 sequence_length=sequence_length, fused_attention=fused_attention)
+                                 sequence_length=sequence_length, fused_attention=fused_attention,
+                                 context_parallel=context_parallel)
     if recompute == "full":
         n = max(1, recompute_num_layers)
         kept, working = -(-layers // n) * one["input"], n * one["layer"]  # chunk inputs; one chunk rebuilt

@@ -263,7 +263,7 @@ def plan_memory(config: RunConfig, *, student: ModelShape, teacher: ModelShape |
         return training_activation_bytes(student, tokens, tp=tp, sp=sp, dtype_bytes=act,
                                          sequence_length=-(-longest // cp), fused_attention=fused_attention,
                                          recompute=par.recompute, recompute_num_layers=par.recompute_num_layers,
-                                         layers=layers, in_flight=in_flight)
+                                         layers=layers, in_flight=in_flight, context_parallel=cp)
 
     acts = stage_activations(stages[-1], 1)
     where = f"{stages[-1]} layers"
@@ -285,7 +285,7 @@ def plan_memory(config: RunConfig, *, student: ModelShape, teacher: ModelShape |
 
     def scoring(model: ModelShape) -> tuple[int, int]:
         one = layer_activation_bytes(model, ft, tp=tp, sp=sp, dtype_bytes=act, sequence_length=-(-longest // cp),
-                                     fused_attention=fused_attention)
+                                     fused_attention=fused_attention, context_parallel=cp)
         return one["layer"], logits_bytes(model.vocab_size, ft, tp=tp, dtype_bytes=act, backward=False,
                                           chunk_elements=chunk_elements)
 

@@ -45,28 +45,43 @@ def recompute_fields(recompute: str = "none", num_layers: int = 1) -> dict[str, 
 
 
 def check_context_parallel(context_parallel: int) -> None:
-    """Raise ``RuntimeError`` at job start when context parallelism cannot run here: Megatron's local attention
-    (``DotProductAttention``) refuses ``context_parallel_size > 1``; only Transformer Engine's attention
-    implements the ring exchange of keys and values."""
-    if context_parallel > 1 and not use_transformer_engine():
-        raise RuntimeError(
-            f"parallel.context_parallel={context_parallel} needs Transformer Engine on CUDA GPUs (its attention does "
-            "the ring exchange of keys/values; Megatron's local attention refuses context parallelism): run in the "
-            "GPU image (docker/), or set parallel.context_parallel=1 and bound the sequence memory with "
-            "trainer.max_tokens_per_micro_batch and parallel.recompute instead")
+    """Raise ``ValueError`` at job start for a context-parallel size that cannot run. Any CP >= 1 runs: with
+    Transformer Engine its attention does the ring exchange of keys/values; without it (CPU, GPU without TE) the
+    local spec's core attention is :class:`~rlad_megatron.models.cp_attention.ContextParallelDotProductAttention`
+    (all-gathered keys/values, see :func:`layer_spec`)."""
+    if context_parallel < 1:
+        raise ValueError(f"parallel.context_parallel={context_parallel}: must be >= 1 (1 = no context parallelism)")
 
 
 def layer_spec(arch: ModelArch, *, te: bool | None = None):
     """The transformer layer ``ModuleSpec`` for ``arch`` (``te=None``: TE when :func:`use_transformer_engine`)."""
     from megatron.core.models.gpt import gpt_layer_specs
 
+    from megatron.core import parallel_state as ps
+
     te = use_transformer_engine() if te is None else te
     experts = arch.num_experts or None
-    if te:
+    if te:  # TE's attention takes the CP group from the parallel state (context_parallel_size in the config)
         return gpt_layer_specs.get_gpt_layer_with_transformer_engine_spec(
             num_experts=experts, moe_grouped_gemm=False, qk_layernorm=arch.qk_norm)
-    return gpt_layer_specs.get_gpt_layer_local_spec(num_experts=experts, moe_grouped_gemm=False,
+    spec = gpt_layer_specs.get_gpt_layer_local_spec(num_experts=experts, moe_grouped_gemm=False,
                                                     qk_layernorm=arch.qk_norm, normalization="RMSNorm")
+    if ps.model_parallel_is_initialized() and ps.get_context_parallel_world_size() > 1:
+        spec = with_context_parallel_attention(spec)
+    return spec
+
+
+def with_context_parallel_attention(spec):
+    """A copy of the local layer ``spec`` whose core attention works under context parallelism (Megatron's local
+    ``DotProductAttention`` refuses CP > 1): :class:`~rlad_megatron.models.cp_attention.
+    ContextParallelDotProductAttention`."""
+    import copy
+
+    from rlad_megatron.models.cp_attention import ContextParallelDotProductAttention
+
+    spec = copy.deepcopy(spec)
+    spec.submodules.self_attention.submodules.core_attention = ContextParallelDotProductAttention
+    return spec
 
 
 def rope_inv_freq(arch: ModelArch, dtype: torch.dtype = torch.float32) -> torch.Tensor:

@@ -21,13 +21,14 @@ def is_engine_rank(config: VLLMEngineConfig | None = None) -> bool:
 
 
 def is_leader_rank() -> bool:
-    """The first rank of this rank's model-parallel group: where rollouts are scored and from where they are shared
-    (and, with one engine per group, the engine rank)."""
+    """The first rank of this rank's model replica (TP x CP x PP): where rollouts are scored and from where they are
+    shared (and, with one engine per replica, the engine rank)."""
     from megatron.core import parallel_state as ps
 
     if not ps.model_parallel_is_initialized():
         return True
-    return ps.get_tensor_model_parallel_rank() == 0 and ps.get_pipeline_model_parallel_rank() == 0
+    return (ps.get_tensor_model_parallel_rank() == 0 and ps.get_pipeline_model_parallel_rank() == 0
+            and ps.get_context_parallel_rank() == 0)
 
 
 def build_rollout_engine(config: VLLMEngineConfig) -> tuple[Any, Any]:

@@ -136,18 +136,20 @@ def learner_probe(student: MegatronPolicy, pad_id: int,
     return logprobs
 
 
-def _check_context_parallel_supported(context_parallel: int) -> None:
-    """CP reaches Megatron (parallel state, TransformerConfig; TE's attention), but the learner's forward step does
-    not split its micro-batches over the CP ranks yet, so a run would score unsplit rows: refused at start."""
-    if context_parallel == 1:
+def _check_context_parallel_supported(config: RunConfig) -> None:
+    """The combinations with context parallelism that the trainer does not run, refused at start (CP itself runs:
+    TE's attention on GPUs, ``models.cp_attention`` on the local spec)."""
+    cp = config.parallel.context_parallel
+    if cp == 1:
         return
-    from rlad_megatron.models.builder import check_context_parallel
+    from rlad_megatron.models.builder import check_context_parallel, use_transformer_engine
 
-    check_context_parallel(context_parallel)  # no TE: say that first
-    raise ConfigError(f"parallel.context_parallel={context_parallel}: the model and the parallel state support it, but "
-                      "the trainer's forward step does not split sequences over the context-parallel ranks yet (the "
-                      "layout is in rlad_megatron/learner/context_parallel.py): set parallel.context_parallel=1 and "
-                      "bound memory with trainer.max_tokens_per_micro_batch and parallel.recompute")
+    check_context_parallel(cp)
+    if config.trainer.sequence_packing and use_transformer_engine():
+        raise ConfigError(f"parallel.context_parallel={cp} with trainer.sequence_packing=true: packed rows go to "
+                          "Transformer Engine as THD, whose context-parallel split is per sequence and not "
+                          "implemented here: set trainer.sequence_packing=false (token-budget micro-batches, "
+                          "trainer.max_tokens_per_micro_batch, work with context parallelism)")
 
 
 def build_components(config: RunConfig) -> Components:
@@ -173,14 +175,14 @@ def build_components(config: RunConfig) -> Components:
     check_model_folder(c.model.student, "model.student")
     if c.model.teacher and teacher_use(c.loss) != "none":
         check_model_folder(c.model.teacher, "model.teacher")
-    _check_context_parallel_supported(c.parallel.context_parallel)
+    _check_context_parallel_supported(c)
     parallel.initialize_model_parallel(c.parallel.tensor_parallel, c.parallel.pipeline_parallel, seed=c.trainer.seed,
                                        context_parallel=c.parallel.context_parallel)
     torch.manual_seed(c.trainer.seed)
     dp_rank, dp_size = ps.get_data_parallel_rank(), ps.get_data_parallel_world_size()
     layout = batch_layout(c, dp_size)
     output_dir = Path(c.trainer.output_dir)
-    mp_group = ps.get_model_parallel_group()
+    mp_group = parallel.replica_group()  # TP x PP (x CP): the ranks that share one replica's rollouts
     needs = required_inputs(c.loss)
 
     tokenizer = AutoTokenizer.from_pretrained(c.model.student, trust_remote_code=c.model.trust_remote_code)

@@ -1,4 +1,4 @@
-"""The real trainer at TP=1, TP=2, PP=2 and DP=2 on warm-started tiny models (a test helper; the library never
+"""The real trainer at TP=1, TP=2, PP=2, DP=2 and CP=2 on warm-started tiny models (a test helper; the library never
 imports it). Each layout is launched once per session, on first use (fixture ``layout_runs`` in
 tests/e2e/conftest.py): test_trainer_layouts compares and checks them all, and test_console_quiet checks the TP=2
 run's console and log (that run also logs to W&B, offline, for that check), which saves it a launch of its own."""
@@ -16,6 +16,7 @@ LAYOUTS = {  # name: (processes, parallel section, steps)
     "tp2": (2, {"tensor_parallel": 2}, STEPS),
     "pp2": (2, {"pipeline_parallel": 2}, STEPS),
     "dp2": (2, {}, 2),
+    "cp2": (2, {"context_parallel": 2}, 2),  # each sequence split over 2 ranks (models.cp_attention on CPU)
 }
 #: The layout whose console test_console_quiet reads; W&B (offline, no account) is on in it.
 CONSOLE_LAYOUT = "tp2"

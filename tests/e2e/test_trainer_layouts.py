@@ -1,4 +1,4 @@
-"""The real trainer (vLLM engine + Megatron learner + teacher + weight sync) at TP=1, TP=2, PP=2 and DP=2:
+"""The real trainer (vLLM engine + Megatron learner + teacher + weight sync) at TP=1, TP=2, PP=2, DP=2 and CP=2:
 the first steps agree across layouts (same samples through layout-independent seeds, same losses and gradient
 norms), every sync serves the learner's weights, and RLAD raises the reward of a warm-started student."""
 from __future__ import annotations
@@ -22,7 +22,7 @@ def runs(layout_runs) -> dict[str, list[dict]]:
     return {name: layout_runs[name].metrics for name in LAYOUTS}
 
 
-@pytest.mark.parametrize("layout", ["tp2", "pp2", "dp2"])
+@pytest.mark.parametrize("layout", ["tp2", "pp2", "dp2", "cp2"])
 def test_first_steps_match_single_rank(layout: str, runs) -> None:
     reference, got = runs["tp1"], runs[layout]
     for step in range(2):

@@ -60,6 +60,18 @@ def test_layer_activations_by_hand():
     assert unfused["layer"] - unfused["scores"] == 2000 * (per_token + 3 * 4096) * 2
 
 
+def test_layer_activations_under_context_parallelism_by_hand():
+    # 2000 local tokens (2 rows of 1000 on this GPU, CP=2: rows of 2000): the unfused CP attention's scores span the
+    # whole row and it keeps the other rank's K and V (2 x kv/TP per local token); TE's fused attention neither
+    kw = dict(tp=4, sp=False, dtype_bytes=2, sequence_length=1000)
+    plain = layer_activation_bytes(QWEN3_8B, 2000, fused_attention=False, **kw)
+    cp2 = layer_activation_bytes(QWEN3_8B, 2000, fused_attention=False, context_parallel=2, **kw)
+    assert cp2["scores"] == 2 * 2 * 8 * 1000 * 2000 * 2 == 2 * plain["scores"]
+    assert cp2["layer"] - cp2["scores"] == plain["layer"] - plain["scores"] + 2000 * 2 * (1024 // 4) * 2
+    assert layer_activation_bytes(QWEN3_8B, 2000, fused_attention=True, context_parallel=2, **kw) == \
+        layer_activation_bytes(QWEN3_8B, 2000, fused_attention=True, **kw)
+
+
 def test_recomputation_keeps_less():
     kw = dict(tp=1, sp=False, dtype_bytes=2, sequence_length=4096, fused_attention=False, layers=36,
               recompute_num_layers=1)

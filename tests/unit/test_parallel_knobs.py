@@ -37,15 +37,12 @@ def test_recompute_chunks_must_divide_every_stage():
         transformer_config_for(arch, tp=1, pp=1, **recompute_fields("full", 3))
 
 
-def test_context_parallel_without_transformer_engine_is_a_clear_error():
-    from rlad_megatron.models.builder import use_transformer_engine
-    from rlad_megatron.parallel import initialize_model_parallel
+def test_context_parallel_sizes_are_checked_at_start():
+    from rlad_megatron.models.builder import check_context_parallel
 
-    if use_transformer_engine():
-        pytest.skip("Transformer Engine and CUDA are here: context parallelism can run")
-    with pytest.raises(RuntimeError, match=r"parallel.context_parallel=2 needs Transformer Engine .* "
-                                           r"parallel.context_parallel=1"):
-        initialize_model_parallel(1, 1, context_parallel=2)
+    check_context_parallel(2)  # runs with or without TE (models.cp_attention on the local spec)
+    with pytest.raises(ValueError, match=r"parallel.context_parallel=0: must be >= 1"):
+        check_context_parallel(0)
 
 
 def _cp_config(cp: int, tp: int = 2) -> RunConfig:
@@ -66,13 +63,17 @@ def test_placement_counts_context_parallel_ranks():
     assert "CP" not in plan_placement(_cp_config(1), nodes=1, gpus_per_node=8).describe()
 
 
-def test_trainer_refuses_context_parallel_until_its_forward_step_splits_sequences():
+def test_trainer_refuses_only_unsupported_context_parallel_combinations(monkeypatch):
     from rlad_megatron.config import ConfigError
-    from rlad_megatron.models.builder import use_transformer_engine
+    from rlad_megatron.models import builder
     from rlad_megatron.trainer.setup import _check_context_parallel_supported
 
-    _check_context_parallel_supported(1)
-    expected = (ConfigError, r"does not split sequences over the context-parallel ranks yet") if \
-        use_transformer_engine() else (RuntimeError, r"needs Transformer Engine")
-    with pytest.raises(expected[0], match=expected[1]):
-        _check_context_parallel_supported(2)
+    config = _cp_config(2, tp=1)
+    _check_context_parallel_supported(config)  # CP itself runs
+    config.trainer.max_tokens_per_micro_batch, config.trainer.sequence_packing = 64, True
+    monkeypatch.setattr(builder, "use_transformer_engine", lambda: False)
+    _check_context_parallel_supported(config)  # packing without TE: a block-diagonal mask, split like any row
+    monkeypatch.setattr(builder, "use_transformer_engine", lambda: True)
+    with pytest.raises(ConfigError, match=r"context_parallel=2 with trainer.sequence_packing=true.*"
+                                          r"set trainer.sequence_packing=false"):
+        _check_context_parallel_supported(config)
