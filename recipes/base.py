@@ -77,8 +77,6 @@ class Recipe:
     """Whether the job needs GPUs (the Slurm executor then asks for ``gpus_per_node`` GPUs per node)."""
     gpu_memory: str = "h100"
     """The GPU the memory plan checks against: "h100", "h200" or a size in GiB (``python -m recipes --gpu``)."""
-    expert_parallel: int = 1
-    """Expert-parallel size of a MoE teacher in the memory plan (the trainer runs EP=1 today: see the plan's note)."""
 
     @property
     def world_size(self) -> int:
@@ -117,15 +115,12 @@ class Recipe:
         placement = placement or self.placement()
         extra = {} if self.gpu else dict(runtime_reserve_gib=0.0, engine_runtime_gib=0.0, chunk_elements=1 << 20)
         return plan_memory(self.config, student=self.student_shape, teacher=self.teacher_shape, dp=placement.dp,
-                           teacher_ep=self.expert_parallel, gpu=self.gpu_memory if self.gpu else None,
+                           gpu=self.gpu_memory if self.gpu else None,
                            fused_attention=self.gpu, **extra)
 
     def launch_blocker(self) -> str | None:
-        """Why this recipe can be planned but not launched, or None."""
-        if self.expert_parallel > 1:
-            return (f"{self.name}: expert parallelism {self.expert_parallel} is a plan only: the trainer runs the MoE "
-                    "teacher at EP=1 (expert parallelism inside the trainer is not wired yet); print it with --plan, "
-                    "launch with expert_parallel 1")
+        """Why this recipe can be planned but not launched, or None (none today: expert parallelism, the last
+        plan-only setting, runs in the trainer since issue 19)."""
         return None
 
     def validate(self, *, check_memory: bool = True) -> Placement:

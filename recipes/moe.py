@@ -1,13 +1,13 @@
 """A Mixture-of-Experts teacher: Qwen3-30B-A3B (48 layers, 128 experts of width 768, 8 per token) distilled into a
 dense Qwen3 student on one node of 8 GPUs (issue 19).
 
-Layout: learner TP=1 x DP=8; the frozen Megatron teacher on the learner's GPUs with the learner's layout and expert
-parallelism 1: the experts are not tensor-parallel, so every GPU holds all 128 of every layer (30.5B parameters,
-57 GiB in bf16). That is what the trainer runs today: expert parallelism inside the trainer is not wired (the
-teacher's EP group would span data-parallel ranks whose micro-batches differ in length, and megatron's allgather
-token dispatcher needs equal token counts over the EP group). With EP=8 the experts would take 7 GiB per GPU
-instead: ``python -m recipes math_qwen3_1p7b_from_30b_a3b --plan --arg teacher_ep=8`` shows that plan (not
-launchable until EP is wired). At EP=1 the run fits an H200 (141 GB), not an H100.
+Layout: learner TP=1 x DP=8; the frozen Megatron teacher on the learner's GPUs with the learner's layout. The
+experts are not tensor-parallel: at expert parallelism 1 (the default) every GPU holds all 128 of every layer
+(30.5B parameters, 57 GiB in bf16), which fits an H200 (141 GB), not an H100. ``--arg teacher_ep=8`` sets
+``parallel.expert_parallel=8``: each GPU holds 16 of the 128 experts of every layer (7 GiB of experts per GPU
+instead of 57), the trainer makes every micro-batch's shape common over the EP group (the allgather token
+dispatcher needs equal token counts; ``rlad_megatron/learner/expert_parallel.py``), and the run launches like the
+EP=1 one. (EP inside the trainer is tested on gloo/CPU against EP=1; not yet on GPUs.)
 """
 from __future__ import annotations
 
@@ -26,9 +26,12 @@ def math_qwen3_1p7b_from_30b_a3b(algorithm: str = "rlad", max_response: int = 81
                                  model_root: str = "/models", data_root: str = "/data", output_root: str = "/results",
                                  steps: int = 300, teacher_ep: int = 1) -> Recipe:
     """Math (Skywork-OR1), a dense Qwen3 student (``student``: Qwen3-1.7B or Qwen3-4B) <- Qwen3-30B-A3B (MoE), 1 node
-    x 8 H200 (TP=1, DP=8); ``teacher_ep`` > 1 only plans (the trainer runs EP=1); ``steps`` is ours."""
+    x 8 H200 (TP=1, DP=8); ``teacher_ep``: expert parallelism of the teacher (a divisor of 8); ``steps`` is ours."""
     if algorithm not in ("rlad", "kdrl"):
         raise ValueError(f"algorithm={algorithm!r}: the MoE-teacher recipe distils, choose 'rlad' or 'kdrl'")
+    if teacher_ep < 1 or 8 % teacher_ep:
+        raise ValueError(f"teacher_ep={teacher_ep}: expert parallelism splits the 128 experts over data-parallel "
+                         "ranks of the 8 GPUs; choose 1, 2, 4 or 8")
     if student not in MOE_STUDENTS:
         raise ValueError(f"student={student!r}: choose one of {sorted(MOE_STUDENTS)}")
     tag = student.lower().replace("-", "_").replace(".", "p")
@@ -45,5 +48,5 @@ def math_qwen3_1p7b_from_30b_a3b(algorithm: str = "rlad", max_response: int = 81
         eval_samples=4, model_root=model_root, output_root=output_root, teacher_offload=False, gpu_memory="h200",
         **memory)
     recipe.config.rollout.kv_cache_mb = kv_cache_mb
-    recipe.expert_parallel = teacher_ep
+    recipe.config.parallel.expert_parallel = teacher_ep
     return recipe

@@ -76,6 +76,12 @@ class ParallelConfig:
     context_parallel: int = 1
     """Context-parallel size: each row split across this many ranks (TE's attention on GPUs, an all-gather
     attention of ours without TE; docs/token_budgets.md)."""
+    expert_parallel: int = 1
+    """Expert-parallel size of the Mixture-of-Experts models (student and Megatron teacher): each MoE layer's
+    routed experts are split over this many data-parallel ranks of a pipeline stage (a divisor of
+    world_size / pipeline_parallel, dividing the experts per layer). Dense models ignore it."""
+    expert_tensor_parallel: int = 1
+    """Tensor-parallel size inside each routed expert; only 1 is supported (experts are placed whole)."""
     recompute: str = "none"
     """Activation recomputation in the learner: "none", "selective" (attention core only) or "full" (whole
     layers, recompute_num_layers per chunk)."""
@@ -94,6 +100,12 @@ class ParallelConfig:
         if self.sequence_parallel and self.tensor_parallel == 1:
             raise ConfigError("parallel.sequence_parallel=true needs parallel.tensor_parallel > 1")
         _at_least("parallel.context_parallel", self.context_parallel, 1)
+        _at_least("parallel.expert_parallel", self.expert_parallel, 1)
+        if self.expert_tensor_parallel != 1:
+            raise ConfigError(f"parallel.expert_tensor_parallel={self.expert_tensor_parallel}: only 1 is supported "
+                              "(routed experts are placed whole, split over parallel.expert_parallel ranks; the "
+                              "name table, conversion and weight sync have no expert-TP slicing): set it to 1 and "
+                              "raise parallel.expert_parallel instead")
         if self.recompute not in ("none", "selective", "full"):
             raise ConfigError(f"parallel.recompute={self.recompute!r}: choose 'none', 'selective' or 'full'")
         _at_least("parallel.recompute_num_layers", self.recompute_num_layers, 1)

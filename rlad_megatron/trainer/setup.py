@@ -176,8 +176,15 @@ def build_components(config: RunConfig) -> Components:
     if c.model.teacher and teacher_use(c.loss) != "none":
         check_model_folder(c.model.teacher, "model.teacher")
     _check_context_parallel_supported(c)
+    from rlad_megatron.learner.expert_parallel import check_expert_parallel
+
+    moe_models = {"model.student": c.model.student}  # the models expert parallelism would split
+    if c.model.teacher and "teacher_logprobs" in required_inputs(c.loss) and c.teacher.source == "megatron":
+        moe_models["model.teacher"] = c.model.teacher
+    check_expert_parallel(c.parallel.expert_parallel, moe_models)
     parallel.initialize_model_parallel(c.parallel.tensor_parallel, c.parallel.pipeline_parallel, seed=c.trainer.seed,
-                                       context_parallel=c.parallel.context_parallel)
+                                       context_parallel=c.parallel.context_parallel,
+                                       expert_parallel=c.parallel.expert_parallel)
     torch.manual_seed(c.trainer.seed)
     dp_rank, dp_size = ps.get_data_parallel_rank(), ps.get_data_parallel_world_size()
     layout = batch_layout(c, dp_size)

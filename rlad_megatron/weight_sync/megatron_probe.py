@@ -28,6 +28,14 @@ def megatron_token_logprobs(model_chunks: list[torch.nn.Module], vocab_size: int
             "own learner_logprobs (built on its forward schedule) to SyncVerifier"
         )
     (model,) = model_chunks
+    from rlad_megatron.learner.expert_parallel import expert_parallel_group
+
+    if expert_parallel_group(model_chunks) is not None:
+        raise ValueError(
+            "megatron_token_logprobs runs each sequence on its own, so the ranks of an expert-parallel group would "
+            "send different token counts through the MoE dispatcher: at expert parallelism > 1 pass the trainer's "
+            "learner_logprobs (MegatronPolicy.token_logprobs makes the shapes common over the EP group)"
+        )
     device = rank_device()
     tp_group = ps.get_tensor_model_parallel_group() if ps.get_tensor_model_parallel_world_size() > 1 else None
 

@@ -113,7 +113,9 @@ class WeightSynchronizer:
 
         if version <= self.last_version:
             raise ValueError(f"sync version {version} must increase (last synced: {self.last_version})")
-        if self._use_shm():
+        from rlad_megatron.weight_sync.expert_gather import experts_split_over_ranks
+
+        if not experts_split_over_ranks(arch) and self._use_shm():  # EP > 1: experts come over the EP group
             from rlad_megatron.weight_sync.shm_gather import ShmTensorGather
 
             if self._shm is None:

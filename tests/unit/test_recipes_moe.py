@@ -1,5 +1,6 @@
 """The Qwen3-30B-A3B-shaped MoE teacher -> dense student recipe (issue 19): placement on 8 GPUs, its memory plan
-(fits an H200 at EP=1, not an H100; EP>1 only as a plan), and a Slurm dry run through NeMo-Run."""
+(fits an H200 at EP=1, not an H100; EP=8 reaches the trainer's config and launches), and a Slurm dry run through
+NeMo-Run."""
 from __future__ import annotations
 
 import io
@@ -8,7 +9,6 @@ import pytest
 
 from recipes import get_recipe
 from recipes.cli import main
-from rlad_megatron.config import ConfigError
 from rlad_megatron.memory_plan import GIB, MemoryPlanError
 
 NAME = "math_qwen3_1p7b_from_30b_a3b"
@@ -41,18 +41,20 @@ def test_memory_plan_at_ep1_fits_an_h200_not_an_h100():
     assert four_b.memory_plan().fits and four_b.config.parallel.recompute == "full"
 
 
-def test_expert_parallel_is_a_plan_only(capsys):
+def test_expert_parallel_plans_and_launches(capsys):
     recipe = get_recipe(NAME, teacher_ep=8)
+    assert recipe.config.parallel.expert_parallel == 8
     plan = recipe.memory_plan()
     experts = 48 * 128 * 3 * 2048 * 768
     assert plan.term("teacher weights").bytes == 2 * (30_532_122_624 - experts + experts // 8)  # experts / EP
-    assert any("expert parallelism inside the trainer is not wired" in note for note in plan.notes)
-    with pytest.raises(ConfigError, match="expert parallelism 8 is a plan only"):
-        recipe.validate()
+    assert not any("not wired" in note for note in plan.notes)
+    recipe.validate()  # launchable: placement and memory plan pass
     assert main([NAME, "--plan", "--arg", "teacher_ep=8"]) == 0
-    assert "not wired" in capsys.readouterr().out
-    assert main([NAME, "--show", "--arg", "teacher_ep=8"]) == 2
-    assert "plan only" in capsys.readouterr().err
+    capsys.readouterr()
+    assert main([NAME, "--show", "--arg", "teacher_ep=8"]) == 0
+    assert "parallel.expert_parallel=8" in capsys.readouterr().out  # the trainer gets it
+    with pytest.raises(ValueError, match="choose 1, 2, 4 or 8"):
+        get_recipe(NAME, teacher_ep=3)
 
 
 def test_slurm_dry_run(tmp_path, monkeypatch):
