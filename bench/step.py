@@ -21,12 +21,18 @@ its baseline under the same machine load; the final lines are this checkout's.
 
 ``--rollout sync,async`` runs each (mode, TP) with synchronous rollouts (today's default: the engine in the learner's
 process, generation then training) and asynchronous ones (``rollout.mode=async``, ``max_staleness=1``: the engine in
-its own process generates batch t + 1 while the learner trains on batch t; on CPU the engine process and the
-learner pinned to one core each, ``rollout.engine_cpus=1``), interleaved run by run.
+its own process generates batch t + 1 while the learner trains on batch t; on CPU one core each: the engine process
+pinned to one, the learner on one thread, ``rollout.engine_cpus=1``), interleaved run by run.
 
 Final lines: ``step: mode=<m> tp=<n> rollout=<r> step_s=<x> tokens_per_s=<y> peak_rss_mb=<z>`` per mode, TP and
 rollout mode, then ``step: teacher_overhead_ratio=<rlad step_s / grpo step_s>`` (at the first TP and rollout mode
-given) and, with both rollout modes, ``step: mode=<m> tp=<n> async_speedup=<async tokens/s / sync tokens/s>``.
+given), with both rollout modes ``step: mode=<m> tp=<n> async_speedup=<async tokens/s / sync tokens/s>``, then
+(unless ``--no-hf-reference``) ``step: mode=<m> hf_ratio=<ours tokens/s / reference tokens/s>`` per mode (ours at the
+first TP given, synchronous rollouts).
+
+The reference (``bench/hf_reference.py``) is a plain single-process Hugging Face trainer of our own doing W1's work
+(``model.generate``, the GRPO / on-policy-distillation loss, AdamW; torch 2 threads), run in the same rounds,
+interleaved with ours, so that the ratio is measured under the same machine load.
 
 Run: ``.venv/bin/python bench/step.py [--modes grpo,rlad,kdrl --tp 1,2 --steps 6 --warmup 1]``.
 """
@@ -129,6 +135,20 @@ def run_once(config: dict, tp: int, workdir: Path, src: Path | None, timeout: fl
     return rows
 
 
+def run_hf_reference(w1: Path, mode: str, steps: int, warmup: int, timeout: float,
+                     threads: int = 2) -> dict[str, float]:
+    """One run of the single-process HF reference trainer (``bench/hf_reference.py``) in its own process."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.pop("OMP_NUM_THREADS", None)  # the reference sets torch's threads itself (2, as the issue's TRL runs)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    cmd = [sys.executable, str(REPO / "bench" / "hf_reference.py"), "--w1", str(w1), "--mode", mode,
+           "--steps", str(steps), "--warmup", str(warmup), "--threads", str(threads), "--json"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"HF reference failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def summarise(rows: list[dict], warmup: int) -> dict[str, float]:
     """Medians over the measured steps (after ``warmup``), tokens per second over their summed time."""
     measured = [r for r in rows if r["step"] > warmup]
@@ -151,6 +171,21 @@ def _fmt_breakdown(label: str, s: dict[str, float]) -> str:
             f"reward={s['reward']:.3f}")
 
 
+def _fmt_hf(label: str, h: dict[str, float]) -> str:
+    parts = " ".join(f"{name}={h[name]:.3f}" for name in ("generation", "teacher", "train", "other"))
+    return (f"{label} step_s={h['step_s']:.3f} [{parts}] tokens/step={h['tokens_per_step']:.0f} "
+            f"tokens_per_s={h['tokens_per_s']:.1f}")
+
+
+def _pool_hf(runs: list[dict[str, float]]) -> dict[str, float]:
+    """Rounds of the reference pooled as the trainer's are: medians of the per-run medians, tokens/s over all."""
+    med = statistics.median
+    out = {k: med(r[k] for r in runs) for k in ("step_s", "generation", "teacher", "train", "other",
+                                                 "tokens_per_step")}
+    out["tokens_per_s"] = med(r["tokens_per_s"] for r in runs)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--modes", default="grpo,rlad,kdrl")
@@ -165,6 +200,9 @@ def main() -> None:
     parser.add_argument("--baseline-src", default=None, help="another checkout to compare against, interleaved")
     parser.add_argument("--workdir", default=None, help="keep models, configs and logs here (default: temporary)")
     parser.add_argument("--timeout", type=float, default=900)
+    parser.add_argument("--no-hf-reference", dest="hf_reference", action="store_false",
+                        help="skip the single-process HF reference trainer (bench/hf_reference.py)")
+    parser.add_argument("--hf-threads", type=int, default=2, help="torch threads of the HF reference (the issue's: 2)")
     parser.add_argument("--threads", type=int, default=None,
                         help="OMP_NUM_THREADS per rank (default: torchrun's choice: unset at TP=1, 1 per rank above)")
     args = parser.parse_args()
@@ -183,6 +221,7 @@ def main() -> None:
     root.mkdir(parents=True, exist_ok=True)
     paths = prepare(root / "w1")
     rows: dict[tuple[str, str, int, str], list[dict]] = {}
+    hf_runs: dict[str, list[dict[str, float]]] = {}
     start = time.perf_counter()
     run = 0
     for r in range(args.rounds):
@@ -201,6 +240,11 @@ def main() -> None:
                     print(f"[{time.perf_counter() - start:6.0f}s] load={os.getloadavg()[0]:.2f} "
                           + _fmt_breakdown(f"{label} mode={mode} tp={tp} rollout={ro} round={r}", summary),
                           flush=True)
+                if args.hf_reference and tp == tps[0]:  # right after ours, under the same load
+                    hf = run_hf_reference(root / "w1", mode, args.steps, args.warmup, args.timeout, args.hf_threads)
+                    hf_runs.setdefault(mode, []).append(hf)
+                    print(f"[{time.perf_counter() - start:6.0f}s] load={os.getloadavg()[0]:.2f} "
+                          + _fmt_hf(f"hf   mode={mode} round={r}", hf), flush=True)
 
     results = {key: summarise(value, args.warmup) for key, value in rows.items()}
     print(f"W1: 8 prompts x G=8, <=32 new tokens, {args.steps} measured steps after {args.warmup} warm-up, "
@@ -233,6 +277,21 @@ def main() -> None:
                 speedup = (results[("this", mode, tp, "async")]["tokens_per_s"]
                            / results[("this", mode, tp, "sync")]["tokens_per_s"])
                 print(f"step: mode={mode} tp={tp} async_speedup={speedup:.3f}")
+    if hf_runs:
+        tp, ro = tps[0], ("sync" if "sync" in rollouts else rollouts[0])
+        print(f"reference: single-process HF trainer (bench/hf_reference.py), ours at tp={tp}; ratios ours/hf "
+              "(tokens/s: >1 means ours is faster)")
+        for mode in modes:
+            h = _pool_hf(hf_runs[mode])
+            print(_fmt_hf(f"  hf   mode={mode:<4}", h))
+            for label, _ in sources:
+                s = results[(label, mode, tp, ro)]
+                print(f"  {label:<4} mode={mode:<4} ours/hf: tokens_per_s {s['tokens_per_s'] / h['tokens_per_s']:.3f} "
+                      f"step_s {s['step_s'] / h['step_s']:.3f}")
+        for mode in modes:
+            h = _pool_hf(hf_runs[mode])
+            ours = results[("this", mode, tp, ro)]["tokens_per_s"]
+            print(f"step: mode={mode} hf_ratio={ours / h['tokens_per_s']:.3f}")
     if tmp is not None:
         tmp.cleanup()
 

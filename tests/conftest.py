@@ -1,4 +1,6 @@
-"""Suite-wide settings: GPU tests skip without CUDA; Megatron's CPU patches never leak into the pytest process."""
+"""Suite-wide settings: GPU tests skip without CUDA; Megatron's CPU patches never leak into the pytest process;
+run_distributed's ranks fork from one pre-imported server per session (rlad_megatron/testing/fork_server.py),
+stopped when the session ends; RLAD_DIST_FORK_SERVER=0 makes every rank a fresh process again."""
 from __future__ import annotations
 
 import os
@@ -6,6 +8,18 @@ import os
 import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def pytest_configure(config):
+    from rlad_megatron.testing import fork_server
+
+    fork_server.enable()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    from rlad_megatron.testing import fork_server
+
+    fork_server.stop()
 
 
 def pytest_collection_modifyitems(config, items):

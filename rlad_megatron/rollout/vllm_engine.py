@@ -30,8 +30,8 @@ import torch
 from rlad_megatron.rollout.base import Completion, PromptResult, SamplingSettings
 from rlad_megatron.rollout.config import VLLMEngineConfig
 from rlad_megatron.rollout.vllm_env import (  # noqa: F401  (_check_gpu_only_settings: tested from here)
-    _batched_token_budget, _check_gpu_only_settings, _kv_cache_bytes, _plain_cpu_gemm, _private_default_group,
-    _shutdown_without_default_group, _unlink_external_launcher_cpu_shm,
+    _batched_token_budget, _check_gpu_only_settings, _kv_cache_bytes, _learner_keeps_thread_control, _plain_cpu_gemm,
+    _private_default_group, _shutdown_without_default_group, _unlink_external_launcher_cpu_shm,
 )
 
 _EXT = "rlad_megatron.rollout.vllm_worker_ext.RladWorkerExtension"
@@ -67,7 +67,7 @@ class VLLMEngine:
         if self.sharded:
             _unlink_external_launcher_cpu_shm()
         start = time.perf_counter()
-        with engine_call_guard("building the vLLM engine"), groups, \
+        with engine_call_guard("building the vLLM engine"), groups, _learner_keeps_thread_control(), \
                 _plain_cpu_gemm(config.weight_load == "inplace"):
             self._llm = LLM(
                 model=config.model,

