@@ -19,10 +19,16 @@ steps, over their summed step time), peak RSS (max over ranks), and the median t
 an earlier commit), interleaved run by run with this one (order alternating), so that a change is judged against
 its baseline under the same machine load; the final lines are this checkout's.
 
-Final lines: ``step: mode=<m> tp=<n> step_s=<x> tokens_per_s=<y> peak_rss_mb=<z>`` per mode and TP, then
-``step: teacher_overhead_ratio=<rlad step_s / grpo step_s>`` (at the first TP given), then (unless
-``--no-hf-reference``) ``step: mode=<m> hf_ratio=<ours tokens/s / reference tokens/s>`` per mode (ours at the first
-TP given).
+``--rollout sync,async`` runs each (mode, TP) with synchronous rollouts (today's default: the engine in the learner's
+process, generation then training) and asynchronous ones (``rollout.mode=async``, ``max_staleness=1``: the engine in
+its own process generates batch t + 1 while the learner trains on batch t; on CPU one core each: the engine process
+pinned to one, the learner on one thread, ``rollout.engine_cpus=1``), interleaved run by run.
+
+Final lines: ``step: mode=<m> tp=<n> rollout=<r> step_s=<x> tokens_per_s=<y> peak_rss_mb=<z>`` per mode, TP and
+rollout mode, then ``step: teacher_overhead_ratio=<rlad step_s / grpo step_s>`` (at the first TP and rollout mode
+given), with both rollout modes ``step: mode=<m> tp=<n> async_speedup=<async tokens/s / sync tokens/s>``, then
+(unless ``--no-hf-reference``) ``step: mode=<m> hf_ratio=<ours tokens/s / reference tokens/s>`` per mode (ours at the
+first TP given, synchronous rollouts).
 
 The reference (``bench/hf_reference.py``) is a plain single-process Hugging Face trainer of our own doing W1's work
 (``model.generate``, the GRPO / on-policy-distillation loss, AdamW; torch 2 threads), run in the same rounds,
@@ -67,9 +73,13 @@ def prepare(root: Path) -> dict[str, str]:
     return {k: str(v) for k, v in paths.items()}
 
 
-def w1_config(paths: dict[str, str], mode: str, tp: int, steps: int, output_dir: Path) -> dict:
-    """The trainer config of W1 for one algorithm and tensor-parallel size."""
-    return {
+ASYNC_ROLLOUT = {"mode": "async", "max_staleness": 1, "placement": "disaggregated"}
+
+
+def w1_config(paths: dict[str, str], mode: str, tp: int, steps: int, output_dir: Path, rollout: str = "sync",
+              engine_cpus: int = 1) -> dict:
+    """The trainer config of W1 for one algorithm, tensor-parallel size and rollout mode (sync: today's default)."""
+    config = {
         "model": {"student": paths["student"], "teacher": paths["teacher"], "params_dtype": "float32"},
         "parallel": {"tensor_parallel": tp},
         "data": {"task": "sum_prefix", "train_files": [paths["train"]], "prompts_per_step": 8,
@@ -80,6 +90,17 @@ def w1_config(paths: dict[str, str], mode: str, tp: int, steps: int, output_dir:
         "trainer": {"steps": steps, "updates_per_batch": 1, "skip_uniform_groups": False, "output_dir": str(output_dir),
                     "seed": 7, "export_hf": False},
     }
+    if rollout == "async":
+        config["rollout"].update(ASYNC_ROLLOUT)
+        if not _has_cuda():  # the engine process and the learner: one core each (0: neither pinned)
+            config["rollout"]["engine_cpus"] = engine_cpus
+    return config
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def run_once(config: dict, tp: int, workdir: Path, src: Path | None, timeout: float,
@@ -172,6 +193,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6, help="measured steps per run")
     parser.add_argument("--warmup", type=int, default=1, help="steps dropped before measuring")
     parser.add_argument("--rounds", type=int, default=1, help="runs per (mode, TP[, checkout]); medians pool them")
+    parser.add_argument("--rollout", default="sync", help="rollout modes to run, interleaved: sync, async or both")
+    parser.add_argument("--engine-cpus", type=int, default=1,
+                        help="async on CPU: rollout.engine_cpus (cores of the engine process, the learner gets the "
+                             "rest; 0: no pinning)")
     parser.add_argument("--baseline-src", default=None, help="another checkout to compare against, interleaved")
     parser.add_argument("--workdir", default=None, help="keep models, configs and logs here (default: temporary)")
     parser.add_argument("--timeout", type=float, default=900)
@@ -182,6 +207,9 @@ def main() -> None:
                         help="OMP_NUM_THREADS per rank (default: torchrun's choice: unset at TP=1, 1 per rank above)")
     args = parser.parse_args()
     modes, tps = args.modes.split(","), [int(t) for t in args.tp.split(",")]
+    rollouts = args.rollout.split(",")
+    if set(rollouts) - {"sync", "async"}:
+        parser.error(f"--rollout {args.rollout!r}: give sync, async or sync,async")
     if "grpo" not in modes or "rlad" not in modes:
         print("note: teacher_overhead_ratio needs both grpo and rlad", file=sys.stderr)
     sources: list[tuple[str, Path | None]] = [("this", None)]
@@ -192,24 +220,26 @@ def main() -> None:
     root = Path(args.workdir or tmp.name)
     root.mkdir(parents=True, exist_ok=True)
     paths = prepare(root / "w1")
-    rows: dict[tuple[str, str, int], list[dict]] = {}
+    rows: dict[tuple[str, str, int, str], list[dict]] = {}
     hf_runs: dict[str, list[dict[str, float]]] = {}
     start = time.perf_counter()
     run = 0
     for r in range(args.rounds):
         for tp in tps:
             for mode in modes:
-                order = sources if run % 2 == 0 else sources[::-1]
+                order = [(label, src, ro) for ro in rollouts for label, src in sources]
+                order = order if run % 2 == 0 else order[::-1]
                 run += 1
-                for label, src in order:
-                    out = root / f"{label}-{mode}-tp{tp}-r{r}"
-                    config = w1_config(paths, mode, tp, args.warmup + args.steps, out / "run")
+                for label, src, ro in order:
+                    out = root / f"{label}-{mode}-tp{tp}-{ro}-r{r}"
+                    config = w1_config(paths, mode, tp, args.warmup + args.steps, out / "run", ro, args.engine_cpus)
                     got = run_once(config, tp, out, src, args.timeout, args.threads)
-                    rows.setdefault((label, mode, tp), []).extend(
+                    rows.setdefault((label, mode, tp, ro), []).extend(
                         got)
                     summary = summarise(got, args.warmup)
                     print(f"[{time.perf_counter() - start:6.0f}s] load={os.getloadavg()[0]:.2f} "
-                          + _fmt_breakdown(f"{label} mode={mode} tp={tp} round={r}", summary), flush=True)
+                          + _fmt_breakdown(f"{label} mode={mode} tp={tp} rollout={ro} round={r}", summary),
+                          flush=True)
                 if args.hf_reference and tp == tps[0]:  # right after ours, under the same load
                     hf = run_hf_reference(root / "w1", mode, args.steps, args.warmup, args.timeout, args.hf_threads)
                     hf_runs.setdefault(mode, []).append(hf)
@@ -223,34 +253,45 @@ def main() -> None:
     print("breakdown: median seconds per step of each phase")
     for tp in tps:
         for mode in modes:
-            for label, _ in sources:
-                print(_fmt_breakdown(f"  {label:<4} mode={mode:<4} tp={tp}", results[(label, mode, tp)]))
-            if len(sources) > 1:
-                a, b = results[("this", mode, tp)], results[("base", mode, tp)]
-                print(f"  speed-up mode={mode} tp={tp}: step_s base/this = {b['step_s'] / a['step_s']:.2f}x")
+            for ro in rollouts:
+                for label, _ in sources:
+                    print(_fmt_breakdown(f"  {label:<4} mode={mode:<4} tp={tp} rollout={ro}",
+                                         results[(label, mode, tp, ro)]))
+                if len(sources) > 1:
+                    a, b = results[("this", mode, tp, ro)], results[("base", mode, tp, ro)]
+                    print(f"  speed-up mode={mode} tp={tp} rollout={ro}: step_s base/this = "
+                          f"{b['step_s'] / a['step_s']:.2f}x")
     for tp in tps:
         for mode in modes:
-            s = results[("this", mode, tp)]
-            print(f"step: mode={mode} tp={tp} step_s={s['step_s']:.3f} tokens_per_s={s['tokens_per_s']:.1f} "
-                  f"peak_rss_mb={s['peak_rss_mb']:.0f}")
+            for ro in rollouts:
+                s = results[("this", mode, tp, ro)]
+                print(f"step: mode={mode} tp={tp} rollout={ro} step_s={s['step_s']:.3f} "
+                      f"tokens_per_s={s['tokens_per_s']:.1f} peak_rss_mb={s['peak_rss_mb']:.0f}")
     if "grpo" in modes and "rlad" in modes:
-        tp = tps[0]
-        ratio = results[("this", "rlad", tp)]["step_s"] / results[("this", "grpo", tp)]["step_s"]
+        tp, ro = tps[0], rollouts[0]
+        ratio = results[("this", "rlad", tp, ro)]["step_s"] / results[("this", "grpo", tp, ro)]["step_s"]
         print(f"step: teacher_overhead_ratio={ratio:.3f}")
+    if set(rollouts) == {"sync", "async"}:
+        for tp in tps:
+            for mode in modes:
+                speedup = (results[("this", mode, tp, "async")]["tokens_per_s"]
+                           / results[("this", mode, tp, "sync")]["tokens_per_s"])
+                print(f"step: mode={mode} tp={tp} async_speedup={speedup:.3f}")
     if hf_runs:
-        tp = tps[0]
+        tp, ro = tps[0], ("sync" if "sync" in rollouts else rollouts[0])
         print(f"reference: single-process HF trainer (bench/hf_reference.py), ours at tp={tp}; ratios ours/hf "
               "(tokens/s: >1 means ours is faster)")
         for mode in modes:
             h = _pool_hf(hf_runs[mode])
             print(_fmt_hf(f"  hf   mode={mode:<4}", h))
             for label, _ in sources:
-                s = results[(label, mode, tp)]
+                s = results[(label, mode, tp, ro)]
                 print(f"  {label:<4} mode={mode:<4} ours/hf: tokens_per_s {s['tokens_per_s'] / h['tokens_per_s']:.3f} "
                       f"step_s {s['step_s'] / h['step_s']:.3f}")
         for mode in modes:
             h = _pool_hf(hf_runs[mode])
-            print(f"step: mode={mode} hf_ratio={results[('this', mode, tp)]['tokens_per_s'] / h['tokens_per_s']:.3f}")
+            ours = results[("this", mode, tp, ro)]["tokens_per_s"]
+            print(f"step: mode={mode} hf_ratio={ours / h['tokens_per_s']:.3f}")
     if tmp is not None:
         tmp.cleanup()
 

@@ -177,6 +177,19 @@ class RolloutConfig:
     seed_requests: bool | None = None
     """Seed every request (reproducible samples, but vLLM's sampler takes its slower per-request path). None: on
     CPU yes (the test suite compares runs), on GPUs no (the engine's seed still fixes the stream per run)."""
+    mode: str = "sync"
+    """"sync": each step generates its batch, then trains on it. "async" (docs/async_rollouts.md): the engine
+    process generates batch t+1 while the learner trains on batch t (one-step off-policy); needs
+    rollout.placement=disaggregated (the engine in its own process)."""
+    max_staleness: int = 1
+    """async: the most weight versions a batch may lag behind the learner when it is trained on; older batches are
+    dropped (regenerated with the current weights) and counted in rollout/stale_dropped. 0: the engine never runs
+    ahead (exactly the synchronous run); >= 1: it generates one batch ahead (the engine serves one request at a
+    time, so a batch lags at most one version)."""
+    engine_cpus: int = 0
+    """CPU only, disaggregated placement: pin the engine process to this many cores (the last ones this job may
+    use, one thread each) and give the learner ranks the other cores' worth of threads, so that they do not take
+    each other's cores (0: no pinning, every process takes its default threads)."""
 
     def validate(self) -> None:
         if self.executor not in ("auto", "uni", "external_launcher"):
@@ -219,6 +232,30 @@ class RolloutConfig:
             if getattr(self, key) is not None:
                 _at_least(f"rollout.{key}", getattr(self, key), 0)
         _in_range("rollout.reward_timeout_s", self.reward_timeout_s, 0, 3600, low_open=True)
+        _check_rollout_mode(self)
+
+
+def _check_rollout_mode(r: RolloutConfig) -> None:
+    """``rollout.mode`` / ``max_staleness`` / ``engine_cpus``: async needs the engine in its own process."""
+    if r.mode not in ("sync", "async"):
+        raise ConfigError(f"rollout.mode={r.mode!r}: choose 'sync' or 'async'")
+    if r.max_staleness < 0:
+        raise ConfigError(f"rollout.max_staleness must be >= 0 (weight versions a batch may lag), got {r.max_staleness}")
+    if r.engine_cpus < 0:
+        raise ConfigError(f"rollout.engine_cpus must be >= 0, got {r.engine_cpus}")
+    if r.engine_cpus and r.placement != "disaggregated":
+        raise ConfigError("rollout.engine_cpus pins the engine process's cores: it needs "
+                          "rollout.placement='disaggregated'")
+    if r.mode == "async" and r.placement != "disaggregated":
+        raise ConfigError("rollout.mode='async' generates the next batch while the learner trains, which needs the "
+                          "engine in a process of its own: set rollout.placement='disaggregated' (on GPUs the "
+                          "engines take GPUs after the learner's), or rollout.mode='sync'")
+    if r.mode == "async" and r.max_staleness >= 1 and (r.temperature != 1.0 or r.top_p != 1.0):
+        raise ConfigError(
+            f"rollout.mode='async' trains on batches sampled by the previous weights and takes the engine's log-probs "
+            f"as the sampling policy's, but with temperature={r.temperature} / top_p={r.top_p} those are of the "
+            "tempered/truncated distribution, not the model's: set rollout.temperature=1 and rollout.top_p=1, or "
+            "rollout.max_staleness=0, or rollout.mode='sync'")
 
 
 @dataclass

@@ -61,6 +61,9 @@ class VLLMEngineConfig:
     """GPU only: the fraction of the GPU vLLM may use (weights + KV cache + graphs). vLLM refuses to start when less
     than this fraction is free. None: vLLM's default (0.92 in vLLM 0.32). On CPU ``kv_cache_bytes`` sizes the
     cache instead."""
+    cpu_cores: tuple[int, ...] = ()
+    """CPU only, ``placement="disaggregated"``: the cores the engine process runs on, one OpenMP thread each
+    (``rollout.engine_cpus``; empty: not pinned)."""
     enable_sleep_mode: bool = False
     """GPU only: allocate weights and KV cache through vLLM's CuMem allocator so that ``sleep`` releases them
     while the learner trains (colocation)."""
@@ -98,5 +101,8 @@ class VLLMEngineConfig:
             raise ValueError(
                 f"VLLMEngineConfig.gpu_memory_utilization must be in (0, 1) or None, got {self.gpu_memory_utilization}"
             )
+        if self.cpu_cores and self.placement != "disaggregated":
+            raise ValueError("VLLMEngineConfig.cpu_cores pins the engine's own process: it needs "
+                             "placement='disaggregated'")
         if self.reserved_cpus < 0:
             raise ValueError(f"VLLMEngineConfig.reserved_cpus must be >= 0, got {self.reserved_cpus}")

@@ -2,6 +2,8 @@
 
     engine = RemoteVLLMEngine(VLLMEngineConfig(model=hf_dir, placement="disaggregated"))
     engine.generate(prompts, sampling)                 # commands and results over a multiprocessing Pipe
+    engine.request_generate(prompts, sampling)         # asynchronous rollouts: ask now, ...
+    results, version = engine.collect_generate()       # ... collect later (with the weight version that sampled)
     TorchDistTransport(engine).send(version, buckets)  # tensors over a two-rank gloo group (weight_sync/)
 
 The engine process is started with the ``spawn`` method, so it shares nothing with the learner's process (its
@@ -23,7 +25,8 @@ from rlad_megatron.weight_sync.dist_transport import (
     BucketReceiver, bucket_meta, connect_store, join_pair_group, pair_backend, pair_store, send_tensors,
 )
 
-_COMMANDS = ("generate", "score", "weight_version", "begin_sync", "finish_sync", "bucket", "shutdown")
+_COMMANDS = ("generate", "generate_versioned", "score", "weight_version", "begin_sync", "finish_sync", "bucket",
+             "shutdown")
 
 
 class EngineProcessError(RuntimeError):
@@ -51,6 +54,7 @@ class RemoteVLLMEngine:
         self._proc.start()
         child_conn.close()
         self._closed = False
+        self._pending = False  # a generate request sent by request_generate and not collected yet
         self._group = join_pair_group(self._store, 0, timeout_s=start_timeout_s, backend=backend)
         self.startup_s = self._reply(start_timeout_s)["startup_s"]
 
@@ -65,12 +69,40 @@ class RemoteVLLMEngine:
     def weight_version(self) -> int:
         return self._call("weight_version")
 
+    # asynchronous rollouts: one request in flight at a time, while the learner computes
+    def request_generate(self, prompts: Sequence[Sequence[int]], sampling: SamplingSettings) -> None:
+        """Send a generate request and return at once; :meth:`collect_generate` waits for its result. Until then
+        the engine process is busy and every other call is refused (the commands share one pipe)."""
+        self._check_open()
+        if self._pending:
+            raise EngineProcessError("a generate request is already in flight: collect_generate() it first")
+        self._send(("generate_versioned", [list(map(int, p)) for p in prompts], sampling))
+        self._pending = True
+
+    @property
+    def generating(self) -> bool:
+        """Whether a request of :meth:`request_generate` is in flight."""
+        return self._pending
+
+    def collect_generate(self) -> tuple[list[PromptResult], int]:
+        """The results of the request in flight and the engine's weight version that sampled them."""
+        if not self._pending:
+            raise EngineProcessError("collect_generate(): no generate request is in flight")
+        try:
+            results, version = self._reply(self.call_timeout_s)
+        finally:
+            self._pending = False
+        return results, int(version)
+
     def shutdown(self) -> None:
         """Stop the engine process (gracefully, then by force after 60 s); safe to call twice."""
         if self._closed:
             return
         self._closed = True
         try:
+            if self._pending and self._proc.is_alive():  # its answer comes first on the pipe
+                self._pending = False
+                self._reply(60.0)
             if self._proc.is_alive():
                 self._conn.send(("shutdown",))
                 self._reply(60.0)
@@ -90,6 +122,8 @@ class RemoteVLLMEngine:
     def send_bucket(self, bucket: list[Named]) -> None:
         """Tell the engine which tensors follow, send them over the pair group, wait for the engine's load."""
         self._check_open()
+        if self._pending:
+            raise EngineProcessError("weight bucket sent while a generate request is in flight: collect it first")
         self._send(("bucket", bucket_meta(bucket)))
         send_tensors(self._group, bucket, peer=1)
         self._reply(self.call_timeout_s)
@@ -104,6 +138,9 @@ class RemoteVLLMEngine:
 
     def _call(self, command: str, *args: Any) -> Any:
         self._check_open()
+        if self._pending:
+            raise EngineProcessError(f"engine call {command!r} while a generate request is in flight: "
+                                     "collect_generate() it first")
         self._send((command, *args))
         return self._reply(self.call_timeout_s)
 
@@ -143,6 +180,8 @@ def _serve(conn, config: VLLMEngineConfig, host: str, port: int, timeout_s: floa
     import torch
 
     device = torch.device("cpu")
+    if gpu is None and config.cpu_cores:
+        pin_engine_cpus(config.cpu_cores)
     if gpu is not None:  # before CUDA is initialised here: the engine's GPU becomes this process's cuda:0
         inherited = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
         os.environ["CUDA_VISIBLE_DEVICES"] = inherited[gpu] if inherited else str(gpu)
@@ -175,6 +214,8 @@ def _serve(conn, config: VLLMEngineConfig, host: str, port: int, timeout_s: floa
                 result = None
             elif command == "weight_version":
                 result = engine.weight_version
+            elif command == "generate_versioned":  # no sync can come between: the version is the sampling one
+                result = (engine.generate(*args), engine.weight_version)
             elif command == "shutdown":
                 engine.shutdown()
                 conn.send(("ok", None))
@@ -185,3 +226,16 @@ def _serve(conn, config: VLLMEngineConfig, host: str, port: int, timeout_s: floa
         except Exception:
             conn.send(("error", traceback.format_exc()))
     engine.shutdown()
+
+
+def pin_engine_cpus(cores: Sequence[int]) -> None:
+    """In the engine process, before vLLM starts: run on ``cores`` only, one OpenMP thread per core (vLLM's CPU
+    worker binds its threads from ``VLLM_CPU_OMP_THREADS_BIND``)."""
+    import os
+
+    import torch
+
+    os.sched_setaffinity(0, set(cores))
+    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(str(c) for c in cores)
+    os.environ["OMP_NUM_THREADS"] = str(len(cores))
+    torch.set_num_threads(len(cores))

@@ -26,6 +26,7 @@ from rlad_megatron.trainer.faults import pause_point
 from rlad_megatron.trainer.guards import NonFiniteStepGuard, TrainingStopped
 from rlad_megatron.device import collective_device, for_collective
 from rlad_megatron.parallel import share_from_one
+from rlad_megatron.trainer.rollout_pipeline import RolloutPipeline
 from rlad_megatron.trainer.rollouts import generate_and_score, to_sequence_batch
 from rlad_megatron.trainer.observability import MetricsLogger
 from rlad_megatron.trainer.setup import Components, build_components
@@ -86,6 +87,7 @@ class Trainer:
         )
         s = self.parts
         rank0 = dist.get_rank() == 0
+        self.rollouts = self._rollout_pipeline()
         self._saved_step = -1  # the step of the newest checkpoint on disk that this run wrote or loaded
         if resume:
             folder = find_loadable_checkpoint(s.checkpoint_dir)
@@ -96,6 +98,10 @@ class Trainer:
                 state = load_trainer_checkpoint(folder, s.student.policy.chunks, s.student.policy.optimizer)
                 self.step = self._saved_step = state["step"]
                 s.prompts.load_state_dict(state["data"])
+                # The first sync labels the loaded weights with the version they had (batches generated ahead
+                # keep their staleness, and the verification schedule its phase).
+                self.weight_version = max(0, int(state.get("weight_version", 1)) - 1)
+                self.rollouts.load_state_dict(state.get("rollouts_ahead"))
                 if rank0:
                     say(f"[rlad] resumed from {folder} at step {self.step}")
         from rlad_megatron.trainer.run_dir import record_run_config
@@ -127,7 +133,10 @@ class Trainer:
                 s.student.export(s.output_dir / "hf")
         finally:
             self.logger.close()
-            s.close()
+            try:
+                self.rollouts.close()
+            finally:
+                s.close()
         return last
 
     def _eval_due(self) -> bool:
@@ -141,7 +150,7 @@ class Trainer:
         save_trainer_checkpoint(
             s.checkpoint_dir, self.step, s.student.policy.chunks, s.student.policy.optimizer,
             {"data": s.prompts.state_dict(), "weight_version": self.weight_version,
-             "config": run_config_to_dict(self.config)},
+             "rollouts_ahead": self.rollouts.state_dict(), "config": run_config_to_dict(self.config)},
             keep=self.config.trainer.keep_checkpoints, arch=s.student.arch, tokenizer_dir=self.config.model.student,
         )
         self._saved_step = self.step
@@ -154,24 +163,9 @@ class Trainer:
 
         t = time.perf_counter()
         pause_point("generation", self.step + 1)
-        examples = s.prompts.next_batch()
-        rollouts = None
-        if s.engine is not None:
-            sampling = SamplingSettings(
-                n=cfg.rollout.group_size, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
-                max_tokens=cfg.rollout.max_new_tokens, stop_token_ids=s.stop_ids,
-                # The engine seeds prompt j's i-th response with seed + j * n + i: offsetting by this rank's first
-                # global prompt makes the samples independent of the data-parallel layout.
-                seed=cfg.trainer.seed * 1_000_003 + self.step * 100_003
-                + s.dp_rank * len(examples) * cfg.rollout.group_size if s.seed_requests else None,
-            )
-            if cfg.rollout.sleep_level:  # no-ops when the sync has woken it (sft: nothing else wakes it)
-                s.engine.wake_up("weights")
-                s.engine.wake_up("kv_cache")
-            rollouts = generate_and_score(s.engine, s.reward_guard, s.task, examples, sampling)
-            if cfg.rollout.sleep_level:  # free the engine's GPU memory for the learner until the next sync
-                s.engine.sleep(cfg.rollout.sleep_level)
-        rollouts = share_from_one(rollouts, s.model_parallel_group)
+        # sync: generate this step's batch now; async: take the batch generated during the previous step and ask
+        # the engine process for the next one (with the weights it holds now), to come while this step trains.
+        rollouts, ahead_metrics = self.rollouts.take(self.step, self.weight_version)
         times["time/generation"] = time.perf_counter() - t
 
         batch, metrics = to_sequence_batch(
@@ -180,6 +174,7 @@ class Trainer:
             truncation=TruncationPolicy(cfg.rollout.truncated, cfg.rollout.max_new_tokens,
                                         cfg.rollout.overlong_cache, cfg.rollout.overlong_penalty),
         )
+        metrics.update(ahead_metrics)
         metrics = self._average_over_dp(metrics)
         if cfg.trainer.max_tokens_per_micro_batch is not None and s.layout.dp > 1:
             # Token-budget micro-batches: deal the step's sequences over the DP ranks by token work (the advantages
@@ -201,7 +196,12 @@ class Trainer:
             batch.ref_logprobs = s.reference.token_logprobs(batch)
 
         t = time.perf_counter()
-        if "old_logprobs" in self.needs and cfg.trainer.updates_per_batch > 1:
+        if "old_logprobs" in self.needs and rollouts.weight_version != self.weight_version:
+            # Sampled by an older policy (async): the PPO/TRRD ratio and TIS are taken to the policy that sampled
+            # the tokens, i.e. the engine's own log-probs (the sync probe checks they are the learner's at that
+            # version), never to the current one.
+            batch.old_logprobs = batch.engine_logprobs.clone()
+        elif "old_logprobs" in self.needs and cfg.trainer.updates_per_batch > 1:
             # With one update per batch the old policy is the current one: the loss takes logprobs.detach().
             batch.old_logprobs = s.student.policy.token_logprobs(batch, MicroBatching.for_forward(cfg.trainer))
         times["time/old_logprobs"] = time.perf_counter() - t
@@ -210,6 +210,12 @@ class Trainer:
         pause_point("train", self.step + 1)
         metrics.update(self._update_policy(batch))
         times["time/train"] = time.perf_counter() - t
+
+        # async: wait for the next batch (generated while this step trained): the engine must be idle for the
+        # weight sync, the probe, evaluation and a checkpoint (which stores that batch).
+        wait = self.rollouts.finish_step()
+        times["time/generation"] += wait
+        metrics["rollout/ahead_wait_s"] = wait
 
         t = time.perf_counter()
         pause_point("sync", self.step + 1)
@@ -223,7 +229,7 @@ class Trainer:
         metrics["memory/peak_rss_mb"] = _peak_rss_mb()
         return metrics
 
-    _SUMMED_OVER_DP = ("rollout/generated_tokens", "groups/kept_sequences", "reward/errors")
+    _SUMMED_OVER_DP = ("rollout/generated_tokens", "groups/kept_sequences", "reward/errors", "rollout/stale_dropped")
 
     def _average_over_dp(self, metrics: dict[str, float]) -> dict[str, float]:
         """Rollout statistics of the whole step: counts summed over data-parallel ranks, the rest averaged."""
@@ -300,6 +306,39 @@ class Trainer:
             self.logger.note(f"step {self.step}: {skipped} update(s) skipped (non-finite loss or gradient)")
         self.non_finite.record(self.step, skipped)
         return out
+
+    def _rollout_pipeline(self) -> RolloutPipeline:
+        """This run's source of rollouts (``rollout.mode``; trainer/rollout_pipeline.py)."""
+        cfg, s = self.config, self.parts
+        r = cfg.rollout
+        ahead = r.mode == "async" and r.max_staleness >= 1
+
+        def sampling_for(step: int, prompts: int) -> SamplingSettings:
+            return SamplingSettings(
+                n=r.group_size, temperature=r.temperature, top_p=r.top_p, max_tokens=r.max_new_tokens,
+                stop_token_ids=s.stop_ids,
+                # The engine seeds prompt j's i-th response with seed + j * n + i: offsetting by this rank's first
+                # global prompt makes the samples independent of the data-parallel layout.
+                seed=cfg.trainer.seed * 1_000_003 + step * 100_003 + s.dp_rank * prompts * r.group_size
+                if s.seed_requests else None,
+            )
+
+        def generate_now(examples, sampling: SamplingSettings):
+            if s.engine is None:
+                return None
+            if r.sleep_level:  # no-ops when the sync has woken it (sft: nothing else wakes it)
+                s.engine.wake_up("weights")
+                s.engine.wake_up("kv_cache")
+            out = generate_and_score(s.engine, s.reward_guard, s.task, examples, sampling)
+            if r.sleep_level:  # free the engine's GPU memory for the learner until the next sync
+                s.engine.sleep(r.sleep_level)
+            return out
+
+        return RolloutPipeline(
+            s.engine, s.reward_guard, s.prompts, sampling_for, generate=generate_now, ahead=ahead,
+            max_staleness=r.max_staleness if r.mode == "async" else 0,
+            share=lambda value: share_from_one(value, s.model_parallel_group), owner=[s.dp_rank, s.layout.dp],
+        )
 
     def _sync_weights(self) -> dict[str, float]:
         s = self.parts

@@ -26,6 +26,13 @@ class Rollouts:
     format_ok: list[bool]
     reward_errors: int
     group_size: int
+    weight_versions: list[int] = dataclasses.field(default_factory=list)
+    """The engine's weight version that sampled each response (all equal within one engine request)."""
+
+    @property
+    def weight_version(self) -> int:
+        """The version that sampled this batch (the oldest, if they ever differ)."""
+        return min(self.weight_versions) if self.weight_versions else 0
 
 
 def generate_and_score(engine, guard, task, examples: Sequence[Any], sampling: SamplingSettings) -> Rollouts | None:
@@ -36,6 +43,12 @@ def generate_and_score(engine, guard, task, examples: Sequence[Any], sampling: S
     results = engine.generate([ex.prompt_token_ids for ex in examples], sampling)
     if guard is None:
         return None
+    return score_results(guard, examples, results, sampling.n, getattr(engine, "weight_version", 0))
+
+
+def score_results(guard, examples: Sequence[Any], results, group_size: int, weight_version: int) -> Rollouts:
+    """Score the engine's ``results`` for ``examples`` with the guarded reward; every sample records
+    ``weight_version`` (the engine's weights that sampled it)."""
     prompt_ids, response_ids, logprobs, truncated, texts, records = [], [], [], [], [], []
     for ex, result in zip(examples, results):
         for completion in result.completions:
@@ -52,7 +65,7 @@ def generate_and_score(engine, guard, task, examples: Sequence[Any], sampling: S
         prompt_ids=prompt_ids, response_ids=response_ids, response_logprobs=logprobs, truncated=truncated,
         rewards=[float(s.score) for s in scored], correct=[bool(s.correct) for s in scored],
         format_ok=[bool(s.format_ok) for s in scored], reward_errors=errors_after - errors_before,
-        group_size=sampling.n,
+        group_size=group_size, weight_versions=[int(weight_version)] * len(response_ids),
     )
 
 

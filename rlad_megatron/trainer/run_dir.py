@@ -36,7 +36,7 @@ LAYOUT_KEYS = frozenset({
     "rollout.placement", "rollout.verify_every", "rollout.max_logprob_mismatch", "rollout.kv_cache_mb",
     "rollout.weight_load", "rollout.reward_timeout_s", "teacher.offload", "optim.use_distributed_optimizer",
     "rollout.executor", "rollout.enforce_eager", "rollout.gpu_memory_utilization", "rollout.sleep_level",
-    "data.eval_files", "data.bad_rows",
+    "data.eval_files", "data.bad_rows", "rollout.engine_cpus",
 })
 LAYOUT_SECTIONS = ("parallel.", "logging.", "wandb.", "trainer.wandb.")
 

@@ -231,6 +231,12 @@ def build_components(config: RunConfig) -> Components:
     engine_cfg = engine_config(c, c.model.teacher if use == "samples" else c.model.student, cuda=cuda,
                                gpu_memory_utilization=_engine_memory_fraction(c, cuda, arch, dp_size))
     engine, transport = build_rollout_engine(engine_cfg)
+    if engine_cfg.cpu_cores:  # after the engine process has started with its own affinity
+        import os
+
+        from rlad_megatron.trainer.engine_settings import pin_learner_cpus
+
+        pin_learner_cpus(engine_cfg.cpu_cores, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
 
     teacher: Teacher | None = None
     if "teacher_logprobs" in needs and c.teacher.source == "megatron":
@@ -247,7 +253,7 @@ def build_components(config: RunConfig) -> Components:
 
             check_tokenizer_compatible(c.model.student, c.model.teacher)
             scorer = VLLMTeacherScorer(dataclasses.replace(
-                engine_cfg, model=c.model.teacher, placement="colocated", enable_sleep_mode=False,
+                engine_cfg, model=c.model.teacher, placement="colocated", enable_sleep_mode=False, cpu_cores=(),
                 gpu_memory_utilization=_engine_memory_fraction(c, cuda)))  # measured again, after the first engine
         teacher = VLLMTeacher(scorer, mp_group)
 
