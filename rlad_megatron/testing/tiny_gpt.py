@@ -56,3 +56,24 @@ def tiny_batch(batch_size: int = 4, seed: int = 7) -> dict[str, torch.Tensor]:
         "position_ids": torch.arange(SEQ).unsqueeze(0).expand(batch_size, -1).contiguous(),
         "attention_mask": torch.tril(torch.ones(1, 1, SEQ, SEQ)) < 0.5,
     }
+
+
+def random_sequence_batch(size: int = 8, seed: int = 11):
+    """``size`` sequences of random lengths (3..16 tokens) for the tiny GPT, right-padded with 0: a prompt of 1..3
+    tokens each (the loss mask starts after it), random advantages, random per-token engine / teacher log-probs.
+    Any misaligned per-token tensor changes a loss computed on it: the batch of the layout-equivalence tests."""
+    from rlad_megatron.learner.sequences import SequenceBatch
+
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(3, 17, (size,), generator=g)
+    width = int(lengths.max())
+    tokens = torch.randint(1, VOCAB, (size, width), generator=g)
+    mask = torch.zeros(size, width - 1, dtype=torch.bool)
+    for i, n in enumerate(lengths.tolist()):
+        tokens[i, n:] = 0
+        prompt = 1 + i % 3
+        mask[i, prompt - 1:n - 1] = True
+    noise = torch.randn(size, width - 1, generator=g)
+    return SequenceBatch(tokens=tokens, loss_mask=mask, advantages=torch.randn(size, generator=g),
+                         rewards=torch.zeros(size), correct=torch.arange(size) % 3 == 0,
+                         engine_logprobs=-5.0 + noise, teacher_logprobs=-4.5 - noise.abs(), lengths=lengths)

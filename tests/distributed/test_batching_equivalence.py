@@ -19,22 +19,9 @@ BUDGET = 24
 
 
 def _global_batch():
-    from rlad_megatron.learner.sequences import SequenceBatch
-    from rlad_megatron.testing.tiny_gpt import VOCAB
+    from rlad_megatron.testing.tiny_gpt import random_sequence_batch
 
-    g = torch.Generator().manual_seed(11)
-    lengths = torch.randint(3, 17, (GLOBAL_BATCH,), generator=g)
-    width = int(lengths.max())
-    tokens = torch.randint(1, VOCAB, (GLOBAL_BATCH, width), generator=g)
-    mask = torch.zeros(GLOBAL_BATCH, width - 1, dtype=torch.bool)
-    for i, n in enumerate(lengths.tolist()):
-        tokens[i, n:] = 0
-        prompt = 1 + i % 3
-        mask[i, prompt - 1:n - 1] = True
-    noise = torch.randn(GLOBAL_BATCH, width - 1, generator=g)
-    return SequenceBatch(tokens=tokens, loss_mask=mask, advantages=torch.randn(GLOBAL_BATCH, generator=g),
-                         rewards=torch.zeros(GLOBAL_BATCH), correct=torch.arange(GLOBAL_BATCH) % 3 == 0,
-                         engine_logprobs=-5.0 + noise, teacher_logprobs=-4.5 - noise.abs(), lengths=lengths)
+    return random_sequence_batch(GLOBAL_BATCH, seed=11)
 
 
 def _run_modes(algorithms: tuple[str, ...], sequence_parallel: bool) -> list[dict]:
