@@ -87,9 +87,8 @@ def pad_micro_batch(mb: MicroBatch, rows: int, width: int) -> MicroBatch:
     params = mb.packed_seq_params
     if params is not None:  # THD (Transformer Engine): the added tail is one more segment of its own
         params = _thd_with_tail(params, w, width)
-    gather_rows, gather_cols = mb.gather_rows, mb.gather_cols
     return dataclasses.replace(mb, tokens=tokens, position_ids=positions, attention_mask=mask,
-                               packed_seq_params=params, gather_rows=gather_rows, gather_cols=gather_cols)
+                               packed_seq_params=params)
 
 
 def _thd_with_tail(params, old_width: int, width: int):
