@@ -4,8 +4,8 @@ time budget:
 - the quickstart recipe's assets and its uninterrupted 3-step run through NeMo-Run's LocalExecutor, which
   test_recipe_quickstart checks and which is the reference of the torchrun-restarted and the Slurm-requeued runs
   (the same recipe and seeds give the same per-step metrics);
-- the trainer at TP=1/TP=2/PP=2/DP=2 (layout_runs.py): test_trainer_layouts checks them all, test_console_quiet
-  the TP=2 run's console and log."""
+- the trainer at TP=1/TP=2/PP=2/DP=2/CP=2 and with asynchronous rollouts (layout_runs.py): test_trainer_layouts
+  checks them all, test_console_quiet the TP=2 run's console and log."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,22 +1,56 @@
-"""The real trainer at TP=1, TP=2, PP=2, DP=2 and CP=2 on warm-started tiny models (a test helper; the library never
-imports it). Each layout is launched once per session, on first use (fixture ``layout_runs`` in
-tests/e2e/conftest.py): test_trainer_layouts compares and checks them all, and test_console_quiet checks the TP=2
-run's console and log (that run also logs to W&B, offline, for that check), which saves it a launch of its own."""
+"""The real trainer on warm-started tiny models at TP=1, TP=2, PP=2, DP=2 (also with packed token-budget
+micro-batches), CP=2, with engines sharded like the learner at TP=2 and PP=2, and at TP=1 with asynchronous rollouts
+(a test helper; the library never imports it). Each run is launched once per session, on first use
+(fixture ``layout_runs`` in tests/e2e/conftest.py): test_trainer_layouts compares and checks them all,
+test_console_quiet checks the TP=2 run's console and log (that run also logs to W&B, offline, for that check), and
+test_trainer_teachers compares tp1's first step with the vLLM teacher's, which saves them launches of their own.
+
+A launch costs ~30-40 s of start-up and shut-down on the 2-core machine and ~1 s a step: only the runs whose reward
+curve is checked (tp1 and async) train for STEPS steps; the others train the 2 steps that are compared to tp1's."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rlad_megatron.testing.tiny_run import launch, prepare_warm_models, read_metrics, run_config
 
 STEPS = 24
 EVAL_EVERY = 12
-LAYOUTS = {  # name: (processes, parallel section, steps)
-    "tp1": (1, {}, STEPS),
-    "tp2": (2, {"tensor_parallel": 2}, STEPS),
-    "pp2": (2, {"pipeline_parallel": 2}, STEPS),
-    "dp2": (2, {}, 2),
-    "cp2": (2, {"context_parallel": 2}, 2),  # each sequence split over 2 ranks (models.cp_attention on CPU)
+
+
+@dataclass(frozen=True)
+class Layout:
+    processes: int
+    parallel: dict
+    steps: int
+    rollout: dict = field(default_factory=dict)
+    """Rollout settings on top of the common ones."""
+    trainer: dict = field(default_factory=dict)
+    """Trainer settings on top of the common ones."""
+    teacher: dict = field(default_factory=dict)
+    """The teacher section (default: the Megatron teacher)."""
+
+
+LAYOUTS = {
+    "tp1": Layout(1, {}, STEPS),
+    "tp2": Layout(2, {"tensor_parallel": 2}, 2),
+    "pp2": Layout(2, {"pipeline_parallel": 2}, 2),
+    "dp2": Layout(2, {}, 2),
+    "cp2": Layout(2, {"context_parallel": 2}, 2),  # each sequence split over 2 ranks (models.cp_attention on CPU)
+    # token-budget micro-batches of packed sequences, balanced over the data-parallel ranks (each rank's
+    # micro-batches differ in count and shape), in the training and in the forward-only (old-policy) passes
+    "dp2_packed": Layout(2, {}, 2, trainer={"max_tokens_per_micro_batch": 256, "sequence_packing": True}),
+    # engines sharded like the learner (rollout.executor=external_launcher): at TP=2 every rank holds one shard of
+    # its group's engine, at PP=2 every rank a whole engine; the evaluation runs through rank 0's sharded engine
+    "el_tp2": Layout(2, {"tensor_parallel": 2}, 2, {"executor": "external_launcher"}),
+    "el_pp2": Layout(2, {"pipeline_parallel": 2}, 2, {"executor": "external_launcher"}),
+    # tp1's first step with the teacher's log-probs from a vLLM engine instead of the Megatron teacher
+    # (tests/e2e/test_trainer_teachers.py compares the two)
+    "vllm_teacher": Layout(1, {}, 1, teacher={"source": "vllm"}),
+    # tp1 with the engine in a process of its own generating batch t+1 while the learner trains on batch t
+    # (docs/async_rollouts.md); on CPU the engine gets one core and the learner the other.
+    "async": Layout(1, {}, STEPS, {"placement": "disaggregated", "mode": "async", "max_staleness": 1,
+                                   "engine_cpus": 1}),
 }
 #: The layout whose console test_console_quiet reads; W&B (offline, no account) is on in it.
 CONSOLE_LAYOUT = "tp2"
@@ -50,22 +84,25 @@ class LayoutRuns:
         return self._runs[name]
 
     def _launch(self, name: str) -> LayoutRun:
-        nproc, parallel, steps = LAYOUTS[name]
+        layout = LAYOUTS[name]
         workdir = self.root / name
-        trainer = {"steps": steps, "micro_batch_size": 16, "updates_per_batch": 4, "export_hf": False,
-                   "eval_every": EVAL_EVERY, "eval_samples": 2}
+        # every run evaluates after its last step too (trainer.eval_every)
+        trainer = {"steps": layout.steps, "micro_batch_size": 16, "updates_per_batch": 4, "export_hf": False,
+                   "eval_every": EVAL_EVERY, "eval_samples": 2, **layout.trainer}
         env = None
         if name == CONSOLE_LAYOUT:
             trainer["wandb"] = {"enabled": True, "mode": "offline"}
             env = {"WANDB_BASE_URL": "http://127.0.0.1:9", "WANDB_CONFIG_DIR": str(workdir / "no-wandb-login")}
         # Four updates per rollout batch: old-policy log-probs are computed (not the detached current ones).
         config = run_config(
-            self.paths, workdir / "out", parallel=parallel, rollout={"group_size": 8, "max_new_tokens": 20},
+            self.paths, workdir / "out", parallel=layout.parallel,
+            rollout={"group_size": 8, "max_new_tokens": 20, **layout.rollout},
             data={"prompts_per_step": 16, "eval_files": [self.paths["train"]]},
-            optim={"lr": 3e-4, "min_lr": 3e-4},  # constant: dp2 runs fewer steps
+            optim={"lr": 3e-4, "min_lr": 3e-4},  # constant: the runs have different lengths
             trainer=trainer,
             loss={"algorithm": "rlad", "alpha": 0.5},
+            **({"teacher": layout.teacher} if layout.teacher else {}),
         )
-        done = launch(config, nproc, workdir=workdir, timeout=900, extra_env=env)
+        done = launch(config, layout.processes, workdir=workdir, timeout=900, extra_env=env)
         assert done.returncode == 0, f"{name} failed:\n{done.stdout[-6000:]}"
         return LayoutRun(read_metrics(workdir / "out"), done.stdout, workdir / "out")

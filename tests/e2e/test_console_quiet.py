@@ -4,14 +4,14 @@ note); vLLM's INFO lines, Megatron's/torch's warnings and C++ log lines are in `
 logging in offline mode is on, to check that only rank 0 logs and that W&B adds nothing to the console.
 
 The run is test_trainer_layouts' TP=2 run (the session's, launched once: tests/e2e/layout_runs.py), which has W&B
-on for this check."""
+on for this check; its evaluation is the one after its last step."""
 from __future__ import annotations
 
 import re
 
 import pytest
 
-from layout_runs import CONSOLE_LAYOUT, EVAL_EVERY
+from layout_runs import CONSOLE_LAYOUT, LAYOUTS
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -34,7 +34,8 @@ def test_console_shows_only_ours_and_train_log_has_the_rest(layout_runs) -> None
     console = [line.strip() for line in re.split(r"[\r\n]", run.console) if line.strip()]
     foreign = [line for line in console if not any(p.match(line) for p in OURS)]
     assert not foreign, "third-party lines on the console:\n" + "\n".join(foreign[:40])
-    assert any(line.startswith(f"step {EVAL_EVERY}: eval accuracy=") for line in console), console
+    last_step = LAYOUTS[CONSOLE_LAYOUT].steps
+    assert any(line.startswith(f"step {last_step}: eval accuracy=") for line in console), console
     assert any(line.startswith("train: 100%") for line in console), console
 
     log = (out / "train.log").read_text(errors="replace")

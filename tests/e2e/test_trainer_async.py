@@ -30,7 +30,9 @@ def _computed(rows: list[dict]) -> list[dict]:
 
 
 def _run(paths: dict, out: Path, *, resume: bool = False, **rollout) -> list[dict]:
-    config = run_config(paths, out / "out", rollout={"placement": "disaggregated", **rollout},
+    # engine_cpus=1 (every run, so all learners have the same threads): the engine process on one core, the learner
+    # on the other; unpinned, vLLM's OpenMP threads and the learner's contend for both cores while they overlap
+    config = run_config(paths, out / "out", rollout={"placement": "disaggregated", "engine_cpus": 1, **rollout},
                         loss={"algorithm": "kdrl", "kd_beta": 0.5, "kd_beta_final": None},
                         trainer={"steps": STEPS, "save_every": 2, "export_hf": False, "skip_uniform_groups": False})
     result = launch(config, 1, workdir=out / "w", resume=resume)

@@ -1,7 +1,10 @@
 """The trainer computes exactly the inputs the loss asks for, with either teacher implementation: a Megatron teacher
 and a vLLM teacher give the same first step (same samples, the same teacher log-probs up to float rounding), and
-a KL reference is built and used only when ``loss.kl_beta > 0``, a teacher only when the loss needs one. Three
-launches: the Megatron-teacher RLAD run is both the vLLM teacher's comparison and the run without a reference."""
+a KL reference is built and used only when ``loss.kl_beta > 0``, a teacher only when the loss needs one.
+
+The two RLAD runs are the session's layout runs (tests/e2e/layout_runs.py, warm-started tiny models): tp1 (Megatron
+teacher, kl_beta 0) is both the vLLM teacher's comparison and the run without a reference, and vllm_teacher is its
+first step with the teacher in a vLLM engine; only the reference-KL run is launched here."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -27,14 +30,14 @@ def paths(tmp_path_factory) -> dict:
 
 
 @pytest.fixture(scope="module")
-def megatron_teacher_step(paths, tmp_path_factory) -> dict:
-    """RLAD's first step with a Megatron teacher and no reference KL (kl_beta 0): both tests read it (one launch)."""
-    return _run(paths, tmp_path_factory.mktemp("megatron"), teacher={"source": "megatron"})[0]
+def megatron_teacher_step(layout_runs) -> dict:
+    """RLAD's first step with a Megatron teacher and no reference KL (kl_beta 0): both tests read it."""
+    return layout_runs["tp1"].metrics[0]
 
 
-def test_vllm_teacher_matches_megatron_teacher(paths, megatron_teacher_step, tmp_path: Path) -> None:
+def test_vllm_teacher_matches_megatron_teacher(megatron_teacher_step, layout_runs) -> None:
     megatron = megatron_teacher_step
-    vllm = _run(paths, tmp_path / "vllm", teacher={"source": "vllm"})[0]
+    vllm = layout_runs["vllm_teacher"].metrics[0]
     # Same seeds and weights: the same samples, so every rollout statistic is equal ...
     for key in ("reward/mean", "response/length_mean"):
         assert vllm[key] == megatron[key], key
