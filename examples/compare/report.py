@@ -170,7 +170,8 @@ def mode_comparison(results: Sequence[RunResult], mode: str = "async") -> list[d
     """``mode`` (async) against sync for every label that ran in both: the final accuracies' mean and std over
     seeds of each, the paired differences (``mode`` run minus the sync run of the same algorithm, alpha and seed:
     same prompts and sampling seeds, only the weights that sampled each batch differ), and the issue's goal,
-    ``|mean(mode) - mean(sync)| <= std(sync)`` (``within_one_std``; None with fewer than two sync seeds)."""
+    ``|mean(mode) - mean(sync)| <= std(sync)`` (``within_one_std``; None with fewer than two sync seeds), and the
+    median ``time/step`` of each mode (``sync_step_s``, ``step_s``)."""
     by_key = {(r.algorithm, r.alpha, r.rollout_mode, r.seed): r for r in results}
     groups: dict[tuple[str, float], dict[str, list[RunResult]]] = defaultdict(lambda: defaultdict(list))
     for r in results:
@@ -186,7 +187,11 @@ def mode_comparison(results: Sequence[RunResult], mode: str = "async") -> list[d
                  for r in sorted(other, key=lambda r: r.seed) if (algorithm, alpha, "sync", r.seed) in by_key}
         d_mean, d_std = _mean_std(list(diffs.values()))
         gap = other_mean - sync_mean
+        step_s = {m: [float(x["time/step"]) for r in runs for x in r.metrics if "time/step" in x]
+                  for m, runs in (("sync", sync), (mode, other))}
         rows.append({"label": base_label(other[0]), "algorithm": algorithm, "alpha": alpha, "mode": mode,
+                     "sync_step_s": statistics.median(step_s["sync"]) if step_s["sync"] else math.nan,
+                     "step_s": statistics.median(step_s[mode]) if step_s[mode] else math.nan,
                      "sync_seeds": len(sync), "seeds": len(other),
                      "sync_mean": sync_mean, "sync_std": sync_std, "mean": other_mean, "std": other_std,
                      "gap": gap, "diffs": diffs, "diff_mean": d_mean, "diff_std": d_std,
@@ -198,15 +203,16 @@ def mode_comparison(results: Sequence[RunResult], mode: str = "async") -> list[d
 def format_mode_comparison(rows: Sequence[dict[str, Any]]) -> str:
     """A markdown table of :func:`mode_comparison`'s rows."""
     lines = ["| run | sync: final mean ± std | async: final mean ± std | async − sync (means) | "
-             "paired async − sync (same seed), mean ± std | by seed | seeds ahead | |gap| ≤ sync std |",
-             "|---|---|---|---|---|---|---|---|"]
+             "paired async − sync (same seed), mean ± std | by seed | seeds ahead | |gap| ≤ sync std | "
+             "step s, sync / async (median) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         by_seed = ", ".join(f"s{seed}: {d:+.3f}" for seed, d in r["diffs"].items())
         verdict = {None: "n/a (one sync seed)", True: "**yes**", False: "**no**"}[r["within_one_std"]]
         lines.append(f"| {r['label']} | {r['sync_mean']:.3f} ± {r['sync_std']:.3f} ({r['sync_seeds']}) | "
                      f"{r['mean']:.3f} ± {r['std']:.3f} ({r['seeds']}) | {r['gap']:+.3f} | "
                      f"{r['diff_mean']:+.3f} ± {r['diff_std']:.3f} | {by_seed} | {r['ahead']}/{len(r['diffs'])} | "
-                     f"{verdict} |")
+                     f"{verdict} | {r['sync_step_s']:.2f} / {r['step_s']:.2f} |")
     return "\n".join(lines)
 
 

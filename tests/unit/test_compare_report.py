@@ -229,6 +229,7 @@ def test_mode_comparison_pairs_async_with_sync_and_checks_one_std() -> None:
     table = format_mode_comparison(mode_comparison(grpo + grpo_a + rlad + rlad_a))
     assert "| grpo | 0.420 ± 0.020 (3) | 0.430 ± 0.026 (3) | +0.010 |" in table and "**yes**" in table
     assert "| rlad a=0.5 |" in table and "**no**" in table and "0/2" in table
+    assert table.splitlines()[2].endswith("| 2.00 / 2.00 |")  # time/step medians: 1 + seed over seeds 0..2
     assert mode_comparison(grpo + rlad) == []  # nothing asynchronous: no rows
     assert mode_comparison(grpo[:1] + grpo_a[:1])[0]["within_one_std"] is None  # one sync seed: no std
 
