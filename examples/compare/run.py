@@ -139,7 +139,8 @@ def write_report(s: TaskSettings, task_dir: Path, title: str, reeval: str | None
                   "first is one weight version old):", "", format_staleness(stale), ""]
     lines += ["How much the clip and teacher terms act (means over steps and seeds):", "", activity_table(results), ""]
     for c in checks:
-        lines.append(f"alpha=1.0 vs grpo, seed {c['seed']}: {c['steps']} steps x {c['keys']} metrics, "
+        mode = f" ({c['rollout_mode']})" if "rollout_mode" in c else ""
+        lines.append(f"alpha=1.0 vs grpo, seed {c['seed']}{mode}: {c['steps']} steps x {c['keys']} metrics, "
                      f"{'identical' if c['identical'] else 'max |diff| %.3g (%s)' % (c['max_abs_diff'], c['worst_key'])}"
                      f"; final accuracy {c['final_accuracy'][0]:.3f} vs {c['final_accuracy'][1]:.3f}")
     report = "\n".join(lines) + "\n"

@@ -228,7 +228,7 @@ def test_mode_comparison_pairs_async_with_sync_and_checks_one_std() -> None:
     assert r["gap"] == pytest.approx(0.46 - 0.5033, abs=1e-4) and r["within_one_std"] is False  # sync std 0.0058
     table = format_mode_comparison(mode_comparison(grpo + grpo_a + rlad + rlad_a))
     assert "| grpo | 0.420 ± 0.020 (3) | 0.430 ± 0.026 (3) | +0.010 |" in table and "**yes**" in table
-    assert "| rlad a=0.5 |" in table and "**no**" in table and "0/2" in table
+    assert "| rlad a=0.5 |" in table and "**no** (async lower)" in table and "0/2" in table
     assert table.splitlines()[2].endswith("| 2.00 / 2.00 |")  # time/step medians: 1 + seed over seeds 0..2
     assert mode_comparison(grpo + rlad) == []  # nothing asynchronous: no rows
     assert mode_comparison(grpo[:1] + grpo_a[:1])[0]["within_one_std"] is None  # one sync seed: no std
@@ -237,6 +237,9 @@ def test_mode_comparison_pairs_async_with_sync_and_checks_one_std() -> None:
     paired = {p["label"]: p for p in paired_differences(grpo + grpo_a + rlad + rlad_a)}
     assert set(paired) == {"rlad a=0.5", "rlad a=0.5 (async)"}
     assert paired["rlad a=0.5 (async)"]["diffs"] == pytest.approx({0: 0.04, 1: 0.01})
+
+    rows = summarize(grpo_a + rlad_a + grpo + rlad, 0.3)  # a sync row before its async twin, whatever the input order
+    assert [r["label"] for r in rows] == ["grpo", "grpo (async)", "rlad a=0.5", "rlad a=0.5 (async)"]
 
     stale = staleness_rows(grpo + grpo_a + rlad_a)
     assert [x["name"] for x in stale] == ["grpo-async-0", "grpo-async-1", "grpo-async-2", "rlad a=0.5-async-0",
