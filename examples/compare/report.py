@@ -206,7 +206,7 @@ def mode_comparison(results: Sequence[RunResult], mode: str = "async") -> list[d
 def format_mode_comparison(rows: Sequence[dict[str, Any]]) -> str:
     """A markdown table of :func:`mode_comparison`'s rows."""
     lines = ["| run | sync: final mean ± std | async: final mean ± std | async − sync (means) | "
-             "paired async − sync (same seed), mean ± std | by seed | seeds ahead | |gap| ≤ sync std | "
+             "paired async − sync (same seed), mean ± std | by seed | seeds ahead | within one sync std | "
              "step s, sync / async (median) |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
