@@ -1,7 +1,8 @@
 """``python -m examples.compare --task arithmetic|knights_knaves_compact|knights_knaves --seeds 3 --out outputs/compare``
 
 Runs sft, grpo, kdrl and rlad (alpha 0.5) from the same student and teacher with the same rollout budget over
-``--seeds`` seeds, plus the rlad alpha sweep over ``--sweep-seeds`` seeds, then writes the table and plots.
+``--seeds`` seeds, plus the rlad alpha sweep over ``--sweep-seeds`` seeds, each in every ``--rollout-modes`` mode
+(default sync; ``sync,async`` adds one-step off-policy twins), then writes the table and plots.
 """
 from __future__ import annotations
 

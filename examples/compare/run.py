@@ -1,10 +1,12 @@
 """The comparison, start to end, for one task:
 
 1. prepare (cached): data, a supervised teacher, a warm-started student (:mod:`examples.compare.prepare`)
-2. plan: sft / grpo / kdrl / rlad(alpha) x seeds, plus the rlad alpha sweep (:mod:`examples.compare.plan`)
+2. plan: sft / grpo / kdrl / rlad(alpha) x seeds, plus the rlad alpha sweep, in each rollout mode (sync, async)
+   (:mod:`examples.compare.plan`)
 3. run every job in one ``torchrun --nproc-per-node 1`` worker: train with the product's Trainer, export the
    student, evaluate it with vLLM on the test split (:mod:`examples.compare.worker`)
-4. report: ``summary.json``, ``report.md`` (table + alpha=1.0 vs grpo check) and the curve PNGs
+4. report: ``summary.json``, ``report.md`` (table + alpha=1.0 vs grpo check, + async vs sync and the async runs'
+   staleness when both modes ran) and the curve PNGs
 """
 from __future__ import annotations
 
