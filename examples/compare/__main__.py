@@ -11,7 +11,8 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from examples.compare.settings import COMPARED_ALGORITHMS, ROLLOUT_MODES, SWEEP_ALPHAS, TASKS, short_settings, task_settings
+from examples.compare.settings import (COMPARED_ALGORITHMS, ROLLOUT_MODES, SWEEP_ALPHAS, TASKS, short_settings,
+                                       task_settings)
 
 DEFAULT_TASKS: tuple[str, ...] = ("arithmetic", "knights_knaves_compact")
 

@@ -1,10 +1,10 @@
 """The list of runs of a comparison and each run's trainer config (through :func:`recipes.small.small_run_config`).
 
-A run is (task, algorithm, alpha, seed, rollout mode). Every run of a task has the same student initialisation, teacher, data,
-rollout budget (steps x prompts_per_step x group_size), optimiser and loss settings; only ``loss.algorithm``,
-``loss.alpha``, ``trainer.seed`` (sampling and data order) and the rollout mode (sync, or async: one step
-off-policy) differ. ``sft`` is offline distillation: the engine
-serves the teacher and the student trains on its reward-filtered samples (same number of samples per step).
+A run is (task, algorithm, alpha, seed, rollout mode). Every run of a task has the same student initialisation,
+teacher, data, rollout budget (steps x prompts_per_step x group_size), optimiser and loss settings; only
+``loss.algorithm``, ``loss.alpha``, ``trainer.seed`` (sampling and data order) and the rollout mode (sync, or async:
+one step off-policy) differ. ``sft`` is offline distillation: the engine serves the teacher and the student trains
+on its reward-filtered samples (same number of samples per step).
 """
 from __future__ import annotations
 

@@ -110,8 +110,8 @@ def summarize(results: Sequence[RunResult], threshold: float) -> list[dict[str, 
         hits = [steps_to_threshold(r.curve(), threshold) for r in runs] if own_rollouts else []
         reached = [h for h in hits if h is not None]
         rows.append({
-            "label": label, "algorithm": runs[0].algorithm, "alpha": runs[0].alpha, "rollout_mode": runs[0].rollout_mode,
-            "seeds": sorted(r.seed for r in runs),
+            "label": label, "algorithm": runs[0].algorithm, "alpha": runs[0].alpha,
+            "rollout_mode": runs[0].rollout_mode, "seeds": sorted(r.seed for r in runs),
             "final_mean": mean, "final_std": std, "final_min": min(finals), "final_max": max(finals),
             "train_last5": statistics.fmean(last) if last and own_rollouts else None,
             "final_reward": statistics.fmean(float(r.eval.get("mean_reward", math.nan)) for r in runs),
@@ -155,7 +155,8 @@ def paired_differences(results: Sequence[RunResult], baseline: str = "grpo") -> 
             groups[r.label].append(r)
     rows = []
     for label, runs in groups.items():
-        diffs = {r.seed: r.final_accuracy - base[(r.rollout_mode, r.seed)] for r in sorted(runs, key=lambda r: r.seed)}
+        diffs = {r.seed: r.final_accuracy - base[(r.rollout_mode, r.seed)]
+                 for r in sorted(runs, key=lambda r: r.seed)}
         mean, std = _mean_std(list(diffs.values()))
         rows.append({"label": label, "algorithm": runs[0].algorithm, "alpha": runs[0].alpha,
                      "rollout_mode": runs[0].rollout_mode, "diffs": diffs,

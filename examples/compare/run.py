@@ -150,7 +150,8 @@ def write_report(s: TaskSettings, task_dir: Path, title: str, reeval: str | None
     summary = {"task": s.task, "settings": s.to_dict(), "threshold": threshold, "start_accuracy": start, "reference": reference,
                "rows": rows, "paired_vs_grpo": paired, "alpha_one_vs_grpo": checks, "plots": {k: str(v) for k, v in pngs.items()},
                "async_vs_sync": modes, "staleness": stale,
-               "runs": [{"name": r.name, "rollout_mode": r.rollout_mode, "final_accuracy": r.final_accuracy, "eval": r.eval,
+               "runs": [{"name": r.name, "rollout_mode": r.rollout_mode, "final_accuracy": r.final_accuracy,
+                         "eval": r.eval,
                          "train_accuracy": r.curve(), "train_reward": r.curve("reward/mean")} for r in results]}
     (task_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
