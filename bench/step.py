@@ -8,6 +8,10 @@ Workload W1 (fixed; issue 10):
   as Hugging Face checkpoints and loaded through the trainer's normal path.
 - Per step: 8 prompts x G=8, at most 32 new tokens, temperature 1.0, one optimizer step per rollout batch, no
   reference model, lr 1e-5, fp32, AdamW; groups with all-equal rewards are trained on (equal work).
+- Learner micro-batches (``--micro-batch``): by default a token budget of 4,096 tokens
+  (``trainer.max_tokens_per_micro_batch``), which holds the whole step (64 sequences of ~45 tokens) in one
+  training and one teacher micro-batch, as the HF reference trains; ``--micro-batch 8`` gives the trainer's
+  default fixed micro-batches of 8 sequences (8 forward/backward passes per step).
 
 Each (mode, TP) runs the real trainer exactly as a user launches it (``torchrun --standalone --nproc-per-node TP
 -m rlad_megatron.cli train --config ...``: vLLM engine, Megatron learner, weight sync), ``--warmup`` + ``--steps``
@@ -76,9 +80,13 @@ def prepare(root: Path) -> dict[str, str]:
 ASYNC_ROLLOUT = {"mode": "async", "max_staleness": 1, "placement": "disaggregated"}
 
 
+W1_TOKEN_BUDGET = 4096
+
+
 def w1_config(paths: dict[str, str], mode: str, tp: int, steps: int, output_dir: Path, rollout: str = "sync",
-              engine_cpus: int = 1) -> dict:
-    """The trainer config of W1 for one algorithm, tensor-parallel size and rollout mode (sync: today's default)."""
+              engine_cpus: int = 1, micro_batch: str = "budget") -> dict:
+    """The trainer config of W1 for one algorithm, tensor-parallel size and rollout mode (sync: today's default);
+    ``micro_batch``: "budget" (a 4,096-token budget: the step in one micro-batch) or a fixed size ("8")."""
     config = {
         "model": {"student": paths["student"], "teacher": paths["teacher"], "params_dtype": "float32"},
         "parallel": {"tensor_parallel": tp},
@@ -90,6 +98,10 @@ def w1_config(paths: dict[str, str], mode: str, tp: int, steps: int, output_dir:
         "trainer": {"steps": steps, "updates_per_batch": 1, "skip_uniform_groups": False, "output_dir": str(output_dir),
                     "seed": 7, "export_hf": False},
     }
+    if micro_batch == "budget":
+        config["trainer"]["max_tokens_per_micro_batch"] = W1_TOKEN_BUDGET
+    else:
+        config["trainer"]["micro_batch_size"] = int(micro_batch)
     if rollout == "async":
         config["rollout"].update(ASYNC_ROLLOUT)
         if not _has_cuda():  # the engine process and the learner: one core each (0: neither pinned)
@@ -197,6 +209,8 @@ def main() -> None:
     parser.add_argument("--engine-cpus", type=int, default=1,
                         help="async on CPU: rollout.engine_cpus (cores of the engine process, the learner gets the "
                              "rest; 0: no pinning)")
+    parser.add_argument("--micro-batch", default="budget",
+                        help="learner micro-batches: 'budget' (4,096 tokens: the W1 step in one) or a fixed size")
     parser.add_argument("--baseline-src", default=None, help="another checkout to compare against, interleaved")
     parser.add_argument("--workdir", default=None, help="keep models, configs and logs here (default: temporary)")
     parser.add_argument("--timeout", type=float, default=900)
@@ -232,7 +246,8 @@ def main() -> None:
                 run += 1
                 for label, src, ro in order:
                     out = root / f"{label}-{mode}-tp{tp}-{ro}-r{r}"
-                    config = w1_config(paths, mode, tp, args.warmup + args.steps, out / "run", ro, args.engine_cpus)
+                    config = w1_config(paths, mode, tp, args.warmup + args.steps, out / "run", ro, args.engine_cpus,
+                                       args.micro_batch)
                     got = run_once(config, tp, out, src, args.timeout, args.threads)
                     rows.setdefault((label, mode, tp, ro), []).extend(
                         got)
@@ -247,7 +262,7 @@ def main() -> None:
                           + _fmt_hf(f"hf   mode={mode} round={r}", hf), flush=True)
 
     results = {key: summarise(value, args.warmup) for key, value in rows.items()}
-    print(f"W1: 8 prompts x G=8, <=32 new tokens, {args.steps} measured steps after {args.warmup} warm-up, "
+    print(f"W1: 8 prompts x G=8, <=32 new tokens, micro-batches {args.micro_batch}, {args.steps} measured steps after {args.warmup} warm-up, "
           f"{args.rounds} round(s); load average now {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
           f"total {time.perf_counter() - start:.0f} s")
     print("breakdown: median seconds per step of each phase")

@@ -1,7 +1,8 @@
 """``python -m examples.compare --task arithmetic|knights_knaves_compact|knights_knaves --seeds 3 --out outputs/compare``
 
 Runs sft, grpo, kdrl and rlad (alpha 0.5) from the same student and teacher with the same rollout budget over
-``--seeds`` seeds, plus the rlad alpha sweep over ``--sweep-seeds`` seeds, then writes the table and plots.
+``--seeds`` seeds, plus the rlad alpha sweep over ``--sweep-seeds`` seeds, each in every ``--rollout-modes`` mode
+(default sync; ``sync,async`` adds one-step off-policy twins), then writes the table and plots.
 """
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from examples.compare.settings import COMPARED_ALGORITHMS, SWEEP_ALPHAS, TASKS, short_settings, task_settings
+from examples.compare.settings import (COMPARED_ALGORITHMS, ROLLOUT_MODES, SWEEP_ALPHAS, TASKS, short_settings,
+                                       task_settings)
 
 DEFAULT_TASKS: tuple[str, ...] = ("arithmetic", "knights_knaves_compact")
 
@@ -29,6 +31,16 @@ def parse_value(text: str) -> object:
     return value
 
 
+def rollout_modes(text: str) -> list[str]:
+    """``--rollout-modes sync,async`` -> ["sync", "async"] (each known, no repeats)."""
+    modes = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in modes if m not in ROLLOUT_MODES]
+    if not modes or unknown or len(set(modes)) != len(modes):
+        raise argparse.ArgumentTypeError(f"{text!r}: give distinct modes out of {list(ROLLOUT_MODES)}, "
+                                         "comma-separated (e.g. sync,async)")
+    return modes
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m examples.compare", description=__doc__.splitlines()[0])
     p.add_argument("--task", choices=TASKS, action="append",
@@ -38,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sweep-seeds", type=int, default=1, help="seeds of each alpha-sweep point (0..N-1)")
     p.add_argument("--alphas", type=float, nargs="*", default=list(SWEEP_ALPHAS), help="alpha sweep points")
     p.add_argument("--algorithms", nargs="+", choices=COMPARED_ALGORITHMS, default=list(COMPARED_ALGORITHMS))
+    p.add_argument("--rollout-modes", type=rollout_modes, default=["sync"], metavar="sync,async",
+                   help="rollout modes, comma-separated: every algorithm and seed runs in each (async: one step "
+                        "off-policy, the engine in its own process; docs/async_rollouts.md). Default: sync")
     p.add_argument("--steps", type=int, default=None, help="override the task's RL steps")
     p.add_argument("--lr", type=float, default=None, help="override the task's RL learning rate")
     p.add_argument("--rl", nargs="*", default=[], metavar="KEY=VALUE",
@@ -75,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
             s.rl = dataclasses.replace(s.rl, loss={**s.rl.loss, **extra})
         summary = run_comparison(s, Path(args.out), seeds=range(args.seeds), sweep_alphas=args.alphas,
                                  sweep_seeds=range(args.sweep_seeds), algorithms=args.algorithms,
-                                 timeout_s=args.timeout, reeval_k=args.reeval_k)
+                                 timeout_s=args.timeout, reeval_k=args.reeval_k,
+                                 rollout_modes=args.rollout_modes)
         print((Path(args.out).resolve() / task / "report.md").read_text(), flush=True)
         print(f"{task}: {summary['seconds']}", flush=True)
         code = code or int(summary["worker_exit_code"] != 0)

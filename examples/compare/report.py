@@ -17,9 +17,10 @@ _NOT_COMPARED = ("time/", "memory/")
 _NOT_COMPARED_SUFFIXES = ("_s", "per_s", "seconds", "_ms")
 
 
-def table_order(algorithm: str, alpha: float) -> tuple[int, float]:
-    """Sort key of every table and plot: sft, grpo, kdrl, then rlad by decreasing alpha."""
-    return ({"sft": 0, "grpo": 1, "kdrl": 2, "rlad": 3}.get(algorithm, 9), -alpha)
+def table_order(algorithm: str, alpha: float, rollout_mode: str = "sync") -> tuple[int, float, int]:
+    """Sort key of every table and plot: sft, grpo, kdrl, then rlad by decreasing alpha; a synchronous run before
+    its asynchronous twin."""
+    return ({"sft": 0, "grpo": 1, "kdrl": 2, "rlad": 3}.get(algorithm, 9), -alpha, int(rollout_mode != "sync"))
 
 
 @dataclass
@@ -34,6 +35,10 @@ class RunResult:
     final_accuracy: float
     eval: dict[str, Any]
     metrics: list[dict[str, float]] = field(default_factory=list)
+    rollout_mode: str = "sync"
+    """"sync" or "async" (results written before the rollout-mode axis are sync)."""
+    train_seconds: float | None = None
+    """Wall time of the run's training (``result.json``; None when not recorded)."""
 
     def curve(self, key: str = "reward/accuracy") -> list[float]:
         return [float(m[key]) for m in self.metrics if key in m]
@@ -61,7 +66,9 @@ def load_results(task_dir: Path, reeval: str | None = None) -> list[RunResult]:
             r["eval"] = json.loads((done.parent / reeval / "result.json").read_text())["eval"]
         out.append(RunResult(name=done.parent.name, label=r["label"], algorithm=r["algorithm"], alpha=float(r["alpha"]),
                              seed=int(r["seed"]), final_accuracy=float(r["eval"]["accuracy"]), eval=r["eval"],
-                             metrics=read_metrics(done.parent / "train" / "metrics.jsonl")))
+                             metrics=read_metrics(done.parent / "train" / "metrics.jsonl"),
+                             rollout_mode=str(r.get("rollout_mode", "sync")),
+                             train_seconds=r.get("train_seconds")))
     return out
 
 
@@ -103,7 +110,8 @@ def summarize(results: Sequence[RunResult], threshold: float) -> list[dict[str, 
         hits = [steps_to_threshold(r.curve(), threshold) for r in runs] if own_rollouts else []
         reached = [h for h in hits if h is not None]
         rows.append({
-            "label": label, "algorithm": runs[0].algorithm, "alpha": runs[0].alpha, "seeds": sorted(r.seed for r in runs),
+            "label": label, "algorithm": runs[0].algorithm, "alpha": runs[0].alpha,
+            "rollout_mode": runs[0].rollout_mode, "seeds": sorted(r.seed for r in runs),
             "final_mean": mean, "final_std": std, "final_min": min(finals), "final_max": max(finals),
             "train_last5": statistics.fmean(last) if last and own_rollouts else None,
             "final_reward": statistics.fmean(float(r.eval.get("mean_reward", math.nan)) for r in runs),
@@ -111,7 +119,7 @@ def summarize(results: Sequence[RunResult], threshold: float) -> list[dict[str, 
             "steps_to_threshold": statistics.median(reached) if reached else None,
             "reached": f"{len(reached)}/{len(runs)}" if own_rollouts else "n/a",
         })
-    return sorted(rows, key=lambda row: table_order(row["algorithm"], row["alpha"]))
+    return sorted(rows, key=lambda row: table_order(row["algorithm"], row["alpha"], row["rollout_mode"]))
 
 
 def format_table(rows: Sequence[dict[str, Any]], threshold: float,
@@ -136,21 +144,108 @@ def format_table(rows: Sequence[dict[str, Any]], threshold: float,
 
 
 def paired_differences(results: Sequence[RunResult], baseline: str = "grpo") -> list[dict[str, Any]]:
-    """Final accuracy of each label minus the ``baseline`` run of the same seed (same prompts, same sampling seeds:
-    the paired difference removes most of the seed-to-seed spread). One row per label with a baseline partner:
-    ``{"label", "diffs" (by seed), "mean", "std", "wins"}`` (wins = seeds where the label is strictly ahead)."""
-    base = {r.seed: r.final_accuracy for r in results if r.label == baseline}
+    """Final accuracy of each label minus the ``baseline`` run of the same seed and rollout mode (same prompts, same
+    sampling seeds: the paired difference removes most of the seed-to-seed spread). One row per label with a
+    baseline partner: ``{"label", "diffs" (by seed), "mean", "std", "wins"}`` (wins = seeds where the label is
+    strictly ahead)."""
+    base = {(r.rollout_mode, r.seed): r.final_accuracy for r in results if base_label(r) == baseline}
     groups: dict[str, list[RunResult]] = defaultdict(list)
     for r in results:
-        if r.label != baseline and r.seed in base:
+        if base_label(r) != baseline and (r.rollout_mode, r.seed) in base:
             groups[r.label].append(r)
     rows = []
     for label, runs in groups.items():
-        diffs = {r.seed: r.final_accuracy - base[r.seed] for r in sorted(runs, key=lambda r: r.seed)}
+        diffs = {r.seed: r.final_accuracy - base[(r.rollout_mode, r.seed)]
+                 for r in sorted(runs, key=lambda r: r.seed)}
         mean, std = _mean_std(list(diffs.values()))
-        rows.append({"label": label, "algorithm": runs[0].algorithm, "alpha": runs[0].alpha, "diffs": diffs,
+        rows.append({"label": label, "algorithm": runs[0].algorithm, "alpha": runs[0].alpha,
+                     "rollout_mode": runs[0].rollout_mode, "diffs": diffs,
                      "mean": mean, "std": std, "wins": sum(d > 0 for d in diffs.values())})
+    return sorted(rows, key=lambda row: table_order(row["algorithm"], row["alpha"], row["rollout_mode"]))
+
+
+def base_label(r: RunResult) -> str:
+    """The run's label without its rollout-mode suffix (``"grpo (async)"`` -> ``"grpo"``)."""
+    suffix = f" ({r.rollout_mode})"
+    return r.label[: -len(suffix)] if r.rollout_mode != "sync" and r.label.endswith(suffix) else r.label
+
+
+def mode_comparison(results: Sequence[RunResult], mode: str = "async") -> list[dict[str, Any]]:
+    """``mode`` (async) against sync for every label that ran in both: the final accuracies' mean and std over
+    seeds of each, the paired differences (``mode`` run minus the sync run of the same algorithm, alpha and seed:
+    same prompts and sampling seeds, only the weights that sampled each batch differ), and the issue's goal,
+    ``|mean(mode) - mean(sync)| <= std(sync)`` (``within_one_std``; None with fewer than two sync seeds), and the
+    median ``time/step`` of each mode (``sync_step_s``, ``step_s``)."""
+    by_key = {(r.algorithm, r.alpha, r.rollout_mode, r.seed): r for r in results}
+    groups: dict[tuple[str, float], dict[str, list[RunResult]]] = defaultdict(lambda: defaultdict(list))
+    for r in results:
+        groups[(r.algorithm, r.alpha)][r.rollout_mode].append(r)
+    rows = []
+    for (algorithm, alpha), modes in groups.items():
+        sync, other = modes.get("sync", []), modes.get(mode, [])
+        if not sync or not other:
+            continue
+        sync_mean, sync_std = _mean_std([r.final_accuracy for r in sync])
+        other_mean, other_std = _mean_std([r.final_accuracy for r in other])
+        diffs = {r.seed: r.final_accuracy - by_key[(algorithm, alpha, "sync", r.seed)].final_accuracy
+                 for r in sorted(other, key=lambda r: r.seed) if (algorithm, alpha, "sync", r.seed) in by_key}
+        d_mean, d_std = _mean_std(list(diffs.values()))
+        gap = other_mean - sync_mean
+        step_s = {m: [float(x["time/step"]) for r in runs for x in r.metrics if "time/step" in x]
+                  for m, runs in (("sync", sync), (mode, other))}
+        rows.append({"label": base_label(other[0]), "algorithm": algorithm, "alpha": alpha, "mode": mode,
+                     "sync_step_s": statistics.median(step_s["sync"]) if step_s["sync"] else math.nan,
+                     "step_s": statistics.median(step_s[mode]) if step_s[mode] else math.nan,
+                     "sync_seeds": len(sync), "seeds": len(other),
+                     "sync_mean": sync_mean, "sync_std": sync_std, "mean": other_mean, "std": other_std,
+                     "gap": gap, "diffs": diffs, "diff_mean": d_mean, "diff_std": d_std,
+                     "ahead": sum(d > 0 for d in diffs.values()),
+                     "within_one_std": None if len(sync) < 2 else bool(abs(gap) <= sync_std)})
     return sorted(rows, key=lambda row: table_order(row["algorithm"], row["alpha"]))
+
+
+def format_mode_comparison(rows: Sequence[dict[str, Any]]) -> str:
+    """A markdown table of :func:`mode_comparison`'s rows."""
+    lines = ["| run | sync: final mean ± std | async: final mean ± std | async − sync (means) | "
+             "paired async − sync (same seed), mean ± std | by seed | seeds ahead | within one sync std | "
+             "step s, sync / async (median) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        by_seed = ", ".join(f"s{seed}: {d:+.3f}" for seed, d in r["diffs"].items())
+        verdict = {None: "n/a (one sync seed)", True: "**yes**",
+                   False: "**no** (async " + ("higher)" if r["gap"] > 0 else "lower)")}[r["within_one_std"]]
+        lines.append(f"| {r['label']} | {r['sync_mean']:.3f} ± {r['sync_std']:.3f} ({r['sync_seeds']}) | "
+                     f"{r['mean']:.3f} ± {r['std']:.3f} ({r['seeds']}) | {r['gap']:+.3f} | "
+                     f"{r['diff_mean']:+.3f} ± {r['diff_std']:.3f} | {by_seed} | {r['ahead']}/{len(r['diffs'])} | "
+                     f"{verdict} | {r['sync_step_s']:.2f} / {r['step_s']:.2f} |")
+    return "\n".join(lines)
+
+
+def staleness_rows(results: Sequence[RunResult]) -> list[dict[str, Any]]:
+    """Per asynchronous run, from its ``metrics.jsonl``: steps, the mean of ``rollout/staleness`` (one-step
+    off-policy: (steps - 1) / steps, the first batch is generated by the current weights), the steps trained on a
+    batch one version old, the sum of ``rollout/stale_dropped``, and the training wall time."""
+    rows = []
+    for r in sorted(results, key=lambda r: (table_order(r.algorithm, r.alpha, r.rollout_mode), r.seed)):
+        if r.rollout_mode == "sync":
+            continue
+        stale = [float(m["rollout/staleness"]) for m in r.metrics if "rollout/staleness" in m]
+        dropped = [float(m["rollout/stale_dropped"]) for m in r.metrics if "rollout/stale_dropped" in m]
+        rows.append({"name": r.name, "label": r.label, "steps": len(r.metrics),
+                     "staleness_mean": statistics.fmean(stale) if stale else math.nan,
+                     "stale_steps": sum(x >= 1 for x in stale), "logged": len(stale),
+                     "stale_dropped": sum(dropped) if dropped else math.nan, "train_seconds": r.train_seconds})
+    return rows
+
+
+def format_staleness(rows: Sequence[dict[str, Any]]) -> str:
+    lines = ["| run | steps | mean rollout/staleness | steps on a batch 1 version old | sum rollout/stale_dropped | "
+             "train s |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        secs = "-" if r["train_seconds"] is None else f"{r['train_seconds']:.0f}"
+        lines.append(f"| {r['name']} | {r['steps']} | {r['staleness_mean']:.3f} | {r['stale_steps']}/{r['logged']} | "
+                     f"{r['stale_dropped']:g} | {secs} |")
+    return "\n".join(lines)
 
 
 def format_paired(rows: Sequence[dict[str, Any]], baseline: str = "grpo") -> str:
@@ -172,7 +267,8 @@ def difficulty_table(results: Sequence[RunResult], reference: dict[str, dict[str
     for name, ev in (reference or {}).items():
         lines.append(f"| {name} | " + " | ".join(f"{ev.get('by_difficulty', {}).get(k, math.nan):.3f}"
                                                   for k in levels) + " |")
-    for label in sorted(groups, key=lambda lab: table_order(groups[lab][0].algorithm, groups[lab][0].alpha)):
+    for label in sorted(groups, key=lambda lab: table_order(groups[lab][0].algorithm, groups[lab][0].alpha,
+                                                               groups[lab][0].rollout_mode)):
         cells = []
         for k in levels:
             xs = [float(r.eval["by_difficulty"][k]) for r in groups[label] if k in r.eval.get("by_difficulty", {})]
@@ -202,7 +298,8 @@ def activity_table(results: Sequence[RunResult]) -> str:
         if r.algorithm != "sft":
             groups[r.label].append(r)
     lines = ["| run | " + " | ".join(c for c, _, _ in ACTIVITY_COLUMNS) + " |", "|---|" + "---|" * len(ACTIVITY_COLUMNS)]
-    for label in sorted(groups, key=lambda lab: table_order(groups[lab][0].algorithm, groups[lab][0].alpha)):
+    for label in sorted(groups, key=lambda lab: table_order(groups[lab][0].algorithm, groups[lab][0].alpha,
+                                                               groups[lab][0].rollout_mode)):
         rows = [m for r in groups[label] for m in r.metrics]
         cells = []
         for _, key, fmt in ACTIVITY_COLUMNS:
@@ -238,13 +335,15 @@ def compare_metrics(a: Sequence[dict[str, float]], b: Sequence[dict[str, float]]
 
 
 def alpha_one_check(results: Sequence[RunResult]) -> list[dict[str, Any]]:
-    """For each seed with both a ``grpo`` and an ``rlad`` alpha=1.0 run: :func:`compare_metrics` of the two."""
-    by = {(r.algorithm, r.alpha, r.seed): r for r in results}
+    """For each seed (and rollout mode) with both a ``grpo`` and an ``rlad`` alpha=1.0 run: :func:`compare_metrics`
+    of the two."""
+    by = {(r.algorithm, r.alpha, r.rollout_mode, r.seed): r for r in results}
     out = []
-    for (algorithm, alpha, seed), r in sorted(by.items()):
-        if algorithm == "rlad" and alpha == 1.0 and ("grpo", 1.0, seed) in by:
-            g = by[("grpo", 1.0, seed)]
-            out.append({"seed": seed, **compare_metrics(g.metrics, r.metrics),
+    for (algorithm, alpha, mode, seed), r in sorted(by.items()):
+        if algorithm == "rlad" and alpha == 1.0 and ("grpo", 1.0, mode, seed) in by:
+            g = by[("grpo", 1.0, mode, seed)]
+            out.append({"seed": seed, **({} if mode == "sync" else {"rollout_mode": mode}),
+                        **compare_metrics(g.metrics, r.metrics),
                         "final_accuracy": (g.final_accuracy, r.final_accuracy)})
     return out
 
@@ -259,7 +358,8 @@ def plot_learning_curves(results: Sequence[RunResult], png: Path, title: str, *,
     """Mean over seeds (line) and min..max band of ``key`` per step, one colour per label. ``sweep=True`` draws
     only rlad runs (one line per alpha) and grpo for reference; otherwise sft/grpo/kdrl and rlad at its main alpha
     (the labels of the main comparison: every label with the most seeds). ``reference``: {name: accuracy} drawn
-    as dashed lines on the final-accuracy panel (teacher, initial student)."""
+    as dashed lines on the final-accuracy panel (teacher, initial student). An asynchronous run's curve is dashed
+    and its bar hatched, in the colour of its synchronous twin."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -270,24 +370,31 @@ def plot_learning_curves(results: Sequence[RunResult], png: Path, title: str, *,
         groups[r.label].append(r)
     if sweep:
         labels = [lab for lab in groups if groups[lab][0].algorithm in ("rlad", "grpo")]
-        labels.sort(key=lambda lab: groups[lab][0].alpha if groups[lab][0].algorithm == "rlad" else -1)
+        labels.sort(key=lambda lab: (groups[lab][0].alpha if groups[lab][0].algorithm == "rlad" else -1,
+                                     groups[lab][0].rollout_mode != "sync"))
     else:
         most = max((len(v) for v in groups.values()), default=0)
         labels = sorted((lab for lab in groups if len(groups[lab]) == most),
-                        key=lambda lab: table_order(groups[lab][0].algorithm, 0.0))
+                        key=lambda lab: table_order(groups[lab][0].algorithm, 0.0, groups[lab][0].rollout_mode))
     fig, (ax_curve, ax_bar) = plt.subplots(1, 2, figsize=(12, 4.2))
     cmap = plt.get_cmap("viridis" if sweep else "tab10")
+    # One colour per algorithm (and alpha); an asynchronous run is drawn dashed in its synchronous twin's colour.
+    bases = list(dict.fromkeys(base_label(groups[lab][0]) for lab in labels))
     for i, label in enumerate(labels):
         curves = [_trailing_mean(r.curve(key), smooth) for r in groups[label] if r.curve(key)]
-        color = cmap(i / max(1, len(labels) - 1)) if sweep else cmap(i)
+        j = bases.index(base_label(groups[label][0]))
+        color = cmap(j / max(1, len(bases) - 1)) if sweep else cmap(j)
+        style = "-" if groups[label][0].rollout_mode == "sync" else "--"
         if curves and groups[label][0].algorithm != "sft":
             n = min(len(c) for c in curves)
             steps = list(range(1, n + 1))
             cols = list(zip(*[c[:n] for c in curves]))
-            ax_curve.plot(steps, [statistics.fmean(c) for c in cols], color=color, label=label, linewidth=1.8)
+            ax_curve.plot(steps, [statistics.fmean(c) for c in cols], color=color, label=label, linewidth=1.8,
+                          linestyle=style)
             ax_curve.fill_between(steps, [min(c) for c in cols], [max(c) for c in cols], color=color, alpha=0.15)
         finals = [r.final_accuracy for r in groups[label]]
-        ax_bar.bar(i, statistics.fmean(finals), color=color, alpha=0.8)
+        ax_bar.bar(i, statistics.fmean(finals), color=color, alpha=0.8 if style == "-" else 0.45,
+                   hatch=None if style == "-" else "//")
         ax_bar.scatter([i] * len(finals), finals, color="black", s=10, zorder=3)
     # Zoom on the runs and the initial student: differences of ~0.01 vanish on a 0..1 axis. A reference far above
     # (a near-perfect teacher) is named in the legend but drawn only when it falls inside the zoomed range.

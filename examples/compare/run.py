@@ -1,10 +1,12 @@
 """The comparison, start to end, for one task:
 
 1. prepare (cached): data, a supervised teacher, a warm-started student (:mod:`examples.compare.prepare`)
-2. plan: sft / grpo / kdrl / rlad(alpha) x seeds, plus the rlad alpha sweep (:mod:`examples.compare.plan`)
+2. plan: sft / grpo / kdrl / rlad(alpha) x seeds, plus the rlad alpha sweep, in each rollout mode (sync, async)
+   (:mod:`examples.compare.plan`)
 3. run every job in one ``torchrun --nproc-per-node 1`` worker: train with the product's Trainer, export the
    student, evaluate it with vLLM on the test split (:mod:`examples.compare.worker`)
-4. report: ``summary.json``, ``report.md`` (table + alpha=1.0 vs grpo check) and the curve PNGs
+4. report: ``summary.json``, ``report.md`` (table + alpha=1.0 vs grpo check, + async vs sync and the async runs'
+   staleness when both modes ran) and the curve PNGs
 """
 from __future__ import annotations
 
@@ -19,8 +21,9 @@ from typing import Any, Callable, Sequence
 from examples.compare.plan import RunSpec, comparison_run_config, plan_runs
 from examples.compare.prepare import Prepared, prepare_task
 from examples.compare.report import (activity_table, alpha_one_check, common_start, difficulty_table,
-                                     format_paired, format_table, load_results, paired_differences,
-                                     plot_learning_curves, summarize)
+                                     format_mode_comparison, format_paired, format_staleness, format_table,
+                                     load_results, mode_comparison, paired_differences, plot_learning_curves,
+                                     staleness_rows, summarize)
 from examples.compare.settings import COMPARED_ALGORITHMS, TaskSettings
 from rlad_megatron.config import run_config_to_dict
 
@@ -52,7 +55,7 @@ def build_jobs(s: TaskSettings, prepared: Prepared, runs: Sequence[RunSpec], tas
         jobs.append({"name": f"{s.task}/{run.name}", "out_dir": str(out_dir),
                      "config": config, "eval": eval_spec(s, prepared),
                      "meta": {"label": run.label, "algorithm": run.algorithm, "alpha": run.alpha,
-                              "seed": run.seed}})
+                              "seed": run.seed, "rollout_mode": run.rollout_mode}})
     return jobs
 
 
@@ -128,16 +131,27 @@ def write_report(s: TaskSettings, task_dir: Path, title: str, reeval: str | None
              "Final accuracy by difficulty (mean over seeds):", "", difficulty_table(results, reference_evals), ""]
     if paired:
         lines += ["Paired by seed against grpo:", "", format_paired(paired), ""]
+    modes = mode_comparison(results)
+    stale = staleness_rows(results)
+    if modes:
+        lines += ["Asynchronous vs synchronous rollouts (same algorithm; paired = same seed):", "",
+                  format_mode_comparison(modes), ""]
+    if stale:
+        lines += ["Asynchronous runs: staleness from metrics.jsonl (one step off-policy: every batch after the "
+                  "first is one weight version old):", "", format_staleness(stale), ""]
     lines += ["How much the clip and teacher terms act (means over steps and seeds):", "", activity_table(results), ""]
     for c in checks:
-        lines.append(f"alpha=1.0 vs grpo, seed {c['seed']}: {c['steps']} steps x {c['keys']} metrics, "
+        mode = f" ({c['rollout_mode']})" if "rollout_mode" in c else ""
+        lines.append(f"alpha=1.0 vs grpo, seed {c['seed']}{mode}: {c['steps']} steps x {c['keys']} metrics, "
                      f"{'identical' if c['identical'] else 'max |diff| %.3g (%s)' % (c['max_abs_diff'], c['worst_key'])}"
                      f"; final accuracy {c['final_accuracy'][0]:.3f} vs {c['final_accuracy'][1]:.3f}")
     report = "\n".join(lines) + "\n"
     (task_dir / "report.md").write_text(report)
     summary = {"task": s.task, "settings": s.to_dict(), "threshold": threshold, "start_accuracy": start, "reference": reference,
                "rows": rows, "paired_vs_grpo": paired, "alpha_one_vs_grpo": checks, "plots": {k: str(v) for k, v in pngs.items()},
-               "runs": [{"name": r.name, "final_accuracy": r.final_accuracy, "eval": r.eval,
+               "async_vs_sync": modes, "staleness": stale,
+               "runs": [{"name": r.name, "rollout_mode": r.rollout_mode, "final_accuracy": r.final_accuracy,
+                         "eval": r.eval,
                          "train_accuracy": r.curve(), "train_reward": r.curve("reward/mean")} for r in results]}
     (task_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
@@ -146,18 +160,19 @@ def write_report(s: TaskSettings, task_dir: Path, title: str, reeval: str | None
 def run_comparison(s: TaskSettings, out_root: Path, *, seeds: Sequence[int], sweep_alphas: Sequence[float],
                    sweep_seeds: Sequence[int], algorithms: Sequence[str] = COMPARED_ALGORITHMS, alpha: float = 0.5,
                    timeout_s: float | None = None, reeval_k: int | None = None,
-                   log: Callable[[str], None] = _say) -> dict[str, Any]:
+                   rollout_modes: Sequence[str] = ("sync",), log: Callable[[str], None] = _say) -> dict[str, Any]:
     """Prepare, run and report one task under ``out_root/<task>``; returns the summary (also ``summary.json``).
 
     ``reeval_k``: afterwards evaluate every finished run again with ``k`` samples per prompt (Mean@k has less
-    sampling noise than the runs' own Mean@1) and report those accuracies."""
+    sampling noise than the runs' own Mean@1) and report those accuracies. ``rollout_modes``: run every algorithm
+    and seed in each of these modes ("sync", "async")."""
     started = time.perf_counter()
     task_dir = Path(out_root).resolve() / s.task
     task_dir.mkdir(parents=True, exist_ok=True)
     prepared = prepare_task(s, task_dir, log)
     prep_seconds = time.perf_counter() - started
     runs = plan_runs(s.task, seeds=seeds, algorithms=algorithms, alpha=alpha, sweep_alphas=sweep_alphas,
-                     sweep_seeds=sweep_seeds)
+                     sweep_seeds=sweep_seeds, rollout_modes=rollout_modes)
     jobs = build_jobs(s, prepared, runs, task_dir)
     plan_path = task_dir / "plan.json"
     plan_path.write_text(json.dumps(jobs, indent=2))

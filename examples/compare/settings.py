@@ -18,6 +18,8 @@ from recipes.small import SmallRun
 COMPARED_ALGORITHMS: tuple[str, ...] = ("sft", "grpo", "kdrl", "rlad")
 #: The alpha sweep (alpha = weight on the old student; 1.0 must reproduce grpo).
 SWEEP_ALPHAS: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9, 1.0)
+#: Rollout modes a comparison may run (recipes.small.SmallRun.rollout_mode); sync is the earlier results'.
+ROLLOUT_MODES: tuple[str, ...] = ("sync", "async")
 TASKS: tuple[str, ...] = ("arithmetic", "knights_knaves_compact", "knights_knaves")
 
 

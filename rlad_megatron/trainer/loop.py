@@ -27,10 +27,11 @@ from rlad_megatron.trainer.guards import NonFiniteStepGuard, TrainingStopped
 from rlad_megatron.device import collective_device, for_collective
 from rlad_megatron.parallel import share_from_one
 from rlad_megatron.trainer.rollout_pipeline import RolloutPipeline
-from rlad_megatron.trainer.rollouts import generate_and_score, to_sequence_batch
+from rlad_megatron.trainer.rollouts import Rollouts, generate_and_score, to_sequence_batch
 from rlad_megatron.trainer.observability import MetricsLogger
 from rlad_megatron.trainer.setup import Components, build_components
 from rlad_megatron.trainer.truncation import TruncationPolicy
+from rlad_megatron.weight_sync.verify import probe_from_samples
 from rlad_megatron.trainer.state import find_loadable_checkpoint, load_trainer_checkpoint, save_trainer_checkpoint
 
 
@@ -167,6 +168,7 @@ class Trainer:
         # the engine process for the next one (with the weights it holds now), to come while this step trains.
         rollouts, ahead_metrics = self.rollouts.take(self.step, self.weight_version)
         times["time/generation"] = time.perf_counter() - t
+        self._probe_next_syncs_with(rollouts)
 
         batch, metrics = to_sequence_batch(
             rollouts, pad_id=s.pad_id, skip_uniform_groups=cfg.trainer.skip_uniform_groups,
@@ -339,6 +341,13 @@ class Trainer:
             max_staleness=r.max_staleness if r.mode == "async" else 0,
             share=lambda value: share_from_one(value, s.model_parallel_group), owner=[s.dp_rank, s.layout.dp],
         )
+
+    def _probe_next_syncs_with(self, rollouts: Rollouts | None) -> None:
+        """The sync check scores a few of this step's own samples with both sides (one engine prefill, one small
+        learner forward) instead of sampling new ones after every sync (weight_sync/verify.py)."""
+        verifier = getattr(self.parts.synchronizer, "verifier", None)
+        if verifier is not None and rollouts is not None:
+            verifier.use_samples(probe_from_samples(rollouts.prompt_ids, rollouts.response_ids, rollouts.group_size))
 
     def _sync_weights(self) -> dict[str, float]:
         s = self.parts

@@ -20,7 +20,7 @@ import time
 from typing import Any, Callable, Sequence
 
 from rlad_megatron.rollout.base import SamplingSettings
-from rlad_megatron.trainer.rollouts import Rollouts, score_results
+from rlad_megatron.trainer.rollouts import Rollouts, pack_rollouts, score_results, unpack_rollouts
 
 
 @dataclasses.dataclass
@@ -132,15 +132,16 @@ class RolloutPipeline:
 
     # ------------------------------------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict[str, Any]:
-        """The batch generated ahead (plain lists: it goes into the rank's JSON trainer state), or nothing. Only
-        between steps, after :meth:`finish_step`: a batch still in flight cannot be saved."""
+        """The batch generated ahead (its samples as tensors: the checkpoint writes them to the rank's safetensors
+        file, the rest to its JSON trainer state), or nothing. Only between steps, after :meth:`finish_step`: a
+        batch still in flight cannot be saved."""
         if self._inflight is not None:
             raise RuntimeError("RolloutPipeline.state_dict: a request is in flight; call finish_step() first")
         if self._held is None:
             return {"held": None}
         return {"held": {"step": self._held.step, "stream_before": self._held.stream_before, "owner": self.owner,
                          "rollouts": None if self._held.rollouts is None
-                         else dataclasses.asdict(self._held.rollouts)}}
+                         else pack_rollouts(self._held.rollouts)}}
 
     def load_state_dict(self, state: dict[str, Any] | None) -> None:
         """Restore the batch generated ahead (checked against the learner's version at :meth:`take`)."""
@@ -149,7 +150,7 @@ class RolloutPipeline:
         self._held = None
         if held is not None and held.get("rollouts") is not None and held.get("owner") == self.owner:
             self._held = _Batch(step=int(held["step"]), stream_before=held["stream_before"],
-                                rollouts=Rollouts(**held["rollouts"]))
+                                rollouts=unpack_rollouts(held["rollouts"]))
         elif held is not None:  # another layout's batch: generate its prompts again at the next step
             self.prompts.load_state_dict(held["stream_before"])
 

@@ -3,6 +3,8 @@
     checkpoints/step_000012/megatron/             model + optimizer (Megatron distributed checkpoint, any layout),
                                                   with rlad_arch.json and the tokenizer (``convert mcore-to-hf``)
     checkpoints/step_000012/trainer_rank<r>.json  step, data position, weight version, RNG states of rank r, config
+    checkpoints/step_000012/trainer_rank<r>.safetensors  the tensors of rank r's trainer state (a batch generated
+                                                  ahead in async mode), when it has any
     checkpoints/step_000012/manifest.json         every file with its size and SHA-256
     checkpoints/latest                            "step_000012", switched last
 
@@ -45,6 +47,37 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((version, tuple(internal), gauss))
     name, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+
+
+TENSOR_REF = "__tensor__"
+
+
+def split_tensors(value: Any, tensors: dict[str, torch.Tensor], path: str = "") -> Any:
+    """A JSON-able copy of ``value`` in which every tensor leaf is replaced by ``{"__tensor__": name}`` and stored
+    under that name (its dotted path) in ``tensors``."""
+    if isinstance(value, torch.Tensor):
+        name = path or "value"
+        tensors[name] = value.detach().cpu().contiguous()
+        return {TENSOR_REF: name}
+    if isinstance(value, dict):
+        return {key: split_tensors(item, tensors, f"{path}.{key}" if path else str(key)) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [split_tensors(item, tensors, f"{path}.{i}") for i, item in enumerate(value)]
+    return value
+
+
+def join_tensors(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """The inverse of :func:`split_tensors`."""
+    if isinstance(value, dict):
+        if set(value) == {TENSOR_REF}:
+            if value[TENSOR_REF] not in tensors:
+                raise ckf.CheckpointCorrupt(f"the trainer state names tensor {value[TENSOR_REF]!r}, which its "
+                                            "safetensors file does not hold")
+            return tensors[value[TENSOR_REF]]
+        return {key: join_tensors(item, tensors) for key, item in value.items()}
+    if isinstance(value, list):
+        return [join_tensors(item, tensors) for item in value]
+    return value
 
 
 def latest_checkpoint(root: Path) -> Path | None:
@@ -109,7 +142,12 @@ def save_trainer_checkpoint(root: Path, step: int, model_chunks, optimizer, trai
         save_checkpoint(tmp / "megatron", model_chunks, optimizer)
         if rank == 0 and arch is not None:
             _write_convert_metadata(tmp / "megatron", model_chunks, arch, tokenizer_dir)
-        state = dict(trainer_state, step=step, rng=_rng_state())
+        tensors: dict[str, torch.Tensor] = {}
+        state = split_tensors(dict(trainer_state, step=step, rng=_rng_state()), tensors)
+        if tensors:  # fsynced with every other file by _digest_share
+            from safetensors.torch import save_file
+
+            save_file(tensors, str(tmp / f"trainer_rank{rank}.safetensors"))
         ckf.write_text_durably(tmp / f"trainer_rank{rank}.json", json.dumps(state))
     except BaseException:
         if rank == 0:  # e.g. a full disk: free what this attempt wrote; complete checkpoints are untouched
@@ -189,8 +227,13 @@ def load_trainer_checkpoint(folder: Path, model_chunks, optimizer) -> dict[str, 
     """Collective. Restores model, optimizer and this rank's RNG; returns the trainer state (step, data, ...)."""
     load_checkpoint(folder / "megatron", model_chunks, optimizer)
     rank = dist.get_rank()
-    own = folder / f"trainer_rank{rank}.json"
     # A resume with more ranks than the save: the new ranks take rank 0's state (RNG included).
-    state = json.loads((own if own.exists() else folder / "trainer_rank0.json").read_text())
+    source = rank if (folder / f"trainer_rank{rank}.json").exists() else 0
+    state = json.loads((folder / f"trainer_rank{source}.json").read_text())
+    tensor_file = folder / f"trainer_rank{source}.safetensors"
+    if tensor_file.exists():
+        from safetensors.torch import load_file
+
+        state = join_tensors(state, load_file(str(tensor_file)))
     _set_rng_state(state.pop("rng"))
     return state

@@ -5,10 +5,13 @@ reported version is not the one just synced, and the engine's log-probs of the p
 learner's. Either raises :class:`WeightSyncError`, which is meant to stop the run: training on samples from the
 wrong policy is silent corruption.
 
-The probe the trainer uses is :class:`SampledProbe`: fixed prompts whose continuations the engine samples after
-each sync, so the compared tokens are the kind training sees (log-probs near 0 to -5). Random tokens (the older
-:class:`ProbeBatch`, kept for kernel tests) sit at -15 to -25, where bf16 kernel differences between Transformer
-Engine and vLLM are largest and say nothing about the samples. Mean and max |delta| are checked against
+The compared tokens must be the kind training sees (log-probs near 0 to -5): random tokens (a fixed
+:class:`ProbeBatch` of them is kept for kernel tests) sit at -15 to -25, where bf16 kernel differences between
+Transformer Engine and vLLM are largest and say nothing about the samples. The trainer hands the verifier a few of
+the latest rollouts' own sequences (:meth:`SyncVerifier.use_samples`, :func:`probe_from_samples`) and both sides
+score them with the new weights: one engine prefill and one small learner forward, no sampling. Before any rollout
+exists it falls back to :class:`SampledProbe`: fixed prompts whose continuations the engine samples after the sync
+(~30 decode steps: on workload W1 that cost ~0.3 s per sync, 15% of a step; docs/performance.md). Mean and max |delta| are checked against
 tolerances calibrated per dtype (:func:`calibrated_tolerance`); FP8 is reported, not stopped on, unless asked.
 """
 from __future__ import annotations
@@ -77,6 +80,25 @@ def make_sampled_probe(prompts: Sequence[Sequence[int]], *, num_prompts: int = 4
     return SampledProbe(chosen, max_tokens, seed)
 
 
+def probe_from_samples(prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]], group_size: int,
+                       *, num_sequences: int = 4) -> ProbeBatch | None:
+    """Up to ``num_sequences`` sampled sequences (prompt + response) to probe a sync with: the first non-empty
+    response of each of the first prompts (distinct prompts, group-major order); None when every response is
+    empty."""
+    if len(prompt_ids) != len(response_ids):
+        raise ValueError(f"probe_from_samples: {len(prompt_ids)} prompts but {len(response_ids)} responses")
+    sequences, prompt_lens = [], []
+    for start in range(0, len(response_ids), max(1, group_size)):
+        index = next((i for i in range(start, min(start + group_size, len(response_ids))) if response_ids[i]), None)
+        if index is None or not prompt_ids[index]:
+            continue
+        sequences.append([int(t) for t in prompt_ids[index]] + [int(t) for t in response_ids[index]])
+        prompt_lens.append(len(prompt_ids[index]))
+        if len(sequences) == num_sequences:
+            break
+    return ProbeBatch(sequences, prompt_lens) if sequences else None
+
+
 @dataclasses.dataclass(frozen=True)
 class MismatchTolerance:
     """Largest mean and max per-token |engine - learner| log-prob difference on sampled tokens; ``stop``: raise
@@ -122,7 +144,8 @@ class SyncVerifier:
         engine: the rollout engine on this rank, or None on ranks without one (they still call :meth:`check`,
             because ``learner_logprobs`` is a collective forward).
         learner_logprobs: see :data:`LearnerLogprobs`.
-        probe: fixed token sequences (:class:`ProbeBatch`) or prompts the engine continues (:class:`SampledProbe`).
+        probe: fixed token sequences (:class:`ProbeBatch`) or prompts the engine continues (:class:`SampledProbe`),
+            used until :meth:`use_samples` gives recent rollouts.
         max_abs_tol: largest allowed per-token |engine - learner| log-prob difference (a float32 tolerance with
             only a max), or ``tolerance``: a :class:`MismatchTolerance` (mean and max; stop or report).
         group: with a :class:`SampledProbe`, the ranks that share the engine's samples (the model-parallel group;
@@ -143,10 +166,19 @@ class SyncVerifier:
         self.tolerance = tolerance
         self.max_abs_tol = tolerance.max_abs
         self.group = group
+        self.samples: ProbeBatch | None = None
+
+    def use_samples(self, samples: ProbeBatch | None) -> None:
+        """Probe the next syncs with these sampled sequences (every rank of ``group`` must pass the same ones: the
+        trainer passes its step's rollouts, which the group shares). None keeps the previous ones."""
+        if samples is not None:
+            self.samples = samples
 
     def probe_sequences(self) -> ProbeBatch:
-        """The sequences to score now: the fixed batch, or the prompts with the engine's fresh samples (generated
-        where the engine is, shared over ``group``; collective)."""
+        """The sequences to score now: recent samples (:meth:`use_samples`), the fixed batch, or the prompts with
+        the engine's fresh samples (generated where the engine is, shared over ``group``; collective)."""
+        if self.samples is not None:
+            return self.samples
         if isinstance(self.probe, ProbeBatch):
             return self.probe
         from rlad_megatron.parallel import share_from_one

@@ -161,3 +161,118 @@ def test_command_line_values_keep_their_types() -> None:
     assert parse_value("2e-4") == pytest.approx(2e-4)  # YAML 1.1 would leave this a string
     assert parse_value("0.1") == 0.1 and parse_value("32") == 32 and parse_value("true") is True
     assert parse_value("token-mean") == "token-mean"
+
+
+def _async(r: RunResult, staleness: list[float] | None = None) -> RunResult:
+    """``r`` as the asynchronous run of its algorithm and seed (label and name as the plan writes them)."""
+    r.rollout_mode, r.label, r.name = "async", f"{r.label} (async)", f"{r.label}-async-{r.seed}"
+    for m, st in zip(r.metrics, staleness or []):
+        m.update({"rollout/staleness": st, "rollout/stale_dropped": 0.0})
+    return r
+
+
+def test_plan_runs_rollout_modes_keep_sync_names_and_pair_each_seed() -> None:
+    sync_only = plan_runs("arithmetic", seeds=[0, 1], algorithms=["grpo", "rlad"], sweep_alphas=[1.0],
+                          sweep_seeds=[0])
+    assert sync_only == plan_runs("arithmetic", seeds=[0, 1], algorithms=["grpo", "rlad"], sweep_alphas=[1.0],
+                                  sweep_seeds=[0], rollout_modes=["sync"])  # the default: unchanged
+    runs = plan_runs("arithmetic", seeds=[0, 1], algorithms=["grpo", "rlad"], rollout_modes=["sync", "async"])
+    assert [r.name for r in runs] == ["grpo-s0", "grpo-async-s0", "grpo-s1", "grpo-async-s1", "rlad-a0.5-s0",
+                                      "rlad-a0.5-async-s0", "rlad-a0.5-s1", "rlad-a0.5-async-s1"]
+    assert [r.label for r in runs[:2]] == ["grpo", "grpo (async)"] and runs[5].label == "rlad a=0.5 (async)"
+    assert [r.name for r in runs if r.rollout_mode == "sync"] == [r.name for r in plan_runs(
+        "arithmetic", seeds=[0, 1], algorithms=["grpo", "rlad"])]
+    with pytest.raises(ValueError, match="unknown rollout mode"):
+        plan_runs("arithmetic", seeds=[0], rollout_modes=["offpolicy"])
+
+
+def test_async_run_config_differs_from_sync_only_in_the_rollout_layout(tmp_path: Path) -> None:
+    s = arithmetic_settings()
+    prepared = Prepared(DataFiles(tmp_path / "train.jsonl", tmp_path / "test.jsonl"), tmp_path / "t", tmp_path / "s",
+                        {})
+    sync = run_config_to_dict(comparison_run_config(RunSpec("arithmetic", "rlad", 0.5, 1), s, prepared, tmp_path))
+    asyn = run_config_to_dict(comparison_run_config(RunSpec("arithmetic", "rlad", 0.5, 1, "async"), s, prepared,
+                                                    tmp_path))
+    assert sync["rollout"]["mode"] == "sync" and sync["rollout"]["placement"] == "colocated"
+    assert sync["rollout"]["engine_cpus"] == 0
+    changed = {k: (sync["rollout"][k], asyn["rollout"][k]) for k in sync["rollout"]
+               if sync["rollout"][k] != asyn["rollout"][k]}
+    assert changed == {"mode": ("sync", "async"), "placement": ("colocated", "disaggregated"),
+                       "engine_cpus": (0, 1)}
+    assert asyn["rollout"]["max_staleness"] == 1
+    for section in ("model", "data", "optim", "parallel", "loss", "trainer"):
+        assert sync[section] == asyn[section]
+    from recipes.small import small_run_config
+
+    with pytest.raises(ValueError, match="rollout mode 'later'"):
+        small_run_config(s.rl, task="arithmetic", student="s", teacher="t", train_files=["x"], output_dir="o",
+                         seed=0, rollout_mode="later")
+
+
+def test_mode_comparison_pairs_async_with_sync_and_checks_one_std() -> None:
+    from examples.compare.report import (format_mode_comparison, format_staleness, mode_comparison,
+                                         paired_differences, staleness_rows)
+
+    grpo = [_result("grpo", "grpo", 1.0, s, acc, [0.1, 0.2]) for s, acc in ((0, 0.40), (1, 0.44), (2, 0.42))]
+    grpo_a = [_async(_result("grpo", "grpo", 1.0, s, acc, [0.1, 0.2]), [0, 1])
+              for s, acc in ((0, 0.41), (1, 0.46), (2, 0.42))]
+    rlad = [_result("rlad a=0.5", "rlad", 0.5, s, acc, [0.1, 0.2]) for s, acc in ((0, 0.50), (1, 0.50), (2, 0.51))]
+    rlad_a = [_async(_result("rlad a=0.5", "rlad", 0.5, s, acc, [0.1, 0.2, 0.3]), [0, 1, 1])
+              for s, acc in ((0, 0.45), (1, 0.47))]
+    rows = {r["label"]: r for r in mode_comparison(grpo + grpo_a + rlad + rlad_a)}
+    g, r = rows["grpo"], rows["rlad a=0.5"]
+    assert g["diffs"] == pytest.approx({0: 0.01, 1: 0.02, 2: 0.0}) and g["ahead"] == 2
+    assert g["sync_mean"] == pytest.approx(0.42) and g["sync_std"] == pytest.approx(0.02)
+    assert g["gap"] == pytest.approx(0.01) and g["within_one_std"] is True  # |0.01| <= 0.02
+    assert r["seeds"] == 2 and r["diffs"] == pytest.approx({0: -0.05, 1: -0.03})
+    assert r["gap"] == pytest.approx(0.46 - 0.5033, abs=1e-4) and r["within_one_std"] is False  # sync std 0.0058
+    table = format_mode_comparison(mode_comparison(grpo + grpo_a + rlad + rlad_a))
+    assert "| grpo | 0.420 ± 0.020 (3) | 0.430 ± 0.026 (3) | +0.010 |" in table and "**yes**" in table
+    assert "| rlad a=0.5 |" in table and "**no** (async lower)" in table and "0/2" in table
+    assert table.splitlines()[2].endswith("| 2.00 / 2.00 |")  # time/step medians: 1 + seed over seeds 0..2
+    assert mode_comparison(grpo + rlad) == []  # nothing asynchronous: no rows
+    assert mode_comparison(grpo[:1] + grpo_a[:1])[0]["within_one_std"] is None  # one sync seed: no std
+
+    # paired vs grpo stays within a mode: rlad (async) against grpo (async), never against grpo (sync)
+    paired = {p["label"]: p for p in paired_differences(grpo + grpo_a + rlad + rlad_a)}
+    assert set(paired) == {"rlad a=0.5", "rlad a=0.5 (async)"}
+    assert paired["rlad a=0.5 (async)"]["diffs"] == pytest.approx({0: 0.04, 1: 0.01})
+
+    rows = summarize(grpo_a + rlad_a + grpo + rlad, 0.3)  # a sync row before its async twin, whatever the input order
+    assert [r["label"] for r in rows] == ["grpo", "grpo (async)", "rlad a=0.5", "rlad a=0.5 (async)"]
+
+    stale = staleness_rows(grpo + grpo_a + rlad_a)
+    assert [x["name"] for x in stale] == ["grpo-async-0", "grpo-async-1", "grpo-async-2", "rlad a=0.5-async-0",
+                                          "rlad a=0.5-async-1"]  # sync runs have none
+    assert stale[-1]["staleness_mean"] == pytest.approx(2 / 3) and stale[-1]["stale_steps"] == 2
+    assert stale[-1]["stale_dropped"] == 0 and stale[-1]["steps"] == 3
+    assert "| rlad a=0.5-async-1 | 3 | 0.667 | 2/3 | 0 | - |" in format_staleness(stale)
+
+
+def test_alpha_one_check_pairs_within_a_rollout_mode() -> None:
+    g, r = _result("grpo", "grpo", 1.0, 0, 0.4, [0.2, 0.3]), _result("rlad a=1", "rlad", 1.0, 0, 0.4, [0.2, 0.3])
+    ga, ra = (_async(_result("grpo", "grpo", 1.0, 0, 0.4, [0.2, 0.5])),
+              _async(_result("rlad a=1", "rlad", 1.0, 0, 0.4, [0.2, 0.5])))
+    checks = alpha_one_check([g, ga, r, ra])
+    assert len(checks) == 2 and all(c["identical"] for c in checks)
+    assert [c.get("rollout_mode", "sync") for c in checks] == ["async", "sync"]
+    assert not alpha_one_check([g, ra])  # an async rlad run is never checked against a sync grpo run
+
+
+def test_rollout_modes_option() -> None:
+    from examples.compare.__main__ import build_parser
+
+    assert build_parser().parse_args([]).rollout_modes == ["sync"]
+    assert build_parser().parse_args(["--rollout-modes", "sync,async"]).rollout_modes == ["sync", "async"]
+    for bad in ("sync,sync", "fast", ""):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["--rollout-modes", bad])
+
+
+def test_learning_curves_draw_async_runs_dashed_next_to_sync(tmp_path: Path) -> None:
+    from examples.compare.report import plot_learning_curves
+
+    runs = [_result("grpo", "grpo", 1.0, s, 0.4, [0.1, 0.2, 0.3]) for s in (0, 1)]
+    runs += [_async(_result("grpo", "grpo", 1.0, s, 0.42, [0.1, 0.25, 0.3])) for s in (0, 1)]
+    png = plot_learning_curves(runs, tmp_path / "curves.png", "sync vs async", reference={"student (initial)": 0.35})
+    assert png.stat().st_size > 10_000

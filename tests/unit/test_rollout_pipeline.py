@@ -6,6 +6,7 @@ import dataclasses
 import json
 
 import pytest
+import torch
 
 from rlad_megatron.config import ConfigError, RolloutConfig
 from rlad_megatron.rollout.base import Completion, PromptResult, SamplingSettings
@@ -130,6 +131,39 @@ def test_async_takes_the_batch_generated_during_the_previous_step_one_version_ol
     assert engine.requests[-1][0] == [[8], [9]] and pipeline.dropped_total == 0
 
 
+def _through_a_checkpoint(state: dict) -> dict:
+    """What a checkpoint gives back: the tensors through a safetensors file, the rest through JSON
+    (trainer/state.py's split_tensors / join_tensors)."""
+    import tempfile
+
+    from safetensors.torch import load_file, save_file
+
+    from rlad_megatron.trainer.state import join_tensors, split_tensors
+
+    tensors: dict = {}
+    text = json.dumps(split_tensors(state, tensors))
+    with tempfile.TemporaryDirectory() as folder:
+        save_file(tensors, f"{folder}/t.safetensors")
+        return join_tensors(json.loads(text), load_file(f"{folder}/t.safetensors"))
+
+
+def test_rollouts_pack_into_tensors_and_back_exactly() -> None:
+    from rlad_megatron.trainer.rollouts import Rollouts, pack_rollouts, unpack_rollouts
+
+    rollouts = Rollouts(prompt_ids=[[1, 2], [1, 2], [7], [7]], response_ids=[[5, 6, 3], [], [4], [9, 9]],
+                        response_logprobs=[[-0.1, -1e-9, -2.5], [], [-0.30000000000000004], [-7.25, -1 / 3]],
+                        truncated=[False, True, False, False], rewards=[1.0, 0.0, 0.5, 1 / 3],
+                        correct=[True, False, False, True], format_ok=[True, False, True, True], reward_errors=1,
+                        group_size=2, weight_versions=[4, 4, 4, 4])
+    packed = _through_a_checkpoint({"rollouts": pack_rollouts(rollouts)})["rollouts"]
+    assert packed["response_ids"]["values"].tolist() == [5, 6, 3, 4, 9, 9]
+    assert unpack_rollouts(packed) == rollouts  # every float exactly (float64), empty responses kept
+    assert unpack_rollouts(dataclasses.asdict(rollouts)) == rollouts  # checkpoints written before: plain lists
+    packed["prompt_ids"]["lengths"][0] = 3
+    with pytest.raises(ValueError, match="prompt_ids has 6 values but its lengths sum to 7"):
+        unpack_rollouts(packed)
+
+
 def test_a_checkpoint_holds_the_batch_generated_ahead_and_resume_continues_exactly() -> None:
     engine, stream = _Engine(), _Stream()
     pipeline = _pipeline(engine, stream, ahead=True, max_staleness=1, owner=[0, 1])
@@ -143,7 +177,7 @@ def test_a_checkpoint_holds_the_batch_generated_ahead_and_resume_continues_exact
     engine3, stream3 = _Engine(), _Stream()
     before = _pipeline(engine3, stream3, ahead=True, max_staleness=1, owner=[0, 1])
     _run(before, engine3, range(2), {"version": 1})
-    saved = json.loads(json.dumps({"pipeline": before.state_dict(), "data": stream3.state_dict()}))
+    saved = _through_a_checkpoint({"pipeline": before.state_dict(), "data": stream3.state_dict()})
     assert saved["pipeline"]["held"]["step"] == 2
 
     engine4, stream4 = _Engine(), _Stream()  # a fresh process: its engine starts again, synced to version 3
@@ -159,7 +193,7 @@ def test_a_batch_older_than_max_staleness_is_dropped_counted_and_its_prompts_gen
     engine, stream = _Engine(), _Stream()
     ahead = _pipeline(engine, stream, ahead=True, max_staleness=1, owner=[0, 1])
     _run(ahead, engine, range(2), {"version": 1})
-    saved = json.loads(json.dumps({"pipeline": ahead.state_dict(), "data": stream.state_dict()}))
+    saved = _through_a_checkpoint({"pipeline": ahead.state_dict(), "data": stream.state_dict()})
 
     engine2, stream2 = _Engine(), _Stream()  # resumed with rollout.mode=sync (max_staleness 0)
     engine2.weight_version = 3
@@ -176,7 +210,7 @@ def test_a_batch_saved_by_another_layout_is_generated_again_not_taken() -> None:
     engine, stream = _Engine(), _Stream()
     ahead = _pipeline(engine, stream, ahead=True, max_staleness=1, owner=[0, 2])
     _run(ahead, engine, range(1), {"version": 1})
-    saved = json.loads(json.dumps(ahead.state_dict()))
+    saved = _through_a_checkpoint(ahead.state_dict())
     engine2, stream2 = _Engine(), _Stream()
     engine2.weight_version = 2
     stream2.load_state_dict({"position": 4})
@@ -221,3 +255,14 @@ def test_engine_cpus_are_the_last_cores_and_leave_the_learner_one() -> None:
     assert engine_cpu_cores(2, {0, 3, 5, 7}) == (5, 7)
     with pytest.raises(RuntimeError, match="engine_cpus=2"):
         engine_cpu_cores(2, {0, 1})
+
+
+def test_a_trainer_state_naming_a_missing_tensor_is_refused_as_corrupt() -> None:
+    from rlad_megatron.trainer.checkpoint_files import CheckpointCorrupt
+    from rlad_megatron.trainer.state import join_tensors, split_tensors
+
+    tensors: dict = {}
+    state = split_tensors({"a": [1, {"b": torch.ones(2)}], "c": "x"}, tensors)
+    assert state == {"a": [1, {"b": {"__tensor__": "a.1.b"}}], "c": "x"} and list(tensors) == ["a.1.b"]
+    with pytest.raises(CheckpointCorrupt, match="'a.1.b'"):
+        join_tensors(state, {})

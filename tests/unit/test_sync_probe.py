@@ -7,7 +7,7 @@ import pytest
 
 from rlad_megatron.rollout.base import Completion, PromptResult
 from rlad_megatron.weight_sync.verify import (
-    ProbeBatch, SyncVerifier, WeightSyncError, calibrated_tolerance, make_sampled_probe,
+    ProbeBatch, SyncVerifier, WeightSyncError, calibrated_tolerance, make_sampled_probe, probe_from_samples,
 )
 
 
@@ -55,6 +55,29 @@ def test_probe_scores_what_the_engine_samples_now():
     with pytest.raises(WeightSyncError):  # (and the learner still has w=0.5: a stale engine)
         verifier.check(expected_version=1)
     assert seen[0][0][0][3:] == [17, 18, 19, 20]
+
+
+def test_recent_samples_replace_the_sampling_probe():
+    """After the trainer hands over a step's samples, the check scores those (no generation on the engine) and
+    still catches an engine that does not serve the learner's weights."""
+    engine, seen = _SamplingEngine(), []
+    verifier = SyncVerifier(engine, _learner(0.5, seen), make_sampled_probe([[1, 2, 3]], max_tokens=4),
+                            tolerance=calibrated_tolerance("float32", "float32"))
+    # two prompts x G=3, group-major; the first response of the second prompt is empty
+    samples = probe_from_samples([[1, 2]] * 3 + [[7]] * 3, [[5, 6], [8], [9], [], [4, 4, 4], [3]], group_size=3)
+    assert samples == ProbeBatch([[1, 2, 5, 6], [7, 4, 4, 4]], [2, 1])
+    verifier.use_samples(samples)
+    verifier.use_samples(None)  # a step without samples on this rank keeps the last ones
+    stats = verifier.check(expected_version=1)
+    assert stats["sync/logprob_max_abs"] == 0.0 and engine.generated == []
+    assert seen == [([[1, 2, 5, 6], [7, 4, 4, 4]], [2, 1])]
+    engine.w = 0.8  # the engine moved on (or never got the weights): the same samples now disagree
+    with pytest.raises(WeightSyncError, match="disagree"):
+        verifier.check(expected_version=1)
+    assert probe_from_samples([[1], [1]], [[], []], group_size=2) is None
+    assert len(probe_from_samples([[1]] * 12, [[2]] * 12, group_size=2).sequences) == 4
+    with pytest.raises(ValueError, match="2 prompts but 1 responses"):
+        probe_from_samples([[1], [1]], [[2]], group_size=1)
 
 
 def test_mean_and_max_are_both_checked():
