@@ -1,5 +1,5 @@
-"""The real trainer on warm-started tiny models at TP=1, TP=2, PP=2, DP=2 (also with packed token-budget
-micro-batches), CP=2, with engines sharded like the learner at TP=2 and PP=2, and at TP=1 with asynchronous rollouts
+"""The real trainer on warm-started tiny models at TP=1, TP=2, PP=2, DP=2 (with packed token-budget micro-batches),
+CP=2, with engines sharded like the learner at TP=2 and PP=2, and at TP=1 with asynchronous rollouts
 (a test helper; the library never imports it). Each run is launched once per session, on first use
 (fixture ``layout_runs`` in tests/e2e/conftest.py): test_trainer_layouts compares and checks them all,
 test_console_quiet checks the TP=2 run's console and log (that run also logs to W&B, offline, for that check), and
@@ -35,11 +35,14 @@ LAYOUTS = {
     "tp1": Layout(1, {}, STEPS),
     "tp2": Layout(2, {"tensor_parallel": 2}, 2),
     "pp2": Layout(2, {"pipeline_parallel": 2}, 2),
-    "dp2": Layout(2, {}, 2),
-    "cp2": Layout(2, {"context_parallel": 2}, 2),  # each sequence split over 2 ranks (models.cp_attention on CPU)
-    # token-budget micro-batches of packed sequences, balanced over the data-parallel ranks (each rank's
-    # micro-batches differ in count and shape), in the training and in the forward-only (old-policy) passes
+    # DP=2 with token-budget micro-batches of packed sequences, balanced over the data-parallel ranks (each rank's
+    # micro-batches differ in count and shape), in the training and in the forward-only (old-policy) passes. The
+    # fixed micro-batches of the other layouts at DP=2 have no launch of their own: what DP=2 changes in the trainer
+    # (prompts and engines per rank, gradient all-reduce) is the same on both paths, and the fixed path's DP=2
+    # step is tests/distributed/test_parallel_equivalence.py's dp2_distopt layout (and test_slurm_cluster's two-node
+    # job runs the trainer at DP=2 on them).
     "dp2_packed": Layout(2, {}, 2, trainer={"max_tokens_per_micro_batch": 256, "sequence_packing": True}),
+    "cp2": Layout(2, {"context_parallel": 2}, 2),  # each sequence split over 2 ranks (models.cp_attention on CPU)
     # engines sharded like the learner (rollout.executor=external_launcher): at TP=2 every rank holds one shard of
     # its group's engine, at PP=2 every rank a whole engine; the evaluation runs through rank 0's sharded engine
     "el_tp2": Layout(2, {"tensor_parallel": 2}, 2, {"executor": "external_launcher"}),

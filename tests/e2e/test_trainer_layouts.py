@@ -1,5 +1,5 @@
 """The real trainer (vLLM engine + Megatron learner + teacher + weight sync) on warm-started tiny models at TP=1,
-TP=2, PP=2, DP=2, DP=2 with packed token-budget micro-batches, CP=2, with engines sharded like the learner
+TP=2, PP=2, DP=2 with packed token-budget micro-batches, CP=2, with engines sharded like the learner
 (rollout.executor=external_launcher) at TP=2 and PP=2, and at TP=1 with asynchronous rollouts at staleness 1
 (tests/e2e/layout_runs.py):
 
@@ -32,7 +32,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 KEYS = ("reward/mean", "response/length_mean", "loss/loss", "loss/kl/teacher_k3", "loss/clip/high_frac",
         "optim/grad_norm", "optim/applied_updates")
 #: The layouts that train like tp1 for 2 steps (not the asynchronous run; vllm_teacher is test_trainer_teachers').
-SYNCHRONOUS = ["tp2", "pp2", "dp2", "cp2", "dp2_packed", "el_tp2", "el_pp2"]
+SYNCHRONOUS = ["tp2", "pp2", "dp2_packed", "cp2", "el_tp2", "el_pp2"]
 
 
 @pytest.fixture(scope="module")
