@@ -262,7 +262,8 @@ def main() -> None:
                           + _fmt_hf(f"hf   mode={mode} round={r}", hf), flush=True)
 
     results = {key: summarise(value, args.warmup) for key, value in rows.items()}
-    print(f"W1: 8 prompts x G=8, <=32 new tokens, micro-batches {args.micro_batch}, {args.steps} measured steps after {args.warmup} warm-up, "
+    print(f"W1: 8 prompts x G=8, <=32 new tokens, micro-batches {args.micro_batch}, {args.steps} measured steps "
+          f"after {args.warmup} warm-up, "
           f"{args.rounds} round(s); load average now {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
           f"total {time.perf_counter() - start:.0f} s")
     print("breakdown: median seconds per step of each phase")

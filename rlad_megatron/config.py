@@ -133,12 +133,10 @@ class RolloutConfig:
     than its oneDNN pre-packed ones at 100M parameters (bench/weight_sync.py): prefer "vllm_reload" for CPU runs of
     larger models, where generation dominates the step."""
     verify_every: int = 1
-    """Check after every N-th weight sync that the engine serves the learner's weights (0: never): the engine and
-    the learner score a few of the latest rollouts' sequences (one prefill, one small forward) and must agree."""
+    """Check after every N-th weight sync that the engine serves the learner's weights (0: never)."""
     max_logprob_mismatch: float | None = None
     """Largest per-token engine-vs-learner |log-prob difference| on the sync probe (sampled sequences of the latest
-    rollouts; before the first, tokens the engine samples after the sync). None: calibrated per dtype
-    (weight_sync/verify.py TOLERANCES: fp32 1e-3, bf16 1.0, fp8 3.0)."""
+    rollouts). None: calibrated per dtype (weight_sync/verify.py TOLERANCES: fp32 1e-3, bf16 1.0, fp8 3.0)."""
     mean_logprob_mismatch: float | None = None
     """Largest mean |log-prob difference| on the probe. None: per dtype (fp32 1e-4, bf16 0.02, fp8 0.15)."""
     mismatch_stops_fp8: bool = False

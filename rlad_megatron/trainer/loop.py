@@ -31,8 +31,8 @@ from rlad_megatron.trainer.rollouts import Rollouts, generate_and_score, to_sequ
 from rlad_megatron.trainer.observability import MetricsLogger
 from rlad_megatron.trainer.setup import Components, build_components
 from rlad_megatron.trainer.truncation import TruncationPolicy
-from rlad_megatron.weight_sync.verify import probe_from_samples
 from rlad_megatron.trainer.state import find_loadable_checkpoint, load_trainer_checkpoint, save_trainer_checkpoint
+from rlad_megatron.weight_sync.verify import probe_from_samples
 
 
 def _peak_rss_mb() -> float:

@@ -43,8 +43,8 @@ _FLAT_FIELDS = {"truncated": torch.bool, "rewards": torch.float64, "correct": to
 def pack_rollouts(rollouts: Rollouts) -> dict[str, Any]:
     """``rollouts`` as tensors (ragged lists flattened with their lengths) and two ints: what a checkpoint stores
     of a batch generated ahead (trainer/state.py writes tensor leaves to safetensors; at 512 samples of 30K tokens
-    that is ~190 MB instead of ~430 MB of JSON). Token ids fit int32; float64 keeps every log-prob exact: :func:`unpack_rollouts` gives
-    back the identical lists."""
+    that is ~190 MB instead of ~430 MB of JSON). Token ids fit int32; float64 keeps every log-prob exact:
+    :func:`unpack_rollouts` gives back the identical lists."""
     packed: dict[str, Any] = {"reward_errors": int(rollouts.reward_errors), "group_size": int(rollouts.group_size)}
     for name, dtype in _RAGGED_FIELDS.items():
         rows = getattr(rollouts, name)

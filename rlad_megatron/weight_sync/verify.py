@@ -11,8 +11,9 @@ Transformer Engine and vLLM are largest and say nothing about the samples. The t
 the latest rollouts' own sequences (:meth:`SyncVerifier.use_samples`, :func:`probe_from_samples`) and both sides
 score them with the new weights: one engine prefill and one small learner forward, no sampling. Before any rollout
 exists it falls back to :class:`SampledProbe`: fixed prompts whose continuations the engine samples after the sync
-(~30 decode steps: on workload W1 that cost ~0.3 s per sync, 15% of a step; docs/performance.md). Mean and max |delta| are checked against
-tolerances calibrated per dtype (:func:`calibrated_tolerance`); FP8 is reported, not stopped on, unless asked.
+(~30 decode steps: on workload W1 that cost ~0.3 s per sync, 15% of a step; docs/performance.md). Mean and max
+|delta| are checked against tolerances calibrated per dtype (:func:`calibrated_tolerance`); FP8 is reported, not
+stopped on, unless asked.
 """
 from __future__ import annotations
 
