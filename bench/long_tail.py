@@ -112,7 +112,7 @@ def run_path(name: str, paths: dict[str, str]) -> dict:
     from rlad_megatron.learner.batching import MicroBatching
     from rlad_megatron.learner.policy import MegatronPolicy, build_student
     from rlad_megatron.loss import compute_policy_loss, local_denominators
-    from rlad_megatron.loss.config import LossConfig
+    from rlad_megatron.config.loss import LossConfig
     from rlad_megatron.models import load_hf_model
     from rlad_megatron.parallel import initialize_model_parallel
     from rlad_megatron.teacher import MegatronTeacher

@@ -26,7 +26,7 @@ from rlad_megatron.config import (
     run_config_from_dict,
     run_config_to_dict,
 )
-from rlad_megatron.config_parsing import flatten_dotted
+from rlad_megatron.config.parsing import flatten_dotted
 from rlad_megatron.memory_plan import MemoryPlan, plan_memory
 from rlad_megatron.placement import ModelShape, Placement, plan_placement
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 
 def _train(args: argparse.Namespace) -> int:
-    from rlad_megatron.config import ConfigError, load_run_config
+    from rlad_megatron.config import ConfigError, load_run_config, teacher_use
     from rlad_megatron.fp8 import check_run_hardware
 
     try:
@@ -25,7 +25,7 @@ def _train(args: argparse.Namespace) -> int:
 
     try:  # before any process group: a wrong path is one line, not a hub lookup and a traceback per rank
         check_model_folder(config.model.student, "model.student")
-        if config.model.teacher and config.loss.algorithm in ("rlad", "kdrl", "sft"):
+        if config.model.teacher and teacher_use(config.loss) != "none":
             check_model_folder(config.model.teacher, "model.teacher")
     except ModelFolderError as err:
         if os.environ.get("RANK", "0") == "0":
@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlad-megatron", description="RL-aware distillation (RLAD) on Megatron + vLLM")
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="run RLAD (or a baseline) training; launch under torchrun for >1 rank")
-    train.add_argument("--config", default=None, help="YAML run config (sections of rlad_megatron/config.py)")
+    train.add_argument("--config", default=None, help="YAML run config (sections of rlad_megatron/config/)")
     train.add_argument("--resume", action="store_true",
                        help="continue the run in trainer.output_dir from its newest complete checkpoint")
     train.add_argument("--overwrite", action="store_true",
@@ -72,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="resume even though the config changes the run (models, loss, data, seeds, ...)")
     train.add_argument("overrides", nargs="*", help="dotted overrides, e.g. loss.alpha=0.3 trainer.steps=20")
     train.set_defaults(func=_train)
-    from rlad_megatron import config_cli, convert
+    from rlad_megatron import convert
+    from rlad_megatron.config import cli as config_cli
     from rlad_megatron.eval import cli as eval_cli
 
     convert.register(sub)

@@ -11,10 +11,12 @@ import sys
 
 import yaml
 
+from rlad_megatron.config.docs import render_defaults
+from rlad_megatron.config.run import load_run_config, run_config_to_dict
+from rlad_megatron.config.validators import ConfigError
+
 
 def _config(args: argparse.Namespace) -> int:
-    from rlad_megatron.config_docs import render_defaults
-
     if args.defaults is not None:
         try:
             sys.stdout.write(render_defaults(args.defaults or None))
@@ -22,8 +24,6 @@ def _config(args: argparse.Namespace) -> int:
             print(f"rlad-megatron config: {err.args[0]}", file=sys.stderr)
             return 2
         return 0
-    from rlad_megatron.config import ConfigError, load_run_config, run_config_to_dict
-
     try:
         config = load_run_config(args.config, args.overrides)
     except ConfigError as err:

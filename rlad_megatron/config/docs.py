@@ -4,7 +4,7 @@
     rlad-megatron config --defaults loss       # one section
 
 The meaning of a field is its attribute docstring (the string literal right below it in the class body, the
-convention of ``config.py``) or, where a field prefers it, ``field(metadata={"doc": ...})``. The output is valid
+convention of this package) or, where a field prefers it, ``field(metadata={"doc": ...})``. The output is valid
 YAML holding exactly the defaults, so it can be saved and edited as a run config.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any, Iterator
 
 import yaml
 
-from rlad_megatron.config import RunConfig
+from rlad_megatron.config.run import RunConfig
 
 HEADER = (
     "# rlad-megatron run configuration: every key with its default and meaning (`rlad-megatron config --defaults`).\n"
@@ -114,9 +114,12 @@ def _scalar(value: Any) -> str:
 def _render(cls: type, indent: str) -> list[str]:
     hints = typing.get_type_hints(cls)
     docs = field_docs(cls)
+    concerns: dict[str, str] = getattr(cls, "CONCERNS", {})
     lines: list[str] = []
     for f in dataclasses.fields(cls):
         annotation = hints[f.name]
+        if f.name in concerns:  # a section whose keys are declared concern by concern (rollout)
+            lines += ["", *_comment(f"--- {concerns[f.name]}", indent), ""]
         if dataclasses.is_dataclass(annotation):
             lines += _comment(docs.get(f.name, "") or _section_doc(annotation), indent)
             lines.append(f"{indent}{f.name}:")

@@ -1,25 +1,29 @@
-"""Configuration of the vLLM rollout engine (plain dataclass: importing it never imports vLLM)."""
+"""One vLLM engine's settings (plain dataclass: importing it never imports vLLM). Not a section of the run config:
+``rlad_megatron.trainer.build.engine_settings.engine_config`` derives them from ``rollout`` for this machine, the
+evaluator and the tests build them directly."""
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
-WEIGHT_LOAD_MODES: tuple[str, ...] = ("inplace", "vllm_reload")
-DTYPES: tuple[str, ...] = ("float32", "bfloat16")
-PLACEMENTS: tuple[str, ...] = ("colocated", "disaggregated")
-EXECUTORS: tuple[str, ...] = ("uni", "external_launcher")
-SLEEP_LEVELS: tuple[int, ...] = (0, 1, 2)
+from rlad_megatron.config.model import DType
+from rlad_megatron.config.rollout import Placement, WeightLoad
+from rlad_megatron.config.validators import ConfigError, at_least, choice, in_range
+
+EngineExecutor = Literal["uni", "external_launcher"]
 
 
 @dataclasses.dataclass
 class VLLMEngineConfig:
     """One vLLM engine (student rollouts or a teacher scorer).
 
-    On CPU the defaults are the measured ones of ``../shared/notes/vllm_nemorun_te_on_cpu.md``.
+    On CPU the defaults are the measured ones of ``docs/vllm_on_cpu.md`` (fp32 engine, a KV cache in bytes, eager
+    mode, no reserved core).
     """
 
     model: str
     """Hugging Face directory (config, safetensors, tokenizer) the engine starts from."""
-    dtype: str = "float32"
+    dtype: DType = "float32"
     """Engine dtype: "float32" (log-probs match the learner to ~1e-5) or "bfloat16" (~1e-2)."""
     max_model_len: int = 1024
     """Longest prompt + response, in tokens."""
@@ -36,7 +40,7 @@ class VLLMEngineConfig:
     enforce_eager: bool | None = None
     """No CUDA graphs / torch.compile. None: True on CPU (required there), False on CUDA (CUDA graphs: decode of
     0.6-1.7B models is launch-bound without them; start-up takes longer while the graphs are captured)."""
-    weight_load: str = "inplace"
+    weight_load: WeightLoad = "inplace"
     """How new weights enter the engine.
     "inplace": at start the CPU linear layers keep their plain torch weight (no oneDNN pre-pack), and each sync
     copies the new tensors straight into the engine's parameters through the model's own ``load_weights``
@@ -46,11 +50,11 @@ class VLLMEngineConfig:
     """``VLLM_CPU_NUM_OF_RESERVED_CPU``: vLLM's default reserves a core for itself, leaving OMP one thread on 2."""
     quantization: str | None = None
     """vLLM weight quantization, e.g. "fp8" for FP8 rollouts on GPUs (None: serve the learner's dtype)."""
-    placement: str = "colocated"
+    placement: Placement = "colocated"
     """"colocated": in the learner's process (one engine per data-parallel replica, on the first rank of each
     model-parallel group). "disaggregated": in its own process, weights over a gloo/NCCL pair group."""
 
-    executor: str = "uni"
+    executor: EngineExecutor = "uni"
     """"uni": vLLM's one-process executor with its own one-rank world (the engine of one learner rank; CPU
     default). "external_launcher": vLLM's SPMD executor inside the learner's torchrun world: every rank of the
     world builds its engine at the same time (vLLM's groups are made over the world), ranks ``[k*tp, (k+1)*tp)``
@@ -78,31 +82,23 @@ class VLLMEngineConfig:
 
     def validate(self) -> None:
         if not self.model:
-            raise ValueError("VLLMEngineConfig.model must be a Hugging Face model directory, got an empty string")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"VLLMEngineConfig.dtype={self.dtype!r}: choose one of {DTYPES}")
-        if self.weight_load not in WEIGHT_LOAD_MODES:
-            raise ValueError(f"VLLMEngineConfig.weight_load={self.weight_load!r}: choose one of {WEIGHT_LOAD_MODES}")
-        if self.placement not in PLACEMENTS:
-            raise ValueError(f"VLLMEngineConfig.placement={self.placement!r}: choose one of {PLACEMENTS}")
-        for field in ("max_model_len", "kv_cache_bytes", "max_num_seqs"):
-            if getattr(self, field) <= 0:
-                raise ValueError(f"VLLMEngineConfig.{field} must be positive, got {getattr(self, field)}")
-        if self.executor not in EXECUTORS:
-            raise ValueError(f"VLLMEngineConfig.executor={self.executor!r}: choose one of {EXECUTORS}")
-        if self.tensor_parallel_size < 1:
-            raise ValueError(f"VLLMEngineConfig.tensor_parallel_size must be >= 1, got {self.tensor_parallel_size}")
+            raise ConfigError("VLLMEngineConfig.model must be a Hugging Face model directory, got an empty string")
+        choice("VLLMEngineConfig.dtype", self.dtype, DType)
+        choice("VLLMEngineConfig.weight_load", self.weight_load, WeightLoad)
+        choice("VLLMEngineConfig.placement", self.placement, Placement)
+        for name in ("max_model_len", "kv_cache_bytes", "max_num_seqs"):
+            at_least(f"VLLMEngineConfig.{name}", getattr(self, name), 1)
+        choice("VLLMEngineConfig.executor", self.executor, EngineExecutor)
+        at_least("VLLMEngineConfig.tensor_parallel_size", self.tensor_parallel_size, 1)
         if self.tensor_parallel_size > 1 and self.executor != "external_launcher":
-            raise ValueError(
+            raise ConfigError(
                 f"VLLMEngineConfig.tensor_parallel_size={self.tensor_parallel_size} needs "
                 "executor='external_launcher' (the 'uni' executor runs one shard)"
             )
-        if self.gpu_memory_utilization is not None and not 0 < self.gpu_memory_utilization < 1:
-            raise ValueError(
-                f"VLLMEngineConfig.gpu_memory_utilization must be in (0, 1) or None, got {self.gpu_memory_utilization}"
-            )
+        if self.gpu_memory_utilization is not None:
+            in_range("VLLMEngineConfig.gpu_memory_utilization", self.gpu_memory_utilization, 0, 1, low_open=True,
+                     high_open=True)
         if self.cpu_cores and self.placement != "disaggregated":
-            raise ValueError("VLLMEngineConfig.cpu_cores pins the engine's own process: it needs "
-                             "placement='disaggregated'")
-        if self.reserved_cpus < 0:
-            raise ValueError(f"VLLMEngineConfig.reserved_cpus must be >= 0, got {self.reserved_cpus}")
+            raise ConfigError("VLLMEngineConfig.cpu_cores pins the engine's own process: it needs "
+                              "placement='disaggregated'")
+        at_least("VLLMEngineConfig.reserved_cpus", self.reserved_cpus, 0)

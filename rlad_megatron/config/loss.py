@@ -1,25 +1,30 @@
-"""Configuration of the policy losses: the only place where their defaults live.
+"""``loss``: which policy loss to optimise and its hyper-parameters (the only place where their defaults live), and
+the inputs each configured loss needs (:func:`required_inputs`, which every caller asks).
 
-See ``shared/design/ALGORITHM.md`` for the maths. Every field is checked by :meth:`LossConfig.validate`, which
-raises ``ValueError`` naming the bad field and the accepted values.
+The maths are in :mod:`rlad_megatron.loss` (the equations of arXiv 2602.22495 in its docstrings). Every field is
+checked by :meth:`LossConfig.validate`, which raises ``ConfigError`` (a ``ValueError``) naming the bad field and the
+accepted values.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from dataclasses import dataclass
 from typing import Any, Literal, Mapping
+
+from rlad_megatron.config.validators import ConfigError, choice, greater_than, in_range
 
 Algorithm = Literal["rlad", "grpo", "kdrl", "sft"]
 Aggregation = Literal["seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"]
 KLEstimator = Literal["k1", "k2", "k3"]
 BetaSchedule = Literal["constant", "linear", "cosine"]
 
-ALGORITHMS: tuple[str, ...] = ("rlad", "grpo", "kdrl", "sft")
-AGGREGATIONS: tuple[str, ...] = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm")
-KL_ESTIMATORS: tuple[str, ...] = ("k1", "k2", "k3")
-BETA_SCHEDULES: tuple[str, ...] = ("constant", "linear", "cosine")
+ALGORITHMS: tuple[str, ...] = typing.get_args(Algorithm)
+AGGREGATIONS: tuple[str, ...] = typing.get_args(Aggregation)
+KL_ESTIMATORS: tuple[str, ...] = typing.get_args(KLEstimator)
+BETA_SCHEDULES: tuple[str, ...] = typing.get_args(BetaSchedule)
 
 
 @dataclass
@@ -87,41 +92,41 @@ class LossConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"LossConfig: unknown key(s) {unknown}; known keys are {sorted(known)}")
+            raise ConfigError(f"LossConfig: unknown key(s) {unknown}; known keys are {sorted(known)}")
         config = cls(**dict(values))
         config.validate()
         return config
 
-    def validate(self) -> "LossConfig":
-        """Check every field; raise ``ValueError`` naming the first bad one. Returns ``self``."""
-        _choice("algorithm", self.algorithm, ALGORITHMS)
-        _choice("aggregation", self.aggregation, AGGREGATIONS)
-        _choice("kl_estimator", self.kl_estimator, KL_ESTIMATORS)
-        _choice("kd_estimator", self.kd_estimator, KL_ESTIMATORS)
-        _choice("kd_beta_schedule", self.kd_beta_schedule, BETA_SCHEDULES)
-        _in_range("alpha", self.alpha, 0.0, 1.0)
-        _in_range("eps_low", self.eps_low, 0.0, 1.0, hi_open=True)
-        _in_range("eps_high", self.eps_high, 0.0, math.inf)
-        _positive("teacher_log_ratio_clip", self.teacher_log_ratio_clip)
-        if self.dual_clip_c is not None and not (_finite(self.dual_clip_c) and self.dual_clip_c > 1.0):
-            raise ValueError(f"LossConfig.dual_clip_c must be None or a number > 1, got {self.dual_clip_c!r}")
-        _in_range("kl_beta", self.kl_beta, 0.0, math.inf)
-        _in_range("entropy_coef", self.entropy_coef, 0.0, math.inf)
-        _in_range("kd_beta", self.kd_beta, 0.0, math.inf)
+    def validate(self, section: str = "LossConfig") -> "LossConfig":
+        """Check every field; raise ``ConfigError`` naming the first bad one as ``{section}.{field}`` (``loss``
+        inside a run config). Returns ``self``."""
+
+        def key(name: str) -> str:
+            return f"{section}.{name}"
+
+        choice(key("algorithm"), self.algorithm, Algorithm)
+        choice(key("aggregation"), self.aggregation, Aggregation)
+        choice(key("kl_estimator"), self.kl_estimator, KLEstimator)
+        choice(key("kd_estimator"), self.kd_estimator, KLEstimator)
+        choice(key("kd_beta_schedule"), self.kd_beta_schedule, BetaSchedule)
+        in_range(key("alpha"), self.alpha, 0.0, 1.0)
+        in_range(key("eps_low"), self.eps_low, 0.0, 1.0, high_open=True)
+        in_range(key("eps_high"), self.eps_high, 0.0, math.inf)
+        greater_than(key("teacher_log_ratio_clip"), self.teacher_log_ratio_clip, 0)
+        if self.dual_clip_c is not None:
+            greater_than(key("dual_clip_c"), self.dual_clip_c, 1)
+        for name in ("kl_beta", "entropy_coef", "kd_beta"):
+            in_range(key(name), getattr(self, name), 0.0, math.inf)
         if self.kd_beta_final is not None:
-            _in_range("kd_beta_final", self.kd_beta_final, 0.0, math.inf)
+            in_range(key("kd_beta_final"), self.kd_beta_final, 0.0, math.inf)
         if not isinstance(self.kd_skip_correct, bool):
-            raise ValueError(f"LossConfig.kd_skip_correct must be a bool, got {self.kd_skip_correct!r}")
-        if self.aggregation == "seq-mean-token-sum-norm":
-            if not isinstance(self.max_response_len, int) or self.max_response_len <= 0:
-                raise ValueError(
-                    "LossConfig.max_response_len must be a positive int when aggregation is "
-                    f"'seq-mean-token-sum-norm', got {self.max_response_len!r}"
-                )
-        elif self.max_response_len is not None and (
-            not isinstance(self.max_response_len, int) or self.max_response_len <= 0
-        ):
-            raise ValueError(f"LossConfig.max_response_len must be None or a positive int, got {self.max_response_len!r}")
+            raise ConfigError(f"{key('kd_skip_correct')} must be true or false, got {self.kd_skip_correct!r}")
+        length = self.max_response_len
+        if length is not None and (isinstance(length, bool) or not isinstance(length, int) or length <= 0):
+            raise ConfigError(f"{key('max_response_len')} must be null or a positive integer, got {length!r}")
+        if self.aggregation == "seq-mean-token-sum-norm" and length is None:
+            raise ConfigError(f"{key('max_response_len')} must be a positive integer when aggregation is "
+                              "'seq-mean-token-sum-norm' (its fixed normaliser)")
         return self
 
     def kd_beta_at(self, progress: float) -> float:
@@ -142,19 +147,29 @@ def _finite(x: object) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
-def _choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"LossConfig.{name} must be one of {list(allowed)}, got {value!r}")
+def as_loss_config(config: LossConfig | str) -> LossConfig:
+    """A validated :class:`LossConfig`; an algorithm name stands for its defaults."""
+    if isinstance(config, str):
+        config = LossConfig(algorithm=config)  # type: ignore[arg-type]
+    if not isinstance(config, LossConfig):
+        raise TypeError(f"config must be a LossConfig or an algorithm name, got {type(config).__name__}")
+    return config.validate()
 
 
-def _in_range(name: str, value: object, lo: float, hi: float, hi_open: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
-    ok = ok and lo <= value and (value < hi if hi_open else value <= hi) and math.isfinite(value)
-    if not ok:
-        bracket = ")" if hi_open else "]"
-        raise ValueError(f"LossConfig.{name} must be a number in [{lo}, {hi}{bracket}, got {value!r}")
-
-
-def _positive(name: str, value: object) -> None:
-    if not (_finite(value) and value > 0):  # type: ignore[operator]
-        raise ValueError(f"LossConfig.{name} must be a finite number > 0, got {value!r}")
+def required_inputs(config: LossConfig | str) -> frozenset[str]:
+    """Names of the ``compute_policy_loss`` keyword inputs this config needs besides logprobs/mask/denominators:
+    the loss's declared inputs, which every caller asks (the trainer computes exactly these; whether a run needs a
+    teacher follows from them, :func:`rlad_megatron.config.teacher_use`)."""
+    cfg = as_loss_config(config)
+    need: set[str] = set()
+    if cfg.algorithm in ("rlad", "grpo", "kdrl"):
+        need |= {"old_logprobs", "advantages"}
+    if cfg.algorithm in ("rlad", "kdrl"):
+        need.add("teacher_logprobs")
+    if cfg.algorithm == "kdrl" and cfg.kd_skip_correct:
+        need.add("correct")
+    if cfg.kl_beta > 0:
+        need.add("ref_logprobs")
+    if cfg.entropy_coef > 0:
+        need.add("entropy")
+    return frozenset(need)

@@ -1,7 +1,8 @@
 """Turning nested mappings, YAML values and dotted command-line overrides into config dataclasses.
 
-Generic over the dataclasses (``rlad_megatron.config`` holds the run's): each value is converted by its field's
-declared type, an unknown key or a value of the wrong type is a ``ConfigError`` naming the dotted key.
+Generic over the dataclasses (the run's are the sections of this package): each value is converted by its field's
+declared type, an unknown key or a value of the wrong type (a ``Literal`` field: a value it does not list) is a
+``ConfigError`` naming the dotted key.
 """
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ import types
 import typing
 from typing import Any, Mapping
 
+import yaml
 
-class ConfigError(ValueError):
-    """A config value or key that is not accepted; the message names the dotted key."""
+from rlad_megatron.config.validators import ConfigError
 
 
 class _OverrideText(str):
@@ -42,8 +43,8 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         raise ConfigError(errors[0] if errors else f"{key}: cannot be {value!r}")
     if origin is typing.Literal:
         if value not in args:
-            raise ConfigError(f"{key}={value!r}: choose one of {list(args)}")
-        return value
+            raise ConfigError(f"{key}={str(value)!r}: choose one of {', '.join(repr(a) for a in args)}")
+        return args[args.index(value)]  # the declared value itself (never the override's text object)
     if origin is list:
         if isinstance(value, _OverrideText) and value.strip().startswith("["):
             value = _yaml_text(value, key)
@@ -91,8 +92,6 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
 
 
 def _yaml_text(text: str, key: str) -> Any:
-    import yaml
-
     try:
         return yaml.safe_load(str(text))
     except yaml.YAMLError as err:

@@ -22,7 +22,7 @@ DEFAULT_MAX_TOKENS = 512
 def engine_config_fields() -> list[str]:
     import dataclasses
 
-    from rlad_megatron.rollout.config import VLLMEngineConfig
+    from rlad_megatron.config.engine import VLLMEngineConfig
 
     return [f.name for f in dataclasses.fields(VLLMEngineConfig)]
 
@@ -74,7 +74,7 @@ def run_eval(model_dir: str, task_name: str, data_file: str, k: int, out_dir: st
     from the checkpoint in ``model_dir`` (HF layout with its tokenizer), and write ``eval.json``, ``eval.md`` and
     ``data_report.json`` into ``out_dir``.
 
-    engine_options: extra :class:`rlad_megatron.rollout.config.VLLMEngineConfig` fields (dtype, kv_cache_bytes, ...).
+    engine_options: extra :class:`rlad_megatron.config.engine.VLLMEngineConfig` fields (dtype, kv_cache_bytes, ...).
     Prompts over ``max_prompt_tokens`` and bad rows are skipped and counted (``bad_rows="error"`` to fail instead).
     chat_template_kwargs: for the chat template (``{"enable_thinking": False}``), as ``data.chat_template_kwargs``.
     truncated: "zero" (a response cut off at ``max_tokens`` counts as wrong) or "reward" (scored as it is).
@@ -83,7 +83,7 @@ def run_eval(model_dir: str, task_name: str, data_file: str, k: int, out_dir: st
     """
     from transformers import AutoTokenizer
 
-    from rlad_megatron.rollout.config import VLLMEngineConfig
+    from rlad_megatron.config.engine import VLLMEngineConfig
 
     from rlad_megatron.models.folder_check import check_model_folder
 
@@ -104,8 +104,10 @@ def run_eval(model_dir: str, task_name: str, data_file: str, k: int, out_dir: st
     try:
         config = VLLMEngineConfig(model=model_dir, seed=seed, **options)
         config.validate()
-    except TypeError as err:  # e.g. --engine-option kv_cache_bytes=abc
+    except TypeError as err:  # e.g. --engine-option seed=abc
         raise ValueError(f"--engine-option: a value of the wrong type ({err})") from None
+    except ValueError as err:  # e.g. --engine-option kv_cache_bytes=abc: the check names the field
+        raise ValueError(f"--engine-option: {err}") from None
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "data_report.json"), "w", encoding="utf-8") as fh:
         json.dump(dataset.report.as_dict(), fh, indent=2)

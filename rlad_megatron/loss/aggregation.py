@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from rlad_megatron.loss.config import AGGREGATIONS
+from rlad_megatron.config.loss import AGGREGATIONS
 
 
 @dataclass(frozen=True)

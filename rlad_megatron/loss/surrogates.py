@@ -12,7 +12,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from rlad_megatron.loss.config import KL_ESTIMATORS
+from rlad_megatron.config.loss import KL_ESTIMATORS
 
 
 class SurrogateParts(NamedTuple):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rlad_megatron.rollout.config import VLLMEngineConfig
+from rlad_megatron.config.engine import VLLMEngineConfig
 
 
 def is_engine_rank(config: VLLMEngineConfig | None = None) -> bool:

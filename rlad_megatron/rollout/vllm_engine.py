@@ -28,7 +28,7 @@ from typing import Iterable, Sequence
 import torch
 
 from rlad_megatron.rollout.base import Completion, PromptResult, SamplingSettings
-from rlad_megatron.rollout.config import VLLMEngineConfig
+from rlad_megatron.config.engine import VLLMEngineConfig
 from rlad_megatron.rollout.vllm_env import (  # noqa: F401  (_check_gpu_only_settings: tested from here)
     _batched_token_budget, _check_gpu_only_settings, _kv_cache_bytes, _learner_keeps_thread_control, _plain_cpu_gemm,
     _private_default_group, _shutdown_without_default_group, _unlink_external_launcher_cpu_shm,

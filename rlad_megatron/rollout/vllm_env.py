@@ -9,7 +9,7 @@ from typing import Iterator
 
 import torch
 
-from rlad_megatron.rollout.config import VLLMEngineConfig
+from rlad_megatron.config.engine import VLLMEngineConfig
 
 _TESTED_TORCH = ("2.13",)
 

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 
 from rlad_megatron.rollout.base import PromptResult, SamplingSettings
-from rlad_megatron.rollout.config import VLLMEngineConfig
+from rlad_megatron.config.engine import VLLMEngineConfig
 from rlad_megatron.weight_sync.buckets import Named
 from rlad_megatron.weight_sync.dist_transport import (
     BucketReceiver, bucket_meta, connect_store, join_pair_group, pair_backend, pair_store, send_tensors,

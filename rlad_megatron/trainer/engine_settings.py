@@ -83,7 +83,7 @@ def planned_memory_fraction(c: RunConfig, student, teacher, dp: int, total_bytes
 
 def engine_config(c: RunConfig, model: str, *, cuda: bool, gpu_memory_utilization: float | None = None):
     """The ``VLLMEngineConfig`` of the run's rollout engine serving ``model``."""
-    from rlad_megatron.rollout.config import VLLMEngineConfig
+    from rlad_megatron.config.engine import VLLMEngineConfig
 
     r = c.rollout
     executor = resolve_executor(r, cuda)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from rlad_megatron.config import RunConfig, run_config_to_dict
-from rlad_megatron.config_parsing import flatten_dotted
+from rlad_megatron.config.parsing import flatten_dotted
 from rlad_megatron.trainer import checkpoint_files as ckf
 
 RUN_CONFIG_FILE = "run_config.json"

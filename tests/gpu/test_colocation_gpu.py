@@ -57,7 +57,7 @@ def test_sharded_engine_keeps_the_rank_device_and_sleeps(nccl_world, tiny_hf):
     import torch.distributed as dist
 
     from rlad_megatron.rollout.base import SamplingSettings
-    from rlad_megatron.rollout.config import VLLMEngineConfig
+    from rlad_megatron.config.engine import VLLMEngineConfig
     from rlad_megatron.rollout.vllm_engine import VLLMEngine
 
     engine = VLLMEngine(VLLMEngineConfig(model=str(tiny_hf), dtype="bfloat16", max_model_len=256,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from rlad_megatron.config import RolloutConfig, RunConfig
-from rlad_megatron.rollout.config import VLLMEngineConfig
+from rlad_megatron.config.engine import VLLMEngineConfig
 from rlad_megatron.trainer import engine_settings as es
 
 GIB = 1 << 30
