@@ -21,7 +21,8 @@ import dataclasses
 import torch
 import torch.distributed as dist
 
-from rlad_megatron.learner.batching import MicroBatch, causal_mask, filler_micro_batch
+from rlad_megatron.learner.batching import filler_micro_batch
+from rlad_megatron.learner.micro_batch import MicroBatch, causal_mask
 from rlad_megatron.learner.sequences import SequenceBatch
 
 
