@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
     modules, arch = load_hf_model(student_dir, trainable=True, params_dtype=dtype)
     wrapped, optimizer = build_student(modules, OptimConfig(lr=1e-5))
     policy = MegatronPolicy(wrapped, arch.vocab_size, optimizer=optimizer)
-    teacher = MegatronTeacher.load(teacher_dir, micro_batch_size=cfg["group"], params_dtype=dtype,
+    teacher = MegatronTeacher.load(teacher_dir, batching=cfg["group"], params_dtype=dtype,
                                    offload=args.teacher_offload)
     from transformers import AutoModelForCausalLM
 

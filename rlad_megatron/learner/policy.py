@@ -168,12 +168,12 @@ class MegatronPolicy:
                 config.variable_seq_lengths = restore
 
     # ---------------------------------------------------------------------------------------------------------
-    def token_logprobs(self, batch: SequenceBatch, micro_batch_size: "int | MicroBatching") -> torch.Tensor | None:
+    def token_logprobs(self, batch: SequenceBatch, batching: "int | MicroBatching") -> torch.Tensor | None:
         """``[B, L-1]`` float32 log-probs of ``batch.tokens[:, 1:]`` (no grad). None off the last pipeline stage.
-        ``micro_batch_size``: the fixed layout's size, or a :class:`MicroBatching` (token budget, packing; then
-        positions past a sequence's end are 0)."""
+        ``batching``: a :class:`MicroBatching` (token budget, packing; then positions past a sequence's end are 0),
+        or an int, the fixed layout's sequences per micro-batch."""
         ps, _ = self._groups()
-        micro = self.micro_batches(batch, micro_batch_size)
+        micro = self.micro_batches(batch, batching)
         if not micro:  # no sequence on this rank (balanced data parallelism can deal none to it)
             last = ps.is_pipeline_last_stage(ignore_virtual=True)
             return torch.zeros(0, batch.tokens.shape[1] - 1) if last else None
@@ -190,7 +190,7 @@ class MegatronPolicy:
         return scatter_token_values([(m, o["logprobs"]) for m, o in zip(micro, outputs)], len(batch),
                                     batch.tokens.shape[1] - 1)
 
-    def train_step(self, batch: SequenceBatch, loss_fn: LossFn, micro_batch_size: "int | MicroBatching") -> StepResult:
+    def train_step(self, batch: SequenceBatch, loss_fn: LossFn, batching: "int | MicroBatching") -> StepResult:
         """Forward/backward over ``batch`` in micro-batches, then one optimizer step unless something is not
         finite (then the gradients are dropped and ``applied`` is False). Collective over the whole world.
 
@@ -200,7 +200,7 @@ class MegatronPolicy:
         if self.optimizer is None:
             raise RuntimeError("train_step on a policy without an optimizer (the teacher is frozen)")
         ps, _ = self._groups()
-        batching = as_micro_batching(micro_batch_size)
+        batching = as_micro_batching(batching)
         micro = self.micro_batches(batch, batching)
         if not batching.fixed:
             count = torch.tensor(len(micro), dtype=torch.long, device=collective_device(ps.get_data_parallel_group()))

@@ -20,24 +20,13 @@ import torch.distributed as dist
 
 from rlad_megatron.device import rank_device
 from rlad_megatron.models.hf_config import ModelArch
-from rlad_megatron.models.name_map import HFGroup, hf_groups, hf_shapes, local_params, megatron_full_to_hf
+from rlad_megatron.models.name_map import HFGroup, hf_groups, hf_shapes, megatron_full_to_hf, owned_params
 
 #: Tokenizer and generation files copied next to an export when ``tokenizer_dir`` is given.
 TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.json",
     "merges.txt", "tokenizer.model", "chat_template.jinja", "chat_template.json", "generation_config.json",
 )
-
-
-def _owned_params(model_chunks: Iterable[torch.nn.Module], arch: ModelArch) -> dict[str, torch.Tensor]:
-    """Group key -> this rank's shard, for the exported parameters of every chunk."""
-    owned: dict[str, torch.Tensor] = {}
-    for chunk in model_chunks:
-        params = dict(chunk.named_parameters())
-        for entry in local_params(chunk, arch):
-            if entry.exported:
-                owned[entry.group.key] = params[entry.megatron_name].detach()
-    return owned
 
 
 def _gather_tp(shard: torch.Tensor, group: HFGroup, *, dst_only: bool) -> list[torch.Tensor] | None:
@@ -73,7 +62,7 @@ def iter_hf_tensors(
     from megatron.core import parallel_state as ps
 
     chunks = list(model_chunks)
-    owned = _owned_params(chunks, arch)
+    owned = owned_params(chunks, arch)
     pp_size, pp_rank = ps.get_pipeline_model_parallel_world_size(), ps.get_pipeline_model_parallel_rank()
     tp_rank = ps.get_tensor_model_parallel_rank()
     ep_size = _expert_parallel_size(arch)

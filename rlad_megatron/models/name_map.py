@@ -219,6 +219,18 @@ def local_params(model_chunk: torch.nn.Module, arch: ModelArch) -> list[LocalPar
     return out
 
 
+def owned_params(model_chunks, arch: ModelArch) -> dict[str, torch.Tensor]:
+    """HF group key -> this rank's shard (detached), for the exported parameters of every chunk: what export and
+    weight sync read from the learner."""
+    owned: dict[str, torch.Tensor] = {}
+    for chunk in model_chunks:
+        params = dict(chunk.named_parameters())
+        for entry in local_params(chunk, arch):
+            if entry.exported:
+                owned[entry.group.key] = params[entry.megatron_name].detach()
+    return owned
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Layout conversions. ``rows`` below are 1-D index ranges; everything works on the leading dim (weights and biases).
 # ---------------------------------------------------------------------------------------------------------------

@@ -11,6 +11,8 @@ from typing import Any
 
 import yaml
 
+from rlad_megatron.trainer import metrics_file
+
 # vLLM's CPU attention needs head_dim 32/64/...: both models use head_dim 64; kv heads 2 allow TP=2.
 STUDENT = dict(family="llama", num_layers=2, hidden_size=128, intermediate_size=256, num_heads=2, num_kv_heads=2)
 TEACHER = dict(family="llama", num_layers=4, hidden_size=256, intermediate_size=512, num_heads=4, num_kv_heads=2)
@@ -79,8 +81,8 @@ def launch(config: dict, nproc: int, *, workdir: Path, resume: bool = False, tim
 
 
 def read_metrics(output_dir: Path) -> list[dict]:
-    path = Path(output_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """The rows of a run's ``metrics.jsonl`` (:func:`rlad_megatron.trainer.metrics_file.read_metrics`)."""
+    return metrics_file.read_metrics(Path(output_dir) / metrics_file.METRICS_FILE)
 
 
 def warm_start(hf_dir: str, out_dir: str, train_file: str, *, steps: int, lr: float = 3e-3, batch_size: int = 32,

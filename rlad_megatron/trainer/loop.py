@@ -183,7 +183,7 @@ class Trainer:
             # and the global mini-batches stay as they are; see learner/balance.py).
             from megatron.core import parallel_state as ps
 
-            batch = balance_over_data_parallel(batch, group_size=cfg.rollout.group_size,
+            batch = balance_over_data_parallel(batch, group_size=rollouts.group_size,
                                                updates=cfg.trainer.updates_per_batch, pad_id=s.pad_id,
                                                group=ps.get_data_parallel_group())
 
@@ -210,7 +210,7 @@ class Trainer:
 
         t = time.perf_counter()
         pause_point("train", self.step + 1)
-        metrics.update(self._update_policy(batch))
+        metrics.update(self._update_policy(batch, rollouts.group_size))
         times["time/train"] = time.perf_counter() - t
 
         # async: wait for the next batch (generated while this step trained): the engine must be idle for the
@@ -250,7 +250,7 @@ class Trainer:
         out.update(zip(maxima, top.tolist()))
         return out
 
-    def _update_policy(self, batch: SequenceBatch) -> dict[str, float]:
+    def _update_policy(self, batch: SequenceBatch, group_size: int) -> dict[str, float]:
         from megatron.core import parallel_state as ps
 
         cfg, s, needs = self.config, self.parts, self.needs
@@ -261,7 +261,7 @@ class Trainer:
         # (with a group count divisible by updates), so the union over ranks is the same global mini-batch
         # whatever the layout; after a rebalance over DP each row carries its mini-batch.
         mini_of_row = batch.mini_batch if batch.mini_batch is not None else mini_batch_of_rows(
-            len(batch), cfg.rollout.group_size, updates)
+            len(batch), group_size, updates)
         acc = MetricAccumulator()
         moe_sums: dict[str, float] = {}
         applied, grad_norms, empty = 0, [], 0
@@ -316,7 +316,7 @@ class Trainer:
         ahead = r.mode == "async" and r.max_staleness >= 1
 
         def sampling_for(step: int, prompts: int) -> SamplingSettings:
-            return SamplingSettings(
+            return SamplingSettings(  # rollout.group_size is read here only: batches carry it on (Rollouts.group_size)
                 n=r.group_size, temperature=r.temperature, top_p=r.top_p, max_tokens=r.max_new_tokens,
                 stop_token_ids=s.stop_ids,
                 # The engine seeds prompt j's i-th response with seed + j * n + i: offsetting by this rank's first
@@ -331,7 +331,7 @@ class Trainer:
             if r.sleep_level:  # no-ops when the sync has woken it (sft: nothing else wakes it)
                 s.engine.wake_up("weights")
                 s.engine.wake_up("kv_cache")
-            out = generate_and_score(s.engine, s.reward_guard, s.task, examples, sampling)
+            out = generate_and_score(s.engine, s.reward_guard, examples, sampling)
             if r.sleep_level:  # free the engine's GPU memory for the learner until the next sync
                 s.engine.sleep(r.sleep_level)
             return out

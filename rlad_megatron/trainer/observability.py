@@ -28,55 +28,15 @@ from typing import Any, Mapping
 
 from rlad_megatron.config import WandbConfig
 from rlad_megatron.console import console_stream
-from rlad_megatron.trainer.checkpoint_files import write_text_durably
+from rlad_megatron.trainer.metrics_file import METRICS_FILE, read_metrics, truncate_metrics  # noqa: F401
 from rlad_megatron.trainer.plots import PANELS, Panel, plot_curves
 
-METRICS_FILE = "metrics.jsonl"
 TB_DIR = "tb"
 CURVES_FILE = "curves.png"
 
 #: Progress-bar postfix: (metric key, short label); the first present ``loss/`` key of LOSS_KEYS is shown as loss.
 _POSTFIX_KEYS: tuple[tuple[str, str], ...] = (("reward/mean", "reward"), ("reward/accuracy", "acc"))
 LOSS_KEYS: tuple[str, ...] = ("loss/total", "loss/loss", "loss/policy", "loss/pg_loss")
-
-
-def read_metrics(metrics_jsonl: Path) -> list[dict[str, Any]]:
-    """All well-formed rows of a metrics file, in order (a torn last line after a crash is skipped)."""
-    rows = []
-    path = Path(metrics_jsonl)
-    if not path.exists():
-        return rows
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(row, dict) and isinstance(row.get("step"), int):
-                rows.append(row)
-    return rows
-
-
-def truncate_metrics(metrics_jsonl: Path, last_step: int) -> int:
-    """Keep only the rows with ``step <= last_step`` (and drop torn lines); returns the number of rows dropped.
-
-    Written to a temporary file and renamed over the original, so a crash here leaves either file whole.
-    """
-    path = Path(metrics_jsonl)
-    if not path.exists():
-        return 0
-    with open(path, encoding="utf-8") as f:
-        lines = f.readlines()
-    kept = []
-    for line in lines:
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= last_step:
-            kept.append(line if line.endswith("\n") else line + "\n")
-    write_text_durably(path, "".join(kept))
-    return len(lines) - len(kept)
 
 
 def _json_value(value: float) -> float | None:

@@ -13,11 +13,12 @@ every N steps) as points joined by a line.
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
+
+from rlad_megatron.trainer.metrics_file import read_metrics
 
 
 @dataclass(frozen=True)
@@ -50,21 +51,12 @@ def read_series(metrics_jsonl: Path, keys: Sequence[str]) -> dict[str, tuple[lis
     Malformed lines (e.g. a half-written last line after a crash) are skipped.
     """
     series: dict[str, tuple[list[int], list[float]]] = {k: ([], []) for k in keys}
-    if not Path(metrics_jsonl).exists():
-        return {}
-    with open(metrics_jsonl, encoding="utf-8") as f:
-        for line in f:
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if not isinstance(row, dict) or not isinstance(row.get("step"), int):
-                continue
-            for key in keys:
-                value = row.get(key)
-                if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-                    series[key][0].append(row["step"])
-                    series[key][1].append(float(value))
+    for row in read_metrics(metrics_jsonl):
+        for key in keys:
+            value = row.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                series[key][0].append(row["step"])
+                series[key][1].append(float(value))
     return {k: v for k, v in series.items() if v[0]}
 
 

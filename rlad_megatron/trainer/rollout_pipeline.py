@@ -128,7 +128,7 @@ class RolloutPipeline:
 
         if self.engine is None:
             return None
-        return generate_and_score(self.engine, self.guard, None, examples, sampling)
+        return generate_and_score(self.engine, self.guard, examples, sampling)
 
     # ------------------------------------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from typing import Any, Sequence
 import torch
 
 from rlad_megatron.learner.sequences import SequenceBatch, pack_sequences
-from rlad_megatron.loss import group_advantages
+from rlad_megatron.loss import equal_reward_groups, group_advantages
 from rlad_megatron.rollout.base import SamplingSettings
 from rlad_megatron.trainer.truncation import TruncationPolicy, shape_rewards
 
@@ -74,7 +74,7 @@ def unpack_rollouts(packed: dict[str, Any]) -> Rollouts:
     return Rollouts(**fields)
 
 
-def generate_and_score(engine, guard, task, examples: Sequence[Any], sampling: SamplingSettings) -> Rollouts | None:
+def generate_and_score(engine, guard, examples: Sequence[Any], sampling: SamplingSettings) -> Rollouts | None:
     """On an engine rank: sample ``sampling.n`` responses per prompt and score them with the guarded reward.
 
     ``guard`` None: this rank holds one shard of a tensor-parallel engine but does not lead its group; it takes
@@ -130,14 +130,11 @@ def to_sequence_batch(rollouts: Rollouts, *, pad_id: int, skip_uniform_groups: b
         rollouts.prompt_ids, rollouts.response_ids, rollouts.response_logprobs, pad_id=pad_id
     )
     # A group is uniform when its valid responses (all of them, unless masked) share one reward.
-    grouped = rewards.reshape(-1, g)
-    valid_g = valid.reshape(-1, g)
-    top = grouped.masked_fill(~valid_g, float("-inf")).max(dim=1).values
-    bottom = grouped.masked_fill(~valid_g, float("inf")).min(dim=1).values
-    uniform = ~(top > bottom)
+    uniform_rows = equal_reward_groups(rewards, g, valid=valid)
+    uniform = uniform_rows.reshape(-1, g)[:, 0]
     keep = valid.clone()
     if skip_uniform_groups:
-        keep &= ~uniform.repeat_interleave(g)
+        keep &= ~uniform_rows
     if only_correct:
         keep = correct.clone()
     mask &= keep.unsqueeze(1)

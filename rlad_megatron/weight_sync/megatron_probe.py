@@ -1,7 +1,8 @@
 """The learner's side of the probe check: token log-probs from a Megatron GPTModel (TP-sharded, one pipeline stage).
 
-The trainer may pass its own callable built on its forward schedule (needed with pipeline parallelism); this one
-is a plain no-grad forward for PP=1, used by tests, tools and the default trainer wiring.
+A plain no-grad forward for PP=1, used by the weight-sync tests and ``bench/weight_sync.py``. The trainer does not
+use it: it passes its own callable built on the policy's forward schedule (any layout, pipeline parallelism
+included: ``learner_probe`` in ``rlad_megatron/trainer/build/components.py``).
 """
 from __future__ import annotations
 

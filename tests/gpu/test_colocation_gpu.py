@@ -38,11 +38,11 @@ def _batch(vocab: int):
 def test_teacher_offload_frees_the_gpu_between_passes(nccl_world, tiny_hf):
     from rlad_megatron.teacher import MegatronTeacher
 
-    resident = MegatronTeacher.load(tiny_hf, micro_batch_size=2, params_dtype=torch.bfloat16)
+    resident = MegatronTeacher.load(tiny_hf, batching=2, params_dtype=torch.bfloat16)
     batch = _batch(resident.policy.vocab_size)
     expected = resident.token_logprobs(batch)
     before = torch.cuda.memory_allocated()
-    offloaded = MegatronTeacher.load(tiny_hf, micro_batch_size=2, params_dtype=torch.bfloat16, offload=True)
+    offloaded = MegatronTeacher.load(tiny_hf, batching=2, params_dtype=torch.bfloat16, offload=True)
     params = list(offloaded.policy.chunks[0].parameters())
     assert all(p.device.type == "cpu" and p.is_pinned() for p in params)
     assert torch.cuda.memory_allocated() <= before + (1 << 20)  # its weights are not on the GPU between passes

@@ -48,7 +48,7 @@ SCRIPT = [(CUT_COUNTING, True), (CUT_WAIT, True), (FINISHED_RIGHT, False), (FINI
 def _rollouts(task):
     guard = RewardGuard(task.reward, backend="inline")
     try:
-        return generate_and_score(_ScriptedEngine(SCRIPT), guard, task, [_Example(RECORD)],
+        return generate_and_score(_ScriptedEngine(SCRIPT), guard, [_Example(RECORD)],
                                   SamplingSettings(n=len(SCRIPT), max_tokens=64))
     finally:
         guard.close()
