@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> dict:
     from rlad_megatron.models import export_hf_checkpoint, load_hf_model
     from rlad_megatron.teacher import MegatronTeacher
     from rlad_megatron.tiny.hf_model import make_tiny_hf_model
-    from rlad_megatron.trainer.rollouts import Rollouts, to_sequence_batch
+    from rlad_megatron.trainer.step.rollouts import Rollouts, to_sequence_batch
 
     cfg = _sizes(args.small)
     steps = args.steps or cfg["steps"]

@@ -21,7 +21,7 @@ def _train(args: argparse.Namespace) -> int:
         print(f"rlad-megatron train: bad configuration: {err}", file=sys.stderr)
         return 2
     from rlad_megatron.models.folder_check import ModelFolderError, check_model_folder
-    from rlad_megatron.trainer.run_dir import RunDirError, prepare_output_dir
+    from rlad_megatron.trainer.checkpoints.run_dir import RunDirError, prepare_output_dir
 
     try:  # before any process group: a wrong path is one line, not a hub lookup and a traceback per rank
         check_model_folder(config.model.student, "model.student")

@@ -84,7 +84,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
     match its manifest; a damaged one is reported and skipped)."""
     import sys
 
-    from rlad_megatron.trainer import checkpoint_files as ckf
+    from rlad_megatron import checkpoint_files as ckf
 
     path = Path(path)
     if not path.is_dir():

@@ -126,6 +126,27 @@ def initialize_model_parallel(
 _REPLICA_GROUP: Any = None
 
 
+def data_parallel_group():
+    """Megatron's data-parallel group of this rank (model parallelism initialised)."""
+    from megatron.core import parallel_state as ps  # megatron-core stays out of `import rlad_megatron.parallel`
+
+    return ps.get_data_parallel_group()
+
+
+def data_parallel_rank_and_size() -> tuple[int, int]:
+    """This rank's data-parallel rank and the data-parallel size."""
+    from megatron.core import parallel_state as ps  # as above
+
+    return ps.get_data_parallel_rank(), ps.get_data_parallel_world_size()
+
+
+def is_last_pipeline_stage() -> bool:
+    """Whether this rank holds the last pipeline stage (where logits and the loss are)."""
+    from megatron.core import parallel_state as ps  # as above
+
+    return ps.is_pipeline_last_stage(ignore_virtual=True)
+
+
 def replica_group():
     """The ranks of this rank's model replica: tensor x context x pipeline parallel (every rank with this rank's
     data-parallel rank). Megatron's model-parallel group is TP x PP only; under context parallelism the CP ranks

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from rlad_megatron.trainer.metrics_file import read_metrics
+from rlad_megatron.trainer.observability.metrics_file import read_metrics
 
 #: Metrics that legitimately differ between two runs of the same maths (wall clock, memory).
 _NOT_COMPARED = ("time/", "memory/")

@@ -45,7 +45,7 @@ class RolloutConfig:
 
     # --- rewards: what a cut-off or slow response earns
     truncated: Truncated = "zero"
-    """What a response cut off at max_new_tokens earns (rlad_megatron/trainer/truncation.py): "zero" (no credit:
+    """What a response cut off at max_new_tokens earns (rlad_megatron/trainer/step/truncation.py): "zero" (no credit:
     reward min(reward, 0), counted wrong), "mask" (DAPO overlong filtering: out of the loss and of its group's
     statistics) or "reward" (the verifier's reward, which may credit an answer the model never finished)."""
     overlong_cache: int = 0

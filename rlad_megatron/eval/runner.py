@@ -13,7 +13,7 @@ from rlad_megatron.data.prompt_dataset import load_prompt_dataset
 from rlad_megatron.tasks.registry import get_task
 from rlad_megatron.eval.evaluate import DEFAULT_TEMPERATURE, DEFAULT_TOP_P, evaluate
 from rlad_megatron.eval.report import EvalReport
-from rlad_megatron.rollout.base import SamplingSettings
+from rlad_megatron.engine_api import SamplingSettings
 
 
 DEFAULT_MAX_TOKENS = 512

@@ -25,7 +25,7 @@ def _model_key(index: int, count: int) -> str:
     return "model" if count == 1 else f"model{index}"
 
 
-def _unwrap(chunk: torch.nn.Module) -> torch.nn.Module:
+def unwrap(chunk: torch.nn.Module) -> torch.nn.Module:
     """The GPTModel inside DDP / Float16Module wrappers."""
     while hasattr(chunk, "module"):
         chunk = chunk.module
@@ -41,7 +41,7 @@ def _has_optimizer_state(optimizer: Any) -> bool:
 def _sharded_state(model_chunks: Sequence[torch.nn.Module], optimizer: Any, *, loading: bool) -> dict:
     state: dict[str, Any] = {}
     for i, chunk in enumerate(model_chunks):
-        state[_model_key(i, len(model_chunks))] = _unwrap(chunk).sharded_state_dict()
+        state[_model_key(i, len(model_chunks))] = unwrap(chunk).sharded_state_dict()
     if optimizer is not None:
         if loading:
             from rlad_megatron.compat.megatron_cpu import prepare_optimizer_for_load
@@ -100,6 +100,6 @@ def load_checkpoint(
         optimizer = None  # saved before the first optimizer step
     loaded = dist_checkpointing.load(_sharded_state(model_chunks, optimizer, loading=True), str(path))
     for i, chunk in enumerate(model_chunks):
-        _unwrap(chunk).load_state_dict(loaded[_model_key(i, len(model_chunks))], strict=True)
+        unwrap(chunk).load_state_dict(loaded[_model_key(i, len(model_chunks))], strict=True)
     if optimizer is not None:
         optimizer.load_state_dict(loaded["optimizer"])

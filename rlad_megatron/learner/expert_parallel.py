@@ -171,21 +171,3 @@ def _guard_empty_aux_loss() -> None:
 
     router.get_tokens_per_expert_and_token_count = guarded
     _GUARDED = True
-
-
-def check_expert_parallel(expert_parallel: int, models: dict[str, str]) -> None:
-    """At start: ``parallel.expert_parallel`` > 1 needs a Mixture-of-Experts model among ``models`` (config key ->
-    HF directory: the student, the Megatron teacher) and must divide each one's experts per layer."""
-    if expert_parallel == 1:
-        return
-    from rlad_megatron.config import ConfigError
-    from rlad_megatron.models.hf_config import load_arch
-
-    experts = {key: load_arch(path).num_experts for key, path in models.items()}
-    if not any(experts.values()):
-        raise ConfigError(f"parallel.expert_parallel={expert_parallel}, but neither {' nor '.join(experts)} is a "
-                          "Mixture-of-Experts model: set parallel.expert_parallel=1")
-    for key, count in experts.items():
-        if count and count % expert_parallel:
-            raise ConfigError(f"parallel.expert_parallel={expert_parallel} must divide the {count} experts per layer "
-                              f"of {key} ({models[key]}): choose a divisor of {count}")

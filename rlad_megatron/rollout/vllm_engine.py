@@ -27,7 +27,7 @@ from typing import Iterable, Sequence
 
 import torch
 
-from rlad_megatron.rollout.base import Completion, PromptResult, SamplingSettings
+from rlad_megatron.engine_api import Completion, PromptResult, SamplingSettings
 from rlad_megatron.config.engine import VLLMEngineConfig
 from rlad_megatron.rollout.vllm_env import (  # noqa: F401  (_check_gpu_only_settings: tested from here)
     _batched_token_budget, _check_gpu_only_settings, _kv_cache_bytes, _learner_keeps_thread_control, _plain_cpu_gemm,
@@ -38,7 +38,7 @@ _EXT = "rlad_megatron.rollout.vllm_worker_ext.RladWorkerExtension"
 
 
 class VLLMEngine:
-    """An in-process vLLM engine implementing :class:`rlad_megatron.rollout.base.RolloutEngine`."""
+    """An in-process vLLM engine implementing :class:`rlad_megatron.engine_api.RolloutEngine`."""
 
     def __init__(self, config: VLLMEngineConfig) -> None:
         config.validate()

@@ -18,7 +18,7 @@ import traceback
 from typing import Any, Sequence
 
 
-from rlad_megatron.rollout.base import PromptResult, SamplingSettings
+from rlad_megatron.engine_api import PromptResult, SamplingSettings
 from rlad_megatron.config.engine import VLLMEngineConfig
 from rlad_megatron.weight_sync.buckets import Named
 from rlad_megatron.weight_sync.dist_transport import (

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from rlad_megatron.trainer import metrics_file
+from rlad_megatron.trainer.observability import metrics_file
 
 # vLLM's CPU attention needs head_dim 32/64/...: both models use head_dim 64; kv heads 2 allow TP=2.
 STUDENT = dict(family="llama", num_layers=2, hidden_size=128, intermediate_size=256, num_heads=2, num_kv_heads=2)
@@ -81,7 +81,7 @@ def launch(config: dict, nproc: int, *, workdir: Path, resume: bool = False, tim
 
 
 def read_metrics(output_dir: Path) -> list[dict]:
-    """The rows of a run's ``metrics.jsonl`` (:func:`rlad_megatron.trainer.metrics_file.read_metrics`)."""
+    """The rows of a run's ``metrics.jsonl`` (:func:`rlad_megatron.trainer.observability.metrics_file.read_metrics`)."""
     return metrics_file.read_metrics(Path(output_dir) / metrics_file.METRICS_FILE)
 
 

@@ -184,7 +184,7 @@ class SyncVerifier:
         if isinstance(self.probe, ProbeBatch):
             return self.probe
         from rlad_megatron.parallel import share_from_one
-        from rlad_megatron.rollout.base import SamplingSettings
+        from rlad_megatron.engine_api import SamplingSettings
 
         batch = None
         if self.engine is not None:

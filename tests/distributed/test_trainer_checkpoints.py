@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 from rlad_megatron.testing.distributed import run_distributed
 from rlad_megatron.tiny.hf_model import make_tiny_hf_model
-from rlad_megatron.trainer import checkpoint_files as ckf
+from rlad_megatron import checkpoint_files as ckf
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
@@ -66,7 +66,7 @@ def _save_body(hf: str, root: str, direct_hf: str) -> dict:
     import megatron.core.dist_checkpointing as dcp
 
     from rlad_megatron.models import export_hf_checkpoint
-    from rlad_megatron.trainer.state import save_trainer_checkpoint
+    from rlad_megatron.trainer.checkpoints.state import save_trainer_checkpoint
 
     modules, wrapped, optimizer, arch = _student(hf)
     saved = {}
@@ -103,7 +103,7 @@ def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 def _load_body(hf: str, root: str) -> dict:
     """One rank: load the newest intact checkpoint; then corrupt it and find the fallback, capturing the messages."""
-    from rlad_megatron.trainer.state import find_loadable_checkpoint, load_trainer_checkpoint
+    from rlad_megatron.trainer.checkpoints.state import find_loadable_checkpoint, load_trainer_checkpoint
 
     modules, wrapped, optimizer, _ = _student(hf)
     out = {}

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rlad_megatron.rollout.base import SamplingSettings
+from rlad_megatron.engine_api import SamplingSettings
 from rlad_megatron.tiny.hf_model import make_tiny_hf_model
 
 pytestmark = pytest.mark.e2e

@@ -56,7 +56,7 @@ def test_sharded_engine_keeps_the_rank_device_and_sleeps(nccl_world, tiny_hf):
     pytest.importorskip("vllm")
     import torch.distributed as dist
 
-    from rlad_megatron.rollout.base import SamplingSettings
+    from rlad_megatron.engine_api import SamplingSettings
     from rlad_megatron.config.engine import VLLMEngineConfig
     from rlad_megatron.rollout.vllm_engine import VLLMEngine
 

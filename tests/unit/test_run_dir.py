@@ -9,8 +9,8 @@ import pytest
 
 from rlad_megatron import cli
 from rlad_megatron.config import load_run_config, run_config_to_dict
-from rlad_megatron.trainer import checkpoint_files as ckf
-from rlad_megatron.trainer.run_dir import RunDirError, prepare_output_dir, record_run_config, run_changes
+from rlad_megatron import checkpoint_files as ckf
+from rlad_megatron.trainer.checkpoints.run_dir import RunDirError, prepare_output_dir, record_run_config, run_changes
 
 
 def _config(out: Path, *extra: str):

@@ -1,6 +1,7 @@
 """Build the parts of a training run once, explicitly, from a validated ``RunConfig`` under the current torchrun
 world: the student, the teacher and the reference (exactly those ``loss.required_inputs`` asks for), the rollout
-engine with its weight synchronizer and reward guard, and the prompt stream.
+engine with its weight synchronizer and reward guard, and the prompt stream. Everything that can be checked first
+is checked first (:func:`rlad_megatron.trainer.build.checks.check_run`); this module only builds.
 
     parts = build_components(config)     # collective: every rank of the job calls it
     parts.student.policy.train_step(...); parts.teacher.token_logprobs(batch); parts.synchronizer.sync(...)
@@ -8,27 +9,42 @@ engine with its weight synchronizer and reward guard, and the prompt stream.
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 import torch.distributed as dist
 
-from rlad_megatron.config import ConfigError, RunConfig, megatron_teacher, teacher_use
+from rlad_megatron import parallel
+from rlad_megatron.config import RunConfig, megatron_teacher, required_inputs, teacher_use
 from rlad_megatron.console import say
+from rlad_megatron.data.prompt_dataset import load_prompt_dataset
 from rlad_megatron.data.prompt_stream import PromptStream
+from rlad_megatron.device import collective_device, rank_device, uses_cuda
+from rlad_megatron.engine_api import RolloutEngine
+from rlad_megatron.fp8 import transformer_config_fp8_kwargs
 from rlad_megatron.learner.batching import MicroBatching
 from rlad_megatron.learner.policy import MegatronPolicy, build_student
 from rlad_megatron.learner.sequences import SequenceBatch, pack_sequences
-from rlad_megatron.loss import required_inputs
+from rlad_megatron.models import export_hf_checkpoint, load_hf_model
+from rlad_megatron.models.builder import recompute_fields
 from rlad_megatron.models.hf_config import ModelArch
+from rlad_megatron.models.layout import stage_overrides
+from rlad_megatron.models.stop_tokens import stop_token_ids
 from rlad_megatron.parallel import share_from_one
-from rlad_megatron.placement import BatchLayout, batch_layout
+from rlad_megatron.placement import BatchLayout, ModelShape, batch_layout
 from rlad_megatron.rewards.guard import RewardGuard
-from rlad_megatron.rollout.base import RolloutEngine
+from rlad_megatron.rollout.factory import build_rollout_engine, is_leader_rank
 from rlad_megatron.tasks.base import Task
+from rlad_megatron.tasks.registry import get_training_task
 from rlad_megatron.teacher import MegatronTeacher, Teacher, VLLMTeacher
+from rlad_megatron.trainer.build.checks import check_run
+from rlad_megatron.trainer.build.engine_settings import (
+    colocated_memory_fraction, engine_config, pin_learner_cpus, planned_memory_fraction, seed_requests,
+)
 from rlad_megatron.weight_sync.sync import WeightSynchronizer
+from rlad_megatron.weight_sync.verify import SyncVerifier, calibrated_tolerance, make_sampled_probe
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -48,8 +64,6 @@ class Student:
 
     def export(self, out_dir: Path) -> None:
         """Write the current weights as a Hugging Face checkpoint (collective over the model-parallel group)."""
-        from rlad_megatron.models import export_hf_checkpoint
-
         export_hf_checkpoint(self.modules, self.arch, out_dir, tokenizer_dir=self.hf_dir, dtype=self.export_dtype)
 
 
@@ -99,22 +113,6 @@ class Components:
             self.engine.shutdown()
 
 
-def _stop_ids(c: RunConfig, tokenizer: Any) -> tuple[int, ...]:
-    """The run's stop tokens; with a teacher (it scores the student's turns, or generates them for sft), first
-    check that both chat templates end a turn with the same token."""
-    from transformers import AutoTokenizer
-
-    from rlad_megatron.models.stop_tokens import check_turn_ends_agree, stop_token_ids
-
-    folders = [c.model.student]
-    if c.model.teacher and teacher_use(c.loss) != "none":
-        teacher_tok = AutoTokenizer.from_pretrained(c.model.teacher, trust_remote_code=c.model.trust_remote_code)
-        check_turn_ends_agree(tokenizer, teacher_tok, c.data.chat_template_kwargs,
-                              student=c.model.student, teacher=c.model.teacher)
-        folders.append(c.model.teacher)
-    return stop_token_ids(tokenizer, folders, c.data.chat_template_kwargs)
-
-
 def learner_probe(student: MegatronPolicy, pad_id: int,
                   group: Any) -> Callable[[list[list[int]], list[int]], list[list[float]]]:
     """The learner side of the weight-sync probe: ``(sequences, prompt_lens)`` -> the student's log-probs of
@@ -136,64 +134,29 @@ def learner_probe(student: MegatronPolicy, pad_id: int,
     return logprobs
 
 
-def _check_context_parallel_supported(config: RunConfig) -> None:
-    """The combinations with context parallelism that the trainer does not run, refused at start (CP itself runs:
-    TE's attention on GPUs, ``models.cp_attention`` on the local spec)."""
-    cp = config.parallel.context_parallel
-    if cp == 1:
-        return
-    from rlad_megatron.models.builder import check_context_parallel, use_transformer_engine
-
-    check_context_parallel(cp)
-    if config.trainer.sequence_packing and use_transformer_engine():
-        raise ConfigError(f"parallel.context_parallel={cp} with trainer.sequence_packing=true: packed rows go to "
-                          "Transformer Engine as THD, whose context-parallel split is per sequence and not "
-                          "implemented here: set trainer.sequence_packing=false (token-budget micro-batches, "
-                          "trainer.max_tokens_per_micro_batch, work with context parallelism)")
-
-
 def build_components(config: RunConfig) -> Components:
-    """Initialise model parallelism and build every part of the run ``config`` describes (collective)."""
-    from megatron.core import parallel_state as ps
+    """Check the run (:func:`check_run`), then initialise model parallelism and build every part of the run
+    ``config`` describes (collective)."""
+    # transformers is imported when a run is built, not when the trainer package is imported (it costs seconds)
     from transformers import AutoTokenizer
 
-    from rlad_megatron import parallel
-    from rlad_megatron.data.prompt_dataset import load_prompt_dataset
-    from rlad_megatron.fp8 import check_run_hardware, transformer_config_fp8_kwargs
-    from rlad_megatron.models import load_hf_model
-    from rlad_megatron.device import uses_cuda
-    from rlad_megatron.rollout.factory import build_rollout_engine, is_leader_rank
-    from rlad_megatron.trainer.engine_settings import check_gpu_settings, engine_config, seed_requests
-    from rlad_megatron.tasks.registry import get_training_task
-    from rlad_megatron.weight_sync.verify import SyncVerifier, calibrated_tolerance, make_sampled_probe
-
-    from rlad_megatron.models.folder_check import check_model_folder
-
     c = config
-    check_run_hardware(c)  # validation is pure; what the config asks of this machine is checked here, first
-    check_gpu_settings(c, uses_cuda())
-    check_model_folder(c.model.student, "model.student")
-    if c.model.teacher and teacher_use(c.loss) != "none":
-        check_model_folder(c.model.teacher, "model.teacher")
-    _check_context_parallel_supported(c)
-    from rlad_megatron.learner.expert_parallel import check_expert_parallel
-
-    moe_models = {"model.student": c.model.student}  # the models expert parallelism would split
-    if megatron_teacher(c):
-        moe_models["model.teacher"] = c.model.teacher
-    check_expert_parallel(c.parallel.expert_parallel, moe_models)
+    check_run(c)
     parallel.initialize_model_parallel(c.parallel.tensor_parallel, c.parallel.pipeline_parallel, seed=c.trainer.seed,
                                        context_parallel=c.parallel.context_parallel,
                                        expert_parallel=c.parallel.expert_parallel)
     torch.manual_seed(c.trainer.seed)
-    dp_rank, dp_size = ps.get_data_parallel_rank(), ps.get_data_parallel_world_size()
+    dp_rank, dp_size = parallel.data_parallel_rank_and_size()
     layout = batch_layout(c, dp_size)
     output_dir = Path(c.trainer.output_dir)
     mp_group = parallel.replica_group()  # TP x PP (x CP): the ranks that share one replica's rollouts
     needs = required_inputs(c.loss)
+    use = teacher_use(c.loss)
 
     tokenizer = AutoTokenizer.from_pretrained(c.model.student, trust_remote_code=c.model.trust_remote_code)
-    stop_ids = _stop_ids(c, tokenizer)
+    # every token that ends a response: the student's, and the teacher's when it scores or writes the turns
+    stop_folders = [c.model.student] + ([c.model.teacher] if c.model.teacher and use != "none" else [])
+    stop_ids = stop_token_ids(tokenizer, stop_folders, c.data.chat_template_kwargs)
     task = get_training_task(c.data.task, c.data.task_options)
     dataset = load_prompt_dataset(c.data.train_files, task, tokenizer, c.data.max_prompt_tokens,
                                   bad_rows=c.data.bad_rows, chat_template_kwargs=c.data.chat_template_kwargs)
@@ -205,10 +168,6 @@ def build_components(config: RunConfig) -> Components:
     # FP8 (Transformer Engine, GPU only; checked above) for the student; the frozen teacher stays in params_dtype so
     # that its log-probs are not quantised.
     fp8 = transformer_config_fp8_kwargs(c.fp8) if c.fp8.enabled else {}
-    from rlad_megatron.models.layout import stage_overrides
-
-    from rlad_megatron.models.builder import recompute_fields
-
     student_stages = stage_overrides(c.parallel.first_stage_layers, c.parallel.last_stage_layers)
     # activation recomputation only where there is a backward (the student's training passes)
     recompute = recompute_fields(c.parallel.recompute, c.parallel.recompute_num_layers)
@@ -226,32 +185,25 @@ def build_components(config: RunConfig) -> Components:
         reference = MegatronTeacher.load(c.model.student, batching=micro, params_dtype=dtype,
                                          sequence_parallel=c.parallel.sequence_parallel, **student_stages)
 
-    use = teacher_use(c.loss)
     cuda = uses_cuda()
     engine_cfg = engine_config(c, c.model.teacher if use == "samples" else c.model.student, cuda=cuda,
                                gpu_memory_utilization=_engine_memory_fraction(c, cuda, arch, dp_size))
     engine, transport = build_rollout_engine(engine_cfg)
     if engine_cfg.cpu_cores:  # after the engine process has started with its own affinity
-        import os
-
-        from rlad_megatron.trainer.engine_settings import pin_learner_cpus
-
         pin_learner_cpus(engine_cfg.cpu_cores, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
 
     teacher: Teacher | None = None
-    if megatron_teacher(c):
+    if megatron_teacher(c):  # its tokenizer was checked against the student's (check_run)
         teacher = MegatronTeacher.load(c.model.teacher, batching=micro, params_dtype=dtype,
-                                       student_dir=c.model.student, sequence_parallel=c.parallel.sequence_parallel,
-                                       offload=c.teacher.offload,
+                                       sequence_parallel=c.parallel.sequence_parallel, offload=c.teacher.offload,
                                        **stage_overrides(c.parallel.teacher_first_stage_layers,
                                                          c.parallel.teacher_last_stage_layers))
-    elif "teacher_logprobs" in needs:  # teacher.source == "vllm": a scoring engine next to the rollout engine
+    elif use == "logprobs":  # teacher.source == "vllm": a scoring engine next to the rollout engine
         scorer = None
         if engine is not None:
-            from rlad_megatron.models.teacher import check_tokenizer_compatible
+            # vLLM is imported on the ranks that hold an engine, and only there
             from rlad_megatron.rollout.vllm_engine import VLLMTeacherScorer
 
-            check_tokenizer_compatible(c.model.student, c.model.teacher)
             scorer = VLLMTeacherScorer(dataclasses.replace(
                 engine_cfg, model=c.model.teacher, placement="colocated", enable_sleep_mode=False, cpu_cores=(),
                 gpu_memory_utilization=_engine_memory_fraction(c, cuda)))  # measured again, after the first engine
@@ -294,15 +246,11 @@ def _engine_memory_fraction(c: RunConfig, cuda: bool, arch: ModelArch | None = N
                             dp: int = 1) -> float | None:
     """``rollout.gpu_memory_utilization``, or on a GPU the learner shares (colocated) the smaller of the engine's
     share in the memory plan (with ``arch``) and what is free now minus a margin
-    (:mod:`rlad_megatron.trainer.engine_settings`), the same on every rank; None on CPU. Collective."""
+    (:mod:`rlad_megatron.trainer.build.engine_settings`), the same on every rank; None on CPU. Collective."""
     if not cuda or c.rollout.gpu_memory_utilization is not None:
         return c.rollout.gpu_memory_utilization
     if c.rollout.placement != "colocated":
         return None  # the engine process measures its own GPU
-    from rlad_megatron.device import collective_device, rank_device
-    from rlad_megatron.placement import ModelShape
-    from rlad_megatron.trainer.engine_settings import colocated_memory_fraction, planned_memory_fraction
-
     free, total = torch.cuda.mem_get_info(rank_device().index)
     share = colocated_memory_fraction(int(free), int(total), learner_shares_gpu=True)
     if arch is not None:

@@ -21,7 +21,7 @@ from typing import Any, Mapping
 
 from rlad_megatron.config import RunConfig, run_config_to_dict
 from rlad_megatron.config.parsing import flatten_dotted
-from rlad_megatron.trainer import checkpoint_files as ckf
+from rlad_megatron import checkpoint_files as ckf
 
 RUN_CONFIG_FILE = "run_config.json"
 """The config the run in this folder was started (or last resumed) with, written by global rank 0."""

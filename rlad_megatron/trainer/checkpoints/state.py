@@ -2,7 +2,8 @@
 
     checkpoints/step_000012/megatron/             model + optimizer (Megatron distributed checkpoint, any layout),
                                                   with rlad_arch.json and the tokenizer (``convert mcore-to-hf``)
-    checkpoints/step_000012/trainer_rank<r>.json  step, data position, weight version, RNG states of rank r, config
+    checkpoints/step_000012/trainer_rank<r>.json  rank r's :class:`TrainerState` (step, data position, weight
+                                                  version, the batch generated ahead, config) and RNG states
     checkpoints/step_000012/trainer_rank<r>.safetensors  the tensors of rank r's trainer state (a batch generated
                                                   ahead in async mode), when it has any
     checkpoints/step_000012/manifest.json         every file with its size and SHA-256
@@ -12,11 +13,15 @@ A save writes ``.tmp_step_000012``, fsyncs every file (ranks share the work), wr
 to ``step_000012`` and only then switches ``latest`` and prunes older checkpoints: a crash or a full disk at any point
 leaves every complete checkpoint in place. Re-saving an existing step sets the old copy aside until the new one is
 in place. On resume the newest complete checkpoint whose files match its manifest is loaded; a damaged one is
-skipped with a message naming the bad file (see ``checkpoint_files``).
+skipped with a message naming the bad file (see ``rlad_megatron.checkpoint_files``).
+
+The trainer saves and loads a :class:`TrainerState` (typed; it reads checkpoints written before a field existed);
+:func:`save_trainer_checkpoint` / :func:`load_trainer_checkpoint` are the folder-level operations it uses.
 """
 from __future__ import annotations
 
 import json
+import dataclasses
 import os
 import random
 import shutil
@@ -28,25 +33,74 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from rlad_megatron.learner.checkpoint import load_checkpoint, save_checkpoint
-from rlad_megatron.trainer import checkpoint_files as ckf
+from rlad_megatron import checkpoint_files as ckf
+from rlad_megatron.convert import ARCH_FILE, META_FILE
+from rlad_megatron.learner.checkpoint import load_checkpoint, save_checkpoint, unwrap
+from rlad_megatron.models.hf_export import TOKENIZER_FILES
 from rlad_megatron.trainer.faults import pause_point
 
 
-def _rng_state() -> dict[str, Any]:
-    return {
-        "torch": torch.get_rng_state().tolist(),
-        "python": [list(x) if isinstance(x, tuple) else x for x in random.getstate()],
-        "numpy": [x.tolist() if isinstance(x, np.ndarray) else x for x in np.random.get_state()],
-    }
+@dataclasses.dataclass
+class TrainerState:
+    """What a trainer checkpoint holds besides the model and the optimizer, per rank (its JSON file; tensors, such
+    as a batch generated ahead, in the rank's safetensors file). Saves and loads itself."""
+
+    step: int
+    """The last step the run completed."""
+    data: dict[str, Any]
+    """The prompt stream's position (``PromptStream.state_dict()``)."""
+    weight_version: int = 1
+    """The weight version of the saved weights (checkpoints written before versions: 1)."""
+    rollouts_ahead: dict[str, Any] | None = None
+    """The batch generated ahead in async mode (``RolloutPipeline.state_dict()``; None: none, or an older
+    checkpoint)."""
+    config: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """The run config the checkpoint was written under."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, state: dict[str, Any]) -> "TrainerState":
+        """A state read back; keys of checkpoints written before a field existed take its default, keys this
+        version does not know are ignored."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in state.items() if k in known})
+
+    def save(self, root: Path, model_chunks, optimizer, *, keep: int, arch: Any = None,
+             tokenizer_dir: str | None = None) -> Path:
+        """Collective: the checkpoint of step :attr:`step` under ``root`` (:func:`save_trainer_checkpoint`)."""
+        state = self.to_dict()
+        step = state.pop("step")
+        return save_trainer_checkpoint(root, step, model_chunks, optimizer, state, keep, arch=arch,
+                                       tokenizer_dir=tokenizer_dir)
+
+    @classmethod
+    def load(cls, folder: Path, model_chunks, optimizer) -> "TrainerState":
+        """Collective: restore model, optimizer and this rank's RNG from ``folder``; the trainer's state."""
+        return cls.from_dict(load_trainer_checkpoint(folder, model_chunks, optimizer))
 
 
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+@dataclasses.dataclass
+class RngState:
+    """This rank's torch, Python and NumPy random states, as JSON-able lists."""
+
+    torch: list[int]
+    python: list[Any]
+    numpy: list[Any]
+
+    @classmethod
+    def capture(cls) -> "RngState":
+        return cls(torch=torch.get_rng_state().tolist(),
+                   python=[list(x) if isinstance(x, tuple) else x for x in random.getstate()],
+                   numpy=[x.tolist() if isinstance(x, np.ndarray) else x for x in np.random.get_state()])
+
+    def restore(self) -> None:
+        torch.set_rng_state(torch.tensor(self.torch, dtype=torch.uint8))
+        version, internal, gauss = self.python
+        random.setstate((version, tuple(internal), gauss))
+        name, keys, pos, has_gauss, cached = self.numpy
+        np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
 
 
 TENSOR_REF = "__tensor__"
@@ -89,12 +143,10 @@ def latest_checkpoint(root: Path) -> Path | None:
 def _write_convert_metadata(megatron_dir: Path, model_chunks, arch: Any, tokenizer_dir: str | None) -> None:
     """What ``rlad-megatron convert mcore-to-hf`` needs next to the weights: the architecture, the padded vocabulary
     and layout it was written at, the tokenizer files (global rank 0 = first pipeline stage)."""
+    # megatron-core stays out of the import of this module (the unit tests read checkpoints without it)
     from megatron.core import parallel_state as ps
 
-    from rlad_megatron.convert import ARCH_FILE, META_FILE
-    from rlad_megatron.learner.checkpoint import _unwrap
-
-    chunk = _unwrap(model_chunks[0])
+    chunk = unwrap(model_chunks[0])
     meta_path = megatron_dir / META_FILE
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     meta.update({
@@ -105,8 +157,6 @@ def _write_convert_metadata(megatron_dir: Path, model_chunks, arch: Any, tokeniz
     meta_path.write_text(json.dumps(meta, indent=2))
     (megatron_dir / ARCH_FILE).write_text(arch.to_json())
     if tokenizer_dir is not None:
-        from rlad_megatron.models.hf_export import TOKENIZER_FILES
-
         for name in TOKENIZER_FILES:
             if (Path(tokenizer_dir) / name).is_file():
                 shutil.copyfile(Path(tokenizer_dir) / name, megatron_dir / name)
@@ -143,7 +193,7 @@ def save_trainer_checkpoint(root: Path, step: int, model_chunks, optimizer, trai
         if rank == 0 and arch is not None:
             _write_convert_metadata(tmp / "megatron", model_chunks, arch, tokenizer_dir)
         tensors: dict[str, torch.Tensor] = {}
-        state = split_tensors(dict(trainer_state, step=step, rng=_rng_state()), tensors)
+        state = split_tensors(dict(trainer_state, step=step, rng=dataclasses.asdict(RngState.capture())), tensors)
         if tensors:  # fsynced with every other file by _digest_share
             from safetensors.torch import save_file
 
@@ -235,5 +285,5 @@ def load_trainer_checkpoint(folder: Path, model_chunks, optimizer) -> dict[str, 
         from safetensors.torch import load_file
 
         state = join_tensors(state, load_file(str(tensor_file)))
-    _set_rng_state(state.pop("rng"))
+    RngState(**state.pop("rng")).restore()
     return state

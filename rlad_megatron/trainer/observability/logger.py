@@ -10,7 +10,7 @@
 
 Files under ``output_dir``: ``metrics.jsonl`` (one ``{"step": s, key: value, ...}`` object per line; non-finite
 values are written as ``null``), ``tb/`` (TensorBoard event files), ``curves.png``, and with W&B enabled
-``wandb/`` and ``wandb_run_id`` (``rlad_megatron.trainer.wandb_log``).
+``wandb/`` and ``wandb_run_id`` (``rlad_megatron.trainer.observability.wandb_log``).
 
 Resume: steps are numbered from 1, and ``start_step`` is the last step the run completed (its checkpoint). A crashed
 run may have logged steps after its last checkpoint; those JSONL lines (step > ``start_step``) are dropped and the
@@ -28,8 +28,8 @@ from typing import Any, Mapping
 
 from rlad_megatron.config import WandbConfig
 from rlad_megatron.console import console_stream
-from rlad_megatron.trainer.metrics_file import METRICS_FILE, read_metrics, truncate_metrics  # noqa: F401
-from rlad_megatron.trainer.plots import PANELS, Panel, plot_curves
+from rlad_megatron.trainer.observability.metrics_file import METRICS_FILE, read_metrics, truncate_metrics  # noqa: F401
+from rlad_megatron.trainer.observability.plots import PANELS, Panel, plot_curves
 
 TB_DIR = "tb"
 CURVES_FILE = "curves.png"
@@ -114,7 +114,7 @@ class MetricsLogger:
         self._bar = tqdm(total=total_steps, initial=start_step, file=console_stream(), unit="step", dynamic_ncols=True,
                          desc="train", smoothing=0.3)
         if wandb is not None and wandb.enabled:
-            from rlad_megatron.trainer.wandb_log import WandbRun
+            from rlad_megatron.trainer.observability.wandb_log import WandbRun
 
             self._wandb = WandbRun.start(wandb, run_config or {}, self.output_dir, start_step=start_step)
         if dropped:

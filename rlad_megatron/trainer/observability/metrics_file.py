@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from rlad_megatron.trainer.checkpoint_files import write_text_durably
+from rlad_megatron.checkpoint_files import write_text_durably
 
 METRICS_FILE = "metrics.jsonl"
 

@@ -7,7 +7,7 @@ from typing import Any
 import torch.distributed as dist
 
 from rlad_megatron.config import RunConfig
-from rlad_megatron.rollout.base import SamplingSettings
+from rlad_megatron.engine_api import SamplingSettings
 
 
 def load_eval_examples(config: RunConfig, task: Any, tokenizer: Any) -> list | None:

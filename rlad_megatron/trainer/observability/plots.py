@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from rlad_megatron.trainer.metrics_file import read_metrics
+from rlad_megatron.trainer.observability.metrics_file import read_metrics
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,10 @@ import dataclasses
 import time
 from typing import Any, Callable, Sequence
 
-from rlad_megatron.rollout.base import SamplingSettings
-from rlad_megatron.trainer.rollouts import Rollouts, pack_rollouts, score_results, unpack_rollouts
+from rlad_megatron.engine_api import SamplingSettings
+from rlad_megatron.trainer.step.rollouts import (
+    Rollouts, generate_and_score, pack_rollouts, score_results, unpack_rollouts,
+)
 
 
 @dataclasses.dataclass
@@ -31,6 +33,36 @@ class _Batch:
     stream_before: dict[str, Any]
     examples: Sequence[Any] = ()
     rollouts: Rollouts | None = None
+
+
+@dataclasses.dataclass
+class HeldBatchState:
+    """A checkpoint's record of the batch generated ahead: saves and loads itself."""
+
+    step: int
+    """The step it was generated for."""
+    stream_before: dict[str, Any]
+    """The prompt stream's position before its prompts (to generate them again)."""
+    owner: Any = None
+    """The data-parallel rank and size that generated it (another layout generates the batch again)."""
+    rollouts: dict[str, Any] | None = None
+    """The samples (:func:`pack_rollouts`; older checkpoints: plain lists), None on ranks that do not score."""
+
+    @classmethod
+    def of(cls, batch: _Batch, owner: Any) -> "HeldBatchState":
+        return cls(step=batch.step, stream_before=batch.stream_before, owner=owner,
+                   rollouts=None if batch.rollouts is None else pack_rollouts(batch.rollouts))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "stream_before": self.stream_before, "owner": self.owner,
+                "rollouts": self.rollouts}
+
+    @classmethod
+    def from_dict(cls, state: dict[str, Any] | None) -> "HeldBatchState | None":
+        if state is None:
+            return None
+        return cls(step=int(state["step"]), stream_before=state["stream_before"], owner=state.get("owner"),
+                   rollouts=state.get("rollouts"))
 
 
 class RolloutPipeline:
@@ -124,8 +156,6 @@ class RolloutPipeline:
         self._inflight = _Batch(step=step, stream_before=before, examples=examples)
 
     def _generate_on_engine(self, examples: Sequence[Any], sampling: SamplingSettings) -> Rollouts | None:
-        from rlad_megatron.trainer.rollouts import generate_and_score
-
         if self.engine is None:
             return None
         return generate_and_score(self.engine, self.guard, examples, sampling)
@@ -137,22 +167,19 @@ class RolloutPipeline:
         batch still in flight cannot be saved."""
         if self._inflight is not None:
             raise RuntimeError("RolloutPipeline.state_dict: a request is in flight; call finish_step() first")
-        if self._held is None:
-            return {"held": None}
-        return {"held": {"step": self._held.step, "stream_before": self._held.stream_before, "owner": self.owner,
-                         "rollouts": None if self._held.rollouts is None
-                         else pack_rollouts(self._held.rollouts)}}
+        held = None if self._held is None else HeldBatchState.of(self._held, self.owner)
+        return {"held": None if held is None else held.to_dict()}
 
     def load_state_dict(self, state: dict[str, Any] | None) -> None:
         """Restore the batch generated ahead (checked against the learner's version at :meth:`take`)."""
-        held = (state or {}).get("held")
+        held = HeldBatchState.from_dict((state or {}).get("held"))
         self._inflight = None
         self._held = None
-        if held is not None and held.get("rollouts") is not None and held.get("owner") == self.owner:
-            self._held = _Batch(step=int(held["step"]), stream_before=held["stream_before"],
-                                rollouts=unpack_rollouts(held["rollouts"]))
+        if held is not None and held.rollouts is not None and held.owner == self.owner:
+            self._held = _Batch(step=held.step, stream_before=held.stream_before,
+                                rollouts=unpack_rollouts(held.rollouts))
         elif held is not None:  # another layout's batch: generate its prompts again at the next step
-            self.prompts.load_state_dict(held["stream_before"])
+            self.prompts.load_state_dict(held.stream_before)
 
     def close(self) -> None:
         """Forget a request still in flight (a step that failed): the engine's shutdown drains its answer."""

@@ -9,8 +9,8 @@ import torch
 
 from rlad_megatron.learner.sequences import SequenceBatch, pack_sequences
 from rlad_megatron.loss import equal_reward_groups, group_advantages
-from rlad_megatron.rollout.base import SamplingSettings
-from rlad_megatron.trainer.truncation import TruncationPolicy, shape_rewards
+from rlad_megatron.engine_api import SamplingSettings
+from rlad_megatron.trainer.step.truncation import TruncationPolicy, shape_rewards
 
 
 @dataclasses.dataclass
