@@ -1,5 +1,5 @@
 """One vLLM engine's settings (plain dataclass: importing it never imports vLLM). Not a section of the run config:
-``rlad_megatron.trainer.build.engine_settings.engine_config`` derives them from ``rollout`` for this machine, the
+``rlad_megatron.trainer.setup.engine_settings.engine_config`` derives them from ``rollout`` for this machine, the
 evaluator and the tests build them directly."""
 from __future__ import annotations
 

@@ -23,7 +23,7 @@ from rlad_megatron.learner.sequences import SequenceBatch
 from rlad_megatron.loss import Denominators, MetricAccumulator, compute_policy_loss, local_denominators, required_inputs
 from rlad_megatron.loss.tis import tis_weights
 from rlad_megatron.parallel import data_parallel_group, data_parallel_rank_and_size, is_last_pipeline_stage, share_from_one
-from rlad_megatron.trainer.build.components import Components, build_components
+from rlad_megatron.trainer.setup.components import Components, build_components
 from rlad_megatron.trainer.checkpoints.run_dir import record_run_config
 from rlad_megatron.trainer.checkpoints.state import TrainerState, find_loadable_checkpoint
 from rlad_megatron.trainer.faults import pause_point

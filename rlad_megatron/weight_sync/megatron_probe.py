@@ -2,7 +2,7 @@
 
 A plain no-grad forward for PP=1, used by the weight-sync tests and ``bench/weight_sync.py``. The trainer does not
 use it: it passes its own callable built on the policy's forward schedule (any layout, pipeline parallelism
-included: ``learner_probe`` in ``rlad_megatron/trainer/build/components.py``).
+included: ``learner_probe`` in ``rlad_megatron/trainer/setup/components.py``).
 """
 from __future__ import annotations
 

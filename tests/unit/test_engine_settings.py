@@ -6,7 +6,7 @@ import pytest
 
 from rlad_megatron.config import RolloutConfig, RunConfig
 from rlad_megatron.config.engine import VLLMEngineConfig
-from rlad_megatron.trainer.build import engine_settings as es
+from rlad_megatron.trainer.setup import engine_settings as es
 
 GIB = 1 << 30
 

@@ -10,7 +10,7 @@ import torch
 
 from rlad_megatron.config import ConfigError, RolloutConfig
 from rlad_megatron.engine_api import Completion, PromptResult, SamplingSettings
-from rlad_megatron.trainer.build.engine_settings import engine_cpu_cores
+from rlad_megatron.trainer.setup.engine_settings import engine_cpu_cores
 from rlad_megatron.trainer.step.rollout_pipeline import RolloutPipeline
 
 

@@ -1,5 +1,5 @@
 """Check, then build: everything knowable about a run before a process group starts or a model loads, checked in one
-place, :func:`check_run`, which :func:`rlad_megatron.trainer.build.components.build_components` calls first.
+place, :func:`check_run`, which :func:`rlad_megatron.trainer.setup.components.build_components` calls first.
 
 ``check_run`` reads files (the model folders' ``config.json``, the tokenizers) and looks at this machine (CUDA,
 Transformer Engine); it starts no process group and loads no model, so that it can run on the launching process as
@@ -16,7 +16,7 @@ from rlad_megatron.models.folder_check import check_model_folder
 from rlad_megatron.models.hf_config import load_arch
 from rlad_megatron.models.stop_tokens import check_turn_ends_agree
 from rlad_megatron.models.teacher import check_tokenizer_compatible
-from rlad_megatron.trainer.build.engine_settings import check_gpu_settings
+from rlad_megatron.trainer.setup.engine_settings import check_gpu_settings
 
 
 def check_run(config: RunConfig) -> None:

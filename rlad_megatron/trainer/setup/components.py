@@ -1,7 +1,7 @@
 """Build the parts of a training run once, explicitly, from a validated ``RunConfig`` under the current torchrun
 world: the student, the teacher and the reference (exactly those ``loss.required_inputs`` asks for), the rollout
 engine with its weight synchronizer and reward guard, and the prompt stream. Everything that can be checked first
-is checked first (:func:`rlad_megatron.trainer.build.checks.check_run`); this module only builds.
+is checked first (:func:`rlad_megatron.trainer.setup.checks.check_run`); this module only builds.
 
     parts = build_components(config)     # collective: every rank of the job calls it
     parts.student.policy.train_step(...); parts.teacher.token_logprobs(batch); parts.synchronizer.sync(...)
@@ -39,8 +39,8 @@ from rlad_megatron.rollout.factory import build_rollout_engine, is_leader_rank
 from rlad_megatron.tasks.base import Task
 from rlad_megatron.tasks.registry import get_training_task
 from rlad_megatron.teacher import MegatronTeacher, Teacher, VLLMTeacher
-from rlad_megatron.trainer.build.checks import check_run
-from rlad_megatron.trainer.build.engine_settings import (
+from rlad_megatron.trainer.setup.checks import check_run
+from rlad_megatron.trainer.setup.engine_settings import (
     colocated_memory_fraction, engine_config, pin_learner_cpus, planned_memory_fraction, seed_requests,
 )
 from rlad_megatron.weight_sync.sync import WeightSynchronizer
@@ -246,7 +246,7 @@ def _engine_memory_fraction(c: RunConfig, cuda: bool, arch: ModelArch | None = N
                             dp: int = 1) -> float | None:
     """``rollout.gpu_memory_utilization``, or on a GPU the learner shares (colocated) the smaller of the engine's
     share in the memory plan (with ``arch``) and what is free now minus a margin
-    (:mod:`rlad_megatron.trainer.build.engine_settings`), the same on every rank; None on CPU. Collective."""
+    (:mod:`rlad_megatron.trainer.setup.engine_settings`), the same on every rank; None on CPU. Collective."""
     if not cuda or c.rollout.gpu_memory_utilization is not None:
         return c.rollout.gpu_memory_utilization
     if c.rollout.placement != "colocated":
