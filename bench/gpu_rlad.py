@@ -1,5 +1,5 @@
 """RLAD steps of the Megatron learner and a frozen Megatron teacher on one device, with a stand-in sampler, for
-machines without vLLM (the lent H200 has torch and megatron-core only: ../shared/notes/gpu_device.md).
+machines without vLLM (the lent H200 has torch and megatron-core only: docs/environment.md).
 
 Per step: sample G responses for each of B random prompts with the student's Hugging Face twin (transformers
 ``generate`` at temperature 1; its per-token log-probs stand in for the engine's), a synthetic reward (share of

@@ -1,6 +1,6 @@
 """Run stock megatron-core 0.16.1 on a CPU-only torch with gloo.
 
-megatron-core assumes CUDA in a handful of places (measured in ``shared/notes/megatron_on_cpu.md``):
+megatron-core assumes CUDA in a handful of places (measured: ``docs/megatron_on_cpu.md``):
 ``torch.cuda.current_device()`` and ``device="cuda"`` literals in attention, RoPE, schedules, optimizer, DDP buffers
 and checkpointing; the CUDA RNG tracker and the activation-recompute RNG; ``.cuda()`` calls; ``param.type() ==
 'torch.cuda.FloatTensor'`` checks in the optimizers; the torch norm refusing sequence parallel; gloo's ``scatter``

@@ -1,7 +1,7 @@
 """``loss``: which policy loss to optimise and its hyper-parameters (the only place where their defaults live), and
 the inputs each configured loss needs (:func:`required_inputs`, which every caller asks).
 
-The maths are in :mod:`rlad_megatron.loss` (the equations of arXiv 2602.22495 in its docstrings). Every field is
+The maths: docs/algorithm.md (the equations of arXiv 2602.22495, cited in :mod:`rlad_megatron.loss`). Every field is
 checked by :meth:`LossConfig.validate`, which raises ``ConfigError`` (a ``ValueError``) naming the bad field and the
 accepted values.
 """

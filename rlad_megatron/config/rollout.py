@@ -73,7 +73,7 @@ class RolloutConfig:
     gpu_memory_utilization: float | None = None
     """GPU only: the fraction of each GPU the colocated engine may take (weights + KV cache). None: vLLM's
     default (0.92) when the engine has the GPU to itself; with the learner on the same GPU, the smaller of the
-    engine's share in the memory plan and what is free at engine start minus a margin (trainer/engine_settings.py).
+    engine's share in the memory plan and what is free at engine start minus a margin (trainer/setup/engine_settings.py).
     On CPU rollout.kv_cache_mb sizes the cache."""
     enforce_eager: bool | None = None
     """Run vLLM without CUDA graphs. None: CUDA graphs on GPUs (decode of small models is launch-bound without

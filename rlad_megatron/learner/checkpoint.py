@@ -1,7 +1,7 @@
 """Model + optimizer state as a Megatron distributed checkpoint, reshardable to any TP/PP/DP layout.
 
 The optimizer state uses the ``fully_reshardable`` format: the only one of megatron-core 0.16.1's formats that both
-changes TP on load and restores torch AdamW's ``step`` correctly (``shared/notes/megatron_on_cpu.md`` §5). Files are
+changes TP on load and restores torch AdamW's ``step`` correctly (``docs/megatron_on_cpu.md``, "Distributed checkpoints"). Files are
 written into a temporary sibling folder and renamed into place only when every rank has finished, so a crash during
 a save never leaves a half-written checkpoint under the final name.
 

@@ -1,4 +1,4 @@
-"""GRPO group-relative advantages (ALGORITHM.md, "Advantage (GRPO)") and the equal-reward group filter.
+"""GRPO group-relative advantages (docs/algorithm.md, "Advantage (GRPO)") and the equal-reward group filter.
 
 Rewards come flat, ``[N]`` with ``N = num_prompts * group_size``, the ``group_size`` responses of one prompt
 contiguous (response ``i`` belongs to prompt ``i // group_size``), which is how the rollout returns them.

@@ -298,7 +298,7 @@ class Trainer:
         return out
 
     def _rollout_pipeline(self) -> RolloutPipeline:
-        """This run's source of rollouts (``rollout.mode``; trainer/rollout_pipeline.py)."""
+        """This run's source of rollouts (``rollout.mode``; trainer/step/rollout_pipeline.py)."""
         cfg, s = self.config, self.parts
         r = cfg.rollout
         ahead = r.mode == "async" and r.max_staleness >= 1

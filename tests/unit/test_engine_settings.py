@@ -1,4 +1,4 @@
-"""The rollout engine's settings per machine (trainer/engine_settings.py): executor, engine TP, CUDA graphs,
+"""The rollout engine's settings per machine (trainer/setup/engine_settings.py): executor, engine TP, CUDA graphs,
 per-request seeds, the colocated engine's GPU memory share, and the GPU-only settings refused on CPU."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The rollout pipeline's logic (trainer/rollout_pipeline.py) with a small fake engine: which batch each step gets,
+"""The rollout pipeline's logic (trainer/step/rollout_pipeline.py) with a small fake engine: which batch each step gets,
 with which weight version, what is asked ahead, what a checkpoint holds, and what is dropped as stale."""
 from __future__ import annotations
 
@@ -133,7 +133,7 @@ def test_async_takes_the_batch_generated_during_the_previous_step_one_version_ol
 
 def _through_a_checkpoint(state: dict) -> dict:
     """What a checkpoint gives back: the tensors through a safetensors file, the rest through JSON
-    (trainer/state.py's split_tensors / join_tensors)."""
+    (trainer/checkpoints/state.py's split_tensors / join_tensors)."""
     import tempfile
 
     from safetensors.torch import load_file, save_file

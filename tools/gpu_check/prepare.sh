@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run HERE (the machine with network), from the repository root, before `run.sh` on the lent GPU machine: fetch the
 # wheels the GPU machine lacks into .whl/ (git-ignored; it travels with the device call when `carry` names it).
-# The lent H200 has Python 3.12 and torch 2.11 but no megatron-core (../shared/notes/gpu_device.md); megatron-core
+# The lent H200 has Python 3.12 and torch 2.11 but no megatron-core (docs/environment.md); megatron-core
 # needs only torch, numpy and packaging, which are there.
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
