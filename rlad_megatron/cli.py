@@ -11,6 +11,7 @@ from pathlib import Path
 
 
 def _train(args: argparse.Namespace) -> int:
+    # lazy, as every import of this module: `--help` and the other commands do not load the trainer's parts
     from rlad_megatron.config import ConfigError, load_run_config, teacher_use
     from rlad_megatron.fp8 import check_run_hardware
 
@@ -20,6 +21,7 @@ def _train(args: argparse.Namespace) -> int:
     except ConfigError as err:
         print(f"rlad-megatron train: bad configuration: {err}", file=sys.stderr)
         return 2
+    # lazy: `config` and `--help` do not load the trainer
     from rlad_megatron.models.folder_check import ModelFolderError, check_model_folder
     from rlad_megatron.trainer.checkpoints.run_dir import RunDirError, prepare_output_dir
 
@@ -43,11 +45,12 @@ def _train(args: argparse.Namespace) -> int:
     if rank0:
         for note in start.notes:
             print(f"[rlad] {note}", flush=True)
+    # lazy: `config` and `--help` do not load the trainer
     from rlad_megatron.console import rank_tag, send_output_to_log
 
     # From here on third-party output (vLLM, Megatron, torch, warnings) goes to the run's train.log, not the console.
     send_output_to_log(Path(config.trainer.output_dir) / "train.log", tag=rank_tag())
-    from rlad_megatron.trainer.loop import train
+    from rlad_megatron.trainer.loop import train  # lazy: `config` and `--help` do not load the trainer
 
     train(config, resume=start.resume)
     # Everything is written and closed: spare the interpreter's final garbage collection a pass over vLLM's, Megatron's
@@ -72,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="resume even though the config changes the run (models, loss, data, seeds, ...)")
     train.add_argument("overrides", nargs="*", help="dotted overrides, e.g. loss.alpha=0.3 trainer.steps=20")
     train.set_defaults(func=_train)
-    from rlad_megatron import convert
+    from rlad_megatron import convert  # lazy: `import rlad_megatron.cli` stays light (torch comes with convert)
     from rlad_megatron.config import cli as config_cli
     from rlad_megatron.eval import cli as eval_cli
 

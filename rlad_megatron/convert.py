@@ -18,12 +18,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
+import sys
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
+from rlad_megatron import checkpoint_files as ckf
+from rlad_megatron.models import build_model_chunks, load_hf_model
+from rlad_megatron.models.folder_check import check_model_folder
 from rlad_megatron.models.hf_config import ModelArch, load_arch, padded_vocab_size
+from rlad_megatron.models.hf_export import TOKENIZER_FILES, export_hf_checkpoint
+from rlad_megatron.models.layout import stage_overrides
+from rlad_megatron.parallel import initialize_model_parallel
 
 ARCH_FILE = "rlad_arch.json"
 META_FILE = "rlad_checkpoint.json"
@@ -31,22 +40,17 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def _setup(tp: int, pp: int, ep: int = 1) -> None:
-    from rlad_megatron.parallel import initialize_model_parallel
-
     initialize_model_parallel(tp, pp, expert_parallel=ep)
 
 
 def _is_rank0() -> bool:
-    import torch.distributed as dist
-
     return not dist.is_initialized() or dist.get_rank() == 0
 
 
 def save_megatron_checkpoint(model_chunks: list, arch: ModelArch, out_dir: str | Path, *,
                              tokenizer_dir: str | Path | None = None) -> Path:
     """Collective: write ``model_chunks`` (one per rank, no virtual PP) as a dist checkpoint with our metadata."""
-    import torch.distributed as dist
-    from megatron.core import dist_checkpointing
+    from megatron.core import dist_checkpointing  # lazy: megatron-core is heavy (seconds)
     from megatron.core import parallel_state as ps
 
     (chunk,) = model_chunks
@@ -69,8 +73,6 @@ def save_megatron_checkpoint(model_chunks: list, arch: ModelArch, out_dir: str |
         (out / ARCH_FILE).write_text(arch.to_json())
         (out / META_FILE).write_text(json.dumps(meta, indent=2))
         if tokenizer_dir is not None:
-            from rlad_megatron.models.hf_export import TOKENIZER_FILES
-
             for name in TOKENIZER_FILES:
                 if (Path(tokenizer_dir) / name).is_file():
                     shutil.copyfile(Path(tokenizer_dir) / name, out / name)
@@ -82,10 +84,6 @@ def resolve_checkpoint(path: str | Path) -> Path:
     """The Megatron folder to read for ``--ckpt``: a convert checkpoint as given, or a trainer checkpoint given as
     its run's output_dir, its ``checkpoints`` folder or one ``step_N`` folder (the newest complete one whose files
     match its manifest; a damaged one is reported and skipped)."""
-    import sys
-
-    from rlad_megatron import checkpoint_files as ckf
-
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"--ckpt {path}: no such folder")
@@ -117,12 +115,8 @@ def load_megatron_checkpoint(ckpt_dir: str | Path, *, params_dtype: torch.dtype 
                              last_stage_layers: int | None = None) -> tuple[list, ModelArch]:
     """Build this rank's chunk for the current parallel state (and first/last pipeline stage layer counts) and
     load a checkpoint written at any TP/PP layout."""
-    from rlad_megatron.models.layout import stage_overrides
-
-    from megatron.core import dist_checkpointing
+    from megatron.core import dist_checkpointing  # lazy: megatron-core is heavy (seconds)
     from megatron.core import parallel_state as ps
-
-    from rlad_megatron.models import build_model_chunks
 
     ckpt = Path(ckpt_dir)
     if not (ckpt / ARCH_FILE).is_file():
@@ -151,9 +145,6 @@ def load_megatron_checkpoint(ckpt_dir: str | Path, *, params_dtype: torch.dtype 
 
 def hf_to_mcore(hf_dir: str, out_dir: str, *, tp: int = 1, pp: int = 1, dtype: str = "fp32",
                 first_stage_layers: int | None = None, last_stage_layers: int | None = None, ep: int = 1) -> None:
-    from rlad_megatron.models import load_hf_model
-    from rlad_megatron.models.layout import stage_overrides
-
     _setup(tp, pp, ep)
     chunks, arch = load_hf_model(hf_dir, params_dtype=DTYPES[dtype],
                                  **stage_overrides(first_stage_layers, last_stage_layers))
@@ -163,8 +154,6 @@ def hf_to_mcore(hf_dir: str, out_dir: str, *, tp: int = 1, pp: int = 1, dtype: s
 def mcore_to_hf(ckpt_dir: str, out_dir: str, *, tp: int = 1, pp: int = 1, dtype: str | None = None,
                 max_shard_bytes: int = 2 << 30, first_stage_layers: int | None = None,
                 last_stage_layers: int | None = None, ep: int = 1) -> None:
-    from rlad_megatron.models.hf_export import export_hf_checkpoint
-
     ckpt = resolve_checkpoint(ckpt_dir)
     _setup(tp, pp, ep)
     chunks, arch = load_megatron_checkpoint(ckpt, trainable=False, first_stage_layers=first_stage_layers,
@@ -214,10 +203,6 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def check_arguments(args: argparse.Namespace) -> None:
     """Everything wrong with a ``convert`` command, before any model is loaded or file written (ValueError)."""
-    import os
-
-    from rlad_megatron.models.folder_check import check_model_folder
-
     for flag in ("tp", "pp", "ep"):
         if getattr(args, flag, 1) < 1:
             raise ValueError(f"--{flag} {getattr(args, flag)}: must be >= 1")
@@ -239,8 +224,6 @@ def check_arguments(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Execute a parsed ``convert`` command on this rank."""
-    import sys
-
     try:
         check_arguments(args)
     except (ValueError, FileNotFoundError) as err:

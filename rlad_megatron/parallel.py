@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import datetime
 import os
+import socket
 from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from rlad_megatron.compat import megatron_cpu
+from rlad_megatron.device import set_rank_device
 
 
 def default_backend() -> str:
@@ -31,8 +35,6 @@ def init_distributed(backend: str | None = None, timeout_s: float = 600.0) -> No
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
     backend = backend or default_backend()
     if backend == "nccl":
-        from rlad_megatron.device import set_rank_device
-
         set_rank_device()  # before the group exists: NCCL and torch's object collectives use the current device
     timeout = datetime.timedelta(seconds=timeout_s)
     restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
@@ -64,8 +66,6 @@ def share_from_one(value: Any, group, *, required: bool = True) -> Any:
 
 
 def free_port() -> int:
-    import socket
-
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -105,10 +105,9 @@ def initialize_model_parallel(
             f"{pipeline_parallel} (experts are sharded over the ranks of one pipeline stage; data parallel size is "
             f"{dp}): choose it among the divisors of {world // pipeline_parallel}"
         )
-    from rlad_megatron.compat import megatron_cpu
 
     megatron_cpu.apply()
-    from megatron.core import parallel_state, tensor_parallel as mcore_tp
+    from megatron.core import parallel_state, tensor_parallel as mcore_tp  # lazy: megatron-core is heavy (seconds)
 
     if parallel_state.model_parallel_is_initialized():
         destroy_model_parallel()
@@ -153,7 +152,7 @@ def replica_group():
     of a replica hold the same sequences too, so rollouts are shared and metrics reduced over this group.
     ``get_model_parallel_group()`` itself at CP=1. Collective over the world on its first call at CP > 1."""
     global _REPLICA_GROUP
-    from megatron.core import parallel_state as ps
+    from megatron.core import parallel_state as ps  # lazy: megatron-core is heavy (seconds)
 
     if ps.get_context_parallel_world_size() == 1:
         return ps.get_model_parallel_group()
@@ -170,7 +169,7 @@ def replica_group():
 
 def destroy_model_parallel() -> None:
     global _REPLICA_GROUP
-    from megatron.core import parallel_state
+    from megatron.core import parallel_state  # lazy: megatron-core is heavy (seconds)
 
     _REPLICA_GROUP = None
     if parallel_state.model_parallel_is_initialized():

@@ -75,7 +75,7 @@ class ModelShape:
     @classmethod
     def from_hf_dir(cls, path: str, name: str | None = None) -> "ModelShape":
         """Read ``config.json`` of a Hugging Face directory (through ``load_arch``)."""
-        from rlad_megatron.models.hf_config import load_arch
+        from rlad_megatron.models.hf_config import load_arch  # lazy: torch stays out of recipes and the plan
 
         return cls.from_arch(load_arch(path), name or path)
 
@@ -184,6 +184,7 @@ def check_model_shape(shape: ModelShape, *, tp: int, pp: int, role: str, fp8: bo
     """Head, layer and width divisibility of ``shape`` under TP=``tp`` x PP=``pp`` (``role``: 'student', ...),
     with optional uneven first/last pipeline stages."""
     where = f"{role} {shape.name}"
+    # lazy: torch stays out of recipes and the plan
     from rlad_megatron.models.layout import (
         pipeline_stage_layers, tensor_parallel_problem, valid_tensor_parallel_sizes,
     )

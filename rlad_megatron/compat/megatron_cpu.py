@@ -31,6 +31,7 @@ import importlib.abc
 import importlib.util
 import sys
 import types
+import warnings
 from typing import Any, Callable
 
 import torch
@@ -183,7 +184,7 @@ def _cpu_set_rng_state(new_state: torch.Tensor, device: Any = -1, graph_safe: bo
 
 def _patch_rng() -> None:
     """The model-parallel RNG tracker (dropout forks, activation recompute) on the CPU generator."""
-    from megatron.core.tensor_parallel import random as tp_random
+    from megatron.core.tensor_parallel import random as tp_random  # lazy: megatron-core is heavy (seconds)
 
     tp_random._get_cuda_rng_state = _cpu_get_rng_state
     tp_random._set_cuda_rng_state = _cpu_set_rng_state
@@ -229,6 +230,7 @@ def _with_cuda_type_names(fn: Callable) -> Callable:
 
 def _patch_type_checks() -> None:
     """megatron's optimizers accept only ``torch.cuda.*Tensor`` parameters (``param.type()`` string checks)."""
+    # lazy: megatron-core is heavy (seconds)
     from megatron.core.optimizer import clip_grads, distrib_optimizer, optimizer
 
     # The checks run while the optimizers are built (DistributedOptimizer.__init__ calls
@@ -246,7 +248,7 @@ def _patch_torch_norm_sequence_parallel() -> None:
     """The torch norm (used without Apex/TE) asserts ``not sequence_parallel``. Its maths do not depend on it; what
     sequence parallel needs is that the norm's gradients, partial per rank, are all-reduced over TP: the fused norms
     flag their parameters ``sequence_parallel = True`` for ``finalize_model_grads``, and so do we."""
-    from megatron.core.transformer import torch_norm
+    from megatron.core.transformer import torch_norm  # lazy: megatron-core is heavy (seconds)
 
     original_new = torch_norm.WrappedTorchNorm.__new__
     if getattr(original_new, "__rlad_cpu_patched__", False):
@@ -276,7 +278,7 @@ def _patch_distributed_optimizer_checkpoint() -> None:
     2. ``load_state_dict`` hands one shared ``step`` tensor to every param state; AdamW increments it in place once
        per param, so bias correction goes wrong after the first resumed step.
     """
-    from megatron.core.optimizer import distrib_optimizer
+    from megatron.core.optimizer import distrib_optimizer  # lazy: megatron-core is heavy (seconds)
 
     dist_opt = distrib_optimizer.DistributedOptimizer
     original_set = dist_opt._set_main_param_and_optimizer_states
@@ -325,7 +327,7 @@ def prepare_optimizer_for_load(optimizer: Any) -> None:
 
 
 def check_megatron_version() -> str:
-    from megatron.core import package_info
+    from megatron.core import package_info  # lazy: megatron-core is heavy (seconds)
 
     version = package_info.__version__
     if version != SUPPORTED_MEGATRON_CORE:
@@ -384,7 +386,7 @@ def _patch_moe_router_gemm() -> None:
     """megatron-core 0.16.1's MoE router GEMM (``moe_utils.RouterGatingLinearFunction``) tests
     ``te_general_gemm is not None``, a name bound only when Transformer Engine imports: without TE every MoE
     forward raises NameError. Binding it to None selects the plain torch GEMM path that is already there."""
-    from megatron.core.transformer.moe import moe_utils
+    from megatron.core.transformer.moe import moe_utils  # lazy: megatron-core is heavy (seconds)
 
     if not hasattr(moe_utils, "te_general_gemm"):
         moe_utils.te_general_gemm = None
@@ -405,7 +407,6 @@ def apply(force: bool = False, skip: frozenset[str] | set[str] = frozenset()) ->
     if cuda_is_available() and not force:
         return False
     check_megatron_version()
-    import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "Apex/TE not installed, falling back" is expected on CPU

@@ -76,7 +76,7 @@ class VLLMEngineConfig:
         """``enforce_eager`` with None resolved for this machine (CPU: True, CUDA: False)."""
         if self.enforce_eager is not None:
             return self.enforce_eager
-        import torch
+        import torch  # lazy: torch stays out of config validation
 
         return not torch.cuda.is_available()
 

@@ -11,6 +11,7 @@ result is always an error.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from collections import Counter
 from typing import Any, Mapping, Sequence
@@ -90,7 +91,7 @@ def load_raw_dataset(source: str | Sequence[str], split: str = "train", cache_di
 
     Folders and hub names both go through ``load_dataset(name_or_folder, split=split)``.
     """
-    import datasets
+    import datasets  # lazy: Hugging Face datasets is heavy
 
     files = [source] if isinstance(source, str) else list(source)
     local = [f for f in files if os.path.exists(f)]
@@ -135,8 +136,6 @@ def _is_empty(path: str) -> bool:
 
 def _diagnose_json_lines(path: str) -> str:
     """After a failed load: the first line of a .jsonl file that is not valid UTF-8 or not valid JSON."""
-    import json
-
     try:
         with open(path, "rb") as fh:
             for lineno, raw in enumerate(fh, start=1):

@@ -11,6 +11,11 @@ import json
 import sys
 from typing import Any
 
+from rlad_megatron.config import load_run_config
+from rlad_megatron.data.prompt_dataset import DatasetError
+from rlad_megatron.eval import runner
+from rlad_megatron.tasks.registry import training_task_options
+
 
 def _parse_options(items: list[str], flag: str) -> dict[str, Any]:
     """``key=value`` pairs; values parsed as JSON when they parse (numbers, booleans), else kept as strings."""
@@ -31,9 +36,6 @@ def _scoring(args: argparse.Namespace) -> tuple[str, dict[str, Any], dict[str, A
     the flags, which win."""
     task, options, template, truncated = args.task, {}, {}, "zero"
     if args.config:
-        from rlad_megatron.config import load_run_config
-        from rlad_megatron.tasks.registry import training_task_options
-
         run = load_run_config(args.config)
         task = task or run.data.task
         if task == run.data.task:
@@ -48,13 +50,10 @@ def _scoring(args: argparse.Namespace) -> tuple[str, dict[str, Any], dict[str, A
 
 
 def _run(args: argparse.Namespace) -> int:
-    from rlad_megatron.data.prompt_dataset import DatasetError
-    from rlad_megatron.eval.runner import run_eval
-
     try:
         task, task_options, template_kwargs, truncated = _scoring(args)
         engine_options = _parse_options(args.engine_option, "--engine-option")
-        report = run_eval(args.model, task, args.data, args.k, args.out, max_prompt_tokens=args.max_prompt_tokens,
+        report = runner.run_eval(args.model, task, args.data, args.k, args.out, max_prompt_tokens=args.max_prompt_tokens,
                           max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed,
                           limit=args.limit, bad_rows=args.bad_rows, task_options=task_options,
                           engine_options=engine_options, chat_template_kwargs=template_kwargs,

@@ -5,25 +5,25 @@ What ``rlad-megatron eval`` calls. vLLM is imported only inside :func:`run_eval`
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Any, Mapping
 
+from rlad_megatron.config.engine import VLLMEngineConfig
 from rlad_megatron.data.prompt_dataset import load_prompt_dataset
 from rlad_megatron.tasks.registry import get_task
 from rlad_megatron.eval.evaluate import DEFAULT_TEMPERATURE, DEFAULT_TOP_P, evaluate
 from rlad_megatron.eval.report import EvalReport
 from rlad_megatron.engine_api import SamplingSettings
+from rlad_megatron.models.folder_check import check_model_folder
+from rlad_megatron.models.stop_tokens import stop_token_ids
 
 
 DEFAULT_MAX_TOKENS = 512
 
 
 def engine_config_fields() -> list[str]:
-    import dataclasses
-
-    from rlad_megatron.config.engine import VLLMEngineConfig
-
     return [f.name for f in dataclasses.fields(VLLMEngineConfig)]
 
 
@@ -81,11 +81,7 @@ def run_eval(model_dir: str, task_name: str, data_file: str, k: int, out_dir: st
     Generation stops at every stop token of the checkpoint (eos, generation-config eos list, end of turn).
     ``max_tokens`` None: 512, or less when the model's context length leaves less room after the longest prompt.
     """
-    from transformers import AutoTokenizer
-
-    from rlad_megatron.config.engine import VLLMEngineConfig
-
-    from rlad_megatron.models.folder_check import check_model_folder
+    from transformers import AutoTokenizer  # lazy: transformers is heavy (seconds)
 
     # Everything a user can get wrong is checked before anything is written to out_dir or an engine starts.
     if truncated not in ("zero", "reward"):
@@ -111,7 +107,6 @@ def run_eval(model_dir: str, task_name: str, data_file: str, k: int, out_dir: st
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "data_report.json"), "w", encoding="utf-8") as fh:
         json.dump(dataset.report.as_dict(), fh, indent=2)
-    from rlad_megatron.models.stop_tokens import stop_token_ids
 
     sampling = SamplingSettings(n=k, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
                                 stop_token_ids=stop_token_ids(tokenizer, [model_dir], chat_template_kwargs),

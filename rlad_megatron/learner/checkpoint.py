@@ -18,6 +18,8 @@ from typing import Any, Sequence
 import torch
 import torch.distributed as dist
 
+from rlad_megatron.compat.megatron_cpu import prepare_optimizer_for_load
+
 OPTIMIZER_METADATA = {"distrib_optim_sharding_type": "fully_reshardable"}
 
 
@@ -44,8 +46,6 @@ def _sharded_state(model_chunks: Sequence[torch.nn.Module], optimizer: Any, *, l
         state[_model_key(i, len(model_chunks))] = unwrap(chunk).sharded_state_dict()
     if optimizer is not None:
         if loading:
-            from rlad_megatron.compat.megatron_cpu import prepare_optimizer_for_load
-
             prepare_optimizer_for_load(optimizer)
         model_state = {k: v for k, v in state.items() if k.startswith("model")}
         flat_model_state: dict[str, Any] = {}
@@ -62,7 +62,7 @@ def save_checkpoint(path: str | Path, model_chunks: Sequence[torch.nn.Module], o
 
     Refuses to overwrite: callers keep one folder per step and point to the newest with ``write_latest``.
     """
-    from megatron.core import dist_checkpointing
+    from megatron.core import dist_checkpointing  # lazy: megatron-core is heavy (seconds)
 
     final = Path(path)
     if final.exists():
@@ -87,7 +87,7 @@ def load_checkpoint(
     path: str | Path, model_chunks: Sequence[torch.nn.Module], optimizer: Any = None
 ) -> None:
     """Load model (and optimizer) state saved by ``save_checkpoint`` at any TP/PP/DP layout. Collective."""
-    from megatron.core import dist_checkpointing
+    from megatron.core import dist_checkpointing  # lazy: megatron-core is heavy (seconds)
 
     path = Path(path)
     if not (path / "metadata.json").exists():

@@ -52,7 +52,7 @@ def restarting_positions(lengths: list[int], width: int) -> torch.Tensor:
 
 def thd_params(lengths: list[int], width: int):
     """Megatron's ``PackedSeqParams`` for THD attention over one packed row of ``width`` tokens."""
-    from megatron.core.packed_seq_params import PackedSeqParams
+    from megatron.core.packed_seq_params import PackedSeqParams  # lazy: megatron-core is heavy (seconds)
 
     bounds = [0]
     for n in lengths:

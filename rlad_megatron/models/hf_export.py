@@ -17,9 +17,10 @@ from typing import Iterable, Iterator
 
 import torch
 import torch.distributed as dist
+from safetensors.torch import save_file
 
 from rlad_megatron.device import rank_device
-from rlad_megatron.models.hf_config import ModelArch
+from rlad_megatron.models.hf_config import SUPPORTED_FAMILIES, ModelArch
 from rlad_megatron.models.name_map import HFGroup, hf_groups, hf_shapes, megatron_full_to_hf, owned_params
 
 #: Tokenizer and generation files copied next to an export when ``tokenizer_dir`` is given.
@@ -31,7 +32,7 @@ TOKENIZER_FILES = (
 
 def _gather_tp(shard: torch.Tensor, group: HFGroup, *, dst_only: bool) -> list[torch.Tensor] | None:
     """All TP shards of ``group`` (index = TP rank) on every TP rank, or only on TP rank 0 with ``dst_only``."""
-    from megatron.core import parallel_state as ps
+    from megatron.core import parallel_state as ps  # lazy: megatron-core is heavy (seconds)
 
     tp_size = ps.get_tensor_model_parallel_world_size()
     if group.tp_dim is None or tp_size == 1:
@@ -59,7 +60,7 @@ def iter_hf_tensors(
     data-parallel replica holding experts of this one calls it (each replica's first rank yields). Order: :func:`rlad_megatron.models.name_map.hf_groups` (embeddings, layers in order, norm, head).
     The yielded tensors are fresh (not views of parameters); drop each before asking for the next.
     """
-    from megatron.core import parallel_state as ps
+    from megatron.core import parallel_state as ps  # lazy: megatron-core is heavy (seconds)
 
     chunks = list(model_chunks)
     owned = owned_params(chunks, arch)
@@ -105,7 +106,7 @@ def iter_hf_tensors(
 
 
 def _expert_parallel_size(arch: ModelArch) -> int:
-    from megatron.core import parallel_state as ps
+    from megatron.core import parallel_state as ps  # lazy: megatron-core is heavy (seconds)
 
     return ps.get_expert_model_parallel_world_size() if arch.is_moe else 1
 
@@ -114,7 +115,7 @@ def _broadcast_expert(group: HFGroup, shard: torch.Tensor | None, arch: ModelArc
                       ep_size: int) -> list[torch.Tensor]:
     """A routed expert's HF tensors on every rank of the expert-parallel group, from the EP rank that holds it
     (experts are not tensor-parallel, so the shard is the whole Megatron tensor)."""
-    from megatron.core import parallel_state as ps
+    from megatron.core import parallel_state as ps  # lazy: megatron-core is heavy (seconds)
 
     ep_group = ps.get_expert_model_parallel_group()
     owner = group.expert // (arch.num_experts // ep_size)
@@ -130,7 +131,7 @@ def _broadcast_expert(group: HFGroup, shard: torch.Tensor | None, arch: ModelArc
 def _move_over_pipeline(group, tensors, shapes, dtype, src, pp_group, *, dst_only):
     """Broadcast the HF tensors from stage ``src`` to every stage, or (``dst_only``) send them to stage 0's TP
     rank 0. Returns the tensors on ranks that have them afterwards, else None."""
-    from megatron.core import parallel_state as ps
+    from megatron.core import parallel_state as ps  # lazy: megatron-core is heavy (seconds)
 
     pp_rank, tp_rank = ps.get_pipeline_model_parallel_rank(), ps.get_tensor_model_parallel_rank()
     if not dst_only:
@@ -173,8 +174,7 @@ def export_hf_checkpoint(
     written tensors. Returns ``Path(out_dir)`` on the writing rank,
     None elsewhere. Memory on the writer: one shard file's worth of tensors (``max_shard_bytes``) at most.
     """
-    from megatron.core import parallel_state as ps
-    from safetensors.torch import save_file
+    from megatron.core import parallel_state as ps  # lazy: megatron-core is heavy (seconds)
 
     final = Path(out_dir)
     # Written into a hidden sibling and renamed into place complete: a crash never leaves half a model at
@@ -271,8 +271,6 @@ def _finish(out: Path, files: list[list[str]], total: int, arch: ModelArch, toke
 
 
 def _minimal_config(arch: ModelArch) -> dict:
-    from rlad_megatron.models.hf_config import SUPPORTED_FAMILIES
-
     rope = {"rope_type": "default", **(arch.rope_scaling or {}), "rope_theta": arch.rope_theta}
     return {
         "architectures": [SUPPORTED_FAMILIES[arch.family]], "model_type": arch.family,

@@ -6,9 +6,11 @@ from typing import Any
 
 import torch
 
+from rlad_megatron.device import rank_device
 from rlad_megatron.learner.batching import MicroBatching
 from rlad_megatron.learner.policy import MegatronPolicy
 from rlad_megatron.learner.sequences import SequenceBatch
+from rlad_megatron.models import load_teacher
 from rlad_megatron.teacher.base import Teacher
 
 
@@ -63,8 +65,6 @@ class MegatronTeacher(Teacher):
         self.batching = batching
         self.offload: HostOffload | None = None
         if offload:
-            from rlad_megatron.device import rank_device
-
             self.offload = HostOffload(policy.chunks, rank_device())
             self.offload.to_host()
 
@@ -75,8 +75,6 @@ class MegatronTeacher(Teacher):
         """This rank's shard of the Hugging Face model in ``hf_dir``, frozen. With ``student_dir``, the tokenizers
         are checked to be compatible first. ``model_overrides`` go to the model's ``TransformerConfig``
         (``sequence_parallel``, uneven pipeline stages, ...)."""
-        from rlad_megatron.models import load_teacher
-
         chunks, arch = load_teacher(hf_dir, student_dir=student_dir, params_dtype=params_dtype, **model_overrides)
         return cls(MegatronPolicy(chunks, arch.vocab_size), batching, offload=offload)
 

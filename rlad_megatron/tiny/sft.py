@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from rlad_megatron.models.stop_tokens import end_of_turn_token_id
+from rlad_megatron.models.stop_tokens import end_of_turn_token_id, stop_token_ids
 from rlad_megatron.tasks.base import Task
 
 
@@ -132,8 +132,6 @@ def train_sft(model: torch.nn.Module, tokenizer: Any, task: Task, records: Seque
 
 def _stop_ids(model: torch.nn.Module, tokenizer: Any,
               chat_template_kwargs: Mapping[str, Any] | None) -> tuple[int, ...]:
-    from rlad_megatron.models.stop_tokens import stop_token_ids
-
     config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     config_eos = [] if config_eos is None else config_eos if isinstance(config_eos, list) else [config_eos]
     return tuple(sorted(set(stop_token_ids(tokenizer, (), chat_template_kwargs)) | {int(i) for i in config_eos}))

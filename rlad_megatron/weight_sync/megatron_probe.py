@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import torch
 
+from rlad_megatron.device import rank_device
+from rlad_megatron.learner.expert_parallel import expert_parallel_group
+from rlad_megatron.logprobs import vocab_parallel_token_logprobs
 from rlad_megatron.weight_sync.verify import LearnerLogprobs
 
 
@@ -18,10 +21,7 @@ def megatron_token_logprobs(model_chunks: list[torch.nn.Module], vocab_size: int
     the log-prob of each next token from the ``[1, T, V/TP]`` logit shard, and the result is identical on all TP
     ranks. Columns at or beyond ``vocab_size`` (Megatron's TP padding) are excluded.
     """
-    from megatron.core import parallel_state as ps
-
-    from rlad_megatron.device import rank_device
-    from rlad_megatron.logprobs import vocab_parallel_token_logprobs
+    from megatron.core import parallel_state as ps  # lazy: megatron-core is heavy (seconds)
 
     if ps.get_pipeline_model_parallel_world_size() != 1 or len(model_chunks) != 1:
         raise ValueError(
@@ -29,7 +29,6 @@ def megatron_token_logprobs(model_chunks: list[torch.nn.Module], vocab_size: int
             "own learner_logprobs (built on its forward schedule) to SyncVerifier"
         )
     (model,) = model_chunks
-    from rlad_megatron.learner.expert_parallel import expert_parallel_group
 
     if expert_parallel_group(model_chunks) is not None:
         raise ValueError(

@@ -43,7 +43,7 @@ class ShmTensorGather:
     """Reusable gatherer (keeps its shared-memory regions between syncs). ``close()`` releases them."""
 
     def __init__(self, bucket_bytes: int = 128 << 20) -> None:
-        from megatron.core import parallel_state as ps
+        from megatron.core import parallel_state as ps  # lazy: megatron-core is heavy (seconds)
 
         if ps.get_pipeline_model_parallel_world_size() != 1:
             raise ValueError("ShmTensorGather supports PP=1 only; use gather='collective' with pipeline parallelism")

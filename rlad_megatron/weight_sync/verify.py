@@ -18,9 +18,14 @@ stopped on, unless asked.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Callable, Sequence
 
 import torch
+import torch.distributed as dist
+
+from rlad_megatron.engine_api import SamplingSettings
+from rlad_megatron.parallel import share_from_one
 
 LearnerLogprobs = Callable[[list[list[int]], list[int]], list[list[float]]]
 """``learner_logprobs(sequences, prompt_lens) -> per-token log-probs after each prompt`` (the learner's forward;
@@ -183,8 +188,6 @@ class SyncVerifier:
             return self.samples
         if isinstance(self.probe, ProbeBatch):
             return self.probe
-        from rlad_megatron.parallel import share_from_one
-        from rlad_megatron.engine_api import SamplingSettings
 
         batch = None
         if self.engine is not None:
@@ -198,10 +201,9 @@ class SyncVerifier:
     def _group(self):
         if self.group is not None:
             return self.group
-        import torch.distributed as dist
 
         if dist.is_available() and dist.is_initialized():
-            from megatron.core import parallel_state as ps
+            from megatron.core import parallel_state as ps  # lazy: megatron-core is heavy (seconds)
 
             if ps.model_parallel_is_initialized():
                 return ps.get_model_parallel_group()
@@ -243,8 +245,6 @@ class SyncVerifier:
                 "rollout.max_logprob_mismatch / rollout.mean_logprob_mismatch"
             )
         if not within:
-            import logging
-
             logging.getLogger(__name__).warning(
                 "sync %d: engine/learner |log-prob diff| mean %.3e max %.3e beyond the %s tolerance (mean %.1e, max "
                 "%.1e); reported, not stopped (rollout.mismatch_stops_fp8)", expected_version, stats["mean_abs"],

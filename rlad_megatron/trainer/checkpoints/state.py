@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+from safetensors.torch import load_file, save_file
 
 from rlad_megatron import checkpoint_files as ckf
 from rlad_megatron.convert import ARCH_FILE, META_FILE
@@ -195,7 +196,6 @@ def save_trainer_checkpoint(root: Path, step: int, model_chunks, optimizer, trai
         tensors: dict[str, torch.Tensor] = {}
         state = split_tensors(dict(trainer_state, step=step, rng=dataclasses.asdict(RngState.capture())), tensors)
         if tensors:  # fsynced with every other file by _digest_share
-            from safetensors.torch import save_file
 
             save_file(tensors, str(tmp / f"trainer_rank{rank}.safetensors"))
         ckf.write_text_durably(tmp / f"trainer_rank{rank}.json", json.dumps(state))
@@ -282,8 +282,6 @@ def load_trainer_checkpoint(folder: Path, model_chunks, optimizer) -> dict[str, 
     state = json.loads((folder / f"trainer_rank{source}.json").read_text())
     tensor_file = folder / f"trainer_rank{source}.safetensors"
     if tensor_file.exists():
-        from safetensors.torch import load_file
-
         state = join_tensors(state, load_file(str(tensor_file)))
     RngState(**state.pop("rng")).restore()
     return state

@@ -26,10 +26,13 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
+from tqdm import tqdm
+
 from rlad_megatron.config import WandbConfig
 from rlad_megatron.console import console_stream
 from rlad_megatron.trainer.observability.metrics_file import METRICS_FILE, read_metrics, truncate_metrics  # noqa: F401
 from rlad_megatron.trainer.observability.plots import PANELS, Panel, plot_curves
+from rlad_megatron.trainer.observability.wandb_log import WandbRun
 
 TB_DIR = "tb"
 CURVES_FILE = "curves.png"
@@ -106,16 +109,13 @@ class MetricsLogger:
             self.metrics_path.unlink()  # a fresh run: the file reads as this run only
         self._file = open(self.metrics_path, "a", encoding="utf-8")
 
-        from torch.utils.tensorboard import SummaryWriter
-        from tqdm import tqdm
+        from torch.utils.tensorboard import SummaryWriter  # lazy: TensorBoard only for an enabled logger
 
         # purge_step hides events at steps >= purge_step that an earlier (crashed) run wrote to the same directory.
         self._writer = SummaryWriter(log_dir=str(self.tb_dir), purge_step=start_step + 1)
         self._bar = tqdm(total=total_steps, initial=start_step, file=console_stream(), unit="step", dynamic_ncols=True,
                          desc="train", smoothing=0.3)
         if wandb is not None and wandb.enabled:
-            from rlad_megatron.trainer.observability.wandb_log import WandbRun
-
             self._wandb = WandbRun.start(wandb, run_config or {}, self.output_dir, start_step=start_step)
         if dropped:
             self.note(f"resume: dropped {dropped} metrics lines logged after step {start_step}")
@@ -157,7 +157,6 @@ class MetricsLogger:
         breaking the progress bar."""
         if not self.enabled:
             return
-        from tqdm import tqdm
 
         tqdm.write(text, file=console_stream())
 

@@ -7,14 +7,15 @@ from typing import Any
 import torch.distributed as dist
 
 from rlad_megatron.config import RunConfig
+from rlad_megatron.data.prompt_dataset import load_prompt_dataset
 from rlad_megatron.engine_api import SamplingSettings
+from rlad_megatron.eval.evaluate import evaluate
 
 
 def load_eval_examples(config: RunConfig, task: Any, tokenizer: Any) -> list | None:
     """The evaluation prompts (validated and length-filtered like the training ones), or None without eval files."""
     if not config.data.eval_files:
         return None
-    from rlad_megatron.data.prompt_dataset import load_prompt_dataset
 
     dataset = load_prompt_dataset(config.data.eval_files, task, tokenizer, config.data.max_prompt_tokens,
                                   bad_rows=config.data.bad_rows,
@@ -33,8 +34,6 @@ def evaluate_now(config: RunConfig, engine: Any, task: Any, tokenizer: Any, exam
     metrics: dict[str, float] | None = None
     shards = engine.config.tensor_parallel_size if getattr(engine, "sharded", False) else 1
     if dist.get_rank() < shards and examples:
-        from rlad_megatron.eval.evaluate import evaluate
-
         t = config.trainer
         sampling = SamplingSettings(n=t.eval_samples, temperature=t.eval_temperature, top_p=t.eval_top_p,
                                     max_tokens=config.rollout.max_new_tokens,

@@ -92,10 +92,10 @@ def stacked_rows(series: dict[str, tuple[list[int], list[float]]], keys: Sequenc
 
 def build_figure(metrics_jsonl: Path, panels: Sequence[Panel] = PANELS) -> Any:
     """The matplotlib figure of :func:`plot_curves` (one axis per panel with data, titled like the panel)."""
-    import matplotlib
+    import matplotlib  # lazy: matplotlib only when drawing
 
     matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: matplotlib only when drawing
 
     all_keys = [k for p in panels for k in p.keys]
     series = read_series(Path(metrics_jsonl), all_keys)
@@ -142,7 +142,7 @@ def plot_curves(metrics_jsonl: Path, png: Path, panels: Sequence[Panel] = PANELS
     When the file holds none of the keys the figure says so (the file is still written, so that a run always
     leaves a curves image behind).
     """
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: matplotlib only when drawing
 
     fig = build_figure(metrics_jsonl, panels)
     png = Path(png)

