@@ -31,6 +31,14 @@ def _train(args: argparse.Namespace) -> int:
         if os.environ.get("RANK", "0") == "0":
             print(f"rlad-megatron train: {err}", file=sys.stderr)
         return 2
+    from rlad_megatron.data.check import check_data_files
+
+    problems = check_data_files(config.data)  # the data files' first rows, before any model or process group
+    if problems:
+        if os.environ.get("RANK", "0") == "0":
+            for problem in problems:
+                print(f"rlad-megatron train: {problem}", file=sys.stderr)
+        return 2
 
     rank0 = os.environ.get("RANK", "0") == "0"  # torchrun's global rank; the process group does not exist yet
     try:
