@@ -1,4 +1,4 @@
-"""``rlad-megatron train | eval | convert | config``.
+"""``rlad-megatron train | eval | convert | config | data``.
 
     torchrun --nproc-per-node 2 -m rlad_megatron.cli train --config configs/quickstart.yaml trainer.steps=20
 """
@@ -81,11 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("overrides", nargs="*", help="dotted overrides, e.g. loss.alpha=0.3 trainer.steps=20")
     train.set_defaults(func=_train)
     from rlad_megatron import config_cli, convert
+    from rlad_megatron.data import cli as data_cli
     from rlad_megatron.eval import cli as eval_cli
 
     convert.register(sub)
     eval_cli.register(sub)
     config_cli.register(sub)
+    data_cli.register(sub)
     return parser
 
 

@@ -1,7 +1,7 @@
 """Where prompt rows come from: a local file, a local dataset folder, or a hub dataset, read through ``datasets``.
 
 A *source* is one of
-- a file: ``.jsonl`` / ``.json`` / ``.parquet`` / ``.arrow`` (read whole: a file is its own split);
+- a file: ``.jsonl`` / ``.json`` / ``.parquet`` / ``.arrow`` / ``.csv`` (read whole: a file is its own split);
 - a folder written by ``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk`` (``load_from_disk``; a DatasetDict
   gives its ``split``), or any other dataset folder ``load_dataset(folder, split=...)`` reads (e.g. a hub dataset
   downloaded with ``hf download ORG/NAME --repo-type dataset --local-dir DIR``, with ``data/train-*.parquet`` and
@@ -19,7 +19,7 @@ import os
 from typing import Any, Iterator
 
 HUB_PREFIX = "hub:"
-BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".arrow": "arrow"}
+BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".arrow": "arrow", ".csv": "csv"}
 
 
 class DatasetError(ValueError):

@@ -104,45 +104,45 @@ def reference_file(value: str) -> str | None:
     return target if target.endswith(".py") else None
 
 
-def check_task_reference(value: str) -> str | None:
-    """Why ``value`` cannot be ``data.task`` (one line naming it), or None when it is a known task, or a reference
+def check_task_reference(value: str, key: str = "data.task") -> str | None:
+    """Why ``value`` cannot be ``data.task`` (or the setting ``key``; one line naming it), or None when it is a known task, or a reference
     whose module or file is found and defines the attribute at its top level.
 
     Pure-ish: imports only the parent packages of a dotted module (to find it); a module's or file's source is
     parsed, never run. A relative file path is taken from the working directory (a config file's are made absolute
     against its folder when it is loaded: ``rlad_megatron/config_paths.py``)."""
     if not isinstance(value, str) or not value:
-        return "data.task: give a task name (" + ", ".join(task_names()) + ") or 'module:attribute'"
+        return f"{key}: give a task name (" + ", ".join(task_names()) + ") or 'module:attribute'"
     if not is_reference(value):
         if value in BUILTIN_TASKS or value in _REGISTERED:
             return None
-        return (f"data.task={value!r} is not a registered task; choose one of {', '.join(task_names())}, or name "
+        return (f"{key}={value!r} is not a registered task; choose one of {', '.join(task_names())}, or name "
                 "your own code: 'my_pkg.rewards:my_reward' or 'path/to/my_reward.py:my_reward'")
     target, _, attr = value.rpartition(":")
     if not attr.isidentifier():
-        return f"data.task={value!r}: {attr!r} after the last ':' is not a Python name"
+        return f"{key}={value!r}: {attr!r} after the last ':' is not a Python name"
     if target.endswith(".py"):
         path = os.path.abspath(os.path.expanduser(target))
         if not os.path.isfile(path):
-            return f"data.task={value!r}: no such file {path}"
+            return f"{key}={value!r}: no such file {path}"
         clash = _module_clash(path)
         if clash:
-            return f"data.task={value!r}: {clash}"
+            return f"{key}={value!r}: {clash}"
         origin: str | None = path
     else:
         if not target or not all(part.isidentifier() for part in target.split(".")):
-            return f"data.task={value!r}: {target!r} is neither a module name nor a .py file"
+            return f"{key}={value!r}: {target!r} is neither a module name nor a .py file"
         why = ""
         try:
             spec = importlib.util.find_spec(target)
         except (ImportError, ValueError) as err:
             spec, why = None, f" ({type(err).__name__}: {err})"
         if spec is None:
-            return (f"data.task={value!r}: module {target!r} is not importable here{why}; put its folder on "
+            return (f"{key}={value!r}: module {target!r} is not importable here{why}; put its folder on "
                     f"PYTHONPATH (the job's too), or name the file: 'path/to/file.py:{attr}'")
         origin = spec.origin if spec.origin and spec.origin.endswith(".py") else None
     if origin is not None and attr not in _top_level_names(origin):
-        return f"data.task={value!r}: {origin} defines no top-level {attr!r}"
+        return f"{key}={value!r}: {origin} defines no top-level {attr!r}"
     return None
 
 
