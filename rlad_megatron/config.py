@@ -265,7 +265,7 @@ class DataConfig:
     'my_pkg.rewards:MyTask' (a Task subclass) or 'my_reward.py:my_reward' (a reward function, relative to this
     file's folder; docs/tasks_and_data.md)."""
     train_files: list[str] = field(default_factory=list)
-    """jsonl/json/parquet/arrow files, dataset folders (save_to_disk or hub layout), or hub:ORG/NAME[:CONFIG].
+    """jsonl/json/parquet/arrow/csv files, dataset folders (save_to_disk or hub layout), or hub:ORG/NAME[:CONFIG].
     Relative paths are taken from the config file's folder (from the working directory on the command line)."""
     eval_files: list[str] = field(default_factory=list)
     """Held-out files of the periodic evaluation (see trainer.eval_every); empty: no evaluation."""
@@ -309,7 +309,7 @@ class DataConfig:
             raise ConfigError("data.split / data.eval_split: give a split name, e.g. train or test")
         from rlad_megatron.tasks.registry import check_task_reference
 
-        problem = check_task_reference(self.task)
+        problem = check_task_reference(self.task, resolve=False)  # its code is found where the job runs
         if problem:
             raise ConfigError(problem)
 

@@ -104,13 +104,16 @@ def reference_file(value: str) -> str | None:
     return target if target.endswith(".py") else None
 
 
-def check_task_reference(value: str, key: str = "data.task") -> str | None:
-    """Why ``value`` cannot be ``data.task`` (or the setting ``key``; one line naming it), or None when it is a known task, or a reference
-    whose module or file is found and defines the attribute at its top level.
+def check_task_reference(value: str, key: str = "data.task", resolve: bool = True) -> str | None:
+    """Why ``value`` cannot be ``data.task`` (or the setting ``key``; one line naming it), or None when it is a
+    known task, or a reference whose module or file is found and defines the attribute at its top level.
 
-    Pure-ish: imports only the parent packages of a dotted module (to find it); a module's or file's source is
-    parsed, never run. A relative file path is taken from the working directory (a config file's are made absolute
-    against its folder when it is loaded: ``rlad_megatron/config_paths.py``)."""
+    ``resolve=False`` checks the form only (a known name, or ``TARGET:ATTRIBUTE`` with a module name or a ``.py``
+    path): what config validation does, since the code may exist only where the job runs (a container, the job's
+    PYTHONPATH). ``resolve=True`` (job start, ``rlad-megatron data check``, eval) is pure-ish: it imports only the
+    parent packages of a dotted module (to find it); a module's or file's source is parsed, never run. A relative
+    file path is taken from the working directory (a config file's are made absolute against its folder when it is
+    loaded: ``rlad_megatron/config_paths.py``)."""
     if not isinstance(value, str) or not value:
         return f"{key}: give a task name (" + ", ".join(task_names()) + ") or 'module:attribute'"
     if not is_reference(value):
@@ -123,6 +126,8 @@ def check_task_reference(value: str, key: str = "data.task") -> str | None:
         return f"{key}={value!r}: {attr!r} after the last ':' is not a Python name"
     if target.endswith(".py"):
         path = os.path.abspath(os.path.expanduser(target))
+        if not resolve:
+            return None
         if not os.path.isfile(path):
             return f"{key}={value!r}: no such file {path}"
         clash = _module_clash(path)
@@ -132,6 +137,8 @@ def check_task_reference(value: str, key: str = "data.task") -> str | None:
     else:
         if not target or not all(part.isidentifier() for part in target.split(".")):
             return f"{key}={value!r}: {target!r} is neither a module name nor a .py file"
+        if not resolve:
+            return None
         why = ""
         try:
             spec = importlib.util.find_spec(target)

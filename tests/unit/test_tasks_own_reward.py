@@ -91,14 +91,30 @@ def test_references_are_checked_without_running_them(tmp_path, rewards_file) -> 
         assert problem is not None and problem.startswith(f"data.task={value!r}") and message in problem, problem
 
 
-def test_a_bad_reference_in_a_config_is_one_clear_error(tmp_path) -> None:
+def test_a_bad_reference_is_one_clear_error_at_config_time_or_job_start(tmp_path, capsys) -> None:
+    """The config checks the reference's form (its code may exist only where the job runs); train checks that it
+    resolves before any model loads, with the data."""
     config = tmp_path / "run.yaml"
-    config.write_text("model: {student: s}\nloss: {algorithm: grpo}\ndata: {task: ./my_reward.py:score, train_files: [t.jsonl]}\n")
-    with pytest.raises(ConfigError, match=rf"^data\.task='{tmp_path}/my_reward\.py:score': no such file "
-                                          rf"{tmp_path}/my_reward\.py$"):
-        load_run_config(config)
-    (tmp_path / "my_reward.py").write_text("def score(completion, answer, record):\n    return 1.0\n")
-    assert load_run_config(config).data.task == f"{tmp_path}/my_reward.py:score"  # from the config's folder
+    config.write_text("model: {student: s}\nloss: {algorithm: grpo}\n"
+                      "data: {task: ./my_reward.py:score, train_files: [t.jsonl]}\n")
+    loaded = load_run_config(config)
+    assert loaded.data.task == f"{tmp_path}/my_reward.py:score"  # from the config file's folder
+    assert check_task_reference(loaded.data.task) == (f"data.task='{tmp_path}/my_reward.py:score': no such file "
+                                                      f"{tmp_path}/my_reward.py")
+    with pytest.raises(ConfigError, match=r"data\.task='.*/my_reward\.py:1st': '1st' after the last ':' is not a "):
+        load_run_config(config, ["data.task=my_reward.py:1st"])
+    from rlad_megatron.tiny.hf_model import make_tiny_hf_model
+
+    model = make_tiny_hf_model(tmp_path / "s", hidden_size=32, intermediate_size=64, num_heads=2, num_kv_heads=2)
+    (tmp_path / "t.jsonl").write_text('{"prompt": "1+1=", "answer": "2"}\n')
+    from rlad_megatron.cli import main
+
+    capsys.readouterr()  # the model writer's progress bar
+
+    assert main(["train", "--config", str(config), f"model.student={model}", f"trainer.output_dir={tmp_path}/o"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"rlad-megatron train: data.task='{tmp_path}/my_reward.py:score': no such file "
+                   f"{tmp_path}/my_reward.py"]
 
 
 def test_reward_function_becomes_a_task(rewards_file) -> None:
