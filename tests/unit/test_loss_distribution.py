@@ -187,3 +187,23 @@ def test_logprobs_at_ids_input_errors():
         vocab_parallel_logprobs_at(logits, torch.zeros(2, 5, 3, dtype=torch.long), lse[0])
     with pytest.raises(ValueError, match="integer"):
         vocab_parallel_logprobs_at(logits, torch.zeros(2, 5, 3), lse)
+
+
+def test_memory_bench_small(capsys):
+    """bench/topk_memory.py at a small size: the transport arithmetic of the issue (512 B vs 607,744 B per token at
+    k = 64, V = 151,936), and the top-k loss's peak extra memory well below the full-vocabulary KL's."""
+    import sys
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[2] / "bench"
+    sys.path.insert(0, str(bench))
+    try:
+        import topk_memory
+    finally:
+        sys.path.remove(str(bench))
+    assert topk_memory.transport_bytes_per_token(64, 151_936) == (512, 607_744)
+    topk_memory.main(["--tokens", "256", "--vocab", "16384", "--k", "16"])  # 4 float32 chunks of the backward
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    ratios = dict(item.split("=") for item in last.split(": ", 1)[1].split())
+    assert float(ratios["transport_ratio"]) == 16384 * 4 / (16 * 8)
+    assert float(ratios["loss_mem_ratio"]) < 0.5
