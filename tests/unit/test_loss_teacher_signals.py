@@ -313,3 +313,21 @@ def test_required_inputs_of_the_new_settings():
                                       teacher_trust="gate")) == base | {
         "teacher_logprobs", "student_topk_logprobs", "teacher_topk_logprobs", "teacher_pass_rate"}
     assert "student_topk_logprobs" not in required_inputs(LossConfig())  # defaults: nothing new
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["loss.algorithm=grpo", "loss.topk_kl=reverse", "loss.topk_beta=0.1"], "loss.topk_beta / loss.kd_estimator=topk"),
+    (["loss.algorithm=kdrl", "loss.kd_estimator=topk", "loss.topk_kl=reverse"], "loss.kd_estimator=topk"),
+    (["loss.teacher_trust=gate"], r"^loss.teacher_trust: the trainer does not provide \['teacher_pass_rate'\]"),
+    (["loss.topk_kl=forward"], "has no effect"),
+])
+def test_run_config_refuses_what_the_trainer_does_not_provide_yet(overrides, message):
+    from rlad_megatron.config import ConfigError, load_run_config
+    from rlad_megatron.config_docs import iter_keys
+
+    base = ["model.student=/s", "model.teacher=/t", "data.train_files=a.jsonl"]
+    with pytest.raises(ConfigError, match=message):
+        load_run_config(None, base + overrides)
+    documented = {d.key for d in iter_keys() if d.doc}
+    assert {"loss.topk_kl", "loss.topk_k", "loss.topk_beta", "loss.teacher_trust",
+            "loss.teacher_trust_threshold"} <= documented
