@@ -7,7 +7,9 @@
 3. Student: a smaller Llama warm-started on the correct references, briefly.
 4. Accuracy of both on the test prompts, greedy and sampled (temperature 1, ``--samples`` per prompt), per subset
    (``plain`` / ``carry``).
-5. The offline-distillation probe: sample the teacher on training prompts (temperature 1), keep the samples the
+5. TRRD's mechanism on the ``carry`` subset: the teacher's and the student's log-prob of the correct answer's first
+   digit, and how often their log-ratio exceeds the clamp (there the teacher blocks a correct response's update).
+6. The offline-distillation probe: sample the teacher on training prompts (temperature 1), keep the samples the
    verifier accepts, train the student on them with the RL runs' budget (steps x batch, lr), and measure again: does
    SFT on filtered teacher samples already win everywhere, or does it leave the ``carry`` subset where it was?
 
@@ -99,6 +101,23 @@ def _teacher_samples(model: Any, tok: Any, task: Any, records: list[dict], max_n
     return kept
 
 
+def _answer_digit_logprobs(model: Any, tok: Any, task: Any, records: list[dict]) -> list[float]:
+    """Log-prob of the first answer digit (right after ``#### ``) of the CORRECT completion, teacher-forced."""
+    import torch
+
+    out = []
+    for r in records:
+        prompt = task.encode_prompt(task.build_prompt(r, tok), tok)
+        text = task.reference_completion(r)
+        cut = text.index("#### ") + len("#### ")
+        prefix = tok(text[:cut], add_special_tokens=False)["input_ids"]
+        digit = tok(text[cut], add_special_tokens=False)["input_ids"][0]
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([prompt + prefix])).logits[0, -1].float()
+        out.append(float(torch.log_softmax(logits, -1)[digit]))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="outputs/carry_trap")
@@ -151,6 +170,18 @@ def main(argv: list[str] | None = None) -> int:
     results["student"] = _accuracy(student, tok, task, test, a.samples, a.max_new_tokens)
     log(f"student: {results['student']}")
 
+    # TRRD's mechanism on the carry subset: where the student likes the correct leading digit much more than the
+    # teacher (log-ratio above the clamp c = 1), the mixed ratio of a correct (A > 0) response is pushed above the
+    # clip and that token gets no gradient; the teacher blocks learning it. Measured at the student's start.
+    carry_test = [r for r in test if r["difficulty"] == "carry"]
+    t_digit = _answer_digit_logprobs(teacher, tok, task, carry_test)
+    s_digit = _answer_digit_logprobs(student, tok, task, carry_test)
+    blocked = sum(s - t > 1.0 for s, t in zip(s_digit, t_digit)) / len(carry_test)
+    results["carry_answer_digit"] = {"teacher_mean_logprob": sum(t_digit) / len(t_digit),
+                                     "student_mean_logprob": sum(s_digit) / len(s_digit),
+                                     "clamp_active_frac": blocked}
+    log(f"carry prompts, correct first answer digit: {results['carry_answer_digit']}")
+
     probe = train[: a.probe_prompts]
     kept = _teacher_samples(teacher, tok, task, probe, a.max_new_tokens)
     kept_carry = sum(r["difficulty"] == "carry" for r in kept)
@@ -172,6 +203,9 @@ def main(argv: list[str] | None = None) -> int:
         g, s = r["greedy_by_subset"], r["sampled_by_subset"]
         print(f"| {name} | {r['greedy']:.3f} | {g.get('plain', 0):.3f} | {g.get('carry', 0):.3f} | {r['sampled']:.3f} "
               f"| {s.get('plain', 0):.3f} | {s.get('carry', 0):.3f} |")
+    d = results["carry_answer_digit"]
+    print(f"\ncarry prompts, the correct answer's first digit: teacher log-prob {d['teacher_mean_logprob']:.2f}, student "
+          f"{d['student_mean_logprob']:.2f}; student - teacher > 1 (TRRD's clamp active) on {d['clamp_active_frac']:.3f}")
     return 0
 
 
