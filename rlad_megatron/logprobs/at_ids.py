@@ -72,7 +72,8 @@ class _LogprobsAt(torch.autograd.Function):
     def backward(ctx: Any, grad_out: Tensor):  # type: ignore[override]
         logits, local_idx, owned, lse = ctx.saved_tensors
         valid, chunk = ctx.valid, ctx.chunk
-        grad = torch.zeros_like(logits, memory_format=torch.contiguous_format)
+        grad = torch.empty_like(logits, memory_format=torch.contiguous_format)
+        grad[:, valid:] = 0  # TP padding columns
         if valid == 0:
             return grad, None, None, None, None, None, None
         g = grad_out.float()

@@ -1,7 +1,7 @@
-"""The top-k distillation path at TP=2 on gloo against TP=1: the teacher's top-k from its vocabulary shard
+"""The top-k distillation path at TP=2 and 4 on gloo against TP=1: the teacher's top-k from its vocabulary shard
 (``vocab_parallel_topk``), the student's log-sum-exp and log-probs at those ids from its shard
 (``vocab_parallel_logsumexp`` / ``vocab_parallel_logprobs_at``), the masked top-k KL; values and the gradient of the
-student's logits, fp32 and bf16, padded vocabulary. TP=1 runs the same code in one process; a plain full-vocabulary
+student's logits, fp32 and bf16 (the student's), padded vocabulary. TP=1 runs the same code in one process; a plain full-vocabulary
 reference checks both."""
 
 from __future__ import annotations
@@ -18,13 +18,14 @@ CASES = [  # (name, dtype, true vocab, direction)
     ("fp32-forward", torch.float32, PADDED_V, "forward"),
     ("fp32-padded-reverse", torch.float32, 41, "reverse"),
     ("bf16-reverse", torch.bfloat16, PADDED_V, "reverse"),
+    ("fp32-short-forward", torch.float32, 29, "forward"),  # at TP=4 the last shard (36..47) is all padding
 ]
 
 
 def _inputs(dtype: torch.dtype, seed: int):
     gen = torch.Generator().manual_seed(seed)
     student = (3 * torch.randn(B, T, PADDED_V, generator=gen)).to(dtype)
-    teacher = (3 * torch.randn(B, T, PADDED_V, generator=gen)).to(dtype)
+    teacher = 3 * torch.randn(B, T, PADDED_V, generator=gen)  # float32: no tied logits at the top-k boundary
     mask = torch.arange(T).unsqueeze(0) < torch.tensor([[T], [3]])
     g = torch.randn(B, T, generator=gen)
     return student, teacher, mask, g
@@ -72,22 +73,24 @@ def _reference(student, teacher, mask, g, vocab, direction):
     return kl.detach(), x.grad
 
 
-def test_topk_kl_tp2_matches_tp1_and_the_full_vocabulary_reference():
-    results = run_distributed(_rank_body, world_size=2, tp=2, timeout=180)
+@pytest.mark.parametrize("tp", [2, 4])
+def test_topk_kl_tp_matches_tp1_and_the_full_vocabulary_reference(tp):
+    results = run_distributed(_rank_body, world_size=tp, tp=tp, timeout=180)
     for i, (name, dtype, vocab, direction) in enumerate(CASES):
         student, teacher, mask, g = _inputs(dtype, seed=i)
         single = _topk_step(student, teacher, mask, g, vocab, direction, None)
         ref_kl, ref_grad = _reference(student, teacher, mask, g, vocab, direction)
         tp_grad = torch.cat([r[name]["grad"] for r in results], dim=-1)
         for rank, r in enumerate(results):
-            if dtype == torch.float32:  # bf16 logits may tie, and tied ids come in either order
-                assert torch.equal(r[name]["ids"], single["ids"]), f"{name} rank {rank}: top-k ids"
-            torch.testing.assert_close(r[name]["kl"], single["kl"], rtol=1e-5, atol=1e-6,
-                                       msg=f"{name} rank {rank}: TP=2 vs TP=1 KL")
+            assert torch.equal(r[name]["ids"], single["ids"]), f"{name} rank {rank}: top-k ids"
+            # the shards' log-sum-exp combine in another order than one device's: float32 rounding of the
+            # normaliser (~1e-6) moves the KL's float32 tail buckets by up to ~1e-5 relative
+            torch.testing.assert_close(r[name]["kl"], single["kl"], rtol=1e-4, atol=1e-5,
+                                       msg=lambda m: f"{name} rank {rank}: TP={tp} vs TP=1 KL: {m}")
         assert tp_grad.dtype == dtype and torch.all(tp_grad[..., vocab:] == 0), f"{name}: padding got gradient"
         assert torch.all(tp_grad[~mask] == 0), f"{name}: masked positions got gradient"
         tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=2 ** -7, atol=1e-5)
-        torch.testing.assert_close(tp_grad.float(), single["grad"].float(), **tol, msg=f"{name}: TP=2 vs TP=1 grad")
-        torch.testing.assert_close(single["kl"].double(), ref_kl, rtol=1e-4, atol=1e-5, msg=f"{name}: vs reference")
+        torch.testing.assert_close(tp_grad.float(), single["grad"].float(), **tol, msg=lambda m: f"{name}: TP={tp} vs TP=1 grad: {m}")
+        torch.testing.assert_close(single["kl"].double(), ref_kl, rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: vs reference: {m}")
         torch.testing.assert_close(single["grad"].double(), ref_grad, rtol=1e-3 if dtype == torch.float32 else 2e-2,
-                                   atol=5e-5 if dtype == torch.float32 else 1e-3, msg=f"{name}: grad vs reference")
+                                   atol=5e-5 if dtype == torch.float32 else 1e-3, msg=lambda m: f"{name}: grad vs reference: {m}")
