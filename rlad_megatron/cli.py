@@ -1,4 +1,4 @@
-"""``rlad-megatron train | eval | convert | config | data``.
+"""``rlad-megatron train | eval | teacher-trust | convert | config | data``.
 
     torchrun --nproc-per-node 2 -m rlad_megatron.cli train --config configs/quickstart.yaml trainer.steps=20
 """
@@ -83,9 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
     from rlad_megatron import config_cli, convert
     from rlad_megatron.data import cli as data_cli
     from rlad_megatron.eval import cli as eval_cli
+    from rlad_megatron.eval import teacher_trust
 
     convert.register(sub)
     eval_cli.register(sub)
+    teacher_trust.register(sub)
     config_cli.register(sub)
     data_cli.register(sub)
     return parser

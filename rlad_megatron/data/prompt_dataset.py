@@ -16,12 +16,19 @@ import os
 from collections import Counter
 from typing import Any, Mapping, Sequence
 
-from rlad_megatron.data.rows import row_to_record
+from rlad_megatron.data.rows import TEACHER_PASS_RATE, record_id, row_to_record
 from rlad_megatron.data.sources import DatasetError, load_raw_dataset, rows_of
 from rlad_megatron.tasks.base import RecordError, Task
 
-__all__ = ["DatasetError", "LoadReport", "PromptDataset", "PromptExample", "load_prompt_dataset",
-           "load_raw_dataset"]
+__all__ = ["DatasetError", "LoadReport", "PromptDataset", "PromptExample", "TEACHER_PASS_RATE", "id_stem",
+           "load_prompt_dataset", "load_raw_dataset", "record_id"]
+
+_rows = rows_of  # the name rlad_megatron.eval.teacher_trust imports
+
+
+def id_stem(source: str) -> str:
+    """The prefix of the ids derived for rows without one: the file's (or folder's, or hub name's) stem."""
+    return os.path.splitext(os.path.basename(source.rstrip("/")))[0]
 
 @dataclasses.dataclass(frozen=True)
 class PromptExample:
@@ -120,7 +127,7 @@ def load_prompt_dataset(source: str | Sequence[str], task: Task, tokenizer: Any,
     for name in sources:
         if limit is not None and len(examples) >= limit:
             break
-        stem = os.path.splitext(os.path.basename(name.rstrip("/")))[0]  # ids of rows without one: "<stem>-<row>"
+        stem = id_stem(name)  # ids of rows without one: "<stem>-<row>"
         rows, bad_utf8 = rows_of(load_raw_dataset(name, split=split, cache_dir=cache_dir))
         report.rows += len(rows)
         for i, row in enumerate(rows):

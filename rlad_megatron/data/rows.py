@@ -26,6 +26,10 @@ from rlad_megatron.tasks.base import RecordError, validate_record
 
 _MISSING = object()
 
+TEACHER_PASS_RATE = "teacher_pass_rate"
+"""Optional record field: the fraction of the teacher's own samples the verifier marks correct on this prompt
+(written by ``rlad-megatron teacher-trust``, read by ``loss.teacher_trust``); a number in [0, 1] when present."""
+
 
 def field_value(row: Mapping[str, Any], path: str) -> Any:
     """The value at ``path`` in ``row`` (a column, or a dotted path into nested mappings and lists); a missing
@@ -111,16 +115,34 @@ def prepare_row(row: Mapping[str, Any], fields: Mapping[str, str] | None = None)
     return rec
 
 
+def record_id(value: Any, default_id: str) -> Any:
+    """The id a record gets: its own (an int becomes a str), else ``default_id`` (``"<file stem>-<row>"``, stable
+    across loads)."""
+    if value is None:
+        return default_id
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+def _check_pass_rate(record: Mapping[str, Any]) -> None:
+    value = record.get(TEACHER_PASS_RATE)
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise RecordError(TEACHER_PASS_RATE, f"must be a number in [0, 1] (a fraction of correct teacher samples), "
+                                             f"got {value!r}")
+
+
 def row_to_record(task: Any, row: Mapping[str, Any], fields: Mapping[str, str] | None, default_id: str) -> dict:
     """The validated record of one dataset row for ``task`` (a :class:`rlad_megatron.tasks.base.Task`):
-    :func:`prepare_row`, ``task.to_record``, ``default_id`` when the layout has no id, ``task.schema``."""
+    :func:`prepare_row`, ``task.to_record``, ``default_id`` when the layout has no id, ``task.schema`` and the
+    optional ``teacher_pass_rate``."""
     record = task.to_record(prepare_row(row, fields))
-    if record.get("id") is None:  # the layout had no id: a stable one from the file and row
-        record["id"] = default_id
-    elif isinstance(record["id"], int) and not isinstance(record["id"], bool):
-        record["id"] = str(record["id"])
+    record["id"] = record_id(record.get("id"), default_id)
     try:
         validate_record(record, task.schema)
+        _check_pass_rate(record)
     except RecordError as err:
         if err.reason == "missing" and err.field not in row:
             columns = ", ".join(sorted(str(k) for k, v in row.items() if v is not None)) or "none"

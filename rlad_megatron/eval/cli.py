@@ -33,6 +33,27 @@ def _parse_options(items: list[str], flag: str) -> dict[str, Any]:
     return out
 
 
+def _scoring(args: argparse.Namespace) -> tuple[str, dict[str, Any], dict[str, Any], str]:
+    """(task, task options, chat template kwargs, truncated) of a one-task command (``teacher-trust``: ``--task``
+    one name): from ``--config`` (scored as that run trains) and the flags, which win."""
+    task, options, template, truncated = args.task, {}, {}, "zero"
+    if args.config:
+        from rlad_megatron.config import load_run_config
+        from rlad_megatron.tasks.registry import training_task_options
+
+        run = load_run_config(args.config)
+        task = task or run.data.task
+        if task == run.data.task:
+            options = training_task_options(task, run.data.task_options)
+        template = dict(run.data.chat_template_kwargs)
+        truncated = "reward" if run.rollout.truncated == "reward" else "zero"  # mask: cut-offs count as wrong
+    if not task:
+        raise ValueError("give --task (or --config with a run config naming data.task)")
+    options.update(_parse_options(args.task_option, "--task-option"))
+    template.update(_parse_options(args.chat_template_kwarg, "--chat-template-kwarg"))
+    return task, options, template, args.truncated or truncated
+
+
 def _pairs(items: list[str], flag: str) -> dict[str, str]:
     """``a=x,b=y`` (repeatable) as ``{"a": "x", "b": "y"}``."""
     out: dict[str, str] = {}
