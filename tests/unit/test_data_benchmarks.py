@@ -70,7 +70,8 @@ def test_the_cli_prepares_lists_and_names_what_is_wrong(tmp_path, capsys) -> Non
     assert f"gsm8k: 1 records -> {tmp_path}/o/gsm8k.jsonl" in capsys.readouterr().out
     assert main(["data", "prepare", "--list"]) == 0
     listing = capsys.readouterr().out
-    assert "gpqa_diamond  Idavidrein/gpqa (config gpqa_diamond, split train;" in listing and "multiple_choice" in listing
+    assert "gpqa_diamond  Idavidrein/gpqa (config gpqa_diamond, split train;" in listing
+    assert "-> task multiple_choice" in listing
     (tmp_path / "bad.jsonl").write_text(json.dumps({"problem": "p"}) + "\n")
     assert main(["data", "prepare", "math500", "--out", str(tmp_path / "o"), "--source",
                  str(tmp_path / "bad.jsonl")]) == 2
