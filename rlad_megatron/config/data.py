@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from rlad_megatron.config.validators import ConfigError, at_least, choice
-from rlad_megatron.tasks.registry import task_names
+from rlad_megatron.tasks.registry import check_task_reference
 
 BadRows = Literal["error", "skip"]
 
@@ -15,11 +15,21 @@ class DataConfig:
     """The task and its prompt files."""
 
     task: str = "arithmetic"
-    """Task name (``rlad_megatron.tasks.registry.task_names()``): 'arithmetic', 'knights_knaves', 'math', ..."""
+    """A built-in task ('arithmetic', 'knights_knaves', 'math', 'multiple_choice', ...) or your own code:
+    'my_pkg.rewards:MyTask' (a Task subclass) or 'my_reward.py:my_reward' (a reward function, relative to this
+    file's folder; docs/tasks_and_data.md)."""
     train_files: list[str] = field(default_factory=list)
-    """Local jsonl/parquet/arrow files, or one hub dataset name."""
+    """jsonl/json/parquet/arrow/csv files, dataset folders (save_to_disk or hub layout), or hub:ORG/NAME[:CONFIG].
+    Relative paths are taken from the config file's folder (from the working directory on the command line)."""
     eval_files: list[str] = field(default_factory=list)
     """Held-out files of the periodic evaluation (see trainer.eval_every); empty: no evaluation."""
+    fields: dict[str, str] = field(default_factory=dict)
+    """Column mapping {field: column or dotted path}, e.g. {prompt: question, answer: reward_model.ground_truth}:
+    the names the task reads, taken from your columns (the other columns stay on each record)."""
+    split: str = "train"
+    """Split of dataset folders and hub datasets in train_files (a file is read whole)."""
+    eval_split: str | None = None
+    """Split of dataset folders and hub datasets in eval_files; None: data.split."""
     prompts_per_step: int = 8
     """Prompts per rollout batch (global, over all data-parallel replicas)."""
     max_prompt_tokens: int = 128
@@ -43,6 +53,12 @@ class DataConfig:
             if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
                 raise ConfigError(f"data.{name}: expected a mapping of names to values, got {value!r}")
         at_least("data.max_prompt_tokens", self.max_prompt_tokens, 1)
-        if self.task not in task_names():
-            raise ConfigError(f"data.task={self.task!r} is not a registered task; choose one of "
-                              f"{', '.join(task_names())}")
+        for target, source in self.fields.items():
+            if not target or not source or not isinstance(source, str):
+                raise ConfigError(f"data.fields.{target}={source!r}: map a field name to a column name or dotted "
+                                  "path, e.g. {prompt: question, answer: reward_model.ground_truth}")
+        if not self.split or self.eval_split == "":
+            raise ConfigError("data.split / data.eval_split: give a split name, e.g. train or test")
+        problem = check_task_reference(self.task, resolve=False)  # its code is found where the job runs
+        if problem:
+            raise ConfigError(problem)

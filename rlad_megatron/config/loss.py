@@ -19,11 +19,17 @@ from rlad_megatron.config.validators import ConfigError, choice, greater_than, i
 Algorithm = Literal["rlad", "grpo", "kdrl", "sft"]
 Aggregation = Literal["seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"]
 KLEstimator = Literal["k1", "k2", "k3"]
+KDEstimator = Literal["k1", "k2", "k3", "topk"]
+TopkKL = Literal["none", "forward", "reverse"]
+TeacherTrust = Literal["none", "gate", "scale"]
 BetaSchedule = Literal["constant", "linear", "cosine"]
 
 ALGORITHMS: tuple[str, ...] = typing.get_args(Algorithm)
 AGGREGATIONS: tuple[str, ...] = typing.get_args(Aggregation)
 KL_ESTIMATORS: tuple[str, ...] = typing.get_args(KLEstimator)
+KD_ESTIMATORS: tuple[str, ...] = typing.get_args(KDEstimator)
+TOPK_KLS: tuple[str, ...] = typing.get_args(TopkKL)
+TEACHER_TRUSTS: tuple[str, ...] = typing.get_args(TeacherTrust)
 BETA_SCHEDULES: tuple[str, ...] = typing.get_args(BetaSchedule)
 
 
@@ -74,11 +80,32 @@ class LossConfig:
     kd_beta_schedule: BetaSchedule = "linear"
     """KDRL: how the weight moves from ``kd_beta`` to ``kd_beta_final`` with training progress."""
 
-    kd_estimator: KLEstimator = "k3"
-    """KDRL: per-token estimator of the reverse KL to the teacher."""
+    kd_estimator: KDEstimator = "k3"
+    """KDRL: per-token estimator of the reverse KL to the teacher on the sampled token (``k1``, ``k2``, ``k3``), or
+    ``topk``: the exact KL over the teacher's top-k tokens plus a tail bucket, in the direction ``topk_kl``."""
 
     kd_skip_correct: bool = False
     """KDRL: drop the KL term on responses the verifier marked correct (needs ``correct`` per response)."""
+
+    topk_kl: TopkKL = "none"
+    """Distribution term over the teacher's top-``topk_k`` tokens per position with a tail bucket for the rest of
+    the mass: ``none`` (off), ``forward`` (KL(teacher || student)) or ``reverse`` (KL(student || teacher)). It is
+    added to rlad/grpo/kdrl with weight ``topk_beta``, or is KDRL's penalty with ``kd_estimator=topk``."""
+
+    topk_k: int = 64
+    """Teacher tokens per position for ``topk_kl`` (the teacher sends ``topk_k`` ids and log-probs). >= 1."""
+
+    topk_beta: float = 0.0
+    """Weight of the top-k KL added to the policy loss (a KDRL-style auxiliary term); needs ``topk_kl``. >= 0."""
+
+    teacher_trust: TeacherTrust = "none"
+    """Lower the teacher's weight on prompts the teacher itself fails (per-prompt ``teacher_pass_rate`` from
+    ``rlad-megatron teacher-trust``): ``none``; ``gate`` (teacher off, i.e. plain GRPO for rlad, where the pass
+    rate is below ``teacher_trust_threshold``); ``scale`` (weight ``min(1, pass_rate / threshold)``). Acts on
+    rlad's alpha per response and on the teacher KL terms (kdrl, topk)."""
+
+    teacher_trust_threshold: float = 0.5
+    """Pass rate from which the teacher is fully trusted (``teacher_trust``). In (0, 1]."""
 
     aggregation: Aggregation = "seq-mean-token-mean"
     """How per-token losses become one scalar; the paper's Eq. 1 is ``seq-mean-token-mean``."""
@@ -107,7 +134,9 @@ class LossConfig:
         choice(key("algorithm"), self.algorithm, Algorithm)
         choice(key("aggregation"), self.aggregation, Aggregation)
         choice(key("kl_estimator"), self.kl_estimator, KLEstimator)
-        choice(key("kd_estimator"), self.kd_estimator, KLEstimator)
+        choice(key("kd_estimator"), self.kd_estimator, KDEstimator)
+        choice(key("topk_kl"), self.topk_kl, TopkKL)
+        choice(key("teacher_trust"), self.teacher_trust, TeacherTrust)
         choice(key("kd_beta_schedule"), self.kd_beta_schedule, BetaSchedule)
         in_range(key("alpha"), self.alpha, 0.0, 1.0)
         in_range(key("eps_low"), self.eps_low, 0.0, 1.0, high_open=True)
@@ -121,6 +150,7 @@ class LossConfig:
             in_range(key("kd_beta_final"), self.kd_beta_final, 0.0, math.inf)
         if not isinstance(self.kd_skip_correct, bool):
             raise ConfigError(f"{key('kd_skip_correct')} must be true or false, got {self.kd_skip_correct!r}")
+        self._validate_teacher_signals(key)
         length = self.max_response_len
         if length is not None and (isinstance(length, bool) or not isinstance(length, int) or length <= 0):
             raise ConfigError(f"{key('max_response_len')} must be null or a positive integer, got {length!r}")
@@ -128,6 +158,33 @@ class LossConfig:
             raise ConfigError(f"{key('max_response_len')} must be a positive integer when aggregation is "
                               "'seq-mean-token-sum-norm' (its fixed normaliser)")
         return self
+
+    def topk_in_kd(self) -> bool:
+        """Whether the top-k KL is KDRL's penalty (``algorithm=kdrl``, ``kd_estimator=topk``)."""
+        return self.algorithm == "kdrl" and self.kd_estimator == "topk"
+
+    def uses_topk(self) -> bool:
+        """Whether the loss has a top-k KL term (KDRL's penalty or the auxiliary ``topk_beta`` term)."""
+        return self.topk_in_kd() or self.topk_beta > 0
+
+    def _validate_teacher_signals(self, key) -> None:
+        if isinstance(self.topk_k, bool) or not isinstance(self.topk_k, int) or self.topk_k < 1:
+            raise ConfigError(f"{key('topk_k')} must be an int >= 1, got {self.topk_k!r}")
+        in_range(key("topk_beta"), self.topk_beta, 0.0, math.inf)
+        in_range(key("teacher_trust_threshold"), self.teacher_trust_threshold, 0.0, 1.0, what="a number")
+        greater_than(key("teacher_trust_threshold"), self.teacher_trust_threshold, 0)  # a pass rate in (0, 1]
+        if self.uses_topk() and self.topk_kl == "none":
+            what = "kd_estimator=topk" if self.topk_in_kd() else f"topk_beta={self.topk_beta!r}"
+            raise ConfigError(f"{key(what)} needs topk_kl=forward or reverse (KDRL's direction is reverse)")
+        if self.topk_beta > 0 and self.algorithm == "sft":
+            raise ConfigError(f"{key('topk_beta')} > 0 needs the student's own samples (rlad, grpo or kdrl), "
+                              "not algorithm=sft")
+        if self.topk_kl != "none" and not self.uses_topk():
+            raise ConfigError(f"{key('topk_kl')}={self.topk_kl!r} has no effect: set topk_beta > 0, or "
+                              "kd_estimator=topk with algorithm=kdrl")
+        if self.teacher_trust != "none" and not (self.algorithm in ("rlad", "kdrl") or self.uses_topk()):
+            raise ConfigError(f"{key('teacher_trust')}={self.teacher_trust!r} has no effect: algorithm "
+                              f"{self.algorithm!r} has no teacher term (use rlad or kdrl, or a top-k term)")
 
     def kd_beta_at(self, progress: float) -> float:
         """KDRL weight at ``progress`` in [0, 1] (fraction of training done), following ``kd_beta_schedule``."""
@@ -145,6 +202,10 @@ class LossConfig:
 
 def _finite(x: object) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+TOPK_INPUTS: tuple[str, ...] = ("student_topk_logprobs", "teacher_topk_logprobs")
+"""The top-k KL's inputs: the student's and the teacher's log-probs at the teacher's top-k ids."""
 
 
 def as_loss_config(config: LossConfig | str) -> LossConfig:
@@ -172,4 +233,8 @@ def required_inputs(config: LossConfig | str) -> frozenset[str]:
         need.add("ref_logprobs")
     if cfg.entropy_coef > 0:
         need.add("entropy")
+    if cfg.uses_topk():
+        need.update(TOPK_INPUTS)
+    if cfg.teacher_trust != "none":
+        need.add("teacher_pass_rate")
     return frozenset(need)

@@ -18,6 +18,7 @@ from typing import Any, Mapping
 import yaml
 
 from rlad_megatron.config.data import DataConfig
+from rlad_megatron.config_paths import resolve_paths
 from rlad_megatron.config.fp8 import FP8Settings
 from rlad_megatron.config.loss import LossConfig, required_inputs
 from rlad_megatron.config.model import ModelConfig
@@ -54,6 +55,12 @@ class RunConfig:
         self.loss.validate("loss")
         self.trainer.validate()
         self.teacher.validate()
+        pending = required_inputs(self.loss) & LOSS_INPUTS_NOT_YET_IN_TRAINER
+        if pending:  # the loss has them (issue 33); the trainer's top-k teacher pass and pass-rate carry come next
+            keys = (["loss.topk_beta / loss.kd_estimator=topk"] if "teacher_topk_logprobs" in pending else []) + (
+                ["loss.teacher_trust"] if "teacher_pass_rate" in pending else [])
+            raise ConfigError(f"{' and '.join(keys)}: the trainer does not provide {sorted(pending)} yet; train "
+                              "with loss.topk_beta=0, loss.kd_estimator=k1|k2|k3 and loss.teacher_trust=none")
         if teacher_use(self.loss) != "none" and not self.model.teacher:
             raise ConfigError(f"loss.algorithm={self.loss.algorithm!r} needs model.teacher (a HF directory)")
         validate_fp8_run(self)
@@ -62,17 +69,21 @@ class RunConfig:
 
 TeacherUse = typing.Literal["logprobs", "samples", "none"]
 
+#: Loss inputs the loss functions accept but the trainer does not compute yet (top-k teacher signals, the per-prompt
+#: teacher pass rate): a run config asking for them is refused rather than failing at its first step.
+LOSS_INPUTS_NOT_YET_IN_TRAINER = frozenset({"student_topk_logprobs", "teacher_topk_logprobs", "teacher_pass_rate"})
+
 
 def teacher_use(loss: LossConfig) -> TeacherUse:
     """What a run needs its teacher for (the one place of this rule):
 
     - "logprobs": the loss takes the teacher's per-token log-probs of the student's samples (``teacher_logprobs`` in
-      :func:`rlad_megatron.loss.required_inputs`: rlad, kdrl);
+      :func:`rlad_megatron.loss.required_inputs`: rlad, kdrl), or its top-k (``teacher_topk_logprobs``);
     - "samples": offline distillation (sft) trains on the teacher's own samples: the rollout engine serves the
       teacher and receives no weight syncs;
     - "none": grpo.
     """
-    if "teacher_logprobs" in required_inputs(loss):
+    if required_inputs(loss) & {"teacher_logprobs", "teacher_topk_logprobs"}:
         return "logprobs"
     return "samples" if loss.algorithm == "sft" else "none"
 
@@ -142,7 +153,8 @@ def load_run_config(path: str | Path | None, overrides: list[str] | None = None)
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"config file {path}: expected a mapping at the top level")
         data = loaded or {}
-    return run_config_from_dict(apply_overrides(data, list(overrides or [])))
+    config = build_dataclass(RunConfig, apply_overrides(data, list(overrides or [])))
+    return resolve_paths(config, Path(path).parent if path is not None else None, overrides or ()).validate()
 
 
 def run_config_to_dict(config: RunConfig) -> dict[str, Any]:

@@ -31,13 +31,14 @@ def greater_than(key: str, value: Any, low: float) -> None:
 
 
 def in_range(key: str, value: Any, low: float, high: float, *, low_open: bool = False,
-             high_open: bool = False) -> None:
-    """``value`` in ``[low, high]`` (``(`` / ``)`` with ``low_open`` / ``high_open``) and finite."""
+             high_open: bool = False, what: str = "") -> None:
+    """``value`` in ``[low, high]`` (``(`` / ``)`` with ``low_open`` / ``high_open``) and finite; ``what`` names
+    the kind of value in the message ("a number": ``must be a number in [0, 1]``)."""
     ok = _is_number(value) and math.isfinite(value)
     ok = ok and (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
     if not ok:
-        raise ConfigError(f"{key} must be in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}, "
-                          f"got {value}")
+        raise ConfigError(f"{key} must be {what + ' ' if what else ''}in {'(' if low_open else '['}{low}, {high}"
+                          f"{')' if high_open else ']'}, got {value}")
 
 
 def choice(key: str, value: Any, choices: Sequence[Any] | Any) -> None:
@@ -45,7 +46,7 @@ def choice(key: str, value: Any, choices: Sequence[Any] | Any) -> None:
     if typing.get_origin(choices) is typing.Literal:
         choices = typing.get_args(choices)
     if value not in choices:
-        raise ConfigError(f"{key} must be {_alternatives(choices)}, got {value!r}")
+        raise ConfigError(f"{key} must be one of {_alternatives(choices)}, got {value!r}")
 
 
 def _alternatives(choices: Sequence[Any]) -> str:

@@ -34,7 +34,7 @@ def test_validators_name_the_key_and_what_is_accepted() -> None:
         greater_than("a.b", float("nan"), 0)
     with pytest.raises(ConfigError, match=r"a.b must be in \(0, 1\], got inf"):
         in_range("a.b", float("inf"), 0, 1, low_open=True)
-    with pytest.raises(ConfigError, match=r"a.b must be 'x', 'y' or 'z', got 'w'"):
+    with pytest.raises(ConfigError, match=r"a.b must be one of 'x', 'y' or 'z', got 'w'"):
         choice("a.b", "w", ("x", "y", "z"))
     in_range("a.b", 1, 0, 1)
     choice("a.b", "sync", ("sync", "async"))

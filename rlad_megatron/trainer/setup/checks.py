@@ -9,6 +9,7 @@ well. Each check raises an error naming the input (the dotted config key or the 
 from __future__ import annotations
 
 from rlad_megatron.config import ConfigError, RunConfig, megatron_teacher, teacher_use
+from rlad_megatron.data.check import check_data_files
 from rlad_megatron.device import uses_cuda
 from rlad_megatron.fp8 import check_run_hardware
 from rlad_megatron.models import builder
@@ -21,10 +22,11 @@ from rlad_megatron.trainer.setup.engine_settings import check_gpu_settings
 
 def check_run(config: RunConfig) -> None:
     """Every check of a run that needs no process group and no model, in the order a user would fix them: this
-    machine, the model folders, the parallel layout against the models, the tokenizers."""
+    machine, the model folders, the data, the parallel layout against the models, the tokenizers."""
     check_run_hardware(config)  # validation is pure; what the config asks of this machine is checked here
     check_gpu_settings(config, uses_cuda())
     check_model_folders(config)
+    check_data(config)
     check_context_parallel_supported(config)
     check_expert_parallel(config.parallel.expert_parallel, expert_parallel_models(config))
     check_tokenizers(config)
@@ -35,6 +37,13 @@ def check_model_folders(config: RunConfig) -> None:
     check_model_folder(config.model.student, "model.student")
     if config.model.teacher and teacher_use(config.loss) != "none":
         check_model_folder(config.model.teacher, "model.teacher")
+
+
+def check_data(config: RunConfig) -> None:
+    """The data files' first rows give valid records for the task (``data.fields`` applied; no tokenizer)."""
+    problems = check_data_files(config.data)
+    if problems:
+        raise ConfigError("; ".join(problems))
 
 
 def check_context_parallel_supported(config: RunConfig) -> None:
