@@ -1,8 +1,8 @@
 """The run configuration, one package: a dataclass per section (``model``, ``parallel``, ``rollout``, ``data``,
 ``optim``, ``loss``, ``trainer``, ``teacher``, ``fp8``; one module each), the run that holds them (``run``), the
 checks they are written with (``validators``), YAML and dotted-override parsing (``parsing``), the documentation of
-every key (``docs``: ``rlad-megatron config --defaults``) and that command (``cli``); ``engine`` holds one vLLM
-engine's settings, derived from ``rollout``.
+every key (``docs``: ``rlad-megatron config --defaults``) and that command (``cli``), relative paths taken from the
+config file's folder (``paths``); ``engine`` holds one vLLM engine's settings, derived from ``rollout``.
 
     from rlad_megatron.config import RunConfig, ConfigError, load_run_config
     config = load_run_config("configs/quickstart.yaml", ["loss.alpha=0.3", "trainer.steps=20"])

@@ -18,7 +18,7 @@ from typing import Any, Mapping
 import yaml
 
 from rlad_megatron.config.data import DataConfig
-from rlad_megatron.config_paths import resolve_paths
+from rlad_megatron.config.paths import resolve_paths
 from rlad_megatron.config.fp8 import FP8Settings
 from rlad_megatron.config.loss import LossConfig, required_inputs
 from rlad_megatron.config.model import ModelConfig

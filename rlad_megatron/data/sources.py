@@ -18,7 +18,7 @@ import json
 import os
 from typing import Any, Iterator
 
-from rlad_megatron.config_paths import HUB_PREFIX  # noqa: F401 (part of this module's interface)
+from rlad_megatron.config.paths import HUB_PREFIX  # noqa: F401 (part of this module's interface)
 
 BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".arrow": "arrow", ".csv": "csv"}
 

@@ -61,7 +61,7 @@ def run_files(output_dir: Path) -> list[str]:
 
 
 def _normalise(key: str, value: Any) -> Any:
-    # Configs now hold absolute paths (rlad_megatron/config_paths.py); a run saved with relative ones meant them
+    # Configs now hold absolute paths (rlad_megatron/config/paths.py); a run saved with relative ones meant them
     # from its working directory.
     if key in ("model.student", "model.teacher") and isinstance(value, str) and value:
         return os.path.abspath(value)
