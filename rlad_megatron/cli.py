@@ -33,6 +33,7 @@ def _train(args: argparse.Namespace) -> int:
         if os.environ.get("RANK", "0") == "0":
             print(f"rlad-megatron train: {err}", file=sys.stderr)
         return 2
+    # lazy, as every import of this module: `--help` and the other commands stay light
     from rlad_megatron.data.check import check_data_files
 
     problems = check_data_files(config.data)  # the data files' first rows, before any model or process group

@@ -94,7 +94,7 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
 
 
 def _hub_rows(bench: Benchmark, config: str | None, cache_dir: str | None) -> list[Row]:
-    import datasets
+    import datasets  # lazy: Hugging Face datasets is heavy
 
     try:
         ds = datasets.load_dataset(bench.repo, config, split=bench.split, cache_dir=cache_dir)

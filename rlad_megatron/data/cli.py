@@ -12,6 +12,7 @@ from typing import Any
 
 
 def _prepare(args: argparse.Namespace) -> int:
+    # lazy: the CLI registers every command; a command's imports wait until it runs
     from rlad_megatron.console import say
     from rlad_megatron.data.benchmarks import BENCHMARKS, prepare_benchmark
     from rlad_megatron.data.sources import DatasetError
@@ -37,6 +38,7 @@ def _prepare(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
+    # lazy: the CLI registers every command; a command's imports wait until it runs
     from rlad_megatron.config import ConfigError, load_run_config
     from rlad_megatron.console import say
     from rlad_megatron.data.check import check_data_files

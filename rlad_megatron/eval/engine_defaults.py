@@ -13,18 +13,18 @@ choice is unit-tested on CPU; :func:`rlad_megatron.eval.runner.run_benchmarks` m
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Any, Mapping
+
+from rlad_megatron.config.engine import VLLMEngineConfig
+from rlad_megatron.rollout.gpu_memory import colocated_memory_fraction
 
 DEFAULT_MAX_TOKENS = 512
 
 
 def engine_config_fields() -> list[str]:
-    import dataclasses
-
-    from rlad_megatron.config.engine import VLLMEngineConfig
-
     return [f.name for f in dataclasses.fields(VLLMEngineConfig)]
 
 
@@ -90,8 +90,6 @@ def default_engine_options(model_dir: str, *, cuda: bool, rollout: Any = None,
             options["dtype"] = "bfloat16" if model_dtype(model_dir) in ("bfloat16", "float16") else "float32"
     if cuda:
         if memory is not None and not {"gpu_memory_utilization", "kv_cache_bytes"} & set(given):
-            from rlad_megatron.rollout.gpu_memory import colocated_memory_fraction
-
             options["gpu_memory_utilization"] = colocated_memory_fraction(*memory, learner_shares_gpu=False)
     elif rollout is not None and "kv_cache_bytes" not in given:
         options["kv_cache_bytes"] = int(rollout.kv_cache_mb) << 20

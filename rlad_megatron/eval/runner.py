@@ -13,6 +13,11 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+import torch
+
+from rlad_megatron.config.engine import VLLMEngineConfig
+from rlad_megatron.console import send_output_to_log
+from rlad_megatron.data.check import check_source_rows
 from rlad_megatron.data.prompt_dataset import DatasetError, PromptDataset, load_prompt_dataset
 from rlad_megatron.eval.engine_defaults import (  # noqa: F401  (response_budget & co: this module's interface)
     DEFAULT_MAX_TOKENS, check_engine_options, default_engine_options, engine_config_fields, model_context_length,
@@ -21,6 +26,9 @@ from rlad_megatron.eval.engine_defaults import (  # noqa: F401  (response_budget
 from rlad_megatron.eval.evaluate import DEFAULT_TEMPERATURE, DEFAULT_TOP_P, evaluate
 from rlad_megatron.eval.report import EvalReport, SuiteReport
 from rlad_megatron.engine_api import SamplingSettings
+from rlad_megatron.models.folder_check import check_model_folder
+from rlad_megatron.models.stop_tokens import stop_token_ids
+from rlad_megatron.rollout.vllm_engine import VLLMEngine
 from rlad_megatron.tasks.registry import get_task
 
 
@@ -72,9 +80,6 @@ def run_benchmarks(model_dir: str, sets: Sequence[EvalSet], k: int, out_dir: str
     process's output (vLLM's, transformers') goes there and ``progress`` lines to the terminal
     (:mod:`rlad_megatron.console`).
     """
-    from rlad_megatron.data.check import check_source_rows
-    from rlad_megatron.models.folder_check import check_model_folder
-
     if truncated not in ("zero", "reward"):
         raise ValueError(f"truncated={truncated!r}: choose 'zero' or 'reward'")
     if not sets:
@@ -92,10 +97,8 @@ def run_benchmarks(model_dir: str, sets: Sequence[EvalSet], k: int, out_dir: str
     config = _engine_config(model_dir, seed, 1, engine_options or {}, rollout)  # its values checked now
     os.makedirs(out_dir, exist_ok=True)
     if log_file is not None:
-        from rlad_megatron.console import send_output_to_log
-
         send_output_to_log(log_file, tag="eval", fresh=True)
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # lazy: transformers is heavy (seconds)
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     datasets: dict[str, PromptDataset] = {}
@@ -112,12 +115,10 @@ def run_benchmarks(model_dir: str, sets: Sequence[EvalSet], k: int, out_dir: str
         config = dataclasses.replace(config, max_model_len=longest + max_tokens)
     with open(os.path.join(out_dir, "data_report.json"), "w", encoding="utf-8") as fh:
         json.dump({name: d.report.as_dict() for name, d in datasets.items()}, fh, indent=2)
-    from rlad_megatron.models.stop_tokens import stop_token_ids
 
     sampling = SamplingSettings(n=k, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
                                 stop_token_ids=stop_token_ids(tokenizer, [model_dir], chat_template_kwargs),
                                 seed=seed)
-    from rlad_megatron.rollout.vllm_engine import VLLMEngine  # the only place this module touches vLLM
 
     _say(progress, f"[eval] starting the vLLM engine ({config.dtype}, {config.max_model_len} tokens per sequence)")
     engine = VLLMEngine(config)
@@ -140,10 +141,6 @@ def run_benchmarks(model_dir: str, sets: Sequence[EvalSet], k: int, out_dir: str
 
 
 def _engine_config(model_dir: str, seed: int, max_model_len: int, given: Mapping[str, Any], rollout: Any) -> Any:
-    import torch
-
-    from rlad_megatron.config.engine import VLLMEngineConfig
-
     cuda = torch.cuda.is_available()
     memory = tuple(torch.cuda.mem_get_info()) if cuda else None
     options = default_engine_options(model_dir, cuda=cuda, rollout=rollout, memory=memory, given=given)

@@ -92,6 +92,7 @@ def run_teacher_trust(teacher_dir: str, task_name: str, data_file: str, k: int, 
     engine_options, chat_template_kwargs, truncated, reward_timeout_s). ``report_dir`` defaults to
     ``<out_file without extension>_report``.
     """
+    # lazy: the CLI registers every command; a command's imports wait until it runs
     from rlad_megatron.eval.runner import run_eval
     from rlad_megatron.models.folder_check import check_model_folder
     from rlad_megatron.tasks.registry import get_task
@@ -128,6 +129,7 @@ def run_teacher_trust(teacher_dir: str, task_name: str, data_file: str, k: int, 
 
 
 def _run(args: argparse.Namespace) -> int:
+    # lazy: the CLI registers every command; a command's imports wait until it runs
     from rlad_megatron.data.prompt_dataset import DatasetError
     from rlad_megatron.eval.cli import _parse_options, _scoring
     from rlad_megatron.tasks.registry import training_task_options

@@ -28,6 +28,7 @@ import sys
 from typing import Any, Callable, Mapping
 
 from rlad_megatron.tasks.base import Task
+from rlad_megatron.tasks.function_task import FunctionTask
 
 #: Built-in tasks: name -> "module:class".
 BUILTIN_TASKS: dict[str, str] = {
@@ -242,8 +243,6 @@ def _reference_factory(value: str) -> Callable[..., Task]:
                              "rlad_megatron.tasks.base.Task")
         return obj
     if callable(obj):
-        from rlad_megatron.tasks.function_task import FunctionTask
-
         return functools.partial(FunctionTask, obj, value)
     raise ValueError(f"data.task={value!r}: a {type(obj).__name__} object is neither a Task subclass nor a reward "
                      "function")
