@@ -21,6 +21,7 @@ and shut down with the learner's default group hidden (``_private_default_group`
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import time
 from typing import Iterable, Sequence
@@ -86,6 +87,9 @@ class VLLMEngine:
         self.startup_s = time.perf_counter() - start
         self._closed = False
         self._asleep = False
+        # A sharded engine seeds every request (its shards must draw the same samples: rollout/seeds.py).
+        self._seeds_every_request = self.sharded and config.tensor_parallel_size > 1
+        self._unseeded_calls = 0
         self._sync_in_progress: int | None = None
         if config.weight_load == "inplace":
             report = self._rpc("rlad_linear_weight_report")
@@ -99,12 +103,18 @@ class VLLMEngine:
     # ------------------------------------------------------------------ RolloutEngine
     def generate(self, prompts: Sequence[Sequence[int]], sampling: SamplingSettings) -> list[PromptResult]:
         """Sample ``sampling.n`` responses per prompt (token-id lists). With a seed, prompt j's i-th response uses
-        seed ``seed + j * n + i`` (distinct streams, reproducible)."""
+        seed ``seed + j * n + i`` (distinct streams, reproducible). An engine sharded over tensor-parallel ranks
+        seeds unseeded requests itself, alike on its shards (``rollout.seeds.engine_request_seed``)."""
         from vllm import SamplingParams
+
+        from rlad_megatron.rollout.seeds import engine_request_seed
 
         self._check_open()
         self._check_awake("generate")
         self._check_lengths(prompts, sampling.max_tokens)
+        if sampling.seed is None and self._seeds_every_request:
+            sampling = dataclasses.replace(sampling, seed=engine_request_seed(self.config.seed, self._unseeded_calls))
+            self._unseeded_calls += 1
         params = []
         for j in range(len(prompts)):
             params.append(
@@ -149,6 +159,13 @@ class VLLMEngine:
             plps = out.prompt_logprobs  # entry t: dict token -> Logprob for position t (entry 0 is None)
             scores.append([float(plps[t][int(seq[t])].logprob) for t in range(p, len(seq))])
         return scores
+
+    @property
+    def kv_cache_tokens(self) -> int:
+        """How many tokens the engine's KV cache holds (vLLM's ``num_gpu_blocks * block_size``; on a GPU vLLM sized
+        it from ``gpu_memory_utilization``, on CPU from ``kv_cache_bytes``)."""
+        cache = self._llm.llm_engine.vllm_config.cache_config
+        return int(cache.num_gpu_blocks or 0) * int(cache.block_size)
 
     @property
     def weight_version(self) -> int:
@@ -292,8 +309,6 @@ class VLLMTeacherScorer:
     """
 
     def __init__(self, config: VLLMEngineConfig) -> None:
-        import dataclasses
-
         self.engine = VLLMEngine(dataclasses.replace(config, weight_load="vllm_reload"))
 
     def score(self, sequences: Sequence[Sequence[int]], prompt_lens: Sequence[int]) -> list[list[float]]:

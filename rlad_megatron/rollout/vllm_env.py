@@ -139,13 +139,13 @@ def _unlink_external_launcher_cpu_shm() -> None:
 
 
 def _kv_cache_bytes(config: VLLMEngineConfig) -> int | None:
-    """The KV cache's explicit size, except on a GPU with ``gpu_memory_utilization`` set: then vLLM sizes it from
-    that fraction (``kv_cache_memory_bytes`` would override it)."""
+    """``kv_cache_memory_bytes`` for vLLM: ``config.kv_cache_bytes`` on CPU; None on a GPU, where vLLM sizes the KV
+    cache from ``gpu_memory_utilization`` (``rollout.vllm_memory.kv_cache_memory_bytes_argument``)."""
     import torch
 
-    if torch.cuda.is_available() and config.gpu_memory_utilization is not None:
-        return None
-    return config.kv_cache_bytes
+    from rlad_megatron.rollout.vllm_memory import kv_cache_memory_bytes_argument
+
+    return kv_cache_memory_bytes_argument(config.kv_cache_bytes, torch.cuda.is_available())
 
 
 def _check_gpu_only_settings(config: VLLMEngineConfig) -> None:
