@@ -24,6 +24,7 @@ import contextlib
 import dataclasses
 import os
 import time
+import weakref
 from typing import Iterable, Sequence
 
 import torch
@@ -31,11 +32,15 @@ import torch
 from rlad_megatron.rollout.base import Completion, PromptResult, SamplingSettings
 from rlad_megatron.rollout.config import VLLMEngineConfig
 from rlad_megatron.rollout.vllm_env import (  # noqa: F401  (_check_gpu_only_settings: tested from here)
-    _batched_token_budget, _check_gpu_only_settings, _kv_cache_bytes, _learner_keeps_thread_control, _plain_cpu_gemm,
-    _private_default_group, _shutdown_without_default_group, _unlink_external_launcher_cpu_shm,
+    _batched_token_budget, _check_gpu_only_settings, _cumem_pools_kept, _kv_cache_bytes,
+    _learner_keeps_thread_control, _plain_cpu_gemm, _private_default_group, _shutdown_without_default_group,
+    _unlink_external_launcher_cpu_shm,
 )
 
 _EXT = "rlad_megatron.rollout.vllm_worker_ext.RladWorkerExtension"
+
+#: The engines of this process that allocate through vLLM's CuMem pools (sleep mode), until they shut down.
+_SLEEP_MODE_ENGINES: "weakref.WeakSet[VLLMEngine]" = weakref.WeakSet()
 
 
 class VLLMEngine:
@@ -85,6 +90,8 @@ class VLLMEngine:
                 **kwargs,
             )
         self.startup_s = time.perf_counter() - start
+        if config.enable_sleep_mode:
+            _SLEEP_MODE_ENGINES.add(self)
         self._closed = False
         self._asleep = False
         # A sharded engine seeds every request (its shards must draw the same samples: rollout/seeds.py).
@@ -180,7 +187,8 @@ class VLLMEngine:
         self._closed = True
         from rlad_megatron.device import engine_call_guard
 
-        with engine_call_guard("shutting the vLLM engine down"):
+        _SLEEP_MODE_ENGINES.discard(self)
+        with engine_call_guard("shutting the vLLM engine down"), _cumem_pools_kept(len(_SLEEP_MODE_ENGINES) > 0):
             _shutdown_without_default_group(self._llm, self._dist_state.pop("vllm_pg", None))
         del self._llm
         if self.sharded:
