@@ -2,10 +2,11 @@
 
 Without TE and Apex megatron-core falls back to plain torch modules, and three of those fallbacks are broken:
 
-- ``distopt_checkpoint``: the optimizer is ``torch.optim.AdamW`` (``megatron.core.optimizer.Adam``), whose per-param
-  ``step`` state the distributed optimizer's checkpoint loading does not expect (a KeyError when it copies the
-  ``step`` key that ``load_parameter_state_from_fully_reshardable`` skipped, and one shared ``step`` tensor for every
-  param after the load);
+- ``distopt_checkpoint``: the optimizer is ``torch.optim.AdamW`` (``megatron.core.optimizer.Adam``, chosen in
+  ``megatron/core/optimizer/__init__.py``'s try/except ImportError), whose per-param ``step`` state the distributed
+  optimizer's checkpoint loading does not expect: ``_set_main_param_and_optimizer_states`` copies every key of the
+  live state, ``step`` included, from tensors that ``load_parameter_state_from_fully_reshardable`` gave no ``step``
+  (KeyError), and ``load_state_dict`` (``if not HAVE_APEX_OR_TE``) gives every param state one shared ``step``;
 - ``moe_router_gemm``: ``moe_utils.RouterGatingLinearFunction`` tests ``te_general_gemm is not None``, a name bound
   only when TE imports (NameError in every MoE forward);
 - ``norm_sequence_parallel``: the local layer spec's norm is ``WrappedTorchNorm`` (``gpt_layer_specs.LNImpl``), which
@@ -54,11 +55,14 @@ def fallback_paths() -> dict[str, bool]:
     renamed raises AttributeError here, loudly, instead of silently skipping a fix."""
     from megatron.core import optimizer as mcore_optimizer
     from megatron.core.models.gpt import gpt_layer_specs
+    from megatron.core.optimizer import distrib_optimizer
     from megatron.core.transformer import torch_norm
     from megatron.core.transformer.moe import moe_utils
 
     return {
-        "distopt_checkpoint": mcore_optimizer.Adam is torch.optim.AdamW,
+        # the optimizer built is torch AdamW (its per-param ``step`` state), or the distributed optimizer's own
+        # TE/Apex switch is off (it then hands one shared ``step`` to every state on load)
+        "distopt_checkpoint": mcore_optimizer.Adam is torch.optim.AdamW or not distrib_optimizer.HAVE_APEX_OR_TE,
         "moe_router_gemm": not moe_utils.HAVE_TE,
         "norm_sequence_parallel": gpt_layer_specs.LNImpl is torch_norm.WrappedTorchNorm,
     }

@@ -168,11 +168,12 @@ def _compat_as_on_a_gpu(fused_adam: bool) -> dict:
     from rlad_megatron.compat import megatron_cpu
 
     megatron_cpu.cuda_is_available = lambda: True
-    if fused_adam:
+    if fused_adam:  # as megatron-core binds them when TE or Apex imports
         class FusedAdam(torch.optim.Optimizer):  # stands in for TE's / Apex's FusedAdam
             pass
 
-        mcore_optimizer.Adam = FusedAdam
+        mcore_optimizer.Adam = distrib_optimizer.Adam = FusedAdam
+        distrib_optimizer.HAVE_APEX_OR_TE = True
     fixes = parallel.apply_megatron_compat()
     return {"cpu_patches": megatron_cpu.is_applied(), "fixes": sorted(fixes),
             "distopt": getattr(distrib_optimizer.DistributedOptimizer.load_state_dict, "__rlad_patched__", False),
