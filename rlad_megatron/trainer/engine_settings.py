@@ -218,7 +218,8 @@ def report_engine_kv_cache(c: RunConfig, engine, *, cuda: bool, sequences_per_st
 
     shape = ModelShape.from_hf_dir(engine.config.model, "engine")
     per_token = kv_bytes_per_token(num_layers=shape.num_layers, num_kv_heads=shape.num_kv_heads,
-                                   head_dim=shape.head_dim_or_default, tensor_parallel=engine.config.tensor_parallel_size,
+                                   head_dim=shape.head_dim_or_default,
+                                   tensor_parallel=engine.config.tensor_parallel_size,
                                    dtype_bytes=4 if engine.config.dtype == "float32" else 2)
     notices = kv_cache_notices(c, cuda=cuda, kv_tokens=engine.kv_cache_tokens, bytes_per_token=per_token,
                                sequences_per_step=sequences_per_step, max_num_seqs=engine.config.max_num_seqs)

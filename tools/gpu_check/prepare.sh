@@ -23,7 +23,8 @@ size_mb=$(( $(du -sk .whl | cut -f1) / 1024 ))
 ls -la .whl
 echo ".whl: ${size_mb} MB"
 if (( size_mb > ${WHEEL_LIMIT_MB:-56} )); then
-  echo "error: .whl holds ${size_mb} MB, above ${WHEEL_LIMIT_MB:-56} MB: the device call carries 64 MiB with the tree" >&2
+  echo "error: .whl holds ${size_mb} MB, above ${WHEEL_LIMIT_MB:-56} MB: the device call carries 64 MiB" \
+       "with the tree" >&2
   exit 2
 fi
 echo "now: device run with carry=['.whl'], timeout_s=600, command='bash tools/gpu_check/run.sh'"

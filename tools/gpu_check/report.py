@@ -29,9 +29,9 @@ def bench_line(name: str, report: dict | None) -> str:
         return f"- {name}: no result (see its log)"
     parts = ", ".join(f"{k} {v}" for k, v in report.get("parts", {}).items()) or "no part finished"
     r = report.get
+    width = (r("tokens_per_step") or 0) // max(1, r("sequences_per_step") or 1)
     line = (f"- {name}: {r('device')}, {r('dtype')}, student {r('student_params_m')}M parameters, "
-            f"{r('sequences_per_step')} sequences x {(r('tokens_per_step') or 0) // max(1, r('sequences_per_step') or 1)}"
-            f" tokens per step; parts: {parts}")
+            f"{r('sequences_per_step')} sequences x {width} tokens per step; parts: {parts}")
     if "learner_train_tokens_per_s" in report:
         line += (f"\n  - learner step {_fmt(r('learner_train_tokens_per_s'), '.0f')} tokens/s "
                  f"({r('train_s_median')} s, {_fmt(r('learner_tflops_per_s'))} TFLOP/s, MFU "

@@ -68,9 +68,15 @@ EOF
   fi
 }
 
-{ if command -v nvidia-smi >/dev/null; then nvidia-smi; else echo "no nvidia-smi here"; fi; "$PYTHON" -c "import sys, torch; print('python', sys.version.split()[0]); print('torch', torch.__version__, 'cuda', torch.version.cuda, 'device', torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu')"
+{
+  if command -v nvidia-smi >/dev/null; then nvidia-smi; else echo "no nvidia-smi here"; fi
+  "$PYTHON" -c "import sys, torch; print('python', sys.version.split()[0])
+print('torch', torch.__version__, 'cuda', torch.version.cuda,
+      'device', torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu')"
   "$PYTHON" -c "import megatron.core as m; print('megatron-core', m.__version__)" 2>&1 | tail -1
-  for m in transformer_engine apex vllm; do "$PYTHON" -c "import $m" >/dev/null 2>&1 && echo "$m: installed" || echo "$m: absent"; done
+  for m in transformer_engine apex vllm; do
+    "$PYTHON" -c "import $m" >/dev/null 2>&1 && echo "$m: installed" || echo "$m: absent"
+  done
 } > "$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
 cuda=$("$PYTHON" -c "import torch; print(int(torch.cuda.is_available()))")
@@ -94,5 +100,6 @@ else
     | tee -a "$OUT/parts.txt"
 fi
 "$PYTHON" tools/gpu_check/report.py "$OUT" > "$OUT/gpu_results.md" && cat "$OUT/gpu_results.md"
-echo "gpu_check: $( ((failed)) && echo "a part failed" || echo "every part ok or skipped") after $(( $(date +%s) - start )) s"
+verdict=$( ((failed)) && echo "a part failed" || echo "every part ok or skipped")
+echo "gpu_check: $verdict after $(( $(date +%s) - start )) s"
 exit $failed
