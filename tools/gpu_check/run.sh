@@ -3,8 +3,8 @@
 # (tools/gpu_check/prepare.sh), inside a 600 s limit:
 #     device run: command="bash tools/gpu_check/run.sh", carry=[".whl"], timeout_s=600
 # It installs the carried wheels whose distribution is missing there, then runs its parts, each with its own
-# timeout (150 + 60 + 220 + 100 s: the whole check stays inside the device call's 600 s), each skipped with the reason
-# when what it needs is not installed:
+# timeout (120 + 90 + 220 + 100 s on a GPU: the whole check stays inside the device call's 600 s; 3x on CPU), each
+# skipped with the reason when what it needs is not installed:
 #   gpu_tests    tests/gpu (the FP8 tests only where Transformer Engine is installed; vLLM parts skip without vLLM)
 #   unit_tests   the CPU tests of the GPU path that run there (TE-less fixes decided by the path megatron-core takes,
 #                engine memory / seeds / KV-cache settings, the bench's FLOP arithmetic)
@@ -57,6 +57,7 @@ EOF
       | tee -a "$OUT/parts.txt"
     return
   fi
+  (( cuda )) || limit=$(( limit * 3 ))  # no device limit on CPU, and a slower machine
   timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
   local rc=$?
   tail -5 "$OUT/$name.log"
@@ -83,9 +84,9 @@ cuda=$("$PYTHON" -c "import torch; print(int(torch.cuda.is_available()))")
 
 select=(tests/gpu)
 "$PYTHON" -c "import transformer_engine.pytorch" >/dev/null 2>&1 || select+=(--deselect tests/gpu/test_fp8_gpu.py)
-part gpu_tests 150 "pytest megatron.core transformers safetensors" \
+part gpu_tests 120 "pytest megatron.core transformers safetensors" \
   "$PYTHON" -m pytest -q -rs -p no:cacheprovider "${select[@]}"
-part unit_tests 60 "pytest megatron.core transformers safetensors yaml" \
+part unit_tests 90 "pytest megatron.core transformers safetensors yaml" \
   "$PYTHON" -m pytest -q -rs -p no:cacheprovider tests/unit/test_foundation.py tests/unit/test_engine_settings.py \
   tests/unit/test_engine_seeds.py tests/unit/test_vllm_memory.py tests/unit/test_bench_gpu_rlad.py \
   tests/unit/test_gpu_check_tools.py
