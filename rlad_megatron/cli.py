@@ -1,4 +1,4 @@
-"""``rlad-megatron train | eval | convert | config``.
+"""``rlad-megatron train | eval | teacher-trust | convert | config``.
 
     torchrun --nproc-per-node 2 -m rlad_megatron.cli train --config configs/quickstart.yaml trainer.steps=20
 """
@@ -74,9 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=_train)
     from rlad_megatron import config_cli, convert
     from rlad_megatron.eval import cli as eval_cli
+    from rlad_megatron.eval import teacher_trust
 
     convert.register(sub)
     eval_cli.register(sub)
+    teacher_trust.register(sub)
     config_cli.register(sub)
     return parser
 

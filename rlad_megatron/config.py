@@ -520,6 +520,12 @@ class RunConfig:
                 raise
             except ValueError as err:  # sections defined elsewhere raise plain ValueError
                 raise ConfigError(f"{f.name}: {err}") from err
+        pending = required_inputs(self.loss) & LOSS_INPUTS_NOT_YET_IN_TRAINER
+        if pending:  # the loss has them (issue 33); the trainer's top-k teacher pass and pass-rate carry come next
+            keys = (["loss.topk_beta / loss.kd_estimator=topk"] if "teacher_topk_logprobs" in pending else []) + (
+                ["loss.teacher_trust"] if "teacher_pass_rate" in pending else [])
+            raise ConfigError(f"{' and '.join(keys)}: the trainer does not provide {sorted(pending)} yet; train "
+                              "with loss.topk_beta=0, loss.kd_estimator=k1|k2|k3 and loss.teacher_trust=none")
         if teacher_use(self.loss) != "none" and not self.model.teacher:
             raise ConfigError(f"loss.algorithm={self.loss.algorithm!r} needs model.teacher (a HF directory)")
         validate_fp8_run(self)
@@ -528,17 +534,21 @@ class RunConfig:
 
 TeacherUse = typing.Literal["logprobs", "samples", "none"]
 
+#: Loss inputs the loss functions accept but the trainer does not compute yet (top-k teacher signals, the per-prompt
+#: teacher pass rate): a run config asking for them is refused rather than failing at its first step.
+LOSS_INPUTS_NOT_YET_IN_TRAINER = frozenset({"student_topk_logprobs", "teacher_topk_logprobs", "teacher_pass_rate"})
+
 
 def teacher_use(loss: LossConfig) -> TeacherUse:
     """What a run needs its teacher for (the one place of this rule):
 
     - "logprobs": the loss takes the teacher's per-token log-probs of the student's samples (``teacher_logprobs`` in
-      :func:`rlad_megatron.loss.required_inputs`: rlad, kdrl);
+      :func:`rlad_megatron.loss.required_inputs`: rlad, kdrl), or its top-k (``teacher_topk_logprobs``);
     - "samples": offline distillation (sft) trains on the teacher's own samples: the rollout engine serves the
       teacher and receives no weight syncs;
     - "none": grpo.
     """
-    if "teacher_logprobs" in required_inputs(loss):
+    if required_inputs(loss) & {"teacher_logprobs", "teacher_topk_logprobs"}:
         return "logprobs"
     return "samples" if loss.algorithm == "sft" else "none"
 

@@ -19,6 +19,10 @@ from rlad_megatron.tasks.base import RecordError, Task, validate_record
 
 _BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".arrow": "arrow"}
 
+TEACHER_PASS_RATE = "teacher_pass_rate"
+"""Optional record field: the fraction of the teacher's own samples the verifier marks correct on this prompt
+(written by ``rlad-megatron teacher-trust``, read by ``loss.teacher_trust``); a number in [0, 1] when present."""
+
 
 class DatasetError(ValueError):
     """A dataset problem, with the file (or hub name), 0-based row and field when they are known."""
@@ -186,6 +190,32 @@ def _rows(ds: Any) -> tuple[list[dict[str, Any]], dict[int, str]]:
     return rows, bad
 
 
+def id_stem(source: str | Sequence[str]) -> str:
+    """The prefix of derived ids: the file (or folder / hub name) stem, ``row`` for a list of files."""
+    if not isinstance(source, str) and len(source) == 1:
+        source = source[0]
+    return os.path.splitext(os.path.basename(source.rstrip("/")))[0] if isinstance(source, str) else "row"
+
+
+def record_id(value: Any, stem: str, row: int) -> Any:
+    """The id a record gets: its own (an int becomes a str), else ``"<stem>-<row>"`` (stable across loads; ``row``
+    counts across all files when there are several)."""
+    if value is None:
+        return f"{stem}-{row}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+def _check_pass_rate(record: Mapping[str, Any]) -> None:
+    value = record.get(TEACHER_PASS_RATE)
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise RecordError(TEACHER_PASS_RATE, f"must be a number in [0, 1] (a fraction of correct teacher samples), "
+                                             f"got {value!r}")
+
+
 def load_prompt_dataset(source: str | Sequence[str], task: Task, tokenizer: Any, max_prompt_tokens: int,
                         bad_rows: str = "error", over_budget: str = "skip", split: str = "train",
                         cache_dir: str | None = None, limit: int | None = None,
@@ -205,8 +235,7 @@ def load_prompt_dataset(source: str | Sequence[str], task: Task, tokenizer: Any,
     if not isinstance(source, str) and len(source) == 1:
         source = source[0]
     name = _describe(source)
-    # Ids derived for rows without one: "<file stem>-<row>" (row counts across all files when there are several).
-    stem = os.path.splitext(os.path.basename(name.rstrip("/")))[0] if isinstance(source, str) else "row"
+    stem = id_stem(source)
     rows, bad_utf8 = _rows(load_raw_dataset(source, split=split, cache_dir=cache_dir))
     report = LoadReport(source=name, rows=len(rows))
     seen: dict[str, int] = {}
@@ -226,11 +255,9 @@ def load_prompt_dataset(source: str | Sequence[str], task: Task, tokenizer: Any,
             continue
         try:
             record = task.to_record(row)
-            if record.get("id") is None:  # the layout had no id: derive a stable one from the file and row
-                record["id"] = f"{stem}-{i}"
-            elif isinstance(record["id"], int) and not isinstance(record["id"], bool):
-                record["id"] = str(record["id"])
+            record["id"] = record_id(record.get("id"), stem, i)
             validate_record(record, task.schema)
+            _check_pass_rate(record)
         except RecordError as exc:
             reason = "invalid_utf8" if "UTF-8" in exc.reason else "invalid"
             reject(reason, i, exc.field, exc.reason)

@@ -15,6 +15,7 @@ from rlad_megatron.tasks.base import Task
 #: Built-in tasks: name -> "module:class".
 BUILTIN_TASKS: dict[str, str] = {
     "arithmetic": "rlad_megatron.tasks.arithmetic.task:ArithmeticTask",
+    "carry_trap": "rlad_megatron.tasks.carry_trap.task:CarryTrapTask",
     "knights_knaves": "rlad_megatron.tasks.knights_knaves.task:KnightsKnavesTask",
     "knights_knaves_compact": "rlad_megatron.tasks.knights_knaves.compact:KnightsKnavesCompactTask",
     "math": "rlad_megatron.tasks.math.task:MathTask",
