@@ -266,11 +266,21 @@ def _check_rollout_mode(r: RolloutConfig) -> None:
 @dataclass
 class DataConfig:
     task: str = "arithmetic"
-    """Task name (``rlad_megatron.tasks.registry.task_names()``): 'arithmetic', 'knights_knaves', 'math', ..."""
+    """A built-in task ('arithmetic', 'knights_knaves', 'math', 'multiple_choice', ...) or your own code:
+    'my_pkg.rewards:MyTask' (a Task subclass) or 'my_reward.py:my_reward' (a reward function, relative to this
+    file's folder; docs/tasks_and_data.md)."""
     train_files: list[str] = field(default_factory=list)
-    """Local jsonl/parquet/arrow files, or one hub dataset name."""
+    """jsonl/json/parquet/arrow/csv files, dataset folders (save_to_disk or hub layout), or hub:ORG/NAME[:CONFIG].
+    Relative paths are taken from the config file's folder (from the working directory on the command line)."""
     eval_files: list[str] = field(default_factory=list)
     """Held-out files of the periodic evaluation (see trainer.eval_every); empty: no evaluation."""
+    fields: dict[str, str] = field(default_factory=dict)
+    """Column mapping {field: column or dotted path}, e.g. {prompt: question, answer: reward_model.ground_truth}:
+    the names the task reads, taken from your columns (the other columns stay on each record)."""
+    split: str = "train"
+    """Split of dataset folders and hub datasets in train_files (a file is read whole)."""
+    eval_split: str | None = None
+    """Split of dataset folders and hub datasets in eval_files; None: data.split."""
     prompts_per_step: int = 8
     """Prompts per rollout batch (global, over all data-parallel replicas)."""
     max_prompt_tokens: int = 128
@@ -296,11 +306,17 @@ class DataConfig:
             if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
                 raise ConfigError(f"data.{name}: expected a mapping of names to values, got {value!r}")
         _at_least("data.max_prompt_tokens", self.max_prompt_tokens, 1)
-        from rlad_megatron.tasks.registry import task_names
+        for target, source in self.fields.items():
+            if not target or not source or not isinstance(source, str):
+                raise ConfigError(f"data.fields.{target}={source!r}: map a field name to a column name or dotted "
+                                  "path, e.g. {prompt: question, answer: reward_model.ground_truth}")
+        if not self.split or self.eval_split == "":
+            raise ConfigError("data.split / data.eval_split: give a split name, e.g. train or test")
+        from rlad_megatron.tasks.registry import check_task_reference
 
-        if self.task not in task_names():
-            raise ConfigError(f"data.task={self.task!r} is not a registered task; choose one of "
-                              f"{', '.join(task_names())}")
+        problem = check_task_reference(self.task, resolve=False)  # its code is found where the job runs
+        if problem:
+            raise ConfigError(problem)
 
 
 @dataclass
@@ -612,7 +628,10 @@ def load_run_config(path: str | Path | None, overrides: list[str] | None = None)
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"config file {path}: expected a mapping at the top level")
         data = loaded or {}
-    return run_config_from_dict(apply_overrides(data, list(overrides or [])))
+    from rlad_megatron.config_paths import resolve_paths
+
+    config = build_dataclass(RunConfig, apply_overrides(data, list(overrides or [])))
+    return resolve_paths(config, Path(path).parent if path is not None else None, overrides or ()).validate()
 
 
 def run_config_to_dict(config: RunConfig) -> dict[str, Any]:
