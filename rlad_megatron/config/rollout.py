@@ -40,8 +40,10 @@ class RolloutConfig:
     max_new_tokens: int = 64
     """Longest response; longer ones are cut and flagged as truncated."""
     seed_requests: bool | None = None
-    """Seed every request (reproducible samples, but vLLM's sampler takes its slower per-request path). None: on
-    CPU yes (the test suite compares runs), on GPUs no (the engine's seed still fixes the stream per run)."""
+    """Seed every request from the run's seed, step and data-parallel rank (samples independent of the layout).
+    None: on CPU yes (the test suite compares runs), on GPUs no (each replica's engine has its own seed, which fixes
+    its stream per run; an engine sharded over tensor-parallel ranks seeds its requests itself so that its shards
+    agree: rollout/seeds.py)."""
 
     # --- rewards: what a cut-off or slow response earns
     truncated: Truncated = "zero"
@@ -69,12 +71,16 @@ class RolloutConfig:
     dtype: DType = "float32"
     """Engine dtype ("float32" or "bfloat16")."""
     kv_cache_mb: int = 256
-    """vLLM KV-cache size in MiB (must be given on CPU)."""
+    """vLLM KV-cache size in MiB. On CPU it is the cache. On a GPU it matters only for a colocated engine with
+    rollout.gpu_memory_utilization unset: the engine's memory share is computed for this KV cache (plus its weights
+    and runtime), so size it for your rollouts (256 MiB holds ~2,300 tokens of Qwen3-0.6B); otherwise vLLM sizes the
+    cache from its share. The trainer logs the cache it got and warns when it is short (docs/gpu.md)."""
     gpu_memory_utilization: float | None = None
-    """GPU only: the fraction of each GPU the colocated engine may take (weights + KV cache). None: vLLM's
-    default (0.92) when the engine has the GPU to itself; with the learner on the same GPU, the smaller of the
-    engine's share in the memory plan and what is free at engine start minus a margin (trainer/setup/engine_settings.py).
-    On CPU rollout.kv_cache_mb sizes the cache."""
+    """GPU only: the fraction of each GPU the engine may take (weights, runtime, KV cache: vLLM gives the KV cache
+    what the rest leaves). None: vLLM's default (0.92) when the engine has the GPU to itself; with the learner on
+    the same GPU, the smaller of the engine's share in the memory plan (sized for rollout.kv_cache_mb) and what is
+    free at engine start minus a margin (trainer/setup/engine_settings.py). On CPU rollout.kv_cache_mb sizes the
+    cache."""
     enforce_eager: bool | None = None
     """Run vLLM without CUDA graphs. None: CUDA graphs on GPUs (decode of small models is launch-bound without
     them), eager on CPU (required there)."""

@@ -6,7 +6,7 @@ choice is unit-tested on CPU; :func:`rlad_megatron.eval.runner.run_benchmarks` m
 - dtype: the run's (``rollout.dtype`` of ``--config``); else on a GPU the checkpoint's own (bfloat16 for a bf16 or
   fp16 checkpoint, as Qwen3's are; float32 otherwise); on CPU float32.
 - memory: on a GPU the engine has the GPU to itself, so vLLM's share is what is free (at most vLLM's default 0.92,
-  :func:`rlad_megatron.rollout.gpu_memory.colocated_memory_fraction`) and the KV cache fills it; never a fixed
+  :func:`rlad_megatron.rollout.vllm_memory.colocated_memory_fraction`) and the KV cache fills it; never a fixed
   256 MiB (which cannot hold one 8K-token sequence of a 1.7B model). On CPU the KV cache is the run's
   ``rollout.kv_cache_mb``, else the engine's default.
 ``--engine-option`` values always win.
@@ -19,7 +19,7 @@ import os
 from typing import Any, Mapping
 
 from rlad_megatron.config.engine import VLLMEngineConfig
-from rlad_megatron.rollout.gpu_memory import colocated_memory_fraction
+from rlad_megatron.rollout.vllm_memory import colocated_memory_fraction
 
 DEFAULT_MAX_TOKENS = 512
 

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import torch
 import torch.distributed as dist
 
-from rlad_megatron.compat.megatron_cpu import prepare_optimizer_for_load
+from rlad_megatron.compat.megatron_fallbacks import prepare_optimizer_for_load
 
 OPTIMIZER_METADATA = {"distrib_optim_sharding_type": "fully_reshardable"}
 

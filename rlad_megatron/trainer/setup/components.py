@@ -41,7 +41,8 @@ from rlad_megatron.tasks.registry import get_training_task
 from rlad_megatron.teacher import MegatronTeacher, Teacher, VLLMTeacher
 from rlad_megatron.trainer.setup.checks import check_run
 from rlad_megatron.trainer.setup.engine_settings import (
-    colocated_memory_fraction, engine_config, pin_learner_cpus, planned_memory_fraction, seed_requests,
+    colocated_memory_fraction, engine_config, pin_learner_cpus, planned_memory_fraction, report_engine_kv_cache,
+    seed_requests,
 )
 from rlad_megatron.weight_sync.sync import WeightSynchronizer
 from rlad_megatron.weight_sync.verify import SyncVerifier, calibrated_tolerance, make_sampled_probe
@@ -188,8 +189,12 @@ def build_components(config: RunConfig) -> Components:
 
     cuda = uses_cuda()
     engine_cfg = engine_config(c, c.model.teacher if use == "samples" else c.model.student, cuda=cuda,
-                               gpu_memory_utilization=_engine_memory_fraction(c, cuda, arch, dp_size))
+                               gpu_memory_utilization=_engine_memory_fraction(c, cuda, arch, dp_size),
+                               replica=dp_rank)
     engine, transport = build_rollout_engine(engine_cfg)
+    if engine is not None and dist.get_rank() == 0:
+        report_engine_kv_cache(c, engine, cuda=cuda,
+                               sequences_per_step=layout.prompts_per_rank * c.rollout.group_size)
     if engine_cfg.cpu_cores:  # after the engine process has started with its own affinity
         pin_learner_cpus(engine_cfg.cpu_cores, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
 
