@@ -110,7 +110,7 @@ def disk_full_error(path: str | Path, what: str = "", advice: str = "") -> DiskF
     where = f"{free} bytes ({_size(free)}) free" if free is not None else "free space unknown"
     mount = mount_point(path)
     message = (f"the disk is full: writing {what + ' ' if what else ''}{path} failed ({where} on the filesystem "
-               f"mounted at {mount or '?'})")
+               f"mounted at {mount or '?'} after the failed write)")
     return DiskFullError(message + (f"; {advice}" if advice else ""), path, free)
 
 
@@ -119,9 +119,9 @@ def disk_full_guard(path: str | Path, what: str = "", advice: str = "") -> Itera
     """Turn a full disk met inside the block (writing ``path``) into :class:`DiskFullError`; other errors pass."""
     try:
         yield
-    except DiskFullError:
+    except (DiskFullError, KeyboardInterrupt, SystemExit, GeneratorExit):
         raise
-    except Exception as err:
+    except BaseException as err:  # torch.distributed.checkpoint's CheckpointException is a BaseException
         if is_disk_full(err, path):
             raise disk_full_error(path, what, advice) from err
         raise

@@ -48,6 +48,7 @@ def _scoring(args: argparse.Namespace) -> tuple[str, dict[str, Any], dict[str, A
 
 
 def _run(args: argparse.Namespace) -> int:
+    from rlad_megatron.atomic_write import DiskFullError
     from rlad_megatron.data.prompt_dataset import DatasetError
     from rlad_megatron.eval.runner import run_eval
 
@@ -60,7 +61,7 @@ def _run(args: argparse.Namespace) -> int:
                           engine_options=engine_options, chat_template_kwargs=template_kwargs,
                           truncated=truncated, allow_download=args.allow_download,
                           reward_timeout_s=args.reward_timeout)
-    except (DatasetError, FileNotFoundError, KeyError, ValueError) as err:
+    except (DatasetError, FileNotFoundError, KeyError, ValueError, DiskFullError) as err:
         print(f"rlad-megatron eval: {err}", file=sys.stderr)
         return 2
     print(report.to_markdown())

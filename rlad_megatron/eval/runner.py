@@ -107,8 +107,9 @@ def run_eval(model_dir: str, task_name: str, data_file: str, k: int, out_dir: st
     except TypeError as err:  # e.g. --engine-option kv_cache_bytes=abc
         raise ValueError(f"--engine-option: a value of the wrong type ({err})") from None
     os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "data_report.json"), "w", encoding="utf-8") as fh:
-        json.dump(dataset.report.as_dict(), fh, indent=2)
+    from rlad_megatron.atomic_write import write_json
+
+    write_json(os.path.join(out_dir, "data_report.json"), dataset.report.as_dict(), indent=2)
     from rlad_megatron.models.stop_tokens import stop_token_ids
 
     sampling = SamplingSettings(n=k, temperature=temperature, top_p=top_p, max_tokens=max_tokens,

@@ -110,11 +110,9 @@ def saved_run_config(output_dir: Path) -> tuple[dict[str, Any] | None, str]:
 
 def record_run_config(output_dir: Path, config: RunConfig) -> Path:
     """Write ``output_dir/run_config.json`` atomically (global rank 0, at the start of every run and resume)."""
-    path = Path(output_dir) / RUN_CONFIG_FILE
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(run_config_to_dict(config), indent=1), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    from rlad_megatron.atomic_write import write_json
+
+    return write_json(Path(output_dir) / RUN_CONFIG_FILE, run_config_to_dict(config), indent=1)
 
 
 def _aside_name(out: Path) -> Path:
