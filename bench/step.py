@@ -54,6 +54,8 @@ from pathlib import Path
 
 import yaml
 
+from rlad_megatron import launch_local
+
 REPO = Path(__file__).resolve().parents[1]
 
 STUDENT = dict(family="llama", num_layers=4, hidden_size=256, intermediate_size=688, num_heads=4, num_kv_heads=4)
@@ -128,8 +130,12 @@ def run_once(config: dict, tp: int, workdir: Path, src: Path | None, timeout: fl
         env["OMP_NUM_THREADS"] = str(threads)
     if src is not None:  # PYTHONPATH comes before the editable install of this checkout
         env["PYTHONPATH"] = os.pathsep.join([str(src), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={tp}",
-           "-m", "rlad_megatron.cli", "train", "--config", str(config_path)]
+    args = ["train", "--config", str(config_path)]
+    if src is None or (src / "rlad_megatron" / "launch_local.py").exists():
+        cmd = launch_local.command(tp, "rlad_megatron.cli", args)  # every socket on the loopback interface
+    else:  # a baseline checkout older than launch_local
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={tp}",
+               "-m", "rlad_megatron.cli", *args]
     log_path = workdir / "train.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, env=env, cwd=str(workdir), stdout=log, stderr=subprocess.STDOUT,
