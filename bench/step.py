@@ -13,8 +13,9 @@ Workload W1 (fixed; issue 10):
   training and one teacher micro-batch, as the HF reference trains; ``--micro-batch 8`` gives the trainer's
   default fixed micro-batches of 8 sequences (8 forward/backward passes per step).
 
-Each (mode, TP) runs the real trainer exactly as a user launches it (``torchrun --standalone --nproc-per-node TP
--m rlad_megatron.cli train --config ...``: vLLM engine, Megatron learner, weight sync), ``--warmup`` + ``--steps``
+Each (mode, TP) runs the real trainer exactly as a user launches it (``python -m rlad_megatron.launch_local
+--nproc-per-node TP -m rlad_megatron.cli train --config ...``: vLLM engine, Megatron learner, weight sync; a baseline
+checkout older than launch_local: ``torchrun --standalone``), ``--warmup`` + ``--steps``
 steps; the warm-up steps are dropped and the rest read from ``metrics.jsonl``. Reported per mode: the median step
 time, generated tokens per second (completion tokens up to and including the first eos, summed over the measured
 steps, over their summed step time), peak RSS (max over ranks), and the median time of each phase.

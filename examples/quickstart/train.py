@@ -80,7 +80,8 @@ def child_output_tail(text: str, lines: int = 30) -> list[str]:
     and ``E1128 ...`` log lines), which otherwise fills the tail and hides the ranks' error."""
     rows = text.replace("\r", "\n").splitlines()
     for i in range(len(rows) - 1, -1, -1):
-        if rows[i].startswith("Traceback") and any("torch/distributed/run.py" in r for r in rows[i: i + 6]):
+        if rows[i].startswith("Traceback") and any(launcher in r for r in rows[i: i + 6]
+                                                   for launcher in ("torch/distributed/run.py", "launch_local.py")):
             rows = rows[:i]
             break
     rows = [r for r in rows if not re.match(r"^[EWI]\d{4} ", r) and r.strip()]
