@@ -355,7 +355,8 @@ def follow(output_dir: str | Path, *, timeout_s: float | None = None) -> RunLock
             return RunLock(path, holder)
         if time.monotonic() > deadline:
             raise RunLockError(f"rank {os.environ.get('RANK', '?')}: rank 0 did not take the lock on "
-                               f"trainer.output_dir={Path(output_dir)} within {timeout:.0f} s")
+                               f"trainer.output_dir={Path(output_dir)} within {timeout:.0f} s (is the folder on a "
+                               f"filesystem every node shares?)")
         time.sleep(0.1)
 
 
