@@ -134,10 +134,13 @@ def test_cli_refuses_before_training(tmp_path: Path, capsys) -> None:
         for name in ("config.json", "model.safetensors", "tokenizer.json"):
             (folder / name).write_text("{}")
     out = tmp_path / "run"
-    saved = _config(out, f"model.student={models['student']}", f"model.teacher={models['teacher']}")
+    data = tmp_path / "train.jsonl"  # a data file that passes the data check (which comes first)
+    data.write_text('{"prompt": "1+2=", "answer": "3"}\n')
+    saved = _config(out, f"model.student={models['student']}", f"model.teacher={models['teacher']}",
+                    f"data.train_files={data}")
     _old_run(out, saved)
     args = ["train", f"model.student={models['student']}", f"model.teacher={models['teacher']}",
-            "data.train_files=/d/train.jsonl", f"trainer.output_dir={out}"]
+            f"data.train_files={data}", f"trainer.output_dir={out}"]
     assert cli.main(args) == 2
     assert "already holds a run" in capsys.readouterr().err
     assert cli.main(args + ["--resume", "loss.alpha=0.9"]) == 2
@@ -168,7 +171,9 @@ def test_output_dir_under_a_regular_file_is_one_line_naming_the_key(tmp_path: Pa
         for name in ("config.json", "model.safetensors", "tokenizer.json"):
             (tmp_path / role / name).write_text("{}")
         models.append(f"model.{role}={tmp_path / role}")
-    rc = cli.main(["train", *models, "data.train_files=/d/train.jsonl", f"trainer.output_dir={blocker / 'run'}"])
+    data = tmp_path / "train.jsonl"  # a data file that passes the data check (which comes first)
+    data.write_text('{"prompt": "1+2=", "answer": "3"}\n')
+    rc = cli.main(["train", *models, f"data.train_files={data}", f"trainer.output_dir={blocker / 'run'}"])
     err = capsys.readouterr().err
     assert rc == 2 and err == (f"rlad-megatron train: trainer.output_dir={blocker / 'run'} lies under {blocker}, "
                                f"which is a file, not a folder: choose another trainer.output_dir (or move the file "

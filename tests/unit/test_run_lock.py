@@ -209,7 +209,7 @@ def test_a_folder_the_lock_created_is_removed_again_when_nothing_was_written(tmp
     assert read_holder(lock_path(fresh)).released
 
 
-def _fake_models(tmp_path: Path) -> list[str]:
+def _fake_inputs(tmp_path: Path) -> list[str]:
     models = []
     for role in ("student", "teacher"):  # folders that pass the model-folder check (their contents are not read)
         folder = tmp_path / role
@@ -217,7 +217,9 @@ def _fake_models(tmp_path: Path) -> list[str]:
         for name in ("config.json", "model.safetensors", "tokenizer.json"):
             (folder / name).write_text("{}")
         models.append(f"model.{role}={folder}")
-    return models
+    data = tmp_path / "train.jsonl"  # a data file that passes the data check (which comes first)
+    data.write_text('{"prompt": "1+2=", "answer": "3"}\n')
+    return [*models, f"data.train_files={data}"]
 
 
 def test_train_on_a_folder_in_use_is_refused_before_anything_loads(tmp_path: Path, capsys) -> None:
@@ -225,8 +227,7 @@ def test_train_on_a_folder_in_use_is_refused_before_anything_loads(tmp_path: Pat
     proc, _ = _holder(out)
     try:
         started = time.perf_counter()
-        rc = cli.main(["train", *_fake_models(tmp_path), "data.train_files=/d/train.jsonl",
-                       f"trainer.output_dir={out}", "trainer.resume=auto"])
+        rc = cli.main(["train", *_fake_inputs(tmp_path), f"trainer.output_dir={out}", "trainer.resume=auto"])
         assert rc == 2 and time.perf_counter() - started < 5
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and f"is in use by another run: pid {proc.pid} on host" in err
