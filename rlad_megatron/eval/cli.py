@@ -137,36 +137,22 @@ def eval_sets(args: argparse.Namespace) -> tuple[list[Any], dict[str, Any]]:
 
 
 def _run(args: argparse.Namespace) -> int:
-<<<<<<< HEAD
     from rlad_megatron.atomic_write import DiskFullError
-=======
     from rlad_megatron.console import say
->>>>>>> main
     from rlad_megatron.data.prompt_dataset import DatasetError
     from rlad_megatron.eval import runner
 
     try:
         sets, settings = eval_sets(args)
         engine_options = _parse_options(args.engine_option, "--engine-option")
-<<<<<<< HEAD
-        report = run_eval(args.model, task, args.data, args.k, args.out, max_prompt_tokens=args.max_prompt_tokens,
-                          max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed,
-                          limit=args.limit, bad_rows=args.bad_rows, task_options=task_options,
-                          engine_options=engine_options, chat_template_kwargs=template_kwargs,
-                          truncated=truncated, allow_download=args.allow_download,
-                          reward_timeout_s=args.reward_timeout)
-    except (DatasetError, FileNotFoundError, KeyError, ValueError, DiskFullError) as err:
-        print(f"rlad-megatron eval: {err}", file=sys.stderr)
-=======
         suite = runner.run_benchmarks(
             args.model, sets, args.k, args.out, max_prompt_tokens=args.max_prompt_tokens,
             max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed,
             limit=args.limit, bad_rows=args.bad_rows, engine_options=engine_options,
             allow_download=args.allow_download, reward_timeout_s=args.reward_timeout,
             log_file=os.path.join(args.out, "eval.log"), progress=say, **settings)
-    except (DatasetError, FileNotFoundError, KeyError, ValueError) as err:
+    except (DatasetError, FileNotFoundError, KeyError, ValueError, DiskFullError) as err:
         say(f"rlad-megatron eval: {err.args[0] if isinstance(err, KeyError) else err}")
->>>>>>> main
         return 2
     table = suite.summary_markdown() if len(suite.reports) > 1 else next(iter(suite.reports.values())).to_markdown()
     say(table.rstrip("\n"), stdout=True)
