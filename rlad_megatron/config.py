@@ -126,7 +126,10 @@ class RolloutConfig:
     dtype: str = "float32"
     """Engine dtype ("float32" or "bfloat16")."""
     kv_cache_mb: int = 256
-    """vLLM KV-cache size in MiB (must be given on CPU)."""
+    """vLLM KV-cache size in MiB. On CPU it is the cache. On a GPU it matters only for a colocated engine with
+    rollout.gpu_memory_utilization unset: the engine's memory share is computed for this KV cache (plus its weights
+    and runtime), so size it for your rollouts (256 MiB holds ~2,300 tokens of Qwen3-0.6B); otherwise vLLM sizes the
+    cache from its share. The trainer logs the cache it got and warns when it is short (docs/gpu.md)."""
     weight_load: str = "inplace"
     """"inplace" (copy into the engine's parameters: a 100M-parameter sync costs ~3x a memcpy) or "vllm_reload"
     (vLLM's layerwise reload, ~8x). On CPU, "inplace" keeps plain torch GEMMs in vLLM, which generate ~1.6x slower
@@ -166,17 +169,19 @@ class RolloutConfig:
     """Run vLLM without CUDA graphs. None: CUDA graphs on GPUs (decode of small models is launch-bound without
     them), eager on CPU (required there)."""
     gpu_memory_utilization: float | None = None
-    """GPU only: the fraction of each GPU the colocated engine may take (weights + KV cache). None: vLLM's
-    default (0.92) when the engine has the GPU to itself; with the learner on the same GPU, the smaller of the
-    engine's share in the memory plan and what is free at engine start minus a margin (trainer/engine_settings.py).
-    On CPU rollout.kv_cache_mb sizes the cache."""
+    """GPU only: the fraction of each GPU the engine may take (weights, runtime, KV cache: vLLM gives the KV cache
+    what the rest leaves). None: vLLM's default (0.92) when the engine has the GPU to itself; with the learner on
+    the same GPU, the smaller of the engine's share in the memory plan (sized for rollout.kv_cache_mb) and what is
+    free at engine start minus a margin (trainer/engine_settings.py). On CPU rollout.kv_cache_mb sizes the cache."""
     sleep_level: int = 0
     """GPU only (colocation): 0 keeps the engine's memory during training; 1 moves its weights to host memory and
     frees its KV cache while the learner trains; 2 frees both (the sync rewrites every weight). Weights are woken
     before the weight sync, the KV cache before generation."""
     seed_requests: bool | None = None
-    """Seed every request (reproducible samples, but vLLM's sampler takes its slower per-request path). None: on
-    CPU yes (the test suite compares runs), on GPUs no (the engine's seed still fixes the stream per run)."""
+    """Seed every request from the run's seed, step and data-parallel rank (samples independent of the layout).
+    None: on CPU yes (the test suite compares runs), on GPUs no (each replica's engine has its own seed, which fixes
+    its stream per run; an engine sharded over tensor-parallel ranks seeds its requests itself so that its shards
+    agree: rollout/seeds.py)."""
     mode: str = "sync"
     """"sync": each step generates its batch, then trains on it. "async" (docs/async_rollouts.md): the engine
     process generates batch t+1 while the learner trains on batch t (one-step off-policy); needs

@@ -230,8 +230,12 @@ def build_components(config: RunConfig) -> Components:
     use = teacher_use(c.loss)
     cuda = uses_cuda()
     engine_cfg = engine_config(c, c.model.teacher if use == "samples" else c.model.student, cuda=cuda,
-                               gpu_memory_utilization=_engine_memory_fraction(c, cuda, arch, dp_size))
+                               gpu_memory_utilization=_engine_memory_fraction(c, cuda, arch, dp_size), replica=dp_rank)
     engine, transport = build_rollout_engine(engine_cfg)
+    if engine is not None and dist.get_rank() == 0:
+        from rlad_megatron.trainer.engine_settings import report_engine_kv_cache
+
+        report_engine_kv_cache(c, engine, cuda=cuda, sequences_per_step=layout.prompts_per_rank * c.rollout.group_size)
     if engine_cfg.cpu_cores:  # after the engine process has started with its own affinity
         import os
 
