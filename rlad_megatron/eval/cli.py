@@ -141,6 +141,7 @@ def eval_sets(args: argparse.Namespace) -> tuple[list[Any], dict[str, Any]]:
 
 def _run(args: argparse.Namespace) -> int:
     # lazy: the CLI registers every command; a command's imports wait until it runs
+    from rlad_megatron.atomic_write import DiskFullError
     from rlad_megatron.console import say
     from rlad_megatron.data.prompt_dataset import DatasetError
     from rlad_megatron.eval import runner
@@ -154,7 +155,7 @@ def _run(args: argparse.Namespace) -> int:
             limit=args.limit, bad_rows=args.bad_rows, engine_options=engine_options,
             allow_download=args.allow_download, reward_timeout_s=args.reward_timeout,
             log_file=os.path.join(args.out, "eval.log"), progress=say, **settings)
-    except (DatasetError, FileNotFoundError, KeyError, ValueError) as err:
+    except (DatasetError, FileNotFoundError, KeyError, ValueError, DiskFullError) as err:
         say(f"rlad-megatron eval: {err.args[0] if isinstance(err, KeyError) else err}")
         return 2
     table = suite.summary_markdown() if len(suite.reports) > 1 else next(iter(suite.reports.values())).to_markdown()

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from rlad_megatron.atomic_write import atomic_file
 from rlad_megatron.trainer.observability.metrics_file import read_metrics
 
 
@@ -145,8 +146,12 @@ def plot_curves(metrics_jsonl: Path, png: Path, panels: Sequence[Panel] = PANELS
     import matplotlib.pyplot as plt  # lazy: matplotlib only when drawing
 
     fig = build_figure(metrics_jsonl, panels)
+
     png = Path(png)
     png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png, dpi=100)
-    plt.close(fig)
+    try:
+        with atomic_file(png, "wb", what="the curves image") as f:  # never a half-drawn image at ``png``
+            fig.savefig(f, dpi=100, format="png")
+    finally:
+        plt.close(fig)
     return png
