@@ -32,7 +32,7 @@ def train_task(recipe: Recipe, *, max_restarts: int = 0, shell_quoted: bool = Fa
     """
     path, args = TRAIN_MODULE, recipe.train_args()
     if max_restarts:
-        path, args = "torch.distributed.run", ["--standalone", f"--nproc-per-node={recipe.gpus_per_node}",
+        path, args = "torch.distributed.run", ["--standalone", f"--nproc-per-node={recipe.ranks_per_node}",
                                                f"--max-restarts={max_restarts}", "-m", TRAIN_MODULE, *args]
     if shell_quoted:
         args = [_shell_word("a train argument", a) for a in args]
@@ -83,7 +83,7 @@ def local_executor(recipe: Recipe, *, env: dict[str, str] | None = None) -> run.
         raise ValueError(f"recipe {recipe.name} needs {recipe.nodes} nodes x {recipe.gpus_per_node} GPUs; the local "
                          "executor runs on this machine only: use --executor slurm, or --nodes 1 with a layout that "
                          "fits one machine")
-    return run.LocalExecutor(ntasks_per_node=recipe.gpus_per_node, nodes=1, launcher="torchrun",
+    return run.LocalExecutor(ntasks_per_node=recipe.ranks_per_node, nodes=1, launcher="torchrun",
                              env_vars=_env(recipe, env))
 
 
@@ -149,6 +149,8 @@ def slurm_executor(recipe: Recipe, *, account: str, partition: str | None = None
     )
     if recipe.gpu:
         kwargs["gpus_per_node"] = recipe.gpus_per_node
+    if recipe.ranks_per_node != recipe.gpus_per_node:  # disaggregated engines: processes, not torchrun ranks
+        kwargs["torchrun_nproc_per_node"] = recipe.ranks_per_node
     if requeue:
         kwargs["additional_parameters"] = {"requeue": True, "open_mode": "append"}
     executor = run.SlurmExecutor(**kwargs)
