@@ -5,7 +5,8 @@
     python -m recipes quickstart                                    # local, 2 CPU processes, tiny models
     python -m recipes math_qwen3_8b_base --plan                    # per-GPU memory by component; fits?
     python -m recipes logic_qwen3_0p6b --executor slurm --dryrun --account acct --partition batch \\
-        --container-image rlad-megatron:0.1.0 --mounts /lustre/models:/models,/lustre/data:/data trainer.steps=10
+        --container-image rlad-megatron:0.1.0 trainer.steps=10 \\
+        --mounts /lustre/models:/models,/lustre/data:/data,/lustre/results:/results
     python -m recipes --config my_run.yaml --nodes 2 --gpus-per-node 8 --plan           # your own run
     python -m recipes --config my_run.yaml --executor slurm --nodes 2 --account acct --partition batch
     python -m recipes logic_qwen3_0p6b --config changes.yaml trainer.steps=10   # the file's keys on the recipe's

@@ -2,7 +2,8 @@
 
     recipe = get_recipe("logic_qwen3_0p6b")
     executor = slurm_executor(recipe, account="acct", partition="batch", container_image="rlad-megatron:0.1.0",
-                              container_mounts=["/lustre/models:/models", "/lustre/data:/data"])
+                              container_mounts=["/lustre/models:/models", "/lustre/data:/data",
+                                                "/lustre/results:/results"])
     launch(recipe, executor, dryrun=True)        # renders <exp_dir>/<name>_sbatch.sh, submits nothing
 
 Both executors use NeMo-Run's ``torchrun`` launcher, so each node runs one
