@@ -23,8 +23,8 @@ from rlad_megatron.config import ConfigError
 
 from recipes import RECIPES, get_recipe, prepare_quickstart_assets, recipe_names
 from recipes.base import Recipe
-from recipes.job_checks import file_problems, locator
-from recipes.own_run import recipe_from_config, with_config_file
+from recipes.job_checks import file_problems, job_path, locator
+from recipes.own_run import recipe_from_config, with_config_file, with_job_config_file
 from recipes.shapes import describe_shape, resolve_shapes
 
 
@@ -183,11 +183,21 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m recipes") -> 
             recipe = with_auto_resume(recipe, "--requeue" if args.requeue else "--max-restarts")
         placement = recipe.validate(check_memory=False)
         plan = recipe.memory_plan(placement)
-        recipe.train_args()  # the config must travel on the job's command line
+        notes = []
+        if not args.plan:
+            try:
+                recipe.train_args()  # the config travels on the job's command line, or in a file next to yours
+            except ConfigError:
+                if not args.config:
+                    raise
+                recipe = with_job_config_file(recipe, args.config,
+                                              in_job=job_path(container=_in_container(args), mounts=_mounts(args)))
+                notes.append(f"the job reads its config from {recipe.job_config} (a value of it cannot travel on "
+                             "the job's command line)")
     except (ConfigError, KeyError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"recipe {recipe.name}: {recipe.description}", *shapes, placement.describe(), sep="\n")
+    print(f"recipe {recipe.name}: {recipe.description}", *shapes, placement.describe(), *notes, sep="\n")
     if args.plan:
         print(plan.describe() if plan is not None else "memory plan: the recipe gives no model shapes")
         return 0 if plan is None or plan.fits else 1

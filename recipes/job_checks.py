@@ -42,6 +42,19 @@ def host_path(path: str, mounts: Sequence[tuple[str, str]]) -> str | None:
     return os.path.normpath(best[0] + path[len(best[1]):])
 
 
+def container_path(path: str, mounts: Sequence[tuple[str, str]]) -> str | None:
+    """The container's path of a host ``path`` (the inverse of :func:`host_path`); None under no mount."""
+    return host_path(path, [(inside, host) for host, inside in mounts])
+
+
+def job_path(*, container: bool, mounts: Sequence[str] = ()) -> Callable[[str], str | None]:
+    """Maps a path of this machine to the job's (itself without a container)."""
+    if not container:
+        return lambda path: path
+    pairs = parse_mounts(mounts)
+    return lambda path: container_path(path, pairs)
+
+
 def locator(*, container: bool, mounts: Sequence[str] = ()) -> Callable[[str], str | None]:
     """Maps a path of the job to where this machine sees it (itself without a container)."""
     if not container:

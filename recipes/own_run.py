@@ -8,18 +8,38 @@ The config is read by ``load_run_config``, as ``rlad-megatron train --config`` r
 are taken from its folder, those of command-line overrides from the working directory, and every path leaves here
 absolute, so that the job (another folder, another node) reads the same files. The job gets the config on its
 command line (``Recipe.train_args``: every key that differs from the defaults), so the rendered sbatch script says
-exactly what runs.
+exactly what runs. A value the command line cannot carry (a prompt with spaces or quotes) makes the job read a file
+instead: :func:`with_job_config_file` writes the loaded config, every path absolute, next to the run's config file
+(``.rlad_jobs/<name>-<hash>.yaml``: one file per distinct config, never rewritten, so a job still waiting in the
+queue reads what was launched), and the job runs ``train --config`` that file.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from rlad_megatron.config import ConfigError, load_run_config
+from rlad_megatron.config import ConfigError, RunConfig, load_run_config, run_config_to_dict
 
-from recipes.base import CPU_ENV, GPU_ENV, Recipe, config_overrides
+from recipes.base import CPU_ENV, GPU_ENV, Recipe, config_overrides, format_value
+
+JOB_CONFIGS = ".rlad_jobs"
+"""The folder, next to a run's config file, of the config files jobs read (see the module docstring)."""
+
+
+@dataclass
+class FileConfigRecipe(Recipe):
+    """A recipe whose job reads its config from ``job_config`` (a YAML file every node sees), not from overrides."""
+
+    job_config: str = ""
+    job_config_in_job: str = ""
+    """The same file's path inside the job (a container's mount), or "" when it is ``job_config``."""
+
+    def train_args(self) -> list[str]:
+        return ["train", "--config", format_value(self.job_config_in_job or self.job_config)]
 
 
 def run_name(path: str | Path) -> str:
@@ -79,3 +99,32 @@ def with_config_file(recipe: Recipe, path: str | Path, overrides: Sequence[str] 
     kept = [item for item in config_overrides(recipe.config) if not _overlaps(item.split("=", 1)[0], mine)]
     config = load_run_config(path, [*kept, *overrides])
     return dataclasses.replace(recipe, config=config)
+
+
+def job_config_text(config: RunConfig) -> str:
+    """The YAML a job reads: the whole loaded config (every path absolute), as ``rlad-megatron config`` prints it."""
+    import yaml
+
+    return ("# Written by rlad-megatron launch: the run's config as the job reads it (every path absolute).\n"
+            + yaml.safe_dump(run_config_to_dict(config), sort_keys=False))
+
+
+def with_job_config_file(recipe: Recipe, config_file: str | Path, *, in_job=lambda path: path) -> FileConfigRecipe:
+    """``recipe`` reading its config from a file written next to ``config_file`` (the run's own config file, on a
+    filesystem the job sees); ``in_job`` maps that path to the job's (a container's mounts), None: not visible."""
+    text = job_config_text(recipe.config)
+    digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+    path = Path(config_file).resolve().parent / JOB_CONFIGS / f"{recipe.name}-{digest}.yaml"
+    inside = in_job(str(path))
+    if inside is None:
+        raise ConfigError(f"the job reads its config from {path} (some values cannot travel on its command line), "
+                          f"but that folder is under none of the container's mounts: mount {path.parent.parent} "
+                          "(e.g. at the same path)")
+    format_value(inside)  # a path the job's command line can carry
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+    fields = {f.name: getattr(recipe, f.name) for f in dataclasses.fields(Recipe)}
+    return FileConfigRecipe(**fields, job_config=str(path), job_config_in_job="" if inside == str(path) else inside)

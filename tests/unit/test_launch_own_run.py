@@ -170,8 +170,6 @@ def test_a_run_config_becomes_a_recipe_with_absolute_paths(tmp_path, capsys):
     assert recipe.config.trainer.output_dir == str(tmp_path / "runs" / "my run.v2")
     assert recipe.config.trainer.steps == 7
     # `python -m recipes --config` is the same, overrides after it (a `key=value` is never taken for a recipe name)
-    assert recipes_main(["--config", str(tmp_path / "my run.v2.yaml"), "trainer.steps=7", "--show"]) == 2
-    assert "cannot pass" in capsys.readouterr().err  # the output folder's space cannot travel on the command line
     run = write_run(tmp_path, "Qwen3-1.7B", "Qwen3-4B")
     assert recipes_main(["--config", str(run), "trainer.steps=7", "--show", "--gpus-per-node", "4"]) == 0
     out = capsys.readouterr().out
@@ -256,3 +254,44 @@ def test_the_cli_lists_and_runs_launch_and_plan(capsys):
         cli_main(["plan", "--help"])
     out = capsys.readouterr().out
     assert out.startswith("usage: rlad-megatron plan") and "--rollout-gpus" in out and "--student-shape" in out
+
+
+def test_values_the_command_line_cannot_carry_reach_the_job_in_a_file(tmp_path, capsys, monkeypatch):
+    """A prompt with spaces cannot be one word of the sbatch script's torchrun line: the job reads the loaded config
+    from a file written next to the run's config (content-addressed, so a queued job reads what was launched)."""
+    pytest.importorskip("nemo_run")
+    import io
+
+    import nemo_run.config
+    import yaml
+
+    from rlad_megatron.config import load_run_config
+
+    monkeypatch.setattr(nemo_run.config, "_NEMORUN_HOME", str(tmp_path / "nemo"))
+    monkeypatch.setattr("sys.stdin", io.StringIO())
+    run = write_run(tmp_path, "Qwen3-1.7B", "Qwen3-4B")
+    text = run.read_text().replace("  task: math\n", "  task: math\n  task_options: {instruction: \"Think it "
+                                                     "through, then answer: 'x = ...'.\"}\n")
+    run.write_text(text)
+    slurm = ["--executor", "slurm", "--dryrun", "--account", "acct", "--gpu", "h200", "--no-file-checks"]
+    assert recipes_main(["--config", str(run), *slurm, "trainer.steps=5"]) == 0
+    out = capsys.readouterr().out
+    written = sorted((tmp_path / ".rlad_jobs").glob("my_run-*.yaml"))
+    assert len(written) == 1 and f"the job reads its config from {written[0]}" in out
+    script = next((tmp_path / "nemo").rglob("*_sbatch.sh")).read_text()
+    assert f"-m rlad_megatron.cli train --config {written[0]}" in script
+    job = load_run_config(written[0])  # what the job reads: the launched config, every path absolute
+    assert job.data.task_options == {"instruction": "Think it through, then answer: 'x = ...'."}
+    assert job.trainer.steps == 5 and job.model.student == str(tmp_path / "models" / "Qwen3-1.7B")
+    assert yaml.safe_load(written[0].read_text())["data"]["train_files"] == [str(tmp_path / "data" / "train.jsonl")]
+    # the same config again: the same file; in a container its folder must be mounted
+    assert recipes_main(["--config", str(run), *slurm, "trainer.steps=5"]) == 0
+    assert sorted((tmp_path / ".rlad_jobs").glob("*.yaml")) == written
+    capsys.readouterr()
+    container = ["--container-image", "img.sqsh", "--student-shape", "Qwen3-1.7B", "--teacher-shape", "Qwen3-4B"]
+    code = recipes_main(["--config", str(run), *slurm, *container, "trainer.steps=5", "--mounts", "/lustre/x:/x"])
+    assert code == 2 and "under none of the container's mounts: mount" in capsys.readouterr().err
+    assert recipes_main(["--config", str(run), *slurm, *container, "trainer.steps=5",
+                         "--mounts", f"{tmp_path}:/job"]) == 0
+    assert any(f"train --config /job/.rlad_jobs/{written[0].name}" in p.read_text()
+               for p in (tmp_path / "nemo").rglob("*_sbatch.sh"))
