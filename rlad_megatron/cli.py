@@ -21,7 +21,7 @@ def _train(args: argparse.Namespace) -> int:
         print(f"rlad-megatron train: bad configuration: {err}", file=sys.stderr)
         return 2
     from rlad_megatron.models.folder_check import ModelFolderError, check_model_folder
-    from rlad_megatron.trainer.run_dir import RunDirError, prepare_output_dir
+    from rlad_megatron.trainer.run_dir import RunDirError, check_output_path
 
     try:  # before any process group: a wrong path is one line, not a hub lookup and a traceback per rank
         check_model_folder(config.model.student, "model.student")
@@ -41,23 +41,52 @@ def _train(args: argparse.Namespace) -> int:
         return 2
 
     rank0 = os.environ.get("RANK", "0") == "0"  # torchrun's global rank; the process group does not exist yet
+    from rlad_megatron.run_lock import RunLockError, hold_run_lock
+
+    out = Path(config.trainer.output_dir)
+    try:
+        check_output_path(out)
+        lock = hold_run_lock(out, rank0=rank0)  # one writer per run: a second run on this folder stops here
+    except (RunDirError, RunLockError) as err:
+        if rank0:
+            print(f"rlad-megatron train: {err}", file=sys.stderr)
+        return 2
+    try:
+        return _train_holding_the_lock(args, config, lock, rank0)
+    finally:
+        lock.release()
+
+
+def _train_holding_the_lock(args: argparse.Namespace, config, lock, rank0: bool) -> int:
+    from rlad_megatron.atomic_write import DiskFullError
+    from rlad_megatron.trainer.run_dir import RunDirError, prepare_output_dir
+
     try:
         start = prepare_output_dir(config, resume=args.resume, overwrite=args.overwrite,
-                                   allow_config_change=args.allow_config_change, rank0=rank0)
+                                   allow_config_change=args.allow_config_change, rank0=rank0,
+                                   requeued=lock.requeued)
     except RunDirError as err:
         if rank0:
             print(f"rlad-megatron train: {err}", file=sys.stderr)
         return 2
+    lock.mark_running()
     if rank0:
         for note in start.notes:
             print(f"[rlad] {note}", flush=True)
-    from rlad_megatron.console import rank_tag, send_output_to_log
+    from rlad_megatron.console import rank_tag, say, send_output_to_log
 
     # From here on third-party output (vLLM, Megatron, torch, warnings) goes to the run's train.log, not the console.
     send_output_to_log(Path(config.trainer.output_dir) / "train.log", tag=rank_tag())
     from rlad_megatron.trainer.loop import train
 
-    train(config, resume=start.resume)
+    try:
+        train(config, resume=start.resume)
+    except DiskFullError as err:  # the traceback goes to train.log; the console gets one line
+        import traceback
+
+        traceback.print_exc()
+        say(f"rlad-megatron train: {err}")
+        return 2
     # Everything is written and closed: spare the interpreter's final garbage collection a pass over vLLM's, Megatron's
     # and torch's objects (~3 s a process on 2 cores, at every job's end). Exit handlers still run.
     import gc

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from pathlib import Path
 
 import torch
@@ -44,36 +43,51 @@ def _is_rank0() -> bool:
 
 def save_megatron_checkpoint(model_chunks: list, arch: ModelArch, out_dir: str | Path, *,
                              tokenizer_dir: str | Path | None = None) -> Path:
-    """Collective: write ``model_chunks`` (one per rank, no virtual PP) as a dist checkpoint with our metadata."""
+    """Collective: write ``model_chunks`` (one per rank, no virtual PP) as a dist checkpoint with our metadata.
+
+    Written into the hidden sibling ``.<name>.partial`` and renamed to ``out_dir`` once complete: a crash or a
+    full disk (:class:`~rlad_megatron.atomic_write.DiskFullError`) leaves nothing at ``out_dir``."""
     import torch.distributed as dist
     from megatron.core import dist_checkpointing
     from megatron.core import parallel_state as ps
 
+    from rlad_megatron import atomic_write as aw
+
     (chunk,) = model_chunks
     out = Path(out_dir)
+    partial = aw.partial_dir(out)
     if _is_rank0():
-        out.mkdir(parents=True, exist_ok=True)
-        if any(out.iterdir()):
+        if out.is_dir() and any(out.iterdir()):
             raise FileExistsError(f"checkpoint directory {out} is not empty: choose a new --out")
+        aw.start_dir(out)
     dist.barrier()
-    dist_checkpointing.save(chunk.sharded_state_dict(), str(out))
-    if _is_rank0():
-        padded = chunk.embedding.word_embeddings.weight.shape[0] * ps.get_tensor_model_parallel_world_size() \
-            if chunk.pre_process else None
-        meta = {"padded_vocab": padded, "tp": ps.get_tensor_model_parallel_world_size(),
-                "pp": ps.get_pipeline_model_parallel_world_size(),
-                "ep": ps.get_expert_model_parallel_world_size() if arch.is_moe else 1,
-                "first_stage_layers": chunk.config.num_layers_in_first_pipeline_stage,
-                "last_stage_layers": chunk.config.num_layers_in_last_pipeline_stage,
-                "dtype": str(next(chunk.parameters()).dtype).removeprefix("torch.")}
-        (out / ARCH_FILE).write_text(arch.to_json())
-        (out / META_FILE).write_text(json.dumps(meta, indent=2))
-        if tokenizer_dir is not None:
-            from rlad_megatron.models.hf_export import TOKENIZER_FILES
+    advice = "nothing was left at --out; free some space there or choose another --out"
+    try:
+        with aw.disk_full_guard(partial, "the Megatron checkpoint", advice):
+            dist_checkpointing.save(chunk.sharded_state_dict(), str(partial))
+            if _is_rank0():
+                padded = chunk.embedding.word_embeddings.weight.shape[0] * \
+                    ps.get_tensor_model_parallel_world_size() if chunk.pre_process else None
+                meta = {"padded_vocab": padded, "tp": ps.get_tensor_model_parallel_world_size(),
+                        "pp": ps.get_pipeline_model_parallel_world_size(),
+                        "ep": ps.get_expert_model_parallel_world_size() if arch.is_moe else 1,
+                        "first_stage_layers": chunk.config.num_layers_in_first_pipeline_stage,
+                        "last_stage_layers": chunk.config.num_layers_in_last_pipeline_stage,
+                        "dtype": str(next(chunk.parameters()).dtype).removeprefix("torch.")}
+                aw.write_text(partial / ARCH_FILE, arch.to_json())
+                aw.write_json(partial / META_FILE, meta, indent=2)
+                if tokenizer_dir is not None:
+                    from rlad_megatron.models.hf_export import TOKENIZER_FILES
 
-            for name in TOKENIZER_FILES:
-                if (Path(tokenizer_dir) / name).is_file():
-                    shutil.copyfile(Path(tokenizer_dir) / name, out / name)
+                    for name in TOKENIZER_FILES:
+                        if (Path(tokenizer_dir) / name).is_file():
+                            aw.copy_file(Path(tokenizer_dir) / name, partial / name)
+    except BaseException:
+        aw.discard(partial)  # whichever rank failed: nothing half-written stays behind
+        raise
+    dist.barrier()
+    if _is_rank0():
+        aw.finish_dir(partial, out, what="the Megatron checkpoint", advice=advice)
     dist.barrier()
     return out
 
@@ -247,15 +261,21 @@ def run(args: argparse.Namespace) -> int:
         if _is_rank0():
             print(f"rlad-megatron convert {args.direction}: {err}", file=sys.stderr)
         return 2
+    from rlad_megatron.atomic_write import DiskFullError
+
     stages = {"first_stage_layers": args.first_stage_layers, "last_stage_layers": args.last_stage_layers,
               "ep": args.ep}
-    if args.direction == "hf-to-mcore":
-        hf_to_mcore(args.hf, args.out, tp=args.tp, pp=args.pp, dtype=args.dtype, **stages)
-    elif args.direction == "mcore-to-hf":
-        mcore_to_hf(args.ckpt, args.out, tp=args.tp, pp=args.pp, dtype=args.dtype,
-                    max_shard_bytes=int(args.max_shard_gb * (1 << 30)), **stages)
-    else:
-        mcore_to_mcore(args.ckpt, args.out, tp=args.tp, pp=args.pp, **stages)
+    try:
+        if args.direction == "hf-to-mcore":
+            hf_to_mcore(args.hf, args.out, tp=args.tp, pp=args.pp, dtype=args.dtype, **stages)
+        elif args.direction == "mcore-to-hf":
+            mcore_to_hf(args.ckpt, args.out, tp=args.tp, pp=args.pp, dtype=args.dtype,
+                        max_shard_bytes=int(args.max_shard_gb * (1 << 30)), **stages)
+        else:
+            mcore_to_mcore(args.ckpt, args.out, tp=args.tp, pp=args.pp, **stages)
+    except DiskFullError as err:  # every rank that met it says so (the ranks share the disk)
+        print(f"rlad-megatron convert {args.direction}: {err}", file=sys.stderr, flush=True)
+        return 2
     if _is_rank0():
         print(f"convert {args.direction}: wrote {args.out}")
     return 0

@@ -21,7 +21,9 @@ def init_distributed(backend: str | None = None, timeout_s: float = 600.0) -> No
     """Join the process group described by torchrun's environment (RANK, WORLD_SIZE, MASTER_ADDR/PORT).
 
     Without those variables, starts a one-process group on a free local port, so that single-process tools and
-    tests run the same code as multi-process jobs.
+    tests run the same code as multi-process jobs. When torchrun's agent hosts no store for the ranks
+    (``rlad_megatron.launch_local``, the test harness), global rank 0 hosts it; on a loopback ``MASTER_ADDR``
+    (every rank on this machine) that store and gloo listen on the loopback interface only (``loopback``).
     """
     if dist.is_initialized():
         return
@@ -35,6 +37,16 @@ def init_distributed(backend: str | None = None, timeout_s: float = 600.0) -> No
 
         set_rank_device()  # before the group exists: NCCL and torch's object collectives use the current device
     timeout = datetime.timedelta(seconds=timeout_s)
+    from rlad_megatron import loopback
+
+    if loopback.is_loopback(os.environ["MASTER_ADDR"]):
+        loopback.use_loopback_gloo()
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        store = loopback.tcp_store(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
+                                   is_master=rank == 0, timeout=timeout, multi_tenant=True)
+        dist.init_process_group(backend=backend, timeout=timeout, rank=rank, world_size=world, store=store)
+        return
     restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
     if restart:
         # After `torchrun --max-restarts` restarts the ranks, they reuse the agent's store, which still holds the

@@ -137,8 +137,8 @@ def prepare_benchmark(name: str, out_dir: str, sources: Sequence[str] = (), cach
         raise DatasetError(f"{name}: no rows read")
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, f"{name}.jsonl")
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
+    from rlad_megatron.atomic_write import atomic_file
+
+    with atomic_file(path, "w") as fh:
         fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-    os.replace(tmp, path)
     return path, len(records)

@@ -12,6 +12,7 @@ from typing import Any
 
 
 def _prepare(args: argparse.Namespace) -> int:
+    from rlad_megatron.atomic_write import DiskFullError
     from rlad_megatron.console import say
     from rlad_megatron.data.benchmarks import BENCHMARKS, prepare_benchmark
     from rlad_megatron.data.sources import DatasetError
@@ -28,7 +29,7 @@ def _prepare(args: argparse.Namespace) -> int:
     for name in args.names:
         try:
             path, count = prepare_benchmark(name, args.out, args.source, cache_dir=args.cache_dir)
-        except DatasetError as err:
+        except (DatasetError, DiskFullError) as err:
             say(f"rlad-megatron data prepare: {err}")
             return 2
         say(f"{name}: {count} records -> {path} (rlad-megatron eval --data {name}={path}; task "

@@ -137,6 +137,7 @@ def eval_sets(args: argparse.Namespace) -> tuple[list[Any], dict[str, Any]]:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from rlad_megatron.atomic_write import DiskFullError
     from rlad_megatron.console import say
     from rlad_megatron.data.prompt_dataset import DatasetError
     from rlad_megatron.eval import runner
@@ -150,7 +151,7 @@ def _run(args: argparse.Namespace) -> int:
             limit=args.limit, bad_rows=args.bad_rows, engine_options=engine_options,
             allow_download=args.allow_download, reward_timeout_s=args.reward_timeout,
             log_file=os.path.join(args.out, "eval.log"), progress=say, **settings)
-    except (DatasetError, FileNotFoundError, KeyError, ValueError) as err:
+    except (DatasetError, FileNotFoundError, KeyError, ValueError, DiskFullError) as err:
         say(f"rlad-megatron eval: {err.args[0] if isinstance(err, KeyError) else err}")
         return 2
     table = suite.summary_markdown() if len(suite.reports) > 1 else next(iter(suite.reports.values())).to_markdown()

@@ -71,10 +71,10 @@ class EvalReport:
         """Write ``<stem>.json`` and ``<stem>.md`` into ``out_dir``; returns their paths."""
         os.makedirs(out_dir, exist_ok=True)
         jpath, mpath = os.path.join(out_dir, f"{stem}.json"), os.path.join(out_dir, f"{stem}.md")
-        with open(jpath, "w", encoding="utf-8") as fh:
-            json.dump(self.to_dict(), fh, indent=2, sort_keys=True)
-        with open(mpath, "w", encoding="utf-8") as fh:
-            fh.write(self.to_markdown())
+        from rlad_megatron.atomic_write import write_json, write_text
+
+        write_json(jpath, self.to_dict(), indent=2, sort_keys=True)
+        write_text(mpath, self.to_markdown())
         return jpath, mpath
 
 
@@ -117,8 +117,8 @@ class SuiteReport:
         """Write ``<stem>.json`` (every benchmark's report) and ``<stem>.md``; returns their paths."""
         os.makedirs(out_dir, exist_ok=True)
         jpath, mpath = os.path.join(out_dir, f"{stem}.json"), os.path.join(out_dir, f"{stem}.md")
-        with open(jpath, "w", encoding="utf-8") as fh:
-            json.dump(self.to_dict(), fh, indent=2, sort_keys=True)
-        with open(mpath, "w", encoding="utf-8") as fh:
-            fh.write(self.to_markdown())
+        from rlad_megatron.atomic_write import write_json, write_text
+
+        write_json(jpath, self.to_dict(), indent=2, sort_keys=True)
+        write_text(mpath, self.to_markdown())
         return jpath, mpath

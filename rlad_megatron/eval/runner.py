@@ -110,8 +110,10 @@ def run_benchmarks(model_dir: str, sets: Sequence[EvalSet], k: int, out_dir: str
     max_tokens = response_budget(max_tokens, longest, model_context_length(model_dir))
     if "max_model_len" not in (engine_options or {}):
         config = dataclasses.replace(config, max_model_len=longest + max_tokens)
-    with open(os.path.join(out_dir, "data_report.json"), "w", encoding="utf-8") as fh:
-        json.dump({name: d.report.as_dict() for name, d in datasets.items()}, fh, indent=2)
+    from rlad_megatron.atomic_write import write_json
+
+    write_json(os.path.join(out_dir, "data_report.json"), {name: d.report.as_dict() for name, d in datasets.items()},
+               indent=2)
     from rlad_megatron.models.stop_tokens import stop_token_ids
 
     sampling = SamplingSettings(n=k, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
@@ -167,7 +169,8 @@ def run_eval(model_dir: str, task_name: str, data_file: str, k: int, out_dir: st
     suite = run_benchmarks(model_dir, [s], k, out_dir, write=False, **kwargs)
     report = suite.reports[name]
     report.write(out_dir)
-    with open(os.path.join(out_dir, "data_report.json"), "w", encoding="utf-8") as fh:
-        json.dump({key: v for key, v in report.data.items() if key not in ("model_dir", "data_file", "task")}, fh,
-                  indent=2)
+    from rlad_megatron.atomic_write import write_json
+
+    write_json(os.path.join(out_dir, "data_report.json"),
+               {key: v for key, v in report.data.items() if key not in ("model_dir", "data_file", "task")}, indent=2)
     return report

@@ -18,6 +18,8 @@ from typing import Any, Sequence
 import torch
 import torch.distributed as dist
 
+from rlad_megatron.atomic_write import write_json
+
 OPTIMIZER_METADATA = {"distrib_optim_sharding_type": "fully_reshardable"}
 
 
@@ -77,7 +79,7 @@ def save_checkpoint(path: str | Path, model_chunks: Sequence[torch.nn.Module], o
     dist_checkpointing.save(_sharded_state(model_chunks, optimizer, loading=False), str(partial))
     dist.barrier()
     if dist.get_rank() == 0:
-        (partial / "rlad_checkpoint.json").write_text(json.dumps({"optimizer": optimizer is not None}))
+        write_json(partial / "rlad_checkpoint.json", {"optimizer": optimizer is not None}, indent=None)
         os.replace(partial, final)
     dist.barrier()
     return final

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -186,20 +185,41 @@ def export_hf_checkpoint(
     writes. ``dtype`` casts the tensors (default: as trained); ``config.json``'s ``dtype`` always names the dtype of the
     written tensors. Returns ``Path(out_dir)`` on the writing rank,
     None elsewhere. Memory on the writer: one shard file's worth of tensors (``max_shard_bytes``) at most.
+
+    Written into a hidden sibling (``.<name>.partial``) and renamed into place complete: a crash or a full disk
+    (:class:`~rlad_megatron.atomic_write.DiskFullError`, naming the path and the bytes free) never leaves half a
+    model at ``out_dir``, and a model already there stays whole until the new one is.
     """
+    from megatron.core import parallel_state as ps
+
+    from rlad_megatron import atomic_write as aw
+
+    final = Path(out_dir)
+    partial = aw.partial_dir(final)
+    advice = f"nothing was left half-written at {final}; free some space there or export elsewhere"
+    try:
+        with aw.disk_full_guard(partial, "the Hugging Face export", advice):
+            return _export_hf_checkpoint(model_chunks, arch, final, tokenizer_dir=tokenizer_dir,
+                                         max_shard_bytes=max_shard_bytes, dtype=dtype)
+    except BaseException:
+        if ps.get_data_parallel_rank() == 0 and ps.get_tensor_model_parallel_rank() == 0 \
+                and ps.get_pipeline_model_parallel_rank() == 0:
+            aw.discard(partial)  # the writer's
+        raise
+
+
+def _export_hf_checkpoint(model_chunks, arch: ModelArch, final: Path, *, tokenizer_dir, max_shard_bytes: int,
+                          dtype: torch.dtype | None) -> Path | None:
     from megatron.core import parallel_state as ps
     from safetensors.torch import save_file
 
-    final = Path(out_dir)
-    # Written into a hidden sibling and renamed into place complete: a crash never leaves half a model at
-    # ``out_dir``, and a model already there stays whole until the new one is.
-    out = final.with_name(f".{final.name}.partial")
+    from rlad_megatron import atomic_write as aw
+
+    out = aw.partial_dir(final)
     writer = ps.get_data_parallel_rank() == 0 and ps.get_tensor_model_parallel_rank() == 0 \
         and ps.get_pipeline_model_parallel_rank() == 0
     if writer:
-        final.parent.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(out, ignore_errors=True)  # an interrupted earlier export
-        out.mkdir()
+        aw.start_dir(final)  # removes an interrupted earlier export first
     files: list[list[str]] = []
     total = 0
     written: set[torch.dtype] = set()
@@ -233,34 +253,16 @@ def export_hf_checkpoint(
             raise RuntimeError(f"export to {out}: the tensors have dtypes {sorted(map(str, written))}; expected one "
                                "(pass dtype= to cast them)")
         _finish(out, files, total, arch, tokenizer_dir, written.pop())
-        _move_into_place(out, final)
+        aw.finish_dir(out, final, replace=True)  # fsynced, renamed; an earlier export is replaced only then
     if dist.is_initialized():
         dist.barrier()
     return final if writer else None
 
 
-def _move_into_place(partial: Path, final: Path) -> None:
-    """fsync the export's files, then rename it to ``final``; an earlier export there is replaced only then."""
-    for path in partial.iterdir():
-        with open(path, "rb") as f:
-            os.fsync(f.fileno())
-    previous = None
-    if final.exists():
-        previous = final.with_name(f".{final.name}.replaced")
-        shutil.rmtree(previous, ignore_errors=True)
-        os.replace(final, previous)
-    os.replace(partial, final)
-    fd = os.open(final.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    if previous is not None:
-        shutil.rmtree(previous, ignore_errors=True)
-
-
 def _finish(out: Path, files: list[list[str]], total: int, arch: ModelArch, tokenizer_dir,
             dtype: torch.dtype) -> None:
+    from rlad_megatron import atomic_write as aw
+
     if len(files) == 1:
         os.replace(out / "part-00000.tmp", out / "model.safetensors")
     else:
@@ -270,18 +272,18 @@ def _finish(out: Path, files: list[list[str]], total: int, arch: ModelArch, toke
             os.replace(out / f"part-{i:05d}.tmp", out / final)
             weight_map.update({n: final for n in names})
         index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
-        (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+        aw.write_text(out / "model.safetensors.index.json", json.dumps(index, indent=2) + "\n")
     config = dict(arch.hf_config) or _minimal_config(arch)
     # The label must say what the tensors are: a source config's "bfloat16" over fp32 tensors makes transformers
     # and vLLM's automatic dtype reload them as bf16, rounding away small updates.
     config["dtype"] = str(dtype).removeprefix("torch.")
     config.pop("torch_dtype", None)
-    (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    aw.write_text(out / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
     if tokenizer_dir is not None:
         src = Path(tokenizer_dir)
         for name in TOKENIZER_FILES:
             if (src / name).is_file() and src.resolve() != out.resolve():
-                shutil.copyfile(src / name, out / name)
+                aw.copy_file(src / name, out / name)
 
 
 def _minimal_config(arch: ModelArch) -> dict:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +51,8 @@ def run_config(paths: dict, output_dir: Path, **sections: dict[str, Any]) -> dic
 
 def launch(config: dict, nproc: int, *, workdir: Path, resume: bool = False, timeout: float = 600,
            extra_env: dict[str, str] | None = None, wait: bool = True) -> subprocess.Popen | subprocess.CompletedProcess:
-    """Run ``torchrun --standalone --nproc-per-node nproc -m rlad_megatron.cli train --config <yaml>``."""
+    """Run ``rlad-megatron train --config <yaml>`` on ``nproc`` local ranks under torchrun, every socket on the
+    loopback interface (``python -m rlad_megatron.launch_local --nproc-per-node N -m rlad_megatron.cli ...``)."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     config_path = workdir / "config.yaml"
@@ -67,12 +67,12 @@ def launch_config_file(config_path: Path, nproc: int, *, workdir: Path, override
                        wait: bool = True) -> subprocess.Popen | subprocess.CompletedProcess:
     """:func:`launch` of a config file as it is (its relative paths taken from its folder), with ``overrides``,
     started in ``cwd``; the console goes to ``workdir/train.log`` (``resume.log``)."""
+    from rlad_megatron.launch_local import command
+
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", "rlad_megatron.cli", "train", "--config", str(config_path), *overrides]
-    if resume:
-        cmd.append("--resume")
+    args = ["train", "--config", str(config_path), *overrides] + (["--resume"] if resume else [])
+    cmd = command(nproc, "rlad_megatron.cli", args)
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // nproc)))
     env.update(extra_env or {})
     log = open(workdir / ("resume.log" if resume else "train.log"), "w")

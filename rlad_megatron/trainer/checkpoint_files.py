@@ -110,14 +110,10 @@ def file_digest(path: Path, *, fsync: bool = False) -> dict[str, Any]:
 
 def write_text_durably(path: Path, text: str) -> None:
     """Replace ``path`` by ``text`` atomically: written to ``<name>.tmp``, fsynced, then renamed over it, so a crash
-    leaves the old file or the new one, never a torn one."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    leaves the old file or the new one, never a torn one (a full disk: ``DiskFullError``, the temporary removed)."""
+    from rlad_megatron.atomic_write import write_text
+
+    write_text(path, text)
 
 
 def write_manifest(folder: Path, entries: dict[str, dict[str, Any]], step: int) -> Path:

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
+from rlad_megatron.atomic_write import disk_full_guard
 from rlad_megatron.config import WandbConfig
 from rlad_megatron.console import console_stream
 from rlad_megatron.trainer.checkpoint_files import write_text_durably
@@ -138,19 +139,19 @@ class MetricsLogger:
         self._last_step = start_step
         if not enabled:
             return
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        dropped = 0
-        if start_step > 0:
-            dropped = truncate_metrics(self.metrics_path, start_step)
-        elif self.metrics_path.exists():
-            self.metrics_path.unlink()  # a fresh run: the file reads as this run only
-        self._file = open(self.metrics_path, "a", encoding="utf-8")
-
         from torch.utils.tensorboard import SummaryWriter
         from tqdm import tqdm
 
-        # purge_step hides events at steps >= purge_step that an earlier (crashed) run wrote to the same directory.
-        self._writer = SummaryWriter(log_dir=str(self.tb_dir), purge_step=start_step + 1)
+        with self._full_disk():
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            dropped = 0
+            if start_step > 0:
+                dropped = truncate_metrics(self.metrics_path, start_step)
+            elif self.metrics_path.exists():
+                self.metrics_path.unlink()  # a fresh run: the file reads as this run only
+            self._file = open(self.metrics_path, "a", encoding="utf-8")
+            # purge_step hides events at steps >= purge_step that an earlier (crashed) run wrote to the same folder.
+            self._writer = SummaryWriter(log_dir=str(self.tb_dir), purge_step=start_step + 1)
         self._bar = tqdm(total=total_steps, initial=start_step, file=console_stream(), unit="step", dynamic_ncols=True,
                          desc="train", smoothing=0.3)
         if wandb is not None and wandb.enabled:
@@ -175,10 +176,11 @@ class MetricsLogger:
             except (TypeError, ValueError):
                 raise TypeError(f"metric {key!r} must be a number, got {value!r}") from None
         row = {"step": int(step), **{k: _json_value(v) for k, v in values.items()}}
-        self._file.write(json.dumps(row) + "\n")
-        self._file.flush()
-        for key, value in values.items():
-            self._writer.add_scalar(key, value, global_step=int(step))
+        with self._full_disk():  # append-only files: a torn last line is dropped on resume
+            self._file.write(json.dumps(row) + "\n")
+            self._file.flush()
+            for key, value in values.items():
+                self._writer.add_scalar(key, value, global_step=int(step))
         if self._wandb is not None:
             self._wandb.log(int(step), values)
         advance = int(step) - self._last_step
@@ -204,9 +206,10 @@ class MetricsLogger:
     def flush(self) -> None:
         """Flush the JSONL file and the TensorBoard writer (e.g. before a checkpoint)."""
         if self.enabled and not self._closed:
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self._writer.flush()
+            with self._full_disk():
+                self._file.flush()
+                os.fsync(self._file.fileno())
+                self._writer.flush()
 
     def close(self) -> Path | None:
         """Flush and close everything and write ``curves.png``; returns its path (None when disabled)."""
@@ -215,19 +218,28 @@ class MetricsLogger:
         if self._closed:
             return self.curves_path
         self._closed = True
-        self._file.flush()
-        self._file.close()
-        self._writer.flush()
-        self._writer.close()
         self._bar.close()
+        with self._full_disk():
+            try:
+                self._file.flush()
+            finally:
+                self._file.close()
+                self._writer.close()  # flushes (TensorBoard's writer thread raises a failed write here)
         started = time.perf_counter()
-        plot_curves(self.metrics_path, self.curves_path, self.curve_panels)
+        with self._full_disk():
+            plot_curves(self.metrics_path, self.curves_path, self.curve_panels)
         self.note(f"curves: {self.curves_path} ({time.perf_counter() - started:.1f}s); "
                   f"metrics: {self.metrics_path}; tensorboard --logdir {self.tb_dir}")
         if self._wandb is not None:
             self._wandb.finish(self.curves_path)
             self.note(f"wandb: {self._wandb.directory}")
         return self.curves_path
+
+    def _full_disk(self):
+        """A full disk while writing the metrics, TensorBoard events or curves: :class:`DiskFullError` naming the
+        output folder."""
+        return disk_full_guard(self.output_dir, "the metrics (metrics.jsonl, tb/, curves.png) under",
+                               "the checkpoints are intact: free some space, then continue with --resume")
 
     def __enter__(self) -> "MetricsLogger":
         return self

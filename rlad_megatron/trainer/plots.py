@@ -153,8 +153,13 @@ def plot_curves(metrics_jsonl: Path, png: Path, panels: Sequence[Panel] = PANELS
     import matplotlib.pyplot as plt
 
     fig = build_figure(metrics_jsonl, panels)
+    from rlad_megatron.atomic_write import atomic_file
+
     png = Path(png)
     png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png, dpi=100)
-    plt.close(fig)
+    try:
+        with atomic_file(png, "wb", what="the curves image") as f:  # never a half-drawn image at ``png``
+            fig.savefig(f, dpi=100, format="png")
+    finally:
+        plt.close(fig)
     return png

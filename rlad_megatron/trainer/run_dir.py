@@ -112,11 +112,9 @@ def saved_run_config(output_dir: Path) -> tuple[dict[str, Any] | None, str]:
 
 def record_run_config(output_dir: Path, config: RunConfig) -> Path:
     """Write ``output_dir/run_config.json`` atomically (global rank 0, at the start of every run and resume)."""
-    path = Path(output_dir) / RUN_CONFIG_FILE
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(run_config_to_dict(config), indent=1), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    from rlad_megatron.atomic_write import write_json
+
+    return write_json(Path(output_dir) / RUN_CONFIG_FILE, run_config_to_dict(config), indent=1)
 
 
 def _aside_name(out: Path) -> Path:
@@ -146,16 +144,33 @@ def _describe(out: Path, present: list[str]) -> str:
     return ", ".join(p for p in parts if p)
 
 
+def check_output_path(out: Path) -> None:
+    """Refuse an ``output_dir`` that is, or lies under, a regular file (before anything creates it)."""
+    out = Path(out)
+    for path in (out, *out.parents):
+        if path.exists() or path.is_symlink():
+            if not path.is_dir():
+                where = "is" if path == out else f"lies under {path}, which is"
+                raise RunDirError(f"trainer.output_dir={out} {where} a file, not a folder: choose another "
+                                  f"trainer.output_dir (or move the file away)")
+            return
+
+
 def prepare_output_dir(config: RunConfig, *, resume: bool = False, overwrite: bool = False,
-                       allow_config_change: bool = False, rank0: bool = True) -> RunStart:
+                       allow_config_change: bool = False, rank0: bool = True, requeued: bool = False) -> RunStart:
     """Decide how this command starts (fresh or resumed) in ``config.trainer.output_dir``; raise
-    :class:`RunDirError` when it would destroy or silently alter an existing run."""
+    :class:`RunDirError` when it would destroy or silently alter an existing run. ``requeued``: this is a
+    restart of the Slurm job whose earlier attempt ran in this folder (rlad_megatron/run_lock.py): it continues
+    that run as ``trainer.resume=auto`` would, whatever the command line says."""
     out = Path(config.trainer.output_dir)
     mode = "always" if resume else config.trainer.resume
+    notes: list[str] = []
+    if requeued and mode == "never":
+        mode, overwrite = "auto", False
+        notes.append(f"Slurm requeued this job: continuing its run in {out} (as trainer.resume=auto)")
     if overwrite and mode != "never":
         raise RunDirError("--overwrite starts a new run; it cannot be combined with --resume or trainer.resume=auto")
-    if out.exists() and not out.is_dir():
-        raise RunDirError(f"trainer.output_dir={out} exists and is not a folder")
+    check_output_path(out)
     present = run_files(out)
 
     if mode == "never":
@@ -178,7 +193,6 @@ def prepare_output_dir(config: RunConfig, *, resume: bool = False, overwrite: bo
             f"trainer.resume=auto: {out} holds files of a run ({', '.join(present)}) but neither a checkpoint nor "
             f"{RUN_CONFIG_FILE} to tell which run: choose another trainer.output_dir, or run once with --overwrite"
         )
-    notes: list[str] = []
     if saved is not None:
         changes = run_changes(saved, config)
         if changes and not allow_config_change:

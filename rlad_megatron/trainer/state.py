@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from rlad_megatron import atomic_write as aw
 from rlad_megatron.learner.checkpoint import load_checkpoint, save_checkpoint
 from rlad_megatron.trainer import checkpoint_files as ckf
 from rlad_megatron.trainer.faults import pause_point
@@ -102,14 +103,14 @@ def _write_convert_metadata(megatron_dir: Path, model_chunks, arch: Any, tokeniz
         "tp": ps.get_tensor_model_parallel_world_size(), "pp": ps.get_pipeline_model_parallel_world_size(),
         "dtype": str(next(chunk.parameters()).dtype).removeprefix("torch."),
     })
-    meta_path.write_text(json.dumps(meta, indent=2))
-    (megatron_dir / ARCH_FILE).write_text(arch.to_json())
+    aw.write_json(meta_path, meta, indent=2)
+    aw.write_text(megatron_dir / ARCH_FILE, arch.to_json())
     if tokenizer_dir is not None:
         from rlad_megatron.models.hf_export import TOKENIZER_FILES
 
         for name in TOKENIZER_FILES:
             if (Path(tokenizer_dir) / name).is_file():
-                shutil.copyfile(Path(tokenizer_dir) / name, megatron_dir / name)
+                aw.copy_file(Path(tokenizer_dir) / name, megatron_dir / name)
 
 
 def _digest_share(folder: Path) -> dict[str, dict[str, Any]]:
@@ -133,38 +134,51 @@ def save_trainer_checkpoint(root: Path, step: int, model_chunks, optimizer, trai
     root = Path(root)
     final = root / ckf.step_folder_name(step)
     tmp = root / f"{ckf.TMP_PREFIX}{step:06d}"
+
+    def full():  # a full disk is reported as such (DiskFullError: the path, the bytes free)
+        return aw.disk_full_guard(tmp, f"the checkpoint of step {step}", f"the complete checkpoints under {root} "
+                                  "are intact: free some space, then continue with --resume")
+
     if rank == 0:
-        root.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)  # an interrupted earlier save of this step: never complete
-        tmp.mkdir()
+        with full():
+            root.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)  # an interrupted earlier save of this step: never complete
+            tmp.mkdir()
     dist.barrier()
     try:
-        save_checkpoint(tmp / "megatron", model_chunks, optimizer)
-        if rank == 0 and arch is not None:
-            _write_convert_metadata(tmp / "megatron", model_chunks, arch, tokenizer_dir)
-        tensors: dict[str, torch.Tensor] = {}
-        state = split_tensors(dict(trainer_state, step=step, rng=_rng_state()), tensors)
-        if tensors:  # fsynced with every other file by _digest_share
-            from safetensors.torch import save_file
+        with full():
+            save_checkpoint(tmp / "megatron", model_chunks, optimizer)
+            if rank == 0 and arch is not None:
+                _write_convert_metadata(tmp / "megatron", model_chunks, arch, tokenizer_dir)
+            tensors: dict[str, torch.Tensor] = {}
+            state = split_tensors(dict(trainer_state, step=step, rng=_rng_state()), tensors)
+            if tensors:  # fsynced with every other file by _digest_share
+                from safetensors.torch import save_file
 
-            save_file(tensors, str(tmp / f"trainer_rank{rank}.safetensors"))
-        ckf.write_text_durably(tmp / f"trainer_rank{rank}.json", json.dumps(state))
+                save_file(tensors, str(tmp / f"trainer_rank{rank}.safetensors"))
+            ckf.write_text_durably(tmp / f"trainer_rank{rank}.json", json.dumps(state))
     except BaseException:
-        if rank == 0:  # e.g. a full disk: free what this attempt wrote; complete checkpoints are untouched
+        if rank == 0:  # free what this attempt wrote; complete checkpoints are untouched
             shutil.rmtree(tmp, ignore_errors=True)
         raise
     dist.barrier()
     pause_point("checkpoint", step)  # fault-injection tests: every rank, files written, no manifest yet
     entries = _digest_share(tmp)
     if rank == 0:
-        ckf.write_manifest(tmp, entries, step)
-        for dirpath, _, _ in os.walk(tmp):
-            ckf.fsync_dir(Path(dirpath))
+        try:
+            with full():
+                ckf.write_manifest(tmp, entries, step)
+                for dirpath, _, _ in os.walk(tmp):
+                    ckf.fsync_dir(Path(dirpath))
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         if final.exists():  # a re-save of this step: keep the complete copy until the new one is in place
             os.replace(final, final.with_name(f"{final.name}.old-{os.getpid()}"))
         os.replace(tmp, final)
         ckf.fsync_dir(root)
-        ckf.write_text_durably(root / ckf.LATEST, final.name)
+        with full():  # the step is in place; a pointer left unchanged names an older complete one
+            ckf.write_text_durably(root / ckf.LATEST, final.name)
         ckf.fsync_dir(root)
         _prune(root, keep, current=final)
     dist.barrier()

@@ -15,6 +15,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Mapping
 
+from rlad_megatron.atomic_write import write_text
 from rlad_megatron.config import WandbConfig
 
 RUN_ID_FILE = "wandb_run_id"
@@ -57,7 +58,7 @@ class WandbRun:
             # Our console shows the progress bar; W&B's own messages and the captured output would duplicate it.
             settings=wandb.Settings(console="off", silent=True),
         )
-        id_file.write_text(run_id + "\n")
+        write_text(id_file, run_id + "\n")
         return cls(run, wandb)
 
     @property

@@ -22,9 +22,12 @@ TensorMeta = tuple[str, str, tuple[int, ...]]
 
 
 def pair_store(host: str = "127.0.0.1", *, timeout_s: float = 300.0) -> dist.TCPStore:
-    """Rank 0's store on a free port (``store.port``), created before the engine process is started."""
-    return dist.TCPStore(host, 0, world_size=2, is_master=True,
-                         timeout=datetime.timedelta(seconds=timeout_s), wait_for_workers=False)
+    """Rank 0's store on a free port (``store.port``), created before the engine process is started (listening on
+    the loopback interface only for a loopback ``host``: the engine process runs on this machine)."""
+    from rlad_megatron.loopback import tcp_store
+
+    return tcp_store(host, 0, 2, is_master=True, timeout=datetime.timedelta(seconds=timeout_s),
+                     wait_for_workers=False)
 
 
 def connect_store(host: str, port: int, *, timeout_s: float = 300.0) -> dist.TCPStore:
@@ -47,8 +50,13 @@ def join_pair_group(store, rank: int, *, timeout_s: float = 300.0, backend: str 
         raise ValueError(f"join_pair_group: backend={backend!r}: choose one of {PAIR_BACKENDS}")
     prefix = dist.PrefixStore("rlad_weight_sync", store)
     timeout = datetime.timedelta(seconds=timeout_s)
-    if backend == "gloo":
-        return dist.ProcessGroupGloo(prefix, rank, 2, timeout)
+    if backend == "gloo":  # both ends on this machine: gloo listens on the loopback interface, whatever the job's
+        from rlad_megatron.loopback import loopback_interface
+
+        options = dist.ProcessGroupGloo._Options()
+        options._timeout = timeout
+        options._devices = [dist.ProcessGroupGloo.create_device(interface=loopback_interface())]
+        return dist.ProcessGroupGloo(prefix, rank, 2, options)
     options = dist.ProcessGroupNCCL.Options()
     options._timeout = timeout
     return dist.ProcessGroupNCCL(prefix, rank, 2, options)

@@ -65,6 +65,7 @@ def _save_body(hf: str, root: str, direct_hf: str) -> dict:
     """TP=2: save steps 1 and 2 (keep 2); export step 2 directly; then a re-save of step 2 fails with ENOSPC."""
     import megatron.core.dist_checkpointing as dcp
 
+    from rlad_megatron.atomic_write import DiskFullError
     from rlad_megatron.models import export_hf_checkpoint
     from rlad_megatron.trainer.state import save_trainer_checkpoint
 
@@ -88,8 +89,8 @@ def _save_body(hf: str, root: str, direct_hf: str) -> dict:
     try:
         save_trainer_checkpoint(Path(root), 2, wrapped, optimizer, {"data": {"pos": 3}}, keep=1)
         failed = None
-    except OSError as err:
-        failed = err.errno
+    except DiskFullError as err:  # the injected ENOSPC, said as a full disk
+        failed = err.__cause__.errno
     finally:
         dcp.save = real_save
     return {"saved": saved, "failed": failed}
