@@ -123,6 +123,8 @@ def build_recipe(args: argparse.Namespace) -> tuple[Recipe, list[str]]:
                                     rollout_gpus=args.rollout_gpus or 0, cpu=args.cpu, gpu_memory=args.gpu)
         declared: dict = {}
     else:
+        if args.name.endswith((".yaml", ".yml")):
+            raise ConfigError(f"{args.name} is not a recipe name: give a run config as --config {args.name}")
         if args.cpu:
             raise ConfigError(f"--cpu is for your own run (--config without a recipe name); recipe {args.name} "
                               "says itself whether it needs GPUs")
@@ -206,7 +208,10 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m recipes") -> 
         return 2
     if plan is not None and recipe.gpu and not plan.fits:
         if not args.ignore_memory_plan:
-            print(f"error: {_refusal(plan)}", file=sys.stderr)
+            refusal = _refusal(plan)
+            if args.name is None:  # your own run: its plan is printed by `plan --config`
+                refusal = refusal.replace("python -m recipes NAME --plan", f"rlad-megatron plan --config {args.config}")
+            print(f"error: {refusal}", file=sys.stderr)
             return 2
         print(f"warning: launching although the memory plan does not fit ({plan.peak_gib:.1f} GiB > "
               f"{plan.gpu_gib:.1f} GiB)", file=sys.stderr)

@@ -200,6 +200,7 @@ def test_launch_refuses_a_plan_that_does_not_fit(tmp_path, capsys, monkeypatch):
     assert cli_main(["launch", "--config", str(run), *slurm]) == 2
     err = capsys.readouterr().err
     assert "the run needs about" in err and "the GPU (H100) has 79.6 GiB" in err and "teacher weights" in err
+    assert f"(print the plan: rlad-megatron plan --config {run})" in err
     assert not (tmp_path / "nemo").exists()  # nothing rendered
     assert cli_main(["launch", "--config", str(run), *slurm, "--ignore-memory-plan"]) == 0
     captured = capsys.readouterr()
@@ -254,6 +255,8 @@ def test_the_cli_lists_and_runs_launch_and_plan(capsys):
         cli_main(["plan", "--help"])
     out = capsys.readouterr().out
     assert out.startswith("usage: rlad-megatron plan") and "--rollout-gpus" in out and "--student-shape" in out
+    assert cli_main(["launch", "my_run.yaml"]) == 2
+    assert "my_run.yaml is not a recipe name: give a run config as --config my_run.yaml" in capsys.readouterr().err
 
 
 def test_values_the_command_line_cannot_carry_reach_the_job_in_a_file(tmp_path, capsys, monkeypatch):
