@@ -82,6 +82,12 @@ class Recipe:
     def world_size(self) -> int:
         return self.nodes * self.gpus_per_node
 
+    @property
+    def ranks_per_node(self) -> int:
+        """torchrun processes per node: its GPUs (CPU processes) less the disaggregated rollout engines', which are
+        processes of their own on each node's last GPUs (``rollout_gpus`` spread evenly over the nodes)."""
+        return self.gpus_per_node - self.rollout_gpus // self.nodes
+
     def with_overrides(self, overrides: list[str]) -> "Recipe":
         """A copy with dotted ``section.key=value`` overrides applied to the config (validated)."""
         if not overrides:

@@ -2,7 +2,8 @@
 
     recipe = get_recipe("logic_qwen3_0p6b")
     executor = slurm_executor(recipe, account="acct", partition="batch", container_image="rlad-megatron:0.1.0",
-                              container_mounts=["/lustre/models:/models", "/lustre/data:/data"])
+                              container_mounts=["/lustre/models:/models", "/lustre/data:/data",
+                                                "/lustre/results:/results"])
     launch(recipe, executor, dryrun=True)        # renders <exp_dir>/<name>_sbatch.sh, submits nothing
 
 On Slurm each node runs NeMo-Run's ``torchrun --nnodes N --nproc-per-node G ... -m rlad_megatron.cli train
@@ -39,8 +40,8 @@ def train_task(recipe: Recipe, *, local: bool = False, max_restarts: int = 0, sh
     if max_restarts and not local:
         raise ValueError("--max-restarts is for the local executor; on Slurm use --requeue")
     if local:
-        options = [f"--nproc-per-node={recipe.gpus_per_node}"] + ([f"--max-restarts={max_restarts}"] if max_restarts
-                                                                   else [])
+        options = [f"--nproc-per-node={recipe.ranks_per_node}"] + ([f"--max-restarts={max_restarts}"] if max_restarts
+                                                                    else [])
         path, args = LOCAL_LAUNCHER, [*options, "-m", TRAIN_MODULE, *args]
     if shell_quoted:
         args = [_shell_word("a train argument", a) for a in args]
@@ -92,7 +93,7 @@ def local_executor(recipe: Recipe, *, env: dict[str, str] | None = None) -> run.
         raise ValueError(f"recipe {recipe.name} needs {recipe.nodes} nodes x {recipe.gpus_per_node} GPUs; the local "
                          "executor runs on this machine only: use --executor slurm, or --nodes 1 with a layout that "
                          "fits one machine")
-    return run.LocalExecutor(ntasks_per_node=recipe.gpus_per_node, nodes=1, launcher="torchrun",
+    return run.LocalExecutor(ntasks_per_node=recipe.ranks_per_node, nodes=1, launcher="torchrun",
                              env_vars=_env(recipe, env))
 
 
@@ -161,6 +162,8 @@ def slurm_executor(recipe: Recipe, *, account: str, partition: str | None = None
     )
     if recipe.gpu:
         kwargs["gpus_per_node"] = recipe.gpus_per_node
+    if recipe.ranks_per_node != recipe.gpus_per_node:  # disaggregated engines: processes, not torchrun ranks
+        kwargs["torchrun_nproc_per_node"] = recipe.ranks_per_node
     kwargs["additional_parameters"] = {"open_mode": "append", **({"requeue": True} if requeue else {})}
     executor = run.SlurmExecutor(**kwargs)
     executor.launcher = "torchrun"

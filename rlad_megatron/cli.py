@@ -1,4 +1,4 @@
-"""``rlad-megatron train | eval | teacher-trust | convert | config | data``.
+"""``rlad-megatron train | eval | teacher-trust | convert | config | data | plan | launch``.
 
     torchrun --nproc-per-node 2 -m rlad_megatron.cli train --config configs/quickstart.yaml trainer.steps=20
 """
@@ -119,16 +119,23 @@ def build_parser() -> argparse.ArgumentParser:
     from rlad_megatron.data import cli as data_cli
     from rlad_megatron.eval import cli as eval_cli
     from rlad_megatron.eval import teacher_trust
+    from rlad_megatron import launch_cli
 
     convert.register(sub)
     eval_cli.register(sub)
     teacher_trust.register(sub)
     config_cli.register(sub)
     data_cli.register(sub)
+    launch_cli.register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("launch", "plan"):  # the launcher's own options (python -m recipes)
+        from rlad_megatron import launch_cli
+
+        return launch_cli.main(argv)
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # `train --resume a=1 b=2` and `train a=1 --resume b=2`: overrides may stand on either side of a flag.
