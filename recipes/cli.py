@@ -220,7 +220,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m recipes") -> 
         return 0
     mounts = _mounts(args)
     if not args.no_file_checks:
-        problems = file_problems(recipe.config, container=_in_container(args), mounts=mounts)
+        problems = file_problems(recipe.config, container=_in_container(args), mounts=mounts, cuda=recipe.gpu)
         for problem in problems:
             print(f"{'warning' if args.dryrun else 'error'}: {problem}", file=sys.stderr)
         if problems and not args.dryrun:

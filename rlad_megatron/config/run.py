@@ -63,6 +63,12 @@ class RunConfig:
                               "with loss.topk_beta=0, loss.kd_estimator=k1|k2|k3 and loss.teacher_trust=none")
         if teacher_use(self.loss) != "none" and not self.model.teacher:
             raise ConfigError(f"loss.algorithm={self.loss.algorithm!r} needs model.teacher (a HF directory)")
+        if self.rollout.group_size == 1 and self.loss.learns_only_from_group_advantages():
+            raise ConfigError(
+                f"rollout.group_size=1 with loss.algorithm={self.loss.algorithm}: its advantages are relative to the "
+                "group of responses to one prompt (reward minus the group's mean), so with one response per prompt "
+                "every advantage is 0 and the run learns nothing: set rollout.group_size to 2 or more (8 in the "
+                "paper)")
         validate_fp8_run(self)
         return self
 

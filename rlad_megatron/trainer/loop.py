@@ -23,6 +23,7 @@ from rlad_megatron.learner.sequences import SequenceBatch
 from rlad_megatron.loss import Denominators, MetricAccumulator, compute_policy_loss, local_denominators, required_inputs
 from rlad_megatron.loss.tis import tis_weights
 from rlad_megatron.parallel import data_parallel_group, data_parallel_rank_and_size, is_last_pipeline_stage, share_from_one
+from rlad_megatron.trainer.setup.checks import check_run
 from rlad_megatron.trainer.setup.components import Components, build_components
 from rlad_megatron.trainer.checkpoints.run_dir import record_run_config
 from rlad_megatron.trainer.checkpoints.state import TrainerState, find_loadable_checkpoint
@@ -346,7 +347,11 @@ class Trainer:
         return share_from_one(metrics or None, s.model_parallel_group, required=False) or {}
 
 
-def train(config: RunConfig, *, resume: bool = False) -> dict[str, float]:
+def train(config: RunConfig, *, resume: bool = False, check: bool = True) -> dict[str, float]:
+    """Check the run (every problem in one :class:`RunCheckError`, before any model loads), then build and train
+    it. ``check=False``: the caller checked it already (``rlad-megatron train``)."""
+    if check:
+        check_run(config)
     return Trainer(config, resume=resume).fit()
 
 

@@ -237,7 +237,7 @@ def test_pipeline_refuses_what_cannot_work() -> None:
 
 def test_rollout_mode_config_is_validated_with_what_to_set() -> None:
     RolloutConfig(mode="async", placement="disaggregated", max_staleness=0).validate()
-    with pytest.raises(ConfigError, match="placement='disaggregated'"):
+    with pytest.raises(ConfigError, match="rollout.placement=disaggregated"):
         RolloutConfig(mode="async").validate()
     with pytest.raises(ConfigError, match="'sync' or 'async'"):
         RolloutConfig(mode="later").validate()

@@ -1,7 +1,7 @@
 """Build the parts of a training run once, explicitly, from a validated ``RunConfig`` under the current torchrun
 world: the student, the teacher and the reference (exactly those ``loss.required_inputs`` asks for), the rollout
-engine with its weight synchronizer and reward guard, and the prompt stream. Everything that can be checked first
-is checked first (:func:`rlad_megatron.trainer.setup.checks.check_run`); this module only builds.
+engine with its weight synchronizer and reward guard, and the prompt stream. It only builds: everything that can be
+checked first is checked before, by its caller (:func:`rlad_megatron.trainer.setup.checks.check_run`).
 
     parts = build_components(config)     # collective: every rank of the job calls it
     parts.student.policy.train_step(...); parts.teacher.token_logprobs(batch); parts.synchronizer.sync(...)
@@ -39,7 +39,6 @@ from rlad_megatron.rollout.factory import build_rollout_engine, is_leader_rank
 from rlad_megatron.tasks.base import Task
 from rlad_megatron.tasks.registry import get_training_task
 from rlad_megatron.teacher import MegatronTeacher, Teacher, VLLMTeacher
-from rlad_megatron.trainer.setup.checks import check_run
 from rlad_megatron.trainer.setup.engine_settings import (
     colocated_memory_fraction, engine_config, pin_learner_cpus, planned_memory_fraction, report_engine_kv_cache,
     seed_requests,
@@ -136,13 +135,13 @@ def learner_probe(student: MegatronPolicy, pad_id: int,
 
 
 def build_components(config: RunConfig) -> Components:
-    """Check the run (:func:`check_run`), then initialise model parallelism and build every part of the run
-    ``config`` describes (collective)."""
+    """Initialise model parallelism and build every part of the run ``config`` describes (collective). The run is
+    checked before (:func:`rlad_megatron.trainer.setup.checks.check_run`): a bad input found here is a bug of
+    those checks."""
     # transformers is imported when a run is built, not when the trainer package is imported (it costs seconds)
     from transformers import AutoTokenizer
 
     c = config
-    check_run(c)
     parallel.initialize_model_parallel(c.parallel.tensor_parallel, c.parallel.pipeline_parallel, seed=c.trainer.seed,
                                        context_parallel=c.parallel.context_parallel,
                                        expert_parallel=c.parallel.expert_parallel)
