@@ -71,6 +71,8 @@ def _train_holding_the_lock(args: argparse.Namespace, config, lock, rank0: bool)
     send_output_to_log(Path(config.trainer.output_dir) / "train.log", tag=rank_tag())
     from rlad_megatron.trainer.loop import train  # lazy: `config` and `--help` do not load the trainer
 
+    from rlad_megatron.data.sources import DatasetError  # lazy: `config` and `--help` do not load the trainer
+
     try:
         train(config, resume=start.resume, check=False)  # checked above, before the lock
     except DiskFullError as err:  # the traceback goes to train.log; the console gets one line
@@ -79,6 +81,11 @@ def _train_holding_the_lock(args: argparse.Namespace, config, lock, rank0: bool)
         traceback.print_exc()
         say(f"{COMMAND}: {err}")
         return 2
+    except DatasetError as err:  # a bad row past the first ones the checks read: the traceback goes to train.log
+        import traceback  # lazy: `config` and `--help` do not load the trainer
+
+        traceback.print_exc()
+        return refuse([str(err)], command=COMMAND)
     # Everything is written and closed: spare the interpreter's final garbage collection a pass over vLLM's, Megatron's
     # and torch's objects (~3 s a process on 2 cores, at every job's end). Exit handlers still run.
     import gc

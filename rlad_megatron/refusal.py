@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import os
 import socket
-import sys
 import time
 from typing import Iterable
+
+from rlad_megatron.console import console_stream
 
 EXIT_CODE = 2
 """What a refused command exits with (argparse's usage errors too)."""
@@ -40,8 +41,8 @@ def _rank() -> int:
 
 
 def refuse(lines: Iterable[str], *, command: str, wait_s: float | None = None) -> int:
-    """Print each of ``lines`` as ``<command>: <line>`` on stderr from global rank 0, once (see the module);
-    returns :data:`EXIT_CODE` for the caller to exit with."""
+    """Print each of ``lines`` as ``<command>: <line>`` on the terminal's stderr from global rank 0, once (see the
+    module); returns :data:`EXIT_CODE` for the caller to exit with."""
     lines = list(lines)
     rank = _rank()
     if rank == 0:
@@ -66,6 +67,7 @@ def _print(lines: list[str], command: str) -> None:
         except OSError:
             before = set()
         texts = [t for t, k in zip(texts, key) if k not in before]
+    stream = console_stream()  # the terminal, also once the process's output goes to the run's log
     for text in texts:
-        print(text, file=sys.stderr)
-    sys.stderr.flush()
+        stream.write(text + "\n")
+    stream.flush()

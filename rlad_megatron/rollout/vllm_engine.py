@@ -198,7 +198,8 @@ class VLLMEngine:
         ``enable_sleep_mode``; collective over the engine's shards."""
         self._check_open()
         if not self.config.enable_sleep_mode:
-            raise RuntimeError("VLLMEngine.sleep needs VLLMEngineConfig.enable_sleep_mode=True (rollout.sleep_level)")
+            raise RuntimeError("VLLMEngine.sleep needs an engine built with enable_sleep_mode=True "
+                               "(rollout.sleep_level > 0)")
         if level not in (1, 2):
             raise ValueError(f"VLLMEngine.sleep: level must be 1 or 2, got {level}")
         if self._asleep:
