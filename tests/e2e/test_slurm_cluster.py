@@ -5,7 +5,8 @@ machine, accounting through slurmdbd; see tools/slurm_local/cluster.sh), waiting
   exported as a Hugging Face checkpoint;
 - a job whose config is bad (a student folder that does not exist) is reported FAILED, and the log the launcher
   points to holds the rank's error;
-- the quickstart recipe on one node (TP=2), submitted with ``--requeue`` (trainer.resume=auto) and requeued by
+- the quickstart recipe on one node (TP=2; the ranks started by the loopback launcher, rlad_megatron.launch_local,
+  under srun), submitted with ``--requeue`` (trainer.resume=auto) and requeued by
   ``scontrol requeue`` after its first checkpoint: SUCCEEDED, finite metrics, the HF export, and the same per-step
   metrics as the uninterrupted run of the same recipe (the session's LocalExecutor run, tests/e2e/conftest.py).
   One job checks both (the one-node run and the requeue), to keep the suite's time budget;
@@ -143,7 +144,8 @@ def test_bad_config_fails_with_the_error_in_the_log(slurm_env, assets, tmp_path)
     # The rank's own one-line error (the model folder is checked before any process group starts).
     rank_lines = [line for line in _logs_text(result).splitlines()
                   if f"rlad-megatron train: model.student={missing}: no such folder" in line]
-    assert rank_lines, _logs_text(result)[-4000:]
+    assert len(rank_lines) == 1, _logs_text(result)[-4000:]  # said once, by rank 0 (rlad_megatron/refusal.py)
+    assert "Traceback" not in _logs_text(result) and "ChildFailedError" not in _logs_text(result)
 
 
 def _requeue_after_first_checkpoint(cluster: SlurmCluster, recipe, out: Path, name: str, *, requeue: bool) -> dict:
@@ -200,7 +202,10 @@ def test_one_node_tp2_requeued_job_resumes_and_matches_the_uninterrupted_run(slu
     done = _requeue_after_first_checkpoint(slurm_env, with_auto_resume(_recipe(assets, out)), out, "slurm-requeue",
                                            requeue=True)
     got = _check_run(done, out)
-    assert "--nnodes 1 --nproc-per-node 2" in Path(done["sbatch"]).read_text()
+    # one node: the loopback launcher starts the ranks (every socket of the job on the loopback interface)
+    script = Path(done["sbatch"]).read_text()
+    assert "python -m rlad_megatron.launch_local --nproc-per-node=2 -m rlad_megatron.cli train " in script
+    assert "torchrun" not in script
     text = _logs_text(done)
     assert "DUE TO JOB REQUEUE" in text and "resumed from" in text, text[-4000:]
     _matches(reference, got)

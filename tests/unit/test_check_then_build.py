@@ -14,6 +14,7 @@ import ast
 import os
 import re
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -277,3 +278,30 @@ def test_a_refusal_is_said_by_rank_zero_once(tmp_path: Path, monkeypatch, capsys
 
     assert refused({0: Failure(2), 1: Failure(2)}) and refused({0: Failure(2), 1: Failure(-15)})
     assert not refused({0: Failure(1), 1: Failure(-15)}) and not refused({0: Failure(2), 1: Failure(1)})
+
+
+def test_a_data_problem_found_while_building_is_one_line_with_the_traceback_in_the_log(tmp_path: Path, models,
+                                                                                       data) -> None:
+    """A bad row past the first ones the checks read, or fewer usable prompts than one step takes, is found when the
+    prompts are tokenized (after the run's output went to train.log): one line on the console, exit 2, the traceback
+    in train.log. The build is replaced by one raising what the loader raises (a subprocess: the redirection of the
+    process's output to train.log must not touch pytest's)."""
+    code = (
+        "import sys\n"
+        "import rlad_megatron.trainer.loop as loop\n"
+        "from rlad_megatron.data.prompt_dataset import DatasetError\n"
+        "def train(config, **kwargs):\n"
+        "    raise DatasetError('data.train_files: x.jsonl: row 7 (0-based; line 8 of a .jsonl), field '\n"
+        "                       \"'answer': missing (fix the row, or drop such rows with data.bad_rows=skip)\")\n"
+        "loop.train = train\n"
+        "from rlad_megatron.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n")
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-c", code, "train", f"model.student={models['student']}",
+                           "loss.algorithm=grpo", f"data.train_files={data}", f"trainer.output_dir={out}"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr == ("rlad-megatron train: data.train_files: x.jsonl: row 7 (0-based; line 8 of a .jsonl), "
+                           "field 'answer': missing (fix the row, or drop such rows with data.bad_rows=skip)\n")
+    log = (out / "train.log").read_text()
+    assert "Traceback" in log and "DatasetError" in log
