@@ -31,7 +31,7 @@ def bad_run(tmp_path_factory) -> tuple[list[str], str, Path]:
     student = make_tiny_hf_model(root / "head16", family="qwen3", hidden_size=64, intermediate_size=64, num_heads=4,
                                  num_kv_heads=2, head_dim=16)
     data = root / "train.jsonl"
-    data.write_text('{"prompt": "1+2=", "answer": "3"}\n' * 4)
+    data.write_text('{"prompt": "1+2=", "answer": "3"}\n' * 16)  # enough for a step: the engine is reached
     out = root / "out"
     args = ["train", f"model.student={student}", "loss.algorithm=grpo", "data.task=arithmetic",
             f"data.train_files={data}", f"trainer.output_dir={out}"]
