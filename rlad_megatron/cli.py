@@ -47,9 +47,18 @@ def _train(args: argparse.Namespace) -> int:
 
     # From here on third-party output (vLLM, Megatron, torch, warnings) goes to the run's train.log, not the console.
     send_output_to_log(Path(config.trainer.output_dir) / "train.log", tag=rank_tag())
-    from rlad_megatron.trainer.loop import train
+    from rlad_megatron.pools.world import join_job
 
-    train(config, resume=start.resume)
+    # One SPMD program: with a Megatron teacher pool (teacher.placement=separate) the job's last teacher.ranks ranks
+    # serve the teacher and the others train; without one every rank trains.
+    if join_job(config).role == "teacher":
+        from rlad_megatron.pools.teacher_rank import serve_teacher
+
+        serve_teacher(config)
+    else:
+        from rlad_megatron.trainer.loop import train
+
+        train(config, resume=start.resume)
     # Everything is written and closed: spare the interpreter's final garbage collection a pass over vLLM's, Megatron's
     # and torch's objects (~3 s a process on 2 cores, at every job's end). Exit handlers still run.
     import gc

@@ -452,9 +452,47 @@ class TeacherConfig:
     """GPU only: keep the Megatron teacher's weights in pinned host memory between scoring passes (copied back to
     the GPU for each pass: ~params x 2 bytes / PCIe bandwidth per step). A clear error on CPU."""
 
+    placement: str = "colocated"
+    """"colocated": the Megatron teacher on the learner's ranks with the learner's layout, a vLLM teacher in the
+    learner's process. "separate": a teacher pool of its own (docs/large_models.md, "The teacher pool"): a Megatron
+    teacher on the last ``teacher.ranks`` ranks of the job with its own TP/PP/EP, a vLLM teacher in engine
+    processes of its own (one per learner replica, on GPUs after the learner's and the rollout engines'); the
+    learner sends token ids and gets per-token log-probs back, and in async mode the pool scores the next batch
+    while the learner trains."""
+    ranks: int = 0
+    """Separate Megatron teacher: how many ranks of the job (the last ones; torchrun starts learner + teacher
+    ranks) serve the teacher. A multiple of teacher.tensor_parallel x teacher.pipeline_parallel."""
+    tensor_parallel: int = 1
+    """Separate Megatron teacher: its tensor-parallel size (within a node)."""
+    pipeline_parallel: int = 1
+    """Separate Megatron teacher: its pipeline-parallel size (uneven stages: parallel.teacher_first_stage_layers
+    / teacher_last_stage_layers)."""
+    expert_parallel: int = 1
+    """Separate Megatron teacher (MoE): its expert-parallel size, dividing teacher.ranks / pipeline_parallel."""
+
     def validate(self) -> None:
         if self.source not in ("megatron", "vllm"):
             raise ConfigError(f"teacher.source={self.source!r}: choose 'megatron' or 'vllm'")
+        _choice("teacher.placement", self.placement, ("colocated", "separate"))
+        for key in ("tensor_parallel", "pipeline_parallel", "expert_parallel"):
+            _at_least(f"teacher.{key}", getattr(self, key), 1)
+        _at_least("teacher.ranks", self.ranks, 0)
+        pool = self.placement == "separate" and self.source == "megatron"
+        if not pool and (self.ranks or (self.tensor_parallel, self.pipeline_parallel, self.expert_parallel)
+                         != (1, 1, 1)):
+            raise ConfigError("teacher.ranks / tensor_parallel / pipeline_parallel / expert_parallel lay out a "
+                              "Megatron teacher pool of its own: set teacher.placement=separate and "
+                              "teacher.source=megatron, or leave them at their defaults (0, 1, 1, 1)")
+        if pool:
+            replica = self.tensor_parallel * self.pipeline_parallel
+            if self.ranks < 1 or self.ranks % replica:
+                raise ConfigError(f"teacher.placement=separate with teacher.source=megatron needs teacher.ranks "
+                                  f"(the job's last ranks that serve the teacher), a positive multiple of "
+                                  f"teacher.tensor_parallel x teacher.pipeline_parallel = {replica}; got "
+                                  f"teacher.ranks={self.ranks}")
+            if (self.ranks // self.pipeline_parallel) % self.expert_parallel:
+                raise ConfigError(f"teacher.expert_parallel={self.expert_parallel} must divide teacher.ranks / "
+                                  f"teacher.pipeline_parallel = {self.ranks // self.pipeline_parallel}")
 
 
 FP8_FORMATS: tuple[str, ...] = ("e4m3", "hybrid")
@@ -524,6 +562,7 @@ class RunConfig:
         if teacher_use(self.loss) != "none" and not self.model.teacher:
             raise ConfigError(f"loss.algorithm={self.loss.algorithm!r} needs model.teacher (a HF directory)")
         validate_fp8_run(self)
+        validate_teacher_placement(self)
         return self
 
 
@@ -546,6 +585,33 @@ def teacher_use(loss: LossConfig) -> TeacherUse:
     if required_inputs(loss) & {"teacher_logprobs", "teacher_topk_logprobs"}:
         return "logprobs"
     return "samples" if loss.algorithm == "sft" else "none"
+
+
+TeacherPool = typing.Literal["none", "megatron", "vllm"]
+
+
+def teacher_pool(config: RunConfig) -> TeacherPool:
+    """Which teacher pool of its own the run has (the one place of this rule): "megatron" (teacher ranks of the
+    job), "vllm" (teacher engine processes), or "none" (the teacher, if any, lives with the learner)."""
+    if config.teacher.placement != "separate" or teacher_use(config.loss) != "logprobs":
+        return "none"
+    return "megatron" if config.teacher.source == "megatron" else "vllm"
+
+
+def validate_teacher_placement(config: RunConfig) -> None:
+    """``teacher.placement`` against the loss and the rollout placement; raises ``ConfigError``."""
+    t = config.teacher
+    if t.placement == "separate" and teacher_use(config.loss) != "logprobs":
+        raise ConfigError(f"teacher.placement=separate puts a scoring teacher in a pool of its own, but "
+                          f"loss.algorithm={config.loss.algorithm!r} takes no teacher log-probs: set "
+                          "teacher.placement=colocated")
+    if (t.source == "vllm" and t.placement == "colocated" and teacher_use(config.loss) == "logprobs"
+            and config.rollout.placement == "disaggregated"):
+        raise ConfigError("teacher.source=vllm with rollout.placement=disaggregated: a colocated vLLM teacher would "
+                          "be a one-rank engine inside the learner's process (refused off LOCAL_RANK 0, and next to "
+                          "the learner vLLM's start-up check of free GPU memory fails); set "
+                          "teacher.placement=separate (the teacher in engine processes of its own, like the "
+                          "rollout engines)")
 
 
 def validate_fp8_run(config: RunConfig) -> None:

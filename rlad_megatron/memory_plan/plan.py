@@ -224,7 +224,8 @@ def plan_memory(config: RunConfig, *, student: ModelShape, teacher: ModelShape |
 
     # --- the teacher (Megatron, same TP/PP layout)
     uses = teacher_use(c.loss)
-    megatron_teacher = uses == "logprobs" and c.teacher.source == "megatron" and teacher is not None
+    megatron_teacher = (uses == "logprobs" and c.teacher.source == "megatron" and c.teacher.placement == "colocated"
+                        and teacher is not None)  # a teacher pool's GPUs: memory_plan/pools.py
     if uses == "logprobs" and teacher is None:
         notes.append("teacher shape unknown: the teacher is not counted")
     if megatron_teacher:
@@ -237,6 +238,8 @@ def plan_memory(config: RunConfig, *, student: ModelShape, teacher: ModelShape |
         terms.append(Term("teacher weights", tparams.total * wbytes, "score" if offloaded else "resident", detail))
         if c.teacher.offload and not TRAINER_OFFLOADS_TEACHER:
             notes.append("teacher.offload=true is not implemented by the trainer yet: the teacher is counted resident")
+    elif uses == "logprobs" and c.teacher.placement == "separate":
+        notes.append("teacher.placement=separate: the teacher's GPUs are planned apart (memory_plan/pools.py)")
     elif uses == "logprobs" and c.teacher.source == "vllm":
         notes.append("teacher.source=vllm: its scoring engine's weights and KV cache are not counted")
 

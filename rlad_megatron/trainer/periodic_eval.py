@@ -31,7 +31,7 @@ def evaluate_now(config: RunConfig, engine: Any, task: Any, tokenizer: Any, exam
     Scored like training: the training task (``data.task_options``), the run's stop tokens, and a cut-off
     response counts as wrong unless ``rollout.truncated=reward``."""
     metrics: dict[str, float] | None = None
-    shards = engine.config.tensor_parallel_size if getattr(engine, "sharded", False) else 1
+    shards = engine.shards if engine is not None else 1
     if dist.get_rank() < shards and examples:
         from rlad_megatron.eval.evaluate import evaluate
 

@@ -82,7 +82,7 @@ def generate_and_score(engine, guard, task, examples: Sequence[Any], sampling: S
     results = engine.generate([ex.prompt_token_ids for ex in examples], sampling)
     if guard is None:
         return None
-    return score_results(guard, examples, results, sampling.n, getattr(engine, "weight_version", 0))
+    return score_results(guard, examples, results, sampling.n, engine.weight_version)
 
 
 def score_results(guard, examples: Sequence[Any], results, group_size: int, weight_version: int) -> Rollouts:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 import torch.distributed as dist
 
-from rlad_megatron.config import ConfigError, RunConfig, teacher_use
+from rlad_megatron.config import ConfigError, RunConfig, teacher_pool, teacher_use
 from rlad_megatron.console import say
 from rlad_megatron.data.prompt_stream import PromptStream
 from rlad_megatron.learner.batching import MicroBatching
@@ -179,7 +179,8 @@ def build_components(config: RunConfig) -> Components:
     from rlad_megatron.learner.expert_parallel import check_expert_parallel
 
     moe_models = {"model.student": c.model.student}  # the models expert parallelism would split
-    if c.model.teacher and "teacher_logprobs" in required_inputs(c.loss) and c.teacher.source == "megatron":
+    if (c.model.teacher and "teacher_logprobs" in required_inputs(c.loss) and c.teacher.source == "megatron"
+            and teacher_pool(c) == "none"):  # a teacher pool has an expert parallelism of its own
         moe_models["model.teacher"] = c.model.teacher
     check_expert_parallel(c.parallel.expert_parallel, moe_models)
     parallel.initialize_model_parallel(c.parallel.tensor_parallel, c.parallel.pipeline_parallel, seed=c.trainer.seed,
@@ -239,7 +240,11 @@ def build_components(config: RunConfig) -> Components:
         pin_learner_cpus(engine_cfg.cpu_cores, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
 
     teacher: Teacher | None = None
-    if "teacher_logprobs" in needs and c.teacher.source == "megatron":
+    if "teacher_logprobs" in needs and teacher_pool(c) != "none":  # a pool of its own (rlad_megatron/pools/)
+        from rlad_megatron.pools.build import build_pooled_teacher
+
+        teacher = build_pooled_teacher(c, engine_cfg, mp_group, dp_rank)
+    elif "teacher_logprobs" in needs and c.teacher.source == "megatron":
         teacher = MegatronTeacher.load(c.model.teacher, micro_batch_size=micro, params_dtype=dtype,
                                        student_dir=c.model.student, sequence_parallel=c.parallel.sequence_parallel,
                                        offload=c.teacher.offload,
@@ -307,7 +312,8 @@ def _engine_memory_fraction(c: RunConfig, cuda: bool, arch: ModelArch | None = N
     share = colocated_memory_fraction(int(free), int(total), learner_shares_gpu=True)
     if arch is not None:
         teacher = None
-        if c.model.teacher and teacher_use(c.loss) == "logprobs" and c.teacher.source == "megatron":
+        if (c.model.teacher and teacher_use(c.loss) == "logprobs" and c.teacher.source == "megatron"
+                and teacher_pool(c) == "none"):
             teacher = ModelShape.from_hf_dir(c.model.teacher, "teacher")
         planned = planned_memory_fraction(c, ModelShape.from_arch(arch, "student"), teacher, dp, int(total))
         if planned is not None:
