@@ -41,11 +41,13 @@ class PooledTeacher(Teacher):
         self.client = client
         self.group = replica_group
         self.leader = leader
-        self._prefetched: list[tuple[ScoreRequest, Any]] = []
+        self._prefetched: list[tuple[ScoreRequest, Any, bool]] = []  # (rows, ticket, asked when the samples arrived)
         self.last_busy_s = 0.0
         """The pool's compute seconds for the latest batch (max over its replicas)."""
         self.last_wait_s = 0.0
         """Seconds this rank waited for the latest batch's reply."""
+        self.last_asked_at_arrival = False
+        """Whether the latest batch was asked for as soon as its samples arrived (:meth:`prefetch_rows`)."""
 
     @property
     def separate(self) -> bool:
@@ -54,46 +56,42 @@ class PooledTeacher(Teacher):
     def prefetch_rows(self, rows: list[list[int]]) -> None:
         """Ask the pool now for these token-id rows (on the leader; a no-op elsewhere)."""
         if self.client is not None and rows:
-            self.prefetch_request(ScoreRequest.from_rows(rows))
-
-    def prefetch_request(self, request: ScoreRequest) -> None:
-        if self.client is not None:
-            self._prefetched.append((request, self.client.submit(request)))
+            self._ask(ScoreRequest.from_rows(rows), at_arrival=True)
 
     def prefetch(self, batch: SequenceBatch) -> None:
-        if self.client is not None and not self._prefetched_for(request_of(batch)):
-            self.prefetch_request(request_of(batch))
+        request = request_of(batch)
+        if self.client is not None and not any(r.same_rows(request) for r, _, _ in self._prefetched):
+            self._ask(request, at_arrival=False)
 
-    def _prefetched_for(self, request: ScoreRequest) -> bool:
-        return any(r.same_rows(request) for r, _ in self._prefetched)
+    def _ask(self, request: ScoreRequest, *, at_arrival: bool) -> None:
+        self._prefetched.append((request, self.client.submit(request), at_arrival))
 
-    def _reply(self, request: ScoreRequest) -> ScoreReply:
+    def _reply(self, request: ScoreRequest) -> tuple[ScoreReply, bool]:
         while self._prefetched:  # in order: a reply nobody takes is drained
-            asked, ticket = self._prefetched.pop(0)
+            asked, ticket, at_arrival = self._prefetched.pop(0)
             reply = self.client.collect(ticket)
             if asked.same_rows(request):
-                return reply
-        return self.client.collect(self.client.submit(request))
+                return reply, at_arrival
+        return self.client.collect(self.client.submit(request)), False
 
     def token_logprobs(self, batch: SequenceBatch) -> torch.Tensor | None:
         from megatron.core import parallel_state as ps
 
         start = time.perf_counter()
         out = torch.zeros(len(batch), batch.tokens.shape[1] - 1, dtype=torch.float32)
-        busy = torch.zeros(1, dtype=torch.float64)
+        facts = torch.zeros(2, dtype=torch.float64)  # the pool's busy seconds, asked at arrival
         if self.client is not None:
-            reply = self._reply(request_of(batch))
+            reply, at_arrival = self._reply(request_of(batch))
             cols = min(out.shape[1], reply.logprobs.shape[1])
             out[:, :cols] = reply.logprobs[:, :cols]
-            busy[0] = reply.busy_s
+            facts[0], facts[1] = reply.busy_s, float(at_arrival)
         if self.group is not None and dist.get_world_size(self.group) > 1:
             from rlad_megatron.device import collective_device
 
-            device = collective_device(self.group)
-            shared = torch.cat([busy.to(out.dtype), out.flatten()]).to(device)
+            shared = torch.cat([facts.to(out.dtype), out.flatten()]).to(collective_device(self.group))
             dist.broadcast(shared, src=self.leader, group=self.group)
-            busy[0], out = float(shared[0]), shared[1:].cpu().view_as(out)
-        self.last_busy_s = float(busy)
+            facts, out = shared[:2].cpu().double(), shared[2:].cpu().view_as(out)
+        self.last_busy_s, self.last_asked_at_arrival = float(facts[0]), bool(facts[1])
         self.last_wait_s = time.perf_counter() - start
         if not ps.is_pipeline_last_stage(ignore_virtual=True):
             return None
@@ -101,7 +99,7 @@ class PooledTeacher(Teacher):
 
     def close(self) -> None:
         if self.client is not None:
-            for _, ticket in self._prefetched:
+            for _, ticket, _ in self._prefetched:
                 self.client.collect(ticket)
             self._prefetched = []
             self.client.close()

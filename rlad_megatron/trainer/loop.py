@@ -335,7 +335,8 @@ class Trainer:
             rollout_apart=cfg.rollout.placement == "disaggregated",
             teacher_wait_s=times["time/teacher"] if teacher else None,
             teacher_busy_s=s.teacher.last_busy_s if teacher and s.teacher.separate else None,
-            teacher_apart=teacher and s.teacher.separate)
+            teacher_apart=teacher and s.teacher.separate,
+            teacher_asked_ahead=teacher and s.teacher.separate and s.teacher.last_asked_at_arrival)
 
     def _rollout_pipeline(self) -> RolloutPipeline:
         """This run's source of rollouts (``rollout.mode``; trainer/rollout_pipeline.py)."""

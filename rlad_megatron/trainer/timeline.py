@@ -18,15 +18,19 @@ from __future__ import annotations
 
 def pool_timeline(*, step_s: float, generation_wait_s: float, rollout_busy_s: float, rollout_apart: bool,
                   teacher_wait_s: float | None = None, teacher_busy_s: float | None = None,
-                  teacher_apart: bool = False) -> dict[str, float]:
+                  teacher_apart: bool = False, teacher_asked_ahead: bool = False) -> dict[str, float]:
     """``timeline/<pool>_busy``, ``timeline/<pool>_wait`` (seconds) and ``timeline/<pool>_idle_frac`` for the
-    learner, the rollout engines and (when the run scores with one) the teacher."""
+    learner, the rollout engines and (when the run scores with one) the teacher; with a teacher apart,
+    ``timeline/teacher_asked_at_arrival``: 1 when the pool was asked for the batch as soon as its samples arrived
+    (async mode: while the learner trained on the batch before)."""
     waits = (generation_wait_s if rollout_apart else 0.0) + ((teacher_wait_s or 0.0) if teacher_apart else 0.0)
     busy = {"learner": max(0.0, step_s - waits),
             "rollout": rollout_busy_s if rollout_apart else generation_wait_s}
     if teacher_wait_s is not None:
         busy["teacher"] = teacher_busy_s if teacher_apart and teacher_busy_s is not None else teacher_wait_s
     out: dict[str, float] = {}
+    if teacher_apart:
+        out["timeline/teacher_asked_at_arrival"] = float(teacher_asked_ahead)
     for pool, seconds in busy.items():
         seconds = min(max(0.0, seconds), step_s) if step_s > 0 else 0.0
         out[f"timeline/{pool}_busy"] = seconds
