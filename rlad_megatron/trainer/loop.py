@@ -247,7 +247,8 @@ class Trainer:
         metrics["memory/peak_rss_mb"] = _peak_rss_mb()
         return metrics
 
-    _SUMMED_OVER_DP = ("rollout/generated_tokens", "groups/kept_sequences", "reward/errors", "rollout/stale_dropped")
+    _SUMMED_OVER_DP = ("rollout/generated_tokens", "rollout/sequence_tokens", "groups/kept_sequences", "reward/errors",
+                       "rollout/stale_dropped")
 
     def _average_over_dp(self, metrics: dict[str, float]) -> dict[str, float]:
         """Rollout statistics of the whole step: counts summed over data-parallel ranks, the rest averaged."""

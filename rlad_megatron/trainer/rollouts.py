@@ -149,6 +149,7 @@ def to_sequence_batch(rollouts: Rollouts, *, pad_id: int, skip_uniform_groups: b
         "reward/errors": float(rollouts.reward_errors),
         "response/length_mean": float(lengths.mean()),
         "rollout/generated_tokens": float(lengths.sum()),  # up to and including the first eos
+        "rollout/sequence_tokens": float(sum(len(p) for p in rollouts.prompt_ids) + lengths.sum()),  # + prompts
         "response/length_max": float(lengths.max()),
         "response/truncated_fraction": float(truncated.float().mean()),
         # Cut-off responses the verifier itself accepted: what rollout.truncated=reward would have credited.
