@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 import dataclasses
-import time
+import threading
 from typing import Any, Protocol
 
 import torch
@@ -59,16 +59,17 @@ class MegatronPoolClient:
             raise ValueError("MegatronPoolClient: the teacher pool has no replica")
         self.group = group
         self.servers = list(servers)
-        self._sends: list = []  # sends of earlier requests still to be waited (they hold their tensors)
+        self._lock = threading.Lock()  # requests go out whole and in order, from either thread
 
     def submit(self, request: ScoreRequest) -> _Ticket:
         deal = deal_by_work(request.lengths.tolist(), len(self.servers))
         replies: list[PendingReply | None] = []
         sends: list = []
-        for server, rows in zip(self.servers, deal):
-            part = request.select(rows)
-            replies.append(post_reply_receive(self.group, server, part))
-            sends += post_request(self.group, server, part)
+        with self._lock:
+            for server, rows in zip(self.servers, deal):
+                part = request.select(rows)
+                replies.append(post_reply_receive(self.group, server, part))
+                sends += post_request(self.group, server, part)
         return _Ticket(request, deal, replies, sends)
 
     def collect(self, ticket: _Ticket) -> ScoreReply:
@@ -99,35 +100,47 @@ class MegatronPoolClient:
 
 
 class EngineScoreClient:
-    """A vLLM teacher in its own process (a ``RemoteVLLMEngine`` serving the teacher): one request in flight."""
+    """A vLLM teacher in its own process (a ``RemoteVLLMEngine`` serving the teacher). The engine serves one request
+    at a time: later ones wait here, in order, and each goes out as soon as the one before is collected. Safe to call
+    from two threads (the trainer's main thread and the rollout pipeline's arrival thread)."""
 
     def __init__(self, engine: Any) -> None:
         self.engine = engine
-        self._inflight: ScoreRequest | None = None
-        self._submitted_at = 0.0
+        self._lock = threading.Lock()
+        self._queue: list[tuple[int, ScoreRequest]] = []  # submitted in order; the first is at the engine
+        self._done: dict[int, ScoreReply] = {}
+        self._next = 0
 
-    def submit(self, request: ScoreRequest) -> ScoreRequest:
+    def submit(self, request: ScoreRequest) -> int:
         if request.topk:
             raise NotImplementedError("the vLLM teacher pool returns the sampled tokens' log-probs only (top-k from "
                                       "vLLM's prompt_logprobs=k is not wired yet)")
-        if self._inflight is not None:  # the engine serves one request at a time: the older reply comes first
-            raise RuntimeError("EngineScoreClient: a request is in flight; collect it first")
+        with self._lock:
+            ticket, self._next = self._next, self._next + 1
+            self._queue.append((ticket, request))
+            if len(self._queue) == 1:
+                self._send(request)
+        return ticket
+
+    def _send(self, request: ScoreRequest) -> None:
         rows = [request.tokens[i, :int(n)].tolist() for i, n in enumerate(request.lengths)]
         self.engine.request_score(rows, [1] * len(rows))  # every position after the first token
-        self._inflight = request
-        self._submitted_at = time.perf_counter()
-        return request
 
-    def collect(self, ticket: ScoreRequest) -> ScoreReply:
-        if ticket is not self._inflight:
-            raise RuntimeError("EngineScoreClient.collect: not the request in flight")
-        self._inflight = None
-        scores, seconds = self.engine.collect_score()
-        out = torch.zeros(len(ticket), ticket.width - 1, dtype=torch.float32)
-        for i, values in enumerate(scores):
-            if values:
-                out[i, :len(values)] = torch.tensor(values, dtype=torch.float32)
-        return ScoreReply(out, busy_s=seconds)
+    def collect(self, ticket: int) -> ScoreReply:
+        with self._lock:
+            while ticket not in self._done:
+                if not self._queue:
+                    raise RuntimeError(f"EngineScoreClient.collect: ticket {ticket} was never submitted")
+                head, request = self._queue.pop(0)
+                scores, seconds = self.engine.collect_score()
+                out = torch.zeros(len(request), request.width - 1, dtype=torch.float32)
+                for i, values in enumerate(scores):
+                    if values:
+                        out[i, :len(values)] = torch.tensor(values, dtype=torch.float32)
+                self._done[head] = ScoreReply(out, busy_s=seconds)
+                if self._queue:
+                    self._send(self._queue[0][1])
+            return self._done.pop(ticket)
 
     def close(self) -> None:
         self.engine.shutdown()

@@ -11,6 +11,7 @@ dropped stale batch, a resumed run) is simply asked for again; replies nobody ta
 """
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -42,6 +43,7 @@ class PooledTeacher(Teacher):
         self.group = replica_group
         self.leader = leader
         self._prefetched: list[tuple[ScoreRequest, Any, bool]] = []  # (rows, ticket, asked when the samples arrived)
+        self._lock = threading.Lock()  # the rollout pipeline's arrival thread asks too
         self.last_busy_s = 0.0
         """The pool's compute seconds for the latest batch (max over its replicas)."""
         self.last_wait_s = 0.0
@@ -59,20 +61,27 @@ class PooledTeacher(Teacher):
             self._ask(ScoreRequest.from_rows(rows), at_arrival=True)
 
     def prefetch(self, batch: SequenceBatch) -> None:
-        request = request_of(batch)
-        if self.client is not None and not any(r.same_rows(request) for r, _, _ in self._prefetched):
-            self._ask(request, at_arrival=False)
+        if self.client is not None:
+            self._ask(request_of(batch), at_arrival=False, unless_asked=True)
 
-    def _ask(self, request: ScoreRequest, *, at_arrival: bool) -> None:
-        self._prefetched.append((request, self.client.submit(request), at_arrival))
+    def _ask(self, request: ScoreRequest, *, at_arrival: bool, unless_asked: bool = False) -> None:
+        with self._lock:
+            if unless_asked and any(r.same_rows(request) for r, _, _ in self._prefetched):
+                return
+            self._prefetched.append((request, self.client.submit(request), at_arrival))
 
     def _reply(self, request: ScoreRequest) -> tuple[ScoreReply, bool]:
-        while self._prefetched:  # in order: a reply nobody takes is drained
-            asked, ticket, at_arrival = self._prefetched.pop(0)
+        while True:  # in order: a reply nobody takes is drained
+            with self._lock:
+                if not self._prefetched:
+                    break
+                asked, ticket, at_arrival = self._prefetched.pop(0)
             reply = self.client.collect(ticket)
             if asked.same_rows(request):
                 return reply, at_arrival
-        return self.client.collect(self.client.submit(request)), False
+        with self._lock:
+            ticket = self.client.submit(request)
+        return self.client.collect(ticket), False
 
     def token_logprobs(self, batch: SequenceBatch) -> torch.Tensor | None:
         from megatron.core import parallel_state as ps
