@@ -198,10 +198,11 @@ def summarise(rows: list[dict], warmup: int) -> dict[str, float]:
            "reward": statistics.mean(r["reward/mean"] for r in measured)}
     for name, key in PHASES:
         out[name] = med(r[key] for r in measured)
-    for pool in ("learner", "rollout", "teacher"):
+    for pool in ("learner", "rollout", "teacher"):  # idle: over the measured steps' summed time
         if f"timeline/{pool}_busy" in measured[0]:
             out[f"{pool}_busy"] = med(r[f"timeline/{pool}_busy"] for r in measured)
-            out[f"{pool}_idle"] = med(r[f"timeline/{pool}_idle_frac"] for r in measured)
+            out[f"{pool}_idle"] = 1 - (sum(r[f"timeline/{pool}_busy"] for r in measured)
+                                       / sum(r["time/step"] for r in measured))
     return out
 
 

@@ -25,6 +25,7 @@ from rlad_megatron.config import (
     apply_overrides,
     run_config_from_dict,
     run_config_to_dict,
+    teacher_pool,
 )
 from rlad_megatron.config_parsing import flatten_dotted
 from rlad_megatron.memory_plan import MemoryPlan, plan_memory
@@ -100,8 +101,11 @@ class Recipe:
 
     def placement(self) -> Placement:
         """The checked layout on ``nodes x gpus_per_node`` (raises ``PlacementError`` explaining the arithmetic)."""
+        teacher_gpus = self.teacher_gpus
+        if not teacher_gpus and teacher_pool(self.config) == "megatron":  # teacher.ranks ranks of the job
+            teacher_gpus = self.config.teacher.ranks
         return plan_placement(self.config, nodes=self.nodes, gpus_per_node=self.gpus_per_node,
-                              rollout_gpus=self.rollout_gpus, teacher_gpus=self.teacher_gpus,
+                              rollout_gpus=self.rollout_gpus, teacher_gpus=teacher_gpus,
                               student=self.student_shape, teacher=self.teacher_shape)
 
     def with_gpu(self, gpu_memory: str | None) -> "Recipe":

@@ -256,13 +256,12 @@ def estimate_costs(config: RunConfig, *, student: ModelShape, teacher: ModelShap
 
 
 def measured_costs(rows: list[dict], layout: PoolLayout, *, warmup: int = 1) -> tuple[PoolCosts, StepWork]:
-    """Per-token costs and step work measured in a run's ``metrics.jsonl`` rows (medians after ``warmup`` steps):
+    """Per-token costs and step work measured in a run's ``metrics.jsonl`` rows (means after ``warmup`` steps):
     each pool's busy seconds (``timeline/*``) x its GPUs (processes on CPU) over its tokens."""
     measured = [r for r in rows if r["step"] > warmup] or rows
-    med = statistics.median
 
-    def m(key: str) -> float:
-        return med(float(r.get(key, 0.0)) for r in measured)
+    def m(key: str) -> float:  # per step, over the measured steps together (robust to one slow step)
+        return statistics.fmean(float(r.get(key, 0.0)) for r in measured)
 
     generated, sequence = m("rollout/generated_tokens"), m("rollout/sequence_tokens")
     rollout_gpus = layout.rollout or layout.learner

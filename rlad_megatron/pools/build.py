@@ -82,4 +82,10 @@ def build_pooled_teacher(config, engine_config, replica_group: Any, dp_rank: int
     else:
         raise ValueError(f"build_pooled_teacher: this run has no teacher pool (teacher.placement="
                          f"{config.teacher.placement!r}, loss.algorithm={config.loss.algorithm!r})")
+    if dist.get_rank() == 0:
+        from rlad_megatron.console import say
+        from rlad_megatron.pools.world import node_name
+
+        where = "the job's teacher ranks" if kind == "megatron" else "a vLLM engine process per learner replica"
+        say(f"[rlad] teacher pool ({kind}): the teacher scores in {where}; learner rank 0 on node {node_name()}")
     return PooledTeacher(client, replica_group, leader=leader)

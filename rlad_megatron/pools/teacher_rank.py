@@ -58,7 +58,8 @@ def serve_teacher(config) -> int:
     from rlad_megatron.learner.batching import MicroBatching
     from rlad_megatron.models.layout import stage_overrides
     from rlad_megatron.pools.server import serve
-    from rlad_megatron.pools.world import bridge_group, bridge_sizes, current_job
+    from rlad_megatron.console import say
+    from rlad_megatron.pools.world import bridge_group, bridge_sizes, current_job, node_name
     from rlad_megatron.rollout.factory import is_leader_rank
     from rlad_megatron.teacher.megatron import MegatronTeacher
 
@@ -86,12 +87,20 @@ def serve_teacher(config) -> int:
     torch.distributed.all_gather_object(holders, holds, group=group)
     holder = ranks[holders.index(True)]
     learners, teachers = bridge_sizes(c, job)
+    first = torch.distributed.get_rank() == 0
+    if first:
+        say(f"[rlad] teacher pool: job ranks {job.learner_ranks}..{job.job_size - 1} (first on node {node_name()}) "
+            f"serve {c.model.teacher} at TP={t.tensor_parallel} x PP={t.pipeline_parallel}, EP={t.expert_parallel}: "
+            f"{teachers} replica(s) for {learners} learner replica(s)")
     bridge = None
     if torch.distributed.get_rank() == leader:
         bridge = bridge_group(job, learners + ps.get_data_parallel_rank(), learners + teachers)
     try:
-        return serve(megatron_scorer(teacher, pad_id), bridge=bridge, clients=list(range(learners)),
-                     replica_group=group, leader=leader, holder=holder)
+        rounds = serve(megatron_scorer(teacher, pad_id), bridge=bridge, clients=list(range(learners)),
+                       replica_group=group, leader=leader, holder=holder)
     finally:
         teacher.close()
         parallel.destroy_model_parallel()
+    if first:
+        say(f"[rlad] teacher pool: served {rounds} round(s); the learner is done")
+    return rounds

@@ -103,6 +103,13 @@ def split_world(teacher_ranks: int, *, backend: str | None = None, timeout_s: fl
     return _JOB
 
 
+def node_name() -> str:
+    """This rank's node: Slurm's name for it in a Slurm job, else the host name (for the pool's start-up lines)."""
+    import socket
+
+    return os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+
+
 def bridge_group(job: JobRoles, bridge_rank: int, bridge_size: int, *, timeout_s: float = BRIDGE_TIMEOUT_S):
     """The bridge of the replica leaders (every leader of both roles calls it; blocks until all have)."""
     if job.store is None:
