@@ -126,7 +126,10 @@ class RolloutConfig:
     dtype: str = "float32"
     """Engine dtype ("float32" or "bfloat16")."""
     kv_cache_mb: int = 256
-    """vLLM KV-cache size in MiB (must be given on CPU)."""
+    """vLLM KV-cache size in MiB. On CPU it is the cache. On a GPU it matters only for a colocated engine with
+    rollout.gpu_memory_utilization unset: the engine's memory share is computed for this KV cache (plus its weights
+    and runtime), so size it for your rollouts (256 MiB holds ~2,300 tokens of Qwen3-0.6B); otherwise vLLM sizes the
+    cache from its share. The trainer logs the cache it got and warns when it is short (docs/gpu.md)."""
     weight_load: str = "inplace"
     """"inplace" (copy into the engine's parameters: a 100M-parameter sync costs ~3x a memcpy) or "vllm_reload"
     (vLLM's layerwise reload, ~8x). On CPU, "inplace" keeps plain torch GEMMs in vLLM, which generate ~1.6x slower
@@ -166,17 +169,19 @@ class RolloutConfig:
     """Run vLLM without CUDA graphs. None: CUDA graphs on GPUs (decode of small models is launch-bound without
     them), eager on CPU (required there)."""
     gpu_memory_utilization: float | None = None
-    """GPU only: the fraction of each GPU the colocated engine may take (weights + KV cache). None: vLLM's
-    default (0.92) when the engine has the GPU to itself; with the learner on the same GPU, the smaller of the
-    engine's share in the memory plan and what is free at engine start minus a margin (trainer/engine_settings.py).
-    On CPU rollout.kv_cache_mb sizes the cache."""
+    """GPU only: the fraction of each GPU the engine may take (weights, runtime, KV cache: vLLM gives the KV cache
+    what the rest leaves). None: vLLM's default (0.92) when the engine has the GPU to itself; with the learner on
+    the same GPU, the smaller of the engine's share in the memory plan (sized for rollout.kv_cache_mb) and what is
+    free at engine start minus a margin (trainer/engine_settings.py). On CPU rollout.kv_cache_mb sizes the cache."""
     sleep_level: int = 0
     """GPU only (colocation): 0 keeps the engine's memory during training; 1 moves its weights to host memory and
     frees its KV cache while the learner trains; 2 frees both (the sync rewrites every weight). Weights are woken
     before the weight sync, the KV cache before generation."""
     seed_requests: bool | None = None
-    """Seed every request (reproducible samples, but vLLM's sampler takes its slower per-request path). None: on
-    CPU yes (the test suite compares runs), on GPUs no (the engine's seed still fixes the stream per run)."""
+    """Seed every request from the run's seed, step and data-parallel rank (samples independent of the layout).
+    None: on CPU yes (the test suite compares runs), on GPUs no (each replica's engine has its own seed, which fixes
+    its stream per run; an engine sharded over tensor-parallel ranks seeds its requests itself so that its shards
+    agree: rollout/seeds.py)."""
     mode: str = "sync"
     """"sync": each step generates its batch, then trains on it. "async" (docs/async_rollouts.md): the engine
     process generates batch t+1 while the learner trains on batch t (one-step off-policy); needs
@@ -261,11 +266,21 @@ def _check_rollout_mode(r: RolloutConfig) -> None:
 @dataclass
 class DataConfig:
     task: str = "arithmetic"
-    """Task name (``rlad_megatron.tasks.registry.task_names()``): 'arithmetic', 'knights_knaves', 'math', ..."""
+    """A built-in task ('arithmetic', 'knights_knaves', 'math', 'multiple_choice', ...) or your own code:
+    'my_pkg.rewards:MyTask' (a Task subclass) or 'my_reward.py:my_reward' (a reward function, relative to this
+    file's folder; docs/tasks_and_data.md)."""
     train_files: list[str] = field(default_factory=list)
-    """Local jsonl/parquet/arrow files, or one hub dataset name."""
+    """jsonl/json/parquet/arrow/csv files, dataset folders (save_to_disk or hub layout), or hub:ORG/NAME[:CONFIG].
+    Relative paths are taken from the config file's folder (from the working directory on the command line)."""
     eval_files: list[str] = field(default_factory=list)
     """Held-out files of the periodic evaluation (see trainer.eval_every); empty: no evaluation."""
+    fields: dict[str, str] = field(default_factory=dict)
+    """Column mapping {field: column or dotted path}, e.g. {prompt: question, answer: reward_model.ground_truth}:
+    the names the task reads, taken from your columns (the other columns stay on each record)."""
+    split: str = "train"
+    """Split of dataset folders and hub datasets in train_files (a file is read whole)."""
+    eval_split: str | None = None
+    """Split of dataset folders and hub datasets in eval_files; None: data.split."""
     prompts_per_step: int = 8
     """Prompts per rollout batch (global, over all data-parallel replicas)."""
     max_prompt_tokens: int = 128
@@ -291,11 +306,17 @@ class DataConfig:
             if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
                 raise ConfigError(f"data.{name}: expected a mapping of names to values, got {value!r}")
         _at_least("data.max_prompt_tokens", self.max_prompt_tokens, 1)
-        from rlad_megatron.tasks.registry import task_names
+        for target, source in self.fields.items():
+            if not target or not source or not isinstance(source, str):
+                raise ConfigError(f"data.fields.{target}={source!r}: map a field name to a column name or dotted "
+                                  "path, e.g. {prompt: question, answer: reward_model.ground_truth}")
+        if not self.split or self.eval_split == "":
+            raise ConfigError("data.split / data.eval_split: give a split name, e.g. train or test")
+        from rlad_megatron.tasks.registry import check_task_reference
 
-        if self.task not in task_names():
-            raise ConfigError(f"data.task={self.task!r} is not a registered task; choose one of "
-                              f"{', '.join(task_names())}")
+        problem = check_task_reference(self.task, resolve=False)  # its code is found where the job runs
+        if problem:
+            raise ConfigError(problem)
 
 
 @dataclass
@@ -673,7 +694,10 @@ def load_run_config(path: str | Path | None, overrides: list[str] | None = None)
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"config file {path}: expected a mapping at the top level")
         data = loaded or {}
-    return run_config_from_dict(apply_overrides(data, list(overrides or [])))
+    from rlad_megatron.config_paths import resolve_paths
+
+    config = build_dataclass(RunConfig, apply_overrides(data, list(overrides or [])))
+    return resolve_paths(config, Path(path).parent if path is not None else None, overrides or ()).validate()
 
 
 def run_config_to_dict(config: RunConfig) -> dict[str, Any]:

@@ -71,6 +71,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def apply_megatron_compat() -> frozenset[str]:
+    """Make megatron-core usable here before any of it runs: the CPU patches on a machine without CUDA, and on every
+    machine the fixes of the Transformer-Engine-less fallbacks megatron-core takes (``rlad_megatron.compat``).
+    Returns the fallback fixes applied."""
+    from rlad_megatron.compat import megatron_cpu, megatron_fallbacks
+
+    megatron_cpu.apply()
+    return megatron_fallbacks.apply()
+
+
 def initialize_model_parallel(
     tensor_parallel: int = 1,
     pipeline_parallel: int = 1,
@@ -105,9 +115,7 @@ def initialize_model_parallel(
             f"{pipeline_parallel} (experts are sharded over the ranks of one pipeline stage; data parallel size is "
             f"{dp}): choose it among the divisors of {world // pipeline_parallel}"
         )
-    from rlad_megatron.compat import megatron_cpu
-
-    megatron_cpu.apply()
+    apply_megatron_compat()
     from megatron.core import parallel_state, tensor_parallel as mcore_tp
 
     if parallel_state.model_parallel_is_initialized():

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from rlad_megatron.data.prompt_dataset import TEACHER_PASS_RATE, _rows, id_stem, load_raw_dataset, record_id
+from rlad_megatron.data.rows import prepare_row
 from rlad_megatron.tasks.base import RecordError, Task
 
 
@@ -60,7 +61,7 @@ def rows_with_pass_rates(rows: Sequence[Mapping[str, Any]], task: Task, stem: st
     for i, row in enumerate(rows):
         copy = {k: v for k, v in row.items() if v is not None and k != TEACHER_PASS_RATE}
         try:
-            rid = record_id(task.to_record(dict(row)).get("id"), stem, i)
+            rid = record_id(task.to_record(prepare_row(dict(row))).get("id"), f"{stem}-{i}")
         except RecordError:  # a bad row: the evaluation skipped it too
             rid = None
         if rid is not None and copy.get("id") is None:

@@ -44,7 +44,7 @@ def _sharded_state(model_chunks: Sequence[torch.nn.Module], optimizer: Any, *, l
         state[_model_key(i, len(model_chunks))] = _unwrap(chunk).sharded_state_dict()
     if optimizer is not None:
         if loading:
-            from rlad_megatron.compat.megatron_cpu import prepare_optimizer_for_load
+            from rlad_megatron.compat.megatron_fallbacks import prepare_optimizer_for_load
 
             prepare_optimizer_for_load(optimizer)
         model_state = {k: v for k, v in state.items() if k.startswith("model")}

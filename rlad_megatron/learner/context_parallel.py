@@ -10,7 +10,8 @@ The forward step (``learner.policy``) takes each micro-batch through :func:`cont
 ``parallel.context_parallel > 1``: rows padded (:func:`cp_row_width`), split, and the per-token log-probs
 all-gathered back whole (:func:`cp_all_gather_merge`, autograd-correct), with the loss scale of
 :func:`cp_loss_scale`. The attention is TE's on GPUs, ``models.cp_attention`` otherwise. Tested on CPU against
-CP=1 (``tests/distributed/test_context_parallel.py``) and on GPUs with TE (``tests/gpu``).
+CP=1 (``tests/distributed/test_context_parallel.py``). The GPU test with TE's ring attention
+(``tests/gpu/test_context_parallel_gpu.py``) needs 2 GPUs and Transformer Engine and has never run (docs/gpu.md).
 """
 from __future__ import annotations
 

@@ -36,8 +36,9 @@ GPU_MEMORY_GIB: dict[str, float] = {"h100": 79.6, "h200": 139.8}
 
 #: CUDA context, NCCL buffers and the caching allocator's fragmentation, held back on every GPU (ours).
 RUNTIME_RESERVE_GIB = 4.0
-#: The colocated engine's own working memory besides weights and KV cache (CUDA graphs, sampler, activations of
-#: one engine step): an assumption of ours, not measured here (no vLLM on the lent GPU machine).
+#: The least of the colocated engine's own working memory besides weights and KV cache. The plan counts
+#: ``rollout.vllm_memory.estimated_runtime_bytes`` (vLLM's profile-run activations and sampler at the engine model's
+#: widths, CUDA graphs, NCCL), never less than this: an estimate, not measured here (no vLLM on the lent GPU machine).
 ENGINE_RUNTIME_GIB = 2.0
 #: float32 elements of one log-prob chunk on a GPU (``rlad_megatron.logprobs.vocab_parallel.DEFAULT_CHUNK_ELEMENTS``).
 LOGPROB_CHUNK_ELEMENTS = 1 << 24
@@ -188,7 +189,7 @@ def forward_tokens(config: RunConfig) -> int:
 
 def plan_memory(config: RunConfig, *, student: ModelShape, teacher: ModelShape | None = None, dp: int = 1,
                 ep: int | None = None, teacher_ep: int | None = None, gpu: str | float | None = None, fused_attention: bool = True,
-                runtime_reserve_gib: float = RUNTIME_RESERVE_GIB, engine_runtime_gib: float = ENGINE_RUNTIME_GIB,
+                runtime_reserve_gib: float = RUNTIME_RESERVE_GIB, engine_runtime_gib: float | None = None,
                 chunk_elements: int = LOGPROB_CHUNK_ELEMENTS, suggest: bool = True) -> MemoryPlan:
     """The per-GPU memory plan of ``config`` with these model shapes and ``dp`` data-parallel replicas.
 
@@ -196,7 +197,7 @@ def plan_memory(config: RunConfig, *, student: ModelShape, teacher: ModelShape |
     the one size the trainer runs both with).
     ``fused_attention``: TE's flash attention (no ``[s, s]`` scores; GPU image) or Megatron's local attention.
     ``gpu``: "h100", "h200", a size in GiB, or None (no verdict). CPU runs: ``runtime_reserve_gib=0``,
-    ``engine_runtime_gib=0``.
+    ``engine_runtime_gib=0``. ``engine_runtime_gib`` None: :func:`engine_runtime_bytes`.
     """
     c = config
     par = c.parallel
@@ -251,8 +252,11 @@ def plan_memory(config: RunConfig, *, student: ModelShape, teacher: ModelShape |
         phase = "generate" if c.rollout.sleep_level and TRAINER_SLEEPS_ENGINE else "resident"
         terms.append(Term("engine weights", ew, phase, f"{engine_model.name} at TP={tp}, {c.rollout.dtype}"))
         terms.append(Term("engine KV cache", c.rollout.kv_cache_mb << 20, phase, "rollout.kv_cache_mb"))
-        if engine_runtime_gib:
-            terms.append(Term("engine runtime", int(engine_runtime_gib * GIB), phase, "CUDA graphs, sampler"))
+        runtime = engine_runtime_bytes(engine_model, tp, c.rollout.dtype) if engine_runtime_gib is None \
+            else int(engine_runtime_gib * GIB)
+        if runtime:
+            terms.append(Term("engine runtime", runtime, phase, "profile-run activations, sampler, CUDA graphs, NCCL "
+                                                               "(estimate)"))
     if runtime_reserve_gib:
         terms.append(Term("CUDA context, NCCL, fragmentation", int(runtime_reserve_gib * GIB), "resident"))
 
@@ -315,6 +319,18 @@ def plan_memory(config: RunConfig, *, student: ModelShape, teacher: ModelShape |
 ENGINE_TERMS: tuple[str, ...] = ("engine weights", "engine KV cache", "engine runtime")
 
 
+def engine_runtime_bytes(model: ModelShape, tp: int, dtype: str) -> int:
+    """The colocated engine's memory besides weights and KV cache, as vLLM's profiling counts it
+    (``rollout.vllm_memory.estimated_runtime_bytes`` at the engine model's widths; at least ``ENGINE_RUNTIME_GIB``)."""
+    from rlad_megatron.rollout.vllm_memory import estimated_runtime_bytes
+
+    widest = max(model.intermediate_size,
+                 model.moe_intermediate_size * max(1, model.moe_top_k) + model.shared_expert_intermediate_size)
+    estimate = estimated_runtime_bytes(hidden_size=model.hidden_size, intermediate_size=widest,
+                                       vocab_size=model.vocab_size, tensor_parallel=tp, dtype_bytes=DTYPE_BYTES[dtype])
+    return max(int(ENGINE_RUNTIME_GIB * GIB), estimate)
+
+
 def engine_bytes(plan: MemoryPlan) -> int:
     """The colocated engine's share of the plan: its weights, KV cache and runtime (0 when disaggregated)."""
     return sum(t.bytes for t in plan.terms if t.name in ENGINE_TERMS)
@@ -323,7 +339,9 @@ def engine_bytes(plan: MemoryPlan) -> int:
 def engine_memory_utilization(plan: MemoryPlan, total_gib: float | None = None) -> float:
     """vLLM's ``gpu_memory_utilization`` for the colocated engine: the fraction of the GPU's memory (``total_gib``,
     default the plan's GPU) that its weights, KV cache and runtime take in the plan, so that the engine reserves no
-    more than the plan gave it and the learner's share stays free.
+    more than the plan gave it and the learner's share stays free. vLLM sizes the KV cache as that share minus the
+    weights and what its profiling measures besides (``rollout.vllm_memory.kv_cache_bytes``): the plan's KV cache
+    when the engine's runtime is the plan's "engine runtime" term.
 
         plan = plan_memory(config, student=ModelShape.from_arch(arch), teacher=..., dp=dp, gpu=total_gib)
         utilization = engine_memory_utilization(plan)

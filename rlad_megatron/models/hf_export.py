@@ -30,13 +30,16 @@ TOKENIZER_FILES = (
 
 
 def _owned_params(model_chunks: Iterable[torch.nn.Module], arch: ModelArch) -> dict[str, torch.Tensor]:
-    """Group key -> this rank's shard, for the exported parameters of every chunk."""
+    """Group key -> this rank's shard, for the exported parameters of every chunk (FP8 parameters dequantized:
+    ``rlad_megatron.fp8.dequantized``)."""
+    from rlad_megatron.fp8 import dequantized
+
     owned: dict[str, torch.Tensor] = {}
     for chunk in model_chunks:
         params = dict(chunk.named_parameters())
         for entry in local_params(chunk, arch):
             if entry.exported:
-                owned[entry.group.key] = params[entry.megatron_name].detach()
+                owned[entry.group.key] = dequantized(params[entry.megatron_name].detach())
     return owned
 
 

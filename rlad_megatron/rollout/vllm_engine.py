@@ -21,8 +21,10 @@ and shut down with the learner's default group hidden (``_private_default_group`
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import time
+import weakref
 from typing import Iterable, Sequence
 
 import torch
@@ -30,11 +32,15 @@ import torch
 from rlad_megatron.rollout.base import Completion, PromptResult, SamplingSettings
 from rlad_megatron.rollout.config import VLLMEngineConfig
 from rlad_megatron.rollout.vllm_env import (  # noqa: F401  (_check_gpu_only_settings: tested from here)
-    _batched_token_budget, _check_gpu_only_settings, _kv_cache_bytes, _learner_keeps_thread_control, _plain_cpu_gemm,
-    _private_default_group, _shutdown_without_default_group, _unlink_external_launcher_cpu_shm,
+    _batched_token_budget, _check_gpu_only_settings, _cumem_pools_kept, _kv_cache_bytes,
+    _learner_keeps_thread_control, _plain_cpu_gemm, _private_default_group, _shutdown_without_default_group,
+    _unlink_external_launcher_cpu_shm,
 )
 
 _EXT = "rlad_megatron.rollout.vllm_worker_ext.RladWorkerExtension"
+
+#: The engines of this process that allocate through vLLM's CuMem pools (sleep mode), until they shut down.
+_SLEEP_MODE_ENGINES: "weakref.WeakSet[VLLMEngine]" = weakref.WeakSet()
 
 
 class VLLMEngine:
@@ -84,8 +90,13 @@ class VLLMEngine:
                 **kwargs,
             )
         self.startup_s = time.perf_counter() - start
+        if config.enable_sleep_mode:
+            _SLEEP_MODE_ENGINES.add(self)
         self._closed = False
         self._asleep = False
+        # A sharded engine seeds every request (its shards must draw the same samples: rollout/seeds.py).
+        self._seeds_every_request = self.sharded and config.tensor_parallel_size > 1
+        self._unseeded_calls = 0
         self._sync_in_progress: int | None = None
         self._held: tuple[list[PromptResult], int] | None = None  # request_generate's samples, until collected
         self._last_generate_s = 0.0
@@ -101,12 +112,18 @@ class VLLMEngine:
     # ------------------------------------------------------------------ RolloutEngine
     def generate(self, prompts: Sequence[Sequence[int]], sampling: SamplingSettings) -> list[PromptResult]:
         """Sample ``sampling.n`` responses per prompt (token-id lists). With a seed, prompt j's i-th response uses
-        seed ``seed + j * n + i`` (distinct streams, reproducible)."""
+        seed ``seed + j * n + i`` (distinct streams, reproducible). An engine sharded over tensor-parallel ranks
+        seeds unseeded requests itself, alike on its shards (``rollout.seeds.engine_request_seed``)."""
         from vllm import SamplingParams
+
+        from rlad_megatron.rollout.seeds import engine_request_seed
 
         self._check_open()
         self._check_awake("generate")
         self._check_lengths(prompts, sampling.max_tokens)
+        if sampling.seed is None and self._seeds_every_request:
+            sampling = dataclasses.replace(sampling, seed=engine_request_seed(self.config.seed, self._unseeded_calls))
+            self._unseeded_calls += 1
         params = []
         for j in range(len(prompts)):
             params.append(
@@ -155,6 +172,13 @@ class VLLMEngine:
         return scores
 
     @property
+    def kv_cache_tokens(self) -> int:
+        """How many tokens the engine's KV cache holds (vLLM's ``num_gpu_blocks * block_size``; on a GPU vLLM sized
+        it from ``gpu_memory_utilization``, on CPU from ``kv_cache_bytes``)."""
+        cache = self._llm.llm_engine.vllm_config.cache_config
+        return int(cache.num_gpu_blocks or 0) * int(cache.block_size)
+
+    @property
     def weight_version(self) -> int:
         """The version of the weights the engine serves (0: as loaded from ``config.model``)."""
         self._check_open()
@@ -191,7 +215,8 @@ class VLLMEngine:
         self._closed = True
         from rlad_megatron.device import engine_call_guard
 
-        with engine_call_guard("shutting the vLLM engine down"):
+        _SLEEP_MODE_ENGINES.discard(self)
+        with engine_call_guard("shutting the vLLM engine down"), _cumem_pools_kept(len(_SLEEP_MODE_ENGINES) > 0):
             _shutdown_without_default_group(self._llm, self._dist_state.pop("vllm_pg", None))
         del self._llm
         if self.sharded:
@@ -320,8 +345,6 @@ class VLLMTeacherScorer:
     """
 
     def __init__(self, config: VLLMEngineConfig) -> None:
-        import dataclasses
-
         self.engine = VLLMEngine(dataclasses.replace(config, weight_load="vllm_reload"))
 
     def score(self, sequences: Sequence[Sequence[int]], prompt_lens: Sequence[int]) -> list[list[float]]:

@@ -40,6 +40,29 @@ def _private_default_group(state: dict) -> Iterator[None]:
         c10d._update_default_pg(learner_pg)
 
 
+@contextlib.contextmanager
+def _cumem_pools_kept(keep: bool, allocator_cls=None) -> Iterator[None]:
+    """Keep vLLM's process-wide CuMem pools through one engine's teardown while ``keep`` (another engine of this
+    process allocates through them: a sleeping rollout engine next to a vLLM teacher scorer).
+
+    vLLM 0.32's GPU worker ends ``Worker.shutdown`` with ``CuMemAllocator.instance.release_pools()`` whenever the
+    singleton exists (``vllm/v1/worker/gpu_worker.py``): it drops every pool's MemPool and pluggable allocator,
+    those of the engines still alive included, whose tensors and sleep/wake then run against released allocator
+    wrappers. The singleton is hidden from the teardown (``instance`` is None meanwhile) and put back after.
+    ``allocator_cls``: the allocator class (default vLLM's ``CuMemAllocator``; tests pass a stand-in)."""
+    if not keep:
+        yield
+        return
+    if allocator_cls is None:
+        from vllm.device_allocator.cumem import CuMemAllocator as allocator_cls
+    saved = allocator_cls.instance
+    allocator_cls.instance = None
+    try:
+        yield
+    finally:
+        allocator_cls.instance = saved
+
+
 def _shutdown_without_default_group(llm, vllm_pg) -> None:
     """Shut the engine down with no default group visible, so that vLLM's teardown destroys only its own groups
     (with a default group it calls ``destroy_process_group()``, which unregisters every group of the process,
@@ -139,13 +162,13 @@ def _unlink_external_launcher_cpu_shm() -> None:
 
 
 def _kv_cache_bytes(config: VLLMEngineConfig) -> int | None:
-    """The KV cache's explicit size, except on a GPU with ``gpu_memory_utilization`` set: then vLLM sizes it from
-    that fraction (``kv_cache_memory_bytes`` would override it)."""
+    """``kv_cache_memory_bytes`` for vLLM: ``config.kv_cache_bytes`` on CPU; None on a GPU, where vLLM sizes the KV
+    cache from ``gpu_memory_utilization`` (``rollout.vllm_memory.kv_cache_memory_bytes_argument``)."""
     import torch
 
-    if torch.cuda.is_available() and config.gpu_memory_utilization is not None:
-        return None
-    return config.kv_cache_bytes
+    from rlad_megatron.rollout.vllm_memory import kv_cache_memory_bytes_argument
+
+    return kv_cache_memory_bytes_argument(config.kv_cache_bytes, torch.cuda.is_available())
 
 
 def _check_gpu_only_settings(config: VLLMEngineConfig) -> None:

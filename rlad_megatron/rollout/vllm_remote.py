@@ -59,7 +59,10 @@ class RemoteVLLMEngine:
         self._pending: str | None = None  # "generate" / "score": a request sent and not collected yet
         self._last_generate_s = 0.0
         self._group = join_pair_group(self._store, 0, timeout_s=start_timeout_s, backend=backend)
-        self.startup_s = self._reply(start_timeout_s)["startup_s"]
+        started = self._reply(start_timeout_s)
+        self.startup_s = started["startup_s"]
+        self.kv_cache_tokens: int = started["kv_cache_tokens"]
+        """How many tokens the engine's KV cache holds (``VLLMEngine.kv_cache_tokens``)."""
 
     # RolloutEngine
     def generate(self, prompts: Sequence[Sequence[int]], sampling: SamplingSettings) -> list[PromptResult]:
@@ -242,7 +245,7 @@ def _serve(conn, config: VLLMEngineConfig, host: str, port: int, timeout_s: floa
     except Exception:
         conn.send(("error", traceback.format_exc()))
         return
-    conn.send(("ok", {"startup_s": engine.startup_s}))
+    conn.send(("ok", {"startup_s": engine.startup_s, "kv_cache_tokens": engine.kv_cache_tokens}))
     receiver = BucketReceiver(device)
     while True:
         try:

@@ -81,16 +81,19 @@ def planned_memory_fraction(c: RunConfig, student, teacher, dp: int, total_bytes
         return None
 
 
-def engine_config(c: RunConfig, model: str, *, cuda: bool, gpu_memory_utilization: float | None = None):
-    """The ``VLLMEngineConfig`` of the run's rollout engine serving ``model``."""
+def engine_config(c: RunConfig, model: str, *, cuda: bool, gpu_memory_utilization: float | None = None,
+                  replica: int = 0):
+    """The ``VLLMEngineConfig`` of the run's rollout engine serving ``model`` for data-parallel replica
+    ``replica`` (its seed: ``rollout.seeds.replica_seed``, so that replicas do not sample alike)."""
     from rlad_megatron.rollout.config import VLLMEngineConfig
+    from rlad_megatron.rollout.seeds import replica_seed
 
     r = c.rollout
     executor = resolve_executor(r, cuda)
     return VLLMEngineConfig(
         model=model, dtype=r.dtype,
         max_model_len=c.data.max_prompt_tokens + r.max_new_tokens + 8,
-        kv_cache_bytes=r.kv_cache_mb << 20, seed=c.trainer.seed,
+        kv_cache_bytes=r.kv_cache_mb << 20, seed=replica_seed(c.trainer.seed, replica),
         weight_load=r.weight_load, placement=r.placement,
         quantization="fp8" if c.fp8.rollout_fp8 else None,
         executor=executor,
@@ -159,3 +162,72 @@ def check_gpu_settings(c: RunConfig, cuda: bool) -> None:
     if wrong:
         raise RuntimeError("this job computes on the CPU (no CUDA, or a gloo process group), but the config asks "
                            "for GPU-only settings:\n  " + "\n  ".join(wrong))
+
+
+def kv_cache_sizing(c: RunConfig, cuda: bool) -> str:
+    """What sizes the rollout engine's KV cache on this machine, in the user's keys."""
+    r = c.rollout
+    if not cuda:
+        return f"rollout.kv_cache_mb={r.kv_cache_mb}"
+    if r.gpu_memory_utilization is not None:
+        return f"vLLM from rollout.gpu_memory_utilization={r.gpu_memory_utilization} (rollout.kv_cache_mb is not used)"
+    if r.placement == "disaggregated":
+        return "vLLM from 0.92 of the engine's own GPU (rollout.kv_cache_mb is not used)"
+    return (f"vLLM from the colocated share computed for rollout.kv_cache_mb={r.kv_cache_mb} (set "
+            "rollout.gpu_memory_utilization to choose the share yourself)")
+
+
+def kv_cache_notices(c: RunConfig, *, cuda: bool, kv_tokens: int, bytes_per_token: int,
+                     sequences_per_step: int, max_num_seqs: int = 256) -> list[tuple[str, str]]:
+    """``(level, message)`` lines about the engine's KV cache once it is built: its size and what sized it (info);
+    a warning when the automatic colocated share gave less than ``rollout.kv_cache_mb`` (the GPU had less free
+    memory than planned, or the engine's runtime memory exceeded the estimate); a warning when one step's rollouts
+    can need more tokens at once than the cache holds (vLLM then preempts and recomputes sequences). On CPU only the
+    first: ``rollout.kv_cache_mb`` is the cache there."""
+    r = c.rollout
+    kv_bytes = kv_tokens * bytes_per_token
+    out = [("info", f"rollout engine KV cache: {kv_tokens} tokens ({kv_bytes / GIB:.2f} GiB), sized by "
+                    f"{kv_cache_sizing(c, cuda)}")]
+    auto_share = cuda and r.placement == "colocated" and r.gpu_memory_utilization is None
+    if auto_share and kv_bytes < 0.9 * (r.kv_cache_mb << 20):
+        out.append(("warning", f"the colocated engine's KV cache ({kv_bytes >> 20} MiB) is smaller than "
+                               f"rollout.kv_cache_mb={r.kv_cache_mb}: the GPU had less free memory than the memory "
+                               "plan, or the engine's runtime memory exceeded its estimate; free memory "
+                               "(rollout.sleep_level, teacher.offload) or set rollout.gpu_memory_utilization"))
+    longest = c.data.max_prompt_tokens + r.max_new_tokens
+    need = min(sequences_per_step, max_num_seqs) * longest
+    if cuda and kv_tokens < need:
+        fix = ("raise rollout.kv_cache_mb (the colocated share is computed for it)" if auto_share else
+               "raise rollout.gpu_memory_utilization" if cuda and r.gpu_memory_utilization is not None else
+               "give the engine a larger GPU")
+        out.append(("warning", f"a step's {sequences_per_step} rollouts of up to {longest} tokens can need "
+                               f"{need} KV-cache tokens at once ({min(sequences_per_step, max_num_seqs)} "
+                               f"decoded together), more than the engine's {kv_tokens}: vLLM will preempt and "
+                               f"recompute sequences; {fix}"))
+    return out
+
+
+def report_engine_kv_cache(c: RunConfig, engine, *, cuda: bool, sequences_per_step: int) -> list[tuple[str, str]]:
+    """Log :func:`kv_cache_notices` for ``engine`` (the info line to the log file, warnings also on the console).
+    Call on one rank that holds an engine. Returns the notices."""
+    import logging
+
+    from rlad_megatron.console import say
+    from rlad_megatron.placement import ModelShape
+    from rlad_megatron.rollout.vllm_memory import kv_bytes_per_token
+
+    shape = ModelShape.from_hf_dir(engine.config.model, "engine")
+    per_token = kv_bytes_per_token(num_layers=shape.num_layers, num_kv_heads=shape.num_kv_heads,
+                                   head_dim=shape.head_dim_or_default,
+                                   tensor_parallel=engine.config.tensor_parallel_size,
+                                   dtype_bytes=4 if engine.config.dtype == "float32" else 2)
+    notices = kv_cache_notices(c, cuda=cuda, kv_tokens=engine.kv_cache_tokens, bytes_per_token=per_token,
+                               sequences_per_step=sequences_per_step, max_num_seqs=engine.config.max_num_seqs)
+    log = logging.getLogger(__name__)
+    for level, message in notices:
+        if level == "warning":
+            log.warning(message)
+            say(f"[rlad] warning: {message}")
+        else:
+            log.info(message)
+    return notices

@@ -197,7 +197,8 @@ def build_components(config: RunConfig) -> Components:
     stop_ids = _stop_ids(c, tokenizer)
     task = get_training_task(c.data.task, c.data.task_options)
     dataset = load_prompt_dataset(c.data.train_files, task, tokenizer, c.data.max_prompt_tokens,
-                                  bad_rows=c.data.bad_rows, chat_template_kwargs=c.data.chat_template_kwargs)
+                                  bad_rows=c.data.bad_rows, chat_template_kwargs=c.data.chat_template_kwargs,
+                                  split=c.data.split, fields=c.data.fields)
     prompts = PromptStream(dataset, batch_size=layout.prompts_per_rank, seed=c.trainer.seed,
                            dp_rank=dp_rank, dp_size=dp_size)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -230,8 +231,12 @@ def build_components(config: RunConfig) -> Components:
     use = teacher_use(c.loss)
     cuda = uses_cuda()
     engine_cfg = engine_config(c, c.model.teacher if use == "samples" else c.model.student, cuda=cuda,
-                               gpu_memory_utilization=_engine_memory_fraction(c, cuda, arch, dp_size))
+                               gpu_memory_utilization=_engine_memory_fraction(c, cuda, arch, dp_size), replica=dp_rank)
     engine, transport = build_rollout_engine(engine_cfg)
+    if engine is not None and dist.get_rank() == 0:
+        from rlad_megatron.trainer.engine_settings import report_engine_kv_cache
+
+        report_engine_kv_cache(c, engine, cuda=cuda, sequences_per_step=layout.prompts_per_rank * c.rollout.group_size)
     if engine_cfg.cpu_cores:  # after the engine process has started with its own affinity
         import os
 

@@ -24,6 +24,7 @@ SHM_DIR = "/dev/shm"
 
 
 def _owned(model_chunks: list[torch.nn.Module], arch) -> dict[str, torch.Tensor]:
+    from rlad_megatron.fp8 import dequantized
     from rlad_megatron.models.name_map import local_params
 
     owned = {}
@@ -31,7 +32,7 @@ def _owned(model_chunks: list[torch.nn.Module], arch) -> dict[str, torch.Tensor]
         params = dict(chunk.named_parameters())
         for entry in local_params(chunk, arch):
             if entry.exported:
-                owned[entry.group.key] = params[entry.megatron_name].detach()
+                owned[entry.group.key] = dequantized(params[entry.megatron_name].detach())
     return owned
 
 
