@@ -6,7 +6,7 @@ One implementation per file (``vllm_engine.py`` is the real one). Everything her
 from __future__ import annotations
 
 import dataclasses
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, Sequence, runtime_checkable
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +67,16 @@ class RolloutEngine(Protocol):
 
     @property
     def weight_version(self) -> int:
+        ...
+
+    @property
+    def config(self) -> Any:
+        """The engine's settings (a ``VLLMEngineConfig``: model folder, dtype, tensor parallelism, ...)."""
+        ...
+
+    @property
+    def kv_cache_tokens(self) -> int:
+        """How many tokens the engine's KV cache holds (the trainer reports it and what sized it)."""
         ...
 
     @property

@@ -49,6 +49,8 @@ class FakeEngine:
         return 0
 
     shards = 1
+    config = None
+    kv_cache_tokens = 0
     runs_apart = False
     last_generate_s = 0.0
 
