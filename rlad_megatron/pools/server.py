@@ -35,6 +35,15 @@ def concat_requests(requests: list[ScoreRequest]) -> ScoreRequest:
     return ScoreRequest(tokens, torch.cat([r.lengths for r in requests]), requests[0].topk)
 
 
+def _broadcast(t: torch.Tensor, src: int, group) -> torch.Tensor:
+    """``src``'s ``t`` on every rank of ``group`` (through the group's device: a GPU for NCCL), on the CPU."""
+    from rlad_megatron.device import for_collective
+
+    moved = for_collective(t, group)
+    dist.broadcast(moved, src=src, group=group)
+    return moved.cpu()
+
+
 def _share_request(request: ScoreRequest | None, group, src: int) -> ScoreRequest | None:
     """The leader's request (None: stop) on every rank of ``group``."""
     header = torch.zeros(3, dtype=torch.int64)
@@ -44,15 +53,13 @@ def _share_request(request: ScoreRequest | None, group, src: int) -> ScoreReques
         header[1] = -1
     if group is None or dist.get_world_size(group) == 1:
         return request
-    dist.broadcast(header, src=src, group=group)
-    n, width, topk = header.tolist()
+    n, width, topk = _broadcast(header, src, group).tolist()
     if width < 0:
         return None
     if request is None:
         request = ScoreRequest(torch.zeros(n, width, dtype=torch.int32), torch.zeros(n, dtype=torch.int64), topk)
     if n:
-        dist.broadcast(request.tokens, src=src, group=group)
-        dist.broadcast(request.lengths, src=src, group=group)
+        request = ScoreRequest(_broadcast(request.tokens, src, group), _broadcast(request.lengths, src, group), topk)
     return request
 
 
@@ -65,10 +72,11 @@ def _share_reply(reply: ScoreReply | None, request: ScoreRequest, group, src: in
         reply = ScoreReply(torch.zeros(n, cols, dtype=torch.float32),
                            torch.zeros(n, cols, k, dtype=torch.int32) if k else None,
                            torch.zeros(n, cols, k, dtype=torch.float32) if k else None)
-    tensors = [reply.logprobs] + ([reply.topk_ids, reply.topk_logprobs] if k else [])
-    for t in tensors:
-        if t.numel():
-            dist.broadcast(t, src=src, group=group)
+    if reply.logprobs.numel():
+        reply.logprobs = _broadcast(reply.logprobs, src, group)
+        if k:
+            reply.topk_ids = _broadcast(reply.topk_ids, src, group)
+            reply.topk_logprobs = _broadcast(reply.topk_logprobs, src, group)
     return reply
 
 

@@ -17,6 +17,11 @@ class Teacher(abc.ABC):
         """``[B, L-1]`` float32 log-probs of ``batch.tokens[:, 1:]`` under this model, on the last pipeline stage
         (None on the other stages). Only response positions (``batch.loss_mask``) are meaningful."""
 
+    last_busy_s: float = 0.0
+    """A teacher apart: the seconds it computed on the latest batch (the step timeline's teacher busy time)."""
+    last_asked_at_arrival: bool = False
+    """A teacher apart: whether the latest batch was asked for as soon as its samples arrived (:meth:`prefetch_rows`)."""
+
     @property
     def separate(self) -> bool:
         """Whether the teacher computes apart from the learner (a pool of its own, ``teacher.placement: separate``):
