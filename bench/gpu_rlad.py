@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> dict:
     from rlad_megatron.models import export_hf_checkpoint, load_hf_model
     from rlad_megatron.teacher import MegatronTeacher
     from rlad_megatron.tiny.hf_model import make_tiny_hf_model
-    from rlad_megatron.trainer.rollouts import Rollouts, to_sequence_batch
+    from rlad_megatron.trainer.step.rollouts import Rollouts, to_sequence_batch
 
     cfg = _sizes(args.small)
     steps = args.steps or cfg["steps"]
@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> dict:
     def rlad_steps() -> dict:
         from transformers import AutoModelForCausalLM
 
-        teacher = MegatronTeacher.load(teacher_dir, micro_batch_size=micro, params_dtype=dtype,
+        teacher = MegatronTeacher.load(teacher_dir, batching=micro, params_dtype=dtype,
                                        offload=args.teacher_offload)
         sampler = AutoModelForCausalLM.from_pretrained(student_dir, dtype=dtype).to(device).eval()
         gen = torch.Generator().manual_seed(0)

@@ -20,6 +20,7 @@ import importlib.util
 from typing import Any
 
 import torch
+from packaging.version import Version
 
 from rlad_megatron.config import FP8_FORMATS, FP8_RECIPES, ConfigError, FP8Settings, RunConfig, validate_fp8_run
 
@@ -145,7 +146,6 @@ def _transformer_engine_problem(recipe: str) -> str | None:
         importlib.import_module("transformer_engine.pytorch")
     except Exception as err:  # a broken build (e.g. linked against another torch) raises anything
         return f"transformer_engine is installed but `import transformer_engine.pytorch` failed: {err}"
-    from packaging.version import Version
 
     version = getattr(importlib.import_module("transformer_engine"), "__version__", None)
     need = MIN_TE_VERSION[recipe]

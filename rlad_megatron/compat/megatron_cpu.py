@@ -1,6 +1,6 @@
 """Run stock megatron-core 0.16.1 on a CPU-only torch with gloo.
 
-megatron-core assumes CUDA in a handful of places (measured in ``shared/notes/megatron_on_cpu.md``):
+megatron-core assumes CUDA in a handful of places (measured: ``docs/megatron_on_cpu.md``):
 ``torch.cuda.current_device()`` and ``device="cuda"`` literals in attention, RoPE, schedules, optimizer, DDP buffers
 and checkpointing; the CUDA RNG tracker and the activation-recompute RNG; ``.cuda()`` calls; ``param.type() ==
 'torch.cuda.FloatTensor'`` checks in the optimizers; and gloo's ``scatter`` silently sending wrong data for
@@ -34,6 +34,7 @@ import importlib.abc
 import importlib.util
 import sys
 import types
+import warnings
 from typing import Any, Callable
 
 import torch
@@ -189,7 +190,7 @@ def _cpu_set_rng_state(new_state: torch.Tensor, device: Any = -1, graph_safe: bo
 
 def _patch_rng() -> None:
     """The model-parallel RNG tracker (dropout forks, activation recompute) on the CPU generator."""
-    from megatron.core.tensor_parallel import random as tp_random
+    from megatron.core.tensor_parallel import random as tp_random  # lazy: megatron-core is heavy (seconds)
 
     tp_random._get_cuda_rng_state = _cpu_get_rng_state
     tp_random._set_cuda_rng_state = _cpu_set_rng_state
@@ -235,6 +236,7 @@ def _with_cuda_type_names(fn: Callable) -> Callable:
 
 def _patch_type_checks() -> None:
     """megatron's optimizers accept only ``torch.cuda.*Tensor`` parameters (``param.type()`` string checks)."""
+    # lazy: megatron-core is heavy (seconds)
     from megatron.core.optimizer import clip_grads, distrib_optimizer, optimizer
 
     # The checks run while the optimizers are built (DistributedOptimizer.__init__ calls
@@ -308,7 +310,6 @@ def apply(force: bool = False, skip: frozenset[str] | set[str] = frozenset()) ->
     if cuda_is_available() and not force:
         return False
     check_megatron_version()
-    import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "Apex/TE not installed, falling back" is expected on CPU

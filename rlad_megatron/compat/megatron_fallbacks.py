@@ -22,6 +22,7 @@ failure with the fix left out, so an upstream release that fixes one makes its t
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Any
 
 import torch
@@ -34,7 +35,7 @@ _applied: frozenset[str] | None = None
 
 
 def check_megatron_version() -> str:
-    from megatron.core import package_info
+    from megatron.core import package_info  # lazy: megatron-core is heavy (seconds)
 
     version = package_info.__version__
     if version != SUPPORTED_MEGATRON_CORE:
@@ -53,7 +54,7 @@ def fallback_paths() -> dict[str, bool]:
     Read from the names megatron-core bound when it was imported (its own try/except ImportError choices), so it
     answers the same on a CPU machine and on a GPU machine without TE/Apex. An attribute this reads that upstream
     renamed raises AttributeError here, loudly, instead of silently skipping a fix."""
-    from megatron.core import optimizer as mcore_optimizer
+    from megatron.core import optimizer as mcore_optimizer  # lazy: megatron-core is heavy (seconds)
     from megatron.core.models.gpt import gpt_layer_specs
     from megatron.core.optimizer import distrib_optimizer
     from megatron.core.transformer import torch_norm
@@ -82,7 +83,6 @@ def apply(skip: frozenset[str] | set[str] = frozenset()) -> frozenset[str]:
         raise ValueError(f"unknown fallback names {sorted(unknown)}; known: {FALLBACKS}")
     if _applied is not None:
         return _applied
-    import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "Apex/TE not installed, falling back": expected here
@@ -104,7 +104,7 @@ def _fix_torch_norm_sequence_parallel() -> None:
     """The torch norm asserts ``not sequence_parallel``. Its maths do not depend on it; what sequence parallel needs
     is that the norm's gradients, partial per rank, are all-reduced over TP: the fused norms flag their parameters
     ``sequence_parallel = True`` for ``finalize_model_grads``, and so do we."""
-    from megatron.core.transformer import torch_norm
+    from megatron.core.transformer import torch_norm  # lazy: megatron-core is heavy (seconds)
 
     original_new = torch_norm.WrappedTorchNorm.__new__
     if getattr(original_new, "__rlad_patched__", False):
@@ -134,7 +134,7 @@ def _fix_distributed_optimizer_checkpoint() -> None:
     2. ``load_state_dict`` hands one shared ``step`` tensor to every param state; AdamW increments it in place once
        per param, so bias correction goes wrong after the first resumed step.
     """
-    from megatron.core.optimizer import distrib_optimizer
+    from megatron.core.optimizer import distrib_optimizer  # lazy: megatron-core is heavy (seconds)
 
     dist_opt = distrib_optimizer.DistributedOptimizer
     original_set = dist_opt._set_main_param_and_optimizer_states
@@ -166,7 +166,7 @@ def _fix_distributed_optimizer_checkpoint() -> None:
 
 def _fix_moe_router_gemm() -> None:
     """Binding ``te_general_gemm`` to None selects the plain torch GEMM path that is already there."""
-    from megatron.core.transformer.moe import moe_utils
+    from megatron.core.transformer.moe import moe_utils  # lazy: megatron-core is heavy (seconds)
 
     if not hasattr(moe_utils, "te_general_gemm"):
         moe_utils.te_general_gemm = None

@@ -22,11 +22,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from rlad_megatron.config import ConfigError, RunConfig, teacher_use
+from rlad_megatron.config import ConfigError, RunConfig, megatron_teacher, teacher_use
+from rlad_megatron.memory_plan.advice import suggestions
 from rlad_megatron.memory_plan.arithmetic import (
     device_params, layer_activation_bytes, logits_bytes, stage_layers, training_activation_bytes,
 )
 from rlad_megatron.placement import ModelShape
+from rlad_megatron.rollout.vllm_memory import estimated_runtime_bytes
 
 GIB = 1 << 30
 
@@ -42,13 +44,6 @@ RUNTIME_RESERVE_GIB = 4.0
 ENGINE_RUNTIME_GIB = 2.0
 #: float32 elements of one log-prob chunk on a GPU (``rlad_megatron.logprobs.vocab_parallel.DEFAULT_CHUNK_ELEMENTS``).
 LOGPROB_CHUNK_ELEMENTS = 1 << 24
-
-#: What the trainer does with the settings that move memory off the GPU between phases (issue 21). The plan counts
-#: what happens, not what a setting asks for: set one to False if the trainer stops doing it.
-TRAINER_OFFLOADS_TEACHER = True
-"""``teacher.offload=true``: the frozen Megatron teacher waits in pinned host memory between scoring passes."""
-TRAINER_SLEEPS_ENGINE = True
-"""``rollout.sleep_level`` 1 or 2: the colocated engine's weights and KV cache leave the GPU outside generation."""
 
 #: The phases that come and go (each on top of what is resident): a training micro-batch, a forward-only
 #: micro-batch (teacher / reference / old-policy scoring), and generation by a sleeping engine.
@@ -181,10 +176,8 @@ def train_tokens(config: RunConfig) -> int:
 def forward_tokens(config: RunConfig) -> int:
     """Tokens of the largest forward-only micro-batch (teacher / old / reference scoring)."""
     longest = config.data.max_prompt_tokens + config.rollout.max_new_tokens
-    t = config.trainer
-    budget = t.max_tokens_per_forward_micro_batch or (2 * t.max_tokens_per_micro_batch
-                                                      if t.max_tokens_per_micro_batch else None)
-    return max(budget, longest) if budget else t.micro_batch_size * longest
+    budget = config.trainer.forward_tokens_per_micro_batch()
+    return max(budget, longest) if budget else config.trainer.micro_batch_size * longest
 
 
 def plan_memory(config: RunConfig, *, student: ModelShape, teacher: ModelShape | None = None, dp: int = 1,
@@ -225,20 +218,18 @@ def plan_memory(config: RunConfig, *, student: ModelShape, teacher: ModelShape |
 
     # --- the teacher (Megatron, same TP/PP layout)
     uses = teacher_use(c.loss)
-    megatron_teacher = (uses == "logprobs" and c.teacher.source == "megatron" and c.teacher.placement == "colocated"
-                        and teacher is not None)  # a teacher pool's GPUs: memory_plan/pools.py
+    counted_teacher = megatron_teacher(c) and teacher is not None  # a teacher pool's GPUs: memory_plan/pools.py
     if uses == "logprobs" and teacher is None:
         notes.append("teacher shape unknown: the teacher is not counted")
-    if megatron_teacher:
+    if counted_teacher:
         tparams = device_params(teacher, tp=tp, pp=pp, ep=teacher_ep, first=par.teacher_first_stage_layers,
                                 last=par.teacher_last_stage_layers)
         detail = f"{_count(tparams.total)} params x {wbytes} B"
         if teacher.is_moe and teacher_ep == 1:
             detail += "; experts are not TP-split: every GPU holds all of them (EP=1)"
-        offloaded = c.teacher.offload and TRAINER_OFFLOADS_TEACHER
-        terms.append(Term("teacher weights", tparams.total * wbytes, "score" if offloaded else "resident", detail))
-        if c.teacher.offload and not TRAINER_OFFLOADS_TEACHER:
-            notes.append("teacher.offload=true is not implemented by the trainer yet: the teacher is counted resident")
+        # teacher.offload: the frozen teacher waits in pinned host memory between scoring passes
+        terms.append(Term("teacher weights", tparams.total * wbytes, "score" if c.teacher.offload else "resident",
+                          detail))
     elif uses == "logprobs" and c.teacher.placement == "separate":
         notes.append("teacher.placement=separate: the teacher's GPUs are planned apart (memory_plan/pools.py)")
     elif uses == "logprobs" and c.teacher.source == "vllm":
@@ -249,7 +240,7 @@ def plan_memory(config: RunConfig, *, student: ModelShape, teacher: ModelShape |
         engine_model = teacher if uses == "samples" and teacher is not None else student
         ew = device_params(engine_model, tp=tp, pp=1, ep=1).total * DTYPE_BYTES[c.rollout.dtype]
         # a sleeping engine holds GPU memory only while it generates (weights woken for the sync, KV cache after)
-        phase = "generate" if c.rollout.sleep_level and TRAINER_SLEEPS_ENGINE else "resident"
+        phase = "generate" if c.rollout.sleep_level else "resident"
         terms.append(Term("engine weights", ew, phase, f"{engine_model.name} at TP={tp}, {c.rollout.dtype}"))
         terms.append(Term("engine KV cache", c.rollout.kv_cache_mb << 20, phase, "rollout.kv_cache_mb"))
         runtime = engine_runtime_bytes(engine_model, tp, c.rollout.dtype) if engine_runtime_gib is None \
@@ -291,7 +282,7 @@ def plan_memory(config: RunConfig, *, student: ModelShape, teacher: ModelShape |
 
     # --- a forward-only micro-batch (teacher, old-policy or reference scoring): the larger of the models that score
     ft = -(-forward_tokens(c) // cp)
-    scorers = [student] + ([teacher] if megatron_teacher else [])
+    scorers = [student] + ([teacher] if counted_teacher else [])
 
     def scoring(model: ModelShape) -> tuple[int, int]:
         one = layer_activation_bytes(model, ft, tp=tp, sp=sp, dtype_bytes=act, sequence_length=-(-longest // cp),
@@ -306,13 +297,17 @@ def plan_memory(config: RunConfig, *, student: ModelShape, teacher: ModelShape |
     terms.append(Term("scoring logits", scoring_logits, "score"))
     plan = MemoryPlan(terms=terms, gpu_gib=gpu_gib, gpu_name=gpu_name, notes=notes)
     if suggest and not plan.fits:
-        from rlad_megatron.memory_plan.advice import suggestions
+        shapes = dict(student=student, teacher=teacher, ep=ep, teacher_ep=teacher_ep, gpu=gpu,
+                      fused_attention=fused_attention, runtime_reserve_gib=runtime_reserve_gib,
+                      engine_runtime_gib=engine_runtime_gib, chunk_elements=chunk_elements)
 
-        plan.suggestions = suggestions(c, dict(student=student, teacher=teacher, dp=dp, ep=ep,
-                                                teacher_ep=teacher_ep, gpu=gpu, fused_attention=fused_attention,
-                                                runtime_reserve_gib=runtime_reserve_gib,
-                                                engine_runtime_gib=engine_runtime_gib,
-                                                chunk_elements=chunk_elements))
+        def fits(changed: RunConfig, replicas: int) -> bool:
+            try:
+                return plan_memory(changed, dp=replicas, suggest=False, **shapes).fits
+            except (ConfigError, ValueError):
+                return False
+
+        plan.suggestions = suggestions(c, dp, fits)
     return plan
 
 
@@ -322,8 +317,6 @@ ENGINE_TERMS: tuple[str, ...] = ("engine weights", "engine KV cache", "engine ru
 def engine_runtime_bytes(model: ModelShape, tp: int, dtype: str) -> int:
     """The colocated engine's memory besides weights and KV cache, as vLLM's profiling counts it
     (``rollout.vllm_memory.estimated_runtime_bytes`` at the engine model's widths; at least ``ENGINE_RUNTIME_GIB``)."""
-    from rlad_megatron.rollout.vllm_memory import estimated_runtime_bytes
-
     widest = max(model.intermediate_size,
                  model.moe_intermediate_size * max(1, model.moe_top_k) + model.shared_expert_intermediate_size)
     estimate = estimated_runtime_bytes(hidden_size=model.hidden_size, intermediate_size=widest,

@@ -30,13 +30,12 @@ import dataclasses
 import statistics
 from typing import Iterable
 
-from rlad_megatron.config import RunConfig, teacher_pool, teacher_use
-from rlad_megatron.loss import required_inputs
+from rlad_megatron.config import RunConfig, required_inputs, teacher_pool, teacher_use
 from rlad_megatron.memory_plan.arithmetic import (
     device_params, layer_activation_bytes, logits_bytes, param_counts,
 )
 from rlad_megatron.memory_plan.plan import (
-    DTYPE_BYTES, ENGINE_RUNTIME_GIB, GIB, LOGPROB_CHUNK_ELEMENTS, RUNTIME_RESERVE_GIB, MemoryPlan, Term,
+    DTYPE_BYTES, GIB, LOGPROB_CHUNK_ELEMENTS, RUNTIME_RESERVE_GIB, MemoryPlan, Term, engine_runtime_bytes,
     forward_tokens, gpu_memory_gib, plan_memory,
 )
 from rlad_megatron.placement import ModelShape
@@ -283,7 +282,7 @@ def measured_costs(rows: list[dict], layout: PoolLayout, *, warmup: int = 1) -> 
 # --------------------------------------------------------------------------------------------- memory by pool
 def pool_memory(config: RunConfig, *, student: ModelShape, teacher: ModelShape | None, layout: PoolLayout,
                 gpu: str | float | None, fused_attention: bool = True,
-                runtime_reserve_gib: float = RUNTIME_RESERVE_GIB, engine_runtime_gib: float = ENGINE_RUNTIME_GIB,
+                runtime_reserve_gib: float = RUNTIME_RESERVE_GIB, engine_runtime_gib: float | None = None,
                 chunk_elements: int = LOGPROB_CHUNK_ELEMENTS) -> dict[str, MemoryPlan]:
     """One GPU of each pool: the learner's (``plan_memory``: the student, a colocated engine and teacher), a rollout
     engine's GPU (disaggregated) and a teacher pool's GPU (separate)."""
@@ -306,13 +305,15 @@ def pool_memory(config: RunConfig, *, student: ModelShape, teacher: ModelShape |
     return plans
 
 
-def _engine_terms(c: RunConfig, model: ModelShape, role: str, runtime_gib: float) -> list[Term]:
+def _engine_terms(c: RunConfig, model: ModelShape, role: str, runtime_gib: float | None) -> list[Term]:
     weights = param_counts(model).total * DTYPE_BYTES[c.rollout.dtype]
     terms = [Term(f"{role} engine weights", weights, "resident", f"{model.name}, TP=1, {c.rollout.dtype}"),
              Term(f"{role} engine KV cache", c.rollout.kv_cache_mb << 20, "resident",
                   "rollout.kv_cache_mb (alone on its GPU vLLM may take more)")]
-    if runtime_gib:
-        terms.append(Term(f"{role} engine runtime", int(runtime_gib * GIB), "resident", "CUDA graphs, sampler"))
+    runtime = engine_runtime_bytes(model, 1, c.rollout.dtype) if runtime_gib is None else int(runtime_gib * GIB)
+    if runtime:
+        terms.append(Term(f"{role} engine runtime", runtime, "resident", "profile-run activations, sampler, CUDA "
+                                                                        "graphs (estimate)"))
     return terms
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch.distributed as dist
 
-from rlad_megatron.teacher.pooled import PooledTeacher
+from rlad_megatron.pools.teacher import PooledTeacher
 
 
 def replica_leader(group: Any) -> int:

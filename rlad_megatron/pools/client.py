@@ -26,7 +26,7 @@ from rlad_megatron.pools.wire import (
 
 
 class ScoringClient(Protocol):
-    """What :class:`rlad_megatron.teacher.pooled.PooledTeacher` asks of a pool."""
+    """What :class:`rlad_megatron.pools.teacher.PooledTeacher` asks of a pool."""
 
     def submit(self, request: ScoreRequest) -> Any:
         """Send ``request``; returns a ticket for :meth:`collect` (requests are collected in any order)."""

@@ -20,7 +20,7 @@ def megatron_scorer(teacher, pad_id: int = 0):
 
     from rlad_megatron.learner.batching import as_micro_batching
 
-    batching = as_micro_batching(teacher.micro_batch_size)
+    batching = as_micro_batching(teacher.batching)
 
     def score(request: ScoreRequest) -> ScoreReply | None:
         if request.topk:
@@ -69,7 +69,7 @@ def serve_teacher(config) -> int:
                                        expert_parallel=t.expert_parallel)
     torch.manual_seed(c.trainer.seed)
     dtype = torch.bfloat16 if c.model.params_dtype == "bfloat16" else torch.float32
-    teacher = MegatronTeacher.load(c.model.teacher, micro_batch_size=MicroBatching.for_forward(c.trainer),
+    teacher = MegatronTeacher.load(c.model.teacher, batching=MicroBatching.for_forward(c.trainer),
                                    params_dtype=dtype, student_dir=c.model.student,
                                    sequence_parallel=c.parallel.sequence_parallel and t.tensor_parallel > 1,
                                    **stage_overrides(c.parallel.teacher_first_stage_layers,

@@ -29,8 +29,10 @@ from typing import Iterable, Sequence
 
 import torch
 
-from rlad_megatron.rollout.base import Completion, PromptResult, SamplingSettings
-from rlad_megatron.rollout.config import VLLMEngineConfig
+from rlad_megatron.engine_api import Completion, PromptResult, SamplingSettings
+from rlad_megatron.config.engine import VLLMEngineConfig
+from rlad_megatron.device import engine_call_guard
+from rlad_megatron.rollout.seeds import engine_request_seed
 from rlad_megatron.rollout.vllm_env import (  # noqa: F401  (_check_gpu_only_settings: tested from here)
     _batched_token_budget, _check_gpu_only_settings, _cumem_pools_kept, _kv_cache_bytes,
     _learner_keeps_thread_control, _plain_cpu_gemm, _private_default_group, _shutdown_without_default_group,
@@ -44,7 +46,7 @@ _SLEEP_MODE_ENGINES: "weakref.WeakSet[VLLMEngine]" = weakref.WeakSet()
 
 
 class VLLMEngine:
-    """An in-process vLLM engine implementing :class:`rlad_megatron.rollout.base.RolloutEngine`."""
+    """An in-process vLLM engine implementing :class:`rlad_megatron.engine_api.RolloutEngine`."""
 
     def __init__(self, config: VLLMEngineConfig) -> None:
         config.validate()
@@ -53,9 +55,7 @@ class VLLMEngine:
         # In-process engine: the worker's model is reachable and RPC arguments travel by reference.
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         os.environ["VLLM_CPU_NUM_OF_RESERVED_CPU"] = str(config.reserved_cpus)
-        from vllm import LLM
-
-        from rlad_megatron.device import engine_call_guard
+        from vllm import LLM  # lazy: vLLM only where an engine runs
 
         self._dist_state: dict = {}
         self.sharded = config.executor == "external_launcher"
@@ -114,9 +114,7 @@ class VLLMEngine:
         """Sample ``sampling.n`` responses per prompt (token-id lists). With a seed, prompt j's i-th response uses
         seed ``seed + j * n + i`` (distinct streams, reproducible). An engine sharded over tensor-parallel ranks
         seeds unseeded requests itself, alike on its shards (``rollout.seeds.engine_request_seed``)."""
-        from vllm import SamplingParams
-
-        from rlad_megatron.rollout.seeds import engine_request_seed
+        from vllm import SamplingParams  # lazy: vLLM only where an engine runs
 
         self._check_open()
         self._check_awake("generate")
@@ -153,7 +151,7 @@ class VLLMEngine:
     def score(self, sequences: Sequence[Sequence[int]], prompt_lens: Sequence[int]) -> list[list[float]]:
         """Raw log-prob of each token after its prompt: ``out[i][t] = log p(seq_i[p_i + t] | seq_i[:p_i + t])``,
         length ``len(seq_i) - p_i``, under the engine's current weights (vLLM prompt log-probs)."""
-        from vllm import SamplingParams
+        from vllm import SamplingParams  # lazy: vLLM only where an engine runs
 
         self._check_open()
         self._check_awake("score")
@@ -213,7 +211,6 @@ class VLLMEngine:
         if self._closed:
             return
         self._closed = True
-        from rlad_megatron.device import engine_call_guard
 
         _SLEEP_MODE_ENGINES.discard(self)
         with engine_call_guard("shutting the vLLM engine down"), _cumem_pools_kept(len(_SLEEP_MODE_ENGINES) > 0):
@@ -234,7 +231,6 @@ class VLLMEngine:
             raise ValueError(f"VLLMEngine.sleep: level must be 1 or 2, got {level}")
         if self._asleep:
             return
-        from rlad_megatron.device import engine_call_guard
 
         with engine_call_guard("VLLMEngine.sleep"):
             self._llm.sleep(level=level)
@@ -248,7 +244,6 @@ class VLLMEngine:
         self._check_open()
         if not self._asleep:
             return
-        from rlad_megatron.device import engine_call_guard
 
         with engine_call_guard(f"VLLMEngine.wake_up({part})"):
             awake = self._llm.wake_up(tags=[part])
@@ -294,14 +289,10 @@ class VLLMEngine:
 
     # ------------------------------------------------------------------ helpers
     def _rpc(self, method: str, *args):
-        from rlad_megatron.device import engine_call_guard
-
         with engine_call_guard(f"the engine call {method}"):
             return self._llm.collective_rpc(method, args=args)[0]
 
     def _engine_generate(self, prompts: list[dict], params):
-        from rlad_megatron.device import engine_call_guard
-
         with engine_call_guard("VLLMEngine.generate"):
             return self._llm.generate(prompts, params, use_tqdm=False)
 

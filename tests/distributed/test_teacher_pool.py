@@ -123,7 +123,8 @@ def _megatron_pool_body(teacher_dir: str, teacher_ranks: int, teacher_tp: int) -
     from rlad_megatron.pools.server import serve
     from rlad_megatron.pools.teacher_rank import megatron_scorer
     from rlad_megatron.pools.world import bridge_group, split_world
-    from rlad_megatron.teacher import MegatronTeacher, PooledTeacher
+    from rlad_megatron.pools.teacher import PooledTeacher
+    from rlad_megatron.teacher import MegatronTeacher
 
     job = split_world(teacher_ranks)
     learners, teachers = job.learner_ranks, teacher_ranks // teacher_tp
@@ -131,7 +132,7 @@ def _megatron_pool_body(teacher_dir: str, teacher_ranks: int, teacher_tp: int) -
     if job.role == "teacher":
         parallel.initialize_model_parallel(teacher_tp, 1, seed=3)
         # micro-batches of 4 rows: a round of 6 rows (one client) gets 2 filler rows
-        teacher = MegatronTeacher.load(teacher_dir, micro_batch_size=MicroBatching(micro_batch_size=4),
+        teacher = MegatronTeacher.load(teacher_dir, batching=MicroBatching(micro_batch_size=4),
                                        params_dtype=torch.float32)
         group = parallel.replica_group()
         leader = replica_leader(group)
@@ -155,7 +156,7 @@ def _megatron_pool_body(teacher_dir: str, teacher_ranks: int, teacher_tp: int) -
     busy = pooled.last_busy_s
     again = pooled.token_logprobs(_batch(seed=20 + dp))  # nothing prefetched: asked and waited for
     pooled.close()
-    colocated = MegatronTeacher.load(teacher_dir, micro_batch_size=micro, params_dtype=torch.float32)
+    colocated = MegatronTeacher.load(teacher_dir, batching=micro, params_dtype=torch.float32)
     want = colocated.token_logprobs(batch)
     want_again = colocated.token_logprobs(_batch(seed=20 + dp))
     targets = torch.arange(batch.tokens.shape[1] - 1).unsqueeze(0) < (batch.lengths - 1).unsqueeze(1)

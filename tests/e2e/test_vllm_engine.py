@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rlad_megatron.rollout.base import SamplingSettings
+from rlad_megatron.engine_api import SamplingSettings
 from rlad_megatron.tiny.hf_model import make_tiny_hf_model
 
 pytestmark = pytest.mark.e2e
@@ -24,7 +24,7 @@ def hf_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def engine(hf_dir):
-    from rlad_megatron.rollout.config import VLLMEngineConfig
+    from rlad_megatron.config.engine import VLLMEngineConfig
     from rlad_megatron.rollout.vllm_engine import VLLMEngine
 
     eng = VLLMEngine(VLLMEngineConfig(model=str(hf_dir), max_model_len=128, kv_cache_bytes=32 << 20))

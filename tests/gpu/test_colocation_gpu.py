@@ -38,11 +38,11 @@ def _batch(vocab: int):
 def test_teacher_offload_frees_the_gpu_between_passes(nccl_world, tiny_hf):
     from rlad_megatron.teacher import MegatronTeacher
 
-    resident = MegatronTeacher.load(tiny_hf, micro_batch_size=2, params_dtype=torch.bfloat16)
+    resident = MegatronTeacher.load(tiny_hf, batching=2, params_dtype=torch.bfloat16)
     batch = _batch(resident.policy.vocab_size)
     expected = resident.token_logprobs(batch)
     before = torch.cuda.memory_allocated()
-    offloaded = MegatronTeacher.load(tiny_hf, micro_batch_size=2, params_dtype=torch.bfloat16, offload=True)
+    offloaded = MegatronTeacher.load(tiny_hf, batching=2, params_dtype=torch.bfloat16, offload=True)
     params = list(offloaded.policy.chunks[0].parameters())
     assert all(p.device.type == "cpu" and p.is_pinned() for p in params)
     assert torch.cuda.memory_allocated() <= before + (1 << 20)  # its weights are not on the GPU between passes
@@ -56,8 +56,8 @@ def test_sharded_engine_keeps_the_rank_device_and_sleeps(nccl_world, tiny_hf):
     pytest.importorskip("vllm")
     import torch.distributed as dist
 
-    from rlad_megatron.rollout.base import SamplingSettings
-    from rlad_megatron.rollout.config import VLLMEngineConfig
+    from rlad_megatron.engine_api import SamplingSettings
+    from rlad_megatron.config.engine import VLLMEngineConfig
     from rlad_megatron.rollout.vllm_engine import VLLMEngine
 
     engine = VLLMEngine(VLLMEngineConfig(model=str(tiny_hf), dtype="bfloat16", max_model_len=256,
@@ -89,7 +89,7 @@ def test_vllm_sizes_the_kv_cache_on_a_gpu(nccl_world, tiny_hf):
     share computed for a wanted KV cache with our runtime estimate gives vLLM at least that cache."""
     pytest.importorskip("vllm")
     from rlad_megatron.placement import ModelShape
-    from rlad_megatron.rollout.config import VLLMEngineConfig
+    from rlad_megatron.config.engine import VLLMEngineConfig
     from rlad_megatron.rollout.vllm_engine import VLLMEngine
     from rlad_megatron.rollout.vllm_memory import (
         EngineFootprint, estimated_runtime_bytes, kv_bytes_per_token, utilization_for_kv_cache,
@@ -120,8 +120,8 @@ def test_scorer_shutdown_leaves_the_sleeping_engine_working(nccl_world, tiny_hf)
     """T1: a second engine without sleep mode (the vLLM teacher scorer) shuts down while the rollout engine sleeps;
     the rollout engine still wakes and generates the same tokens."""
     pytest.importorskip("vllm")
-    from rlad_megatron.rollout.base import SamplingSettings
-    from rlad_megatron.rollout.config import VLLMEngineConfig
+    from rlad_megatron.engine_api import SamplingSettings
+    from rlad_megatron.config.engine import VLLMEngineConfig
     from rlad_megatron.rollout.vllm_engine import VLLMEngine, VLLMTeacherScorer
 
     rollout = VLLMEngine(VLLMEngineConfig(model=str(tiny_hf), dtype="bfloat16", max_model_len=256,

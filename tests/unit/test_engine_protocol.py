@@ -1,4 +1,4 @@
-"""The rollout-engine protocol (rollout/base.py) names every call made on an engine, and both engines implement all
+"""The rollout-engine protocol (engine_api.py) names every call made on an engine, and both engines implement all
 of it (checked on the classes: no engine is started), so no caller looks a method up with ``hasattr``."""
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import ast
 from pathlib import Path
 
 import rlad_megatron
-from rlad_megatron.rollout.base import RolloutEngine
+from rlad_megatron.engine_api import RolloutEngine
 from rlad_megatron.rollout.vllm_engine import VLLMEngine
 from rlad_megatron.rollout.vllm_remote import RemoteVLLMEngine
 

@@ -10,10 +10,10 @@ import types
 import pytest
 
 from rlad_megatron.config import RunConfig
-from rlad_megatron.rollout.base import SamplingSettings
-from rlad_megatron.rollout.config import VLLMEngineConfig
+from rlad_megatron.engine_api import SamplingSettings
+from rlad_megatron.config.engine import VLLMEngineConfig
 from rlad_megatron.rollout.seeds import engine_request_seed, replica_seed
-from rlad_megatron.trainer.engine_settings import engine_config
+from rlad_megatron.trainer.setup.engine_settings import engine_config
 
 
 def test_every_replica_gets_its_own_engine_seed():

@@ -1,12 +1,12 @@
-"""The rollout engine's settings per machine (trainer/engine_settings.py): executor, engine TP, CUDA graphs,
+"""The rollout engine's settings per machine (trainer/setup/engine_settings.py): executor, engine TP, CUDA graphs,
 per-request seeds, the colocated engine's GPU memory share, and the GPU-only settings refused on CPU."""
 from __future__ import annotations
 
 import pytest
 
 from rlad_megatron.config import RolloutConfig, RunConfig
-from rlad_megatron.rollout.config import VLLMEngineConfig
-from rlad_megatron.trainer import engine_settings as es
+from rlad_megatron.config.engine import VLLMEngineConfig
+from rlad_megatron.trainer.setup import engine_settings as es
 
 GIB = 1 << 30
 

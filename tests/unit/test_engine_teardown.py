@@ -59,7 +59,7 @@ def test_pools_kept_while_another_engine_uses_them(vllm_teardown):
 
 def _engine(sleep_mode: bool):
     from rlad_megatron.rollout import vllm_engine
-    from rlad_megatron.rollout.config import VLLMEngineConfig
+    from rlad_megatron.config.engine import VLLMEngineConfig
 
     engine = vllm_engine.VLLMEngine.__new__(vllm_engine.VLLMEngine)
     engine.__dict__.update(config=VLLMEngineConfig(model="m", enable_sleep_mode=sleep_mode), sharded=False,

@@ -14,8 +14,8 @@ from rlad_megatron.learner.sequences import SequenceBatch, pack_sequences
 from rlad_megatron.pools.client import EngineScoreClient
 from rlad_megatron.pools.wire import ScoreReply, ScoreRequest
 from rlad_megatron.pools.world import role_split
-from rlad_megatron.teacher.pooled import PooledTeacher, request_of
-from rlad_megatron.trainer.timeline import pool_timeline
+from rlad_megatron.pools.teacher import PooledTeacher, request_of
+from rlad_megatron.trainer.step.timeline import pool_timeline
 
 BASE = ["model.student=/s", "model.teacher=/t", "data.train_files=a.jsonl"]
 
