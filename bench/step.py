@@ -157,9 +157,11 @@ def run_once(config: dict, tp: int, workdir: Path, src: Path | None, timeout: fl
         env["PYTHONPATH"] = os.pathsep.join([str(src), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     args = ["train", "--config", str(config_path)]
     if src is None or (src / "rlad_megatron" / "launch_local.py").exists():
-        cmd = launch_local.command(processes(config, tp), "rlad_megatron.cli", args)  # every socket on the loopback interface
+        # every socket on the loopback interface
+        cmd = launch_local.command(processes(config, tp), "rlad_megatron.cli", args)
     else:  # a baseline checkout older than launch_local
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes(config, tp)}",
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc-per-node={processes(config, tp)}",
                "-m", "rlad_megatron.cli", *args]
     log_path = workdir / "train.log"
     with open(log_path, "w") as log:

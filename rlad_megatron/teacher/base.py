@@ -20,7 +20,8 @@ class Teacher(abc.ABC):
     last_busy_s: float = 0.0
     """A teacher apart: the seconds it computed on the latest batch (the step timeline's teacher busy time)."""
     last_asked_at_arrival: bool = False
-    """A teacher apart: whether the latest batch was asked for as soon as its samples arrived (:meth:`prefetch_rows`)."""
+    """A teacher apart: whether the latest batch was asked for as soon as its samples arrived
+    (:meth:`prefetch_rows`)."""
 
     @property
     def separate(self) -> bool:

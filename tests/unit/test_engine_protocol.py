@@ -40,7 +40,8 @@ def test_both_engines_implement_every_call_of_the_protocol() -> None:
 
 
 def test_no_caller_looks_up_an_engine_method_by_name() -> None:
-    """``hasattr(engine, ...)`` / ``getattr(engine, "...")`` on an engine in the trainer, the evaluator and weight sync."""
+    """``hasattr(engine, ...)`` / ``getattr(engine, "...")`` on an engine in the trainer, the evaluator, weight sync
+    and the pools."""
     found = []
     for folder in ("trainer", "eval", "weight_sync", "pools", "teacher"):
         for path in sorted((PACKAGE / folder).rglob("*.py")):

@@ -6,9 +6,9 @@ One panel per question a user asks of a run (:data:`PANELS`): is the reward (and
 long are the responses, how far is the student from the teacher, how often do the clips act, and where does a step's
 time go (stacked: generation, teacher scoring, old log-probs, training, weight sync, the rest; over it, dashed, the
 seconds each pool computed: the learner, the rollout engines, the teacher, so that the gap up to the top of the stack
-is that pool's waiting time, trainer/step/timeline.py), and does the engine serve what the learner computes (the log-prob
-gap checked after weight syncs). A panel none of whose keys the run
-logged (e.g. KL to the teacher in a GRPO run) is left out.
+is that pool's waiting time, trainer/step/timeline.py), and does the engine serve what the learner computes (the
+log-prob gap checked after weight syncs). A panel none of whose keys the run logged (e.g. KL to the teacher in a GRPO
+run) is left out.
 
 Keys logged at every step are drawn as a thin raw line plus a moving average; sparse keys (``eval/...``, logged
 every N steps) as points joined by a line.
