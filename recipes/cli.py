@@ -202,7 +202,14 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m recipes") -> 
     print(f"recipe {recipe.name}: {recipe.description}", *shapes, placement.describe(), *notes, sep="\n")
     if args.plan:
         print(plan.describe() if plan is not None else "memory plan: the recipe gives no model shapes")
-        return 0 if plan is None or plan.fits else 1
+        pools = {name: p for name, p in recipe.pool_plans(placement).items() if name != "learner"}
+        for name, pool_plan in pools.items():
+            print(f"{name} pool: " + pool_plan.describe())
+        balance = recipe.balance(placement)
+        if balance:
+            print(balance)
+        fits = (plan is None or plan.fits) and all(p.fits for p in pools.values())
+        return 0 if fits else 1
     if recipe.launch_blocker():
         print(f"error: {recipe.launch_blocker()}", file=sys.stderr)
         return 2

@@ -69,12 +69,21 @@ def _train_holding_the_lock(args: argparse.Namespace, config, lock, rank0: bool)
 
     # From here on third-party output (vLLM, Megatron, torch, warnings) goes to the run's train.log, not the console.
     send_output_to_log(Path(config.trainer.output_dir) / "train.log", tag=rank_tag())
-    from rlad_megatron.trainer.loop import train  # lazy: `config` and `--help` do not load the trainer
-
-    from rlad_megatron.data.sources import DatasetError  # lazy: `config` and `--help` do not load the trainer
+    # lazy: `config` and `--help` do not load the trainer
+    from rlad_megatron.data.sources import DatasetError
+    from rlad_megatron.pools.world import join_job
 
     try:
-        train(config, resume=start.resume, check=False)  # checked above, before the lock
+        # One SPMD program: with a Megatron teacher pool (teacher.placement=separate) the job's last teacher.ranks
+        # ranks serve the teacher and the others train; without one every rank trains.
+        if join_job(config).role == "teacher":
+            from rlad_megatron.pools.teacher_rank import serve_teacher  # lazy, as above
+
+            serve_teacher(config)
+        else:
+            from rlad_megatron.trainer.loop import train  # lazy, as above
+
+            train(config, resume=start.resume, check=False)  # checked above, before the lock
     except DiskFullError as err:  # the traceback goes to train.log; the console gets one line
         import traceback  # lazy: `config` and `--help` do not load the trainer
 

@@ -98,6 +98,8 @@ class VLLMEngine:
         self._seeds_every_request = self.sharded and config.tensor_parallel_size > 1
         self._unseeded_calls = 0
         self._sync_in_progress: int | None = None
+        self._held: tuple[list[PromptResult], int] | None = None  # request_generate's samples, until collected
+        self._last_generate_s = 0.0
         if config.weight_load == "inplace":
             report = self._rpc("rlad_linear_weight_report")
             if report["packed"]:
@@ -133,7 +135,9 @@ class VLLMEngine:
                     logprobs=0,
                 )
             )
+        start = time.perf_counter()
         outputs = self._engine_generate([{"prompt_token_ids": list(map(int, p))} for p in prompts], params)
+        self._last_generate_s = time.perf_counter() - start
         results = []
         for prompt, out in zip(prompts, outputs):
             completions = []
@@ -177,6 +181,30 @@ class VLLMEngine:
         """The version of the weights the engine serves (0: as loaded from ``config.model``)."""
         self._check_open()
         return int(self._rpc("rlad_version"))
+
+    @property
+    def shards(self) -> int:
+        return self.config.tensor_parallel_size if self.sharded else 1
+
+    # in the caller's process: a request is served at once and held until collected
+    @property
+    def runs_apart(self) -> bool:
+        return False
+
+    def request_generate(self, prompts: Sequence[Sequence[int]], sampling: SamplingSettings) -> None:
+        if self._held is not None:
+            raise RuntimeError("a generate request is already held: collect_generate() it first")
+        self._held = (self.generate(prompts, sampling), self.weight_version)
+
+    def collect_generate(self) -> tuple[list[PromptResult], int]:
+        if self._held is None:
+            raise RuntimeError("collect_generate(): no generate request was made")
+        held, self._held = self._held, None
+        return held
+
+    @property
+    def last_generate_s(self) -> float:
+        return self._last_generate_s
 
     def shutdown(self) -> None:
         """Stop the engine; safe to call twice. Leaves the learner's process groups untouched."""

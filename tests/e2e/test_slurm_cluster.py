@@ -3,6 +3,8 @@ machine, accounting through slurmdbd; see tools/slurm_local/cluster.sh), waiting
 
 - the quickstart recipe on two nodes (DP=2 across nodes): SUCCEEDED, finite metrics for every step, the student
   exported as a Hugging Face checkpoint;
+- the quickstart recipe on two nodes with the teacher in a pool of its own: the second node's rank serves the
+  Megatron teacher, the first trains (the same checks, and the teacher's log-probs came from the other node);
 - a job whose config is bad (a student folder that does not exist) is reported FAILED, and the log the launcher
   points to holds the rank's error;
 - the quickstart recipe on one node (TP=2; the ranks started by the loopback launcher, rlad_megatron.launch_local,
@@ -133,6 +135,25 @@ def test_two_nodes_dp2(slurm_env, assets, tmp_path):
     nodes = ",".join(sorted(slurm_env.env["RLAD_SLURM_NODES"].split(",")))
     jobs = slurm_env.run("sacct", "-n", "-X", "-P", "--name", "rlad-rlad.quickstart", "-o", "JobID,NNodes,NodeList")
     assert any(line.split("|")[1] == "2" for line in jobs.splitlines()), (jobs, nodes)
+
+
+def test_two_nodes_learner_and_teacher_pool(slurm_env, assets, tmp_path):
+    """The teacher in a pool of its own on the second node: one torchrun job over both nodes whose last rank serves the
+    Megatron teacher (teacher.placement=separate, teacher.ranks=1) while the first trains."""
+    out = tmp_path / "run"
+    recipe = _recipe(assets, out, nodes=2, tensor_parallel=1,
+                     overrides=["teacher.placement=separate", "teacher.ranks=1"])
+    result = _submit(slurm_env, recipe, "slurm-teacher-pool")
+    rows = _check_run(result, out)
+    for row in rows:  # the teacher's log-probs came from the pool, which computed for every step
+        assert row["loss/kl/teacher_k3"] > 0 and row["timeline/teacher_busy"] > 0, row
+    text = _logs_text(result)
+    (learner,) = [line for line in text.splitlines() if "[rlad] teacher pool (megatron)" in line]
+    (teacher,) = [line for line in text.splitlines() if "[rlad] teacher pool: job ranks 1..1" in line]
+    learner_node, teacher_node = (line.split(" on node ")[1].split()[0].rstrip(")") for line in (learner, teacher))
+    nodes = set(slurm_env.env["RLAD_SLURM_NODES"].split(","))
+    assert {learner_node, teacher_node} == nodes, (learner, teacher, nodes)  # one node each
+    assert f"served {STEPS} round(s)" in text
 
 
 def test_bad_config_fails_with_the_error_in_the_log(slurm_env, assets, tmp_path):

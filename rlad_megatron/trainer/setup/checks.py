@@ -112,11 +112,11 @@ def check_output_folder(config: RunConfig) -> None:
 
 def engine_models(config: RunConfig) -> list[tuple[str, str]]:
     """(key, folder) of the models a vLLM engine serves in this run: the rollout engine's (the student, or the
-    teacher whose samples sft trains on) and a vLLM teacher's (``teacher.source=vllm``)."""
+    teacher whose samples sft trains on) and a vLLM teacher's (``teacher.source=vllm``, colocated or a pool)."""
     use = teacher_use(config.loss)
     served = [("model.teacher", str(config.model.teacher))] if use == "samples" else [
         ("model.student", config.model.student)]
-    if use == "logprobs" and not megatron_teacher(config):
+    if use == "logprobs" and config.teacher.source == "vllm":
         served.append(("model.teacher", str(config.model.teacher)))
     return served
 

@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 
 from rlad_megatron import parallel
-from rlad_megatron.config import RunConfig, megatron_teacher, required_inputs, teacher_use
+from rlad_megatron.config import RunConfig, megatron_teacher, required_inputs, teacher_pool, teacher_use
 from rlad_megatron.console import say
 from rlad_megatron.data.prompt_dataset import load_prompt_dataset
 from rlad_megatron.data.prompt_stream import PromptStream
@@ -198,7 +198,11 @@ def build_components(config: RunConfig) -> Components:
         pin_learner_cpus(engine_cfg.cpu_cores, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
 
     teacher: Teacher | None = None
-    if megatron_teacher(c):  # its tokenizer was checked against the student's (check_run)
+    if teacher_pool(c) != "none":  # a pool of its own (rlad_megatron/pools/)
+        from rlad_megatron.pools.build import build_pooled_teacher  # the pool's clients, only for such a run
+
+        teacher = build_pooled_teacher(c, engine_cfg, mp_group, dp_rank)
+    elif megatron_teacher(c):  # its tokenizer was checked against the student's (check_run)
         teacher = MegatronTeacher.load(c.model.teacher, batching=micro, params_dtype=dtype,
                                        sequence_parallel=c.parallel.sequence_parallel, offload=c.teacher.offload,
                                        **stage_overrides(c.parallel.teacher_first_stage_layers,
