@@ -101,7 +101,7 @@ def file_problems(config: RunConfig, *, container: bool, mounts: Sequence[str] =
     (``rlad_megatron.trainer.setup.checks.run_problems`` for a job computing on GPUs, ``cuda``, or on CPUs: model
     folders, data and its first rows, the reward reference, the output folder, what the engine can serve there,
     tokenizers), on the paths as this machine sees them (see the module)."""
-    from rlad_megatron.trainer.setup.checks import run_problems
+    from rlad_megatron.trainer.setup.checks import run_problems  # lazy: torch comes with the trainer's checks
 
     problems = unmounted_paths(config, mounts) if container else []
     if problems:
@@ -116,7 +116,7 @@ def file_problems(config: RunConfig, *, container: bool, mounts: Sequence[str] =
 
 def _located(config: RunConfig, here: Callable[[str], str | None]) -> RunConfig:
     """``config`` with every path of the job replaced by where this machine sees it."""
-    from rlad_megatron.tasks.registry import reference_file
+    from rlad_megatron.tasks.registry import reference_file  # lazy, as in _paths
 
     model, data = config.model, config.data
     task = data.task

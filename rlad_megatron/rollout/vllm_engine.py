@@ -106,7 +106,8 @@ class VLLMEngine:
                 raise RuntimeError(
                     f"weight_load='inplace' needs plain torch weights in every linear layer, but {report['packed']} "
                     f"of {report['plain'] + report['packed']} were pre-packed by vLLM (this vLLM release changed its "
-                    "CPU GEMM dispatch); set rollout.weight_load=vllm_reload (eval: --engine-option weight_load=vllm_reload)"
+                    "CPU GEMM dispatch); set rollout.weight_load=vllm_reload (eval: --engine-option "
+                    "weight_load=vllm_reload)"
                 )
 
     # ------------------------------------------------------------------ RolloutEngine
@@ -318,8 +319,8 @@ class VLLMEngine:
             if len(s) + new_tokens > self.config.max_model_len:
                 raise ValueError(
                     f"sequence {i} has {len(s)} tokens + {new_tokens} new > max_model_len="
-                    f"{self.config.max_model_len} (the engine's length: data.max_prompt_tokens + rollout.max_new_tokens; "
-                    "eval: --engine-option max_model_len): raise it or shorten the sequence"
+                    f"{self.config.max_model_len} (the engine's length: data.max_prompt_tokens + "
+                    "rollout.max_new_tokens; eval: --engine-option max_model_len): raise it or shorten the sequence"
                 )
 
 

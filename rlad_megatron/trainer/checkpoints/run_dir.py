@@ -3,10 +3,11 @@
 - A fresh run refuses a folder that already holds a run (it would truncate its metrics and replace its checkpoints)
   unless told ``--overwrite``, which moves the old run's files aside to ``<output_dir>.old-<UTC time>``.
 - ``--resume`` (or ``trainer.resume=auto`` when a checkpoint exists) continues the run, after comparing the saved
-  config with the new one (``--resume`` where there is no checkpoint is refused: a typo in the folder would
-  otherwise start a new run silently): a change to anything that alters the run (models, loss, data, seeds, optimizer, ...) is
+  config with the new one: a change to anything that alters the run (models, loss, data, seeds, optimizer, ...) is
   refused with the list of differences unless ``--allow-config-change``; layout changes (parallel sizes,
-  micro-batches, placement, checkpoint and evaluation cadence) are always fine.
+  micro-batches, placement, checkpoint and evaluation cadence) are always fine. ``--resume`` where there is no
+  checkpoint is refused (a typo in the folder would otherwise start a new run silently); ``trainer.resume=auto``
+  starts fresh there.
 
 Every rank calls :func:`prepare_output_dir` with the same arguments and reads the same files, so all ranks decide
 alike; only global rank 0 moves files, and nothing else writes there before the process group forms.

@@ -191,6 +191,6 @@ def check_tokenizers(config: RunConfig) -> None:
 def _tokenizer(auto, key: str, path: str, trust_remote_code: bool):
     try:
         return auto.from_pretrained(path, trust_remote_code=trust_remote_code)
-    except Exception as err:  # noqa: BLE001 - a tokenizer that does not load is the problem to report, whatever its kind
+    except Exception as err:  # noqa: BLE001 - a tokenizer that does not load is the problem, whatever its kind
         raise ConfigError(f"{key}={path}: its tokenizer does not load ({type(err).__name__}: {err}); the folder needs "
                           "the tokenizer files of its model (tokenizer.json / tokenizer_config.json)") from None
