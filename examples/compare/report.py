@@ -12,10 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from rlad_megatron.trainer.observability.metrics_file import read_metrics
+from rlad_megatron.trainer.observability.metrics_file import is_clock_metric, read_metrics
 
-#: Metrics that legitimately differ between two runs of the same maths (wall clock, memory).
-_NOT_COMPARED = ("time/", "memory/")
+#: Besides the clocks (``is_clock_metric``), metrics named as durations differ between two runs of the same maths.
 _NOT_COMPARED_SUFFIXES = ("_s", "per_s", "seconds", "_ms")
 
 
@@ -314,7 +313,7 @@ def compare_metrics(a: Sequence[dict[str, float]], b: Sequence[dict[str, float]]
     worst, worst_key, keys = 0.0, None, set()
     for ra, rb in zip(a[:steps], b[:steps]):
         for k in sorted(set(ra) & set(rb)):
-            if k == "step" or k.startswith(_NOT_COMPARED) or k.endswith(_NOT_COMPARED_SUFFIXES):
+            if k == "step" or is_clock_metric(k) or k.endswith(_NOT_COMPARED_SUFFIXES):
                 continue
             keys.add(k)
             diff = abs(float(ra[k]) - float(rb[k]))

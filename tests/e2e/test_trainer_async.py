@@ -16,17 +16,16 @@ from pathlib import Path
 import pytest
 
 from rlad_megatron.testing.tiny_run import launch, prepare_models_and_data, read_metrics, run_config
+from rlad_megatron.trainer.observability.metrics_file import is_clock_metric
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 STEPS = 3
 
-# Everything the run computes; not the clocks, the memory or the sync's own throughput.
-_UNTIMED = ("time/", "memory/", "sync/seconds", "sync/gather_seconds", "sync/gbytes_per_s", "rollout/ahead_wait_s")
 
 
 def _computed(rows: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if not k.startswith(_UNTIMED)} for r in rows]
+    return [{k: v for k, v in r.items() if not is_clock_metric(k)} for r in rows]
 
 
 def _run(paths: dict, out: Path, *, resume: bool = False, **rollout) -> list[dict]:

@@ -10,6 +10,16 @@ from rlad_megatron.checkpoint_files import write_text_durably
 
 METRICS_FILE = "metrics.jsonl"
 
+#: Metrics that measure the machine rather than the maths (wall clocks, the pools' timelines, memory, the
+#: sync's throughput): two runs of the same computation differ in these and agree in every other key.
+CLOCK_METRIC_PREFIXES = ("time/", "timeline/", "memory/", "sync/seconds", "sync/gather_seconds", "sync/gbytes_per_s",
+                         "rollout/ahead_wait_s")
+
+
+def is_clock_metric(key: str) -> bool:
+    """True for a metric of the machine (see :data:`CLOCK_METRIC_PREFIXES`), False for one the step computes."""
+    return key.startswith(CLOCK_METRIC_PREFIXES)
+
 
 def read_metrics(metrics_jsonl: Path) -> list[dict[str, Any]]:
     """All well-formed rows of a metrics file, in order (a torn last line after a crash is skipped)."""
