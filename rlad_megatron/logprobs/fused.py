@@ -1,0 +1,322 @@
+"""The output layer fused with token log-probs, entropy and top-k: from the last hidden states to per-token values
+without ever holding more than one chunk of logits, forward or backward.
+
+Megatron's last pipeline stage computes ``logits = hidden @ W^T`` (``[tokens, V/TP]`` on each tensor-parallel rank)
+and the vocab-parallel kernel (``vocab_parallel.py``) reduces them to one value per token. At real vocabularies
+(Qwen3: 151,936 rows) the logits and their gradient are a step's largest activations. Here each chunk of token rows
+computes its logits ``[c, V/TP]`` in float32, keeps what the log-probs need (this shard's log-sum-exp and entropy,
+the target logits, the top-k candidates) and drops them; the shards are combined with exactly the kernel's
+collectives (:func:`~rlad_megatron.logprobs.vocab_parallel.combine_shards`: a MAX and a SUM over TP, no vocabulary
+gather). The backward recomputes each chunk's logits from the saved hidden states (``x = h W^T / T``):
+
+    g_x = (onehot(y) g - p (G + g_H (log p + H))) / T,      dL/dh = g_x W,      dL/dW = g_x^T h
+
+with ``p = exp(x - lse)``, ``G`` the row's summed log-prob gradient and ``g_H`` its entropy gradient.
+
+Layout, as Megatron's ``ColumnParallelLinear`` has it: the weight is this rank's vocabulary shard ``[V/TP, H]``
+(rank order; rows at or beyond ``vocab_size`` are TP padding: no probability, zero gradient); the hidden states are
+replicated over the TP ranks (their gradient all-reduced), or with sequence parallelism sharded on their first
+(sequence) dimension: all-gathered in the forward and again in the backward (only the local shard is saved), their
+gradient reduce-scattered.
+
+The weight's gradient is returned as usual (a weight tied to the input embedding adds it to the embedding's), or,
+with ``accumulate_grad_into_main_grad``, added tile by tile into ``weight.main_grad`` (Megatron DDP's gradient
+buffer, as Megatron's gradient-accumulation fusion does for its output layer) without a weight-sized temporary;
+nothing is returned for the weight then, so the embedding's own gradient of a tied weight still reaches the buffer
+through DDP's usual hook.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from rlad_megatron.logprobs.topk import merge_topk_candidates
+from rlad_megatron.logprobs.vocab_parallel import combine_shards, shard_chunk_statistics, shard_layout
+
+DEFAULT_FUSED_CHUNK_ELEMENTS = {"cpu": 1 << 23, "other": 1 << 26}
+"""Default float32 logits elements per chunk (token rows x this shard's vocabulary): 32 MiB on CPU, 256 MiB on
+accelerators; at 151,936 / TP columns that is 55 x TP rows on CPU and 441 x TP on a GPU, enough rows per chunk for
+the matmuls to run at full speed (every chunk reads the whole weight shard)."""
+
+
+def fused_chunk_rows(chunk_size: int | None, local_vocab: int, rows: int, device: torch.device | None = None) -> int:
+    """Token rows per chunk: ``chunk_size`` if given, else as many as fit ``DEFAULT_FUSED_CHUNK_ELEMENTS``."""
+    if chunk_size is None:
+        budget = DEFAULT_FUSED_CHUNK_ELEMENTS["cpu" if device is None or device.type == "cpu" else "other"]
+        chunk_size = max(1, budget // max(1, local_vocab))
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size (token rows per chunk) must be a positive int or None, got {chunk_size!r}")
+    return max(1, min(chunk_size, rows))
+
+
+# ------------------------------------------------------------------------------------------ sequence parallelism
+def _tp_size(group: Any) -> int:
+    return 1 if group is None else dist.get_world_size(group)
+
+
+def gather_sequence(x: Tensor, group: Any) -> Tensor:
+    """All-gather ``x`` along dim 0 over ``group`` in rank order (sequence parallelism's gather; no autograd)."""
+    size = _tp_size(group)
+    if size == 1:
+        return x
+    x = x.contiguous()
+    out = torch.empty((x.shape[0] * size,) + tuple(x.shape[1:]), dtype=x.dtype, device=x.device)
+    if dist.get_backend(group) == "gloo":
+        dist.all_gather(list(out.chunk(size)), x, group=group)
+    else:
+        dist.all_gather_into_tensor(out, x, group=group)
+    return out
+
+
+def reduce_scatter_sequence(x: Tensor, group: Any) -> Tensor:
+    """Sum ``x`` over ``group`` and keep this rank's slice of dim 0 (the backward of :func:`gather_sequence`)."""
+    size = _tp_size(group)
+    if size == 1:
+        return x
+    x = x.contiguous()
+    if dist.get_backend(group) == "gloo":  # gloo has no reduce-scatter
+        dist.all_reduce(x, group=group)
+        return x.chunk(size)[dist.get_rank(group)].clone()
+    out = torch.empty((x.shape[0] // size,) + tuple(x.shape[1:]), dtype=x.dtype, device=x.device)
+    dist.reduce_scatter_tensor(out, x, group=group)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ the kernel
+def _chunk_logits(h: Tensor, w: Tensor, temperature: float) -> Tensor:
+    """``h [c, H] @ w [v, H]^T / T`` in float32 (the matmul in the weight's dtype, as the output layer's)."""
+    x = torch.matmul(h, w.t())
+    if x.dtype != torch.float32:
+        x = x.float()
+    if temperature != 1.0:
+        x.div_(temperature)
+    return x
+
+
+def _local_targets(targets: Tensor, start: int, valid: int) -> tuple[Tensor, Tensor]:
+    local = targets - start
+    owned = (local >= 0) & (local < valid)
+    return torch.where(owned, local, torch.zeros_like(local)), owned
+
+
+class _FusedTokenLogprobs(torch.autograd.Function):
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, hidden: Tensor, weight: Tensor, targets: Tensor, group: Any, sequence_parallel: bool, start: int,
+        valid: int, chunk: int, temperature: float, with_entropy: bool, into_main_grad: bool,
+    ) -> tuple[Tensor, Tensor]:
+        full = gather_sequence(hidden, group) if sequence_parallel else hidden
+        h2 = full.reshape(-1, full.shape[-1])
+        n, device = h2.shape[0], hidden.device
+        local_idx, owned = _local_targets(targets, start, valid)
+        local_lse = torch.full((n,), float("-inf"), dtype=torch.float32, device=device)
+        local_h = torch.zeros(n, dtype=torch.float32, device=device) if with_entropy else None
+        target_logits = torch.zeros(targets.shape, dtype=torch.float32, device=device)
+        w = weight[:valid]
+        if valid > 0:
+            for r0 in range(0, n, chunk):
+                r1 = min(n, r0 + chunk)
+                x = _chunk_logits(h2[r0:r1], w, temperature)
+                target_logits[r0:r1] = torch.where(owned[r0:r1], x.gather(1, local_idx[r0:r1]), 0.0)
+                lse, h = shard_chunk_statistics(x, with_entropy)
+                local_lse[r0:r1] = lse
+                if h is not None:
+                    local_h[r0:r1] = h  # type: ignore[index]
+                del x
+        stats = combine_shards(local_lse, local_h, group, target_logits)
+        logprobs = stats.extra - stats.lse.unsqueeze(-1)  # type: ignore[operator]
+        entropy = stats.entropy
+        if entropy is None:
+            entropy = torch.zeros(0, dtype=torch.float32, device=device)
+            ctx.mark_non_differentiable(entropy)
+        ctx.save_for_backward(hidden, weight, local_idx, owned, stats.lse, entropy)
+        ctx.group, ctx.sequence_parallel, ctx.valid, ctx.chunk = group, sequence_parallel, valid, chunk
+        ctx.temperature, ctx.into_main_grad = temperature, into_main_grad
+        ctx.set_materialize_grads(False)
+        return logprobs, entropy
+
+    @staticmethod
+    def backward(ctx: Any, grad_logprobs: Tensor | None, grad_entropy: Tensor | None):  # type: ignore[override]
+        hidden, weight, local_idx, owned, lse, entropy = ctx.saved_tensors
+        group, valid, chunk, temperature = ctx.group, ctx.valid, ctx.chunk, ctx.temperature
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        full = gather_sequence(hidden, group) if ctx.sequence_parallel else hidden
+        h2 = full.reshape(-1, full.shape[-1])
+        n, dtype, device = h2.shape[0], h2.dtype, h2.device
+        if grad_logprobs is None:
+            grad_logprobs = torch.zeros(local_idx.shape, dtype=torch.float32, device=device)
+        g_lp = grad_logprobs.float()
+        g_total = g_lp.sum(dim=-1, keepdim=True)  # G: the row's summed log-prob gradient
+        g_owned = torch.where(owned, g_lp, torch.zeros((), device=device))
+        g_ent = None if grad_entropy is None or entropy.numel() == 0 else grad_entropy.float().unsqueeze(-1)
+        main_grad = getattr(weight, "main_grad", None) if ctx.into_main_grad else None
+        grad_w = None
+        if need_w and main_grad is None:
+            # float32 accumulation over the chunks; the result in the weight's dtype (padding rows stay zero)
+            grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=device)
+        grad_h2 = torch.zeros(n, h2.shape[1], dtype=dtype, device=device) if need_h else None
+        w = weight[:valid]
+        for r0 in range(0, n if valid > 0 else 0, chunk):
+            r1 = min(n, r0 + chunk)
+            hc = h2[r0:r1]
+            x = _chunk_logits(hc, w, temperature).sub_(lse[r0:r1].unsqueeze(-1))  # log p
+            p = torch.exp(x)
+            if g_ent is not None:  # -p (G + g_H (log p + H))
+                x.add_(entropy[r0:r1].unsqueeze(-1)).mul_(g_ent[r0:r1]).add_(g_total[r0:r1]).mul_(p).neg_()
+            else:  # -G p
+                x = p.mul_(g_total[r0:r1]).neg_()
+            x.scatter_add_(1, local_idx[r0:r1], g_owned[r0:r1])
+            if temperature != 1.0:
+                x.div_(temperature)
+            g = x if dtype == torch.float32 else x.to(dtype)
+            del p
+            if grad_h2 is not None:
+                torch.matmul(g, w, out=grad_h2[r0:r1])
+            if need_w:
+                gw = torch.matmul(g.t(), hc)  # [valid, H]
+                if main_grad is not None:
+                    main_grad[:valid].add_(gw)
+                else:
+                    grad_w[:valid].add_(gw)  # type: ignore[index]
+                del gw
+        grad_hidden = None
+        if grad_h2 is not None:
+            grad_hidden = grad_h2.view(full.shape)
+            if ctx.sequence_parallel:
+                grad_hidden = reduce_scatter_sequence(grad_hidden, group)
+            elif _tp_size(group) > 1:
+                dist.all_reduce(grad_hidden, group=group)
+        if grad_w is not None and grad_w.dtype != weight.dtype:
+            grad_w = grad_w.to(weight.dtype)
+        return grad_hidden, grad_w, None, None, None, None, None, None, None, None, None
+
+
+def _check(hidden: Tensor, weight: Tensor, tp_group: Any, sequence_parallel: bool, vocab_size: int | None,
+           temperature: float) -> tuple[tuple[int, ...], int, int]:
+    """Validate the shared inputs; returns (the leading shape after the sequence gather, vocab start, valid)."""
+    if not hidden.is_floating_point() or not weight.is_floating_point():
+        raise ValueError(f"hidden and weight must be floating point, got {hidden.dtype} and {weight.dtype}")
+    if weight.dim() != 2 or weight.shape[1] != hidden.shape[-1]:
+        raise ValueError(f"weight of shape {tuple(weight.shape)} must be [V/TP, H] with H = hidden.shape[-1] = "
+                         f"{hidden.shape[-1]}")
+    if hidden.dtype != weight.dtype:
+        raise ValueError(f"hidden ({hidden.dtype}) and weight ({weight.dtype}) must have the same dtype")
+    if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not temperature > 0:
+        raise ValueError(f"temperature must be a number > 0, got {temperature!r}")
+    _, size, start, valid = shard_layout(weight.shape[0], tp_group, vocab_size)
+    lead = list(hidden.shape[:-1])
+    if sequence_parallel and size > 1:
+        if hidden.dim() < 2:
+            raise ValueError("sequence_parallel needs hidden states [S/TP, ..., H]")
+        lead[0] *= size
+    return tuple(lead), start, valid
+
+
+def fused_token_logprobs(
+    hidden: Tensor,
+    weight: Tensor,
+    targets: Tensor,
+    *,
+    tp_group: Any = None,
+    sequence_parallel: bool = False,
+    vocab_size: int | None = None,
+    temperature: float = 1.0,
+    return_entropy: bool = False,
+    chunk_size: int | None = None,
+    accumulate_grad_into_main_grad: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Log-probs of ``targets`` under ``softmax(hidden @ weight^T / temperature)``, with autograd w.r.t. ``hidden``
+    and ``weight``, chunk by chunk (never more than one chunk's logits, forward or backward).
+
+    Args:
+        hidden: ``[..., H]`` the last hidden states (after the final norm); with ``sequence_parallel`` this rank's
+            shard ``[S/TP, ..., H]`` of the sequence dimension (Megatron's ``[S, B, H]`` layout).
+        weight: ``[V/TP, H]`` this rank's vocabulary shard of the output layer (the embedding when tied), the same
+            dtype as ``hidden``.
+        targets: global token ids shaped like the (gathered) hidden states' leading dims ``[...]``, or ``[..., K]``
+            for K ids per position; in ``[0, vocab_size)`` and the same on every TP rank.
+        tp_group: the tensor-parallel group; ``None`` on one device.
+        sequence_parallel: ``hidden`` is sharded on dim 0 over ``tp_group`` (ignored at TP=1).
+        vocab_size: the true vocabulary (later rows of the padded weight are excluded); ``None``: no padding.
+        temperature: log-probs of the tempered distribution (``1.0``: the model's own).
+        return_entropy: also return the entropy of each position's full distribution (same pass).
+        chunk_size: token rows per chunk; ``None``: ``DEFAULT_FUSED_CHUNK_ELEMENTS`` logits per chunk.
+        accumulate_grad_into_main_grad: add the weight's gradient into ``weight.main_grad`` (Megatron DDP's buffer)
+            instead of returning it (see the module docstring); a weight without ``main_grad`` gets it returned.
+
+    Returns:
+        float32 log-probs shaped like ``targets``; with ``return_entropy``, ``(logprobs, entropy [...])``.
+        Identical on every TP rank.
+    """
+    if targets.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
+        raise ValueError(f"targets must hold integer token ids, got dtype {targets.dtype}")
+    lead, start, valid = _check(hidden, weight, tp_group, sequence_parallel, vocab_size, temperature)
+    multi = targets.dim() == len(lead) + 1 and tuple(targets.shape[:-1]) == lead
+    if not multi and tuple(targets.shape) != lead:
+        raise ValueError(f"targets of shape {tuple(targets.shape)} must be {lead} (the hidden states' leading dims"
+                         f"{', gathered over TP' if sequence_parallel else ''}) or {lead} + (K,)")
+    limit = weight.shape[0] * _tp_size(tp_group) if vocab_size is None else vocab_size
+    if targets.numel() and bool(((targets < 0) | (targets >= limit)).any()):
+        raise ValueError(f"targets hold ids outside [0, {limit}): min {int(targets.min())}, max "
+                         f"{int(targets.max())}; mask such positions in the loss and give them any valid id (e.g. 0)")
+    n = 1
+    for d in lead:
+        n *= d
+    targets2d = targets.reshape(n, -1).long()
+    chunk = fused_chunk_rows(chunk_size, max(1, valid), max(1, n), hidden.device)
+    logprobs, entropy = _FusedTokenLogprobs.apply(
+        hidden, weight, targets2d, tp_group, bool(sequence_parallel and _tp_size(tp_group) > 1), start, valid, chunk,
+        float(temperature), return_entropy, accumulate_grad_into_main_grad,
+    )
+    logprobs = logprobs.reshape(targets.shape)
+    if return_entropy:
+        return logprobs, entropy.reshape(lead)
+    return logprobs
+
+
+@torch.no_grad()
+def fused_topk(
+    hidden: Tensor,
+    weight: Tensor,
+    k: int,
+    *,
+    tp_group: Any = None,
+    sequence_parallel: bool = False,
+    vocab_size: int | None = None,
+    temperature: float = 1.0,
+    chunk_size: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    """The ``k`` most likely tokens of each position's full distribution ``softmax(hidden @ weight^T / T)``, chunk
+    by chunk, without a gradient (a teacher's top-k). Inputs as :func:`fused_token_logprobs`.
+
+    Returns:
+        ``(logprobs [..., k] float32, ids [..., k] int64 global token ids)`` sorted by decreasing probability,
+        identical on every TP rank: the format of :func:`rlad_megatron.logprobs.vocab_parallel_topk`.
+    """
+    lead, start, valid = _check(hidden, weight, tp_group, sequence_parallel, vocab_size, temperature)
+    true_vocab = weight.shape[0] * _tp_size(tp_group) if vocab_size is None else vocab_size
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= true_vocab:
+        raise ValueError(f"k must be an int in [1, {true_vocab}] (the vocabulary size), got {k!r}")
+    full = gather_sequence(hidden, tp_group) if sequence_parallel else hidden
+    h2 = full.reshape(-1, full.shape[-1])
+    n, device = h2.shape[0], hidden.device
+    chunk = fused_chunk_rows(chunk_size, max(1, valid), max(1, n), device)
+    local_lse = torch.full((n,), float("-inf"), dtype=torch.float32, device=device)
+    values = torch.full((n, k), float("-inf"), dtype=torch.float32, device=device)
+    ids = torch.zeros((n, k), dtype=torch.int64, device=device)
+    local_k = min(k, valid)
+    for r0 in range(0, n if valid > 0 else 0, chunk):
+        r1 = min(n, r0 + chunk)
+        x = _chunk_logits(h2[r0:r1], weight[:valid], temperature)
+        v, i = torch.topk(x, local_k, dim=-1)
+        values[r0:r1, :local_k] = v
+        ids[r0:r1, :local_k] = i + start
+        local_lse[r0:r1] = shard_chunk_statistics(x, False)[0]
+        del x
+    lse = combine_shards(local_lse, None, tp_group).lse
+    best, out_ids = merge_topk_candidates(values, ids, k, tp_group)
+    return (best - lse.unsqueeze(-1)).reshape(lead + (k,)), out_ids.reshape(lead + (k,))
