@@ -58,17 +58,18 @@ def _tp_size(group: Any) -> int:
     return 1 if group is None else dist.get_world_size(group)
 
 
+#: torch >= 2.13 names the single-tensor collectives ``*_single`` (the ``*_tensor`` names warn); both work on gloo.
+_ALL_GATHER = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+_REDUCE_SCATTER = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+
+
 def gather_sequence(x: Tensor, group: Any) -> Tensor:
     """All-gather ``x`` along dim 0 over ``group`` in rank order (sequence parallelism's gather; no autograd)."""
     size = _tp_size(group)
     if size == 1:
         return x
-    x = x.contiguous()
     out = torch.empty((x.shape[0] * size,) + tuple(x.shape[1:]), dtype=x.dtype, device=x.device)
-    if dist.get_backend(group) == "gloo":
-        dist.all_gather(list(out.chunk(size)), x, group=group)
-    else:
-        dist.all_gather_into_tensor(out, x, group=group)
+    _ALL_GATHER(out, x.contiguous(), group=group)
     return out
 
 
@@ -77,12 +78,8 @@ def reduce_scatter_sequence(x: Tensor, group: Any) -> Tensor:
     size = _tp_size(group)
     if size == 1:
         return x
-    x = x.contiguous()
-    if dist.get_backend(group) == "gloo":  # gloo has no reduce-scatter
-        dist.all_reduce(x, group=group)
-        return x.chunk(size)[dist.get_rank(group)].clone()
     out = torch.empty((x.shape[0] // size,) + tuple(x.shape[1:]), dtype=x.dtype, device=x.device)
-    dist.reduce_scatter_tensor(out, x, group=group)
+    _REDUCE_SCATTER(out, x.contiguous(), group=group)
     return out
 
 
