@@ -104,7 +104,8 @@ class _FusedTokenLogprobs(torch.autograd.Function):
     @staticmethod
     def forward(  # type: ignore[override]
         ctx: Any, hidden: Tensor, weight: Tensor, targets: Tensor, group: Any, sequence_parallel: bool, start: int,
-        valid: int, chunk: int, temperature: float, with_entropy: bool, into_main_grad: bool,
+        valid: int, chunk: int, vocab_chunk: int | None, temperature: float, with_entropy: bool,
+        into_main_grad: bool,
     ) -> tuple[Tensor, Tensor]:
         full = gather_sequence(hidden, group) if sequence_parallel else hidden
         h2 = full.reshape(-1, full.shape[-1])
@@ -131,7 +132,8 @@ class _FusedTokenLogprobs(torch.autograd.Function):
             entropy = torch.zeros(0, dtype=torch.float32, device=device)
             ctx.mark_non_differentiable(entropy)
         ctx.save_for_backward(hidden, weight, local_idx, owned, stats.lse, entropy)
-        ctx.group, ctx.sequence_parallel, ctx.valid, ctx.chunk = group, sequence_parallel, valid, chunk
+        ctx.group, ctx.sequence_parallel, ctx.valid = group, sequence_parallel, valid
+        ctx.budget, ctx.vocab_chunk = chunk * max(1, valid), vocab_chunk
         ctx.temperature, ctx.into_main_grad = temperature, into_main_grad
         ctx.set_materialize_grads(False)
         return logprobs, entropy
@@ -139,7 +141,7 @@ class _FusedTokenLogprobs(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_logprobs: Tensor | None, grad_entropy: Tensor | None):  # type: ignore[override]
         hidden, weight, local_idx, owned, lse, entropy = ctx.saved_tensors
-        group, valid, chunk, temperature = ctx.group, ctx.valid, ctx.chunk, ctx.temperature
+        group, valid, temperature = ctx.group, ctx.valid, ctx.temperature
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         full = gather_sequence(hidden, group) if ctx.sequence_parallel else hidden
         h2 = full.reshape(-1, full.shape[-1])
@@ -150,46 +152,76 @@ class _FusedTokenLogprobs(torch.autograd.Function):
         g_total = g_lp.sum(dim=-1, keepdim=True)  # G: the row's summed log-prob gradient
         g_owned = torch.where(owned, g_lp, torch.zeros((), device=device))
         g_ent = None if grad_entropy is None or entropy.numel() == 0 else grad_entropy.float().unsqueeze(-1)
+        ent = entropy.unsqueeze(-1) if g_ent is not None else None
+        lse = lse.unsqueeze(-1)
         main_grad = getattr(weight, "main_grad", None) if ctx.into_main_grad else None
-        grad_w = None
-        if need_w and main_grad is None:
-            # float32 accumulation over the chunks; the result in the weight's dtype (padding rows stay zero)
-            grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=device)
-        grad_h2 = torch.zeros(n, h2.shape[1], dtype=dtype, device=device) if need_h else None
-        w = weight[:valid]
-        for r0 in range(0, n if valid > 0 else 0, chunk):
-            r1 = min(n, r0 + chunk)
-            hc = h2[r0:r1]
-            x = _chunk_logits(hc, w, temperature).sub_(lse[r0:r1].unsqueeze(-1))  # log p
-            p = torch.exp(x)
-            if g_ent is not None:  # -p (G + g_H (log p + H))
-                x.add_(entropy[r0:r1].unsqueeze(-1)).mul_(g_ent[r0:r1]).add_(g_total[r0:r1]).mul_(p).neg_()
-            else:  # -G p
-                x = p.mul_(g_total[r0:r1]).neg_()
-            x.scatter_add_(1, local_idx[r0:r1], g_owned[r0:r1])
-            if temperature != 1.0:
-                x.div_(temperature)
-            g = x if dtype == torch.float32 else x.to(dtype)
-            del p
-            if grad_h2 is not None:
-                torch.matmul(g, w, out=grad_h2[r0:r1])
-            if need_w:
-                gw = torch.matmul(g.t(), hc)  # [valid, H]
-                if main_grad is not None:
-                    main_grad[:valid].add_(gw)
-                else:
-                    grad_w[:valid].add_(gw)  # type: ignore[index]
-                del gw
+        grad_w = torch.zeros_like(weight) if need_w and main_grad is None else None  # padding rows stay zero
+        rows, cols = _backward_tiles(n, valid, ctx.budget, ctx.vocab_chunk)
+        row_chunks = [(r0, min(n, r0 + rows)) for r0 in range(0, n, rows)]
+        blocks = [(v0, min(valid, v0 + cols)) for v0 in range(0, valid, cols)]
+        # dL/dh sums over the vocabulary blocks: in float32 when there are several and the dtype is lower
+        acc_h = None
+        if need_h:
+            low = dtype != torch.float32 and len(blocks) > 1
+            acc_h = torch.zeros(n, h2.shape[1], dtype=torch.float32 if low else dtype, device=device)
+        for v0, v1 in blocks:
+            wb = weight[v0:v1]
+            dst = None if not need_w else (main_grad if main_grad is not None else grad_w)[v0:v1]  # type: ignore[index]
+            # this block's dL/dW sums over the row chunks: in float32 when there are several and dst is lower
+            acc_w = dst
+            if dst is not None and len(row_chunks) > 1 and dst.dtype != torch.float32:
+                acc_w = torch.zeros(dst.shape, dtype=torch.float32, device=device)
+            for r0, r1 in row_chunks:
+                hc = h2[r0:r1]
+                x = _chunk_logits(hc, wb, temperature).sub_(lse[r0:r1])  # log p
+                p = torch.exp(x)
+                if g_ent is not None:  # -p (G + g_H (log p + H))
+                    x.add_(ent[r0:r1]).mul_(g_ent[r0:r1]).add_(g_total[r0:r1]).mul_(p).neg_()  # type: ignore[index]
+                else:  # -G p
+                    x = p.mul_(g_total[r0:r1]).neg_()
+                col = local_idx[r0:r1] - v0
+                inside = (col >= 0) & (col < v1 - v0)
+                x.scatter_add_(1, col.clamp_(0, v1 - v0 - 1), torch.where(inside, g_owned[r0:r1], 0.0))
+                if temperature != 1.0:
+                    x.div_(temperature)
+                g = x if dtype == torch.float32 else x.to(dtype)
+                del p, x
+                if acc_h is not None:
+                    _add_product(acc_h[r0:r1], g, wb)
+                if acc_w is not None:
+                    _add_product(acc_w, g.t(), hc)
+                del g
+            if acc_w is not None and acc_w is not dst:
+                dst.copy_(acc_w) if main_grad is None else dst.add_(acc_w)  # type: ignore[union-attr]
         grad_hidden = None
-        if grad_h2 is not None:
-            grad_hidden = grad_h2.view(full.shape)
+        if acc_h is not None:
+            grad_hidden = acc_h.to(dtype).view(full.shape)
             if ctx.sequence_parallel:
                 grad_hidden = reduce_scatter_sequence(grad_hidden, group)
             elif _tp_size(group) > 1:
                 dist.all_reduce(grad_hidden, group=group)
-        if grad_w is not None and grad_w.dtype != weight.dtype:
-            grad_w = grad_w.to(weight.dtype)
-        return grad_hidden, grad_w, None, None, None, None, None, None, None, None, None
+        return grad_hidden, grad_w, None, None, None, None, None, None, None, None, None, None
+
+
+def _add_product(out: Tensor, a: Tensor, b: Tensor) -> None:
+    """``out += a @ b``: inside the matmul when the dtypes agree, else the product rounded once and added."""
+    if out.dtype == a.dtype:
+        out.addmm_(a, b)
+    else:
+        out.add_(a @ b)
+
+
+MIN_VOCAB_BLOCK = 256
+"""Fewest vocabulary columns of a backward tile (narrower tiles make slow matmuls)."""
+
+
+def _backward_tiles(n: int, valid: int, budget: int, vocab_chunk: int | None) -> tuple[int, int]:
+    """(rows, columns) of the backward's tiles: as many rows as fit ``budget`` elements (all of them when they fit)
+    with columns ``vocab_chunk`` or ``budget / n`` (at least :data:`MIN_VOCAB_BLOCK`), so that each column block's
+    weight gradient is one matmul over all rows (rounded once) rather than a sum of row chunks."""
+    cols = vocab_chunk if vocab_chunk is not None else max(MIN_VOCAB_BLOCK, budget // max(1, n))
+    cols = max(1, min(cols, valid))
+    return max(1, min(n, budget // cols)), cols
 
 
 def _check(hidden: Tensor, weight: Tensor, tp_group: Any, sequence_parallel: bool, vocab_size: int | None,
@@ -224,6 +256,7 @@ def fused_token_logprobs(
     temperature: float = 1.0,
     return_entropy: bool = False,
     chunk_size: int | None = None,
+    vocab_chunk_size: int | None = None,
     accumulate_grad_into_main_grad: bool = False,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Log-probs of ``targets`` under ``softmax(hidden @ weight^T / temperature)``, with autograd w.r.t. ``hidden``
@@ -241,7 +274,9 @@ def fused_token_logprobs(
         vocab_size: the true vocabulary (later rows of the padded weight are excluded); ``None``: no padding.
         temperature: log-probs of the tempered distribution (``1.0``: the model's own).
         return_entropy: also return the entropy of each position's full distribution (same pass).
-        chunk_size: token rows per chunk; ``None``: ``DEFAULT_FUSED_CHUNK_ELEMENTS`` logits per chunk.
+        chunk_size: token rows per chunk of the forward (all of this shard's vocabulary at once); ``None``:
+            ``DEFAULT_FUSED_CHUNK_ELEMENTS`` logits per chunk. The backward's tiles hold as many logits.
+        vocab_chunk_size: vocabulary columns per backward tile; ``None``: as many as fit with all token rows.
         accumulate_grad_into_main_grad: add the weight's gradient into ``weight.main_grad`` (Megatron DDP's buffer)
             instead of returning it (see the module docstring); a weight without ``main_grad`` gets it returned.
 
@@ -260,6 +295,10 @@ def fused_token_logprobs(
     if targets.numel() and bool(((targets < 0) | (targets >= limit)).any()):
         raise ValueError(f"targets hold ids outside [0, {limit}): min {int(targets.min())}, max "
                          f"{int(targets.max())}; mask such positions in the loss and give them any valid id (e.g. 0)")
+    if vocab_chunk_size is not None and (isinstance(vocab_chunk_size, bool) or not isinstance(vocab_chunk_size, int)
+                                         or vocab_chunk_size < 1):
+        raise ValueError(f"vocab_chunk_size (columns per backward tile) must be a positive int or None, got "
+                         f"{vocab_chunk_size!r}")
     n = 1
     for d in lead:
         n *= d
@@ -267,7 +306,7 @@ def fused_token_logprobs(
     chunk = fused_chunk_rows(chunk_size, max(1, valid), max(1, n), hidden.device)
     logprobs, entropy = _FusedTokenLogprobs.apply(
         hidden, weight, targets2d, tp_group, bool(sequence_parallel and _tp_size(tp_group) > 1), start, valid, chunk,
-        float(temperature), return_entropy, accumulate_grad_into_main_grad,
+        vocab_chunk_size, float(temperature), return_entropy, accumulate_grad_into_main_grad,
     )
     logprobs = logprobs.reshape(targets.shape)
     if return_entropy:
