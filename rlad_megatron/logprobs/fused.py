@@ -28,14 +28,14 @@ through DDP's usual hook.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
 from rlad_megatron.logprobs.topk import merge_topk_candidates
-from rlad_megatron.logprobs.vocab_parallel import combine_shards, shard_chunk_statistics, shard_layout
+from rlad_megatron.logprobs.vocab_parallel import combine_shards, rows_per_chunk, shard_chunk_statistics, shard_layout
 
 DEFAULT_FUSED_CHUNK_ELEMENTS = {"cpu": 1 << 23, "other": 1 << 26}
 """Default float32 logits elements per chunk (token rows x this shard's vocabulary): 32 MiB on CPU, 256 MiB on
@@ -84,14 +84,33 @@ def reduce_scatter_sequence(x: Tensor, group: Any) -> Tensor:
 
 
 # ------------------------------------------------------------------------------------------------ the kernel
-def _chunk_logits(h: Tensor, w: Tensor, temperature: float) -> Tensor:
-    """``h [c, H] @ w [v, H]^T / T`` in float32 (the matmul in the weight's dtype, as the output layer's)."""
-    x = torch.matmul(h, w.t())
-    if x.dtype != torch.float32:
-        x = x.float()
-    if temperature != 1.0:
-        x.div_(temperature)
-    return x
+def _sub_rows(tile: Tensor) -> int:
+    """Rows of a tile processed at once in float32 (``DEFAULT_CHUNK_ELEMENTS``: cache-sized on CPU)."""
+    return rows_per_chunk(None, tile.shape[1], max(1, tile.shape[0]), tile.device)
+
+
+def _float_rows(tile: Tensor, temperature: float, buf: Tensor | None):
+    """``(r0, r1, x)`` over cache-sized row blocks of a logits tile: ``x`` the block in float32 divided by the
+    temperature, a view of ``tile`` itself when it is float32 (then writing ``x`` writes the tile), else a copy in
+    ``buf`` (flat, from :func:`_float_buffer`)."""
+    sub, cols = _sub_rows(tile), tile.shape[1]
+    for r0 in range(0, tile.shape[0], sub):
+        r1 = min(tile.shape[0], r0 + sub)
+        x = tile[r0:r1] if buf is None else buf[: (r1 - r0) * cols].view(r1 - r0, cols).copy_(tile[r0:r1])
+        if temperature != 1.0:
+            x.div_(temperature)
+        yield r0, r1, x
+
+
+def _float_buffer(tile: Tensor, buf: Tensor | None = None) -> Tensor | None:
+    """A flat float32 buffer for :func:`_float_rows` of ``tile`` (``buf`` when it is large enough); None for a
+    float32 tile, which is worked on in place."""
+    if tile.dtype == torch.float32:
+        return None
+    need = min(tile.shape[0], _sub_rows(tile)) * tile.shape[1]
+    if buf is not None and buf.numel() >= need:
+        return buf
+    return torch.empty(need, dtype=torch.float32, device=tile.device)
 
 
 def _local_targets(targets: Tensor, start: int, valid: int) -> tuple[Tensor, Tensor]:
@@ -115,16 +134,18 @@ class _FusedTokenLogprobs(torch.autograd.Function):
         local_h = torch.zeros(n, dtype=torch.float32, device=device) if with_entropy else None
         target_logits = torch.zeros(targets.shape, dtype=torch.float32, device=device)
         w = weight[:valid]
-        if valid > 0:
-            for r0 in range(0, n, chunk):
-                r1 = min(n, r0 + chunk)
-                x = _chunk_logits(h2[r0:r1], w, temperature)
-                target_logits[r0:r1] = torch.where(owned[r0:r1], x.gather(1, local_idx[r0:r1]), 0.0)
+        buf = None
+        for c0 in range(0, n if valid > 0 else 0, chunk):
+            tile = torch.matmul(h2[c0:c0 + chunk], w.t())  # this chunk's logits [c, valid], the weight's dtype
+            buf = _float_buffer(tile, buf)
+            for r0, r1, x in _float_rows(tile, temperature, buf):
+                rows = slice(c0 + r0, c0 + r1)
+                target_logits[rows] = torch.where(owned[rows], x.gather(1, local_idx[rows]), 0.0)
                 lse, h = shard_chunk_statistics(x, with_entropy)
-                local_lse[r0:r1] = lse
+                local_lse[rows] = lse
                 if h is not None:
-                    local_h[r0:r1] = h  # type: ignore[index]
-                del x
+                    local_h[rows] = h  # type: ignore[index]
+            del tile
         stats = combine_shards(local_lse, local_h, group, target_logits)
         logprobs = stats.extra - stats.lse.unsqueeze(-1)  # type: ignore[operator]
         entropy = stats.entropy
@@ -149,21 +170,23 @@ class _FusedTokenLogprobs(torch.autograd.Function):
         if grad_logprobs is None:
             grad_logprobs = torch.zeros(local_idx.shape, dtype=torch.float32, device=device)
         g_lp = grad_logprobs.float()
-        g_total = g_lp.sum(dim=-1, keepdim=True)  # G: the row's summed log-prob gradient
-        g_owned = torch.where(owned, g_lp, torch.zeros((), device=device))
-        g_ent = None if grad_entropy is None or entropy.numel() == 0 else grad_entropy.float().unsqueeze(-1)
-        ent = entropy.unsqueeze(-1) if g_ent is not None else None
-        lse = lse.unsqueeze(-1)
+        rows = _RowGrads(
+            lse=lse.unsqueeze(-1), g_total=g_lp.sum(dim=-1, keepdim=True),  # G: the row's summed log-prob gradient
+            g_owned=torch.where(owned, g_lp, torch.zeros((), device=device)), local_idx=local_idx,
+            entropy=None if grad_entropy is None or entropy.numel() == 0 else entropy.unsqueeze(-1),
+            g_entropy=None if grad_entropy is None else grad_entropy.float().unsqueeze(-1),
+        )
         main_grad = getattr(weight, "main_grad", None) if ctx.into_main_grad else None
         grad_w = torch.zeros_like(weight) if need_w and main_grad is None else None  # padding rows stay zero
-        rows, cols = _backward_tiles(n, valid, ctx.budget, ctx.vocab_chunk)
-        row_chunks = [(r0, min(n, r0 + rows)) for r0 in range(0, n, rows)]
+        tile_rows, cols = _backward_tiles(n, valid, ctx.budget, ctx.vocab_chunk)
+        row_chunks = [(r0, min(n, r0 + tile_rows)) for r0 in range(0, n, tile_rows)]
         blocks = [(v0, min(valid, v0 + cols)) for v0 in range(0, valid, cols)]
         # dL/dh sums over the vocabulary blocks: in float32 when there are several and the dtype is lower
         acc_h = None
         if need_h:
             low = dtype != torch.float32 and len(blocks) > 1
             acc_h = torch.zeros(n, h2.shape[1], dtype=torch.float32 if low else dtype, device=device)
+        buf = None
         for v0, v1 in blocks:
             wb = weight[v0:v1]
             dst = None if not need_w else (main_grad if main_grad is not None else grad_w)[v0:v1]  # type: ignore[index]
@@ -173,24 +196,14 @@ class _FusedTokenLogprobs(torch.autograd.Function):
                 acc_w = torch.zeros(dst.shape, dtype=torch.float32, device=device)
             for r0, r1 in row_chunks:
                 hc = h2[r0:r1]
-                x = _chunk_logits(hc, wb, temperature).sub_(lse[r0:r1])  # log p
-                p = torch.exp(x)
-                if g_ent is not None:  # -p (G + g_H (log p + H))
-                    x.add_(ent[r0:r1]).mul_(g_ent[r0:r1]).add_(g_total[r0:r1]).mul_(p).neg_()  # type: ignore[index]
-                else:  # -G p
-                    x = p.mul_(g_total[r0:r1]).neg_()
-                col = local_idx[r0:r1] - v0
-                inside = (col >= 0) & (col < v1 - v0)
-                x.scatter_add_(1, col.clamp_(0, v1 - v0 - 1), torch.where(inside, g_owned[r0:r1], 0.0))
-                if temperature != 1.0:
-                    x.div_(temperature)
-                g = x if dtype == torch.float32 else x.to(dtype)
-                del p, x
+                tile = torch.matmul(hc, wb.t())  # the logits again, [rows, cols]; overwritten by their gradient
+                buf = _float_buffer(tile, buf)
+                _logits_grad_(tile, buf, rows, r0, v0, temperature)
                 if acc_h is not None:
-                    _add_product(acc_h[r0:r1], g, wb)
+                    _add_product(acc_h[r0:r1], tile, wb)
                 if acc_w is not None:
-                    _add_product(acc_w, g.t(), hc)
-                del g
+                    _add_product(acc_w, tile.t(), hc)
+                del tile
             if acc_w is not None and acc_w is not dst:
                 dst.copy_(acc_w) if main_grad is None else dst.add_(acc_w)  # type: ignore[union-attr]
         grad_hidden = None
@@ -201,6 +214,39 @@ class _FusedTokenLogprobs(torch.autograd.Function):
             elif _tp_size(group) > 1:
                 dist.all_reduce(grad_hidden, group=group)
         return grad_hidden, grad_w, None, None, None, None, None, None, None, None, None, None
+
+
+class _RowGrads(NamedTuple):
+    """Per-row inputs of the logits' gradient, float32 ``[N, 1]`` (``g_owned``, ``local_idx``: ``[N, K]``)."""
+
+    lse: Tensor
+    g_total: Tensor
+    g_owned: Tensor
+    local_idx: Tensor
+    entropy: Tensor | None
+    g_entropy: Tensor | None
+
+
+def _logits_grad_(tile: Tensor, buf: Tensor | None, rows: _RowGrads, row0: int, col0: int,
+                  temperature: float) -> None:
+    """Overwrite a tile of logits (rows ``row0 + i``, columns ``col0 + j`` of this shard) with their gradient
+    ``(onehot g - p (G + g_H (log p + H))) / T``, computed in float32 per cache-sized row block, rounded once."""
+    cols = tile.shape[1]
+    for r0, r1, x in _float_rows(tile, temperature, buf):
+        at = slice(row0 + r0, row0 + r1)
+        x.sub_(rows.lse[at])  # log p
+        if rows.entropy is not None:  # -p (G + g_H (log p + H))
+            p = torch.exp(x)
+            x.add_(rows.entropy[at]).mul_(rows.g_entropy[at]).add_(rows.g_total[at]).mul_(p).neg_()  # type: ignore[index]
+        else:  # -G p
+            x.exp_().mul_(rows.g_total[at]).neg_()
+        col = rows.local_idx[at] - col0
+        inside = (col >= 0) & (col < cols)
+        x.scatter_add_(1, col.clamp_(0, cols - 1), torch.where(inside, rows.g_owned[at], 0.0))
+        if temperature != 1.0:
+            x.div_(temperature)
+        if buf is not None:
+            tile[r0:r1].copy_(x)
 
 
 def _add_product(out: Tensor, a: Tensor, b: Tensor) -> None:
@@ -345,14 +391,17 @@ def fused_topk(
     values = torch.full((n, k), float("-inf"), dtype=torch.float32, device=device)
     ids = torch.zeros((n, k), dtype=torch.int64, device=device)
     local_k = min(k, valid)
-    for r0 in range(0, n if valid > 0 else 0, chunk):
-        r1 = min(n, r0 + chunk)
-        x = _chunk_logits(h2[r0:r1], weight[:valid], temperature)
-        v, i = torch.topk(x, local_k, dim=-1)
-        values[r0:r1, :local_k] = v
-        ids[r0:r1, :local_k] = i + start
-        local_lse[r0:r1] = shard_chunk_statistics(x, False)[0]
-        del x
+    buf = None
+    for c0 in range(0, n if valid > 0 else 0, chunk):
+        tile = torch.matmul(h2[c0:c0 + chunk], weight[:valid].t())
+        buf = _float_buffer(tile, buf)
+        for r0, r1, x in _float_rows(tile, temperature, buf):
+            at = slice(c0 + r0, c0 + r1)
+            v, i = torch.topk(x, local_k, dim=-1)
+            values[at, :local_k] = v
+            ids[at, :local_k] = i + start
+            local_lse[at] = shard_chunk_statistics(x, False)[0]
+        del tile
     lse = combine_shards(local_lse, None, tp_group).lse
     best, out_ids = merge_topk_candidates(values, ids, k, tp_group)
     return (best - lse.unsqueeze(-1)).reshape(lead + (k,)), out_ids.reshape(lead + (k,))
