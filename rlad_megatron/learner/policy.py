@@ -6,9 +6,12 @@ trainer asks of them, both through Megatron's forward-backward schedule so pipel
   or a gradient is not finite.
 
 Per-token values exist on the last pipeline stage only (that is where the logits are); the loss lives there too.
+With ``fused_logprobs`` the last stage never builds the logits: the model hands back its final hidden states and
+the fused kernel computes the log-probs (and entropy) from them chunk by chunk (``learner/output_head.py``).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
@@ -16,6 +19,7 @@ from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 
 from rlad_megatron.device import collective_device, rank_device
 from rlad_megatron.learner.batching import (
@@ -28,6 +32,7 @@ from rlad_megatron.learner.batching import (
 )
 from rlad_megatron.learner.context_parallel import context_parallel_rows, cp_loss_scale, cp_row_width
 from rlad_megatron.learner.expert_parallel import common_micro_batch_shapes, router_padding_kwargs
+from rlad_megatron.learner.output_head import hidden_states_out, use_fused_logprobs
 from rlad_megatron.learner.sequences import SequenceBatch
 
 # loss_fn(logprobs [b, L-1] with grad, entropy [b, L-1] or None, micro_batch) -> (loss share, metrics)
@@ -50,11 +55,13 @@ class MegatronPolicy:
     """Model chunks of one policy under the current Megatron parallel state."""
 
     def __init__(self, model_chunks: list[torch.nn.Module], vocab_size: int, *, optimizer: Any = None,
-                 with_entropy: bool = False) -> None:
+                 with_entropy: bool = False, fused_logprobs: bool | str = "auto") -> None:
         self.chunks = model_chunks
         self.vocab_size = vocab_size
         self.optimizer = optimizer
         self.with_entropy = with_entropy
+        self.fused = use_fused_logprobs(fused_logprobs, model_chunks)
+        """Log-probs straight from the hidden states (``trainer.fused_logprobs``), no logits."""
 
     # ---------------------------------------------------------------------------------------------------------
     @staticmethod
@@ -93,7 +100,7 @@ class MegatronPolicy:
              loss_fn: LossFn | None, scale: float) -> list[dict]:
         from megatron.core.pipeline_parallel import get_forward_backward_func
 
-        from rlad_megatron.logprobs import vocab_parallel_token_logprobs
+        from rlad_megatron.logprobs import fused_token_logprobs, vocab_parallel_token_logprobs
 
         ps, tp_group = self._groups()
         want_entropy = self.with_entropy and loss_fn is not None
@@ -105,20 +112,36 @@ class MegatronPolicy:
             # context parallelism: this rank's two chunks of each row in, whole rows of log-probs out (None: CP=1)
             cp_rows = context_parallel_rows(mb, length_multiple, te_attention=self._uses_thd)
             moe = router_padding_kwargs(mb, model, loss_fn is not None, cp_rows)  # MoE: balance over real tokens
-            if cp_rows is not None:
-                output = model(cp_rows.tokens, cp_rows.position_ids, cp_rows.attention_mask, **moe)
-            elif mb.packed_seq_params is not None:
-                output = model(mb.tokens, mb.position_ids, mb.attention_mask,
-                               packed_seq_params=mb.packed_seq_params, **moe)
-            else:
-                output = model(mb.tokens, mb.position_ids, mb.attention_mask, **moe)
+            with hidden_states_out(model) if self.fused else contextlib.nullcontext() as head:
+                if cp_rows is not None:
+                    output = model(cp_rows.tokens, cp_rows.position_ids, cp_rows.attention_mask, **moe)
+                elif mb.packed_seq_params is not None:
+                    output = model(mb.tokens, mb.position_ids, mb.attention_mask,
+                                   packed_seq_params=mb.packed_seq_params, **moe)
+                else:
+                    output = model(mb.tokens, mb.position_ids, mb.attention_mask, **moe)
 
-            def loss_func(logits: torch.Tensor):
-                result = vocab_parallel_token_logprobs(
-                    logits if cp_rows is not None else logits[:, :-1],
-                    cp_rows.targets if cp_rows is not None else mb.tokens[:, 1:],
-                    tp_group=tp_group, vocab_size=self.vocab_size, return_entropy=want_entropy,
+            def token_values(output: torch.Tensor):
+                """Log-probs (and entropy) ``[R, W-1]`` (CP: ``[R, W/CP]``) of the next tokens."""
+                if head is None:  # today's path: the logits [R, W, V/TP], then the vocab-parallel kernel
+                    return vocab_parallel_token_logprobs(
+                        output if cp_rows is not None else output[:, :-1],
+                        cp_rows.targets if cp_rows is not None else mb.tokens[:, 1:],
+                        tp_group=tp_group, vocab_size=self.vocab_size, return_entropy=want_entropy,
+                    )
+                # the hidden states [W(/TP), R, H]; every position gets a target (the last one a dummy, dropped)
+                targets = cp_rows.targets if cp_rows is not None else F.pad(mb.tokens[:, 1:], (0, 1))
+                result = fused_token_logprobs(
+                    output, head.weight, targets.t(), tp_group=tp_group, sequence_parallel=head.sequence_parallel,
+                    vocab_size=self.vocab_size, return_entropy=want_entropy,
+                    accumulate_grad_into_main_grad=head.main_grad,
                 )
+                values = [v.t() if cp_rows is not None else v.t()[:, :-1]
+                          for v in (result if want_entropy else (result,))]
+                return tuple(values) if want_entropy else values[0]
+
+            def loss_func(output: torch.Tensor):
+                result = token_values(output)
                 if cp_rows is not None:  # [R, W-1] on every CP rank, as without CP
                     result = tuple(map(cp_rows.merge, result)) if want_entropy else cp_rows.merge(result)
                 row_logprobs, row_entropy = result if want_entropy else (result, None)
