@@ -70,15 +70,17 @@ class MegatronTeacher(Teacher):
 
     @classmethod
     def load(cls, hf_dir: str | Path, *, micro_batch_size: "int | MicroBatching", params_dtype: torch.dtype,
-             student_dir: str | Path | None = None, offload: bool = False,
+             student_dir: str | Path | None = None, offload: bool = False, fused_logprobs: bool | str = "auto",
              **model_overrides: Any) -> "MegatronTeacher":
         """This rank's shard of the Hugging Face model in ``hf_dir``, frozen. With ``student_dir``, the tokenizers
         are checked to be compatible first. ``model_overrides`` go to the model's ``TransformerConfig``
-        (``sequence_parallel``, uneven pipeline stages, ...)."""
+        (``sequence_parallel``, uneven pipeline stages, ...). ``fused_logprobs``: score from the hidden states
+        without logits (``trainer.fused_logprobs``)."""
         from rlad_megatron.models import load_teacher
 
         chunks, arch = load_teacher(hf_dir, student_dir=student_dir, params_dtype=params_dtype, **model_overrides)
-        return cls(MegatronPolicy(chunks, arch.vocab_size), micro_batch_size, offload=offload)
+        return cls(MegatronPolicy(chunks, arch.vocab_size, fused_logprobs=fused_logprobs), micro_batch_size,
+                   offload=offload)
 
     def token_logprobs(self, batch: SequenceBatch) -> torch.Tensor | None:
         if self.offload is None:
