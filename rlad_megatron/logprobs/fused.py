@@ -4,14 +4,17 @@ without ever holding more than one chunk of logits, forward or backward.
 Megatron's last pipeline stage computes ``logits = hidden @ W^T`` (``[tokens, V/TP]`` on each tensor-parallel rank)
 and the vocab-parallel kernel (``vocab_parallel.py``) reduces them to one value per token. At real vocabularies
 (Qwen3: 151,936 rows) the logits and their gradient are a step's largest activations. Here each chunk of token rows
-computes its logits ``[c, V/TP]`` in float32, keeps what the log-probs need (this shard's log-sum-exp and entropy,
-the target logits, the top-k candidates) and drops them; the shards are combined with exactly the kernel's
-collectives (:func:`~rlad_megatron.logprobs.vocab_parallel.combine_shards`: a MAX and a SUM over TP, no vocabulary
-gather). The backward recomputes each chunk's logits from the saved hidden states (``x = h W^T / T``):
+computes its logits ``[c, V/TP]`` (one matmul, in the weight's dtype), takes what the log-probs need in float32,
+a cache-sized block of rows at a time (this shard's log-sum-exp and entropy, the target logits, the top-k
+candidates) and drops them; the shards are combined with exactly the kernel's collectives
+(:func:`~rlad_megatron.logprobs.vocab_parallel.combine_shards`: a MAX and a SUM over TP, no vocabulary gather).
+The backward recomputes the logits from the saved hidden states (``x = h W^T / T``), in tiles of all token rows x a
+block of the vocabulary, overwrites each tile with its gradient and multiplies it out:
 
     g_x = (onehot(y) g - p (G + g_H (log p + H))) / T,      dL/dh = g_x W,      dL/dW = g_x^T h
 
-with ``p = exp(x - lse)``, ``G`` the row's summed log-prob gradient and ``g_H`` its entropy gradient.
+with ``p = exp(x - lse)``, ``G`` the row's summed log-prob gradient and ``g_H`` its entropy gradient. That is one
+matmul more than the output layer's own backward (the recomputation): the price of never storing the logits.
 
 Layout, as Megatron's ``ColumnParallelLinear`` has it: the weight is this rank's vocabulary shard ``[V/TP, H]``
 (rank order; rows at or beyond ``vocab_size`` are TP padding: no probability, zero gradient); the hidden states are
@@ -38,9 +41,9 @@ from rlad_megatron.logprobs.topk import merge_topk_candidates
 from rlad_megatron.logprobs.vocab_parallel import combine_shards, rows_per_chunk, shard_chunk_statistics, shard_layout
 
 DEFAULT_FUSED_CHUNK_ELEMENTS = {"cpu": 1 << 23, "other": 1 << 26}
-"""Default float32 logits elements per chunk (token rows x this shard's vocabulary): 32 MiB on CPU, 256 MiB on
-accelerators; at 151,936 / TP columns that is 55 x TP rows on CPU and 441 x TP on a GPU, enough rows per chunk for
-the matmuls to run at full speed (every chunk reads the whole weight shard)."""
+"""Default logits elements per chunk or tile (token rows x vocabulary columns), in the weight's dtype: 8M on CPU,
+64M on accelerators; at 151,936 / TP columns a forward chunk is 55 x TP rows on CPU and 441 x TP on a GPU, enough
+for the matmuls to run at full speed (every chunk reads the whole weight shard)."""
 
 
 def fused_chunk_rows(chunk_size: int | None, local_vocab: int, rows: int, device: torch.device | None = None) -> int:
