@@ -97,10 +97,12 @@ class MegatronPolicy:
         return common_micro_batch_shapes(micro, batch, self.chunks)  # MoE at EP > 1: one shape per index
 
     def _run(self, batch: SequenceBatch, micro: list[MicroBatch], forward_only: bool,
-             loss_fn: LossFn | None, scale: float) -> list[dict]:
+             loss_fn: LossFn | None, scale: float, topk: int | None = None) -> list[dict]:
         from megatron.core.pipeline_parallel import get_forward_backward_func
 
-        from rlad_megatron.logprobs import fused_token_logprobs, vocab_parallel_token_logprobs
+        from rlad_megatron.logprobs import (
+            fused_token_logprobs, fused_topk, vocab_parallel_token_logprobs, vocab_parallel_topk,
+        )
 
         ps, tp_group = self._groups()
         want_entropy = self.with_entropy and loss_fn is not None
@@ -140,7 +142,24 @@ class MegatronPolicy:
                           for v in (result if want_entropy else (result,))]
                 return tuple(values) if want_entropy else values[0]
 
+            def topk_values(output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                """The ``topk`` most likely next tokens, ``([R, W-1, k] log-probs, [R, W-1, k] ids)``."""
+                if head is None:
+                    lp, ids = vocab_parallel_topk(output if cp_rows is not None else output[:, :-1], topk,
+                                                  tp_group=tp_group, vocab_size=self.vocab_size)
+                else:
+                    lp, ids = (v.transpose(0, 1) for v in fused_topk(
+                        output, head.weight, topk, tp_group=tp_group, sequence_parallel=head.sequence_parallel,
+                        vocab_size=self.vocab_size))
+                    lp, ids = (lp, ids) if cp_rows is not None else (lp[:, :-1], ids[:, :-1])
+                if cp_rows is not None:
+                    lp, ids = cp_rows.merge(lp), cp_rows.merge(ids)
+                return mb.unpack(lp), mb.unpack(ids)
+
             def loss_func(output: torch.Tensor):
+                if topk is not None:
+                    lp, ids = topk_values(output)
+                    return lp.sum() * 0.0, {"topk": (lp, ids)}
                 result = token_values(output)
                 if cp_rows is not None:  # [R, W-1] on every CP rank, as without CP
                     result = tuple(map(cp_rows.merge, result)) if want_entropy else cp_rows.merge(result)
@@ -200,18 +219,38 @@ class MegatronPolicy:
         if not micro:  # no sequence on this rank (balanced data parallelism can deal none to it)
             last = ps.is_pipeline_last_stage(ignore_virtual=True)
             return torch.zeros(0, batch.tokens.shape[1] - 1) if last else None
-        for chunk in self.chunks:
-            chunk.eval()
-        try:
-            with torch.no_grad():
-                outputs = self._run(batch, micro, True, None, 1.0)
-        finally:
-            for chunk in self.chunks:
-                chunk.train(self.optimizer is not None)
+        outputs = self._forward_only(batch, micro)
         if not ps.is_pipeline_last_stage(ignore_virtual=True):
             return None
         return scatter_token_values([(m, o["logprobs"]) for m, o in zip(micro, outputs)], len(batch),
                                     batch.tokens.shape[1] - 1)
+
+    def token_topk(self, batch: SequenceBatch, micro_batch_size: "int | MicroBatching",
+                   k: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The ``k`` most likely next tokens at every position (a teacher's top-k, no grad): ``(log-probs [B, L-1, k]
+        float32, global token ids [B, L-1, k] int64)``, sorted by decreasing probability (the format of
+        ``rlad_megatron.logprobs.vocab_parallel_topk``); positions past a sequence's end hold 0. None off the last
+        pipeline stage. Micro-batches as :meth:`token_logprobs`."""
+        ps, _ = self._groups()
+        micro = self.micro_batches(batch, micro_batch_size)
+        outputs = self._forward_only(batch, micro, topk=k) if micro else []
+        if not ps.is_pipeline_last_stage(ignore_virtual=True):
+            return None
+        width, parts = batch.tokens.shape[1] - 1, [(m, o["topk"]) for m, o in zip(micro, outputs)]
+        logprobs, ids = (torch.stack([scatter_token_values([(m, v[i][..., j]) for m, v in parts], len(batch), width)
+                                      for j in range(k)], dim=-1) for i in (0, 1))
+        return logprobs.float(), ids.long()
+
+    def _forward_only(self, batch: SequenceBatch, micro: list[MicroBatch], topk: int | None = None) -> list[dict]:
+        """``micro`` through the schedule without grad, the chunks in eval mode (then back)."""
+        for chunk in self.chunks:
+            chunk.eval()
+        try:
+            with torch.no_grad():
+                return self._run(batch, micro, True, None, 1.0, topk)
+        finally:
+            for chunk in self.chunks:
+                chunk.train(self.optimizer is not None)
 
     def train_step(self, batch: SequenceBatch, loss_fn: LossFn, micro_batch_size: "int | MicroBatching") -> StepResult:
         """Forward/backward over ``batch`` in micro-batches, then one optimizer step unless something is not

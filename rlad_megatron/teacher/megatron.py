@@ -83,10 +83,18 @@ class MegatronTeacher(Teacher):
                    offload=offload)
 
     def token_logprobs(self, batch: SequenceBatch) -> torch.Tensor | None:
+        return self._on_device(lambda: self.policy.token_logprobs(batch, self.micro_batch_size))
+
+    def token_topk(self, batch: SequenceBatch, k: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The teacher's ``k`` most likely next tokens at every position, ``(log-probs [B, L-1, k], ids [B, L-1, k])``
+        on the last pipeline stage (:meth:`MegatronPolicy.token_topk`); with the fused head no logits are built."""
+        return self._on_device(lambda: self.policy.token_topk(batch, self.micro_batch_size, k))
+
+    def _on_device(self, score):
         if self.offload is None:
-            return self.policy.token_logprobs(batch, self.micro_batch_size)
+            return score()
         self.offload.to_device()
         try:
-            return self.policy.token_logprobs(batch, self.micro_batch_size)
+            return score()
         finally:
             self.offload.to_host()
