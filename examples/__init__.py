@@ -1,2 +1,2 @@
-"""Examples built on the library (nothing in rlad_megatron imports them): the quickstart (`make demo`) and the
-small-scale comparison of the algorithms."""
+"""Examples built on the library (nothing in rlad_megatron imports them): the quickstart (`make demo`), the
+small-scale comparison of the algorithms, and a reward and data schema of your own (custom_reward)."""

@@ -1,4 +1,4 @@
-"""``rlad-megatron train | eval | convert | config``.
+"""``rlad-megatron train | eval | teacher-trust | convert | config | data``.
 
     torchrun --nproc-per-node 2 -m rlad_megatron.cli train --config configs/quickstart.yaml trainer.steps=20
 """
@@ -30,6 +30,14 @@ def _train(args: argparse.Namespace) -> int:
     except ModelFolderError as err:
         if os.environ.get("RANK", "0") == "0":
             print(f"rlad-megatron train: {err}", file=sys.stderr)
+        return 2
+    from rlad_megatron.data.check import check_data_files
+
+    problems = check_data_files(config.data)  # the data files' first rows, before any model or process group
+    if problems:
+        if os.environ.get("RANK", "0") == "0":
+            for problem in problems:
+                print(f"rlad-megatron train: {problem}", file=sys.stderr)
         return 2
 
     rank0 = os.environ.get("RANK", "0") == "0"  # torchrun's global rank; the process group does not exist yet
@@ -73,11 +81,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("overrides", nargs="*", help="dotted overrides, e.g. loss.alpha=0.3 trainer.steps=20")
     train.set_defaults(func=_train)
     from rlad_megatron import config_cli, convert
+    from rlad_megatron.data import cli as data_cli
     from rlad_megatron.eval import cli as eval_cli
+    from rlad_megatron.eval import teacher_trust
 
     convert.register(sub)
     eval_cli.register(sub)
+    teacher_trust.register(sub)
     config_cli.register(sub)
+    data_cli.register(sub)
     return parser
 
 

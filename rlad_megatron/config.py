@@ -261,11 +261,21 @@ def _check_rollout_mode(r: RolloutConfig) -> None:
 @dataclass
 class DataConfig:
     task: str = "arithmetic"
-    """Task name (``rlad_megatron.tasks.registry.task_names()``): 'arithmetic', 'knights_knaves', 'math', ..."""
+    """A built-in task ('arithmetic', 'knights_knaves', 'math', 'multiple_choice', ...) or your own code:
+    'my_pkg.rewards:MyTask' (a Task subclass) or 'my_reward.py:my_reward' (a reward function, relative to this
+    file's folder; docs/tasks_and_data.md)."""
     train_files: list[str] = field(default_factory=list)
-    """Local jsonl/parquet/arrow files, or one hub dataset name."""
+    """jsonl/json/parquet/arrow/csv files, dataset folders (save_to_disk or hub layout), or hub:ORG/NAME[:CONFIG].
+    Relative paths are taken from the config file's folder (from the working directory on the command line)."""
     eval_files: list[str] = field(default_factory=list)
     """Held-out files of the periodic evaluation (see trainer.eval_every); empty: no evaluation."""
+    fields: dict[str, str] = field(default_factory=dict)
+    """Column mapping {field: column or dotted path}, e.g. {prompt: question, answer: reward_model.ground_truth}:
+    the names the task reads, taken from your columns (the other columns stay on each record)."""
+    split: str = "train"
+    """Split of dataset folders and hub datasets in train_files (a file is read whole)."""
+    eval_split: str | None = None
+    """Split of dataset folders and hub datasets in eval_files; None: data.split."""
     prompts_per_step: int = 8
     """Prompts per rollout batch (global, over all data-parallel replicas)."""
     max_prompt_tokens: int = 128
@@ -291,11 +301,17 @@ class DataConfig:
             if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
                 raise ConfigError(f"data.{name}: expected a mapping of names to values, got {value!r}")
         _at_least("data.max_prompt_tokens", self.max_prompt_tokens, 1)
-        from rlad_megatron.tasks.registry import task_names
+        for target, source in self.fields.items():
+            if not target or not source or not isinstance(source, str):
+                raise ConfigError(f"data.fields.{target}={source!r}: map a field name to a column name or dotted "
+                                  "path, e.g. {prompt: question, answer: reward_model.ground_truth}")
+        if not self.split or self.eval_split == "":
+            raise ConfigError("data.split / data.eval_split: give a split name, e.g. train or test")
+        from rlad_megatron.tasks.registry import check_task_reference
 
-        if self.task not in task_names():
-            raise ConfigError(f"data.task={self.task!r} is not a registered task; choose one of "
-                              f"{', '.join(task_names())}")
+        problem = check_task_reference(self.task, resolve=False)  # its code is found where the job runs
+        if problem:
+            raise ConfigError(problem)
 
 
 @dataclass
@@ -522,6 +538,12 @@ class RunConfig:
                 raise
             except ValueError as err:  # sections defined elsewhere raise plain ValueError
                 raise ConfigError(f"{f.name}: {err}") from err
+        pending = required_inputs(self.loss) & LOSS_INPUTS_NOT_YET_IN_TRAINER
+        if pending:  # the loss has them (issue 33); the trainer's top-k teacher pass and pass-rate carry come next
+            keys = (["loss.topk_beta / loss.kd_estimator=topk"] if "teacher_topk_logprobs" in pending else []) + (
+                ["loss.teacher_trust"] if "teacher_pass_rate" in pending else [])
+            raise ConfigError(f"{' and '.join(keys)}: the trainer does not provide {sorted(pending)} yet; train "
+                              "with loss.topk_beta=0, loss.kd_estimator=k1|k2|k3 and loss.teacher_trust=none")
         if teacher_use(self.loss) != "none" and not self.model.teacher:
             raise ConfigError(f"loss.algorithm={self.loss.algorithm!r} needs model.teacher (a HF directory)")
         validate_fp8_run(self)
@@ -530,17 +552,21 @@ class RunConfig:
 
 TeacherUse = typing.Literal["logprobs", "samples", "none"]
 
+#: Loss inputs the loss functions accept but the trainer does not compute yet (top-k teacher signals, the per-prompt
+#: teacher pass rate): a run config asking for them is refused rather than failing at its first step.
+LOSS_INPUTS_NOT_YET_IN_TRAINER = frozenset({"student_topk_logprobs", "teacher_topk_logprobs", "teacher_pass_rate"})
+
 
 def teacher_use(loss: LossConfig) -> TeacherUse:
     """What a run needs its teacher for (the one place of this rule):
 
     - "logprobs": the loss takes the teacher's per-token log-probs of the student's samples (``teacher_logprobs`` in
-      :func:`rlad_megatron.loss.required_inputs`: rlad, kdrl);
+      :func:`rlad_megatron.loss.required_inputs`: rlad, kdrl), or its top-k (``teacher_topk_logprobs``);
     - "samples": offline distillation (sft) trains on the teacher's own samples: the rollout engine serves the
       teacher and receives no weight syncs;
     - "none": grpo.
     """
-    if "teacher_logprobs" in required_inputs(loss):
+    if required_inputs(loss) & {"teacher_logprobs", "teacher_topk_logprobs"}:
         return "logprobs"
     return "samples" if loss.algorithm == "sft" else "none"
 
@@ -604,7 +630,10 @@ def load_run_config(path: str | Path | None, overrides: list[str] | None = None)
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"config file {path}: expected a mapping at the top level")
         data = loaded or {}
-    return run_config_from_dict(apply_overrides(data, list(overrides or [])))
+    from rlad_megatron.config_paths import resolve_paths
+
+    config = build_dataclass(RunConfig, apply_overrides(data, list(overrides or [])))
+    return resolve_paths(config, Path(path).parent if path is not None else None, overrides or ()).validate()
 
 
 def run_config_to_dict(config: RunConfig) -> dict[str, Any]:

@@ -1,12 +1,13 @@
 """Load prompt datasets through Hugging Face ``datasets``, validate them against a task, filter by prompt length.
 
-One code path for every source: a local ``.jsonl``/``.json``/``.parquet``/``.arrow`` file (or a list of them) goes to
-``load_dataset(<builder>, data_files=...)``, anything else is treated as a hub dataset name for
-``load_dataset(name)``. Each row is converted with ``task.to_record`` and validated against ``task.schema``; bad rows
-(missing/empty/null fields, wrong types, invalid UTF-8, duplicate ids) either raise a :class:`DatasetError` naming the
-file, row and field (``bad_rows="error"``) or are skipped and counted (``bad_rows="skip"``). Prompts longer than
-``max_prompt_tokens`` are skipped and counted (``over_budget="skip"``) or raise (``over_budget="error"``). An empty
-result is always an error.
+One code path for every source (:mod:`rlad_megatron.data.sources`: local ``.jsonl``/``.json``/``.parquet``/
+``.arrow`` files, ``save_to_disk`` and other dataset folders, ``hub:ORG/NAME``), each read on its own so that a
+problem names its file and its row in that file. Each row goes through ``data.fields`` and the conversational
+layouts (:func:`rlad_megatron.data.rows.prepare_row`), then ``task.to_record``, and is validated against
+``task.schema``; bad rows (missing/empty/null fields, wrong types, invalid UTF-8, duplicate ids) either raise a
+:class:`DatasetError` naming the file, row and field (``bad_rows="error"``) or are skipped and counted
+(``bad_rows="skip"``). Prompts longer than ``max_prompt_tokens`` are skipped and counted (``over_budget="skip"``) or
+raise (``over_budget="error"``). An empty result is always an error.
 """
 from __future__ import annotations
 
@@ -15,14 +16,19 @@ import os
 from collections import Counter
 from typing import Any, Mapping, Sequence
 
-from rlad_megatron.tasks.base import RecordError, Task, validate_record
+from rlad_megatron.data.rows import TEACHER_PASS_RATE, record_id, row_to_record
+from rlad_megatron.data.sources import DatasetError, load_raw_dataset, rows_of
+from rlad_megatron.tasks.base import RecordError, Task
 
-_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".arrow": "arrow"}
+__all__ = ["DatasetError", "LoadReport", "PromptDataset", "PromptExample", "TEACHER_PASS_RATE", "id_stem",
+           "load_prompt_dataset", "load_raw_dataset", "record_id"]
+
+_rows = rows_of  # the name rlad_megatron.eval.teacher_trust imports
 
 
-class DatasetError(ValueError):
-    """A dataset problem, with the file (or hub name), 0-based row and field when they are known."""
-
+def id_stem(source: str) -> str:
+    """The prefix of the ids derived for rows without one: the file's (or folder's, or hub name's) stem."""
+    return os.path.splitext(os.path.basename(source.rstrip("/")))[0]
 
 @dataclasses.dataclass(frozen=True)
 class PromptExample:
@@ -85,114 +91,17 @@ def _describe(source: str | Sequence[str]) -> str:
     return source if isinstance(source, str) else ",".join(source)
 
 
-def load_raw_dataset(source: str | Sequence[str], split: str = "train", cache_dir: str | None = None) -> Any:
-    """``datasets.Dataset`` for local files (builder chosen by extension), a local dataset folder or a hub name.
-
-    Folders and hub names both go through ``load_dataset(name_or_folder, split=split)``.
-    """
-    import datasets
-
-    files = [source] if isinstance(source, str) else list(source)
-    local = [f for f in files if os.path.exists(f)]
-    try:
-        if len(files) == 1 and os.path.isdir(files[0]):  # a local dataset folder: same call as a hub name
-            return datasets.load_dataset(files[0], split=split, cache_dir=cache_dir)
-        if local:
-            missing = [f for f in files if f not in local]
-            if missing:
-                raise DatasetError(f"data files not found: {missing}")
-            empty = [f for f in files if os.path.isfile(f) and _is_empty(f)]
-            if empty:
-                raise DatasetError(f"data file {empty[0]} is empty: no rows to load")
-            exts = {os.path.splitext(f)[1].lower() for f in files}
-            builders = {_BUILDERS.get(e) for e in exts}
-            if None in builders or len(builders) != 1:
-                raise DatasetError(f"{_describe(source)}: unsupported or mixed file types {sorted(exts)}; "
-                                   f"use one of {sorted(_BUILDERS)}")
-            return datasets.load_dataset(builders.pop(), data_files=files, split=split, cache_dir=cache_dir)
-        if len(files) != 1 or files[0].endswith(tuple(_BUILDERS)):
-            raise DatasetError(f"data file not found: {_describe(source)}")
-        return datasets.load_dataset(files[0], split=split, cache_dir=cache_dir)
-    except DatasetError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - re-raised with the source named
-        where = "".join(_diagnose_json_lines(f) for f in files if f.lower().endswith(".jsonl"))
-        raise DatasetError(f"{_describe(source)}: could not load with `datasets` "
-                           f"({type(exc).__name__}: {str(exc)[:300]}){where}") from exc
-
-
-def _is_empty(path: str) -> bool:
-    """A file with no bytes, or (JSON / JSON lines) only whitespace: `datasets` fails on it with a bare
-    StopIteration."""
-    size = os.path.getsize(path)
-    if size == 0:
-        return True
-    if not path.lower().endswith((".jsonl", ".json")) or size > 1 << 20:
-        return False
-    with open(path, "rb") as fh:
-        return not fh.read().strip()
-
-
-def _diagnose_json_lines(path: str) -> str:
-    """After a failed load: the first line of a .jsonl file that is not valid UTF-8 or not valid JSON."""
-    import json
-
-    try:
-        with open(path, "rb") as fh:
-            for lineno, raw in enumerate(fh, start=1):
-                try:
-                    text = raw.decode("utf-8")
-                except UnicodeDecodeError as exc:
-                    return f"; {path} line {lineno} (row {lineno - 1}): invalid UTF-8 at byte {exc.start}"
-                if text.strip():
-                    try:
-                        json.loads(text)
-                    except ValueError as exc:
-                        return f"; {path} line {lineno} (row {lineno - 1}): invalid JSON ({exc})"
-    except OSError:
-        return ""
-    return ""
-
-
-def _rows(ds: Any) -> tuple[list[dict[str, Any]], dict[int, str]]:
-    """The rows as Python dicts, and {row: field} for cells whose bytes are not valid UTF-8.
-
-    pyarrow's JSON reader keeps invalid UTF-8 bytes in string columns; decoding fails only on access. The normal
-    path is ``ds.to_list()``; only when that fails are the columns read cell by cell to find the bad rows.
-    """
-    try:
-        return ds.to_list(), {}
-    except UnicodeDecodeError:
-        pass
-    table = ds.data.table
-    columns: dict[str, list[Any]] = {}
-    bad: dict[int, str] = {}
-    for name in table.column_names:
-        col = table.column(name)
-        try:
-            columns[name] = col.to_pylist()
-        except UnicodeDecodeError:
-            values = []
-            for i in range(table.num_rows):
-                try:
-                    values.append(col[i].as_py())
-                except UnicodeDecodeError:
-                    values.append(None)
-                    bad.setdefault(i, name)
-            columns[name] = values
-    rows = [{name: columns[name][i] for name in columns} for i in range(table.num_rows)]
-    # Undo the dataset's own encoding of the good rows (e.g. ``Json`` feature columns hold JSON text).
-    rows = [r if i in bad else ds.features.decode_example(r) for i, r in enumerate(rows)]
-    return rows, bad
-
-
 def load_prompt_dataset(source: str | Sequence[str], task: Task, tokenizer: Any, max_prompt_tokens: int,
                         bad_rows: str = "error", over_budget: str = "skip", split: str = "train",
                         cache_dir: str | None = None, limit: int | None = None,
-                        chat_template_kwargs: Mapping[str, Any] | None = None) -> PromptDataset:
+                        chat_template_kwargs: Mapping[str, Any] | None = None,
+                        fields: Mapping[str, str] | None = None) -> PromptDataset:
     """Load, validate, template, tokenize and length-filter a prompt dataset for ``task``.
 
-    ``chat_template_kwargs`` go to the tokenizer's chat template (e.g. ``{"enable_thinking": False}``).
+    ``source``: one source or a list (each read on its own; see :mod:`rlad_megatron.data.sources`). ``split``: the
+    split of dataset folders and hub datasets (``data.split``; a file is read whole). ``fields``: the column
+    mapping ``{target: source column or dotted path}`` (``data.fields``). ``chat_template_kwargs`` go to the
+    tokenizer's chat template (e.g. ``{"enable_thinking": False}``).
 
     Rows without an ``id`` get ``"<file stem>-<row>"``. ``limit`` keeps the first ``limit`` valid prompts.
     The returned dataset's ``report`` holds the counts (also worth logging with ``report.summary()``).
@@ -202,56 +111,56 @@ def load_prompt_dataset(source: str | Sequence[str], task: Task, tokenizer: Any,
             raise ValueError(f"{opt} must be 'error' or 'skip', got {value!r}")
     if max_prompt_tokens <= 0:
         raise ValueError(f"max_prompt_tokens must be > 0, got {max_prompt_tokens}")
-    if not isinstance(source, str) and len(source) == 1:
-        source = source[0]
-    name = _describe(source)
-    # Ids derived for rows without one: "<file stem>-<row>" (row counts across all files when there are several).
-    stem = os.path.splitext(os.path.basename(name.rstrip("/")))[0] if isinstance(source, str) else "row"
-    rows, bad_utf8 = _rows(load_raw_dataset(source, split=split, cache_dir=cache_dir))
-    report = LoadReport(source=name, rows=len(rows))
-    seen: dict[str, int] = {}
+    sources = [source] if isinstance(source, str) else list(source)
+    if not sources:
+        raise DatasetError("no data files given")
+    report = LoadReport(source=_describe(sources[0] if len(sources) == 1 else sources))
+    seen: dict[str, tuple[str, int]] = {}
     examples: list[PromptExample] = []
 
-    def reject(reason: str, row: int, field: str, what: str) -> None:
+    def reject(reason: str, name: str, row: int, field: str, what: str) -> None:
         msg = f"{name}: row {row} (0-based; line {row + 1} of a .jsonl), field {field!r}: {what}"
         if bad_rows == "error":
             raise DatasetError(msg + " (fix the row, or set bad_rows='skip' to drop such rows)")
         report.skip(reason, msg)
 
-    for i, row in enumerate(rows):
+    for name in sources:
         if limit is not None and len(examples) >= limit:
             break
-        if i in bad_utf8:
-            reject("invalid_utf8", i, bad_utf8[i], "is not valid UTF-8")
-            continue
-        try:
-            record = task.to_record(row)
-            if record.get("id") is None:  # the layout had no id: derive a stable one from the file and row
-                record["id"] = f"{stem}-{i}"
-            elif isinstance(record["id"], int) and not isinstance(record["id"], bool):
-                record["id"] = str(record["id"])
-            validate_record(record, task.schema)
-        except RecordError as exc:
-            reason = "invalid_utf8" if "UTF-8" in exc.reason else "invalid"
-            reject(reason, i, exc.field, exc.reason)
-            continue
-        if record["id"] in seen:
-            reject("duplicate_id", i, "id", f"duplicate id {record['id']!r} (first seen at row {seen[record['id']]})")
-            continue
-        seen[record["id"]] = i
-        text = task.build_prompt(record, tokenizer, chat_template_kwargs)
-        ids = task.encode_prompt(text, tokenizer)
-        report.max_prompt_tokens_seen = max(report.max_prompt_tokens_seen, len(ids))
-        if len(ids) > max_prompt_tokens:
-            msg = (f"{name}: row {i}, field 'prompt': {len(ids)} prompt tokens > max_prompt_tokens="
-                   f"{max_prompt_tokens}")
-            if over_budget == "error":
-                raise DatasetError(msg + " (raise the budget, or set over_budget='skip' to drop long prompts)")
-            report.skip("over_budget", msg)
-            continue
-        examples.append(PromptExample(record=record, prompt_text=text, prompt_token_ids=ids))
+        stem = id_stem(name)  # ids of rows without one: "<stem>-<row>"
+        rows, bad_utf8 = rows_of(load_raw_dataset(name, split=split, cache_dir=cache_dir))
+        report.rows += len(rows)
+        for i, row in enumerate(rows):
+            if limit is not None and len(examples) >= limit:
+                break
+            if i in bad_utf8:
+                reject("invalid_utf8", name, i, bad_utf8[i], "is not valid UTF-8")
+                continue
+            try:
+                record = row_to_record(task, row, fields, f"{stem}-{i}")
+            except RecordError as exc:
+                reason = "invalid_utf8" if "UTF-8" in exc.reason else "invalid"
+                reject(reason, name, i, exc.field, exc.reason)
+                continue
+            if record["id"] in seen:
+                first = seen[record["id"]]
+                where = f"row {first[1]}" if first[0] == name else f"{first[0]} row {first[1]}"
+                reject("duplicate_id", name, i, "id", f"duplicate id {record['id']!r} (first seen at {where})")
+                continue
+            seen[record["id"]] = (name, i)
+            text = task.build_prompt(record, tokenizer, chat_template_kwargs)
+            ids = task.encode_prompt(text, tokenizer)
+            report.max_prompt_tokens_seen = max(report.max_prompt_tokens_seen, len(ids))
+            if len(ids) > max_prompt_tokens:
+                msg = (f"{name}: row {i}, field 'prompt': {len(ids)} prompt tokens > max_prompt_tokens="
+                       f"{max_prompt_tokens}")
+                if over_budget == "error":
+                    raise DatasetError(msg + " (raise the budget, or set over_budget='skip' to drop long prompts)")
+                report.skip("over_budget", msg)
+                continue
+            examples.append(PromptExample(record=record, prompt_text=text, prompt_token_ids=ids))
     report.kept = len(examples)
     if not examples:
-        raise DatasetError(f"{name}: no prompts left after validation and length filtering ({report.summary()}); "
-                           f"first problems: {report.messages[:3]}")
+        raise DatasetError(f"{report.source}: no prompts left after validation and length filtering "
+                           f"({report.summary()}); first problems: {report.messages[:3]}")
     return PromptDataset(task=task, examples=examples, report=report)

@@ -76,3 +76,49 @@ class EvalReport:
         with open(mpath, "w", encoding="utf-8") as fh:
             fh.write(self.to_markdown())
         return jpath, mpath
+
+
+@dataclasses.dataclass
+class SuiteReport:
+    """Several benchmarks evaluated in one call (``rlad-megatron eval --data a=...,b=...``): one report each."""
+
+    reports: dict[str, EvalReport]
+    data: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"benchmarks": {name: r.to_dict() for name, r in self.reports.items()}, **self.data}
+
+    def summary_markdown(self) -> str:
+        """One row per benchmark: its task, prompts, Mean@n, Pass@j, reward, format and truncated rates."""
+        ks = sorted({j for r in self.reports.values() for j in r.overall.pass_at})
+        head = ["benchmark", "task", "prompts", "Mean@n"] + [f"Pass@{j}" for j in ks] + \
+               ["reward", "format", "truncated", "resp. tokens"]
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for name, r in self.reports.items():
+            o = r.overall
+            cells = [name, r.task, str(o.prompts), f"{o.mean_at_k:.4f}"] + \
+                    [f"{o.pass_at[j]:.4f}" if j in o.pass_at else "-" for j in ks] + \
+                    [f"{o.mean_reward:.3f}", f"{o.format_rate:.3f}", f"{o.truncated_rate:.3f}",
+                     f"{o.mean_response_tokens:.1f}"]
+            lines.append("| " + " | ".join(cells) + " |")
+        first = next(iter(self.reports.values()))
+        note = (f"n = {first.samples_per_prompt} samples/prompt, temperature {first.sampling.get('temperature')}, "
+                f"top-p {first.sampling.get('top_p')}")
+        return "\n".join([note, "", *lines]) + "\n"
+
+    def to_markdown(self) -> str:
+        """The summary table, then each benchmark's table by difficulty."""
+        parts = ["## Benchmarks", "", self.summary_markdown()]
+        for name, r in self.reports.items():
+            parts += [f"## {name}", "", r.to_markdown()]
+        return "\n".join(parts)
+
+    def write(self, out_dir: str, stem: str = "eval") -> tuple[str, str]:
+        """Write ``<stem>.json`` (every benchmark's report) and ``<stem>.md``; returns their paths."""
+        os.makedirs(out_dir, exist_ok=True)
+        jpath, mpath = os.path.join(out_dir, f"{stem}.json"), os.path.join(out_dir, f"{stem}.md")
+        with open(jpath, "w", encoding="utf-8") as fh:
+            json.dump(self.to_dict(), fh, indent=2, sort_keys=True)
+        with open(mpath, "w", encoding="utf-8") as fh:
+            fh.write(self.to_markdown())
+        return jpath, mpath

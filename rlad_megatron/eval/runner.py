@@ -1,114 +1,117 @@
-"""``run_eval``: evaluate a Hugging Face checkpoint on a task's data file with the vLLM engine.
+"""Evaluate a Hugging Face checkpoint with the vLLM engine: several benchmarks in one engine start
+(:func:`run_benchmarks`, what ``rlad-megatron eval`` calls) or one data file (:func:`run_eval`).
 
-What ``rlad-megatron eval`` calls. vLLM is imported only inside :func:`run_eval`, so importing this module (or
-``rlad_megatron``) never imports vLLM.
+vLLM is imported only inside these functions, so importing this module (or ``rlad_megatron``) never imports vLLM.
+Everything a user can get wrong (model folder, engine options, tasks, data files and their first rows) is checked
+before anything is written to ``out_dir`` or an engine starts.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
-from typing import Any, Mapping
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
 
-from rlad_megatron.data.prompt_dataset import load_prompt_dataset
-from rlad_megatron.tasks.registry import get_task
+from rlad_megatron.data.prompt_dataset import DatasetError, PromptDataset, load_prompt_dataset
+from rlad_megatron.eval.engine_defaults import (  # noqa: F401  (response_budget & co: this module's interface)
+    DEFAULT_MAX_TOKENS, check_engine_options, default_engine_options, engine_config_fields, model_context_length,
+    response_budget,
+)
 from rlad_megatron.eval.evaluate import DEFAULT_TEMPERATURE, DEFAULT_TOP_P, evaluate
-from rlad_megatron.eval.report import EvalReport
+from rlad_megatron.eval.report import EvalReport, SuiteReport
 from rlad_megatron.rollout.base import SamplingSettings
+from rlad_megatron.tasks.registry import get_task
 
 
-DEFAULT_MAX_TOKENS = 512
+@dataclasses.dataclass(frozen=True)
+class EvalSet:
+    """One benchmark of an evaluation: its name (a column of the results), data source, task and loading."""
+
+    name: str
+    source: str
+    task: str
+    task_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    fields: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    split: str = "train"
 
 
-def engine_config_fields() -> list[str]:
-    import dataclasses
-
-    from rlad_megatron.rollout.config import VLLMEngineConfig
-
-    return [f.name for f in dataclasses.fields(VLLMEngineConfig)]
+def _say(progress: Callable[[str], None] | None, text: str) -> None:
+    if progress is not None:
+        progress(text)
 
 
-def check_engine_options(engine_options: Mapping[str, Any]) -> None:
-    """Unknown ``VLLMEngineConfig`` fields (or ones run_eval sets itself) are a ValueError naming them."""
-    fields = set(engine_config_fields()) - {"model", "seed"}
-    unknown = sorted(set(engine_options) - fields)
-    if unknown:
-        raise ValueError(f"--engine-option {unknown[0]}: not an engine setting; choose from "
-                         f"{', '.join(sorted(fields))}")
-
-
-def model_context_length(model_dir: str) -> int | None:
-    """``max_position_embeddings`` of the model's config.json (None when absent)."""
-    path = os.path.join(model_dir, "config.json")
+def _build_task(s: EvalSet) -> Any:
     try:
-        with open(path, encoding="utf-8") as fh:
-            value = json.load(fh).get("max_position_embeddings")
-    except (OSError, ValueError):
-        return None
-    return int(value) if isinstance(value, int) and value > 0 else None
+        return get_task(s.task, **dict(s.task_options))
+    except KeyError as err:
+        raise ValueError(f"{s.name}: {err.args[0]}") from None
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{s.name}: task {s.task!r}: {err}") from None
 
 
-def response_budget(max_tokens: int | None, longest_prompt: int, context: int | None) -> int:
-    """The response budget: ``max_tokens`` when given (an error when prompt + budget exceed the model's context),
-    else the default, shortened to what the model's context leaves after the longest prompt."""
-    room = None if context is None else context - longest_prompt
-    if room is not None and room < 1:
-        raise ValueError(f"the longest prompt has {longest_prompt} tokens, the model's context length is {context}: "
-                         f"no room for a response; lower --max-prompt-tokens")
-    if max_tokens is None:
-        return DEFAULT_MAX_TOKENS if room is None else min(DEFAULT_MAX_TOKENS, room)
-    if room is not None and max_tokens > room:
-        raise ValueError(f"--max-tokens {max_tokens} + the longest prompt ({longest_prompt} tokens) exceeds the "
-                         f"model's context length {context} (max_position_embeddings): use --max-tokens {room} or "
-                         f"less, or lower --max-prompt-tokens")
-    return max_tokens
+def run_benchmarks(model_dir: str, sets: Sequence[EvalSet], k: int, out_dir: str, *,
+                   max_prompt_tokens: int = 1024, max_tokens: int | None = None,
+                   temperature: float = DEFAULT_TEMPERATURE, top_p: float = DEFAULT_TOP_P, seed: int = 0,
+                   limit: int | None = None, bad_rows: str = "skip", pass_ks: tuple[int, ...] | None = None,
+                   batch_size: int = 64, reward_timeout_s: float = 10.0,
+                   engine_options: Mapping[str, Any] | None = None, cache_dir: str | None = None,
+                   chat_template_kwargs: Mapping[str, Any] | None = None, truncated: str = "zero",
+                   allow_download: bool = False, rollout: Any = None, log_file: str | None = None,
+                   progress: Callable[[str], None] | None = None, write: bool = True) -> SuiteReport:
+    """Sample ``k`` responses per prompt of every benchmark in ``sets`` from the checkpoint in ``model_dir`` (HF
+    layout with its tokenizer) through one vLLM engine, score each with its own task, and write ``eval.json``,
+    ``eval.md`` (a summary table, then each benchmark by difficulty) and ``data_report.json`` into ``out_dir``.
 
-
-def run_eval(model_dir: str, task_name: str, data_file: str, k: int, out_dir: str, *,
-             max_prompt_tokens: int = 1024, max_tokens: int | None = None, temperature: float = DEFAULT_TEMPERATURE,
-             top_p: float = DEFAULT_TOP_P, seed: int = 0, limit: int | None = None, bad_rows: str = "skip",
-             pass_ks: tuple[int, ...] | None = None, batch_size: int = 64, reward_timeout_s: float = 10.0,
-             task_options: Mapping[str, Any] | None = None, engine_options: Mapping[str, Any] | None = None,
-             cache_dir: str | None = None, chat_template_kwargs: Mapping[str, Any] | None = None,
-             truncated: str = "zero", allow_download: bool = False) -> EvalReport:
-    """Load ``data_file`` (a local file or hub dataset name) for ``task_name``, sample ``k`` responses per prompt
-    from the checkpoint in ``model_dir`` (HF layout with its tokenizer), and write ``eval.json``, ``eval.md`` and
-    ``data_report.json`` into ``out_dir``.
-
-    engine_options: extra :class:`rlad_megatron.rollout.config.VLLMEngineConfig` fields (dtype, kv_cache_bytes, ...).
-    Prompts over ``max_prompt_tokens`` and bad rows are skipped and counted (``bad_rows="error"`` to fail instead).
-    chat_template_kwargs: for the chat template (``{"enable_thinking": False}``), as ``data.chat_template_kwargs``.
-    truncated: "zero" (a response cut off at ``max_tokens`` counts as wrong) or "reward" (scored as it is).
-    Generation stops at every stop token of the checkpoint (eos, generation-config eos list, end of turn).
-    ``max_tokens`` None: 512, or less when the model's context length leaves less room after the longest prompt.
+    engine_options: :class:`rlad_megatron.rollout.config.VLLMEngineConfig` fields over the defaults of
+    :func:`rlad_megatron.eval.engine_defaults.default_engine_options` (``rollout``: the run config's rollout
+    section, whose dtype and KV cache the engine then takes). Prompts over ``max_prompt_tokens`` and bad rows are
+    skipped and counted (``bad_rows="error"`` to fail instead). truncated: "zero" (a response cut off at
+    ``max_tokens`` counts as wrong) or "reward" (scored as it is). ``max_tokens`` None: 512, or less when the
+    model's context leaves less room after the longest prompt. ``log_file``: once the inputs are checked, this
+    process's output (vLLM's, transformers') goes there and ``progress`` lines to the terminal
+    (:mod:`rlad_megatron.console`).
     """
-    from transformers import AutoTokenizer
-
-    from rlad_megatron.rollout.config import VLLMEngineConfig
-
+    from rlad_megatron.data.check import check_source_rows
     from rlad_megatron.models.folder_check import check_model_folder
 
-    # Everything a user can get wrong is checked before anything is written to out_dir or an engine starts.
     if truncated not in ("zero", "reward"):
         raise ValueError(f"truncated={truncated!r}: choose 'zero' or 'reward'")
+    if not sets:
+        raise ValueError("give at least one benchmark (--data)")
+    names = [s.name for s in sets]
+    if len(set(names)) != len(names):
+        raise ValueError(f"--data: benchmark names must differ, got {names}")
     check_model_folder(model_dir, "--model", allow_download=allow_download)
     check_engine_options(engine_options or {})
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    task = get_task(task_name, **dict(task_options or {}))
-    dataset = load_prompt_dataset(data_file, task, tokenizer, max_prompt_tokens=max_prompt_tokens,
-                                  bad_rows=bad_rows, cache_dir=cache_dir, limit=limit,
-                                  chat_template_kwargs=chat_template_kwargs)
-    # Size the engine for the longest prompt actually kept, not the budget (models with short contexts still run).
-    longest = max(len(e.prompt_token_ids) for e in dataset.examples)
-    max_tokens = response_budget(max_tokens, longest, model_context_length(model_dir))
-    options = {"max_model_len": longest + max_tokens, **dict(engine_options or {})}
-    try:
-        config = VLLMEngineConfig(model=model_dir, seed=seed, **options)
-        config.validate()
-    except TypeError as err:  # e.g. --engine-option kv_cache_bytes=abc
-        raise ValueError(f"--engine-option: a value of the wrong type ({err})") from None
+    tasks = {s.name: _build_task(s) for s in sets}
+    problems = [p for s in sets for p in check_source_rows(s.source, tasks[s.name], key=f"--data {s.name}",
+                                                           fields=s.fields, split=s.split, bad_rows=bad_rows)]
+    if problems:
+        raise DatasetError("; ".join(problems))
+    config = _engine_config(model_dir, seed, 1, engine_options or {}, rollout)  # its values checked now
     os.makedirs(out_dir, exist_ok=True)
+    if log_file is not None:
+        from rlad_megatron.console import send_output_to_log
+
+        send_output_to_log(log_file, tag="eval", fresh=True)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    datasets: dict[str, PromptDataset] = {}
+    for s in sets:
+        datasets[s.name] = load_prompt_dataset(s.source, tasks[s.name], tokenizer, max_prompt_tokens=max_prompt_tokens,
+                                               bad_rows=bad_rows, cache_dir=cache_dir, limit=limit,
+                                               chat_template_kwargs=chat_template_kwargs, split=s.split,
+                                               fields=s.fields)
+        _say(progress, f"[eval] {s.name}: {datasets[s.name].report.summary()}")
+    # Size the engine for the longest prompt actually kept, not the budget (models with short contexts still run).
+    longest = max(len(e.prompt_token_ids) for d in datasets.values() for e in d.examples)
+    max_tokens = response_budget(max_tokens, longest, model_context_length(model_dir))
+    if "max_model_len" not in (engine_options or {}):
+        config = dataclasses.replace(config, max_model_len=longest + max_tokens)
     with open(os.path.join(out_dir, "data_report.json"), "w", encoding="utf-8") as fh:
-        json.dump(dataset.report.as_dict(), fh, indent=2)
+        json.dump({name: d.report.as_dict() for name, d in datasets.items()}, fh, indent=2)
     from rlad_megatron.models.stop_tokens import stop_token_ids
 
     sampling = SamplingSettings(n=k, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
@@ -116,13 +119,55 @@ def run_eval(model_dir: str, task_name: str, data_file: str, k: int, out_dir: st
                                 seed=seed)
     from rlad_megatron.rollout.vllm_engine import VLLMEngine  # the only place this module touches vLLM
 
+    _say(progress, f"[eval] starting the vLLM engine ({config.dtype}, {config.max_model_len} tokens per sequence)")
     engine = VLLMEngine(config)
+    reports: dict[str, EvalReport] = {}
     try:
-        report = evaluate(engine, task, dataset.examples, tokenizer, k, sampling=sampling, pass_ks=pass_ks,
-                          batch_size=batch_size, reward_timeout_s=reward_timeout_s,
-                          credit_truncated=truncated == "reward")
+        for s in sets:
+            d = datasets[s.name]
+            _say(progress, f"[eval] {s.name}: {len(d)} prompts x {k} samples ({s.task})")
+            report = evaluate(engine, tasks[s.name], d.examples, tokenizer, k, sampling=sampling, pass_ks=pass_ks,
+                              batch_size=batch_size, reward_timeout_s=reward_timeout_s,
+                              credit_truncated=truncated == "reward")
+            report.data = {"model_dir": model_dir, "data_file": s.source, "task": s.task, **d.report.as_dict()}
+            reports[s.name] = report
     finally:
         engine.shutdown()
-    report.data = {"model_dir": model_dir, "data_file": data_file, **dataset.report.as_dict()}
+    suite = SuiteReport(reports=reports, data={"model_dir": model_dir, "engine": dataclasses.asdict(config)})
+    if write:
+        suite.write(out_dir)
+    return suite
+
+
+def _engine_config(model_dir: str, seed: int, max_model_len: int, given: Mapping[str, Any], rollout: Any) -> Any:
+    import torch
+
+    from rlad_megatron.rollout.config import VLLMEngineConfig
+
+    cuda = torch.cuda.is_available()
+    memory = tuple(torch.cuda.mem_get_info()) if cuda else None
+    options = default_engine_options(model_dir, cuda=cuda, rollout=rollout, memory=memory, given=given)
+    options = {"max_model_len": max_model_len, **options}
+    try:
+        config = VLLMEngineConfig(model=model_dir, seed=seed, **options)
+        config.validate()
+    except TypeError as err:  # e.g. --engine-option kv_cache_bytes=abc
+        raise ValueError(f"--engine-option: a value of the wrong type ({err})") from None
+    return config
+
+
+def run_eval(model_dir: str, task_name: str, data_file: str, k: int, out_dir: str, *,
+             task_options: Mapping[str, Any] | None = None, split: str = "train",
+             fields: Mapping[str, str] | None = None, **kwargs: Any) -> EvalReport:
+    """One data file (or folder, or ``hub:`` dataset): :func:`run_benchmarks` with a single benchmark, writing
+    that benchmark's own ``eval.json``, ``eval.md`` and ``data_report.json`` into ``out_dir``."""
+    name = Path(str(data_file).rstrip("/")).stem or "data"
+    s = EvalSet(name=name, source=data_file, task=task_name, task_options=dict(task_options or {}),
+                fields=dict(fields or {}), split=split)
+    suite = run_benchmarks(model_dir, [s], k, out_dir, write=False, **kwargs)
+    report = suite.reports[name]
     report.write(out_dir)
+    with open(os.path.join(out_dir, "data_report.json"), "w", encoding="utf-8") as fh:
+        json.dump({key: v for key, v in report.data.items() if key not in ("model_dir", "data_file", "task")}, fh,
+                  indent=2)
     return report

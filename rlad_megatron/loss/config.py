@@ -14,11 +14,17 @@ from typing import Any, Literal, Mapping
 Algorithm = Literal["rlad", "grpo", "kdrl", "sft"]
 Aggregation = Literal["seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"]
 KLEstimator = Literal["k1", "k2", "k3"]
+KDEstimator = Literal["k1", "k2", "k3", "topk"]
+TopkKL = Literal["none", "forward", "reverse"]
+TeacherTrust = Literal["none", "gate", "scale"]
 BetaSchedule = Literal["constant", "linear", "cosine"]
 
 ALGORITHMS: tuple[str, ...] = ("rlad", "grpo", "kdrl", "sft")
 AGGREGATIONS: tuple[str, ...] = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm")
 KL_ESTIMATORS: tuple[str, ...] = ("k1", "k2", "k3")
+KD_ESTIMATORS: tuple[str, ...] = (*KL_ESTIMATORS, "topk")
+TOPK_KLS: tuple[str, ...] = ("none", "forward", "reverse")
+TEACHER_TRUSTS: tuple[str, ...] = ("none", "gate", "scale")
 BETA_SCHEDULES: tuple[str, ...] = ("constant", "linear", "cosine")
 
 
@@ -69,11 +75,32 @@ class LossConfig:
     kd_beta_schedule: BetaSchedule = "linear"
     """KDRL: how the weight moves from ``kd_beta`` to ``kd_beta_final`` with training progress."""
 
-    kd_estimator: KLEstimator = "k3"
-    """KDRL: per-token estimator of the reverse KL to the teacher."""
+    kd_estimator: KDEstimator = "k3"
+    """KDRL: per-token estimator of the reverse KL to the teacher on the sampled token (``k1``, ``k2``, ``k3``), or
+    ``topk``: the exact KL over the teacher's top-k tokens plus a tail bucket, in the direction ``topk_kl``."""
 
     kd_skip_correct: bool = False
     """KDRL: drop the KL term on responses the verifier marked correct (needs ``correct`` per response)."""
+
+    topk_kl: TopkKL = "none"
+    """Distribution term over the teacher's top-``topk_k`` tokens per position with a tail bucket for the rest of
+    the mass: ``none`` (off), ``forward`` (KL(teacher || student)) or ``reverse`` (KL(student || teacher)). It is
+    added to rlad/grpo/kdrl with weight ``topk_beta``, or is KDRL's penalty with ``kd_estimator=topk``."""
+
+    topk_k: int = 64
+    """Teacher tokens per position for ``topk_kl`` (the teacher sends ``topk_k`` ids and log-probs). >= 1."""
+
+    topk_beta: float = 0.0
+    """Weight of the top-k KL added to the policy loss (a KDRL-style auxiliary term); needs ``topk_kl``. >= 0."""
+
+    teacher_trust: TeacherTrust = "none"
+    """Lower the teacher's weight on prompts the teacher itself fails (per-prompt ``teacher_pass_rate`` from
+    ``rlad-megatron teacher-trust``): ``none``; ``gate`` (teacher off, i.e. plain GRPO for rlad, where the pass
+    rate is below ``teacher_trust_threshold``); ``scale`` (weight ``min(1, pass_rate / threshold)``). Acts on
+    rlad's alpha per response and on the teacher KL terms (kdrl, topk)."""
+
+    teacher_trust_threshold: float = 0.5
+    """Pass rate from which the teacher is fully trusted (``teacher_trust``). In (0, 1]."""
 
     aggregation: Aggregation = "seq-mean-token-mean"
     """How per-token losses become one scalar; the paper's Eq. 1 is ``seq-mean-token-mean``."""
@@ -97,7 +124,9 @@ class LossConfig:
         _choice("algorithm", self.algorithm, ALGORITHMS)
         _choice("aggregation", self.aggregation, AGGREGATIONS)
         _choice("kl_estimator", self.kl_estimator, KL_ESTIMATORS)
-        _choice("kd_estimator", self.kd_estimator, KL_ESTIMATORS)
+        _choice("kd_estimator", self.kd_estimator, KD_ESTIMATORS)
+        _choice("topk_kl", self.topk_kl, TOPK_KLS)
+        _choice("teacher_trust", self.teacher_trust, TEACHER_TRUSTS)
         _choice("kd_beta_schedule", self.kd_beta_schedule, BETA_SCHEDULES)
         _in_range("alpha", self.alpha, 0.0, 1.0)
         _in_range("eps_low", self.eps_low, 0.0, 1.0, hi_open=True)
@@ -112,6 +141,7 @@ class LossConfig:
             _in_range("kd_beta_final", self.kd_beta_final, 0.0, math.inf)
         if not isinstance(self.kd_skip_correct, bool):
             raise ValueError(f"LossConfig.kd_skip_correct must be a bool, got {self.kd_skip_correct!r}")
+        self._validate_teacher_signals()
         if self.aggregation == "seq-mean-token-sum-norm":
             if not isinstance(self.max_response_len, int) or self.max_response_len <= 0:
                 raise ValueError(
@@ -123,6 +153,35 @@ class LossConfig:
         ):
             raise ValueError(f"LossConfig.max_response_len must be None or a positive int, got {self.max_response_len!r}")
         return self
+
+    def topk_in_kd(self) -> bool:
+        """Whether the top-k KL is KDRL's penalty (``algorithm=kdrl``, ``kd_estimator=topk``)."""
+        return self.algorithm == "kdrl" and self.kd_estimator == "topk"
+
+    def uses_topk(self) -> bool:
+        """Whether the loss has a top-k KL term (KDRL's penalty or the auxiliary ``topk_beta`` term)."""
+        return self.topk_in_kd() or self.topk_beta > 0
+
+    def _validate_teacher_signals(self) -> None:
+        if isinstance(self.topk_k, bool) or not isinstance(self.topk_k, int) or self.topk_k < 1:
+            raise ValueError(f"LossConfig.topk_k must be an int >= 1, got {self.topk_k!r}")
+        _in_range("topk_beta", self.topk_beta, 0.0, math.inf)
+        _in_range("teacher_trust_threshold", self.teacher_trust_threshold, 0.0, 1.0)
+        if self.teacher_trust_threshold <= 0:
+            raise ValueError("LossConfig.teacher_trust_threshold must be > 0 (a pass rate in (0, 1]), got "
+                             f"{self.teacher_trust_threshold!r}")
+        if self.uses_topk() and self.topk_kl == "none":
+            what = "kd_estimator=topk" if self.topk_in_kd() else f"topk_beta={self.topk_beta!r}"
+            raise ValueError(f"LossConfig.{what} needs topk_kl=forward or reverse (KDRL's direction is reverse)")
+        if self.topk_beta > 0 and self.algorithm == "sft":
+            raise ValueError("LossConfig.topk_beta > 0 needs the student's own samples (rlad, grpo or kdrl), "
+                             "not algorithm=sft")
+        if self.topk_kl != "none" and not self.uses_topk():
+            raise ValueError(f"LossConfig.topk_kl={self.topk_kl!r} has no effect: set topk_beta > 0, or "
+                             "kd_estimator=topk with algorithm=kdrl")
+        if self.teacher_trust != "none" and not (self.algorithm in ("rlad", "kdrl") or self.uses_topk()):
+            raise ValueError(f"LossConfig.teacher_trust={self.teacher_trust!r} has no effect: algorithm "
+                             f"{self.algorithm!r} has no teacher term (use rlad or kdrl, or a top-k term)")
 
     def kd_beta_at(self, progress: float) -> float:
         """KDRL weight at ``progress`` in [0, 1] (fraction of training done), following ``kd_beta_schedule``."""

@@ -13,6 +13,11 @@ Per-token objective (to minimise), then aggregated with ``config.aggregation``:
 - ``kdrl``: GRPO/DAPO surrogate ``+ kd_beta(progress) * KL_est(pi_S || pi_T)`` (skipped on correct responses
   when ``kd_skip_correct``)
 - ``sft``: ``-log pi_S(y_t)``
+- rlad/grpo/kdrl: ``+ topk_beta * KL_topk`` when ``topk_beta > 0`` (:mod:`rlad_megatron.loss.distribution`: the KL
+  over the teacher's top-k tokens plus a tail bucket, direction ``topk_kl``); with ``kd_estimator=topk`` KDRL's
+  penalty is that KL instead of the sampled-token estimate
+- ``teacher_trust`` (gate/scale): per response, rlad's alpha moves towards 1 (GRPO) and the teacher KL terms are
+  weighted by the teacher's trust on that prompt (:mod:`rlad_megatron.loss.trust`)
 - all: ``+ kl_beta * KL_est(pi_S || pi_ref)`` when ``kl_beta > 0``; ``- entropy_coef * H`` when ``entropy_coef > 0``
 """
 
@@ -23,10 +28,13 @@ from torch import Tensor
 
 from rlad_megatron.loss.aggregation import Denominators, aggregate, as_bool_mask
 from rlad_megatron.loss.config import LossConfig
+from rlad_megatron.loss.distribution import masked_topk_kl, topk_mass
 from rlad_megatron.loss.metrics import Stat, extremum_stat, fraction_stat, mean_stat, sum_stat
 from rlad_megatron.loss.surrogates import SurrogateParts, grpo_parts, kl_estimate, trrd_parts
+from rlad_megatron.loss.trust import sequence_alpha, teacher_weights, trust_metrics
 
 _PER_TOKEN_INPUTS = ("old_logprobs", "teacher_logprobs", "ref_logprobs", "entropy")
+_TOPK_INPUTS = ("student_topk_logprobs", "teacher_topk_logprobs")
 
 
 def _as_config(config: LossConfig | str) -> LossConfig:
@@ -51,6 +59,10 @@ def required_inputs(config: LossConfig | str) -> frozenset[str]:
         need.add("ref_logprobs")
     if cfg.entropy_coef > 0:
         need.add("entropy")
+    if cfg.uses_topk():
+        need.update(_TOPK_INPUTS)
+    if cfg.teacher_trust != "none":
+        need.add("teacher_pass_rate")
     return frozenset(need)
 
 
@@ -68,6 +80,9 @@ def compute_policy_loss(
     correct: Tensor | None = None,
     progress: float = 0.0,
     token_weights: Tensor | None = None,
+    student_topk_logprobs: Tensor | None = None,
+    teacher_topk_logprobs: Tensor | None = None,
+    teacher_pass_rate: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Stat]]:
     """This micro-batch's share of the step's loss, and its metrics.
 
@@ -87,6 +102,10 @@ def compute_policy_loss(
         progress: fraction of training done, in [0, 1], for the KDRL beta schedule.
         token_weights: ``[B, T]`` per-token weights of the policy-gradient term, no gradient (e.g. truncated
             importance-sampling weights for the rollout engine's mismatch); None means 1.
+        student_topk_logprobs: ``[B, T, topk_k]`` float32 current student's log-probs at the teacher's top-k ids of
+            each position, with gradient (``rlad_megatron.logprobs.vocab_parallel_logprobs_at``); for a top-k term.
+        teacher_topk_logprobs: ``[B, T, topk_k]`` float32 the teacher's log-probs of its own top-k ids.
+        teacher_pass_rate: ``[B]`` the teacher's pass rate on each response's prompt, in [0, 1] (``teacher_trust``).
 
     Returns:
         ``(loss, metrics)``: a 0-d tensor to backpropagate and a ``dict[str, Stat]``.
@@ -95,6 +114,8 @@ def compute_policy_loss(
     given = {
         "old_logprobs": old_logprobs, "teacher_logprobs": teacher_logprobs, "ref_logprobs": ref_logprobs,
         "advantages": advantages, "entropy": entropy, "correct": correct,
+        "student_topk_logprobs": student_topk_logprobs, "teacher_topk_logprobs": teacher_topk_logprobs,
+        "teacher_pass_rate": teacher_pass_rate,
     }
     missing = sorted(name for name in required_inputs(cfg) if given[name] is None)
     if missing:
@@ -105,10 +126,20 @@ def compute_policy_loss(
         t = given[name]
         if t is not None and t.shape != logprobs.shape:
             raise ValueError(f"{name} has shape {tuple(t.shape)} but logprobs has {tuple(logprobs.shape)}")
+    if cfg.uses_topk():
+        _check_topk_shapes(cfg, logprobs, student_topk_logprobs, teacher_topk_logprobs)  # type: ignore[arg-type]
     m = as_bool_mask(mask, logprobs)
     metrics: dict[str, Stat] = {"tokens": sum_stat(m.sum(), m.shape[0])}
 
-    per_token, parts = _main_term(cfg, logprobs, old_logprobs, teacher_logprobs, advantages)
+    trust = None  # [B] float64 teacher weights, None when every response trusts the teacher fully
+    if cfg.teacher_trust != "none":
+        if teacher_pass_rate.shape != (logprobs.shape[0],):  # type: ignore[union-attr]
+            raise ValueError(f"teacher_pass_rate must be [B] = [{logprobs.shape[0]}], got shape "
+                             f"{tuple(teacher_pass_rate.shape)}")  # type: ignore[union-attr]
+        trust = teacher_weights(teacher_pass_rate, cfg.teacher_trust, cfg.teacher_trust_threshold)  # type: ignore[arg-type]
+        metrics.update(trust_metrics(teacher_pass_rate, trust, m))  # type: ignore[arg-type]
+    alpha = cfg.alpha if trust is None else sequence_alpha(cfg.alpha, trust)
+    per_token, parts = _main_term(cfg, logprobs, old_logprobs, teacher_logprobs, advantages, alpha)
     if token_weights is not None:
         if token_weights.shape != logprobs.shape:
             raise ValueError(f"token_weights has shape {tuple(token_weights.shape)}, logprobs {tuple(logprobs.shape)}")
@@ -123,8 +154,19 @@ def compute_policy_loss(
     if teacher_logprobs is not None:
         metrics["kl/teacher_k3"] = mean_stat(kl_estimate(logprobs.detach(), teacher_logprobs.detach(), "k3"), m)
 
+    topk = None
+    if cfg.uses_topk():
+        # over the tokens of trusted responses only: a gated response's term is 0, gradient included
+        topk_mask = m if trust is None else m & (trust > 0).unsqueeze(-1)
+        topk = masked_topk_kl(student_topk_logprobs, teacher_topk_logprobs, topk_mask, cfg.topk_kl)  # type: ignore[arg-type]
+        metrics["topk/kl"] = mean_stat(topk, topk_mask)
+        metrics["topk/teacher_mass"] = mean_stat(topk_mass(teacher_topk_logprobs), topk_mask)  # type: ignore[arg-type]
+        metrics["topk/student_mass"] = mean_stat(topk_mass(student_topk_logprobs), topk_mask)  # type: ignore[arg-type]
     if cfg.algorithm == "kdrl":
-        per_token = per_token + _kd_term(cfg, metrics, logprobs, teacher_logprobs, correct, m, progress)  # type: ignore[arg-type]
+        kd = topk if cfg.topk_in_kd() else kl_estimate(logprobs, teacher_logprobs, cfg.kd_estimator)  # type: ignore[arg-type]
+        per_token = per_token + _kd_term(cfg, metrics, kd, correct, m, progress, trust)  # type: ignore[arg-type]
+    if cfg.topk_beta > 0:
+        per_token = per_token + cfg.topk_beta * _trusted(topk, trust)  # type: ignore[arg-type]
     if cfg.kl_beta > 0:
         ref_kl = kl_estimate(logprobs, ref_logprobs, cfg.kl_estimator)  # type: ignore[arg-type]
         metrics["kl/ref"] = mean_stat(ref_kl, m)
@@ -141,19 +183,36 @@ def compute_policy_loss(
     return loss, metrics
 
 
+def _check_topk_shapes(cfg: LossConfig, logprobs: Tensor, student: Tensor, teacher: Tensor) -> None:
+    want = (*logprobs.shape, cfg.topk_k)
+    for name, t in (("student_topk_logprobs", student), ("teacher_topk_logprobs", teacher)):
+        if tuple(t.shape) != want:
+            raise ValueError(f"{name} has shape {tuple(t.shape)}; expected [B, T, loss.topk_k] = {want}")
+
+
+def _trusted(per_token: Tensor, trust: Tensor | None) -> Tensor:
+    """A teacher term ``[B, T]`` weighted by the per-response teacher trust ``[B]`` (unchanged without trust); exactly
+    zero, gradient included, where the trust is 0 (even if the term is not finite there)."""
+    if trust is None:
+        return per_token
+    w = trust.to(per_token.dtype).unsqueeze(-1)
+    return torch.where(w > 0, per_token * w, torch.zeros((), dtype=per_token.dtype, device=per_token.device))
+
+
 def _main_term(
     cfg: LossConfig,
     logprobs: Tensor,
     old_logprobs: Tensor | None,
     teacher_logprobs: Tensor | None,
     advantages: Tensor | None,
+    alpha: float | Tensor,
 ) -> tuple[Tensor, SurrogateParts | None]:
     if cfg.algorithm == "sft":
         return -logprobs, None
     if cfg.algorithm == "rlad":
         parts = trrd_parts(
             logprobs, old_logprobs, teacher_logprobs, advantages,  # type: ignore[arg-type]
-            alpha=cfg.alpha, eps_low=cfg.eps_low, eps_high=cfg.eps_high,
+            alpha=alpha, eps_low=cfg.eps_low, eps_high=cfg.eps_high,
             teacher_log_ratio_clip=cfg.teacher_log_ratio_clip, dual_clip_c=cfg.dual_clip_c,
         )
     else:
@@ -179,20 +238,20 @@ def _surrogate_metrics(metrics: dict[str, Stat], parts: SurrogateParts, m: Tenso
 def _kd_term(
     cfg: LossConfig,
     metrics: dict[str, Stat],
-    logprobs: Tensor,
-    teacher_logprobs: Tensor,
+    kd: Tensor,
     correct: Tensor | None,
     m: Tensor,
     progress: float,
+    trust: Tensor | None,
 ) -> Tensor:
-    """KDRL's ``beta * KL_est(pi_S || pi_T)`` per token, zero on skipped (correct) responses."""
+    """KDRL's ``beta * KL(pi_S || pi_T)`` per token (``kd`` ``[B, T]``: a sampled-token estimate or the top-k KL),
+    zero on skipped (correct) responses, weighted by the teacher trust."""
     beta = cfg.kd_beta_at(progress)
-    kd = kl_estimate(logprobs, teacher_logprobs, cfg.kd_estimator)
     kd_mask = m
     if cfg.kd_skip_correct:
         assert correct is not None
-        if correct.shape != (logprobs.shape[0],):
-            raise ValueError(f"correct must be [B] = [{logprobs.shape[0]}] bool, got shape {tuple(correct.shape)}")
+        if correct.shape != (kd.shape[0],):
+            raise ValueError(f"correct must be [B] = [{kd.shape[0]}] bool, got shape {tuple(correct.shape)}")
         skip = correct.to(torch.bool).unsqueeze(-1)
         kd_mask = m & ~skip
         has_tokens = m.any(dim=-1)
@@ -201,4 +260,4 @@ def _kd_term(
     metrics["kd/beta"] = extremum_stat(torch.tensor(beta, dtype=torch.float64, device=kd.device),
                                        torch.tensor(True, device=kd.device), "max")
     zero = torch.zeros((), dtype=kd.dtype, device=kd.device)
-    return beta * torch.where(kd_mask, kd, zero)
+    return beta * _trusted(torch.where(kd_mask, kd, zero), trust)

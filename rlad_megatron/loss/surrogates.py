@@ -103,29 +103,49 @@ def clipped_surrogate(
     )
 
 
+def _per_sequence_weights(alpha: Tensor, logprobs: Tensor) -> tuple[Tensor, Tensor]:
+    """``(alpha, 1 - alpha)`` as ``[B, 1]`` tensors of the log-probs' dtype, each rounded once from float64 (as a
+    Python-float alpha is), so that a constant per-response alpha gives the scalar alpha's result bit for bit."""
+    if logprobs.dim() != 2 or alpha.dim() not in (1, 2) or alpha.shape[0] != logprobs.shape[0] or (
+            alpha.dim() == 2 and alpha.shape[1] != 1):
+        raise ValueError(f"a per-response alpha must be [B] or [B, 1] with B = {logprobs.shape[0]} (logprobs "
+                         f"{tuple(logprobs.shape)}), got shape {tuple(alpha.shape)}")
+    a = alpha.detach().to(torch.float64).reshape(-1, 1)
+    if a.numel() and not bool(((a >= 0) & (a <= 1)).all()):
+        raise ValueError(f"alpha (weight on the old student) must be in [0, 1] for every response, got min "
+                         f"{float(a.min())}, max {float(a.max())}")
+    return a.to(logprobs.dtype), (1.0 - a).to(logprobs.dtype)
+
+
 def trrd_log_ratio(
     logprobs: Tensor,
     old_logprobs: Tensor,
     teacher_logprobs: Tensor,
     *,
-    alpha: float,
+    alpha: float | Tensor,
     teacher_log_ratio_clip: float,
 ) -> tuple[Tensor, Tensor]:
     """TRRD's mixed log-ratio (Eq. 4 with App. B) and where the teacher clamp is active.
 
     ``log r = alpha (lp - old_lp) + (1 - alpha) clamp(lp - t_lp, -c, c)``: the log-ratio of the student to the
     geometric anchor ``pi_old^alpha pi_T^(1 - alpha)``, with the student/teacher part clamped to ``[-c, c]``.
+    ``alpha`` is one number, or one per response (``[B]`` or ``[B, 1]``, e.g. lowered teacher trust,
+    :mod:`rlad_megatron.loss.trust`); a response with ``alpha_i = 1`` gets exactly GRPO's log-ratio.
 
     Returns:
         ``(log_ratio [B, T], teacher_clamped [B, T] bool)``.
     """
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha (weight on the old student) must be in [0, 1], got {alpha!r}")
+    if isinstance(alpha, Tensor):
+        w_old, w_teacher = _per_sequence_weights(alpha, logprobs)
+    else:
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha (weight on the old student) must be in [0, 1], got {alpha!r}")
+        w_old, w_teacher = alpha, 1.0 - alpha
     if not teacher_log_ratio_clip > 0.0:
         raise ValueError(f"teacher_log_ratio_clip must be > 0, got {teacher_log_ratio_clip!r}")
     c = float(teacher_log_ratio_clip)
     teacher_diff = logprobs - teacher_logprobs
-    log_ratio = alpha * (logprobs - old_logprobs) + (1.0 - alpha) * torch.clamp(teacher_diff, -c, c)
+    log_ratio = w_old * (logprobs - old_logprobs) + w_teacher * torch.clamp(teacher_diff, -c, c)
     with torch.no_grad():
         teacher_clamped = teacher_diff.detach().abs() > c
     return log_ratio, teacher_clamped
@@ -137,7 +157,7 @@ def trrd_parts(
     teacher_logprobs: Tensor,
     advantages: Tensor,
     *,
-    alpha: float,
+    alpha: float | Tensor,
     eps_low: float,
     eps_high: float,
     teacher_log_ratio_clip: float,
@@ -160,7 +180,7 @@ def trrd_token_loss(
     teacher_logprobs: Tensor,
     advantages: Tensor,
     *,
-    alpha: float,
+    alpha: float | Tensor,
     eps_low: float,
     eps_high: float,
     teacher_log_ratio_clip: float,
@@ -175,7 +195,7 @@ def trrd_token_loss(
         old_logprobs: ``[B, T]`` the same under the student that generated them (no gradient expected).
         teacher_logprobs: ``[B, T]`` the frozen teacher's log-probs of the same tokens.
         advantages: ``[B]``, ``[B, 1]`` or ``[B, T]``.
-        alpha: weight on the old student in the anchor, in [0, 1].
+        alpha: weight on the old student in the anchor, in [0, 1]; one number or one per response (``[B]``).
         eps_low / eps_high: asymmetric clip range of the ratio.
         teacher_log_ratio_clip: ``c`` of App. B (paper: 1.0).
 

@@ -2,7 +2,9 @@
 path is one line naming the folder and what is missing, not a hub lookup followed by a traceback.
 
 rlad-megatron reads models from local folders (config.json, safetensors, tokenizer). A value that looks like a hub
-id (``Qwen/Qwen3-1.7B``) is looked up on the hub only where the caller allows downloads (``eval --allow-download``).
+id (``Qwen/Qwen3-1.7B``) is looked up on the hub only where the caller allows downloads (``eval --allow-download``);
+anywhere else a missing folder is reported missing (a run config's paths are absolute by then:
+``rlad_megatron/config_paths.py``), with the ``hf download`` command that fills it.
 """
 from __future__ import annotations
 
@@ -32,11 +34,12 @@ def check_model_folder(path: str | Path, what: str, *, allow_download: bool = Fa
     if not folder.exists():
         if allow_download and looks_like_hub_id(text):
             return
-        hint = ""
-        if looks_like_hub_id(text):
-            hint = (f"; it looks like a hub id: download it first (huggingface-cli download {text} --local-dir DIR) "
-                    f"and give DIR" + ("" if what.startswith("model.") else ", or add --allow-download"))
-        raise ModelFolderError(f"{what}={text}: no such folder{hint}")
+        where = "" if folder.is_absolute() else f" ({folder.absolute()})"
+        hint = (f"; models are read from local folders: to fetch a hub model into it, "
+                f"hf download ORG/NAME --local-dir {folder.absolute()}")
+        if looks_like_hub_id(text) and not what.startswith("model."):
+            hint += f", or add --allow-download to read the hub model {text}"
+        raise ModelFolderError(f"{what}={text}: no such folder{where}{hint}")
     if not folder.is_dir():
         raise ModelFolderError(f"{what}={text} is a file; give the model's folder (with config.json)")
     missing = []

@@ -86,20 +86,25 @@ class Task(abc.ABC):
         """The prompt text: the tokenizer's chat template when it has one, else :meth:`plain_prompt`.
 
         The system message is the record's own ``system`` (chat-format datasets carry one), else the task's
-        ``system_prompt``. ``chat_template_kwargs`` go to ``apply_chat_template`` (``data.chat_template_kwargs``,
-        e.g. ``{"enable_thinking": False}`` for Qwen3's non-thinking mode).
+        ``system_prompt``; a conversation's earlier turns (the record's ``history``, see
+        :mod:`rlad_megatron.data.rows`) come between it and the user's turn. ``chat_template_kwargs`` go to
+        ``apply_chat_template`` (``data.chat_template_kwargs``, e.g. ``{"enable_thinking": False}`` for Qwen3's
+        non-thinking mode).
         """
         system = record.get("system") or self.system_prompt
+        history = list(record.get("history") or [])
         if getattr(tokenizer, "chat_template", None):
             messages = []
             if system:
                 messages.append({"role": "system", "content": system})
+            messages += [{"role": t["role"], "content": t["content"]} for t in history]
             messages.append({"role": "user", "content": self.user_message(record)})
             return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
                                                  **dict(chat_template_kwargs or {}))
-        if record.get("system"):  # no roles without a template: the dataset's system text goes first
-            return f"{record['system']}\n\n{self.plain_prompt(record)}"
-        return self.plain_prompt(record)
+        # No roles without a template: the dataset's system text, then the earlier turns' text, go first.
+        lead = [record["system"]] if record.get("system") else []
+        lead += [t["content"] for t in history]
+        return "\n\n".join([*lead, self.plain_prompt(record)])
 
     def encode_prompt(self, prompt_text: str, tokenizer: Any) -> list[int]:
         """Token ids of a built prompt. Chat-template text already holds its special tokens (no second bos)."""

@@ -57,14 +57,27 @@ def launch(config: dict, nproc: int, *, workdir: Path, resume: bool = False, tim
     workdir.mkdir(parents=True, exist_ok=True)
     config_path = workdir / "config.yaml"
     config_path.write_text(yaml.safe_dump(config))
+    return launch_config_file(config_path, nproc, workdir=workdir, resume=resume, timeout=timeout,
+                              extra_env=extra_env, wait=wait)
+
+
+def launch_config_file(config_path: Path, nproc: int, *, workdir: Path, overrides: tuple[str, ...] = (),
+                       cwd: Path | None = None, resume: bool = False, timeout: float = 600,
+                       extra_env: dict[str, str] | None = None,
+                       wait: bool = True) -> subprocess.Popen | subprocess.CompletedProcess:
+    """:func:`launch` of a config file as it is (its relative paths taken from its folder), with ``overrides``,
+    started in ``cwd``; the console goes to ``workdir/train.log`` (``resume.log``)."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", "rlad_megatron.cli", "train", "--config", str(config_path)]
+           "-m", "rlad_megatron.cli", "train", "--config", str(config_path), *overrides]
     if resume:
         cmd.append("--resume")
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // nproc)))
     env.update(extra_env or {})
     log = open(workdir / ("resume.log" if resume else "train.log"), "w")
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            cwd=None if cwd is None else str(cwd))
     if not wait:
         return proc
     try:

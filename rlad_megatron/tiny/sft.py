@@ -93,7 +93,7 @@ def train_sft(model: torch.nn.Module, tokenizer: Any, task: Task, records: Seque
     losses: list[float] = []
     started = time.perf_counter()
     for step in range(steps):
-        if len(order) < batch_size:
+        while len(order) < batch_size:  # (a batch larger than the data spans several shuffles)
             fresh = list(range(len(examples)))
             rng.shuffle(fresh)
             order.extend(fresh)

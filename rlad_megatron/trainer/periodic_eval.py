@@ -18,7 +18,8 @@ def load_eval_examples(config: RunConfig, task: Any, tokenizer: Any) -> list | N
 
     dataset = load_prompt_dataset(config.data.eval_files, task, tokenizer, config.data.max_prompt_tokens,
                                   bad_rows=config.data.bad_rows,
-                                  chat_template_kwargs=config.data.chat_template_kwargs)
+                                  chat_template_kwargs=config.data.chat_template_kwargs,
+                                  split=config.data.eval_split or config.data.split, fields=config.data.fields)
     return dataset.examples
 
 

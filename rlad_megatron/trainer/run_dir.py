@@ -36,7 +36,7 @@ LAYOUT_KEYS = frozenset({
     "rollout.placement", "rollout.verify_every", "rollout.max_logprob_mismatch", "rollout.kv_cache_mb",
     "rollout.weight_load", "rollout.reward_timeout_s", "teacher.offload", "optim.use_distributed_optimizer",
     "rollout.executor", "rollout.enforce_eager", "rollout.gpu_memory_utilization", "rollout.sleep_level",
-    "data.eval_files", "data.bad_rows", "rollout.engine_cpus",
+    "data.eval_files", "data.eval_split", "data.bad_rows", "rollout.engine_cpus",
 })
 LAYOUT_SECTIONS = ("parallel.", "logging.", "wandb.", "trainer.wandb.")
 
@@ -61,10 +61,12 @@ def run_files(output_dir: Path) -> list[str]:
 
 
 def _normalise(key: str, value: Any) -> Any:
+    # Configs now hold absolute paths (rlad_megatron/config_paths.py); a run saved with relative ones meant them
+    # from its working directory.
     if key in ("model.student", "model.teacher") and isinstance(value, str) and value:
-        return os.path.normpath(value)
+        return os.path.abspath(value)
     if key in ("data.train_files", "data.eval_files") and isinstance(value, list):
-        return [os.path.normpath(v) if isinstance(v, str) else v for v in value]
+        return [os.path.abspath(v) if isinstance(v, str) and not v.startswith("hub:") else v for v in value]
     return value
 
 

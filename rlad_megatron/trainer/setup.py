@@ -196,7 +196,8 @@ def build_components(config: RunConfig) -> Components:
     stop_ids = _stop_ids(c, tokenizer)
     task = get_training_task(c.data.task, c.data.task_options)
     dataset = load_prompt_dataset(c.data.train_files, task, tokenizer, c.data.max_prompt_tokens,
-                                  bad_rows=c.data.bad_rows, chat_template_kwargs=c.data.chat_template_kwargs)
+                                  bad_rows=c.data.bad_rows, chat_template_kwargs=c.data.chat_template_kwargs,
+                                  split=c.data.split, fields=c.data.fields)
     prompts = PromptStream(dataset, batch_size=layout.prompts_per_rank, seed=c.trainer.seed,
                            dp_rank=dp_rank, dp_size=dp_size)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

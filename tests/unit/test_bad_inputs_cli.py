@@ -23,10 +23,14 @@ def model(tmp_path_factory) -> Path:
 
 def test_model_folder_problems_are_named(tmp_path: Path, model: Path) -> None:
     check_model_folder(model, "model.student")
-    with pytest.raises(ModelFolderError, match=r"model\.student=.*/nope: no such folder$"):
+    with pytest.raises(ModelFolderError, match=r"model\.student=.*/nope: no such folder; .*hf download ORG/NAME "
+                                               r"--local-dir .*/nope$"):
         check_model_folder(tmp_path / "nope", "model.student")
-    with pytest.raises(ModelFolderError, match="looks like a hub id: download it first"):
+    with pytest.raises(ModelFolderError, match=r"no such folder \(/.*/Qwen/Qwen3-0\.6B-nonexistent\)") as err:
         check_model_folder("Qwen/Qwen3-0.6B-nonexistent", "model.teacher")
+    assert "huggingface-cli" not in str(err.value) and "--allow-download" not in str(err.value)
+    with pytest.raises(ModelFolderError, match="or add --allow-download to read the hub model Qwen/Qwen3"):
+        check_model_folder("Qwen/Qwen3-0.6B-nonexistent", "--model")
     check_model_folder("Qwen/Qwen3-0.6B-nonexistent", "--model", allow_download=True)  # left to the hub
     broken = tmp_path / "broken"
     broken.mkdir()
@@ -47,6 +51,32 @@ def test_train_with_a_missing_model_is_one_line_without_a_hub_lookup(tmp_path: P
                "data.train_files=a.jsonl", f"trainer.output_dir={tmp_path / 'out'}"])
     assert rc == 2 and time.perf_counter() - started < 5
     assert f"model.student={tmp_path / 'student'}: no such folder" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_relative_model_folder_in_a_config_is_never_taken_for_a_hub_id(tmp_path: Path, capsys) -> None:
+    """Issue 28: ``model.student: models/Qwen3-0.6B`` was taken for a hub id, with a ``huggingface-cli`` command the
+    environment does not ship. Now it is the folder next to the config file, reported missing with ``hf download``."""
+    config = tmp_path / "cfg" / "run.yaml"
+    config.parent.mkdir()
+    config.write_text("model: {student: models/Qwen3-0.6B}\nloss: {algorithm: grpo}\n"
+                      "data: {train_files: [train.jsonl]}\n")
+    assert main(["train", "--config", str(config), f"trainer.output_dir={tmp_path / 'out'}"]) == 2
+    err = capsys.readouterr().err
+    assert f"model.student={tmp_path}/cfg/models/Qwen3-0.6B: no such folder" in err
+    assert f"hf download ORG/NAME --local-dir {tmp_path}/cfg/models/Qwen3-0.6B" in err
+    assert "huggingface-cli" not in err and "hub id" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_train_names_a_missing_data_file_before_any_model_loads(tmp_path: Path, model: Path, capsys) -> None:
+    """Issue 28: a missing train file was found only after ~13 s of setup, with a traceback."""
+    started = time.perf_counter()
+    rc = main(["train", f"model.student={model}", "loss.algorithm=grpo", f"data.train_files={tmp_path}/no.jsonl",
+               f"trainer.output_dir={tmp_path / 'out'}"])
+    err = capsys.readouterr().err
+    assert rc == 2 and time.perf_counter() - started < 10
+    assert err.strip() == (f"rlad-megatron train: data.train_files: data file or folder not found: {tmp_path}/no.jsonl "
+                           "(a hub dataset is written hub:ORG/NAME)")
     assert not (tmp_path / "out").exists()
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from rlad_megatron.tasks.math.task import MathTask
 from rlad_megatron.data.prompt_dataset import load_prompt_dataset
+from rlad_megatron.data.rows import row_to_record
 from rlad_megatron.tasks.base import Task
 from rlad_megatron.models.stop_tokens import (
     check_turn_ends_agree, end_of_turn_token_id, generation_config_eos_ids, stop_token_ids,
@@ -44,13 +45,13 @@ def test_chat_dataset_keeps_its_system_message(tmp_path):
     row = {"prompt": [{"role": "system", "content": "You are a careful grader."},
                       {"role": "user", "content": "What is 2 + 3?"}],
            "reward_model": {"ground_truth": "5"}, "data_source": "toy", "extra_info": {"index": 3}}
-    record = MathTask().to_record(row)
+    record = row_to_record(MathTask(), row, None, "r0")
     assert record["system"] == "You are a careful grader." and record["prompt"] == "What is 2 + 3?"
     tok = build_qwen3_style_tokenizer()
     text = MathTask().build_prompt(record, tok)
     assert text.startswith("<|im_start|>system\nYou are a careful grader.<|im_end|>\n<|im_start|>user\nWhat is")
     # A dataset without one: no system turn.
-    plain = MathTask().to_record({**row, "prompt": row["prompt"][1:]})
+    plain = row_to_record(MathTask(), {**row, "prompt": row["prompt"][1:]}, None, "r1")
     assert "system" not in plain and "<|im_start|>system" not in MathTask().build_prompt(plain, tok)
     # Without a chat template the system text still leads the prompt.
     from rlad_megatron.data.char_tokenizer import build_char_tokenizer

@@ -1,6 +1,8 @@
 """`rlad-megatron config --defaults`: every key of the run config, with its default, type and meaning."""
 from __future__ import annotations
 
+import os
+
 import dataclasses
 import typing
 from dataclasses import dataclass, field
@@ -90,7 +92,7 @@ def test_cli_prints_defaults_sections_and_resolved_configs(capsys: pytest.Captur
 
     assert main(["config", "model.student=s", "model.teacher=t", "data.train_files=[a.jsonl]", "loss.alpha=0.3"]) == 0
     resolved = yaml.safe_load(capsys.readouterr().out)
-    assert resolved["loss"]["alpha"] == 0.3 and resolved["data"]["train_files"] == ["a.jsonl"]
+    assert resolved["loss"]["alpha"] == 0.3 and resolved["data"]["train_files"] == [os.path.abspath("a.jsonl")]
 
     assert main(["config", "model.student=s", "loss.alpha=2"]) == 2
     assert "bad configuration" in capsys.readouterr().err

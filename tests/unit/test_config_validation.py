@@ -2,6 +2,8 @@
 converted by the field's declared type, and a broken config file gets an error naming file, line and column."""
 from __future__ import annotations
 
+import os
+
 import re
 from pathlib import Path
 
@@ -51,10 +53,11 @@ def test_overrides_follow_the_declared_type() -> None:
         "rollout.tis_cap=2", "loss.dual_clip_c=null", "data.eval_files=[x.jsonl, y.jsonl]",
         "trainer.export_hf=no", "optim.lr=2e-4", "model.params_dtype=bfloat16",
     ])
-    assert config.trainer.output_dir == "0755" and config.model.student == "0x10"
-    assert config.model.teacher == "1e3" and config.trainer.steps == 12
+    here = os.getcwd()  # paths given on the command line are taken from the working directory
+    assert config.trainer.output_dir == f"{here}/0755" and config.model.student == f"{here}/0x10"
+    assert config.model.teacher == f"{here}/1e3" and config.trainer.steps == 12
     assert config.rollout.tis_cap == 2.0 and config.loss.dual_clip_c is None
-    assert config.data.eval_files == ["x.jsonl", "y.jsonl"] and config.trainer.export_hf is False
+    assert config.data.eval_files == [f"{here}/x.jsonl", f"{here}/y.jsonl"] and config.trainer.export_hf is False
     assert config.optim.lr == 2e-4 and config.model.params_dtype == "bfloat16"
     assert load_run_config(None, BASE + ["rollout.tis_cap=none"]).rollout.tis_cap is None
 

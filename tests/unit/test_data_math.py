@@ -61,7 +61,8 @@ def test_bad_math_rows(tmp_path, row, field) -> None:
 
 
 def test_registry() -> None:
-    assert task_names() == ["arithmetic", "knights_knaves", "knights_knaves_compact", "math", "sum_prefix"]
+    assert task_names() == ["arithmetic", "carry_trap", "knights_knaves", "knights_knaves_compact", "math",
+                            "multiple_choice", "sum_prefix"]
     assert isinstance(get_task("math"), MathTask)
     assert get_task("knights_knaves", correct=5.0).reward_config.correct == 5.0
     with pytest.raises(KeyError, match="unknown task 'nope'; known tasks: arithmetic"):

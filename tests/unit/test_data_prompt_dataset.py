@@ -141,7 +141,7 @@ def test_chat_template_is_used_when_present(tok, tmp_path) -> None:
     assert d[0].prompt_token_ids[0] != chat.bos_token_id  # template text carries its own specials
 
 
-def test_folder_and_hub_name_take_the_load_dataset_name_path(tok, tmp_path, monkeypatch) -> None:
+def test_folder_and_hub_dataset_take_the_load_dataset_name_path(tok, tmp_path, monkeypatch) -> None:
     folder = tmp_path / "my_dataset"
     folder.mkdir()
     write_jsonl(folder / "train.jsonl", generate_records(5, seed=9))
@@ -154,5 +154,8 @@ def test_folder_and_hub_name_take_the_load_dataset_name_path(tok, tmp_path, monk
 
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    with pytest.raises(DatasetError, match=r"some-org/some-dataset: could not load with `datasets`"):
+    with pytest.raises(DatasetError, match=r"hub:some-org/some-dataset: could not load with `datasets`"):
+        load("hub:some-org/some-dataset", tok, tmp_path)
+    # Without the prefix a value is a local path: a missing one is reported missing, never looked up on the hub.
+    with pytest.raises(DatasetError, match=r"not found: some-org/some-dataset \(a hub dataset is written hub:"):
         load("some-org/some-dataset", tok, tmp_path)

@@ -140,6 +140,22 @@ def test_reward_failures_are_counted_and_reports_written(tok, tmp_path) -> None:
     with pytest.raises(ValueError, match="pass_ks"):
         evaluate(FakeEngine(tok, table), task, recs, tok, k=3, pass_ks=[5])
 
+    # Several benchmarks: one summary table (a row each), their own tables, one results file.
+    from rlad_megatron.eval.report import SuiteReport
+
+    other = evaluate(FakeEngine(tok, {key: ("fine", "fine", 3) for key in table}), task, recs[:2], tok, k=3)
+    suite = SuiteReport(reports={"bench_a": report, "bench_b": other}, data={"model_dir": "m"})
+    jpath, mpath = suite.write(str(tmp_path / "suite"))
+    data = json.loads(open(jpath).read())
+    assert set(data["benchmarks"]) == {"bench_a", "bench_b"} and data["model_dir"] == "m"
+    assert data["benchmarks"]["bench_b"]["overall"]["mean_at_k"] == 1.0
+    summary = suite.summary_markdown()
+    assert "| benchmark | task | prompts | Mean@n | Pass@1 | Pass@3 |" in summary
+    assert "| bench_a | flaky | 3 | 0.3333 | 0.3333 | 1.0000 |" in summary
+    assert "| bench_b | flaky | 2 | 1.0000 | 1.0000 | 1.0000 |" in summary
+    md = open(mpath).read()
+    assert md.index("## Benchmarks") < md.index("## bench_a") < md.index("## bench_b")
+
 
 def test_demo_data_files_are_deterministic_and_disjoint(tmp_path, tok) -> None:
     a = write_demo_data(str(tmp_path / "a"), n_train=300, n_test=60, seed=3, max_digits=3)

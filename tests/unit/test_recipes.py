@@ -3,10 +3,12 @@ round-trips through the trainer's override parser. No NeMo-Run here (see test_re
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import pytest
 
 from rlad_megatron.config import ConfigError, load_run_config
+from rlad_megatron.config_paths import resolve_paths
 from rlad_megatron.placement import ModelShape, PlacementError
 
 from recipes import RECIPES, get_recipe, prepare_quickstart_assets, quickstart, recipe_names
@@ -82,7 +84,7 @@ def test_command_line_round_trips_through_the_trainer_parser(name, tmp_path):
     args = recipe.train_args()
     assert args[0] == "train"
     assert all(any(a.startswith(key + "=") for a in args) for key in PINNED_KEYS)
-    assert load_run_config(None, args[1:]) == recipe.config
+    assert load_run_config(None, args[1:]) == resolve_paths(recipe.config, None)  # relative: the job's folder
 
 
 def test_overrides_and_layout_changes():
@@ -136,10 +138,10 @@ def test_format_value_rejects_what_cannot_travel(value, message):
 def test_values_that_would_read_back_differently_are_refused(tmp_path):
     recipe = _quickstart_recipe(tmp_path)
     odd = dataclasses.replace(recipe.config, trainer=dataclasses.replace(recipe.config.trainer, output_dir="1e3"))
-    assert load_run_config(None, config_overrides(odd)).trainer.output_dir == "1e3"
+    assert load_run_config(None, config_overrides(odd)).trainer.output_dir == os.path.abspath("1e3")
     # Overrides are converted by the field's type: a str field keeps "true" (it once read back as a boolean).
     odd = dataclasses.replace(recipe.config, trainer=dataclasses.replace(recipe.config.trainer, output_dir="true"))
-    assert load_run_config(None, config_overrides(odd)).trainer.output_dir == "true"
+    assert load_run_config(None, config_overrides(odd)).trainer.output_dir == os.path.abspath("true")
 
 
 def test_quickstart_assets_and_recipe(tmp_path):

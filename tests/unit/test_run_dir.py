@@ -134,10 +134,13 @@ def test_cli_refuses_before_training(tmp_path: Path, capsys) -> None:
         for name in ("config.json", "model.safetensors", "tokenizer.json"):
             (folder / name).write_text("{}")
     out = tmp_path / "run"
-    saved = _config(out, f"model.student={models['student']}", f"model.teacher={models['teacher']}")
+    data = tmp_path / "train.jsonl"  # a data file that passes the data check (which comes first)
+    data.write_text('{"prompt": "1+2=", "answer": "3"}\n')
+    saved = _config(out, f"model.student={models['student']}", f"model.teacher={models['teacher']}",
+                    f"data.train_files={data}")
     _old_run(out, saved)
     args = ["train", f"model.student={models['student']}", f"model.teacher={models['teacher']}",
-            "data.train_files=/d/train.jsonl", f"trainer.output_dir={out}"]
+            f"data.train_files={data}", f"trainer.output_dir={out}"]
     assert cli.main(args) == 2
     assert "already holds a run" in capsys.readouterr().err
     assert cli.main(args + ["--resume", "loss.alpha=0.9"]) == 2

@@ -1,6 +1,8 @@
 """Run configuration errors name the bad key; repeated non-finite steps stop the run; mini-batch/sequence packing."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -14,11 +16,13 @@ BASE = ["model.student=/s", "model.teacher=/t", "data.train_files=a.jsonl"]
 
 def test_overrides_and_yaml(tmp_path) -> None:
     path = tmp_path / "run.yaml"
-    path.write_text("loss: {algorithm: grpo, alpha: 0.3}\ntrainer: {steps: 7}\n")
+    path.write_text("loss: {algorithm: grpo, alpha: 0.3}\ntrainer: {steps: 7, output_dir: out}\n")
     config = load_run_config(path, BASE + ["trainer.steps=9", "rollout.tis_cap=2", "data.train_files=a,b"])
     assert config.loss.algorithm == "grpo" and config.loss.alpha == 0.3
     assert config.trainer.steps == 9 and config.rollout.tis_cap == 2.0
-    assert config.data.train_files == ["a", "b"]
+    # Relative paths: the config file's from its folder, the command line's from the working directory.
+    assert config.data.train_files == [os.path.abspath("a"), os.path.abspath("b")]
+    assert config.trainer.output_dir == str(tmp_path / "out")
 
 
 @pytest.mark.parametrize("override, message", [

@@ -139,9 +139,6 @@ class KnightsKnavesTask(Task):
         rec = {k: v for k, v in row.items() if v is not None}
         if "quiz" in rec and "prompt" not in rec:
             rec["prompt"] = rec["quiz"]
-        if isinstance(rec.get("prompt"), list):  # chat layout: take the last user turn
-            users = [m.get("content") for m in rec["prompt"] if isinstance(m, dict) and m.get("role") == "user"]
-            rec["prompt"] = users[-1] if users else None
         gt = rec["reward_model"].get("ground_truth") if isinstance(rec.get("reward_model"), dict) else None
         if isinstance(gt, dict) and "solution_text_format" not in rec:
             rec["solution_text_format"] = gt.get("solution_text_format")

@@ -5,11 +5,13 @@ Accepted row layouts (converted by :meth:`MathTask.to_record`):
 - GSM8K: ``question`` + ``answer`` whose last line is ``#### 72`` (the number after ``####`` becomes the answer);
 - MATH / MATH-500: ``problem`` + ``answer``, or ``problem`` + ``solution`` (the last ``\\boxed{}`` of the solution);
   ``level`` becomes the difficulty;
-- Skywork-OR1 / verl: ``prompt`` as a list of chat messages (the last user turn is the problem, the system
-  messages become the record's ``system``),
-  ``reward_model.ground_truth`` a list of acceptable answers or a JSON string of one, ``data_source`` the difficulty
-  label, ``extra_info.index`` the id when there is no ``id``.
-Alternative acceptable answers are kept in ``answers`` (list[str]); the reward accepts any of them.
+- Skywork-OR1 / verl: ``reward_model.ground_truth`` a list of acceptable answers or a JSON string of one,
+  ``data_source`` the difficulty label, ``extra_info.index`` the id when there is no ``id``;
+- TRL: ``solution`` the final answer (or a text with a ``\\boxed{}`` one) when there is no ``answer``.
+Chat prompts (a list of turns, or a ``messages`` conversation whose last assistant turn is the reference) are split
+by the loader first (:mod:`rlad_megatron.data.rows`). An ``answer`` may be a list of alternatives; an answer text
+with a ``\\boxed{}`` (a reference reply) or a ``####`` gives its final answer. Alternative acceptable answers are
+kept in ``answers`` (list[str]); the reward accepts any of them.
 """
 from __future__ import annotations
 
@@ -47,6 +49,26 @@ def _ground_truths(value: Any) -> list[str]:
     return [_as_answer(v, "reward_model.ground_truth") for v in value]
 
 
+def _final_answer(text: str) -> str:
+    """The gold answer in a reference text: its last \\boxed{}, else what follows a GSM8K-style ``####``, else the
+    text itself."""
+    boxed = extract_boxed(text)
+    if boxed is not None:
+        return boxed
+    if "####" in text:
+        return text.rsplit("####", 1)[1].strip().replace(",", "")
+    return text.strip()
+
+
+def _answers(value: Any, field: str) -> list[str]:
+    """Acceptable answers of an ``answer`` cell: one (str or number; a reference text gives its final answer) or a
+    list of alternatives."""
+    values = value if isinstance(value, list) else [value]
+    if not values:
+        raise RecordError(field, "is an empty list")
+    return [_final_answer(_as_answer(v, field)) for v in values]
+
+
 class MathTask(Task):
     """Competition / grade-school math with a ``\\boxed{}`` answer, scored through math-verify."""
 
@@ -70,25 +92,7 @@ class MathTask(Task):
     def to_record(self, row: Mapping[str, Any]) -> dict[str, Any]:
         rec = {k: v for k, v in row.items() if v is not None}  # absent columns arrive as None
         answers: list[str] | None = None
-        if isinstance(rec.get("prompt"), list):  # Skywork-OR1 / verl chat layout
-            messages = rec["prompt"]
-            users = [m.get("content") for m in messages if isinstance(m, dict) and m.get("role") == "user"]
-            if not users:
-                raise RecordError("prompt", "chat prompt has no user message")
-            rec["prompt"] = users[-1]
-            systems = [m.get("content") for m in messages if isinstance(m, dict)
-                       and m.get("role") == "system" and isinstance(m.get("content"), str) and m.get("content")]
-            if systems:  # kept: the prompt is built with the dataset's own system message
-                rec["system"] = "\n\n".join(systems)
-            rm = rec.get("reward_model")
-            if not isinstance(rm, dict) or rm.get("ground_truth") is None:
-                raise RecordError("reward_model.ground_truth", "missing")
-            answers = _ground_truths(rm["ground_truth"])
-            rec.setdefault("difficulty", rec.get("data_source"))
-            extra = rec.get("extra_info")
-            if "id" not in rec and isinstance(extra, dict) and extra.get("index") is not None:
-                rec["id"] = str(extra["index"])
-        elif "question" in rec and "prompt" not in rec:  # GSM8K
+        if "question" in rec and "prompt" not in rec:  # GSM8K
             rec["prompt"] = rec["question"]
             full = _as_answer(rec.get("answer"), "answer") if "answer" in rec else ""
             if "####" not in full:
@@ -98,7 +102,7 @@ class MathTask(Task):
         elif "problem" in rec and "prompt" not in rec:  # MATH / MATH-500 / AIME style
             rec["prompt"] = rec["problem"]
             if "answer" in rec:
-                answers = [_as_answer(rec["answer"], "answer")]
+                answers = _answers(rec["answer"], "answer")
             elif isinstance(rec.get("solution"), str):
                 boxed = extract_boxed(rec["solution"])
                 if boxed is None:
@@ -108,8 +112,19 @@ class MathTask(Task):
                 raise RecordError("answer", "missing (and no 'solution' to take a \\boxed{} answer from)")
             if rec.get("level") is not None:
                 rec.setdefault("difficulty", str(rec["level"]))
-        elif "answer" in rec:
-            answers = [_as_answer(rec["answer"], "answer")]
+        elif "answer" in rec:  # canonical (also a conversation's reference reply, data.fields.answer=...)
+            answers = _answers(rec["answer"], "answer")
+        elif "reward_model" in rec:  # verl / Skywork-OR1
+            rm = rec["reward_model"]
+            if not isinstance(rm, dict) or rm.get("ground_truth") is None:
+                raise RecordError("reward_model.ground_truth", "missing")
+            answers = _ground_truths(rm["ground_truth"])
+            rec.setdefault("difficulty", rec.get("data_source"))
+            extra = rec.get("extra_info")
+            if "id" not in rec and isinstance(extra, dict) and extra.get("index") is not None:
+                rec["id"] = str(extra["index"])
+        elif isinstance(rec.get("solution"), str):  # TRL math sets: the final answer (or a solution with \\boxed{})
+            answers = [_final_answer(rec["solution"])]
         if answers is not None:
             if not all(answers):
                 raise RecordError("answer", "is empty")

@@ -1,0 +1,2 @@
+"""Multiple-choice questions (GPQA-diamond, MMLU-style): lettered choices, shuffled reproducibly, and a letter
+verifier."""
