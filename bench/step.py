@@ -48,11 +48,11 @@ Student: Qwen3, 4 layers, hidden 256, 4 heads / 2 KV heads (head dim 64), FFN 76
 (seed 2): ~127M. 128-token responses (a random model rarely stops: ~8.8K tokens per step), fp32, W1's 4,096-token
 budget (three training micro-batches; the fused output head, the trainer's default, holds no logits, so the budget
 bounds the layers' activations only: one 8.8K-token micro-batch doubles the learner's step peak, 1.2 GB vs 0.6 GB of
-tensors). The HF reference runs
-the same step as TRL's GRPOTrainer saves memory (micro-batches of 8 sequences, ``--hf-micro-batch``; a
-per-sequence log-sum-exp: see ``bench/hf_reference.py``); ``--hf-micro-batch 0`` trains on the whole step at once
-as in W1 (the full logits of ~8.8K tokens x 151,936 columns, several copies: ~20 GB). Final lines, per mode (ours at the first TP given): ``w3: mode=<m> hf_ratio=<ours / hf
-tokens/s> mem_ratio=<ours / hf peak RSS>``. ``--max-new-tokens`` shortens the responses for a quick check.
+tensors). The HF reference runs the same step as TRL's GRPOTrainer saves memory (micro-batches of 8 sequences,
+``--hf-micro-batch``; a per-sequence log-sum-exp: see ``bench/hf_reference.py``); ``--hf-micro-batch 0`` trains on
+the whole step at once as in W1 (the full logits of ~8.8K tokens x 151,936 columns, several copies: ~20 GB). Final
+lines, per mode (ours at the first TP given): ``w3: mode=<m> hf_ratio=<ours / hf tokens/s> mem_ratio=<ours / hf
+peak RSS>``. ``--max-new-tokens`` shortens the responses for a quick check.
 """
 from __future__ import annotations
 
@@ -258,7 +258,8 @@ def main() -> None:
     parser.add_argument("--hf-micro-batch", type=int, default=W3_HF_MICRO_BATCH,
                         help="W3: sequences per forward/backward of the HF reference (0: the whole step, as W1)")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        help="SECTION.KEY=VALUE for our trainer's config (repeatable), e.g. trainer.fused_logprobs=false")
+                        help="SECTION.KEY=VALUE for our trainer's config (repeatable), "
+                             "e.g. trainer.fused_logprobs=false")
     parser.add_argument("--modes", default="grpo,rlad,kdrl")
     parser.add_argument("--tp", default="1,2", help="tensor-parallel sizes (one gloo process per TP rank)")
     parser.add_argument("--steps", type=int, default=6, help="measured steps per run")

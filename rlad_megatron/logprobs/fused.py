@@ -240,7 +240,8 @@ def _logits_grad_(tile: Tensor, buf: Tensor | None, rows: _RowGrads, row0: int, 
         x.sub_(rows.lse[at])  # log p
         if rows.entropy is not None:  # -p (G + g_H (log p + H))
             p = torch.exp(x)
-            x.add_(rows.entropy[at]).mul_(rows.g_entropy[at]).add_(rows.g_total[at]).mul_(p).neg_()  # type: ignore[index]
+            x.add_(rows.entropy[at]).mul_(rows.g_entropy[at])  # type: ignore[index]
+            x.add_(rows.g_total[at]).mul_(p).neg_()
         else:  # -G p
             x.exp_().mul_(rows.g_total[at]).neg_()
         col = rows.local_idx[at] - col0

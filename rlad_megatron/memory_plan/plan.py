@@ -41,7 +41,8 @@ RUNTIME_RESERVE_GIB = 4.0
 ENGINE_RUNTIME_GIB = 2.0
 #: float32 elements of one log-prob chunk on a GPU (``rlad_megatron.logprobs.vocab_parallel.DEFAULT_CHUNK_ELEMENTS``).
 LOGPROB_CHUNK_ELEMENTS = 1 << 24
-#: logits elements of one tile of the fused head on a GPU (``rlad_megatron.logprobs.fused.DEFAULT_FUSED_CHUNK_ELEMENTS``).
+#: logits elements of one tile of the fused head on a GPU
+#: (``rlad_megatron.logprobs.fused.DEFAULT_FUSED_CHUNK_ELEMENTS``).
 FUSED_TILE_ELEMENTS = 1 << 26
 
 #: What the trainer does with the settings that move memory off the GPU between phases (issue 21). The plan counts
