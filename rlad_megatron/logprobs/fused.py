@@ -40,10 +40,11 @@ from torch import Tensor
 from rlad_megatron.logprobs.topk import merge_topk_candidates
 from rlad_megatron.logprobs.vocab_parallel import combine_shards, rows_per_chunk, shard_chunk_statistics, shard_layout
 
-DEFAULT_FUSED_CHUNK_ELEMENTS = {"cpu": 1 << 23, "other": 1 << 26}
-"""Default logits elements per chunk or tile (token rows x vocabulary columns), in the weight's dtype: 8M on CPU,
-64M on accelerators; at 151,936 / TP columns a forward chunk is 55 x TP rows on CPU and 441 x TP on a GPU, enough
-for the matmuls to run at full speed (every chunk reads the whole weight shard)."""
+DEFAULT_FUSED_CHUNK_ELEMENTS = {"cpu": 1 << 25, "other": 1 << 26}
+"""Default logits elements per chunk or tile (token rows x vocabulary columns), in the weight's dtype: 32M on CPU,
+64M on accelerators; at 151,936 / TP columns a forward chunk is 220 x TP rows on CPU and 441 x TP on a GPU. Every
+forward chunk reads the whole weight shard, so fewer, larger chunks (CPU: 1/4 the weight reads of 8M-element
+chunks, ~5-10% faster at hidden 2048) are worth a tile that is still ~2% of the logits it replaces."""
 
 
 def fused_chunk_rows(chunk_size: int | None, local_vocab: int, rows: int, device: torch.device | None = None) -> int:

@@ -14,7 +14,7 @@ from rlad_megatron.logprobs import (
     token_logprobs_reference,
     vocab_parallel_token_logprobs,
 )
-from rlad_megatron.logprobs.fused import fused_chunk_rows
+from rlad_megatron.logprobs.fused import DEFAULT_FUSED_CHUNK_ELEMENTS, fused_chunk_rows
 
 S, B, H, V = 7, 3, 16, 40
 
@@ -147,4 +147,4 @@ def test_bad_inputs_are_named():
         fused_chunk_rows(0, V, 10)
     with pytest.raises(ValueError, match="vocab_chunk_size"):
         fused_token_logprobs(hidden, weight, targets, vocab_chunk_size=0)
-    assert fused_chunk_rows(None, 151936, 10**6) == (1 << 23) // 151936
+    assert fused_chunk_rows(None, 151936, 10**6) == DEFAULT_FUSED_CHUNK_ELEMENTS["cpu"] // 151936
