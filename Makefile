@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 
 setup: $(STAMP)
 
-# Order matters (measured in ../shared/notes/one_environment.md):
+# Order matters (docs/environment.md):
 # 1. the CPU torch wheel first, so nothing pulls a CUDA build;
 # 2. the package with its CPU vLLM, launch, wandb (tested offline) and dev extras;
 # 3. leptonai 0.27.3 without deps (newer ones break `import nemo_run`; 0.27.3's own pins clash with vLLM's);

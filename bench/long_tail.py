@@ -112,7 +112,7 @@ def run_path(name: str, paths: dict[str, str]) -> dict:
     from rlad_megatron.learner.batching import MicroBatching
     from rlad_megatron.learner.policy import MegatronPolicy, build_student
     from rlad_megatron.loss import compute_policy_loss, local_denominators
-    from rlad_megatron.loss.config import LossConfig
+    from rlad_megatron.config.loss import LossConfig
     from rlad_megatron.models import load_hf_model
     from rlad_megatron.parallel import initialize_model_parallel
     from rlad_megatron.teacher import MegatronTeacher
@@ -123,7 +123,7 @@ def run_path(name: str, paths: dict[str, str]) -> dict:
     modules, arch = load_hf_model(paths["student"], trainable=True)
     wrapped, optimizer = build_student(modules, OptimConfig(lr=1e-5, min_lr=1e-5, weight_decay=0.0))
     student = MegatronPolicy(wrapped, arch.vocab_size, optimizer=optimizer)
-    teacher = MegatronTeacher.load(paths["teacher"], micro_batch_size=MicroBatching.for_forward(trainer),
+    teacher = MegatronTeacher.load(paths["teacher"], batching=MicroBatching.for_forward(trainer),
                                    params_dtype=torch.float32)
     batch = w2_batch()
     denominators = local_denominators(batch.loss_mask)

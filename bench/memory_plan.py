@@ -70,7 +70,7 @@ def estimate(tp: int, sp: bool, recompute: str, rows: int, seq: int, shape: dict
     from rlad_megatron.config import (
         DataConfig, ModelConfig, ParallelConfig, RolloutConfig, RunConfig, TrainerConfig,
     )
-    from rlad_megatron.loss.config import LossConfig
+    from rlad_megatron.config.loss import LossConfig
     from rlad_megatron.memory_plan import plan_memory
     from rlad_megatron.models.hf_config import arch_from_hf_config
     from rlad_megatron.placement import ModelShape

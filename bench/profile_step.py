@@ -81,7 +81,7 @@ def alternate_with_hf(trainer, batch, student_dir: Path, teacher_dir: Path | Non
     optimizer = torch.optim.AdamW(hf.parameters(), lr=1e-5, weight_decay=0.0)
     hf_teacher = (AutoModelForCausalLM.from_pretrained(teacher_dir, dtype=torch.float32).eval()
                   if teacher_dir is not None else None)
-    from rlad_megatron.rollout.base import SamplingSettings
+    from rlad_megatron.engine_api import SamplingSettings
 
     parts, cfg = trainer.parts, trainer.config
     examples = parts.prompts.next_batch()

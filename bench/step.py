@@ -13,8 +13,9 @@ Workload W1 (fixed; issue 10):
   training and one teacher micro-batch, as the HF reference trains; ``--micro-batch 8`` gives the trainer's
   default fixed micro-batches of 8 sequences (8 forward/backward passes per step).
 
-Each (mode, TP) runs the real trainer exactly as a user launches it (``torchrun --standalone --nproc-per-node TP
--m rlad_megatron.cli train --config ...``: vLLM engine, Megatron learner, weight sync), ``--warmup`` + ``--steps``
+Each (mode, TP) runs the real trainer exactly as a user launches it (``python -m rlad_megatron.launch_local
+--nproc-per-node TP -m rlad_megatron.cli train --config ...``: vLLM engine, Megatron learner, weight sync; a baseline
+checkout older than launch_local: ``torchrun --standalone``), ``--warmup`` + ``--steps``
 steps; the warm-up steps are dropped and the rest read from ``metrics.jsonl``. Reported per mode: the median step
 time, generated tokens per second (completion tokens up to and including the first eos, summed over the measured
 steps, over their summed step time), peak RSS (max over ranks), and the median time of each phase.
@@ -67,6 +68,8 @@ import time
 from pathlib import Path
 
 import yaml
+
+from rlad_megatron import launch_local
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -178,8 +181,12 @@ def run_once(config: dict, tp: int, workdir: Path, src: Path | None, timeout: fl
         env["OMP_NUM_THREADS"] = str(threads)
     if src is not None:  # PYTHONPATH comes before the editable install of this checkout
         env["PYTHONPATH"] = os.pathsep.join([str(src), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={tp}",
-           "-m", "rlad_megatron.cli", "train", "--config", str(config_path)]
+    args = ["train", "--config", str(config_path)]
+    if src is None or (src / "rlad_megatron" / "launch_local.py").exists():
+        cmd = launch_local.command(tp, "rlad_megatron.cli", args)  # every socket on the loopback interface
+    else:  # a baseline checkout older than launch_local
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={tp}",
+               "-m", "rlad_megatron.cli", *args]
     log_path = workdir / "train.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, env=env, cwd=str(workdir), stdout=log, stderr=subprocess.STDOUT,

@@ -26,7 +26,7 @@ from rlad_megatron.config import (
     run_config_from_dict,
     run_config_to_dict,
 )
-from rlad_megatron.config_parsing import flatten_dotted
+from rlad_megatron.config.parsing import flatten_dotted
 from rlad_megatron.memory_plan import MemoryPlan, plan_memory
 from rlad_megatron.placement import ModelShape, Placement, plan_placement
 
@@ -81,6 +81,12 @@ class Recipe:
     @property
     def world_size(self) -> int:
         return self.nodes * self.gpus_per_node
+
+    @property
+    def ranks_per_node(self) -> int:
+        """torchrun processes per node: its GPUs (CPU processes) less the disaggregated rollout engines', which are
+        processes of their own on each node's last GPUs (``rollout_gpus`` spread evenly over the nodes)."""
+        return self.gpus_per_node - self.rollout_gpus // self.nodes
 
     def with_overrides(self, overrides: list[str]) -> "Recipe":
         """A copy with dotted ``section.key=value`` overrides applied to the config (validated)."""

@@ -1,29 +1,41 @@
-"""``python -m recipes``: build a recipe, check its placement, and launch it through NeMo-Run (or dry-run it).
+"""``python -m recipes`` (and ``rlad-megatron launch | plan``): build a recipe -- a named one, or your own run config
+(``--config my_run.yaml``) -- check its placement and memory plan, and launch it through NeMo-Run (or dry-run it).
 
     python -m recipes --list
     python -m recipes quickstart                                    # local, 2 CPU processes, tiny models
     python -m recipes math_qwen3_8b_base --plan                    # per-GPU memory by component; fits?
     python -m recipes logic_qwen3_0p6b --executor slurm --dryrun --account acct --partition batch \\
-        --container-image rlad-megatron:0.1.0 --mounts /lustre/models:/models,/lustre/data:/data trainer.steps=10
+        --container-image rlad-megatron:0.1.0 trainer.steps=10 \\
+        --mounts /lustre/models:/models,/lustre/data:/data,/lustre/results:/results
+    python -m recipes --config my_run.yaml --nodes 2 --gpus-per-node 8 --plan           # your own run
+    python -m recipes --config my_run.yaml --executor slurm --nodes 2 --account acct --partition batch
+    python -m recipes logic_qwen3_0p6b --config changes.yaml trainer.steps=10   # the file's keys on the recipe's
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
+import warnings
 from typing import Any, Sequence
 
 from rlad_megatron.config import ConfigError
 
 from recipes import RECIPES, get_recipe, prepare_quickstart_assets, recipe_names
 from recipes.base import Recipe
+from recipes.job_checks import file_problems, job_path, locator
+from recipes.own_run import recipe_from_config, with_config_file, with_job_config_file
+from recipes.shapes import describe_shape, resolve_shapes
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m recipes", description=__doc__.split("\n")[0],
+def _parser(prog: str = "python -m recipes") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("name", nargs="?", help="recipe name (see --list)")
+    p.add_argument("name", nargs="?", help="recipe name (see --list); without one, --config is the whole run")
     p.add_argument("overrides", nargs="*", help="trainer config overrides, section.key=value")
     p.add_argument("--list", action="store_true", help="list the recipes and exit")
+    p.add_argument("--config", help="YAML run config: your own run (no recipe name), or keys on top of the named "
+                                    "recipe's; relative paths in it are taken from its folder")
     p.add_argument("--show", action="store_true", help="print the placement and the trainer command, launch nothing")
     p.add_argument("--plan", action="store_true",
                    help="print the per-GPU memory plan by component (and whether it fits), launch nothing")
@@ -35,14 +47,29 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dryrun", action="store_true", help="render the job (the sbatch script on Slurm), submit nothing")
     p.add_argument("--detach", action="store_true", help="return once the job is submitted")
     p.add_argument("--nodes", type=int, help="override the recipe's node count")
-    p.add_argument("--gpus-per-node", type=int, help="override the recipe's GPUs (ranks) per node")
+    p.add_argument("--gpus-per-node", type=int, help="override the recipe's GPUs (ranks) per node (--config: "
+                                                     "default 8, with --cpu 1)")
+    p.add_argument("--rollout-gpus", type=int,
+                   help="GPUs of the rollout engines' own (rollout.placement=disaggregated, e.g. rollout.mode=async): "
+                        "one engine per learner replica, on each node's last GPUs; the learner gets the others")
+    p.add_argument("--cpu", action="store_true",
+                   help="--config: the job runs on CPUs (--gpus-per-node counts processes; Slurm is asked for no "
+                        "GPUs; the memory plan has no GPU limit)")
+    p.add_argument("--student-shape", metavar="NAME",
+                   help="plan the student as this known model (e.g. Qwen3-4B) when its folder is not reachable from "
+                        "this machine; by default its config.json is read")
+    p.add_argument("--teacher-shape", metavar="NAME", help="the same for the teacher (e.g. Qwen3-30B-A3B)")
+    p.add_argument("--no-file-checks", action="store_true",
+                   help="submit without checking here that the job will find its models and data (the job still "
+                        "checks them when it starts)")
     p.add_argument("--account", help="Slurm account")
     p.add_argument("--partition", help="Slurm partition")
     p.add_argument("--time", default="04:00:00", help="Slurm time limit (default %(default)s)")
     p.add_argument("--qos", help="Slurm QoS")
     p.add_argument("--container-image", help="container image for pyxis (see docker/README.md)")
-    p.add_argument("--mounts", action="append", default=[],
-                   help="container mounts host:container, comma-separated or repeated")
+    p.add_argument("--mounts", "--mount", action="append", default=[],
+                   help="container mounts host:container, comma-separated or repeated; every path of the run "
+                        "(models, data, reward file, trainer.output_dir) must lie under one")
     p.add_argument("--requeue", action="store_true",
                    help="Slurm: let the job be requeued (preemption, node failure) and resume by itself from its "
                         "newest checkpoint (sets trainer.resume=auto; needs trainer.save_every)")
@@ -73,17 +100,59 @@ def _pairs(items: Sequence[str], what: str) -> dict[str, Any]:
     return out
 
 
-def build_recipe(args: argparse.Namespace) -> Recipe:
-    """The recipe named on the command line, with its arguments, layout and overrides applied (not validated)."""
-    kwargs = _pairs(args.arg, "--arg")
-    if args.name == "quickstart" and "student" not in kwargs:
-        kwargs = {**prepare_quickstart_assets(args.workdir), **kwargs}
-    try:
-        recipe = get_recipe(args.name, **kwargs)
-    except TypeError as err:
-        raise ConfigError(f"recipe {args.name}: bad --arg ({err})") from None
-    recipe = recipe.with_layout(nodes=args.nodes, gpus_per_node=args.gpus_per_node).with_overrides(args.overrides)
-    return recipe.with_gpu(args.gpu)
+def _mounts(args: argparse.Namespace) -> list[str]:
+    return [m for item in args.mounts for m in item.split(",") if m]
+
+
+def _in_container(args: argparse.Namespace) -> bool:
+    return args.executor == "slurm" and bool(args.container_image)
+
+
+def build_recipe(args: argparse.Namespace) -> tuple[Recipe, list[str]]:
+    """The recipe named on the command line (or the run of ``--config``), with its arguments, layout, config file
+    and overrides applied and its models' shapes (not validated); and one line per model saying its shape.
+
+    The shapes come from the models' own config.json (``recipes.shapes``): a recipe's table shape stands only for
+    the recipe's own model path, so ``model.student=...`` never plans with another model's shape."""
+    if args.name is None:
+        if args.arg:
+            raise ConfigError("--arg sets a recipe function's argument: name the recipe, or set the key in "
+                              f"{args.config}")
+        recipe = recipe_from_config(args.config, args.overrides, nodes=args.nodes or 1,
+                                    gpus_per_node=args.gpus_per_node or (1 if args.cpu else 8),
+                                    rollout_gpus=args.rollout_gpus or 0, cpu=args.cpu, gpu_memory=args.gpu)
+        declared: dict = {}
+    else:
+        if args.name.endswith((".yaml", ".yml")):
+            raise ConfigError(f"{args.name} is not a recipe name: give a run config as --config {args.name}")
+        if args.cpu:
+            raise ConfigError(f"--cpu is for your own run (--config without a recipe name); recipe {args.name} "
+                              "says itself whether it needs GPUs")
+        kwargs = _pairs(args.arg, "--arg")
+        if args.name == "quickstart" and "student" not in kwargs:
+            kwargs = {**prepare_quickstart_assets(args.workdir), **kwargs}
+        try:
+            recipe = get_recipe(args.name, **kwargs)
+        except TypeError as err:
+            raise ConfigError(f"recipe {args.name}: bad --arg ({err}). Another student or teacher with this "
+                              "recipe's settings: model.student=FOLDER / model.teacher=FOLDER (their config.json is "
+                              "read for the plan; --student-shape / --teacher-shape NAME where the folder is not "
+                              "reachable), or your own run: --config my_run.yaml") from None
+        declared = {"student": (recipe.config.model.student, recipe.student_shape),
+                    "teacher": (recipe.config.model.teacher, recipe.teacher_shape) if recipe.teacher_shape else None}
+        recipe = recipe.with_layout(nodes=args.nodes, gpus_per_node=args.gpus_per_node)
+        recipe = (with_config_file(recipe, args.config, args.overrides) if args.config
+                  else recipe.with_overrides(args.overrides))
+        if args.rollout_gpus is not None:
+            recipe = dataclasses.replace(recipe, rollout_gpus=args.rollout_gpus)
+        recipe = recipe.with_gpu(args.gpu)
+    student, teacher = resolve_shapes(recipe.config, named={"student": args.student_shape,
+                                                            "teacher": args.teacher_shape},
+                                      declared=declared, locate=locator(container=_in_container(args),
+                                                                        mounts=_mounts(args)))
+    recipe = dataclasses.replace(recipe, student_shape=student.shape, teacher_shape=teacher and teacher.shape)
+    return recipe, [describe_shape(role, shape) for role, shape in (("student", student), ("teacher", teacher))
+                    if shape is not None]
 
 
 def _refusal(plan) -> str:
@@ -96,9 +165,11 @@ def _refusal(plan) -> str:
     return ""
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_intermixed_args(argv)
-    if args.list or not args.name:
+def main(argv: Sequence[str] | None = None, prog: str = "python -m recipes") -> int:
+    args = _parser(prog).parse_intermixed_args(argv)
+    if args.name and "=" in args.name:  # `--config my_run.yaml trainer.steps=3`: an override, not a recipe name
+        args.overrides, args.name = [args.name, *args.overrides], None
+    if args.list or not (args.name or args.config):
         for name in recipe_names():
             fn = RECIPES[name]
             algorithm = getattr(fn, "keywords", {}).get("algorithm", "rlad" if name != "quickstart" else "")
@@ -107,17 +178,28 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{name:28s} {'[' + algorithm + '] ' if algorithm else ''}{summary}")
         return 0
     try:
-        recipe = build_recipe(args)
+        recipe, shapes = build_recipe(args)
         if args.requeue or args.max_restarts:
             from recipes.executors import with_auto_resume
 
             recipe = with_auto_resume(recipe, "--requeue" if args.requeue else "--max-restarts")
         placement = recipe.validate(check_memory=False)
         plan = recipe.memory_plan(placement)
+        notes = []
+        if not args.plan:
+            try:
+                recipe.train_args()  # the config travels on the job's command line, or in a file next to yours
+            except ConfigError:
+                if not args.config:
+                    raise
+                recipe = with_job_config_file(recipe, args.config,
+                                              in_job=job_path(container=_in_container(args), mounts=_mounts(args)))
+                notes.append(f"the job reads its config from {recipe.job_config} (a value of it cannot travel on "
+                             "the job's command line)")
     except (ConfigError, KeyError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"recipe {recipe.name}: {recipe.description}\n{placement.describe()}")
+    print(f"recipe {recipe.name}: {recipe.description}", *shapes, placement.describe(), *notes, sep="\n")
     if args.plan:
         print(plan.describe() if plan is not None else "memory plan: the recipe gives no model shapes")
         return 0 if plan is None or plan.fits else 1
@@ -126,17 +208,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if plan is not None and recipe.gpu and not plan.fits:
         if not args.ignore_memory_plan:
-            print(f"error: {_refusal(plan)}", file=sys.stderr)
+            refusal = _refusal(plan)
+            if args.name is None:  # your own run: its plan is printed by `plan --config`
+                refusal = refusal.replace("python -m recipes NAME --plan", f"rlad-megatron plan --config {args.config}")
+            print(f"error: {refusal}", file=sys.stderr)
             return 2
         print(f"warning: launching although the memory plan does not fit ({plan.peak_gib:.1f} GiB > "
               f"{plan.gpu_gib:.1f} GiB)", file=sys.stderr)
     if args.show:
         print("command: torchrun ... -m rlad_megatron.cli " + " ".join(recipe.train_args()))
         return 0
-    from recipes.executors import launch, local_executor, slurm_executor
+    mounts = _mounts(args)
+    if not args.no_file_checks:
+        problems = file_problems(recipe.config, container=_in_container(args), mounts=mounts)
+        for problem in problems:
+            print(f"{'warning' if args.dryrun else 'error'}: {problem}", file=sys.stderr)
+        if problems and not args.dryrun:
+            print("error: the job would not find these: fix them, or --no-file-checks to submit anyway",
+                  file=sys.stderr)
+            return 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # deprecation notices of NeMo-Run's dependencies, at import
+        from recipes.executors import launch, local_executor, slurm_executor
 
     env = _pairs(args.env, "--env")
-    mounts = [m for item in args.mounts for m in item.split(",") if m]
     try:
         if args.executor == "local":
             executor = local_executor(recipe, env=env)

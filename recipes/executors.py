@@ -2,11 +2,13 @@
 
     recipe = get_recipe("logic_qwen3_0p6b")
     executor = slurm_executor(recipe, account="acct", partition="batch", container_image="rlad-megatron:0.1.0",
-                              container_mounts=["/lustre/models:/models", "/lustre/data:/data"])
+                              container_mounts=["/lustre/models:/models", "/lustre/data:/data",
+                                                "/lustre/results:/results"])
     launch(recipe, executor, dryrun=True)        # renders <exp_dir>/<name>_sbatch.sh, submits nothing
 
-Both executors use NeMo-Run's ``torchrun`` launcher, so each node runs one
-``torchrun --nnodes N --nproc-per-node G ... -m rlad_megatron.cli train <overrides>`` (under ``srun`` on Slurm).
+On Slurm each node runs NeMo-Run's ``torchrun --nnodes N --nproc-per-node G ... -m rlad_megatron.cli train
+<overrides>`` under ``srun``; on this machine the task is ``python -m rlad_megatron.launch_local --nproc-per-node G
+-m rlad_megatron.cli train <overrides>`` (torchrun with every socket on the loopback interface).
 """
 from __future__ import annotations
 
@@ -22,18 +24,25 @@ from nemo_run.config import get_nemorun_home
 
 from recipes.base import TRAIN_MODULE, Recipe
 
+LOCAL_LAUNCHER = "rlad_megatron.launch_local"
 
-def train_task(recipe: Recipe, *, max_restarts: int = 0, shell_quoted: bool = False) -> run.Script:
-    """The ``run.Script`` running ``python -m rlad_megatron.cli train <overrides>`` (NeMo-Run's torchrun wraps it).
 
-    With ``max_restarts`` the task is torchrun itself (``--standalone --max-restarts N``; NeMo-Run's torchrun
-    launcher has no such option): when a rank dies, torchrun restarts every rank, up to N times.
+def train_task(recipe: Recipe, *, local: bool = False, max_restarts: int = 0, shell_quoted: bool = False) -> run.Script:
+    """The ``run.Script`` running ``python -m rlad_megatron.cli train <overrides>`` (NeMo-Run's torchrun wraps it on
+    Slurm, where the rendezvous must listen on the network).
+
+    ``local``: the task is the local launcher itself (``python -m rlad_megatron.launch_local --nproc-per-node G``:
+    torchrun with every socket on the loopback interface, where NeMo-Run's torchrun and ``--standalone`` listen on
+    every interface); ``max_restarts`` (local only): when a rank dies, torchrun restarts every rank, up to N times.
     ``shell_quoted``: for executors that paste the arguments into a shell script (Slurm's sbatch).
     """
     path, args = TRAIN_MODULE, recipe.train_args()
-    if max_restarts:
-        path, args = "torch.distributed.run", ["--standalone", f"--nproc-per-node={recipe.gpus_per_node}",
-                                               f"--max-restarts={max_restarts}", "-m", TRAIN_MODULE, *args]
+    if max_restarts and not local:
+        raise ValueError("--max-restarts is for the local executor; on Slurm use --requeue")
+    if local:
+        options = [f"--nproc-per-node={recipe.ranks_per_node}"] + ([f"--max-restarts={max_restarts}"] if max_restarts
+                                                                    else [])
+        path, args = LOCAL_LAUNCHER, [*options, "-m", TRAIN_MODULE, *args]
     if shell_quoted:
         args = [_shell_word("a train argument", a) for a in args]
     return run.Script(path=path, m=True, args=args, entrypoint="python")
@@ -78,12 +87,13 @@ def _env(recipe: Recipe, env: dict[str, str] | None) -> dict[str, str]:
 
 
 def local_executor(recipe: Recipe, *, env: dict[str, str] | None = None) -> run.LocalExecutor:
-    """torchrun with ``recipe.gpus_per_node`` processes on this machine (one node only)."""
+    """torchrun with ``recipe.gpus_per_node`` processes on this machine (one node only); :func:`launch` runs it as
+    ``rlad_megatron.launch_local`` (every socket on the loopback interface)."""
     if recipe.nodes != 1:
         raise ValueError(f"recipe {recipe.name} needs {recipe.nodes} nodes x {recipe.gpus_per_node} GPUs; the local "
                          "executor runs on this machine only: use --executor slurm, or --nodes 1 with a layout that "
                          "fits one machine")
-    return run.LocalExecutor(ntasks_per_node=recipe.gpus_per_node, nodes=1, launcher="torchrun",
+    return run.LocalExecutor(ntasks_per_node=recipe.ranks_per_node, nodes=1, launcher="torchrun",
                              env_vars=_env(recipe, env))
 
 
@@ -117,8 +127,11 @@ def slurm_executor(recipe: Recipe, *, account: str, partition: str | None = None
     Without ``ssh_host`` the job is submitted from this machine (a login node, or a dry run anywhere) out of
     NeMo-Run's experiment folder (``job_dir`` must then be left unset; move it with ``NEMORUN_HOME``); with it,
     through an SSH tunnel, and ``job_dir`` is a directory on the cluster.
-    ``requeue`` writes ``#SBATCH --requeue`` (the job may be requeued after a preemption or a node failure) and
-    appends to the job's log across restarts; pair it with ``trainer.resume=auto`` (see :func:`with_auto_resume`).
+    ``requeue`` writes ``#SBATCH --requeue`` (the job may be requeued after a preemption or a node failure); pair
+    it with ``trainer.resume=auto`` (see :func:`with_auto_resume`). NeMo-Run 0.11.1 submits every job with
+    ``sbatch --requeue`` anyway (its command line wins over the script), so any job may be requeued: a requeued
+    attempt continues its run by itself (rlad_megatron/run_lock.py, docs/reliability.md), and the job's log is
+    appended to across attempts (``--open-mode=append``), keeping the first attempt's output.
     """
     if not account:
         raise ValueError("the Slurm executor needs an account: pass --account")
@@ -149,8 +162,9 @@ def slurm_executor(recipe: Recipe, *, account: str, partition: str | None = None
     )
     if recipe.gpu:
         kwargs["gpus_per_node"] = recipe.gpus_per_node
-    if requeue:
-        kwargs["additional_parameters"] = {"requeue": True, "open_mode": "append"}
+    if recipe.ranks_per_node != recipe.gpus_per_node:  # disaggregated engines: processes, not torchrun ranks
+        kwargs["torchrun_nproc_per_node"] = recipe.ranks_per_node
+    kwargs["additional_parameters"] = {"open_mode": "append", **({"requeue": True} if requeue else {})}
     executor = run.SlurmExecutor(**kwargs)
     executor.launcher = "torchrun"
     return executor
@@ -213,15 +227,16 @@ def launch(recipe: Recipe, executor: run.LocalExecutor | run.SlurmExecutor, *, d
     """
     recipe.validate(check_memory=check_memory)
     recipe = with_absolute_paths(recipe, container=bool(getattr(executor, "container_image", None)))
-    if max_restarts:
-        if not isinstance(executor, run.LocalExecutor):
-            raise ValueError("--max-restarts is for the local executor; on Slurm use --requeue")
-        executor = dataclasses.replace(executor, launcher=None, ntasks_per_node=1)  # torchrun is the task
+    local = isinstance(executor, run.LocalExecutor)
+    if max_restarts and not local:
+        raise ValueError("--max-restarts is for the local executor; on Slurm use --requeue")
+    if local:  # the task is the loopback-only launcher (rlad_megatron.launch_local), not NeMo-Run's torchrun
+        executor = dataclasses.replace(executor, launcher=None, ntasks_per_node=1)
     # NeMo-Run 0.11.1 has no public accessor for an experiment's directory; ``_exp_dir`` is where it writes.
     experiment = run.Experiment(experiment_name or f"rlad-{recipe.name}")
     with experiment as exp:
-        exp.add(train_task(recipe, max_restarts=max_restarts, shell_quoted=isinstance(executor, run.SlurmExecutor)),
-                executor=executor, name=recipe.name)
+        exp.add(train_task(recipe, local=local, max_restarts=max_restarts,
+                           shell_quoted=isinstance(executor, run.SlurmExecutor)), executor=executor, name=recipe.name)
         if dryrun:
             exp.dryrun(delete_exp_dir=False)
             return {"experiment_dir": exp._exp_dir, "status": {}}

@@ -1,4 +1,4 @@
-"""The paper's runs (arXiv 2602.22495, Sec. 4; settings restated in shared/design/ALGORITHM.md), one function each.
+"""The paper's runs (arXiv 2602.22495, Sec. 4; settings restated in docs/algorithm.md), one function each.
 
 Logic (Knights and Knaves, Logic-RL setup), 1 node x 8 GPUs: Qwen3-0.6B or Qwen3-1.7B student, Qwen3-8B teacher.
 Math (Skywork-OR1 data), 8 nodes x 8 GPUs: Qwen3-1.7B-Base <- Qwen3-8B and Qwen3-8B-Base <- Qwen3-32B.
@@ -23,7 +23,7 @@ from rlad_megatron.config import (
     TrainerConfig,
     teacher_use,
 )
-from rlad_megatron.loss.config import LossConfig
+from rlad_megatron.config.loss import LossConfig
 from rlad_megatron.placement import ModelShape
 
 from recipes.base import GPU_ENV, Recipe

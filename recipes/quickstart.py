@@ -23,7 +23,7 @@ from rlad_megatron.config import (
     TrainerConfig,
     teacher_use,
 )
-from rlad_megatron.loss.config import LossConfig
+from rlad_megatron.config.loss import LossConfig
 from rlad_megatron.placement import ModelShape
 
 from recipes.base import CPU_ENV, Recipe

@@ -23,7 +23,7 @@ from rlad_megatron.config import (
     RunConfig,
     TrainerConfig,
 )
-from rlad_megatron.loss.config import LossConfig
+from rlad_megatron.config.loss import LossConfig
 
 
 @dataclass

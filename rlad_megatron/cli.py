@@ -1,4 +1,4 @@
-"""``rlad-megatron train | eval | teacher-trust | convert | config | data``.
+"""``rlad-megatron train | eval | teacher-trust | convert | config | data | plan | launch``.
 
     torchrun --nproc-per-node 2 -m rlad_megatron.cli train --config configs/quickstart.yaml trainer.steps=20
 """
@@ -11,7 +11,8 @@ from pathlib import Path
 
 
 def _train(args: argparse.Namespace) -> int:
-    from rlad_megatron.config import ConfigError, load_run_config
+    # lazy, as every import of this module: `--help` and the other commands do not load the trainer's parts
+    from rlad_megatron.config import ConfigError, load_run_config, teacher_use
     from rlad_megatron.fp8 import check_run_hardware
 
     try:
@@ -20,17 +21,19 @@ def _train(args: argparse.Namespace) -> int:
     except ConfigError as err:
         print(f"rlad-megatron train: bad configuration: {err}", file=sys.stderr)
         return 2
+    # lazy: `config` and `--help` do not load the trainer
     from rlad_megatron.models.folder_check import ModelFolderError, check_model_folder
-    from rlad_megatron.trainer.run_dir import RunDirError, prepare_output_dir
+    from rlad_megatron.trainer.checkpoints.run_dir import RunDirError, check_output_path
 
     try:  # before any process group: a wrong path is one line, not a hub lookup and a traceback per rank
         check_model_folder(config.model.student, "model.student")
-        if config.model.teacher and config.loss.algorithm in ("rlad", "kdrl", "sft"):
+        if config.model.teacher and teacher_use(config.loss) != "none":
             check_model_folder(config.model.teacher, "model.teacher")
     except ModelFolderError as err:
         if os.environ.get("RANK", "0") == "0":
             print(f"rlad-megatron train: {err}", file=sys.stderr)
         return 2
+    # lazy, as every import of this module: `--help` and the other commands stay light
     from rlad_megatron.data.check import check_data_files
 
     problems = check_data_files(config.data)  # the data files' first rows, before any model or process group
@@ -41,23 +44,54 @@ def _train(args: argparse.Namespace) -> int:
         return 2
 
     rank0 = os.environ.get("RANK", "0") == "0"  # torchrun's global rank; the process group does not exist yet
+    # lazy: `config` and `--help` do not load the trainer
+    from rlad_megatron.run_lock import RunLockError, hold_run_lock
+
+    out = Path(config.trainer.output_dir)
+    try:
+        check_output_path(out)
+        lock = hold_run_lock(out, rank0=rank0)  # one writer per run: a second run on this folder stops here
+    except (RunDirError, RunLockError) as err:
+        if rank0:
+            print(f"rlad-megatron train: {err}", file=sys.stderr)
+        return 2
+    try:
+        return _train_holding_the_lock(args, config, lock, rank0)
+    finally:
+        lock.release()
+
+
+def _train_holding_the_lock(args: argparse.Namespace, config, lock, rank0: bool) -> int:
+    from rlad_megatron.atomic_write import DiskFullError  # lazy: `config` and `--help` do not load the trainer
+    from rlad_megatron.trainer.checkpoints.run_dir import RunDirError, prepare_output_dir
+
     try:
         start = prepare_output_dir(config, resume=args.resume, overwrite=args.overwrite,
-                                   allow_config_change=args.allow_config_change, rank0=rank0)
+                                   allow_config_change=args.allow_config_change, rank0=rank0,
+                                   requeued=lock.requeued)
     except RunDirError as err:
         if rank0:
             print(f"rlad-megatron train: {err}", file=sys.stderr)
         return 2
+    lock.mark_running()
     if rank0:
         for note in start.notes:
             print(f"[rlad] {note}", flush=True)
-    from rlad_megatron.console import rank_tag, send_output_to_log
+    # lazy: `config` and `--help` do not load the trainer
+    from rlad_megatron.console import rank_tag, say, send_output_to_log
 
     # From here on third-party output (vLLM, Megatron, torch, warnings) goes to the run's train.log, not the console.
     send_output_to_log(Path(config.trainer.output_dir) / "train.log", tag=rank_tag())
-    from rlad_megatron.trainer.loop import train
+    from rlad_megatron.trainer.loop import train  # lazy: `config` and `--help` do not load the trainer
 
-    train(config, resume=start.resume)
+    try:
+        train(config, resume=start.resume)
+    except DiskFullError as err:  # the traceback goes to train.log; the console gets one line
+        import traceback  # lazy: `config` and `--help` do not load the trainer
+
+        traceback.print_exc()
+        say(f"rlad-megatron train: {err}")
+        return 2
     # Everything is written and closed: spare the interpreter's final garbage collection a pass over vLLM's, Megatron's
     # and torch's objects (~3 s a process on 2 cores, at every job's end). Exit handlers still run.
     import gc
@@ -70,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlad-megatron", description="RL-aware distillation (RLAD) on Megatron + vLLM")
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="run RLAD (or a baseline) training; launch under torchrun for >1 rank")
-    train.add_argument("--config", default=None, help="YAML run config (sections of rlad_megatron/config.py)")
+    train.add_argument("--config", default=None, help="YAML run config (sections of rlad_megatron/config/)")
     train.add_argument("--resume", action="store_true",
                        help="continue the run in trainer.output_dir from its newest complete checkpoint")
     train.add_argument("--overwrite", action="store_true",
@@ -80,20 +114,28 @@ def build_parser() -> argparse.ArgumentParser:
                        help="resume even though the config changes the run (models, loss, data, seeds, ...)")
     train.add_argument("overrides", nargs="*", help="dotted overrides, e.g. loss.alpha=0.3 trainer.steps=20")
     train.set_defaults(func=_train)
-    from rlad_megatron import config_cli, convert
+    from rlad_megatron import convert  # lazy: `import rlad_megatron.cli` stays light (torch comes with convert)
+    from rlad_megatron.config import cli as config_cli
     from rlad_megatron.data import cli as data_cli
     from rlad_megatron.eval import cli as eval_cli
     from rlad_megatron.eval import teacher_trust
+    from rlad_megatron import launch_cli
 
     convert.register(sub)
     eval_cli.register(sub)
     teacher_trust.register(sub)
     config_cli.register(sub)
     data_cli.register(sub)
+    launch_cli.register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("launch", "plan"):  # the launcher's own options (python -m recipes)
+        from rlad_megatron import launch_cli
+
+        return launch_cli.main(argv)
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # `train --resume a=1 b=2` and `train a=1 --resume b=2`: overrides may stand on either side of a flag.

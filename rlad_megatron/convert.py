@@ -18,12 +18,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
+import os
+import sys
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
+from rlad_megatron import atomic_write as aw, checkpoint_files as ckf
+from rlad_megatron.atomic_write import DiskFullError
+from rlad_megatron.models import build_model_chunks, load_hf_model
+from rlad_megatron.models.folder_check import check_model_folder
 from rlad_megatron.models.hf_config import ModelArch, load_arch, padded_vocab_size
+from rlad_megatron.models.hf_export import TOKENIZER_FILES, export_hf_checkpoint
+from rlad_megatron.models.layout import stage_overrides
+from rlad_megatron.parallel import initialize_model_parallel
 
 ARCH_FILE = "rlad_arch.json"
 META_FILE = "rlad_checkpoint.json"
@@ -31,49 +40,55 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def _setup(tp: int, pp: int, ep: int = 1) -> None:
-    from rlad_megatron.parallel import initialize_model_parallel
-
     initialize_model_parallel(tp, pp, expert_parallel=ep)
 
 
 def _is_rank0() -> bool:
-    import torch.distributed as dist
-
     return not dist.is_initialized() or dist.get_rank() == 0
 
 
 def save_megatron_checkpoint(model_chunks: list, arch: ModelArch, out_dir: str | Path, *,
                              tokenizer_dir: str | Path | None = None) -> Path:
-    """Collective: write ``model_chunks`` (one per rank, no virtual PP) as a dist checkpoint with our metadata."""
-    import torch.distributed as dist
-    from megatron.core import dist_checkpointing
+    """Collective: write ``model_chunks`` (one per rank, no virtual PP) as a dist checkpoint with our metadata.
+
+    Written into the hidden sibling ``.<name>.partial`` and renamed to ``out_dir`` once complete: a crash or a
+    full disk (:class:`~rlad_megatron.atomic_write.DiskFullError`) leaves nothing at ``out_dir``."""
+    from megatron.core import dist_checkpointing  # lazy: megatron-core is heavy (seconds)
     from megatron.core import parallel_state as ps
 
     (chunk,) = model_chunks
     out = Path(out_dir)
+    partial = aw.partial_dir(out)
     if _is_rank0():
-        out.mkdir(parents=True, exist_ok=True)
-        if any(out.iterdir()):
+        if out.is_dir() and any(out.iterdir()):
             raise FileExistsError(f"checkpoint directory {out} is not empty: choose a new --out")
+        aw.start_dir(out)
     dist.barrier()
-    dist_checkpointing.save(chunk.sharded_state_dict(), str(out))
+    advice = "nothing was left at --out; free some space there or choose another --out"
+    try:
+        with aw.disk_full_guard(partial, "the Megatron checkpoint", advice):
+            dist_checkpointing.save(chunk.sharded_state_dict(), str(partial))
+            if _is_rank0():
+                padded = chunk.embedding.word_embeddings.weight.shape[0] * \
+                    ps.get_tensor_model_parallel_world_size() if chunk.pre_process else None
+                meta = {"padded_vocab": padded, "tp": ps.get_tensor_model_parallel_world_size(),
+                        "pp": ps.get_pipeline_model_parallel_world_size(),
+                        "ep": ps.get_expert_model_parallel_world_size() if arch.is_moe else 1,
+                        "first_stage_layers": chunk.config.num_layers_in_first_pipeline_stage,
+                        "last_stage_layers": chunk.config.num_layers_in_last_pipeline_stage,
+                        "dtype": str(next(chunk.parameters()).dtype).removeprefix("torch.")}
+                aw.write_text(partial / ARCH_FILE, arch.to_json())
+                aw.write_json(partial / META_FILE, meta, indent=2)
+                if tokenizer_dir is not None:
+                    for name in TOKENIZER_FILES:
+                        if (Path(tokenizer_dir) / name).is_file():
+                            aw.copy_file(Path(tokenizer_dir) / name, partial / name)
+    except BaseException:
+        aw.discard(partial)  # whichever rank failed: nothing half-written stays behind
+        raise
+    dist.barrier()
     if _is_rank0():
-        padded = chunk.embedding.word_embeddings.weight.shape[0] * ps.get_tensor_model_parallel_world_size() \
-            if chunk.pre_process else None
-        meta = {"padded_vocab": padded, "tp": ps.get_tensor_model_parallel_world_size(),
-                "pp": ps.get_pipeline_model_parallel_world_size(),
-                "ep": ps.get_expert_model_parallel_world_size() if arch.is_moe else 1,
-                "first_stage_layers": chunk.config.num_layers_in_first_pipeline_stage,
-                "last_stage_layers": chunk.config.num_layers_in_last_pipeline_stage,
-                "dtype": str(next(chunk.parameters()).dtype).removeprefix("torch.")}
-        (out / ARCH_FILE).write_text(arch.to_json())
-        (out / META_FILE).write_text(json.dumps(meta, indent=2))
-        if tokenizer_dir is not None:
-            from rlad_megatron.models.hf_export import TOKENIZER_FILES
-
-            for name in TOKENIZER_FILES:
-                if (Path(tokenizer_dir) / name).is_file():
-                    shutil.copyfile(Path(tokenizer_dir) / name, out / name)
+        aw.finish_dir(partial, out, what="the Megatron checkpoint", advice=advice)
     dist.barrier()
     return out
 
@@ -82,10 +97,6 @@ def resolve_checkpoint(path: str | Path) -> Path:
     """The Megatron folder to read for ``--ckpt``: a convert checkpoint as given, or a trainer checkpoint given as
     its run's output_dir, its ``checkpoints`` folder or one ``step_N`` folder (the newest complete one whose files
     match its manifest; a damaged one is reported and skipped)."""
-    import sys
-
-    from rlad_megatron.trainer import checkpoint_files as ckf
-
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"--ckpt {path}: no such folder")
@@ -117,12 +128,8 @@ def load_megatron_checkpoint(ckpt_dir: str | Path, *, params_dtype: torch.dtype 
                              last_stage_layers: int | None = None) -> tuple[list, ModelArch]:
     """Build this rank's chunk for the current parallel state (and first/last pipeline stage layer counts) and
     load a checkpoint written at any TP/PP layout."""
-    from rlad_megatron.models.layout import stage_overrides
-
-    from megatron.core import dist_checkpointing
+    from megatron.core import dist_checkpointing  # lazy: megatron-core is heavy (seconds)
     from megatron.core import parallel_state as ps
-
-    from rlad_megatron.models import build_model_chunks
 
     ckpt = Path(ckpt_dir)
     if not (ckpt / ARCH_FILE).is_file():
@@ -151,9 +158,6 @@ def load_megatron_checkpoint(ckpt_dir: str | Path, *, params_dtype: torch.dtype 
 
 def hf_to_mcore(hf_dir: str, out_dir: str, *, tp: int = 1, pp: int = 1, dtype: str = "fp32",
                 first_stage_layers: int | None = None, last_stage_layers: int | None = None, ep: int = 1) -> None:
-    from rlad_megatron.models import load_hf_model
-    from rlad_megatron.models.layout import stage_overrides
-
     _setup(tp, pp, ep)
     chunks, arch = load_hf_model(hf_dir, params_dtype=DTYPES[dtype],
                                  **stage_overrides(first_stage_layers, last_stage_layers))
@@ -163,8 +167,6 @@ def hf_to_mcore(hf_dir: str, out_dir: str, *, tp: int = 1, pp: int = 1, dtype: s
 def mcore_to_hf(ckpt_dir: str, out_dir: str, *, tp: int = 1, pp: int = 1, dtype: str | None = None,
                 max_shard_bytes: int = 2 << 30, first_stage_layers: int | None = None,
                 last_stage_layers: int | None = None, ep: int = 1) -> None:
-    from rlad_megatron.models.hf_export import export_hf_checkpoint
-
     ckpt = resolve_checkpoint(ckpt_dir)
     _setup(tp, pp, ep)
     chunks, arch = load_megatron_checkpoint(ckpt, trainable=False, first_stage_layers=first_stage_layers,
@@ -214,10 +216,6 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def check_arguments(args: argparse.Namespace) -> None:
     """Everything wrong with a ``convert`` command, before any model is loaded or file written (ValueError)."""
-    import os
-
-    from rlad_megatron.models.folder_check import check_model_folder
-
     for flag in ("tp", "pp", "ep"):
         if getattr(args, flag, 1) < 1:
             raise ValueError(f"--{flag} {getattr(args, flag)}: must be >= 1")
@@ -239,23 +237,26 @@ def check_arguments(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Execute a parsed ``convert`` command on this rank."""
-    import sys
-
     try:
         check_arguments(args)
     except (ValueError, FileNotFoundError) as err:
         if _is_rank0():
             print(f"rlad-megatron convert {args.direction}: {err}", file=sys.stderr)
         return 2
+
     stages = {"first_stage_layers": args.first_stage_layers, "last_stage_layers": args.last_stage_layers,
               "ep": args.ep}
-    if args.direction == "hf-to-mcore":
-        hf_to_mcore(args.hf, args.out, tp=args.tp, pp=args.pp, dtype=args.dtype, **stages)
-    elif args.direction == "mcore-to-hf":
-        mcore_to_hf(args.ckpt, args.out, tp=args.tp, pp=args.pp, dtype=args.dtype,
-                    max_shard_bytes=int(args.max_shard_gb * (1 << 30)), **stages)
-    else:
-        mcore_to_mcore(args.ckpt, args.out, tp=args.tp, pp=args.pp, **stages)
+    try:
+        if args.direction == "hf-to-mcore":
+            hf_to_mcore(args.hf, args.out, tp=args.tp, pp=args.pp, dtype=args.dtype, **stages)
+        elif args.direction == "mcore-to-hf":
+            mcore_to_hf(args.ckpt, args.out, tp=args.tp, pp=args.pp, dtype=args.dtype,
+                        max_shard_bytes=int(args.max_shard_gb * (1 << 30)), **stages)
+        else:
+            mcore_to_mcore(args.ckpt, args.out, tp=args.tp, pp=args.pp, **stages)
+    except DiskFullError as err:  # every rank that met it says so (the ranks share the disk)
+        print(f"rlad-megatron convert {args.direction}: {err}", file=sys.stderr, flush=True)
+        return 2
     if _is_rank0():
         print(f"convert {args.direction}: wrote {args.out}")
     return 0

@@ -18,6 +18,7 @@ import os
 from typing import Any, Iterator
 
 import torch
+import torch.distributed as dist
 
 
 def local_rank() -> int:
@@ -33,8 +34,6 @@ def local_rank() -> int:
 
 
 def _world_backend() -> str | None:
-    import torch.distributed as dist
-
     if not dist.is_available() or not dist.is_initialized():
         return None
     return str(dist.get_backend())
@@ -73,8 +72,6 @@ def set_rank_device() -> torch.device:
 def collective_device(group: Any = None) -> torch.device:
     """Where a tensor given to a collective over ``group`` (None: the default group) must live: the rank's GPU
     for NCCL groups, the CPU for gloo groups."""
-    import torch.distributed as dist
-
     if "nccl" in str(dist.get_backend(group)):
         return torch.device("cuda", torch.cuda.current_device())  # what torch's own object collectives use
     return torch.device("cpu")

@@ -20,12 +20,13 @@ import importlib.util
 from typing import Any
 
 import torch
+from packaging.version import Version
 
 from rlad_megatron.config import FP8_FORMATS, FP8_RECIPES, ConfigError, FP8Settings, RunConfig, validate_fp8_run
 
 __all__ = [
-    "FP8_FORMATS", "FP8_RECIPES", "check_fp8_available", "check_run_hardware", "transformer_config_fp8_kwargs",
-    "validate_fp8_run", "validate_fp8_settings", "vllm_fp8_kwargs",
+    "FP8_FORMATS", "FP8_RECIPES", "check_fp8_available", "check_run_hardware", "dequantized",
+    "transformer_config_fp8_kwargs", "validate_fp8_run", "validate_fp8_settings", "vllm_fp8_kwargs",
 ]
 
 #: Smallest CUDA compute capability with FP8 tensor cores per recipe (Ada/Hopper; MXFP8 is Blackwell's).
@@ -145,10 +146,28 @@ def _transformer_engine_problem(recipe: str) -> str | None:
         importlib.import_module("transformer_engine.pytorch")
     except Exception as err:  # a broken build (e.g. linked against another torch) raises anything
         return f"transformer_engine is installed but `import transformer_engine.pytorch` failed: {err}"
-    from packaging.version import Version
 
     version = getattr(importlib.import_module("transformer_engine"), "__version__", None)
     need = MIN_TE_VERSION[recipe]
     if version is not None and Version(version.split("+")[0]) < Version(need):
         return f"fp8.recipe={recipe!r} needs transformer_engine >= {need}, found {version}"
     return None
+
+
+def dequantized(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` as the plain tensor of the values it stands for.
+
+    With ``fp8.fp8_params=true`` Transformer Engine keeps the student's linear weights as ``QuantizedTensor``
+    subclasses (``Float8Tensor`` and its siblings): FP8 bytes plus a scale, whose ``dequantize()`` gives the values
+    in the parameter's nominal dtype. Collectives and the HF layout conversion of the export and the weight sync
+    need the values, not the bytes, so every parameter they read goes through here first. A plain tensor is returned
+    as is; any tensor subclass that overrides ``dequantize`` counts as quantized, so the rule holds without importing
+    Transformer Engine."""
+    dequantize = getattr(type(tensor), "dequantize", None)
+    if dequantize is None or dequantize is torch.Tensor.dequantize:
+        return tensor
+    plain = tensor.dequantize()
+    if type(plain) is not torch.Tensor:
+        raise TypeError(f"{type(tensor).__name__}.dequantize() returned a {type(plain).__name__}, not a plain "
+                        "torch.Tensor: this quantized parameter type is not supported by the export / weight sync")
+    return plain

@@ -7,10 +7,15 @@ from __future__ import annotations
 
 import datetime
 import os
+import socket
 from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from rlad_megatron import loopback
+from rlad_megatron.compat import megatron_cpu, megatron_fallbacks
+from rlad_megatron.device import set_rank_device
 
 
 def default_backend() -> str:
@@ -21,7 +26,9 @@ def init_distributed(backend: str | None = None, timeout_s: float = 600.0) -> No
     """Join the process group described by torchrun's environment (RANK, WORLD_SIZE, MASTER_ADDR/PORT).
 
     Without those variables, starts a one-process group on a free local port, so that single-process tools and
-    tests run the same code as multi-process jobs.
+    tests run the same code as multi-process jobs. When torchrun's agent hosts no store for the ranks
+    (``rlad_megatron.launch_local``, the test harness), global rank 0 hosts it; on a loopback ``MASTER_ADDR``
+    (every rank on this machine) that store and gloo listen on the loopback interface only (``loopback``).
     """
     if dist.is_initialized():
         return
@@ -31,10 +38,17 @@ def init_distributed(backend: str | None = None, timeout_s: float = 600.0) -> No
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
     backend = backend or default_backend()
     if backend == "nccl":
-        from rlad_megatron.device import set_rank_device
-
         set_rank_device()  # before the group exists: NCCL and torch's object collectives use the current device
     timeout = datetime.timedelta(seconds=timeout_s)
+
+    if loopback.is_loopback(os.environ["MASTER_ADDR"]):
+        loopback.use_loopback_gloo()
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        store = loopback.tcp_store(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
+                                   is_master=rank == 0, timeout=timeout, multi_tenant=True)
+        dist.init_process_group(backend=backend, timeout=timeout, rank=rank, world_size=world, store=store)
+        return
     restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
     if restart:
         # After `torchrun --max-restarts` restarts the ranks, they reuse the agent's store, which still holds the
@@ -64,11 +78,17 @@ def share_from_one(value: Any, group, *, required: bool = True) -> Any:
 
 
 def free_port() -> int:
-    import socket
-
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def apply_megatron_compat() -> frozenset[str]:
+    """Make megatron-core usable here before any of it runs: the CPU patches on a machine without CUDA, and on every
+    machine the fixes of the Transformer-Engine-less fallbacks megatron-core takes (``rlad_megatron.compat``).
+    Returns the fallback fixes applied."""
+    megatron_cpu.apply()
+    return megatron_fallbacks.apply()
 
 
 def initialize_model_parallel(
@@ -105,10 +125,8 @@ def initialize_model_parallel(
             f"{pipeline_parallel} (experts are sharded over the ranks of one pipeline stage; data parallel size is "
             f"{dp}): choose it among the divisors of {world // pipeline_parallel}"
         )
-    from rlad_megatron.compat import megatron_cpu
-
-    megatron_cpu.apply()
-    from megatron.core import parallel_state, tensor_parallel as mcore_tp
+    apply_megatron_compat()
+    from megatron.core import parallel_state, tensor_parallel as mcore_tp  # lazy: megatron-core is heavy (seconds)
 
     if parallel_state.model_parallel_is_initialized():
         destroy_model_parallel()
@@ -126,13 +144,34 @@ def initialize_model_parallel(
 _REPLICA_GROUP: Any = None
 
 
+def data_parallel_group():
+    """Megatron's data-parallel group of this rank (model parallelism initialised)."""
+    from megatron.core import parallel_state as ps  # megatron-core stays out of `import rlad_megatron.parallel`
+
+    return ps.get_data_parallel_group()
+
+
+def data_parallel_rank_and_size() -> tuple[int, int]:
+    """This rank's data-parallel rank and the data-parallel size."""
+    from megatron.core import parallel_state as ps  # as above
+
+    return ps.get_data_parallel_rank(), ps.get_data_parallel_world_size()
+
+
+def is_last_pipeline_stage() -> bool:
+    """Whether this rank holds the last pipeline stage (where logits and the loss are)."""
+    from megatron.core import parallel_state as ps  # as above
+
+    return ps.is_pipeline_last_stage(ignore_virtual=True)
+
+
 def replica_group():
     """The ranks of this rank's model replica: tensor x context x pipeline parallel (every rank with this rank's
     data-parallel rank). Megatron's model-parallel group is TP x PP only; under context parallelism the CP ranks
     of a replica hold the same sequences too, so rollouts are shared and metrics reduced over this group.
     ``get_model_parallel_group()`` itself at CP=1. Collective over the world on its first call at CP > 1."""
     global _REPLICA_GROUP
-    from megatron.core import parallel_state as ps
+    from megatron.core import parallel_state as ps  # lazy: megatron-core is heavy (seconds)
 
     if ps.get_context_parallel_world_size() == 1:
         return ps.get_model_parallel_group()
@@ -149,7 +188,7 @@ def replica_group():
 
 def destroy_model_parallel() -> None:
     global _REPLICA_GROUP
-    from megatron.core import parallel_state
+    from megatron.core import parallel_state  # lazy: megatron-core is heavy (seconds)
 
     _REPLICA_GROUP = None
     if parallel_state.model_parallel_is_initialized():

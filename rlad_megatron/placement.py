@@ -75,7 +75,7 @@ class ModelShape:
     @classmethod
     def from_hf_dir(cls, path: str, name: str | None = None) -> "ModelShape":
         """Read ``config.json`` of a Hugging Face directory (through ``load_arch``)."""
-        from rlad_megatron.models.hf_config import load_arch
+        from rlad_megatron.models.hf_config import load_arch  # lazy: torch stays out of recipes and the plan
 
         return cls.from_arch(load_arch(path), name or path)
 
@@ -184,6 +184,7 @@ def check_model_shape(shape: ModelShape, *, tp: int, pp: int, role: str, fp8: bo
     """Head, layer and width divisibility of ``shape`` under TP=``tp`` x PP=``pp`` (``role``: 'student', ...),
     with optional uneven first/last pipeline stages."""
     where = f"{role} {shape.name}"
+    # lazy: torch stays out of recipes and the plan
     from rlad_megatron.models.layout import (
         pipeline_stage_layers, tensor_parallel_problem, valid_tensor_parallel_sizes,
     )
@@ -234,7 +235,8 @@ def plan_placement(config: RunConfig, *, nodes: int, gpus_per_node: int, rollout
                              "parallelism needs the intra-node links): lower parallel.tensor_parallel")
 
     colocated = config.rollout.placement == "colocated"
-    rollout_tp = tp if rollout_tp is None else rollout_tp
+    # a disaggregated engine is one process with one GPU (the trainer's "uni" executor), one per learner replica
+    rollout_tp = (tp if colocated else 1) if rollout_tp is None else rollout_tp
     _positive("rollout_tp", rollout_tp)
     if colocated and rollout_gpus:
         raise PlacementError(f"rollout.placement=colocated runs the engines on the learner's GPUs, but "
@@ -244,11 +246,15 @@ def plan_placement(config: RunConfig, *, nodes: int, gpus_per_node: int, rollout
                              f"must equal parallel.tensor_parallel={tp}")
     if not colocated:
         if rollout_gpus < 1:
+            fit = _rollout_gpus_that_fit(world, per_replica, rollout_tp, nodes)
             raise PlacementError("rollout.placement=disaggregated needs GPUs of its own: give rollout_gpus >= 1 "
-                                 "(e.g. --rollout-gpus 8)")
+                                 f"(--rollout-gpus {fit[0] if fit else 'N'}: one engine per learner replica)")
         if rollout_gpus % rollout_tp:
             raise PlacementError(f"{rollout_gpus} rollout GPUs cannot hold whole engines of TP={rollout_tp} "
                                  f"({rollout_gpus} / {rollout_tp} is not whole)")
+        if rollout_gpus % nodes:
+            raise PlacementError(f"{rollout_gpus} rollout GPUs cannot be spread evenly over {nodes} nodes (each "
+                                 f"node's engines run on its last GPUs): use a multiple of {nodes}")
     if rollout_tp > gpus_per_node:
         raise PlacementError(f"rollout TP={rollout_tp} would span nodes ({gpus_per_node} GPUs per node): "
                              f"keep engine TP <= {gpus_per_node}")
@@ -275,6 +281,13 @@ def plan_placement(config: RunConfig, *, nodes: int, gpus_per_node: int, rollout
     batch_layout(config, dp)
     prompts = config.data.prompts_per_step
     num_engines = dp if colocated else rollout_gpus // rollout_tp
+    if not colocated and num_engines != dp:
+        fit = _rollout_gpus_that_fit(world, per_replica, rollout_tp, nodes)
+        raise PlacementError(f"the trainer starts one rollout engine per learner replica, each on {rollout_tp} GPU(s) "
+                             f"of its own: {world} GPUs - {rollout_gpus} rollout GPUs leave DP={dp} replicas of "
+                             f"{replica} but {rollout_gpus} GPUs hold {num_engines} engine(s): "
+                             + (f"give rollout_gpus={fit[0]} (--rollout-gpus {fit[0]})" if fit else
+                                "no rollout_gpus fits this allocation; change the GPUs or the learner's layout"))
     if not colocated and prompts % num_engines:
         raise PlacementError(f"data.prompts_per_step={prompts} prompts cannot be shared evenly by {num_engines} "
                              f"rollout engines: use a multiple of {num_engines}")
@@ -293,6 +306,12 @@ def plan_placement(config: RunConfig, *, nodes: int, gpus_per_node: int, rollout
     return Placement(nodes=nodes, gpus_per_node=gpus_per_node, tp=tp, pp=pp, dp=dp,
                      rollout=config.rollout.placement, rollout_gpus=rollout_gpus, rollout_tp=rollout_tp,
                      num_engines=num_engines, teacher=teacher_kind, teacher_gpus=teacher_gpus, cp=cp)
+
+
+def _rollout_gpus_that_fit(world: int, per_replica: int, rollout_tp: int, nodes: int) -> list[int]:
+    """The rollout GPU counts that give one engine of ``rollout_tp`` GPUs per learner replica, evenly over nodes."""
+    return [r for r in range(1, world) if (world - r) % per_replica == 0 and r % nodes == 0
+            and (world - r) // per_replica * rollout_tp == r]
 
 
 def _divisors(n: int) -> list[int]:

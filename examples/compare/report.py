@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from rlad_megatron.trainer.observability.metrics_file import read_metrics
+
 #: Metrics that legitimately differ between two runs of the same maths (wall clock, memory).
 _NOT_COMPARED = ("time/", "memory/")
 _NOT_COMPARED_SUFFIXES = ("_s", "per_s", "seconds", "_ms")
@@ -42,18 +44,6 @@ class RunResult:
 
     def curve(self, key: str = "reward/accuracy") -> list[float]:
         return [float(m[key]) for m in self.metrics if key in m]
-
-
-def read_metrics(path: Path) -> list[dict[str, float]]:
-    """The rows of a ``metrics.jsonl`` (malformed lines skipped)."""
-    rows = []
-    if Path(path).exists():
-        for line in Path(path).read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return [r for r in rows if isinstance(r, dict) and isinstance(r.get("step"), int)]
 
 
 def load_results(task_dir: Path, reeval: str | None = None) -> list[RunResult]:

@@ -63,10 +63,12 @@ def launch_worker(plan_path: Path, log_path: Path, *, timeout_s: float | None = 
                   threads: int = 1) -> int:
     """One thread by default: measured on the shared 2-core machine (load ~10), a supervised step of the tiny
     teacher took 0.20 s with 1 thread and 2.9 s with 2 (OpenMP spin-waiting on oversubscribed cores).
-``torchrun --standalone --nproc-per-node 1 -m examples.compare.worker PLAN``; output to ``log_path``
-    with the worker's ``[compare]`` progress lines echoed to stderr. Returns the exit code."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=1",
-           "-m", "examples.compare.worker", str(plan_path)]
+``python -m rlad_megatron.launch_local --nproc-per-node 1 -m examples.compare.worker PLAN`` (torchrun, every socket on
+    the loopback interface); output to ``log_path`` with the worker's ``[compare]`` progress lines echoed to stderr.
+    Returns the exit code."""
+    from rlad_megatron.launch_local import command
+
+    cmd = command(1, "examples.compare.worker", [str(plan_path)])
     # The worker imports this package: put the repository root (the folder holding examples/) on its path.
     python_path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
     env = {**os.environ, "PYTHONPATH": python_path, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1",

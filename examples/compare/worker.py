@@ -1,6 +1,6 @@
 """Run a comparison's jobs one after another in ONE trainer process (TP=1, world size 1):
 
-    python -m torch.distributed.run --standalone --nproc-per-node 1 -m examples.compare.worker PLAN.json
+    python -m rlad_megatron.launch_local --nproc-per-node 1 -m examples.compare.worker PLAN.json
 
 Why one process: on a 2-core CPU a fresh ``torchrun ... rlad_megatron.cli train`` spends ~30-50 s importing
 Megatron, vLLM and transformers before its first step, more than a whole tiny run trains. Each job here is still a

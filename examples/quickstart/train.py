@@ -13,7 +13,6 @@ import dataclasses
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 from typing import Sequence, TextIO
 
@@ -64,9 +63,11 @@ def write_run_config(settings: QuickstartSettings, teacher_dir: Path, student_di
 
 def training_command(config_path: Path, nproc: int, overrides: Sequence[str] = (), resume: bool = False,
                      overwrite: bool = False) -> list[str]:
-    """``python -m torch.distributed.run --nproc-per-node N -m rlad_megatron.cli train --config FILE ...``."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", "rlad_megatron.cli", "train", "--config", str(config_path)]
+    """``python -m rlad_megatron.launch_local --nproc-per-node N -m rlad_megatron.cli train --config FILE ...``
+    (torchrun, every socket on the loopback interface)."""
+    from rlad_megatron.launch_local import command
+
+    cmd = command(nproc, "rlad_megatron.cli", ["train", "--config", str(config_path)])
     if resume:
         cmd.append("--resume")
     if overwrite:
@@ -79,7 +80,8 @@ def child_output_tail(text: str, lines: int = 30) -> list[str]:
     and ``E1128 ...`` log lines), which otherwise fills the tail and hides the ranks' error."""
     rows = text.replace("\r", "\n").splitlines()
     for i in range(len(rows) - 1, -1, -1):
-        if rows[i].startswith("Traceback") and any("torch/distributed/run.py" in r for r in rows[i: i + 6]):
+        if rows[i].startswith("Traceback") and any(launcher in r for r in rows[i: i + 6]
+                                                   for launcher in ("torch/distributed/run.py", "launch_local.py")):
             rows = rows[:i]
             break
     rows = [r for r in rows if not re.match(r"^[EWI]\d{4} ", r) and r.strip()]

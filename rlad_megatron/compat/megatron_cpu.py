@@ -1,19 +1,22 @@
 """Run stock megatron-core 0.16.1 on a CPU-only torch with gloo.
 
-megatron-core assumes CUDA in a handful of places (measured in ``shared/notes/megatron_on_cpu.md``):
+megatron-core assumes CUDA in a handful of places (measured: ``docs/megatron_on_cpu.md``):
 ``torch.cuda.current_device()`` and ``device="cuda"`` literals in attention, RoPE, schedules, optimizer, DDP buffers
 and checkpointing; the CUDA RNG tracker and the activation-recompute RNG; ``.cuda()`` calls; ``param.type() ==
-'torch.cuda.FloatTensor'`` checks in the optimizers; the torch norm refusing sequence parallel; gloo's ``scatter``
-silently sending wrong data for non-contiguous inputs; and three distributed-optimizer checkpoint bugs around
-torch AdamW's ``step`` state.
+'torch.cuda.FloatTensor'`` checks in the optimizers; and gloo's ``scatter`` silently sending wrong data for
+non-contiguous inputs. Those are patched here. What breaks because Transformer Engine and Apex are absent (the torch
+norm refusing sequence parallel, the MoE router's TE GEMM name, the distributed optimizer's checkpoint bugs around
+torch AdamW's ``step`` state) breaks the same way on a GPU without them: those fixes are
+:mod:`rlad_megatron.compat.megatron_fallbacks`, applied by :func:`apply` here and, on GPUs, by
+``parallel.initialize_model_parallel`` wherever megatron-core takes those paths.
 
 Context parallelism needs no patch of its own: Megatron cuts the RoPE table per CP rank in
 ``rope_utils.get_pos_emb_on_this_cp_rank`` with ``torch.tensor(..., pin_memory=True).cuda()``, which the torch proxy
 (``pin_memory`` dropped) and ``tensor_cuda`` already cover (``tests/distributed/test_context_parallel.py``);
 the attention that Megatron's local spec lacks under CP is ours (``rlad_megatron.models.cp_attention``).
 
-Every patch lives here and nowhere else. It is applied only when CUDA is absent (``apply()`` is a no-op on a GPU
-machine) and it refuses any megatron-core version but the one it was written for. Each patch has a test in
+Every CPU patch lives here and nowhere else. It is applied only when CUDA is absent (``apply()`` is a no-op on a
+GPU machine) and it refuses any megatron-core version but the one it was written for. Each patch has a test in
 ``tests/distributed/test_compat_megatron_cpu.py`` that shows, with the patch undone, why it is needed.
 
 How: the ``torch`` name inside every ``megatron.core`` module (already imported or imported later) is swapped for a
@@ -31,11 +34,15 @@ import importlib.abc
 import importlib.util
 import sys
 import types
+import warnings
 from typing import Any, Callable
 
 import torch
 
-SUPPORTED_MEGATRON_CORE = "0.16.1"
+from rlad_megatron.compat import megatron_fallbacks
+from rlad_megatron.compat.megatron_fallbacks import (  # noqa: F401  (re-exported: one version guard for both)
+    SUPPORTED_MEGATRON_CORE, check_megatron_version,
+)
 
 _applied = False
 _patched_modules: set[str] = set()
@@ -183,7 +190,7 @@ def _cpu_set_rng_state(new_state: torch.Tensor, device: Any = -1, graph_safe: bo
 
 def _patch_rng() -> None:
     """The model-parallel RNG tracker (dropout forks, activation recompute) on the CPU generator."""
-    from megatron.core.tensor_parallel import random as tp_random
+    from megatron.core.tensor_parallel import random as tp_random  # lazy: megatron-core is heavy (seconds)
 
     tp_random._get_cuda_rng_state = _cpu_get_rng_state
     tp_random._set_cuda_rng_state = _cpu_set_rng_state
@@ -229,6 +236,7 @@ def _with_cuda_type_names(fn: Callable) -> Callable:
 
 def _patch_type_checks() -> None:
     """megatron's optimizers accept only ``torch.cuda.*Tensor`` parameters (``param.type()`` string checks)."""
+    # lazy: megatron-core is heavy (seconds)
     from megatron.core.optimizer import clip_grads, distrib_optimizer, optimizer
 
     # The checks run while the optimizers are built (DistributedOptimizer.__init__ calls
@@ -242,100 +250,9 @@ def _patch_type_checks() -> None:
     optimizer.clip_grad_by_total_norm_fp32 = patched_clip  # imported by name there
 
 
-def _patch_torch_norm_sequence_parallel() -> None:
-    """The torch norm (used without Apex/TE) asserts ``not sequence_parallel``. Its maths do not depend on it; what
-    sequence parallel needs is that the norm's gradients, partial per rank, are all-reduced over TP: the fused norms
-    flag their parameters ``sequence_parallel = True`` for ``finalize_model_grads``, and so do we."""
-    from megatron.core.transformer import torch_norm
-
-    original_new = torch_norm.WrappedTorchNorm.__new__
-    if getattr(original_new, "__rlad_cpu_patched__", False):
-        return
-
-    def __new__(cls, config, hidden_size, eps=1e-5, persist_layer_norm=False, zero_centered_gamma=False,
-                normalization="LayerNorm"):
-        sequence_parallel = config.sequence_parallel
-        if sequence_parallel:
-            config = copy.copy(config)
-            config.sequence_parallel = False
-        norm = original_new(cls, config, hidden_size, eps, persist_layer_norm, zero_centered_gamma, normalization)
-        for param in norm.parameters():
-            param.sequence_parallel = sequence_parallel
-        return norm
-
-    __new__.__rlad_cpu_patched__ = True
-    torch_norm.WrappedTorchNorm.__new__ = __new__
-
-
-def _patch_distributed_optimizer_checkpoint() -> None:
-    """Two of the three torch-AdamW ``step`` bugs of DistributedOptimizer checkpoint loading (the third, states
-    not initialised before loading, is ``prepare_optimizer_for_load`` below).
-
-    1. ``_set_main_param_and_optimizer_states`` copies every key of the live state, ``step`` included, from a source
-       that never has ``step`` (KeyError), and copies into leaf fp32 main params outside ``no_grad``.
-    2. ``load_state_dict`` hands one shared ``step`` tensor to every param state; AdamW increments it in place once
-       per param, so bias correction goes wrong after the first resumed step.
-    """
-    from megatron.core.optimizer import distrib_optimizer
-
-    dist_opt = distrib_optimizer.DistributedOptimizer
-    original_set = dist_opt._set_main_param_and_optimizer_states
-    original_load = dist_opt.load_state_dict
-    if getattr(original_load, "__rlad_cpu_patched__", False):
-        return
-
-    def _set_main_param_and_optimizer_states(self, model_param, tensors):
-        if self.config.use_precision_aware_optimizer_no_fp8_or_ds_fp8:
-            return original_set(self, model_param, tensors)
-        group_index, group_order = self.model_param_group_index_map[model_param]
-        main_param = self.optimizer.param_groups[group_index]["params"][group_order]
-        destinations = {"param": main_param, **self.optimizer.state[main_param]}
-        with torch.no_grad():
-            for key, destination in destinations.items():
-                if key in tensors:
-                    destination.copy_(tensors[key])
-
-    def load_state_dict(self, state_dict):
-        original_load(self, state_dict)
-        for state in self.optimizer.state.values():
-            if isinstance(state.get("step"), torch.Tensor):
-                state["step"] = state["step"].detach().clone()
-
-    load_state_dict.__rlad_cpu_patched__ = True
-    dist_opt._set_main_param_and_optimizer_states = _set_main_param_and_optimizer_states
-    dist_opt.load_state_dict = load_state_dict
-
-
-def prepare_optimizer_for_load(optimizer: Any) -> None:
-    """Give every torch-AdamW state its entries before a distributed-optimizer checkpoint is loaded into it.
-
-    Without this ``DistributedOptimizer.state_dict()`` asserts on the empty ``step`` set. Needed on any machine
-    without Apex/TE, so it is a public helper rather than a hidden patch.
-    """
-    chained = getattr(optimizer, "chained_optimizers", [optimizer])
-    for inner in chained:
-        init = getattr(inner, "_init_optimizer_states_with_dummy_values", None)
-        if init is not None and len(getattr(inner.optimizer, "state", {})) == 0:
-            init()
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Entry point
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def check_megatron_version() -> str:
-    from megatron.core import package_info
-
-    version = package_info.__version__
-    if version != SUPPORTED_MEGATRON_CORE:
-        raise RuntimeError(
-            f"rlad_megatron.compat.megatron_cpu was written for megatron-core {SUPPORTED_MEGATRON_CORE}, but "
-            f"{version} is installed. Its CPU patches may be wrong or unnecessary there: install "
-            f"megatron-core=={SUPPORTED_MEGATRON_CORE} (see pyproject.toml), or re-measure every patch with "
-            f"tests/distributed/test_compat_megatron_cpu.py and update SUPPORTED_MEGATRON_CORE."
-        )
-    return version
 
 
 # Imported up front so that their module-level ``torch`` is swapped now (later imports go through the finder).
@@ -374,20 +291,8 @@ _MEGATRON_MODULES = (
 )
 
 
-PATCHES = (
-    "torch_proxy", "contiguous_scatter", "tensor_cuda", "rng", "type_checks", "norm_sequence_parallel",
-    "distopt_checkpoint", "moe_router_gemm",
-)
-
-
-def _patch_moe_router_gemm() -> None:
-    """megatron-core 0.16.1's MoE router GEMM (``moe_utils.RouterGatingLinearFunction``) tests
-    ``te_general_gemm is not None``, a name bound only when Transformer Engine imports: without TE every MoE
-    forward raises NameError. Binding it to None selects the plain torch GEMM path that is already there."""
-    from megatron.core.transformer.moe import moe_utils
-
-    if not hasattr(moe_utils, "te_general_gemm"):
-        moe_utils.te_general_gemm = None
+#: The CPU patches, then the TE-less fallbacks' fixes that ``apply`` also applies (``megatron_fallbacks.FALLBACKS``).
+PATCHES = ("torch_proxy", "contiguous_scatter", "tensor_cuda", "rng", "type_checks", *megatron_fallbacks.FALLBACKS)
 
 
 def apply(force: bool = False, skip: frozenset[str] | set[str] = frozenset()) -> bool:
@@ -405,7 +310,6 @@ def apply(force: bool = False, skip: frozenset[str] | set[str] = frozenset()) ->
     if cuda_is_available() and not force:
         return False
     check_megatron_version()
-    import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "Apex/TE not installed, falling back" is expected on CPU
@@ -424,11 +328,6 @@ def apply(force: bool = False, skip: frozenset[str] | set[str] = frozenset()) ->
         _patch_rng()
     if "type_checks" not in skip:
         _patch_type_checks()
-    if "norm_sequence_parallel" not in skip:
-        _patch_torch_norm_sequence_parallel()
-    if "distopt_checkpoint" not in skip:
-        _patch_distributed_optimizer_checkpoint()
-    if "moe_router_gemm" not in skip:
-        _patch_moe_router_gemm()
+    megatron_fallbacks.apply(skip=set(skip) & set(megatron_fallbacks.FALLBACKS))
     _applied = True
     return True

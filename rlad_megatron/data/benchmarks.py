@@ -18,6 +18,7 @@ import json
 import os
 from typing import Any, Callable, Sequence
 
+from rlad_megatron.atomic_write import atomic_file
 from rlad_megatron.data.sources import DatasetError, load_raw_dataset, rows_of
 
 Row = dict[str, Any]
@@ -94,7 +95,7 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
 
 
 def _hub_rows(bench: Benchmark, config: str | None, cache_dir: str | None) -> list[Row]:
-    import datasets
+    import datasets  # lazy: Hugging Face datasets is heavy
 
     try:
         ds = datasets.load_dataset(bench.repo, config, split=bench.split, cache_dir=cache_dir)
@@ -137,8 +138,7 @@ def prepare_benchmark(name: str, out_dir: str, sources: Sequence[str] = (), cach
         raise DatasetError(f"{name}: no rows read")
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, f"{name}.jsonl")
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
+
+    with atomic_file(path, "w") as fh:
         fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-    os.replace(tmp, path)
     return path, len(records)

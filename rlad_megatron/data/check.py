@@ -15,6 +15,7 @@ from typing import Any, Mapping
 from rlad_megatron.data.rows import row_to_record
 from rlad_megatron.data.sources import DatasetError, first_rows, hub_name
 from rlad_megatron.tasks.base import RecordError, Task
+from rlad_megatron.tasks.registry import get_training_task
 
 #: Rows read from the start of each file.
 CHECKED_ROWS = 5
@@ -61,8 +62,6 @@ def check_data_files(data: Any, rows: int = CHECKED_ROWS) -> list[str]:
     file, row and field; [] when its files are readable and their first ``rows`` rows give valid records for
     ``data.task`` (built with ``data.task_options``; a task that cannot be built is one problem, and then only the
     files themselves are checked)."""
-    from rlad_megatron.tasks.registry import get_training_task
-
     problems: list[str] = []
     task: Task | None = None
     try:

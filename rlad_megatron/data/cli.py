@@ -12,6 +12,8 @@ from typing import Any
 
 
 def _prepare(args: argparse.Namespace) -> int:
+    # lazy: the CLI registers every command; a command's imports wait until it runs
+    from rlad_megatron.atomic_write import DiskFullError
     from rlad_megatron.console import say
     from rlad_megatron.data.benchmarks import BENCHMARKS, prepare_benchmark
     from rlad_megatron.data.sources import DatasetError
@@ -28,7 +30,7 @@ def _prepare(args: argparse.Namespace) -> int:
     for name in args.names:
         try:
             path, count = prepare_benchmark(name, args.out, args.source, cache_dir=args.cache_dir)
-        except DatasetError as err:
+        except (DatasetError, DiskFullError) as err:
             say(f"rlad-megatron data prepare: {err}")
             return 2
         say(f"{name}: {count} records -> {path} (rlad-megatron eval --data {name}={path}; task "
@@ -37,6 +39,7 @@ def _prepare(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
+    # lazy: the CLI registers every command; a command's imports wait until it runs
     from rlad_megatron.config import ConfigError, load_run_config
     from rlad_megatron.console import say
     from rlad_megatron.data.check import check_data_files

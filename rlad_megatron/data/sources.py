@@ -18,7 +18,8 @@ import json
 import os
 from typing import Any, Iterator
 
-HUB_PREFIX = "hub:"
+from rlad_megatron.config.paths import HUB_PREFIX  # noqa: F401 (part of this module's interface)
+
 BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".arrow": "arrow", ".csv": "csv"}
 
 
@@ -64,7 +65,7 @@ def load_raw_dataset(source: str, split: str = "train", cache_dir: str | None = 
                      streaming: bool = False) -> Any:
     """The ``datasets.Dataset`` (``IterableDataset`` with ``streaming``) of one source (see the module docstring);
     ``split`` picks the split of a folder or hub dataset."""
-    import datasets
+    import datasets  # lazy: Hugging Face datasets is heavy
 
     check_source(source)
     hub = hub_name(source)

@@ -38,6 +38,7 @@ def _scoring(args: argparse.Namespace) -> tuple[str, dict[str, Any], dict[str, A
     one name): from ``--config`` (scored as that run trains) and the flags, which win."""
     task, options, template, truncated = args.task, {}, {}, "zero"
     if args.config:
+        # lazy: the CLI registers every command; a command's imports wait until it runs
         from rlad_megatron.config import load_run_config
         from rlad_megatron.tasks.registry import training_task_options
 
@@ -95,6 +96,7 @@ def _task_flags(items: list[str]) -> tuple[str | None, dict[str, str]]:
 def eval_sets(args: argparse.Namespace) -> tuple[list[Any], dict[str, Any]]:
     """The benchmarks of an ``eval`` command line and the run settings (chat template kwargs, truncated, the run's
     rollout section): ``--config`` (scored as that run trains) under the flags, which win."""
+    # lazy: the CLI registers every command; a command's imports wait until it runs
     from rlad_megatron.data.benchmarks import BENCHMARKS
     from rlad_megatron.eval.runner import EvalSet
     from rlad_megatron.tasks.registry import check_task_reference, training_task_options
@@ -104,6 +106,7 @@ def eval_sets(args: argparse.Namespace) -> tuple[list[Any], dict[str, Any]]:
     fields: dict[str, str] = {}
     split = None
     if args.config:
+        # lazy: the CLI registers every command; a command's imports wait until it runs
         from rlad_megatron.config import load_run_config
 
         run = load_run_config(args.config)
@@ -137,6 +140,8 @@ def eval_sets(args: argparse.Namespace) -> tuple[list[Any], dict[str, Any]]:
 
 
 def _run(args: argparse.Namespace) -> int:
+    # lazy: the CLI registers every command; a command's imports wait until it runs
+    from rlad_megatron.atomic_write import DiskFullError
     from rlad_megatron.console import say
     from rlad_megatron.data.prompt_dataset import DatasetError
     from rlad_megatron.eval import runner
@@ -150,7 +155,7 @@ def _run(args: argparse.Namespace) -> int:
             limit=args.limit, bad_rows=args.bad_rows, engine_options=engine_options,
             allow_download=args.allow_download, reward_timeout_s=args.reward_timeout,
             log_file=os.path.join(args.out, "eval.log"), progress=say, **settings)
-    except (DatasetError, FileNotFoundError, KeyError, ValueError) as err:
+    except (DatasetError, FileNotFoundError, KeyError, ValueError, DiskFullError) as err:
         say(f"rlad-megatron eval: {err.args[0] if isinstance(err, KeyError) else err}")
         return 2
     table = suite.summary_markdown() if len(suite.reports) > 1 else next(iter(suite.reports.values())).to_markdown()

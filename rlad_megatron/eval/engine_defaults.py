@@ -6,25 +6,25 @@ choice is unit-tested on CPU; :func:`rlad_megatron.eval.runner.run_benchmarks` m
 - dtype: the run's (``rollout.dtype`` of ``--config``); else on a GPU the checkpoint's own (bfloat16 for a bf16 or
   fp16 checkpoint, as Qwen3's are; float32 otherwise); on CPU float32.
 - memory: on a GPU the engine has the GPU to itself, so vLLM's share is what is free (at most vLLM's default 0.92,
-  :func:`rlad_megatron.trainer.engine_settings.colocated_memory_fraction`) and the KV cache fills it; never a fixed
+  :func:`rlad_megatron.rollout.vllm_memory.colocated_memory_fraction`) and the KV cache fills it; never a fixed
   256 MiB (which cannot hold one 8K-token sequence of a 1.7B model). On CPU the KV cache is the run's
   ``rollout.kv_cache_mb``, else the engine's default.
 ``--engine-option`` values always win.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Any, Mapping
+
+from rlad_megatron.config.engine import VLLMEngineConfig
+from rlad_megatron.rollout.vllm_memory import colocated_memory_fraction
 
 DEFAULT_MAX_TOKENS = 512
 
 
 def engine_config_fields() -> list[str]:
-    import dataclasses
-
-    from rlad_megatron.rollout.config import VLLMEngineConfig
-
     return [f.name for f in dataclasses.fields(VLLMEngineConfig)]
 
 
@@ -90,8 +90,6 @@ def default_engine_options(model_dir: str, *, cuda: bool, rollout: Any = None,
             options["dtype"] = "bfloat16" if model_dtype(model_dir) in ("bfloat16", "float16") else "float32"
     if cuda:
         if memory is not None and not {"gpu_memory_utilization", "kv_cache_bytes"} & set(given):
-            from rlad_megatron.trainer.engine_settings import colocated_memory_fraction
-
             options["gpu_memory_utilization"] = colocated_memory_fraction(*memory, learner_shares_gpu=False)
     elif rollout is not None and "kv_cache_bytes" not in given:
         options["kv_cache_bytes"] = int(rollout.kv_cache_mb) << 20

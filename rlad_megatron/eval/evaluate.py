@@ -1,6 +1,6 @@
 """Evaluate a rollout engine on a task: sample k responses per prompt, score them, aggregate Mean@k / Pass@k.
 
-Written against :class:`rlad_megatron.rollout.base.RolloutEngine`, so that the real vLLM engine and test fakes are
+Written against :class:`rlad_megatron.engine_api.RolloutEngine`, so that the real vLLM engine and test fakes are
 interchangeable. Rewards run through :class:`rlad_megatron.rewards.guard.RewardGuard`: a reward that raises or times
 out counts as wrong (reward 0) and is reported, never stopping the evaluation.
 """
@@ -15,7 +15,8 @@ from rlad_megatron.tasks.base import Task
 from rlad_megatron.eval.metrics import mean_at_k, pass_at_k
 from rlad_megatron.eval.report import EvalReport, EvalRow
 from rlad_megatron.rewards.guard import RewardGuard
-from rlad_megatron.rollout.base import RolloutEngine, SamplingSettings
+from rlad_megatron.engine_api import RolloutEngine, SamplingSettings
+from rlad_megatron.models.stop_tokens import stop_token_ids
 
 #: The paper's decoding settings for evaluation.
 DEFAULT_TEMPERATURE = 0.6
@@ -26,8 +27,6 @@ def default_sampling(k: int, tokenizer: Any, max_tokens: int = 512, seed: int | 
                      chat_template_kwargs: Mapping[str, Any] | None = None) -> SamplingSettings:
     """k samples per prompt at temperature 0.6 / top-p 0.95, stopping at the tokenizer's eos and the chat
     template's end of turn (:func:`rlad_megatron.models.stop_tokens.stop_token_ids`)."""
-    from rlad_megatron.models.stop_tokens import stop_token_ids
-
     return SamplingSettings(n=k, temperature=DEFAULT_TEMPERATURE, top_p=DEFAULT_TOP_P, max_tokens=max_tokens,
                             stop_token_ids=stop_token_ids(tokenizer, (), chat_template_kwargs), seed=seed)
 

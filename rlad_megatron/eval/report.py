@@ -7,6 +7,8 @@ import os
 import re
 from typing import Any
 
+from rlad_megatron.atomic_write import write_json, write_text
+
 
 @dataclasses.dataclass
 class EvalRow:
@@ -71,10 +73,9 @@ class EvalReport:
         """Write ``<stem>.json`` and ``<stem>.md`` into ``out_dir``; returns their paths."""
         os.makedirs(out_dir, exist_ok=True)
         jpath, mpath = os.path.join(out_dir, f"{stem}.json"), os.path.join(out_dir, f"{stem}.md")
-        with open(jpath, "w", encoding="utf-8") as fh:
-            json.dump(self.to_dict(), fh, indent=2, sort_keys=True)
-        with open(mpath, "w", encoding="utf-8") as fh:
-            fh.write(self.to_markdown())
+
+        write_json(jpath, self.to_dict(), indent=2, sort_keys=True)
+        write_text(mpath, self.to_markdown())
         return jpath, mpath
 
 
@@ -117,8 +118,7 @@ class SuiteReport:
         """Write ``<stem>.json`` (every benchmark's report) and ``<stem>.md``; returns their paths."""
         os.makedirs(out_dir, exist_ok=True)
         jpath, mpath = os.path.join(out_dir, f"{stem}.json"), os.path.join(out_dir, f"{stem}.md")
-        with open(jpath, "w", encoding="utf-8") as fh:
-            json.dump(self.to_dict(), fh, indent=2, sort_keys=True)
-        with open(mpath, "w", encoding="utf-8") as fh:
-            fh.write(self.to_markdown())
+
+        write_json(jpath, self.to_dict(), indent=2, sort_keys=True)
+        write_text(mpath, self.to_markdown())
         return jpath, mpath

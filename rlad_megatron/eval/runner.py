@@ -13,6 +13,12 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+import torch
+
+from rlad_megatron.atomic_write import write_json
+from rlad_megatron.config.engine import VLLMEngineConfig
+from rlad_megatron.console import send_output_to_log
+from rlad_megatron.data.check import check_source_rows
 from rlad_megatron.data.prompt_dataset import DatasetError, PromptDataset, load_prompt_dataset
 from rlad_megatron.eval.engine_defaults import (  # noqa: F401  (response_budget & co: this module's interface)
     DEFAULT_MAX_TOKENS, check_engine_options, default_engine_options, engine_config_fields, model_context_length,
@@ -20,7 +26,10 @@ from rlad_megatron.eval.engine_defaults import (  # noqa: F401  (response_budget
 )
 from rlad_megatron.eval.evaluate import DEFAULT_TEMPERATURE, DEFAULT_TOP_P, evaluate
 from rlad_megatron.eval.report import EvalReport, SuiteReport
-from rlad_megatron.rollout.base import SamplingSettings
+from rlad_megatron.engine_api import SamplingSettings
+from rlad_megatron.models.folder_check import check_model_folder
+from rlad_megatron.models.stop_tokens import stop_token_ids
+from rlad_megatron.rollout.vllm_engine import VLLMEngine
 from rlad_megatron.tasks.registry import get_task
 
 
@@ -63,7 +72,7 @@ def run_benchmarks(model_dir: str, sets: Sequence[EvalSet], k: int, out_dir: str
     layout with its tokenizer) through one vLLM engine, score each with its own task, and write ``eval.json``,
     ``eval.md`` (a summary table, then each benchmark by difficulty) and ``data_report.json`` into ``out_dir``.
 
-    engine_options: :class:`rlad_megatron.rollout.config.VLLMEngineConfig` fields over the defaults of
+    engine_options: :class:`rlad_megatron.config.engine.VLLMEngineConfig` fields over the defaults of
     :func:`rlad_megatron.eval.engine_defaults.default_engine_options` (``rollout``: the run config's rollout
     section, whose dtype and KV cache the engine then takes). Prompts over ``max_prompt_tokens`` and bad rows are
     skipped and counted (``bad_rows="error"`` to fail instead). truncated: "zero" (a response cut off at
@@ -72,9 +81,6 @@ def run_benchmarks(model_dir: str, sets: Sequence[EvalSet], k: int, out_dir: str
     process's output (vLLM's, transformers') goes there and ``progress`` lines to the terminal
     (:mod:`rlad_megatron.console`).
     """
-    from rlad_megatron.data.check import check_source_rows
-    from rlad_megatron.models.folder_check import check_model_folder
-
     if truncated not in ("zero", "reward"):
         raise ValueError(f"truncated={truncated!r}: choose 'zero' or 'reward'")
     if not sets:
@@ -92,10 +98,8 @@ def run_benchmarks(model_dir: str, sets: Sequence[EvalSet], k: int, out_dir: str
     config = _engine_config(model_dir, seed, 1, engine_options or {}, rollout)  # its values checked now
     os.makedirs(out_dir, exist_ok=True)
     if log_file is not None:
-        from rlad_megatron.console import send_output_to_log
-
         send_output_to_log(log_file, tag="eval", fresh=True)
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # lazy: transformers is heavy (seconds)
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     datasets: dict[str, PromptDataset] = {}
@@ -110,14 +114,13 @@ def run_benchmarks(model_dir: str, sets: Sequence[EvalSet], k: int, out_dir: str
     max_tokens = response_budget(max_tokens, longest, model_context_length(model_dir))
     if "max_model_len" not in (engine_options or {}):
         config = dataclasses.replace(config, max_model_len=longest + max_tokens)
-    with open(os.path.join(out_dir, "data_report.json"), "w", encoding="utf-8") as fh:
-        json.dump({name: d.report.as_dict() for name, d in datasets.items()}, fh, indent=2)
-    from rlad_megatron.models.stop_tokens import stop_token_ids
+
+    write_json(os.path.join(out_dir, "data_report.json"), {name: d.report.as_dict() for name, d in datasets.items()},
+               indent=2)
 
     sampling = SamplingSettings(n=k, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
                                 stop_token_ids=stop_token_ids(tokenizer, [model_dir], chat_template_kwargs),
                                 seed=seed)
-    from rlad_megatron.rollout.vllm_engine import VLLMEngine  # the only place this module touches vLLM
 
     _say(progress, f"[eval] starting the vLLM engine ({config.dtype}, {config.max_model_len} tokens per sequence)")
     engine = VLLMEngine(config)
@@ -140,10 +143,6 @@ def run_benchmarks(model_dir: str, sets: Sequence[EvalSet], k: int, out_dir: str
 
 
 def _engine_config(model_dir: str, seed: int, max_model_len: int, given: Mapping[str, Any], rollout: Any) -> Any:
-    import torch
-
-    from rlad_megatron.rollout.config import VLLMEngineConfig
-
     cuda = torch.cuda.is_available()
     memory = tuple(torch.cuda.mem_get_info()) if cuda else None
     options = default_engine_options(model_dir, cuda=cuda, rollout=rollout, memory=memory, given=given)
@@ -151,8 +150,10 @@ def _engine_config(model_dir: str, seed: int, max_model_len: int, given: Mapping
     try:
         config = VLLMEngineConfig(model=model_dir, seed=seed, **options)
         config.validate()
-    except TypeError as err:  # e.g. --engine-option kv_cache_bytes=abc
+    except TypeError as err:  # e.g. --engine-option seed=abc
         raise ValueError(f"--engine-option: a value of the wrong type ({err})") from None
+    except ValueError as err:  # e.g. --engine-option kv_cache_bytes=abc: the check names the field
+        raise ValueError(f"--engine-option: {err}") from None
     return config
 
 
@@ -167,7 +168,7 @@ def run_eval(model_dir: str, task_name: str, data_file: str, k: int, out_dir: st
     suite = run_benchmarks(model_dir, [s], k, out_dir, write=False, **kwargs)
     report = suite.reports[name]
     report.write(out_dir)
-    with open(os.path.join(out_dir, "data_report.json"), "w", encoding="utf-8") as fh:
-        json.dump({key: v for key, v in report.data.items() if key not in ("model_dir", "data_file", "task")}, fh,
-                  indent=2)
+
+    write_json(os.path.join(out_dir, "data_report.json"),
+               {key: v for key, v in report.data.items() if key not in ("model_dir", "data_file", "task")}, indent=2)
     return report

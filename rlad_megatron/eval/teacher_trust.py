@@ -74,12 +74,13 @@ def rows_with_pass_rates(rows: Sequence[Mapping[str, Any]], task: Task, stem: st
 
 
 def write_jsonl(path: str, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Write ``rows`` as JSON lines, atomically (a temporary file renamed into place)."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as fh:
+    """Write ``rows`` as JSON lines, atomically (a temporary file renamed into place; a full disk: DiskFullError)."""
+    # lazy: the CLI registers every command; a command's imports wait until it runs
+    from rlad_megatron.atomic_write import atomic_file
+
+    with atomic_file(path, "w") as fh:
         for row in rows:
             fh.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
-    os.replace(tmp, path)
 
 
 def run_teacher_trust(teacher_dir: str, task_name: str, data_file: str, k: int, out_file: str, *,
@@ -92,6 +93,7 @@ def run_teacher_trust(teacher_dir: str, task_name: str, data_file: str, k: int, 
     engine_options, chat_template_kwargs, truncated, reward_timeout_s). ``report_dir`` defaults to
     ``<out_file without extension>_report``.
     """
+    # lazy: the CLI registers every command; a command's imports wait until it runs
     from rlad_megatron.eval.runner import run_eval
     from rlad_megatron.models.folder_check import check_model_folder
     from rlad_megatron.tasks.registry import get_task
@@ -122,14 +124,19 @@ def run_teacher_trust(teacher_dir: str, task_name: str, data_file: str, k: int, 
         never_correct=sum(v == 0.0 for v in values) / len(values) if values else float("nan"),
         always_correct=sum(v == 1.0 for v in values) / len(values) if values else float("nan"),
     )
-    with open(os.path.join(report_dir, "teacher_trust.json"), "w", encoding="utf-8") as fh:
-        json.dump({**summary.as_dict(), "teacher": teacher_dir, "data_file": data_file, "k": k}, fh, indent=2)
+    # lazy: the CLI registers every command; a command's imports wait until it runs
+    from rlad_megatron.atomic_write import write_json
+
+    write_json(os.path.join(report_dir, "teacher_trust.json"),
+               {**summary.as_dict(), "teacher": teacher_dir, "data_file": data_file, "k": k}, indent=2)
     return summary
 
 
 def _run(args: argparse.Namespace) -> int:
+    # lazy: the CLI registers every command; a command's imports wait until it runs
     from rlad_megatron.data.prompt_dataset import DatasetError
     from rlad_megatron.eval.cli import _parse_options, _scoring
+    from rlad_megatron.atomic_write import DiskFullError
     from rlad_megatron.tasks.registry import training_task_options
 
     try:
@@ -142,7 +149,7 @@ def _run(args: argparse.Namespace) -> int:
             top_p=args.top_p, seed=args.seed, bad_rows=args.bad_rows, reward_timeout_s=args.reward_timeout,
             engine_options=_parse_options(args.engine_option, "--engine-option"),
             chat_template_kwargs=template_kwargs, truncated=truncated)
-    except (DatasetError, FileNotFoundError, KeyError, ValueError) as err:
+    except (DatasetError, FileNotFoundError, KeyError, ValueError, DiskFullError) as err:
         print(f"rlad-megatron teacher-trust: {err}", file=sys.stderr)
         return 2
     print(f"[teacher-trust] {summary.rated} of {summary.rows} rows rated: mean pass rate {summary.mean_pass_rate:.3f}, "

@@ -27,6 +27,11 @@ from typing import Sequence
 
 import torch
 
+from rlad_megatron.config import TrainerConfig
+from rlad_megatron.learner.micro_batch import (  # noqa: F401 (MicroBatch, causal_mask: part of this module's interface)
+    MicroBatch, causal_mask, round_up, sequences_at, valid_positions,
+)
+from rlad_megatron.learner.packing import pack_row
 from rlad_megatron.learner.sequences import SequenceBatch
 
 
@@ -62,17 +67,15 @@ class MicroBatching:
         return dataclasses.replace(self, length_multiple=math.lcm(self.length_multiple, max(1, multiple)))
 
     @classmethod
-    def for_training(cls, trainer) -> "MicroBatching":
+    def for_training(cls, trainer: TrainerConfig) -> "MicroBatching":
         """The training passes' batching from a ``TrainerConfig``."""
         return cls(trainer.micro_batch_size, trainer.max_tokens_per_micro_batch, trainer.sequence_packing)
 
     @classmethod
-    def for_forward(cls, trainer) -> "MicroBatching":
-        """The forward-only passes' batching (teacher, old and reference log-probs): the forward budget, or twice
-        the training budget when only that is set (no activations are kept for a backward)."""
-        budget = trainer.max_tokens_per_forward_micro_batch
-        if budget is None and trainer.max_tokens_per_micro_batch is not None:
-            budget = 2 * trainer.max_tokens_per_micro_batch
+    def for_forward(cls, trainer: TrainerConfig) -> "MicroBatching":
+        """The forward-only passes' batching (teacher, old and reference log-probs): the forward token budget
+        (:meth:`TrainerConfig.forward_tokens_per_micro_batch`)."""
+        budget = trainer.forward_tokens_per_micro_batch()
         return cls(trainer.micro_batch_size, budget, trainer.sequence_packing and budget is not None)
 
 
@@ -81,65 +84,6 @@ def as_micro_batching(value: "int | MicroBatching") -> MicroBatching:
     if isinstance(value, MicroBatching):
         return value
     return MicroBatching(micro_batch_size=int(value))
-
-
-def _round_up(value: int, multiple: int) -> int:
-    return -(-value // multiple) * multiple
-
-
-@dataclasses.dataclass
-class MicroBatch:
-    """One micro-batch as the model sees it, and how its outputs map back to its sequences.
-
-    tokens / position_ids: ``[R, W]`` long; attention_mask: ``[1, 1, W, W]`` bool (True = masked) or None (THD).
-    sequences: the micro-batch's ``n`` sequences in the right-padded layout, per-token tensors ``[n, T]``.
-    rows: ``[n]`` long, the sequences' rows in the batch the micro-batch was cut from.
-    gather_rows / gather_cols: ``[n, T]`` long (packed layouts), where sequence ``j``'s ``t``-th per-token value
-    sits in the model's ``[R, W-1]`` output; None when the output already is ``[n, T]``-shaped (``R = n``).
-    valid: ``[n, T]`` bool, True where ``t < length_j - 1`` (a real prediction of the sequence's own next token).
-    packed_seq_params: Megatron's ``PackedSeqParams`` for THD attention, else None.
-    """
-
-    tokens: torch.Tensor
-    position_ids: torch.Tensor
-    attention_mask: torch.Tensor | None
-    sequences: SequenceBatch
-    rows: torch.Tensor
-    valid: torch.Tensor
-    gather_rows: torch.Tensor | None = None
-    gather_cols: torch.Tensor | None = None
-    packed_seq_params: object | None = None
-
-    def __len__(self) -> int:
-        """Number of sequences (0 for a filler micro-batch)."""
-        return int(self.rows.numel())
-
-    @property
-    def width(self) -> int:
-        return int(self.tokens.shape[1])
-
-    def unpack(self, values: torch.Tensor) -> torch.Tensor:
-        """``[R, W-1, ...]`` per-position values of the model -> ``[n, T, ...]`` per sequence (keeps autograd).
-        Positions past a sequence's end hold unspecified values (``valid`` is False there)."""
-        if self.gather_rows is None:  # rows past the sequences: expert-parallel padding (learner/expert_parallel.py)
-            return values[: len(self), : self.valid.shape[1]]
-        return values[self.gather_rows, self.gather_cols]
-
-    def to(self, device: torch.device | str) -> "MicroBatch":
-        """Every tensor on ``device`` (one call per micro-batch in the forward step)."""
-        def move(x):
-            return None if x is None else x.to(device)
-
-        params = self.packed_seq_params
-        if params is not None:
-            params = dataclasses.replace(params, **{
-                f.name: getattr(params, f.name).to(device) for f in dataclasses.fields(params)
-                if isinstance(getattr(params, f.name), torch.Tensor)
-            })
-        return MicroBatch(tokens=move(self.tokens), position_ids=move(self.position_ids),
-                          attention_mask=move(self.attention_mask), sequences=self.sequences.to(device),
-                          rows=move(self.rows), valid=move(self.valid), gather_rows=move(self.gather_rows),
-                          gather_cols=move(self.gather_cols), packed_seq_params=params)
 
 
 # ------------------------------------------------------------------------------------------------- planning
@@ -154,7 +98,7 @@ def plan_padded(lengths: Sequence[int], max_tokens: int, multiple: int = 1) -> l
             groups[-1].append(i)
         else:
             groups.append([i])
-            width = _round_up(max(int(lengths[i]), 2), multiple)  # descending: the first is the widest
+            width = round_up(max(int(lengths[i]), 2), multiple)  # descending: the first is the widest
     return groups
 
 
@@ -181,37 +125,6 @@ def plan_packed(lengths: Sequence[int], max_tokens: int, multiple: int = 1) -> l
 
 
 # ------------------------------------------------------------------------------------------------- building
-def _fit_width(t: torch.Tensor, width: int, fill) -> torch.Tensor:
-    """``t[:, :width]``, right-padded with ``fill`` when it is narrower."""
-    if t.shape[1] >= width:
-        return t[:, :width]
-    pad = torch.full((t.shape[0], width - t.shape[1]) + tuple(t.shape[2:]), fill, dtype=t.dtype, device=t.device)
-    return torch.cat([t, pad], dim=1)
-
-
-def _sequences(batch: SequenceBatch, index: torch.Tensor, per_token_width: int) -> SequenceBatch:
-    """Rows ``index`` of ``batch`` with every per-token tensor cut (or padded) to ``per_token_width`` columns."""
-    sub = batch.select(index)
-    values = {}
-    for f in dataclasses.fields(sub):
-        value = getattr(sub, f.name)
-        if f.name == "tokens":
-            value = _fit_width(value, per_token_width + 1, 0)
-        elif value is not None and value.dim() == 2:  # per-token tensors [n, L-1]
-            value = _fit_width(value, per_token_width, False if value.dtype == torch.bool else 0)
-        values[f.name] = value
-    return SequenceBatch(**values)
-
-
-def causal_mask(width: int, device: torch.device | str | None = None) -> torch.Tensor:
-    """``[1, 1, W, W]`` bool, True above the diagonal (masked): Megatron's convention."""
-    return torch.ones(1, 1, width, width, dtype=torch.bool, device=device).triu(diagonal=1)
-
-
-def _valid(lengths: torch.Tensor, per_token_width: int) -> torch.Tensor:
-    return torch.arange(per_token_width).unsqueeze(0) < (lengths - 1).unsqueeze(1)
-
-
 def fixed_micro_batches(batch: SequenceBatch, micro_batch_size: int) -> list[MicroBatch]:
     """Today's layout: consecutive rows, all ``L`` wide (``len(batch)`` must be a multiple of the size)."""
     n, length = len(batch), batch.tokens.shape[1]
@@ -236,19 +149,17 @@ def padded_micro_batches(batch: SequenceBatch, max_tokens: int, multiple: int = 
     out = []
     for group in plan_padded(lengths.tolist(), max_tokens, multiple):
         rows = torch.tensor(group, dtype=torch.long)
-        width = _round_up(max(int(lengths[rows].max()), 2), multiple)
-        sub = _sequences(batch, rows, width - 1)
+        width = round_up(max(int(lengths[rows].max()), 2), multiple)
+        sub = sequences_at(batch, rows, width - 1)
         positions = torch.arange(width).unsqueeze(0).expand(len(rows), -1)
         out.append(MicroBatch(tokens=sub.tokens, position_ids=positions, attention_mask=causal_mask(width),
-                              sequences=sub, rows=rows, valid=_valid(lengths[rows], width - 1)))
+                              sequences=sub, rows=rows, valid=valid_positions(lengths[rows], width - 1)))
     return out
 
 
 def packed_micro_batches(batch: SequenceBatch, max_tokens: int, multiple: int = 1, *,
                          thd: bool = False) -> list[MicroBatch]:
     """The packed layout: one row per micro-batch, its sequences back to back (see :mod:`.packing`)."""
-    from rlad_megatron.learner.packing import pack_row
-
     lengths = batch.sequence_lengths()
     return [pack_row(batch, torch.tensor(group, dtype=torch.long), lengths, multiple, thd=thd)
             for group in plan_packed(lengths.tolist(), max_tokens, multiple)]
@@ -266,11 +177,11 @@ def build_micro_batches(batch: SequenceBatch, batching: MicroBatching, *, thd: b
 def filler_micro_batch(batch: SequenceBatch, multiple: int = 1) -> MicroBatch:
     """A micro-batch with no sequence (one short row of token 0), run so that every rank executes the same
     number of micro-batches; its loss is exactly zero."""
-    width = _round_up(2, multiple)
+    width = round_up(2, multiple)
     empty = torch.zeros(0, dtype=torch.long)
     return MicroBatch(tokens=torch.zeros(1, width, dtype=torch.long),
                       position_ids=torch.arange(width).unsqueeze(0), attention_mask=causal_mask(width),
-                      sequences=_sequences(batch, empty, width - 1), rows=empty,
+                      sequences=sequences_at(batch, empty, width - 1), rows=empty,
                       valid=torch.zeros(0, width - 1, dtype=torch.bool))
 
 

@@ -1,7 +1,7 @@
 """Model + optimizer state as a Megatron distributed checkpoint, reshardable to any TP/PP/DP layout.
 
 The optimizer state uses the ``fully_reshardable`` format: the only one of megatron-core 0.16.1's formats that both
-changes TP on load and restores torch AdamW's ``step`` correctly (``shared/notes/megatron_on_cpu.md`` §5). Files are
+changes TP on load and restores torch AdamW's ``step`` correctly (``docs/megatron_on_cpu.md``, "Distributed checkpoints"). Files are
 written into a temporary sibling folder and renamed into place only when every rank has finished, so a crash during
 a save never leaves a half-written checkpoint under the final name.
 
@@ -18,6 +18,9 @@ from typing import Any, Sequence
 import torch
 import torch.distributed as dist
 
+from rlad_megatron.atomic_write import write_json
+from rlad_megatron.compat.megatron_fallbacks import prepare_optimizer_for_load
+
 OPTIMIZER_METADATA = {"distrib_optim_sharding_type": "fully_reshardable"}
 
 
@@ -25,7 +28,7 @@ def _model_key(index: int, count: int) -> str:
     return "model" if count == 1 else f"model{index}"
 
 
-def _unwrap(chunk: torch.nn.Module) -> torch.nn.Module:
+def unwrap(chunk: torch.nn.Module) -> torch.nn.Module:
     """The GPTModel inside DDP / Float16Module wrappers."""
     while hasattr(chunk, "module"):
         chunk = chunk.module
@@ -41,11 +44,9 @@ def _has_optimizer_state(optimizer: Any) -> bool:
 def _sharded_state(model_chunks: Sequence[torch.nn.Module], optimizer: Any, *, loading: bool) -> dict:
     state: dict[str, Any] = {}
     for i, chunk in enumerate(model_chunks):
-        state[_model_key(i, len(model_chunks))] = _unwrap(chunk).sharded_state_dict()
+        state[_model_key(i, len(model_chunks))] = unwrap(chunk).sharded_state_dict()
     if optimizer is not None:
         if loading:
-            from rlad_megatron.compat.megatron_cpu import prepare_optimizer_for_load
-
             prepare_optimizer_for_load(optimizer)
         model_state = {k: v for k, v in state.items() if k.startswith("model")}
         flat_model_state: dict[str, Any] = {}
@@ -62,7 +63,7 @@ def save_checkpoint(path: str | Path, model_chunks: Sequence[torch.nn.Module], o
 
     Refuses to overwrite: callers keep one folder per step and point to the newest with ``write_latest``.
     """
-    from megatron.core import dist_checkpointing
+    from megatron.core import dist_checkpointing  # lazy: megatron-core is heavy (seconds)
 
     final = Path(path)
     if final.exists():
@@ -77,7 +78,7 @@ def save_checkpoint(path: str | Path, model_chunks: Sequence[torch.nn.Module], o
     dist_checkpointing.save(_sharded_state(model_chunks, optimizer, loading=False), str(partial))
     dist.barrier()
     if dist.get_rank() == 0:
-        (partial / "rlad_checkpoint.json").write_text(json.dumps({"optimizer": optimizer is not None}))
+        write_json(partial / "rlad_checkpoint.json", {"optimizer": optimizer is not None}, indent=None)
         os.replace(partial, final)
     dist.barrier()
     return final
@@ -87,7 +88,7 @@ def load_checkpoint(
     path: str | Path, model_chunks: Sequence[torch.nn.Module], optimizer: Any = None
 ) -> None:
     """Load model (and optimizer) state saved by ``save_checkpoint`` at any TP/PP/DP layout. Collective."""
-    from megatron.core import dist_checkpointing
+    from megatron.core import dist_checkpointing  # lazy: megatron-core is heavy (seconds)
 
     path = Path(path)
     if not (path / "metadata.json").exists():
@@ -100,6 +101,6 @@ def load_checkpoint(
         optimizer = None  # saved before the first optimizer step
     loaded = dist_checkpointing.load(_sharded_state(model_chunks, optimizer, loading=True), str(path))
     for i, chunk in enumerate(model_chunks):
-        _unwrap(chunk).load_state_dict(loaded[_model_key(i, len(model_chunks))], strict=True)
+        unwrap(chunk).load_state_dict(loaded[_model_key(i, len(model_chunks))], strict=True)
     if optimizer is not None:
         optimizer.load_state_dict(loaded["optimizer"])

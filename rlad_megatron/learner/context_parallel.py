@@ -10,11 +10,13 @@ The forward step (``learner.policy``) takes each micro-batch through :func:`cont
 ``parallel.context_parallel > 1``: rows padded (:func:`cp_row_width`), split, and the per-token log-probs
 all-gathered back whole (:func:`cp_all_gather_merge`, autograd-correct), with the loss scale of
 :func:`cp_loss_scale`. The attention is TE's on GPUs, ``models.cp_attention`` otherwise. Tested on CPU against
-CP=1 (``tests/distributed/test_context_parallel.py``) and on GPUs with TE (``tests/gpu``).
+CP=1 (``tests/distributed/test_context_parallel.py``). The GPU test with TE's ring attention
+(``tests/gpu/test_context_parallel_gpu.py``) needs 2 GPUs and Transformer Engine and has never run (docs/gpu.md).
 """
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 
 
 def cp_padded_length(length: int, cp_size: int) -> int:
@@ -68,8 +70,6 @@ class _AllGatherAlongDim(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, tensor: torch.Tensor, group, dim: int) -> torch.Tensor:
-        import torch.distributed as dist
-
         ctx.group, ctx.dim = group, dim
         parts = [torch.empty_like(tensor, memory_format=torch.contiguous_format)
                  for _ in range(dist.get_world_size(group))]
@@ -78,8 +78,6 @@ class _AllGatherAlongDim(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        import torch.distributed as dist
-
         group, dim = ctx.group, ctx.dim
         world, rank = dist.get_world_size(group), dist.get_rank(group)
         if dist.get_backend(group) == "nccl":
@@ -96,8 +94,6 @@ class _AllGatherAlongDim(torch.autograd.Function):
 def cp_all_gather_merge(tensor: torch.Tensor, group, dim: int) -> torch.Tensor:
     """This rank's :func:`cp_split` part of a sequence -> the whole sequence in order, on every rank of the CP
     ``group`` (autograd: see :class:`_AllGatherAlongDim`)."""
-    import torch.distributed as dist
-
     cp_size = dist.get_world_size(group)
     if cp_size == 1:
         return tensor
@@ -178,7 +174,7 @@ def context_parallel_rows(micro_batch, length_multiple: int = 1, *,
     state; None at CP=1 (the forward step then uses the micro-batch as it is). ``te_attention``: the model's
     attention is Transformer Engine's (its CP attention is causal by itself and takes no mask; rows are only
     right-padded, so causal is exact)."""
-    from megatron.core import parallel_state as ps
+    from megatron.core import parallel_state as ps  # lazy: megatron-core is heavy (seconds)
 
     cp_size = ps.get_context_parallel_world_size()
     if cp_size == 1:

@@ -21,7 +21,10 @@ import dataclasses
 import torch
 import torch.distributed as dist
 
-from rlad_megatron.learner.batching import MicroBatch, causal_mask, filler_micro_batch
+from rlad_megatron.device import collective_device
+from rlad_megatron.learner.batching import filler_micro_batch
+from rlad_megatron.learner.context_parallel import cp_split
+from rlad_megatron.learner.micro_batch import MicroBatch, causal_mask
 from rlad_megatron.learner.sequences import SequenceBatch
 
 
@@ -35,7 +38,7 @@ def expert_parallel_group(chunks: list[torch.nn.Module]):
     agree on (a dense model, or EP = expert TP = 1)."""
     if not is_moe(chunks):
         return None
-    from megatron.core import parallel_state as ps
+    from megatron.core import parallel_state as ps  # lazy: megatron-core is heavy (seconds)
 
     group = ps.get_expert_tensor_and_model_parallel_group()
     return group if group is not None and dist.get_world_size(group) > 1 else None
@@ -49,7 +52,6 @@ def common_micro_batch_shapes(micro: list[MicroBatch], batch: SequenceBatch, chu
     group = expert_parallel_group(chunks)
     if group is None:
         return micro
-    from rlad_megatron.device import collective_device
 
     device = collective_device(group)
     count = torch.tensor([len(micro)], dtype=torch.long, device=device)
@@ -131,11 +133,9 @@ def router_padding_kwargs(mb: MicroBatch, model: torch.nn.Module, training: bool
     _guard_empty_aux_loss()
     padding = ~real_positions(mb).to(mb.tokens.device)
     if cp_rows is not None:
-        from rlad_megatron.learner.context_parallel import cp_split
-
         padding = torch.nn.functional.pad(padding, (0, cp_rows.padded - cp_rows.width), value=True)
         padding = cp_split(padding, cp_rows.cp_size, cp_rows.cp_rank)
-    from megatron.core import parallel_state as ps
+    from megatron.core import parallel_state as ps  # lazy: megatron-core is heavy (seconds)
 
     tp = ps.get_tensor_model_parallel_world_size()
     if getattr(config, "sequence_parallel", False) and tp > 1 and not ps.is_pipeline_first_stage():
@@ -157,7 +157,7 @@ def _guard_empty_aux_loss() -> None:
     global _GUARDED
     if _GUARDED:
         return
-    from megatron.core.transformer.moe import router
+    from megatron.core.transformer.moe import router  # lazy: megatron-core is heavy (seconds)
 
     original = router.get_tokens_per_expert_and_token_count
 
@@ -170,21 +170,3 @@ def _guard_empty_aux_loss() -> None:
 
     router.get_tokens_per_expert_and_token_count = guarded
     _GUARDED = True
-
-
-def check_expert_parallel(expert_parallel: int, models: dict[str, str]) -> None:
-    """At start: ``parallel.expert_parallel`` > 1 needs a Mixture-of-Experts model among ``models`` (config key ->
-    HF directory: the student, the Megatron teacher) and must divide each one's experts per layer."""
-    if expert_parallel == 1:
-        return
-    from rlad_megatron.config import ConfigError
-    from rlad_megatron.models.hf_config import load_arch
-
-    experts = {key: load_arch(path).num_experts for key, path in models.items()}
-    if not any(experts.values()):
-        raise ConfigError(f"parallel.expert_parallel={expert_parallel}, but neither {' nor '.join(experts)} is a "
-                          "Mixture-of-Experts model: set parallel.expert_parallel=1")
-    for key, count in experts.items():
-        if count and count % expert_parallel:
-            raise ConfigError(f"parallel.expert_parallel={expert_parallel} must divide the {count} experts per layer "
-                              f"of {key} ({models[key]}): choose a divisor of {count}")

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from rlad_megatron.learner.batching import MicroBatch, _round_up, _sequences, _valid
+from rlad_megatron.learner.micro_batch import MicroBatch, round_up, sequences_at, valid_positions
 from rlad_megatron.learner.sequences import SequenceBatch
 
 
@@ -52,7 +52,7 @@ def restarting_positions(lengths: list[int], width: int) -> torch.Tensor:
 
 def thd_params(lengths: list[int], width: int):
     """Megatron's ``PackedSeqParams`` for THD attention over one packed row of ``width`` tokens."""
-    from megatron.core.packed_seq_params import PackedSeqParams
+    from megatron.core.packed_seq_params import PackedSeqParams  # lazy: megatron-core is heavy (seconds)
 
     bounds = [0]
     for n in lengths:
@@ -69,7 +69,7 @@ def pack_row(batch: SequenceBatch, rows: torch.Tensor, lengths: torch.Tensor, mu
              thd: bool = False) -> MicroBatch:
     """Sequences ``rows`` of ``batch`` packed into one row (in the given order)."""
     lens = [max(int(lengths[i]), 1) for i in rows.tolist()]
-    width = _round_up(max(sum(lens), 2), multiple)
+    width = round_up(max(sum(lens), 2), multiple)
     per_token = max(max(lens) - 1, 1)
     tokens = torch.zeros(1, width, dtype=torch.long)
     offsets = []
@@ -86,9 +86,9 @@ def pack_row(batch: SequenceBatch, rows: torch.Tensor, lengths: torch.Tensor, mu
         tokens=tokens,
         position_ids=restarting_positions(lens, width),
         attention_mask=None if thd else block_causal_mask(lens, width),
-        sequences=_sequences(batch, rows, per_token),
+        sequences=sequences_at(batch, rows, per_token),
         rows=rows,
-        valid=_valid(torch.tensor(lens), per_token),
+        valid=valid_positions(torch.tensor(lens), per_token),
         gather_rows=torch.zeros(len(lens), per_token, dtype=torch.long),
         gather_cols=cols,
         packed_seq_params=thd_params(lens, width) if thd else None,

@@ -33,7 +33,10 @@ from rlad_megatron.learner.batching import (
 from rlad_megatron.learner.context_parallel import context_parallel_rows, cp_loss_scale, cp_row_width
 from rlad_megatron.learner.expert_parallel import common_micro_batch_shapes, router_padding_kwargs
 from rlad_megatron.learner.output_head import hidden_states_out, use_fused_logprobs
-from rlad_megatron.learner.sequences import SequenceBatch
+from rlad_megatron.learner.sequences import SequenceBatch, default_pad_multiple
+from rlad_megatron.logprobs import (
+    fused_token_logprobs, fused_topk, vocab_parallel_token_logprobs, vocab_parallel_topk,
+)
 
 # loss_fn(logprobs [b, L-1] with grad, entropy [b, L-1] or None, micro_batch) -> (loss share, metrics)
 LossFn = Callable[[torch.Tensor, torch.Tensor | None, SequenceBatch], tuple[torch.Tensor, dict]]
@@ -66,7 +69,7 @@ class MegatronPolicy:
     # ---------------------------------------------------------------------------------------------------------
     @staticmethod
     def _groups():
-        from megatron.core import parallel_state as ps
+        from megatron.core import parallel_state as ps  # lazy: megatron-core is heavy (seconds)
 
         tp_group = ps.get_tensor_model_parallel_group() if ps.get_tensor_model_parallel_world_size() > 1 else None
         return ps, tp_group
@@ -74,8 +77,6 @@ class MegatronPolicy:
     def _length_multiple(self) -> int:
         """Widths of budget/packed micro-batches round up to this: the CUDA pad multiple, and the TP size under
         sequence parallelism (the sequence dimension is split over the TP ranks)."""
-        from rlad_megatron.learner.sequences import default_pad_multiple
-
         ps, _ = self._groups()
         config = getattr(self.chunks[0], "config", None)
         sp = bool(getattr(config, "sequence_parallel", False))
@@ -98,11 +99,7 @@ class MegatronPolicy:
 
     def _run(self, batch: SequenceBatch, micro: list[MicroBatch], forward_only: bool,
              loss_fn: LossFn | None, scale: float, topk: int | None = None) -> list[dict]:
-        from megatron.core.pipeline_parallel import get_forward_backward_func
-
-        from rlad_megatron.logprobs import (
-            fused_token_logprobs, fused_topk, vocab_parallel_token_logprobs, vocab_parallel_topk,
-        )
+        from megatron.core.pipeline_parallel import get_forward_backward_func  # lazy: megatron-core is heavy (seconds)
 
         ps, tp_group = self._groups()
         want_entropy = self.with_entropy and loss_fn is not None
@@ -210,12 +207,12 @@ class MegatronPolicy:
                 config.variable_seq_lengths = restore
 
     # ---------------------------------------------------------------------------------------------------------
-    def token_logprobs(self, batch: SequenceBatch, micro_batch_size: "int | MicroBatching") -> torch.Tensor | None:
+    def token_logprobs(self, batch: SequenceBatch, batching: "int | MicroBatching") -> torch.Tensor | None:
         """``[B, L-1]`` float32 log-probs of ``batch.tokens[:, 1:]`` (no grad). None off the last pipeline stage.
-        ``micro_batch_size``: the fixed layout's size, or a :class:`MicroBatching` (token budget, packing; then
-        positions past a sequence's end are 0)."""
+        ``batching``: a :class:`MicroBatching` (token budget, packing; then positions past a sequence's end are 0),
+        or an int, the fixed layout's sequences per micro-batch."""
         ps, _ = self._groups()
-        micro = self.micro_batches(batch, micro_batch_size)
+        micro = self.micro_batches(batch, batching)
         if not micro:  # no sequence on this rank (balanced data parallelism can deal none to it)
             last = ps.is_pipeline_last_stage(ignore_virtual=True)
             return torch.zeros(0, batch.tokens.shape[1] - 1) if last else None
@@ -225,14 +222,14 @@ class MegatronPolicy:
         return scatter_token_values([(m, o["logprobs"]) for m, o in zip(micro, outputs)], len(batch),
                                     batch.tokens.shape[1] - 1)
 
-    def token_topk(self, batch: SequenceBatch, micro_batch_size: "int | MicroBatching",
+    def token_topk(self, batch: SequenceBatch, batching: "int | MicroBatching",
                    k: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The ``k`` most likely next tokens at every position (a teacher's top-k, no grad): ``(log-probs [B, L-1, k]
         float32, global token ids [B, L-1, k] int64)``, sorted by decreasing probability (the format of
         ``rlad_megatron.logprobs.vocab_parallel_topk``); positions past a sequence's end hold 0. None off the last
         pipeline stage. Micro-batches as :meth:`token_logprobs`."""
         ps, _ = self._groups()
-        micro = self.micro_batches(batch, micro_batch_size)
+        micro = self.micro_batches(batch, batching)
         outputs = self._forward_only(batch, micro, topk=k) if micro else []
         if not ps.is_pipeline_last_stage(ignore_virtual=True):
             return None
@@ -252,7 +249,7 @@ class MegatronPolicy:
             for chunk in self.chunks:
                 chunk.train(self.optimizer is not None)
 
-    def train_step(self, batch: SequenceBatch, loss_fn: LossFn, micro_batch_size: "int | MicroBatching") -> StepResult:
+    def train_step(self, batch: SequenceBatch, loss_fn: LossFn, batching: "int | MicroBatching") -> StepResult:
         """Forward/backward over ``batch`` in micro-batches, then one optimizer step unless something is not
         finite (then the gradients are dropped and ``applied`` is False). Collective over the whole world.
 
@@ -262,7 +259,7 @@ class MegatronPolicy:
         if self.optimizer is None:
             raise RuntimeError("train_step on a policy without an optimizer (the teacher is frozen)")
         ps, _ = self._groups()
-        batching = as_micro_batching(micro_batch_size)
+        batching = as_micro_batching(batching)
         micro = self.micro_batches(batch, batching)
         if not batching.fixed:
             count = torch.tensor(len(micro), dtype=torch.long, device=collective_device(ps.get_data_parallel_group()))
@@ -312,7 +309,7 @@ def _moe_tracker_reset(chunks: list[torch.nn.Module]) -> bool:
     config = getattr(chunks[0], "config", None)
     if not getattr(config, "num_moe_experts", None):
         return False
-    from megatron.core.transformer.moe import moe_utils
+    from megatron.core.transformer.moe import moe_utils  # lazy: megatron-core is heavy (seconds)
 
     moe_utils.clear_aux_losses_tracker()
     return True
@@ -321,7 +318,7 @@ def _moe_tracker_reset(chunks: list[torch.nn.Module]) -> bool:
 def _moe_metrics(num_micro: int) -> dict:
     """Collective: the tracked auxiliary losses reduced over pipeline stages and data-parallel ranks, per
     micro-batch and averaged over the MoE layers (as megatron's own ``track_moe_metrics`` logs them)."""
-    from megatron.core.transformer.moe import moe_utils
+    from megatron.core.transformer.moe import moe_utils  # lazy: megatron-core is heavy (seconds)
 
     tracker = moe_utils.get_moe_layer_wise_logging_tracker()
     names = sorted(tracker)
@@ -336,11 +333,13 @@ def _moe_metrics(num_micro: int) -> dict:
 
 def build_student(model_chunks: list[torch.nn.Module], optim: Any) -> tuple[list[torch.nn.Module], Any]:
     """Wrap the student's chunks in Megatron DDP and build its (distributed) Adam optimizer."""
+    # lazy: megatron-core is heavy (seconds)
     from megatron.core.distributed import (
         DistributedDataParallel,
         DistributedDataParallelConfig,
         finalize_model_grads,
     )
+    # lazy: megatron-core is heavy (seconds)
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
     config = model_chunks[0].config

@@ -11,7 +11,7 @@ The trainer's entry: :func:`compute_policy_loss` with a :class:`LossConfig`; met
 
 from rlad_megatron.loss.advantages import equal_reward_groups, group_advantages, group_filter_metrics
 from rlad_megatron.loss.aggregation import Denominators, aggregate, local_denominators
-from rlad_megatron.loss.config import LossConfig
+from rlad_megatron.config.loss import LossConfig
 from rlad_megatron.loss.distribution import masked_topk_kl, topk_kl
 from rlad_megatron.loss.metrics import MetricAccumulator, Stat
 from rlad_megatron.loss.policy_loss import compute_policy_loss, required_inputs

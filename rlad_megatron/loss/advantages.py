@@ -1,4 +1,4 @@
-"""GRPO group-relative advantages (ALGORITHM.md, "Advantage (GRPO)") and the equal-reward group filter.
+"""GRPO group-relative advantages (docs/algorithm.md, "Advantage (GRPO)") and the equal-reward group filter.
 
 Rewards come flat, ``[N]`` with ``N = num_prompts * group_size``, the ``group_size`` responses of one prompt
 contiguous (response ``i`` belongs to prompt ``i // group_size``), which is how the rollout returns them.
@@ -12,7 +12,7 @@ from torch import Tensor
 from rlad_megatron.loss.metrics import Stat
 
 ADVANTAGE_EPS = 1e-6
-"""The epsilon added to the group's standard deviation (ALGORITHM.md)."""
+"""The epsilon added to the group's standard deviation (GRPO's ``std + eps``)."""
 
 
 def _grouped(rewards: Tensor, group_size: int) -> Tensor:
@@ -62,14 +62,22 @@ def group_advantages(
     return centred.reshape(-1)
 
 
-def equal_reward_groups(rewards: Tensor, group_size: int) -> Tensor:
+def equal_reward_groups(rewards: Tensor, group_size: int, valid: Tensor | None = None) -> Tensor:
     """``[N]`` bool: True for every response of a group whose rewards are all equal (they carry no signal).
 
-    DAPO's dynamic sampling drops these groups; use ``~equal_reward_groups(...)`` as the keep mask and report
-    ``group_filter_metrics`` so the dropped fraction is visible.
+    ``valid``: optional ``[N]`` bool; only a group's valid responses are compared (DAPO's overlong filtering leaves
+    truncated responses out), and a group with at most one valid response is uniform. DAPO's dynamic sampling drops
+    these groups; use ``~equal_reward_groups(...)`` as the keep mask and report ``group_filter_metrics`` so the
+    dropped fraction is visible.
     """
     groups = _grouped(rewards.detach(), group_size)
-    same = (groups == groups[:, :1]).all(dim=-1, keepdim=True)
+    if valid is None:
+        same = (groups == groups[:, :1]).all(dim=-1, keepdim=True)
+    else:
+        valid_g = valid.detach().bool().view_as(groups)
+        top = groups.masked_fill(~valid_g, float("-inf")).max(dim=-1, keepdim=True).values
+        bottom = groups.masked_fill(~valid_g, float("inf")).min(dim=-1, keepdim=True).values
+        same = ~(top > bottom)
     return same.expand_as(groups).reshape(-1)
 
 

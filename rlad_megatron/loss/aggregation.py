@@ -1,4 +1,4 @@
-"""Masked reduction of per-token losses with GLOBAL denominators (ALGORITHM.md, "Loss aggregation").
+"""Masked reduction of per-token losses with GLOBAL denominators (docs/algorithm.md, "Loss aggregation").
 
 Each mode is written as a sum over this micro-batch's valid tokens divided by a count of the whole global batch
 (all micro-batches of all data-parallel ranks of one optimizer step), so the per-micro-batch scalars simply
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from rlad_megatron.loss.config import AGGREGATIONS
+from rlad_megatron.config.loss import AGGREGATIONS
 
 
 @dataclass(frozen=True)

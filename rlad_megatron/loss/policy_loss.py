@@ -26,44 +26,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from rlad_megatron.config.loss import LossConfig, as_loss_config, required_inputs  # noqa: F401 (re-exported)
 from rlad_megatron.loss.aggregation import Denominators, aggregate, as_bool_mask
-from rlad_megatron.loss.config import LossConfig
 from rlad_megatron.loss.distribution import masked_topk_kl, topk_mass
 from rlad_megatron.loss.metrics import Stat, extremum_stat, fraction_stat, mean_stat, sum_stat
 from rlad_megatron.loss.surrogates import SurrogateParts, grpo_parts, kl_estimate, trrd_parts
 from rlad_megatron.loss.trust import sequence_alpha, teacher_weights, trust_metrics
 
 _PER_TOKEN_INPUTS = ("old_logprobs", "teacher_logprobs", "ref_logprobs", "entropy")
-_TOPK_INPUTS = ("student_topk_logprobs", "teacher_topk_logprobs")
-
-
-def _as_config(config: LossConfig | str) -> LossConfig:
-    if isinstance(config, str):
-        config = LossConfig(algorithm=config)  # type: ignore[arg-type]
-    if not isinstance(config, LossConfig):
-        raise TypeError(f"config must be a LossConfig or an algorithm name, got {type(config).__name__}")
-    return config.validate()
-
-
-def required_inputs(config: LossConfig | str) -> frozenset[str]:
-    """Names of the ``compute_policy_loss`` keyword inputs this config needs besides logprobs/mask/denominators."""
-    cfg = _as_config(config)
-    need: set[str] = set()
-    if cfg.algorithm in ("rlad", "grpo", "kdrl"):
-        need |= {"old_logprobs", "advantages"}
-    if cfg.algorithm in ("rlad", "kdrl"):
-        need.add("teacher_logprobs")
-    if cfg.algorithm == "kdrl" and cfg.kd_skip_correct:
-        need.add("correct")
-    if cfg.kl_beta > 0:
-        need.add("ref_logprobs")
-    if cfg.entropy_coef > 0:
-        need.add("entropy")
-    if cfg.uses_topk():
-        need.update(_TOPK_INPUTS)
-    if cfg.teacher_trust != "none":
-        need.add("teacher_pass_rate")
-    return frozenset(need)
 
 
 def compute_policy_loss(
@@ -110,7 +80,7 @@ def compute_policy_loss(
     Returns:
         ``(loss, metrics)``: a 0-d tensor to backpropagate and a ``dict[str, Stat]``.
     """
-    cfg = _as_config(config)
+    cfg = as_loss_config(config)
     given = {
         "old_logprobs": old_logprobs, "teacher_logprobs": teacher_logprobs, "ref_logprobs": ref_logprobs,
         "advantages": advantages, "entropy": entropy, "correct": correct,

@@ -12,7 +12,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from rlad_megatron.loss.config import KL_ESTIMATORS
+from rlad_megatron.config.loss import KL_ESTIMATORS
 
 
 class SurrogateParts(NamedTuple):
@@ -250,7 +250,7 @@ def kl_estimate(logprobs: Tensor, other_logprobs: Tensor, estimator: str) -> Ten
     """Per-token estimate of KL(pi || pi_other) from the log-probs of tokens sampled from ``pi``.
 
     With ``d = other_lp - lp``: ``k1 = -d``, ``k2 = d^2 / 2``, ``k3 = exp(d) - d - 1`` (Schulman's estimators;
-    ALGORITHM.md, KDRL). Shapes ``[B, T]`` -> ``[B, T]``; differentiable in both arguments.
+    docs/algorithm.md, KDRL). Shapes ``[B, T]`` -> ``[B, T]``; differentiable in both arguments.
     """
     if estimator not in KL_ESTIMATORS:
         raise ValueError(f"KL estimator must be one of {list(KL_ESTIMATORS)}, got {estimator!r}")

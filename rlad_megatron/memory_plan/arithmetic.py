@@ -59,7 +59,7 @@ def padded_vocab(vocab: int, tp: int, divisor: int = 128) -> int:
 
 
 def stage_layers(shape: ModelShape, pp: int, first: int | None = None, last: int | None = None) -> list[int]:
-    from rlad_megatron.models.layout import pipeline_stage_layers
+    from rlad_megatron.models.layout import pipeline_stage_layers  # lazy: torch stays out of the plan
 
     return pipeline_stage_layers(shape.num_layers, pp, first, last)
 

@@ -22,11 +22,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from rlad_megatron.config import ConfigError, RunConfig, teacher_use
+from rlad_megatron.config import ConfigError, RunConfig, megatron_teacher, teacher_use
+from rlad_megatron.memory_plan.advice import suggestions
 from rlad_megatron.memory_plan.arithmetic import (
     device_params, fused_logits_bytes, layer_activation_bytes, logits_bytes, stage_layers, training_activation_bytes,
 )
 from rlad_megatron.placement import ModelShape
+from rlad_megatron.rollout.vllm_memory import estimated_runtime_bytes
 
 GIB = 1 << 30
 
@@ -36,21 +38,15 @@ GPU_MEMORY_GIB: dict[str, float] = {"h100": 79.6, "h200": 139.8}
 
 #: CUDA context, NCCL buffers and the caching allocator's fragmentation, held back on every GPU (ours).
 RUNTIME_RESERVE_GIB = 4.0
-#: The colocated engine's own working memory besides weights and KV cache (CUDA graphs, sampler, activations of
-#: one engine step): an assumption of ours, not measured here (no vLLM on the lent GPU machine).
+#: The least of the colocated engine's own working memory besides weights and KV cache. The plan counts
+#: ``rollout.vllm_memory.estimated_runtime_bytes`` (vLLM's profile-run activations and sampler at the engine model's
+#: widths, CUDA graphs, NCCL), never less than this: an estimate, not measured here (no vLLM on the lent GPU machine).
 ENGINE_RUNTIME_GIB = 2.0
 #: float32 elements of one log-prob chunk on a GPU (``rlad_megatron.logprobs.vocab_parallel.DEFAULT_CHUNK_ELEMENTS``).
 LOGPROB_CHUNK_ELEMENTS = 1 << 24
 #: logits elements of one tile of the fused head on a GPU
 #: (``rlad_megatron.logprobs.fused.DEFAULT_FUSED_CHUNK_ELEMENTS``).
 FUSED_TILE_ELEMENTS = 1 << 26
-
-#: What the trainer does with the settings that move memory off the GPU between phases (issue 21). The plan counts
-#: what happens, not what a setting asks for: set one to False if the trainer stops doing it.
-TRAINER_OFFLOADS_TEACHER = True
-"""``teacher.offload=true``: the frozen Megatron teacher waits in pinned host memory between scoring passes."""
-TRAINER_SLEEPS_ENGINE = True
-"""``rollout.sleep_level`` 1 or 2: the colocated engine's weights and KV cache leave the GPU outside generation."""
 
 #: The phases that come and go (each on top of what is resident): a training micro-batch, a forward-only
 #: micro-batch (teacher / reference / old-policy scoring), and generation by a sleeping engine.
@@ -183,15 +179,13 @@ def train_tokens(config: RunConfig) -> int:
 def forward_tokens(config: RunConfig) -> int:
     """Tokens of the largest forward-only micro-batch (teacher / old / reference scoring)."""
     longest = config.data.max_prompt_tokens + config.rollout.max_new_tokens
-    t = config.trainer
-    budget = t.max_tokens_per_forward_micro_batch or (2 * t.max_tokens_per_micro_batch
-                                                      if t.max_tokens_per_micro_batch else None)
-    return max(budget, longest) if budget else t.micro_batch_size * longest
+    budget = config.trainer.forward_tokens_per_micro_batch()
+    return max(budget, longest) if budget else config.trainer.micro_batch_size * longest
 
 
 def plan_memory(config: RunConfig, *, student: ModelShape, teacher: ModelShape | None = None, dp: int = 1,
                 ep: int | None = None, teacher_ep: int | None = None, gpu: str | float | None = None, fused_attention: bool = True,
-                runtime_reserve_gib: float = RUNTIME_RESERVE_GIB, engine_runtime_gib: float = ENGINE_RUNTIME_GIB,
+                runtime_reserve_gib: float = RUNTIME_RESERVE_GIB, engine_runtime_gib: float | None = None,
                 chunk_elements: int = LOGPROB_CHUNK_ELEMENTS, tile_elements: int = FUSED_TILE_ELEMENTS,
                 suggest: bool = True) -> MemoryPlan:
     """The per-GPU memory plan of ``config`` with these model shapes and ``dp`` data-parallel replicas.
@@ -202,7 +196,7 @@ def plan_memory(config: RunConfig, *, student: ModelShape, teacher: ModelShape |
     ``trainer.fused_logprobs`` (not false): the logits terms are the fused head's tiles (``tile_elements``), not the
     logits and their gradient.
     ``gpu``: "h100", "h200", a size in GiB, or None (no verdict). CPU runs: ``runtime_reserve_gib=0``,
-    ``engine_runtime_gib=0``.
+    ``engine_runtime_gib=0``. ``engine_runtime_gib`` None: :func:`engine_runtime_bytes`.
     """
     c = config
     par = c.parallel
@@ -230,19 +224,18 @@ def plan_memory(config: RunConfig, *, student: ModelShape, teacher: ModelShape |
 
     # --- the teacher (Megatron, same TP/PP layout)
     uses = teacher_use(c.loss)
-    megatron_teacher = uses == "logprobs" and c.teacher.source == "megatron" and teacher is not None
+    counted_teacher = megatron_teacher(c) and teacher is not None
     if uses == "logprobs" and teacher is None:
         notes.append("teacher shape unknown: the teacher is not counted")
-    if megatron_teacher:
+    if counted_teacher:
         tparams = device_params(teacher, tp=tp, pp=pp, ep=teacher_ep, first=par.teacher_first_stage_layers,
                                 last=par.teacher_last_stage_layers)
         detail = f"{_count(tparams.total)} params x {wbytes} B"
         if teacher.is_moe and teacher_ep == 1:
             detail += "; experts are not TP-split: every GPU holds all of them (EP=1)"
-        offloaded = c.teacher.offload and TRAINER_OFFLOADS_TEACHER
-        terms.append(Term("teacher weights", tparams.total * wbytes, "score" if offloaded else "resident", detail))
-        if c.teacher.offload and not TRAINER_OFFLOADS_TEACHER:
-            notes.append("teacher.offload=true is not implemented by the trainer yet: the teacher is counted resident")
+        # teacher.offload: the frozen teacher waits in pinned host memory between scoring passes
+        terms.append(Term("teacher weights", tparams.total * wbytes, "score" if c.teacher.offload else "resident",
+                          detail))
     elif uses == "logprobs" and c.teacher.source == "vllm":
         notes.append("teacher.source=vllm: its scoring engine's weights and KV cache are not counted")
 
@@ -251,11 +244,14 @@ def plan_memory(config: RunConfig, *, student: ModelShape, teacher: ModelShape |
         engine_model = teacher if uses == "samples" and teacher is not None else student
         ew = device_params(engine_model, tp=tp, pp=1, ep=1).total * DTYPE_BYTES[c.rollout.dtype]
         # a sleeping engine holds GPU memory only while it generates (weights woken for the sync, KV cache after)
-        phase = "generate" if c.rollout.sleep_level and TRAINER_SLEEPS_ENGINE else "resident"
+        phase = "generate" if c.rollout.sleep_level else "resident"
         terms.append(Term("engine weights", ew, phase, f"{engine_model.name} at TP={tp}, {c.rollout.dtype}"))
         terms.append(Term("engine KV cache", c.rollout.kv_cache_mb << 20, phase, "rollout.kv_cache_mb"))
-        if engine_runtime_gib:
-            terms.append(Term("engine runtime", int(engine_runtime_gib * GIB), phase, "CUDA graphs, sampler"))
+        runtime = engine_runtime_bytes(engine_model, tp, c.rollout.dtype) if engine_runtime_gib is None \
+            else int(engine_runtime_gib * GIB)
+        if runtime:
+            terms.append(Term("engine runtime", runtime, phase, "profile-run activations, sampler, CUDA graphs, NCCL "
+                                                               "(estimate)"))
     if runtime_reserve_gib:
         terms.append(Term("CUDA context, NCCL, fragmentation", int(runtime_reserve_gib * GIB), "resident"))
 
@@ -299,7 +295,7 @@ def plan_memory(config: RunConfig, *, student: ModelShape, teacher: ModelShape |
 
     # --- a forward-only micro-batch (teacher, old-policy or reference scoring): the larger of the models that score
     ft = -(-forward_tokens(c) // cp)
-    scorers = [student] + ([teacher] if megatron_teacher else [])
+    scorers = [student] + ([teacher] if counted_teacher else [])
 
     def scoring(model: ModelShape) -> tuple[int, int]:
         one = layer_activation_bytes(model, ft, tp=tp, sp=sp, dtype_bytes=act, sequence_length=-(-longest // cp),
@@ -313,17 +309,32 @@ def plan_memory(config: RunConfig, *, student: ModelShape, teacher: ModelShape |
     terms.append(Term("scoring logits", scoring_logits, "score"))
     plan = MemoryPlan(terms=terms, gpu_gib=gpu_gib, gpu_name=gpu_name, notes=notes)
     if suggest and not plan.fits:
-        from rlad_megatron.memory_plan.advice import suggestions
+        shapes = dict(student=student, teacher=teacher, ep=ep, teacher_ep=teacher_ep, gpu=gpu,
+                      fused_attention=fused_attention, runtime_reserve_gib=runtime_reserve_gib,
+                      engine_runtime_gib=engine_runtime_gib, chunk_elements=chunk_elements,
+                      tile_elements=tile_elements)
 
-        plan.suggestions = suggestions(c, dict(student=student, teacher=teacher, dp=dp, ep=ep,
-                                                teacher_ep=teacher_ep, gpu=gpu, fused_attention=fused_attention,
-                                                runtime_reserve_gib=runtime_reserve_gib,
-                                                engine_runtime_gib=engine_runtime_gib,
-                                                chunk_elements=chunk_elements, tile_elements=tile_elements))
+        def fits(changed: RunConfig, replicas: int) -> bool:
+            try:
+                return plan_memory(changed, dp=replicas, suggest=False, **shapes).fits
+            except (ConfigError, ValueError):
+                return False
+
+        plan.suggestions = suggestions(c, dp, fits)
     return plan
 
 
 ENGINE_TERMS: tuple[str, ...] = ("engine weights", "engine KV cache", "engine runtime")
+
+
+def engine_runtime_bytes(model: ModelShape, tp: int, dtype: str) -> int:
+    """The colocated engine's memory besides weights and KV cache, as vLLM's profiling counts it
+    (``rollout.vllm_memory.estimated_runtime_bytes`` at the engine model's widths; at least ``ENGINE_RUNTIME_GIB``)."""
+    widest = max(model.intermediate_size,
+                 model.moe_intermediate_size * max(1, model.moe_top_k) + model.shared_expert_intermediate_size)
+    estimate = estimated_runtime_bytes(hidden_size=model.hidden_size, intermediate_size=widest,
+                                       vocab_size=model.vocab_size, tensor_parallel=tp, dtype_bytes=DTYPE_BYTES[dtype])
+    return max(int(ENGINE_RUNTIME_GIB * GIB), estimate)
 
 
 def engine_bytes(plan: MemoryPlan) -> int:
@@ -334,7 +345,9 @@ def engine_bytes(plan: MemoryPlan) -> int:
 def engine_memory_utilization(plan: MemoryPlan, total_gib: float | None = None) -> float:
     """vLLM's ``gpu_memory_utilization`` for the colocated engine: the fraction of the GPU's memory (``total_gib``,
     default the plan's GPU) that its weights, KV cache and runtime take in the plan, so that the engine reserves no
-    more than the plan gave it and the learner's share stays free.
+    more than the plan gave it and the learner's share stays free. vLLM sizes the KV cache as that share minus the
+    weights and what its profiling measures besides (``rollout.vllm_memory.kv_cache_bytes``): the plan's KV cache
+    when the engine's runtime is the plan's "engine runtime" term.
 
         plan = plan_memory(config, student=ModelShape.from_arch(arch), teacher=..., dp=dp, gpu=total_gib)
         utilization = engine_memory_utilization(plan)

@@ -28,9 +28,9 @@ def build_model_chunks(arch: ModelArch, *, params_dtype: torch.dtype = torch.flo
     """Empty GPTModel chunk(s) of ``arch`` for this rank under the current Megatron parallel state (one per
     virtual pipeline stage). Weights are uninitialised: fill them with ``hf_loader.load_hf_weights`` or a
     dist-checkpoint load."""
-    from megatron.core import parallel_state as ps
+    from megatron.core import parallel_state as ps  # lazy: keeps `import rlad_megatron.models` light
 
-    from rlad_megatron.models.builder import build_gpt_model
+    from rlad_megatron.models.builder import build_gpt_model  # lazy: keeps `import rlad_megatron.models` light
 
     tp, pp = ps.get_tensor_model_parallel_world_size(), ps.get_pipeline_model_parallel_world_size()
     vpp = ps.get_virtual_pipeline_model_parallel_world_size()
@@ -62,7 +62,7 @@ def load_hf_model(
     ``trainable=False`` freezes (``requires_grad=False``) and puts the chunks in eval mode.
     Returns ``(model_chunks, arch)``.
     """
-    from rlad_megatron.models.hf_loader import load_hf_weights
+    from rlad_megatron.models.hf_loader import load_hf_weights  # lazy: keeps `import rlad_megatron.models` light
 
     arch = load_arch(hf_dir)
     chunks = build_model_chunks(arch, params_dtype=params_dtype, sequence_parallel=sequence_parallel,
@@ -77,15 +77,15 @@ def load_hf_model(
 
 def __getattr__(name: str):  # lazy re-exports: keep `import rlad_megatron.models` light
     if name in ("load_teacher", "check_tokenizer_compatible", "TokenizerMismatchError"):
-        from rlad_megatron.models import teacher
+        from rlad_megatron.models import teacher  # lazy: keeps `import rlad_megatron.models` light
 
         return getattr(teacher, name)
     if name in ("iter_hf_tensors", "export_hf_checkpoint"):
-        from rlad_megatron.models import hf_export
+        from rlad_megatron.models import hf_export  # lazy: keeps `import rlad_megatron.models` light
 
         return getattr(hf_export, name)
     if name in ("load_hf_weights", "HFCheckpointError"):
-        from rlad_megatron.models import hf_loader
+        from rlad_megatron.models import hf_loader  # lazy: keeps `import rlad_megatron.models` light
 
         return getattr(hf_loader, name)
     raise AttributeError(f"module 'rlad_megatron.models' has no attribute {name!r}")

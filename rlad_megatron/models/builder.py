@@ -7,6 +7,7 @@ is applied with the checkpoint's own parameters (Megatron's built-in switch hard
 """
 from __future__ import annotations
 
+import copy
 import importlib.util
 import math
 
@@ -55,9 +56,9 @@ def check_context_parallel(context_parallel: int) -> None:
 
 def layer_spec(arch: ModelArch, *, te: bool | None = None):
     """The transformer layer ``ModuleSpec`` for ``arch`` (``te=None``: TE when :func:`use_transformer_engine`)."""
-    from megatron.core.models.gpt import gpt_layer_specs
+    from megatron.core.models.gpt import gpt_layer_specs  # lazy: megatron-core is heavy (seconds)
 
-    from megatron.core import parallel_state as ps
+    from megatron.core import parallel_state as ps  # lazy: megatron-core is heavy (seconds)
 
     te = use_transformer_engine() if te is None else te
     experts = arch.num_experts or None
@@ -75,9 +76,7 @@ def with_context_parallel_attention(spec):
     """A copy of the local layer ``spec`` whose core attention works under context parallelism (Megatron's local
     ``DotProductAttention`` refuses CP > 1): :class:`~rlad_megatron.models.cp_attention.
     ContextParallelDotProductAttention`."""
-    import copy
-
-    from rlad_megatron.models.cp_attention import ContextParallelDotProductAttention
+    from rlad_megatron.models.cp_attention import ContextParallelDotProductAttention  # lazy: it imports megatron-core
 
     spec = copy.deepcopy(spec)
     spec.submodules.self_attention.submodules.core_attention = ContextParallelDotProductAttention
@@ -120,7 +119,7 @@ def build_gpt_model(
     ``padded_vocab_size(arch.vocab_size, tp)``. Embeddings and output layer are shared when the checkpoint ties
     them. The weights are whatever ``config`` initialises (nothing, by default): load them with ``hf_loader``.
     """
-    from megatron.core import parallel_state as ps
+    from megatron.core import parallel_state as ps  # lazy: megatron-core is heavy (seconds)
     from megatron.core.models.gpt import GPTModel
 
     if pre_process is None:
@@ -154,7 +153,7 @@ def build_gpt_model(
 def _mark_tensor_parallel(model: torch.nn.Module) -> None:
     """Set ``tensor_model_parallel``/``partition_dim`` on TP-split weights. Megatron sets them only while randomly
     initialising (``perform_initialization=True``); grad-norm and optimizer code rely on them."""
-    from megatron.core import tensor_parallel as mtp
+    from megatron.core import tensor_parallel as mtp  # lazy: megatron-core is heavy (seconds)
 
     dims = {mtp.ColumnParallelLinear: 0, mtp.VocabParallelEmbedding: 0, mtp.RowParallelLinear: 1}
     for module in model.modules():

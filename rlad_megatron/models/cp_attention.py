@@ -24,7 +24,7 @@ from rlad_megatron.learner.context_parallel import cp_all_gather_merge, cp_split
 
 
 def _context_parallel_group():
-    from megatron.core import parallel_state as ps
+    from megatron.core import parallel_state as ps  # lazy: megatron-core is heavy (seconds)
 
     return ps.get_context_parallel_group()
 
@@ -42,6 +42,7 @@ class ContextParallelDotProductAttention(MegatronModule):
                  attention_dropout: Optional[float] = None, softmax_scale: Optional[float] = None,
                  cp_comm_type: Optional[str] = None, pg_collection: Any = None) -> None:
         super().__init__(config=config)
+        # lazy: megatron-core is heavy (seconds)
         from megatron.core.transformer.dot_product_attention import DotProductAttention
 
         # Megatron's attention on the gathered keys/values: itself it sees no context parallelism

@@ -4,7 +4,7 @@ path is one line naming the folder and what is missing, not a hub lookup followe
 rlad-megatron reads models from local folders (config.json, safetensors, tokenizer). A value that looks like a hub
 id (``Qwen/Qwen3-1.7B``) is looked up on the hub only where the caller allows downloads (``eval --allow-download``);
 anywhere else a missing folder is reported missing (a run config's paths are absolute by then:
-``rlad_megatron/config_paths.py``), with the ``hf download`` command that fills it.
+``rlad_megatron/config/paths.py``), with the ``hf download`` command that fills it.
 """
 from __future__ import annotations
 

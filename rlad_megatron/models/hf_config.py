@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from rlad_megatron.models.layout import check_pipeline_layout, check_tensor_parallel
+
 #: model_type -> the ``architectures`` entry transformers writes for it.
 SUPPORTED_FAMILIES: dict[str, str] = {
     "llama": "LlamaForCausalLM",
@@ -218,9 +220,7 @@ def transformer_config_for(
     ``overrides`` are further ``TransformerConfig`` fields (e.g. ``recompute_granularity``); they win.
     Weights are not randomly initialised by default (``perform_initialization=False``): the loader fills them.
     """
-    from megatron.core.transformer import TransformerConfig
-
-    from rlad_megatron.models.layout import check_pipeline_layout, check_tensor_parallel
+    from megatron.core.transformer import TransformerConfig  # lazy: megatron-core is heavy (seconds)
 
     check_tensor_parallel(arch, tp)
     stages = check_pipeline_layout(arch.num_layers, pp, overrides.get("num_layers_in_first_pipeline_stage"),

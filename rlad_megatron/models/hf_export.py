@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import torch
 import torch.distributed as dist
+from safetensors.torch import save_file
 
+from rlad_megatron import atomic_write as aw
 from rlad_megatron.device import rank_device
-from rlad_megatron.models.hf_config import ModelArch
-from rlad_megatron.models.name_map import HFGroup, hf_groups, hf_shapes, local_params, megatron_full_to_hf
+from rlad_megatron.models.hf_config import SUPPORTED_FAMILIES, ModelArch
+from rlad_megatron.models.name_map import HFGroup, hf_groups, hf_shapes, megatron_full_to_hf, owned_params
 
 #: Tokenizer and generation files copied next to an export when ``tokenizer_dir`` is given.
 TOKENIZER_FILES = (
@@ -29,20 +30,9 @@ TOKENIZER_FILES = (
 )
 
 
-def _owned_params(model_chunks: Iterable[torch.nn.Module], arch: ModelArch) -> dict[str, torch.Tensor]:
-    """Group key -> this rank's shard, for the exported parameters of every chunk."""
-    owned: dict[str, torch.Tensor] = {}
-    for chunk in model_chunks:
-        params = dict(chunk.named_parameters())
-        for entry in local_params(chunk, arch):
-            if entry.exported:
-                owned[entry.group.key] = params[entry.megatron_name].detach()
-    return owned
-
-
 def _gather_tp(shard: torch.Tensor, group: HFGroup, *, dst_only: bool) -> list[torch.Tensor] | None:
     """All TP shards of ``group`` (index = TP rank) on every TP rank, or only on TP rank 0 with ``dst_only``."""
-    from megatron.core import parallel_state as ps
+    from megatron.core import parallel_state as ps  # lazy: megatron-core is heavy (seconds)
 
     tp_size = ps.get_tensor_model_parallel_world_size()
     if group.tp_dim is None or tp_size == 1:
@@ -70,10 +60,10 @@ def iter_hf_tensors(
     data-parallel replica holding experts of this one calls it (each replica's first rank yields). Order: :func:`rlad_megatron.models.name_map.hf_groups` (embeddings, layers in order, norm, head).
     The yielded tensors are fresh (not views of parameters); drop each before asking for the next.
     """
-    from megatron.core import parallel_state as ps
+    from megatron.core import parallel_state as ps  # lazy: megatron-core is heavy (seconds)
 
     chunks = list(model_chunks)
-    owned = _owned_params(chunks, arch)
+    owned = owned_params(chunks, arch)
     pp_size, pp_rank = ps.get_pipeline_model_parallel_world_size(), ps.get_pipeline_model_parallel_rank()
     tp_rank = ps.get_tensor_model_parallel_rank()
     ep_size = _expert_parallel_size(arch)
@@ -116,7 +106,7 @@ def iter_hf_tensors(
 
 
 def _expert_parallel_size(arch: ModelArch) -> int:
-    from megatron.core import parallel_state as ps
+    from megatron.core import parallel_state as ps  # lazy: megatron-core is heavy (seconds)
 
     return ps.get_expert_model_parallel_world_size() if arch.is_moe else 1
 
@@ -125,7 +115,7 @@ def _broadcast_expert(group: HFGroup, shard: torch.Tensor | None, arch: ModelArc
                       ep_size: int) -> list[torch.Tensor]:
     """A routed expert's HF tensors on every rank of the expert-parallel group, from the EP rank that holds it
     (experts are not tensor-parallel, so the shard is the whole Megatron tensor)."""
-    from megatron.core import parallel_state as ps
+    from megatron.core import parallel_state as ps  # lazy: megatron-core is heavy (seconds)
 
     ep_group = ps.get_expert_model_parallel_group()
     owner = group.expert // (arch.num_experts // ep_size)
@@ -141,7 +131,7 @@ def _broadcast_expert(group: HFGroup, shard: torch.Tensor | None, arch: ModelArc
 def _move_over_pipeline(group, tensors, shapes, dtype, src, pp_group, *, dst_only):
     """Broadcast the HF tensors from stage ``src`` to every stage, or (``dst_only``) send them to stage 0's TP
     rank 0. Returns the tensors on ranks that have them afterwards, else None."""
-    from megatron.core import parallel_state as ps
+    from megatron.core import parallel_state as ps  # lazy: megatron-core is heavy (seconds)
 
     pp_rank, tp_rank = ps.get_pipeline_model_parallel_rank(), ps.get_tensor_model_parallel_rank()
     if not dst_only:
@@ -183,20 +173,36 @@ def export_hf_checkpoint(
     writes. ``dtype`` casts the tensors (default: as trained); ``config.json``'s ``dtype`` always names the dtype of the
     written tensors. Returns ``Path(out_dir)`` on the writing rank,
     None elsewhere. Memory on the writer: one shard file's worth of tensors (``max_shard_bytes``) at most.
+
+    Written into a hidden sibling (``.<name>.partial``) and renamed into place complete: a crash or a full disk
+    (:class:`~rlad_megatron.atomic_write.DiskFullError`, naming the path and the bytes free) never leaves half a
+    model at ``out_dir``, and a model already there stays whole until the new one is.
     """
-    from megatron.core import parallel_state as ps
-    from safetensors.torch import save_file
+    from megatron.core import parallel_state as ps  # lazy: megatron-core is heavy (seconds)
 
     final = Path(out_dir)
-    # Written into a hidden sibling and renamed into place complete: a crash never leaves half a model at
-    # ``out_dir``, and a model already there stays whole until the new one is.
-    out = final.with_name(f".{final.name}.partial")
+    partial = aw.partial_dir(final)
+    advice = f"nothing was left half-written at {final}; free some space there or export elsewhere"
+    try:
+        with aw.disk_full_guard(partial, "the Hugging Face export", advice):
+            return _export_hf_checkpoint(model_chunks, arch, final, tokenizer_dir=tokenizer_dir,
+                                         max_shard_bytes=max_shard_bytes, dtype=dtype)
+    except BaseException:
+        if ps.get_data_parallel_rank() == 0 and ps.get_tensor_model_parallel_rank() == 0 \
+                and ps.get_pipeline_model_parallel_rank() == 0:
+            aw.discard(partial)  # the writer's
+        raise
+
+
+def _export_hf_checkpoint(model_chunks, arch: ModelArch, final: Path, *, tokenizer_dir, max_shard_bytes: int,
+                          dtype: torch.dtype | None) -> Path | None:
+    from megatron.core import parallel_state as ps  # lazy: megatron-core is heavy (seconds)
+
+    out = aw.partial_dir(final)
     writer = ps.get_data_parallel_rank() == 0 and ps.get_tensor_model_parallel_rank() == 0 \
         and ps.get_pipeline_model_parallel_rank() == 0
     if writer:
-        final.parent.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(out, ignore_errors=True)  # an interrupted earlier export
-        out.mkdir()
+        aw.start_dir(final)  # removes an interrupted earlier export first
     files: list[list[str]] = []
     total = 0
     written: set[torch.dtype] = set()
@@ -230,30 +236,10 @@ def export_hf_checkpoint(
             raise RuntimeError(f"export to {out}: the tensors have dtypes {sorted(map(str, written))}; expected one "
                                "(pass dtype= to cast them)")
         _finish(out, files, total, arch, tokenizer_dir, written.pop())
-        _move_into_place(out, final)
+        aw.finish_dir(out, final, replace=True)  # fsynced, renamed; an earlier export is replaced only then
     if dist.is_initialized():
         dist.barrier()
     return final if writer else None
-
-
-def _move_into_place(partial: Path, final: Path) -> None:
-    """fsync the export's files, then rename it to ``final``; an earlier export there is replaced only then."""
-    for path in partial.iterdir():
-        with open(path, "rb") as f:
-            os.fsync(f.fileno())
-    previous = None
-    if final.exists():
-        previous = final.with_name(f".{final.name}.replaced")
-        shutil.rmtree(previous, ignore_errors=True)
-        os.replace(final, previous)
-    os.replace(partial, final)
-    fd = os.open(final.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    if previous is not None:
-        shutil.rmtree(previous, ignore_errors=True)
 
 
 def _finish(out: Path, files: list[list[str]], total: int, arch: ModelArch, tokenizer_dir,
@@ -267,23 +253,21 @@ def _finish(out: Path, files: list[list[str]], total: int, arch: ModelArch, toke
             os.replace(out / f"part-{i:05d}.tmp", out / final)
             weight_map.update({n: final for n in names})
         index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
-        (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+        aw.write_text(out / "model.safetensors.index.json", json.dumps(index, indent=2) + "\n")
     config = dict(arch.hf_config) or _minimal_config(arch)
     # The label must say what the tensors are: a source config's "bfloat16" over fp32 tensors makes transformers
     # and vLLM's automatic dtype reload them as bf16, rounding away small updates.
     config["dtype"] = str(dtype).removeprefix("torch.")
     config.pop("torch_dtype", None)
-    (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    aw.write_text(out / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
     if tokenizer_dir is not None:
         src = Path(tokenizer_dir)
         for name in TOKENIZER_FILES:
             if (src / name).is_file() and src.resolve() != out.resolve():
-                shutil.copyfile(src / name, out / name)
+                aw.copy_file(src / name, out / name)
 
 
 def _minimal_config(arch: ModelArch) -> dict:
-    from rlad_megatron.models.hf_config import SUPPORTED_FAMILIES
-
     rope = {"rope_type": "default", **(arch.rope_scaling or {}), "rope_theta": arch.rope_theta}
     return {
         "architectures": [SUPPORTED_FAMILIES[arch.family]], "model_type": arch.family,

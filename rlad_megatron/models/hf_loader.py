@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 import torch
+from safetensors import safe_open
 
 from rlad_megatron.models.hf_config import ModelArch
 from rlad_megatron.models.name_map import (
@@ -63,8 +64,6 @@ class SafetensorsSource:
     def _handle(self, path: Path, name: str):
         key = str(path)
         if key not in self._open:
-            from safetensors import safe_open
-
             if not path.is_file():
                 raise HFCheckpointError(f"{path}: file missing (needed for tensor {name!r})")
             try:
@@ -131,7 +130,7 @@ def load_hf_weights(
     ``on_shard(megatron_name, shard)`` (for tests and progress) is called with each assembled shard just before
     it is copied into the parameter, i.e. at the loader's moment of highest memory for that tensor.
     """
-    from megatron.core import parallel_state as ps
+    from megatron.core import parallel_state as ps  # lazy: megatron-core is heavy (seconds)
 
     tp_rank, tp_size = ps.get_tensor_model_parallel_rank(), ps.get_tensor_model_parallel_world_size()
     source = SafetensorsSource(hf_dir)

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
+from rlad_megatron.fp8 import dequantized
 from rlad_megatron.models.hf_config import ModelArch
 from rlad_megatron.models.layout import kv_replicas
 
@@ -217,6 +218,18 @@ def local_params(model_chunk: torch.nn.Module, arch: ModelArch) -> list[LocalPar
     if unmapped:
         raise ValueError(f"Megatron parameters without an HF mapping: {unmapped}")
     return out
+
+
+def owned_params(model_chunks, arch: ModelArch) -> dict[str, torch.Tensor]:
+    """HF group key -> this rank's shard (detached; FP8 parameters dequantized: ``rlad_megatron.fp8.dequantized``),
+    for the exported parameters of every chunk: what export and weight sync read from the learner."""
+    owned: dict[str, torch.Tensor] = {}
+    for chunk in model_chunks:
+        params = dict(chunk.named_parameters())
+        for entry in local_params(chunk, arch):
+            if entry.exported:
+                owned[entry.group.key] = dequantized(params[entry.megatron_name].detach())
+    return owned
 
 
 # ---------------------------------------------------------------------------------------------------------------

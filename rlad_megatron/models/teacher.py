@@ -10,7 +10,9 @@ from typing import Any
 
 import torch
 
+from rlad_megatron.models import load_hf_model
 from rlad_megatron.models.hf_config import ModelArch, load_arch
+from rlad_megatron.models.stop_tokens import end_of_turn_token_id
 
 
 class TokenizerMismatchError(ValueError):
@@ -27,7 +29,7 @@ def check_tokenizer_compatible(student_dir: str | Path, teacher_dir: str | Path)
     The teachers' ``config.json`` ``vocab_size`` may differ from the student's (hub models pad embeddings
     differently); only ids the tokenizer can produce must agree.
     """
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # lazy: transformers is heavy (seconds)
 
     student = AutoTokenizer.from_pretrained(str(student_dir), trust_remote_code=False)
     teacher = AutoTokenizer.from_pretrained(str(teacher_dir), trust_remote_code=False)
@@ -41,7 +43,6 @@ def check_tokenizer_compatible(student_dir: str | Path, teacher_dir: str | Path)
             f"{len(t_vocab)} tokens) differ: only in student {only_s}, only in teacher {only_t}, different ids "
             f"{moved}. The teacher scores the student's token ids, so both must use the same tokenizer."
         )
-    from rlad_megatron.models.stop_tokens import end_of_turn_token_id
 
     turn_end = end_of_turn_token_id(student)
     for attr in _SPECIAL_ATTRS:
@@ -89,8 +90,6 @@ def load_teacher(
     With ``student_dir``, first checks the tokenizers are compatible (:func:`check_tokenizer_compatible`). The
     teacher may be deeper and wider than the student; never pass its parameters to an optimizer.
     """
-    from rlad_megatron.models import load_hf_model
-
     if student_dir is not None:
         check_tokenizer_compatible(student_dir, hf_dir)
     chunks, arch = load_hf_model(hf_dir, trainable=False, params_dtype=params_dtype, **config_overrides)

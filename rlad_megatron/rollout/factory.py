@@ -6,9 +6,19 @@ get ``(None, None)`` and take part in syncs only through the gathers.
 """
 from __future__ import annotations
 
+import os
+import socket
 from typing import Any
 
-from rlad_megatron.rollout.config import VLLMEngineConfig
+import torch
+import torch.distributed as dist
+
+from rlad_megatron.config.engine import VLLMEngineConfig
+from rlad_megatron.device import local_rank, uses_cuda
+from rlad_megatron.rollout.vllm_engine import VLLMEngine
+from rlad_megatron.rollout.vllm_remote import RemoteVLLMEngine
+from rlad_megatron.weight_sync.dist_transport import TorchDistTransport
+from rlad_megatron.weight_sync.inprocess import InProcessTransport
 
 
 def is_engine_rank(config: VLLMEngineConfig | None = None) -> bool:
@@ -23,7 +33,7 @@ def is_engine_rank(config: VLLMEngineConfig | None = None) -> bool:
 def is_leader_rank() -> bool:
     """The first rank of this rank's model replica (TP x CP x PP): where rollouts are scored and from where they are
     shared (and, with one engine per replica, the engine rank)."""
-    from megatron.core import parallel_state as ps
+    from megatron.core import parallel_state as ps  # lazy: megatron-core is heavy (seconds)
 
     if not ps.model_parallel_is_initialized():
         return True
@@ -47,13 +57,8 @@ def build_rollout_engine(config: VLLMEngineConfig) -> tuple[Any, Any]:
                              "placement='colocated'")
         check_engine_groups_match_learner(config.tensor_parallel_size)
     if config.placement == "colocated":
-        from rlad_megatron.rollout.vllm_engine import VLLMEngine
-        from rlad_megatron.weight_sync.inprocess import InProcessTransport
-
         engine = VLLMEngine(config)
         return engine, InProcessTransport(engine)
-    from rlad_megatron.rollout.vllm_remote import RemoteVLLMEngine
-    from rlad_megatron.weight_sync.dist_transport import TorchDistTransport
 
     engine = RemoteVLLMEngine(config, gpu=gpu)
     return engine, TorchDistTransport(engine)
@@ -62,8 +67,7 @@ def build_rollout_engine(config: VLLMEngineConfig) -> tuple[Any, Any]:
 def check_engine_groups_match_learner(engine_tp: int) -> None:
     """vLLM's external launcher makes its TP groups from contiguous world ranks ``[k*tp, (k+1)*tp)``; a shard only
     holds the learner's own tensor-parallel slice of the work if that block is this rank's Megatron TP group."""
-    import torch.distributed as dist
-    from megatron.core import parallel_state as ps
+    from megatron.core import parallel_state as ps  # lazy: megatron-core is heavy (seconds)
 
     rank, world = dist.get_rank(), dist.get_world_size()
     if world % engine_tp:
@@ -86,14 +90,6 @@ def disaggregated_engine_gpu() -> int | None:
     learner's GPUs per node, placement.py's ``learner_gpus``); the engines of the node's model-parallel leaders take
     the GPUs after those, one each, in local-rank order. Collective over the world (every rank calls it).
     """
-    import os
-    import socket
-
-    import torch
-    import torch.distributed as dist
-
-    from rlad_megatron.device import local_rank, uses_cuda
-
     if not uses_cuda():
         return None
     mine = (socket.gethostname(), local_rank(), is_leader_rank())

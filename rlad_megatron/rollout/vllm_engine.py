@@ -21,24 +21,32 @@ and shut down with the learner's default group hidden (``_private_default_group`
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import time
+import weakref
 from typing import Iterable, Sequence
 
 import torch
 
-from rlad_megatron.rollout.base import Completion, PromptResult, SamplingSettings
-from rlad_megatron.rollout.config import VLLMEngineConfig
+from rlad_megatron.engine_api import Completion, PromptResult, SamplingSettings
+from rlad_megatron.config.engine import VLLMEngineConfig
+from rlad_megatron.device import engine_call_guard
+from rlad_megatron.rollout.seeds import engine_request_seed
 from rlad_megatron.rollout.vllm_env import (  # noqa: F401  (_check_gpu_only_settings: tested from here)
-    _batched_token_budget, _check_gpu_only_settings, _kv_cache_bytes, _learner_keeps_thread_control, _plain_cpu_gemm,
-    _private_default_group, _shutdown_without_default_group, _unlink_external_launcher_cpu_shm,
+    _batched_token_budget, _check_gpu_only_settings, _cumem_pools_kept, _kv_cache_bytes,
+    _learner_keeps_thread_control, _plain_cpu_gemm, _private_default_group, _shutdown_without_default_group,
+    _unlink_external_launcher_cpu_shm,
 )
 
 _EXT = "rlad_megatron.rollout.vllm_worker_ext.RladWorkerExtension"
 
+#: The engines of this process that allocate through vLLM's CuMem pools (sleep mode), until they shut down.
+_SLEEP_MODE_ENGINES: "weakref.WeakSet[VLLMEngine]" = weakref.WeakSet()
+
 
 class VLLMEngine:
-    """An in-process vLLM engine implementing :class:`rlad_megatron.rollout.base.RolloutEngine`."""
+    """An in-process vLLM engine implementing :class:`rlad_megatron.engine_api.RolloutEngine`."""
 
     def __init__(self, config: VLLMEngineConfig) -> None:
         config.validate()
@@ -47,9 +55,7 @@ class VLLMEngine:
         # In-process engine: the worker's model is reachable and RPC arguments travel by reference.
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         os.environ["VLLM_CPU_NUM_OF_RESERVED_CPU"] = str(config.reserved_cpus)
-        from vllm import LLM
-
-        from rlad_megatron.device import engine_call_guard
+        from vllm import LLM  # lazy: vLLM only where an engine runs
 
         self._dist_state: dict = {}
         self.sharded = config.executor == "external_launcher"
@@ -84,8 +90,13 @@ class VLLMEngine:
                 **kwargs,
             )
         self.startup_s = time.perf_counter() - start
+        if config.enable_sleep_mode:
+            _SLEEP_MODE_ENGINES.add(self)
         self._closed = False
         self._asleep = False
+        # A sharded engine seeds every request (its shards must draw the same samples: rollout/seeds.py).
+        self._seeds_every_request = self.sharded and config.tensor_parallel_size > 1
+        self._unseeded_calls = 0
         self._sync_in_progress: int | None = None
         if config.weight_load == "inplace":
             report = self._rpc("rlad_linear_weight_report")
@@ -99,12 +110,16 @@ class VLLMEngine:
     # ------------------------------------------------------------------ RolloutEngine
     def generate(self, prompts: Sequence[Sequence[int]], sampling: SamplingSettings) -> list[PromptResult]:
         """Sample ``sampling.n`` responses per prompt (token-id lists). With a seed, prompt j's i-th response uses
-        seed ``seed + j * n + i`` (distinct streams, reproducible)."""
-        from vllm import SamplingParams
+        seed ``seed + j * n + i`` (distinct streams, reproducible). An engine sharded over tensor-parallel ranks
+        seeds unseeded requests itself, alike on its shards (``rollout.seeds.engine_request_seed``)."""
+        from vllm import SamplingParams  # lazy: vLLM only where an engine runs
 
         self._check_open()
         self._check_awake("generate")
         self._check_lengths(prompts, sampling.max_tokens)
+        if sampling.seed is None and self._seeds_every_request:
+            sampling = dataclasses.replace(sampling, seed=engine_request_seed(self.config.seed, self._unseeded_calls))
+            self._unseeded_calls += 1
         params = []
         for j in range(len(prompts)):
             params.append(
@@ -132,7 +147,7 @@ class VLLMEngine:
     def score(self, sequences: Sequence[Sequence[int]], prompt_lens: Sequence[int]) -> list[list[float]]:
         """Raw log-prob of each token after its prompt: ``out[i][t] = log p(seq_i[p_i + t] | seq_i[:p_i + t])``,
         length ``len(seq_i) - p_i``, under the engine's current weights (vLLM prompt log-probs)."""
-        from vllm import SamplingParams
+        from vllm import SamplingParams  # lazy: vLLM only where an engine runs
 
         self._check_open()
         self._check_awake("score")
@@ -151,6 +166,13 @@ class VLLMEngine:
         return scores
 
     @property
+    def kv_cache_tokens(self) -> int:
+        """How many tokens the engine's KV cache holds (vLLM's ``num_gpu_blocks * block_size``; on a GPU vLLM sized
+        it from ``gpu_memory_utilization``, on CPU from ``kv_cache_bytes``)."""
+        cache = self._llm.llm_engine.vllm_config.cache_config
+        return int(cache.num_gpu_blocks or 0) * int(cache.block_size)
+
+    @property
     def weight_version(self) -> int:
         """The version of the weights the engine serves (0: as loaded from ``config.model``)."""
         self._check_open()
@@ -161,9 +183,9 @@ class VLLMEngine:
         if self._closed:
             return
         self._closed = True
-        from rlad_megatron.device import engine_call_guard
 
-        with engine_call_guard("shutting the vLLM engine down"):
+        _SLEEP_MODE_ENGINES.discard(self)
+        with engine_call_guard("shutting the vLLM engine down"), _cumem_pools_kept(len(_SLEEP_MODE_ENGINES) > 0):
             _shutdown_without_default_group(self._llm, self._dist_state.pop("vllm_pg", None))
         del self._llm
         if self.sharded:
@@ -181,7 +203,6 @@ class VLLMEngine:
             raise ValueError(f"VLLMEngine.sleep: level must be 1 or 2, got {level}")
         if self._asleep:
             return
-        from rlad_megatron.device import engine_call_guard
 
         with engine_call_guard("VLLMEngine.sleep"):
             self._llm.sleep(level=level)
@@ -195,7 +216,6 @@ class VLLMEngine:
         self._check_open()
         if not self._asleep:
             return
-        from rlad_megatron.device import engine_call_guard
 
         with engine_call_guard(f"VLLMEngine.wake_up({part})"):
             awake = self._llm.wake_up(tags=[part])
@@ -241,14 +261,10 @@ class VLLMEngine:
 
     # ------------------------------------------------------------------ helpers
     def _rpc(self, method: str, *args):
-        from rlad_megatron.device import engine_call_guard
-
         with engine_call_guard(f"the engine call {method}"):
             return self._llm.collective_rpc(method, args=args)[0]
 
     def _engine_generate(self, prompts: list[dict], params):
-        from rlad_megatron.device import engine_call_guard
-
         with engine_call_guard("VLLMEngine.generate"):
             return self._llm.generate(prompts, params, use_tqdm=False)
 
@@ -292,8 +308,6 @@ class VLLMTeacherScorer:
     """
 
     def __init__(self, config: VLLMEngineConfig) -> None:
-        import dataclasses
-
         self.engine = VLLMEngine(dataclasses.replace(config, weight_load="vllm_reload"))
 
     def score(self, sequences: Sequence[Sequence[int]], prompt_lens: Sequence[int]) -> list[list[float]]:

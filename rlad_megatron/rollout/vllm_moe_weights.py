@@ -16,7 +16,7 @@ def repack_cpu_moe_experts(model: torch.nn.Module) -> int:
     """Pre-pack again every CPU MoE layer's expert weights (just written in plain layout); returns how many layers.
     A no-op (0) for dense models and other MoE kernels."""
     try:
-        from vllm._custom_ops import cpu_prepack_moe_weight
+        from vllm._custom_ops import cpu_prepack_moe_weight  # lazy: vLLM only where an engine runs
         from vllm.model_executor.layers.fused_moe.experts.cpu_moe import CPUUnquantizedExperts
     except ImportError:  # a vLLM build without the CPU MoE kernel
         return 0

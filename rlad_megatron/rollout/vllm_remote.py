@@ -13,13 +13,17 @@ A child that dies or stops answering raises a clear error here instead of hangin
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import time
 import traceback
 from typing import Any, Sequence
 
+import torch
 
-from rlad_megatron.rollout.base import PromptResult, SamplingSettings
-from rlad_megatron.rollout.config import VLLMEngineConfig
+
+from rlad_megatron.engine_api import PromptResult, SamplingSettings
+from rlad_megatron.config.engine import VLLMEngineConfig
+from rlad_megatron.rollout.vllm_engine import VLLMEngine
 from rlad_megatron.weight_sync.buckets import Named
 from rlad_megatron.weight_sync.dist_transport import (
     BucketReceiver, bucket_meta, connect_store, join_pair_group, pair_backend, pair_store, send_tensors,
@@ -56,7 +60,10 @@ class RemoteVLLMEngine:
         self._closed = False
         self._pending = False  # a generate request sent by request_generate and not collected yet
         self._group = join_pair_group(self._store, 0, timeout_s=start_timeout_s, backend=backend)
-        self.startup_s = self._reply(start_timeout_s)["startup_s"]
+        started = self._reply(start_timeout_s)
+        self.startup_s = started["startup_s"]
+        self.kv_cache_tokens: int = started["kv_cache_tokens"]
+        """How many tokens the engine's KV cache holds (``VLLMEngine.kv_cache_tokens``)."""
 
     # RolloutEngine
     def generate(self, prompts: Sequence[Sequence[int]], sampling: SamplingSettings) -> list[PromptResult]:
@@ -175,10 +182,6 @@ def _serve(conn, config: VLLMEngineConfig, host: str, port: int, timeout_s: floa
            backend: str = "gloo") -> None:
     """The engine process: own its GPU, join the pair group, start the engine, then answer commands until
     shutdown."""
-    import os
-
-    import torch
-
     device = torch.device("cpu")
     if gpu is None and config.cpu_cores:
         pin_engine_cpus(config.cpu_cores)
@@ -193,13 +196,11 @@ def _serve(conn, config: VLLMEngineConfig, host: str, port: int, timeout_s: floa
     store = connect_store(host, port, timeout_s=timeout_s)
     group = join_pair_group(store, 1, timeout_s=timeout_s, backend=backend)
     try:
-        from rlad_megatron.rollout.vllm_engine import VLLMEngine
-
         engine = VLLMEngine(config)
     except Exception:
         conn.send(("error", traceback.format_exc()))
         return
-    conn.send(("ok", {"startup_s": engine.startup_s}))
+    conn.send(("ok", {"startup_s": engine.startup_s, "kv_cache_tokens": engine.kv_cache_tokens}))
     receiver = BucketReceiver(device)
     while True:
         try:
@@ -231,10 +232,6 @@ def _serve(conn, config: VLLMEngineConfig, host: str, port: int, timeout_s: floa
 def pin_engine_cpus(cores: Sequence[int]) -> None:
     """In the engine process, before vLLM starts: run on ``cores`` only, one OpenMP thread per core (vLLM's CPU
     worker binds its threads from ``VLLM_CPU_OMP_THREADS_BIND``)."""
-    import os
-
-    import torch
-
     os.sched_setaffinity(0, set(cores))
     os.environ["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(str(c) for c in cores)
     os.environ["OMP_NUM_THREADS"] = str(len(cores))

@@ -15,6 +15,8 @@ from typing import Iterable
 
 import torch
 
+from rlad_megatron.rollout.vllm_moe_weights import repack_cpu_moe_experts
+
 _DEF_VERSION = 0
 
 
@@ -87,8 +89,6 @@ class RladWorkerExtension:
 
 
 def _repack_moe(model: torch.nn.Module) -> None:
-    from rlad_megatron.rollout.vllm_moe_weights import repack_cpu_moe_experts
-
     repack_cpu_moe_experts(model)
 
 

@@ -7,7 +7,7 @@ references to your own code (``data.task``, ``eval --task``).
 
 A *reference* is ``TARGET:ATTRIBUTE``. ``TARGET`` is a module importable here (``my_pkg.rewards``, found on
 ``PYTHONPATH``) or a ``.py`` file (a path; in a config file a relative one is taken from the config file's folder,
-see ``rlad_megatron/config_paths.py``). A file is imported as a module named after it, with its folder appended to
+see ``rlad_megatron/config/paths.py``). A file is imported as a module named after it, with its folder appended to
 ``sys.path`` (so its own imports of sibling files work, and the reward's worker processes find it too); a module of
 that name that lives elsewhere is a clear error (rename the file). ``ATTRIBUTE`` is a
 :class:`rlad_megatron.tasks.base.Task` subclass (``data.task_options`` go to its constructor) or a reward function
@@ -28,6 +28,7 @@ import sys
 from typing import Any, Callable, Mapping
 
 from rlad_megatron.tasks.base import Task
+from rlad_megatron.tasks.function_task import FunctionTask
 
 #: Built-in tasks: name -> "module:class".
 BUILTIN_TASKS: dict[str, str] = {
@@ -114,7 +115,7 @@ def check_task_reference(value: str, key: str = "data.task", resolve: bool = Tru
     PYTHONPATH). ``resolve=True`` (job start, ``rlad-megatron data check``, eval) is pure-ish: it imports only the
     parent packages of a dotted module (to find it); a module's or file's source is parsed, never run. A relative
     file path is taken from the working directory (a config file's are made absolute against its folder when it is
-    loaded: ``rlad_megatron/config_paths.py``)."""
+    loaded: ``rlad_megatron/config/paths.py``)."""
     if not isinstance(value, str) or not value:
         return f"{key}: give a task name (" + ", ".join(task_names()) + ") or 'module:attribute'"
     if not is_reference(value):
@@ -242,8 +243,6 @@ def _reference_factory(value: str) -> Callable[..., Task]:
                              "rlad_megatron.tasks.base.Task")
         return obj
     if callable(obj):
-        from rlad_megatron.tasks.function_task import FunctionTask
-
         return functools.partial(FunctionTask, obj, value)
     raise ValueError(f"data.task={value!r}: a {type(obj).__name__} object is neither a Task subclass nor a reward "
                      "function")

@@ -6,9 +6,11 @@ from typing import Any
 
 import torch
 
+from rlad_megatron.device import rank_device
 from rlad_megatron.learner.batching import MicroBatching
 from rlad_megatron.learner.policy import MegatronPolicy
 from rlad_megatron.learner.sequences import SequenceBatch
+from rlad_megatron.models import load_teacher
 from rlad_megatron.teacher.base import Teacher
 
 
@@ -51,44 +53,40 @@ class HostOffload:
 
 
 class MegatronTeacher(Teacher):
-    """Scores with ``policy`` (frozen chunks) in micro-batches through Megatron's schedule: ``micro_batch_size``
-    sequences each, or a :class:`MicroBatching` (forward token budget, packing).
+    """Scores with ``policy`` (frozen chunks) in micro-batches through Megatron's schedule, cut as ``batching``
+    says: a :class:`MicroBatching` (the forward token budget, packing) or an int, sequences per micro-batch.
 
     ``offload=True`` (GPU only): the chunks live in host memory between scoring passes and come to the rank's GPU
     for each pass (:class:`HostOffload`), leaving the GPU to the student and the engine the rest of the step."""
 
-    def __init__(self, policy: MegatronPolicy, micro_batch_size: "int | MicroBatching", *,
+    def __init__(self, policy: MegatronPolicy, batching: "int | MicroBatching", *,
                  offload: bool = False) -> None:
         self.policy = policy
-        self.micro_batch_size = micro_batch_size
+        self.batching = batching
         self.offload: HostOffload | None = None
         if offload:
-            from rlad_megatron.device import rank_device
-
             self.offload = HostOffload(policy.chunks, rank_device())
             self.offload.to_host()
 
     @classmethod
-    def load(cls, hf_dir: str | Path, *, micro_batch_size: "int | MicroBatching", params_dtype: torch.dtype,
+    def load(cls, hf_dir: str | Path, *, batching: "int | MicroBatching", params_dtype: torch.dtype,
              student_dir: str | Path | None = None, offload: bool = False, fused_logprobs: bool | str = "auto",
              **model_overrides: Any) -> "MegatronTeacher":
         """This rank's shard of the Hugging Face model in ``hf_dir``, frozen. With ``student_dir``, the tokenizers
         are checked to be compatible first. ``model_overrides`` go to the model's ``TransformerConfig``
         (``sequence_parallel``, uneven pipeline stages, ...). ``fused_logprobs``: score from the hidden states
         without logits (``trainer.fused_logprobs``)."""
-        from rlad_megatron.models import load_teacher
-
         chunks, arch = load_teacher(hf_dir, student_dir=student_dir, params_dtype=params_dtype, **model_overrides)
-        return cls(MegatronPolicy(chunks, arch.vocab_size, fused_logprobs=fused_logprobs), micro_batch_size,
+        return cls(MegatronPolicy(chunks, arch.vocab_size, fused_logprobs=fused_logprobs), batching,
                    offload=offload)
 
     def token_logprobs(self, batch: SequenceBatch) -> torch.Tensor | None:
-        return self._on_device(lambda: self.policy.token_logprobs(batch, self.micro_batch_size))
+        return self._on_device(lambda: self.policy.token_logprobs(batch, self.batching))
 
     def token_topk(self, batch: SequenceBatch, k: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The teacher's ``k`` most likely next tokens at every position, ``(log-probs [B, L-1, k], ids [B, L-1, k])``
         on the last pipeline stage (:meth:`MegatronPolicy.token_topk`); with the fused head no logits are built."""
-        return self._on_device(lambda: self.policy.token_topk(batch, self.micro_batch_size, k))
+        return self._on_device(lambda: self.policy.token_topk(batch, self.batching, k))
 
     def _on_device(self, score):
         if self.offload is None:

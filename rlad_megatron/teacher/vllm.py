@@ -40,7 +40,7 @@ class VLLMTeacher(Teacher):
         self.group = model_parallel_group
 
     def token_logprobs(self, batch: SequenceBatch) -> torch.Tensor | None:
-        from megatron.core import parallel_state as ps
+        from megatron.core import parallel_state as ps  # lazy: megatron-core is heavy (seconds)
 
         scored = None
         if self.scorer is not None:

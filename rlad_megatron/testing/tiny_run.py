@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from rlad_megatron.trainer.observability import metrics_file
 
 # vLLM's CPU attention needs head_dim 32/64/...: both models use head_dim 64; kv heads 2 allow TP=2.
 STUDENT = dict(family="llama", num_layers=2, hidden_size=128, intermediate_size=256, num_heads=2, num_kv_heads=2)
@@ -52,7 +53,8 @@ def run_config(paths: dict, output_dir: Path, **sections: dict[str, Any]) -> dic
 
 def launch(config: dict, nproc: int, *, workdir: Path, resume: bool = False, timeout: float = 600,
            extra_env: dict[str, str] | None = None, wait: bool = True) -> subprocess.Popen | subprocess.CompletedProcess:
-    """Run ``torchrun --standalone --nproc-per-node nproc -m rlad_megatron.cli train --config <yaml>``."""
+    """Run ``rlad-megatron train --config <yaml>`` on ``nproc`` local ranks under torchrun, every socket on the
+    loopback interface (``python -m rlad_megatron.launch_local --nproc-per-node N -m rlad_megatron.cli ...``)."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     config_path = workdir / "config.yaml"
@@ -67,12 +69,12 @@ def launch_config_file(config_path: Path, nproc: int, *, workdir: Path, override
                        wait: bool = True) -> subprocess.Popen | subprocess.CompletedProcess:
     """:func:`launch` of a config file as it is (its relative paths taken from its folder), with ``overrides``,
     started in ``cwd``; the console goes to ``workdir/train.log`` (``resume.log``)."""
+    from rlad_megatron.launch_local import command
+
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", "rlad_megatron.cli", "train", "--config", str(config_path), *overrides]
-    if resume:
-        cmd.append("--resume")
+    args = ["train", "--config", str(config_path), *overrides] + (["--resume"] if resume else [])
+    cmd = command(nproc, "rlad_megatron.cli", args)
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // nproc)))
     env.update(extra_env or {})
     log = open(workdir / ("resume.log" if resume else "train.log"), "w")
@@ -92,8 +94,8 @@ def launch_config_file(config_path: Path, nproc: int, *, workdir: Path, override
 
 
 def read_metrics(output_dir: Path) -> list[dict]:
-    path = Path(output_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """The rows of a run's ``metrics.jsonl`` (:func:`rlad_megatron.trainer.observability.metrics_file.read_metrics`)."""
+    return metrics_file.read_metrics(Path(output_dir) / metrics_file.METRICS_FILE)
 
 
 def warm_start(hf_dir: str, out_dir: str, train_file: str, *, steps: int, lr: float = 3e-3, batch_size: int = 32,

@@ -13,6 +13,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
+from safetensors.torch import load_file, save_file
+
+from rlad_megatron.tiny.hf_model import make_tiny_hf_model
 
 IM_START, IM_END, END_OF_TEXT = "<|im_start|>", "<|im_end|>", "<|endoftext|>"
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
@@ -40,7 +43,7 @@ LLAMA3_STYLE_TEMPLATE = (
 def build_qwen3_style_tokenizer(*, base: bool = False, template: str = QWEN3_STYLE_TEMPLATE) -> Any:
     """The char tokenizer plus Qwen3's special tokens and a Qwen3-style chat template. ``base``: eos is
     ``<|endoftext|>`` (Qwen3-*-Base), else ``<|im_end|>`` (instruct)."""
-    from rlad_megatron.data.char_tokenizer import build_char_tokenizer
+    from rlad_megatron.data.char_tokenizer import build_char_tokenizer  # lazy: it imports transformers
 
     tok = build_char_tokenizer()
     tok.add_special_tokens({"additional_special_tokens": [IM_START, IM_END, END_OF_TEXT, "<|start_header_id|>",
@@ -59,10 +62,6 @@ def make_bigram_chat_model(out_dir: str | Path, next_token: Mapping[str, str], *
     temperature 1); unlisted tokens lead to ``<|endoftext|>``. Attention and MLP outputs are zero, so the residual
     stream is the current token's one-hot embedding. ``generation_config.json`` lists ``<|endoftext|>`` only
     (``base``) or ``[<|im_end|>, <|endoftext|>]`` as Qwen3 instruct checkpoints do."""
-    from safetensors.torch import load_file, save_file
-
-    from rlad_megatron.tiny.hf_model import make_tiny_hf_model
-
     tok = build_qwen3_style_tokenizer(base=base, template=template)
     vocab = len(tok)
     hidden = 64 * -(-vocab // 64)  # one-hot embeddings need hidden >= vocab; head_dim 64 suits vLLM's CPU kernels

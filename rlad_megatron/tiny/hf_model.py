@@ -20,24 +20,24 @@ TINY_MOE: dict[str, Any] = dict(num_experts=4, num_experts_per_tok=2, moe_interm
 
 def _config(family: str, common: dict[str, Any], moe: dict[str, Any] | None = None):
     if family == "llama":
-        from transformers import LlamaConfig
+        from transformers import LlamaConfig  # lazy: transformers is heavy (seconds)
 
         return LlamaConfig(**common, attention_bias=False, mlp_bias=False)
     if family == "qwen2":
-        from transformers import Qwen2Config
+        from transformers import Qwen2Config  # lazy: transformers is heavy (seconds)
 
         return Qwen2Config(**common, use_sliding_window=False)  # Qwen2 always has a bias on q/k/v
     if family == "qwen3":
-        from transformers import Qwen3Config
+        from transformers import Qwen3Config  # lazy: transformers is heavy (seconds)
 
         return Qwen3Config(**common, attention_bias=False, use_sliding_window=False)
     if family == "qwen3_moe":
-        from transformers import Qwen3MoeConfig
+        from transformers import Qwen3MoeConfig  # lazy: transformers is heavy (seconds)
 
         return Qwen3MoeConfig(**common, **{**TINY_MOE, **(moe or {})}, attention_bias=False,
                               use_sliding_window=False, decoder_sparse_step=1, mlp_only_layers=[])
     if family == "qwen2_moe":
-        from transformers import Qwen2MoeConfig
+        from transformers import Qwen2MoeConfig  # lazy: transformers is heavy (seconds)
 
         settings = {**TINY_MOE, "norm_topk_prob": False, "shared_expert_intermediate_size": 48, **(moe or {})}
         return Qwen2MoeConfig(**common, **settings, use_sliding_window=False, decoder_sparse_step=1,
@@ -46,7 +46,7 @@ def _config(family: str, common: dict[str, Any], moe: dict[str, Any] | None = No
 
 
 def _model_class(family: str):
-    import transformers
+    import transformers  # lazy: transformers is heavy (seconds)
 
     return {
         "llama": transformers.LlamaForCausalLM,
@@ -89,7 +89,7 @@ def make_tiny_hf_model(
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}: choose one of {FAMILIES}")
     if tokenizer is None:
-        from rlad_megatron.data.char_tokenizer import build_char_tokenizer
+        from rlad_megatron.data.char_tokenizer import build_char_tokenizer  # lazy: it imports transformers
 
         tokenizer = build_char_tokenizer()
     if vocab_size is None:

@@ -18,8 +18,22 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from rlad_megatron.tasks.arithmetic.task import sft_example
+from rlad_megatron.models.stop_tokens import end_of_turn_token_id, stop_token_ids
 from rlad_megatron.tasks.base import Task
+
+
+def sft_example(task: Task, record: Mapping[str, Any], tokenizer: Any) -> tuple[list[int], list[int]]:
+    """(prompt ids, target ids) for supervised pre-training: the target is the reference completion + the token
+    that ends the turn (the chat template's end of turn, else eos), the stop token generation will look for.
+
+    Works for any task with a ``reference_completion(record)`` method (the demo task has one).
+    """
+    prompt_ids = task.encode_prompt(task.build_prompt(record, tokenizer), tokenizer)
+    target_text = task.reference_completion(record)  # type: ignore[attr-defined]
+    end = end_of_turn_token_id(tokenizer)
+    target_ids = list(tokenizer(target_text, add_special_tokens=False)["input_ids"]) + [
+        tokenizer.eos_token_id if end is None else end]
+    return prompt_ids, target_ids
 
 
 @dataclass
@@ -118,8 +132,6 @@ def train_sft(model: torch.nn.Module, tokenizer: Any, task: Task, records: Seque
 
 def _stop_ids(model: torch.nn.Module, tokenizer: Any,
               chat_template_kwargs: Mapping[str, Any] | None) -> tuple[int, ...]:
-    from rlad_megatron.models.stop_tokens import stop_token_ids
-
     config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     config_eos = [] if config_eos is None else config_eos if isinstance(config_eos, list) else [config_eos]
     return tuple(sorted(set(stop_token_ids(tokenizer, (), chat_template_kwargs)) | {int(i) for i in config_eos}))

@@ -6,39 +6,38 @@
 from __future__ import annotations
 
 import math
+import resource
 import time
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
 from rlad_megatron.config import RunConfig, run_config_to_dict, teacher_use
 from rlad_megatron.console import say
+from rlad_megatron.device import collective_device, for_collective
+from rlad_megatron.engine_api import SamplingSettings
 from rlad_megatron.learner.balance import balance_over_data_parallel, mini_batch_of_rows
 from rlad_megatron.learner.batching import MicroBatching
 from rlad_megatron.learner.policy import MegatronPolicy
 from rlad_megatron.learner.sequences import SequenceBatch
 from rlad_megatron.loss import Denominators, MetricAccumulator, compute_policy_loss, local_denominators, required_inputs
 from rlad_megatron.loss.tis import tis_weights
-from rlad_megatron.rollout.base import SamplingSettings
-from rlad_megatron.trainer.periodic_eval import evaluate_now, load_eval_examples
+from rlad_megatron.parallel import data_parallel_group, data_parallel_rank_and_size, is_last_pipeline_stage, share_from_one
+from rlad_megatron.trainer.setup.components import Components, build_components
+from rlad_megatron.trainer.checkpoints.run_dir import record_run_config
+from rlad_megatron.trainer.checkpoints.state import TrainerState, find_loadable_checkpoint
 from rlad_megatron.trainer.faults import pause_point
-from rlad_megatron.trainer.guards import NonFiniteStepGuard, TrainingStopped
-from rlad_megatron.device import collective_device, for_collective
-from rlad_megatron.parallel import share_from_one
-from rlad_megatron.trainer.rollout_pipeline import RolloutPipeline
-from rlad_megatron.trainer.rollouts import Rollouts, generate_and_score, to_sequence_batch
-from rlad_megatron.trainer.observability import MetricsLogger
-from rlad_megatron.trainer.setup import Components, build_components
-from rlad_megatron.trainer.truncation import TruncationPolicy
-from rlad_megatron.trainer.state import find_loadable_checkpoint, load_trainer_checkpoint, save_trainer_checkpoint
+from rlad_megatron.trainer.observability.logger import MetricsLogger
+from rlad_megatron.trainer.observability.periodic_eval import evaluate_now, load_eval_examples
+from rlad_megatron.trainer.step.guards import NonFiniteStepGuard, TrainingStopped
+from rlad_megatron.trainer.step.rollout_pipeline import RolloutPipeline
+from rlad_megatron.trainer.step.rollouts import Rollouts, generate_and_score, to_sequence_batch
+from rlad_megatron.trainer.step.truncation import TruncationPolicy
 from rlad_megatron.weight_sync.verify import probe_from_samples
 
 
 def _peak_rss_mb() -> float:
     """Largest resident set of any rank of this job so far (each rank's own maximum, max over the world)."""
-    import resource
-
     peak = torch.tensor(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, dtype=torch.float64,
                         device=collective_device())
     dist.all_reduce(peak, op=dist.ReduceOp.MAX)
@@ -62,11 +61,9 @@ def _global_denominators(batch: SequenceBatch, dp_group) -> Denominators:
 
 def _reduce_metrics(acc: MetricAccumulator, has_values: bool, group) -> dict[str, float]:
     """Loss metrics live on the last pipeline stage; reduce them over the data-parallel group there, then share."""
-    from megatron.core import parallel_state as ps
-
     result = None
     if has_values:
-        dp_group = ps.get_data_parallel_group()
+        dp_group = data_parallel_group()
         sums, maxima = (for_collective(t, dp_group) for t in acc.tensors())
         dist.all_reduce(sums, group=dp_group)
         dist.all_reduce(maxima, op=dist.ReduceOp.MAX, group=dp_group)
@@ -96,17 +93,15 @@ class Trainer:
                 if rank0:
                     say(f"[rlad] --resume: no checkpoint under {s.checkpoint_dir}; starting at step 0")
             else:
-                state = load_trainer_checkpoint(folder, s.student.policy.chunks, s.student.policy.optimizer)
-                self.step = self._saved_step = state["step"]
-                s.prompts.load_state_dict(state["data"])
+                state = TrainerState.load(folder, s.student.policy.chunks, s.student.policy.optimizer)
+                self.step = self._saved_step = state.step
+                s.prompts.load_state_dict(state.data)
                 # The first sync labels the loaded weights with the version they had (batches generated ahead
                 # keep their staleness, and the verification schedule its phase).
-                self.weight_version = max(0, int(state.get("weight_version", 1)) - 1)
-                self.rollouts.load_state_dict(state.get("rollouts_ahead"))
+                self.weight_version = max(0, int(state.weight_version) - 1)
+                self.rollouts.load_state_dict(state.rollouts_ahead)
                 if rank0:
                     say(f"[rlad] resumed from {folder} at step {self.step}")
-        from rlad_megatron.trainer.run_dir import record_run_config
-
         if rank0:
             record_run_config(s.output_dir, config)
         self.eval_examples = load_eval_examples(config, s.task, s.tokenizer)
@@ -148,12 +143,11 @@ class Trainer:
 
     def save(self) -> None:
         s = self.parts
-        save_trainer_checkpoint(
-            s.checkpoint_dir, self.step, s.student.policy.chunks, s.student.policy.optimizer,
-            {"data": s.prompts.state_dict(), "weight_version": self.weight_version,
-             "rollouts_ahead": self.rollouts.state_dict(), "config": run_config_to_dict(self.config)},
-            keep=self.config.trainer.keep_checkpoints, arch=s.student.arch, tokenizer_dir=self.config.model.student,
-        )
+        state = TrainerState(step=self.step, data=s.prompts.state_dict(), weight_version=self.weight_version,
+                             rollouts_ahead=self.rollouts.state_dict(), config=run_config_to_dict(self.config))
+        state.save(s.checkpoint_dir, s.student.policy.chunks, s.student.policy.optimizer,
+                   keep=self.config.trainer.keep_checkpoints, arch=s.student.arch,
+                   tokenizer_dir=self.config.model.student)
         self._saved_step = self.step
 
     # ---------------------------------------------------------------------------------------------------------
@@ -181,11 +175,9 @@ class Trainer:
         if cfg.trainer.max_tokens_per_micro_batch is not None and s.layout.dp > 1:
             # Token-budget micro-batches: deal the step's sequences over the DP ranks by token work (the advantages
             # and the global mini-batches stay as they are; see learner/balance.py).
-            from megatron.core import parallel_state as ps
-
-            batch = balance_over_data_parallel(batch, group_size=cfg.rollout.group_size,
+            batch = balance_over_data_parallel(batch, group_size=rollouts.group_size,
                                                updates=cfg.trainer.updates_per_batch, pad_id=s.pad_id,
-                                               group=ps.get_data_parallel_group())
+                                               group=data_parallel_group())
 
         # Exactly the inputs the loss asks for (loss.required_inputs), nothing more.
         t = time.perf_counter()
@@ -210,7 +202,7 @@ class Trainer:
 
         t = time.perf_counter()
         pause_point("train", self.step + 1)
-        metrics.update(self._update_policy(batch))
+        metrics.update(self._update_policy(batch, rollouts.group_size))
         times["time/train"] = time.perf_counter() - t
 
         # async: wait for the next batch (generated while this step trained): the engine must be idle for the
@@ -235,9 +227,7 @@ class Trainer:
 
     def _average_over_dp(self, metrics: dict[str, float]) -> dict[str, float]:
         """Rollout statistics of the whole step: counts summed over data-parallel ranks, the rest averaged."""
-        from megatron.core import parallel_state as ps
-
-        group = ps.get_data_parallel_group()
+        group = data_parallel_group()
         maxima = sorted(k for k in metrics if k.endswith("_max"))
         keys = sorted(k for k in metrics if k not in maxima)
         device = collective_device(group)
@@ -245,14 +235,12 @@ class Trainer:
         dist.all_reduce(values, group=group)
         top = torch.tensor([metrics[k] for k in maxima], dtype=torch.float64, device=device)
         dist.all_reduce(top, op=dist.ReduceOp.MAX, group=group)
-        dp = ps.get_data_parallel_world_size()
+        _, dp = data_parallel_rank_and_size()
         out = {k: v if k in self._SUMMED_OVER_DP else v / dp for k, v in zip(keys, values.tolist())}
         out.update(zip(maxima, top.tolist()))
         return out
 
-    def _update_policy(self, batch: SequenceBatch) -> dict[str, float]:
-        from megatron.core import parallel_state as ps
-
+    def _update_policy(self, batch: SequenceBatch, group_size: int) -> dict[str, float]:
         cfg, s, needs = self.config, self.parts, self.needs
         s.student.policy.set_lr(lr_at(self.step, cfg))
         progress = self.step / max(1, cfg.trainer.steps - 1)
@@ -261,13 +249,13 @@ class Trainer:
         # (with a group count divisible by updates), so the union over ranks is the same global mini-batch
         # whatever the layout; after a rebalance over DP each row carries its mini-batch.
         mini_of_row = batch.mini_batch if batch.mini_batch is not None else mini_batch_of_rows(
-            len(batch), cfg.rollout.group_size, updates)
+            len(batch), group_size, updates)
         acc = MetricAccumulator()
         moe_sums: dict[str, float] = {}
         applied, grad_norms, empty = 0, [], 0
         for u in range(updates):
             mini = batch.select((mini_of_row == u).nonzero().flatten())
-            denominators = _global_denominators(mini, ps.get_data_parallel_group())
+            denominators = _global_denominators(mini, data_parallel_group())
             if denominators.num_seqs == 0:  # every group uniform (or nothing correct for sft): no signal
                 empty += 1
                 continue
@@ -295,7 +283,7 @@ class Trainer:
             if result.applied:
                 applied += 1
                 grad_norms.append(result.grad_norm)
-        out = _reduce_metrics(acc, ps.is_pipeline_last_stage(ignore_virtual=True), s.model_parallel_group)
+        out = _reduce_metrics(acc, is_last_pipeline_stage(), s.model_parallel_group)
         out = {f"loss/{k}": v for k, v in out.items()}
         out.update(moe_sums)
         out["optim/applied_updates"] = float(applied)
@@ -310,13 +298,13 @@ class Trainer:
         return out
 
     def _rollout_pipeline(self) -> RolloutPipeline:
-        """This run's source of rollouts (``rollout.mode``; trainer/rollout_pipeline.py)."""
+        """This run's source of rollouts (``rollout.mode``; trainer/step/rollout_pipeline.py)."""
         cfg, s = self.config, self.parts
         r = cfg.rollout
         ahead = r.mode == "async" and r.max_staleness >= 1
 
         def sampling_for(step: int, prompts: int) -> SamplingSettings:
-            return SamplingSettings(
+            return SamplingSettings(  # rollout.group_size is read here only: batches carry it on (Rollouts.group_size)
                 n=r.group_size, temperature=r.temperature, top_p=r.top_p, max_tokens=r.max_new_tokens,
                 stop_token_ids=s.stop_ids,
                 # The engine seeds prompt j's i-th response with seed + j * n + i: offsetting by this rank's first
@@ -331,7 +319,7 @@ class Trainer:
             if r.sleep_level:  # no-ops when the sync has woken it (sft: nothing else wakes it)
                 s.engine.wake_up("weights")
                 s.engine.wake_up("kv_cache")
-            out = generate_and_score(s.engine, s.reward_guard, s.task, examples, sampling)
+            out = generate_and_score(s.engine, s.reward_guard, examples, sampling)
             if r.sleep_level:  # free the engine's GPU memory for the learner until the next sync
                 s.engine.sleep(r.sleep_level)
             return out

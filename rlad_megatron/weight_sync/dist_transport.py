@@ -15,6 +15,7 @@ from typing import Iterator
 import torch
 import torch.distributed as dist
 
+from rlad_megatron.loopback import loopback_interface, tcp_store
 from rlad_megatron.weight_sync.buckets import Named
 
 TensorMeta = tuple[str, str, tuple[int, ...]]
@@ -22,9 +23,10 @@ TensorMeta = tuple[str, str, tuple[int, ...]]
 
 
 def pair_store(host: str = "127.0.0.1", *, timeout_s: float = 300.0) -> dist.TCPStore:
-    """Rank 0's store on a free port (``store.port``), created before the engine process is started."""
-    return dist.TCPStore(host, 0, world_size=2, is_master=True,
-                         timeout=datetime.timedelta(seconds=timeout_s), wait_for_workers=False)
+    """Rank 0's store on a free port (``store.port``), created before the engine process is started (listening on
+    the loopback interface only for a loopback ``host``: the engine process runs on this machine)."""
+    return tcp_store(host, 0, 2, is_master=True, timeout=datetime.timedelta(seconds=timeout_s),
+                     wait_for_workers=False)
 
 
 def connect_store(host: str, port: int, *, timeout_s: float = 300.0) -> dist.TCPStore:
@@ -47,8 +49,12 @@ def join_pair_group(store, rank: int, *, timeout_s: float = 300.0, backend: str 
         raise ValueError(f"join_pair_group: backend={backend!r}: choose one of {PAIR_BACKENDS}")
     prefix = dist.PrefixStore("rlad_weight_sync", store)
     timeout = datetime.timedelta(seconds=timeout_s)
-    if backend == "gloo":
-        return dist.ProcessGroupGloo(prefix, rank, 2, timeout)
+    if backend == "gloo":  # both ends on this machine: gloo listens on the loopback interface, whatever the job's
+
+        options = dist.ProcessGroupGloo._Options()
+        options._timeout = timeout
+        options._devices = [dist.ProcessGroupGloo.create_device(interface=loopback_interface())]
+        return dist.ProcessGroupGloo(prefix, rank, 2, options)
     options = dist.ProcessGroupNCCL.Options()
     options._timeout = timeout
     return dist.ProcessGroupNCCL(prefix, rank, 2, options)

@@ -12,6 +12,6 @@ def experts_split_over_ranks(arch) -> bool:
     """True for a MoE model whose routed experts are spread over more than one expert-parallel rank."""
     if not getattr(arch, "is_moe", False):
         return False
-    from megatron.core import parallel_state as ps
+    from megatron.core import parallel_state as ps  # lazy: megatron-core is heavy (seconds)
 
     return ps.model_parallel_is_initialized() and ps.get_expert_model_parallel_world_size() > 1

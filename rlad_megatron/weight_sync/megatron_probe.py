@@ -1,12 +1,16 @@
 """The learner's side of the probe check: token log-probs from a Megatron GPTModel (TP-sharded, one pipeline stage).
 
-The trainer may pass its own callable built on its forward schedule (needed with pipeline parallelism); this one
-is a plain no-grad forward for PP=1, used by tests, tools and the default trainer wiring.
+A plain no-grad forward for PP=1, used by the weight-sync tests and ``bench/weight_sync.py``. The trainer does not
+use it: it passes its own callable built on the policy's forward schedule (any layout, pipeline parallelism
+included: ``learner_probe`` in ``rlad_megatron/trainer/setup/components.py``).
 """
 from __future__ import annotations
 
 import torch
 
+from rlad_megatron.device import rank_device
+from rlad_megatron.learner.expert_parallel import expert_parallel_group
+from rlad_megatron.logprobs import vocab_parallel_token_logprobs
 from rlad_megatron.weight_sync.verify import LearnerLogprobs
 
 
@@ -17,10 +21,7 @@ def megatron_token_logprobs(model_chunks: list[torch.nn.Module], vocab_size: int
     the log-prob of each next token from the ``[1, T, V/TP]`` logit shard, and the result is identical on all TP
     ranks. Columns at or beyond ``vocab_size`` (Megatron's TP padding) are excluded.
     """
-    from megatron.core import parallel_state as ps
-
-    from rlad_megatron.device import rank_device
-    from rlad_megatron.logprobs import vocab_parallel_token_logprobs
+    from megatron.core import parallel_state as ps  # lazy: megatron-core is heavy (seconds)
 
     if ps.get_pipeline_model_parallel_world_size() != 1 or len(model_chunks) != 1:
         raise ValueError(
@@ -28,7 +29,6 @@ def megatron_token_logprobs(model_chunks: list[torch.nn.Module], vocab_size: int
             "own learner_logprobs (built on its forward schedule) to SyncVerifier"
         )
     (model,) = model_chunks
-    from rlad_megatron.learner.expert_parallel import expert_parallel_group
 
     if expert_parallel_group(model_chunks) is not None:
         raise ValueError(

@@ -18,21 +18,10 @@ from typing import Iterator
 import torch
 import torch.distributed as dist
 
+from rlad_megatron.models.name_map import hf_groups, megatron_full_to_hf, owned_params
 from rlad_megatron.weight_sync.buckets import Named, tensor_bytes
 
 SHM_DIR = "/dev/shm"
-
-
-def _owned(model_chunks: list[torch.nn.Module], arch) -> dict[str, torch.Tensor]:
-    from rlad_megatron.models.name_map import local_params
-
-    owned = {}
-    for chunk in model_chunks:
-        params = dict(chunk.named_parameters())
-        for entry in local_params(chunk, arch):
-            if entry.exported:
-                owned[entry.group.key] = params[entry.megatron_name].detach()
-    return owned
 
 
 def _plan(groups, owned: dict[str, torch.Tensor], bucket_bytes: int) -> list[list]:
@@ -54,7 +43,7 @@ class ShmTensorGather:
     """Reusable gatherer (keeps its shared-memory regions between syncs). ``close()`` releases them."""
 
     def __init__(self, bucket_bytes: int = 128 << 20) -> None:
-        from megatron.core import parallel_state as ps
+        from megatron.core import parallel_state as ps  # lazy: megatron-core is heavy (seconds)
 
         if ps.get_pipeline_model_parallel_world_size() != 1:
             raise ValueError("ShmTensorGather supports PP=1 only; use gather='collective' with pipeline parallelism")
@@ -93,9 +82,7 @@ class ShmTensorGather:
 
     def iter_hf_tensors(self, model_chunks: list[torch.nn.Module], arch) -> Iterator[Named]:
         """Yield ``(hf_name, tensor)`` on TP rank 0 (fresh tensors, not aliasing parameters or shared memory)."""
-        from rlad_megatron.models.name_map import hf_groups, megatron_full_to_hf
-
-        owned = _owned(model_chunks, arch)
+        owned = owned_params(model_chunks, arch)
         buckets = _plan(hf_groups(arch), owned, self.bucket_bytes)
         need = max(sum(tensor_bytes(owned[g.key]) for g in b if g.tp_dim is not None) for b in buckets)
         self._ensure_regions(need)

@@ -10,6 +10,7 @@ A failure anywhere (transport error, stale or mismatched engine) is shared with 
 """
 from __future__ import annotations
 
+import socket
 import time
 import traceback
 from typing import Callable, Iterable, Iterator, Protocol
@@ -17,7 +18,10 @@ from typing import Callable, Iterable, Iterator, Protocol
 import torch
 import torch.distributed as dist
 
+from rlad_megatron.models.hf_export import iter_hf_tensors
 from rlad_megatron.weight_sync.buckets import Named, iter_buckets, tensor_bytes
+from rlad_megatron.weight_sync.expert_gather import experts_split_over_ranks
+from rlad_megatron.weight_sync.shm_gather import ShmTensorGather
 from rlad_megatron.weight_sync.verify import SyncVerifier, WeightSyncError
 
 
@@ -109,14 +113,10 @@ class WeightSynchronizer:
         Returns metrics on the engine rank (``sync/seconds``, ``sync/gather_seconds``, ``sync/gbytes``,
         ``sync/gbytes_per_s``, ``sync/buckets``, and the verifier's ``sync/logprob_*``); an empty dict elsewhere.
         """
-        from rlad_megatron.models.hf_export import iter_hf_tensors
-
         if version <= self.last_version:
             raise ValueError(f"sync version {version} must increase (last synced: {self.last_version})")
-        from rlad_megatron.weight_sync.expert_gather import experts_split_over_ranks
 
         if not experts_split_over_ranks(arch) and self._use_shm():  # EP > 1: experts come over the EP group
-            from rlad_megatron.weight_sync.shm_gather import ShmTensorGather
 
             if self._shm is None:
                 self._shm = ShmTensorGather(self.bucket_bytes)
@@ -126,13 +126,12 @@ class WeightSynchronizer:
     def _use_shm(self) -> bool:
         if self.gather != "auto":
             return self.gather == "shm"
-        from megatron.core import parallel_state as ps
+        from megatron.core import parallel_state as ps  # lazy: megatron-core is heavy (seconds)
 
         if torch.cuda.is_available() or ps.get_pipeline_model_parallel_world_size() != 1:
             return False
         if ps.get_tensor_model_parallel_world_size() == 1:
             return True
-        import socket
 
         hosts: list[str | None] = [None] * ps.get_tensor_model_parallel_world_size()
         dist.all_gather_object(hosts, socket.gethostname(), group=ps.get_tensor_model_parallel_group())
@@ -189,7 +188,7 @@ class WeightSynchronizer:
     def _raise_if_any(self, error: str | None) -> None:
         group = self._group
         if group is None and dist.is_initialized():
-            from megatron.core import parallel_state as ps
+            from megatron.core import parallel_state as ps  # lazy: megatron-core is heavy (seconds)
 
             if ps.model_parallel_is_initialized():
                 group = ps.get_model_parallel_group()

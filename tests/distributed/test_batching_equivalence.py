@@ -30,7 +30,7 @@ def _run_modes(algorithms: tuple[str, ...], sequence_parallel: bool) -> list[dic
     from megatron.core import parallel_state as ps
 
     from rlad_megatron.loss import Denominators, local_denominators
-    from rlad_megatron.loss.config import LossConfig
+    from rlad_megatron.config.loss import LossConfig
 
     dp_rank, dp = ps.get_data_parallel_rank(), ps.get_data_parallel_world_size()
     per_rank = GLOBAL_BATCH // dp

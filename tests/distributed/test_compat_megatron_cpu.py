@@ -132,3 +132,59 @@ def test_gloo_scatter_of_views_is_wrong_without_patch() -> None:
     results = run_distributed(_scatter, 2, args=((),), init_megatron=False, timeout=120)
     assert any(not r["raw"] for r in results), "gloo now scatters views correctly: drop the contiguous_scatter patch"
     assert all(r["megatron"] for r in results)
+
+
+def _moe_forward(skip: tuple[str, ...]) -> float:
+    """One forward of a tiny MoE model on Megatron's local spec (the router GEMM without Transformer Engine)."""
+    _setup(skip)
+    from megatron.core.models.gpt import GPTModel
+    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+
+    from rlad_megatron.testing.tiny_gpt import SEQ, VOCAB, tiny_batch, tiny_config
+
+    config = tiny_config(num_moe_experts=4, moe_router_topk=2)
+    torch.manual_seed(0)
+    model = GPTModel(config=config, vocab_size=VOCAB, max_sequence_length=SEQ, position_embedding_type="rope",
+                     transformer_layer_spec=get_gpt_layer_local_spec(num_experts=4, moe_grouped_gemm=False,
+                                                                     normalization="RMSNorm"))
+    b = tiny_batch()
+    return float(model(b["tokens"], b["position_ids"], b["attention_mask"], labels=b["labels"]).mean())
+
+
+def test_moe_router_fix_needed_without_transformer_engine() -> None:
+    _expect_failure(_moe_forward, ("moe_router_gemm",), "te_general_gemm")
+    assert run_distributed(_moe_forward, 1, args=((),), init_megatron=False)[0] > 0
+
+
+def _compat_as_on_a_gpu(fused_adam: bool) -> dict:
+    """What ``parallel.apply_megatron_compat`` applies in a process where CUDA is present (simulated) and megatron-core
+    took the torch fallbacks (this machine has neither Transformer Engine nor Apex); ``fused_adam``: megatron's
+    ``Adam`` is a fused optimizer (as with TE or Apex), not torch AdamW."""
+    from megatron.core import optimizer as mcore_optimizer
+    from megatron.core.optimizer import distrib_optimizer
+    from megatron.core.transformer import torch_norm
+
+    from rlad_megatron import parallel
+    from rlad_megatron.compat import megatron_cpu
+
+    megatron_cpu.cuda_is_available = lambda: True
+    if fused_adam:  # as megatron-core binds them when TE or Apex imports
+        class FusedAdam(torch.optim.Optimizer):  # stands in for TE's / Apex's FusedAdam
+            pass
+
+        mcore_optimizer.Adam = distrib_optimizer.Adam = FusedAdam
+        distrib_optimizer.HAVE_APEX_OR_TE = True
+    fixes = parallel.apply_megatron_compat()
+    return {"cpu_patches": megatron_cpu.is_applied(), "fixes": sorted(fixes),
+            "distopt": getattr(distrib_optimizer.DistributedOptimizer.load_state_dict, "__rlad_patched__", False),
+            "norm": getattr(torch_norm.WrappedTorchNorm.__new__, "__rlad_patched__", False)}
+
+
+def test_te_less_fixes_follow_the_path_taken_not_the_device() -> None:
+    """A GPU machine without TE/Apex (a plain PyTorch image) gets the fallbacks' fixes although the CPU patches stay
+    off; with a fused Adam the distributed-optimizer checkpoint fix is left out."""
+    gpu_plain = run_distributed(_compat_as_on_a_gpu, 1, args=(False,), init_megatron=False)[0]
+    assert gpu_plain == {"cpu_patches": False, "fixes": ["distopt_checkpoint", "moe_router_gemm",
+                                                         "norm_sequence_parallel"], "distopt": True, "norm": True}
+    gpu_fused = run_distributed(_compat_as_on_a_gpu, 1, args=(True,), init_megatron=False)[0]
+    assert gpu_fused["fixes"] == ["moe_router_gemm", "norm_sequence_parallel"] and not gpu_fused["distopt"]

@@ -149,7 +149,7 @@ def _learner_rank(tp: int, cp: int, sequence_parallel: bool, modes: tuple[str, .
     from rlad_megatron.learner.batching import MicroBatching
     from rlad_megatron.learner.policy import MegatronPolicy, build_student
     from rlad_megatron.loss import Denominators, compute_policy_loss, local_denominators
-    from rlad_megatron.loss.config import LossConfig
+    from rlad_megatron.config.loss import LossConfig
     from rlad_megatron.models.builder import recompute_fields
     from rlad_megatron.testing.gather import gather_full
     from rlad_megatron.testing.tiny_gpt import VOCAB

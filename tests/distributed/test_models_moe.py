@@ -60,7 +60,7 @@ def _rank_teacher(root: str) -> dict:
         batch = SequenceBatch(tokens=tokens, loss_mask=torch.ones(n, length - 1, dtype=torch.bool),
                               advantages=torch.zeros(n), rewards=torch.zeros(n),
                               correct=torch.zeros(n, dtype=torch.bool), engine_logprobs=torch.zeros(n, length - 1))
-        full = MegatronPolicy(chunks, arch.vocab_size).token_logprobs(batch, micro_batch_size=1)
+        full = MegatronPolicy(chunks, arch.vocab_size).token_logprobs(batch, batching=1)
         lps = None if full is None else [full[i, p - 1:len(q) - 1].tolist()
                                          for i, (q, p) in enumerate(zip(SEQS, PROMPT_LENS))]
         original = load_file(path / "model.safetensors")
@@ -141,7 +141,7 @@ def _moe_train_step(hf: str, aux_coeff: float | None) -> dict:
                           rewards=torch.zeros(4), correct=torch.zeros(4, dtype=torch.bool),
                           engine_logprobs=torch.zeros(4, 11))
     total_tokens = 4 * 11 * dp  # the loss share carries the global denominator (see MegatronPolicy._run)
-    result = policy.train_step(batch, lambda lp, e, mb: (-lp.sum() / total_tokens, {}), micro_batch_size=2)
+    result = policy.train_step(batch, lambda lp, e, mb: (-lp.sum() / total_tokens, {}), batching=2)
     weights = dict(iter_hf_tensors(chunks, arch))
     return {"applied": result.applied, "grad_norm": result.grad_norm, "moe": result.moe,
             "weights": weights if dist.get_rank() == 0 else None}

@@ -36,9 +36,9 @@ def _nan_then_finite() -> dict:
         return loss, {}
 
     before = gather_full(wrapped[0])
-    skipped = policy.train_step(batch, poisoned, micro_batch_size=2)
+    skipped = policy.train_step(batch, poisoned, batching=2)
     after_skip = gather_full(wrapped[0])
-    applied = policy.train_step(batch, lambda lp, e, mb: (-lp.mean(), {}), micro_batch_size=2)
+    applied = policy.train_step(batch, lambda lp, e, mb: (-lp.mean(), {}), batching=2)
     after_step = gather_full(wrapped[0])
     return {
         "skipped_applied": skipped.applied,

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 from rlad_megatron.testing.distributed import run_distributed
 from rlad_megatron.tiny.hf_model import make_tiny_hf_model
-from rlad_megatron.trainer import checkpoint_files as ckf
+from rlad_megatron import checkpoint_files as ckf
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
@@ -65,8 +65,9 @@ def _save_body(hf: str, root: str, direct_hf: str) -> dict:
     """TP=2: save steps 1 and 2 (keep 2); export step 2 directly; then a re-save of step 2 fails with ENOSPC."""
     import megatron.core.dist_checkpointing as dcp
 
+    from rlad_megatron.atomic_write import DiskFullError
     from rlad_megatron.models import export_hf_checkpoint
-    from rlad_megatron.trainer.state import save_trainer_checkpoint
+    from rlad_megatron.trainer.checkpoints.state import save_trainer_checkpoint
 
     modules, wrapped, optimizer, arch = _student(hf)
     saved = {}
@@ -88,8 +89,8 @@ def _save_body(hf: str, root: str, direct_hf: str) -> dict:
     try:
         save_trainer_checkpoint(Path(root), 2, wrapped, optimizer, {"data": {"pos": 3}}, keep=1)
         failed = None
-    except OSError as err:
-        failed = err.errno
+    except DiskFullError as err:  # the injected ENOSPC, said as a full disk
+        failed = err.__cause__.errno
     finally:
         dcp.save = real_save
     return {"saved": saved, "failed": failed}
@@ -103,7 +104,7 @@ def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 def _load_body(hf: str, root: str) -> dict:
     """One rank: load the newest intact checkpoint; then corrupt it and find the fallback, capturing the messages."""
-    from rlad_megatron.trainer.state import find_loadable_checkpoint, load_trainer_checkpoint
+    from rlad_megatron.trainer.checkpoints.state import find_loadable_checkpoint, load_trainer_checkpoint
 
     modules, wrapped, optimizer, _ = _student(hf)
     out = {}

@@ -40,8 +40,8 @@ def test_vllm_stops_at_the_end_of_turn_and_keeps_it_for_the_loss(base_model):
 
     from rlad_megatron.learner.sequences import pack_sequences
     from rlad_megatron.models.stop_tokens import stop_token_ids
-    from rlad_megatron.rollout.base import SamplingSettings
-    from rlad_megatron.rollout.config import VLLMEngineConfig
+    from rlad_megatron.engine_api import SamplingSettings
+    from rlad_megatron.config.engine import VLLMEngineConfig
     from rlad_megatron.rollout.vllm_engine import VLLMEngine
 
     tok = AutoTokenizer.from_pretrained(base_model)

@@ -10,7 +10,7 @@ import psutil
 import pytest
 
 from rlad_megatron.testing.tiny_run import launch, prepare_models_and_data, run_config
-from rlad_megatron.trainer import checkpoint_files as ckf
+from rlad_megatron import checkpoint_files as ckf
 from rlad_megatron.trainer.faults import ENV_DIR, ENV_POINT
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]

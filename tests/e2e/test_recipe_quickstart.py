@@ -105,9 +105,10 @@ def _descendants(root: int) -> list[tuple[int, int | None]]:
 def _rank_pid(out: Path, rank: int) -> int | None:
     """The training process of ``rank`` (a child of torchrun; forked helpers share its command line, not its parent)."""
     procs = _procs_with(f"trainer.output_dir={out}")
-    torchruns = {pid for pid, cmd, _ in procs if "torch.distributed.run" in cmd}
+    agents = ("torch.distributed.run", "rlad_megatron.launch_local")  # torchrun, run by the loopback-only launcher
+    torchruns = {pid for pid, cmd, _ in procs if any(a in cmd for a in agents)}
     for pid, cmd, ppid in procs:
-        if ppid in torchruns and "torch.distributed.run" not in cmd:
+        if ppid in torchruns and not any(a in cmd for a in agents):
             try:
                 environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
             except OSError:

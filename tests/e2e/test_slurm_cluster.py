@@ -8,7 +8,10 @@ machine, accounting through slurmdbd; see tools/slurm_local/cluster.sh), waiting
 - the quickstart recipe on one node (TP=2), submitted with ``--requeue`` (trainer.resume=auto) and requeued by
   ``scontrol requeue`` after its first checkpoint: SUCCEEDED, finite metrics, the HF export, and the same per-step
   metrics as the uninterrupted run of the same recipe (the session's LocalExecutor run, tests/e2e/conftest.py).
-  One job checks both (the one-node run and the requeue), to keep the suite's time budget.
+  One job checks both (the one-node run and the requeue), to keep the suite's time budget;
+- the same recipe submitted WITHOUT ``--requeue`` (no trainer.resume=auto) and requeued the same way: NeMo-Run
+  submits every job with ``sbatch --requeue``, so Slurm requeues it too, and the requeued attempt continues its run
+  by itself (rlad_megatron/run_lock.py) instead of refusing "output_dir holds a run": SUCCEEDED, the same metrics.
 
 Without a cluster (not root, Slurm not installed, RLAD_SLURM_UNAVAILABLE set by .ci/run) they skip and say why."""
 from __future__ import annotations
@@ -143,41 +146,77 @@ def test_bad_config_fails_with_the_error_in_the_log(slurm_env, assets, tmp_path)
     assert rank_lines, _logs_text(result)[-4000:]
 
 
-def test_one_node_tp2_requeued_job_resumes_and_matches_the_uninterrupted_run(slurm_env, assets, tmp_path, request):
-    from recipes.executors import with_auto_resume
+def _requeue_after_first_checkpoint(cluster: SlurmCluster, recipe, out: Path, name: str, *, requeue: bool) -> dict:
+    """Submit ``recipe``, ``scontrol requeue`` its job once its first checkpoint is complete (while later steps still
+    run), release the requeued job at once and wait for it; NeMo-Run's result, with ``job_id``."""
+    import nemo_run.config
 
-    # Asked for here, not as an argument: a session fixture would be made before the cluster fixture could skip.
-    reference = _metrics(request.getfixturevalue("quickstart_uninterrupted")[1])
-    assert [row["step"] for row in reference] == list(range(1, STEPS + 1)), reference
-    out = tmp_path / "run"
-    recipe = with_auto_resume(_recipe(assets, out))
     done: dict = {}
-    waiter = threading.Thread(target=lambda: done.update(_submit(slurm_env, recipe, "slurm-requeue", requeue=True)))
+    waiter = threading.Thread(target=lambda: done.update(_submit(cluster, recipe, name, requeue=requeue)))
     waiter.start()
-    # Requeue once the first checkpoint is complete (``latest`` is written last), while later steps still run.
+    # ``latest`` is written last: the first checkpoint is complete.
     deadline = time.monotonic() + 600
     while not (out / "checkpoints" / "latest").exists():
         assert time.monotonic() < deadline and waiter.is_alive(), f"no checkpoint before the job ended: {done}"
         time.sleep(0.5)
-    job_ids = slurm_env.run("squeue", "-h", "-t", "RUNNING", "-n", "rlad-rlad.quickstart", "-o", "%A").split()
-    assert len(job_ids) == 1, job_ids
+    home = nemo_run.config.get_nemorun_home()  # this module's: other sessions' jobs on the cluster are not ours
+    jobs = [line.split("|")[0] for line in cluster.run("squeue", "-h", "-t", "RUNNING", "-o", "%A|%o").splitlines()
+            if home in line and name in line]
+    assert len(jobs) == 1, jobs
     logged_before = len(_metrics(out)) if (out / "metrics.jsonl").exists() else 0
-    slurm_env.run("scontrol", "requeue", job_ids[0])
+    cluster.run("scontrol", "requeue", jobs[0])
     assert logged_before < STEPS, "the job finished before it could be requeued"
     # Slurm holds a requeued job for ~2 minutes (BeginTime); release it now, as an operator would.
     for _ in range(60):
-        if "BeginTime" in slurm_env.run("squeue", "-h", "-j", job_ids[0], "-o", "%r", check=False):
-            slurm_env.run("scontrol", "update", f"jobid={job_ids[0]}", "StartTime=now")
+        if "BeginTime" in cluster.run("squeue", "-h", "-j", jobs[0], "-o", "%r", check=False):
+            cluster.run("scontrol", "update", f"jobid={jobs[0]}", "StartTime=now")
             break
         time.sleep(0.5)
     waiter.join(timeout=900)
     assert not waiter.is_alive() and done, "the requeued job did not finish"
-    got = _check_run(done, out)
-    assert "--nnodes 1 --nproc-per-node 2" in Path(done["sbatch"]).read_text()
-    restarts = slurm_env.run("scontrol", "show", "job", job_ids[0], check=False)
+    restarts = cluster.run("scontrol", "show", "job", jobs[0], check=False)
     assert "Restarts=1" in restarts or "resumed from" in _logs_text(done), restarts
-    text = _logs_text(done)
-    assert "DUE TO JOB REQUEUE" in text and "resumed from" in text, text[-4000:]
+    return {**done, "job_id": jobs[0]}
+
+
+def _matches(reference: list[dict], got: list[dict]) -> None:
     for ref, val in zip(reference, got):
         for key in KEYS:
             assert val[key] == pytest.approx(ref[key], rel=1e-5, abs=1e-6), f"step {ref['step']} {key}"
+
+
+def _reference(request) -> list[dict]:
+    # Asked for here, not as an argument: a session fixture would be made before the cluster fixture could skip.
+    reference = _metrics(request.getfixturevalue("quickstart_uninterrupted")[1])
+    assert [row["step"] for row in reference] == list(range(1, STEPS + 1)), reference
+    return reference
+
+
+def test_one_node_tp2_requeued_job_resumes_and_matches_the_uninterrupted_run(slurm_env, assets, tmp_path, request):
+    from recipes.executors import with_auto_resume
+
+    reference = _reference(request)
+    out = tmp_path / "run"
+    done = _requeue_after_first_checkpoint(slurm_env, with_auto_resume(_recipe(assets, out)), out, "slurm-requeue",
+                                           requeue=True)
+    got = _check_run(done, out)
+    assert "--nnodes 1 --nproc-per-node 2" in Path(done["sbatch"]).read_text()
+    text = _logs_text(done)
+    assert "DUE TO JOB REQUEUE" in text and "resumed from" in text, text[-4000:]
+    _matches(reference, got)
+
+
+def test_a_job_launched_without_requeue_resumes_when_slurm_requeues_it(slurm_env, assets, tmp_path, request):
+    reference = _reference(request)
+    out = tmp_path / "run"
+    recipe = _recipe(assets, out)
+    assert "trainer.resume=auto" not in recipe.train_args()
+    done = _requeue_after_first_checkpoint(slurm_env, recipe, out, "slurm-no-requeue-flag", requeue=False)
+    got = _check_run(done, out)
+    script = Path(done["sbatch"]).read_text()
+    assert "#SBATCH --requeue" not in script and "trainer.resume=auto" not in script
+    text = _logs_text(done)
+    assert "DUE TO JOB REQUEUE" in text, text[-4000:]  # the first attempt's log, kept (--open-mode=append)
+    assert "Slurm requeued this job: continuing its run in" in text and "resumed from" in text, text[-4000:]
+    assert "already holds a run" not in text
+    _matches(reference, got)

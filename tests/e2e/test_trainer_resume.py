@@ -15,11 +15,22 @@ step-4 save, after step 4's metrics are logged (the trainer logs a step before s
 those of an uninterrupted run and the chain needs no separate reference launch (one start-up less, ~30 s).
 
 torch 2.13 starts each rank in its own session, so killing torchrun's process group would leave the ranks running:
-the processes are collected from torchrun's process tree before the kill."""
+the processes are collected from torchrun's process tree before the kill.
+
+While the first run is held (inside its step-4 save, every process alive), two more things are checked on it:
+- every socket its process tree (launcher, torchrun's agent, both ranks, the vLLM engines, megatron's checkpoint
+  Manager) listens on is bound to the loopback interface, although GLOO_SOCKET_IFNAME names the network interface
+  (gloo's own choice on a machine whose hostname resolves to its network address);
+- a second `train` on the same output folder is refused in seconds, naming the holder (rank 0's pid, the host),
+  exit code 2, before it loads anything, and writes nothing there."""
 from __future__ import annotations
 
+import ipaddress
 import os
 import signal
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -45,13 +56,55 @@ def _config(paths: dict, out: Path) -> dict:
     return config
 
 
+def _network_interface() -> str | None:
+    """A network interface of this machine other than loopback (None: there is none)."""
+    for name, addresses in psutil.net_if_addrs().items():
+        if any(a.family == socket.AF_INET and not ipaddress.ip_address(a.address).is_loopback for a in addresses):
+            return name
+    return None
+
+
+def _listening(tree: list[psutil.Process]) -> list[tuple[str, str, int]]:
+    """(process, address, port) of every TCP socket listening and every UDP socket bound in ``tree``."""
+    found = []
+    for p in tree:
+        try:
+            for c in p.net_connections(kind="inet"):
+                if c.status == psutil.CONN_LISTEN or (c.type == socket.SOCK_DGRAM and not c.raddr):
+                    found.append((" ".join(p.cmdline())[:60], c.laddr.ip, c.laddr.port))
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
+def _check_held_run(config: dict, workdir: Path, faults: Path, tree: list[psutil.Process]) -> None:
+    """On the first run, held in its step-4 save: loopback-only sockets, and a second run is refused."""
+    sockets = _listening(tree)
+    assert sockets, "the run listens on nothing: the check would prove nothing"
+    assert all(ipaddress.ip_address(ip.split("%")[0]).is_loopback for _, ip, _ in sockets), sockets
+    out = Path(config["trainer"]["output_dir"])
+    before = sorted((p.relative_to(out), p.stat().st_size) for p in out.rglob("*") if p.is_file())
+    rank0 = int((faults / "paused_rank0.pid").read_text())
+    started = time.monotonic()
+    second = subprocess.run([sys.executable, "-m", "rlad_megatron.cli", "train", "--config",
+                             str(workdir / "config.yaml"), "--resume"], capture_output=True, text=True, timeout=120)
+    assert second.returncode == 2, second.stdout[-2000:] + second.stderr[-2000:]
+    assert time.monotonic() - started < 60  # refused before any model loads
+    assert f"rlad-megatron train: trainer.output_dir={out} is in use by another run: pid {rank0} on host " \
+           f"{socket.gethostname()}, since " in second.stderr, second.stderr
+    assert "Traceback" not in second.stderr
+    assert sorted((p.relative_to(out), p.stat().st_size) for p in out.rglob("*") if p.is_file()) == before
+
+
 def _kill_at(config: dict, workdir: Path, point: str, step: int, resume: bool) -> list[str]:
     """Launch, wait until both ranks are held at ``point`` of ``step``, SIGKILL every process of the run (checked
-    dead); return their command lines."""
+    dead); return their command lines. The first run (inside the step-4 save) is checked by _check_held_run first."""
     faults = workdir / f"fault_{point}"
     faults.mkdir(parents=True)
-    proc = launch(config, 2, workdir=workdir, resume=resume, wait=False,
-                  extra_env={ENV_POINT: f"{point}:{step}", ENV_DIR: str(faults)})
+    env = {ENV_POINT: f"{point}:{step}", ENV_DIR: str(faults)}
+    if point == "checkpoint" and _network_interface():
+        env["GLOO_SOCKET_IFNAME"] = _network_interface()
+    proc = launch(config, 2, workdir=workdir, resume=resume, wait=False, extra_env=env)
     deadline = time.monotonic() + 400
     while len(list(faults.glob("paused_rank*.pid"))) < 2:
         if proc.poll() is not None:
@@ -62,6 +115,8 @@ def _kill_at(config: dict, workdir: Path, point: str, step: int, resume: bool) -
     ranks = {int(p.read_text()) for p in faults.glob("paused_rank*.pid")}
     tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
     assert ranks <= {p.pid for p in tree}
+    if point == "checkpoint":
+        _check_held_run(config, workdir, faults, tree)
     cmdlines = []
     for p in tree:
         try:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rlad_megatron.rollout.base import SamplingSettings
+from rlad_megatron.engine_api import SamplingSettings
 from rlad_megatron.tiny.hf_model import make_tiny_hf_model
 
 pytestmark = pytest.mark.e2e
@@ -24,7 +24,7 @@ def hf_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def engine(hf_dir):
-    from rlad_megatron.rollout.config import VLLMEngineConfig
+    from rlad_megatron.config.engine import VLLMEngineConfig
     from rlad_megatron.rollout.vllm_engine import VLLMEngine
 
     eng = VLLMEngine(VLLMEngineConfig(model=str(hf_dir), max_model_len=128, kv_cache_bytes=32 << 20))
@@ -162,3 +162,15 @@ def test_engine_leaves_the_learners_thread_control(engine):
         torch.set_num_threads(before)
     out = engine.generate(PROMPTS[:1], SamplingSettings(n=1, temperature=1.0, max_tokens=4, seed=1))
     assert len(out[0].completions[0].token_ids) >= 1  # the engine still generates after the learner changed threads
+
+
+def test_kv_cache_tokens_is_what_the_configured_bytes_hold(engine, hf_dir):
+    """The engine's reported KV cache (vLLM's blocks) against our per-token size: on CPU ``kv_cache_bytes`` is the
+    cache, and ``rollout.vllm_memory.kv_bytes_per_token`` (the trainer's KV-cache report) divides it exactly."""
+    from rlad_megatron.placement import ModelShape
+    from rlad_megatron.rollout.vllm_memory import kv_bytes_per_token
+
+    shape = ModelShape.from_hf_dir(str(hf_dir))
+    per_token = kv_bytes_per_token(num_layers=shape.num_layers, num_kv_heads=shape.num_kv_heads,
+                                   head_dim=shape.head_dim_or_default, dtype_bytes=4)
+    assert engine.kv_cache_tokens == (32 << 20) // per_token

@@ -38,8 +38,8 @@ def _body(hf_dir: str) -> dict:
     from megatron.core import parallel_state as ps
 
     from rlad_megatron.models import load_hf_model
-    from rlad_megatron.rollout.base import SamplingSettings
-    from rlad_megatron.rollout.config import VLLMEngineConfig
+    from rlad_megatron.engine_api import SamplingSettings
+    from rlad_megatron.config.engine import VLLMEngineConfig
     from rlad_megatron.rollout.factory import build_rollout_engine
     from rlad_megatron.weight_sync import SyncVerifier, WeightSynchronizer, WeightSyncError, make_probe_batch
     from rlad_megatron.weight_sync.megatron_probe import megatron_token_logprobs

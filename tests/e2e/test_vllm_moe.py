@@ -14,8 +14,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.distributed]
 
 def _body(hf_dir: str) -> dict:
     from rlad_megatron.models import load_hf_model
-    from rlad_megatron.rollout.base import SamplingSettings
-    from rlad_megatron.rollout.config import VLLMEngineConfig
+    from rlad_megatron.engine_api import SamplingSettings
+    from rlad_megatron.config.engine import VLLMEngineConfig
     from rlad_megatron.rollout.factory import build_rollout_engine
     from rlad_megatron.weight_sync import SyncVerifier, make_probe_batch
     from rlad_megatron.weight_sync.megatron_probe import megatron_token_logprobs

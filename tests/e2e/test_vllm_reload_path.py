@@ -14,7 +14,7 @@ pytestmark = pytest.mark.e2e
 def test_vllm_reload_sync_matches_updated_model(tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from rlad_megatron.rollout.config import VLLMEngineConfig
+    from rlad_megatron.config.engine import VLLMEngineConfig
     from rlad_megatron.rollout.vllm_engine import VLLMEngine
     from rlad_megatron.weight_sync import SyncVerifier, WeightSynchronizer, make_probe_batch
     from rlad_megatron.weight_sync.inprocess import InProcessTransport

@@ -38,11 +38,11 @@ def _batch(vocab: int):
 def test_teacher_offload_frees_the_gpu_between_passes(nccl_world, tiny_hf):
     from rlad_megatron.teacher import MegatronTeacher
 
-    resident = MegatronTeacher.load(tiny_hf, micro_batch_size=2, params_dtype=torch.bfloat16)
+    resident = MegatronTeacher.load(tiny_hf, batching=2, params_dtype=torch.bfloat16)
     batch = _batch(resident.policy.vocab_size)
     expected = resident.token_logprobs(batch)
     before = torch.cuda.memory_allocated()
-    offloaded = MegatronTeacher.load(tiny_hf, micro_batch_size=2, params_dtype=torch.bfloat16, offload=True)
+    offloaded = MegatronTeacher.load(tiny_hf, batching=2, params_dtype=torch.bfloat16, offload=True)
     params = list(offloaded.policy.chunks[0].parameters())
     assert all(p.device.type == "cpu" and p.is_pinned() for p in params)
     assert torch.cuda.memory_allocated() <= before + (1 << 20)  # its weights are not on the GPU between passes
@@ -56,8 +56,8 @@ def test_sharded_engine_keeps_the_rank_device_and_sleeps(nccl_world, tiny_hf):
     pytest.importorskip("vllm")
     import torch.distributed as dist
 
-    from rlad_megatron.rollout.base import SamplingSettings
-    from rlad_megatron.rollout.config import VLLMEngineConfig
+    from rlad_megatron.engine_api import SamplingSettings
+    from rlad_megatron.config.engine import VLLMEngineConfig
     from rlad_megatron.rollout.vllm_engine import VLLMEngine
 
     engine = VLLMEngine(VLLMEngineConfig(model=str(tiny_hf), dtype="bfloat16", max_model_len=256,
@@ -82,3 +82,61 @@ def test_sharded_engine_keeps_the_rank_device_and_sleeps(nccl_world, tiny_hf):
     finally:
         engine.shutdown()
     assert torch.cuda.current_device() == rank_device().index
+
+
+def test_vllm_sizes_the_kv_cache_on_a_gpu(nccl_world, tiny_hf):
+    """S1/S3: on a GPU the engine passes no kv_cache_memory_bytes (a 16 MiB setting does not cap the cache), and the
+    share computed for a wanted KV cache with our runtime estimate gives vLLM at least that cache."""
+    pytest.importorskip("vllm")
+    from rlad_megatron.placement import ModelShape
+    from rlad_megatron.config.engine import VLLMEngineConfig
+    from rlad_megatron.rollout.vllm_engine import VLLMEngine
+    from rlad_megatron.rollout.vllm_memory import (
+        EngineFootprint, estimated_runtime_bytes, kv_bytes_per_token, utilization_for_kv_cache,
+    )
+
+    shape = ModelShape.from_hf_dir(str(tiny_hf))
+    per_token = kv_bytes_per_token(num_layers=shape.num_layers, num_kv_heads=shape.num_kv_heads,
+                                   head_dim=shape.head_dim_or_default, dtype_bytes=2)
+    free, total = torch.cuda.mem_get_info()
+    wanted = 1 << 30
+    runtime = estimated_runtime_bytes(hidden_size=shape.hidden_size, intermediate_size=shape.intermediate_size,
+                                      vocab_size=shape.vocab_size)
+    share = utilization_for_kv_cache(total, wanted, EngineFootprint(weights=64 << 20, activation_peak=runtime))
+    assert share * total < free
+    engine = VLLMEngine(VLLMEngineConfig(model=str(tiny_hf), dtype="bfloat16", max_model_len=256,
+                                         executor="external_launcher", kv_cache_bytes=16 << 20,
+                                         gpu_memory_utilization=share))
+    try:
+        got = engine.kv_cache_tokens * per_token
+        print(f"\nKV cache: wanted {wanted >> 20} MiB at share {share}, vLLM gave {got >> 20} MiB")
+        assert got > 16 << 20
+        assert got >= 0.95 * wanted, "the runtime estimate is below what vLLM's profiling measured"
+    finally:
+        engine.shutdown()
+
+
+def test_scorer_shutdown_leaves_the_sleeping_engine_working(nccl_world, tiny_hf):
+    """T1: a second engine without sleep mode (the vLLM teacher scorer) shuts down while the rollout engine sleeps;
+    the rollout engine still wakes and generates the same tokens."""
+    pytest.importorskip("vllm")
+    from rlad_megatron.engine_api import SamplingSettings
+    from rlad_megatron.config.engine import VLLMEngineConfig
+    from rlad_megatron.rollout.vllm_engine import VLLMEngine, VLLMTeacherScorer
+
+    rollout = VLLMEngine(VLLMEngineConfig(model=str(tiny_hf), dtype="bfloat16", max_model_len=256,
+                                          executor="external_launcher", gpu_memory_utilization=0.2,
+                                          enable_sleep_mode=True))
+    try:
+        settings = SamplingSettings(n=2, max_tokens=16, seed=3)
+        first = rollout.generate([[1, 5, 7, 9]], settings)
+        scorer = VLLMTeacherScorer(VLLMEngineConfig(model=str(tiny_hf), dtype="bfloat16", max_model_len=256,
+                                                    executor="external_launcher", gpu_memory_utilization=0.2))
+        rollout.sleep(1)
+        scorer.shutdown()
+        rollout.wake_up("weights")
+        rollout.wake_up("kv_cache")
+        again = rollout.generate([[1, 5, 7, 9]], settings)
+        assert [c.token_ids for c in again[0].completions] == [c.token_ids for c in first[0].completions]
+    finally:
+        rollout.shutdown()

@@ -90,7 +90,7 @@ def test_step_teacher_and_export_stay_on_the_rank_device(nccl_world, tiny_hf, tm
     assert next(modules[0].parameters()).device == rank_device()
     wrapped, optimizer = build_student(modules, OptimConfig(lr=1e-3))
     policy = MegatronPolicy(wrapped, arch.vocab_size, optimizer=optimizer)
-    teacher = MegatronTeacher.load(tiny_hf, micro_batch_size=2, params_dtype=torch.bfloat16)
+    teacher = MegatronTeacher.load(tiny_hf, batching=2, params_dtype=torch.bfloat16)
     audit = DeviceAudit(monkeypatch)
     for m in wrapped + teacher.policy.chunks:
         audit.watch(m)
@@ -110,7 +110,7 @@ def test_step_teacher_and_export_stay_on_the_rank_device(nccl_world, tiny_hf, tm
                                    teacher_logprobs=mb.teacher_logprobs, advantages=mb.advantages,
                                    correct=mb.correct)
 
-    result = policy.train_step(batch, loss_fn, micro_batch_size=2)
+    result = policy.train_step(batch, loss_fn, batching=2)
     assert result.applied and result.grad_norm > 0
     acc = MetricAccumulator()
     for stats in result.metrics:

@@ -89,3 +89,24 @@ def test_fp8_training_tracks_bf16(recipe, tiny_hf, model_parallel):
         assert abs(a - b) / a < REL_TOL, f"step {step}: bf16 {a:.4f} vs fp8 {b:.4f}"
     assert fp8 != bf16, "FP8 losses are identical to BF16: FP8 was not engaged"
     assert fp8[-1] < fp8[0], "FP8 training did not reduce the loss"
+
+
+def test_fp8_params_export_their_values(tiny_hf, model_parallel):
+    """R4 on Transformer Engine itself: with fp8.fp8_params=true the linear weights are TE quantized tensors; the HF
+    tensors that the export and the weight sync gather are plain tensors equal to their dequantized values (the CPU
+    test, tests/distributed/test_export_fp8_params.py, uses a stand-in subclass)."""
+    from rlad_megatron.fp8 import check_fp8_available, transformer_config_fp8_kwargs
+    from rlad_megatron.models import load_hf_model
+    from rlad_megatron.models.hf_export import iter_hf_tensors
+
+    settings = FP8Settings(enabled=True, format="hybrid", recipe="delayed", fp8_params=True)
+    check_fp8_available(settings)
+    chunks, arch = load_hf_model(tiny_hf, params_dtype=torch.bfloat16, **transformer_config_fp8_kwargs(settings))
+    quantized = {n: p for n, p in chunks[0].named_parameters() if type(p.detach()) is not torch.Tensor}
+    assert quantized, "fp8_params=true gave no quantized parameters"
+    name, param = next((n, p) for n, p in quantized.items() if "linear_fc2" in n)
+    layer = int(name.split("layers.")[1].split(".")[0])
+    tensors = dict(iter_hf_tensors(chunks, arch))
+    assert all(type(t) is torch.Tensor and t.dtype == torch.bfloat16 for t in tensors.values())
+    down = tensors[f"model.layers.{layer}.mlp.down_proj.weight"]
+    assert torch.equal(down, param.detach().dequantize().to(down.device))

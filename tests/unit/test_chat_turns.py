@@ -128,7 +128,8 @@ def test_transformers_generation_stops_at_the_templates_end_of_turn(tmp_path):
 
 def test_sft_targets_end_with_the_turn_end():
     from rlad_megatron.data.char_tokenizer import build_char_tokenizer
-    from rlad_megatron.tasks.arithmetic.task import ArithmeticTask, sft_example
+    from rlad_megatron.tasks.arithmetic.task import ArithmeticTask
+    from rlad_megatron.tiny.sft import sft_example
 
     record = {"id": "a", "prompt": "1+2=", "answer": "3"}
     base = build_qwen3_style_tokenizer(base=True)

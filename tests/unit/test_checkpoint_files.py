@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from rlad_megatron.trainer import checkpoint_files as ckf
+from rlad_megatron import checkpoint_files as ckf
 
 
 def _checkpoint(root: Path, name: str, files: dict[str, bytes], manifest: bool = True) -> Path:
@@ -56,7 +56,7 @@ def test_verify_names_the_bad_file(tmp_path: Path) -> None:
 
 
 def test_prune_keeps_the_newest_complete_and_removes_leftovers(tmp_path: Path) -> None:
-    from rlad_megatron.trainer.state import _prune
+    from rlad_megatron.trainer.checkpoints.state import _prune
 
     files = {"megatron/a.distcp": b"abc"}
     for name in ("step_000001", "step_000002", "step_000003", "step_000003.old-9", ".tmp_step_000004"):

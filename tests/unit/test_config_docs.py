@@ -12,7 +12,7 @@ import yaml
 
 from rlad_megatron.cli import main
 from rlad_megatron.config import RunConfig, run_config_to_dict
-from rlad_megatron.config_docs import field_docs, iter_keys, render_defaults, type_name
+from rlad_megatron.config.docs import field_docs, iter_keys, render_defaults, type_name
 
 
 def _leaf_keys(cls: type = RunConfig, prefix: str = "") -> list[str]:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from rlad_megatron.config import load_run_config, run_config_to_dict
-from rlad_megatron.config_paths import resolve_paths
+from rlad_megatron.config.paths import resolve_paths
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "configs"

@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from rlad_megatron.tasks.arithmetic.task import ArithmeticTask, generate_records, reference_cot, sft_example
+from rlad_megatron.tasks.arithmetic.task import ArithmeticTask, generate_records, reference_cot
+from rlad_megatron.tiny.sft import sft_example
 from rlad_megatron.data.char_tokenizer import build_char_tokenizer
 
 

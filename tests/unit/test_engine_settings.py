@@ -1,12 +1,12 @@
-"""The rollout engine's settings per machine (trainer/engine_settings.py): executor, engine TP, CUDA graphs,
+"""The rollout engine's settings per machine (trainer/setup/engine_settings.py): executor, engine TP, CUDA graphs,
 per-request seeds, the colocated engine's GPU memory share, and the GPU-only settings refused on CPU."""
 from __future__ import annotations
 
 import pytest
 
 from rlad_megatron.config import RolloutConfig, RunConfig
-from rlad_megatron.rollout.config import VLLMEngineConfig
-from rlad_megatron.trainer import engine_settings as es
+from rlad_megatron.config.engine import VLLMEngineConfig
+from rlad_megatron.trainer.setup import engine_settings as es
 
 GIB = 1 << 30
 
@@ -157,3 +157,70 @@ def test_planned_share_is_the_engine_terms_of_the_memory_plan():
     assert 8 / 141 < share < 0.5  # at least the 8 GiB KV cache, far from the whole GPU
     c.rollout.kv_cache_mb = 200 * 1024  # a KV cache larger than the GPU: no plan share (the caller measures)
     assert es.planned_memory_fraction(c, student, None, 8, 141 * GIB) is None
+
+
+def test_planned_share_gives_vllm_the_planned_kv_cache():
+    """S3: by vLLM's own formula (rollout.vllm_memory.kv_cache_bytes, checked against vLLM's worker in
+    test_vllm_memory.py) the planned share leaves the engine rollout.kv_cache_mb of KV cache when its runtime memory
+    is the plan's estimate; weights + KV cache alone (the share before) would leave it without the runtime."""
+    from rlad_megatron.memory_plan import plan_memory
+    from rlad_megatron.placement import ModelShape
+    from rlad_megatron.rollout.vllm_memory import EngineFootprint, kv_cache_bytes
+
+    c = RunConfig()
+    c.model.params_dtype = c.rollout.dtype = "bfloat16"
+    c.rollout.kv_cache_mb = 8192
+    student = ModelShape("student", 28, 16, 8, 1024, 3072, 128, vocab_size=151936)
+    total = 141 * GIB
+    share = es.planned_memory_fraction(c, student, None, 8, total)
+    terms = {t.name: t.bytes for t in plan_memory(c, student=student, dp=8, gpu=141.0).terms}
+    footprint = EngineFootprint(weights=terms["engine weights"], activation_peak=terms["engine runtime"])
+    assert kv_cache_bytes(total, share, footprint) >= (8192 << 20) - 1
+    assert kv_cache_bytes(total, share, footprint) < (8192 << 20) + 1e-6 * total
+    weights_and_kv_only = (terms["engine weights"] + (8192 << 20)) / total
+    assert kv_cache_bytes(total, weights_and_kv_only, footprint) < (8192 << 20) - terms["engine runtime"] + 1e-6 * total
+
+
+def test_disaggregated_gpu_engine_is_sized_by_vllm_not_kv_cache_mb(monkeypatch):
+    """S1: the engine process of a disaggregated run gets no kv_cache_memory_bytes on a GPU (vLLM's 0.92 of its
+    own GPU applies), the configured size on CPU."""
+    import torch
+
+    from rlad_megatron.rollout.vllm_env import _kv_cache_bytes
+
+    cfg = VLLMEngineConfig(model="/m", placement="disaggregated", kv_cache_bytes=256 << 20)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert _kv_cache_bytes(cfg) is None
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert _kv_cache_bytes(cfg) == 256 << 20
+
+
+def _kv_config(**rollout) -> RunConfig:
+    c = RunConfig()
+    c.data.max_prompt_tokens, c.rollout.max_new_tokens, c.rollout.kv_cache_mb = 256, 768, 1024
+    for key, value in rollout.items():
+        setattr(c.rollout, key, value)
+    return c
+
+
+def test_kv_cache_notices_say_what_sized_the_cache_and_when_kv_cache_mb_matters():
+    per_token = 114688  # Qwen3-0.6B in bf16
+    roomy = 256 * 1024 * 4  # tokens: every sequence of a step at full length, 4 times over
+
+    def notices(c, cuda, tokens):
+        return es.kv_cache_notices(c, cuda=cuda, kv_tokens=tokens, bytes_per_token=per_token, sequences_per_step=512)
+
+    cpu = notices(_kv_config(), False, 100)
+    assert [level for level, _ in cpu] == ["info"] and "rollout.kv_cache_mb=1024" in cpu[0][1]
+    colocated = _kv_config()
+    (info, text), = notices(colocated, True, roomy)
+    assert "colocated share computed for rollout.kv_cache_mb=1024" in text
+    small = notices(colocated, True, 2000)  # 219 MiB: below the 1024 MiB asked for, and a step needs more
+    assert [level for level, _ in small] == ["info", "warning", "warning"]
+    assert "smaller than rollout.kv_cache_mb=1024" in small[1][1]
+    assert "262144 KV-cache tokens" in small[2][1] and "raise rollout.kv_cache_mb" in small[2][1]
+    disaggregated = notices(_kv_config(placement="disaggregated"), True, 2000)
+    assert "rollout.kv_cache_mb is not used" in disaggregated[0][1]
+    assert len(disaggregated) == 2 and "larger GPU" in disaggregated[1][1]
+    fixed = notices(_kv_config(gpu_memory_utilization=0.3), True, 2000)
+    assert "gpu_memory_utilization=0.3" in fixed[0][1] and "raise rollout.gpu_memory_utilization" in fixed[1][1]

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from rlad_megatron.eval.engine_defaults import default_engine_options, model_dtype
-from rlad_megatron.trainer.engine_settings import GIB, colocated_memory_fraction
+from rlad_megatron.trainer.setup.engine_settings import GIB, colocated_memory_fraction
 
 
 @pytest.fixture()

@@ -17,7 +17,7 @@ from rlad_megatron.tasks.registry import get_task
 from rlad_megatron.eval.evaluate import evaluate
 from rlad_megatron.eval.metrics import pass_at_k
 from rlad_megatron.rewards.base import RewardResult
-from rlad_megatron.rollout.base import Completion, PromptResult, RolloutEngine, SamplingSettings
+from rlad_megatron.engine_api import Completion, PromptResult, RolloutEngine, SamplingSettings
 
 
 class FakeEngine:

@@ -61,7 +61,7 @@ def test_real_positions_of_rows_and_fillers():
 
 def test_expert_parallel_settings_are_checked(tmp_path):
     from rlad_megatron.config import ConfigError, ParallelConfig
-    from rlad_megatron.learner.expert_parallel import check_expert_parallel
+    from rlad_megatron.trainer.setup.checks import check_expert_parallel
     from rlad_megatron.tiny.hf_model import make_tiny_hf_model
 
     with pytest.raises(ConfigError, match="expert_tensor_parallel=2: only 1 is supported"):

@@ -42,3 +42,22 @@ def test_compat_rejects_unknown_patch_names() -> None:
 
     with pytest.raises(ValueError, match="no_such_patch"):
         megatron_cpu.apply(skip={"no_such_patch"})
+
+
+def test_te_less_fallbacks_read_from_megatron_not_from_the_device(monkeypatch) -> None:
+    """Which fallback fixes apply is read from the names megatron-core bound at import (read-only here: nothing is
+    patched in the pytest process). This machine has neither Transformer Engine nor Apex: every fallback is taken."""
+    import torch
+    from megatron.core import optimizer as mcore_optimizer
+
+    from rlad_megatron.compat import megatron_fallbacks
+
+    assert megatron_fallbacks.fallback_paths() == dict.fromkeys(megatron_fallbacks.FALLBACKS, True)
+    from megatron.core.optimizer import distrib_optimizer
+
+    monkeypatch.setattr(mcore_optimizer, "Adam", type("FusedAdam", (torch.optim.Optimizer,), {}))
+    assert megatron_fallbacks.fallback_paths()["distopt_checkpoint"]  # the distributed optimizer's switch is still off
+    monkeypatch.setattr(distrib_optimizer, "HAVE_APEX_OR_TE", True)
+    assert not megatron_fallbacks.fallback_paths()["distopt_checkpoint"]
+    with pytest.raises(ValueError, match="no_such_fallback"):
+        megatron_fallbacks.apply(skip={"no_such_fallback"})

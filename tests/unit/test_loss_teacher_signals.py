@@ -323,7 +323,7 @@ def test_required_inputs_of_the_new_settings():
 ])
 def test_run_config_refuses_what_the_trainer_does_not_provide_yet(overrides, message):
     from rlad_megatron.config import ConfigError, load_run_config
-    from rlad_megatron.config_docs import iter_keys
+    from rlad_megatron.config.docs import iter_keys
 
     base = ["model.student=/s", "model.teacher=/t", "data.train_files=a.jsonl"]
     with pytest.raises(ConfigError, match=message):

@@ -158,7 +158,8 @@ def test_engine_memory_utilization_is_the_engine_share_of_the_gpu():
 
     plan = plan_memory(_math_8b(), student=QWEN3_8B, teacher=QWEN3_32B, dp=16, gpu="h200")
     weights = device_params(QWEN3_8B, tp=4).total * 2  # the whole student at the engine's TP=4, bf16
-    assert engine_bytes(plan) == weights + (32768 << 20) + 2 * GIB
+    runtime = 16384 * (3 * 12288 // 4 + 4 * 4096) * 2 + 256 * 151936 * 16 + GIB  # rollout.vllm_memory's estimate
+    assert engine_bytes(plan) == weights + (32768 << 20) + runtime
     assert engine_memory_utilization(plan) == pytest.approx(engine_bytes(plan) / (139.8 * GIB))
     assert engine_memory_utilization(plan, total_gib=79.6) == pytest.approx(engine_bytes(plan) / (79.6 * GIB))
     with pytest.raises(ValueError, match="lower rollout.kv_cache_mb"):

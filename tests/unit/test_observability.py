@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from rlad_megatron.trainer.observability import (
+from rlad_megatron.trainer.observability.logger import (
     MetricsLogger,
     format_eval_line,
     format_postfix,
     read_metrics,
     truncate_metrics,
 )
-from rlad_megatron.trainer.plots import plot_curves, read_series
+from rlad_megatron.trainer.observability.plots import plot_curves, read_series
 
 
 def _metrics(step: int) -> dict[str, float]:

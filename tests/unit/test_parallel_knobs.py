@@ -66,7 +66,7 @@ def test_placement_counts_context_parallel_ranks():
 def test_trainer_refuses_only_unsupported_context_parallel_combinations(monkeypatch):
     from rlad_megatron.config import ConfigError
     from rlad_megatron.models import builder
-    from rlad_megatron.trainer.setup import _check_context_parallel_supported
+    from rlad_megatron.trainer.setup.checks import check_context_parallel_supported as _check_context_parallel_supported
 
     config = _cp_config(2, tp=1)
     _check_context_parallel_supported(config)  # CP itself runs

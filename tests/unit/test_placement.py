@@ -61,14 +61,23 @@ def test_allocation_must_be_positive(nodes, gpus):
 
 
 def test_disaggregated_rollout_takes_its_own_gpus():
-    plan = plan_placement(_config(tp=2, rollout="disaggregated", prompts=64), nodes=2, gpus_per_node=8,
-                          rollout_gpus=8, rollout_tp=4)
-    assert (plan.learner_gpus, plan.dp, plan.rollout_gpus, plan.num_engines, plan.rollout_tp) == (8, 4, 8, 2, 4)
-    assert "2 vLLM engine(s) of TP=4 on 8 GPUs of their own" in plan.describe()
+    # the trainer starts one engine process (TP=1, one GPU) per learner replica, on each node's last GPUs
+    plan = plan_placement(_config(tp=2, rollout="disaggregated", prompts=64), nodes=2, gpus_per_node=6,
+                          rollout_gpus=4)
+    assert (plan.learner_gpus, plan.dp, plan.rollout_gpus, plan.num_engines, plan.rollout_tp) == (8, 4, 4, 4, 1)
+    assert "4 vLLM engine(s) of TP=1 on 4 GPUs of their own" in plan.describe()
+    # engines of TP=4 would be 2 for 4 replicas: not what the trainer starts; the error says what fits
+    with pytest.raises(PlacementError, match=r"one rollout engine per learner replica.*DP=4 .*2 engine\(s\)"):
+        plan_placement(_config(tp=2, rollout="disaggregated", prompts=64), nodes=2, gpus_per_node=8,
+                       rollout_gpus=8, rollout_tp=4)
+    with pytest.raises(PlacementError, match=r"--rollout-gpus 4\b"):
+        plan_placement(_config(rollout="disaggregated", prompts=48), nodes=1, gpus_per_node=8, rollout_gpus=2)
+    with pytest.raises(PlacementError, match=r"spread evenly over 2 nodes"):
+        plan_placement(_config(rollout="disaggregated", prompts=64), nodes=2, gpus_per_node=8, rollout_gpus=3)
 
 
 def test_disaggregated_rollout_errors():
-    with pytest.raises(PlacementError, match="disaggregated needs GPUs of its own"):
+    with pytest.raises(PlacementError, match=r"disaggregated needs GPUs of its own.*--rollout-gpus 4:"):
         plan_placement(_config(rollout="disaggregated"), nodes=1, gpus_per_node=8)
     with pytest.raises(PlacementError, match=r"6 rollout GPUs cannot hold whole engines of TP=4"):
         plan_placement(_config(rollout="disaggregated"), nodes=2, gpus_per_node=8, rollout_gpus=6, rollout_tp=4)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from rlad_megatron.trainer.plots import PANELS, build_figure, plot_curves, stacked_rows, read_series
+from rlad_megatron.trainer.observability.plots import PANELS, build_figure, plot_curves, stacked_rows, read_series
 
 TIME_KEYS = ("time/generation", "time/teacher", "time/old_logprobs", "time/train", "time/sync", "time/other")
 

@@ -8,7 +8,7 @@ import os
 import pytest
 
 from rlad_megatron.config import ConfigError, load_run_config
-from rlad_megatron.config_paths import resolve_paths
+from rlad_megatron.config.paths import resolve_paths
 from rlad_megatron.placement import ModelShape, PlacementError
 
 from recipes import RECIPES, get_recipe, prepare_quickstart_assets, quickstart, recipe_names

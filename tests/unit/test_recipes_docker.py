@@ -132,3 +132,17 @@ def _installed(metadata, name: str) -> bool:
         return True
     except metadata.PackageNotFoundError:
         return False
+
+
+def test_ngc_pip_constraint_is_replaced_before_any_install():
+    """NGC's PyTorch images set PIP_CONSTRAINT=/etc/pip/constraint.txt (every package of the image pinned): the
+    image's numpy / transformers / vLLM requirements would not resolve under it. PIP_CONSTRAINT must name our own
+    constraints file (the base's CUDA builds only) before the first pip install, and stay so."""
+    instructions = _instructions()
+    envs = [(i, rest) for i, (k, rest) in enumerate(instructions) if k == "ENV" and "PIP_CONSTRAINT" in rest]
+    assert envs, "the Dockerfile leaves NGC's PIP_CONSTRAINT in force"
+    assert all("PIP_CONSTRAINT=/opt/docker/constraints.txt" in rest for _, rest in envs)
+    made = next(i for i, (k, rest) in enumerate(instructions) if k == "RUN" and "> /opt/docker/constraints.txt" in rest)
+    installs = [i for i, (k, rest) in enumerate(instructions) if k == "RUN" and "pip install" in rest]
+    assert made < envs[0][0] < min(installs)
+    assert "/etc/pip/constraint.txt" not in " ".join(rest for k, rest in instructions if k == "RUN")

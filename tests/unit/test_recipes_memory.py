@@ -2,6 +2,8 @@
 component, and a recipe that does not fit refuses to launch, naming the largest terms and settings that fit."""
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from recipes import RECIPES, get_recipe
@@ -37,12 +39,15 @@ def test_a_recipe_that_does_not_fit_refuses_to_launch(capsys):
     err = capsys.readouterr().err
     assert code == 2
     assert "79.6 GiB" in err and "student activations" in err and "engine KV cache" in err
-    assert "parallel.recompute=full with trainer.max_tokens_per_micro_batch=" in err
+    suggested = re.search(r"Settings that would fit: (parallel.recompute=full with )?"
+                          r"trainer.max_tokens_per_micro_batch=(\d+)", err)
+    assert suggested, err
     assert main(["math_qwen3_8b_base", "--gpu", "h100", "--plan"]) == 1
     assert "DOES NOT FIT" in capsys.readouterr().out
     # the suggested settings fit
-    assert main(["math_qwen3_8b_base", "--gpu", "h100", "--show", "parallel.recompute=full",
-                 "trainer.max_tokens_per_micro_batch=36864"]) == 0
+    recompute = ["parallel.recompute=full"] if suggested.group(1) else []
+    assert main(["math_qwen3_8b_base", "--gpu", "h100", "--show", *recompute,
+                 f"trainer.max_tokens_per_micro_batch={suggested.group(2)}"]) == 0
     capsys.readouterr()
     assert main(["math_qwen3_8b_base", "--gpu", "h100", "--show", "--ignore-memory-plan"]) == 0
     assert "does not fit" in capsys.readouterr().err

@@ -118,6 +118,9 @@ def test_local_executor_and_task(tmp_path):
     task = train_task(recipe)
     assert (task.path, task.m, task.entrypoint) == ("rlad_megatron.cli", True, "python")
     assert task.args == recipe.train_args()
+    task = train_task(recipe, local=True)  # on this machine: torchrun with every socket on the loopback interface
+    assert (task.path, task.m) == ("rlad_megatron.launch_local", True)
+    assert task.args == ["--nproc-per-node=2", "-m", "rlad_megatron.cli", *recipe.train_args()]
 
 
 def test_cpu_recipe_asks_slurm_for_no_gpus():
@@ -193,9 +196,11 @@ def test_max_restarts_is_local_and_needs_checkpoints(nemorun_home, capsys):
     recipe = quickstart("/s", "/t", "/train.jsonl", output_dir="/abs/out")
     with pytest.raises(ValueError, match="--max-restarts is for the local executor; on Slurm use --requeue"):
         launch(recipe, slurm_executor(recipe, account="acct"), dryrun=True, max_restarts=1)
-    task = train_task(recipe, max_restarts=2)
-    assert (task.path, task.m) == ("torch.distributed.run", True)
-    assert task.args[:3] == ["--standalone", "--nproc-per-node=2", "--max-restarts=2"]
-    assert task.args[3:5] == ["-m", "rlad_megatron.cli"] and task.args[5:] == recipe.train_args()
+    with pytest.raises(ValueError, match="--max-restarts is for the local executor"):
+        train_task(recipe, max_restarts=2)
+    task = train_task(recipe, local=True, max_restarts=2)
+    assert (task.path, task.m) == ("rlad_megatron.launch_local", True)
+    assert task.args[:2] == ["--nproc-per-node=2", "--max-restarts=2"]
+    assert task.args[2:4] == ["-m", "rlad_megatron.cli"] and task.args[4:] == recipe.train_args()
     code = main(["logic_qwen3_0p6b", "--show", "--max-restarts", "1", "trainer.save_every=0"])
     assert code == 2 and "--max-restarts needs checkpoints" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""The rollout pipeline's logic (trainer/rollout_pipeline.py) with a small fake engine: which batch each step gets,
+"""The rollout pipeline's logic (trainer/step/rollout_pipeline.py) with a small fake engine: which batch each step gets,
 with which weight version, what is asked ahead, what a checkpoint holds, and what is dropped as stale."""
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from rlad_megatron.config import ConfigError, RolloutConfig
-from rlad_megatron.rollout.base import Completion, PromptResult, SamplingSettings
-from rlad_megatron.trainer.engine_settings import engine_cpu_cores
-from rlad_megatron.trainer.rollout_pipeline import RolloutPipeline
+from rlad_megatron.engine_api import Completion, PromptResult, SamplingSettings
+from rlad_megatron.trainer.setup.engine_settings import engine_cpu_cores
+from rlad_megatron.trainer.step.rollout_pipeline import RolloutPipeline
 
 
 @dataclasses.dataclass
@@ -133,12 +133,12 @@ def test_async_takes_the_batch_generated_during_the_previous_step_one_version_ol
 
 def _through_a_checkpoint(state: dict) -> dict:
     """What a checkpoint gives back: the tensors through a safetensors file, the rest through JSON
-    (trainer/state.py's split_tensors / join_tensors)."""
+    (trainer/checkpoints/state.py's split_tensors / join_tensors)."""
     import tempfile
 
     from safetensors.torch import load_file, save_file
 
-    from rlad_megatron.trainer.state import join_tensors, split_tensors
+    from rlad_megatron.trainer.checkpoints.state import join_tensors, split_tensors
 
     tensors: dict = {}
     text = json.dumps(split_tensors(state, tensors))
@@ -148,7 +148,7 @@ def _through_a_checkpoint(state: dict) -> dict:
 
 
 def test_rollouts_pack_into_tensors_and_back_exactly() -> None:
-    from rlad_megatron.trainer.rollouts import Rollouts, pack_rollouts, unpack_rollouts
+    from rlad_megatron.trainer.step.rollouts import Rollouts, pack_rollouts, unpack_rollouts
 
     rollouts = Rollouts(prompt_ids=[[1, 2], [1, 2], [7], [7]], response_ids=[[5, 6, 3], [], [4], [9, 9]],
                         response_logprobs=[[-0.1, -1e-9, -2.5], [], [-0.30000000000000004], [-7.25, -1 / 3]],
@@ -258,8 +258,8 @@ def test_engine_cpus_are_the_last_cores_and_leave_the_learner_one() -> None:
 
 
 def test_a_trainer_state_naming_a_missing_tensor_is_refused_as_corrupt() -> None:
-    from rlad_megatron.trainer.checkpoint_files import CheckpointCorrupt
-    from rlad_megatron.trainer.state import join_tensors, split_tensors
+    from rlad_megatron.checkpoint_files import CheckpointCorrupt
+    from rlad_megatron.trainer.checkpoints.state import join_tensors, split_tensors
 
     tensors: dict = {}
     state = split_tensors({"a": [1, {"b": torch.ones(2)}], "c": "x"}, tensors)

@@ -9,8 +9,8 @@ import pytest
 
 from rlad_megatron import cli
 from rlad_megatron.config import load_run_config, run_config_to_dict
-from rlad_megatron.trainer import checkpoint_files as ckf
-from rlad_megatron.trainer.run_dir import RunDirError, prepare_output_dir, record_run_config, run_changes
+from rlad_megatron import checkpoint_files as ckf
+from rlad_megatron.trainer.checkpoints.run_dir import RunDirError, prepare_output_dir, record_run_config, run_changes
 
 
 def _config(out: Path, *extra: str):
@@ -145,3 +145,37 @@ def test_cli_refuses_before_training(tmp_path: Path, capsys) -> None:
     assert "already holds a run" in capsys.readouterr().err
     assert cli.main(args + ["--resume", "loss.alpha=0.9"]) == 2
     assert "loss.alpha: 0.5 -> 0.9" in capsys.readouterr().err
+
+
+def test_a_requeued_slurm_job_continues_its_run_whatever_its_command_line(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    _old_run(out, _config(out))
+    for flags in ({}, {"overwrite": True}):  # submitted without --requeue / trainer.resume=auto, or with --overwrite
+        start = prepare_output_dir(_config(out), requeued=True, **flags)
+        assert start.resume is True and "Slurm requeued this job" in start.notes[0]
+        assert (out / "metrics.jsonl").exists()  # nothing moved aside
+    fresh = prepare_output_dir(_config(tmp_path / "new"), requeued=True)  # requeued before its first checkpoint
+    assert fresh.resume is False
+
+
+def test_output_dir_under_a_regular_file_is_one_line_naming_the_key(tmp_path: Path, capsys) -> None:
+    blocker = tmp_path / "results"
+    blocker.write_text("not a folder\n")
+    for out, where in ((blocker, "is a file"), (blocker / "run" / "a", f"lies under {blocker}, which is a file")):
+        with pytest.raises(RunDirError, match=f"trainer.output_dir={out} {where}, not a folder: choose another "
+                                              "trainer.output_dir"):
+            prepare_output_dir(_config(out))
+    models = []
+    for role in ("student", "teacher"):
+        (tmp_path / role).mkdir()
+        for name in ("config.json", "model.safetensors", "tokenizer.json"):
+            (tmp_path / role / name).write_text("{}")
+        models.append(f"model.{role}={tmp_path / role}")
+    data = tmp_path / "train.jsonl"  # a data file that passes the data check (which comes first)
+    data.write_text('{"prompt": "1+2=", "answer": "3"}\n')
+    rc = cli.main(["train", *models, f"data.train_files={data}", f"trainer.output_dir={blocker / 'run'}"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err == (f"rlad-megatron train: trainer.output_dir={blocker / 'run'} lies under {blocker}, "
+                               f"which is a file, not a folder: choose another trainer.output_dir (or move the file "
+                               f"away)\n")
+    assert blocker.read_text() == "not a folder\n"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from rlad_megatron.rollout.base import Completion, PromptResult
+from rlad_megatron.engine_api import Completion, PromptResult
 from rlad_megatron.weight_sync.verify import (
     ProbeBatch, SyncVerifier, WeightSyncError, calibrated_tolerance, make_sampled_probe, probe_from_samples,
 )

@@ -12,7 +12,7 @@ from rlad_megatron.data.char_tokenizer import build_char_tokenizer
 from rlad_megatron.data.prompt_dataset import TEACHER_PASS_RATE, DatasetError, load_prompt_dataset
 from rlad_megatron.eval.evaluate import evaluate
 from rlad_megatron.eval.teacher_trust import pass_rates, rows_with_pass_rates, write_jsonl
-from rlad_megatron.rollout.base import Completion, PromptResult, SamplingSettings
+from rlad_megatron.engine_api import Completion, PromptResult, SamplingSettings
 from rlad_megatron.tasks.arithmetic.task import generate_records
 from rlad_megatron.tasks.registry import get_task
 

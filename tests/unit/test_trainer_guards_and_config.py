@@ -8,7 +8,7 @@ import torch
 
 from rlad_megatron.config import ConfigError, load_run_config
 from rlad_megatron.learner.sequences import pack_sequences
-from rlad_megatron.trainer.guards import NonFiniteStepGuard, TrainingStopped
+from rlad_megatron.trainer.step.guards import NonFiniteStepGuard, TrainingStopped
 from rlad_megatron.trainer.loop import lr_at
 
 BASE = ["model.student=/s", "model.teacher=/t", "data.train_files=a.jsonl"]

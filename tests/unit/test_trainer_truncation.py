@@ -9,9 +9,9 @@ from rlad_megatron.config import ConfigError, load_run_config
 from rlad_megatron.tasks.registry import get_task, get_training_task
 from rlad_megatron.loss import group_advantages
 from rlad_megatron.rewards.guard import RewardGuard
-from rlad_megatron.rollout.base import Completion, PromptResult, SamplingSettings
-from rlad_megatron.trainer.rollouts import generate_and_score, to_sequence_batch
-from rlad_megatron.trainer.truncation import TruncationPolicy, overlong_penalty, shape_rewards
+from rlad_megatron.engine_api import Completion, PromptResult, SamplingSettings
+from rlad_megatron.trainer.step.rollouts import generate_and_score, to_sequence_batch
+from rlad_megatron.trainer.step.truncation import TruncationPolicy, overlong_penalty, shape_rewards
 
 # Cut off at the token budget in the middle of a thinking trace: neither has a \boxed{} answer.
 CUT_COUNTING = "<think>\nLet me count the apples: 1, 2, 3, 4, 5"
@@ -48,7 +48,7 @@ SCRIPT = [(CUT_COUNTING, True), (CUT_WAIT, True), (FINISHED_RIGHT, False), (FINI
 def _rollouts(task):
     guard = RewardGuard(task.reward, backend="inline")
     try:
-        return generate_and_score(_ScriptedEngine(SCRIPT), guard, task, [_Example(RECORD)],
+        return generate_and_score(_ScriptedEngine(SCRIPT), guard, [_Example(RECORD)],
                                   SamplingSettings(n=len(SCRIPT), max_tokens=64))
     finally:
         guard.close()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from rlad_megatron.config import ConfigError, WandbConfig, load_run_config
-from rlad_megatron.trainer.observability import MetricsLogger
+from rlad_megatron.trainer.observability.logger import MetricsLogger
 
 wandb = pytest.importorskip("wandb")
 

@@ -9,7 +9,7 @@
 # After `up`, STATE_DIR/cluster.env holds what clients need (SLURM_CONF, account, partition, nodes):
 #   set -a; . STATE_DIR/cluster.env; set +a; sbatch -A "$RLAD_SLURM_ACCOUNT" ...
 # Nothing in /etc changes and no daemon is found or stopped by name: `down` stops exactly the PIDs `up` recorded.
-# Needs root (the daemons run as root, munged as user munge). Measured setup: ../shared/notes/slurm_local.md.
+# Needs root (the daemons run as root, munged as user munge). Measured setup: docs/environment.md.
 set -euo pipefail
 
 PACKAGES=(slurmctld slurmd slurm-client munge slurmdbd mariadb-server)

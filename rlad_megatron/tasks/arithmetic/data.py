@@ -12,11 +12,12 @@ import argparse
 import json
 import os
 
+from rlad_megatron.atomic_write import atomic_file
 from rlad_megatron.tasks.arithmetic.task import ArithmeticTask, generate_records
 
 
 def _write_jsonl(path: str, rows: list[dict]) -> None:
-    with open(path, "w", encoding="utf-8") as fh:
+    with atomic_file(path, "w") as fh:
         for r in rows:
             fh.write(json.dumps(r, ensure_ascii=False) + "\n")
 

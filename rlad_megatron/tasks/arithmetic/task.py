@@ -119,19 +119,3 @@ class ArithmeticTask(Task):
         want = str(record["answer"]).lstrip("0") or "0"
         ok = got == want
         return RewardResult(self.correct_score if ok else self.wrong_score, correct=ok, format_ok=True)
-
-
-def sft_example(task: Task, record: Mapping[str, Any], tokenizer: Any) -> tuple[list[int], list[int]]:
-    """(prompt ids, target ids) for supervised pre-training: the target is the reference completion + the token
-    that ends the turn (the chat template's end of turn, else eos), the stop token generation will look for.
-
-    Works for any task with a ``reference_completion(record)`` method (the demo task has one).
-    """
-    from rlad_megatron.models.stop_tokens import end_of_turn_token_id
-
-    prompt_ids = task.encode_prompt(task.build_prompt(record, tokenizer), tokenizer)
-    target_text = task.reference_completion(record)  # type: ignore[attr-defined]
-    end = end_of_turn_token_id(tokenizer)
-    target_ids = list(tokenizer(target_text, add_special_tokens=False)["input_ids"]) + [
-        tokenizer.eos_token_id if end is None else end]
-    return prompt_ids, target_ids

@@ -14,6 +14,7 @@ import os
 import random
 from typing import Any, Callable
 
+from rlad_megatron.atomic_write import atomic_file
 from rlad_megatron.tasks.knights_knaves.task import make_record
 
 #: ``make(rng, n_people, record_id) -> record``: the English puzzles, or
@@ -58,7 +59,7 @@ def write_kk_data(out_dir: str, train_per_size: int = 1000, test_per_size: int =
     paths = {}
     for name, rows in (("train", train), ("test", test)):
         paths[name] = os.path.join(out_dir, f"{name}.jsonl")
-        with open(paths[name], "w", encoding="utf-8") as fh:
+        with atomic_file(paths[name], "w") as fh:
             for r in rows:
                 fh.write(json.dumps(r) + "\n")
     return paths

@@ -1,0 +1,161 @@
+"""The run configuration: one small dataclass per section, a YAML file, and dotted command-line overrides.
+
+    config = load_run_config("configs/quickstart.yaml", ["loss.alpha=0.3", "trainer.steps=20"])
+
+Defaults live only in the section dataclasses (one module each in this package). An unknown key, a value of the wrong
+type or an invalid value is a ``ConfigError`` that names the dotted key and says what is accepted (parsing:
+:mod:`rlad_megatron.config.parsing`; checks: :mod:`rlad_megatron.config.validators`). Validation is pure: it
+probes no hardware and imports no heavy library (the trainer's ``check_run`` looks at the machine and the files).
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from rlad_megatron.config.data import DataConfig
+from rlad_megatron.config.paths import resolve_paths
+from rlad_megatron.config.fp8 import FP8Settings
+from rlad_megatron.config.loss import LossConfig, required_inputs
+from rlad_megatron.config.model import ModelConfig
+from rlad_megatron.config.optim import OptimConfig
+from rlad_megatron.config.parallel import ParallelConfig
+from rlad_megatron.config.parsing import apply_overrides, build_dataclass
+from rlad_megatron.config.rollout import RolloutConfig
+from rlad_megatron.config.teacher import TeacherConfig
+from rlad_megatron.config.trainer import TrainerConfig
+from rlad_megatron.config.validators import ConfigError
+
+
+@dataclass
+class RunConfig:
+    """A whole run: one section per component."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    fp8: FP8Settings = field(default_factory=FP8Settings)
+
+    def validate(self) -> "RunConfig":
+        """Every section, then the rules across sections; raises ``ConfigError`` naming the dotted key."""
+        self.model.validate()
+        self.parallel.validate()
+        self.rollout.validate()
+        self.data.validate()
+        self.optim.validate()
+        self.loss.validate("loss")
+        self.trainer.validate()
+        self.teacher.validate()
+        pending = required_inputs(self.loss) & LOSS_INPUTS_NOT_YET_IN_TRAINER
+        if pending:  # the loss has them (issue 33); the trainer's top-k teacher pass and pass-rate carry come next
+            keys = (["loss.topk_beta / loss.kd_estimator=topk"] if "teacher_topk_logprobs" in pending else []) + (
+                ["loss.teacher_trust"] if "teacher_pass_rate" in pending else [])
+            raise ConfigError(f"{' and '.join(keys)}: the trainer does not provide {sorted(pending)} yet; train "
+                              "with loss.topk_beta=0, loss.kd_estimator=k1|k2|k3 and loss.teacher_trust=none")
+        if teacher_use(self.loss) != "none" and not self.model.teacher:
+            raise ConfigError(f"loss.algorithm={self.loss.algorithm!r} needs model.teacher (a HF directory)")
+        validate_fp8_run(self)
+        return self
+
+
+TeacherUse = typing.Literal["logprobs", "samples", "none"]
+
+#: Loss inputs the loss functions accept but the trainer does not compute yet (top-k teacher signals, the per-prompt
+#: teacher pass rate): a run config asking for them is refused rather than failing at its first step.
+LOSS_INPUTS_NOT_YET_IN_TRAINER = frozenset({"student_topk_logprobs", "teacher_topk_logprobs", "teacher_pass_rate"})
+
+
+def teacher_use(loss: LossConfig) -> TeacherUse:
+    """What a run needs its teacher for (the one place of this rule):
+
+    - "logprobs": the loss takes the teacher's per-token log-probs of the student's samples (``teacher_logprobs`` in
+      :func:`rlad_megatron.loss.required_inputs`: rlad, kdrl), or its top-k (``teacher_topk_logprobs``);
+    - "samples": offline distillation (sft) trains on the teacher's own samples: the rollout engine serves the
+      teacher and receives no weight syncs;
+    - "none": grpo.
+    """
+    if required_inputs(loss) & {"teacher_logprobs", "teacher_topk_logprobs"}:
+        return "logprobs"
+    return "samples" if loss.algorithm == "sft" else "none"
+
+
+def megatron_teacher(config: RunConfig) -> bool:
+    """Whether the run loads its teacher as a frozen Megatron GPTModel in the learner's processes (the one place
+    of this rule): the loss takes teacher log-probs and ``teacher.source`` is "megatron". Such a teacher is laid
+    out like the student (TP/PP/EP), counted in the memory plan and split by expert parallelism; a vLLM teacher
+    is a scoring engine instead."""
+    return teacher_use(config.loss) == "logprobs" and config.teacher.source == "megatron"
+
+
+def validate_fp8_run(config: RunConfig) -> None:
+    """Cross-section checks for FP8 in a whole run (no hardware needed); raises ``ConfigError``.
+
+    - FP8 parameters need bfloat16 model parameters and the distributed optimizer (megatron-core keeps the
+      high-precision main copy in the optimizer's shards and re-quantizes after each step).
+    - FP8 rollouts need a bfloat16 engine and ``rollout.weight_load=vllm_reload``: vLLM quantizes weights once when
+      they are loaded, so copying bf16 tensors into its FP8 parameters in place would be wrong; the layerwise reload
+      runs vLLM's quantization again on every sync.
+    """
+    fp8 = config.fp8
+    fp8.validate()
+    if fp8.fp8_params:
+        if config.model.params_dtype != "bfloat16":
+            raise ConfigError(f"fp8.fp8_params=true needs model.params_dtype=bfloat16, "
+                              f"got {config.model.params_dtype!r}")
+        if not config.optim.use_distributed_optimizer:
+            raise ConfigError("fp8.fp8_params=true needs optim.use_distributed_optimizer=true "
+                              "(the FP8 weights' bf16 main copy lives in the distributed optimizer)")
+    if fp8.rollout_fp8:
+        if config.rollout.dtype != "bfloat16":
+            raise ConfigError(f"fp8.rollout_fp8=true needs rollout.dtype=bfloat16 (vLLM quantizes a bf16 model "
+                              f"to FP8), got {config.rollout.dtype!r}")
+        if config.rollout.weight_load != "vllm_reload":
+            raise ConfigError("fp8.rollout_fp8=true needs rollout.weight_load=vllm_reload: an FP8 engine must "
+                              "re-quantize synced weights, which the in-place copy does not do")
+
+
+def run_config_from_dict(data: Mapping[str, Any]) -> RunConfig:
+    return build_dataclass(RunConfig, data).validate()
+
+
+def load_run_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML config (or start from defaults when ``path`` is None) and apply dotted overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise ConfigError(f"config file {path} does not exist")
+        if path.is_dir():
+            raise ConfigError(f"config file {path} is a folder; give the YAML file itself")
+        try:
+            text = path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"config file {path} is not UTF-8 text (byte {err.start}); give a YAML file") from None
+        except OSError as err:
+            raise ConfigError(f"config file {path} cannot be read: {err.strerror}") from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+            problem = getattr(err, "problem", None) or str(err)
+            context = getattr(err, "context", None)
+            raise ConfigError(f"{where}: invalid YAML: {problem}" + (f" ({context})" if context else "")) from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path}: expected a mapping at the top level")
+        data = loaded or {}
+    config = build_dataclass(RunConfig, apply_overrides(data, list(overrides or [])))
+    return resolve_paths(config, Path(path).parent if path is not None else None, overrides or ()).validate()
+
+
+def run_config_to_dict(config: RunConfig) -> dict[str, Any]:
+    return dataclasses.asdict(config)
