@@ -280,7 +280,8 @@ def main() -> None:
                         help="learner micro-batches: 'budget' (4,096 tokens: the W1 step in one) or a fixed size")
     parser.add_argument("--baseline-src", default=None, help="another checkout to compare against, interleaved")
     parser.add_argument("--workdir", default=None, help="keep models, configs and logs here (default: temporary)")
-    parser.add_argument("--timeout", type=float, default=900)
+    parser.add_argument("--timeout", type=float, default=None,
+                        help="seconds per run (default 900; W3: 3600, the HF reference generates slowly)")
     parser.add_argument("--no-hf-reference", dest="hf_reference", action="store_false",
                         help="skip the single-process HF reference trainer (bench/hf_reference.py)")
     parser.add_argument("--hf-threads", type=int, default=2, help="torch threads of the HF reference (the issue's: 2)")
@@ -301,6 +302,7 @@ def main() -> None:
     root = Path(args.workdir or tmp.name)
     root.mkdir(parents=True, exist_ok=True)
     w3 = args.workload == "w3"
+    args.timeout = args.timeout or (3600 if w3 else 900)
     data_dir = root / args.workload
     paths = prepare_w3(data_dir) if w3 else prepare(data_dir)
     new_tokens = args.max_new_tokens or (W3_NEW_TOKENS if w3 else 32)
