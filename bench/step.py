@@ -27,7 +27,17 @@ its baseline under the same machine load; the final lines are this checkout's.
 ``--rollout sync,async`` runs each (mode, TP) with synchronous rollouts (today's default: the engine in the learner's
 process, generation then training) and asynchronous ones (``rollout.mode=async``, ``max_staleness=1``: the engine in
 its own process generates batch t + 1 while the learner trains on batch t; on CPU one core each: the engine process
-pinned to one, the learner on one thread, ``rollout.engine_cpus=1``), interleaved run by run.
+pinned to one, the learner on one thread, ``rollout.engine_cpus=1``), interleaved run by run. In the asynchronous
+runs of rlad and kdrl the teacher is out of the learner's process by default (``--async-teacher``, default
+``vllm``: ``teacher.placement=separate`` with the teacher in a vLLM engine process of its own, on CPU pinned to the
+rollout engine's core, so that generation and teacher prefill share one core and the learner keeps the other;
+``megatron``: the teacher on a rank of its own, a second torchrun process; ``colocated``: in the learner's process
+as in the synchronous runs). The synchronous runs keep the colocated Megatron teacher (today's default).
+
+For every run with a pool apart, the step's timeline by pool (``timeline/*``: each pool's busy seconds and idle
+fraction, medians) is printed, and the three-pool plan's prediction (``rlad_megatron.memory_plan.pools``: the step
+time of the one-batch-ahead schedule from the pools' per-token costs, measured in the same run) is compared with the
+measured idle fractions: ``step: mode=<m> tp=<n> rollout=async plan_idle_gap_max=<largest |predicted - measured|>``.
 
 Final lines: ``step: mode=<m> tp=<n> rollout=<r> step_s=<x> tokens_per_s=<y> peak_rss_mb=<z>`` per mode, TP and
 rollout mode, then ``step: teacher_overhead_ratio=<rlad step_s / grpo step_s>`` (at the first TP and rollout mode
@@ -124,14 +134,19 @@ def prepare_w3(root: Path) -> dict[str, str]:
 
 
 ASYNC_ROLLOUT = {"mode": "async", "max_staleness": 1, "placement": "disaggregated"}
-
-
+#: --async-teacher: the teacher section of the asynchronous runs of rlad/kdrl, and the extra torchrun ranks it takes.
+ASYNC_TEACHERS: dict[str, tuple[dict, int]] = {
+    "vllm": ({"source": "vllm", "placement": "separate"}, 0),
+    "megatron": ({"source": "megatron", "placement": "separate", "ranks": 1}, 1),
+    "colocated": ({}, 0),
+}
 
 
 def w1_config(paths: dict[str, str], mode: str, tp: int, steps: int, output_dir: Path, rollout: str = "sync",
-              engine_cpus: int = 1, micro_batch: str = "budget") -> dict:
+              engine_cpus: int = 1, micro_batch: str = "budget", async_teacher: str = "vllm") -> dict:
     """The trainer config of W1 for one algorithm, tensor-parallel size and rollout mode (sync: today's default);
-    ``micro_batch``: "budget" (a 4,096-token budget: the step in one micro-batch) or a fixed size ("8")."""
+    ``micro_batch``: "budget" (a 4,096-token budget: the step in one micro-batch) or a fixed size ("8");
+    ``async_teacher``: where an asynchronous run's teacher lives (:data:`ASYNC_TEACHERS`)."""
     config = {
         "model": {"student": paths["student"], "teacher": paths["teacher"], "params_dtype": "float32"},
         "parallel": {"tensor_parallel": tp},
@@ -151,6 +166,8 @@ def w1_config(paths: dict[str, str], mode: str, tp: int, steps: int, output_dir:
         config["rollout"].update(ASYNC_ROLLOUT)
         if not _has_cuda():  # the engine process and the learner: one core each (0: neither pinned)
             config["rollout"]["engine_cpus"] = engine_cpus
+        if mode in ("rlad", "kdrl") and ASYNC_TEACHERS[async_teacher][0]:
+            config["teacher"] = dict(ASYNC_TEACHERS[async_teacher][0])
     return config
 
 
@@ -160,6 +177,11 @@ def w3_config(paths: dict[str, str], mode: str, tp: int, steps: int, output_dir:
     config = w1_config(paths, mode, tp, steps, output_dir)
     config["rollout"].update(max_new_tokens=max_new_tokens)  # 64 MB of KV cache hold the step's ~9K tokens
     return config
+
+
+def processes(config: dict, tp: int) -> int:
+    """torchrun's ranks: the learner's, and a Megatron teacher pool's."""
+    return tp + int(config.get("teacher", {}).get("ranks", 0))
 
 
 def _has_cuda() -> bool:
@@ -183,9 +205,11 @@ def run_once(config: dict, tp: int, workdir: Path, src: Path | None, timeout: fl
         env["PYTHONPATH"] = os.pathsep.join([str(src), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     args = ["train", "--config", str(config_path)]
     if src is None or (src / "rlad_megatron" / "launch_local.py").exists():
-        cmd = launch_local.command(tp, "rlad_megatron.cli", args)  # every socket on the loopback interface
+        # every socket on the loopback interface
+        cmd = launch_local.command(processes(config, tp), "rlad_megatron.cli", args)
     else:  # a baseline checkout older than launch_local
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={tp}",
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc-per-node={processes(config, tp)}",
                "-m", "rlad_megatron.cli", *args]
     log_path = workdir / "train.log"
     with open(log_path, "w") as log:
@@ -232,7 +256,33 @@ def summarise(rows: list[dict], warmup: int) -> dict[str, float]:
            "reward": statistics.mean(r["reward/mean"] for r in measured)}
     for name, key in PHASES:
         out[name] = med(r[key] for r in measured)
+    for pool in ("learner", "rollout", "teacher"):  # idle: over the measured steps' summed time
+        if f"timeline/{pool}_busy" in measured[0]:
+            out[f"{pool}_busy"] = med(r[f"timeline/{pool}_busy"] for r in measured)
+            out[f"{pool}_idle"] = 1 - (sum(r[f"timeline/{pool}_busy"] for r in measured)
+                                       / sum(r["time/step"] for r in measured))
     return out
+
+
+def plan_check(config: dict, rows: list[dict], warmup: int, tp: int) -> dict[str, tuple[float, float]]:
+    """Per pool apart: (predicted, measured) idle fraction. The prediction is the three-pool plan's step-time model
+    (rlad_megatron.memory_plan.pools) fed with the per-token costs this run measured; one process per pool."""
+    from rlad_megatron.config import run_config_from_dict
+    from rlad_megatron.memory_plan.pools import PoolLayout, measured_costs, predict
+
+    run = run_config_from_dict(config)
+    teacher = 1 if run.teacher.placement == "separate" and "timeline/teacher_busy" in rows[-1] else 0
+    layout = PoolLayout(tp, 1 if run.rollout.placement == "disaggregated" else 0, teacher)
+    costs, work = measured_costs(rows, layout, warmup=warmup)
+    predicted = predict(run, layout, costs, work)
+    measured = summarise(rows, warmup)
+    return {pool: (predicted.idle[pool], measured[f"{pool}_idle"]) for pool in predicted.busy_s
+            if predicted.apart[pool] and f"{pool}_idle" in measured}
+
+
+def _fmt_pools(s: dict[str, float]) -> str:
+    return " ".join(f"{pool}_busy={s[f'{pool}_busy']:.3f} {pool}_idle={s[f'{pool}_idle']:.2f}"
+                    for pool in ("learner", "rollout", "teacher") if f"{pool}_busy" in s)
 
 
 def _fmt_breakdown(label: str, s: dict[str, float]) -> str:
@@ -273,6 +323,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1, help="steps dropped before measuring")
     parser.add_argument("--rounds", type=int, default=1, help="runs per (mode, TP[, checkout]); medians pool them")
     parser.add_argument("--rollout", default="sync", help="rollout modes to run, interleaved: sync, async or both")
+    parser.add_argument("--async-teacher", choices=sorted(ASYNC_TEACHERS), default="vllm",
+                        help="where the asynchronous runs of rlad/kdrl keep the teacher (default: a vLLM engine "
+                             "process of its own)")
     parser.add_argument("--engine-cpus", type=int, default=1,
                         help="async on CPU: rollout.engine_cpus (cores of the engine process, the learner gets the "
                              "rest; 0: no pinning)")
@@ -311,6 +364,7 @@ def main() -> None:
         hf_extra = ("--lean-logprobs", "--max-new-tokens", str(new_tokens))
         hf_extra += ("--micro-batch", str(args.hf_micro_batch)) if args.hf_micro_batch else ()
     rows: dict[tuple[str, str, int, str], list[dict]] = {}
+    configs: dict[tuple[str, str, int, str], dict] = {}
     hf_runs: dict[str, list[dict[str, float]]] = {}
     start = time.perf_counter()
     run = 0
@@ -326,11 +380,12 @@ def main() -> None:
                         config = w3_config(paths, mode, tp, args.warmup + args.steps, out / "run", new_tokens)
                     else:
                         config = w1_config(paths, mode, tp, args.warmup + args.steps, out / "run", ro,
-                                           args.engine_cpus, args.micro_batch)
+                                           args.engine_cpus, args.micro_batch, args.async_teacher)
                     for item in args.overrides:
                         key, _, value = item.partition("=")
                         section, _, name = key.partition(".")
                         config.setdefault(section, {})[name] = yaml.safe_load(value)
+                    configs[(label, mode, tp, ro)] = config
                     got = run_once(config, tp, out, src, args.timeout, args.threads)
                     rows.setdefault((label, mode, tp, ro), []).extend(
                         got)
@@ -378,6 +433,22 @@ def main() -> None:
                 speedup = (results[("this", mode, tp, "async")]["tokens_per_s"]
                            / results[("this", mode, tp, "sync")]["tokens_per_s"])
                 print(f"step: mode={mode} tp={tp} async_speedup={speedup:.3f}")
+    print("timeline: medians per step of each pool's busy seconds and idle fraction")
+    for key, s in results.items():
+        if key[0] == "this":
+            print(f"  mode={key[1]:<4} tp={key[2]} rollout={key[3]}: {_fmt_pools(s)}")
+    for tp in tps:
+        for mode in modes:
+            if "async" not in rollouts:
+                continue
+            key = ("this", mode, tp, "async")
+            check = plan_check(configs[key], rows[key], args.warmup, tp)
+            for pool, (predicted, measured) in check.items():
+                print(f"step: mode={mode} tp={tp} rollout=async pool={pool} idle_predicted={predicted:.3f} "
+                      f"idle_measured={measured:.3f}")
+            if check:
+                gap = max(abs(p - m) for p, m in check.values())
+                print(f"step: mode={mode} tp={tp} rollout=async plan_idle_gap_max={gap:.3f}")
     if hf_runs:
         tp, ro = tps[0], ("sync" if "sync" in rollouts else rollouts[0])
         print(f"reference: single-process HF trainer (bench/hf_reference.py), ours at tp={tp}; ratios ours/hf "

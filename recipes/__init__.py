@@ -32,6 +32,9 @@ for _name, _fn in _PAPER.items():
 #: A MoE teacher (issue 19): Qwen3-30B-A3B into a dense student, RLAD and the KDRL baseline (no GRPO: no teacher).
 RECIPES["math_qwen3_1p7b_from_30b_a3b"] = math_qwen3_1p7b_from_30b_a3b
 RECIPES["math_qwen3_1p7b_from_30b_a3b_kdrl"] = functools.partial(math_qwen3_1p7b_from_30b_a3b, algorithm="kdrl")
+#: The same with the teacher in a pool of its own (issue 32): a second node of 8 GPUs at EP=8.
+RECIPES["math_qwen3_1p7b_from_30b_a3b_pool"] = functools.partial(math_qwen3_1p7b_from_30b_a3b, teacher_pool=8,
+                                                                teacher_ep=8)
 
 
 def recipe_names() -> list[str]:

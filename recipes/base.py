@@ -25,9 +25,13 @@ from rlad_megatron.config import (
     apply_overrides,
     run_config_from_dict,
     run_config_to_dict,
+    teacher_pool,
 )
 from rlad_megatron.config.parsing import flatten_dotted
 from rlad_megatron.memory_plan import MemoryPlan, plan_memory
+from rlad_megatron.memory_plan.pools import (
+    PoolLayout, describe_balance, estimate_costs, pool_memory, predict, propose, step_work,
+)
 from rlad_megatron.placement import ModelShape, Placement, plan_placement
 
 #: Environment of every GPU job (the recipes add their own).
@@ -69,7 +73,8 @@ class Recipe:
     rollout_gpus: int = 0
     """GPUs reserved for disaggregated rollout engines (0 when colocated)."""
     teacher_gpus: int = 0
-    """GPUs of a vLLM teacher of its own (0: shares the learner's)."""
+    """GPUs of a teacher pool of its own (``teacher.placement=separate``: ``teacher.ranks`` for a Megatron teacher,
+    one per learner replica for a vLLM teacher); 0: the teacher shares the learner's GPUs."""
     student_shape: ModelShape | None = None
     teacher_shape: ModelShape | None = None
     env: dict[str, str] = field(default_factory=lambda: dict(GPU_ENV))
@@ -102,8 +107,11 @@ class Recipe:
 
     def placement(self) -> Placement:
         """The checked layout on ``nodes x gpus_per_node`` (raises ``PlacementError`` explaining the arithmetic)."""
+        teacher_gpus = self.teacher_gpus
+        if not teacher_gpus and teacher_pool(self.config) == "megatron":  # teacher.ranks ranks of the job
+            teacher_gpus = self.config.teacher.ranks
         return plan_placement(self.config, nodes=self.nodes, gpus_per_node=self.gpus_per_node,
-                              rollout_gpus=self.rollout_gpus, teacher_gpus=self.teacher_gpus,
+                              rollout_gpus=self.rollout_gpus, teacher_gpus=teacher_gpus,
                               student=self.student_shape, teacher=self.teacher_shape)
 
     def with_gpu(self, gpu_memory: str | None) -> "Recipe":
@@ -123,6 +131,34 @@ class Recipe:
         return plan_memory(self.config, student=self.student_shape, teacher=self.teacher_shape, dp=placement.dp,
                            gpu=self.gpu_memory if self.gpu else None,
                            fused_attention=self.gpu, **extra)
+
+    def pool_layout(self, placement: Placement | None = None) -> PoolLayout:
+        """GPUs of the learner, the rollout engines and the teacher (0: on the learner's)."""
+        placement = placement or self.placement()
+        return PoolLayout(placement.learner_gpus, placement.rollout_gpus, placement.teacher_gpus)
+
+    def pool_plans(self, placement: Placement | None = None) -> dict[str, MemoryPlan]:
+        """One GPU's memory plan per pool (the learner's is :meth:`memory_plan`); empty without model shapes."""
+        if self.student_shape is None or not self.student_shape.vocab_size:
+            return {}
+        extra = {} if self.gpu else dict(runtime_reserve_gib=0.0, engine_runtime_gib=0.0, chunk_elements=1 << 20)
+        return pool_memory(self.config, student=self.student_shape, teacher=self.teacher_shape,
+                           layout=self.pool_layout(placement), gpu=self.gpu_memory if self.gpu else None,
+                           fused_attention=self.gpu, **extra)
+
+    def balance(self, placement: Placement | None = None, proposals: int = 3) -> str | None:
+        """The three-pool throughput balance on this recipe's GPU count (estimated per-token costs on its GPU), as
+        ``--plan`` prints it; None for CPU recipes (no GPU figures) or without model shapes."""
+        if not self.gpu or self.student_shape is None or not self.student_shape.vocab_size:
+            return None
+        layout = self.pool_layout(placement)
+        engines = (placement or self.placement()).num_engines
+        costs = estimate_costs(self.config, student=self.student_shape, teacher=self.teacher_shape,
+                               gpu=self.gpu_memory, engines=engines)
+        work = step_work(self.config)
+        current = predict(self.config, layout, costs, work)
+        best = propose(self.config, layout.total, costs, work)[:proposals]
+        return describe_balance(self.config, best, costs, current)
 
     def launch_blocker(self) -> str | None:
         """Why this recipe can be planned but not launched, or None (none today: expert parallelism, the last
@@ -145,6 +181,12 @@ class Recipe:
             plan = self.memory_plan(placement)
             if plan is not None:
                 plan.check()
+            for pool, pool_plan in self.pool_plans(placement).items():
+                if pool != "learner":
+                    try:
+                        pool_plan.check()
+                    except ConfigError as err:
+                        raise type(err)(f"the {pool} pool's GPU: {err}") from None
         return placement
 
     def train_args(self) -> list[str]:

@@ -202,7 +202,14 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m recipes") -> 
     print(f"recipe {recipe.name}: {recipe.description}", *shapes, placement.describe(), *notes, sep="\n")
     if args.plan:
         print(plan.describe() if plan is not None else "memory plan: the recipe gives no model shapes")
-        return 0 if plan is None or plan.fits else 1
+        pools = {name: p for name, p in recipe.pool_plans(placement).items() if name != "learner"}
+        for name, pool_plan in pools.items():
+            print(f"{name} pool: " + pool_plan.describe())
+        balance = recipe.balance(placement)
+        if balance:
+            print(balance)
+        fits = (plan is None or plan.fits) and all(p.fits for p in pools.values())
+        return 0 if fits else 1
     if recipe.launch_blocker():
         print(f"error: {recipe.launch_blocker()}", file=sys.stderr)
         return 2
@@ -220,7 +227,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m recipes") -> 
         return 0
     mounts = _mounts(args)
     if not args.no_file_checks:
-        problems = file_problems(recipe.config, container=_in_container(args), mounts=mounts)
+        problems = file_problems(recipe.config, container=_in_container(args), mounts=mounts, cuda=recipe.gpu)
         for problem in problems:
             print(f"{'warning' if args.dryrun else 'error'}: {problem}", file=sys.stderr)
         if problems and not args.dryrun:

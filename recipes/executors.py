@@ -6,9 +6,11 @@
                                                 "/lustre/results:/results"])
     launch(recipe, executor, dryrun=True)        # renders <exp_dir>/<name>_sbatch.sh, submits nothing
 
-On Slurm each node runs NeMo-Run's ``torchrun --nnodes N --nproc-per-node G ... -m rlad_megatron.cli train
-<overrides>`` under ``srun``; on this machine the task is ``python -m rlad_megatron.launch_local --nproc-per-node G
--m rlad_megatron.cli train <overrides>`` (torchrun with every socket on the loopback interface).
+On one machine -- this one (the local executor) or a one-node Slurm job -- the task is ``python -m
+rlad_megatron.launch_local --nproc-per-node G -m rlad_megatron.cli train <overrides>`` (torchrun with every socket
+on the loopback interface; under ``srun`` on Slurm). A job of several nodes runs NeMo-Run's ``torchrun --nnodes N
+--nproc-per-node G ... -m rlad_megatron.cli train <overrides>`` under ``srun`` on each node: its rendezvous must
+listen on the network for the other nodes.
 """
 from __future__ import annotations
 
@@ -28,12 +30,14 @@ LOCAL_LAUNCHER = "rlad_megatron.launch_local"
 
 
 def train_task(recipe: Recipe, *, local: bool = False, max_restarts: int = 0, shell_quoted: bool = False) -> run.Script:
-    """The ``run.Script`` running ``python -m rlad_megatron.cli train <overrides>`` (NeMo-Run's torchrun wraps it on
-    Slurm, where the rendezvous must listen on the network).
+    """The ``run.Script`` running ``python -m rlad_megatron.cli train <overrides>`` (NeMo-Run's torchrun wraps it in a
+    job of several nodes, where the rendezvous must listen on the network).
 
-    ``local``: the task is the local launcher itself (``python -m rlad_megatron.launch_local --nproc-per-node G``:
-    torchrun with every socket on the loopback interface, where NeMo-Run's torchrun and ``--standalone`` listen on
-    every interface); ``max_restarts`` (local only): when a rank dies, torchrun restarts every rank, up to N times.
+    ``local``: the job runs on one machine and the task is the loopback launcher itself (``python -m
+    rlad_megatron.launch_local --nproc-per-node G``: torchrun with every socket on the loopback interface, where
+    NeMo-Run's torchrun and ``--standalone`` listen on every interface): the local executor and one-node Slurm jobs
+    (:func:`one_machine`); ``max_restarts`` (local executor only): when a rank dies, torchrun restarts every rank, up
+    to N times.
     ``shell_quoted``: for executors that paste the arguments into a shell script (Slurm's sbatch).
     """
     path, args = TRAIN_MODULE, recipe.train_args()
@@ -80,6 +84,12 @@ def _shell_env(env: dict[str, str]) -> dict[str, str]:
     return {key: _shell_word(f"--env {key}", value) for key, value in env.items()}
 
 
+def one_machine(recipe: Recipe, executor: Any) -> bool:
+    """Whether the job runs on one machine (the local executor, or a one-node Slurm job): its ranks are started by
+    the loopback launcher (``rlad_megatron.launch_local``), not by NeMo-Run's torchrun."""
+    return isinstance(executor, run.LocalExecutor) or recipe.nodes == 1
+
+
 def _env(recipe: Recipe, env: dict[str, str] | None) -> dict[str, str]:
     merged = dict(recipe.env)
     merged.update(env or {})
@@ -123,6 +133,9 @@ def slurm_executor(recipe: Recipe, *, account: str, partition: str | None = None
                    exclusive: bool = True, requeue: bool = False) -> run.SlurmExecutor:
     """A Slurm job of ``recipe.nodes`` nodes with ``recipe.gpus_per_node`` GPUs (and torchrun ranks) each.
 
+    One node: one ``srun`` task, the loopback launcher, which starts the ranks (every socket of the job on the
+    loopback interface, as on this machine). Several nodes: NeMo-Run's torchrun launcher on each node.
+
     ``container_image``/``container_mounts`` go to pyxis (``srun --container-image``; mounts ``src:dst``).
     Without ``ssh_host`` the job is submitted from this machine (a login node, or a dry run anywhere) out of
     NeMo-Run's experiment folder (``job_dir`` must then be left unset; move it with ``NEMORUN_HOME``); with it,
@@ -154,19 +167,21 @@ def slurm_executor(recipe: Recipe, *, account: str, partition: str | None = None
     else:
         _check_local_job_dir(job_dir)
         tunnel = run.LocalTunnel(job_dir="")  # "": the experiment's own folder, where the sbatch script is written
+    loopback = recipe.nodes == 1  # one srun task: rlad_megatron.launch_local starts the ranks (train_task)
     kwargs: dict[str, Any] = dict(
         account=account, partition=partition, time=time, nodes=recipe.nodes,
-        ntasks_per_node=recipe.gpus_per_node, container_image=container_image,
+        ntasks_per_node=1 if loopback else recipe.gpus_per_node, container_image=container_image,
         container_mounts=list(container_mounts), env_vars=_shell_env(_env(recipe, env)), tunnel=tunnel,
         packager=run.Packager(), qos=qos, exclusive=exclusive or None, job_name_prefix=f"{account}-rlad.",
     )
     if recipe.gpu:
         kwargs["gpus_per_node"] = recipe.gpus_per_node
-    if recipe.ranks_per_node != recipe.gpus_per_node:  # disaggregated engines: processes, not torchrun ranks
+    if not loopback and recipe.ranks_per_node != recipe.gpus_per_node:  # disaggregated engines: not torchrun ranks
         kwargs["torchrun_nproc_per_node"] = recipe.ranks_per_node
     kwargs["additional_parameters"] = {"open_mode": "append", **({"requeue": True} if requeue else {})}
     executor = run.SlurmExecutor(**kwargs)
-    executor.launcher = "torchrun"
+    if not loopback:
+        executor.launcher = "torchrun"
     return executor
 
 
@@ -235,7 +250,7 @@ def launch(recipe: Recipe, executor: run.LocalExecutor | run.SlurmExecutor, *, d
     # NeMo-Run 0.11.1 has no public accessor for an experiment's directory; ``_exp_dir`` is where it writes.
     experiment = run.Experiment(experiment_name or f"rlad-{recipe.name}")
     with experiment as exp:
-        exp.add(train_task(recipe, local=local, max_restarts=max_restarts,
+        exp.add(train_task(recipe, local=one_machine(recipe, executor), max_restarts=max_restarts,
                            shell_quoted=isinstance(executor, run.SlurmExecutor)), executor=executor, name=recipe.name)
         if dryrun:
             exp.dryrun(delete_exp_dir=False)

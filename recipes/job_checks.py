@@ -1,13 +1,16 @@
-"""What the launching machine checks before a job is submitted: that the job will see the run's files.
+"""What the launching machine checks before a job is submitted: the run's own checks, on the paths the job will read.
 
     problems = file_problems(config, mounts=["/lustre/models:/models", "/lustre/results:/results"], container=True)
 
-Without a container the job runs on a filesystem the launching machine shares (a Slurm cluster's requirement), so
-every path of the config is checked here as the job will read it: the model folders (``config.json``, weights,
-tokenizer), the data files' first rows and ``data.task``'s reward file or module (``check_data_files``, no model
-loaded). In a container the config's paths are the container's: each must lie under one of ``--mounts``
-(``host:container``) -- a ``trainer.output_dir`` under no mount would vanish with the container, checkpoints and
-all -- and is checked at its host path. The job checks everything again when it starts.
+The checks are the trainer's (``rlad_megatron.trainer.setup.checks.run_problems``, one function for the launcher
+and the job): the model folders (``config.json``, weights, tokenizer), the data files' first rows and
+``data.task``'s reward file or module, ``trainer.output_dir`` (not under a file, writable), what the rollout
+engine can serve on the job's kind of machine (GPUs, or CPUs with ``--cpu``), the tokenizers of student and
+teacher. Without a container the job runs on a filesystem the launching machine shares (a Slurm cluster's
+requirement), so every path is checked here as the job will read it. In a container the config's paths are the
+container's: each must lie under one of ``--mounts`` (``host:container``) -- a ``trainer.output_dir`` under no
+mount would vanish with the container, checkpoints and all -- and is checked at its host path. The job checks
+everything again when it starts, with what only its node can see (its GPUs, FP8, its own view of the files).
 """
 from __future__ import annotations
 
@@ -93,34 +96,47 @@ def unmounted_paths(config: RunConfig, mounts: Sequence[str]) -> list[str]:
     return problems
 
 
-def file_problems(config: RunConfig, *, container: bool, mounts: Sequence[str] = ()) -> list[str]:
-    """Everything the job would find missing or unreadable, one line each naming the key (see the module)."""
-    from rlad_megatron.data.check import check_data_files
-    from rlad_megatron.models.folder_check import ModelFolderError, check_model_folder
+def file_problems(config: RunConfig, *, container: bool, mounts: Sequence[str] = (), cuda: bool = True) -> list[str]:
+    """Everything that would stop the job when it starts, one line each naming the key: the run's own checks
+    (``rlad_megatron.trainer.setup.checks.run_problems`` for a job computing on GPUs, ``cuda``, or on CPUs: model
+    folders, data and its first rows, the reward reference, the output folder, what the engine can serve there,
+    tokenizers), on the paths as this machine sees them (see the module)."""
+    from rlad_megatron.trainer.setup.checks import run_problems  # lazy: torch comes with the trainer's checks
 
     problems = unmounted_paths(config, mounts) if container else []
     if problems:
         return problems
+    if not container:
+        return run_problems(config, cuda=cuda)
     here = locator(container=container, mounts=mounts)
-    for key in ("model.student", "model.teacher"):
-        path = getattr(config.model, key.split(".")[1])
-        if key == "model.teacher" and not teacher_needed(config):
-            continue
-        try:
-            check_model_folder(here(path), key)
-        except ModelFolderError as err:
-            problems.append(str(err) if here(path) == path else f"{err} (the container's {path})")
-    data = config.data
-    if container:  # read the data where this machine sees it
-        task = data.task
-        from rlad_megatron.tasks.registry import reference_file
+    seen = [(here(path), path) for _, path in _paths(config)]
+    problems = run_problems(_located(config, here), cuda=cuda)
+    return [_naming_the_container_path(p, seen) for p in problems]
 
-        task_file = reference_file(task)
-        if task_file:
-            task = f"{here(task_file)}:{task.rpartition(':')[2]}"
-        data = dataclasses.replace(
-            data, task=task,
-            train_files=[f if f.startswith("hub:") else here(f) for f in data.train_files],
-            eval_files=[f if f.startswith("hub:") else here(f) for f in data.eval_files])
-    problems += check_data_files(data)
-    return problems
+
+def _located(config: RunConfig, here: Callable[[str], str | None]) -> RunConfig:
+    """``config`` with every path of the job replaced by where this machine sees it."""
+    from rlad_megatron.tasks.registry import reference_file  # lazy, as in _paths
+
+    model, data = config.model, config.data
+    task = data.task
+    task_file = reference_file(task)
+    if task_file:
+        task = f"{here(task_file)}:{task.rpartition(':')[2]}"
+    model = dataclasses.replace(model, student=here(model.student) or model.student,
+                                teacher=(here(model.teacher) or model.teacher) if model.teacher else model.teacher)
+    data = dataclasses.replace(
+        data, task=task,
+        train_files=[f if f.startswith("hub:") else here(f) or f for f in data.train_files],
+        eval_files=[f if f.startswith("hub:") else here(f) or f for f in data.eval_files])
+    trainer = dataclasses.replace(config.trainer,
+                                  output_dir=here(config.trainer.output_dir) or config.trainer.output_dir)
+    return dataclasses.replace(config, model=model, data=data, trainer=trainer)
+
+
+def _naming_the_container_path(problem: str, seen: list[tuple[str | None, str]]) -> str:
+    """``problem`` (about a path as this machine sees it) with the container's path of that file added."""
+    for host, inside in sorted(seen, key=lambda pair: -len(pair[0] or "")):
+        if host and host != inside and host in problem:
+            return f"{problem} (the container's {inside})"
+    return problem

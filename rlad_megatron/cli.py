@@ -11,58 +11,47 @@ from pathlib import Path
 
 
 def _train(args: argparse.Namespace) -> int:
+    """Check, then build: every problem knowable before a process group starts or a model loads is found first
+    (the config, then ``trainer.setup.checks.run_problems``), said once on the console (``refusal.refuse``: global
+    rank 0 under torchrun) and the command exits 2; then the run's folder (its lock, what to resume), then the
+    run, whose output goes to ``train.log``."""
     # lazy, as every import of this module: `--help` and the other commands do not load the trainer's parts
-    from rlad_megatron.config import ConfigError, load_run_config, teacher_use
-    from rlad_megatron.fp8 import check_run_hardware
+    from rlad_megatron.config import ConfigError, load_run_config
+    from rlad_megatron.refusal import refuse
 
     try:
         config = load_run_config(args.config, args.overrides)
-        check_run_hardware(config)  # job start: validation is pure, what the config asks of this machine is here
     except ConfigError as err:
-        print(f"rlad-megatron train: bad configuration: {err}", file=sys.stderr)
-        return 2
+        return refuse([f"bad configuration: {err}"], command=COMMAND)
     # lazy: `config` and `--help` do not load the trainer
-    from rlad_megatron.models.folder_check import ModelFolderError, check_model_folder
-    from rlad_megatron.trainer.checkpoints.run_dir import RunDirError, check_output_path
+    from rlad_megatron.trainer.setup.checks import run_problems
 
-    try:  # before any process group: a wrong path is one line, not a hub lookup and a traceback per rank
-        check_model_folder(config.model.student, "model.student")
-        if config.model.teacher and teacher_use(config.loss) != "none":
-            check_model_folder(config.model.teacher, "model.teacher")
-    except ModelFolderError as err:
-        if os.environ.get("RANK", "0") == "0":
-            print(f"rlad-megatron train: {err}", file=sys.stderr)
-        return 2
-    # lazy, as every import of this module: `--help` and the other commands stay light
-    from rlad_megatron.data.check import check_data_files
-
-    problems = check_data_files(config.data)  # the data files' first rows, before any model or process group
+    # this machine, model folders, data and its first rows, the reward reference, output folder, what the engine
+    # can serve here, tokenizers: before any process group, model or file of the run
+    problems = run_problems(config)
     if problems:
-        if os.environ.get("RANK", "0") == "0":
-            for problem in problems:
-                print(f"rlad-megatron train: {problem}", file=sys.stderr)
-        return 2
+        return refuse(problems, command=COMMAND)
 
     rank0 = os.environ.get("RANK", "0") == "0"  # torchrun's global rank; the process group does not exist yet
     # lazy: `config` and `--help` do not load the trainer
     from rlad_megatron.run_lock import RunLockError, hold_run_lock
 
-    out = Path(config.trainer.output_dir)
     try:
-        check_output_path(out)
-        lock = hold_run_lock(out, rank0=rank0)  # one writer per run: a second run on this folder stops here
-    except (RunDirError, RunLockError) as err:
-        if rank0:
-            print(f"rlad-megatron train: {err}", file=sys.stderr)
-        return 2
+        lock = hold_run_lock(Path(config.trainer.output_dir), rank0=rank0)  # one writer per run
+    except RunLockError as err:
+        return refuse([str(err)], command=COMMAND)
     try:
         return _train_holding_the_lock(args, config, lock, rank0)
     finally:
         lock.release()
 
 
+COMMAND = "rlad-megatron train"
+
+
 def _train_holding_the_lock(args: argparse.Namespace, config, lock, rank0: bool) -> int:
     from rlad_megatron.atomic_write import DiskFullError  # lazy: `config` and `--help` do not load the trainer
+    from rlad_megatron.refusal import refuse
     from rlad_megatron.trainer.checkpoints.run_dir import RunDirError, prepare_output_dir
 
     try:
@@ -70,9 +59,7 @@ def _train_holding_the_lock(args: argparse.Namespace, config, lock, rank0: bool)
                                    allow_config_change=args.allow_config_change, rank0=rank0,
                                    requeued=lock.requeued)
     except RunDirError as err:
-        if rank0:
-            print(f"rlad-megatron train: {err}", file=sys.stderr)
-        return 2
+        return refuse([str(err)], command=COMMAND)
     lock.mark_running()
     if rank0:
         for note in start.notes:
@@ -82,16 +69,32 @@ def _train_holding_the_lock(args: argparse.Namespace, config, lock, rank0: bool)
 
     # From here on third-party output (vLLM, Megatron, torch, warnings) goes to the run's train.log, not the console.
     send_output_to_log(Path(config.trainer.output_dir) / "train.log", tag=rank_tag())
-    from rlad_megatron.trainer.loop import train  # lazy: `config` and `--help` do not load the trainer
+    # lazy: `config` and `--help` do not load the trainer
+    from rlad_megatron.data.sources import DatasetError
+    from rlad_megatron.pools.world import join_job
 
     try:
-        train(config, resume=start.resume)
+        # One SPMD program: with a Megatron teacher pool (teacher.placement=separate) the job's last teacher.ranks
+        # ranks serve the teacher and the others train; without one every rank trains.
+        if join_job(config).role == "teacher":
+            from rlad_megatron.pools.teacher_rank import serve_teacher  # lazy, as above
+
+            serve_teacher(config)
+        else:
+            from rlad_megatron.trainer.loop import train  # lazy, as above
+
+            train(config, resume=start.resume, check=False)  # checked above, before the lock
     except DiskFullError as err:  # the traceback goes to train.log; the console gets one line
         import traceback  # lazy: `config` and `--help` do not load the trainer
 
         traceback.print_exc()
-        say(f"rlad-megatron train: {err}")
+        say(f"{COMMAND}: {err}")
         return 2
+    except DatasetError as err:  # a bad row past the first ones the checks read: the traceback goes to train.log
+        import traceback  # lazy: `config` and `--help` do not load the trainer
+
+        traceback.print_exc()
+        return refuse([str(err)], command=COMMAND)
     # Everything is written and closed: spare the interpreter's final garbage collection a pass over vLLM's, Megatron's
     # and torch's objects (~3 s a process on 2 cores, at every job's end). Exit handlers still run.
     import gc

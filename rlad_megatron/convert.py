@@ -33,6 +33,7 @@ from rlad_megatron.models.hf_config import ModelArch, load_arch, padded_vocab_si
 from rlad_megatron.models.hf_export import TOKENIZER_FILES, export_hf_checkpoint
 from rlad_megatron.models.layout import stage_overrides
 from rlad_megatron.parallel import initialize_model_parallel
+from rlad_megatron.refusal import refuse
 
 ARCH_FILE = "rlad_arch.json"
 META_FILE = "rlad_checkpoint.json"
@@ -239,10 +240,8 @@ def run(args: argparse.Namespace) -> int:
     """Execute a parsed ``convert`` command on this rank."""
     try:
         check_arguments(args)
-    except (ValueError, FileNotFoundError) as err:
-        if _is_rank0():
-            print(f"rlad-megatron convert {args.direction}: {err}", file=sys.stderr)
-        return 2
+    except (ValueError, FileNotFoundError) as err:  # before any process group: said once under torchrun
+        return refuse([str(err)], command=f"rlad-megatron convert {args.direction}")
 
     stages = {"first_stage_layers": args.first_stage_layers, "last_stage_layers": args.last_stage_layers,
               "ep": args.ep}

@@ -6,7 +6,7 @@ One implementation per file (``vllm_engine.py`` is the real one). Everything her
 from __future__ import annotations
 
 import dataclasses
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, Sequence, runtime_checkable
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,9 +51,11 @@ class PromptResult:
 
 @runtime_checkable
 class RolloutEngine(Protocol):
-    """A generator of student samples that can receive new weights.
+    """A generator of student samples that can receive new weights: every call the trainer, the evaluator and the
+    weight synchronizer make on an engine (no caller looks for a method with ``hasattr``).
 
     ``generate`` takes prompts as token-id lists (the trainer tokenizes once, so learner and engine agree on ids).
+    The weight-sync calls (``begin_sync``, buckets, ``finish_sync``) go through a transport of ``weight_sync/``.
     """
 
     def generate(self, prompts: Sequence[Sequence[int]], sampling: SamplingSettings) -> list[PromptResult]:
@@ -65,6 +67,54 @@ class RolloutEngine(Protocol):
 
     @property
     def weight_version(self) -> int:
+        ...
+
+    @property
+    def config(self) -> Any:
+        """The engine's settings (a ``VLLMEngineConfig``: model folder, dtype, tensor parallelism, ...)."""
+        ...
+
+    @property
+    def kv_cache_tokens(self) -> int:
+        """How many tokens the engine's KV cache holds (the trainer reports it and what sized it)."""
+        ...
+
+    @property
+    def shards(self) -> int:
+        """How many ranks hold one shard each of this engine and call it together (the external launcher's tensor
+        parallelism; 1: one whole engine)."""
+        ...
+
+    # asynchronous generation: ask now, collect later
+    @property
+    def runs_apart(self) -> bool:
+        """Whether the engine computes in a process of its own, so that the caller computes while a
+        :meth:`request_generate` is served (the disaggregated engine). False: the request is served at once, in the
+        caller's process, and :meth:`collect_generate` only hands the result over."""
+        ...
+
+    def request_generate(self, prompts: Sequence[Sequence[int]], sampling: SamplingSettings) -> None:
+        """Ask for :meth:`generate`'s samples; one request may be in flight, and no other call until it is
+        collected."""
+        ...
+
+    def collect_generate(self) -> tuple[list[PromptResult], int]:
+        """The samples of the request in flight and the weight version that sampled them."""
+        ...
+
+    @property
+    def last_generate_s(self) -> float:
+        """Seconds the engine computed on its latest generation (the step timeline's rollout busy time)."""
+        ...
+
+    # colocation memory (GPU)
+    def sleep(self, level: int) -> None:
+        """Release the engine's GPU memory while the learner computes (level 1: weights to host, KV cache freed;
+        2: both freed)."""
+        ...
+
+    def wake_up(self, part: str) -> None:
+        """Bring back ``part`` ("weights" before a weight sync, "kv_cache" before generation)."""
         ...
 
     def shutdown(self) -> None:

@@ -14,19 +14,30 @@ torchrun's own agent (``torch.distributed.run``) with:
   loopback address, and points gloo at the loopback interface (:mod:`rlad_megatron.loopback`);
 - a fresh rendezvous id, so that ``--max-restarts`` restarts are told apart (each restart is a new round).
 
+A launch whose ranks refuse their input (exit code 2, :mod:`rlad_megatron.refusal`: global rank 0 has printed the
+message) ends with exit code 2 and nothing more on the console: torchrun's own report of the failure (its
+``ChildFailedError`` with the launcher's traceback, and its log lines about stopping the other ranks) is left out.
+torchrun treats every non-zero exit code as a failure (``torch.distributed.elastic``'s agent stops the other ranks
+and ``torch.distributed.run`` raises ``ChildFailedError``); only its caller can tell a refusal from a crash. Any
+other failure is reported by torchrun as before. ``OMP_NUM_THREADS`` defaults to 1 for several ranks, as torchrun
+sets it, without torchrun's banner saying so.
+
 Multi-node jobs use NeMo-Run's torchrun launcher (recipes/executors.py), whose stores must listen on the network.
 """
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import signal
 import sys
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from rlad_megatron.loopback import loopback_interface
+from rlad_megatron.refusal import ENV_SAID, EXIT_CODE
 
 MODULE = "rlad_megatron.launch_local"
 
@@ -61,13 +72,70 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     os.environ["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] = "1"
     os.environ["GLOO_SOCKET_IFNAME"] = loopback_interface()
-    # lazy: torchrun's own module only when launching
+    if options.nproc_per_node > 1:
+        os.environ.setdefault("OMP_NUM_THREADS", "1")  # torchrun's default for several ranks, without its banner
+    # lazy: torchrun's own modules only when launching
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main as torchrun
 
-    with tempfile.TemporaryDirectory(prefix="rlad-rdzv-") as folder:
-        torchrun([*torchrun_args(options.nproc_per_node, Path(folder) / "rendezvous",
-                                 max_restarts=options.max_restarts), *argv[split:]])
+    held = _HoldStopLines()
+    stopping = logging.getLogger(_PROCESS_LOGGER)
+    stopping.addFilter(held)
+    try:
+        with tempfile.TemporaryDirectory(prefix="rlad-rdzv-") as folder:
+            os.environ[ENV_SAID] = str(Path(folder) / "refusals")
+            torchrun([*torchrun_args(options.nproc_per_node, Path(folder) / "rendezvous",
+                                     max_restarts=options.max_restarts), *argv[split:]])
+    except ChildFailedError as err:
+        if refused(err.failures):
+            return EXIT_CODE  # rank 0 said why; torchrun's report would only repeat that a rank exited with 2
+        held.release()
+        raise
+    finally:
+        held.release()
+        stopping.removeFilter(held)
     return 0
+
+
+_PROCESS_LOGGER = "torch.distributed.elastic.multiprocessing.api"
+"""The logger of torchrun's lines about its ranks' processes (stopping them, the first failure)."""
+_STOP_SIGNALS = (-signal.SIGTERM, -signal.SIGKILL)
+
+
+def refused(failures: dict[int, Any]) -> bool:
+    """Whether the failed ranks of a launch (torchrun's ``ChildFailedError.failures``: rank -> failure with an
+    ``exitcode``) refused their input: some exited with :data:`EXIT_CODE`, the others too or were stopped by
+    torchrun (SIGTERM, then SIGKILL)."""
+    codes = [f.exitcode for f in failures.values()]
+    return EXIT_CODE in codes and all(c == EXIT_CODE or c in _STOP_SIGNALS for c in codes)
+
+
+class _HoldStopLines(logging.Filter):
+    """Holds torchrun's "Sending process <pid> closing signal SIGTERM" lines until it logs why the ranks stop:
+    dropped together with "failed (exitcode: 2)" (a refusal, already said by rank 0), released before any other
+    line (a crash, Ctrl-C) and at the end of the launch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[logging.LogRecord] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "rlad_released", False):
+            return True
+        if str(record.msg).startswith("Sending process"):
+            self.held.append(record)
+            return False
+        if str(record.msg).startswith("failed (exitcode") and record.args and record.args[0] == EXIT_CODE:
+            self.held.clear()
+            return False
+        self.release()
+        return True
+
+    def release(self) -> None:
+        held, self.held = self.held, []
+        for record in held:
+            record.rlad_released = True
+            logging.getLogger(record.name).handle(record)
 
 
 if __name__ == "__main__":

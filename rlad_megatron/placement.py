@@ -6,8 +6,10 @@
 The job is one SPMD program (``torchrun`` on every node), so the world is ``nodes * gpus_per_node`` ranks:
 - the learner holds ``world - rollout_gpus - teacher_gpus`` ranks, as DP replicas of ``TP x PP x CP`` GPUs each
   (context parallelism splits each sequence, not the batch: the batch arithmetic counts DP only);
-- a Megatron teacher (``teacher.source=megatron``) lives on the learner's GPUs with the learner's TP/PP layout;
-  a vLLM teacher either shares the learner's GPUs (``teacher_gpus=0``) or has ``teacher_gpus`` of its own;
+- a Megatron teacher (``teacher.source=megatron``) lives on the learner's GPUs with the learner's TP/PP layout, or,
+  with ``teacher.placement=separate``, on ``teacher_gpus = teacher.ranks`` GPUs of its own (the job's last ranks)
+  with its own TP/PP/EP; a vLLM teacher shares the learner's process, or (separate) has one engine per learner
+  replica on ``teacher_gpus`` GPUs of its own;
 - rollout engines are colocated (one per DP replica, engine TP = learner TP, no GPUs of their own) or
   disaggregated (``rollout_gpus`` GPUs, ``rollout_gpus / rollout_tp`` engines).
 Every check raises ``PlacementError`` that spells out the arithmetic and what to change. The recipes call this
@@ -99,6 +101,8 @@ class Placement:
     teacher_gpus: int
     cp: int = 1
     """Context-parallel size: each sequence split over ``cp`` ranks of a replica."""
+    teacher_layout: tuple[int, int, int] = (1, 1, 1)
+    """A separate Megatron teacher's (TP, PP, EP)."""
 
     @property
     def world_size(self) -> int:
@@ -118,10 +122,16 @@ class Placement:
         else:
             lines.append(f"rollout: {self.num_engines} vLLM engine(s) of TP={self.rollout_tp} on {self.rollout_gpus} "
                          "GPUs of their own")
-        if self.teacher == "megatron":
+        if self.teacher == "megatron" and self.teacher_gpus:
+            ttp, tpp, tep = self.teacher_layout
+            lines.append(f"teacher: frozen Megatron model on {self.teacher_gpus} GPUs of its own (the job's last "
+                         f"{self.teacher_gpus} ranks): TP={ttp} x PP={tpp}, EP={tep}, "
+                         f"{self.teacher_gpus // (ttp * tpp)} replica(s)")
+        elif self.teacher == "megatron":
             lines.append(f"teacher: frozen Megatron model on the learner's GPUs (TP={self.tp} x PP={self.pp})")
         elif self.teacher == "vllm":
-            where = f"on {self.teacher_gpus} GPUs of its own" if self.teacher_gpus else "on the learner's GPUs"
+            where = (f"in {self.teacher_gpus} engine processes on GPUs of their own (one per learner replica)"
+                     if self.teacher_gpus else "in the learner's processes")
             lines.append(f"teacher: vLLM scorer {where}")
         else:
             lines.append("teacher: none")
@@ -261,9 +271,13 @@ def plan_placement(config: RunConfig, *, nodes: int, gpus_per_node: int, rollout
 
     # A teacher of its own only when the loss scores with it (sft's teacher is the rollout engine's model).
     teacher_kind = config.teacher.source if teacher_use(config.loss) == "logprobs" and config.model.teacher else "none"
-    if teacher_gpus and teacher_kind != "vllm":
-        raise PlacementError(f"teacher_gpus={teacher_gpus} is only for a vLLM teacher (teacher.source=vllm); "
-                             f"this run's teacher is {teacher_kind!r}")
+    separate = teacher_kind != "none" and config.teacher.placement == "separate"
+    if teacher_gpus and not separate:
+        raise PlacementError(f"teacher_gpus={teacher_gpus} are a teacher pool's GPUs: set teacher.placement=separate "
+                             f"(this run's teacher is {teacher_kind!r}, on the learner's GPUs)")
+    if separate and teacher_kind == "megatron" and teacher_gpus != config.teacher.ranks:
+        raise PlacementError(f"teacher.ranks={config.teacher.ranks} teacher ranks need teacher_gpus="
+                             f"{config.teacher.ranks} GPUs of their own, got teacher_gpus={teacher_gpus}")
 
     learner = world - rollout_gpus - teacher_gpus
     if learner < 1:
@@ -277,6 +291,15 @@ def plan_placement(config: RunConfig, *, nodes: int, gpus_per_node: int, rollout
                              f"replicas (DP would be {learner / per_replica:g}): use a multiple of {per_replica} "
                              f"learner GPUs or change TP/PP{'/CP' if cp > 1 else ''}")
     dp = learner // per_replica
+    if separate and teacher_kind == "vllm" and teacher_gpus != dp:
+        raise PlacementError(f"teacher.placement=separate with a vLLM teacher starts one teacher engine per learner "
+                             f"replica: {world} GPUs - {rollout_gpus} rollout - {teacher_gpus} teacher GPUs leave DP="
+                             f"{dp} replicas, so teacher_gpus must be {dp}; choose teacher_gpus with "
+                             f"(world - rollout_gpus - teacher_gpus) / ({replica}) = teacher_gpus")
+    t = config.teacher
+    if separate and teacher_kind == "megatron" and t.tensor_parallel > gpus_per_node:
+        raise PlacementError(f"teacher.tensor_parallel={t.tensor_parallel} would span nodes ({gpus_per_node} GPUs per "
+                             "node): lower it")
 
     batch_layout(config, dp)
     prompts = config.data.prompts_per_step
@@ -300,12 +323,14 @@ def plan_placement(config: RunConfig, *, nodes: int, gpus_per_node: int, rollout
         if rollout_tp != tp:
             check_model_shape(student, tp=rollout_tp, pp=1, role="student (rollout engine)")
     if teacher is not None and teacher_kind == "megatron":
-        check_model_shape(teacher, tp=tp, pp=pp, role="teacher", fp8=False,
+        ttp, tpp = (t.tensor_parallel, t.pipeline_parallel) if separate else (tp, pp)
+        check_model_shape(teacher, tp=ttp, pp=tpp, role="teacher", fp8=False,
                           first_stage_layers=config.parallel.teacher_first_stage_layers,
                           last_stage_layers=config.parallel.teacher_last_stage_layers)
     return Placement(nodes=nodes, gpus_per_node=gpus_per_node, tp=tp, pp=pp, dp=dp,
                      rollout=config.rollout.placement, rollout_gpus=rollout_gpus, rollout_tp=rollout_tp,
-                     num_engines=num_engines, teacher=teacher_kind, teacher_gpus=teacher_gpus, cp=cp)
+                     num_engines=num_engines, teacher=teacher_kind, teacher_gpus=teacher_gpus, cp=cp,
+                     teacher_layout=(t.tensor_parallel, t.pipeline_parallel, t.expert_parallel))
 
 
 def _rollout_gpus_that_fit(world: int, per_replica: int, rollout_tp: int, nodes: int) -> list[int]:

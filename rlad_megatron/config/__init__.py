@@ -17,8 +17,8 @@ from rlad_megatron.config.parallel import ParallelConfig
 from rlad_megatron.config.parsing import apply_overrides, build_dataclass, flatten_dotted
 from rlad_megatron.config.rollout import RolloutConfig
 from rlad_megatron.config.run import (
-    RunConfig, TeacherUse, load_run_config, megatron_teacher, run_config_from_dict, run_config_to_dict, teacher_use,
-    validate_fp8_run,
+    RunConfig, TeacherPool, TeacherUse, load_run_config, megatron_teacher, run_config_from_dict, run_config_to_dict,
+    teacher_pool, teacher_use, validate_fp8_run, validate_teacher_placement,
 )
 from rlad_megatron.config.teacher import TeacherConfig
 from rlad_megatron.config.trainer import WANDB_MODES, TrainerConfig, WandbConfig
@@ -26,8 +26,9 @@ from rlad_megatron.config.validators import ConfigError
 
 __all__ = [
     "FP8_FORMATS", "FP8_RECIPES", "WANDB_MODES", "ConfigError", "DataConfig", "FP8Settings", "LossConfig",
-    "ModelConfig", "OptimConfig", "ParallelConfig", "RolloutConfig", "RunConfig", "TeacherConfig", "TeacherUse",
+    "ModelConfig", "OptimConfig", "ParallelConfig", "RolloutConfig", "RunConfig", "TeacherConfig", "TeacherPool",
+    "TeacherUse",
     "TrainerConfig", "VLLMEngineConfig", "WandbConfig", "apply_overrides", "build_dataclass", "flatten_dotted",
     "load_run_config", "megatron_teacher", "required_inputs", "run_config_from_dict", "run_config_to_dict",
-    "teacher_use", "validate_fp8_run",
+    "teacher_pool", "teacher_use", "validate_fp8_run", "validate_teacher_placement",
 ]

@@ -80,25 +80,27 @@ class VLLMEngineConfig:
 
         return not torch.cuda.is_available()
 
-    def validate(self) -> None:
+    def validate(self, prefix: str = "VLLMEngineConfig.") -> None:
+        """Check every field; a ``ConfigError`` names the bad one as ``<prefix><field>`` (``eval`` passes
+        ``"--engine-option "``, the flag its user typed)."""
         if not self.model:
-            raise ConfigError("VLLMEngineConfig.model must be a Hugging Face model directory, got an empty string")
-        choice("VLLMEngineConfig.dtype", self.dtype, DType)
-        choice("VLLMEngineConfig.weight_load", self.weight_load, WeightLoad)
-        choice("VLLMEngineConfig.placement", self.placement, Placement)
+            raise ConfigError(f"{prefix}model must be a Hugging Face model directory, got an empty string")
+        choice(f"{prefix}dtype", self.dtype, DType)
+        choice(f"{prefix}weight_load", self.weight_load, WeightLoad)
+        choice(f"{prefix}placement", self.placement, Placement)
         for name in ("max_model_len", "kv_cache_bytes", "max_num_seqs"):
-            at_least(f"VLLMEngineConfig.{name}", getattr(self, name), 1)
-        choice("VLLMEngineConfig.executor", self.executor, EngineExecutor)
-        at_least("VLLMEngineConfig.tensor_parallel_size", self.tensor_parallel_size, 1)
+            at_least(f"{prefix}{name}", getattr(self, name), 1)
+        choice(f"{prefix}executor", self.executor, EngineExecutor)
+        at_least(f"{prefix}tensor_parallel_size", self.tensor_parallel_size, 1)
         if self.tensor_parallel_size > 1 and self.executor != "external_launcher":
             raise ConfigError(
-                f"VLLMEngineConfig.tensor_parallel_size={self.tensor_parallel_size} needs "
-                "executor='external_launcher' (the 'uni' executor runs one shard)"
+                f"{prefix}tensor_parallel_size={self.tensor_parallel_size} needs "
+                f"{prefix}executor=external_launcher (the uni executor runs one shard)"
             )
         if self.gpu_memory_utilization is not None:
-            in_range("VLLMEngineConfig.gpu_memory_utilization", self.gpu_memory_utilization, 0, 1, low_open=True,
+            in_range(f"{prefix}gpu_memory_utilization", self.gpu_memory_utilization, 0, 1, low_open=True,
                      high_open=True)
         if self.cpu_cores and self.placement != "disaggregated":
-            raise ConfigError("VLLMEngineConfig.cpu_cores pins the engine's own process: it needs "
-                              "placement='disaggregated'")
-        at_least("VLLMEngineConfig.reserved_cpus", self.reserved_cpus, 0)
+            raise ConfigError(f"{prefix}cpu_cores pins the engine's own process: it needs "
+                              f"{prefix}placement=disaggregated")
+        at_least(f"{prefix}reserved_cpus", self.reserved_cpus, 0)

@@ -119,12 +119,12 @@ class LossConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ConfigError(f"LossConfig: unknown key(s) {unknown}; known keys are {sorted(known)}")
+            raise ConfigError(f"loss: unknown key(s) {unknown}; known keys are {sorted(known)}")
         config = cls(**dict(values))
         config.validate()
         return config
 
-    def validate(self, section: str = "LossConfig") -> "LossConfig":
+    def validate(self, section: str = "loss") -> "LossConfig":
         """Check every field; raise ``ConfigError`` naming the first bad one as ``{section}.{field}`` (``loss``
         inside a run config). Returns ``self``."""
 
@@ -167,6 +167,17 @@ class LossConfig:
         """Whether the loss has a top-k KL term (KDRL's penalty or the auxiliary ``topk_beta`` term)."""
         return self.topk_in_kd() or self.topk_beta > 0
 
+    def learns_only_from_group_advantages(self) -> bool:
+        """Whether every term of the loss that learns the task is weighted by the group-relative advantage
+        (rlad's and grpo's surrogate, the RL half of kdrl: ``A_i = r_i - mean`` over the responses of one prompt,
+        :mod:`rlad_megatron.loss.advantages`). With one response per prompt every advantage is 0 and such a loss
+        learns nothing; kdrl's reverse KL to the teacher (``kd_beta``) and a top-k term (``topk_beta``) learn
+        without advantages (the reference KL and the entropy bonus only regularise)."""
+        if self.algorithm == "sft":
+            return False
+        kd = self.algorithm == "kdrl" and (self.kd_beta > 0 or bool(self.kd_beta_final))
+        return not kd and self.topk_beta == 0
+
     def _validate_teacher_signals(self, key) -> None:
         if isinstance(self.topk_k, bool) or not isinstance(self.topk_k, int) or self.topk_k < 1:
             raise ConfigError(f"{key('topk_k')} must be an int >= 1, got {self.topk_k!r}")
@@ -175,16 +186,18 @@ class LossConfig:
         greater_than(key("teacher_trust_threshold"), self.teacher_trust_threshold, 0)  # a pass rate in (0, 1]
         if self.uses_topk() and self.topk_kl == "none":
             what = "kd_estimator=topk" if self.topk_in_kd() else f"topk_beta={self.topk_beta!r}"
-            raise ConfigError(f"{key(what)} needs topk_kl=forward or reverse (KDRL's direction is reverse)")
+            raise ConfigError(f"{key(what)} needs {key('topk_kl')}=forward or reverse (KDRL's direction is "
+                              "reverse)")
         if self.topk_beta > 0 and self.algorithm == "sft":
-            raise ConfigError(f"{key('topk_beta')} > 0 needs the student's own samples (rlad, grpo or kdrl), "
-                              "not algorithm=sft")
+            raise ConfigError(f"{key('topk_beta')} > 0 needs the student's own samples ({key('algorithm')}=rlad, "
+                              "grpo or kdrl), not sft")
         if self.topk_kl != "none" and not self.uses_topk():
-            raise ConfigError(f"{key('topk_kl')}={self.topk_kl!r} has no effect: set topk_beta > 0, or "
-                              "kd_estimator=topk with algorithm=kdrl")
+            raise ConfigError(f"{key('topk_kl')}={self.topk_kl} has no effect: set {key('topk_beta')} > 0, or "
+                              f"{key('kd_estimator')}=topk with {key('algorithm')}=kdrl")
         if self.teacher_trust != "none" and not (self.algorithm in ("rlad", "kdrl") or self.uses_topk()):
-            raise ConfigError(f"{key('teacher_trust')}={self.teacher_trust!r} has no effect: algorithm "
-                              f"{self.algorithm!r} has no teacher term (use rlad or kdrl, or a top-k term)")
+            raise ConfigError(f"{key('teacher_trust')}={self.teacher_trust} has no effect: "
+                              f"{key('algorithm')}={self.algorithm} has no teacher term (use rlad or kdrl, or a "
+                              f"top-k term, {key('topk_beta')} > 0)")
 
     def kd_beta_at(self, progress: float) -> float:
         """KDRL weight at ``progress`` in [0, 1] (fraction of training done), following ``kd_beta_schedule``."""

@@ -140,8 +140,8 @@ class RolloutConfig:
         choice("rollout.placement", self.placement, Placement)
         choice("rollout.executor", self.executor, Executor)
         if self.executor == "external_launcher" and self.placement != "colocated":
-            raise ConfigError("rollout.executor='external_launcher' shards the engine over the learner's ranks: it "
-                              "needs rollout.placement='colocated'")
+            raise ConfigError("rollout.executor=external_launcher shards the engine over the learner's ranks: it "
+                              "needs rollout.placement=colocated")
         choice("rollout.dtype", self.dtype, DType)
         at_least("rollout.kv_cache_mb", self.kv_cache_mb, 1)
         if self.gpu_memory_utilization is not None:
@@ -150,11 +150,11 @@ class RolloutConfig:
         choice("rollout.sleep_level", self.sleep_level, (0, 1, 2))
         if self.sleep_level and self.placement != "colocated":
             raise ConfigError("rollout.sleep_level > 0 frees the engine's GPU memory for a learner on the same GPU: "
-                              "it needs rollout.placement='colocated'")
+                              "it needs rollout.placement=colocated")
         at_least("rollout.engine_cpus", self.engine_cpus, 0)
         if self.engine_cpus and self.placement != "disaggregated":
             raise ConfigError("rollout.engine_cpus pins the engine process's cores: it needs "
-                              "rollout.placement='disaggregated'")
+                              "rollout.placement=disaggregated")
         # weight sync
         choice("rollout.weight_load", self.weight_load, WeightLoad)
         at_least("rollout.verify_every", self.verify_every, 0)
@@ -172,12 +172,12 @@ class RolloutConfig:
         if self.tis_cap is not None:
             greater_than("rollout.tis_cap", self.tis_cap, 0)
         if self.mode == "async" and self.placement != "disaggregated":
-            raise ConfigError("rollout.mode='async' generates the next batch while the learner trains, which needs the "
-                              "engine in a process of its own: set rollout.placement='disaggregated' (on GPUs the "
-                              "engines take GPUs after the learner's), or rollout.mode='sync'")
+            raise ConfigError("rollout.mode=async generates the next batch while the learner trains, which needs the "
+                              "engine in a process of its own: set rollout.placement=disaggregated (on GPUs the "
+                              "engines take GPUs after the learner's), or rollout.mode=sync")
         if self.mode == "async" and self.max_staleness >= 1 and (self.temperature != 1.0 or self.top_p != 1.0):
             raise ConfigError(
-                f"rollout.mode='async' trains on batches sampled by the previous weights and takes the engine's "
+                f"rollout.mode=async trains on batches sampled by the previous weights and takes the engine's "
                 f"log-probs as the sampling policy's, but with temperature={self.temperature} / top_p={self.top_p} "
                 "those are of the tempered/truncated distribution, not the model's: set rollout.temperature=1 and "
-                "rollout.top_p=1, or rollout.max_staleness=0, or rollout.mode='sync'")
+                "rollout.top_p=1, or rollout.max_staleness=0, or rollout.mode=sync")

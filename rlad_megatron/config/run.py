@@ -63,7 +63,14 @@ class RunConfig:
                               "with loss.topk_beta=0, loss.kd_estimator=k1|k2|k3 and loss.teacher_trust=none")
         if teacher_use(self.loss) != "none" and not self.model.teacher:
             raise ConfigError(f"loss.algorithm={self.loss.algorithm!r} needs model.teacher (a HF directory)")
+        if self.rollout.group_size == 1 and self.loss.learns_only_from_group_advantages():
+            raise ConfigError(
+                f"rollout.group_size=1 with loss.algorithm={self.loss.algorithm}: its advantages are relative to the "
+                "group of responses to one prompt (reward minus the group's mean), so with one response per prompt "
+                "every advantage is 0 and the run learns nothing: set rollout.group_size to 2 or more (8 in the "
+                "paper)")
         validate_fp8_run(self)
+        validate_teacher_placement(self)
         return self
 
 
@@ -90,10 +97,39 @@ def teacher_use(loss: LossConfig) -> TeacherUse:
 
 def megatron_teacher(config: RunConfig) -> bool:
     """Whether the run loads its teacher as a frozen Megatron GPTModel in the learner's processes (the one place
-    of this rule): the loss takes teacher log-probs and ``teacher.source`` is "megatron". Such a teacher is laid
-    out like the student (TP/PP/EP), counted in the memory plan and split by expert parallelism; a vLLM teacher
-    is a scoring engine instead."""
-    return teacher_use(config.loss) == "logprobs" and config.teacher.source == "megatron"
+    of this rule): the loss takes teacher log-probs, ``teacher.source`` is "megatron" and the teacher is not in a
+    pool of its own. Such a teacher is laid out like the student (TP/PP/EP), counted in the memory plan and split
+    by expert parallelism; a vLLM teacher is a scoring engine instead, a teacher pool has ranks and a layout of its
+    own (:func:`teacher_pool`)."""
+    return (teacher_use(config.loss) == "logprobs" and config.teacher.source == "megatron"
+            and config.teacher.placement == "colocated")
+
+
+TeacherPool = typing.Literal["none", "megatron", "vllm"]
+
+
+def teacher_pool(config: RunConfig) -> TeacherPool:
+    """Which teacher pool of its own the run has (the one place of this rule): "megatron" (teacher ranks of the
+    job), "vllm" (teacher engine processes), or "none" (the teacher, if any, lives with the learner)."""
+    if config.teacher.placement != "separate" or teacher_use(config.loss) != "logprobs":
+        return "none"
+    return "megatron" if config.teacher.source == "megatron" else "vllm"
+
+
+def validate_teacher_placement(config: RunConfig) -> None:
+    """``teacher.placement`` against the loss and the rollout placement; raises ``ConfigError``."""
+    t = config.teacher
+    if t.placement == "separate" and teacher_use(config.loss) != "logprobs":
+        raise ConfigError(f"teacher.placement=separate puts a scoring teacher in a pool of its own, but "
+                          f"loss.algorithm={config.loss.algorithm!r} takes no teacher log-probs: set "
+                          "teacher.placement=colocated")
+    if (t.source == "vllm" and t.placement == "colocated" and teacher_use(config.loss) == "logprobs"
+            and config.rollout.placement == "disaggregated"):
+        raise ConfigError("teacher.source=vllm with rollout.placement=disaggregated: a colocated vLLM teacher would "
+                          "be a one-rank engine inside the learner's process (refused off LOCAL_RANK 0, and next to "
+                          "the learner vLLM's start-up check of free GPU memory fails); set "
+                          "teacher.placement=separate (the teacher in engine processes of its own, like the "
+                          "rollout engines)")
 
 
 def validate_fp8_run(config: RunConfig) -> None:

@@ -95,13 +95,15 @@ def load_prompt_dataset(source: str | Sequence[str], task: Task, tokenizer: Any,
                         bad_rows: str = "error", over_budget: str = "skip", split: str = "train",
                         cache_dir: str | None = None, limit: int | None = None,
                         chat_template_kwargs: Mapping[str, Any] | None = None,
-                        fields: Mapping[str, str] | None = None) -> PromptDataset:
+                        fields: Mapping[str, str] | None = None,
+                        bad_rows_key: str = "data.bad_rows") -> PromptDataset:
     """Load, validate, template, tokenize and length-filter a prompt dataset for ``task``.
 
     ``source``: one source or a list (each read on its own; see :mod:`rlad_megatron.data.sources`). ``split``: the
     split of dataset folders and hub datasets (``data.split``; a file is read whole). ``fields``: the column
     mapping ``{target: source column or dotted path}`` (``data.fields``). ``chat_template_kwargs`` go to the
-    tokenizer's chat template (e.g. ``{"enable_thinking": False}``).
+    tokenizer's chat template (e.g. ``{"enable_thinking": False}``). ``bad_rows_key``: the setting a bad row's
+    error tells the user to change (``data.bad_rows``; ``eval`` passes ``--bad-rows``).
 
     Rows without an ``id`` get ``"<file stem>-<row>"``. ``limit`` keeps the first ``limit`` valid prompts.
     The returned dataset's ``report`` holds the counts (also worth logging with ``report.summary()``).
@@ -121,7 +123,7 @@ def load_prompt_dataset(source: str | Sequence[str], task: Task, tokenizer: Any,
     def reject(reason: str, name: str, row: int, field: str, what: str) -> None:
         msg = f"{name}: row {row} (0-based; line {row + 1} of a .jsonl), field {field!r}: {what}"
         if bad_rows == "error":
-            raise DatasetError(msg + " (fix the row, or set bad_rows='skip' to drop such rows)")
+            raise DatasetError(msg + f" (fix the row, or drop such rows with {bad_rows_key}=skip)")
         report.skip(reason, msg)
 
     for name in sources:

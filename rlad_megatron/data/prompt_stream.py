@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from rlad_megatron.data.prompt_dataset import PromptDataset, PromptExample
+from rlad_megatron.data.prompt_dataset import DatasetError, PromptDataset, PromptExample
 
 
 def _fingerprint(dataset: PromptDataset) -> str:
@@ -40,8 +40,9 @@ class PromptStream:
             raise ValueError(f"need 0 <= dp_rank < dp_size, got dp_rank={dp_rank}, dp_size={dp_size}")
         global_batch = batch_size * dp_size
         if len(dataset) < global_batch:
-            raise ValueError(f"dataset {dataset.report.source} has {len(dataset)} prompts, fewer than one global "
-                             f"batch ({batch_size} per rank x {dp_size} ranks = {global_batch})")
+            raise DatasetError(f"data.train_files: {dataset.report.source} has {len(dataset)} usable prompts, fewer "
+                               f"than one global batch ({batch_size} per rank x {dp_size} ranks = {global_batch}, "
+                               "data.prompts_per_step): add prompts, or lower data.prompts_per_step")
         self.dataset = dataset
         self.batch_size = batch_size
         self.seed = seed

@@ -50,6 +50,9 @@ def check_source(source: str) -> None:
     if not os.path.exists(source):
         raise DatasetError(f"data file or folder not found: {source} (a hub dataset is written hub:ORG/NAME)")
     if os.path.isdir(source):
+        if not any(not name.startswith(".") for name in os.listdir(source)):
+            raise DatasetError(f"data folder {source} is empty: no data files to load (a folder holds "
+                               f"{', '.join(sorted(BUILDERS))} files, or a dataset saved with save_to_disk)")
         return
     ext = os.path.splitext(source)[1].lower()
     if ext not in BUILDERS:

@@ -29,6 +29,7 @@ from rlad_megatron.eval.report import EvalReport, SuiteReport
 from rlad_megatron.engine_api import SamplingSettings
 from rlad_megatron.models.folder_check import check_model_folder
 from rlad_megatron.models.stop_tokens import stop_token_ids
+from rlad_megatron.rollout.cpu_attention import cpu_attention_problem
 from rlad_megatron.rollout.vllm_engine import VLLMEngine
 from rlad_megatron.tasks.registry import get_task
 
@@ -89,6 +90,9 @@ def run_benchmarks(model_dir: str, sets: Sequence[EvalSet], k: int, out_dir: str
     if len(set(names)) != len(names):
         raise ValueError(f"--data: benchmark names must differ, got {names}")
     check_model_folder(model_dir, "--model", allow_download=allow_download)
+    served = None if torch.cuda.is_available() else cpu_attention_problem(model_dir, "--model")
+    if served:  # vLLM would load the model, then fail on its first forward pass
+        raise ValueError(served)
     check_engine_options(engine_options or {})
     tasks = {s.name: _build_task(s) for s in sets}
     problems = [p for s in sets for p in check_source_rows(s.source, tasks[s.name], key=f"--data {s.name}",
@@ -107,7 +111,7 @@ def run_benchmarks(model_dir: str, sets: Sequence[EvalSet], k: int, out_dir: str
         datasets[s.name] = load_prompt_dataset(s.source, tasks[s.name], tokenizer, max_prompt_tokens=max_prompt_tokens,
                                                bad_rows=bad_rows, cache_dir=cache_dir, limit=limit,
                                                chat_template_kwargs=chat_template_kwargs, split=s.split,
-                                               fields=s.fields)
+                                               fields=s.fields, bad_rows_key="--bad-rows")
         _say(progress, f"[eval] {s.name}: {datasets[s.name].report.summary()}")
     # Size the engine for the longest prompt actually kept, not the budget (models with short contexts still run).
     longest = max(len(e.prompt_token_ids) for d in datasets.values() for e in d.examples)
@@ -149,11 +153,9 @@ def _engine_config(model_dir: str, seed: int, max_model_len: int, given: Mapping
     options = {"max_model_len": max_model_len, **options}
     try:
         config = VLLMEngineConfig(model=model_dir, seed=seed, **options)
-        config.validate()
+        config.validate(prefix="--engine-option ")  # e.g. kv_cache_bytes=abc: the check names the option
     except TypeError as err:  # e.g. --engine-option seed=abc
         raise ValueError(f"--engine-option: a value of the wrong type ({err})") from None
-    except ValueError as err:  # e.g. --engine-option kv_cache_bytes=abc: the check names the field
-        raise ValueError(f"--engine-option: {err}") from None
     return config
 
 

@@ -224,7 +224,7 @@ def plan_memory(config: RunConfig, *, student: ModelShape, teacher: ModelShape |
 
     # --- the teacher (Megatron, same TP/PP layout)
     uses = teacher_use(c.loss)
-    counted_teacher = megatron_teacher(c) and teacher is not None
+    counted_teacher = megatron_teacher(c) and teacher is not None  # a teacher pool's GPUs: memory_plan/pools.py
     if uses == "logprobs" and teacher is None:
         notes.append("teacher shape unknown: the teacher is not counted")
     if counted_teacher:
@@ -236,6 +236,8 @@ def plan_memory(config: RunConfig, *, student: ModelShape, teacher: ModelShape |
         # teacher.offload: the frozen teacher waits in pinned host memory between scoring passes
         terms.append(Term("teacher weights", tparams.total * wbytes, "score" if c.teacher.offload else "resident",
                           detail))
+    elif uses == "logprobs" and c.teacher.placement == "separate":
+        notes.append("teacher.placement=separate: the teacher's GPUs are planned apart (memory_plan/pools.py)")
     elif uses == "logprobs" and c.teacher.source == "vllm":
         notes.append("teacher.source=vllm: its scoring engine's weights and KV cache are not counted")
 

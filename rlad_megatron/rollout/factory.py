@@ -83,12 +83,14 @@ def check_engine_groups_match_learner(engine_tp: int) -> None:
             )
 
 
-def disaggregated_engine_gpu() -> int | None:
+def disaggregated_engine_gpu(slot: int = 0) -> int | None:
     """The node-local GPU of this rank's disaggregated engine process (None on CPU or off the engine ranks).
 
-    The learner's ranks own GPUs ``0 .. LOCAL_WORLD_SIZE-1`` of their node (torchrun's ``--nproc-per-node`` is the
-    learner's GPUs per node, placement.py's ``learner_gpus``); the engines of the node's model-parallel leaders take
-    the GPUs after those, one each, in local-rank order. Collective over the world (every rank calls it).
+    The job's ranks own GPUs ``0 .. LOCAL_WORLD_SIZE-1`` of their node (torchrun's ``--nproc-per-node``: the
+    learner's ranks, and a Megatron teacher pool's when it shares the node); the engines of the node's
+    model-parallel leaders take the GPUs after those, one each, in local-rank order: ``slot`` 0 the rollout engines,
+    ``slot`` 1 the vLLM teacher engines of a separate teacher after the rollout engines (``slot`` 0 too when the
+    rollout engine is colocated). Collective over the world (every rank calls it).
     """
     if not uses_cuda():
         return None
@@ -98,21 +100,22 @@ def disaggregated_engine_gpu() -> int | None:
     if not mine[2]:
         return None
     learner_gpus = int(os.environ.get("LOCAL_WORLD_SIZE", "0") or 0) or sum(1 for h, *_ in everyone if h == mine[0])
-    return engine_gpu_index(everyone, mine, learner_gpus, torch.cuda.device_count())
+    return engine_gpu_index(everyone, mine, learner_gpus, torch.cuda.device_count(), slot=slot)
 
 
 def engine_gpu_index(everyone: list[tuple[str, int, bool]], mine: tuple[str, int, bool], learner_gpus: int,
-                     device_count: int) -> int:
-    """The GPU of ``mine``'s engine: after the node's ``learner_gpus``, by local-rank order of the node's leaders.
-    ``everyone``: ``(host, local_rank, is_leader)`` of every rank."""
+                     device_count: int, *, slot: int = 0) -> int:
+    """The GPU of ``mine``'s engine: after the node's ``learner_gpus`` and ``slot`` earlier engines per leader, by
+    local-rank order of the node's leaders. ``everyone``: ``(host, local_rank, is_leader)`` of every rank."""
     host, rank, _ = mine
     leaders = sorted(lr for h, lr, leader in everyone if h == host and leader)
-    gpu = learner_gpus + leaders.index(rank)
+    gpu = learner_gpus + slot * len(leaders) + leaders.index(rank)
     if gpu >= device_count:
+        engines = (slot + 1) * len(leaders)
         raise RuntimeError(
-            f"rollout.placement=disaggregated: node {host} runs {learner_gpus} learner ranks and {len(leaders)} "
-            f"engine processes but has {device_count} GPUs; the engines need GPUs of their own after the "
-            f"learner's: launch torchrun with --nproc-per-node <= {device_count - len(leaders)} "
-            "(placement.py's learner GPUs per node)"
+            f"engines of their own (rollout.placement=disaggregated, teacher.placement=separate with a vLLM teacher): "
+            f"node {host} runs {learner_gpus} ranks and {engines} engine processes but has {device_count} GPUs; "
+            f"the engines need GPUs of their own after the ranks': launch torchrun with --nproc-per-node <= "
+            f"{device_count - engines} (placement.py's learner GPUs per node)"
         )
     return gpu

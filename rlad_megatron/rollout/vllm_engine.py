@@ -98,13 +98,16 @@ class VLLMEngine:
         self._seeds_every_request = self.sharded and config.tensor_parallel_size > 1
         self._unseeded_calls = 0
         self._sync_in_progress: int | None = None
+        self._held: tuple[list[PromptResult], int] | None = None  # request_generate's samples, until collected
+        self._last_generate_s = 0.0
         if config.weight_load == "inplace":
             report = self._rpc("rlad_linear_weight_report")
             if report["packed"]:
                 raise RuntimeError(
                     f"weight_load='inplace' needs plain torch weights in every linear layer, but {report['packed']} "
                     f"of {report['plain'] + report['packed']} were pre-packed by vLLM (this vLLM release changed its "
-                    "CPU GEMM dispatch); set VLLMEngineConfig.weight_load='vllm_reload'"
+                    "CPU GEMM dispatch); set rollout.weight_load=vllm_reload (eval: --engine-option "
+                    "weight_load=vllm_reload)"
                 )
 
     # ------------------------------------------------------------------ RolloutEngine
@@ -133,7 +136,9 @@ class VLLMEngine:
                     logprobs=0,
                 )
             )
+        start = time.perf_counter()
         outputs = self._engine_generate([{"prompt_token_ids": list(map(int, p))} for p in prompts], params)
+        self._last_generate_s = time.perf_counter() - start
         results = []
         for prompt, out in zip(prompts, outputs):
             completions = []
@@ -178,6 +183,30 @@ class VLLMEngine:
         self._check_open()
         return int(self._rpc("rlad_version"))
 
+    @property
+    def shards(self) -> int:
+        return self.config.tensor_parallel_size if self.sharded else 1
+
+    # in the caller's process: a request is served at once and held until collected
+    @property
+    def runs_apart(self) -> bool:
+        return False
+
+    def request_generate(self, prompts: Sequence[Sequence[int]], sampling: SamplingSettings) -> None:
+        if self._held is not None:
+            raise RuntimeError("a generate request is already held: collect_generate() it first")
+        self._held = (self.generate(prompts, sampling), self.weight_version)
+
+    def collect_generate(self) -> tuple[list[PromptResult], int]:
+        if self._held is None:
+            raise RuntimeError("collect_generate(): no generate request was made")
+        held, self._held = self._held, None
+        return held
+
+    @property
+    def last_generate_s(self) -> float:
+        return self._last_generate_s
+
     def shutdown(self) -> None:
         """Stop the engine; safe to call twice. Leaves the learner's process groups untouched."""
         if self._closed:
@@ -198,7 +227,8 @@ class VLLMEngine:
         ``enable_sleep_mode``; collective over the engine's shards."""
         self._check_open()
         if not self.config.enable_sleep_mode:
-            raise RuntimeError("VLLMEngine.sleep needs VLLMEngineConfig.enable_sleep_mode=True (rollout.sleep_level)")
+            raise RuntimeError("VLLMEngine.sleep needs an engine built with enable_sleep_mode=True "
+                               "(rollout.sleep_level > 0)")
         if level not in (1, 2):
             raise ValueError(f"VLLMEngine.sleep: level must be 1 or 2, got {level}")
         if self._asleep:
@@ -289,7 +319,8 @@ class VLLMEngine:
             if len(s) + new_tokens > self.config.max_model_len:
                 raise ValueError(
                     f"sequence {i} has {len(s)} tokens + {new_tokens} new > max_model_len="
-                    f"{self.config.max_model_len}: raise VLLMEngineConfig.max_model_len or shorten it"
+                    f"{self.config.max_model_len} (the engine's length: data.max_prompt_tokens + "
+                    "rollout.max_new_tokens; eval: --engine-option max_model_len): raise it or shorten the sequence"
                 )
 
 

@@ -30,7 +30,7 @@ def _private_default_group(state: dict) -> Iterator[None]:
         if not hasattr(c10d, "_update_default_pg"):
             raise RuntimeError(
                 f"torch {torch.__version__} lacks distributed_c10d._update_default_pg: the colocated vLLM engine "
-                "cannot isolate its process group; use placement='disaggregated'"
+                "cannot isolate its process group; use rollout.placement=disaggregated"
             )
     learner_pg = c10d._world.default_pg
     c10d._update_default_pg(None)
@@ -96,12 +96,12 @@ def _plain_cpu_gemm(enabled: bool) -> Iterator[None]:
     if current_platform.is_zen_cpu():
         raise RuntimeError(
             "weight_load='inplace' is not available on vLLM's zentorch platform (it always replaces the linear "
-            "weights); set VLLMEngineConfig.weight_load='vllm_reload'"
+            "weights); set rollout.weight_load=vllm_reload (eval: --engine-option weight_load=vllm_reload)"
         )
     if not hasattr(_custom_ops, "_supports_onednn"):
         raise RuntimeError(
             "this vLLM has no vllm._custom_ops._supports_onednn switch: weight_load='inplace' cannot keep plain "
-            "CPU linear weights; set VLLMEngineConfig.weight_load='vllm_reload'"
+            "CPU linear weights; set rollout.weight_load=vllm_reload (eval: --engine-option weight_load=vllm_reload)"
         )
     saved = _custom_ops._supports_onednn
     _custom_ops._supports_onednn = False
@@ -167,17 +167,17 @@ def _check_gpu_only_settings(config: VLLMEngineConfig) -> None:
         if config.executor == "uni" and local_rank() != 0:
             raise RuntimeError(
                 f"a 'uni' vLLM engine on LOCAL_RANK={local_rank()} would load onto cuda:0 (vLLM's one-process "
-                "executor ignores the rank's device) and move the rank there: use executor='external_launcher' "
+                "executor ignores the rank's device) and move the rank there: use rollout.executor=external_launcher "
                 "(rollout.executor=auto picks it on GPUs), or run the engine disaggregated on its own GPU"
             )
         return
     if config.enable_sleep_mode:
         raise RuntimeError(
-            "VLLMEngineConfig.enable_sleep_mode (rollout.sleep_level > 0) needs CUDA: vLLM's sleep mode releases "
+            "rollout.sleep_level > 0 (the engine's enable_sleep_mode) needs CUDA: vLLM's sleep mode releases "
             "GPU memory through its CuMem allocator and is a no-op on CPU; set rollout.sleep_level=0 here"
         )
     if config.gpu_memory_utilization is not None:
         raise RuntimeError(
-            "VLLMEngineConfig.gpu_memory_utilization (rollout.gpu_memory_utilization) is for GPUs; on CPU the KV "
-            "cache is sized by kv_cache_bytes (rollout.kv_cache_mb): leave it unset"
+            "rollout.gpu_memory_utilization (eval: --engine-option gpu_memory_utilization) is for GPUs; on CPU the KV "
+            "cache is sized by rollout.kv_cache_mb (eval: --engine-option kv_cache_bytes): leave it unset"
         )

@@ -4,6 +4,8 @@
     engine.generate(prompts, sampling)                 # commands and results over a multiprocessing Pipe
     engine.request_generate(prompts, sampling)         # asynchronous rollouts: ask now, ...
     results, version = engine.collect_generate()       # ... collect later (with the weight version that sampled)
+    engine.request_score(sequences, prompt_lens)       # a teacher engine: prompt log-probs, asked now ...
+    scores, seconds = engine.collect_score()           # ... collected later (with the engine's compute time)
     TorchDistTransport(engine).send(version, buckets)  # tensors over a two-rank gloo group (weight_sync/)
 
 The engine process is started with the ``spawn`` method, so it shares nothing with the learner's process (its
@@ -29,8 +31,8 @@ from rlad_megatron.weight_sync.dist_transport import (
     BucketReceiver, bucket_meta, connect_store, join_pair_group, pair_backend, pair_store, send_tensors,
 )
 
-_COMMANDS = ("generate", "generate_versioned", "score", "weight_version", "begin_sync", "finish_sync", "bucket",
-             "shutdown")
+_COMMANDS = ("generate", "generate_versioned", "score", "score_timed", "weight_version", "begin_sync", "finish_sync",
+             "bucket", "shutdown")
 
 
 class EngineProcessError(RuntimeError):
@@ -58,7 +60,8 @@ class RemoteVLLMEngine:
         self._proc.start()
         child_conn.close()
         self._closed = False
-        self._pending = False  # a generate request sent by request_generate and not collected yet
+        self._pending: str | None = None  # "generate" / "score": a request sent and not collected yet
+        self._last_generate_s = 0.0
         self._group = join_pair_group(self._store, 0, timeout_s=start_timeout_s, backend=backend)
         started = self._reply(start_timeout_s)
         self.startup_s = started["startup_s"]
@@ -76,30 +79,54 @@ class RemoteVLLMEngine:
     def weight_version(self) -> int:
         return self._call("weight_version")
 
+    @property
+    def shards(self) -> int:
+        return 1
+
     # asynchronous rollouts: one request in flight at a time, while the learner computes
+    @property
+    def runs_apart(self) -> bool:
+        return True
+
     def request_generate(self, prompts: Sequence[Sequence[int]], sampling: SamplingSettings) -> None:
         """Send a generate request and return at once; :meth:`collect_generate` waits for its result. Until then
         the engine process is busy and every other call is refused (the commands share one pipe)."""
-        self._check_open()
-        if self._pending:
-            raise EngineProcessError("a generate request is already in flight: collect_generate() it first")
-        self._send(("generate_versioned", [list(map(int, p)) for p in prompts], sampling))
-        self._pending = True
+        self._request("generate", ("generate_versioned", [list(map(int, p)) for p in prompts], sampling))
 
     @property
     def generating(self) -> bool:
         """Whether a request of :meth:`request_generate` is in flight."""
-        return self._pending
+        return self._pending == "generate"
 
     def collect_generate(self) -> tuple[list[PromptResult], int]:
         """The results of the request in flight and the engine's weight version that sampled them."""
-        if not self._pending:
-            raise EngineProcessError("collect_generate(): no generate request is in flight")
-        try:
-            results, version = self._reply(self.call_timeout_s)
-        finally:
-            self._pending = False
+        results, version, seconds = self._collect("generate")
+        self._last_generate_s = float(seconds)
         return results, int(version)
+
+    @property
+    def last_generate_s(self) -> float:
+        """Seconds the engine process generated for the latest collected request (measured there)."""
+        return self._last_generate_s
+
+    # a teacher engine: prompt log-probs asked now, collected later (the teacher pool, rlad_megatron/pools/)
+    def request_score(self, sequences: Sequence[Sequence[int]], prompt_lens: Sequence[int]) -> None:
+        """Send a :meth:`score` request and return at once; :meth:`collect_score` waits for its result."""
+        self._request("score", ("score_timed", [list(map(int, s)) for s in sequences], list(map(int, prompt_lens))))
+
+    def collect_score(self) -> tuple[list[list[float]], float]:
+        """The scores of the request in flight and the seconds the engine process computed them."""
+        scores, seconds = self._collect("score")
+        return scores, float(seconds)
+
+    # colocation memory: an engine of its own keeps its GPU
+    def sleep(self, level: int) -> None:
+        raise EngineProcessError("an engine in its own process keeps its GPU: rollout.sleep_level needs "
+                                 "rollout.placement=colocated")
+
+    def wake_up(self, part: str) -> None:
+        raise EngineProcessError("an engine in its own process never sleeps (rollout.sleep_level needs "
+                                 "rollout.placement=colocated)")
 
     def shutdown(self) -> None:
         """Stop the engine process (gracefully, then by force after 60 s); safe to call twice."""
@@ -108,7 +135,7 @@ class RemoteVLLMEngine:
         self._closed = True
         try:
             if self._pending and self._proc.is_alive():  # its answer comes first on the pipe
-                self._pending = False
+                self._pending = None
                 self._reply(60.0)
             if self._proc.is_alive():
                 self._conn.send(("shutdown",))
@@ -139,6 +166,22 @@ class RemoteVLLMEngine:
         self._call("finish_sync", version)
 
     # helpers
+    def _request(self, kind: str, message: tuple) -> None:
+        self._check_open()
+        if self._pending:
+            raise EngineProcessError(f"a {self._pending} request is already in flight: collect it first")
+        self._send(message)
+        self._pending = kind
+
+    def _collect(self, kind: str) -> Any:
+        if self._pending != kind:
+            raise EngineProcessError(f"collect_{kind}(): no {kind} request is in flight"
+                                     + (f" (a {self._pending} request is)" if self._pending else ""))
+        try:
+            return self._reply(self.call_timeout_s)
+        finally:
+            self._pending = None
+
     def _check_open(self) -> None:
         if self._closed:
             raise EngineProcessError("this RemoteVLLMEngine was shut down")
@@ -146,8 +189,8 @@ class RemoteVLLMEngine:
     def _call(self, command: str, *args: Any) -> Any:
         self._check_open()
         if self._pending:
-            raise EngineProcessError(f"engine call {command!r} while a generate request is in flight: "
-                                     "collect_generate() it first")
+            raise EngineProcessError(f"engine call {command!r} while a {self._pending} request is in flight: "
+                                     f"collect_{self._pending}() it first")
         self._send((command, *args))
         return self._reply(self.call_timeout_s)
 
@@ -216,7 +259,10 @@ def _serve(conn, config: VLLMEngineConfig, host: str, port: int, timeout_s: floa
             elif command == "weight_version":
                 result = engine.weight_version
             elif command == "generate_versioned":  # no sync can come between: the version is the sampling one
-                result = (engine.generate(*args), engine.weight_version)
+                result = (engine.generate(*args), engine.weight_version, engine.last_generate_s)
+            elif command == "score_timed":
+                start = time.perf_counter()
+                result = (engine.score(*args), time.perf_counter() - start)
             elif command == "shutdown":
                 engine.shutdown()
                 conn.send(("ok", None))

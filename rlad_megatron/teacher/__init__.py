@@ -1,5 +1,6 @@
 """Frozen models that score the student's samples: the :class:`Teacher` interface (per-token log-probs of a batch)
-with a Megatron implementation (same TP/PP layout as the learner) and a vLLM one (a scoring engine).
+with a Megatron implementation (same TP/PP layout as the learner) and a vLLM one (a scoring engine); a teacher in a
+pool of its own (``teacher.placement: separate``) is ``rlad_megatron.pools.teacher.PooledTeacher``.
 
 The KL reference policy (``loss.kl_beta > 0``, a frozen copy of the initial student) is a Megatron teacher too.
 """

@@ -17,5 +17,25 @@ class Teacher(abc.ABC):
         """``[B, L-1]`` float32 log-probs of ``batch.tokens[:, 1:]`` under this model, on the last pipeline stage
         (None on the other stages). Only response positions (``batch.loss_mask``) are meaningful."""
 
+    last_busy_s: float = 0.0
+    """A teacher apart: the seconds it computed on the latest batch (the step timeline's teacher busy time)."""
+    last_asked_at_arrival: bool = False
+    """A teacher apart: whether the latest batch was asked for as soon as its samples arrived
+    (:meth:`prefetch_rows`)."""
+
+    @property
+    def separate(self) -> bool:
+        """Whether the teacher computes apart from the learner (a pool of its own, ``teacher.placement: separate``):
+        then :meth:`prefetch` starts its work and the learner computes meanwhile."""
+        return False
+
+    def prefetch(self, batch: SequenceBatch) -> None:
+        """Ask for ``batch``'s log-probs ahead of :meth:`token_logprobs` (a teacher apart starts scoring now; one
+        in the learner's ranks scores when asked: nothing to do here)."""
+
+    def prefetch_rows(self, rows: list[list[int]]) -> None:
+        """Ask ahead for the log-probs of these token-id rows (prompt + response, from position 0), as soon as the
+        samples exist: in async mode the rollout pipeline calls it on the leader when the engine's batch arrives."""
+
     def close(self) -> None:
         """Release what the teacher holds (an engine); nothing by default."""

@@ -23,6 +23,7 @@ from rlad_megatron.learner.sequences import SequenceBatch
 from rlad_megatron.loss import Denominators, MetricAccumulator, compute_policy_loss, local_denominators, required_inputs
 from rlad_megatron.loss.tis import tis_weights
 from rlad_megatron.parallel import data_parallel_group, data_parallel_rank_and_size, is_last_pipeline_stage, share_from_one
+from rlad_megatron.trainer.setup.checks import check_run
 from rlad_megatron.trainer.setup.components import Components, build_components
 from rlad_megatron.trainer.checkpoints.run_dir import record_run_config
 from rlad_megatron.trainer.checkpoints.state import TrainerState, find_loadable_checkpoint
@@ -32,6 +33,7 @@ from rlad_megatron.trainer.observability.periodic_eval import evaluate_now, load
 from rlad_megatron.trainer.step.guards import NonFiniteStepGuard, TrainingStopped
 from rlad_megatron.trainer.step.rollout_pipeline import RolloutPipeline
 from rlad_megatron.trainer.step.rollouts import Rollouts, generate_and_score, to_sequence_batch
+from rlad_megatron.trainer.step.timeline import pool_timeline
 from rlad_megatron.trainer.step.truncation import TruncationPolicy
 from rlad_megatron.weight_sync.verify import probe_from_samples
 
@@ -171,10 +173,20 @@ class Trainer:
                                         cfg.rollout.overlong_cache, cfg.rollout.overlong_penalty),
         )
         metrics.update(ahead_metrics)
+        # A teacher pool of its own scores while the learner computes (async: it was asked as soon as the engine's
+        # batch arrived; this is then a no-op); its reply is taken after the old-policy and reference passes.
+        pooled = "teacher_logprobs" in self.needs and s.teacher.separate
+        if pooled:
+            s.teacher.prefetch(batch)
         metrics = self._average_over_dp(metrics)
+        times["time/teacher"] = 0.0
         if cfg.trainer.max_tokens_per_micro_batch is not None and s.layout.dp > 1:
             # Token-budget micro-batches: deal the step's sequences over the DP ranks by token work (the advantages
             # and the global mini-batches stay as they are; see learner/balance.py).
+            if pooled:  # the pool scored this rank's rows: take its reply before they move (the balance carries it)
+                t = time.perf_counter()
+                batch.teacher_logprobs, pooled = s.teacher.token_logprobs(batch), False
+                times["time/teacher"] = time.perf_counter() - t
             batch = balance_over_data_parallel(batch, group_size=rollouts.group_size,
                                                updates=cfg.trainer.updates_per_batch, pad_id=s.pad_id,
                                                group=data_parallel_group())
@@ -182,9 +194,9 @@ class Trainer:
         # Exactly the inputs the loss asks for (loss.required_inputs), nothing more.
         t = time.perf_counter()
         pause_point("teacher", self.step + 1)
-        if "teacher_logprobs" in self.needs:
+        if "teacher_logprobs" in self.needs and not s.teacher.separate:
             batch.teacher_logprobs = s.teacher.token_logprobs(batch)
-        times["time/teacher"] = time.perf_counter() - t
+        times["time/teacher"] += time.perf_counter() - t
 
         if "ref_logprobs" in self.needs:  # the frozen initial student, for the reference-KL term
             batch.ref_logprobs = s.reference.token_logprobs(batch)
@@ -199,6 +211,10 @@ class Trainer:
             # With one update per batch the old policy is the current one: the loss takes logprobs.detach().
             batch.old_logprobs = s.student.policy.token_logprobs(batch, MicroBatching.for_forward(cfg.trainer))
         times["time/old_logprobs"] = time.perf_counter() - t
+        if pooled:  # the teacher pool's reply (waited for only if it is not there yet)
+            t = time.perf_counter()
+            batch.teacher_logprobs = s.teacher.token_logprobs(batch)
+            times["time/teacher"] += time.perf_counter() - t
 
         t = time.perf_counter()
         pause_point("train", self.step + 1)
@@ -219,11 +235,13 @@ class Trainer:
         times["time/step"] = time.perf_counter() - step_start
         times["time/other"] = times["time/step"] - sum(v for k, v in times.items() if k != "time/step")
         metrics.update(times)
+        metrics.update(self._timeline(times))
         metrics["optim/lr"] = lr_at(self.step, cfg)
         metrics["memory/peak_rss_mb"] = _peak_rss_mb()
         return metrics
 
-    _SUMMED_OVER_DP = ("rollout/generated_tokens", "groups/kept_sequences", "reward/errors", "rollout/stale_dropped")
+    _SUMMED_OVER_DP = ("rollout/generated_tokens", "rollout/sequence_tokens", "groups/kept_sequences", "reward/errors",
+                       "rollout/stale_dropped")
 
     def _average_over_dp(self, metrics: dict[str, float]) -> dict[str, float]:
         """Rollout statistics of the whole step: counts summed over data-parallel ranks, the rest averaged."""
@@ -297,6 +315,19 @@ class Trainer:
         self.non_finite.record(self.step, skipped)
         return out
 
+    def _timeline(self, times: dict[str, float]) -> dict[str, float]:
+        """Each pool's busy and waiting seconds in this step (trainer/step/timeline.py)."""
+        cfg, s = self.config, self.parts
+        teacher = "teacher_logprobs" in self.needs
+        return pool_timeline(
+            step_s=times["time/step"], generation_wait_s=times["time/generation"],
+            rollout_busy_s=s.engine.last_generate_s if s.engine is not None else times["time/generation"],
+            rollout_apart=cfg.rollout.placement == "disaggregated",
+            teacher_wait_s=times["time/teacher"] if teacher else None,
+            teacher_busy_s=s.teacher.last_busy_s if teacher and s.teacher.separate else None,
+            teacher_apart=teacher and s.teacher.separate,
+            teacher_asked_ahead=teacher and s.teacher.separate and s.teacher.last_asked_at_arrival)
+
     def _rollout_pipeline(self) -> RolloutPipeline:
         """This run's source of rollouts (``rollout.mode``; trainer/step/rollout_pipeline.py)."""
         cfg, s = self.config, self.parts
@@ -324,10 +355,17 @@ class Trainer:
                 s.engine.sleep(r.sleep_level)
             return out
 
+        on_generated = None
+        if "teacher_logprobs" in self.needs and s.teacher.separate:
+            def on_generated(results) -> None:  # the teacher pool scores batch t + 1 while the learner trains on t
+                s.teacher.prefetch_rows([list(res.prompt_token_ids) + list(c.token_ids)
+                                         for res in results for c in res.completions])
+
         return RolloutPipeline(
             s.engine, s.reward_guard, s.prompts, sampling_for, generate=generate_now, ahead=ahead,
             max_staleness=r.max_staleness if r.mode == "async" else 0,
             share=lambda value: share_from_one(value, s.model_parallel_group), owner=[s.dp_rank, s.layout.dp],
+            on_generated=on_generated,
         )
 
     def _probe_next_syncs_with(self, rollouts: Rollouts | None) -> None:
@@ -346,7 +384,11 @@ class Trainer:
         return share_from_one(metrics or None, s.model_parallel_group, required=False) or {}
 
 
-def train(config: RunConfig, *, resume: bool = False) -> dict[str, float]:
+def train(config: RunConfig, *, resume: bool = False, check: bool = True) -> dict[str, float]:
+    """Check the run (every problem in one :class:`RunCheckError`, before any model loads), then build and train
+    it. ``check=False``: the caller checked it already (``rlad-megatron train``)."""
+    if check:
+        check_run(config)
     return Trainer(config, resume=resume).fit()
 
 

@@ -82,6 +82,7 @@ def _save_body(hf: str, root: str, direct_hf: str) -> dict:
 
     def full_disk(state, folder, *a, **k):  # a partial shard, then the disk is full
         (Path(folder) / f"__partial_{torch.distributed.get_rank()}.distcp").write_bytes(b"x" * 1000)
+        torch.distributed.barrier()  # every rank has written its part (a collective save) before any fails
         raise OSError(errno.ENOSPC, "No space left on device")
 
     dcp.save = full_disk

@@ -1,5 +1,6 @@
 """The real trainer on warm-started tiny models at TP=1, TP=2, PP=2, DP=2 (with packed token-budget micro-batches),
-CP=2, with engines sharded like the learner at TP=2 and PP=2, and at TP=1 with asynchronous rollouts
+CP=2, with engines sharded like the learner at TP=2 and PP=2, with the teacher in a pool of its own (Megatron teacher
+ranks, a vLLM teacher engine process), and at TP=1 with asynchronous rollouts and the Megatron teacher pool
 (a test helper; the library never imports it). Each run is launched once per session, on first use
 (fixture ``layout_runs`` in tests/e2e/conftest.py): test_trainer_layouts compares and checks them all,
 test_console_quiet checks the TP=2 run's console and log (that run also logs to W&B, offline, for that check), and
@@ -50,10 +51,16 @@ LAYOUTS = {
     # tp1's first step with the teacher's log-probs from a vLLM engine instead of the Megatron teacher
     # (tests/e2e/test_trainer_teachers.py compares the two)
     "vllm_teacher": Layout(1, {}, 1, teacher={"source": "vllm"}),
+    # tp1 with the teacher in a pool of its own (teacher.placement=separate), compared with tp1 / vllm_teacher at
+    # 1e-6 (tests/e2e/test_trainer_teachers.py): the Megatron teacher on a rank of its own (the job's last of 2) ...
+    "pool_megatron": Layout(2, {}, 2, teacher={"placement": "separate", "ranks": 1}),
+    # ... and the vLLM teacher in an engine process of its own
+    "pool_vllm": Layout(1, {}, 1, teacher={"source": "vllm", "placement": "separate"}),
     # tp1 with the engine in a process of its own generating batch t+1 while the learner trains on batch t
-    # (docs/async_rollouts.md); on CPU the engine gets one core and the learner the other.
-    "async": Layout(1, {}, STEPS, {"placement": "disaggregated", "mode": "async", "max_staleness": 1,
-                                   "engine_cpus": 1}),
+    # (docs/async_rollouts.md), and the Megatron teacher on a rank of its own scoring batch t+1 as soon as it is
+    # generated; on CPU the engine gets one core, the learner and the teacher rank share the other.
+    "async": Layout(2, {}, STEPS, {"placement": "disaggregated", "mode": "async", "max_staleness": 1,
+                                   "engine_cpus": 1}, teacher={"placement": "separate", "ranks": 1}),
 }
 #: The layout whose console test_console_quiet reads; W&B (offline, no account) is on in it.
 CONSOLE_LAYOUT = "tp2"

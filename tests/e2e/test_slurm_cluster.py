@@ -3,9 +3,12 @@ machine, accounting through slurmdbd; see tools/slurm_local/cluster.sh), waiting
 
 - the quickstart recipe on two nodes (DP=2 across nodes): SUCCEEDED, finite metrics for every step, the student
   exported as a Hugging Face checkpoint;
+- the quickstart recipe on two nodes with the teacher in a pool of its own: the second node's rank serves the
+  Megatron teacher, the first trains (the same checks, and the teacher's log-probs came from the other node);
 - a job whose config is bad (a student folder that does not exist) is reported FAILED, and the log the launcher
   points to holds the rank's error;
-- the quickstart recipe on one node (TP=2), submitted with ``--requeue`` (trainer.resume=auto) and requeued by
+- the quickstart recipe on one node (TP=2; the ranks started by the loopback launcher, rlad_megatron.launch_local,
+  under srun), submitted with ``--requeue`` (trainer.resume=auto) and requeued by
   ``scontrol requeue`` after its first checkpoint: SUCCEEDED, finite metrics, the HF export, and the same per-step
   metrics as the uninterrupted run of the same recipe (the session's LocalExecutor run, tests/e2e/conftest.py).
   One job checks both (the one-node run and the requeue), to keep the suite's time budget;
@@ -134,6 +137,25 @@ def test_two_nodes_dp2(slurm_env, assets, tmp_path):
     assert any(line.split("|")[1] == "2" for line in jobs.splitlines()), (jobs, nodes)
 
 
+def test_two_nodes_learner_and_teacher_pool(slurm_env, assets, tmp_path):
+    """The teacher in a pool of its own on the second node: one torchrun job over both nodes whose last rank serves the
+    Megatron teacher (teacher.placement=separate, teacher.ranks=1) while the first trains."""
+    out = tmp_path / "run"
+    recipe = _recipe(assets, out, nodes=2, tensor_parallel=1,
+                     overrides=["teacher.placement=separate", "teacher.ranks=1"])
+    result = _submit(slurm_env, recipe, "slurm-teacher-pool")
+    rows = _check_run(result, out)
+    for row in rows:  # the teacher's log-probs came from the pool, which computed for every step
+        assert row["loss/kl/teacher_k3"] > 0 and row["timeline/teacher_busy"] > 0, row
+    text = _logs_text(result)
+    (learner,) = [line for line in text.splitlines() if "[rlad] teacher pool (megatron)" in line]
+    (teacher,) = [line for line in text.splitlines() if "[rlad] teacher pool: job ranks 1..1" in line]
+    learner_node, teacher_node = (line.split(" on node ")[1].split()[0].rstrip(")") for line in (learner, teacher))
+    nodes = set(slurm_env.env["RLAD_SLURM_NODES"].split(","))
+    assert {learner_node, teacher_node} == nodes, (learner, teacher, nodes)  # one node each
+    assert f"served {STEPS} round(s)" in text
+
+
 def test_bad_config_fails_with_the_error_in_the_log(slurm_env, assets, tmp_path):
     missing = tmp_path / "no_such_student"
     recipe = _recipe({**assets, "student": str(missing)}, tmp_path / "run")
@@ -143,7 +165,8 @@ def test_bad_config_fails_with_the_error_in_the_log(slurm_env, assets, tmp_path)
     # The rank's own one-line error (the model folder is checked before any process group starts).
     rank_lines = [line for line in _logs_text(result).splitlines()
                   if f"rlad-megatron train: model.student={missing}: no such folder" in line]
-    assert rank_lines, _logs_text(result)[-4000:]
+    assert len(rank_lines) == 1, _logs_text(result)[-4000:]  # said once, by rank 0 (rlad_megatron/refusal.py)
+    assert "Traceback" not in _logs_text(result) and "ChildFailedError" not in _logs_text(result)
 
 
 def _requeue_after_first_checkpoint(cluster: SlurmCluster, recipe, out: Path, name: str, *, requeue: bool) -> dict:
@@ -200,7 +223,10 @@ def test_one_node_tp2_requeued_job_resumes_and_matches_the_uninterrupted_run(slu
     done = _requeue_after_first_checkpoint(slurm_env, with_auto_resume(_recipe(assets, out)), out, "slurm-requeue",
                                            requeue=True)
     got = _check_run(done, out)
-    assert "--nnodes 1 --nproc-per-node 2" in Path(done["sbatch"]).read_text()
+    # one node: the loopback launcher starts the ranks (every socket of the job on the loopback interface)
+    script = Path(done["sbatch"]).read_text()
+    assert "python -m rlad_megatron.launch_local --nproc-per-node=2 -m rlad_megatron.cli train " in script
+    assert "torchrun" not in script
     text = _logs_text(done)
     assert "DUE TO JOB REQUEUE" in text and "resumed from" in text, text[-4000:]
     _matches(reference, got)

@@ -1,6 +1,7 @@
 """The trainer computes exactly the inputs the loss asks for, with either teacher implementation: a Megatron teacher
-and a vLLM teacher give the same first step (same samples, the same teacher log-probs up to float rounding), and
-a KL reference is built and used only when ``loss.kl_beta > 0``, a teacher only when the loss needs one.
+and a vLLM teacher give the same first step (same samples, the same teacher log-probs up to float rounding), either
+one in a pool of its own gives its colocated results within 1e-6 (teacher.placement=separate), and a KL reference is
+built and used only when ``loss.kl_beta > 0``, a teacher only when the loss needs one.
 
 The two RLAD runs are the session's layout runs (tests/e2e/layout_runs.py, warm-started tiny models): tp1 (Megatron
 teacher, kl_beta 0) is both the vLLM teacher's comparison and the run without a reference, and vllm_teacher is its
@@ -46,6 +47,35 @@ def test_vllm_teacher_matches_megatron_teacher(megatron_teacher_step, layout_run
     for key in ("loss/kl/teacher_k3", "loss/loss", "optim/grad_norm"):
         assert vllm[key] == pytest.approx(megatron[key], rel=1e-3, abs=1e-5), key
     assert vllm["time/teacher"] > 0 and megatron["time/teacher"] > 0
+
+
+#: What a step computes; not its clocks (time/, timeline/, the sync's own throughput) or memory.
+_CLOCKS = ("time/", "timeline/", "memory/", "sync/seconds", "sync/gather_seconds", "sync/gbytes_per_s",
+           "rollout/ahead_wait_s")
+
+
+@pytest.mark.parametrize("pooled,colocated,steps", [("pool_megatron", "tp1", 2), ("pool_vllm", "vllm_teacher", 1)])
+def test_teacher_pool_gives_the_colocated_teachers_results(layout_runs, pooled, colocated, steps) -> None:
+    """The teacher in a pool of its own (a Megatron teacher rank, a vLLM teacher engine process) trains exactly as
+    the same teacher in the learner's process: every metric of the first steps within 1e-6 (fp32)."""
+    for step in range(steps):
+        ref, got = layout_runs[colocated].metrics[step], layout_runs[pooled].metrics[step]
+        keys = sorted(k for k in ref if k in got and not k.startswith(_CLOCKS) and isinstance(ref[k], float))
+        assert "loss/loss" in keys and "loss/kl/teacher_k3" in keys and len(keys) > 20, keys
+        for key in keys:
+            assert got[key] == pytest.approx(ref[key], rel=1e-6, abs=1e-6), f"{pooled} step {step + 1} {key}"
+        # the step's timeline: the pool's own compute time, and what the learner waited for it
+        assert got["timeline/teacher_busy"] > 0 and got["timeline/learner_wait"] > 0
+        assert got["timeline/learner_busy"] + got["timeline/learner_wait"] == pytest.approx(got["time/step"])
+    assert layout_runs[colocated].metrics[0]["loss/kl/teacher_k3"] > 0
+
+
+def test_async_teacher_pool_scores_the_next_batch_while_the_learner_trains(layout_runs) -> None:
+    """In async mode the teacher rank is asked for batch t+1 as soon as the engine delivers it (while the learner
+    trains on batch t); the first batch, generated at the top of step 1, is asked for then."""
+    metrics = layout_runs["async"].metrics
+    assert [m["timeline/teacher_asked_at_arrival"] for m in metrics] == [0.0] + [1.0] * (len(metrics) - 1)
+    assert all(m["timeline/teacher_busy"] > 0 for m in metrics)
 
 
 def test_reference_and_teacher_only_when_the_loss_needs_them(megatron_teacher_step, paths, tmp_path: Path) -> None:

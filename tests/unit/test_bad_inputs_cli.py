@@ -65,7 +65,10 @@ def test_a_relative_model_folder_in_a_config_is_never_taken_for_a_hub_id(tmp_pat
     err = capsys.readouterr().err
     assert f"model.student={tmp_path}/cfg/models/Qwen3-0.6B: no such folder" in err
     assert f"hf download ORG/NAME --local-dir {tmp_path}/cfg/models/Qwen3-0.6B" in err
-    assert "huggingface-cli" not in err and "hub id" not in err and len(err.strip().splitlines()) == 1
+    assert "huggingface-cli" not in err and "hub id" not in err
+    # every problem found before the run starts is said, one line each: the data file is missing too
+    assert err.strip().splitlines()[1:] == [f"rlad-megatron train: data.train_files: data file or folder not found: "
+                                            f"{tmp_path}/cfg/train.jsonl (a hub dataset is written hub:ORG/NAME)"]
 
 
 def test_train_names_a_missing_data_file_before_any_model_loads(tmp_path: Path, model: Path, capsys) -> None:

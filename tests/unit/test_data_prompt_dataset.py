@@ -63,7 +63,7 @@ def test_bad_rows_error_names_file_row_field_or_skip_counts(tok, tmp_path, bad_r
     with pytest.raises(DatasetError) as err:
         load(path, tok, tmp_path)
     msg = str(err.value)
-    assert "bad.jsonl" in msg and "row 2" in msg and repr(field) in msg and "bad_rows='skip'" in msg
+    assert "bad.jsonl" in msg and "row 2" in msg and repr(field) in msg and "data.bad_rows=skip" in msg
     d = load(path, tok, tmp_path, bad_rows="skip")
     assert d.report.kept == 4 and d.report.skipped["invalid"] == 1
     assert "x" not in [e.id for e in d]

@@ -27,6 +27,17 @@ def test_too_few_gpus_names_the_fix():
         engine_gpu_index(everyone, ("a", 4, True), 6, 8)
 
 
+def test_teacher_engines_follow_the_rollout_engines():
+    """A vLLM teacher in engine processes of its own (teacher.placement=separate, issue 29's S2): one per learner
+    replica, after the node's ranks and (slot 1) after the rollout engines, never on a learner's GPU."""
+    everyone = _node("a", 4, 2)  # 4 ranks, TP=2: leaders 0 and 2
+    assert engine_gpu_index(everyone, ("a", 0, True), 4, 8, slot=1) == 6
+    assert engine_gpu_index(everyone, ("a", 2, True), 4, 8, slot=1) == 7
+    assert engine_gpu_index(everyone, ("a", 2, True), 4, 8, slot=0) == 5  # a colocated rollout: right after
+    with pytest.raises(RuntimeError, match="4 ranks and 4 engine processes but has 7 GPUs"):
+        engine_gpu_index(everyone, ("a", 2, True), 4, 7, slot=1)
+
+
 def test_pair_backend():
     assert pair_backend(True) == "nccl" and pair_backend(False) == "gloo"
     with pytest.raises(ValueError, match="backend='mpi'"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rlad_megatron.config import RolloutConfig, RunConfig
+from rlad_megatron.config import ConfigError, RolloutConfig, RunConfig
 from rlad_megatron.config.engine import VLLMEngineConfig
 from rlad_megatron.trainer.setup import engine_settings as es
 
@@ -73,7 +73,7 @@ def test_gpu_only_settings_refused_on_cpu_by_name():
     c = RunConfig()
     es.check_gpu_settings(c, cuda=False)  # the defaults are fine everywhere
     c.rollout.sleep_level, c.teacher.offload = 1, True
-    with pytest.raises(RuntimeError) as err:
+    with pytest.raises(ConfigError) as err:
         es.check_gpu_settings(c, cuda=False)
     assert "rollout.sleep_level=1" in str(err.value) and "teacher.offload" in str(err.value)
     es.check_gpu_settings(c, cuda=True)
@@ -81,7 +81,7 @@ def test_gpu_only_settings_refused_on_cpu_by_name():
 
 @pytest.mark.parametrize("changes, message", [
     ({"executor": "ray"}, "rollout.executor"),
-    ({"executor": "external_launcher", "placement": "disaggregated"}, "needs rollout.placement='colocated'"),
+    ({"executor": "external_launcher", "placement": "disaggregated"}, "needs rollout.placement=colocated"),
     ({"gpu_memory_utilization": 1.0}, "gpu_memory_utilization"),
     ({"sleep_level": 3}, "sleep_level"),
     ({"sleep_level": 1, "placement": "disaggregated"}, "sleep_level"),
@@ -94,7 +94,7 @@ def test_rollout_settings_validated(changes, message):
 
 
 def test_engine_config_rejects_tp_without_the_external_launcher():
-    with pytest.raises(ValueError, match="needs executor='external_launcher'"):
+    with pytest.raises(ValueError, match="needs VLLMEngineConfig.executor=external_launcher"):
         VLLMEngineConfig(model="/m", tensor_parallel_size=2).validate()
 
 
@@ -113,7 +113,7 @@ def test_engine_refuses_gpu_only_settings_on_cpu(monkeypatch):
     from rlad_megatron.rollout.vllm_engine import _check_gpu_only_settings
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(RuntimeError, match="enable_sleep_mode .* needs CUDA"):
+    with pytest.raises(RuntimeError, match="rollout.sleep_level > 0 .* needs CUDA"):
         _check_gpu_only_settings(VLLMEngineConfig(model="/m", enable_sleep_mode=True))
     with pytest.raises(RuntimeError, match="gpu_memory_utilization"):
         _check_gpu_only_settings(VLLMEngineConfig(model="/m", gpu_memory_utilization=0.5))
@@ -137,7 +137,7 @@ def test_sleep_level_two_needs_weight_syncs():
     c = RunConfig()
     c.loss.algorithm = "sft"  # the engine serves the teacher: nothing rewrites weights discarded in sleep
     c.rollout.sleep_level = 2
-    with pytest.raises(RuntimeError, match="use rollout.sleep_level=1"):
+    with pytest.raises(ConfigError, match="use rollout.sleep_level=1"):
         es.check_gpu_settings(c, cuda=True)
     c.rollout.sleep_level = 1
     es.check_gpu_settings(c, cuda=True)

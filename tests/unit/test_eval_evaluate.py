@@ -48,6 +48,24 @@ class FakeEngine:
     def weight_version(self) -> int:
         return 0
 
+    shards = 1
+    config = None
+    kv_cache_tokens = 0
+    runs_apart = False
+    last_generate_s = 0.0
+
+    def request_generate(self, prompts, sampling) -> None:
+        self._held = (self.generate(prompts, sampling), 0)
+
+    def collect_generate(self):
+        return self._held
+
+    def sleep(self, level: int) -> None:
+        pass
+
+    def wake_up(self, part: str) -> None:
+        pass
+
     def shutdown(self) -> None:
         pass
 

@@ -157,7 +157,8 @@ def test_rollout_gpus_launch_asynchronous_rollouts(tmp_path, capsys, monkeypatch
     assert "4 vLLM engine(s) of TP=1 on 4 GPUs of their own" in captured.out
     script = next((tmp_path / "nemo").rglob("*_sbatch.sh")).read_text()
     assert "#SBATCH --gpus-per-node=8" in script  # the engines' GPUs are allocated too
-    assert re.search(r"--nnodes 1 --nproc-per-node 4 ", script)  # torchrun starts the learner's ranks only
+    # the loopback launcher (one node) starts the learner's ranks only
+    assert "python -m rlad_megatron.launch_local --nproc-per-node=4 -m rlad_megatron.cli train " in script
     assert "rollout.mode=async" in script
 
 

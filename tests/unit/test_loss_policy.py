@@ -207,7 +207,7 @@ def test_missing_inputs_and_config_errors_name_the_field():
            ("entropy_coef", math.nan), ("kd_beta", -1.0), ("kd_beta_final", -1.0), ("kd_estimator", "x"),
            ("kd_skip_correct", 1), ("aggregation", "mean"), ("kd_beta_schedule", "exp")]
     for field, value in bad:
-        with pytest.raises(ValueError, match=f"LossConfig.{field} "):
+        with pytest.raises(ValueError, match=f"loss.{field} "):
             LossConfig(**{field: value}).validate()
     with pytest.raises(ValueError, match="max_response_len"):
         LossConfig(aggregation="seq-mean-token-sum-norm").validate()

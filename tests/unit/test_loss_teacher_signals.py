@@ -288,17 +288,17 @@ def test_input_shape_errors_name_the_input():
 
 
 @pytest.mark.parametrize("fields,message", [
-    ({"topk_kl": "mixed"}, "LossConfig.topk_kl must be one of"),
-    ({"topk_k": 0}, "LossConfig.topk_k must be an int >= 1"),
-    ({"topk_beta": -1.0}, "LossConfig.topk_beta must be"),
-    ({"topk_beta": 0.1}, r"LossConfig.topk_beta=0.1 needs topk_kl=forward or reverse"),
-    ({"algorithm": "kdrl", "kd_estimator": "topk"}, "LossConfig.kd_estimator=topk needs topk_kl"),
-    ({"topk_kl": "reverse"}, "LossConfig.topk_kl='reverse' has no effect"),
-    ({"algorithm": "sft", "topk_kl": "forward", "topk_beta": 0.1}, "LossConfig.topk_beta > 0 needs"),
-    ({"teacher_trust": "always"}, "LossConfig.teacher_trust must be one of"),
-    ({"teacher_trust_threshold": 0.0}, "LossConfig.teacher_trust_threshold must be > 0"),
-    ({"teacher_trust_threshold": 1.5}, "LossConfig.teacher_trust_threshold must be a number in"),
-    ({"algorithm": "grpo", "teacher_trust": "gate"}, "LossConfig.teacher_trust='gate' has no effect"),
+    ({"topk_kl": "mixed"}, "loss.topk_kl must be one of"),
+    ({"topk_k": 0}, "loss.topk_k must be an int >= 1"),
+    ({"topk_beta": -1.0}, "loss.topk_beta must be"),
+    ({"topk_beta": 0.1}, r"loss.topk_beta=0.1 needs loss.topk_kl=forward or reverse"),
+    ({"algorithm": "kdrl", "kd_estimator": "topk"}, "loss.kd_estimator=topk needs loss.topk_kl"),
+    ({"topk_kl": "reverse"}, "loss.topk_kl=reverse has no effect"),
+    ({"algorithm": "sft", "topk_kl": "forward", "topk_beta": 0.1}, "loss.topk_beta > 0 needs"),
+    ({"teacher_trust": "always"}, "loss.teacher_trust must be one of"),
+    ({"teacher_trust_threshold": 0.0}, "loss.teacher_trust_threshold must be > 0"),
+    ({"teacher_trust_threshold": 1.5}, "loss.teacher_trust_threshold must be a number in"),
+    ({"algorithm": "grpo", "teacher_trust": "gate"}, "loss.teacher_trust=gate has no effect"),
 ])
 def test_config_errors_name_the_key(fields, message):
     with pytest.raises(ValueError, match=message):

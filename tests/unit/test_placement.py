@@ -94,11 +94,29 @@ def test_colocated_rollout_rejects_reserved_gpus_and_other_tp():
 
 def test_teacher_kinds():
     assert plan_placement(_config(algorithm="grpo"), nodes=1, gpus_per_node=8).teacher == "none"
-    plan = plan_placement(_config(teacher_source="vllm", prompts=48), nodes=1, gpus_per_node=8, teacher_gpus=2)
-    assert (plan.teacher, plan.teacher_gpus, plan.dp) == ("vllm", 2, 6)
-    assert "vLLM scorer on 2 GPUs of its own" in plan.describe()
-    with pytest.raises(PlacementError, match=r"teacher_gpus=2 is only for a vLLM teacher .* 'megatron'"):
+    plan = plan_placement(_config(teacher_source="vllm", prompts=48), nodes=1, gpus_per_node=8)
+    assert (plan.teacher, plan.teacher_gpus, plan.dp) == ("vllm", 0, 8)
+    assert "vLLM scorer in the learner's processes" in plan.describe()
+    with pytest.raises(PlacementError, match=r"teacher_gpus=2 are a teacher pool's GPUs: set teacher.placement="
+                                             r"separate .*'megatron'"):
         plan_placement(_config(), nodes=1, gpus_per_node=8, teacher_gpus=2)
+
+
+def test_teacher_pools_take_gpus_of_their_own():
+    vllm = _config(teacher_source="vllm", prompts=48)
+    vllm.teacher.placement = "separate"
+    plan = plan_placement(vllm, nodes=1, gpus_per_node=8, teacher_gpus=4)
+    assert (plan.teacher, plan.teacher_gpus, plan.dp) == ("vllm", 4, 4)
+    assert "vLLM scorer in 4 engine processes on GPUs of their own" in plan.describe()
+    with pytest.raises(PlacementError, match="teacher_gpus must be 6"):
+        plan_placement(vllm, nodes=1, gpus_per_node=8, teacher_gpus=2)
+    megatron = _config(prompts=64)
+    megatron.teacher.placement, megatron.teacher.ranks, megatron.teacher.expert_parallel = "separate", 8, 8
+    plan = plan_placement(megatron, nodes=2, gpus_per_node=8, teacher_gpus=8)
+    assert (plan.teacher, plan.learner_gpus, plan.dp) == ("megatron", 8, 8)
+    assert "on 8 GPUs of its own (the job's last 8 ranks): TP=1 x PP=1, EP=8, 8 replica(s)" in plan.describe()
+    with pytest.raises(PlacementError, match="teacher.ranks=8 teacher ranks need teacher_gpus=8"):
+        plan_placement(megatron, nodes=2, gpus_per_node=8, teacher_gpus=4)
 
 
 def test_model_shape_checks_name_the_counts():

@@ -26,7 +26,8 @@ def test_registry_has_each_run_and_its_baselines():
     for base in ("logic_qwen3_0p6b", "logic_qwen3_1p7b", "math_qwen3_1p7b_base", "math_qwen3_8b_base"):
         for suffix in ("", "_grpo", "_kdrl"):
             assert base + suffix in RECIPES
-    assert "quickstart" in RECIPES and len(RECIPES) == 15  # + the MoE-teacher recipe and its kdrl baseline
+    # + the MoE-teacher recipe, its kdrl baseline and its variant with a teacher pool of its own
+    assert "quickstart" in RECIPES and len(RECIPES) == 16
     with pytest.raises(KeyError, match="unknown recipe 'nope'; known recipes: .*logic_qwen3_0p6b"):
         get_recipe("nope")
 

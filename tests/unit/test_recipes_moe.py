@@ -71,8 +71,8 @@ def test_slurm_dry_run(tmp_path, monkeypatch):
                               container_mounts=["/lustre/models:/models", "/lustre/data:/data"])
     script = rendered_sbatch(launch(recipe, executor, dryrun=True)["experiment_dir"], recipe)
     assert "#SBATCH --nodes=1" in script.splitlines() and "#SBATCH --gpus-per-node=8" in script.splitlines()
-    (run,) = [line for line in script.splitlines() if "torchrun" in line]
-    assert "--nnodes 1 --nproc-per-node 8" in run and " -m rlad_megatron.cli train " in run
+    (run,) = [line for line in script.splitlines() if " -m rlad_megatron.cli train " in line]
+    assert "python -m rlad_megatron.launch_local --nproc-per-node=8 -m rlad_megatron.cli train " in run
     for arg in ("model.teacher=/models/Qwen3-30B-A3B", "model.student=/models/Qwen3-1.7B",
                 "parallel.recompute=full", "trainer.max_tokens_per_micro_batch=65536", "parallel.tensor_parallel=1"):
         assert f" {arg} " in f"{run} ", arg

@@ -29,7 +29,8 @@ def test_hostile_values_stay_literal_in_the_script(tmp_path) -> None:
                               env={"FOO": f"$(touch {marker})", "BAR": "a b; touch x", "PLAIN": "1"})
     script = rendered_sbatch(launch(recipe, executor, dryrun=True)["experiment_dir"], recipe)
     assert "export PLAIN=1" in script  # plain values render as before
-    srun = next(line for line in script.splitlines() if line.startswith("srun ") and "torchrun" in line)
+    srun = next(line for line in script.splitlines()
+                if line.startswith("srun ") and " -m rlad_megatron.cli train " in line)
     assert "--container-image 'img:1 --flag' " in srun and "--container-mounts '/data dir:/data'," in srun
     exports = "\n".join(line for line in script.splitlines() if line.startswith("export "))
     shell = subprocess.run(["bash", "-c", exports + '\nprintf "%s|%s" "$FOO" "$BAR"'], capture_output=True,

@@ -1,5 +1,6 @@
-"""Recipes through real NeMo-Run executors: Slurm dry runs render the sbatch script (nodes, GPUs, srun + torchrun
-line, environment, container); the CLI; executor argument errors. Nothing is submitted."""
+"""Recipes through real NeMo-Run executors: Slurm dry runs render the sbatch script (nodes, GPUs, the srun line --
+the loopback launcher on one node, NeMo-Run's torchrun on several --, environment, container); the CLI; executor
+argument errors. Nothing is submitted."""
 from __future__ import annotations
 
 import io
@@ -34,9 +35,10 @@ def _dry_run(recipe, **kwargs):
     return rendered_sbatch(result["experiment_dir"], recipe)
 
 
-def _torchrun_line(script: str) -> str:
-    lines = [line for line in script.splitlines() if "torchrun" in line]
-    assert len(lines) == 1, lines
+def _run_line(script: str) -> str:
+    """The srun line that starts the trainer's ranks."""
+    lines = [line for line in script.splitlines() if " -m rlad_megatron.cli train " in line]
+    assert len(lines) == 1 and lines[0].startswith("srun "), lines
     return lines[0]
 
 
@@ -50,12 +52,15 @@ def test_slurm_dry_run_renders_the_job(name, nodes):
         assert line in script.splitlines(), line
     for key, value in recipe.env.items():
         assert f"export {key}={value}" in script
-    run = _torchrun_line(script)
+    run = _run_line(script)
     assert run.startswith("srun ") and "--container-image nvcr.io/acme/rlad-megatron:0.1.0" in run
     assert "--container-mounts " + ",".join(MOUNTS) in run
-    assert f"torchrun --rdzv-backend c10d" in run
-    assert re.search(rf"--nnodes {nodes} --nproc-per-node 8 ", run)
-    assert " -m rlad_megatron.cli train " in run
+    if nodes == 1:  # one machine: the loopback launcher starts the 8 ranks (every socket on the loopback interface)
+        assert " python -m rlad_megatron.launch_local --nproc-per-node=8 -m rlad_megatron.cli train " in run
+        assert "torchrun" not in script and "--rdzv" not in run
+    else:  # several nodes: NeMo-Run's torchrun, whose rendezvous listens on the network for the other nodes
+        assert f"torchrun --rdzv-backend c10d" in run
+        assert re.search(rf"--nnodes {nodes} --nproc-per-node 8 ", run)
     assert " ".join(recipe.train_args()[1:4]) in run
     assert f"loss.algorithm={recipe.config.loss.algorithm}" in run
     if name.endswith("_grpo"):
@@ -72,7 +77,7 @@ def test_cli_slurm_dry_run_with_layout_and_overrides(nemorun_home, capsys):
     (path,) = list(nemorun_home.glob("experiments/*/*/logic_qwen3_1p7b_kdrl_2k_sbatch.sh"))
     script = path.read_text()
     assert "#SBATCH --nodes=2" in script and "export NCCL_DEBUG=INFO" in script
-    run = _torchrun_line(script)
+    run = _run_line(script)
     assert "--nnodes 2 --nproc-per-node 8" in run and "trainer.steps=11" in run and "loss.algorithm=kdrl" in run
     assert "rollout.max_new_tokens=2048" in run and "--container-mounts " + ",".join(MOUNTS[:2]) in run
 
@@ -128,7 +133,7 @@ def test_cpu_recipe_asks_slurm_for_no_gpus():
 
     script = _dry_run(quickstart("/s", "/t", "/train.jsonl", output_dir="/results/qs"))
     assert "--gpus-per-node" not in script and "#SBATCH --nodes=1" in script
-    assert "--nproc-per-node 2" in _torchrun_line(script)
+    assert "rlad_megatron.launch_local --nproc-per-node=2 " in _run_line(script)
 
 
 def test_local_submission_uses_the_experiment_folder_and_refuses_another_job_dir(nemorun_home):
@@ -155,7 +160,7 @@ def test_rendered_job_has_absolute_paths(nemorun_home, tmp_path, monkeypatch):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "train.jsonl").write_text("")
     recipe = quickstart("Qwen/Qwen3-0.6B", "/t", "data/train.jsonl", output_dir="runs/qs")
-    run = _torchrun_line(_dry_run_local(recipe))
+    run = _run_line(_dry_run_local(recipe))
     assert f"trainer.output_dir={tmp_path}/runs/qs " in run + " "
     assert f"data.train_files={tmp_path}/data/train.jsonl" in run
     assert "model.student=Qwen/Qwen3-0.6B" in run  # not a local path: left as given
@@ -178,7 +183,7 @@ def test_requeue_renders_requeue_and_resume_auto(nemorun_home, capsys):
     recipe = with_auto_resume(recipe.with_overrides(["trainer.save_every=1"]))
     script = _dry_run_local(recipe, requeue=True)
     assert "#SBATCH --requeue" in script.splitlines() and "#SBATCH --open-mode=append" in script.splitlines()
-    assert "trainer.resume=auto" in _torchrun_line(script)
+    assert "trainer.resume=auto" in _run_line(script)
     assert "#SBATCH --requeue" not in _dry_run_local(recipe)
     code = main(["logic_qwen3_0p6b", "--executor", "slurm", "--dryrun", "--account", "a", "--requeue",
                  "trainer.save_every=0"])

@@ -41,6 +41,8 @@ class _Stream:
 class _Engine:
     """Answers prompt ``[k]`` with response ``[k, version]`` (log-prob -version); records every request."""
 
+    runs_apart = True
+
     def __init__(self) -> None:
         self.weight_version = 1
         self.requests: list[tuple[list[list[int]], int, int]] = []  # (prompts, seed, version when asked)
@@ -220,8 +222,39 @@ def test_a_batch_saved_by_another_layout_is_generated_again_not_taken() -> None:
     assert _prompts(rollouts) == [2, 3] and metrics["rollout/staleness"] == 0.0
 
 
+def test_the_batch_asked_ahead_is_handed_over_as_soon_as_it_arrives() -> None:
+    """``on_generated`` gets the engine's results from the arrival thread, before the step's end collects them (the
+    trainer asks the teacher pool there); an error in it reaches the main thread at finish_step."""
+    import threading
+
+    engine, arrived = _Engine(), []
+    seen = threading.Event()
+
+    def on_generated(results) -> None:
+        arrived.append([r.prompt_token_ids + r.completions[0].token_ids for r in results])
+        seen.set()
+
+    pipeline = _pipeline(engine, _Stream(), ahead=True, max_staleness=1, on_generated=on_generated)
+    pipeline.take(0, 1)
+    assert seen.wait(10) and arrived == [[[2, 2, 1], [3, 3, 1]]]  # batch 1, while "step 0 trains"
+    pipeline.finish_step()
+    rollouts, _ = pipeline.take(1, 2)
+    assert _prompts(rollouts) == [2, 3]
+    pipeline.finish_step()
+
+    def broken(results) -> None:
+        raise OSError("the teacher pool went away")
+
+    failing = _pipeline(_Engine(), _Stream(), ahead=True, max_staleness=1, on_generated=broken)
+    failing.take(0, 1)
+    with pytest.raises(OSError, match="teacher pool went away"):
+        failing.finish_step()
+
+
 def test_pipeline_refuses_what_cannot_work() -> None:
     class _InProcess:
+        runs_apart = False
+
         def generate(self, prompts, sampling):
             return []
 
@@ -237,7 +270,7 @@ def test_pipeline_refuses_what_cannot_work() -> None:
 
 def test_rollout_mode_config_is_validated_with_what_to_set() -> None:
     RolloutConfig(mode="async", placement="disaggregated", max_staleness=0).validate()
-    with pytest.raises(ConfigError, match="placement='disaggregated'"):
+    with pytest.raises(ConfigError, match="rollout.placement=disaggregated"):
         RolloutConfig(mode="async").validate()
     with pytest.raises(ConfigError, match="'sync' or 'async'"):
         RolloutConfig(mode="later").validate()

@@ -126,13 +126,17 @@ def test_saved_config_of_an_older_version_compares_against_defaults(tmp_path: Pa
     assert run_changes(saved, _config(tmp_path, "rollout.tis_cap=2")) == ["rollout.tis_cap: None -> 2.0"]
 
 
-def test_cli_refuses_before_training(tmp_path: Path, capsys) -> None:
-    models = {}
-    for role in ("student", "teacher"):  # folders that pass the model-folder check (their contents are not read)
-        folder = models[role] = tmp_path / role
-        folder.mkdir()
-        for name in ("config.json", "model.safetensors", "tokenizer.json"):
-            (folder / name).write_text("{}")
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    """A student and a teacher that pass every check before the run (their weights are never loaded here)."""
+    from rlad_megatron.tiny.hf_model import make_tiny_hf_model
+
+    root = tmp_path_factory.mktemp("models")
+    return {role: make_tiny_hf_model(root / role, family="llama", hidden_size=64, num_heads=2, num_kv_heads=2,
+                                     seed=i) for i, role in enumerate(("student", "teacher"))}
+
+
+def test_cli_refuses_before_training(tmp_path: Path, models: dict[str, Path], capsys) -> None:
     out = tmp_path / "run"
     data = tmp_path / "train.jsonl"  # a data file that passes the data check (which comes first)
     data.write_text('{"prompt": "1+2=", "answer": "3"}\n')
@@ -158,22 +162,18 @@ def test_a_requeued_slurm_job_continues_its_run_whatever_its_command_line(tmp_pa
     assert fresh.resume is False
 
 
-def test_output_dir_under_a_regular_file_is_one_line_naming_the_key(tmp_path: Path, capsys) -> None:
+def test_output_dir_under_a_regular_file_is_one_line_naming_the_key(tmp_path: Path, models: dict[str, Path],
+                                                                   capsys) -> None:
     blocker = tmp_path / "results"
     blocker.write_text("not a folder\n")
     for out, where in ((blocker, "is a file"), (blocker / "run" / "a", f"lies under {blocker}, which is a file")):
         with pytest.raises(RunDirError, match=f"trainer.output_dir={out} {where}, not a folder: choose another "
                                               "trainer.output_dir"):
             prepare_output_dir(_config(out))
-    models = []
-    for role in ("student", "teacher"):
-        (tmp_path / role).mkdir()
-        for name in ("config.json", "model.safetensors", "tokenizer.json"):
-            (tmp_path / role / name).write_text("{}")
-        models.append(f"model.{role}={tmp_path / role}")
     data = tmp_path / "train.jsonl"  # a data file that passes the data check (which comes first)
     data.write_text('{"prompt": "1+2=", "answer": "3"}\n')
-    rc = cli.main(["train", *models, f"data.train_files={data}", f"trainer.output_dir={blocker / 'run'}"])
+    rc = cli.main(["train", *(f"model.{role}={path}" for role, path in models.items()), f"data.train_files={data}",
+                   f"trainer.output_dir={blocker / 'run'}"])
     err = capsys.readouterr().err
     assert rc == 2 and err == (f"rlad-megatron train: trainer.output_dir={blocker / 'run'} lies under {blocker}, "
                                f"which is a file, not a folder: choose another trainer.output_dir (or move the file "

@@ -210,16 +210,13 @@ def test_a_folder_the_lock_created_is_removed_again_when_nothing_was_written(tmp
 
 
 def _fake_inputs(tmp_path: Path) -> list[str]:
-    models = []
-    for role in ("student", "teacher"):  # folders that pass the model-folder check (their contents are not read)
-        folder = tmp_path / role
-        folder.mkdir()
-        for name in ("config.json", "model.safetensors", "tokenizer.json"):
-            (folder / name).write_text("{}")
-        models.append(f"model.{role}={folder}")
+    folder = tmp_path / "student"  # passes the model-folder check; grpo: no teacher whose tokenizer is compared
+    folder.mkdir()
+    for name in ("config.json", "model.safetensors", "tokenizer.json"):
+        (folder / name).write_text("{}")
     data = tmp_path / "train.jsonl"  # a data file that passes the data check (which comes first)
     data.write_text('{"prompt": "1+2=", "answer": "3"}\n')
-    return [*models, f"data.train_files={data}"]
+    return [f"model.student={folder}", "loss.algorithm=grpo", f"data.train_files={data}"]
 
 
 def test_train_on_a_folder_in_use_is_refused_before_anything_loads(tmp_path: Path, capsys) -> None:

@@ -105,7 +105,7 @@ def test_a_bad_reference_is_one_clear_error_at_config_time_or_job_start(tmp_path
         load_run_config(config, ["data.task=my_reward.py:1st"])
     from rlad_megatron.tiny.hf_model import make_tiny_hf_model
 
-    model = make_tiny_hf_model(tmp_path / "s", hidden_size=32, intermediate_size=64, num_heads=2, num_kv_heads=2)
+    model = make_tiny_hf_model(tmp_path / "s", hidden_size=32, intermediate_size=64, num_heads=1, num_kv_heads=1)
     (tmp_path / "t.jsonl").write_text('{"prompt": "1+1=", "answer": "2"}\n')
     from rlad_megatron.cli import main
 

@@ -29,6 +29,8 @@ class _Example:
 class _ScriptedEngine:
     """Returns the given (text, truncated) completions for every prompt; one token per character."""
 
+    weight_version = 0
+
     def __init__(self, completions):
         self.completions = completions
 

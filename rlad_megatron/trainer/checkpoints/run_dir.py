@@ -5,7 +5,9 @@
 - ``--resume`` (or ``trainer.resume=auto`` when a checkpoint exists) continues the run, after comparing the saved
   config with the new one: a change to anything that alters the run (models, loss, data, seeds, optimizer, ...) is
   refused with the list of differences unless ``--allow-config-change``; layout changes (parallel sizes,
-  micro-batches, placement, checkpoint and evaluation cadence) are always fine.
+  micro-batches, placement, checkpoint and evaluation cadence) are always fine. ``--resume`` where there is no
+  checkpoint is refused (a typo in the folder would otherwise start a new run silently); ``trainer.resume=auto``
+  starts fresh there.
 
 Every rank calls :func:`prepare_output_dir` with the same arguments and reads the same files, so all ranks decide
 alike; only global rank 0 moves files, and nothing else writes there before the process group forms.
@@ -144,7 +146,8 @@ def _describe(out: Path, present: list[str]) -> str:
 
 
 def check_output_path(out: Path) -> None:
-    """Refuse an ``output_dir`` that is, or lies under, a regular file (before anything creates it)."""
+    """Refuse an ``output_dir`` that is, or lies under, a regular file, or that this user cannot create or write
+    into (before anything creates it): the folder itself when it exists, else the nearest folder above it."""
     out = Path(out)
     for path in (out, *out.parents):
         if path.exists() or path.is_symlink():
@@ -152,7 +155,22 @@ def check_output_path(out: Path) -> None:
                 where = "is" if path == out else f"lies under {path}, which is"
                 raise RunDirError(f"trainer.output_dir={out} {where} a file, not a folder: choose another "
                                   f"trainer.output_dir (or move the file away)")
+            if not os.access(path, os.W_OK | os.X_OK):
+                what = "is not writable" if path == out else f"cannot be created: {path} is not writable"
+                raise RunDirError(f"trainer.output_dir={out} {what} by this user (uid {os.getuid()}) or its "
+                                  f"filesystem is read-only: choose another trainer.output_dir")
             return
+
+
+def _nothing_to_resume(out: Path, present: list[str]) -> str:
+    if not present:
+        return (f"--resume: trainer.output_dir={out} holds no run to resume (no checkpoint under "
+                f"{out / 'checkpoints'}): check trainer.output_dir (another folder, a typo?), or start a new run "
+                "there without --resume (trainer.resume=auto resumes when a checkpoint exists and starts fresh "
+                "otherwise)")
+    return (f"--resume: trainer.output_dir={out} holds a run ({', '.join(present)}) but no complete checkpoint to "
+            f"resume from (nothing under {out / 'checkpoints'}): start it over with --overwrite (its files are moved "
+            "to <output_dir>.old-<time>), or choose another trainer.output_dir")
 
 
 def prepare_output_dir(config: RunConfig, *, resume: bool = False, overwrite: bool = False,
@@ -167,6 +185,8 @@ def prepare_output_dir(config: RunConfig, *, resume: bool = False, overwrite: bo
     if requeued and mode == "never":
         mode, overwrite = "auto", False
         notes.append(f"Slurm requeued this job: continuing its run in {out} (as trainer.resume=auto)")
+    elif requeued:  # --resume: continues as trainer.resume=auto would, also when its first attempt saved nothing
+        mode = "auto"
     if overwrite and mode != "never":
         raise RunDirError("--overwrite starts a new run; it cannot be combined with --resume or trainer.resume=auto")
     check_output_path(out)
@@ -186,6 +206,8 @@ def prepare_output_dir(config: RunConfig, *, resume: bool = False, overwrite: bo
         )
 
     has_checkpoint = ckf.has_checkpoint(out / "checkpoints")
+    if mode == "always" and not has_checkpoint:
+        raise RunDirError(_nothing_to_resume(out, present))
     saved, source = saved_run_config(out)
     if saved is None and present and mode == "auto":
         raise RunDirError(

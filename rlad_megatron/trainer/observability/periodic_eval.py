@@ -33,7 +33,7 @@ def evaluate_now(config: RunConfig, engine: Any, task: Any, tokenizer: Any, exam
     Scored like training: the training task (``data.task_options``), the run's stop tokens, and a cut-off
     response counts as wrong unless ``rollout.truncated=reward``."""
     metrics: dict[str, float] | None = None
-    shards = engine.config.tensor_parallel_size if getattr(engine, "sharded", False) else 1
+    shards = engine.shards if engine is not None else 1
     if dist.get_rank() < shards and examples:
         t = config.trainer
         sampling = SamplingSettings(n=t.eval_samples, temperature=t.eval_temperature, top_p=t.eval_top_p,

@@ -4,9 +4,11 @@
 
 One panel per question a user asks of a run (:data:`PANELS`): is the reward (and the held-out accuracy) rising, how
 long are the responses, how far is the student from the teacher, how often do the clips act, and where does a step's
-time go (stacked: generation, teacher scoring, old log-probs, training, weight sync, the rest), and does the engine
-serve what the learner computes (the log-prob gap checked after weight syncs). A panel none of whose keys the run
-logged (e.g. KL to the teacher in a GRPO run) is left out.
+time go (stacked: generation, teacher scoring, old log-probs, training, weight sync, the rest; over it, dashed, the
+seconds each pool computed: the learner, the rollout engines, the teacher, so that the gap up to the top of the stack
+is that pool's waiting time, trainer/step/timeline.py), and does the engine serve what the learner computes (the
+log-prob gap checked after weight syncs). A panel none of whose keys the run logged (e.g. KL to the teacher in a GRPO
+run) is left out.
 
 Keys logged at every step are drawn as a thin raw line plus a moving average; sparse keys (``eval/...``, logged
 every N steps) as points joined by a line.
@@ -29,6 +31,8 @@ class Panel:
     """Metric keys drawn in this panel, in legend order (those the run did not log are skipped)."""
     stacked: bool = False
     """Draw the keys as stacked areas (parts of a whole, e.g. the step time), at the steps that logged them."""
+    lines: tuple[str, ...] = ()
+    """Keys drawn as dashed lines over the stacked areas (e.g. each pool's busy seconds over the step time)."""
 
 
 PANELS: tuple[Panel, ...] = (
@@ -38,9 +42,13 @@ PANELS: tuple[Panel, ...] = (
     Panel("clip fractions", ("loss/clip/low_frac", "loss/clip/high_frac", "loss/clip/dual_frac",
                              "loss/teacher/clamp_frac")),
     Panel("step time (s)", ("time/generation", "time/teacher", "time/old_logprobs", "time/train", "time/sync",
-                            "time/other"), stacked=True),
+                            "time/other"), stacked=True,
+          lines=("timeline/learner_busy", "timeline/rollout_busy", "timeline/teacher_busy")),
     Panel("engine vs learner log-prob gap", ("sync/logprob_max_abs", "sync/logprob_mean_abs")),
 )
+
+#: Colours of the pools' busy lines (learner, rollout, teacher) over the step-time stack.
+POOL_COLORS = ("black", "tab:red", "tab:olive")
 
 #: The keys of the first panel (kept for callers that only want the reward curves).
 DEFAULT_KEYS: tuple[str, ...] = PANELS[0].keys
@@ -98,7 +106,7 @@ def build_figure(metrics_jsonl: Path, panels: Sequence[Panel] = PANELS) -> Any:
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt  # lazy: matplotlib only when drawing
 
-    all_keys = [k for p in panels for k in p.keys]
+    all_keys = [k for p in panels for k in p.keys + p.lines]
     series = read_series(Path(metrics_jsonl), all_keys)
     shown = [p for p in panels if any(k in series for k in p.keys)]
     cols = min(3, max(1, len(shown)))
@@ -122,6 +130,12 @@ def build_figure(metrics_jsonl: Path, panels: Sequence[Panel] = PANELS) -> Any:
                 values = [_moving_average(v, window) for v in values]
                 title = f"{panel.title}, avg {window}"
             ax.stackplot(steps, values, labels=labels, colors=colors[:len(labels)], alpha=0.8)
+            for i, key in enumerate(k for k in panel.lines if k in series):  # each pool's busy seconds
+                line_steps, line_values = series[key]
+                if len(line_steps) >= 8:
+                    line_values = _moving_average(line_values, max(2, len(line_steps) // 20))
+                ax.plot(line_steps, line_values, linestyle="--", linewidth=1.6, color=POOL_COLORS[i % 3],
+                        label=key.replace("timeline/", "") + " (pool busy)")
         else:
             for i, key in enumerate(k for k in panel.keys if k in series):
                 steps, values = series[key]

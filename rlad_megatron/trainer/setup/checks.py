@@ -1,12 +1,32 @@
 """Check, then build: everything knowable about a run before a process group starts or a model loads, checked in one
-place, :func:`check_run`, which :func:`rlad_megatron.trainer.setup.components.build_components` calls first.
+place. :func:`run_problems` lists every problem, one line each naming the input (the dotted config key and the file
+or folder) and the fix; :func:`check_run` raises them as one :class:`RunCheckError`.
 
-``check_run`` reads files (the model folders' ``config.json``, the tokenizers) and looks at this machine (CUDA,
-Transformer Engine); it starts no process group and loads no model, so that it can run on the launching process as
-well. Each check raises an error naming the input (the dotted config key or the folder) and the fix: a
-``ConfigError``, or the ``ValueError`` subclass of the check (``ModelFolderError``, ``TokenizerMismatchError``).
+    problems = run_problems(config)                 # at job start, on every rank: this machine is the job's
+    problems = run_problems(config, cuda=False)     # on a launching machine, for a job that runs on CPUs elsewhere
+
+The callers: ``rlad-megatron train`` on every rank before anything heavy (:mod:`rlad_megatron.cli`, which prints
+the problems once and exits 2), :func:`rlad_megatron.trainer.loop.train` for library users, and the launcher
+(``rlad-megatron launch`` / ``python -m recipes``, through ``recipes/job_checks.py``) before it submits a job. What
+is checked, in the order a user would fix it:
+
+- this machine (job start only): FP8 hardware, context parallelism's needs;
+- the GPU-only settings against where the job computes (CPU or CUDA);
+- the model folders (``config.json``, weights, tokenizer) of the student and the teacher the loss uses;
+- the data: the task (a custom reward reference is resolved, never run), every train/eval file and its first rows
+  (``rlad_megatron.data.check``);
+- ``trainer.output_dir``: not under a regular file, creatable and writable;
+- with readable model folders: expert parallelism against the models, what the rollout engine (and a vLLM
+  teacher) can serve where the job computes (vLLM's CPU attention), the tokenizers (turn ends agree; identical
+  vocabularies when the teacher scores the student's tokens).
+
+Nothing here starts a process group, loads a model or imports megatron or vLLM; the tokenizers are read with
+transformers. ``build_components`` checks nothing: it builds.
 """
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
 
 from rlad_megatron.config import ConfigError, RunConfig, megatron_teacher, teacher_use
 from rlad_megatron.data.check import check_data_files
@@ -17,33 +37,96 @@ from rlad_megatron.models.folder_check import check_model_folder
 from rlad_megatron.models.hf_config import load_arch
 from rlad_megatron.models.stop_tokens import check_turn_ends_agree
 from rlad_megatron.models.teacher import check_tokenizer_compatible
+from rlad_megatron.rollout.cpu_attention import cpu_attention_problem
+from rlad_megatron.trainer.checkpoints.run_dir import check_output_path
 from rlad_megatron.trainer.setup.engine_settings import check_gpu_settings
 
 
-def check_run(config: RunConfig) -> None:
-    """Every check of a run that needs no process group and no model, in the order a user would fix them: this
-    machine, the model folders, the data, the parallel layout against the models, the tokenizers."""
-    check_run_hardware(config)  # validation is pure; what the config asks of this machine is checked here
-    check_gpu_settings(config, uses_cuda())
-    check_model_folders(config)
-    check_data(config)
-    check_context_parallel_supported(config)
-    check_expert_parallel(config.parallel.expert_parallel, expert_parallel_models(config))
-    check_tokenizers(config)
+class RunCheckError(ConfigError):
+    """A run that cannot start; ``problems`` holds one line per problem (the message joins them)."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = list(problems)
 
 
-def check_model_folders(config: RunConfig) -> None:
-    """The student's folder, and the teacher's when the run uses a teacher (log-probs or samples)."""
-    check_model_folder(config.model.student, "model.student")
-    if config.model.teacher and teacher_use(config.loss) != "none":
-        check_model_folder(config.model.teacher, "model.teacher")
-
-
-def check_data(config: RunConfig) -> None:
-    """The data files' first rows give valid records for the task (``data.fields`` applied; no tokenizer)."""
-    problems = check_data_files(config.data)
+def check_run(config: RunConfig, *, cuda: bool | None = None) -> None:
+    """Raise :class:`RunCheckError` with every problem of :func:`run_problems`."""
+    problems = run_problems(config, cuda=cuda)
     if problems:
-        raise ConfigError("; ".join(problems))
+        raise RunCheckError(problems)
+
+
+def run_problems(config: RunConfig, *, cuda: bool | None = None) -> list[str]:
+    """Every problem of the run ``config`` describes, one line each (see the module); [] when it can start.
+
+    ``cuda=None``: this machine is the job's (job start): its hardware is checked and decides whether the job
+    computes on CUDA. ``cuda=True/False``: a launcher checking for a job that runs elsewhere on GPUs / CPUs; this
+    machine's hardware is not looked at, and paths are read as they are (map them first for a container)."""
+    on_node = cuda is None
+    if on_node:
+        cuda = uses_cuda()
+    problems: list[str] = []
+
+    def attempt(check: Callable[[], None], what: str) -> bool:
+        try:
+            check()
+        except ValueError as err:  # ConfigError, ModelFolderError, TokenizerMismatchError, RunDirError's kin
+            problems.append(str(err))
+            return False
+        except (OSError, RuntimeError) as err:  # a file that does not read as its check expects
+            problems.append(f"{what}: {type(err).__name__}: {err}")
+            return False
+        return True
+
+    if on_node:
+        attempt(lambda: check_run_hardware(config), "fp8")
+        attempt(lambda: check_context_parallel_supported(config), "parallel.context_parallel")
+    attempt(lambda: check_gpu_settings(config, cuda), "rollout")
+    folders = [attempt(lambda k=key, p=path: check_model_folder(p, k), key) for key, path in model_folders(config)]
+    problems += check_data_files(config.data)
+    attempt(lambda: check_output_folder(config), "trainer.output_dir")
+    if all(folders):
+        attempt(lambda: check_expert_parallel(config.parallel.expert_parallel, expert_parallel_models(config)),
+                "parallel.expert_parallel")
+        problems += engine_problems(config, cuda=bool(cuda))
+        attempt(lambda: check_tokenizers(config), "model.teacher")
+    return problems
+
+
+def model_folders(config: RunConfig) -> list[tuple[str, str]]:
+    """(key, folder) of the models the run loads: the student, and the teacher when the loss uses one."""
+    folders = [("model.student", config.model.student)]
+    if config.model.teacher and teacher_use(config.loss) != "none":
+        folders.append(("model.teacher", str(config.model.teacher)))
+    return folders
+
+
+def check_output_folder(config: RunConfig) -> None:
+    """``trainer.output_dir`` is not under a regular file, and this user can create it or write into it."""
+    try:
+        check_output_path(Path(config.trainer.output_dir))
+    except RuntimeError as err:  # RunDirError: its message names the key and the fix
+        raise ConfigError(str(err)) from None
+
+
+def engine_models(config: RunConfig) -> list[tuple[str, str]]:
+    """(key, folder) of the models a vLLM engine serves in this run: the rollout engine's (the student, or the
+    teacher whose samples sft trains on) and a vLLM teacher's (``teacher.source=vllm``, colocated or a pool)."""
+    use = teacher_use(config.loss)
+    served = [("model.teacher", str(config.model.teacher))] if use == "samples" else [
+        ("model.student", config.model.student)]
+    if use == "logprobs" and config.teacher.source == "vllm":
+        served.append(("model.teacher", str(config.model.teacher)))
+    return served
+
+
+def engine_problems(config: RunConfig, *, cuda: bool) -> list[str]:
+    """What the run's vLLM engines cannot serve where the job computes (on CPU: vLLM's attention head sizes)."""
+    if cuda:
+        return []
+    found = (cpu_attention_problem(path, key) for key, path in engine_models(config))
+    return [p for p in found if p]
 
 
 def check_context_parallel_supported(config: RunConfig) -> None:
@@ -85,7 +168,8 @@ def check_expert_parallel(expert_parallel: int, models: dict[str, str]) -> None:
 
 def check_tokenizers(config: RunConfig) -> None:
     """With a teacher (it scores the student's turns, or generates them for sft): both chat templates end a turn
-    with the same token; when it scores the student's tokens (log-probs), both tokenizers map every id alike."""
+    with the same token; when it scores the student's tokens (log-probs), both tokenizers map every id alike.
+    Raises ``ConfigError`` naming ``model.teacher`` (the message says how the two differ)."""
     use = teacher_use(config.loss)
     if use == "none" or not config.model.teacher:
         return
@@ -93,8 +177,20 @@ def check_tokenizers(config: RunConfig) -> None:
     from transformers import AutoTokenizer
 
     m = config.model
-    student = AutoTokenizer.from_pretrained(m.student, trust_remote_code=m.trust_remote_code)
-    teacher = AutoTokenizer.from_pretrained(m.teacher, trust_remote_code=m.trust_remote_code)
-    check_turn_ends_agree(student, teacher, config.data.chat_template_kwargs, student=m.student, teacher=m.teacher)
-    if use == "logprobs":
-        check_tokenizer_compatible(m.student, m.teacher)
+    student, teacher = (_tokenizer(AutoTokenizer, key, path, m.trust_remote_code)
+                        for key, path in (("model.student", m.student), ("model.teacher", m.teacher)))
+    try:
+        check_turn_ends_agree(student, teacher, config.data.chat_template_kwargs, student=m.student,
+                              teacher=m.teacher)
+        if use == "logprobs":
+            check_tokenizer_compatible(m.student, m.teacher)
+    except ValueError as err:  # TokenizerMismatchError and the turn-end check
+        raise ConfigError(f"model.teacher={m.teacher} does not fit model.student={m.student}: {err}") from None
+
+
+def _tokenizer(auto, key: str, path: str, trust_remote_code: bool):
+    try:
+        return auto.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except Exception as err:  # noqa: BLE001 - a tokenizer that does not load is the problem, whatever its kind
+        raise ConfigError(f"{key}={path}: its tokenizer does not load ({type(err).__name__}: {err}); the folder needs "
+                          "the tokenizer files of its model (tokenizer.json / tokenizer_config.json)") from None

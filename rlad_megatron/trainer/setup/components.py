@@ -1,7 +1,7 @@
 """Build the parts of a training run once, explicitly, from a validated ``RunConfig`` under the current torchrun
 world: the student, the teacher and the reference (exactly those ``loss.required_inputs`` asks for), the rollout
-engine with its weight synchronizer and reward guard, and the prompt stream. Everything that can be checked first
-is checked first (:func:`rlad_megatron.trainer.setup.checks.check_run`); this module only builds.
+engine with its weight synchronizer and reward guard, and the prompt stream. It only builds: everything that can be
+checked first is checked before, by its caller (:func:`rlad_megatron.trainer.setup.checks.check_run`).
 
     parts = build_components(config)     # collective: every rank of the job calls it
     parts.student.policy.train_step(...); parts.teacher.token_logprobs(batch); parts.synchronizer.sync(...)
@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 
 from rlad_megatron import parallel
-from rlad_megatron.config import RunConfig, megatron_teacher, required_inputs, teacher_use
+from rlad_megatron.config import RunConfig, megatron_teacher, required_inputs, teacher_pool, teacher_use
 from rlad_megatron.console import say
 from rlad_megatron.data.prompt_dataset import load_prompt_dataset
 from rlad_megatron.data.prompt_stream import PromptStream
@@ -39,7 +39,6 @@ from rlad_megatron.rollout.factory import build_rollout_engine, is_leader_rank
 from rlad_megatron.tasks.base import Task
 from rlad_megatron.tasks.registry import get_training_task
 from rlad_megatron.teacher import MegatronTeacher, Teacher, VLLMTeacher
-from rlad_megatron.trainer.setup.checks import check_run
 from rlad_megatron.trainer.setup.engine_settings import (
     colocated_memory_fraction, engine_config, pin_learner_cpus, planned_memory_fraction, report_engine_kv_cache,
     seed_requests,
@@ -136,13 +135,13 @@ def learner_probe(student: MegatronPolicy, pad_id: int,
 
 
 def build_components(config: RunConfig) -> Components:
-    """Check the run (:func:`check_run`), then initialise model parallelism and build every part of the run
-    ``config`` describes (collective)."""
+    """Initialise model parallelism and build every part of the run ``config`` describes (collective). The run is
+    checked before (:func:`rlad_megatron.trainer.setup.checks.check_run`): a bad input found here is a bug of
+    those checks."""
     # transformers is imported when a run is built, not when the trainer package is imported (it costs seconds)
     from transformers import AutoTokenizer
 
     c = config
-    check_run(c)
     parallel.initialize_model_parallel(c.parallel.tensor_parallel, c.parallel.pipeline_parallel, seed=c.trainer.seed,
                                        context_parallel=c.parallel.context_parallel,
                                        expert_parallel=c.parallel.expert_parallel)
@@ -201,7 +200,11 @@ def build_components(config: RunConfig) -> Components:
         pin_learner_cpus(engine_cfg.cpu_cores, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
 
     teacher: Teacher | None = None
-    if megatron_teacher(c):  # its tokenizer was checked against the student's (check_run)
+    if teacher_pool(c) != "none":  # a pool of its own (rlad_megatron/pools/)
+        from rlad_megatron.pools.build import build_pooled_teacher  # the pool's clients, only for such a run
+
+        teacher = build_pooled_teacher(c, engine_cfg, mp_group, dp_rank)
+    elif megatron_teacher(c):  # its tokenizer was checked against the student's (check_run)
         teacher = MegatronTeacher.load(c.model.teacher, batching=micro, params_dtype=dtype,
                                        sequence_parallel=c.parallel.sequence_parallel, offload=c.teacher.offload,
                                        fused_logprobs=c.trainer.fused_logprobs,

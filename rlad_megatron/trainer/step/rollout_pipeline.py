@@ -16,6 +16,7 @@ current weights: the prompt stream is rewound to where it stood before them, so 
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from typing import Any, Callable, Sequence
 
@@ -33,6 +34,31 @@ class _Batch:
     stream_before: dict[str, Any]
     examples: Sequence[Any] = ()
     rollouts: Rollouts | None = None
+    arrival: "_Arrival | None" = None
+
+
+class _Arrival(threading.Thread):
+    """Waits for the engine's answer to a request made ahead, in a thread of its own, and hands it to
+    ``on_generated`` as soon as it is there (while the learner's main thread trains)."""
+
+    def __init__(self, engine: Any, on_generated: Callable[[list], None]) -> None:
+        super().__init__(name="rlad-rollout-arrival", daemon=True)
+        self.engine, self.on_generated = engine, on_generated
+        self.result: tuple[list, int] | None = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.result = self.engine.collect_generate()
+            self.on_generated(self.result[0])
+        except BaseException as exc:  # re-raised on the main thread by collect()
+            self.error = exc
+
+    def collect(self) -> tuple[list, int]:
+        self.join()
+        if self.error is not None:
+            raise self.error
+        return self.result
 
 
 @dataclasses.dataclass
@@ -79,24 +105,28 @@ class RolloutPipeline:
         share: the leader's value on every rank of the model-parallel group (identity with one rank).
         owner: what identifies this rank's share of the data (its data-parallel rank and size): a saved batch of
             another owner (a resume with another layout) is generated again from its prompts.
+        on_generated: on the engine rank, called with the engine's results of a batch asked ahead as soon as they
+            arrive, from a thread of its own while the learner computes (the trainer gives a separate teacher's
+            prefetch: the teacher pool scores batch t + 1 while the learner trains on batch t).
     """
 
     def __init__(self, engine: Any, guard: Any, prompts: Any, sampling_for: Callable[[int, int], SamplingSettings],
                  *, generate: Callable[[Sequence[Any], SamplingSettings], Rollouts | None] | None = None,
                  ahead: bool = False, max_staleness: int = 0, share: Callable[[Any], Any] = lambda v: v,
-                 owner: Any = None) -> None:
+                 owner: Any = None, on_generated: Callable[[list], None] | None = None) -> None:
         if max_staleness < 0:
             raise ValueError(f"max_staleness must be >= 0, got {max_staleness}")
         if ahead and max_staleness < 1:
             raise ValueError("generating one batch ahead makes batches one version old: it needs max_staleness >= 1")
-        if ahead and engine is not None and not hasattr(engine, "request_generate"):
+        if ahead and engine is not None and not engine.runs_apart:
             raise ValueError(f"asynchronous rollouts need an engine in its own process ({type(engine).__name__} "
-                             "has no request_generate): set rollout.placement='disaggregated'")
+                             "generates in the learner's process): set rollout.placement='disaggregated'")
         self.engine, self.guard, self.prompts = engine, guard, prompts
         self.sampling_for = sampling_for
         self._generate = generate or self._generate_on_engine
         self.ahead, self.max_staleness, self.share = ahead, max_staleness, share
         self.owner = owner
+        self.on_generated = on_generated
         self._inflight: _Batch | None = None
         self._held: _Batch | None = None
         self.dropped_total = 0
@@ -138,7 +168,8 @@ class RolloutPipeline:
         batch, self._inflight = self._inflight, None
         rollouts = None
         if self.engine is not None:
-            results, version = self.engine.collect_generate()
+            results, version = (batch.arrival.collect() if batch.arrival is not None
+                                else self.engine.collect_generate())
             if self.guard is not None:
                 rollouts = score_results(self.guard, batch.examples, results,
                                          self.sampling_for(batch.step, len(batch.examples)).n, version)
@@ -150,10 +181,14 @@ class RolloutPipeline:
     def _request(self, step: int) -> None:
         before = self.prompts.state_dict()
         examples = self.prompts.next_batch()
+        arrival = None
         if self.engine is not None:
             self.engine.request_generate([ex.prompt_token_ids for ex in examples],
                                          self.sampling_for(step, len(examples)))
-        self._inflight = _Batch(step=step, stream_before=before, examples=examples)
+            if self.on_generated is not None:
+                arrival = _Arrival(self.engine, self.on_generated)
+                arrival.start()
+        self._inflight = _Batch(step=step, stream_before=before, examples=examples, arrival=arrival)
 
     def _generate_on_engine(self, examples: Sequence[Any], sampling: SamplingSettings) -> Rollouts | None:
         if self.engine is None:
@@ -182,5 +217,8 @@ class RolloutPipeline:
             self.prompts.load_state_dict(held.stream_before)
 
     def close(self) -> None:
-        """Forget a request still in flight (a step that failed): the engine's shutdown drains its answer."""
+        """Forget a request still in flight (a step that failed): the engine's shutdown drains its answer (a
+        thread waiting for it first)."""
+        if self._inflight is not None and self._inflight.arrival is not None:
+            self._inflight.arrival.join()
         self._inflight = None

@@ -82,7 +82,7 @@ def generate_and_score(engine, guard, examples: Sequence[Any], sampling: Samplin
     results = engine.generate([ex.prompt_token_ids for ex in examples], sampling)
     if guard is None:
         return None
-    return score_results(guard, examples, results, sampling.n, getattr(engine, "weight_version", 0))
+    return score_results(guard, examples, results, sampling.n, engine.weight_version)
 
 
 def score_results(guard, examples: Sequence[Any], results, group_size: int, weight_version: int) -> Rollouts:
@@ -146,6 +146,7 @@ def to_sequence_batch(rollouts: Rollouts, *, pad_id: int, skip_uniform_groups: b
         "reward/errors": float(rollouts.reward_errors),
         "response/length_mean": float(lengths.mean()),
         "rollout/generated_tokens": float(lengths.sum()),  # up to and including the first eos
+        "rollout/sequence_tokens": float(sum(len(p) for p in rollouts.prompt_ids) + lengths.sum()),  # + prompts
         "response/length_max": float(lengths.max()),
         "response/truncated_fraction": float(truncated.float().mean()),
         # Cut-off responses the verifier itself accepted: what rollout.truncated=reward would have credited.
