@@ -14,7 +14,13 @@ threads). This is our own minimal one, on the same W1 models, prompts, group siz
 
 No vLLM, no Megatron, no torch.distributed, no weight sync: generation and training share the model object. The
 numbers are the same kind as the trainer's: per-step time of each phase and generated tokens (up to and including
-the first stop token). Prints one JSON object (``--json``) or a summary line.
+the first stop token), and the process's peak RSS. Prints one JSON object (``--json``) or a summary line.
+
+W3 (``bench/step.py --workload w3``: a 151,936-row vocabulary, 128-token responses) runs it as TRL's GRPOTrainer
+keeps its memory down (``--micro-batch 8 --lean-logprobs``): forward/backward in micro-batches of 8 sequences (its
+``per_device_train_batch_size`` default) with the gradients accumulated, and log-probs as the target logit minus a
+per-sequence log-sum-exp (TRL's ``selective_log_softmax``) instead of a full ``log_softmax`` copy of the logits;
+the teacher scores in the same micro-batches.
 
 Run: ``PYTHONPATH=$PWD .venv/bin/python bench/hf_reference.py --w1 DIR --mode grpo --steps 4 --warmup 1``
 (``DIR``: the folder ``bench/step.py`` prepares W1 in).
@@ -39,14 +45,25 @@ def load_prompts(w1: Path, tokenizer) -> tuple[list, object]:
     return load_prompt_dataset([str(w1 / "train.jsonl")], task, tokenizer, 32).examples, task
 
 
-def token_logprobs(model, sequences: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
-    """``[B, L-1]`` log-probs of ``sequences[:, 1:]`` under ``model``."""
+def token_logprobs(model, sequences: torch.Tensor, attention: torch.Tensor, lean: bool = False) -> torch.Tensor:
+    """``[B, L-1]`` log-probs of ``sequences[:, 1:]`` under ``model``; ``lean``: the target logit minus each
+    sequence's log-sum-exp, one sequence at a time (no log-softmax copy of the logits)."""
     logits = model(input_ids=sequences, attention_mask=attention).logits[:, :-1].float()
-    return torch.log_softmax(logits, dim=-1).gather(-1, sequences[:, 1:, None]).squeeze(-1)
+    targets = sequences[:, 1:, None]
+    if lean:
+        return logits.gather(-1, targets).squeeze(-1) - torch.stack([torch.logsumexp(row, dim=-1) for row in logits])
+    return torch.log_softmax(logits, dim=-1).gather(-1, targets).squeeze(-1)
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def run(w1: Path, mode: str, steps: int, warmup: int, threads: int, prompts_per_step: int = 8, group: int = 8,
-        max_new_tokens: int = 32, lr: float = 1e-5, seed: int = 7) -> dict:
+        max_new_tokens: int = 32, lr: float = 1e-5, seed: int = 7, micro_batch: int | None = None,
+        lean: bool = False) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from rlad_megatron.models.stop_tokens import stop_token_ids
@@ -98,23 +115,26 @@ def run(w1: Path, mode: str, steps: int, warmup: int, threads: int, prompts_per_
         attention = torch.cat([prompt_mask.repeat_interleave(group, 0), completion_mask], dim=1)
         loss_mask = torch.cat([torch.zeros(len(out), width - 1, dtype=torch.long), completion_mask], 1).float()
 
+        parts = [slice(i, i + (micro_batch or len(out))) for i in range(0, len(out), micro_batch or len(out))]
         t = time.perf_counter()
         teacher_lp = None
         if teacher is not None:
             with torch.no_grad():
-                teacher_lp = token_logprobs(teacher, sequences, attention)
+                teacher_lp = torch.cat([token_logprobs(teacher, sequences[p], attention[p], lean) for p in parts])
         teacher_s = time.perf_counter() - t
 
         t = time.perf_counter()
         student.train()
-        logp = token_logprobs(student, sequences, attention)
-        per_token_adv = advantages[:, None].expand_as(logp)
-        if teacher_lp is not None:  # on-policy distillation: the teacher/student log-ratio as a per-token reward
-            per_token_adv = per_token_adv + (teacher_lp - logp.detach())
-        ratio = torch.exp(logp - logp.detach())
-        loss = -(ratio * per_token_adv * loss_mask).sum() / loss_mask.sum().clamp(min=1)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        denominator = loss_mask.sum().clamp(min=1)
+        for p in parts:  # gradients accumulated over the micro-batches
+            logp = token_logprobs(student, sequences[p], attention[p], lean)
+            per_token_adv = advantages[p, None].expand_as(logp)
+            if teacher_lp is not None:  # on-policy distillation: the teacher/student log-ratio as a per-token reward
+                per_token_adv = per_token_adv + (teacher_lp[p] - logp.detach())
+            ratio = torch.exp(logp - logp.detach())
+            loss = -(ratio * per_token_adv * loss_mask[p]).sum() / denominator
+            loss.backward()
         torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
         optimizer.step()
         train_s = time.perf_counter() - t
@@ -130,6 +150,7 @@ def run(w1: Path, mode: str, steps: int, warmup: int, threads: int, prompts_per_
     summary["tokens_per_s"] = sum(r["tokens"] for r in rows) / sum(r["step_s"] for r in rows)
     summary["reward"] = statistics.mean(r["reward"] for r in rows)
     summary["threads"] = torch.get_num_threads()
+    summary["peak_rss_mb"] = _peak_rss_mb()
     return summary
 
 
@@ -140,9 +161,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2, help="torch threads (the issue's reference: 2)")
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--micro-batch", type=int, default=None,
+                        help="sequences per forward/backward (gradients accumulated); default: the whole step")
+    parser.add_argument("--lean-logprobs", action="store_true",
+                        help="target logit minus a per-sequence log-sum-exp (TRL's), no log-softmax copy")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
-    summary = run(Path(args.w1), args.mode, args.steps, args.warmup, args.threads)
+    summary = run(Path(args.w1), args.mode, args.steps, args.warmup, args.threads,
+                  max_new_tokens=args.max_new_tokens, micro_batch=args.micro_batch, lean=args.lean_logprobs)
     if args.json:
         print(json.dumps(summary))
     else:

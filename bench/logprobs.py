@@ -28,6 +28,19 @@ both alike. The naive variant, which needs far more memory, is timed in its own 
 Prints a table, then the final line
 ``logprobs: ours_mem_ratio_vs_megatron=<x> ours_time_ratio_vs_megatron=<y>`` (worst over the TP sizes run).
 Run: ``.venv/bin/python bench/logprobs.py [--tokens 8192 --vocab 65536 --tp 1,2 --rounds 3]``.
+
+``--fused`` (``--hidden H``): the output layer fused with the log-probs (``rlad_megatron.logprobs.fused``) against
+today's path, both from hidden states ``[tokens, H]`` (replicated over TP, as Megatron's output layer without
+sequence parallelism) and this rank's weight shard ``[V/TP, H]``:
+- ``today``: Megatron's output-layer linear (``linear_with_grad_accumulation_and_async_allreduce``: the logits
+  ``[tokens, V/TP]``, the gradient of the hidden states all-reduced over TP), then the vocab-parallel kernel;
+- ``fused``: ``fused_token_logprobs`` (default chunks), never more than one chunk of logits.
+As in training, the weight has Megatron DDP's fp32 ``main_grad`` buffer (allocated before the baseline: it is
+resident all run): today's weight gradient arrives in ``weight.grad`` and is added into it (DDP's hook), the
+fused path adds into it tile by tile. Extra memory counts the step's temporaries and the gradient of the hidden
+states (both variants produce it), in multiples of L (the logits bytes of one rank, which only today's path
+holds). Final line: ``logprobs_fused: mem_ratio=<fused / today> time_ratio=<fused / today>`` (worst over TP).
+Run: ``.venv/bin/python bench/logprobs.py --fused --vocab 151936 --tokens 8192 --hidden 2048``.
 """
 
 from __future__ import annotations
@@ -42,6 +55,7 @@ import sys
 import time
 
 VARIANTS = ("ours", "megatron", "naive")
+FUSED_VARIANTS = ("fused", "today")
 
 
 def _proc_kb(field: str) -> int:
@@ -50,6 +64,8 @@ def _proc_kb(field: str) -> int:
 
 
 def _worker(args: argparse.Namespace) -> dict:
+    if getattr(args, "fused", False):
+        return _fused_worker(args)
     import torch
 
     torch.set_num_threads(args.threads)
@@ -119,6 +135,74 @@ def _worker(args: argparse.Namespace) -> dict:
     return out
 
 
+def _fused_worker(args: argparse.Namespace) -> dict:
+    """``--fused``: one (variant, TP) memory measurement, or the two variants timed interleaved."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from rlad_megatron import parallel
+
+    parallel.init_distributed(timeout_s=1800)
+    parallel.initialize_model_parallel(args.tp, 1)
+    import torch.distributed as dist
+    from megatron.core import parallel_state as ps
+    from megatron.core.tensor_parallel.layers import linear_with_grad_accumulation_and_async_allreduce
+
+    from rlad_megatron.logprobs import fused_token_logprobs, vocab_parallel_token_logprobs
+
+    tp, rank = args.tp, ps.get_tensor_model_parallel_rank()
+    group = ps.get_tensor_model_parallel_group() if tp > 1 else None
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
+    gen = torch.Generator().manual_seed(7)  # hidden states, targets, upstream gradient: the same on every rank
+    hidden = torch.randn(args.tokens, args.hidden, generator=gen).to(dtype)
+    targets = torch.randint(0, args.vocab, (args.tokens,), generator=gen)
+    g_out = torch.randn(args.tokens, generator=gen)
+    gen.manual_seed(1000 + rank)
+    weight = (torch.randn(args.vocab // tp, args.hidden, generator=gen) / args.hidden ** 0.5).to(dtype)
+    weight.requires_grad_()
+    weight.main_grad = torch.zeros(weight.shape, dtype=torch.float32)  # DDP's buffer: resident all run
+
+    def step(variant: str, n: int | None = None) -> torch.Tensor:
+        h = (hidden if n is None else hidden[:n]).detach().requires_grad_()
+        t, g = (targets, g_out) if n is None else (targets[:n], g_out[:n])
+        if variant == "fused":
+            lp = fused_token_logprobs(h, weight, t, tp_group=group, accumulate_grad_into_main_grad=True)
+        else:
+            logits = linear_with_grad_accumulation_and_async_allreduce(
+                h, weight, None, gradient_accumulation_fusion=False, allreduce_dgrad=tp > 1,
+                sequence_parallel=False, tp_group=group)
+            lp = vocab_parallel_token_logprobs(logits, t, tp_group=group)
+        (lp * g).sum().backward()
+        if weight.grad is not None:  # Megatron DDP's hook: into the buffer, then dropped
+            weight.main_grad.add_(weight.grad)
+            weight.grad = None
+        return lp.detach()
+
+    out: dict = {"L_bytes": args.tokens * (args.vocab // tp) * (2 if args.dtype == "bf16" else 4)}
+    if args.mode == "mem":
+        step(args.variant, 64)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        base = _proc_kb("VmRSS")
+        step(args.variant)
+        out["extra_bytes"] = (_proc_kb("VmHWM") - base) * 1024
+        return out
+    ref = step("today", 64)
+    diff = (step("fused", 64) - ref).abs().max().item()
+    if diff > (1e-4 if args.dtype == "fp32" else 5e-2):
+        raise RuntimeError(f"fused disagrees with today's path by {diff} on the warm-up slice")
+    times: dict[str, list[float]] = {v: [] for v in FUSED_VARIANTS}
+    for r in range(args.rounds):
+        for v in (FUSED_VARIANTS if r % 2 == 0 else FUSED_VARIANTS[::-1]):
+            dist.barrier()
+            t0 = time.perf_counter()
+            step(v)
+            dist.barrier()
+            times[v].append(time.perf_counter() - t0)
+    out["median_s"] = {v: statistics.median(ts) for v, ts in times.items()}
+    return out
+
+
 def _launch(args: argparse.Namespace, **override: object) -> list[dict]:
     from rlad_megatron.parallel import free_port
 
@@ -154,12 +238,18 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--threads", type=int, default=1, help="torch threads per rank (see the docstring)")
+    parser.add_argument("--fused", action="store_true",
+                        help="the fused output layer + log-probs against today's output layer + kernel")
+    parser.add_argument("--hidden", type=int, default=2048, help="--fused: hidden size")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker is not None:
         ns = argparse.Namespace(**json.loads(args.worker))
         print(json.dumps(_worker(ns)), flush=True)
         os._exit(0)  # skip gloo teardown at exit
+    if args.fused:
+        _main_fused(args)
+        return
 
     variants = [v for v in args.variants.split(",") if v]
     for v in variants:
@@ -200,6 +290,27 @@ def main() -> None:
         time_ratio.append(timing["ours"] / timing["megatron"])
     print(f"logprobs: ours_mem_ratio_vs_megatron={max(mem_ratio):.3f} "
           f"ours_time_ratio_vs_megatron={max(time_ratio):.3f}")
+
+
+def _main_fused(args: argparse.Namespace) -> None:
+    base = {"tokens": args.tokens, "vocab": args.vocab, "hidden": args.hidden, "dtype": args.dtype,
+            "rounds": args.rounds, "threads": args.threads, "fused": True}
+    mem_ratio: list[float] = []
+    time_ratio: list[float] = []
+    print(f"logprobs bench (fused): {args.tokens} tokens x {args.vocab} vocab, hidden {args.hidden}, {args.dtype}, "
+          f"{args.threads} thread(s) per rank, load average {os.getloadavg()[0]:.1f}; L = logits bytes per rank")
+    for tp in [int(s) for s in args.tp.split(",")]:
+        if args.vocab % tp:
+            raise SystemExit(f"--vocab {args.vocab} is not divisible by TP {tp}")
+        ns = argparse.Namespace(**base, tp=tp, mode="mem", variant="")
+        mem = {v: max(r["extra_bytes"] / r["L_bytes"] for r in _launch(ns, mode="mem", variant=v))
+               for v in FUSED_VARIANTS}
+        timing = _launch(ns, mode="time")[0]["median_s"]
+        for v in FUSED_VARIANTS:
+            print(f"  TP={tp} {v:6s} peak extra memory {mem[v]:6.3f} L   fwd+bwd {timing[v] * 1e3:9.1f} ms")
+        mem_ratio.append(mem["fused"] / mem["today"])
+        time_ratio.append(timing["fused"] / timing["today"])
+    print(f"logprobs_fused: mem_ratio={max(mem_ratio):.3f} time_ratio={max(time_ratio):.3f}")
 
 
 if __name__ == "__main__":

@@ -50,6 +50,20 @@ The reference (``bench/hf_reference.py``) is a plain single-process Hugging Face
 interleaved with ours, so that the ratio is measured under the same machine load.
 
 Run: ``.venv/bin/python bench/step.py [--modes grpo,rlad,kdrl --tp 1,2 --steps 6 --warmup 1]``.
+
+Workload W3 (``--workload w3``, issue 31): W1's prompts, group shape (8 prompts x G=8) and task with a real
+vocabulary: Qwen3-shaped models with 151,936 embedding rows, the tokenizer the character tokenizer filled to that
+size with single filler characters (``build_char_tokenizer(size=...)``; the sum task's alphabet keeps its ids).
+Student: Qwen3, 4 layers, hidden 256, 4 heads / 2 KV heads (head dim 64), FFN 768, tied embeddings (seed 1):
+~42M parameters, 39M of them the embedding. Teacher: Qwen3, 8 layers, hidden 384, 6 / 2 heads, FFN 1024, untied
+(seed 2): ~127M. 128-token responses (a random model rarely stops: ~8.8K tokens per step), fp32, W1's 4,096-token
+budget (three training micro-batches; the fused output head, the trainer's default, holds no logits, so the budget
+bounds the layers' activations only: one 8.8K-token micro-batch doubles the learner's step peak, 1.2 GB vs 0.6 GB of
+tensors). The HF reference runs the same step as TRL's GRPOTrainer saves memory (micro-batches of 8 sequences,
+``--hf-micro-batch``; a per-sequence log-sum-exp: see ``bench/hf_reference.py``); ``--hf-micro-batch 0`` trains on
+the whole step at once as in W1 (the full logits of ~8.8K tokens x 151,936 columns, several copies: ~20 GB). Final
+lines, per mode (ours at the first TP given): ``w3: mode=<m> hf_ratio=<ours / hf tokens/s> mem_ratio=<ours / hf
+peak RSS>``. ``--max-new-tokens`` shortens the responses for a quick check.
 """
 from __future__ import annotations
 
@@ -90,6 +104,35 @@ def prepare(root: Path) -> dict[str, str]:
     return {k: str(v) for k, v in paths.items()}
 
 
+W1_TOKEN_BUDGET = 4096
+W3_VOCAB = 151936
+W3_STUDENT = dict(family="qwen3", num_layers=4, hidden_size=256, intermediate_size=768, num_heads=4, num_kv_heads=2,
+                  head_dim=64, tie_word_embeddings=True)
+W3_TEACHER = dict(family="qwen3", num_layers=8, hidden_size=384, intermediate_size=1024, num_heads=6,
+                  num_kv_heads=2, head_dim=64)
+W3_NEW_TOKENS = 128
+W3_TOKEN_BUDGET = W1_TOKEN_BUDGET
+#: The HF reference's micro-batch for W3 (TRL's default per_device_train_batch_size); it also uses lean log-probs.
+W3_HF_MICRO_BATCH = 8
+
+
+def prepare_w3(root: Path) -> dict[str, str]:
+    """Write the W3 student, teacher (Qwen3 shapes, 151,936 rows) and W1's prompt file under ``root``."""
+    from rlad_megatron.data.char_tokenizer import build_char_tokenizer
+    from rlad_megatron.tasks.sum_prefix.task import generate_sum_records
+    from rlad_megatron.tiny.hf_model import make_tiny_hf_model
+
+    paths = {"student": root / "student", "teacher": root / "teacher", "train": root / "train.jsonl"}
+    tokenizer = None
+    for name, shape, seed in (("student", W3_STUDENT, 1), ("teacher", W3_TEACHER, 2)):
+        if not (paths[name] / "config.json").exists():
+            tokenizer = tokenizer or build_char_tokenizer(size=W3_VOCAB)
+            make_tiny_hf_model(paths[name], seed=seed, tokenizer=tokenizer, vocab_size=W3_VOCAB, **shape)
+    if not paths["train"].exists():
+        paths["train"].write_text("".join(json.dumps(r) + "\n" for r in generate_sum_records(64, seed=0)))
+    return {k: str(v) for k, v in paths.items()}
+
+
 ASYNC_ROLLOUT = {"mode": "async", "max_staleness": 1, "placement": "disaggregated"}
 #: --async-teacher: the teacher section of the asynchronous runs of rlad/kdrl, and the extra torchrun ranks it takes.
 ASYNC_TEACHERS: dict[str, tuple[dict, int]] = {
@@ -97,9 +140,6 @@ ASYNC_TEACHERS: dict[str, tuple[dict, int]] = {
     "megatron": ({"source": "megatron", "placement": "separate", "ranks": 1}, 1),
     "colocated": ({}, 0),
 }
-
-
-W1_TOKEN_BUDGET = 4096
 
 
 def w1_config(paths: dict[str, str], mode: str, tp: int, steps: int, output_dir: Path, rollout: str = "sync",
@@ -128,6 +168,14 @@ def w1_config(paths: dict[str, str], mode: str, tp: int, steps: int, output_dir:
             config["rollout"]["engine_cpus"] = engine_cpus
         if mode in ("rlad", "kdrl") and ASYNC_TEACHERS[async_teacher][0]:
             config["teacher"] = dict(ASYNC_TEACHERS[async_teacher][0])
+    return config
+
+
+def w3_config(paths: dict[str, str], mode: str, tp: int, steps: int, output_dir: Path,
+              max_new_tokens: int = W3_NEW_TOKENS) -> dict:
+    """W1's trainer config (its 4,096-token budget) with W3's models and 128-token responses."""
+    config = w1_config(paths, mode, tp, steps, output_dir)
+    config["rollout"].update(max_new_tokens=max_new_tokens)  # 64 MB of KV cache hold the step's ~9K tokens
     return config
 
 
@@ -181,13 +229,14 @@ def run_once(config: dict, tp: int, workdir: Path, src: Path | None, timeout: fl
 
 
 def run_hf_reference(w1: Path, mode: str, steps: int, warmup: int, timeout: float,
-                     threads: int = 2) -> dict[str, float]:
-    """One run of the single-process HF reference trainer (``bench/hf_reference.py``) in its own process."""
+                     threads: int = 2, extra: tuple[str, ...] = ()) -> dict[str, float]:
+    """One run of the single-process HF reference trainer (``bench/hf_reference.py``) in its own process
+    (``extra``: more of its arguments)."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env.pop("OMP_NUM_THREADS", None)  # the reference sets torch's threads itself (2, as the issue's TRL runs)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     cmd = [sys.executable, str(REPO / "bench" / "hf_reference.py"), "--w1", str(w1), "--mode", mode,
-           "--steps", str(steps), "--warmup", str(warmup), "--threads", str(threads), "--json"]
+           "--steps", str(steps), "--warmup", str(warmup), "--threads", str(threads), "--json", *extra]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         raise RuntimeError(f"HF reference failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
@@ -239,13 +288,13 @@ def _fmt_pools(s: dict[str, float]) -> str:
 def _fmt_breakdown(label: str, s: dict[str, float]) -> str:
     parts = " ".join(f"{name}={s[name]:.3f}" for name, _ in PHASES)
     return (f"{label} step_s={s['step_s']:.3f} [{parts}] tokens/step={s['tokens_per_step']:.0f} "
-            f"reward={s['reward']:.3f}")
+            f"reward={s['reward']:.3f} peak_rss_mb={s['peak_rss_mb']:.0f}")
 
 
 def _fmt_hf(label: str, h: dict[str, float]) -> str:
     parts = " ".join(f"{name}={h[name]:.3f}" for name in ("generation", "teacher", "train", "other"))
     return (f"{label} step_s={h['step_s']:.3f} [{parts}] tokens/step={h['tokens_per_step']:.0f} "
-            f"tokens_per_s={h['tokens_per_s']:.1f}")
+            f"tokens_per_s={h['tokens_per_s']:.1f} peak_rss_mb={h.get('peak_rss_mb', float('nan')):.0f}")
 
 
 def _pool_hf(runs: list[dict[str, float]]) -> dict[str, float]:
@@ -254,11 +303,20 @@ def _pool_hf(runs: list[dict[str, float]]) -> dict[str, float]:
     out = {k: med(r[k] for r in runs) for k in ("step_s", "generation", "teacher", "train", "other",
                                                  "tokens_per_step")}
     out["tokens_per_s"] = med(r["tokens_per_s"] for r in runs)
+    out["peak_rss_mb"] = max(r.get("peak_rss_mb", float("nan")) for r in runs)
     return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--workload", default="w1", choices=["w1", "w3"],
+                        help="w1: tiny char-vocabulary models; w3: Qwen3 shapes with a 151,936-row vocabulary")
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="W3: response length (default 128)")
+    parser.add_argument("--hf-micro-batch", type=int, default=W3_HF_MICRO_BATCH,
+                        help="W3: sequences per forward/backward of the HF reference (0: the whole step, as W1)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        help="SECTION.KEY=VALUE for our trainer's config (repeatable), "
+                             "e.g. trainer.fused_logprobs=false")
     parser.add_argument("--modes", default="grpo,rlad,kdrl")
     parser.add_argument("--tp", default="1,2", help="tensor-parallel sizes (one gloo process per TP rank)")
     parser.add_argument("--steps", type=int, default=6, help="measured steps per run")
@@ -275,7 +333,8 @@ def main() -> None:
                         help="learner micro-batches: 'budget' (4,096 tokens: the W1 step in one) or a fixed size")
     parser.add_argument("--baseline-src", default=None, help="another checkout to compare against, interleaved")
     parser.add_argument("--workdir", default=None, help="keep models, configs and logs here (default: temporary)")
-    parser.add_argument("--timeout", type=float, default=900)
+    parser.add_argument("--timeout", type=float, default=None,
+                        help="seconds per run (default 900; W3: 3600, the HF reference generates slowly)")
     parser.add_argument("--no-hf-reference", dest="hf_reference", action="store_false",
                         help="skip the single-process HF reference trainer (bench/hf_reference.py)")
     parser.add_argument("--hf-threads", type=int, default=2, help="torch threads of the HF reference (the issue's: 2)")
@@ -295,7 +354,15 @@ def main() -> None:
     tmp = None if args.workdir else tempfile.TemporaryDirectory(prefix="bench_step_")
     root = Path(args.workdir or tmp.name)
     root.mkdir(parents=True, exist_ok=True)
-    paths = prepare(root / "w1")
+    w3 = args.workload == "w3"
+    args.timeout = args.timeout or (3600 if w3 else 900)
+    data_dir = root / args.workload
+    paths = prepare_w3(data_dir) if w3 else prepare(data_dir)
+    new_tokens = args.max_new_tokens or (W3_NEW_TOKENS if w3 else 32)
+    hf_extra: tuple[str, ...] = ()
+    if w3:
+        hf_extra = ("--lean-logprobs", "--max-new-tokens", str(new_tokens))
+        hf_extra += ("--micro-batch", str(args.hf_micro_batch)) if args.hf_micro_batch else ()
     rows: dict[tuple[str, str, int, str], list[dict]] = {}
     configs: dict[tuple[str, str, int, str], dict] = {}
     hf_runs: dict[str, list[dict[str, float]]] = {}
@@ -309,8 +376,15 @@ def main() -> None:
                 run += 1
                 for label, src, ro in order:
                     out = root / f"{label}-{mode}-tp{tp}-{ro}-r{r}"
-                    config = w1_config(paths, mode, tp, args.warmup + args.steps, out / "run", ro, args.engine_cpus,
-                                       args.micro_batch, args.async_teacher)
+                    if w3:
+                        config = w3_config(paths, mode, tp, args.warmup + args.steps, out / "run", new_tokens)
+                    else:
+                        config = w1_config(paths, mode, tp, args.warmup + args.steps, out / "run", ro,
+                                           args.engine_cpus, args.micro_batch, args.async_teacher)
+                    for item in args.overrides:
+                        key, _, value = item.partition("=")
+                        section, _, name = key.partition(".")
+                        config.setdefault(section, {})[name] = yaml.safe_load(value)
                     configs[(label, mode, tp, ro)] = config
                     got = run_once(config, tp, out, src, args.timeout, args.threads)
                     rows.setdefault((label, mode, tp, ro), []).extend(
@@ -320,13 +394,15 @@ def main() -> None:
                           + _fmt_breakdown(f"{label} mode={mode} tp={tp} rollout={ro} round={r}", summary),
                           flush=True)
                 if args.hf_reference and tp == tps[0]:  # right after ours, under the same load
-                    hf = run_hf_reference(root / "w1", mode, args.steps, args.warmup, args.timeout, args.hf_threads)
+                    hf = run_hf_reference(data_dir, mode, args.steps, args.warmup, args.timeout, args.hf_threads,
+                                          hf_extra)
                     hf_runs.setdefault(mode, []).append(hf)
                     print(f"[{time.perf_counter() - start:6.0f}s] load={os.getloadavg()[0]:.2f} "
                           + _fmt_hf(f"hf   mode={mode} round={r}", hf), flush=True)
 
     results = {key: summarise(value, args.warmup) for key, value in rows.items()}
-    print(f"W1: 8 prompts x G=8, <=32 new tokens, micro-batches {args.micro_batch}, {args.steps} measured steps "
+    print(f"{args.workload.upper()}: 8 prompts x G=8, <={new_tokens} new tokens, micro-batches "
+          f"{W3_TOKEN_BUDGET if w3 else args.micro_batch}, {args.steps} measured steps "
           f"after {args.warmup} warm-up, "
           f"{args.rounds} round(s); load average now {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
           f"total {time.perf_counter() - start:.0f} s")
@@ -386,8 +462,17 @@ def main() -> None:
                       f"step_s {s['step_s'] / h['step_s']:.3f}")
         for mode in modes:
             h = _pool_hf(hf_runs[mode])
-            ours = results[("this", mode, tp, ro)]["tokens_per_s"]
-            print(f"step: mode={mode} hf_ratio={ours / h['tokens_per_s']:.3f}")
+            s = results[("this", mode, tp, ro)]
+            if w3:
+                print(f"  w3 mode={mode:<4} peak RSS ours {s['peak_rss_mb']:.0f} MB, hf {h['peak_rss_mb']:.0f} MB")
+        for mode in modes:
+            h = _pool_hf(hf_runs[mode])
+            s = results[("this", mode, tp, ro)]
+            if w3:
+                print(f"w3: mode={mode} hf_ratio={s['tokens_per_s'] / h['tokens_per_s']:.3f} "
+                      f"mem_ratio={s['peak_rss_mb'] / h['peak_rss_mb']:.3f}")
+            else:
+                print(f"step: mode={mode} hf_ratio={s['tokens_per_s'] / h['tokens_per_s']:.3f}")
     if tmp is not None:
         tmp.cleanup()
 

@@ -23,10 +23,11 @@ from recipes.base import Recipe
 from recipes.paper import MATH_EVAL_SETS, _paper_recipe
 
 #: Students the MoE recipe accepts (dense Qwen3 sharing the teacher's tokenizer) and their memory settings on an
-#: H200 next to the EP=1 teacher (from the memory plan).
+#: H200 next to the EP=1 teacher (from the memory plan with the fused output head, ``trainer.fused_logprobs``;
+#: with the logits the budgets were 16K and 10K).
 MOE_STUDENTS: dict[str, dict] = {
-    "Qwen3-1.7B": dict(token_budget=16384, recompute="full", kv_cache_mb=32768),
-    "Qwen3-4B": dict(token_budget=10240, recompute="full", kv_cache_mb=24576),
+    "Qwen3-1.7B": dict(token_budget=65536, recompute="full", kv_cache_mb=32768),
+    "Qwen3-4B": dict(token_budget=49152, recompute="full", kv_cache_mb=24576),
 }
 
 

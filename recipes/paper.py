@@ -100,12 +100,13 @@ def _paper_recipe(*, name: str, description: str, student: str, teacher: str, al
                   env=dict(GPU_ENV), gpu=True, gpu_memory=gpu_memory)
 
 
-#: Token budget and recomputation of each logic student on an H100 (80 GB), from the memory plan: the 0.6B student
-#: fits 10K tokens per micro-batch without recomputation; the 1.7B student needs full recomputation for one 9K
-#: sequence (its activations + logits are ~2x the 0.6B's per token).
+#: Token budget and recomputation of each logic student on an H100 (80 GB), from the memory plan with the fused
+#: output head (``trainer.fused_logprobs``, no logits): the 0.6B student fits 15K tokens per micro-batch without
+#: recomputation (10K with the logits); the 1.7B student needs full recomputation for one 9K sequence, and then
+#: fits 32K (10K with the logits).
 LOGIC_MEMORY: dict[str, dict] = {
-    "Qwen3-0.6B": dict(token_budget=10240, recompute="none"),
-    "Qwen3-1.7B": dict(token_budget=10240, recompute="full"),
+    "Qwen3-0.6B": dict(token_budget=15360, recompute="none"),
+    "Qwen3-1.7B": dict(token_budget=32768, recompute="full"),
 }
 
 
@@ -160,19 +161,19 @@ def _math(student: str, teacher: str, tp: int, algorithm: str, max_response: int
 
 def math_qwen3_1p7b_base(algorithm: str = "rlad", max_response: int = 30720, model_root: str = "/models",
                          data_root: str = "/data", output_root: str = "/results", steps: int = 500) -> Recipe:
-    """Math, Qwen3-1.7B-Base <- Qwen3-8B on 8 x 8 H200 GPUs (TP=2 + sequence parallel, DP=32), 64K-token
-    micro-batches; ``steps`` is ours."""
+    """Math, Qwen3-1.7B-Base <- Qwen3-8B on 8 x 8 H200 GPUs (TP=2 + sequence parallel, DP=32), 80K-token
+    micro-batches (64K with the logits; the fused output head holds none); ``steps`` is ours."""
     return _math("Qwen3-1.7B-Base", "Qwen3-8B", 2, algorithm, max_response, model_root, data_root, output_root,
-                 steps, teacher_offload=False, token_budget=65536, recompute="none")
+                 steps, teacher_offload=False, token_budget=81920, recompute="none")
 
 
 def math_qwen3_8b_base(algorithm: str = "rlad", max_response: int = 30720, model_root: str = "/models",
                        data_root: str = "/data", output_root: str = "/results", steps: int = 500) -> Recipe:
-    """Math, Qwen3-8B-Base <- Qwen3-32B on 8 x 8 H200 GPUs (TP=4 + sequence parallel, DP=16), 40K-token
-    micro-batches.
+    """Math, Qwen3-8B-Base <- Qwen3-32B on 8 x 8 H200 GPUs (TP=4 + sequence parallel, DP=16), 64K-token
+    micro-batches (40K with the logits; the fused output head holds none).
 
     The 32B teacher (64 GB in bf16, 16 GB per GPU at TP=4) is meant to be offloaded to the host between scoring
     passes (``teacher.offload``: its weights count in the memory plan's scoring phase only; it fits an H200
     without). ``steps`` is ours."""
     return _math("Qwen3-8B-Base", "Qwen3-32B", 4, algorithm, max_response, model_root, data_root, output_root,
-                 steps, teacher_offload=True, token_budget=40960, recompute="none")
+                 steps, teacher_offload=True, token_budget=65536, recompute="none")

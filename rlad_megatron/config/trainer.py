@@ -67,6 +67,11 @@ class TrainerConfig:
     sequence_packing: bool = False
     """Pack several sequences into one row with per-sequence boundaries (THD with Transformer Engine, a
     block-diagonal causal mask without it); needs max_tokens_per_micro_batch."""
+    fused_logprobs: bool | str = "auto"
+    """Log-probs (and entropy) straight from the last hidden states, chunk by chunk, never holding the logits
+    [tokens, vocab/TP] or their gradient (the student's training pass, old-policy, reference and Megatron-teacher
+    scoring); false: the output layer's logits, then the vocab-parallel kernel. "auto": on unless a model has what
+    the fused head does not handle (multi-token prediction); true refuses such a model."""
     skip_uniform_groups: bool = True
     """DAPO dynamic sampling: drop groups whose rewards are all equal (no learning signal)."""
     eval_every: int = 0
@@ -119,6 +124,8 @@ class TrainerConfig:
         for name in ("max_tokens_per_micro_batch", "max_tokens_per_forward_micro_batch"):
             if getattr(self, name) is not None:
                 at_least(f"trainer.{name}", getattr(self, name), 1)
+        if not (self.fused_logprobs is True or self.fused_logprobs is False or self.fused_logprobs == "auto"):
+            raise ConfigError(f"trainer.fused_logprobs={self.fused_logprobs!r}: choose auto, true or false")
         if self.sequence_packing and self.max_tokens_per_micro_batch is None:
             raise ConfigError("trainer.sequence_packing=true needs trainer.max_tokens_per_micro_batch (the length "
                               "of a packed row)")

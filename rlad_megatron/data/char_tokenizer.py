@@ -32,23 +32,34 @@ CHARS: str = (
 )
 
 
-def char_vocab() -> dict[str, int]:
-    """The token -> id map: specials first, then :data:`CHARS`."""
+def char_vocab(size: int | None = None) -> dict[str, int]:
+    """The token -> id map: specials first, then :data:`CHARS`; with ``size``, then filler characters (code points
+    from U+4E00 on, surrogates and noncharacters skipped) up to ``size`` tokens."""
     vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
     for ch in CHARS:
         if ch in vocab:
             raise AssertionError(f"duplicate character {ch!r} in CHARS")
         vocab[ch] = len(vocab)
+    if size is not None:
+        if size < len(vocab):
+            raise ValueError(f"size={size} is smaller than the {len(vocab)} characters and specials")
+        code = 0x4E00
+        while len(vocab) < size:
+            if not (0xD800 <= code <= 0xDFFF or 0xFDD0 <= code <= 0xFDEF or code & 0xFFFE == 0xFFFE):
+                vocab.setdefault(chr(code), len(vocab))
+            code += 1
     return vocab
 
 
-def build_char_tokenizer(out_dir: str | None = None) -> PreTrainedTokenizerFast:
-    """Build the character tokenizer; when ``out_dir`` is given, also ``save_pretrained(out_dir)``.
+def build_char_tokenizer(out_dir: str | None = None, size: int | None = None) -> PreTrainedTokenizerFast:
+    """Build the character tokenizer; when ``out_dir`` is given, also ``save_pretrained(out_dir)``. ``size``: a
+    vocabulary of that many tokens (a real model's, e.g. Qwen3's 151,936), the extra ones single filler characters
+    after the alphabet (the alphabet's ids are unchanged), so that every id a model of that size samples decodes.
 
     ``tokenizer("12+3=")["input_ids"]`` is ``[1, <one id per character>]`` (``<bos>`` first, no ``<eos>``);
     ``tokenizer.decode(ids, skip_special_tokens=True)`` gives the text back exactly.
     """
-    vocab = char_vocab()
+    vocab = char_vocab(size)
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
     # Every single character (newlines included) is its own pre-token; WordLevel then maps it to its id.
     tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")

@@ -6,9 +6,12 @@ trainer asks of them, both through Megatron's forward-backward schedule so pipel
   or a gradient is not finite.
 
 Per-token values exist on the last pipeline stage only (that is where the logits are); the loss lives there too.
+With ``fused_logprobs`` the last stage never builds the logits: the model hands back its final hidden states and
+the fused kernel computes the log-probs (and entropy) from them chunk by chunk (``learner/output_head.py``).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
@@ -16,6 +19,7 @@ from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 
 from rlad_megatron.device import collective_device, rank_device
 from rlad_megatron.learner.batching import (
@@ -28,8 +32,11 @@ from rlad_megatron.learner.batching import (
 )
 from rlad_megatron.learner.context_parallel import context_parallel_rows, cp_loss_scale, cp_row_width
 from rlad_megatron.learner.expert_parallel import common_micro_batch_shapes, router_padding_kwargs
+from rlad_megatron.learner.output_head import hidden_states_out, use_fused_logprobs
 from rlad_megatron.learner.sequences import SequenceBatch, default_pad_multiple
-from rlad_megatron.logprobs import vocab_parallel_token_logprobs
+from rlad_megatron.logprobs import (
+    fused_token_logprobs, fused_topk, vocab_parallel_token_logprobs, vocab_parallel_topk,
+)
 
 # loss_fn(logprobs [b, L-1] with grad, entropy [b, L-1] or None, micro_batch) -> (loss share, metrics)
 LossFn = Callable[[torch.Tensor, torch.Tensor | None, SequenceBatch], tuple[torch.Tensor, dict]]
@@ -51,11 +58,13 @@ class MegatronPolicy:
     """Model chunks of one policy under the current Megatron parallel state."""
 
     def __init__(self, model_chunks: list[torch.nn.Module], vocab_size: int, *, optimizer: Any = None,
-                 with_entropy: bool = False) -> None:
+                 with_entropy: bool = False, fused_logprobs: bool | str = "auto") -> None:
         self.chunks = model_chunks
         self.vocab_size = vocab_size
         self.optimizer = optimizer
         self.with_entropy = with_entropy
+        self.fused = use_fused_logprobs(fused_logprobs, model_chunks)
+        """Log-probs straight from the hidden states (``trainer.fused_logprobs``), no logits."""
 
     # ---------------------------------------------------------------------------------------------------------
     @staticmethod
@@ -89,7 +98,7 @@ class MegatronPolicy:
         return common_micro_batch_shapes(micro, batch, self.chunks)  # MoE at EP > 1: one shape per index
 
     def _run(self, batch: SequenceBatch, micro: list[MicroBatch], forward_only: bool,
-             loss_fn: LossFn | None, scale: float) -> list[dict]:
+             loss_fn: LossFn | None, scale: float, topk: int | None = None) -> list[dict]:
         from megatron.core.pipeline_parallel import get_forward_backward_func  # lazy: megatron-core is heavy (seconds)
 
         ps, tp_group = self._groups()
@@ -102,20 +111,53 @@ class MegatronPolicy:
             # context parallelism: this rank's two chunks of each row in, whole rows of log-probs out (None: CP=1)
             cp_rows = context_parallel_rows(mb, length_multiple, te_attention=self._uses_thd)
             moe = router_padding_kwargs(mb, model, loss_fn is not None, cp_rows)  # MoE: balance over real tokens
-            if cp_rows is not None:
-                output = model(cp_rows.tokens, cp_rows.position_ids, cp_rows.attention_mask, **moe)
-            elif mb.packed_seq_params is not None:
-                output = model(mb.tokens, mb.position_ids, mb.attention_mask,
-                               packed_seq_params=mb.packed_seq_params, **moe)
-            else:
-                output = model(mb.tokens, mb.position_ids, mb.attention_mask, **moe)
+            with hidden_states_out(model) if self.fused else contextlib.nullcontext() as head:
+                if cp_rows is not None:
+                    output = model(cp_rows.tokens, cp_rows.position_ids, cp_rows.attention_mask, **moe)
+                elif mb.packed_seq_params is not None:
+                    output = model(mb.tokens, mb.position_ids, mb.attention_mask,
+                                   packed_seq_params=mb.packed_seq_params, **moe)
+                else:
+                    output = model(mb.tokens, mb.position_ids, mb.attention_mask, **moe)
 
-            def loss_func(logits: torch.Tensor):
-                result = vocab_parallel_token_logprobs(
-                    logits if cp_rows is not None else logits[:, :-1],
-                    cp_rows.targets if cp_rows is not None else mb.tokens[:, 1:],
-                    tp_group=tp_group, vocab_size=self.vocab_size, return_entropy=want_entropy,
+            def token_values(output: torch.Tensor):
+                """Log-probs (and entropy) ``[R, W-1]`` (CP: ``[R, W/CP]``) of the next tokens."""
+                if head is None:  # today's path: the logits [R, W, V/TP], then the vocab-parallel kernel
+                    return vocab_parallel_token_logprobs(
+                        output if cp_rows is not None else output[:, :-1],
+                        cp_rows.targets if cp_rows is not None else mb.tokens[:, 1:],
+                        tp_group=tp_group, vocab_size=self.vocab_size, return_entropy=want_entropy,
+                    )
+                # the hidden states [W(/TP), R, H]; every position gets a target (the last one a dummy, dropped)
+                targets = cp_rows.targets if cp_rows is not None else F.pad(mb.tokens[:, 1:], (0, 1))
+                result = fused_token_logprobs(
+                    output, head.weight, targets.t(), tp_group=tp_group, sequence_parallel=head.sequence_parallel,
+                    vocab_size=self.vocab_size, return_entropy=want_entropy,
+                    accumulate_grad_into_main_grad=head.main_grad,
                 )
+                values = [v.t() if cp_rows is not None else v.t()[:, :-1]
+                          for v in (result if want_entropy else (result,))]
+                return tuple(values) if want_entropy else values[0]
+
+            def topk_values(output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                """The ``topk`` most likely next tokens, ``([R, W-1, k] log-probs, [R, W-1, k] ids)``."""
+                if head is None:
+                    lp, ids = vocab_parallel_topk(output if cp_rows is not None else output[:, :-1], topk,
+                                                  tp_group=tp_group, vocab_size=self.vocab_size)
+                else:
+                    lp, ids = (v.transpose(0, 1) for v in fused_topk(
+                        output, head.weight, topk, tp_group=tp_group, sequence_parallel=head.sequence_parallel,
+                        vocab_size=self.vocab_size))
+                    lp, ids = (lp, ids) if cp_rows is not None else (lp[:, :-1], ids[:, :-1])
+                if cp_rows is not None:
+                    lp, ids = cp_rows.merge(lp), cp_rows.merge(ids)
+                return mb.unpack(lp), mb.unpack(ids)
+
+            def loss_func(output: torch.Tensor):
+                if topk is not None:
+                    lp, ids = topk_values(output)
+                    return lp.sum() * 0.0, {"topk": (lp, ids)}
+                result = token_values(output)
                 if cp_rows is not None:  # [R, W-1] on every CP rank, as without CP
                     result = tuple(map(cp_rows.merge, result)) if want_entropy else cp_rows.merge(result)
                 row_logprobs, row_entropy = result if want_entropy else (result, None)
@@ -174,18 +216,38 @@ class MegatronPolicy:
         if not micro:  # no sequence on this rank (balanced data parallelism can deal none to it)
             last = ps.is_pipeline_last_stage(ignore_virtual=True)
             return torch.zeros(0, batch.tokens.shape[1] - 1) if last else None
-        for chunk in self.chunks:
-            chunk.eval()
-        try:
-            with torch.no_grad():
-                outputs = self._run(batch, micro, True, None, 1.0)
-        finally:
-            for chunk in self.chunks:
-                chunk.train(self.optimizer is not None)
+        outputs = self._forward_only(batch, micro)
         if not ps.is_pipeline_last_stage(ignore_virtual=True):
             return None
         return scatter_token_values([(m, o["logprobs"]) for m, o in zip(micro, outputs)], len(batch),
                                     batch.tokens.shape[1] - 1)
+
+    def token_topk(self, batch: SequenceBatch, batching: "int | MicroBatching",
+                   k: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The ``k`` most likely next tokens at every position (a teacher's top-k, no grad): ``(log-probs [B, L-1, k]
+        float32, global token ids [B, L-1, k] int64)``, sorted by decreasing probability (the format of
+        ``rlad_megatron.logprobs.vocab_parallel_topk``); positions past a sequence's end hold 0. None off the last
+        pipeline stage. Micro-batches as :meth:`token_logprobs`."""
+        ps, _ = self._groups()
+        micro = self.micro_batches(batch, batching)
+        outputs = self._forward_only(batch, micro, topk=k) if micro else []
+        if not ps.is_pipeline_last_stage(ignore_virtual=True):
+            return None
+        width, parts = batch.tokens.shape[1] - 1, [(m, o["topk"]) for m, o in zip(micro, outputs)]
+        logprobs, ids = (torch.stack([scatter_token_values([(m, v[i][..., j]) for m, v in parts], len(batch), width)
+                                      for j in range(k)], dim=-1) for i in (0, 1))
+        return logprobs.float(), ids.long()
+
+    def _forward_only(self, batch: SequenceBatch, micro: list[MicroBatch], topk: int | None = None) -> list[dict]:
+        """``micro`` through the schedule without grad, the chunks in eval mode (then back)."""
+        for chunk in self.chunks:
+            chunk.eval()
+        try:
+            with torch.no_grad():
+                return self._run(batch, micro, True, None, 1.0, topk)
+        finally:
+            for chunk in self.chunks:
+                chunk.train(self.optimizer is not None)
 
     def train_step(self, batch: SequenceBatch, loss_fn: LossFn, batching: "int | MicroBatching") -> StepResult:
         """Forward/backward over ``batch`` in micro-batches, then one optimizer step unless something is not

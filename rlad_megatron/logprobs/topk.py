@@ -57,6 +57,14 @@ def vocab_parallel_topk(
         v, i = torch.topk(x[:, :valid], local_k, dim=-1)
         values[:, :local_k] = v.float()
         ids[:, :local_k] = i + start
+    best, out_ids = merge_topk_candidates(values, ids, k, tp_group)
+    return (best - lse.unsqueeze(-1)).reshape(lead + (k,)), out_ids.reshape(lead + (k,))
+
+
+def merge_topk_candidates(values: Tensor, ids: Tensor, k: int, tp_group: Any) -> tuple[Tensor, Tensor]:
+    """Every rank's ``k`` candidates (``values [N, k]`` float32 logits, ``-inf`` where a shard has fewer; ``ids``
+    global) -> the best ``k`` of all shards, sorted, identical on every rank (one all-gather of each)."""
+    size = 1 if tp_group is None else dist.get_world_size(tp_group)
     if size > 1:
         all_values = [torch.empty_like(values) for _ in range(size)]
         all_ids = [torch.empty_like(ids) for _ in range(size)]
@@ -65,5 +73,4 @@ def vocab_parallel_topk(
         values = torch.cat(all_values, dim=-1)
         ids = torch.cat(all_ids, dim=-1)
     best, where = torch.topk(values, k, dim=-1)
-    out_ids = ids.gather(-1, where)
-    return (best - lse.unsqueeze(-1)).reshape(lead + (k,)), out_ids.reshape(lead + (k,))
+    return best, ids.gather(-1, where)

@@ -71,41 +71,38 @@ class RowStats(NamedTuple):
     extra: Tensor | None
 
 
-@torch.no_grad()
-def row_statistics(
-    logits: Tensor, group: Any, valid: int, chunk: int, with_entropy: bool, extra: Tensor | None = None
-) -> RowStats:
-    """Log-sum-exp (and entropy) of the sharded distribution of 2-D shards ``[N, V_local]``; two collectives.
+def shard_chunk_statistics(x: Tensor, with_entropy: bool) -> tuple[Tensor, Tensor | None]:
+    """``(lse_l, H_l)`` of one float32 chunk ``x [c, valid]`` of this shard's logits (``H_l``: None unless
+    ``with_entropy``). ``x`` is overwritten when ``with_entropy``."""
+    # torch's fused log_softmax is several times faster on CPU than logsumexp's composite. It keeps the order of
+    # x, so lse = max(x) - max(log p), with max(log p) = -log sum exp(x - max(x)) small.
+    # (torch.max with indices is ~20x slower than amax on CPU.)
+    logp = torch.log_softmax(x, dim=-1)
+    lse = torch.amax(x, dim=-1) - torch.amax(logp, dim=-1)
+    if not with_entropy:
+        return lse, None
+    p = torch.exp(x.sub_(lse.unsqueeze(-1)))  # x is free now: reuse it for p
+    return lse, -torch.nan_to_num_(p.mul_(logp), nan=0.0).sum(dim=-1)  # 0 log 0 = 0
 
-    Per shard ``l``: ``lse_l`` and ``H_l`` of its own (renormalised) part. Combined with ``m = max_l lse_l``
-    (MAX collective) and ``a_l = exp(lse_l - m)`` (SUM collective of ``a_l`` and ``a_l (H_l - (lse_l - m))``):
-    ``lse = m + log S`` and ``H = sum_l a_l (H_l - (lse_l - m)) / S + log S`` with ``S = sum_l a_l``.
-    ``extra`` (``[N, K]`` float32) rides along in the SUM collective.
+
+@torch.no_grad()
+def combine_shards(local_lse: Tensor, local_h: Tensor | None, group: Any, extra: Tensor | None = None) -> RowStats:
+    """The full distribution's statistics from every shard's ``lse_l`` (and ``H_l``), float32 ``[N]``: two
+    collectives over ``group`` (none on one device). ``extra`` (``[N, K]`` float32) is summed over the shards in
+    the same SUM collective.
+
+    With ``m = max_l lse_l`` (MAX collective) and ``a_l = exp(lse_l - m)`` (SUM collective of ``a_l`` and
+    ``a_l (H_l - (lse_l - m))``): ``lse = m + log S`` and ``H = sum_l a_l (H_l - (lse_l - m)) / S + log S`` with
+    ``S = sum_l a_l``.
     """
-    n = logits.shape[0]
-    k = 0 if extra is None else extra.shape[1]
-    local_lse = torch.full((n,), float("-inf"), dtype=torch.float32, device=logits.device)
-    local_h = torch.zeros(n, dtype=torch.float32, device=logits.device)
-    if valid > 0:
-        buf = torch.empty(chunk, valid, dtype=torch.float32, device=logits.device)
-        for r0 in range(0, n, chunk):
-            r1 = min(n, r0 + chunk)
-            x = buf[: r1 - r0]
-            x.copy_(logits[r0:r1, :valid])
-            # torch's fused log_softmax is several times faster on CPU than logsumexp's composite. It keeps the
-            # order of x, so lse = max(x) - max(log p), with max(log p) = -log sum exp(x - max(x)) small.
-            # (torch.max with indices is ~20x slower than amax on CPU.)
-            logp = torch.log_softmax(x, dim=-1)
-            local_lse[r0:r1] = torch.amax(x, dim=-1) - torch.amax(logp, dim=-1)
-            if with_entropy:
-                p = torch.exp(x.sub_(local_lse[r0:r1].unsqueeze(-1)))  # x is free now: reuse it for p
-                local_h[r0:r1] = -torch.nan_to_num_(p.mul_(logp), nan=0.0).sum(dim=-1)  # 0 log 0 = 0
+    with_entropy = local_h is not None
     if group is None or dist.get_world_size(group) == 1:
-        entropy = local_h if with_entropy else None
-        return RowStats(local_lse, local_lse, entropy, extra)
+        return RowStats(local_lse, local_lse, local_h, extra)
+    n = local_lse.shape[0]
+    k = 0 if extra is None else extra.shape[1]
     top = local_lse.clone()
     _all_reduce(top, dist.ReduceOp.MAX, group)
-    sums = torch.zeros(n, 2 + k, dtype=torch.float32, device=logits.device)
+    sums = torch.zeros(n, 2 + k, dtype=torch.float32, device=local_lse.device)
     has_mass = torch.isfinite(local_lse)
     shift = torch.where(has_mass, local_lse - top, torch.zeros_like(top))
     a = torch.where(has_mass, torch.exp(shift), torch.zeros_like(top))
@@ -118,6 +115,29 @@ def row_statistics(
     log_s = torch.log(sums[:, 0])
     entropy = sums[:, 1] / sums[:, 0] + log_s if with_entropy else None
     return RowStats(top + log_s, local_lse, entropy, sums[:, 2:] if extra is not None else None)
+
+
+@torch.no_grad()
+def row_statistics(
+    logits: Tensor, group: Any, valid: int, chunk: int, with_entropy: bool, extra: Tensor | None = None
+) -> RowStats:
+    """Log-sum-exp (and entropy) of the sharded distribution of 2-D shards ``[N, V_local]``, chunk by chunk
+    (:func:`shard_chunk_statistics`), then :func:`combine_shards` (two collectives).
+    ``extra`` (``[N, K]`` float32) rides along in the SUM collective."""
+    n = logits.shape[0]
+    local_lse = torch.full((n,), float("-inf"), dtype=torch.float32, device=logits.device)
+    local_h = torch.zeros(n, dtype=torch.float32, device=logits.device) if with_entropy else None
+    if valid > 0:
+        buf = torch.empty(chunk, valid, dtype=torch.float32, device=logits.device)
+        for r0 in range(0, n, chunk):
+            r1 = min(n, r0 + chunk)
+            x = buf[: r1 - r0]
+            x.copy_(logits[r0:r1, :valid])
+            lse, h = shard_chunk_statistics(x, with_entropy)
+            local_lse[r0:r1] = lse
+            if h is not None:
+                local_h[r0:r1] = h  # type: ignore[index]
+    return combine_shards(local_lse, local_h, group, extra)
 
 
 def _local_targets(targets: Tensor, start: int, valid: int) -> tuple[Tensor, Tensor]:

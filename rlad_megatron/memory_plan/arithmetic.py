@@ -160,3 +160,20 @@ def logits_bytes(vocab: int, tokens: int, *, tp: int, dtype_bytes: int, backward
     return tokens * local * dtype_bytes * (2 if backward else 1) + min(chunk_elements, tokens * local) * 4
 
 
+def fused_logits_bytes(vocab: int, tokens: int, *, tp: int, sp: bool, hidden: int, dtype_bytes: int, backward: bool,
+                       chunk_elements: int, tile_elements: int) -> int:
+    """The fused head's working set (``trainer.fused_logprobs``; ``rlad_megatron.logprobs.fused``), which never
+    holds the logits: one tile of them (``tile_elements`` of ``[rows, V/TP]``, forward or backward) in the parameter
+    dtype + the float32 work on a cache-sized block of it (the block, its log-softmax or exp, and the softmax
+    weights: three of ``chunk_elements``); under sequence parallelism the hidden states ``[tokens, H]`` gathered over
+    TP; a training pass adds the float32 sum of dL/dh over the vocabulary blocks ``[tokens, H]``. The weight's
+    gradient goes into the gradient buffer (counted with the weights)."""
+    local = padded_vocab(vocab, tp) // tp
+    tile = min(tile_elements, tokens * local)
+    total = tile * dtype_bytes + 3 * min(chunk_elements, tile) * 4
+    if sp and tp > 1:
+        total += tokens * hidden * dtype_bytes
+    if backward:
+        total += tokens * hidden * 4
+    return total
+

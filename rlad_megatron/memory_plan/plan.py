@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from rlad_megatron.config import ConfigError, RunConfig, megatron_teacher, teacher_use
 from rlad_megatron.memory_plan.advice import suggestions
 from rlad_megatron.memory_plan.arithmetic import (
-    device_params, layer_activation_bytes, logits_bytes, stage_layers, training_activation_bytes,
+    device_params, fused_logits_bytes, layer_activation_bytes, logits_bytes, stage_layers, training_activation_bytes,
 )
 from rlad_megatron.placement import ModelShape
 from rlad_megatron.rollout.vllm_memory import estimated_runtime_bytes
@@ -44,6 +44,9 @@ RUNTIME_RESERVE_GIB = 4.0
 ENGINE_RUNTIME_GIB = 2.0
 #: float32 elements of one log-prob chunk on a GPU (``rlad_megatron.logprobs.vocab_parallel.DEFAULT_CHUNK_ELEMENTS``).
 LOGPROB_CHUNK_ELEMENTS = 1 << 24
+#: logits elements of one tile of the fused head on a GPU
+#: (``rlad_megatron.logprobs.fused.DEFAULT_FUSED_CHUNK_ELEMENTS``).
+FUSED_TILE_ELEMENTS = 1 << 26
 
 #: The phases that come and go (each on top of what is resident): a training micro-batch, a forward-only
 #: micro-batch (teacher / reference / old-policy scoring), and generation by a sleeping engine.
@@ -183,12 +186,15 @@ def forward_tokens(config: RunConfig) -> int:
 def plan_memory(config: RunConfig, *, student: ModelShape, teacher: ModelShape | None = None, dp: int = 1,
                 ep: int | None = None, teacher_ep: int | None = None, gpu: str | float | None = None, fused_attention: bool = True,
                 runtime_reserve_gib: float = RUNTIME_RESERVE_GIB, engine_runtime_gib: float | None = None,
-                chunk_elements: int = LOGPROB_CHUNK_ELEMENTS, suggest: bool = True) -> MemoryPlan:
+                chunk_elements: int = LOGPROB_CHUNK_ELEMENTS, tile_elements: int = FUSED_TILE_ELEMENTS,
+                suggest: bool = True) -> MemoryPlan:
     """The per-GPU memory plan of ``config`` with these model shapes and ``dp`` data-parallel replicas.
 
     ``ep`` / ``teacher_ep``: expert-parallel sizes of a MoE student / teacher (None: ``parallel.expert_parallel``,
     the one size the trainer runs both with).
     ``fused_attention``: TE's flash attention (no ``[s, s]`` scores; GPU image) or Megatron's local attention.
+    ``trainer.fused_logprobs`` (not false): the logits terms are the fused head's tiles (``tile_elements``), not the
+    logits and their gradient.
     ``gpu``: "h100", "h200", a size in GiB, or None (no verdict). CPU runs: ``runtime_reserve_gib=0``,
     ``engine_runtime_gib=0``. ``engine_runtime_gib`` None: :func:`engine_runtime_bytes`.
     """
@@ -257,8 +263,16 @@ def plan_memory(config: RunConfig, *, student: ModelShape, teacher: ModelShape |
     tt = train_tokens(c)
     tokens = -(-tt // cp)
     stages = stage_layers(student, pp, par.first_stage_layers, par.last_stage_layers)
-    logits = logits_bytes(student.vocab_size, tokens, tp=tp, dtype_bytes=act, backward=True,
-                          chunk_elements=chunk_elements)
+    fused = c.trainer.fused_logprobs is not False  # "auto" is on for the models planned here (no MTP layers)
+
+    def logits_term(model: ModelShape, n: int, backward: bool) -> int:
+        if fused:
+            return fused_logits_bytes(model.vocab_size, n, tp=tp, sp=sp, hidden=model.hidden_size, dtype_bytes=act,
+                                      backward=backward, chunk_elements=chunk_elements, tile_elements=tile_elements)
+        return logits_bytes(model.vocab_size, n, tp=tp, dtype_bytes=act, backward=backward,
+                            chunk_elements=chunk_elements)
+
+    logits = logits_term(student, tokens, True)
 
     def stage_activations(layers: int, in_flight: int) -> int:
         return training_activation_bytes(student, tokens, tp=tp, sp=sp, dtype_bytes=act,
@@ -278,7 +292,8 @@ def plan_memory(config: RunConfig, *, student: ModelShape, teacher: ModelShape |
     terms.append(Term("student activations", acts, "train",
                       f"{tt} tokens ({budget}){f' / CP={cp}' if cp > 1 else ''}, {where}, "
                       f"recompute={par.recompute}"))
-    terms.append(Term("student logits + gradient", logits, "train", f"[{tokens}, V/{tp}]"))
+    terms.append(Term("student logits + gradient", logits, "train",
+                      "fused head: one tile of the logits" if fused else f"[{tokens}, V/{tp}]"))
 
     # --- a forward-only micro-batch (teacher, old-policy or reference scoring): the larger of the models that score
     ft = -(-forward_tokens(c) // cp)
@@ -287,8 +302,7 @@ def plan_memory(config: RunConfig, *, student: ModelShape, teacher: ModelShape |
     def scoring(model: ModelShape) -> tuple[int, int]:
         one = layer_activation_bytes(model, ft, tp=tp, sp=sp, dtype_bytes=act, sequence_length=-(-longest // cp),
                                      fused_attention=fused_attention, context_parallel=cp)
-        return one["layer"], logits_bytes(model.vocab_size, ft, tp=tp, dtype_bytes=act, backward=False,
-                                          chunk_elements=chunk_elements)
+        return one["layer"], logits_term(model, ft, False)
 
     scorer = max(scorers, key=lambda m: sum(scoring(m)))
     layer_bytes, scoring_logits = scoring(scorer)
@@ -299,7 +313,8 @@ def plan_memory(config: RunConfig, *, student: ModelShape, teacher: ModelShape |
     if suggest and not plan.fits:
         shapes = dict(student=student, teacher=teacher, ep=ep, teacher_ep=teacher_ep, gpu=gpu,
                       fused_attention=fused_attention, runtime_reserve_gib=runtime_reserve_gib,
-                      engine_runtime_gib=engine_runtime_gib, chunk_elements=chunk_elements)
+                      engine_runtime_gib=engine_runtime_gib, chunk_elements=chunk_elements,
+                      tile_elements=tile_elements)
 
         def fits(changed: RunConfig, replicas: int) -> bool:
             try:

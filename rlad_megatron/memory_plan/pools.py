@@ -32,10 +32,10 @@ from typing import Iterable
 
 from rlad_megatron.config import RunConfig, required_inputs, teacher_pool, teacher_use
 from rlad_megatron.memory_plan.arithmetic import (
-    device_params, layer_activation_bytes, logits_bytes, param_counts,
+    device_params, fused_logits_bytes, layer_activation_bytes, logits_bytes, param_counts,
 )
 from rlad_megatron.memory_plan.plan import (
-    DTYPE_BYTES, GIB, LOGPROB_CHUNK_ELEMENTS, RUNTIME_RESERVE_GIB, MemoryPlan, Term, engine_runtime_bytes,
+    DTYPE_BYTES, FUSED_TILE_ELEMENTS, GIB, LOGPROB_CHUNK_ELEMENTS, RUNTIME_RESERVE_GIB, MemoryPlan, Term, engine_runtime_bytes,
     forward_tokens, gpu_memory_gib, plan_memory,
 )
 from rlad_megatron.placement import ModelShape
@@ -328,8 +328,13 @@ def _megatron_teacher_terms(c: RunConfig, teacher: ModelShape, fused_attention: 
     sp = p.sequence_parallel and t.tensor_parallel > 1
     layer = layer_activation_bytes(teacher, tokens, tp=t.tensor_parallel, sp=sp, dtype_bytes=wbytes,
                                    sequence_length=longest, fused_attention=fused_attention)["layer"]
-    logits = logits_bytes(teacher.vocab_size, tokens, tp=t.tensor_parallel, dtype_bytes=wbytes, backward=False,
-                          chunk_elements=chunk_elements)
+    if c.trainer.fused_logprobs is not False:  # the teacher rank scores from hidden states, as the learner does
+        logits = fused_logits_bytes(teacher.vocab_size, tokens, tp=t.tensor_parallel, sp=sp,
+                                    hidden=teacher.hidden_size, dtype_bytes=wbytes, backward=False,
+                                    chunk_elements=chunk_elements, tile_elements=FUSED_TILE_ELEMENTS)
+    else:
+        logits = logits_bytes(teacher.vocab_size, tokens, tp=t.tensor_parallel, dtype_bytes=wbytes, backward=False,
+                              chunk_elements=chunk_elements)
     return [Term("teacher weights", params.total * wbytes, "resident",
                  f"TP={t.tensor_parallel} x PP={t.pipeline_parallel}, experts / EP={t.expert_parallel}"),
             Term("scoring working set (one layer)", layer, "score", f"{tokens} tokens per forward micro-batch"),

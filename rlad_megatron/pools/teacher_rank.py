@@ -70,7 +70,7 @@ def serve_teacher(config) -> int:
     torch.manual_seed(c.trainer.seed)
     dtype = torch.bfloat16 if c.model.params_dtype == "bfloat16" else torch.float32
     teacher = MegatronTeacher.load(c.model.teacher, batching=MicroBatching.for_forward(c.trainer),
-                                   params_dtype=dtype, student_dir=c.model.student,
+                                   params_dtype=dtype, student_dir=c.model.student, fused_logprobs=c.trainer.fused_logprobs,
                                    sequence_parallel=c.parallel.sequence_parallel and t.tensor_parallel > 1,
                                    **stage_overrides(c.parallel.teacher_first_stage_layers,
                                                      c.parallel.teacher_last_stage_layers))

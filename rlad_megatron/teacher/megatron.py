@@ -70,19 +70,29 @@ class MegatronTeacher(Teacher):
 
     @classmethod
     def load(cls, hf_dir: str | Path, *, batching: "int | MicroBatching", params_dtype: torch.dtype,
-             student_dir: str | Path | None = None, offload: bool = False,
+             student_dir: str | Path | None = None, offload: bool = False, fused_logprobs: bool | str = "auto",
              **model_overrides: Any) -> "MegatronTeacher":
         """This rank's shard of the Hugging Face model in ``hf_dir``, frozen. With ``student_dir``, the tokenizers
         are checked to be compatible first. ``model_overrides`` go to the model's ``TransformerConfig``
-        (``sequence_parallel``, uneven pipeline stages, ...)."""
+        (``sequence_parallel``, uneven pipeline stages, ...). ``fused_logprobs``: score from the hidden states
+        without logits (``trainer.fused_logprobs``)."""
         chunks, arch = load_teacher(hf_dir, student_dir=student_dir, params_dtype=params_dtype, **model_overrides)
-        return cls(MegatronPolicy(chunks, arch.vocab_size), batching, offload=offload)
+        return cls(MegatronPolicy(chunks, arch.vocab_size, fused_logprobs=fused_logprobs), batching,
+                   offload=offload)
 
     def token_logprobs(self, batch: SequenceBatch) -> torch.Tensor | None:
+        return self._on_device(lambda: self.policy.token_logprobs(batch, self.batching))
+
+    def token_topk(self, batch: SequenceBatch, k: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The teacher's ``k`` most likely next tokens at every position, ``(log-probs [B, L-1, k], ids [B, L-1, k])``
+        on the last pipeline stage (:meth:`MegatronPolicy.token_topk`); with the fused head no logits are built."""
+        return self._on_device(lambda: self.policy.token_topk(batch, self.batching, k))
+
+    def _on_device(self, score):
         if self.offload is None:
-            return self.policy.token_logprobs(batch, self.batching)
+            return score()
         self.offload.to_device()
         try:
-            return self.policy.token_logprobs(batch, self.batching)
+            return score()
         finally:
             self.offload.to_host()

@@ -8,11 +8,12 @@ this sees only tensors, with no allocator caching or library noise, so a few-MB 
 ``measure_learner(...)`` (a body for ``run_distributed``) builds a Megatron student from a ``ModelArch`` the way
 the trainer does (``build_model_chunks`` + ``build_student``: DDP with an fp32 gradient buffer, the distributed
 Adam), and measures (a) what building it leaves allocated, (b) the first training step: one micro-batch through
-Megatron's schedule with the vocabulary-parallel log-prob kernel, then the optimizer step (which creates Adam's
-state), as peak and retained bytes.
+Megatron's schedule with the trainer's log-probs (the fused head by default, else the logits and the
+vocabulary-parallel kernel), then the optimizer step (which creates Adam's state), as peak and retained bytes.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Callable
 
 import torch
@@ -83,19 +84,21 @@ def tiny_arch_config(*, layers: int = 4, hidden: int = 256, heads: int = 8, kv_h
 def measure_learner(hf_config: dict[str, Any], *, rows: int, seq: int, recompute: str = "none",
                     recompute_num_layers: int = 1, sequence_parallel: bool = False,
                     use_distributed_optimizer: bool = True, micro_batches: int = 1,
-                    params_dtype: torch.dtype = torch.float32) -> dict[str, Any]:
+                    params_dtype: torch.dtype = torch.float32, fused_logprobs: bool = True) -> dict[str, Any]:
     """Build the student and run one training step on ``rows x seq`` tokens; bytes measured on this rank:
     ``build`` (left allocated by building model, DDP and optimizer), ``step_peak`` / ``step_retained`` (the first
     step, above what building left), ``loss`` (the first micro-batch's, on the last pipeline stage; else None),
     ``grads`` (this rank's gradient shards). ``micro_batches`` copies of the batch go through the schedule (with
     PP, 1F1B keeps up to PP of them in flight on the first stage). With CUDA the model lives on the GPU and the bytes
-    are the allocator's (``cuda_peak_bytes``); on CPU the profiler's (``peak_bytes``)."""
+    are the allocator's (``cuda_peak_bytes``); on CPU the profiler's (``peak_bytes``). ``fused_logprobs``: the
+    log-probs from the hidden states without logits, as the trainer computes them by default."""
     from megatron.core import parallel_state as ps
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
     from rlad_megatron.config import OptimConfig
     from rlad_megatron.learner.policy import build_student
-    from rlad_megatron.logprobs import vocab_parallel_token_logprobs
+    from rlad_megatron.learner.output_head import hidden_states_out
+    from rlad_megatron.logprobs import fused_token_logprobs, vocab_parallel_token_logprobs
     from rlad_megatron.models import build_model_chunks
     from rlad_megatron.models.builder import recompute_fields
     from rlad_megatron.models.hf_config import arch_from_hf_config
@@ -121,11 +124,18 @@ def measure_learner(hf_config: dict[str, Any], *, rows: int, seq: int, recompute
 
     def forward_step(data_iterator, model):
         batch = next(data_iterator)
-        output = model(batch, positions, mask)
+        with hidden_states_out(model) if fused_logprobs else contextlib.nullcontext() as head:
+            output = model(batch, positions, mask)
 
         def loss_func(logits):
-            lp = vocab_parallel_token_logprobs(logits[:, :-1], batch[:, 1:], tp_group=tp_group,
-                                               vocab_size=arch.vocab_size)
+            if head is not None:  # the hidden states [s(/TP), b, h]: the first s-1 positions' next tokens
+                lp = fused_token_logprobs(logits, head.weight, torch.nn.functional.pad(batch[:, 1:], (0, 1)).t(),
+                                          tp_group=tp_group, sequence_parallel=head.sequence_parallel,
+                                          vocab_size=arch.vocab_size, accumulate_grad_into_main_grad=head.main_grad,
+                                          ).t()[:, :-1]
+            else:
+                lp = vocab_parallel_token_logprobs(logits[:, :-1], batch[:, 1:], tp_group=tp_group,
+                                                   vocab_size=arch.vocab_size)
             loss = -lp.mean()
             losses.append(float(loss))
             return loss, {}

@@ -24,9 +24,10 @@ def tiny_config(*, num_layers: int = 2, sequence_parallel: bool = False, **overr
     return TransformerConfig(**fields)
 
 
-def tiny_gpt(config, *, vocab_size: int = VOCAB, seed: int = 0):
+def tiny_gpt(config, *, vocab_size: int = VOCAB, seed: int = 0, tied: bool = False):
     """Build the model for this rank's pipeline stage. Same ``seed`` on every rank gives the TP=1 weights sharded
-    (megatron's CPU initialisation draws the full tensor and keeps this rank's slice)."""
+    (megatron's CPU initialisation draws the full tensor and keeps this rank's slice). ``tied``: the output layer
+    uses the input embedding's weight (a last stage under PP keeps a copy, synchronised by Megatron)."""
     from megatron.core import parallel_state as ps
     from megatron.core.models.gpt import GPTModel
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
@@ -43,7 +44,7 @@ def tiny_gpt(config, *, vocab_size: int = VOCAB, seed: int = 0):
         position_embedding_type="rope",
         pre_process=ps.is_pipeline_first_stage(),
         post_process=ps.is_pipeline_last_stage(),
-        share_embeddings_and_output_weights=False,
+        share_embeddings_and_output_weights=tied,
     )
 
 

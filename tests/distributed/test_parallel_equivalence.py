@@ -1,5 +1,10 @@
 """The ground holds: a tiny GPTModel gives the same loss, gradients and updated weights under every parallel layout
-as on one rank (TP=2, TP=2 + sequence parallel, PP=2, TP2xPP2 on 4 ranks, DP=2 with the distributed optimizer)."""
+as on one rank (TP=2, TP=2 + sequence parallel, PP=2, TP2xPP2 on 4 ranks, DP=2 with the distributed optimizer).
+
+Each layout also runs with the fused output head (``learner/output_head.py`` + ``logprobs.fused``: the model returns
+its hidden states, the loss's log-probs come from them without logits) against the single-rank step through
+Megatron's own output layer and cross-entropy; and with embeddings tied to the output layer (TP2 + SP, PP=2: the
+last stage's copy of the tied weight) against the tied single-rank step."""
 from __future__ import annotations
 
 import functools
@@ -16,10 +21,12 @@ LR = 0.5
 
 
 def _train_one_step(
-    initial: dict, sequence_parallel: bool, distributed_optimizer: bool, num_microbatches: int
+    initial: dict, sequence_parallel: bool, distributed_optimizer: bool, num_microbatches: int, fused: bool = False,
+    tied: bool = False,
 ) -> dict:
     """One forward/backward through Megatron's schedule + one Adam step. Returns the loss (last stage), full gradients
-    (when they are whole on this rank) and full parameters after the step, with global names."""
+    (when they are whole on this rank) and full parameters after the step, with global names. ``fused``: the mean
+    negative log-prob of the labels from the fused head instead of Megatron's cross-entropy (the same loss)."""
     from megatron.core import parallel_state as ps
     from megatron.core.distributed import (
         DistributedDataParallel,
@@ -32,8 +39,11 @@ def _train_one_step(
     from rlad_megatron.testing.gather import gather_full, load_full
     from rlad_megatron.testing.tiny_gpt import SEQ, tiny_batch, tiny_config, tiny_gpt
 
+    from rlad_megatron.learner.output_head import hidden_states_out
+    from rlad_megatron.logprobs import fused_token_logprobs
+
     config = tiny_config(num_layers=2, sequence_parallel=sequence_parallel)
-    model = tiny_gpt(config)
+    model = tiny_gpt(config, tied=tied)
     load_full(model, initial)  # every layout starts from the single-rank model's weights
     ddp = DistributedDataParallel(
         config=config,
@@ -67,8 +77,20 @@ def _train_one_step(
 
     def forward_step(data_iterator, model):
         b = next(data_iterator)
-        out = model(b["tokens"], b["position_ids"], b["attention_mask"], labels=b["labels"])
-        return out, functools.partial(loss_func)
+        if not fused:
+            out = model(b["tokens"], b["position_ids"], b["attention_mask"], labels=b["labels"])
+            return out, functools.partial(loss_func)
+        with hidden_states_out(model) as head:
+            out = model(b["tokens"], b["position_ids"], b["attention_mask"])
+
+        def fused_loss(hidden):  # [s(/TP), b, h] -> the labels' log-probs [s, b]
+            tp_group = ps.get_tensor_model_parallel_group() if ps.get_tensor_model_parallel_world_size() > 1 else None
+            logprobs = fused_token_logprobs(hidden, head.weight, b["labels"].t(), tp_group=tp_group,
+                                            sequence_parallel=head.sequence_parallel,
+                                            accumulate_grad_into_main_grad=head.main_grad)
+            return loss_func(-logprobs)
+
+        return out, fused_loss
 
     ddp.zero_grad_buffer()
     optimizer.zero_grad()
@@ -102,19 +124,20 @@ def _merge(results: list[dict]) -> dict:
 
 
 @pytest.fixture(scope="module")
-def initial_and_reference() -> tuple[dict, dict]:
-    # One single-rank process makes both (a rank's start-up is seconds): the initial weights, and the step from them.
+def initial_and_reference() -> dict[bool, tuple[dict, dict]]:
+    # One single-rank process makes them all (a rank's start-up is seconds): the initial weights, and the step from
+    # them through Megatron's output layer, untied and tied.
     return run_distributed(_initial_and_reference, 1)[0]
 
 
 @pytest.fixture(scope="module")
 def initial(initial_and_reference) -> dict:
-    return initial_and_reference[0]
+    return initial_and_reference[False][0]
 
 
 @pytest.fixture(scope="module")
 def reference(initial_and_reference) -> dict:
-    initial, ref = initial_and_reference
+    initial, ref = initial_and_reference[False]
     # The step really changed the weights (the comparisons are not between two untouched models).
     assert max(float((ref["params"][n] - initial[n]).abs().max()) for n in initial) > 1e-3
     return ref
@@ -130,12 +153,33 @@ LAYOUTS = {
 }
 
 
+@pytest.mark.parametrize("head", ["megatron", "fused"])
 @pytest.mark.parametrize("layout", list(LAYOUTS))
-def test_layout_matches_single_rank(layout: str, initial: dict, reference: dict) -> None:
+def test_layout_matches_single_rank(layout: str, head: str, initial: dict, reference: dict) -> None:
     world, tp, pp, sp, distopt, micro = LAYOUTS[layout]
-    got = _merge(
-        run_distributed(_train_one_step, world, tp=tp, pp=pp, args=(initial, sp, distopt, micro), timeout=300)
-    )
+    got = _merge(run_distributed(_train_one_step, world, tp=tp, pp=pp,
+                                 args=(initial, sp, distopt, micro, head == "fused"), timeout=300))
+    _assert_same_step(got, reference)
+
+
+@pytest.mark.parametrize("layout", ["tp2_sp", "pp2"])
+def test_fused_head_with_tied_embeddings_matches_single_rank(layout: str, initial_and_reference: dict) -> None:
+    initial, reference = initial_and_reference[True]
+    assert not any("output_layer" in n for n in reference["params"])  # tied: no weight of its own on one rank
+    world, tp, pp, sp, distopt, micro = LAYOUTS[layout]
+    embedding = "embedding.word_embeddings.weight"
+    initial = {**initial, "output_layer.weight": initial[embedding]}  # the last stage's copy, under PP
+    got = _merge(run_distributed(_train_one_step, world, tp=tp, pp=pp,
+                                 args=(initial, sp, distopt, micro, True, True), timeout=300))
+    for part in ("params", "grads"):  # PP: the last stage's copy of the tied weight equals the embedding
+        copy = got[part].pop("output_layer.weight", None)
+        assert (copy is not None) == (pp > 1)
+        if copy is not None:
+            torch.testing.assert_close(copy, got[part][embedding], rtol=1e-6, atol=1e-7, msg=f"tied copy {part}")
+    _assert_same_step(got, reference)
+
+
+def _assert_same_step(got: dict, reference: dict) -> None:
     assert abs(got["loss"] - reference["loss"]) < 1e-5, (got["loss"], reference["loss"])
     assert set(got["params"]) == set(reference["params"])
     if got["grads"]:
@@ -146,14 +190,18 @@ def test_layout_matches_single_rank(layout: str, initial: dict, reference: dict)
         torch.testing.assert_close(got["params"][name], param, rtol=1e-4, atol=1e-6, msg=f"param {name}")
 
 
-def _initial_params() -> dict:
+def _initial_params(tied: bool) -> dict:
     from rlad_megatron.testing.gather import gather_full
     from rlad_megatron.testing.tiny_gpt import tiny_config, tiny_gpt
 
-    return gather_full(tiny_gpt(tiny_config(num_layers=2)))
+    return gather_full(tiny_gpt(tiny_config(num_layers=2), tied=tied))
 
 
-def _initial_and_reference() -> tuple[dict, dict]:
-    """The single-rank model's weights, and the single-rank step from them (merged like the layouts' results)."""
-    initial = _initial_params()
-    return initial, _merge([_train_one_step(initial, False, False, 1)])
+def _initial_and_reference() -> dict[bool, tuple[dict, dict]]:
+    """Untied and tied: the single-rank model's weights, and the single-rank step from them through Megatron's
+    output layer (merged like the layouts' results)."""
+    out = {}
+    for tied in (False, True):
+        initial = _initial_params(tied)
+        out[tied] = initial, _merge([_train_one_step(initial, False, False, 1, tied=tied)])
+    return out

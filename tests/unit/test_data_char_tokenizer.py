@@ -46,3 +46,11 @@ def test_save_and_reload_with_autotokenizer(tmp_path) -> None:
     assert loaded.decode(loaded(text)["input_ids"], skip_special_tokens=True) == text
     assert (loaded.pad_token_id, loaded.bos_token_id, loaded.eos_token_id) == (0, 1, 2)
     assert loaded.get_vocab() == built.get_vocab()
+
+
+def test_a_real_vocabulary_size_keeps_the_alphabet_and_decodes_every_id():
+    small, wide = build_char_tokenizer(), build_char_tokenizer(size=3000)
+    assert len(wide) == 3000
+    assert wide("12+3=")["input_ids"] == small("12+3=")["input_ids"]
+    ids = list(range(len(small), 3000, 7))  # filler characters: one token each, back to the same ids
+    assert wide(wide.decode(ids), add_special_tokens=False)["input_ids"] == ids

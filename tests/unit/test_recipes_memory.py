@@ -30,7 +30,7 @@ def test_plan_is_printed_by_component(capsys):
                  "teacher weights", "engine KV cache", "student activations", "student logits + gradient",
                  "scoring logits", "fits"):
         assert line in out, line
-    assert "recompute=none" in out and "trainer.max_tokens_per_micro_batch=40960" in out
+    assert "recompute=none" in out and "trainer.max_tokens_per_micro_batch=65536" in out
 
 
 def test_a_recipe_that_does_not_fit_refuses_to_launch(capsys):

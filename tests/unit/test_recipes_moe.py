@@ -74,7 +74,7 @@ def test_slurm_dry_run(tmp_path, monkeypatch):
     (run,) = [line for line in script.splitlines() if " -m rlad_megatron.cli train " in line]
     assert "python -m rlad_megatron.launch_local --nproc-per-node=8 -m rlad_megatron.cli train " in run
     for arg in ("model.teacher=/models/Qwen3-30B-A3B", "model.student=/models/Qwen3-1.7B",
-                "parallel.recompute=full", "trainer.max_tokens_per_micro_batch=16384", "parallel.tensor_parallel=1"):
+                "parallel.recompute=full", "trainer.max_tokens_per_micro_batch=65536", "parallel.tensor_parallel=1"):
         assert f" {arg} " in f"{run} ", arg
 
 

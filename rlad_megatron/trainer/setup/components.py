@@ -176,7 +176,8 @@ def build_components(config: RunConfig) -> Components:
                                   sequence_parallel=c.parallel.sequence_parallel, **fp8, **student_stages,
                                   **recompute)
     wrapped, optimizer = build_student(modules, c.optim)
-    policy = MegatronPolicy(wrapped, arch.vocab_size, optimizer=optimizer, with_entropy="entropy" in needs)
+    policy = MegatronPolicy(wrapped, arch.vocab_size, optimizer=optimizer, with_entropy="entropy" in needs,
+                            fused_logprobs=c.trainer.fused_logprobs)
     student = Student(policy=policy, modules=modules, arch=arch, hf_dir=c.model.student,
                       export_dtype=getattr(torch, c.trainer.export_dtype or c.model.params_dtype))
 
@@ -184,7 +185,8 @@ def build_components(config: RunConfig) -> Components:
     reference = None
     if "ref_logprobs" in needs:  # the reference policy of the KL penalty: a frozen copy of the initial student
         reference = MegatronTeacher.load(c.model.student, batching=micro, params_dtype=dtype,
-                                         sequence_parallel=c.parallel.sequence_parallel, **student_stages)
+                                         sequence_parallel=c.parallel.sequence_parallel,
+                                         fused_logprobs=c.trainer.fused_logprobs, **student_stages)
 
     cuda = uses_cuda()
     engine_cfg = engine_config(c, c.model.teacher if use == "samples" else c.model.student, cuda=cuda,
@@ -205,6 +207,7 @@ def build_components(config: RunConfig) -> Components:
     elif megatron_teacher(c):  # its tokenizer was checked against the student's (check_run)
         teacher = MegatronTeacher.load(c.model.teacher, batching=micro, params_dtype=dtype,
                                        sequence_parallel=c.parallel.sequence_parallel, offload=c.teacher.offload,
+                                       fused_logprobs=c.trainer.fused_logprobs,
                                        **stage_overrides(c.parallel.teacher_first_stage_layers,
                                                          c.parallel.teacher_last_stage_layers))
     elif use == "logprobs":  # teacher.source == "vllm": a scoring engine next to the rollout engine
