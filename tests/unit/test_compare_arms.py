@@ -1,0 +1,83 @@
+"""The comparison's teacher-signal arms (issue 33): arm names and variants, their trainer configs, the carry_trap
+report by subset and digits."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from examples.compare.plan import RunSpec, comparison_run_config, plan_runs
+from examples.compare.prepare import Prepared
+from examples.compare.report import RunResult, cell_table, paired_differences, prompt_cells, read_per_prompt, summarize
+from examples.compare.run import subset_and_digits
+from examples.compare.settings import ARM_VARIANTS, carry_trap_settings, split_arm
+from examples.quickstart.prepare import DataFiles
+from rlad_megatron.config import run_config_to_dict
+
+
+def test_arms_split_into_algorithm_and_variant() -> None:
+    assert split_arm("grpo") == ("grpo", "") and split_arm("rlad+gate") == ("rlad", "gate")
+    assert split_arm("kdrl+gate") == ("kdrl", "gate") and split_arm("rlad+topk") == ("rlad", "topk")
+    for bad in ("ppo", "rlad+nope", "ppo+gate"):
+        with pytest.raises(ValueError, match="unknown algorithm/arm"):
+            split_arm(bad)
+
+
+def test_plan_runs_names_and_labels_of_variants() -> None:
+    runs = plan_runs("carry_trap", seeds=[0, 1], algorithms=["rlad", "rlad+topk", "rlad+gate", "kdrl+gate"])
+    assert [r.name for r in runs] == ["rlad-a0.5-s0", "rlad-a0.5-s1", "rlad+topk-a0.5-s0", "rlad+topk-a0.5-s1",
+                                      "rlad+gate-a0.5-s0", "rlad+gate-a0.5-s1", "kdrl+gate-s0", "kdrl+gate-s1"]
+    assert [r.label for r in runs[::2]] == ["rlad a=0.5", "rlad a=0.5 +topk", "rlad a=0.5 +gate", "kdrl +gate"]
+
+
+@pytest.mark.parametrize("variant", sorted(ARM_VARIANTS))
+def test_variant_config_differs_from_its_algorithm_only_in_the_variant_keys(tmp_path: Path, variant: str) -> None:
+    s = carry_trap_settings()
+    prepared = Prepared(DataFiles(tmp_path / "train.jsonl", tmp_path / "test.jsonl"), tmp_path / "t", tmp_path / "s",
+                        {})
+    base = run_config_to_dict(comparison_run_config(RunSpec("carry_trap", "rlad", 0.5, 1), s, prepared, tmp_path))
+    arm = run_config_to_dict(comparison_run_config(RunSpec("carry_trap", "rlad", 0.5, 1, variant=variant), s,
+                                                   prepared, tmp_path))
+    assert {k for k in base["loss"] if base["loss"][k] != arm["loss"][k]} == {
+        k for k, v in ARM_VARIANTS[variant].items() if base["loss"][k] != v}
+    assert {k: arm["loss"][k] for k in ARM_VARIANTS[variant]} == ARM_VARIANTS[variant]
+    for section in ("model", "rollout", "data", "optim", "parallel", "trainer"):
+        assert base[section] == arm[section]  # paired: same data, seed and budget
+
+
+def _run(label: str, algorithm: str, seed: int, final: float, per_prompt: list[dict], variant: str = "") -> RunResult:
+    return RunResult(f"{label}-{seed}", label, algorithm, 0.5, seed, final, {"accuracy": final}, [],
+                     variant=variant, per_prompt=per_prompt)
+
+
+def test_cell_table_pools_prompts_per_subset_and_digits(tmp_path: Path) -> None:
+    test = tmp_path / "test.jsonl"
+    records = [{"id": "t0", "prompt": "5+7=", "difficulty": "carry"}, {"id": "t1", "prompt": "12+3=", "difficulty": "plain"},
+               {"id": "t2", "prompt": "40+3=", "difficulty": "plain"}, {"id": "t3", "prompt": "1+2=", "difficulty": "plain"}]
+    test.write_text("".join(json.dumps(r) + "\n" for r in records))
+    cells = prompt_cells(test, subset_and_digits)
+    assert cells == {"t0": "carry d1", "t1": "plain d2", "t2": "plain d2", "t3": "plain d1"}
+
+    def rows(*correct: int) -> list[dict]:
+        return [{"id": f"t{i}", "n": 4, "correct": c} for i, c in enumerate(correct)]
+
+    results = [_run("rlad a=0.5", "rlad", 0, 0.5, rows(0, 4, 2, 4)), _run("rlad a=0.5", "rlad", 1, 0.5, rows(2, 4, 4, 0)),
+               _run("rlad a=0.5 +gate", "rlad", 0, 0.6, rows(4, 4, 4, 4), "gate")]
+    table = cell_table(results, cells, {"teacher": rows(0, 4, 4, 4)}).splitlines()
+    assert table[0] == "| run | carry d1 (1) | plain d1 (1) | plain d2 (2) |"
+    assert table[2] == "| teacher | 0.000 | 1.000 | 1.000 |"
+    # seed 0: carry 0/4, plain d1 4/4, plain d2 6/8; seed 1: 2/4, 0/4, 8/8 -> means 0.25, 0.5, 0.875
+    assert table[3] == "| rlad a=0.5 | 0.250 | 0.500 | 0.875 |"
+    assert table[4] == "| rlad a=0.5 +gate | 1.000 | 1.000 | 1.000 |"
+
+    rlad_rows = paired_differences(results, baseline="rlad a=0.5")
+    assert [r["label"] for r in rlad_rows] == ["rlad a=0.5 +gate"] and rlad_rows[0]["diffs"] == pytest.approx({0: 0.1})
+    assert [row["label"] for row in summarize(results, 0.5)] == ["rlad a=0.5", "rlad a=0.5 +gate"]
+
+
+def test_read_per_prompt_finds_the_benchmark_rows(tmp_path: Path) -> None:
+    assert read_per_prompt(tmp_path) == []
+    rows = [{"id": "a", "difficulty": "carry", "n": 4, "correct": 1}]
+    (tmp_path / "eval.json").write_text(json.dumps({"benchmarks": {"carry_trap": {"per_prompt": rows}}}))
+    assert read_per_prompt(tmp_path) == rows
