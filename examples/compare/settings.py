@@ -151,7 +151,7 @@ def carry_trap_settings() -> TaskSettings:
                             init_seed=0, sft_steps=800, sft_batch_size=32, sft_lr=3e-3, sft_seed=0)
     student = ModelSettings(num_layers=2, hidden_size=64, intermediate_size=128, num_heads=2, num_kv_heads=2,
                             init_seed=1, sft_steps=400, sft_batch_size=32, sft_lr=3e-3, sft_seed=1)
-    rl = rl_budget(steps=60, prompts_per_step=8, group_size=8, max_new_tokens=47, max_prompt_tokens=32)
+    rl = rl_budget(steps=100, prompts_per_step=8, group_size=8, lr=2e-4, max_new_tokens=47, max_prompt_tokens=32)
     return TaskSettings("carry_trap", data, teacher, student, rl, eval=ComparisonEval(limit=200, k=4),
                         max_position_embeddings=256, teacher_reference="flawed", rl_prompts=1024, trust_k=8)
 

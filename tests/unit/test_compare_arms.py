@@ -81,3 +81,23 @@ def test_read_per_prompt_finds_the_benchmark_rows(tmp_path: Path) -> None:
     rows = [{"id": "a", "difficulty": "carry", "n": 4, "correct": 1}]
     (tmp_path / "eval.json").write_text(json.dumps({"benchmarks": {"carry_trap": {"per_prompt": rows}}}))
     assert read_per_prompt(tmp_path) == rows
+
+
+def test_carry_trap_short_preparation(tmp_path: Path) -> None:
+    """The short carry_trap preparation without the teacher pre-pass (vLLM; covered by the teacher-trust tests):
+    data with both subsets, a flawed teacher and a correct student cached by settings, the RL file = the first
+    ``rl_prompts`` train rows, shared by every arm."""
+    from examples.compare.prepare import prepare_task
+    from examples.compare.settings import short_settings
+
+    s = short_settings("carry_trap")
+    s.trust_k = 0
+    prepared = prepare_task(s, tmp_path, log=lambda _: None)
+    train = (tmp_path / "data" / "train.jsonl").read_text().splitlines()
+    assert prepared.files.train.read_text().splitlines() == train[: s.rl_prompts]
+    test = [json.loads(line) for line in prepared.files.test.read_text().splitlines()]
+    assert len(test) == s.data.n_test and {r["difficulty"] for r in test} == {"carry", "plain"}
+    assert prepared.info["teacher"]["settings"]["sft_steps"] == s.teacher.sft_steps
+    assert prepared.teacher != prepared.student and (prepared.teacher / "config.json").exists()
+    again = prepare_task(s, tmp_path, log=lambda _: None)  # cached: same folders, nothing retrained
+    assert (again.teacher, again.student, again.files) == (prepared.teacher, prepared.student, prepared.files)
