@@ -196,6 +196,11 @@ class Trainer:
         pause_point("teacher", self.step + 1)
         if "teacher_logprobs" in self.needs and not s.teacher.separate:
             batch.teacher_logprobs = s.teacher.token_logprobs(batch)
+        if "teacher_topk_logprobs" in self.needs:  # loss.topk_kl: the teacher's top-k per position (a colocated
+            # Megatron teacher; config.run.validate_topk_teacher refuses the others)
+            topk = s.teacher.token_topk(batch, cfg.loss.topk_k)
+            if topk is not None:  # None off the last pipeline stage (no loss there)
+                batch.teacher_topk_logprobs, batch.teacher_topk_ids = topk[0].float(), topk[1].int()
         times["time/teacher"] += time.perf_counter() - t
 
         if "ref_logprobs" in self.needs:  # the frozen initial student, for the reference-KL term
@@ -278,7 +283,7 @@ class Trainer:
                 empty += 1
                 continue
 
-            def loss_fn(logprobs, entropy, mb: SequenceBatch):
+            def loss_fn(logprobs, entropy, mb: SequenceBatch, topk_logprobs=None):
                 old = None
                 if "old_logprobs" in needs:
                     old = mb.old_logprobs if mb.old_logprobs is not None else logprobs.detach()
@@ -290,6 +295,7 @@ class Trainer:
                     old_logprobs=old, teacher_logprobs=mb.teacher_logprobs, ref_logprobs=mb.ref_logprobs,
                     advantages=mb.advantages, entropy=entropy, correct=mb.correct, progress=progress,
                     token_weights=weights,
+                    student_topk_logprobs=topk_logprobs, teacher_topk_logprobs=mb.teacher_topk_logprobs,
                 )
                 return loss, stats
 
