@@ -135,15 +135,13 @@ def validate_teacher_placement(config: RunConfig) -> None:
 
 def validate_topk_teacher(config: RunConfig) -> None:
     """A top-k teacher term (``loss.topk_kl`` with ``loss.topk_beta > 0`` or ``kd_estimator=topk``) needs a teacher
-    with a top-k pass: today the colocated Megatron teacher (:func:`megatron_teacher`); raises ``ConfigError``."""
-    if not config.loss.uses_topk() or megatron_teacher(config):
+    with a top-k pass: today a Megatron teacher, colocated (:func:`megatron_teacher`) or in a pool of its own;
+    raises ``ConfigError``."""
+    if not config.loss.uses_topk() or config.teacher.source == "megatron":
         return
-    where = (f"teacher.source={config.teacher.source}" if config.teacher.source != "megatron"
-             else f"teacher.placement={config.teacher.placement}")
-    raise ConfigError(f"loss.topk_kl={config.loss.topk_kl} with {where}: the teacher's top-k comes from the colocated "
-                      "Megatron teacher only so far (no top-k from a vLLM teacher or a teacher pool yet); set "
-                      "teacher.source=megatron and teacher.placement=colocated, or loss.topk_beta=0 and "
-                      "loss.kd_estimator=k1|k2|k3")
+    raise ConfigError(f"loss.topk_kl={config.loss.topk_kl} with teacher.source={config.teacher.source}: the teacher's "
+                      "top-k comes from a Megatron teacher only so far (no top-k from a vLLM teacher yet); set "
+                      "teacher.source=megatron, or loss.topk_beta=0 and loss.kd_estimator=k1|k2|k3")
 
 
 def validate_fp8_run(config: RunConfig) -> None:
