@@ -71,6 +71,7 @@ class RunConfig:
                 "paper)")
         validate_fp8_run(self)
         validate_teacher_placement(self)
+        validate_topk_teacher(self)
         return self
 
 
@@ -78,7 +79,7 @@ TeacherUse = typing.Literal["logprobs", "samples", "none"]
 
 #: Loss inputs the loss functions accept but the trainer does not compute yet (top-k teacher signals, the per-prompt
 #: teacher pass rate): a run config asking for them is refused rather than failing at its first step.
-LOSS_INPUTS_NOT_YET_IN_TRAINER = frozenset({"student_topk_logprobs", "teacher_topk_logprobs", "teacher_pass_rate"})
+LOSS_INPUTS_NOT_YET_IN_TRAINER = frozenset({"teacher_pass_rate"})
 
 
 def teacher_use(loss: LossConfig) -> TeacherUse:
@@ -130,6 +131,17 @@ def validate_teacher_placement(config: RunConfig) -> None:
                           "the learner vLLM's start-up check of free GPU memory fails); set "
                           "teacher.placement=separate (the teacher in engine processes of its own, like the "
                           "rollout engines)")
+
+
+def validate_topk_teacher(config: RunConfig) -> None:
+    """A top-k teacher term (``loss.topk_kl`` with ``loss.topk_beta > 0`` or ``kd_estimator=topk``) needs a teacher
+    with a top-k pass: today a Megatron teacher, colocated (:func:`megatron_teacher`) or in a pool of its own;
+    raises ``ConfigError``."""
+    if not config.loss.uses_topk() or config.teacher.source == "megatron":
+        return
+    raise ConfigError(f"loss.topk_kl={config.loss.topk_kl} with teacher.source={config.teacher.source}: the teacher's "
+                      "top-k comes from a Megatron teacher only so far (no top-k from a vLLM teacher yet); set "
+                      "teacher.source=megatron, or loss.topk_beta=0 and loss.kd_estimator=k1|k2|k3")
 
 
 def validate_fp8_run(config: RunConfig) -> None:

@@ -30,6 +30,8 @@ class Layout:
     """Trainer settings on top of the common ones."""
     teacher: dict = field(default_factory=dict)
     """The teacher section (default: the Megatron teacher)."""
+    loss: dict = field(default_factory=dict)
+    """Loss settings on top of the common ones (rlad, alpha 0.5)."""
 
 
 LAYOUTS = {
@@ -61,6 +63,17 @@ LAYOUTS = {
     # generated; on CPU the engine gets one core, the learner and the teacher rank share the other.
     "async": Layout(2, {}, STEPS, {"placement": "disaggregated", "mode": "async", "max_staleness": 1,
                                    "engine_cpus": 1}, teacher={"placement": "separate", "ranks": 1}),
+    # the teacher's top-k distribution (loss.topk_kl, the colocated Megatron teacher; tests/e2e/test_trainer_topk.py):
+    # RLAD + the forward top-k KL as an auxiliary term, in packed token-budget micro-batches with the fused head ...
+    "topk_rlad": Layout(1, {}, 2, trainer={"max_tokens_per_micro_batch": 256, "sequence_packing": True},
+                        loss={"topk_kl": "forward", "topk_beta": 0.5, "topk_k": 4}),
+    # ... the same with the teacher on a rank of its own (the pool's replies carry the top-k; compared at 1e-6) ...
+    "topk_pool": Layout(2, {}, 2, trainer={"max_tokens_per_micro_batch": 256, "sequence_packing": True},
+                        loss={"topk_kl": "forward", "topk_beta": 0.5, "topk_k": 4},
+                        teacher={"placement": "separate", "ranks": 1}),
+    # ... and KDRL whose penalty is the reverse top-k KL, with the logits path (no fused head)
+    "topk_kdrl": Layout(1, {}, 2, trainer={"fused_logprobs": False},
+                        loss={"algorithm": "kdrl", "kd_estimator": "topk", "topk_kl": "reverse", "topk_k": 4}),
 }
 #: The layout whose console test_console_quiet reads; W&B (offline, no account) is on in it.
 CONSOLE_LAYOUT = "tp2"
@@ -110,7 +123,7 @@ class LayoutRuns:
             data={"prompts_per_step": 16, "eval_files": [self.paths["train"]]},
             optim={"lr": 3e-4, "min_lr": 3e-4},  # constant: the runs have different lengths
             trainer=trainer,
-            loss={"algorithm": "rlad", "alpha": 0.5},
+            loss={"algorithm": "rlad", "alpha": 0.5, **layout.loss},
             **({"teacher": layout.teacher} if layout.teacher else {}),
         )
         done = launch(config, layout.processes, workdir=workdir, timeout=900, extra_env=env)
