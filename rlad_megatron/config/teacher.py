@@ -83,6 +83,7 @@ class TeacherConfig:
     def validate(self) -> None:
         choice("teacher.source", self.source, TeacherSource)
         choice("teacher.placement", self.placement, TeacherPlacement)
+        self._validate_several()
         for key in ("tensor_parallel", "pipeline_parallel", "expert_parallel"):
             at_least(f"teacher.{key}", getattr(self, key), 1)
         at_least("teacher.ranks", self.ranks, 0)
@@ -102,7 +103,6 @@ class TeacherConfig:
             if (self.ranks // self.pipeline_parallel) % self.expert_parallel:
                 raise ConfigError(f"teacher.expert_parallel={self.expert_parallel} must divide teacher.ranks / "
                                   f"teacher.pipeline_parallel = {self.ranks // self.pipeline_parallel}")
-        self._validate_several()
 
     def _validate_several(self) -> None:
         if not self.teachers:

@@ -35,7 +35,8 @@ class Layout:
     """Loss settings on top of the common ones (rlad, alpha 0.5)."""
     rows: str | None = None
     """A training file of its own (:func:`rated_rows`): the first RATED_PROMPTS prompts with a teacher pass rate
-    each ("mixed": the first GATED of them 0, the others 1; "zero": all 0), every one of them in every step."""
+    each ("mixed": every third, GATED of them, 0 and the others 1; "zero": all 0), every one of them in every step; "mixed"
+    also routes them to two teachers (ROUTES) by the field "domain"."""
 
 
 LAYOUTS = {
@@ -68,14 +69,18 @@ LAYOUTS = {
     "async": Layout(2, {}, STEPS, {"placement": "disaggregated", "mode": "async", "max_staleness": 1,
                                    "engine_cpus": 1}, teacher={"placement": "separate", "ranks": 1}),
 }
-# Teacher trust (loss.teacher_trust=gate) on a file of rated prompts, every prompt in every step and no group skipped:
-# loss/trust/gated_frac must be GATED / RATED_PROMPTS (tests/e2e/test_trainer_trust.py) ...
-LAYOUTS["trust_gate"] = Layout(1, {}, 2, trainer={"skip_uniform_groups": False}, loss={"teacher_trust": "gate"},
-                               rows="mixed")
+# Two teachers routed by a record field (the trained teacher "sft" and the warm student "warm", weight 0.5) with
+# teacher trust (loss.teacher_trust=gate) on a file of rated prompts, every prompt in every step and no group skipped:
+# each teacher's share and loss/trust/gated_frac are known from the data (tests/e2e/test_trainer_trust.py,
+# test_several_teachers.py) ...
+LAYOUTS["teachers_trust"] = Layout(1, {}, 2, trainer={"skip_uniform_groups": False}, loss={"teacher_trust": "gate"},
+                                   rows="mixed")
 # ... and with every prompt gated, RLAD is GRPO: the same losses as grpo on the same data, step for step
 LAYOUTS["trust_all_gated"] = Layout(1, {}, 2, loss={"teacher_trust": "gate"}, rows="zero")
 LAYOUTS["grpo_rated"] = Layout(1, {}, 2, loss={"algorithm": "grpo"}, rows="zero")
 RATED_PROMPTS, GATED = 16, 6
+#: "mixed" rows: the domain (= teacher name) of each of the RATED_PROMPTS prompts, 10 "sft" then 6 "warm"
+ROUTES = ["sft"] * 10 + ["warm"] * 6
 
 
 def rated_rows(train: str, out: Path, kind: str) -> str:
@@ -84,7 +89,9 @@ def rated_rows(train: str, out: Path, kind: str) -> str:
 
     rows = [json.loads(line) for line in Path(train).read_text().splitlines() if line.strip()][:RATED_PROMPTS]
     for i, row in enumerate(rows):
-        row[TEACHER_PASS_RATE] = 0.0 if kind == "zero" or i < GATED else 1.0
+        row[TEACHER_PASS_RATE] = 0.0 if kind == "zero" or i % 3 == 0 else 1.0  # mixed: rows 0, 3, .., 15 gated
+        if kind == "mixed":
+            row["domain"] = ROUTES[i]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return str(out)
@@ -134,6 +141,11 @@ class LayoutRuns:
         data = {"prompts_per_step": 16, "eval_files": [self.paths["train"]]}
         if layout.rows is not None:
             data["train_files"] = [rated_rows(self.paths["train"], workdir / f"rated_{layout.rows}.jsonl", layout.rows)]
+        sections = {"teacher": layout.teacher} if layout.teacher else {}
+        if layout.rows == "mixed":  # two teachers, routed by the rows' "domain"
+            sections = {"model": {"teacher": None}, "teacher": {"route_field": "domain", "teachers": [
+                {"name": "sft", "model": self.paths["teacher"]},
+                {"name": "warm", "model": self.paths["student"], "weight": 0.5}]}}
         # Four updates per rollout batch: old-policy log-probs are computed (not the detached current ones).
         config = run_config(
             self.paths, workdir / "out", parallel=layout.parallel,
@@ -142,7 +154,7 @@ class LayoutRuns:
             optim={"lr": 3e-4, "min_lr": 3e-4},  # constant: the runs have different lengths
             trainer=trainer,
             loss={"algorithm": "rlad", "alpha": 0.5, **layout.loss},
-            **({"teacher": layout.teacher} if layout.teacher else {}),
+            **sections,
         )
         done = launch(config, layout.processes, workdir=workdir, timeout=900, extra_env=env)
         assert done.returncode == 0, f"{name} failed:\n{done.stdout[-6000:]}"

@@ -13,7 +13,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 def test_gated_fraction_is_the_fraction_of_failed_prompts(layout_runs) -> None:
-    metrics = layout_runs["trust_gate"].metrics
+    metrics = layout_runs["teachers_trust"].metrics  # (with two teachers: the trust weight is the pass rate's)
     assert len(metrics) == 2
     for m in metrics:
         # no group skipped, every prompt once per step: a response of each gated prompt, G of each
