@@ -2,7 +2,7 @@
 directory. Every path the config names leaves here absolute, so that the run (every torchrun rank, a Slurm job
 started in another folder, ``rlad-megatron config``'s printout) reads the same files.
 
-The paths: ``model.student``, ``model.teacher``, ``data.train_files``, ``data.eval_files``, the file of a
+The paths: ``model.student``, ``model.teacher``, every ``teacher.teachers[i].model``, ``data.train_files``, ``data.eval_files``, the file of a
 ``data.task`` reference (``my_reward.py:my_reward``), ``trainer.output_dir`` and ``trainer.wandb.dir``. A data
 source written ``hub:ORG/NAME`` is not a path and stays as it is; a model is always a local folder (training never
 downloads: a missing one is reported missing, with the ``hf download`` command that fills it).
@@ -62,4 +62,7 @@ def resolve_paths(config: Any, base_dir: str | Path | None, overrides: Iterable[
             node = getattr(node, part)
         base = os.getcwd() if _from_command_line(key, overrides) else file_base
         setattr(node, name, _resolve(key, getattr(node, name), base))
+    base = os.getcwd() if _from_command_line("teacher.teachers", overrides) else file_base
+    for entry in config.teacher.teachers:  # several teachers: each one's folder
+        entry.model = _resolve("teacher.teachers.model", entry.model, base)
     return config
