@@ -340,13 +340,16 @@ def difficulty_table(results: Sequence[RunResult], reference: dict[str, dict[str
     return "\n".join(lines)
 
 
-#: (column, metric key, format) of :func:`activity_table`: how much each loss's clip / teacher terms act.
+#: (column, metric key, format) of :func:`activity_table`: how much each loss's clip / teacher terms act. A key may
+#: list alternatives ``a|b`` (the first one a step logged).
 ACTIVITY_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("ratio min..max", "", ""),
     ("clip low", "loss/clip/low_frac", "{:.2%}"),
     ("clip high", "loss/clip/high_frac", "{:.2%}"),
-    ("teacher clamp active", "loss/teacher/clamp_frac", "{:.1%}"),
+    ("teacher clamp active", "loss/teacher/clamp_frac|teacher/clamp_frac", "{:.1%}"),
     ("KL(student‖teacher)/token (k3)", "loss/kl/teacher_k3", "{:.3f}"),
+    ("top-k KL/token", "loss/topk/kl", "{:.3f}"),
+    ("responses gated (trust)", "loss/trust/gated_frac", "{:.1%}"),
     ("grad norm", "optim/grad_norm", "{:.2f}"),
     ("uniform groups", "groups/uniform_fraction", "{:.0%}"),
 )
@@ -370,7 +373,8 @@ def activity_table(results: Sequence[RunResult]) -> str:
                 hi = [m["loss/ratio/max"] for m in rows if "loss/ratio/max" in m]
                 cells.append(f"{statistics.fmean(lo):.2f}..{statistics.fmean(hi):.2f}" if lo and hi else "-")
                 continue
-            xs = [float(m[key]) for m in rows if key in m and not math.isnan(float(m[key]))]
+            xs = [float(m[k]) for m in rows for k in next(([k] for k in key.split("|") if k in m), [])
+                  if not math.isnan(float(m[k]))]
             cells.append(fmt.format(statistics.fmean(xs)) if xs else "-")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -101,3 +101,16 @@ def test_carry_trap_short_preparation(tmp_path: Path) -> None:
     assert prepared.teacher != prepared.student and (prepared.teacher / "config.json").exists()
     again = prepare_task(s, tmp_path, log=lambda _: None)  # cached: same folders, nothing retrained
     assert (again.teacher, again.student, again.files) == (prepared.teacher, prepared.student, prepared.files)
+
+
+def test_activity_table_reads_either_clamp_key_and_the_trust_and_topk_terms() -> None:
+    from examples.compare.report import activity_table
+
+    old = RunResult("rlad-0", "rlad a=0.5", "rlad", 0.5, 0, 0.3, {}, [{"loss/teacher/clamp_frac": 0.1}])
+    new = RunResult("gate-0", "rlad a=0.5 +gate", "rlad", 0.5, 0, 0.3, {},
+                    [{"teacher/clamp_frac": 0.3, "loss/trust/gated_frac": 0.4},
+                     {"teacher/clamp_frac": 0.1, "loss/trust/gated_frac": 0.2, "loss/topk/kl": 0.5}], variant="gate")
+    lines = activity_table([new, old]).splitlines()
+    assert "top-k KL/token" in lines[0] and "responses gated (trust)" in lines[0]
+    assert lines[2].startswith("| rlad a=0.5 | - | - | - | 10.0% |")  # the plain arm first
+    assert lines[3].startswith("| rlad a=0.5 +gate | - | - | - | 20.0% | - | 0.500 | 30.0% |")
