@@ -495,3 +495,49 @@ def plot_learning_curves(results: Sequence[RunResult], png: Path, title: str, *,
     fig.savefig(png, dpi=100)
     plt.close(fig)
     return png
+
+
+def plot_by_difficulty(results: Sequence[RunResult], png: Path, title: str,
+                       reference: dict[str, dict[str, Any]] | None = None) -> Path:
+    """Final accuracy per difficulty level (the evaluation's ``by_difficulty``, e.g. carry_trap's ``carry`` /
+    ``plain``): one group of bars per level, one bar per label (mean over seeds, dots = seeds), the reference
+    models (teacher, initial student) as short horizontal ticks over their level."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    groups: dict[str, list[RunResult]] = defaultdict(list)
+    for r in results:
+        groups[r.label].append(r)
+    labels = sorted(groups, key=lambda lab: run_order(groups[lab][0]))
+    levels = sorted({k for r in results for k in r.eval.get("by_difficulty", {})})
+    width = 0.8 / max(1, len(labels))
+    fig, ax = plt.subplots(figsize=(9, 3.8))
+    cmap = plt.get_cmap("tab10")
+    for i, label in enumerate(labels):
+        for j, level in enumerate(levels):
+            xs = [float(r.eval["by_difficulty"][level]) for r in groups[label] if level in r.eval.get("by_difficulty", {})]
+            if not xs:
+                continue
+            x = j + (i - (len(labels) - 1) / 2) * width
+            ax.bar(x, statistics.fmean(xs), width * 0.9, color=cmap(i % 10), label=label if j == 0 else None)
+            ax.scatter([x] * len(xs), xs, color="black", s=8, zorder=3)
+    styles = (":", "--", "-.")
+    for k, (name, ev) in enumerate((reference or {}).items()):
+        for j, level in enumerate(levels):
+            if level in ev.get("by_difficulty", {}):
+                ax.hlines(ev["by_difficulty"][level], j - 0.45, j + 0.45, colors="gray", linestyles=styles[k % 3],
+                          label=name if j == 0 else None)
+    ax.set_xticks(range(len(levels)), levels)
+    ax.set_ylabel("final accuracy (Mean@k, test split)")
+    ax.set_ylim(0, 1.05)
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2, loc="upper left")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    png = Path(png)
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=90)
+    plt.close(fig)
+    return png

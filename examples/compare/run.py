@@ -23,7 +23,7 @@ from examples.compare.prepare import Prepared, prepare_task
 from examples.compare.report import (activity_table, alpha_one_check, cell_table, common_start, difficulty_table,
                                      format_mode_comparison, format_paired, format_staleness, format_table,
                                      load_results, mode_comparison, paired_differences, plot_learning_curves,
-                                     prompt_cells, read_per_prompt, staleness_rows, summarize)
+                                     plot_by_difficulty, prompt_cells, read_per_prompt, staleness_rows, summarize)
 from examples.compare.settings import COMPARED_ALGORITHMS, TaskSettings
 from rlad_megatron.config import run_config_to_dict
 
@@ -133,7 +133,9 @@ def write_report(s: TaskSettings, task_dir: Path, title: str, reeval: str | None
             "sweep": plot_learning_curves(sweep, task_dir / "curves_alpha_sweep.png", f"{title}: alpha sweep",
                                           sweep=True, reference=reference),
             "reward": plot_learning_curves(main, task_dir / "curves_reward.png", f"{title}: reward (task scale)",
-                                           key="reward/mean")}
+                                           key="reward/mean"),
+            "difficulty": plot_by_difficulty(main, task_dir / "by_difficulty.png", f"{title}: by difficulty",
+                                             reference=reference_evals)}
     table = format_table(rows, threshold, reference_evals)
     paired = paired_differences(results)
     lines = [f"## {title}", "", table, "",
