@@ -114,3 +114,14 @@ def test_activity_table_reads_either_clamp_key_and_the_trust_and_topk_terms() ->
     assert "top-k KL/token" in lines[0] and "responses gated (trust)" in lines[0]
     assert lines[2].startswith("| rlad a=0.5 | - | - | - | 10.0% |")  # the plain arm first
     assert lines[3].startswith("| rlad a=0.5 +gate | - | - | - | 20.0% | - | 0.500 | 30.0% |")
+
+
+def test_plot_by_difficulty_writes_a_png(tmp_path: Path) -> None:
+    from examples.compare.report import plot_by_difficulty
+
+    runs = [RunResult(f"r{s}", label, "rlad", 0.5, s, 0.3, {"accuracy": 0.3, "by_difficulty": {"carry": 0.1 * s,
+                                                                                             "plain": 0.5}}, [],
+                      variant=variant) for s in (0, 1) for label, variant in (("rlad a=0.5", ""),
+                                                                              ("rlad a=0.5 +gate", "gate"))]
+    png = plot_by_difficulty(runs, tmp_path / "d.png", "t", {"teacher": {"by_difficulty": {"carry": 0.0, "plain": 1.0}}})
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size < 200_000
