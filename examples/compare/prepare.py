@@ -119,7 +119,7 @@ def rl_training_file(s: TaskSettings, files: DataFiles, teacher: Path, out_dir: 
     import sys
 
     out_dir = Path(out_dir)
-    wanted = json.dumps(settings_hash(s.rl_prompts, s.trust_k, str(teacher), s.rl.max_new_tokens,
+    wanted = json.dumps(settings_hash(s.rl_prompts, s.trust_k, Path(teacher).name, s.rl.max_new_tokens,
                                       s.rl.max_prompt_tokens, s.data))
     stamp = out_dir / "rl_settings.json"
     subset = out_dir / "rl_train.jsonl"
