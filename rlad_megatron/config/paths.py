@@ -2,10 +2,11 @@
 directory. Every path the config names leaves here absolute, so that the run (every torchrun rank, a Slurm job
 started in another folder, ``rlad-megatron config``'s printout) reads the same files.
 
-The paths: ``model.student``, ``model.teacher``, every ``teacher.teachers[i].model``, ``data.train_files``, ``data.eval_files``, the file of a
-``data.task`` reference (``my_reward.py:my_reward``), ``trainer.output_dir`` and ``trainer.wandb.dir``. A data
-source written ``hub:ORG/NAME`` is not a path and stays as it is; a model is always a local folder (training never
-downloads: a missing one is reported missing, with the ``hf download`` command that fills it).
+The paths: ``model.student``, ``model.teacher``, every ``teacher.teachers[i].model``, ``data.train_files``,
+``data.eval_files``, the file of a ``data.task`` reference (``my_reward.py:my_reward``), ``trainer.output_dir`` and
+``trainer.wandb.dir``. A data source written ``hub:ORG/NAME`` is not a path and stays as it is; a model is always a
+local folder (training never downloads: a missing one is reported missing, with the ``hf download`` command that
+fills it).
 """
 from __future__ import annotations
 
