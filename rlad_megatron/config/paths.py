@@ -2,10 +2,11 @@
 directory. Every path the config names leaves here absolute, so that the run (every torchrun rank, a Slurm job
 started in another folder, ``rlad-megatron config``'s printout) reads the same files.
 
-The paths: ``model.student``, ``model.teacher``, ``data.train_files``, ``data.eval_files``, the file of a
-``data.task`` reference (``my_reward.py:my_reward``), ``trainer.output_dir`` and ``trainer.wandb.dir``. A data
-source written ``hub:ORG/NAME`` is not a path and stays as it is; a model is always a local folder (training never
-downloads: a missing one is reported missing, with the ``hf download`` command that fills it).
+The paths: ``model.student``, ``model.teacher``, every ``teacher.teachers[i].model``, ``data.train_files``,
+``data.eval_files``, the file of a ``data.task`` reference (``my_reward.py:my_reward``), ``trainer.output_dir`` and
+``trainer.wandb.dir``. A data source written ``hub:ORG/NAME`` is not a path and stays as it is; a model is always a
+local folder (training never downloads: a missing one is reported missing, with the ``hf download`` command that
+fills it).
 """
 from __future__ import annotations
 
@@ -75,4 +76,7 @@ def resolve_paths(config: Any, base_dir: str | Path | None, overrides: Iterable[
         from_file = written is None or _written(key, written)
         base = os.getcwd() if _from_command_line(key, overrides) or not from_file else file_base
         setattr(node, name, _resolve(key, getattr(node, name), base))
+    base = os.getcwd() if _from_command_line("teacher.teachers", overrides) else file_base
+    for entry in config.teacher.teachers:  # several teachers: each one's folder
+        entry.model = _resolve("teacher.teachers.model", entry.model, base)
     return config
