@@ -26,7 +26,8 @@ from rlad_megatron.config.validators import ConfigError
 
 __all__ = [
     "FP8_FORMATS", "FP8_RECIPES", "WANDB_MODES", "ConfigError", "DataConfig", "FP8Settings", "LossConfig",
-    "ModelConfig", "OptimConfig", "ParallelConfig", "RolloutConfig", "RunConfig", "TeacherConfig", "TeacherModel", "TeacherPool",
+    "ModelConfig", "OptimConfig", "ParallelConfig", "RolloutConfig", "RunConfig", "TeacherConfig", "TeacherModel",
+    "TeacherPool",
     "TeacherUse",
     "TrainerConfig", "VLLMEngineConfig", "WandbConfig", "apply_overrides", "build_dataclass", "flatten_dotted",
     "load_run_config", "megatron_teacher", "required_inputs", "run_config_from_dict", "run_config_to_dict",

@@ -230,7 +230,8 @@ def load_run_config(path: str | Path | None, overrides: list[str] | None = None)
             raise ConfigError(f"config file {path}: expected a mapping at the top level")
         data = loaded or {}
     config = build_dataclass(RunConfig, apply_overrides(data, list(overrides or [])))
-    return resolve_paths(config, Path(path).parent if path is not None else None, overrides or ()).validate()
+    return resolve_paths(config, Path(path).parent if path is not None else None, overrides or (),
+                         written=data).validate()
 
 
 def run_config_to_dict(config: RunConfig) -> dict[str, Any]:

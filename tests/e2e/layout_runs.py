@@ -80,7 +80,8 @@ LAYOUTS = {
     "topk_kdrl": Layout(1, {}, 2, trainer={"fused_logprobs": False},
                         loss={"algorithm": "kdrl", "kd_estimator": "topk", "topk_kl": "reverse", "topk_k": 4}),
 }
-# Two teachers routed by a record field (the trained teacher "sft" and the warm student "warm", weight 0.5) with
+# Two teachers routed by a record field (the trained teacher "sft" in the learner, the warm student "warm" as a vLLM
+# scoring engine, weight 0.5) with
 # teacher trust (loss.teacher_trust=gate) on a file of rated prompts, every prompt in every step and no group skipped:
 # each teacher's share and loss/trust/gated_frac are known from the data (tests/e2e/test_trainer_trust.py,
 # test_several_teachers.py) ...
@@ -156,7 +157,7 @@ class LayoutRuns:
         if layout.rows == "mixed":  # two teachers, routed by the rows' "domain"
             sections = {"model": {"teacher": None}, "teacher": {"route_field": "domain", "teachers": [
                 {"name": "sft", "model": self.paths["teacher"]},
-                {"name": "warm", "model": self.paths["student"], "weight": 0.5}]}}
+                {"name": "warm", "model": self.paths["student"], "weight": 0.5, "source": "vllm"}]}}
         # Four updates per rollout batch: old-policy log-probs are computed (not the detached current ones).
         config = run_config(
             self.paths, workdir / "out", parallel=layout.parallel,

@@ -43,6 +43,10 @@ def test_teachers_from_the_command_line_and_yaml(tmp_path):
         "teacher: {teachers: [{name: a, model: models/a}, {name: b, model: /abs/b}], route_field: t}\n")
     y = load_run_config(tmp_path / "run.yaml")
     assert [t.model for t in y.teacher.teachers] == [str(tmp_path / "models/a"), "/abs/b"]  # from the file's folder
+    # the config a run records (and a resume reads back) keeps the teachers
+    from rlad_megatron.config import run_config_from_dict, run_config_to_dict
+
+    assert run_config_from_dict(run_config_to_dict(c)).teacher.teachers == c.teacher.teachers
     # one teacher: exactly today's (model.teacher, teacher.source)
     one = _config("model.teacher=/t", "teacher.source=vllm")
     assert not one.teacher.several()
