@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Sequence
 
 from examples.compare.prepare import Prepared
-from examples.compare.settings import ARM_VARIANTS, COMPARED_ALGORITHMS, ROLLOUT_MODES, TaskSettings, split_arm
+from examples.compare.settings import COMPARED_ALGORITHMS, ROLLOUT_MODES, TaskSettings, split_arm, variant_loss
 from recipes.small import small_run_config
 from rlad_megatron.config import RunConfig
 
@@ -81,7 +81,7 @@ def comparison_run_config(run: RunSpec, s: TaskSettings, prepared: Prepared, out
     rollout mode (and the variant's extra ``loss.*`` settings)."""
     rl = s.rl
     if run.variant:
-        rl = dataclasses.replace(rl, loss={**rl.loss, **ARM_VARIANTS[run.variant]})
+        rl = dataclasses.replace(rl, loss={**rl.loss, **variant_loss(run.variant)})
     return small_run_config(rl, task=s.task, student=str(prepared.student), teacher=str(prepared.teacher),
                             train_files=[str(prepared.files.train)], output_dir=str(output_dir), seed=run.seed,
                             algorithm=run.algorithm, alpha=run.alpha, rollout_mode=run.rollout_mode)

@@ -19,7 +19,7 @@ _NOT_COMPARED_SUFFIXES = ("_s", "per_s", "seconds", "_ms")
 
 
 #: Order of the arm variants in tables (after the plain algorithm).
-VARIANT_ORDER: tuple[str, ...] = ("", "topk", "gate")
+VARIANT_ORDER: tuple[str, ...] = ("", "topk", "gate", "topk+gate")
 
 
 def table_order(algorithm: str, alpha: float, rollout_mode: str = "sync",

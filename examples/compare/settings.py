@@ -30,15 +30,26 @@ ARM_VARIANTS: dict[str, dict[str, Any]] = {
     "gate": {"teacher_trust": "gate", "teacher_trust_threshold": 0.5},
 }
 #: Every arm the harness knows, in the table's order.
-ARMS: tuple[str, ...] = COMPARED_ALGORITHMS + ("rlad+topk", "rlad+gate", "kdrl+gate")
+ARMS: tuple[str, ...] = COMPARED_ALGORITHMS + ("rlad+topk", "rlad+gate", "rlad+topk+gate", "kdrl+gate")
 
 
 def split_arm(arm: str) -> tuple[str, str]:
-    """``"rlad+gate"`` -> ``("rlad", "gate")``; ``"grpo"`` -> ``("grpo", "")``. Unknown parts raise ValueError."""
+    """``"rlad+gate"`` -> ``("rlad", "gate")``; ``"rlad+topk+gate"`` -> ``("rlad", "topk+gate")`` (both variants'
+    settings); ``"grpo"`` -> ``("grpo", "")``. Unknown parts raise ValueError."""
     algorithm, _, variant = arm.partition("+")
-    if algorithm not in COMPARED_ALGORITHMS or (variant and variant not in ARM_VARIANTS):
-        raise ValueError(f"unknown algorithm/arm {arm!r}; choose from {list(ARMS)} (<algorithm>[+{'|'.join(ARM_VARIANTS)}])")
+    parts = variant.split("+") if variant else []
+    if algorithm not in COMPARED_ALGORITHMS or any(v not in ARM_VARIANTS for v in parts) or len(set(parts)) != len(parts):
+        raise ValueError(f"unknown algorithm/arm {arm!r}; choose from {list(ARMS)} "
+                         f"(<algorithm>[+{'|'.join(ARM_VARIANTS)}]...)")
     return algorithm, variant
+
+
+def variant_loss(variant: str) -> dict[str, Any]:
+    """The extra ``loss.*`` settings of a variant (``"topk+gate"``: both)."""
+    out: dict[str, Any] = {}
+    for part in variant.split("+") if variant else []:
+        out.update(ARM_VARIANTS[part])
+    return out
 
 
 def rl_budget(**fields: Any) -> SmallRun:

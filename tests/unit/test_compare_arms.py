@@ -11,7 +11,7 @@ from examples.compare.plan import RunSpec, comparison_run_config, plan_runs
 from examples.compare.prepare import Prepared
 from examples.compare.report import RunResult, cell_table, paired_differences, prompt_cells, read_per_prompt, summarize
 from examples.compare.run import subset_and_digits
-from examples.compare.settings import ARM_VARIANTS, carry_trap_settings, split_arm
+from examples.compare.settings import ARM_VARIANTS, carry_trap_settings, split_arm, variant_loss
 from examples.quickstart.prepare import DataFiles
 from rlad_megatron.config import run_config_to_dict
 
@@ -19,7 +19,8 @@ from rlad_megatron.config import run_config_to_dict
 def test_arms_split_into_algorithm_and_variant() -> None:
     assert split_arm("grpo") == ("grpo", "") and split_arm("rlad+gate") == ("rlad", "gate")
     assert split_arm("kdrl+gate") == ("kdrl", "gate") and split_arm("rlad+topk") == ("rlad", "topk")
-    for bad in ("ppo", "rlad+nope", "ppo+gate"):
+    assert split_arm("rlad+topk+gate") == ("rlad", "topk+gate")
+    for bad in ("ppo", "rlad+nope", "ppo+gate", "rlad+gate+gate", "rlad+topk+nope"):
         with pytest.raises(ValueError, match="unknown algorithm/arm"):
             split_arm(bad)
 
@@ -31,7 +32,7 @@ def test_plan_runs_names_and_labels_of_variants() -> None:
     assert [r.label for r in runs[::2]] == ["rlad a=0.5", "rlad a=0.5 +topk", "rlad a=0.5 +gate", "kdrl +gate"]
 
 
-@pytest.mark.parametrize("variant", sorted(ARM_VARIANTS))
+@pytest.mark.parametrize("variant", sorted(ARM_VARIANTS) + ["topk+gate"])
 def test_variant_config_differs_from_its_algorithm_only_in_the_variant_keys(tmp_path: Path, variant: str) -> None:
     s = carry_trap_settings()
     prepared = Prepared(DataFiles(tmp_path / "train.jsonl", tmp_path / "test.jsonl"), tmp_path / "t", tmp_path / "s",
@@ -39,9 +40,10 @@ def test_variant_config_differs_from_its_algorithm_only_in_the_variant_keys(tmp_
     base = run_config_to_dict(comparison_run_config(RunSpec("carry_trap", "rlad", 0.5, 1), s, prepared, tmp_path))
     arm = run_config_to_dict(comparison_run_config(RunSpec("carry_trap", "rlad", 0.5, 1, variant=variant), s,
                                                    prepared, tmp_path))
+    extra = variant_loss(variant)
     assert {k for k in base["loss"] if base["loss"][k] != arm["loss"][k]} == {
-        k for k, v in ARM_VARIANTS[variant].items() if base["loss"][k] != v}
-    assert {k: arm["loss"][k] for k in ARM_VARIANTS[variant]} == ARM_VARIANTS[variant]
+        k for k, v in extra.items() if base["loss"][k] != v}
+    assert {k: arm["loss"][k] for k in extra} == extra and len(extra) >= len(ARM_VARIANTS["gate"])
     for section in ("model", "rollout", "data", "optim", "parallel", "trainer"):
         assert base[section] == arm[section]  # paired: same data, seed and budget
 
