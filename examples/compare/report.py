@@ -374,7 +374,7 @@ def activity_table(results: Sequence[RunResult]) -> str:
                 cells.append(f"{statistics.fmean(lo):.2f}..{statistics.fmean(hi):.2f}" if lo and hi else "-")
                 continue
             xs = [float(m[k]) for m in rows for k in next(([k] for k in key.split("|") if k in m), [])
-                  if not math.isnan(float(m[k]))]
+                  if m[k] is not None and not math.isnan(float(m[k]))]  # None: not measured that step
             cells.append(fmt.format(statistics.fmean(xs)) if xs else "-")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -111,7 +111,8 @@ def test_activity_table_reads_either_clamp_key_and_the_trust_and_topk_terms() ->
     old = RunResult("rlad-0", "rlad a=0.5", "rlad", 0.5, 0, 0.3, {}, [{"loss/teacher/clamp_frac": 0.1}])
     new = RunResult("gate-0", "rlad a=0.5 +gate", "rlad", 0.5, 0, 0.3, {},
                     [{"teacher/clamp_frac": 0.3, "loss/trust/gated_frac": 0.4},
-                     {"teacher/clamp_frac": 0.1, "loss/trust/gated_frac": 0.2, "loss/topk/kl": 0.5}], variant="gate")
+                     {"teacher/clamp_frac": 0.1, "loss/trust/gated_frac": 0.2, "loss/topk/kl": 0.5},
+                     {"teacher/clamp_frac": None}], variant="gate")
     lines = activity_table([new, old]).splitlines()
     assert "top-k KL/token" in lines[0] and "responses gated (trust)" in lines[0]
     assert lines[2].startswith("| rlad a=0.5 | - | - | - | 10.0% |")  # the plain arm first
