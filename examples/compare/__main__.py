@@ -11,7 +11,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from examples.compare.settings import (COMPARED_ALGORITHMS, ROLLOUT_MODES, SWEEP_ALPHAS, TASKS, short_settings,
+from examples.compare.settings import (ARMS, COMPARED_ALGORITHMS, ROLLOUT_MODES, SWEEP_ALPHAS, TASKS, short_settings,
                                        task_settings)
 
 DEFAULT_TASKS: tuple[str, ...] = ("arithmetic", "knights_knaves_compact")
@@ -49,7 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=3, help="seeds of the main comparison (0..N-1)")
     p.add_argument("--sweep-seeds", type=int, default=1, help="seeds of each alpha-sweep point (0..N-1)")
     p.add_argument("--alphas", type=float, nargs="*", default=list(SWEEP_ALPHAS), help="alpha sweep points")
-    p.add_argument("--algorithms", nargs="+", choices=COMPARED_ALGORITHMS, default=list(COMPARED_ALGORITHMS))
+    p.add_argument("--algorithms", nargs="+", choices=ARMS, default=list(COMPARED_ALGORITHMS),
+                   help="arms: the four algorithms, or one with a teacher-signal variant (rlad+topk, rlad+gate, "
+                        "kdrl+gate: examples.compare.settings.ARM_VARIANTS)")
     p.add_argument("--rollout-modes", type=rollout_modes, default=["sync"], metavar="sync,async",
                    help="rollout modes, comma-separated: every algorithm and seed runs in each (async: one step "
                         "off-policy, the engine in its own process; docs/async_rollouts.md). Default: sync")

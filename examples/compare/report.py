@@ -18,10 +18,21 @@ from rlad_megatron.trainer.observability.metrics_file import is_clock_metric, re
 _NOT_COMPARED_SUFFIXES = ("_s", "per_s", "seconds", "_ms")
 
 
-def table_order(algorithm: str, alpha: float, rollout_mode: str = "sync") -> tuple[int, float, int]:
-    """Sort key of every table and plot: sft, grpo, kdrl, then rlad by decreasing alpha; a synchronous run before
-    its asynchronous twin."""
-    return ({"sft": 0, "grpo": 1, "kdrl": 2, "rlad": 3}.get(algorithm, 9), -alpha, int(rollout_mode != "sync"))
+#: Order of the arm variants in tables (after the plain algorithm).
+VARIANT_ORDER: tuple[str, ...] = ("", "topk", "gate", "topk+gate")
+
+
+def table_order(algorithm: str, alpha: float, rollout_mode: str = "sync",
+                variant: str = "") -> tuple[int, float, int, int]:
+    """Sort key of every table and plot: sft, grpo, kdrl, then rlad by decreasing alpha; an algorithm before its
+    variants (+topk, +gate); a synchronous run before its asynchronous twin."""
+    rank = VARIANT_ORDER.index(variant) if variant in VARIANT_ORDER else len(VARIANT_ORDER)
+    return ({"sft": 0, "grpo": 1, "kdrl": 2, "rlad": 3}.get(algorithm, 9), -alpha, rank, int(rollout_mode != "sync"))
+
+
+def run_order(r: "RunResult") -> tuple[int, float, int, int]:
+    """:func:`table_order` of a run."""
+    return table_order(r.algorithm, r.alpha, r.rollout_mode, r.variant)
 
 
 @dataclass
@@ -40,6 +51,10 @@ class RunResult:
     """"sync" or "async" (results written before the rollout-mode axis are sync)."""
     train_seconds: float | None = None
     """Wall time of the run's training (``result.json``; None when not recorded)."""
+    variant: str = ""
+    """The arm's variant ("topk", "gate"; "" for the plain algorithm)."""
+    per_prompt: list[dict[str, Any]] = field(default_factory=list)
+    """The final evaluation's per-prompt rows (``id``, ``difficulty``, ``n``, ``correct``) from its ``eval.json``."""
 
     def curve(self, key: str = "reward/accuracy") -> list[float]:
         return [float(m[key]) for m in self.metrics if key in m]
@@ -51,14 +66,69 @@ def load_results(task_dir: Path, reeval: str | None = None) -> list[RunResult]:
     out = []
     for done in sorted(Path(task_dir).glob("runs/*/result.json")):
         r = json.loads(done.read_text())
+        eval_dir = done.parent / (f"{reeval}/eval" if reeval is not None else "eval")
         if reeval is not None:
             r["eval"] = json.loads((done.parent / reeval / "result.json").read_text())["eval"]
         out.append(RunResult(name=done.parent.name, label=r["label"], algorithm=r["algorithm"], alpha=float(r["alpha"]),
                              seed=int(r["seed"]), final_accuracy=float(r["eval"]["accuracy"]), eval=r["eval"],
                              metrics=read_metrics(done.parent / "train" / "metrics.jsonl"),
                              rollout_mode=str(r.get("rollout_mode", "sync")),
-                             train_seconds=r.get("train_seconds")))
+                             train_seconds=r.get("train_seconds"), variant=str(r.get("variant", "")),
+                             per_prompt=read_per_prompt(eval_dir)))
     return out
+
+
+def read_per_prompt(eval_dir: Path) -> list[dict[str, Any]]:
+    """The per-prompt rows of the evaluation written in ``eval_dir`` (``eval.json``: the benchmarks' reports; the
+    comparison evaluates one); [] when absent."""
+    path = Path(eval_dir) / "eval.json"
+    if not path.exists():
+        return []
+    data = json.loads(path.read_text())
+    reports = data.get("benchmarks", data) if isinstance(data, dict) else {}
+    for report in (reports.values() if isinstance(reports, dict) else reports):
+        if isinstance(report, dict) and "per_prompt" in report:
+            return list(report["per_prompt"])
+    return list(data.get("per_prompt", [])) if isinstance(data, dict) else []
+
+
+def prompt_cells(test_file: Path, key: Any) -> dict[str, str]:
+    """``{id: cell}`` over the records of ``test_file`` (JSON lines), ``key(record)`` naming each record's cell
+    (e.g. subset and digits)."""
+    rows = [json.loads(line) for line in Path(test_file).read_text().splitlines() if line.strip()]
+    return {str(r["id"]): key(r) for r in rows}
+
+
+def cell_table(results: Sequence[RunResult], cells: dict[str, str],
+               reference: dict[str, list[dict[str, Any]]] | None = None) -> str:
+    """Mean@k per cell (sum of correct / sum of samples over the cell's prompts), mean over seeds per label; the
+    header gives each cell's prompt count. ``reference``: {name: per_prompt rows} (teacher, initial student)."""
+    names = sorted(set(cells.values()))
+    counts = {c: sum(v == c for v in cells.values()) for c in names}
+
+    def acc(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
+        got: dict[str, list[int]] = {c: [0, 0] for c in names}
+        for row in rows:
+            c = cells.get(str(row["id"]))
+            if c is not None:
+                got[c][0] += int(row["correct"])
+                got[c][1] += int(row["n"])
+        return {c: k / n for c, (k, n) in got.items() if n}
+
+    lines = ["| run | " + " | ".join(f"{c} ({counts[c]})" for c in names) + " |", "|---|" + "---|" * len(names)]
+    for name, rows in (reference or {}).items():
+        a = acc(rows)
+        lines.append(f"| {name} | " + " | ".join(f"{a[c]:.3f}" if c in a else "-" for c in names) + " |")
+    groups: dict[str, list[RunResult]] = defaultdict(list)
+    for r in results:
+        if r.per_prompt:
+            groups[r.label].append(r)
+    for label in sorted(groups, key=lambda lab: run_order(groups[lab][0])):
+        per_run = [acc(r.per_prompt) for r in groups[label]]
+        cells_out = [statistics.fmean(a[c] for a in per_run if c in a) if any(c in a for a in per_run) else None
+                     for c in names]
+        lines.append(f"| {label} | " + " | ".join("-" if x is None else f"{x:.3f}" for x in cells_out) + " |")
+    return "\n".join(lines)
 
 
 def steps_to_threshold(values: Sequence[float], threshold: float, window: int = 5) -> int | None:
@@ -100,7 +170,9 @@ def summarize(results: Sequence[RunResult], threshold: float) -> list[dict[str, 
         reached = [h for h in hits if h is not None]
         rows.append({
             "label": label, "algorithm": runs[0].algorithm, "alpha": runs[0].alpha,
-            "rollout_mode": runs[0].rollout_mode, "seeds": sorted(r.seed for r in runs),
+            "rollout_mode": runs[0].rollout_mode, "variant": runs[0].variant, "seeds": sorted(r.seed for r in runs),
+            "train_seconds": statistics.fmean(r.train_seconds for r in runs) if all(
+                r.train_seconds is not None for r in runs) else None,
             "final_mean": mean, "final_std": std, "final_min": min(finals), "final_max": max(finals),
             "train_last5": statistics.fmean(last) if last and own_rollouts else None,
             "final_reward": statistics.fmean(float(r.eval.get("mean_reward", math.nan)) for r in runs),
@@ -108,7 +180,8 @@ def summarize(results: Sequence[RunResult], threshold: float) -> list[dict[str, 
             "steps_to_threshold": statistics.median(reached) if reached else None,
             "reached": f"{len(reached)}/{len(runs)}" if own_rollouts else "n/a",
         })
-    return sorted(rows, key=lambda row: table_order(row["algorithm"], row["alpha"], row["rollout_mode"]))
+    return sorted(rows, key=lambda row: table_order(row["algorithm"], row["alpha"], row["rollout_mode"],
+                                                    row["variant"]))
 
 
 def format_table(rows: Sequence[dict[str, Any]], threshold: float,
@@ -148,9 +221,10 @@ def paired_differences(results: Sequence[RunResult], baseline: str = "grpo") -> 
                  for r in sorted(runs, key=lambda r: r.seed)}
         mean, std = _mean_std(list(diffs.values()))
         rows.append({"label": label, "algorithm": runs[0].algorithm, "alpha": runs[0].alpha,
-                     "rollout_mode": runs[0].rollout_mode, "diffs": diffs,
+                     "rollout_mode": runs[0].rollout_mode, "variant": runs[0].variant, "diffs": diffs,
                      "mean": mean, "std": std, "wins": sum(d > 0 for d in diffs.values())})
-    return sorted(rows, key=lambda row: table_order(row["algorithm"], row["alpha"], row["rollout_mode"]))
+    return sorted(rows, key=lambda row: table_order(row["algorithm"], row["alpha"], row["rollout_mode"],
+                                                    row["variant"]))
 
 
 def base_label(r: RunResult) -> str:
@@ -165,24 +239,25 @@ def mode_comparison(results: Sequence[RunResult], mode: str = "async") -> list[d
     same prompts and sampling seeds, only the weights that sampled each batch differ), and the issue's goal,
     ``|mean(mode) - mean(sync)| <= std(sync)`` (``within_one_std``; None with fewer than two sync seeds), and the
     median ``time/step`` of each mode (``sync_step_s``, ``step_s``)."""
-    by_key = {(r.algorithm, r.alpha, r.rollout_mode, r.seed): r for r in results}
-    groups: dict[tuple[str, float], dict[str, list[RunResult]]] = defaultdict(lambda: defaultdict(list))
+    by_key = {(r.algorithm, r.alpha, r.variant, r.rollout_mode, r.seed): r for r in results}
+    groups: dict[tuple[str, float, str], dict[str, list[RunResult]]] = defaultdict(lambda: defaultdict(list))
     for r in results:
-        groups[(r.algorithm, r.alpha)][r.rollout_mode].append(r)
+        groups[(r.algorithm, r.alpha, r.variant)][r.rollout_mode].append(r)
     rows = []
-    for (algorithm, alpha), modes in groups.items():
+    for (algorithm, alpha, variant), modes in groups.items():
         sync, other = modes.get("sync", []), modes.get(mode, [])
         if not sync or not other:
             continue
         sync_mean, sync_std = _mean_std([r.final_accuracy for r in sync])
         other_mean, other_std = _mean_std([r.final_accuracy for r in other])
-        diffs = {r.seed: r.final_accuracy - by_key[(algorithm, alpha, "sync", r.seed)].final_accuracy
-                 for r in sorted(other, key=lambda r: r.seed) if (algorithm, alpha, "sync", r.seed) in by_key}
+        diffs = {r.seed: r.final_accuracy - by_key[(algorithm, alpha, variant, "sync", r.seed)].final_accuracy
+                 for r in sorted(other, key=lambda r: r.seed) if (algorithm, alpha, variant, "sync", r.seed) in by_key}
         d_mean, d_std = _mean_std(list(diffs.values()))
         gap = other_mean - sync_mean
         step_s = {m: [float(x["time/step"]) for r in runs for x in r.metrics if "time/step" in x]
                   for m, runs in (("sync", sync), (mode, other))}
-        rows.append({"label": base_label(other[0]), "algorithm": algorithm, "alpha": alpha, "mode": mode,
+        rows.append({"label": base_label(other[0]), "algorithm": algorithm, "alpha": alpha, "variant": variant,
+                     "mode": mode,
                      "sync_step_s": statistics.median(step_s["sync"]) if step_s["sync"] else math.nan,
                      "step_s": statistics.median(step_s[mode]) if step_s[mode] else math.nan,
                      "sync_seeds": len(sync), "seeds": len(other),
@@ -190,7 +265,7 @@ def mode_comparison(results: Sequence[RunResult], mode: str = "async") -> list[d
                      "gap": gap, "diffs": diffs, "diff_mean": d_mean, "diff_std": d_std,
                      "ahead": sum(d > 0 for d in diffs.values()),
                      "within_one_std": None if len(sync) < 2 else bool(abs(gap) <= sync_std)})
-    return sorted(rows, key=lambda row: table_order(row["algorithm"], row["alpha"]))
+    return sorted(rows, key=lambda row: table_order(row["algorithm"], row["alpha"], "sync", row["variant"]))
 
 
 def format_mode_comparison(rows: Sequence[dict[str, Any]]) -> str:
@@ -215,7 +290,7 @@ def staleness_rows(results: Sequence[RunResult]) -> list[dict[str, Any]]:
     off-policy: (steps - 1) / steps, the first batch is generated by the current weights), the steps trained on a
     batch one version old, the sum of ``rollout/stale_dropped``, and the training wall time."""
     rows = []
-    for r in sorted(results, key=lambda r: (table_order(r.algorithm, r.alpha, r.rollout_mode), r.seed)):
+    for r in sorted(results, key=lambda r: (run_order(r), r.seed)):
         if r.rollout_mode == "sync":
             continue
         stale = [float(m["rollout/staleness"]) for m in r.metrics if "rollout/staleness" in m]
@@ -256,8 +331,7 @@ def difficulty_table(results: Sequence[RunResult], reference: dict[str, dict[str
     for name, ev in (reference or {}).items():
         lines.append(f"| {name} | " + " | ".join(f"{ev.get('by_difficulty', {}).get(k, math.nan):.3f}"
                                                   for k in levels) + " |")
-    for label in sorted(groups, key=lambda lab: table_order(groups[lab][0].algorithm, groups[lab][0].alpha,
-                                                               groups[lab][0].rollout_mode)):
+    for label in sorted(groups, key=lambda lab: run_order(groups[lab][0])):
         cells = []
         for k in levels:
             xs = [float(r.eval["by_difficulty"][k]) for r in groups[label] if k in r.eval.get("by_difficulty", {})]
@@ -266,13 +340,16 @@ def difficulty_table(results: Sequence[RunResult], reference: dict[str, dict[str
     return "\n".join(lines)
 
 
-#: (column, metric key, format) of :func:`activity_table`: how much each loss's clip / teacher terms act.
+#: (column, metric key, format) of :func:`activity_table`: how much each loss's clip / teacher terms act. A key may
+#: list alternatives ``a|b`` (the first one a step logged).
 ACTIVITY_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("ratio min..max", "", ""),
     ("clip low", "loss/clip/low_frac", "{:.2%}"),
     ("clip high", "loss/clip/high_frac", "{:.2%}"),
-    ("teacher clamp active", "loss/teacher/clamp_frac", "{:.1%}"),
+    ("teacher clamp active", "loss/teacher/clamp_frac|teacher/clamp_frac", "{:.1%}"),
     ("KL(student‖teacher)/token (k3)", "loss/kl/teacher_k3", "{:.3f}"),
+    ("top-k KL/token", "loss/topk/kl", "{:.3f}"),
+    ("responses gated (trust)", "loss/trust/gated_frac", "{:.1%}"),
     ("grad norm", "optim/grad_norm", "{:.2f}"),
     ("uniform groups", "groups/uniform_fraction", "{:.0%}"),
 )
@@ -287,8 +364,7 @@ def activity_table(results: Sequence[RunResult]) -> str:
         if r.algorithm != "sft":
             groups[r.label].append(r)
     lines = ["| run | " + " | ".join(c for c, _, _ in ACTIVITY_COLUMNS) + " |", "|---|" + "---|" * len(ACTIVITY_COLUMNS)]
-    for label in sorted(groups, key=lambda lab: table_order(groups[lab][0].algorithm, groups[lab][0].alpha,
-                                                               groups[lab][0].rollout_mode)):
+    for label in sorted(groups, key=lambda lab: run_order(groups[lab][0])):
         rows = [m for r in groups[label] for m in r.metrics]
         cells = []
         for _, key, fmt in ACTIVITY_COLUMNS:
@@ -297,7 +373,8 @@ def activity_table(results: Sequence[RunResult]) -> str:
                 hi = [m["loss/ratio/max"] for m in rows if "loss/ratio/max" in m]
                 cells.append(f"{statistics.fmean(lo):.2f}..{statistics.fmean(hi):.2f}" if lo and hi else "-")
                 continue
-            xs = [float(m[key]) for m in rows if key in m and not math.isnan(float(m[key]))]
+            xs = [float(m[k]) for m in rows for k in next(([k] for k in key.split("|") if k in m), [])
+                  if m[k] is not None and not math.isnan(float(m[k]))]  # None: not measured that step
             cells.append(fmt.format(statistics.fmean(xs)) if xs else "-")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -326,7 +403,7 @@ def compare_metrics(a: Sequence[dict[str, float]], b: Sequence[dict[str, float]]
 def alpha_one_check(results: Sequence[RunResult]) -> list[dict[str, Any]]:
     """For each seed (and rollout mode) with both a ``grpo`` and an ``rlad`` alpha=1.0 run: :func:`compare_metrics`
     of the two."""
-    by = {(r.algorithm, r.alpha, r.rollout_mode, r.seed): r for r in results}
+    by = {(r.algorithm, r.alpha, r.rollout_mode, r.seed): r for r in results if not r.variant}
     out = []
     for (algorithm, alpha, mode, seed), r in sorted(by.items()):
         if algorithm == "rlad" and alpha == 1.0 and ("grpo", 1.0, mode, seed) in by:
@@ -364,7 +441,8 @@ def plot_learning_curves(results: Sequence[RunResult], png: Path, title: str, *,
     else:
         most = max((len(v) for v in groups.values()), default=0)
         labels = sorted((lab for lab in groups if len(groups[lab]) == most),
-                        key=lambda lab: table_order(groups[lab][0].algorithm, 0.0, groups[lab][0].rollout_mode))
+                        key=lambda lab: table_order(groups[lab][0].algorithm, 0.0, groups[lab][0].rollout_mode,
+                                                    groups[lab][0].variant))
     fig, (ax_curve, ax_bar) = plt.subplots(1, 2, figsize=(12, 4.2))
     cmap = plt.get_cmap("viridis" if sweep else "tab10")
     # One colour per algorithm (and alpha); an asynchronous run is drawn dashed in its synchronous twin's colour.
@@ -415,5 +493,51 @@ def plot_learning_curves(results: Sequence[RunResult], png: Path, title: str, *,
     png = Path(png)
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=100)
+    plt.close(fig)
+    return png
+
+
+def plot_by_difficulty(results: Sequence[RunResult], png: Path, title: str,
+                       reference: dict[str, dict[str, Any]] | None = None) -> Path:
+    """Final accuracy per difficulty level (the evaluation's ``by_difficulty``, e.g. carry_trap's ``carry`` /
+    ``plain``): one group of bars per level, one bar per label (mean over seeds, dots = seeds), the reference
+    models (teacher, initial student) as short horizontal ticks over their level."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    groups: dict[str, list[RunResult]] = defaultdict(list)
+    for r in results:
+        groups[r.label].append(r)
+    labels = sorted(groups, key=lambda lab: run_order(groups[lab][0]))
+    levels = sorted({k for r in results for k in r.eval.get("by_difficulty", {})})
+    width = 0.8 / max(1, len(labels))
+    fig, ax = plt.subplots(figsize=(9, 3.8))
+    cmap = plt.get_cmap("tab10")
+    for i, label in enumerate(labels):
+        for j, level in enumerate(levels):
+            xs = [float(r.eval["by_difficulty"][level]) for r in groups[label] if level in r.eval.get("by_difficulty", {})]
+            if not xs:
+                continue
+            x = j + (i - (len(labels) - 1) / 2) * width
+            ax.bar(x, statistics.fmean(xs), width * 0.9, color=cmap(i % 10), label=label if j == 0 else None)
+            ax.scatter([x] * len(xs), xs, color="black", s=8, zorder=3)
+    styles = (":", "--", "-.")
+    for k, (name, ev) in enumerate((reference or {}).items()):
+        for j, level in enumerate(levels):
+            if level in ev.get("by_difficulty", {}):
+                ax.hlines(ev["by_difficulty"][level], j - 0.45, j + 0.45, colors="gray", linestyles=styles[k % 3],
+                          label=name if j == 0 else None)
+    ax.set_xticks(range(len(levels)), levels)
+    ax.set_ylabel("final accuracy (Mean@k, test split)")
+    ax.set_ylim(0, 1.05)
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2, loc="upper left")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    png = Path(png)
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=90)
     plt.close(fig)
     return png

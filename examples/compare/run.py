@@ -20,10 +20,10 @@ from typing import Any, Callable, Sequence
 
 from examples.compare.plan import RunSpec, comparison_run_config, plan_runs
 from examples.compare.prepare import Prepared, prepare_task
-from examples.compare.report import (activity_table, alpha_one_check, common_start, difficulty_table,
+from examples.compare.report import (activity_table, alpha_one_check, cell_table, common_start, difficulty_table,
                                      format_mode_comparison, format_paired, format_staleness, format_table,
                                      load_results, mode_comparison, paired_differences, plot_learning_curves,
-                                     staleness_rows, summarize)
+                                     plot_by_difficulty, prompt_cells, read_per_prompt, staleness_rows, summarize)
 from examples.compare.settings import COMPARED_ALGORITHMS, TaskSettings
 from rlad_megatron.config import run_config_to_dict
 
@@ -55,7 +55,8 @@ def build_jobs(s: TaskSettings, prepared: Prepared, runs: Sequence[RunSpec], tas
         jobs.append({"name": f"{s.task}/{run.name}", "out_dir": str(out_dir),
                      "config": config, "eval": eval_spec(s, prepared),
                      "meta": {"label": run.label, "algorithm": run.algorithm, "alpha": run.alpha,
-                              "seed": run.seed, "rollout_mode": run.rollout_mode}})
+                              "seed": run.seed, "rollout_mode": run.rollout_mode,
+                              **({"variant": run.variant} if run.variant else {})}})
     return jobs
 
 
@@ -104,6 +105,13 @@ def build_reeval_jobs(s: TaskSettings, prepared: Prepared, task_dir: Path, k: in
              "eval": {**eval_spec(s, prepared, str(model)), "k": k}} for name, folder, model in folders]
 
 
+def subset_and_digits(record: dict[str, Any]) -> str:
+    """carry_trap's report cell of a test record: its subset (``carry`` / ``plain``) and the digits of the longer
+    operand (``carry d2``)."""
+    a, b = str(record["prompt"]).rstrip("=").split("+")
+    return f"{record['difficulty']} d{max(len(a), len(b))}"
+
+
 def write_report(s: TaskSettings, task_dir: Path, title: str, reeval: str | None = None) -> dict[str, Any]:
     """Table, alpha=1.0 check and plots from the runs under ``task_dir``; writes ``summary.json``/``report.md``.
     ``reeval``: report the final accuracies of that later evaluation (see :func:`build_reeval_jobs`)."""
@@ -119,13 +127,15 @@ def write_report(s: TaskSettings, task_dir: Path, title: str, reeval: str | None
     rows = summarize(results, threshold)
     checks = alpha_one_check(results)
     main = [r for r in results if r.algorithm != "rlad" or r.alpha == 0.5]
-    sweep = [r for r in results if r.algorithm in ("rlad", "grpo")]
+    sweep = [r for r in results if r.algorithm in ("rlad", "grpo") and not r.variant]
     pngs = {"curves": plot_learning_curves(main, task_dir / "curves_algorithms.png", f"{title}: algorithms",
                                            reference=reference),
             "sweep": plot_learning_curves(sweep, task_dir / "curves_alpha_sweep.png", f"{title}: alpha sweep",
                                           sweep=True, reference=reference),
             "reward": plot_learning_curves(main, task_dir / "curves_reward.png", f"{title}: reward (task scale)",
-                                           key="reward/mean")}
+                                           key="reward/mean"),
+            "difficulty": plot_by_difficulty(main, task_dir / "by_difficulty.png", f"{title}: by difficulty",
+                                             reference=reference_evals)}
     table = format_table(rows, threshold, reference_evals)
     paired = paired_differences(results)
     lines = [f"## {title}", "", table, "",
@@ -133,6 +143,16 @@ def write_report(s: TaskSettings, task_dir: Path, title: str, reeval: str | None
              "Final accuracy by difficulty (mean over seeds):", "", difficulty_table(results, reference_evals), ""]
     if paired:
         lines += ["Paired by seed against grpo:", "", format_paired(paired), ""]
+    paired_rlad = paired_differences(results, baseline="rlad a=0.5")
+    if paired_rlad and any(r.variant for r in results):
+        lines += ["Paired by seed against rlad a=0.5:", "", format_paired(paired_rlad, "rlad a=0.5"), ""]
+    if s.task == "carry_trap":
+        test_file = task_dir / "data" / "test.jsonl"
+        ref_rows = {name: read_per_prompt(task_dir / "reference" / name / (f"{reeval}/eval" if reeval else "eval"))
+                    for name in ("teacher", "student (initial)")}
+        lines += ["Final accuracy by subset and digits of the longer operand (Mean@k pooled over the cell's prompts, "
+                  "mean over seeds; prompts per cell in the header):", "",
+                  cell_table(results, prompt_cells(test_file, subset_and_digits), ref_rows), ""]
     modes = mode_comparison(results)
     stale = staleness_rows(results)
     if modes:
@@ -150,7 +170,7 @@ def write_report(s: TaskSettings, task_dir: Path, title: str, reeval: str | None
     report = "\n".join(lines) + "\n"
     (task_dir / "report.md").write_text(report)
     summary = {"task": s.task, "settings": s.to_dict(), "threshold": threshold, "start_accuracy": start, "reference": reference,
-               "rows": rows, "paired_vs_grpo": paired, "alpha_one_vs_grpo": checks, "plots": {k: str(v) for k, v in pngs.items()},
+               "rows": rows, "paired_vs_grpo": paired, "paired_vs_rlad": paired_rlad, "alpha_one_vs_grpo": checks, "plots": {k: str(v) for k, v in pngs.items()},
                "async_vs_sync": modes, "staleness": stale,
                "runs": [{"name": r.name, "rollout_mode": r.rollout_mode, "final_accuracy": r.final_accuracy,
                          "eval": r.eval,

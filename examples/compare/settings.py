@@ -20,7 +20,36 @@ COMPARED_ALGORITHMS: tuple[str, ...] = ("sft", "grpo", "kdrl", "rlad")
 SWEEP_ALPHAS: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9, 1.0)
 #: Rollout modes a comparison may run (recipes.small.SmallRun.rollout_mode); sync is the earlier results'.
 ROLLOUT_MODES: tuple[str, ...] = ("sync", "async")
-TASKS: tuple[str, ...] = ("arithmetic", "knights_knaves_compact", "knights_knaves")
+TASKS: tuple[str, ...] = ("arithmetic", "knights_knaves_compact", "knights_knaves", "carry_trap")
+#: Arms beyond the four algorithms: ``<algorithm>+<variant>`` runs the algorithm with these extra ``loss.*`` settings
+#: (issue 33's teacher signals). ``topk``: forward KL over the teacher's top-k with a tail bucket, a KDRL-style term
+#: next to TRRD; ``gate``: the teacher off (plain GRPO for rlad) on prompts whose ``teacher_pass_rate`` (a teacher
+#: pre-pass with the run's verifier, stored in the training file) is below 0.5.
+ARM_VARIANTS: dict[str, dict[str, Any]] = {
+    "topk": {"topk_kl": "forward", "topk_k": 16, "topk_beta": 0.1},
+    "gate": {"teacher_trust": "gate", "teacher_trust_threshold": 0.5},
+}
+#: Every arm the harness knows, in the table's order.
+ARMS: tuple[str, ...] = COMPARED_ALGORITHMS + ("rlad+topk", "rlad+gate", "rlad+topk+gate", "kdrl+gate")
+
+
+def split_arm(arm: str) -> tuple[str, str]:
+    """``"rlad+gate"`` -> ``("rlad", "gate")``; ``"rlad+topk+gate"`` -> ``("rlad", "topk+gate")`` (both variants'
+    settings); ``"grpo"`` -> ``("grpo", "")``. Unknown parts raise ValueError."""
+    algorithm, _, variant = arm.partition("+")
+    parts = variant.split("+") if variant else []
+    if algorithm not in COMPARED_ALGORITHMS or any(v not in ARM_VARIANTS for v in parts) or len(set(parts)) != len(parts):
+        raise ValueError(f"unknown algorithm/arm {arm!r}; choose from {list(ARMS)} "
+                         f"(<algorithm>[+{'|'.join(ARM_VARIANTS)}]...)")
+    return algorithm, variant
+
+
+def variant_loss(variant: str) -> dict[str, Any]:
+    """The extra ``loss.*`` settings of a variant (``"topk+gate"``: both)."""
+    out: dict[str, Any] = {}
+    for part in variant.split("+") if variant else []:
+        out.update(ARM_VARIANTS[part])
+    return out
 
 
 def rl_budget(**fields: Any) -> SmallRun:
@@ -63,6 +92,13 @@ class TaskSettings:
     kk_sizes: tuple[int, ...] = (2, 3, 4)
     """Knights and Knaves only: inhabitants per puzzle (train and test)."""
     max_position_embeddings: int = 512
+    teacher_reference: str | None = None
+    """carry_trap only: the teacher's supervised targets (``"flawed"``: the final carry dropped)."""
+    rl_prompts: int | None = None
+    """Training prompts the RL runs draw from (the first ones of the train split; None: all). The teacher
+    pre-pass rates exactly these."""
+    trust_k: int = 0
+    """Teacher samples per RL training prompt for ``teacher_pass_rate`` (0: no pre-pass)."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -116,7 +152,24 @@ def knights_knaves_compact_settings() -> TaskSettings:
                         max_position_embeddings=336)
 
 
+def carry_trap_settings() -> TaskSettings:
+    """Additions whose teacher drops the final carry (:mod:`rlad_megatron.tasks.carry_trap`): right on ``plain``
+    prompts, always wrong on ``carry`` ones; the student is warm-started on correct targets and is weaker everywhere
+    (measured in docs/results.md). The RL budget is sized for a 2-core machine shared with other work: 3 seeds x 7
+    arms in about an hour (docs/results.md)."""
+    data = DataSettings(n_train=4000, n_test=200, min_digits=1, max_digits=3, seed=0)
+    teacher = ModelSettings(num_layers=2, hidden_size=128, intermediate_size=256, num_heads=4, num_kv_heads=2,
+                            init_seed=0, sft_steps=800, sft_batch_size=32, sft_lr=3e-3, sft_seed=0)
+    student = ModelSettings(num_layers=2, hidden_size=64, intermediate_size=128, num_heads=2, num_kv_heads=2,
+                            init_seed=1, sft_steps=400, sft_batch_size=32, sft_lr=3e-3, sft_seed=1)
+    rl = rl_budget(steps=100, prompts_per_step=8, group_size=8, lr=2e-4, max_new_tokens=47, max_prompt_tokens=32)
+    return TaskSettings("carry_trap", data, teacher, student, rl, eval=ComparisonEval(limit=200, k=4),
+                        max_position_embeddings=256, teacher_reference="flawed", rl_prompts=1024, trust_k=8)
+
+
 def task_settings(task: str) -> TaskSettings:
+    if task == "carry_trap":
+        return carry_trap_settings()
     if task == "arithmetic":
         return arithmetic_settings()
     if task == "knights_knaves_compact":
@@ -130,8 +183,10 @@ def short_settings(task: str = "arithmetic") -> TaskSettings:
     """The test suite's version (arithmetic): 1-digit additions, a teacher and student of the student's shape
     with brief supervised starts (the student earns some reward, so groups are not all uniform and the losses
     act), 2 RL steps of 4 prompts x G=4, 16 eval prompts."""
+    if task == "carry_trap":
+        return carry_trap_short_settings()
     if task != "arithmetic":
-        raise ValueError("the short comparison exists for the arithmetic task only")
+        raise ValueError("the short comparison exists for the arithmetic and carry_trap tasks only")
     s = arithmetic_settings()
     s.data = dataclasses.replace(s.data, n_train=200, n_test=16, max_digits=1)
     s.teacher = dataclasses.replace(s.student, init_seed=5, sft_steps=250, sft_seed=0)
@@ -139,4 +194,18 @@ def short_settings(task: str = "arithmetic") -> TaskSettings:
     s.rl = dataclasses.replace(s.rl, steps=2, prompts_per_step=4, group_size=4, micro_batch_size=8,
                                max_new_tokens=26)
     s.eval = ComparisonEval(limit=16)
+    return s
+
+
+def carry_trap_short_settings() -> TaskSettings:
+    """carry_trap in miniature (the preparation's unit test): 1..2 digits, brief supervised starts, 2 RL steps,
+    a teacher pre-pass of 2 samples over 16 RL prompts, Mean@2 on 16 test prompts."""
+    s = carry_trap_settings()
+    s.data = dataclasses.replace(s.data, n_train=200, n_test=16, max_digits=2)
+    s.teacher = dataclasses.replace(s.teacher, sft_steps=30)
+    s.student = dataclasses.replace(s.student, sft_steps=20)
+    s.rl = dataclasses.replace(s.rl, steps=2, prompts_per_step=4, group_size=4, micro_batch_size=8,
+                               max_new_tokens=26)
+    s.eval = ComparisonEval(limit=16, k=2)
+    s.rl_prompts, s.trust_k = 16, 2
     return s

@@ -41,7 +41,7 @@ def deal_by_work(work: list[int], ranks: int) -> list[list[int]]:
 def _to_width(t: torch.Tensor, width: int, fill) -> torch.Tensor:
     if t.shape[1] == width:
         return t
-    pad = torch.full((t.shape[0], width - t.shape[1]), fill, dtype=t.dtype)
+    pad = torch.full((t.shape[0], width - t.shape[1]) + tuple(t.shape[2:]), fill, dtype=t.dtype)
     return torch.cat([t, pad], dim=1)
 
 
@@ -58,7 +58,7 @@ def concat_batches(parts: list[SequenceBatch], pad_id: int) -> SequenceBatch:
             continue
         if f.name == "tokens":
             items = [_to_width(v, width, pad_id) for v in items]
-        elif items[0].dim() == 2:
+        elif items[0].dim() >= 2:  # per-token tensors [n, L-1] (top-k: [n, L-1, k])
             items = [_to_width(v, width - 1, False if v.dtype == torch.bool else 0) for v in items]
         values[f.name] = torch.cat(items, dim=0)
     return SequenceBatch(**values)

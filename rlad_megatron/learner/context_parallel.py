@@ -150,6 +150,13 @@ class ContextParallelRows:
         self.targets = cp_split(targets, cp_size, cp_rank)
         self.attention_mask = _pad_mask(attention_mask, padded) if attention_mask is not None else None
 
+    def split(self, values: torch.Tensor) -> torch.Tensor:
+        """``[R, W - 1, ...]`` per-position inputs of the unsplit model (e.g. token ids asked about) -> this rank's
+        ``[R, Wp / CP, ...]``, as the targets are split (padding positions hold 0)."""
+        pad = torch.zeros((values.shape[0], self.padded - values.shape[1]) + tuple(values.shape[2:]),
+                          dtype=values.dtype, device=values.device)
+        return cp_split(torch.cat([values, pad], dim=1), self.cp_size, self.cp_rank)
+
     def merge(self, values: torch.Tensor) -> torch.Tensor:
         """``[R, Wp / CP, ...]`` values of this rank's positions -> ``[R, W - 1, ...]`` in sequence order (keeps
         autograd; every CP rank gets the whole rows)."""

@@ -52,6 +52,21 @@ class MicroBatch:
             return values[: len(self), : self.valid.shape[1]]
         return values[self.gather_rows, self.gather_cols]
 
+    def pack(self, values: torch.Tensor) -> torch.Tensor:
+        """The inverse of :meth:`unpack` for inputs: ``[n, T, ...]`` per-sequence values -> ``[R, W-1, ...]`` at the
+        model's positions (e.g. token ids the model is asked about per position). Positions no sequence owns (past
+        an end, between packed sequences, padding rows) hold 0."""
+        out = values.new_zeros((int(self.tokens.shape[0]), self.width - 1) + tuple(values.shape[2:]))
+        if len(self) == 0:
+            return out
+        if self.gather_rows is None:
+            width = min(values.shape[1], out.shape[1])
+            out[: len(self), :width] = values[:, :width]
+            return out
+        valid = self.valid.to(values.device)
+        out[self.gather_rows[valid], self.gather_cols[valid]] = values[:, : valid.shape[1]][valid]
+        return out
+
     def to(self, device: torch.device | str) -> "MicroBatch":
         """Every tensor on ``device`` (one call per micro-batch in the forward step)."""
         def move(x):
@@ -85,7 +100,7 @@ def sequences_at(batch: SequenceBatch, index: torch.Tensor, per_token_width: int
         value = getattr(sub, f.name)
         if f.name == "tokens":
             value = fit_width(value, per_token_width + 1, 0)
-        elif value is not None and value.dim() == 2:  # per-token tensors [n, L-1]
+        elif value is not None and value.dim() >= 2:  # per-token tensors [n, L-1] (top-k: [n, L-1, k])
             value = fit_width(value, per_token_width, False if value.dtype == torch.bool else 0)
         values[f.name] = value
     return SequenceBatch(**values)

@@ -38,8 +38,10 @@ from rlad_megatron.logprobs import (
     fused_token_logprobs, fused_topk, vocab_parallel_token_logprobs, vocab_parallel_topk,
 )
 
-# loss_fn(logprobs [b, L-1] with grad, entropy [b, L-1] or None, micro_batch) -> (loss share, metrics)
-LossFn = Callable[[torch.Tensor, torch.Tensor | None, SequenceBatch], tuple[torch.Tensor, dict]]
+# loss_fn(logprobs [b, L-1] with grad, entropy [b, L-1] or None, micro_batch) -> (loss share, metrics); when the
+# micro-batch carries a teacher's top-k ids (``teacher_topk_ids``), also ``topk_logprobs=`` [b, L-1, k] with grad:
+# the student's log-probs at those ids.
+LossFn = Callable[..., tuple[torch.Tensor, dict]]
 
 
 @dataclasses.dataclass
@@ -120,22 +122,36 @@ class MegatronPolicy:
                 else:
                     output = model(mb.tokens, mb.position_ids, mb.attention_mask, **moe)
 
+            # Training with a teacher's top-k (``SequenceBatch.teacher_topk_ids``): the student's log-probs at those
+            # ids too, as K more targets per position of the same pass ([R, W-1, 1 + k]: the sampled token first).
+            extra_ids = None
+            if loss_fn is not None and mb.sequences.teacher_topk_ids is not None:
+                extra_ids = mb.pack(mb.sequences.teacher_topk_ids.long())
+                extra_ids = cp_rows.split(extra_ids) if cp_rows is not None else extra_ids
+
+            def with_extra(targets: torch.Tensor, pad: int) -> torch.Tensor:
+                if extra_ids is None:
+                    return targets
+                return torch.cat([targets.unsqueeze(-1), F.pad(extra_ids, (0, 0, 0, pad))], dim=-1)
+
             def token_values(output: torch.Tensor):
-                """Log-probs (and entropy) ``[R, W-1]`` (CP: ``[R, W/CP]``) of the next tokens."""
+                """Log-probs (and entropy) ``[R, W-1]`` (CP: ``[R, W/CP]``) of the next tokens (with top-k ids:
+                log-probs ``[R, W-1, 1 + k]``)."""
                 if head is None:  # today's path: the logits [R, W, V/TP], then the vocab-parallel kernel
                     return vocab_parallel_token_logprobs(
                         output if cp_rows is not None else output[:, :-1],
-                        cp_rows.targets if cp_rows is not None else mb.tokens[:, 1:],
+                        with_extra(cp_rows.targets if cp_rows is not None else mb.tokens[:, 1:], 0),
                         tp_group=tp_group, vocab_size=self.vocab_size, return_entropy=want_entropy,
                     )
                 # the hidden states [W(/TP), R, H]; every position gets a target (the last one a dummy, dropped)
-                targets = cp_rows.targets if cp_rows is not None else F.pad(mb.tokens[:, 1:], (0, 1))
+                targets = (with_extra(cp_rows.targets, 0) if cp_rows is not None
+                           else with_extra(F.pad(mb.tokens[:, 1:], (0, 1)), 1))
                 result = fused_token_logprobs(
-                    output, head.weight, targets.t(), tp_group=tp_group, sequence_parallel=head.sequence_parallel,
-                    vocab_size=self.vocab_size, return_entropy=want_entropy,
-                    accumulate_grad_into_main_grad=head.main_grad,
+                    output, head.weight, targets.transpose(0, 1), tp_group=tp_group,
+                    sequence_parallel=head.sequence_parallel, vocab_size=self.vocab_size,
+                    return_entropy=want_entropy, accumulate_grad_into_main_grad=head.main_grad,
                 )
-                values = [v.t() if cp_rows is not None else v.t()[:, :-1]
+                values = [v.transpose(0, 1) if cp_rows is not None else v.transpose(0, 1)[:, :-1]
                           for v in (result if want_entropy else (result,))]
                 return tuple(values) if want_entropy else values[0]
 
@@ -164,12 +180,16 @@ class MegatronPolicy:
                 # back to the micro-batch's own sequences, [n, T]: the loss never sees the packed/padded layout
                 logprobs = mb.unpack(row_logprobs)
                 entropy = None if row_entropy is None else mb.unpack(row_entropy)
+                extra = {}
+                if extra_ids is not None:  # [n, T, 1 + k] -> the sampled token's [n, T] and the top-k's [n, T, k]
+                    logprobs, extra["topk_logprobs"] = logprobs[..., 0], logprobs[..., 1:]
+                    row_logprobs = row_logprobs[..., 0]
                 if loss_fn is None:
                     return row_logprobs.sum() * 0.0, {"logprobs": logprobs.detach()}
                 if len(mb) == 0:  # a filler micro-batch (ranks run equal counts): contributes exactly nothing
                     zero = row_logprobs.sum() * 0.0
                     return zero, {"metrics": None, "loss": zero.detach().clone()}
-                loss, metrics = loss_fn(logprobs, entropy, mb.sequences)
+                loss, metrics = loss_fn(logprobs, entropy, mb.sequences, **extra)
                 # Megatron divides by the number of micro-batches and DDP averages over data-parallel ranks (x CP:
                 # cp_loss_scale); the loss share already has the global denominator, so undo both to get exactly
                 # its gradient.

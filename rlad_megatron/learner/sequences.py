@@ -23,6 +23,10 @@ class SequenceBatch:
     engine_logprobs: ``[B, L-1]`` float32, the rollout engine's log-prob of each response token (0 elsewhere).
     old_logprobs / teacher_logprobs / ref_logprobs: ``[B, L-1]`` float32 when computed (last pipeline stage
     only), else None.
+    teacher_topk_ids / teacher_topk_logprobs: ``[B, L-1, k]`` int32 global token ids / float32 log-probs, the
+    teacher's ``k`` most likely next tokens at every position, sorted by decreasing probability (``loss.topk_kl``;
+    only response positions are meaningful, every id is a valid one), else None. Per-token tensors like the above:
+    they travel with their tokens through data-parallel balancing, micro-batching and packing.
     lengths: ``[B]`` long, each sequence's real token count (prompt + response, no padding); None: every row
     counts as ``L`` long (token-budget micro-batches then save nothing).
     mini_batch: ``[B]`` long, the global mini-batch each sequence belongs to, when the step's sequences were
@@ -42,6 +46,8 @@ class SequenceBatch:
     old_logprobs: torch.Tensor | None = None
     teacher_logprobs: torch.Tensor | None = None
     ref_logprobs: torch.Tensor | None = None
+    teacher_topk_ids: torch.Tensor | None = None
+    teacher_topk_logprobs: torch.Tensor | None = None
     lengths: torch.Tensor | None = None
     mini_batch: torch.Tensor | None = None
     teacher_pass_rate: torch.Tensor | None = None

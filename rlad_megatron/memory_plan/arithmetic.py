@@ -177,3 +177,23 @@ def fused_logits_bytes(vocab: int, tokens: int, *, tp: int, sp: bool, hidden: in
         total += tokens * hidden * 4
     return total
 
+
+
+#: Bytes per (position, id) of a teacher's top-k signal as the batch carries it: an int32 id + a float32 log-prob.
+TOPK_SIGNAL_BYTES = 8
+#: Bytes per (position, id) of the student's top-k log-probs in a training micro-batch: the id as an int64 target of
+#: the log-prob pass, its float32 log-prob and gradient, and the loss's float32 work on it (the bucketed
+#: distributions and their gradient, about four more of ``[tokens, k]``). An estimate.
+TOPK_TRAIN_BYTES = 8 + 4 + 4 + 16
+
+
+def topk_signal_bytes(tokens: int, k: int) -> int:
+    """A teacher's top-k ids and log-probs ``[tokens, k]`` (``loss.topk_kl``), held from the teacher's pass to the
+    end of the step."""
+    return tokens * k * TOPK_SIGNAL_BYTES
+
+
+def topk_train_bytes(tokens: int, k: int) -> int:
+    """The student's ``k`` extra targets per position in one training micro-batch of ``tokens`` (the logits'
+    gradient is the one of the sampled token's pass: the ids are extra targets of the same pass)."""
+    return tokens * k * TOPK_TRAIN_BYTES

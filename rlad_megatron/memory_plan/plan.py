@@ -26,7 +26,8 @@ from typing import Sequence
 from rlad_megatron.config import ConfigError, RunConfig, megatron_teacher, teacher_models, teacher_use
 from rlad_megatron.memory_plan.advice import suggestions
 from rlad_megatron.memory_plan.arithmetic import (
-    device_params, fused_logits_bytes, layer_activation_bytes, logits_bytes, stage_layers, training_activation_bytes,
+    device_params, fused_logits_bytes, layer_activation_bytes, logits_bytes, stage_layers, topk_signal_bytes,
+    topk_train_bytes, training_activation_bytes,
 )
 from rlad_megatron.placement import ModelShape
 from rlad_megatron.rollout.vllm_memory import estimated_runtime_bytes
@@ -310,6 +311,13 @@ def plan_memory(config: RunConfig, *, student: ModelShape,
                       f"recompute={par.recompute}"))
     terms.append(Term("student logits + gradient", logits, "train",
                       "fused head: one tile of the logits" if fused else f"[{tokens}, V/{tp}]"))
+
+    if c.loss.uses_topk():  # loss.topk_kl: the teacher's top-k per position, and the student's log-probs at them
+        step_tokens = -(-c.data.prompts_per_step * c.rollout.group_size // dp) * longest
+        terms.append(Term("teacher top-k signal", topk_signal_bytes(step_tokens, c.loss.topk_k), "resident",
+                          f"[{step_tokens} tokens, loss.topk_k={c.loss.topk_k}] int32 ids + float32 log-probs"))
+        terms.append(Term("student top-k log-probs", topk_train_bytes(tokens, c.loss.topk_k), "train",
+                          f"{c.loss.topk_k} extra targets per position, their gradient and the loss's work"))
 
     # --- a forward-only micro-batch (teacher, old-policy or reference scoring): the larger of the models that score
     ft = -(-forward_tokens(c) // cp)

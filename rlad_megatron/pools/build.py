@@ -88,4 +88,5 @@ def build_pooled_teacher(config, engine_config, replica_group: Any, dp_rank: int
 
         where = "the job's teacher ranks" if kind == "megatron" else "a vLLM engine process per learner replica"
         say(f"[rlad] teacher pool ({kind}): the teacher scores in {where}; learner rank 0 on node {node_name()}")
-    return PooledTeacher(client, replica_group, leader=leader)
+    return PooledTeacher(client, replica_group, leader=leader,
+                         topk=config.loss.topk_k if config.loss.uses_topk() else 0)

@@ -24,24 +24,28 @@ from rlad_megatron.pools.wire import ScoreReply, ScoreRequest
 from rlad_megatron.teacher.base import Teacher
 
 
-def request_of(batch: SequenceBatch) -> ScoreRequest:
-    """The batch's rows as a pool request: every sequence (prompt + response) up to its real length."""
+def request_of(batch: SequenceBatch, topk: int = 0) -> ScoreRequest:
+    """The batch's rows as a pool request: every sequence (prompt + response) up to its real length (``topk``: the
+    reply carries the teacher's top-k per position too)."""
     lengths = batch.sequence_lengths()
     width = max(2, int(lengths.max()) if len(batch) else 2)
     tokens = batch.tokens[:, :width]
     if tokens.shape[1] < width:
         tokens = torch.nn.functional.pad(tokens, (0, width - tokens.shape[1]))
-    return ScoreRequest(tokens, lengths)
+    return ScoreRequest(tokens, lengths, topk)
 
 
 class PooledTeacher(Teacher):
     """``client`` on the replica's leader (None on its other ranks); ``replica_group`` shares the leader's result
-    (``leader``: its rank in the default group); the last pipeline stage returns it."""
+    (``leader``: its rank in the default group); the last pipeline stage returns it. ``topk`` > 0: every request
+    asks for the teacher's top-k too (``loss.topk_kl``), which :meth:`token_topk` returns from the same reply."""
 
-    def __init__(self, client: ScoringClient | None, replica_group: Any, *, leader: int) -> None:
+    def __init__(self, client: ScoringClient | None, replica_group: Any, *, leader: int, topk: int = 0) -> None:
         self.client = client
         self.group = replica_group
         self.leader = leader
+        self.topk = topk
+        self._shared: tuple[ScoreRequest, tuple] | None = None  # the latest batch's reply, as every rank holds it
         self._prefetched: list[tuple[ScoreRequest, Any, bool]] = []  # (rows, ticket, asked when the samples arrived)
         self._lock = threading.Lock()  # the rollout pipeline's arrival thread asks too
         self.last_busy_s = 0.0
@@ -58,11 +62,11 @@ class PooledTeacher(Teacher):
     def prefetch_rows(self, rows: list[list[int]]) -> None:
         """Ask the pool now for these token-id rows (on the leader; a no-op elsewhere)."""
         if self.client is not None and rows:
-            self._ask(ScoreRequest.from_rows(rows), at_arrival=True)
+            self._ask(ScoreRequest.from_rows(rows, self.topk), at_arrival=True)
 
     def prefetch(self, batch: SequenceBatch) -> None:
         if self.client is not None:
-            self._ask(request_of(batch), at_arrival=False, unless_asked=True)
+            self._ask(request_of(batch, self.topk), at_arrival=False, unless_asked=True)
 
     def _ask(self, request: ScoreRequest, *, at_arrival: bool, unless_asked: bool = False) -> None:
         with self._lock:
@@ -86,25 +90,59 @@ class PooledTeacher(Teacher):
     def token_logprobs(self, batch: SequenceBatch) -> torch.Tensor | None:
         from megatron.core import parallel_state as ps
 
+        out = self._scored(batch)[0]
+        if not ps.is_pipeline_last_stage(ignore_virtual=True):
+            return None
+        return out.to(batch.tokens.device)
+
+    def token_topk(self, batch: SequenceBatch, k: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        from megatron.core import parallel_state as ps
+
+        if k != self.topk:
+            raise ValueError(f"PooledTeacher.token_topk: the pool was asked for the top-{self.topk}, not {k}")
+        _, lp, ids = self._scored(batch)
+        if not ps.is_pipeline_last_stage(ignore_virtual=True):
+            return None
+        return lp.to(batch.tokens.device), ids.to(batch.tokens.device)
+
+    def _scored(self, batch: SequenceBatch) -> tuple:
+        """``(log-probs [B, L-1], top-k log-probs [B, L-1, k] | None, top-k ids | None)`` of ``batch`` on every rank
+        of the replica (one reply per batch: the log-probs and the top-k of the same rows come from it)."""
+        request = request_of(batch, self.topk)
+        if self._shared is not None and self._shared[0].same_rows(request):
+            return self._shared[1]
         start = time.perf_counter()
         out = torch.zeros(len(batch), batch.tokens.shape[1] - 1, dtype=torch.float32)
+        k = self.topk
+        topk_lp = torch.zeros(*out.shape, k, dtype=torch.float32) if k else None
+        topk_ids = torch.zeros(*out.shape, k, dtype=torch.int64) if k else None
         facts = torch.zeros(2, dtype=torch.float64)  # the pool's busy seconds, asked at arrival
         if self.client is not None:
-            reply, at_arrival = self._reply(request_of(batch))
+            reply, at_arrival = self._reply(request)
             cols = min(out.shape[1], reply.logprobs.shape[1])
             out[:, :cols] = reply.logprobs[:, :cols]
+            if k:
+                topk_lp[:, :cols] = reply.topk_logprobs[:, :cols]
+                topk_ids[:, :cols] = reply.topk_ids[:, :cols].long()
             facts[0], facts[1] = reply.busy_s, float(at_arrival)
         if self.group is not None and dist.get_world_size(self.group) > 1:
             from rlad_megatron.device import collective_device
 
-            shared = torch.cat([facts.to(out.dtype), out.flatten()]).to(collective_device(self.group))
+            device = collective_device(self.group)
+            values = [facts.to(out.dtype), out.flatten()] + ([topk_lp.flatten()] if k else [])
+            shared = torch.cat(values).to(device)
             dist.broadcast(shared, src=self.leader, group=self.group)
-            facts, out = shared[:2].cpu().double(), shared[2:].cpu().view_as(out)
+            shared = shared.cpu()
+            facts, out = shared[:2].double(), shared[2:2 + out.numel()].view_as(out)
+            if k:
+                topk_lp = shared[2 + out.numel():].view_as(topk_lp)
+                ids = topk_ids.to(device)
+                dist.broadcast(ids, src=self.leader, group=self.group)
+                topk_ids = ids.cpu()
         self.last_busy_s, self.last_asked_at_arrival = float(facts[0]), bool(facts[1])
         self.last_wait_s = time.perf_counter() - start
-        if not ps.is_pipeline_last_stage(ignore_virtual=True):
-            return None
-        return out.to(batch.tokens.device)
+        self._shared = (request, (out, topk_lp, topk_ids))
+        return self._shared[1]
 
     def close(self) -> None:
         if self.client is not None:

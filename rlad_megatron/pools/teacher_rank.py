@@ -23,9 +23,6 @@ def megatron_scorer(teacher, pad_id: int = 0):
     batching = as_micro_batching(teacher.batching)
 
     def score(request: ScoreRequest) -> ScoreReply | None:
-        if request.topk:
-            raise NotImplementedError("the Megatron teacher pool returns the given tokens' log-probs; top-k replies "
-                                      "are not computed by it yet")
         n, width = len(request), request.width
         lengths = request.lengths
         tokens = request.tokens.long()
@@ -41,9 +38,15 @@ def megatron_scorer(teacher, pad_id: int = 0):
                               correct=torch.zeros(rows, dtype=torch.bool),
                               engine_logprobs=torch.zeros(rows, width - 1, dtype=torch.float32), lengths=lengths)
         logprobs = teacher.token_logprobs(batch)
+        topk = teacher.token_topk(batch, request.topk) if request.topk else None  # loss.topk_kl
         if logprobs is None:  # not the last pipeline stage
             return None
-        return ScoreReply(torch.where(mask, logprobs.float().cpu(), torch.zeros(()))[:n].contiguous())
+        reply = ScoreReply(torch.where(mask, logprobs.float().cpu(), torch.zeros(()))[:n].contiguous())
+        if topk is not None:
+            lp, ids = (torch.where(mask.unsqueeze(-1), v.cpu(), torch.zeros((), dtype=v.dtype))[:n].contiguous()
+                       for v in topk)
+            reply.topk_logprobs, reply.topk_ids = lp.float(), ids.int()
+        return reply
 
     return score
 

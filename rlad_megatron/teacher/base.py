@@ -17,6 +17,12 @@ class Teacher(abc.ABC):
         """``[B, L-1]`` float32 log-probs of ``batch.tokens[:, 1:]`` under this model, on the last pipeline stage
         (None on the other stages). Only response positions (``batch.loss_mask``) are meaningful."""
 
+    def token_topk(self, batch: SequenceBatch, k: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The ``k`` most likely next tokens at every position, ``(log-probs [B, L-1, k] float32, global ids
+        [B, L-1, k])`` sorted by decreasing probability, on the last pipeline stage (None on the others); for
+        ``loss.topk_kl``. Only the colocated Megatron teacher has it so far (the run config refuses the others)."""
+        raise NotImplementedError(f"{type(self).__name__} has no top-k pass (loss.topk_kl)")
+
     last_busy_s: float = 0.0
     """A teacher apart: the seconds it computed on the latest batch (the step timeline's teacher busy time)."""
     last_asked_at_arrival: bool = False

@@ -40,6 +40,10 @@ from rlad_megatron.teacher.routing import TeacherRouter
 from rlad_megatron.weight_sync.verify import probe_from_samples
 
 
+#: The loss inputs the teacher computes (its log-probs of the samples; its top-k per position).
+TEACHER_INPUTS = frozenset({"teacher_logprobs", "teacher_topk_logprobs"})
+
+
 def _peak_rss_mb() -> float:
     """Largest resident set of any rank of this job so far (each rank's own maximum, max over the world)."""
     peak = torch.tensor(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, dtype=torch.float64,
@@ -182,7 +186,7 @@ class Trainer:
             metrics.update(route_shares(self.router.names, batch.teacher_index, rollouts.group_size))
         # A teacher pool of its own scores while the learner computes (async: it was asked as soon as the engine's
         # batch arrived; this is then a no-op); its reply is taken after the old-policy and reference passes.
-        pooled = "teacher_logprobs" in self.needs and s.teacher.separate
+        pooled = bool(self.needs & TEACHER_INPUTS) and s.teacher.separate
         if pooled:
             s.teacher.prefetch(batch)
         metrics = self._average_over_dp(metrics)
@@ -192,7 +196,8 @@ class Trainer:
             # and the global mini-batches stay as they are; see learner/balance.py).
             if pooled:  # the pool scored this rank's rows: take its reply before they move (the balance carries it)
                 t = time.perf_counter()
-                batch.teacher_logprobs, pooled = s.teacher.token_logprobs(batch), False
+                self._score_with_teacher(batch)
+                pooled = False
                 times["time/teacher"] = time.perf_counter() - t
             batch = balance_over_data_parallel(batch, group_size=rollouts.group_size,
                                                updates=cfg.trainer.updates_per_batch, pad_id=s.pad_id,
@@ -201,8 +206,8 @@ class Trainer:
         # Exactly the inputs the loss asks for (loss.required_inputs), nothing more.
         t = time.perf_counter()
         pause_point("teacher", self.step + 1)
-        if "teacher_logprobs" in self.needs and not s.teacher.separate:
-            batch.teacher_logprobs = s.teacher.token_logprobs(batch)
+        if self.needs & TEACHER_INPUTS and not s.teacher.separate:
+            self._score_with_teacher(batch)
         times["time/teacher"] += time.perf_counter() - t
 
         if "ref_logprobs" in self.needs:  # the frozen initial student, for the reference-KL term
@@ -220,7 +225,7 @@ class Trainer:
         times["time/old_logprobs"] = time.perf_counter() - t
         if pooled:  # the teacher pool's reply (waited for only if it is not there yet)
             t = time.perf_counter()
-            batch.teacher_logprobs = s.teacher.token_logprobs(batch)
+            self._score_with_teacher(batch)
             times["time/teacher"] += time.perf_counter() - t
 
         t = time.perf_counter()
@@ -246,6 +251,17 @@ class Trainer:
         metrics["optim/lr"] = lr_at(self.step, cfg)
         metrics["memory/peak_rss_mb"] = _peak_rss_mb()
         return metrics
+
+    def _score_with_teacher(self, batch: SequenceBatch) -> None:
+        """The teacher's inputs of the loss on ``batch``: its log-probs of the sampled tokens and (``loss.topk_kl``)
+        its top-k ids and log-probs per position (None off the last pipeline stage, where no loss is computed)."""
+        s = self.parts
+        if "teacher_logprobs" in self.needs:
+            batch.teacher_logprobs = s.teacher.token_logprobs(batch)
+        if "teacher_topk_logprobs" in self.needs:
+            topk = s.teacher.token_topk(batch, self.config.loss.topk_k)
+            if topk is not None:
+                batch.teacher_topk_logprobs, batch.teacher_topk_ids = topk[0].float(), topk[1].int()
 
     _SUMMED_OVER_DP = ("rollout/generated_tokens", "rollout/sequence_tokens", "groups/kept_sequences", "reward/errors",
                        "rollout/stale_dropped")
@@ -288,7 +304,7 @@ class Trainer:
                 empty += 1
                 continue
 
-            def loss_fn(logprobs, entropy, mb: SequenceBatch):
+            def loss_fn(logprobs, entropy, mb: SequenceBatch, topk_logprobs=None):
                 old = None
                 if "old_logprobs" in needs:
                     old = mb.old_logprobs if mb.old_logprobs is not None else logprobs.detach()
@@ -300,6 +316,7 @@ class Trainer:
                     old_logprobs=old, teacher_logprobs=mb.teacher_logprobs, ref_logprobs=mb.ref_logprobs,
                     advantages=mb.advantages, entropy=entropy, correct=mb.correct, progress=progress,
                     token_weights=weights, teacher_pass_rate=mb.teacher_pass_rate,
+                    student_topk_logprobs=topk_logprobs, teacher_topk_logprobs=mb.teacher_topk_logprobs,
                     teacher_weight=None if self.router is None else teacher_weight[mb.teacher_index.cpu()].to(
                         logprobs.device),
                 )

@@ -68,6 +68,17 @@ LAYOUTS = {
     # generated; on CPU the engine gets one core, the learner and the teacher rank share the other.
     "async": Layout(2, {}, STEPS, {"placement": "disaggregated", "mode": "async", "max_staleness": 1,
                                    "engine_cpus": 1}, teacher={"placement": "separate", "ranks": 1}),
+    # the teacher's top-k distribution (loss.topk_kl, the colocated Megatron teacher; tests/e2e/test_trainer_topk.py):
+    # RLAD + the forward top-k KL as an auxiliary term, in packed token-budget micro-batches with the fused head ...
+    "topk_rlad": Layout(1, {}, 2, trainer={"max_tokens_per_micro_batch": 256, "sequence_packing": True},
+                        loss={"topk_kl": "forward", "topk_beta": 0.5, "topk_k": 4}),
+    # ... the same with the teacher on a rank of its own (the pool's replies carry the top-k; compared at 1e-6) ...
+    "topk_pool": Layout(2, {}, 2, trainer={"max_tokens_per_micro_batch": 256, "sequence_packing": True},
+                        loss={"topk_kl": "forward", "topk_beta": 0.5, "topk_k": 4},
+                        teacher={"placement": "separate", "ranks": 1}),
+    # ... and KDRL whose penalty is the reverse top-k KL, with the logits path (no fused head)
+    "topk_kdrl": Layout(1, {}, 2, trainer={"fused_logprobs": False},
+                        loss={"algorithm": "kdrl", "kd_estimator": "topk", "topk_kl": "reverse", "topk_k": 4}),
 }
 # Two teachers routed by a record field (the trained teacher "sft" in the learner, the warm student "warm" as a vLLM
 # scoring engine, weight 0.5) with

@@ -32,10 +32,12 @@ def random_batch(lengths: list[int], seed: int) -> SequenceBatch:
         prompt = 1 + i % max(1, length - 1)
         mask[i, prompt - 1:length - 1] = True
     code = torch.arange(n).unsqueeze(1) * 10_000.0 + torch.arange(width - 1).unsqueeze(0)
+    topk = code.unsqueeze(-1) * 10 + torch.arange(3)  # [n, L-1, k=3]: (row, position, j) encoded
     return SequenceBatch(tokens=tokens, loss_mask=mask, advantages=torch.arange(n, dtype=torch.float32),
                          rewards=torch.randn(n, generator=g), correct=torch.arange(n) % 2 == 0,
                          engine_logprobs=-code, old_logprobs=-code - 0.25, teacher_logprobs=-code - 0.5,
-                         ref_logprobs=-code - 0.75, lengths=torch.tensor(lengths))
+                         ref_logprobs=-code - 0.75, teacher_topk_ids=topk.int(), teacher_topk_logprobs=-topk,
+                         lengths=torch.tensor(lengths))
 
 
 lengths_st = st.lists(st.integers(min_value=1, max_value=40), min_size=1, max_size=24)
@@ -81,7 +83,8 @@ def test_regroup_and_pack_round_trip_exactly(lengths, budget, packing, multiple,
             assert int(valid.sum()) == n - 1
             # the row's tokens, and each per-token tensor, are the original ones at every valid position
             assert torch.equal(seq.tokens[j, :n], batch.tokens[row, :n])
-            for name in ("loss_mask", "engine_logprobs", "old_logprobs", "teacher_logprobs", "ref_logprobs"):
+            for name in ("loss_mask", "engine_logprobs", "old_logprobs", "teacher_logprobs", "ref_logprobs",
+                         "teacher_topk_ids", "teacher_topk_logprobs"):
                 got, want = getattr(seq, name)[j], getattr(batch, name)[row]
                 assert torch.equal(got[: n - 1], want[: n - 1]), name
             assert seq.advantages[j] == batch.advantages[row] and seq.correct[j] == batch.correct[row]
@@ -92,6 +95,14 @@ def test_regroup_and_pack_round_trip_exactly(lengths, budget, packing, multiple,
         for j, row in enumerate(m.rows.tolist()):
             n = lengths[row]
             assert torch.equal(unpacked[j, : n - 1], batch.tokens[row, 1:n].double())
+        # pack is unpack's inverse for inputs: each sequence's next-token ids land where the model predicts them,
+        # and per-position top-k ids come back unchanged; positions no sequence owns hold 0
+        packed = m.pack(seq.tokens[:, 1:])
+        owned = m.pack(torch.ones_like(seq.tokens[:, 1:]).masked_fill(~m.valid, 0)).bool()
+        assert torch.equal(packed[owned], m.tokens[:, 1:][owned]) and not packed[~owned].any()
+        ids = m.pack(seq.teacher_topk_ids)
+        assert ids.shape == (m.tokens.shape[0], m.width - 1, 3)
+        assert torch.equal(m.unpack(ids)[m.valid], seq.teacher_topk_ids[m.valid])
     # and scattering per-sequence values back gives the [B, L-1] layout
     values = [(m, m.sequences.teacher_logprobs) for m in micro]
     back = scatter_token_values(values, len(batch), batch.tokens.shape[1] - 1)
@@ -142,3 +153,29 @@ def test_deal_by_work_is_a_partition_and_near_balanced(work, ranks):
     # longest-processing-time: no rank exceeds the average by more than the largest single item
     if work:
         assert max(loads) <= sum(work) / ranks + max(work)
+
+
+def test_top_k_fields_travel_through_concat_and_the_fixed_layout():
+    from rlad_megatron.learner.balance import concat_batches
+
+    a, b = random_batch([5, 9], 0), random_batch([3, 4, 12], 1)
+    both = concat_batches([a, b], PAD)
+    assert both.teacher_topk_ids.shape == (5, 11, 3) and both.teacher_topk_ids.dtype == torch.int32
+    assert torch.equal(both.teacher_topk_logprobs[:2, :8], a.teacher_topk_logprobs)
+    assert torch.equal(both.teacher_topk_ids[2:], b.teacher_topk_ids) and not both.teacher_topk_ids[:2, 8:].any()
+    micro = build_micro_batches(both, MicroBatching(micro_batch_size=5))
+    assert torch.equal(micro[0].pack(micro[0].sequences.teacher_topk_ids), both.teacher_topk_ids)
+    filler = filler_micro_batch(both, 4)
+    assert filler.sequences.teacher_topk_ids.shape == (0, 3, 3)
+    assert filler.pack(filler.sequences.teacher_topk_ids).tolist() == [[[0] * 3] * 3]
+
+
+def test_context_parallel_split_of_per_position_ids_matches_the_targets():
+    from rlad_megatron.learner.context_parallel import ContextParallelRows
+
+    tokens = torch.arange(1, 15).view(2, 7)
+    for rank in range(2):
+        rows = ContextParallelRows(tokens, torch.arange(7).unsqueeze(0), None, 2, rank, None)
+        ids = tokens[:, 1:].unsqueeze(-1) * torch.tensor([1, -1])
+        split = rows.split(ids)
+        assert torch.equal(split[..., 0], rows.targets) and torch.equal(split[..., 1], -rows.targets)

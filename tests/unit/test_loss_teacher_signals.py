@@ -316,8 +316,10 @@ def test_required_inputs_of_the_new_settings():
 
 
 @pytest.mark.parametrize("overrides,message", [
-    (["loss.algorithm=grpo", "loss.topk_kl=reverse", "loss.topk_beta=0.1"], "loss.topk_beta / loss.kd_estimator=topk"),
-    (["loss.algorithm=kdrl", "loss.kd_estimator=topk", "loss.topk_kl=reverse"], "loss.kd_estimator=topk"),
+    (["loss.algorithm=grpo", "loss.topk_kl=reverse", "loss.topk_beta=0.1", "teacher.source=vllm"],
+     r"^loss.topk_kl=reverse with teacher.source=vllm: .*from a Megatron teacher only"),
+    (["loss.algorithm=kdrl", "loss.kd_estimator=topk", "loss.topk_kl=forward", "teacher.placement=separate",
+      "teacher.source=vllm"], r"^loss.topk_kl=forward with teacher.source=vllm: "),
     (["loss.topk_kl=forward"], "has no effect"),
 ])
 def test_run_config_refuses_what_the_trainer_does_not_provide_yet(overrides, message):
@@ -331,3 +333,17 @@ def test_run_config_refuses_what_the_trainer_does_not_provide_yet(overrides, mes
     documented = {d.key for d in iter_keys() if d.doc}
     assert {"loss.topk_kl", "loss.topk_k", "loss.topk_beta", "loss.teacher_trust",
             "loss.teacher_trust_threshold"} <= documented
+
+
+@pytest.mark.parametrize("overrides", [
+    ["loss.algorithm=grpo", "loss.topk_kl=reverse", "loss.topk_beta=0.1"],
+    ["loss.algorithm=rlad", "loss.topk_kl=forward", "loss.topk_beta=0.5", "loss.topk_k=8"],
+    ["loss.algorithm=kdrl", "loss.kd_estimator=topk", "loss.topk_kl=reverse"],
+    ["loss.algorithm=kdrl", "loss.kd_estimator=topk", "loss.topk_kl=reverse", "teacher.placement=separate",
+     "teacher.ranks=1"],
+])
+def test_run_config_takes_topk_with_a_megatron_teacher(overrides):
+    from rlad_megatron.config import load_run_config, teacher_use
+
+    config = load_run_config(None, ["model.student=/s", "model.teacher=/t", "data.train_files=a.jsonl"] + overrides)
+    assert teacher_use(config.loss) == "logprobs" and config.teacher.source == "megatron"

@@ -198,3 +198,21 @@ def test_engine_sleep_is_suggested_when_it_is_what_fits():
     between = (awake.peak_gib + asleep.peak_gib) / 2
     plan = plan_memory(base, student=QWEN3_8B, teacher=QWEN3_32B, dp=16, gpu=between)
     assert not plan.fits and "rollout.sleep_level=1" in plan.suggestions
+
+
+def test_topk_signal_and_the_students_topk_targets_are_counted():
+    """loss.topk_kl: the teacher's top-k [tokens, k] x (int32 id + fp32 log-prob) for the rank's whole step, and the
+    student's k extra targets per position of a training micro-batch; nothing without a top-k term."""
+    config = _math_8b(max_tokens_per_micro_batch=65536)
+    plain = plan_memory(config, student=QWEN3_8B, teacher=QWEN3_32B, dp=16)
+    names = [t.name for t in plain.terms]
+    assert "teacher top-k signal" not in names and "student top-k log-probs" not in names
+    loss = dataclasses.replace(config.loss, topk_kl="forward", topk_beta=0.1, topk_k=64)
+    topk = plan_memory(dataclasses.replace(config, loss=loss), student=QWEN3_8B, teacher=QWEN3_32B, dp=16)
+    longest = config.data.max_prompt_tokens + config.rollout.max_new_tokens
+    step_tokens = -(-config.data.prompts_per_step * config.rollout.group_size // 16) * longest
+    signal = topk.term("teacher top-k signal")
+    assert signal.bytes == step_tokens * 64 * 8 and signal.phase == "resident"
+    student = topk.term("student top-k log-probs")
+    assert student.bytes == 65536 * 64 * 32 and student.phase == "train"
+    assert topk.peak_bytes == plain.peak_bytes + signal.bytes + student.bytes  # training is the peak phase
