@@ -2,8 +2,10 @@
 teacher's top-k ids and log-probs per response position travel with the batch, the student's log-probs at those ids
 come from the same pass as its sampled tokens' (K more targets), and the top-k KL trains the student, as RLAD's
 auxiliary term (packed micro-batches, fused head) and as KDRL's penalty (logits path). With the teacher on a rank of
-its own (``teacher.placement=separate``) the pool's replies carry the top-k and the run equals the colocated one.
-The runs are the session's layout runs ``topk_rlad`` / ``topk_pool`` / ``topk_kdrl`` (tests/e2e/layout_runs.py)."""
+its own (``teacher.placement=separate``) the pool's replies carry the top-k and the run equals the colocated one;
+with a colocated vLLM teacher (prompt log-probs) the first step equals the Megatron teacher's up to the two
+engines' rounding. The runs are the session's layout runs ``topk_rlad`` / ``topk_pool`` / ``topk_vllm`` /
+``topk_kdrl`` (tests/e2e/layout_runs.py)."""
 from __future__ import annotations
 
 import math
@@ -49,3 +51,13 @@ def test_topk_term_changes_the_update(layout_runs) -> None:
         assert topk[key] == base[key], key
     assert "loss/topk/kl" not in base
     assert topk["loss/loss"] != pytest.approx(base["loss/loss"], rel=1e-6)
+
+
+def test_vllm_teacher_topk_matches_the_megatron_teachers(layout_runs) -> None:
+    """Same seeds and weights: the same samples; the top-k terms agree up to the engines' float rounding (fp32)."""
+    megatron, vllm = layout_runs["topk_rlad"].metrics[0], layout_runs["topk_vllm"].metrics[0]
+    for key in ("reward/mean", "response/length_mean"):
+        assert vllm[key] == megatron[key], key
+    for key in ("loss/topk/kl", "loss/topk/teacher_mass", "loss/topk/student_mass", "loss/kl/teacher_k3",
+                "loss/loss", "optim/grad_norm"):
+        assert vllm[key] == pytest.approx(megatron[key], rel=1e-3, abs=1e-5), key
