@@ -25,7 +25,6 @@ from rlad_megatron.config import (
     apply_overrides,
     run_config_from_dict,
     run_config_to_dict,
-    teacher_pool,
 )
 from rlad_megatron.config.parsing import flatten_dotted
 from rlad_megatron.memory_plan import MemoryPlan, plan_memory
@@ -74,7 +73,7 @@ class Recipe:
     """GPUs reserved for disaggregated rollout engines (0 when colocated)."""
     teacher_gpus: int = 0
     """GPUs of a teacher pool of its own (``teacher.placement=separate``: ``teacher.ranks`` for a Megatron teacher,
-    one per learner replica for a vLLM teacher); 0: the teacher shares the learner's GPUs."""
+    one per learner replica for a vLLM teacher); 0: what the config's pool needs (none without a pool)."""
     student_shape: ModelShape | None = None
     teacher_shape: ModelShape | None = None
     env: dict[str, str] = field(default_factory=lambda: dict(GPU_ENV))
@@ -89,9 +88,9 @@ class Recipe:
 
     @property
     def ranks_per_node(self) -> int:
-        """torchrun processes per node: its GPUs (CPU processes) less the disaggregated rollout engines', which are
-        processes of their own on each node's last GPUs (``rollout_gpus`` spread evenly over the nodes)."""
-        return self.gpus_per_node - self.rollout_gpus // self.nodes
+        """torchrun processes per node: its GPUs (CPU processes) less the engines', which are processes of their own
+        on each node's last GPUs (disaggregated rollout engines, a vLLM teacher pool: ``Placement.ranks_per_node``)."""
+        return self.placement().ranks_per_node
 
     def with_overrides(self, overrides: list[str]) -> "Recipe":
         """A copy with dotted ``section.key=value`` overrides applied to the config (validated)."""
@@ -107,11 +106,8 @@ class Recipe:
 
     def placement(self) -> Placement:
         """The checked layout on ``nodes x gpus_per_node`` (raises ``PlacementError`` explaining the arithmetic)."""
-        teacher_gpus = self.teacher_gpus
-        if not teacher_gpus and teacher_pool(self.config) == "megatron":  # teacher.ranks ranks of the job
-            teacher_gpus = self.config.teacher.ranks
         return plan_placement(self.config, nodes=self.nodes, gpus_per_node=self.gpus_per_node,
-                              rollout_gpus=self.rollout_gpus, teacher_gpus=teacher_gpus,
+                              rollout_gpus=self.rollout_gpus, teacher_gpus=self.teacher_gpus or None,
                               student=self.student_shape, teacher=self.teacher_shape)
 
     def with_gpu(self, gpu_memory: str | None) -> "Recipe":

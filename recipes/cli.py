@@ -9,6 +9,7 @@
         --mounts /lustre/models:/models,/lustre/data:/data,/lustre/results:/results
     python -m recipes --config my_run.yaml --nodes 2 --gpus-per-node 8 --plan           # your own run
     python -m recipes --config my_run.yaml --executor slurm --nodes 2 --account acct --partition batch
+    python -m recipes --config my_run.yaml --plan --teacher-gpus 4   # teacher.placement=separate, teacher.source=vllm
     python -m recipes logic_qwen3_0p6b --config changes.yaml trainer.steps=10   # the file's keys on the recipe's
 """
 from __future__ import annotations
@@ -52,6 +53,10 @@ def _parser(prog: str = "python -m recipes") -> argparse.ArgumentParser:
     p.add_argument("--rollout-gpus", type=int,
                    help="GPUs of the rollout engines' own (rollout.placement=disaggregated, e.g. rollout.mode=async): "
                         "one engine per learner replica, on each node's last GPUs; the learner gets the others")
+    p.add_argument("--teacher-gpus", type=int,
+                   help="GPUs of a teacher pool's own (teacher.placement=separate): teacher.source=vllm: one engine "
+                        "per learner replica, on each node's last GPUs after the rollout engines' (default: the count "
+                        "that fits); teacher.source=megatron: teacher.ranks (the default)")
     p.add_argument("--cpu", action="store_true",
                    help="--config: the job runs on CPUs (--gpus-per-node counts processes; Slurm is asked for no "
                         "GPUs; the memory plan has no GPU limit)")
@@ -120,7 +125,8 @@ def build_recipe(args: argparse.Namespace) -> tuple[Recipe, list[str]]:
                               f"{args.config}")
         recipe = recipe_from_config(args.config, args.overrides, nodes=args.nodes or 1,
                                     gpus_per_node=args.gpus_per_node or (1 if args.cpu else 8),
-                                    rollout_gpus=args.rollout_gpus or 0, cpu=args.cpu, gpu_memory=args.gpu)
+                                    rollout_gpus=args.rollout_gpus or 0, teacher_gpus=args.teacher_gpus or 0,
+                                    cpu=args.cpu, gpu_memory=args.gpu)
         declared: dict = {}
     else:
         if args.name.endswith((".yaml", ".yml")):
@@ -145,6 +151,8 @@ def build_recipe(args: argparse.Namespace) -> tuple[Recipe, list[str]]:
                   else recipe.with_overrides(args.overrides))
         if args.rollout_gpus is not None:
             recipe = dataclasses.replace(recipe, rollout_gpus=args.rollout_gpus)
+        if args.teacher_gpus is not None:
+            recipe = dataclasses.replace(recipe, teacher_gpus=args.teacher_gpus)
         recipe = recipe.with_gpu(args.gpu)
     student, teacher = resolve_shapes(recipe.config, named={"student": args.student_shape,
                                                             "teacher": args.teacher_shape},

@@ -49,8 +49,11 @@ def run_name(path: str | Path) -> str:
 
 
 def recipe_from_config(path: str | Path, overrides: Sequence[str] = (), *, nodes: int = 1, gpus_per_node: int = 8,
-                       rollout_gpus: int = 0, cpu: bool = False, gpu_memory: str | None = None) -> Recipe:
-    """The recipe of the run config ``path`` (with dotted ``overrides``) on ``nodes x gpus_per_node``.
+                       rollout_gpus: int = 0, teacher_gpus: int = 0, cpu: bool = False,
+                       gpu_memory: str | None = None) -> Recipe:
+    """The recipe of the run config ``path`` (with dotted ``overrides``) on ``nodes x gpus_per_node``, with
+    ``rollout_gpus`` / ``teacher_gpus`` of the engines' and a teacher pool's own (``Recipe``; 0: none, or what the
+    config's teacher pool needs).
 
     ``cpu``: the job runs on CPUs (``gpus_per_node`` counts processes, Slurm is asked for no GPUs, the memory plan
     has no GPU limit). ``gpu_memory``: the GPU the memory plan checks against (default "h100"). The model shapes
@@ -61,7 +64,8 @@ def recipe_from_config(path: str | Path, overrides: Sequence[str] = (), *, nodes
     teacher = f" <- {Path(config.model.teacher).name}" if config.model.teacher else ""
     return Recipe(name=run_name(path), description=f"{Path(path)}: {algorithm}, {Path(config.model.student).name}"
                   f"{teacher}", config=config, nodes=nodes, gpus_per_node=gpus_per_node, rollout_gpus=rollout_gpus,
-                  env=dict(CPU_ENV if cpu else GPU_ENV), gpu=not cpu, gpu_memory=gpu_memory or "h100")
+                  teacher_gpus=teacher_gpus, env=dict(CPU_ENV if cpu else GPU_ENV), gpu=not cpu,
+                  gpu_memory=gpu_memory or "h100")
 
 
 def _yaml_keys(path: str | Path) -> list[str]:

@@ -65,7 +65,7 @@ def _train_holding_the_lock(args: argparse.Namespace, config, lock, rank0: bool)
         for note in start.notes:
             print(f"[rlad] {note}", flush=True)
     # lazy: `config` and `--help` do not load the trainer
-    from rlad_megatron.console import rank_tag, say, send_output_to_log
+    from rlad_megatron.console import rank_tag, send_output_to_log
 
     # From here on third-party output (vLLM, Megatron, torch, warnings) goes to the run's train.log, not the console.
     send_output_to_log(Path(config.trainer.output_dir) / "train.log", tag=rank_tag())
@@ -84,12 +84,11 @@ def _train_holding_the_lock(args: argparse.Namespace, config, lock, rank0: bool)
             from rlad_megatron.trainer.loop import train  # lazy, as above
 
             train(config, resume=start.resume, check=False)  # checked above, before the lock
-    except DiskFullError as err:  # the traceback goes to train.log; the console gets one line
+    except DiskFullError as err:  # the traceback goes to train.log; the console gets one line, from one rank
         import traceback  # lazy: `config` and `--help` do not load the trainer
 
         traceback.print_exc()
-        say(f"{COMMAND}: {err}")
-        return 2
+        return refuse([str(err)], command=COMMAND)
     except DatasetError as err:  # a bad row past the first ones the checks read: the traceback goes to train.log
         import traceback  # lazy: `config` and `--help` do not load the trainer
 

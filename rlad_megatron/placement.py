@@ -84,7 +84,8 @@ class ModelShape:
 
 @dataclass(frozen=True)
 class Placement:
-    """A checked layout. ``learner_gpus = tp * pp * cp * dp``; ``world = learner_gpus + rollout_gpus + teacher_gpus``."""
+    """A checked layout. ``learner_gpus = tp * pp * cp * dp``; ``world = learner_gpus + rollout_gpus + teacher_gpus``;
+    torchrun starts :attr:`ranks_per_node` ranks on each node (the engines' GPUs are processes of their own)."""
 
     nodes: int
     gpus_per_node: int
@@ -112,6 +113,18 @@ class Placement:
     def learner_gpus(self) -> int:
         return self.tp * self.pp * self.cp * self.dp
 
+    @property
+    def engine_gpus(self) -> int:
+        """GPUs of engine processes of their own (disaggregated rollout engines, a vLLM teacher pool's engines), on
+        each node's last GPUs: they are not torchrun ranks (a Megatron teacher pool's GPUs are)."""
+        return (0 if self.rollout == "colocated" else self.rollout_gpus) + (
+            self.teacher_gpus if self.teacher == "vllm" else 0)
+
+    @property
+    def ranks_per_node(self) -> int:
+        """torchrun processes per node: the node's GPUs less its even share of :attr:`engine_gpus`."""
+        return self.gpus_per_node - self.engine_gpus // self.nodes
+
     def describe(self) -> str:
         """One line per component, for logs and the recipe CLI."""
         cp = f" x CP={self.cp}" if self.cp > 1 else ""
@@ -135,6 +148,9 @@ class Placement:
             lines.append(f"teacher: vLLM scorer {where}")
         else:
             lines.append("teacher: none")
+        if self.engine_gpus:
+            lines.append(f"torchrun: {self.ranks_per_node} rank(s) per node; the engines run in processes of their "
+                         f"own on each node's last {self.engine_gpus // self.nodes} GPU(s)")
         return "\n".join(lines)
 
 
@@ -220,14 +236,16 @@ def check_model_shape(shape: ModelShape, *, tp: int, pp: int, role: str, fp8: bo
 
 
 def plan_placement(config: RunConfig, *, nodes: int, gpus_per_node: int, rollout_gpus: int = 0,
-                   rollout_tp: int | None = None, teacher_gpus: int = 0, student: ModelShape | None = None,
+                   rollout_tp: int | None = None, teacher_gpus: int | None = None, student: ModelShape | None = None,
                    teacher: ModelShape | None = None) -> Placement:
     """Decide and check the layout of ``config`` on ``nodes x gpus_per_node`` GPUs (one rank per GPU).
 
     ``rollout_gpus``: GPUs reserved for disaggregated engines (must be 0 when colocated, > 0 when not).
-    ``rollout_tp``: engine tensor parallel size (default: the learner's TP). ``teacher_gpus``: GPUs of a vLLM
-    teacher of its own (0: it shares the learner's). ``student``/``teacher``: model shapes, when known, for the
-    head/layer checks. Raises :class:`PlacementError`.
+    ``rollout_tp``: engine tensor parallel size (default: the learner's TP). ``teacher_gpus``: GPUs of a teacher
+    pool of its own (``teacher.placement=separate``); None: what the pool needs (``teacher.ranks`` for a Megatron
+    teacher; for a vLLM teacher the count that gives one engine per learner replica), 0 without a pool. The errors
+    name the launcher's flags (``--rollout-gpus``, ``--teacher-gpus``). ``student``/``teacher``: model shapes, when
+    known, for the head/layer checks. Raises :class:`PlacementError`.
     """
     _positive("nodes", nodes)
     _positive("gpus_per_node", gpus_per_node)
@@ -245,9 +263,27 @@ def plan_placement(config: RunConfig, *, nodes: int, gpus_per_node: int, rollout
                              "parallelism needs the intra-node links): lower parallel.tensor_parallel")
 
     colocated = config.rollout.placement == "colocated"
+    # A teacher of its own only when the loss scores with it (sft's teacher is the rollout engine's model).
+    teacher_kind = config.teacher.source if teacher_use(config.loss) == "logprobs" and config.model.teacher else "none"
+    separate = teacher_kind != "none" and config.teacher.placement == "separate"
+    vllm_pool, megatron_pool = separate and teacher_kind == "vllm", separate and teacher_kind == "megatron"
+    if teacher_gpus is not None and teacher_gpus < 0:
+        raise PlacementError(f"teacher_gpus={teacher_gpus} (--teacher-gpus): a GPU count must be >= 0")
+    if teacher_gpus and not separate:
+        raise PlacementError(f"teacher_gpus={teacher_gpus} (--teacher-gpus {teacher_gpus}) are a teacher pool's GPUs: "
+                             f"set teacher.placement=separate (this run's teacher is {teacher_kind!r}, on the "
+                             "learner's GPUs) or leave --teacher-gpus out")
+    if megatron_pool and teacher_gpus not in (None, config.teacher.ranks):
+        raise PlacementError(f"teacher.ranks={config.teacher.ranks} teacher ranks need teacher_gpus="
+                             f"{config.teacher.ranks} GPUs of their own, got teacher_gpus={teacher_gpus}: give "
+                             f"--teacher-gpus {config.teacher.ranks} or leave --teacher-gpus out")
     # a disaggregated engine is one process with one GPU (the trainer's "uni" executor), one per learner replica
     rollout_tp = (tp if colocated else 1) if rollout_tp is None else rollout_tp
     _positive("rollout_tp", rollout_tp)
+    # GPUs of each learner replica's engines (a disaggregated rollout engine, a vLLM teacher engine: processes of
+    # their own on each node's last GPUs), and the GPUs of a Megatron teacher pool (ranks of the job)
+    engines = {**({} if colocated else {"rollout": rollout_tp}), **({"teacher": 1} if vllm_pool else {})}
+    reserved = (config.teacher.ranks if teacher_gpus is None else teacher_gpus) if megatron_pool else 0
     if colocated and rollout_gpus:
         raise PlacementError(f"rollout.placement=colocated runs the engines on the learner's GPUs, but "
                              f"rollout_gpus={rollout_gpus} were reserved: set rollout.placement=disaggregated or 0")
@@ -256,9 +292,10 @@ def plan_placement(config: RunConfig, *, nodes: int, gpus_per_node: int, rollout
                              f"must equal parallel.tensor_parallel={tp}")
     if not colocated:
         if rollout_gpus < 1:
-            fit = _rollout_gpus_that_fit(world, per_replica, rollout_tp, nodes)
+            fit = _fitting_dp(world, per_replica, nodes, tuple(engines.values()), reserved=reserved)
             raise PlacementError("rollout.placement=disaggregated needs GPUs of its own: give rollout_gpus >= 1 "
-                                 f"(--rollout-gpus {fit[0] if fit else 'N'}: one engine per learner replica)")
+                                 f"(--rollout-gpus {fit * rollout_tp if fit else 'N'}: one engine per learner "
+                                 "replica" + (f", with --teacher-gpus {fit}" if fit and vllm_pool else "") + ")")
         if rollout_gpus % rollout_tp:
             raise PlacementError(f"{rollout_gpus} rollout GPUs cannot hold whole engines of TP={rollout_tp} "
                                  f"({rollout_gpus} / {rollout_tp} is not whole)")
@@ -269,16 +306,20 @@ def plan_placement(config: RunConfig, *, nodes: int, gpus_per_node: int, rollout
         raise PlacementError(f"rollout TP={rollout_tp} would span nodes ({gpus_per_node} GPUs per node): "
                              f"keep engine TP <= {gpus_per_node}")
 
-    # A teacher of its own only when the loss scores with it (sft's teacher is the rollout engine's model).
-    teacher_kind = config.teacher.source if teacher_use(config.loss) == "logprobs" and config.model.teacher else "none"
-    separate = teacher_kind != "none" and config.teacher.placement == "separate"
-    if teacher_gpus and not separate:
-        raise PlacementError(f"teacher_gpus={teacher_gpus} are a teacher pool's GPUs: set teacher.placement=separate "
-                             f"(this run's teacher is {teacher_kind!r}, on the learner's GPUs)")
-    if separate and teacher_kind == "megatron" and teacher_gpus != config.teacher.ranks:
-        raise PlacementError(f"teacher.ranks={config.teacher.ranks} teacher ranks need teacher_gpus="
-                             f"{config.teacher.ranks} GPUs of their own, got teacher_gpus={teacher_gpus}")
-
+    if teacher_gpus is None:  # what the pool needs
+        teacher_gpus = reserved
+        if vllm_pool:
+            teacher_gpus = _fitting_dp(world - rollout_gpus, per_replica, nodes, (1,)) or 0
+            if not teacher_gpus:
+                raise PlacementError(f"teacher.placement=separate with a vLLM teacher starts one teacher engine per "
+                                     f"learner replica, each on a GPU of its own: {world} GPUs - {rollout_gpus} "
+                                     f"rollout GPUs hold no whole number of {replica} replicas plus one engine GPU "
+                                     f"each, spread evenly over {nodes} node(s): "
+                                     + _engines_fit_hint(world, per_replica, nodes, engines, reserved))
+    if vllm_pool and teacher_gpus % nodes:
+        raise PlacementError(f"{teacher_gpus} teacher GPUs (--teacher-gpus {teacher_gpus}) cannot be spread evenly "
+                             f"over {nodes} nodes (each node's teacher engines run on its last GPUs): use a multiple "
+                             f"of {nodes}")
     learner = world - rollout_gpus - teacher_gpus
     if learner < 1:
         raise PlacementError(f"{alloc} leave no GPUs for the learner after {rollout_gpus} rollout + "
@@ -291,11 +332,12 @@ def plan_placement(config: RunConfig, *, nodes: int, gpus_per_node: int, rollout
                              f"replicas (DP would be {learner / per_replica:g}): use a multiple of {per_replica} "
                              f"learner GPUs or change TP/PP{'/CP' if cp > 1 else ''}")
     dp = learner // per_replica
-    if separate and teacher_kind == "vllm" and teacher_gpus != dp:
+    if vllm_pool and teacher_gpus != dp:
         raise PlacementError(f"teacher.placement=separate with a vLLM teacher starts one teacher engine per learner "
-                             f"replica: {world} GPUs - {rollout_gpus} rollout - {teacher_gpus} teacher GPUs leave DP="
-                             f"{dp} replicas, so teacher_gpus must be {dp}; choose teacher_gpus with "
-                             f"(world - rollout_gpus - teacher_gpus) / ({replica}) = teacher_gpus")
+                             f"replica, each on a GPU of its own: {world} GPUs - {rollout_gpus} rollout - "
+                             f"{teacher_gpus} teacher GPUs (--teacher-gpus {teacher_gpus}) leave DP={dp} replicas "
+                             f"of {replica} but {teacher_gpus} teacher engine(s): "
+                             + _engines_fit_hint(world, per_replica, nodes, engines, reserved))
     t = config.teacher
     if separate and teacher_kind == "megatron" and t.tensor_parallel > gpus_per_node:
         raise PlacementError(f"teacher.tensor_parallel={t.tensor_parallel} would span nodes ({gpus_per_node} GPUs per "
@@ -305,12 +347,11 @@ def plan_placement(config: RunConfig, *, nodes: int, gpus_per_node: int, rollout
     prompts = config.data.prompts_per_step
     num_engines = dp if colocated else rollout_gpus // rollout_tp
     if not colocated and num_engines != dp:
-        fit = _rollout_gpus_that_fit(world, per_replica, rollout_tp, nodes)
+        others = f" - {teacher_gpus} teacher" if teacher_gpus else ""
         raise PlacementError(f"the trainer starts one rollout engine per learner replica, each on {rollout_tp} GPU(s) "
-                             f"of its own: {world} GPUs - {rollout_gpus} rollout GPUs leave DP={dp} replicas of "
-                             f"{replica} but {rollout_gpus} GPUs hold {num_engines} engine(s): "
-                             + (f"give rollout_gpus={fit[0]} (--rollout-gpus {fit[0]})" if fit else
-                                "no rollout_gpus fits this allocation; change the GPUs or the learner's layout"))
+                             f"of its own: {world} GPUs - {rollout_gpus} rollout{others} GPUs leave DP={dp} replicas "
+                             f"of {replica} but {rollout_gpus} GPUs hold {num_engines} engine(s): "
+                             + _engines_fit_hint(world, per_replica, nodes, engines, reserved))
     if not colocated and prompts % num_engines:
         raise PlacementError(f"data.prompts_per_step={prompts} prompts cannot be shared evenly by {num_engines} "
                              f"rollout engines: use a multiple of {num_engines}")
@@ -333,10 +374,23 @@ def plan_placement(config: RunConfig, *, nodes: int, gpus_per_node: int, rollout
                      teacher_layout=(t.tensor_parallel, t.pipeline_parallel, t.expert_parallel))
 
 
-def _rollout_gpus_that_fit(world: int, per_replica: int, rollout_tp: int, nodes: int) -> list[int]:
-    """The rollout GPU counts that give one engine of ``rollout_tp`` GPUs per learner replica, evenly over nodes."""
-    return [r for r in range(1, world) if (world - r) % per_replica == 0 and r % nodes == 0
-            and (world - r) // per_replica * rollout_tp == r]
+def _fitting_dp(gpus: int, per_replica: int, nodes: int, engines: tuple[int, ...], *, reserved: int = 0) -> int | None:
+    """The learner DP whose replicas of ``per_replica`` GPUs, each with one engine of every size in ``engines``
+    (GPUs: a rollout engine's TP, a vLLM teacher engine's 1), fill ``gpus - reserved`` GPUs exactly, each pool's
+    engines spread evenly over the ``nodes``; None when no DP does."""
+    dp, rest = divmod(gpus - reserved, per_replica + sum(engines))
+    return dp if dp >= 1 and not rest and all(dp * e % nodes == 0 for e in engines) else None
+
+
+def _engines_fit_hint(world: int, per_replica: int, nodes: int, engines: dict[str, int], reserved: int) -> str:
+    """What to give so that every learner replica gets one engine of each pool in ``engines`` ("rollout" / "teacher":
+    GPUs per engine): the launcher's flags, or that no count fits."""
+    dp = _fitting_dp(world, per_replica, nodes, tuple(engines.values()), reserved=reserved)
+    if dp is None:
+        return "no engine GPU count fits this allocation; change the GPUs or the learner's layout"
+    counts = {pool: dp * size for pool, size in engines.items()}
+    return ("give " + " and ".join(f"{pool}_gpus={n}" for pool, n in counts.items()) + " ("
+            + " ".join(f"--{pool}-gpus {n}" for pool, n in counts.items()) + ")")
 
 
 def _divisors(n: int) -> list[int]:

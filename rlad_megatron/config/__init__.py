@@ -18,17 +18,18 @@ from rlad_megatron.config.parsing import apply_overrides, build_dataclass, flatt
 from rlad_megatron.config.rollout import RolloutConfig
 from rlad_megatron.config.run import (
     RunConfig, TeacherPool, TeacherUse, load_run_config, megatron_teacher, run_config_from_dict, run_config_to_dict,
-    teacher_pool, teacher_use, validate_fp8_run, validate_teacher_placement,
+    teacher_models, teacher_pool, teacher_use, validate_fp8_run, validate_teacher_placement,
 )
-from rlad_megatron.config.teacher import TeacherConfig
+from rlad_megatron.config.teacher import TeacherConfig, TeacherModel
 from rlad_megatron.config.trainer import WANDB_MODES, TrainerConfig, WandbConfig
 from rlad_megatron.config.validators import ConfigError
 
 __all__ = [
     "FP8_FORMATS", "FP8_RECIPES", "WANDB_MODES", "ConfigError", "DataConfig", "FP8Settings", "LossConfig",
-    "ModelConfig", "OptimConfig", "ParallelConfig", "RolloutConfig", "RunConfig", "TeacherConfig", "TeacherPool",
+    "ModelConfig", "OptimConfig", "ParallelConfig", "RolloutConfig", "RunConfig", "TeacherConfig", "TeacherModel",
+    "TeacherPool",
     "TeacherUse",
     "TrainerConfig", "VLLMEngineConfig", "WandbConfig", "apply_overrides", "build_dataclass", "flatten_dotted",
     "load_run_config", "megatron_teacher", "required_inputs", "run_config_from_dict", "run_config_to_dict",
-    "teacher_pool", "teacher_use", "validate_fp8_run", "validate_teacher_placement",
+    "teacher_models", "teacher_pool", "teacher_use", "validate_fp8_run", "validate_teacher_placement",
 ]

@@ -126,7 +126,21 @@ def _render(cls: type, indent: str) -> list[str]:
             lines += _render(annotation, indent + "  ")
             continue
         lines += _comment(f"[{type_name(annotation)}] {docs.get(f.name, '')}", indent)
+        lines += _item_keys(annotation, indent)
         lines.append(f"{indent}{f.name}: {_scalar(_default(f))}")
+    return lines
+
+
+def _item_keys(annotation: Any, indent: str) -> list[str]:
+    """A list of sections (``teacher.teachers``): one comment line per key of an item, its type and meaning."""
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is not list or not args or not dataclasses.is_dataclass(args[0]):
+        return []
+    item, lines = args[0], []
+    hints, docs = typing.get_type_hints(item), field_docs(item)
+    for f in dataclasses.fields(item):
+        lines += _comment(f"- {f.name} [{type_name(hints[f.name])}, default {_scalar(_default(f))}] "
+                          f"{docs.get(f.name, '')}", indent)
     return lines
 
 

@@ -52,7 +52,7 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             value = [_OverrideText(v) if isinstance(value, _OverrideText) else v for v in value.split(",") if v]
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
-        return [_coerce(v, args[0], f"{key}[]") if args else v for v in value]
+        return [_coerce(v, args[0], f"{key}[{i}]") if args else v for i, v in enumerate(value)]
     if origin is dict:  # data.task_options, data.chat_template_kwargs: each value converted by its own type
         if not isinstance(value, Mapping):
             raise ConfigError(f"{key}: expected a mapping of names to values, got {value!r}")
@@ -86,6 +86,8 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise ConfigError(f"{key}: expected a string, got {value!r}")
         return str(value)
+    if dataclasses.is_dataclass(annotation):  # an item of a list of sections (teacher.teachers)
+        return build_dataclass(annotation, _yaml_text(value, key) if isinstance(value, _OverrideText) else value, key)
     if isinstance(value, _OverrideText):  # a field of another type (a mapping, ...): the text is YAML
         return _yaml_text(value, key)
     return value

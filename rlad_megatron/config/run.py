@@ -26,7 +26,7 @@ from rlad_megatron.config.optim import OptimConfig
 from rlad_megatron.config.parallel import ParallelConfig
 from rlad_megatron.config.parsing import apply_overrides, build_dataclass
 from rlad_megatron.config.rollout import RolloutConfig
-from rlad_megatron.config.teacher import TeacherConfig
+from rlad_megatron.config.teacher import TeacherConfig, TeacherModel
 from rlad_megatron.config.trainer import TrainerConfig
 from rlad_megatron.config.validators import ConfigError
 
@@ -55,13 +55,8 @@ class RunConfig:
         self.loss.validate("loss")
         self.trainer.validate()
         self.teacher.validate()
-        pending = required_inputs(self.loss) & LOSS_INPUTS_NOT_YET_IN_TRAINER
-        if pending:  # the loss has them (issue 33); the trainer's top-k teacher pass and pass-rate carry come next
-            keys = (["loss.topk_beta / loss.kd_estimator=topk"] if "teacher_topk_logprobs" in pending else []) + (
-                ["loss.teacher_trust"] if "teacher_pass_rate" in pending else [])
-            raise ConfigError(f"{' and '.join(keys)}: the trainer does not provide {sorted(pending)} yet; train "
-                              "with loss.topk_beta=0, loss.kd_estimator=k1|k2|k3 and loss.teacher_trust=none")
-        if teacher_use(self.loss) != "none" and not self.model.teacher:
+        validate_several_teachers(self)
+        if teacher_use(self.loss) != "none" and not self.model.teacher and not self.teacher.several():
             raise ConfigError(f"loss.algorithm={self.loss.algorithm!r} needs model.teacher (a HF directory)")
         if self.rollout.group_size == 1 and self.loss.learns_only_from_group_advantages():
             raise ConfigError(
@@ -76,10 +71,6 @@ class RunConfig:
 
 
 TeacherUse = typing.Literal["logprobs", "samples", "none"]
-
-#: Loss inputs the loss functions accept but the trainer does not compute yet (top-k teacher signals, the per-prompt
-#: teacher pass rate): a run config asking for them is refused rather than failing at its first step.
-LOSS_INPUTS_NOT_YET_IN_TRAINER = frozenset({"teacher_pass_rate"})
 
 
 def teacher_use(loss: LossConfig) -> TeacherUse:
@@ -96,6 +87,33 @@ def teacher_use(loss: LossConfig) -> TeacherUse:
     return "samples" if loss.algorithm == "sft" else "none"
 
 
+def teacher_models(config: RunConfig) -> list[tuple[str, TeacherModel]]:
+    """The run's scoring teachers as (the config key of its folder, its entry) (the one place of this rule): those of
+    ``teacher.teachers``, or the one teacher of ``model.teacher`` / ``teacher.source`` (named "teacher", weight 1);
+    [] when the loss takes no teacher log-probs."""
+    if teacher_use(config.loss) != "logprobs":
+        return []
+    if config.teacher.several():
+        return [(f"teacher.teachers[{i}].model", t) for i, t in enumerate(config.teacher.teachers)]
+    return [("model.teacher", TeacherModel(name="teacher", model=str(config.model.teacher or ""),
+                                           source=config.teacher.source))]
+
+
+def validate_several_teachers(config: RunConfig) -> None:
+    """``teacher.teachers`` against the loss and ``model.teacher``; raises ``ConfigError``."""
+    if not config.teacher.several():
+        return
+    if teacher_use(config.loss) != "logprobs":
+        raise ConfigError(f"teacher.teachers: loss.algorithm={config.loss.algorithm!r} takes no teacher log-probs "
+                          "per response; several teachers are for rlad and kdrl (leave teacher.teachers empty)")
+    if config.model.teacher:
+        raise ConfigError(f"model.teacher={config.model.teacher} with teacher.teachers: give every teacher in "
+                          "teacher.teachers (each with its model) and leave model.teacher unset")
+    if required_inputs(config.loss) & {"teacher_topk_logprobs"}:
+        raise ConfigError("teacher.teachers with top-k teacher terms (loss.topk_beta / loss.kd_estimator=topk): "
+                          "not supported yet; use one teacher")
+
+
 def megatron_teacher(config: RunConfig) -> bool:
     """Whether the run loads its teacher as a frozen Megatron GPTModel in the learner's processes (the one place
     of this rule): the loss takes teacher log-probs, ``teacher.source`` is "megatron" and the teacher is not in a
@@ -103,7 +121,7 @@ def megatron_teacher(config: RunConfig) -> bool:
     by expert parallelism; a vLLM teacher is a scoring engine instead, a teacher pool has ranks and a layout of its
     own (:func:`teacher_pool`)."""
     return (teacher_use(config.loss) == "logprobs" and config.teacher.source == "megatron"
-            and config.teacher.placement == "colocated")
+            and config.teacher.placement == "colocated" and not config.teacher.several())
 
 
 TeacherPool = typing.Literal["none", "megatron", "vllm"]
@@ -124,13 +142,15 @@ def validate_teacher_placement(config: RunConfig) -> None:
         raise ConfigError(f"teacher.placement=separate puts a scoring teacher in a pool of its own, but "
                           f"loss.algorithm={config.loss.algorithm!r} takes no teacher log-probs: set "
                           "teacher.placement=colocated")
-    if (t.source == "vllm" and t.placement == "colocated" and teacher_use(config.loss) == "logprobs"
-            and config.rollout.placement == "disaggregated"):
-        raise ConfigError("teacher.source=vllm with rollout.placement=disaggregated: a colocated vLLM teacher would "
+    vllm = [key for key, m in teacher_models(config) if m.source == "vllm"]
+    if vllm and t.placement == "colocated" and config.rollout.placement == "disaggregated":
+        what = "teacher.source=vllm" if not t.several() else f"{vllm[0].removesuffix('.model')}.source=vllm"
+        raise ConfigError(f"{what} with rollout.placement=disaggregated: a colocated vLLM teacher would "
                           "be a one-rank engine inside the learner's process (refused off LOCAL_RANK 0, and next to "
-                          "the learner vLLM's start-up check of free GPU memory fails); set "
-                          "teacher.placement=separate (the teacher in engine processes of its own, like the "
-                          "rollout engines)")
+                          "the learner vLLM's start-up check of free GPU memory fails); set " + (
+                              "teacher.placement=separate (the teacher in engine processes of its own, like the "
+                              "rollout engines)" if not t.several() else
+                              "its source to megatron, or rollout.placement=colocated"))
 
 
 def validate_topk_teacher(config: RunConfig) -> None:
@@ -203,7 +223,8 @@ def load_run_config(path: str | Path | None, overrides: list[str] | None = None)
             raise ConfigError(f"config file {path}: expected a mapping at the top level")
         data = loaded or {}
     config = build_dataclass(RunConfig, apply_overrides(data, list(overrides or [])))
-    return resolve_paths(config, Path(path).parent if path is not None else None, overrides or ()).validate()
+    return resolve_paths(config, Path(path).parent if path is not None else None, overrides or (),
+                         written=data).validate()
 
 
 def run_config_to_dict(config: RunConfig) -> dict[str, Any]:

@@ -10,9 +10,10 @@ Called by ``rlad-megatron train`` on every rank before the models load, by ``rla
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+import sys
+from typing import Any, Callable, Mapping
 
-from rlad_megatron.data.rows import row_to_record
+from rlad_megatron.data.rows import prepare_row, row_to_record
 from rlad_megatron.data.sources import DatasetError, first_rows, hub_name
 from rlad_megatron.tasks.base import RecordError, Task
 from rlad_megatron.tasks.registry import get_training_task
@@ -74,3 +75,27 @@ def check_data_files(data: Any, rows: int = CHECKED_ROWS) -> list[str]:
             problems += check_source_rows(source, task, key=key, fields=data.fields, split=split,
                                           bad_rows=data.bad_rows, rows=rows)
     return problems
+
+
+def check_every_row(source: str, problem: Callable[[Mapping[str, Any]], str | None], *, key: str,
+                    fields: Mapping[str, str] | None = None, split: str = "train") -> list[str]:
+    """The first row of a local ``source`` (read whole) whose record (``data.fields`` and the conversational layouts
+    applied) ``problem`` objects to, as one line naming ``key``, the file and the row; [] when every row passes.
+    For what the run needs on EVERY record (a teacher pass rate, a routing field): the checks above read the first
+    rows only. Rows that do not give a record at all are left to those checks and the loader; a hub dataset is not
+    read (that needs the network)."""
+    if hub_name(source) is not None:
+        return []
+    try:
+        rows = first_rows(source, split=split, count=sys.maxsize)
+    except (DatasetError, OSError):
+        return []  # check_source_rows reports an unreadable source
+    for i, row in enumerate(rows):
+        try:
+            record = prepare_row(row, fields)
+        except RecordError:
+            continue
+        found = problem(record)
+        if found:
+            return [f"{key}: {source}: row {i} (0-based; line {i + 1} of a .jsonl): {found}"]
+    return []

@@ -32,6 +32,9 @@ class SequenceBatch:
     mini_batch: ``[B]`` long, the global mini-batch each sequence belongs to, when the step's sequences were
     rebalanced over data-parallel ranks (``learner.batching.balance_over_data_parallel``); None: mini-batch
     ``u`` is every ``updates``-th prompt group of this rank, as the trainer assigns it.
+    teacher_pass_rate: ``[B]`` float64, the teacher's pass rate on each response's prompt (``loss.teacher_trust``),
+    else None.
+    teacher_index: ``[B]`` long, the teacher each response's prompt is routed to (several teachers), else None.
     """
 
     tokens: torch.Tensor
@@ -47,6 +50,8 @@ class SequenceBatch:
     teacher_topk_logprobs: torch.Tensor | None = None
     lengths: torch.Tensor | None = None
     mini_batch: torch.Tensor | None = None
+    teacher_pass_rate: torch.Tensor | None = None
+    teacher_index: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.tokens.shape[0]

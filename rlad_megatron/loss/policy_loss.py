@@ -53,6 +53,7 @@ def compute_policy_loss(
     student_topk_logprobs: Tensor | None = None,
     teacher_topk_logprobs: Tensor | None = None,
     teacher_pass_rate: Tensor | None = None,
+    teacher_weight: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Stat]]:
     """This micro-batch's share of the step's loss, and its metrics.
 
@@ -76,6 +77,8 @@ def compute_policy_loss(
             each position, with gradient (``rlad_megatron.logprobs.vocab_parallel_logprobs_at``); for a top-k term.
         teacher_topk_logprobs: ``[B, T, topk_k]`` float32 the teacher's log-probs of its own top-k ids.
         teacher_pass_rate: ``[B]`` the teacher's pass rate on each response's prompt, in [0, 1] (``teacher_trust``).
+        teacher_weight: ``[B]`` in [0, 1], the weight of the teacher each response is routed to (several teachers),
+            multiplied into the trust weight (a per-response teacher weight like trust's); None means 1.
 
     Returns:
         ``(loss, metrics)``: a 0-d tensor to backpropagate and a ``dict[str, Stat]``.
@@ -108,6 +111,8 @@ def compute_policy_loss(
                              f"{tuple(teacher_pass_rate.shape)}")  # type: ignore[union-attr]
         trust = teacher_weights(teacher_pass_rate, cfg.teacher_trust, cfg.teacher_trust_threshold)  # type: ignore[arg-type]
         metrics.update(trust_metrics(teacher_pass_rate, trust, m))  # type: ignore[arg-type]
+    if teacher_weight is not None:
+        trust = _with_teacher_weight(trust, teacher_weight, logprobs.shape[0])
     alpha = cfg.alpha if trust is None else sequence_alpha(cfg.alpha, trust)
     per_token, parts = _main_term(cfg, logprobs, old_logprobs, teacher_logprobs, advantages, alpha)
     if token_weights is not None:
@@ -158,6 +163,16 @@ def _check_topk_shapes(cfg: LossConfig, logprobs: Tensor, student: Tensor, teach
     for name, t in (("student_topk_logprobs", student), ("teacher_topk_logprobs", teacher)):
         if tuple(t.shape) != want:
             raise ValueError(f"{name} has shape {tuple(t.shape)}; expected [B, T, loss.topk_k] = {want}")
+
+
+def _with_teacher_weight(trust: Tensor | None, weight: Tensor, rows: int) -> Tensor:
+    """``[B]`` float64: the trust weights (None: 1) times the routed teachers' weights."""
+    if weight.shape != (rows,):
+        raise ValueError(f"teacher_weight must be [B] = [{rows}], got shape {tuple(weight.shape)}")
+    w = weight.detach().to(torch.float64)
+    if w.numel() and not bool(((w >= 0) & (w <= 1)).all()):
+        raise ValueError(f"teacher_weight must hold weights in [0, 1]: min {float(w.min())}, max {float(w.max())}")
+    return w if trust is None else trust * w.to(trust.device)
 
 
 def _trusted(per_token: Tensor, trust: Tensor | None) -> Tensor:

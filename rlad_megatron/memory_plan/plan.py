@@ -21,8 +21,9 @@ forward-only scoring micro-batch of the teacher / old / reference policy). Measu
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Sequence
 
-from rlad_megatron.config import ConfigError, RunConfig, megatron_teacher, teacher_use
+from rlad_megatron.config import ConfigError, RunConfig, megatron_teacher, teacher_models, teacher_use
 from rlad_megatron.memory_plan.advice import suggestions
 from rlad_megatron.memory_plan.arithmetic import (
     device_params, fused_logits_bytes, layer_activation_bytes, logits_bytes, stage_layers, topk_signal_bytes,
@@ -184,13 +185,16 @@ def forward_tokens(config: RunConfig) -> int:
     return max(budget, longest) if budget else config.trainer.micro_batch_size * longest
 
 
-def plan_memory(config: RunConfig, *, student: ModelShape, teacher: ModelShape | None = None, dp: int = 1,
+def plan_memory(config: RunConfig, *, student: ModelShape,
+                teacher: ModelShape | Sequence[ModelShape] | None = None, dp: int = 1,
                 ep: int | None = None, teacher_ep: int | None = None, gpu: str | float | None = None, fused_attention: bool = True,
                 runtime_reserve_gib: float = RUNTIME_RESERVE_GIB, engine_runtime_gib: float | None = None,
                 chunk_elements: int = LOGPROB_CHUNK_ELEMENTS, tile_elements: int = FUSED_TILE_ELEMENTS,
                 suggest: bool = True) -> MemoryPlan:
     """The per-GPU memory plan of ``config`` with these model shapes and ``dp`` data-parallel replicas.
 
+    ``teacher``: the teacher's shape; with several teachers (``teacher.teachers``) the shapes of its Megatron
+    teachers (``source: megatron``, in their order), every one counted (a vLLM teacher's engine is not).
     ``ep`` / ``teacher_ep``: expert-parallel sizes of a MoE student / teacher (None: ``parallel.expert_parallel``,
     the one size the trainer runs both with).
     ``fused_attention``: TE's flash attention (no ``[s, s]`` scores; GPU image) or Megatron's local attention.
@@ -223,20 +227,32 @@ def plan_memory(config: RunConfig, *, student: ModelShape, teacher: ModelShape |
     terms.append(Term("student optimizer (Adam)", opt, "resident",
                       f"{adam} B/param" + (f" / {shard_dense} DP shards" if shard_dense > 1 else "")))
 
-    # --- the teacher (Megatron, same TP/PP layout)
+    # --- the teacher (Megatron, same TP/PP layout); several teachers: every Megatron one
     uses = teacher_use(c.loss)
-    counted_teacher = megatron_teacher(c) and teacher is not None  # a teacher pool's GPUs: memory_plan/pools.py
-    if uses == "logprobs" and teacher is None:
+    teacher_shapes = [] if teacher is None else [teacher] if isinstance(teacher, ModelShape) else list(teacher)
+    several = c.teacher.several() and uses == "logprobs"
+    megatron_names = [m.name for _, m in teacher_models(c) if m.source == "megatron"] if several else []
+    if several and teacher_shapes and len(teacher_shapes) != len(megatron_names):
+        raise ValueError(f"plan_memory: {len(megatron_names)} Megatron teachers in teacher.teachers "
+                         f"({megatron_names}) but {len(teacher_shapes)} teacher shapes")
+    # a teacher pool's GPUs are planned apart: memory_plan/pools.py
+    counted = teacher_shapes if several else teacher_shapes[:1] if megatron_teacher(c) else []
+    teacher = teacher_shapes[0] if teacher_shapes and not several else None  # the one teacher (sft's engine model)
+    if uses == "logprobs" and not teacher_shapes and (megatron_names or not several):
         notes.append("teacher shape unknown: the teacher is not counted")
-    if counted_teacher:
-        tparams = device_params(teacher, tp=tp, pp=pp, ep=teacher_ep, first=par.teacher_first_stage_layers,
+    for i, shape in enumerate(counted):
+        tparams = device_params(shape, tp=tp, pp=pp, ep=teacher_ep, first=par.teacher_first_stage_layers,
                                 last=par.teacher_last_stage_layers)
         detail = f"{_count(tparams.total)} params x {wbytes} B"
-        if teacher.is_moe and teacher_ep == 1:
+        if shape.is_moe and teacher_ep == 1:
             detail += "; experts are not TP-split: every GPU holds all of them (EP=1)"
         # teacher.offload: the frozen teacher waits in pinned host memory between scoring passes
-        terms.append(Term("teacher weights", tparams.total * wbytes, "score" if c.teacher.offload else "resident",
-                          detail))
+        name = f"teacher weights ({megatron_names[i]})" if several else "teacher weights"
+        terms.append(Term(name, tparams.total * wbytes, "score" if c.teacher.offload else "resident", detail))
+    if several:
+        if len(megatron_names) < len(c.teacher.teachers):
+            notes.append("teacher.teachers with source=vllm: their scoring engines' weights and KV cache are not "
+                         "counted")
     elif uses == "logprobs" and c.teacher.placement == "separate":
         notes.append("teacher.placement=separate: the teacher's GPUs are planned apart (memory_plan/pools.py)")
     elif uses == "logprobs" and c.teacher.source == "vllm":
@@ -305,7 +321,7 @@ def plan_memory(config: RunConfig, *, student: ModelShape, teacher: ModelShape |
 
     # --- a forward-only micro-batch (teacher, old-policy or reference scoring): the larger of the models that score
     ft = -(-forward_tokens(c) // cp)
-    scorers = [student] + ([teacher] if counted_teacher else [])
+    scorers = [student] + counted
 
     def scoring(model: ModelShape) -> tuple[int, int]:
         one = layer_activation_bytes(model, ft, tp=tp, sp=sp, dtype_bytes=act, sequence_length=-(-longest // cp),
@@ -319,8 +335,8 @@ def plan_memory(config: RunConfig, *, student: ModelShape, teacher: ModelShape |
     terms.append(Term("scoring logits", scoring_logits, "score"))
     plan = MemoryPlan(terms=terms, gpu_gib=gpu_gib, gpu_name=gpu_name, notes=notes)
     if suggest and not plan.fits:
-        shapes = dict(student=student, teacher=teacher, ep=ep, teacher_ep=teacher_ep, gpu=gpu,
-                      fused_attention=fused_attention, runtime_reserve_gib=runtime_reserve_gib,
+        shapes = dict(student=student, teacher=teacher_shapes if several else teacher, ep=ep, teacher_ep=teacher_ep,
+                      gpu=gpu, fused_attention=fused_attention, runtime_reserve_gib=runtime_reserve_gib,
                       engine_runtime_gib=engine_runtime_gib, chunk_elements=chunk_elements,
                       tile_elements=tile_elements)
 

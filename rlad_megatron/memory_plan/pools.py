@@ -167,14 +167,12 @@ def candidate_layouts(config: RunConfig, total: int) -> Iterable[PoolLayout]:
         if pool == "megatron":
             step = t.tensor_parallel * t.pipeline_parallel
             teachers = [n for n in range(step, total, step) if (n // t.pipeline_parallel) % t.expert_parallel == 0]
+        elif pool == "vllm":  # one teacher engine per learner replica
+            teachers = [n for n in range(1, total) if total - rollout - n == n * replica]
         for teacher in teachers:
             learner = total - rollout - teacher
             if learner < replica or learner % replica or prompts % (learner // replica):
                 continue
-            if pool == "vllm":
-                teacher = learner // replica  # one teacher engine per learner replica
-                if learner + rollout + teacher > total:
-                    continue
             yield PoolLayout(learner, rollout, teacher)
 
 

@@ -116,6 +116,7 @@ def engine_gpu_index(everyone: list[tuple[str, int, bool]], mine: tuple[str, int
             f"engines of their own (rollout.placement=disaggregated, teacher.placement=separate with a vLLM teacher): "
             f"node {host} runs {learner_gpus} ranks and {engines} engine processes but has {device_count} GPUs; "
             f"the engines need GPUs of their own after the ranks': launch torchrun with --nproc-per-node <= "
-            f"{device_count - engines} (placement.py's learner GPUs per node)"
+            f"{device_count - engines} (rlad-megatron launch does so when given the engines' GPUs: --rollout-gpus, "
+            f"--teacher-gpus)"
         )
     return gpu

@@ -21,6 +21,7 @@ from rlad_megatron.learner.batching import MicroBatching
 from rlad_megatron.learner.policy import MegatronPolicy
 from rlad_megatron.learner.sequences import SequenceBatch
 from rlad_megatron.loss import Denominators, MetricAccumulator, compute_policy_loss, local_denominators, required_inputs
+from rlad_megatron.loss.teacher_metrics import per_teacher_stats, route_shares
 from rlad_megatron.loss.tis import tis_weights
 from rlad_megatron.parallel import data_parallel_group, data_parallel_rank_and_size, is_last_pipeline_stage, share_from_one
 from rlad_megatron.trainer.setup.checks import check_run
@@ -35,6 +36,7 @@ from rlad_megatron.trainer.step.rollout_pipeline import RolloutPipeline
 from rlad_megatron.trainer.step.rollouts import Rollouts, generate_and_score, to_sequence_batch
 from rlad_megatron.trainer.step.timeline import pool_timeline
 from rlad_megatron.trainer.step.truncation import TruncationPolicy
+from rlad_megatron.teacher.routing import TeacherRouter
 from rlad_megatron.weight_sync.verify import probe_from_samples
 
 
@@ -83,6 +85,8 @@ class Trainer:
         self.parts: Components = build_components(config)
         self.needs = required_inputs(config.loss)
         """The loss's inputs besides the student's log-probs: the step computes exactly these."""
+        self.router = TeacherRouter.of(config)
+        """Several teachers: which one scores each prompt (None with one teacher)."""
         self.step = 0
         self.weight_version = 0
         self.non_finite = NonFiniteStepGuard(
@@ -175,8 +179,11 @@ class Trainer:
             only_correct=teacher_use(cfg.loss) == "samples",  # offline distillation: the teacher's correct samples
             truncation=TruncationPolicy(cfg.rollout.truncated, cfg.rollout.max_new_tokens,
                                         cfg.rollout.overlong_cache, cfg.rollout.overlong_penalty),
+            pass_rates="teacher_pass_rate" in self.needs,  # per response: travels with the rows like advantages
         )
         metrics.update(ahead_metrics)
+        if self.router is not None:  # the fraction of this rank's prompts routed to each teacher (averaged over DP)
+            metrics.update(route_shares(self.router.names, batch.teacher_index, rollouts.group_size))
         # A teacher pool of its own scores while the learner computes (async: it was asked as soon as the engine's
         # batch arrived; this is then a no-op); its reply is taken after the old-policy and reference passes.
         pooled = bool(self.needs & TEACHER_INPUTS) and s.teacher.separate
@@ -290,6 +297,9 @@ class Trainer:
         mini_of_row = batch.mini_batch if batch.mini_batch is not None else mini_batch_of_rows(
             len(batch), group_size, updates)
         acc = MetricAccumulator()
+        teacher_weight = None  # several teachers: [number of teachers] float64, each one's teacher.teachers weight
+        if self.router is not None:
+            teacher_weight = torch.tensor([t.weight for t in cfg.teacher.teachers], dtype=torch.float64)
         moe_sums: dict[str, float] = {}
         applied, grad_norms, empty = 0, [], 0
         for u in range(updates):
@@ -310,9 +320,14 @@ class Trainer:
                     cfg.loss, logprobs=logprobs, mask=mb.loss_mask, denominators=denominators,
                     old_logprobs=old, teacher_logprobs=mb.teacher_logprobs, ref_logprobs=mb.ref_logprobs,
                     advantages=mb.advantages, entropy=entropy, correct=mb.correct, progress=progress,
-                    token_weights=weights,
+                    token_weights=weights, teacher_pass_rate=mb.teacher_pass_rate,
+                    teacher_weight=None if self.router is None else teacher_weight[mb.teacher_index.cpu()].to(
+                        logprobs.device),
                     student_topk_logprobs=topk_logprobs, teacher_topk_logprobs=mb.teacher_topk_logprobs,
                 )
+                if self.router is not None:  # teacher/<name>/kl and /agreement over each teacher's tokens
+                    stats.update(per_teacher_stats(self.router.names, mb.teacher_index, logprobs,
+                                                   mb.teacher_logprobs, mb.loss_mask))
                 return loss, stats
 
             result = s.student.policy.train_step(mini, loss_fn, MicroBatching.for_training(cfg.trainer))
@@ -324,7 +339,7 @@ class Trainer:
                 applied += 1
                 grad_norms.append(result.grad_norm)
         out = _reduce_metrics(acc, is_last_pipeline_stage(), s.model_parallel_group)
-        out = {f"loss/{k}": v for k, v in out.items()}
+        out = {k if k.startswith("teacher/") else f"loss/{k}": v for k, v in out.items()}
         out.update(moe_sums)
         out["optim/applied_updates"] = float(applied)
         out["optim/empty_updates"] = float(empty)
@@ -372,7 +387,7 @@ class Trainer:
             if r.sleep_level:  # no-ops when the sync has woken it (sft: nothing else wakes it)
                 s.engine.wake_up("weights")
                 s.engine.wake_up("kv_cache")
-            out = generate_and_score(s.engine, s.reward_guard, examples, sampling)
+            out = generate_and_score(s.engine, s.reward_guard, examples, sampling, self.router)
             if r.sleep_level:  # free the engine's GPU memory for the learner until the next sync
                 s.engine.sleep(r.sleep_level)
             return out
@@ -387,7 +402,7 @@ class Trainer:
             s.engine, s.reward_guard, s.prompts, sampling_for, generate=generate_now, ahead=ahead,
             max_staleness=r.max_staleness if r.mode == "async" else 0,
             share=lambda value: share_from_one(value, s.model_parallel_group), owner=[s.dp_rank, s.layout.dp],
-            on_generated=on_generated,
+            on_generated=on_generated, route=self.router,
         )
 
     def _probe_next_syncs_with(self, rollouts: Rollouts | None) -> None:

@@ -1,5 +1,6 @@
 """Balanced data parallelism: the step's sequences re-dealt over DP=2 ranks by token work keep every global
-mini-batch's membership and every per-token value aligned, and even out the ranks' tokens."""
+mini-batch's membership and every per-token and per-response value aligned (the teacher pass rate and the routed
+teacher included), and even out the ranks' tokens."""
 from __future__ import annotations
 
 import pytest
@@ -26,7 +27,8 @@ def _rank_batch(rank: int):
     mask = torch.arange(width - 1).unsqueeze(0) < (lengths - 1).unsqueeze(1)
     return SequenceBatch(tokens=tokens, loss_mask=mask, advantages=ids.flatten().float(), rewards=ids.flatten().float(),
                          correct=torch.zeros(n, dtype=torch.bool), engine_logprobs=-code, teacher_logprobs=-code - 1,
-                         lengths=lengths)
+                         lengths=lengths, teacher_pass_rate=ids.flatten().double() / 1000,
+                         teacher_index=ids.flatten() % 3)
 
 
 def _balance() -> dict:
@@ -48,7 +50,9 @@ def _balance() -> dict:
                    and torch.equal(out.engine_logprobs[i, :n - 1], origin.engine_logprobs[j, :n - 1])
                    and torch.equal(out.teacher_logprobs[i, :n - 1], origin.teacher_logprobs[j, :n - 1])
                    and torch.equal(out.loss_mask[i, :n - 1], origin.loss_mask[j, :n - 1])
-                   and float(out.advantages[i]) == float(origin.advantages[j]))
+                   and float(out.advantages[i]) == float(origin.advantages[j])
+                   and float(out.teacher_pass_rate[i]) == float(origin.teacher_pass_rate[j])
+                   and int(out.teacher_index[i]) == int(origin.teacher_index[j]))
         expected_mini = int(mini_batch_of_rows(len(origin), GROUP, UPDATES)[j])
         seqs.append((ident, int(out.mini_batch[i]), expected_mini, aligned))
     return {"before": before, "after": int(out.lengths.sum()), "seqs": seqs}

@@ -10,6 +10,7 @@ A launch costs ~30-40 s of start-up and shut-down on the 2-core machine and ~1 s
 curve is checked (tp1 and async) train for STEPS steps; the others train the 2 steps that are compared to tp1's."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +33,10 @@ class Layout:
     """The teacher section (default: the Megatron teacher)."""
     loss: dict = field(default_factory=dict)
     """Loss settings on top of the common ones (rlad, alpha 0.5)."""
+    rows: str | None = None
+    """A training file of its own (:func:`rated_rows`): the first RATED_PROMPTS prompts with a teacher pass rate
+    each ("mixed": every third, GATED of them, 0 and the others 1; "zero": all 0), every one of them in every step; "mixed"
+    also routes them to two teachers (ROUTES) by the field "domain"."""
 
 
 LAYOUTS = {
@@ -78,6 +83,35 @@ LAYOUTS = {
     "topk_kdrl": Layout(1, {}, 2, trainer={"fused_logprobs": False},
                         loss={"algorithm": "kdrl", "kd_estimator": "topk", "topk_kl": "reverse", "topk_k": 4}),
 }
+# Two teachers routed by a record field (the trained teacher "sft" in the learner, the warm student "warm" as a vLLM
+# scoring engine, weight 0.5) with
+# teacher trust (loss.teacher_trust=gate) on a file of rated prompts, every prompt in every step and no group skipped:
+# each teacher's share and loss/trust/gated_frac are known from the data (tests/e2e/test_trainer_trust.py,
+# test_several_teachers.py) ...
+LAYOUTS["teachers_trust"] = Layout(1, {}, 2, trainer={"skip_uniform_groups": False}, loss={"teacher_trust": "gate"},
+                                   rows="mixed")
+# ... and with every prompt gated, RLAD is GRPO: the same losses as grpo on the same data, step for step
+LAYOUTS["trust_all_gated"] = Layout(1, {}, 2, loss={"teacher_trust": "gate"}, rows="zero")
+LAYOUTS["grpo_rated"] = Layout(1, {}, 2, loss={"algorithm": "grpo"}, rows="zero")
+RATED_PROMPTS, GATED = 16, 6
+#: "mixed" rows: the domain (= teacher name) of each of the RATED_PROMPTS prompts, 10 "sft" then 6 "warm"
+ROUTES = ["sft"] * 10 + ["warm"] * 6
+
+
+def rated_rows(train: str, out: Path, kind: str) -> str:
+    """The first RATED_PROMPTS rows of ``train`` with ``teacher_pass_rate`` (see ``Layout.rows``), written to ``out``."""
+    from rlad_megatron.data.prompt_dataset import TEACHER_PASS_RATE
+
+    rows = [json.loads(line) for line in Path(train).read_text().splitlines() if line.strip()][:RATED_PROMPTS]
+    for i, row in enumerate(rows):
+        row[TEACHER_PASS_RATE] = 0.0 if kind == "zero" or i % 3 == 0 else 1.0  # mixed: rows 0, 3, .., 15 gated
+        if kind == "mixed":
+            row["domain"] = ROUTES[i]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(out)
+
+
 #: The layout whose console test_console_quiet reads; W&B (offline, no account) is on in it.
 CONSOLE_LAYOUT = "tp2"
 
@@ -119,15 +153,23 @@ class LayoutRuns:
         if name == CONSOLE_LAYOUT:
             trainer["wandb"] = {"enabled": True, "mode": "offline"}
             env = {"WANDB_BASE_URL": "http://127.0.0.1:9", "WANDB_CONFIG_DIR": str(workdir / "no-wandb-login")}
+        data = {"prompts_per_step": 16, "eval_files": [self.paths["train"]]}
+        if layout.rows is not None:
+            data["train_files"] = [rated_rows(self.paths["train"], workdir / f"rated_{layout.rows}.jsonl", layout.rows)]
+        sections = {"teacher": layout.teacher} if layout.teacher else {}
+        if layout.rows == "mixed":  # two teachers, routed by the rows' "domain"
+            sections = {"model": {"teacher": None}, "teacher": {"route_field": "domain", "teachers": [
+                {"name": "sft", "model": self.paths["teacher"]},
+                {"name": "warm", "model": self.paths["student"], "weight": 0.5, "source": "vllm"}]}}
         # Four updates per rollout batch: old-policy log-probs are computed (not the detached current ones).
         config = run_config(
             self.paths, workdir / "out", parallel=layout.parallel,
             rollout={"group_size": 8, "max_new_tokens": 20, **layout.rollout},
-            data={"prompts_per_step": 16, "eval_files": [self.paths["train"]]},
+            data=data,
             optim={"lr": 3e-4, "min_lr": 3e-4},  # constant: the runs have different lengths
             trainer=trainer,
             loss={"algorithm": "rlad", "alpha": 0.5, **layout.loss},
-            **({"teacher": layout.teacher} if layout.teacher else {}),
+            **sections,
         )
         done = launch(config, layout.processes, workdir=workdir, timeout=900, extra_env=env)
         assert done.returncode == 0, f"{name} failed:\n{done.stdout[-6000:]}"

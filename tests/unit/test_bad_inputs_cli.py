@@ -143,3 +143,37 @@ def test_eval_response_budget_respects_the_context_length() -> None:
         response_budget(600, 9, 512)
     with pytest.raises(ValueError, match="no room for a response"):
         response_budget(None, 600, 512)
+
+
+_FULL_DISK_RUN = """
+import sys
+from pathlib import Path
+import rlad_megatron.trainer.loop as loop
+import rlad_megatron.trainer.setup.checks as checks
+from rlad_megatron.atomic_write import DiskFullError
+from rlad_megatron.cli import main
+
+def full_disk(config, **kwargs):
+    out = Path(config.trainer.output_dir) / "checkpoints" / "step_1"
+    raise DiskFullError(f"writing the checkpoint {out} failed: the disk is full (0 bytes free)", out, 0)
+
+checks.run_problems = lambda config: []  # the run itself is what this test is about, not its folders
+loop.train = full_disk
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_full_disk_during_training_is_one_line_and_the_traceback_goes_to_the_log(tmp_path: Path) -> None:
+    """The run fills the disk (a checkpoint write raises DiskFullError): the console gets one line naming the path
+    and the free bytes, exit 2; the traceback is in the run's train.log."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-c", _FULL_DISK_RUN, "train", "loss.algorithm=grpo",
+                           f"model.student={tmp_path / 's'}", f"data.train_files=[{tmp_path / 'd.jsonl'}]",
+                           f"trainer.output_dir={out}"], capture_output=True, text=True, timeout=300)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and lines == [f"rlad-megatron train: writing the checkpoint {out}/checkpoints/step_1 "
+                                              "failed: the disk is full (0 bytes free)"], proc.stderr
+    assert "Traceback" in (out / "train.log").read_text() and "DiskFullError" in (out / "train.log").read_text()

@@ -41,3 +41,20 @@ def test_logic_config_is_the_paper_recipe() -> None:
     assert run_config_to_dict(config) == run_config_to_dict(resolve_paths(recipe.config, REPO))
     assert (config.loss.algorithm, config.loss.alpha, config.rollout.group_size, config.optim.lr,
             config.data.prompts_per_step) == ("rlad", 0.5, 8, 1e-6, 256)  # the paper's settings
+
+
+def test_written_paths_follow_the_file_and_defaults_the_working_directory(tmp_path, monkeypatch) -> None:
+    """A path the YAML writes is taken from the YAML's folder; a default the YAML leaves out (the run folder) lands
+    where the command runs, as it would without a config file."""
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "work").mkdir()
+    minimal = "loss:\n  algorithm: grpo\ndata:\n  train_files: [d.jsonl]\n"
+    (tmp_path / "configs" / "run.yaml").write_text("model:\n  student: models/student\n" + minimal)
+    monkeypatch.chdir(tmp_path / "work")
+    config = load_run_config(tmp_path / "configs" / "run.yaml")
+    assert config.model.student == str(tmp_path / "configs" / "models" / "student")
+    assert config.trainer.output_dir == str(tmp_path / "work" / "runs" / "rlad")
+    written = load_run_config(tmp_path / "configs" / "run.yaml", ["trainer.output_dir=out"])
+    assert written.trainer.output_dir == str(tmp_path / "work" / "out")
+    (tmp_path / "configs" / "run.yaml").write_text("model:\n  student: s\n" + minimal + "trainer:\n  output_dir: out\n")
+    assert load_run_config(tmp_path / "configs" / "run.yaml").trainer.output_dir == str(tmp_path / "configs" / "out")

@@ -1,7 +1,8 @@
 """`rlad-megatron plan | launch --config my_run.yaml` and recipes with other models (issue 28): a run config becomes a
 recipe; the memory plan reads each model's own config.json (a dense and a MoE pair, written here as config.json-only
 folders with the real Qwen3 shapes) and never plans one model with another's shape; `--rollout-gpus` launches
-asynchronous rollouts; the launching machine checks that the job will see its files (container mounts included)."""
+asynchronous rollouts, `--teacher-gpus` a vLLM teacher pool (engines, not torchrun ranks); the launching machine
+checks that the job will see its files (container mounts included)."""
 from __future__ import annotations
 
 import json
@@ -162,6 +163,52 @@ def test_rollout_gpus_launch_asynchronous_rollouts(tmp_path, capsys, monkeypatch
     assert "rollout.mode=async" in script
 
 
+def test_teacher_gpus_of_a_vllm_teacher_pool(tmp_path, capsys, monkeypatch):
+    """Issues 28 and 32: a vLLM teacher pool's GPUs were named by placement's error ("choose teacher_gpus") but no
+    flag set them, and its engine processes were counted as torchrun ranks."""
+    pytest.importorskip("nemo_run")
+    import io
+
+    import nemo_run.config
+
+    monkeypatch.setattr(nemo_run.config, "_NEMORUN_HOME", str(tmp_path / "nemo"))
+    monkeypatch.setattr("sys.stdin", io.StringIO())
+    run = write_run(tmp_path, "Qwen3-1.7B", "Qwen3-4B")
+    pool = ["teacher.placement=separate", "teacher.source=vllm"]
+    # the default: one teacher engine per learner replica (8 GPUs: DP=4 learner ranks, 4 teacher engines)
+    assert cli_main(["plan", "--config", str(run), "--gpu", "h100", *pool]) == 0
+    default = capsys.readouterr().out
+    assert "8 GPUs (1 node(s) x 8): learner TP=1 x PP=1 x DP=4 on 4 GPUs" in default
+    assert "teacher: vLLM scorer in 4 engine processes on GPUs of their own (one per learner replica)" in default
+    assert "torchrun: 4 rank(s) per node; the engines run in processes of their own on each node's last 4" in default
+    assert "teacher pool: memory plan per GPU (H100" in default and "teacher engine weights" in default
+    assert "this layout (learner 4, rollout -, teacher 4 GPUs)" in default
+    # `plan --teacher-gpus N`: the same plan when N fits; a wrong N is refused naming the flag and the count that fits
+    assert cli_main(["plan", "--config", str(run), "--gpu", "h100", *pool, "--teacher-gpus", "4"]) == 0
+    assert capsys.readouterr().out == default
+    assert cli_main(["plan", "--config", str(run), "--gpu", "h100", *pool, "--teacher-gpus", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "(--teacher-gpus 2) leave DP=6 replicas" in err and "give teacher_gpus=4 (--teacher-gpus 4)" in err
+    assert "Traceback" not in err
+    assert cli_main(["plan", "--config", str(run), "--teacher-gpus", "2"]) == 2  # no teacher pool in the config
+    assert "set teacher.placement=separate" in capsys.readouterr().err
+    # with asynchronous rollouts on 2 nodes x 6: 2 ranks per node, then 2 rollout and 2 teacher engines per node
+    both = [*pool, "rollout.placement=disaggregated", "rollout.mode=async"]
+    slurm = ["--executor", "slurm", "--dryrun", "--account", "acct", "--nodes", "2", "--gpus-per-node", "6"]
+    assert recipes_main(["--config", str(run), *slurm, *both]) == 2
+    assert "(--rollout-gpus 4: one engine per learner replica, with --teacher-gpus 4)" in capsys.readouterr().err
+    assert recipes_main(["--config", str(run), *slurm, *both, "--rollout-gpus", "4", "--teacher-gpus", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "12 GPUs (2 node(s) x 6): learner TP=1 x PP=1 x DP=4 on 4 GPUs" in out and "torchrun: 2 rank(s)" in out
+    script = next((tmp_path / "nemo").rglob("*_sbatch.sh")).read_text()
+    assert "#SBATCH --gpus-per-node=6" in script  # the engines' GPUs are allocated too
+    assert re.search(r"--nproc-per-node[= ]2\b", script), script  # but only the learner's ranks are torchrun's
+    # a named recipe takes the flag too (the vLLM teacher of logic_qwen3_0p6b in a pool of its own)
+    assert recipes_main(["logic_qwen3_0p6b", "--show", *pool, "--teacher-gpus", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "DP=4 on 4 GPUs" in out and "teacher.placement=separate" in out and "teacher.source=vllm" in out
+
+
 def test_a_run_config_becomes_a_recipe_with_absolute_paths(tmp_path, capsys):
     run = write_run(tmp_path, "Qwen3-1.7B", "Qwen3-4B", name="my run.v2")
     recipe = recipe_from_config(run, ["trainer.steps=7"], nodes=2, gpus_per_node=4)
@@ -256,6 +303,7 @@ def test_the_cli_lists_and_runs_launch_and_plan(capsys):
         cli_main(["plan", "--help"])
     out = capsys.readouterr().out
     assert out.startswith("usage: rlad-megatron plan") and "--rollout-gpus" in out and "--student-shape" in out
+    assert "--teacher-gpus" in out
     assert cli_main(["launch", "my_run.yaml"]) == 2
     assert "my_run.yaml is not a recipe name: give a run config as --config my_run.yaml" in capsys.readouterr().err
 

@@ -72,7 +72,10 @@ def test_proposals_respect_replicas_prompts_and_expert_parallelism_and_balance_t
     assert best[0].layout == PoolLayout(4, 4, 4) and best[0].step_s == pytest.approx(1.5)
     assert [b.step_s for b in best] == sorted(b.step_s for b in best)
     vllm = _config(source="vllm", prompts=8)
-    assert all(lay.teacher == lay.learner for lay in candidate_layouts(vllm, 9))  # one engine per learner replica
+    layouts = list(candidate_layouts(vllm, 9))  # one teacher engine per learner replica, every GPU used
+    assert layouts and all(lay.teacher == lay.learner and lay.total == 9 for lay in layouts), layouts
+    vllm.parallel.tensor_parallel = 2
+    assert PoolLayout(4, 4, 2) in list(candidate_layouts(vllm, 10))  # DP=2 replicas of TP=2, 2 teacher engines
 
 
 def test_costs_measured_from_a_run_give_back_its_busy_times():

@@ -97,8 +97,8 @@ def test_teacher_kinds():
     plan = plan_placement(_config(teacher_source="vllm", prompts=48), nodes=1, gpus_per_node=8)
     assert (plan.teacher, plan.teacher_gpus, plan.dp) == ("vllm", 0, 8)
     assert "vLLM scorer in the learner's processes" in plan.describe()
-    with pytest.raises(PlacementError, match=r"teacher_gpus=2 are a teacher pool's GPUs: set teacher.placement="
-                                             r"separate .*'megatron'"):
+    with pytest.raises(PlacementError, match=r"teacher_gpus=2 \(--teacher-gpus 2\) are a teacher pool's GPUs: set "
+                                             r"teacher.placement=separate .*'megatron'.* or leave --teacher-gpus out"):
         plan_placement(_config(), nodes=1, gpus_per_node=8, teacher_gpus=2)
 
 
@@ -108,15 +108,49 @@ def test_teacher_pools_take_gpus_of_their_own():
     plan = plan_placement(vllm, nodes=1, gpus_per_node=8, teacher_gpus=4)
     assert (plan.teacher, plan.teacher_gpus, plan.dp) == ("vllm", 4, 4)
     assert "vLLM scorer in 4 engine processes on GPUs of their own" in plan.describe()
-    with pytest.raises(PlacementError, match="teacher_gpus must be 6"):
+    # the engines are processes of their own, not torchrun ranks
+    assert plan.ranks_per_node == 4 and "torchrun: 4 rank(s) per node" in plan.describe()
+    assert plan_placement(vllm, nodes=1, gpus_per_node=8) == plan  # the default: one engine per learner replica
+    # a wrong count names the launcher's flag and the count that fits (2 teacher GPUs would leave DP=6)
+    with pytest.raises(PlacementError, match=r"2 teacher GPUs \(--teacher-gpus 2\) leave DP=6 replicas of TP=1 x "
+                                             r"PP=1 but 2 teacher engine\(s\): give teacher_gpus=4 \(--teacher-gpus 4\)"):
         plan_placement(vllm, nodes=1, gpus_per_node=8, teacher_gpus=2)
+    with pytest.raises(PlacementError, match=r"3 teacher GPUs \(--teacher-gpus 3\) cannot be spread evenly over 2"):
+        plan_placement(vllm, nodes=2, gpus_per_node=4, teacher_gpus=3)
+    with pytest.raises(PlacementError, match=r"7 GPUs - 0 rollout GPUs hold no whole number .* no engine GPU count "
+                                             r"fits this allocation"):
+        plan_placement(vllm, nodes=1, gpus_per_node=7)
+    with pytest.raises(PlacementError, match=r"--teacher-gpus\): a GPU count must be >= 0"):
+        plan_placement(vllm, nodes=1, gpus_per_node=8, teacher_gpus=-1)
     megatron = _config(prompts=64)
     megatron.teacher.placement, megatron.teacher.ranks, megatron.teacher.expert_parallel = "separate", 8, 8
     plan = plan_placement(megatron, nodes=2, gpus_per_node=8, teacher_gpus=8)
-    assert (plan.teacher, plan.learner_gpus, plan.dp) == ("megatron", 8, 8)
+    assert (plan.teacher, plan.learner_gpus, plan.dp, plan.ranks_per_node) == ("megatron", 8, 8, 8)  # ranks
     assert "on 8 GPUs of its own (the job's last 8 ranks): TP=1 x PP=1, EP=8, 8 replica(s)" in plan.describe()
-    with pytest.raises(PlacementError, match="teacher.ranks=8 teacher ranks need teacher_gpus=8"):
+    assert "torchrun:" not in plan.describe()
+    assert plan_placement(megatron, nodes=2, gpus_per_node=8) == plan  # the default: teacher.ranks
+    with pytest.raises(PlacementError, match="teacher.ranks=8 teacher ranks need teacher_gpus=8 .*give "
+                                             "--teacher-gpus 8 or leave --teacher-gpus out"):
         plan_placement(megatron, nodes=2, gpus_per_node=8, teacher_gpus=4)
+
+
+def test_disaggregated_rollout_and_a_vllm_teacher_pool_share_out_the_engine_gpus():
+    # 2 nodes x 6: DP=4 learner ranks, 4 rollout engines, 4 teacher engines; each node: 2 ranks + 2 + 2 engines
+    both = _config(rollout="disaggregated", teacher_source="vllm", prompts=64)
+    both.teacher.placement = "separate"
+    plan = plan_placement(both, nodes=2, gpus_per_node=6, rollout_gpus=4)
+    assert (plan.dp, plan.rollout_gpus, plan.teacher_gpus, plan.engine_gpus, plan.ranks_per_node) == (4, 4, 4, 8, 2)
+    assert "torchrun: 2 rank(s) per node; the engines run in processes of their own on each node's last 4 GPU(s)" \
+        in plan.describe()
+    with pytest.raises(PlacementError, match=r"--rollout-gpus 4: one engine per learner replica, with "
+                                             r"--teacher-gpus 4\)"):
+        plan_placement(both, nodes=2, gpus_per_node=6)
+    with pytest.raises(PlacementError, match=r"12 GPUs - 2 rollout - 4 teacher GPUs \(--teacher-gpus 4\) leave DP=6 .*give "
+                                             r"rollout_gpus=4 and teacher_gpus=4 \(--rollout-gpus 4 --teacher-gpus 4\)"):
+        plan_placement(both, nodes=2, gpus_per_node=6, rollout_gpus=2, teacher_gpus=4)
+    # a rollout-only layout: its engines are not ranks either
+    rollout = plan_placement(_config(rollout="disaggregated", prompts=64), nodes=2, gpus_per_node=4, rollout_gpus=4)
+    assert (rollout.engine_gpus, rollout.ranks_per_node) == (4, 2)
 
 
 def test_model_shape_checks_name_the_counts():

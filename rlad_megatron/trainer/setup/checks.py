@@ -14,7 +14,8 @@ is checked, in the order a user would fix it:
 - the GPU-only settings against where the job computes (CPU or CUDA);
 - the model folders (``config.json``, weights, tokenizer) of the student and the teacher the loss uses;
 - the data: the task (a custom reward reference is resolved, never run), every train/eval file and its first rows
-  (``rlad_megatron.data.check``);
+  (``rlad_megatron.data.check``), and what every training record must hold for this run (a teacher pass rate,
+  a teacher route: ``record_checks``);
 - ``trainer.output_dir``: not under a regular file, creatable and writable;
 - with readable model folders: expert parallelism against the models, what the rollout engine (and a vLLM
   teacher) can serve where the job computes (vLLM's CPU attention), the tokenizers (turn ends agree; identical
@@ -28,7 +29,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from rlad_megatron.config import ConfigError, RunConfig, megatron_teacher, teacher_use
+from rlad_megatron.config import ConfigError, RunConfig, megatron_teacher, teacher_models, teacher_use
 from rlad_megatron.data.check import check_data_files
 from rlad_megatron.device import uses_cuda
 from rlad_megatron.fp8 import check_run_hardware
@@ -40,6 +41,7 @@ from rlad_megatron.models.teacher import check_tokenizer_compatible
 from rlad_megatron.rollout.cpu_attention import cpu_attention_problem
 from rlad_megatron.trainer.checkpoints.run_dir import check_output_path
 from rlad_megatron.trainer.setup.engine_settings import check_gpu_settings
+from rlad_megatron.trainer.setup.record_checks import record_problems
 
 
 class RunCheckError(ConfigError):
@@ -85,12 +87,13 @@ def run_problems(config: RunConfig, *, cuda: bool | None = None) -> list[str]:
     attempt(lambda: check_gpu_settings(config, cuda), "rollout")
     folders = [attempt(lambda k=key, p=path: check_model_folder(p, k), key) for key, path in model_folders(config)]
     problems += check_data_files(config.data)
+    problems += record_problems(config)
     attempt(lambda: check_output_folder(config), "trainer.output_dir")
     if all(folders):
         attempt(lambda: check_expert_parallel(config.parallel.expert_parallel, expert_parallel_models(config)),
                 "parallel.expert_parallel")
         problems += engine_problems(config, cuda=bool(cuda))
-        attempt(lambda: check_tokenizers(config), "model.teacher")
+        attempt(lambda: check_tokenizers(config), "model.teacher")  # or teacher.teachers[i].model
     return problems
 
 
@@ -99,6 +102,8 @@ def model_folders(config: RunConfig) -> list[tuple[str, str]]:
     folders = [("model.student", config.model.student)]
     if config.model.teacher and teacher_use(config.loss) != "none":
         folders.append(("model.teacher", str(config.model.teacher)))
+    if config.teacher.several():  # teacher.teachers[i].model
+        folders += [(key, m.model) for key, m in teacher_models(config)]
     return folders
 
 
@@ -116,8 +121,7 @@ def engine_models(config: RunConfig) -> list[tuple[str, str]]:
     use = teacher_use(config.loss)
     served = [("model.teacher", str(config.model.teacher))] if use == "samples" else [
         ("model.student", config.model.student)]
-    if use == "logprobs" and config.teacher.source == "vllm":
-        served.append(("model.teacher", str(config.model.teacher)))
+    served += [(key, m.model) for key, m in teacher_models(config) if m.source == "vllm"]
     return served
 
 
@@ -148,6 +152,8 @@ def expert_parallel_models(config: RunConfig) -> dict[str, str]:
     models = {"model.student": config.model.student}
     if megatron_teacher(config):
         models["model.teacher"] = str(config.model.teacher)
+    if config.teacher.several():
+        models.update((key, m.model) for key, m in teacher_models(config) if m.source == "megatron")
     return models
 
 
@@ -171,21 +177,24 @@ def check_tokenizers(config: RunConfig) -> None:
     with the same token; when it scores the student's tokens (log-probs), both tokenizers map every id alike.
     Raises ``ConfigError`` naming ``model.teacher`` (the message says how the two differ)."""
     use = teacher_use(config.loss)
-    if use == "none" or not config.model.teacher:
+    m = config.model
+    teachers = [(key, t.model) for key, t in teacher_models(config)] if config.teacher.several() else (
+        [("model.teacher", str(m.teacher))] if m.teacher else [])
+    if use == "none" or not teachers:
         return
     # transformers is imported when a job checks its tokenizers, not when the trainer package is imported
     from transformers import AutoTokenizer
 
-    m = config.model
-    student, teacher = (_tokenizer(AutoTokenizer, key, path, m.trust_remote_code)
-                        for key, path in (("model.student", m.student), ("model.teacher", m.teacher)))
-    try:
-        check_turn_ends_agree(student, teacher, config.data.chat_template_kwargs, student=m.student,
-                              teacher=m.teacher)
-        if use == "logprobs":
-            check_tokenizer_compatible(m.student, m.teacher)
-    except ValueError as err:  # TokenizerMismatchError and the turn-end check
-        raise ConfigError(f"model.teacher={m.teacher} does not fit model.student={m.student}: {err}") from None
+    student = _tokenizer(AutoTokenizer, "model.student", m.student, m.trust_remote_code)
+    for key, path in teachers:  # every teacher scores (or writes) the student's turns
+        teacher = _tokenizer(AutoTokenizer, key, path, m.trust_remote_code)
+        try:
+            check_turn_ends_agree(student, teacher, config.data.chat_template_kwargs, student=m.student,
+                                  teacher=path)
+            if use == "logprobs":
+                check_tokenizer_compatible(m.student, path)
+        except ValueError as err:  # TokenizerMismatchError and the turn-end check
+            raise ConfigError(f"{key}={path} does not fit model.student={m.student}: {err}") from None
 
 
 def _tokenizer(auto, key: str, path: str, trust_remote_code: bool):

@@ -17,7 +17,9 @@ import torch
 import torch.distributed as dist
 
 from rlad_megatron import parallel
-from rlad_megatron.config import RunConfig, megatron_teacher, required_inputs, teacher_pool, teacher_use
+from rlad_megatron.config import (
+    RunConfig, megatron_teacher, required_inputs, teacher_models, teacher_pool, teacher_use,
+)
 from rlad_megatron.console import say
 from rlad_megatron.data.prompt_dataset import load_prompt_dataset
 from rlad_megatron.data.prompt_stream import PromptStream
@@ -38,7 +40,7 @@ from rlad_megatron.rewards.guard import RewardGuard
 from rlad_megatron.rollout.factory import build_rollout_engine, is_leader_rank
 from rlad_megatron.tasks.base import Task
 from rlad_megatron.tasks.registry import get_training_task
-from rlad_megatron.teacher import MegatronTeacher, Teacher, VLLMTeacher
+from rlad_megatron.teacher import MegatronTeacher, RoutedTeachers, Teacher, VLLMTeacher
 from rlad_megatron.trainer.setup.engine_settings import (
     colocated_memory_fraction, engine_config, pin_learner_cpus, planned_memory_fraction, report_engine_kv_cache,
     seed_requests,
@@ -155,7 +157,8 @@ def build_components(config: RunConfig) -> Components:
 
     tokenizer = AutoTokenizer.from_pretrained(c.model.student, trust_remote_code=c.model.trust_remote_code)
     # every token that ends a response: the student's, and the teacher's when it scores or writes the turns
-    stop_folders = [c.model.student] + ([c.model.teacher] if c.model.teacher and use != "none" else [])
+    stop_folders = [c.model.student] + ([c.model.teacher] if c.model.teacher and use != "none" else []) + [
+        t.model for t in c.teacher.teachers]
     stop_ids = stop_token_ids(tokenizer, stop_folders, c.data.chat_template_kwargs)
     task = get_training_task(c.data.task, c.data.task_options)
     dataset = load_prompt_dataset(c.data.train_files, task, tokenizer, c.data.max_prompt_tokens,
@@ -210,6 +213,8 @@ def build_components(config: RunConfig) -> Components:
                                        fused_logprobs=c.trainer.fused_logprobs,
                                        **stage_overrides(c.parallel.teacher_first_stage_layers,
                                                          c.parallel.teacher_last_stage_layers))
+    elif c.teacher.several() and use == "logprobs":  # each prompt scored by its routed teacher
+        teacher = _routed_teachers(c, engine, engine_cfg, micro, dtype, mp_group, cuda)
     elif use == "logprobs":  # teacher.source == "vllm": a scoring engine next to the rollout engine
         scorer = None
         if engine is not None:
@@ -255,6 +260,29 @@ def build_components(config: RunConfig) -> Components:
     )
 
 
+def _routed_teachers(c: RunConfig, engine, engine_cfg, micro: MicroBatching, dtype: torch.dtype, mp_group,
+                     cuda: bool) -> RoutedTeachers:
+    """Every teacher of ``teacher.teachers`` (colocated, like the one teacher: a frozen Megatron model with the
+    learner's layout, or a vLLM scoring engine on the engine rank); their tokenizers were checked (check_run)."""
+    teachers: list[Teacher] = []
+    for _, m in teacher_models(c):
+        if m.source == "megatron":
+            teachers.append(MegatronTeacher.load(
+                m.model, batching=micro, params_dtype=dtype, sequence_parallel=c.parallel.sequence_parallel,
+                offload=c.teacher.offload, fused_logprobs=c.trainer.fused_logprobs,
+                **stage_overrides(c.parallel.teacher_first_stage_layers, c.parallel.teacher_last_stage_layers)))
+            continue
+        scorer = None
+        if engine is not None:
+            from rlad_megatron.rollout.vllm_engine import VLLMTeacherScorer  # vLLM only on the engine ranks
+
+            scorer = VLLMTeacherScorer(dataclasses.replace(
+                engine_cfg, model=m.model, placement="colocated", enable_sleep_mode=False, cpu_cores=(),
+                gpu_memory_utilization=_engine_memory_fraction(c, cuda)))
+        teachers.append(VLLMTeacher(scorer, mp_group))
+    return RoutedTeachers(teachers, [m.name for m in c.teacher.teachers])
+
+
 def _engine_memory_fraction(c: RunConfig, cuda: bool, arch: ModelArch | None = None,
                             dp: int = 1) -> float | None:
     """``rollout.gpu_memory_utilization``, or on a GPU the learner shares (colocated) the smaller of the engine's
@@ -270,6 +298,8 @@ def _engine_memory_fraction(c: RunConfig, cuda: bool, arch: ModelArch | None = N
         teacher = None
         if megatron_teacher(c):
             teacher = ModelShape.from_hf_dir(c.model.teacher, "teacher")
+        elif c.teacher.several():  # every Megatron teacher is counted
+            teacher = [ModelShape.from_hf_dir(m.model, m.name) for _, m in teacher_models(c) if m.source == "megatron"]
         planned = planned_memory_fraction(c, ModelShape.from_arch(arch, "student"), teacher, dp, int(total))
         if planned is not None:
             share = min(share, planned)

@@ -22,7 +22,7 @@ from typing import Any, Callable, Sequence
 
 from rlad_megatron.engine_api import SamplingSettings
 from rlad_megatron.trainer.step.rollouts import (
-    Rollouts, generate_and_score, pack_rollouts, score_results, unpack_rollouts,
+    Rollouts, Route, generate_and_score, pack_rollouts, score_results, unpack_rollouts,
 )
 
 
@@ -105,6 +105,7 @@ class RolloutPipeline:
         share: the leader's value on every rank of the model-parallel group (identity with one rank).
         owner: what identifies this rank's share of the data (its data-parallel rank and size): a saved batch of
             another owner (a resume with another layout) is generated again from its prompts.
+        route: several teachers: ``record -> teacher index`` (each sample records its prompt's teacher).
         on_generated: on the engine rank, called with the engine's results of a batch asked ahead as soon as they
             arrive, from a thread of its own while the learner computes (the trainer gives a separate teacher's
             prefetch: the teacher pool scores batch t + 1 while the learner trains on batch t).
@@ -113,7 +114,8 @@ class RolloutPipeline:
     def __init__(self, engine: Any, guard: Any, prompts: Any, sampling_for: Callable[[int, int], SamplingSettings],
                  *, generate: Callable[[Sequence[Any], SamplingSettings], Rollouts | None] | None = None,
                  ahead: bool = False, max_staleness: int = 0, share: Callable[[Any], Any] = lambda v: v,
-                 owner: Any = None, on_generated: Callable[[list], None] | None = None) -> None:
+                 owner: Any = None, on_generated: Callable[[list], None] | None = None,
+                 route: Route | None = None) -> None:
         if max_staleness < 0:
             raise ValueError(f"max_staleness must be >= 0, got {max_staleness}")
         if ahead and max_staleness < 1:
@@ -127,6 +129,7 @@ class RolloutPipeline:
         self.ahead, self.max_staleness, self.share = ahead, max_staleness, share
         self.owner = owner
         self.on_generated = on_generated
+        self.route = route
         self._inflight: _Batch | None = None
         self._held: _Batch | None = None
         self.dropped_total = 0
@@ -172,7 +175,7 @@ class RolloutPipeline:
                                 else self.engine.collect_generate())
             if self.guard is not None:
                 rollouts = score_results(self.guard, batch.examples, results,
-                                         self.sampling_for(batch.step, len(batch.examples)).n, version)
+                                         self.sampling_for(batch.step, len(batch.examples)).n, version, self.route)
         batch.rollouts = self.share(rollouts)
         batch.examples = ()
         self._held = batch
@@ -193,7 +196,7 @@ class RolloutPipeline:
     def _generate_on_engine(self, examples: Sequence[Any], sampling: SamplingSettings) -> Rollouts | None:
         if self.engine is None:
             return None
-        return generate_and_score(self.engine, self.guard, examples, sampling)
+        return generate_and_score(self.engine, self.guard, examples, sampling, self.route)
 
     # ------------------------------------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict[str, Any]:

@@ -3,10 +3,12 @@ rest of the model-parallel group, and turn them into the learner's ``SequenceBat
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+import math
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
+from rlad_megatron.data.rows import TEACHER_PASS_RATE
 from rlad_megatron.learner.sequences import SequenceBatch, pack_sequences
 from rlad_megatron.loss import equal_reward_groups, group_advantages
 from rlad_megatron.engine_api import SamplingSettings
@@ -28,6 +30,12 @@ class Rollouts:
     group_size: int
     weight_versions: list[int] = dataclasses.field(default_factory=list)
     """The engine's weight version that sampled each response (all equal within one engine request)."""
+    teacher_pass_rates: list[float] = dataclasses.field(default_factory=list)
+    """Each response's prompt's ``teacher_pass_rate`` record field (NaN where the record has none; empty for
+    batches saved before it was carried): the input of ``loss.teacher_trust``."""
+    teachers: list[int] = dataclasses.field(default_factory=list)
+    """The index (in ``teacher.teachers``) of the teacher each response's prompt is routed to; empty with one
+    teacher."""
 
     @property
     def weight_version(self) -> int:
@@ -37,7 +45,9 @@ class Rollouts:
 
 _RAGGED_FIELDS = {"prompt_ids": torch.int32, "response_ids": torch.int32, "response_logprobs": torch.float64}
 _FLAT_FIELDS = {"truncated": torch.bool, "rewards": torch.float64, "correct": torch.bool, "format_ok": torch.bool,
-                "weight_versions": torch.int64}
+                "weight_versions": torch.int64, "teacher_pass_rates": torch.float64, "teachers": torch.int64}
+#: Per-response fields a checkpoint written before they existed lacks (they unpack as empty lists).
+_OPTIONAL_FIELDS = ("teacher_pass_rates", "teachers")
 
 
 def pack_rollouts(rollouts: Rollouts) -> dict[str, Any]:
@@ -70,11 +80,17 @@ def unpack_rollouts(packed: dict[str, Any]) -> Rollouts:
             raise ValueError(f"unpack_rollouts: {name} has {len(values)} values but its lengths sum to {start}")
         fields[name] = rows
     for name in _FLAT_FIELDS:
-        fields[name] = packed[name].tolist()
+        if name in packed or name not in _OPTIONAL_FIELDS:
+            fields[name] = packed[name].tolist()
     return Rollouts(**fields)
 
 
-def generate_and_score(engine, guard, examples: Sequence[Any], sampling: SamplingSettings) -> Rollouts | None:
+#: ``record -> teacher index``: the teacher a prompt is routed to (``rlad_megatron.teacher.routing``).
+Route = Callable[[Mapping[str, Any]], int]
+
+
+def generate_and_score(engine, guard, examples: Sequence[Any], sampling: SamplingSettings,
+                       route: Route | None = None) -> Rollouts | None:
     """On an engine rank: sample ``sampling.n`` responses per prompt and score them with the guarded reward.
 
     ``guard`` None: this rank holds one shard of a tensor-parallel engine but does not lead its group; it takes
@@ -82,12 +98,19 @@ def generate_and_score(engine, guard, examples: Sequence[Any], sampling: Samplin
     results = engine.generate([ex.prompt_token_ids for ex in examples], sampling)
     if guard is None:
         return None
-    return score_results(guard, examples, results, sampling.n, engine.weight_version)
+    return score_results(guard, examples, results, sampling.n, engine.weight_version, route)
 
 
-def score_results(guard, examples: Sequence[Any], results, group_size: int, weight_version: int) -> Rollouts:
+def _pass_rate(record: Mapping[str, Any]) -> float:
+    value = record.get(TEACHER_PASS_RATE)
+    return math.nan if value is None else float(value)
+
+
+def score_results(guard, examples: Sequence[Any], results, group_size: int, weight_version: int,
+                  route: Route | None = None) -> Rollouts:
     """Score the engine's ``results`` for ``examples`` with the guarded reward; every sample records
-    ``weight_version`` (the engine's weights that sampled it)."""
+    ``weight_version`` (the engine's weights that sampled it), its prompt's teacher pass rate and, with several
+    teachers (``route``), the teacher its prompt is routed to."""
     prompt_ids, response_ids, logprobs, truncated, texts, records = [], [], [], [], [], []
     for ex, result in zip(examples, results):
         for completion in result.completions:
@@ -105,18 +128,23 @@ def score_results(guard, examples: Sequence[Any], results, group_size: int, weig
         rewards=[float(s.score) for s in scored], correct=[bool(s.correct) for s in scored],
         format_ok=[bool(s.format_ok) for s in scored], reward_errors=errors_after - errors_before,
         group_size=group_size, weight_versions=[int(weight_version)] * len(response_ids),
+        teacher_pass_rates=[_pass_rate(r) for r in records],
+        teachers=[] if route is None else [int(route(r)) for r in records],
     )
 
 
 def to_sequence_batch(rollouts: Rollouts, *, pad_id: int, skip_uniform_groups: bool,
-                      only_correct: bool = False,
-                      truncation: TruncationPolicy | None = None) -> tuple[SequenceBatch, dict[str, float]]:
+                      only_correct: bool = False, truncation: TruncationPolicy | None = None,
+                      pass_rates: bool = False) -> tuple[SequenceBatch, dict[str, float]]:
     """Pack the rollouts, apply the truncation policy, compute GRPO advantages and drop what carries no signal.
 
     ``truncation`` (``rollout.truncated`` and the overlong penalty; None: verifier rewards as they are) decides
     what cut-off responses earn and whether they stay in the loss. Groups whose rewards are all equal get a zero
     loss mask when ``skip_uniform_groups`` (DAPO dynamic sampling; the batch keeps its shape so that micro-batches
     stay equal in size). ``only_correct`` (offline distillation) keeps just the responses the verifier accepted.
+    ``pass_rates``: the batch carries each response's teacher pass rate (``loss.teacher_trust``; the run's checks
+    made sure every training record has one). The batch carries the routed teacher of each response when the
+    rollouts have one (several teachers).
     """
     g = rollouts.group_size
     lengths = torch.tensor([len(r) for r in rollouts.response_ids], dtype=torch.float32)
@@ -159,4 +187,12 @@ def to_sequence_batch(rollouts: Rollouts, *, pad_id: int, skip_uniform_groups: b
                                dtype=torch.long)
     batch = SequenceBatch(tokens=tokens, loss_mask=mask, advantages=advantages, rewards=rewards, correct=correct,
                           engine_logprobs=engine_lps, lengths=seq_lengths)
+    if pass_rates:
+        rates = torch.tensor(rollouts.teacher_pass_rates, dtype=torch.float64)
+        if rates.shape != (len(batch),) or bool(rates.isnan().any()):
+            raise ValueError("loss.teacher_trust: a response's prompt has no teacher_pass_rate (the run's data "
+                             "checks should have refused it): run `rlad-megatron teacher-trust` on the training data")
+        batch.teacher_pass_rate = rates
+    if rollouts.teachers:
+        batch.teacher_index = torch.tensor(rollouts.teachers, dtype=torch.long)
     return batch, stats
