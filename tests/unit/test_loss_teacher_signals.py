@@ -321,7 +321,7 @@ def test_required_inputs_of_the_new_settings():
      r"^loss.topk_kl=reverse with teacher.source=vllm and teacher.placement=separate: .*no top-k yet"),
     (["loss.topk_kl=forward"], "has no effect"),
 ])
-def test_run_config_refuses_what_the_trainer_does_not_provide_yet(overrides, message):
+def test_run_config_refuses_topk_without_a_teacher_that_has_it(overrides, message):
     from rlad_megatron.config import ConfigError, load_run_config
     from rlad_megatron.config.docs import iter_keys
 
