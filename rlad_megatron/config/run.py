@@ -66,7 +66,6 @@ class RunConfig:
                 "paper)")
         validate_fp8_run(self)
         validate_teacher_placement(self)
-        validate_topk_teacher(self)
         return self
 
 
@@ -151,18 +150,6 @@ def validate_teacher_placement(config: RunConfig) -> None:
                               "teacher.placement=separate (the teacher in engine processes of its own, like the "
                               "rollout engines)" if not t.several() else
                               "its source to megatron, or rollout.placement=colocated"))
-
-
-def validate_topk_teacher(config: RunConfig) -> None:
-    """A top-k teacher term (``loss.topk_kl`` with ``loss.topk_beta > 0`` or ``kd_estimator=topk``) needs a teacher
-    with a top-k pass: a Megatron teacher (colocated or in a pool of its own) or a colocated vLLM teacher; raises
-    ``ConfigError``."""
-    if not config.loss.uses_topk() or config.teacher.source == "megatron" or config.teacher.placement == "colocated":
-        return
-    raise ConfigError(f"loss.topk_kl={config.loss.topk_kl} with teacher.source={config.teacher.source} and "
-                      "teacher.placement=separate: the vLLM teacher pool returns the sampled tokens' log-probs only "
-                      "(no top-k yet); set teacher.placement=colocated or teacher.source=megatron, or "
-                      "loss.topk_beta=0 and loss.kd_estimator=k1|k2|k3")
 
 
 def validate_fp8_run(config: RunConfig) -> None:
