@@ -71,6 +71,9 @@ class VLLMEngineConfig:
     enable_sleep_mode: bool = False
     """GPU only: allocate weights and KV cache through vLLM's CuMem allocator so that ``sleep`` releases them
     while the learner trains (colocation)."""
+    max_logprobs: int | None = None
+    """vLLM's cap on (prompt) log-probs per position (its default 20 when None); a teacher engine scoring the top-k
+    (``loss.topk_k``) needs at least k."""
 
     def resolved_enforce_eager(self) -> bool:
         """``enforce_eager`` with None resolved for this machine (CPU: True, CUDA: False)."""

@@ -55,10 +55,6 @@ class RunConfig:
         self.loss.validate("loss")
         self.trainer.validate()
         self.teacher.validate()
-        pending = required_inputs(self.loss) & LOSS_INPUTS_NOT_YET_IN_TRAINER
-        if pending:  # the loss has them (issue 33); the trainer's top-k teacher pass comes next
-            raise ConfigError(f"loss.topk_beta / loss.kd_estimator=topk: the trainer does not provide "
-                              f"{sorted(pending)} yet; train with loss.topk_beta=0 and loss.kd_estimator=k1|k2|k3")
         validate_several_teachers(self)
         if teacher_use(self.loss) != "none" and not self.model.teacher and not self.teacher.several():
             raise ConfigError(f"loss.algorithm={self.loss.algorithm!r} needs model.teacher (a HF directory)")
@@ -70,15 +66,10 @@ class RunConfig:
                 "paper)")
         validate_fp8_run(self)
         validate_teacher_placement(self)
-        validate_topk_teacher(self)
         return self
 
 
 TeacherUse = typing.Literal["logprobs", "samples", "none"]
-
-#: Loss inputs the loss functions accept but the trainer does not compute yet: a run config asking for them is refused
-#: rather than failing at its first step (none left: top-k signals and the teacher pass rate are both wired).
-LOSS_INPUTS_NOT_YET_IN_TRAINER: frozenset[str] = frozenset()
 
 
 def teacher_use(loss: LossConfig) -> TeacherUse:
@@ -159,17 +150,6 @@ def validate_teacher_placement(config: RunConfig) -> None:
                               "teacher.placement=separate (the teacher in engine processes of its own, like the "
                               "rollout engines)" if not t.several() else
                               "its source to megatron, or rollout.placement=colocated"))
-
-
-def validate_topk_teacher(config: RunConfig) -> None:
-    """A top-k teacher term (``loss.topk_kl`` with ``loss.topk_beta > 0`` or ``kd_estimator=topk``) needs a teacher
-    with a top-k pass: today a Megatron teacher, colocated (:func:`megatron_teacher`) or in a pool of its own;
-    raises ``ConfigError``."""
-    if not config.loss.uses_topk() or config.teacher.source == "megatron":
-        return
-    raise ConfigError(f"loss.topk_kl={config.loss.topk_kl} with teacher.source={config.teacher.source}: the teacher's "
-                      "top-k comes from a Megatron teacher only so far (no top-k from a vLLM teacher yet); set "
-                      "teacher.source=megatron, or loss.topk_beta=0 and loss.kd_estimator=k1|k2|k3")
 
 
 def validate_fp8_run(config: RunConfig) -> None:

@@ -100,7 +100,7 @@ class MegatronPolicy:
         return common_micro_batch_shapes(micro, batch, self.chunks)  # MoE at EP > 1: one shape per index
 
     def _run(self, batch: SequenceBatch, micro: list[MicroBatch], forward_only: bool,
-             loss_fn: LossFn | None, scale: float, topk: int | None = None) -> list[dict]:
+             loss_fn: LossFn | None, scale: float, topk: int | None = None, topk_tokens: bool = False) -> list[dict]:
         from megatron.core.pipeline_parallel import get_forward_backward_func  # lazy: megatron-core is heavy (seconds)
 
         ps, tp_group = self._groups()
@@ -172,7 +172,11 @@ class MegatronPolicy:
             def loss_func(output: torch.Tensor):
                 if topk is not None:
                     lp, ids = topk_values(output)
-                    return lp.sum() * 0.0, {"topk": (lp, ids)}
+                    out = {"topk": (lp, ids)}
+                    if topk_tokens:  # the given tokens' log-probs from the same forward
+                        values = token_values(output)
+                        out["logprobs"] = mb.unpack(cp_rows.merge(values) if cp_rows is not None else values)
+                    return lp.sum() * 0.0, out
                 result = token_values(output)
                 if cp_rows is not None:  # [R, W-1] on every CP rank, as without CP
                     result = tuple(map(cp_rows.merge, result)) if want_entropy else cp_rows.merge(result)
@@ -242,29 +246,34 @@ class MegatronPolicy:
         return scatter_token_values([(m, o["logprobs"]) for m, o in zip(micro, outputs)], len(batch),
                                     batch.tokens.shape[1] - 1)
 
-    def token_topk(self, batch: SequenceBatch, batching: "int | MicroBatching",
-                   k: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def token_topk(self, batch: SequenceBatch, batching: "int | MicroBatching", k: int, *,
+                   with_logprobs: bool = False) -> tuple[torch.Tensor, ...] | None:
         """The ``k`` most likely next tokens at every position (a teacher's top-k, no grad): ``(log-probs [B, L-1, k]
         float32, global token ids [B, L-1, k] int64)``, sorted by decreasing probability (the format of
-        ``rlad_megatron.logprobs.vocab_parallel_topk``); positions past a sequence's end hold 0. None off the last
-        pipeline stage. Micro-batches as :meth:`token_logprobs`."""
+        ``rlad_megatron.logprobs.vocab_parallel_topk``); positions past a sequence's end hold 0. None off the
+        last pipeline stage. Micro-batches as :meth:`token_logprobs`. ``with_logprobs``: also :meth:`token_logprobs`'s
+        ``[B, L-1]`` from the same forward pass, as a third element."""
         ps, _ = self._groups()
         micro = self.micro_batches(batch, batching)
-        outputs = self._forward_only(batch, micro, topk=k) if micro else []
+        outputs = self._forward_only(batch, micro, topk=k, topk_tokens=with_logprobs) if micro else []
         if not ps.is_pipeline_last_stage(ignore_virtual=True):
             return None
         width, parts = batch.tokens.shape[1] - 1, [(m, o["topk"]) for m, o in zip(micro, outputs)]
         logprobs, ids = (torch.stack([scatter_token_values([(m, v[i][..., j]) for m, v in parts], len(batch), width)
                                       for j in range(k)], dim=-1) for i in (0, 1))
-        return logprobs.float(), ids.long()
+        if not with_logprobs:
+            return logprobs.float(), ids.long()
+        tokens = scatter_token_values([(m, o["logprobs"]) for m, o in zip(micro, outputs)], len(batch), width)
+        return logprobs.float(), ids.long(), tokens.float()
 
-    def _forward_only(self, batch: SequenceBatch, micro: list[MicroBatch], topk: int | None = None) -> list[dict]:
+    def _forward_only(self, batch: SequenceBatch, micro: list[MicroBatch], topk: int | None = None,
+                      topk_tokens: bool = False) -> list[dict]:
         """``micro`` through the schedule without grad, the chunks in eval mode (then back)."""
         for chunk in self.chunks:
             chunk.eval()
         try:
             with torch.no_grad():
-                return self._run(batch, micro, True, None, 1.0, topk)
+                return self._run(batch, micro, True, None, 1.0, topk, topk_tokens)
         finally:
             for chunk in self.chunks:
                 chunk.train(self.optimizer is not None)

@@ -40,7 +40,8 @@ def teacher_engine_config(config, engine_config):
     return dataclasses.replace(engine_config, model=config.model.teacher, placement="disaggregated",
                                executor="uni", tensor_parallel_size=1, weight_load="vllm_reload",
                                enable_sleep_mode=False, gpu_memory_utilization=None, quantization=None,
-                               cpu_cores=() if _cuda() else cores)
+                               cpu_cores=() if _cuda() else cores,
+                               max_logprobs=max(20, config.loss.topk_k) if config.loss.uses_topk() else None)
 
 
 def _cuda() -> bool:

@@ -99,6 +99,25 @@ class MegatronPoolClient:
         wait_all(sends)
 
 
+def _engine_reply(request: ScoreRequest, scores: list, seconds: float) -> ScoreReply:
+    """A :class:`ScoreReply` from a vLLM teacher engine's scores of ``request``'s rows (from their second token): per
+    row the log-probs, or with ``request.topk`` ``(log-probs, top-k ids, top-k log-probs)``
+    (:meth:`rlad_megatron.rollout.vllm_engine.VLLMEngine.score_topk`)."""
+    n, cols, k = len(request), request.width - 1, request.topk
+    out = ScoreReply(torch.zeros(n, cols, dtype=torch.float32),
+                     torch.zeros(n, cols, k, dtype=torch.int32) if k else None,
+                     torch.zeros(n, cols, k, dtype=torch.float32) if k else None, busy_s=seconds)
+    for i, row in enumerate(scores):
+        values, ids, lps = row if k else (row, None, None)
+        if not values:
+            continue
+        out.logprobs[i, :len(values)] = torch.tensor(values, dtype=torch.float32)
+        if k:
+            out.topk_ids[i, :len(values)] = torch.tensor(ids, dtype=torch.int32)
+            out.topk_logprobs[i, :len(values)] = torch.tensor(lps, dtype=torch.float32)
+    return out
+
+
 class EngineScoreClient:
     """A vLLM teacher in its own process (a ``RemoteVLLMEngine`` serving the teacher). The engine serves one request
     at a time: later ones wait here, in order, and each goes out as soon as the one before is collected. Safe to call
@@ -112,9 +131,6 @@ class EngineScoreClient:
         self._next = 0
 
     def submit(self, request: ScoreRequest) -> int:
-        if request.topk:
-            raise NotImplementedError("the vLLM teacher pool returns the sampled tokens' log-probs only (top-k from "
-                                      "vLLM's prompt_logprobs=k is not wired yet)")
         with self._lock:
             ticket, self._next = self._next, self._next + 1
             self._queue.append((ticket, request))
@@ -124,7 +140,7 @@ class EngineScoreClient:
 
     def _send(self, request: ScoreRequest) -> None:
         rows = [request.tokens[i, :int(n)].tolist() for i, n in enumerate(request.lengths)]
-        self.engine.request_score(rows, [1] * len(rows))  # every position after the first token
+        self.engine.request_score(rows, [1] * len(rows), topk=request.topk)  # every position after the first token
 
     def collect(self, ticket: int) -> ScoreReply:
         with self._lock:
@@ -133,11 +149,7 @@ class EngineScoreClient:
                     raise RuntimeError(f"EngineScoreClient.collect: ticket {ticket} was never submitted")
                 head, request = self._queue.pop(0)
                 scores, seconds = self.engine.collect_score()
-                out = torch.zeros(len(request), request.width - 1, dtype=torch.float32)
-                for i, values in enumerate(scores):
-                    if values:
-                        out[i, :len(values)] = torch.tensor(values, dtype=torch.float32)
-                self._done[head] = ScoreReply(out, busy_s=seconds)
+                self._done[head] = _engine_reply(request, scores, seconds)
                 if self._queue:
                     self._send(self._queue[0][1])
             return self._done.pop(ticket)

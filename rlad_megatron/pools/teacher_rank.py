@@ -37,8 +37,12 @@ def megatron_scorer(teacher, pad_id: int = 0):
         batch = SequenceBatch(tokens=tokens, loss_mask=mask, advantages=torch.zeros(rows), rewards=torch.zeros(rows),
                               correct=torch.zeros(rows, dtype=torch.bool),
                               engine_logprobs=torch.zeros(rows, width - 1, dtype=torch.float32), lengths=lengths)
-        logprobs = teacher.token_logprobs(batch)
-        topk = teacher.token_topk(batch, request.topk) if request.topk else None  # loss.topk_kl
+        topk = None
+        if request.topk:  # loss.topk_kl: the top-k too, from the same forward pass
+            scores = teacher.token_scores(batch, request.topk)
+            logprobs, topk = (None, None) if scores is None else (scores[0], scores[1:])
+        else:
+            logprobs = teacher.token_logprobs(batch)
         if logprobs is None:  # not the last pipeline stage
             return None
         reply = ScoreReply(torch.where(mask, logprobs.float().cpu(), torch.zeros(()))[:n].contiguous())

@@ -67,6 +67,8 @@ class VLLMEngine:
             kwargs["gpu_memory_utilization"] = config.gpu_memory_utilization
         if config.enable_sleep_mode:
             kwargs["enable_sleep_mode"] = True
+        if config.max_logprobs is not None:
+            kwargs["max_logprobs"] = config.max_logprobs
         if self.sharded:
             kwargs.update(distributed_executor_backend="external_launcher",
                           tensor_parallel_size=config.tensor_parallel_size)
@@ -169,6 +171,33 @@ class VLLMEngine:
             plps = out.prompt_logprobs  # entry t: dict token -> Logprob for position t (entry 0 is None)
             scores.append([float(plps[t][int(seq[t])].logprob) for t in range(p, len(seq))])
         return scores
+
+    def score_topk(self, sequences: Sequence[Sequence[int]], prompt_lens: Sequence[int],
+                   k: int) -> list[tuple[list[float], list[list[int]], list[list[float]]]]:
+        """As :meth:`score`, and at every scored position the ``k`` most likely tokens: per sequence ``(log-probs of
+        its tokens [n], top-k ids [n][k], top-k log-probs [n][k])``, sorted by decreasing probability
+        (:func:`topk_of_position`; vLLM prompt log-probs with ``prompt_logprobs=k``, which needs the engine's
+        ``max_logprobs >= k``)."""
+        from vllm import SamplingParams  # lazy: vLLM only where an engine runs
+
+        self._check_open()
+        self._check_awake("score")
+        if len(sequences) != len(prompt_lens):
+            raise ValueError(f"score_topk: {len(sequences)} sequences but {len(prompt_lens)} prompt_lens")
+        for i, (seq, p) in enumerate(zip(sequences, prompt_lens)):
+            if not 1 <= p <= len(seq):
+                raise ValueError(f"score_topk: prompt_lens[{i}]={p} must be in [1, len(sequence)={len(seq)}]")
+        self._check_lengths(sequences, 1)
+        params = SamplingParams(max_tokens=1, temperature=1.0, prompt_logprobs=k, logprobs=None)
+        outputs = self._engine_generate([{"prompt_token_ids": list(map(int, s))} for s in sequences], params)
+        out = []
+        for seq, p, o in zip(sequences, prompt_lens, outputs):
+            plps = o.prompt_logprobs  # entry t: dict token -> Logprob for position t (entry 0 is None)
+            tokens = [float(plps[t][int(seq[t])].logprob) for t in range(p, len(seq))]
+            best = [topk_of_position({tok: (lp.logprob, lp.rank) for tok, lp in plps[t].items()}, k)
+                    for t in range(p, len(seq))]
+            out.append((tokens, [b[0] for b in best], [b[1] for b in best]))
+        return out
 
     @property
     def kv_cache_tokens(self) -> int:
@@ -330,6 +359,17 @@ def _finish_reason(reason: str | None) -> str:
     raise RuntimeError(f"vLLM returned finish_reason={reason!r} for a finished request (expected stop or length)")
 
 
+def topk_of_position(entries: dict[int, tuple[float, int]], k: int) -> tuple[list[int], list[float]]:
+    """``(ids, log-probs)`` of the ``k`` most likely tokens of one position from vLLM's prompt log-probs
+    ``{token: (logprob, rank)}``: vLLM returns the top-k and the prompt's own token (``k`` or ``k + 1`` entries);
+    the ``k`` of lowest rank (1 = most likely), ties by log-prob then id, in decreasing probability as
+    ``rlad_megatron.logprobs.vocab_parallel_topk`` returns them."""
+    if len(entries) < k:
+        raise ValueError(f"vLLM returned {len(entries)} prompt log-probs for a position, fewer than k={k}")
+    best = sorted(entries.items(), key=lambda e: (e[1][1], -e[1][0], e[0]))[:k]
+    return [int(tok) for tok, _ in best], [float(lp) for _, (lp, _) in best]
+
+
 class VLLMTeacherScorer:
     """The teacher's log-prob of each sampled student token, from a vLLM engine serving the teacher.
 
@@ -343,6 +383,10 @@ class VLLMTeacherScorer:
 
     def score(self, sequences: Sequence[Sequence[int]], prompt_lens: Sequence[int]) -> list[list[float]]:
         return self.engine.score(sequences, prompt_lens)
+
+    def score_topk(self, sequences: Sequence[Sequence[int]], prompt_lens: Sequence[int],
+                   k: int) -> list[tuple[list[float], list[list[int]], list[list[float]]]]:
+        return self.engine.score_topk(sequences, prompt_lens, k)
 
     def shutdown(self) -> None:
         self.engine.shutdown()

@@ -6,6 +6,7 @@
     results, version = engine.collect_generate()       # ... collect later (with the weight version that sampled)
     engine.request_score(sequences, prompt_lens)       # a teacher engine: prompt log-probs, asked now ...
     scores, seconds = engine.collect_score()           # ... collected later (with the engine's compute time)
+    engine.request_score(sequences, prompt_lens, topk=k)   # ... with the top-k per position (VLLMEngine.score_topk)
     TorchDistTransport(engine).send(version, buckets)  # tensors over a two-rank gloo group (weight_sync/)
 
 The engine process is started with the ``spawn`` method, so it shares nothing with the learner's process (its
@@ -31,8 +32,8 @@ from rlad_megatron.weight_sync.dist_transport import (
     BucketReceiver, bucket_meta, connect_store, join_pair_group, pair_backend, pair_store, send_tensors,
 )
 
-_COMMANDS = ("generate", "generate_versioned", "score", "score_timed", "weight_version", "begin_sync", "finish_sync",
-             "bucket", "shutdown")
+_COMMANDS = ("generate", "generate_versioned", "score", "score_timed", "score_topk_timed", "weight_version",
+             "begin_sync", "finish_sync", "bucket", "shutdown")
 
 
 class EngineProcessError(RuntimeError):
@@ -110,11 +111,13 @@ class RemoteVLLMEngine:
         return self._last_generate_s
 
     # a teacher engine: prompt log-probs asked now, collected later (the teacher pool, rlad_megatron/pools/)
-    def request_score(self, sequences: Sequence[Sequence[int]], prompt_lens: Sequence[int]) -> None:
-        """Send a :meth:`score` request and return at once; :meth:`collect_score` waits for its result."""
-        self._request("score", ("score_timed", [list(map(int, s)) for s in sequences], list(map(int, prompt_lens))))
+    def request_score(self, sequences: Sequence[Sequence[int]], prompt_lens: Sequence[int], topk: int = 0) -> None:
+        """Send a :meth:`score` request and return at once; :meth:`collect_score` waits for its result. ``topk`` > 0:
+        :meth:`VLLMEngine.score_topk`'s result instead (each sequence's scores with its top-k ids and log-probs)."""
+        rows, lens = [list(map(int, s)) for s in sequences], list(map(int, prompt_lens))
+        self._request("score", ("score_topk_timed", rows, lens, int(topk)) if topk else ("score_timed", rows, lens))
 
-    def collect_score(self) -> tuple[list[list[float]], float]:
+    def collect_score(self) -> tuple[list, float]:
         """The scores of the request in flight and the seconds the engine process computed them."""
         scores, seconds = self._collect("score")
         return scores, float(seconds)
@@ -260,9 +263,10 @@ def _serve(conn, config: VLLMEngineConfig, host: str, port: int, timeout_s: floa
                 result = engine.weight_version
             elif command == "generate_versioned":  # no sync can come between: the version is the sampling one
                 result = (engine.generate(*args), engine.weight_version, engine.last_generate_s)
-            elif command == "score_timed":
+            elif command in ("score_timed", "score_topk_timed"):
                 start = time.perf_counter()
-                result = (engine.score(*args), time.perf_counter() - start)
+                scores = engine.score(*args) if command == "score_timed" else engine.score_topk(*args)
+                result = (scores, time.perf_counter() - start)
             elif command == "shutdown":
                 engine.shutdown()
                 conn.send(("ok", None))

@@ -23,6 +23,12 @@ class Teacher(abc.ABC):
         ``loss.topk_kl``. Only the colocated Megatron teacher has it so far (the run config refuses the others)."""
         raise NotImplementedError(f"{type(self).__name__} has no top-k pass (loss.topk_kl)")
 
+    def token_scores(self, batch: SequenceBatch, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """``(token_logprobs, top-k log-probs, top-k ids)`` of ``batch`` (as the two methods above), for a loss that
+        takes both; a teacher that can computes them in one pass. None off the last pipeline stage."""
+        logprobs, topk = self.token_logprobs(batch), self.token_topk(batch, k)
+        return None if topk is None else (logprobs, *topk)
+
     last_busy_s: float = 0.0
     """A teacher apart: the seconds it computed on the latest batch (the step timeline's teacher busy time)."""
     last_asked_at_arrival: bool = False

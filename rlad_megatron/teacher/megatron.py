@@ -88,6 +88,11 @@ class MegatronTeacher(Teacher):
         on the last pipeline stage (:meth:`MegatronPolicy.token_topk`); with the fused head no logits are built."""
         return self._on_device(lambda: self.policy.token_topk(batch, self.batching, k))
 
+    def token_scores(self, batch: SequenceBatch, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """:meth:`token_logprobs` and :meth:`token_topk` from one forward pass."""
+        out = self._on_device(lambda: self.policy.token_topk(batch, self.batching, k, with_logprobs=True))
+        return None if out is None else (out[2], out[0], out[1])
+
     def _on_device(self, score):
         if self.offload is None:
             return score()

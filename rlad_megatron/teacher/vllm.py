@@ -16,6 +16,9 @@ class Scorer(Protocol):
 
     def score(self, sequences: Sequence[Sequence[int]], prompt_lens: Sequence[int]) -> list[list[float]]: ...
 
+    def score_topk(self, sequences: Sequence[Sequence[int]], prompt_lens: Sequence[int],
+                   k: int) -> list[tuple[list[float], list[list[int]], list[list[float]]]]: ...
+
     def shutdown(self) -> None: ...
 
 
@@ -53,6 +56,32 @@ class VLLMTeacher(Teacher):
             idx = batch.loss_mask[i].nonzero().flatten()
             out[i, idx] = torch.tensor(values, dtype=torch.float32, device=out.device)[: len(idx)]
         return out
+
+    def token_topk(self, batch: SequenceBatch, k: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        scores = self.token_scores(batch, k)
+        return None if scores is None else scores[1:]
+
+    def token_scores(self, batch: SequenceBatch, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """The sampled tokens' log-probs and the top-k at every response position from one vLLM pass (prompt
+        log-probs with ``prompt_logprobs=k``); other positions hold 0 (ids 0)."""
+        from megatron.core import parallel_state as ps  # lazy: megatron-core is heavy (seconds)
+
+        scored = None
+        if self.scorer is not None:
+            scored = self.scorer.score_topk(*response_spans(batch), k)
+        scored = share_from_one(scored, self.group)
+        if not ps.is_pipeline_last_stage(ignore_virtual=True):
+            return None
+        out = torch.zeros_like(batch.engine_logprobs)
+        topk_lp = torch.zeros(*out.shape, k, dtype=torch.float32)
+        topk_ids = torch.zeros(*out.shape, k, dtype=torch.int64)
+        for i, (values, ids, lps) in enumerate(scored):
+            idx = batch.loss_mask[i].nonzero().flatten()[: len(values)].cpu()
+            out[i, idx] = torch.tensor(values, dtype=torch.float32)[: len(idx)].to(out.device)
+            if len(idx):
+                topk_ids[i, idx] = torch.tensor(ids, dtype=torch.int64)[: len(idx)]
+                topk_lp[i, idx] = torch.tensor(lps, dtype=torch.float32)[: len(idx)]
+        return out, topk_lp.to(out.device), topk_ids.to(out.device)
 
     def close(self) -> None:
         if self.scorer is not None:

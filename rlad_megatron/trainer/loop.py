@@ -255,13 +255,18 @@ class Trainer:
     def _score_with_teacher(self, batch: SequenceBatch) -> None:
         """The teacher's inputs of the loss on ``batch``: its log-probs of the sampled tokens and (``loss.topk_kl``)
         its top-k ids and log-probs per position (None off the last pipeline stage, where no loss is computed)."""
-        s = self.parts
-        if "teacher_logprobs" in self.needs:
+        s, k = self.parts, self.config.loss.topk_k
+        if "teacher_topk_logprobs" not in self.needs:
             batch.teacher_logprobs = s.teacher.token_logprobs(batch)
-        if "teacher_topk_logprobs" in self.needs:
-            topk = s.teacher.token_topk(batch, self.config.loss.topk_k)
-            if topk is not None:
-                batch.teacher_topk_logprobs, batch.teacher_topk_ids = topk[0].float(), topk[1].int()
+            return
+        if "teacher_logprobs" in self.needs:  # both from one teacher pass
+            scores = s.teacher.token_scores(batch, k)
+            topk = None if scores is None else scores[1:]
+            batch.teacher_logprobs = None if scores is None else scores[0]
+        else:
+            topk = s.teacher.token_topk(batch, k)
+        if topk is not None:
+            batch.teacher_topk_logprobs, batch.teacher_topk_ids = topk[0].float(), topk[1].int()
 
     _SUMMED_OVER_DP = ("rollout/generated_tokens", "rollout/sequence_tokens", "groups/kept_sequences", "reward/errors",
                        "rollout/stale_dropped")

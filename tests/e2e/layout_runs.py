@@ -76,6 +76,13 @@ LAYOUTS = {
     "topk_pool": Layout(2, {}, 2, trainer={"max_tokens_per_micro_batch": 256, "sequence_packing": True},
                         loss={"topk_kl": "forward", "topk_beta": 0.5, "topk_k": 4},
                         teacher={"placement": "separate", "ranks": 1}),
+    # ... its first step with a colocated vLLM teacher (prompt log-probs, prompt_logprobs=k) ...
+    "topk_vllm": Layout(1, {}, 1, trainer={"max_tokens_per_micro_batch": 256, "sequence_packing": True},
+                        loss={"topk_kl": "forward", "topk_beta": 0.5, "topk_k": 4}, teacher={"source": "vllm"}),
+    # ... the same with the vLLM teacher in an engine process of its own (compared with topk_vllm at 1e-6) ...
+    "topk_pool_vllm": Layout(1, {}, 1, trainer={"max_tokens_per_micro_batch": 256, "sequence_packing": True},
+                             loss={"topk_kl": "forward", "topk_beta": 0.5, "topk_k": 4},
+                             teacher={"source": "vllm", "placement": "separate"}),
     # ... and KDRL whose penalty is the reverse top-k KL, with the logits path (no fused head)
     "topk_kdrl": Layout(1, {}, 2, trainer={"fused_logprobs": False},
                         loss={"algorithm": "kdrl", "kd_estimator": "topk", "topk_kl": "reverse", "topk_k": 4}),

@@ -2,8 +2,10 @@
 teacher's top-k ids and log-probs per response position travel with the batch, the student's log-probs at those ids
 come from the same pass as its sampled tokens' (K more targets), and the top-k KL trains the student, as RLAD's
 auxiliary term (packed micro-batches, fused head) and as KDRL's penalty (logits path). With the teacher on a rank of
-its own (``teacher.placement=separate``) the pool's replies carry the top-k and the run equals the colocated one.
-The runs are the session's layout runs ``topk_rlad`` / ``topk_pool`` / ``topk_kdrl`` (tests/e2e/layout_runs.py)."""
+its own (``teacher.placement=separate``) the pool's replies carry the top-k and the run equals the colocated one;
+with a vLLM teacher (prompt log-probs) the first step equals the Megatron teacher's up to the two engines' rounding,
+and a vLLM teacher engine process of its own equals the colocated vLLM teacher. The runs are the session's layout
+runs ``topk_rlad`` / ``topk_pool`` / ``topk_vllm`` / ``topk_pool_vllm`` / ``topk_kdrl`` (tests/e2e/layout_runs.py)."""
 from __future__ import annotations
 
 import math
@@ -30,11 +32,12 @@ def test_topk_kl_trains_the_student(layout_runs, name) -> None:
         assert all(m["loss/kd/beta"] > 0 and m["loss/kd/kl"] == m["loss/topk/kl"] for m in metrics)
 
 
-def test_teacher_pool_topk_gives_the_colocated_results(layout_runs) -> None:
-    """The Megatron teacher pool's top-k replies train exactly as the colocated teacher's top-k: every metric of
-    both steps within 1e-6 (fp32)."""
-    for step in range(2):
-        ref, got = layout_runs["topk_rlad"].metrics[step], layout_runs["topk_pool"].metrics[step]
+@pytest.mark.parametrize("pooled,colocated,steps", [("topk_pool", "topk_rlad", 2), ("topk_pool_vllm", "topk_vllm", 1)])
+def test_teacher_pool_topk_gives_the_colocated_results(layout_runs, pooled, colocated, steps) -> None:
+    """A teacher pool's top-k replies (a Megatron teacher rank; a vLLM teacher engine process) train exactly as the
+    same teacher's top-k in the learner's process: every metric of the first steps within 1e-6 (fp32)."""
+    for step in range(steps):
+        ref, got = layout_runs[colocated].metrics[step], layout_runs[pooled].metrics[step]
         keys = sorted(k for k in ref if k in got and not is_clock_metric(k) and isinstance(ref[k], float))
         assert "loss/topk/kl" in keys and "loss/topk/teacher_mass" in keys and len(keys) > 20, keys
         for key in keys:
@@ -49,3 +52,13 @@ def test_topk_term_changes_the_update(layout_runs) -> None:
         assert topk[key] == base[key], key
     assert "loss/topk/kl" not in base
     assert topk["loss/loss"] != pytest.approx(base["loss/loss"], rel=1e-6)
+
+
+def test_vllm_teacher_topk_matches_the_megatron_teachers(layout_runs) -> None:
+    """Same seeds and weights: the same samples; the top-k terms agree up to the engines' float rounding (fp32)."""
+    megatron, vllm = layout_runs["topk_rlad"].metrics[0], layout_runs["topk_vllm"].metrics[0]
+    for key in ("reward/mean", "response/length_mean"):
+        assert vllm[key] == megatron[key], key
+    for key in ("loss/topk/kl", "loss/topk/teacher_mass", "loss/topk/student_mass", "loss/kl/teacher_k3",
+                "loss/loss", "optim/grad_norm"):
+        assert vllm[key] == pytest.approx(megatron[key], rel=1e-3, abs=1e-5), key

@@ -36,3 +36,25 @@ def test_response_spans_recover_each_sequence_and_prompt_length() -> None:
     assert prompt_lens[:2] == [3, 2]
     assert sequences[:2] == [p + r for p, r in zip(prompts[:2], responses[:2])]
     assert len(sequences[2]) == prompt_lens[2]  # no response: nothing after the prompt position is scored
+
+
+@pytest.mark.parametrize("prompt_token_rank", [2, 7, 40])
+def test_topk_of_a_vllm_prompt_position_is_the_plain_topk(prompt_token_rank: int) -> None:
+    """vLLM's prompt log-probs of one position hold its top-k (ranks 1..k) and the prompt's own token with its true
+    rank (k or k + 1 entries, by id, in no useful order): the k of them are the plain top-k, sorted."""
+    from rlad_megatron.rollout.vllm_engine import topk_of_position
+
+    k = 5
+    logp = torch.log_softmax(torch.randn(50, generator=torch.Generator().manual_seed(prompt_token_rank),
+                                         dtype=torch.float64), dim=-1)
+    order = logp.argsort(descending=True)
+    entries = {int(tok): (float(logp[tok]), r + 1) for r, tok in enumerate(order[:k].tolist())}
+    prompt_token = int(order[prompt_token_rank - 1])
+    entries[prompt_token] = (float(logp[prompt_token]), prompt_token_rank)  # vLLM: a top-k entry overwrites it
+    entries = dict(sorted(entries.items()))
+    assert len(entries) == (k if prompt_token_rank <= k else k + 1)
+    ids, lps = topk_of_position(entries, k)
+    want = logp.topk(k)
+    assert ids == want.indices.tolist() and lps == want.values.tolist()
+    with pytest.raises(ValueError, match="fewer than k=6"):
+        topk_of_position(entries if prompt_token_rank <= k else dict(list(entries.items())[:5]), 6)

@@ -62,8 +62,9 @@ class _TeacherEngine:
         self.sent: list[list[list[int]]] = []
         self.inflight: list[list[int]] | None = None
 
-    def request_score(self, rows, prompt_lens):
+    def request_score(self, rows, prompt_lens, topk=0):
         assert self.inflight is None, "the engine serves one request at a time"
+        assert topk == 0
         assert prompt_lens == [1] * len(rows)
         self.inflight = rows
         self.sent.append(rows)
@@ -156,3 +157,47 @@ def test_the_step_timeline_by_pool():
     assert together["timeline/teacher_busy"] == 0.7 and "timeline/teacher_asked_at_arrival" not in together
     grpo = pool_timeline(step_s=1.0, generation_wait_s=0.5, rollout_busy_s=0.0, rollout_apart=False)
     assert not any(k.startswith("timeline/teacher") for k in grpo)
+
+
+class _TopkClient(_Client):
+    """Also the top-k the request asks for: ids token + j, log-probs -j - token / 10 (j = 0..k-1)."""
+
+    def collect(self, ticket: int) -> ScoreReply:
+        reply, request = super().collect(ticket), self.asked[ticket]
+        k = request.topk
+        mask = (torch.arange(request.width - 1).unsqueeze(0) < (request.lengths - 1).unsqueeze(1)).unsqueeze(-1)
+        ids = request.tokens[:, 1:].unsqueeze(-1) + torch.arange(k)
+        reply.topk_ids = torch.where(mask, ids, torch.zeros((), dtype=ids.dtype)).int()
+        reply.topk_logprobs = torch.where(mask, -torch.arange(k) - ids / 10.0, torch.zeros(())).float()
+        return reply
+
+
+def test_pooled_teacher_serves_log_probs_and_top_k_from_one_reply(monkeypatch):
+    from megatron.core import parallel_state as ps
+
+    monkeypatch.setattr(ps, "is_pipeline_last_stage", lambda ignore_virtual=True: True)
+    client = _TopkClient()
+    teacher = PooledTeacher(client, None, leader=0, topk=3)
+    batch = _batch([[5, 6, 7], [8]])
+    teacher.prefetch(batch)
+    assert client.asked[0].topk == 3
+    lp, ids = teacher.token_topk(batch, 3)
+    logprobs, lp2, ids2 = teacher.token_scores(batch, 3)
+    assert len(client.asked) == 1  # one request, one reply for both
+    assert torch.equal(lp, lp2) and torch.equal(ids, ids2) and ids.dtype == torch.long
+    assert ids[0, 1].tolist() == [5, 6, 7] and lp[0, 1].tolist() == pytest.approx([-0.5, -1.6, -2.7])
+    assert logprobs[0, :4].tolist() == pytest.approx([0.2, 0.5, 0.6, 0.7]) and not ids[1, 2:].any()
+    with pytest.raises(ValueError, match="top-3, not 4"):
+        teacher.token_topk(batch, 4)
+
+
+def test_vllm_teacher_engine_reply_with_top_k():
+    from rlad_megatron.pools.client import _engine_reply
+
+    request = ScoreRequest.from_rows([[1, 2, 3], [4]], topk=2)
+    reply = _engine_reply(request, [([-0.1, -0.2], [[2, 9], [3, 8]], [[-0.1, -3.0], [-0.2, -4.0]]), ([], [], [])],
+                          0.5)
+    assert torch.allclose(reply.logprobs, torch.tensor([[-0.1, -0.2], [0.0, 0.0]])) and reply.busy_s == 0.5
+    assert reply.topk_ids.tolist() == [[[2, 9], [3, 8]], [[0, 0], [0, 0]]] and reply.topk_ids.dtype == torch.int32
+    assert torch.allclose(reply.topk_logprobs[0], torch.tensor([[-0.1, -3.0], [-0.2, -4.0]]))
+    assert not reply.topk_logprobs[1].any()

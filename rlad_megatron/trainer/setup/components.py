@@ -223,7 +223,8 @@ def build_components(config: RunConfig) -> Components:
 
             scorer = VLLMTeacherScorer(dataclasses.replace(
                 engine_cfg, model=c.model.teacher, placement="colocated", enable_sleep_mode=False, cpu_cores=(),
-                gpu_memory_utilization=_engine_memory_fraction(c, cuda)))  # measured again, after the first engine
+                gpu_memory_utilization=_engine_memory_fraction(c, cuda),  # measured again, after the first engine
+                max_logprobs=max(20, c.loss.topk_k) if c.loss.uses_topk() else None))  # loss.topk_kl
         teacher = VLLMTeacher(scorer, mp_group)
 
     synchronizer = None
