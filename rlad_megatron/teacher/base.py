@@ -20,8 +20,10 @@ class Teacher(abc.ABC):
     def token_topk(self, batch: SequenceBatch, k: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The ``k`` most likely next tokens at every position, ``(log-probs [B, L-1, k] float32, global ids
         [B, L-1, k])`` sorted by decreasing probability, on the last pipeline stage (None on the others); for
-        ``loss.topk_kl``. Only the colocated Megatron teacher has it so far (the run config refuses the others)."""
-        raise NotImplementedError(f"{type(self).__name__} has no top-k pass (loss.topk_kl)")
+        ``loss.topk_kl``. Every single teacher has it (Megatron, vLLM, pooled); several routed teachers do not, and the
+        run config refuses top-k with them, so reaching this is a bug."""
+        raise TypeError(f"{type(self).__name__} has no top-k pass (loss.topk_kl); the run config should have refused "
+                        "this combination")
 
     def token_scores(self, batch: SequenceBatch, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
         """``(token_logprobs, top-k log-probs, top-k ids)`` of ``batch`` (as the two methods above), for a loss that
