@@ -55,13 +55,16 @@ def test_vllm_teacher_matches_megatron_teacher(megatron_teacher_step, layout_run
 @pytest.mark.parametrize("pooled,colocated,steps", [("pool_megatron", "tp1", 2), ("pool_vllm", "vllm_teacher", 1)])
 def test_teacher_pool_gives_the_colocated_teachers_results(layout_runs, pooled, colocated, steps) -> None:
     """The teacher in a pool of its own (a Megatron teacher rank, a vLLM teacher engine process) trains exactly as
-    the same teacher in the learner's process: every metric of the first steps within 1e-6 (fp32)."""
+    the same teacher in the learner's process: every metric of the first step within 1e-6 (fp32), of the second
+    within 1e-5: the colocated run has both cores' threads, each process of the pooled one a single thread, so the
+    step-1 update's matmul reductions round differently (a relative 1.8e-6 was seen at step 2's teacher KL)."""
     for step in range(steps):
         ref, got = layout_runs[colocated].metrics[step], layout_runs[pooled].metrics[step]
         keys = sorted(k for k in ref if k in got and not is_clock_metric(k) and isinstance(ref[k], float))
         assert "loss/loss" in keys and "loss/kl/teacher_k3" in keys and len(keys) > 20, keys
+        tolerance = 1e-6 if step == 0 else 1e-5
         for key in keys:
-            assert got[key] == pytest.approx(ref[key], rel=1e-6, abs=1e-6), f"{pooled} step {step + 1} {key}"
+            assert got[key] == pytest.approx(ref[key], rel=tolerance, abs=tolerance), f"{pooled} step {step + 1} {key}"
         # the step's timeline: the pool's own compute time, and what the learner waited for it
         assert got["timeline/teacher_busy"] > 0 and got["timeline/learner_wait"] > 0
         assert got["timeline/learner_busy"] + got["timeline/learner_wait"] == pytest.approx(got["time/step"])
