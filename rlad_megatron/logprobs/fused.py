@@ -38,7 +38,9 @@ import torch.distributed as dist
 from torch import Tensor
 
 from rlad_megatron.logprobs.topk import merge_topk_candidates
-from rlad_megatron.logprobs.vocab_parallel import combine_shards, rows_per_chunk, shard_chunk_statistics, shard_layout
+from rlad_megatron.logprobs.vocab_parallel import (
+    combine_shards, local_targets, rows_per_chunk, shard_chunk_statistics, shard_layout,
+)
 
 DEFAULT_FUSED_CHUNK_ELEMENTS = {"cpu": 1 << 25, "other": 1 << 26}
 """Default logits elements per chunk or tile (token rows x vocabulary columns), in the weight's dtype: 32M on CPU,
@@ -117,12 +119,6 @@ def _float_buffer(tile: Tensor, buf: Tensor | None = None) -> Tensor | None:
     return torch.empty(need, dtype=torch.float32, device=tile.device)
 
 
-def _local_targets(targets: Tensor, start: int, valid: int) -> tuple[Tensor, Tensor]:
-    local = targets - start
-    owned = (local >= 0) & (local < valid)
-    return torch.where(owned, local, torch.zeros_like(local)), owned
-
-
 class _FusedTokenLogprobs(torch.autograd.Function):
     @staticmethod
     def forward(  # type: ignore[override]
@@ -133,7 +129,7 @@ class _FusedTokenLogprobs(torch.autograd.Function):
         full = gather_sequence(hidden, group) if sequence_parallel else hidden
         h2 = full.reshape(-1, full.shape[-1])
         n, device = h2.shape[0], hidden.device
-        local_idx, owned = _local_targets(targets, start, valid)
+        local_idx, owned = local_targets(targets, start, valid)
         local_lse = torch.full((n,), float("-inf"), dtype=torch.float32, device=device)
         local_h = torch.zeros(n, dtype=torch.float32, device=device) if with_entropy else None
         target_logits = torch.zeros(targets.shape, dtype=torch.float32, device=device)

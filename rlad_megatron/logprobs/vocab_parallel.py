@@ -140,7 +140,9 @@ def row_statistics(
     return combine_shards(local_lse, local_h, group, extra)
 
 
-def _local_targets(targets: Tensor, start: int, valid: int) -> tuple[Tensor, Tensor]:
+def local_targets(targets: Tensor, start: int, valid: int) -> tuple[Tensor, Tensor]:
+    """Global token ids -> (this shard's column of each, where owned; 0 elsewhere) and the owned mask: the shard
+    holds ids ``start .. start + valid - 1``."""
     local = targets - start
     owned = (local >= 0) & (local < valid)
     return torch.where(owned, local, torch.zeros_like(local)), owned
@@ -152,7 +154,7 @@ class _VocabParallelTokenLogprobs(torch.autograd.Function):
         ctx: Any, logits: Tensor, targets: Tensor, group: Any, start: int, valid: int, chunk: int,
         with_entropy: bool,
     ) -> tuple[Tensor, Tensor]:
-        local_idx, owned = _local_targets(targets, start, valid)
+        local_idx, owned = local_targets(targets, start, valid)
         target_logits = torch.where(owned, logits.gather(1, local_idx).float(), torch.zeros((), device=logits.device))
         stats = row_statistics(logits, group, valid, chunk, with_entropy, target_logits)
         logprobs = stats.extra - stats.lse.unsqueeze(-1)  # type: ignore[operator]

@@ -151,19 +151,23 @@ class VLLMEngine:
             results.append(PromptResult(list(map(int, prompt)), completions))
         return results
 
+    def _check_score_inputs(self, call: str, sequences: Sequence[Sequence[int]], prompt_lens: Sequence[int]) -> None:
+        """What a scoring call needs: an open, awake engine and a prompt length inside each sequence."""
+        self._check_open()
+        self._check_awake("score")
+        if len(sequences) != len(prompt_lens):
+            raise ValueError(f"{call}: {len(sequences)} sequences but {len(prompt_lens)} prompt_lens")
+        for i, (seq, p) in enumerate(zip(sequences, prompt_lens)):
+            if not 1 <= p <= len(seq):
+                raise ValueError(f"{call}: prompt_lens[{i}]={p} must be in [1, len(sequence)={len(seq)}]")
+        self._check_lengths(sequences, 1)
+
     def score(self, sequences: Sequence[Sequence[int]], prompt_lens: Sequence[int]) -> list[list[float]]:
         """Raw log-prob of each token after its prompt: ``out[i][t] = log p(seq_i[p_i + t] | seq_i[:p_i + t])``,
         length ``len(seq_i) - p_i``, under the engine's current weights (vLLM prompt log-probs)."""
         from vllm import SamplingParams  # lazy: vLLM only where an engine runs
 
-        self._check_open()
-        self._check_awake("score")
-        if len(sequences) != len(prompt_lens):
-            raise ValueError(f"score: {len(sequences)} sequences but {len(prompt_lens)} prompt_lens")
-        for i, (seq, p) in enumerate(zip(sequences, prompt_lens)):
-            if not 1 <= p <= len(seq):
-                raise ValueError(f"score: prompt_lens[{i}]={p} must be in [1, len(sequence)={len(seq)}]")
-        self._check_lengths(sequences, 1)
+        self._check_score_inputs("score", sequences, prompt_lens)
         params = SamplingParams(max_tokens=1, temperature=1.0, prompt_logprobs=0, logprobs=None)
         outputs = self._engine_generate([{"prompt_token_ids": list(map(int, s))} for s in sequences], params)
         scores = []
@@ -180,14 +184,7 @@ class VLLMEngine:
         ``max_logprobs >= k``)."""
         from vllm import SamplingParams  # lazy: vLLM only where an engine runs
 
-        self._check_open()
-        self._check_awake("score")
-        if len(sequences) != len(prompt_lens):
-            raise ValueError(f"score_topk: {len(sequences)} sequences but {len(prompt_lens)} prompt_lens")
-        for i, (seq, p) in enumerate(zip(sequences, prompt_lens)):
-            if not 1 <= p <= len(seq):
-                raise ValueError(f"score_topk: prompt_lens[{i}]={p} must be in [1, len(sequence)={len(seq)}]")
-        self._check_lengths(sequences, 1)
+        self._check_score_inputs("score_topk", sequences, prompt_lens)
         params = SamplingParams(max_tokens=1, temperature=1.0, prompt_logprobs=k, logprobs=None)
         outputs = self._engine_generate([{"prompt_token_ids": list(map(int, s))} for s in sequences], params)
         out = []
